@@ -1,0 +1,62 @@
+//! axum integration (feature `axum`): a handler takes a [`TenantTx`] argument and receives a
+//! transaction bound to the tenant [`TenantLayer`](tenant_scope::TenantLayer) resolved.
+//!
+//! ```no_run
+//! use axum::{Router, extract::FromRef, routing::get};
+//! use rls_guard::{RlsError, TenantPool, TenantTx};
+//!
+//! #[derive(Clone, FromRef)]
+//! struct AppState { db: TenantPool }
+//!
+//! async fn count_projects(mut tx: TenantTx) -> Result<String, RlsError> {
+//!     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects").fetch_one(&mut *tx).await?;
+//!     tx.commit().await?;
+//!     Ok(n.to_string())
+//! }
+//! # fn app(state: AppState) -> Router { Router::new().route("/projects/count", get(count_projects)).with_state(state) }
+//! ```
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tenant_scope::TenantContext;
+
+use crate::{RlsError, TenantPool, TenantTx};
+
+impl<S> FromRequestParts<S> for TenantTx
+where
+    TenantPool: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = RlsError;
+
+    /// Opens a transaction bound to the request's tenant. No resolved tenant is a 500
+    /// (`tenant_not_resolved`, the route lacks `TenantLayer`); an unreachable database a 503.
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let context = parts
+            .extensions
+            .get::<TenantContext>()
+            .ok_or(RlsError::NoTenantContext)?;
+        TenantPool::from_ref(state).begin(context).await
+    }
+}
+
+impl IntoResponse for RlsError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            Self::NoTenantContext => (StatusCode::INTERNAL_SERVER_ERROR, "tenant_not_resolved"),
+            Self::BindingChanged => (StatusCode::INTERNAL_SERVER_ERROR, "tenant_binding_changed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        // Details stay in the log; the client learns the stable code only.
+        tracing::warn!(error = %self, code, "request refused by rls-guard");
+        let mut response = (status, format!("{{\"error\":\"{code}\"}}")).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}

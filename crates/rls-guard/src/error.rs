@@ -1,0 +1,51 @@
+//! Errors.
+
+use crate::role::RoleProblem;
+
+/// What went wrong. Every variant is a refusal: nothing here falls back to an unscoped query.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RlsError {
+    /// The database could not be reached or a statement failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The connected role could bypass row-level security; the pool refuses to run.
+    #[error("role `{role}` must not be the runtime role: {}", list(problems))]
+    UnsafeRuntimeRole {
+        /// The connected role.
+        role: String,
+        /// Every reason it was refused.
+        problems: Vec<RoleProblem>,
+    },
+    /// The `app` support schema (see [`schema::SUPPORT_SQL`](crate::schema::SUPPORT_SQL)) is
+    /// missing, so policies and binding checks cannot work.
+    #[error("the rls-guard support schema is not installed (run schema::SUPPORT_SQL as the owner)")]
+    SupportSchemaMissing,
+    /// The tenant or actor setting was changed inside a tenant-bound transaction; it was rolled
+    /// back.
+    #[error("the tenant binding was changed inside the transaction; it was rolled back")]
+    BindingChanged,
+    /// A tenant-bound transaction was requested where no tenant context was resolved.
+    #[error("no tenant context was resolved for this request")]
+    NoTenantContext,
+    /// A table or schema name is not a plain SQL identifier.
+    #[error("not a plain SQL identifier: {0:?}")]
+    InvalidIdentifier(String),
+}
+
+fn list(problems: &[RoleProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl RlsError {
+    /// Whether the error means the database could not be evaluated (an HTTP 503), as opposed to
+    /// a refusal.
+    #[must_use]
+    pub const fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Database(_))
+    }
+}

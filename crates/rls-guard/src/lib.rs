@@ -1,0 +1,47 @@
+//! PostgreSQL row-level security as the second layer of tenant isolation.
+//!
+//! `tenant-scope` makes the application scope every request to one tenant. This crate makes
+//! PostgreSQL refuse other tenants' rows even when the application forgets a `WHERE tenant_id`
+//! or has a bug:
+//!
+//! - [`TenantPool`] / [`TenantTx`]: the only way to touch tenant tables is a transaction bound
+//!   to a [`TenantContext`](tenant_scope::TenantContext) — `BEGIN` and
+//!   `set_config('app.tenant_id', .., true)` in one round trip, a binding check in the same
+//!   round trip as `COMMIT`, and nothing that outlives the transaction on a pooled connection.
+//! - [`schema`]: the support functions and the helper that makes a table tenant-safe
+//!   (ENABLE + FORCE, restrictive and permissive policies with `USING` and `WITH CHECK`, an
+//!   index leading with `tenant_id`), plus guidance on composite keys.
+//! - [`verify_runtime_role`]: refuse to run as a superuser, a BYPASSRLS role, a member of one,
+//!   or the owner of a protected table.
+//! - [`CoverageCheck`] and the `rls-guard check` command: structured findings for every table,
+//!   view, function and materialized view that lets rows escape.
+//! - `axum` feature: handlers take a [`TenantTx`] argument.
+//!
+//! An unset or empty tenant setting matches no row and fails every write; a malformed one is an
+//! error. A database that cannot be reached is an error (HTTP 503), never an unscoped fallback.
+//!
+//! ```no_run
+//! # async fn run(pool: sqlx::PgPool, ctx: tenant_scope::TenantContext) -> Result<(), rls_guard::RlsError> {
+//! use rls_guard::TenantPool;
+//! let db = TenantPool::new(pool).await?;          // refuses an RLS-bypassing role
+//! let mut tx = db.begin(&ctx).await?;              // BEGIN + bind, one round trip
+//! let names: Vec<String> = sqlx::query_scalar("SELECT name FROM projects")
+//!     .fetch_all(&mut *tx).await?;                 // only this tenant's rows, whatever the SQL
+//! tx.commit().await?;                              // binding check + COMMIT, one round trip
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "axum")]
+mod axum;
+mod coverage;
+mod error;
+mod pool;
+mod role;
+pub mod schema;
+
+pub use coverage::{CoverageCheck, Finding, FindingKind};
+pub use error::RlsError;
+pub use pool::{TenantPool, TenantTx};
+pub use role::{RoleProblem, verify_runtime_role, verify_support_schema};

@@ -1,0 +1,180 @@
+//! [`TenantPool`] and [`TenantTx`]: the only way to touch tenant tables.
+
+use std::ops::{Deref, DerefMut};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Executor, Postgres};
+use tenant_scope::{TenantContext, TenantId};
+
+use crate::RlsError;
+use crate::role::{verify_runtime_role, verify_support_schema};
+
+/// A PostgreSQL pool whose connections are handed out only inside transactions bound to a
+/// tenant.
+///
+/// Built from a pool connected as the runtime role, after checking at start-up that the role
+/// cannot bypass row-level security ([`verify_runtime_role`]) and that the support schema is
+/// installed. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TenantPool {
+    pool: PgPool,
+}
+
+impl TenantPool {
+    /// Wraps `pool` after verifying its role and the support schema.
+    ///
+    /// Keep the raw pool out of request handlers: its connections are not tenant-bound (and
+    /// see no tenant rows — RLS still holds — but the application layer expects a binding).
+    ///
+    /// # Errors
+    /// [`RlsError::UnsafeRuntimeRole`], [`RlsError::SupportSchemaMissing`], or
+    /// [`RlsError::Database`] when the checks cannot run: the pool refuses to start.
+    pub async fn new(pool: PgPool) -> Result<Self, RlsError> {
+        let mut conn = pool.acquire().await?;
+        verify_runtime_role(&mut conn).await?;
+        verify_support_schema(&mut conn).await?;
+        drop(conn);
+        Ok(Self { pool })
+    }
+
+    /// Begins a transaction bound to `context`'s tenant (and actor).
+    ///
+    /// `BEGIN` and both `set_config(.., true)` calls go in one round trip. The settings are
+    /// transaction-local, so they end with the transaction and never reach the next user of the
+    /// pooled connection.
+    ///
+    /// # Errors
+    /// [`RlsError::Database`] when no connection can be had or the statement fails; no
+    /// unscoped connection is ever returned instead.
+    pub async fn begin(&self, context: &TenantContext) -> Result<TenantTx, RlsError> {
+        let tenant = context.tenant();
+        let actor = context
+            .actor()
+            .map(|a| a.id().to_string())
+            .unwrap_or_default();
+        let mut conn = self.pool.acquire().await?;
+        // The values are validated UUIDs (hex digits and hyphens only), so inlining them as
+        // literals is injection-free; the simple-query protocol is what lets BEGIN and the
+        // binding share one round trip.
+        let bind = format!(
+            "BEGIN; SELECT pg_catalog.set_config('app.tenant_id', '{tenant}', true), \
+             pg_catalog.set_config('app.actor_id', '{actor}', true)"
+        );
+        if let Err(error) = conn.execute(sqlx::raw_sql(&bind)).await {
+            conn.close_on_drop();
+            return Err(error.into());
+        }
+        Ok(TenantTx {
+            conn,
+            tenant,
+            actor,
+            finished: false,
+        })
+    }
+
+    /// The pool inside (for health checks and shutdown).
+    #[must_use]
+    pub const fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// A transaction bound to one tenant. Use it as a `&mut PgConnection` for queries, then
+/// [`commit`](Self::commit) or [`rollback`](Self::rollback).
+///
+/// Dropped without either (an early return, a panic, a cancelled future), the connection is
+/// closed rather than returned to the pool, so a half-finished transaction can never be
+/// inherited.
+#[must_use = "a TenantTx must be committed or rolled back"]
+pub struct TenantTx {
+    conn: PoolConnection<Postgres>,
+    tenant: TenantId,
+    actor: String,
+    finished: bool,
+}
+
+impl std::fmt::Debug for TenantTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantTx")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Clears any session-level value of the settings that SQL inside the transaction may have set
+/// with a plain `SET`, so nothing outlives the transaction on the pooled connection.
+const RESET: &str = "RESET app.tenant_id; RESET app.actor_id";
+
+impl TenantTx {
+    /// The tenant this transaction is bound to.
+    #[must_use]
+    pub const fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// Checks that the binding is unchanged and commits, in one round trip.
+    ///
+    /// # Errors
+    /// [`RlsError::BindingChanged`] when SQL inside the transaction changed `app.tenant_id` or
+    /// `app.actor_id` (the transaction is rolled back and the connection discarded);
+    /// [`RlsError::Database`] when the commit fails.
+    pub async fn commit(mut self) -> Result<(), RlsError> {
+        let sql = format!(
+            "SELECT app.assert_tenant_binding('{}', '{}'); COMMIT; {RESET}",
+            self.tenant, self.actor
+        );
+        self.finish(&sql).await
+    }
+
+    /// Rolls back.
+    ///
+    /// # Errors
+    /// [`RlsError::Database`] when the rollback fails (the connection is discarded).
+    pub async fn rollback(mut self) -> Result<(), RlsError> {
+        self.finish(&format!("ROLLBACK; {RESET}")).await
+    }
+
+    async fn finish(&mut self, sql: &str) -> Result<(), RlsError> {
+        self.finished = true;
+        match self.conn.execute(sqlx::raw_sql(sql)).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // The connection's state is unknown (possibly tampered with): never reuse it.
+                self.conn.close_on_drop();
+                let changed = error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == "TB001");
+                if changed {
+                    tracing::warn!(tenant = %self.tenant, "tenant binding changed inside a transaction; rolled back");
+                    Err(RlsError::BindingChanged)
+                } else {
+                    Err(error.into())
+                }
+            }
+        }
+    }
+}
+
+impl Deref for TenantTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for TenantTx {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}

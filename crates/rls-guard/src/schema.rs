@@ -1,0 +1,157 @@
+//! SQL for migrations: the support schema and the helper that makes a table tenant-safe.
+//!
+//! # Keys and foreign keys
+//!
+//! Unique and foreign-key checks **bypass row-level security**: PostgreSQL checks them against
+//! every row of the table. Two consequences, and the schema shape that closes both:
+//!
+//! - A single-column foreign key (`project_id REFERENCES projects (id)`) lets tenant A link to
+//!   tenant B's project, and its success or failure tells A whether that id exists in B. Use
+//!   composite keys: `PRIMARY KEY (tenant_id, id)` on the parent and
+//!   `FOREIGN KEY (tenant_id, project_id) REFERENCES projects (tenant_id, id)` on the child, so
+//!   a reference can only resolve within the row's own tenant (whose id RLS pins).
+//! - A global unique constraint (`UNIQUE (email)`) makes an insert fail when *another* tenant
+//!   has the value, which is an existence oracle across tenants. Scope every unique constraint:
+//!   `UNIQUE (tenant_id, email)`.
+//!
+//! Leading every key with `tenant_id` also gives the index that the tenant policy uses.
+//!
+//! ```
+//! let sql = rls_guard::schema::tenant_table_sql("projects").unwrap();
+//! assert!(sql.contains("FORCE ROW LEVEL SECURITY"));
+//! assert!(rls_guard::schema::tenant_table_sql("projects; DROP TABLE x").is_err());
+//! ```
+
+use crate::RlsError;
+
+/// The support schema: run once, as the owner role, before any tenant table.
+///
+/// - `app.current_tenant_id()`: the bound tenant, or NULL when the setting is unset or empty,
+///   so an unbound session matches no row and fails every `WITH CHECK`. A malformed setting is
+///   a cast error, never a match.
+/// - `app.current_actor_id()`: the bound actor, likewise.
+/// - `app.assert_tenant_binding(tenant, actor)`: raises SQLSTATE `TB001` unless the settings
+///   still hold what the transaction was bound to; `TenantTx::commit` calls it in the same round
+///   trip as `COMMIT`.
+pub const SUPPORT_SQL: &str = r"
+CREATE SCHEMA IF NOT EXISTS app;
+REVOKE CREATE ON SCHEMA app FROM PUBLIC;
+GRANT USAGE ON SCHEMA app TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT NULLIF(pg_catalog.current_setting('app.tenant_id', true), '')::uuid $$;
+
+CREATE OR REPLACE FUNCTION app.current_actor_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT NULLIF(pg_catalog.current_setting('app.actor_id', true), '')::uuid $$;
+
+CREATE OR REPLACE FUNCTION app.assert_tenant_binding(tenant text, actor text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog
+    AS $$
+BEGIN
+    IF current_setting('app.tenant_id', true) IS DISTINCT FROM tenant
+       OR coalesce(current_setting('app.actor_id', true), '') IS DISTINCT FROM actor THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'TB001',
+            MESSAGE = 'tenant binding changed inside the transaction';
+    END IF;
+END
+$$;
+";
+
+/// The predicate every tenant policy uses. The sub-select makes PostgreSQL evaluate the setting
+/// once per statement (an init plan) instead of once per row.
+pub const TENANT_PREDICATE: &str = "tenant_id = (SELECT app.current_tenant_id())";
+
+/// Name of the restrictive policy [`tenant_table_sql`] creates.
+pub const RESTRICTIVE_POLICY: &str = "tenant_isolation";
+/// Name of the permissive policy [`tenant_table_sql`] creates.
+pub const PERMISSIVE_POLICY: &str = "tenant_access";
+
+/// A table name, optionally schema-qualified, of plain lowercase identifiers.
+fn checked_table(table: &str) -> Result<(Option<&str>, &str), RlsError> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let (schema, name) = match table.split_once('.') {
+        Some((s, n)) => (Some(s), n),
+        None => (None, table),
+    };
+    if plain(name) && schema.is_none_or(plain) {
+        Ok((schema, name))
+    } else {
+        Err(RlsError::InvalidIdentifier(table.to_owned()))
+    }
+}
+
+/// SQL that makes `table` (which must have a `tenant_id uuid NOT NULL` column) tenant-safe:
+/// ENABLE and FORCE row-level security (so the owner is subject too), a RESTRICTIVE policy that
+/// every access must pass whatever other policies are added later, the PERMISSIVE policy
+/// PostgreSQL needs to grant any access at all, both with `USING` and `WITH CHECK`, and an index
+/// leading with `tenant_id` unless one exists. Idempotent.
+///
+/// # Errors
+/// [`RlsError::InvalidIdentifier`] unless `table` is `name` or `schema.name` of lowercase
+/// letters, digits and underscores.
+pub fn tenant_table_sql(table: &str) -> Result<String, RlsError> {
+    let (schema, name) = checked_table(table)?;
+    let qualified = schema.map_or_else(|| format!("\"{name}\""), |s| format!("\"{s}\".\"{name}\""));
+    let regclass = schema.map_or_else(|| name.to_owned(), |s| format!("{s}.{name}"));
+    let index = format!("{name}_tenant_id_idx");
+    let p = TENANT_PREDICATE;
+    Ok(format!(
+        r#"
+ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {qualified} FORCE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS {RESTRICTIVE_POLICY} ON {qualified};
+CREATE POLICY {RESTRICTIVE_POLICY} ON {qualified} AS RESTRICTIVE FOR ALL
+    USING ({p}) WITH CHECK ({p});
+DROP POLICY IF EXISTS {PERMISSIVE_POLICY} ON {qualified};
+CREATE POLICY {PERMISSIVE_POLICY} ON {qualified} AS PERMISSIVE FOR ALL
+    USING ({p}) WITH CHECK ({p});
+DO $rls_guard$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a
+          ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] AND a.attname = 'tenant_id'
+        WHERE i.indrelid = '{regclass}'::regclass
+    ) THEN
+        CREATE INDEX "{index}" ON {qualified} (tenant_id);
+    END IF;
+END
+$rls_guard$;
+"#
+    ))
+}
+
+/// Runs [`tenant_table_sql`] for `table` on `conn` (as the table's owner).
+///
+/// # Errors
+/// [`RlsError::InvalidIdentifier`] for a bad name; [`RlsError::Database`] when a statement fails.
+pub async fn make_tenant_safe(conn: &mut sqlx::PgConnection, table: &str) -> Result<(), RlsError> {
+    let sql = tenant_table_sql(table)?;
+    sqlx::raw_sql(&sql).execute(conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_names_that_are_not_plain_identifiers() {
+        for bad in [
+            "", "Projects", "a b", "x;drop", "\"x\"", "a.b.c", ".x", "x.", "1x", "é",
+        ] {
+            assert!(tenant_table_sql(bad).is_err(), "{bad:?}");
+        }
+        assert!(tenant_table_sql("crm.contacts").is_ok());
+    }
+}

@@ -1,0 +1,132 @@
+//! Shared fixtures: a schema of two tenant tables made safe with `rls_guard::schema`.
+#![allow(dead_code, unreachable_pub)]
+
+use rls_guard::TenantPool;
+use rls_guard::schema::{SUPPORT_SQL, tenant_table_sql};
+use sqlx::PgPool;
+use tenant_scope::{Actor, ActorId, ActorKind, TenantContext, TenantId};
+use testkit::{Role, Template, TestDb, fresh_database};
+use uuid::Uuid;
+
+pub fn template() -> Template {
+    let sql = format!(
+        "{SUPPORT_SQL}
+        CREATE TABLE projects (
+            tenant_id uuid NOT NULL,
+            id uuid NOT NULL DEFAULT gen_random_uuid(),
+            name text NOT NULL,
+            PRIMARY KEY (tenant_id, id),
+            UNIQUE (tenant_id, name)
+        );
+        CREATE TABLE tasks (
+            tenant_id uuid NOT NULL,
+            id uuid NOT NULL DEFAULT gen_random_uuid(),
+            project_id uuid NOT NULL,
+            title text NOT NULL,
+            PRIMARY KEY (tenant_id, id),
+            FOREIGN KEY (tenant_id, project_id) REFERENCES projects (tenant_id, id)
+        );
+        {}
+        {}
+        GRANT SELECT, INSERT, UPDATE, DELETE ON projects, tasks TO testkit_runtime;",
+        tenant_table_sql("projects").unwrap(),
+        tenant_table_sql("tasks").unwrap(),
+    );
+    Template::new("rls_guard_isolation", sql)
+}
+
+pub struct Fixture {
+    pub db: TestDb,
+    /// Raw runtime-role pool: connections without any binding (what a bug would use).
+    pub raw: PgPool,
+    pub pool: TenantPool,
+}
+
+pub async fn fixture(max_connections: u32) -> Fixture {
+    let db = fresh_database(&template()).await;
+    let raw = db.pool(Role::Runtime, max_connections).await;
+    let pool = TenantPool::new(raw.clone()).await.unwrap();
+    Fixture { db, raw, pool }
+}
+
+pub fn ctx(tenant: TenantId) -> TenantContext {
+    let actor = Actor::new(ActorKind::User, ActorId::new_random(), tenant);
+    TenantContext::for_actor(actor)
+}
+
+pub async fn add_project(pool: &TenantPool, tenant: TenantId, name: &str) -> Uuid {
+    let mut tx = pool.begin(&ctx(tenant)).await.unwrap();
+    let id: Uuid =
+        sqlx::query_scalar("INSERT INTO projects (tenant_id, name) VALUES ($1, $2) RETURNING id")
+            .bind(tenant.as_uuid())
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+/// Every project a tenant-bound transaction can see, as (tenant_id, name).
+pub async fn visible(pool: &TenantPool, tenant: TenantId) -> Vec<(Uuid, String)> {
+    let mut tx = pool.begin(&ctx(tenant)).await.unwrap();
+    let rows = sqlx::query_as("SELECT tenant_id, name FROM projects ORDER BY name")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    rows
+}
+
+/// Total rows, counted by the test superuser (bypassing RLS) to prove nothing was written.
+pub async fn count_all(db: &TestDb, table: &str) -> i64 {
+    let admin = db.pool(Role::Admin, 1).await;
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+}
+
+pub fn is_rls_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == "42501")
+        && err.to_string().contains("row-level security")
+}
+
+/// What an unbound connection sees and may do: nothing.
+pub async fn assert_unbound_sees_and_changes_nothing(conn: &mut sqlx::PgConnection, db: &TestDb) {
+    let setting: Option<String> =
+        sqlx::query_scalar("SELECT current_setting('app.tenant_id', true)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert!(
+        setting.as_deref().unwrap_or("").is_empty(),
+        "binding leaked: {setting:?}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "unbound connection saw rows");
+    let before = count_all(db, "projects").await;
+    let err =
+        sqlx::query("INSERT INTO projects (tenant_id, name) VALUES (gen_random_uuid(), 'sneaky')")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+    assert!(is_rls_violation(&err), "{err}");
+    let updated = sqlx::query("UPDATE projects SET name = 'pwned'")
+        .execute(&mut *conn)
+        .await
+        .unwrap()
+        .rows_affected();
+    let deleted = sqlx::query("DELETE FROM projects")
+        .execute(&mut *conn)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!((updated, deleted), (0, 0));
+    assert_eq!(count_all(db, "projects").await, before);
+}

@@ -1,0 +1,412 @@
+//! Attacks on tenant isolation at the database layer, connecting as the runtime role.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use rand::Rng;
+use rls_guard::RlsError;
+use tenant_scope::TenantId;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn no_tenant_on_a_fresh_connection_sees_and_changes_nothing() {
+    let f = fixture(2).await;
+    add_project(&f.pool, TenantId::new_random(), "a-secret").await;
+    let mut conn = f.raw.acquire().await.unwrap();
+    assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+}
+
+#[tokio::test]
+async fn no_tenant_on_a_reused_connection_sees_and_changes_nothing() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "a-secret").await;
+    // The single connection just served tenant A; unbound, it must have forgotten A.
+    let mut conn = f.raw.acquire().await.unwrap();
+    assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+}
+
+#[tokio::test]
+async fn moving_a_row_to_another_tenant_is_rejected() {
+    let f = fixture(2).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, a, "mine").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    let err = sqlx::query("UPDATE projects SET tenant_id = $1")
+        .bind(b.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(is_rls_violation(&err), "{err}");
+    tx.rollback().await.unwrap();
+    assert_eq!(visible(&f.pool, a).await.len(), 1);
+    assert!(visible(&f.pool, b).await.is_empty());
+}
+
+#[tokio::test]
+async fn inserting_a_row_for_another_tenant_is_rejected() {
+    let f = fixture(2).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    let err = sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'planted')")
+        .bind(b.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(is_rls_violation(&err), "{err}");
+    tx.rollback().await.unwrap();
+    assert_eq!(count_all(&f.db, "projects").await, 0);
+}
+
+#[tokio::test]
+async fn another_tenants_row_by_primary_key_looks_exactly_like_a_missing_row() {
+    let f = fixture(2).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let b_project = add_project(&f.pool, b, "b-secret").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    let mut outcomes = Vec::new();
+    for id in [b_project, Uuid::new_v4()] {
+        let row: Option<(Uuid, String)> =
+            sqlx::query_as("SELECT id, name FROM projects WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .unwrap();
+        let updated = sqlx::query("UPDATE projects SET name = 'x' WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap()
+            .rows_affected();
+        let deleted = sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap()
+            .rows_affected();
+        outcomes.push((row, updated, deleted));
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(outcomes[0], outcomes[1]);
+    assert_eq!(outcomes[0], (None, 0, 0));
+    assert_eq!(
+        visible(&f.pool, b).await,
+        vec![(*b.as_uuid(), "b-secret".to_owned())]
+    );
+}
+
+async fn assert_connection_clean_for_b(f: &Fixture, a: TenantId) {
+    // The one pooled connection, unbound: no binding, no rows.
+    {
+        let mut conn = f.raw.acquire().await.unwrap();
+        assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+    }
+    // Bound to B: only B's rows, never A's.
+    let b = TenantId::new_random();
+    add_project(&f.pool, b, "b-row").await;
+    let seen = visible(&f.pool, b).await;
+    assert_eq!(seen, vec![(*b.as_uuid(), "b-row".to_owned())]);
+    assert!(seen.iter().all(|(t, _)| t != a.as_uuid()));
+}
+
+#[tokio::test]
+async fn pool_of_one_reused_after_commit() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "a-row").await;
+    assert_connection_clean_for_b(&f, a).await;
+}
+
+#[tokio::test]
+async fn pool_of_one_reused_after_rollback() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "a-row").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'rolled back')")
+        .bind(a.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(visible(&f.pool, a).await.len(), 1);
+    assert_connection_clean_for_b(&f, a).await;
+}
+
+#[tokio::test]
+async fn pool_of_one_reused_after_sql_error() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "a-row").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    sqlx::query("SELECT 1/0")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    // The transaction is aborted; committing it must not succeed.
+    assert!(tx.commit().await.is_err());
+    assert_connection_clean_for_b(&f, a).await;
+}
+
+#[tokio::test]
+async fn pool_of_one_reused_after_panic() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "a-row").await;
+    let pool = f.pool.clone();
+    let joined = tokio::spawn(async move {
+        let mut tx = pool.begin(&ctx(a)).await.unwrap();
+        sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'half done')")
+            .bind(a.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        panic!("handler bug while holding a tenant transaction");
+    })
+    .await;
+    assert!(joined.unwrap_err().is_panic());
+    assert_eq!(
+        visible(&f.pool, a).await.len(),
+        1,
+        "half-done insert was committed"
+    );
+    assert_connection_clean_for_b(&f, a).await;
+}
+
+#[tokio::test]
+async fn pool_of_one_reused_after_a_cancelled_future() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "a-row").await;
+    let pool = f.pool.clone();
+    let slow = async move {
+        let mut tx = pool.begin(&ctx(a)).await.unwrap();
+        sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'cancelled')")
+            .bind(a.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // Cancelled while the server is busy mid-statement.
+        sqlx::query("SELECT pg_sleep(5)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), slow)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        visible(&f.pool, a).await.len(),
+        1,
+        "cancelled insert was committed"
+    );
+    assert_connection_clean_for_b(&f, a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_tasks_with_random_tenants_see_only_their_rows() {
+    let f = fixture(16).await;
+    let tenants: Vec<TenantId> = (0..8).map(|_| TenantId::new_random()).collect();
+    let mut expected: HashMap<TenantId, usize> = HashMap::new();
+    for (i, t) in tenants.iter().enumerate() {
+        for j in 0..=i {
+            add_project(&f.pool, *t, &format!("p{j}")).await;
+        }
+        expected.insert(*t, i + 1);
+    }
+    let mut handles = Vec::new();
+    for _ in 0..250 {
+        let t = tenants[rand::rng().random_range(0..tenants.len())];
+        let pool = f.pool.clone();
+        handles.push(tokio::spawn(async move {
+            let mut tx = pool.begin(&ctx(t)).await.unwrap();
+            let rows: Vec<Uuid> = sqlx::query_scalar("SELECT tenant_id FROM projects")
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+            tx.commit().await.unwrap();
+            (t, rows)
+        }));
+    }
+    for handle in handles {
+        let (t, rows) = handle.await.unwrap();
+        assert_eq!(rows.len(), expected[&t]);
+        assert!(
+            rows.iter().all(|r| r == t.as_uuid()),
+            "tenant {t} saw another tenant's row"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_settings_give_no_rows_or_an_error() {
+    let f = fixture(1).await;
+    add_project(&f.pool, TenantId::new_random(), "a-row").await;
+    let mut conn = f.raw.acquire().await.unwrap();
+    for (value, expect_error) in [
+        ("", false),
+        (&*Uuid::new_v4().to_string(), false),
+        ("not-a-uuid", true),
+        ("' OR true --", true),
+    ] {
+        sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
+            .bind(value)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let result: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM projects")
+            .fetch_one(&mut *conn)
+            .await;
+        match result {
+            Ok(n) => {
+                assert!(!expect_error, "{value:?} should have been an error");
+                assert_eq!(n, 0, "{value:?} matched rows");
+            }
+            Err(e) => assert!(expect_error, "{value:?}: unexpected {e}"),
+        }
+        let err =
+            sqlx::query("INSERT INTO projects (tenant_id, name) VALUES (gen_random_uuid(), 'x')")
+                .execute(&mut *conn)
+                .await
+                .unwrap_err();
+        let _ = err;
+    }
+    drop(conn);
+    assert_eq!(count_all(&f.db, "projects").await, 1);
+}
+
+#[tokio::test]
+async fn switching_tenant_inside_a_scoped_transaction_is_detected_before_commit() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, b, "b-row").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'written before the switch')")
+        .bind(a.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // An injected statement rebinds the transaction to B and writes into B.
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(b.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'planted in b')")
+        .bind(b.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let result = tx.commit().await;
+    assert!(
+        matches!(result, Err(RlsError::BindingChanged)),
+        "{result:?}"
+    );
+    // Nothing of the transaction survived.
+    assert!(visible(&f.pool, a).await.is_empty());
+    assert_eq!(
+        visible(&f.pool, b).await,
+        vec![(*b.as_uuid(), "b-row".to_owned())]
+    );
+    assert_connection_clean_for_b(&f, a).await;
+}
+
+#[tokio::test]
+async fn clearing_the_actor_inside_a_scoped_transaction_is_detected() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    sqlx::query("SELECT set_config('app.actor_id', '', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert!(matches!(tx.commit().await, Err(RlsError::BindingChanged)));
+}
+
+#[tokio::test]
+async fn a_session_level_set_inside_a_transaction_does_not_outlive_it() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, b, "b-secret").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    // Plain SET is session-level; restoring the local value hides it from the commit check.
+    sqlx::query(&format!("SET app.tenant_id = '{b}'"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The same (only) connection, unbound, must not carry B.
+    let mut conn = f.raw.acquire().await.unwrap();
+    assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+}
+
+#[tokio::test]
+async fn composite_foreign_key_blocks_referencing_another_tenants_parent() {
+    let f = fixture(2).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let b_project = add_project(&f.pool, b, "b-project").await;
+    let mut errors = Vec::new();
+    for parent in [b_project, Uuid::new_v4()] {
+        let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+        let err =
+            sqlx::query("INSERT INTO tasks (tenant_id, project_id, title) VALUES ($1, $2, 'x')")
+                .bind(a.as_uuid())
+                .bind(parent)
+                .execute(&mut *tx)
+                .await
+                .unwrap_err();
+        tx.rollback().await.unwrap();
+        let db = err.as_database_error().unwrap();
+        errors.push((db.code().map(|c| c.into_owned()), db.message().to_owned()));
+    }
+    assert_eq!(errors[0].0.as_deref(), Some("23503"));
+    // Referencing B's real project fails exactly like referencing a made-up id.
+    assert_eq!(errors[0], errors[1]);
+    assert_eq!(count_all(&f.db, "tasks").await, 0);
+}
+
+#[tokio::test]
+async fn scoped_unique_constraint_is_no_cross_tenant_existence_oracle() {
+    let f = fixture(2).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, b, "acquisition-target").await;
+    // A can use the same name: the insert reveals nothing about B.
+    add_project(&f.pool, a, "acquisition-target").await;
+    assert_eq!(visible(&f.pool, a).await.len(), 1);
+    // Within A the constraint still holds.
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    let err =
+        sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'acquisition-target')")
+            .bind(a.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("23505")
+    );
+}
+
+#[tokio::test]
+async fn unreachable_database_is_an_error_not_an_unscoped_fallback() {
+    let f = fixture(1).await;
+    f.raw.close().await;
+    let err = f
+        .pool
+        .begin(&ctx(TenantId::new_random()))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}

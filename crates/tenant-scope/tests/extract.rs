@@ -1,0 +1,35 @@
+//! The axum extractor refuses handlers on routes that resolved no tenant.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::{Router, routing::get};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tenant_scope::TenantContext;
+use tower::ServiceExt;
+
+#[tokio::test]
+async fn axum_extractor_refuses_route_without_layer() {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let r2 = reached.clone();
+    let app = Router::new().route(
+        "/",
+        get(move |ctx: TenantContext| {
+            let r2 = r2.clone();
+            async move {
+                r2.fetch_add(1, Ordering::SeqCst);
+                ctx.tenant().to_string()
+            }
+        }),
+    );
+    let res = app
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "tenant_not_resolved");
+    assert_eq!(reached.load(Ordering::SeqCst), 0);
+}
