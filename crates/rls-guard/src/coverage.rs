@@ -26,6 +26,9 @@ pub enum FindingKind {
     NoTenantPredicate,
     /// No index leads with `tenant_id`.
     MissingTenantIndex,
+    /// The deferred binding-check trigger (`app.check_row_binding`) is missing or disabled, so
+    /// a transaction rebound by injected SQL could commit writes to another tenant.
+    MissingBindingCheck,
     /// A view over a tenant table runs with its owner's rights (no `security_invoker`).
     ViewWithoutSecurityInvoker,
     /// A SECURITY DEFINER function without a fixed `search_path` is executable by the runtime
@@ -68,7 +71,12 @@ SELECT c.oid::int8, pg_catalog.format('%I.%I', n.nspname, c.relname),
        EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                JOIN pg_catalog.pg_attribute ia
                  ON ia.attrelid = i.indrelid AND ia.attnum = i.indkey[0]
-               WHERE i.indrelid = c.oid AND ia.attname = 'tenant_id')
+               WHERE i.indrelid = c.oid AND ia.attname = 'tenant_id'),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg
+               WHERE tg.tgrelid = c.oid
+                 AND tg.tgfoid = pg_catalog.to_regprocedure('app.check_row_binding()')
+                 AND tg.tgdeferrable AND tg.tginitdeferred AND tg.tgenabled <> 'D'
+                 AND tg.tgtype & 28 = 28)
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a
@@ -83,6 +91,9 @@ SELECT p.polname::text, p.polcmd::text, p.polpermissive,
        pg_catalog.pg_get_expr(p.polqual, p.polrelid),
        pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
 FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::int8::oid ORDER BY 1";
+
+/// name, command letter, permissive, USING, WITH CHECK.
+type PolicyRow = (String, String, bool, Option<String>, Option<String>);
 
 /// Views (`v`) or materialized views (`m`) reading a tenant table directly.
 const DEPENDENT_RELATIONS: &str = "
@@ -136,9 +147,9 @@ impl CoverageCheck {
     /// [`RlsError::Database`] when the catalog cannot be read: no result is not a clean result.
     pub async fn run(&self, conn: &mut PgConnection) -> Result<Vec<Finding>, RlsError> {
         let mut findings = Vec::new();
-        let tables: Vec<(i64, String, bool, bool, bool)> =
+        let tables: Vec<(i64, String, bool, bool, bool, bool)> =
             sqlx::query_as(TENANT_TABLES).fetch_all(&mut *conn).await?;
-        for (oid, table, enabled, forced, indexed) in tables {
+        for (oid, table, enabled, forced, indexed, binding_checked) in tables {
             let mut add = |kind, detail: String| {
                 findings.push(Finding {
                     kind,
@@ -158,17 +169,23 @@ impl CoverageCheck {
                     "FORCE ROW LEVEL SECURITY is off".into(),
                 );
             }
+            if !binding_checked {
+                add(
+                    FindingKind::MissingBindingCheck,
+                    "no deferred app.check_row_binding() trigger for INSERT, UPDATE and DELETE"
+                        .into(),
+                );
+            }
             if !indexed {
                 add(
                     FindingKind::MissingTenantIndex,
                     "no index leads with tenant_id".into(),
                 );
             }
-            let policies: Vec<(String, String, bool, Option<String>, Option<String>)> =
-                sqlx::query_as(POLICIES)
-                    .bind(oid)
-                    .fetch_all(&mut *conn)
-                    .await?;
+            let policies: Vec<PolicyRow> = sqlx::query_as(POLICIES)
+                .bind(oid)
+                .fetch_all(&mut *conn)
+                .await?;
             for (command, letter) in [
                 ("SELECT", "r"),
                 ("INSERT", "a"),

@@ -6,7 +6,7 @@
 //!
 //! - [`TenantPool`] / [`TenantTx`]: the only way to touch tenant tables is a transaction bound
 //!   to a [`TenantContext`](tenant_scope::TenantContext) — `BEGIN` and
-//!   `set_config('app.tenant_id', .., true)` in one round trip, a binding check in the same
+//!   `SET LOCAL app.tenant_id = ..` in one round trip, a binding check in the same
 //!   round trip as `COMMIT`, and nothing that outlives the transaction on a pooled connection.
 //! - [`schema`]: the support functions and the helper that makes a table tenant-safe
 //!   (ENABLE + FORCE, restrictive and permissive policies with `USING` and `WITH CHECK`, an

@@ -83,7 +83,7 @@ pub async fn verify_runtime_role(conn: &mut PgConnection) -> Result<(), RlsError
 pub async fn verify_support_schema(conn: &mut PgConnection) -> Result<(), RlsError> {
     let present: bool = sqlx::query_scalar(
         "SELECT pg_catalog.to_regprocedure('app.current_tenant_id()') IS NOT NULL
-            AND pg_catalog.to_regprocedure('app.assert_tenant_binding(text, text)') IS NOT NULL",
+            AND pg_catalog.to_regprocedure('app.check_row_binding()') IS NOT NULL",
     )
     .fetch_one(&mut *conn)
     .await?;

@@ -30,9 +30,17 @@ use crate::RlsError;
 ///   so an unbound session matches no row and fails every `WITH CHECK`. A malformed setting is
 ///   a cast error, never a match.
 /// - `app.current_actor_id()`: the bound actor, likewise.
-/// - `app.assert_tenant_binding(tenant, actor)`: raises SQLSTATE `TB001` unless the settings
-///   still hold what the transaction was bound to; `TenantTx::commit` calls it in the same round
-///   trip as `COMMIT`.
+/// - `app.check_row_binding()`: the deferred constraint trigger [`tenant_table_sql`] puts on
+///   every tenant table. It runs at `COMMIT` for each written row and raises SQLSTATE `TB001`
+///   unless the row, and the binding, still belong to the tenant (and actor) that
+///   `TenantTx::commit` restates with `SET LOCAL app.commit_binding = '<tenant>:<actor>'` in the
+///   same round trip as `COMMIT`. So SQL injected into a transaction that rebinds it to another
+///   tenant cannot commit a write — not even if it restores the binding before the commit — and
+///   read-only transactions pay nothing for the check. Forcing the check early
+///   (`SET CONSTRAINTS ALL IMMEDIATE`) fails, because the expected tenant is only known at commit.
+///   Writers other than `TenantTx` (migrations, data fixes) must do the same: bind with
+///   `SET LOCAL app.tenant_id`, and `SET LOCAL app.commit_binding = '<tenant>:'` (tenant,
+///   colon, actor or nothing) before `COMMIT`.
 pub const SUPPORT_SQL: &str = r"
 CREATE SCHEMA IF NOT EXISTS app;
 REVOKE CREATE ON SCHEMA app FROM PUBLIC;
@@ -46,20 +54,35 @@ CREATE OR REPLACE FUNCTION app.current_actor_id() RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT NULLIF(pg_catalog.current_setting('app.actor_id', true), '')::uuid $$;
 
-CREATE OR REPLACE FUNCTION app.assert_tenant_binding(tenant text, actor text) RETURNS void
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog
+CREATE OR REPLACE FUNCTION app.check_row_binding() RETURNS trigger
+    LANGUAGE plpgsql
     AS $$
+DECLARE
+    -- '<tenant>:<actor>', restated by the committer right before COMMIT.
+    expected text := pg_catalog.current_setting('app.commit_binding', true);
+    tenant text := pg_catalog.split_part(expected, ':', 1);
 BEGIN
-    IF current_setting('app.tenant_id', true) IS DISTINCT FROM tenant
-       OR coalesce(current_setting('app.actor_id', true), '') IS DISTINCT FROM actor THEN
+    IF expected IS NULL OR tenant = '' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'TB001',
+            MESSAGE = 'tenant binding check ran before the commit restated the tenant';
+    END IF;
+    IF pg_catalog.current_setting('app.tenant_id', true) IS DISTINCT FROM tenant
+       OR coalesce(pg_catalog.current_setting('app.actor_id', true), '')
+          IS DISTINCT FROM pg_catalog.split_part(expected, ':', 2)
+       OR (TG_OP <> 'DELETE' AND NEW.tenant_id::text IS DISTINCT FROM tenant)
+       OR (TG_OP <> 'INSERT' AND OLD.tenant_id::text IS DISTINCT FROM tenant) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'TB001',
             MESSAGE = 'tenant binding changed inside the transaction';
     END IF;
+    RETURN NULL;
 END
 $$;
 ";
+
+/// Name of the deferred constraint trigger [`tenant_table_sql`] creates.
+pub const BINDING_TRIGGER: &str = "tenant_binding_check";
 
 /// The predicate every tenant policy uses. The sub-select makes PostgreSQL evaluate the setting
 /// once per statement (an init plan) instead of once per row.
@@ -93,8 +116,9 @@ fn checked_table(table: &str) -> Result<(Option<&str>, &str), RlsError> {
 /// SQL that makes `table` (which must have a `tenant_id uuid NOT NULL` column) tenant-safe:
 /// ENABLE and FORCE row-level security (so the owner is subject too), a RESTRICTIVE policy that
 /// every access must pass whatever other policies are added later, the PERMISSIVE policy
-/// PostgreSQL needs to grant any access at all, both with `USING` and `WITH CHECK`, and an index
-/// leading with `tenant_id` unless one exists. Idempotent.
+/// PostgreSQL needs to grant any access at all, both with `USING` and `WITH CHECK`, the deferred
+/// binding-check trigger (see [`SUPPORT_SQL`]) and an index leading with `tenant_id` unless one
+/// exists. Idempotent.
 ///
 /// # Errors
 /// [`RlsError::InvalidIdentifier`] unless `table` is `name` or `schema.name` of lowercase
@@ -115,6 +139,9 @@ CREATE POLICY {RESTRICTIVE_POLICY} ON {qualified} AS RESTRICTIVE FOR ALL
 DROP POLICY IF EXISTS {PERMISSIVE_POLICY} ON {qualified};
 CREATE POLICY {PERMISSIVE_POLICY} ON {qualified} AS PERMISSIVE FOR ALL
     USING ({p}) WITH CHECK ({p});
+DROP TRIGGER IF EXISTS {BINDING_TRIGGER} ON {qualified};
+CREATE CONSTRAINT TRIGGER {BINDING_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {qualified}
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION app.check_row_binding();
 DO $rls_guard$
 BEGIN
     IF NOT EXISTS (

@@ -1,5 +1,7 @@
 //! The coverage check flags each defect kind on a deliberately broken schema, and passes a good
 //! one; the CLI reports the same and exits non-zero.
+// Integration tests: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -81,6 +83,10 @@ async fn flags_every_defect_kind_on_a_broken_schema() {
         (PolicyAllowsUnsetTenant, "public.t_nullable"),
         (NoTenantPredicate, "public.t_open"),
         (MissingTenantIndex, "public.t_disabled"),
+        (MissingBindingCheck, "public.t_disabled"),
+        (MissingBindingCheck, "public.t_nullable"),
+        (MissingBindingCheck, "public.t_open"),
+        (MissingBindingCheck, "public.t_unforced"),
         (ViewWithoutSecurityInvoker, "public.v_owner_rights"),
         (SecurityDefinerWithoutSearchPath, "public.leak()"),
         (MaterializedViewOverTenantTable, "public.mv_copy"),

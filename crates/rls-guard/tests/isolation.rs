@@ -1,4 +1,6 @@
 //! Attacks on tenant isolation at the database layer, connecting as the runtime role.
+// Integration tests: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -319,6 +321,57 @@ async fn switching_tenant_inside_a_scoped_transaction_is_detected_before_commit(
 }
 
 #[tokio::test]
+async fn switching_back_before_commit_does_not_hide_a_write_to_another_tenant() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    for (tenant, sql) in [
+        (
+            b,
+            "INSERT INTO projects (tenant_id, name) VALUES ($1, 'planted in b')",
+        ),
+        (a, "SELECT 1 WHERE $1::uuid IS NOT NULL"),
+    ] {
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(sql)
+            .bind(tenant.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    // The binding reads "a" again at commit, but the written row belongs to b.
+    assert!(matches!(tx.commit().await, Err(RlsError::BindingChanged)));
+    assert_eq!(count_all(&f.db, "projects").await, 0);
+}
+
+#[tokio::test]
+async fn deleting_another_tenants_row_after_a_switch_is_undone() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, b, "b-row").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(b.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let deleted = sqlx::query("DELETE FROM projects")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+    assert!(matches!(tx.commit().await, Err(RlsError::BindingChanged)));
+    assert_eq!(
+        visible(&f.pool, b).await,
+        vec![(*b.as_uuid(), "b-row".to_owned())]
+    );
+}
+
+#[tokio::test]
 async fn clearing_the_actor_inside_a_scoped_transaction_is_detected() {
     let f = fixture(1).await;
     let a = TenantId::new_random();
@@ -327,7 +380,84 @@ async fn clearing_the_actor_inside_a_scoped_transaction_is_detected() {
         .execute(&mut *tx)
         .await
         .unwrap();
+    sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'anonymous write')")
+        .bind(a.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     assert!(matches!(tx.commit().await, Err(RlsError::BindingChanged)));
+    assert_eq!(count_all(&f.db, "projects").await, 0);
+}
+
+#[tokio::test]
+async fn forcing_the_binding_check_to_run_early_fails() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(b.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'planted in b')")
+        .bind(b.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("TB001")
+    );
+    assert!(tx.commit().await.is_err());
+    assert_eq!(count_all(&f.db, "projects").await, 0);
+}
+
+#[tokio::test]
+async fn writes_outside_a_tenant_tx_cannot_commit_without_restating_the_tenant() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    // A hand-rolled transaction on the raw pool binds correctly but skips the commit protocol.
+    let mut conn = f.raw.acquire().await.unwrap();
+    let err = sqlx::raw_sql(&format!(
+        "BEGIN; SET LOCAL app.tenant_id = '{a}';
+         INSERT INTO projects (tenant_id, name) VALUES ('{a}', 'unchecked'); COMMIT;"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("TB001")
+    );
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+    drop(conn);
+    assert_eq!(count_all(&f.db, "projects").await, 0);
+}
+
+#[tokio::test]
+async fn updates_and_deletes_of_own_rows_commit() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "old").await;
+    add_project(&f.pool, a, "gone").await;
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    sqlx::query("UPDATE projects SET name = 'new' WHERE name = 'old'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM projects WHERE name = 'gone'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        visible(&f.pool, a).await,
+        vec![(*a.as_uuid(), "new".to_owned())]
+    );
 }
 
 #[tokio::test]

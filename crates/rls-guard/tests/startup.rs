@@ -1,4 +1,6 @@
 //! The pool refuses to start as a role that row-level security would not bind.
+// Integration tests: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

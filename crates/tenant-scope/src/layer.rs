@@ -85,10 +85,10 @@ impl TenantLayer {
             (None, Some(a)) => a.tenant(),
             (None, None) => return Err(TenantError::Missing),
         };
-        if let Some(directory) = &self.config.directory {
-            if !directory.contains(tenant)? {
-                return Err(TenantError::Unknown);
-            }
+        if let Some(directory) = &self.config.directory
+            && !directory.contains(tenant)?
+        {
+            return Err(TenantError::Unknown);
         }
         Ok(TenantContext::new(tenant, actor.cloned(), Origin::Request))
     }

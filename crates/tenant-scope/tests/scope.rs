@@ -1,4 +1,6 @@
 //! Task-local tenant scope: carried into explicitly spawned work, absent everywhere else.
+// Integration tests: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use tenant_scope::{TenantContext, TenantError, TenantId, scope};
 

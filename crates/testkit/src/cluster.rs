@@ -301,10 +301,10 @@ fn unprivileged_user() -> Result<Option<User>, TestkitError> {
         Err(_) => vec!["postgres".into(), "nobody".into()],
     };
     for name in &names {
-        if let Ok(Some(user)) = User::from_name(name) {
-            if !user.uid.is_root() {
-                return Ok(Some(user));
-            }
+        if let Ok(Some(user)) = User::from_name(name)
+            && !user.uid.is_root()
+        {
+            return Ok(Some(user));
         }
     }
     Err(TestkitError::NoUnprivilegedUser(names.join(" or ")))

@@ -28,6 +28,10 @@
 //! # }
 //! ```
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// Test support: a test whose database cannot be provided must fail loudly, so the convenience
+// functions panic with a message that says how to fix the machine (the `try_` forms return
+// errors instead).
+#![allow(clippy::panic)]
 
 mod binaries;
 mod cluster;

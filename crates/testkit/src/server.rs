@@ -25,7 +25,7 @@ const ROLE_PASSWORD: &str = "testkit";
 
 enum Backend {
     Throwaway(PgCluster),
-    External(PgConnectOptions),
+    External(Box<PgConnectOptions>),
 }
 
 /// The PostgreSQL server this test process uses: `DATABASE_URL` when set, otherwise a
@@ -73,7 +73,7 @@ impl TestServer {
                 let options = PgConnectOptions::from_str(&url)
                     .map_err(|e| TestkitError::DatabaseUrl(e.to_string()))?;
                 Self {
-                    backend: Backend::External(options),
+                    backend: Backend::External(Box::new(options)),
                 }
             }
             _ => {
@@ -93,7 +93,7 @@ impl TestServer {
     pub fn options(&self, role: Role, database: &str) -> PgConnectOptions {
         let options = match &self.backend {
             Backend::Throwaway(cluster) => cluster.connect_options(ADMIN_ROLE, database),
-            Backend::External(admin) => admin.clone().database(database),
+            Backend::External(admin) => (**admin).clone().database(database),
         };
         let options = match role {
             Role::Admin => options,

@@ -1,5 +1,7 @@
 //! The harness itself: real clusters, cleaned up on drop and on panic; isolated databases;
 //! least-privilege roles.
+// Integration tests: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Instant;
 

@@ -32,7 +32,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match arg.as_str() {
             "--database-url" => url = Some(args.next().ok_or("--database-url needs a value")?),
             "--runtime-role" => {
-                runtime_role = Some(args.next().ok_or("--runtime-role needs a value")?)
+                runtime_role = Some(args.next().ok_or("--runtime-role needs a value")?);
             }
             "--json" => json = true,
             "-h" | "--help" => return Err(String::new()),
