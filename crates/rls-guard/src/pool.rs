@@ -103,11 +103,11 @@ impl std::fmt::Debug for TenantTx {
     }
 }
 
-/// Clears any session-level value of the binding that SQL inside the transaction may have set
-/// with a plain `SET`, so no tenant outlives the transaction on the pooled connection. (The
-/// `app.commit_binding` setting needs no reset: every commit sets it `LOCAL` right before
-/// `COMMIT`, and nothing else reads it.)
-const RESET: &str = "RESET app.tenant_id; RESET app.actor_id";
+/// Clears any session-level tenant that SQL inside the transaction may have set with a plain
+/// `SET`, so no tenant outlives the transaction on the pooled connection. One statement is
+/// enough: without a tenant every tenant table shows no rows and refuses every write, whatever
+/// `app.actor_id` says; and `app.commit_binding` is set `LOCAL` right before every `COMMIT`.
+const RESET: &str = "RESET app.tenant_id";
 
 impl TenantTx {
     /// The tenant this transaction is bound to.
