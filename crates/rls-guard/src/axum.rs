@@ -32,7 +32,8 @@ where
     type Rejection = RlsError;
 
     /// Opens a transaction bound to the request's tenant. No resolved tenant is a 500
-    /// (`tenant_not_resolved`, the route lacks `TenantLayer`); an unreachable database a 503.
+    /// (`tenant_not_resolved`, the route lacks `TenantLayer`); an unreachable database a 503
+    /// (`database_unavailable`); a statement the database refused a 500 (`database_error`).
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let context = parts
             .extensions
@@ -44,19 +45,44 @@ where
 
 impl IntoResponse for RlsError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
-            Self::NoTenantContext => (StatusCode::INTERNAL_SERVER_ERROR, "tenant_not_resolved"),
-            Self::BindingChanged => (StatusCode::INTERNAL_SERVER_ERROR, "tenant_binding_changed"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        let (status, code, message) = if self.is_unavailable() {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unavailable",
+            )
+        } else {
+            match &self {
+                Self::NoTenantContext => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "tenant_not_resolved",
+                    "tenant context unavailable",
+                ),
+                Self::BindingChanged => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "tenant_binding_changed",
+                    "the request was refused",
+                ),
+                _ => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "database_error",
+                    "the request failed",
+                ),
+            }
         };
         // Details stay in the log; the client learns the stable code only.
         tracing::warn!(error = %self, code, "request refused by rls-guard");
-        let mut response = (status, format!("{{\"error\":\"{code}\"}}")).into_response();
-        response.headers_mut().insert(
+        let mut response = (
+            status,
+            format!("{{\"error\":\"{code}\",\"message\":\"{message}\"}}"),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
 }

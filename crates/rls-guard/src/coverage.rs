@@ -24,6 +24,9 @@ pub enum FindingKind {
     PolicyAllowsUnsetTenant,
     /// No policy on the table mentions `tenant_id`.
     NoTenantPredicate,
+    /// No RESTRICTIVE policy mentions `tenant_id`, so any permissive policy added later (a
+    /// "public rows" policy, say) widens access across tenants.
+    NoRestrictiveTenantPolicy,
     /// No index leads with `tenant_id`.
     MissingTenantIndex,
     /// The deferred binding-check trigger (`app.check_row_binding`) is missing or disabled, so
@@ -75,7 +78,7 @@ SELECT c.oid::int8, pg_catalog.format('%I.%I', n.nspname, c.relname),
        EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg
                WHERE tg.tgrelid = c.oid
                  AND tg.tgfoid = pg_catalog.to_regprocedure('app.check_row_binding()')
-                 AND tg.tgdeferrable AND tg.tginitdeferred AND tg.tgenabled <> 'D'
+                 AND tg.tgdeferrable AND tg.tginitdeferred AND tg.tgenabled IN ('O', 'A')
                  AND tg.tgtype & 28 = 28)
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -203,6 +206,17 @@ impl CoverageCheck {
                 }
             }
             let mut mentions_tenant = false;
+            let restrictive_tenant = policies.iter().any(|(_, cmd, permissive, using, _)| {
+                !*permissive
+                    && cmd == "*"
+                    && using.as_deref().is_some_and(|u| u.contains("tenant_id"))
+            });
+            if !restrictive_tenant {
+                add(
+                    FindingKind::NoRestrictiveTenantPolicy,
+                    "no RESTRICTIVE policy for ALL commands on tenant_id".into(),
+                );
+            }
             for (name, cmd, _, using, check) in &policies {
                 if matches!(cmd.as_str(), "*" | "a" | "w") && check.is_none() {
                     add(

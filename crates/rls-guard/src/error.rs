@@ -42,10 +42,20 @@ fn list(problems: &[RoleProblem]) -> String {
 }
 
 impl RlsError {
-    /// Whether the error means the database could not be evaluated (an HTTP 503), as opposed to
-    /// a refusal.
+    /// Whether the error means the database could not be reached (an HTTP 503), as opposed to
+    /// a statement the database refused (a constraint, a row-level security violation).
     #[must_use]
     pub const fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Database(_))
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
     }
 }

@@ -6,13 +6,15 @@
 //!
 //! - [`TenantPool`] / [`TenantTx`]: the only way to touch tenant tables is a transaction bound
 //!   to a [`TenantContext`](tenant_scope::TenantContext) — `BEGIN` and
-//!   `SET LOCAL app.tenant_id = ..` in one round trip, a binding check in the same
-//!   round trip as `COMMIT`, and nothing that outlives the transaction on a pooled connection.
+//!   `SET LOCAL app.tenant_id = ..` in one round trip; at `COMMIT` (same round trip as the
+//!   restated binding) a deferred trigger refuses any written row of another tenant; no tenant
+//!   outlives the transaction on a pooled connection.
 //! - [`schema`]: the support functions and the helper that makes a table tenant-safe
-//!   (ENABLE + FORCE, restrictive and permissive policies with `USING` and `WITH CHECK`, an
-//!   index leading with `tenant_id`), plus guidance on composite keys.
-//! - [`verify_runtime_role`]: refuse to run as a superuser, a BYPASSRLS role, a member of one,
-//!   or the owner of a protected table.
+//!   (ENABLE + FORCE, restrictive and permissive policies with `USING` and `WITH CHECK`, the
+//!   deferred binding-check trigger, an index leading with `tenant_id`), plus guidance on
+//!   composite keys.
+//! - [`verify_runtime_role`]: refuse to run as a superuser, a BYPASSRLS or CREATEROLE role, a
+//!   member of a superuser or BYPASSRLS role, or the owner of a protected table.
 //! - [`CoverageCheck`] and the `rls-guard check` command: structured findings for every table,
 //!   view, function and materialized view that lets rows escape.
 //! - `axum` feature: handlers take a [`TenantTx`] argument.
@@ -27,7 +29,7 @@
 //! let mut tx = db.begin(&ctx).await?;              // BEGIN + bind, one round trip
 //! let names: Vec<String> = sqlx::query_scalar("SELECT name FROM projects")
 //!     .fetch_all(&mut *tx).await?;                 // only this tenant's rows, whatever the SQL
-//! tx.commit().await?;                              // binding check + COMMIT, one round trip
+//! tx.commit().await?;                              // restated binding + COMMIT, one round trip
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]

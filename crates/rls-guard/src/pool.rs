@@ -54,24 +54,26 @@ impl TenantPool {
             .actor()
             .map(|a| a.id().to_string())
             .unwrap_or_default();
-        let mut conn = self.pool.acquire().await?;
+        let conn = self.pool.acquire().await?;
+        // Wrap the connection before the first byte is sent: if this future is cancelled while
+        // BEGIN is in flight, dropping the unfinished `TenantTx` closes the connection rather
+        // than returning a bound, mid-transaction connection to the pool.
+        let mut tx = TenantTx {
+            conn,
+            tenant,
+            actor,
+            finished: false,
+        };
         // The values are validated UUIDs (hex digits and hyphens only), so inlining them as
         // literals is injection-free; the simple-query protocol is what lets BEGIN and the
         // binding share one round trip. `SET LOCAL` is a utility command: no planning, no result
         // row, measurably cheaper than `SELECT set_config(.., true)` with the same effect.
         let bind = format!(
-            "BEGIN; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{actor}'"
+            "BEGIN; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{}'",
+            tx.actor
         );
-        if let Err(error) = conn.execute(sqlx::raw_sql(&bind)).await {
-            conn.close_on_drop();
-            return Err(error.into());
-        }
-        Ok(TenantTx {
-            conn,
-            tenant,
-            actor,
-            finished: false,
-        })
+        tx.conn.execute(sqlx::raw_sql(&bind)).await?;
+        Ok(tx)
     }
 
     /// The pool inside (for health checks and shutdown).
@@ -144,12 +146,16 @@ impl TenantTx {
     }
 
     async fn finish(&mut self, sql: &str) -> Result<(), RlsError> {
-        self.finished = true;
+        // `finished` is set only once the server has answered: a commit or rollback cancelled
+        // mid-flight leaves it false, and `Drop` closes the connection.
         match self.conn.execute(sqlx::raw_sql(sql)).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.finished = true;
+                Ok(())
+            }
             Err(error) => {
                 // The connection's state is unknown (possibly tampered with): never reuse it.
-                self.conn.close_on_drop();
+                // (`finished` stays false, so `Drop` closes it.)
                 let changed = error
                     .as_database_error()
                     .and_then(|e| e.code())

@@ -14,6 +14,10 @@ pub enum RoleProblem {
     /// BYPASSRLS roles bypass row-level security.
     #[error("it has BYPASSRLS")]
     BypassRls,
+    /// CREATEROLE roles can grant themselves membership in other roles (the table owner's, on
+    /// PostgreSQL 15 and older).
+    #[error("it has CREATEROLE")]
+    CreateRole,
     /// It is a member of a superuser or BYPASSRLS role and could `SET ROLE` to it.
     #[error("it is a member of privileged role `{0}`")]
     MemberOfPrivileged(String),
@@ -27,6 +31,7 @@ const ROLE_QUERY: &str = "
 SELECT r.rolname::text,
        r.rolsuper,
        r.rolbypassrls,
+       r.rolcreaterole,
        ARRAY(SELECT o.rolname::text FROM pg_catalog.pg_roles o
              WHERE (o.rolsuper OR o.rolbypassrls) AND o.oid <> r.oid
                AND pg_catalog.pg_has_role(r.oid, o.oid, 'MEMBER')
@@ -45,27 +50,28 @@ SELECT r.rolname::text,
 FROM pg_catalog.pg_roles r
 WHERE r.rolname = current_user";
 
+/// role, superuser, bypassrls, createrole, privileged memberships, owned protected tables.
+type RoleRow = (String, bool, bool, bool, Vec<String>, Vec<String>);
+
 /// Checks that the connected role is bound by row-level security: not a superuser, no
-/// BYPASSRLS, not a member of a role that is either, and owner of no protected table (a table
+/// BYPASSRLS, no CREATEROLE, not a member of a role that is either, and owner of no protected table (a table
 /// with row-level security enabled or a `tenant_id` column).
 ///
 /// # Errors
 /// [`RlsError::UnsafeRuntimeRole`] listing every problem; [`RlsError::Database`] when the
 /// check cannot run (which also refuses).
 pub async fn verify_runtime_role(conn: &mut PgConnection) -> Result<(), RlsError> {
-    let (role, superuser, bypass, privileged, owned): (
-        String,
-        bool,
-        bool,
-        Vec<String>,
-        Vec<String>,
-    ) = sqlx::query_as(ROLE_QUERY).fetch_one(&mut *conn).await?;
+    let (role, superuser, bypass, createrole, privileged, owned): RoleRow =
+        sqlx::query_as(ROLE_QUERY).fetch_one(&mut *conn).await?;
     let mut problems = Vec::new();
     if superuser {
         problems.push(RoleProblem::Superuser);
     }
     if bypass {
         problems.push(RoleProblem::BypassRls);
+    }
+    if createrole {
+        problems.push(RoleProblem::CreateRole);
     }
     problems.extend(privileged.into_iter().map(RoleProblem::MemberOfPrivileged));
     problems.extend(owned.into_iter().map(RoleProblem::OwnsProtectedTable));

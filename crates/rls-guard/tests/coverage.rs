@@ -82,6 +82,10 @@ async fn flags_every_defect_kind_on_a_broken_schema() {
         (PolicyAlwaysTrue, "public.t_open"),
         (PolicyAllowsUnsetTenant, "public.t_nullable"),
         (NoTenantPredicate, "public.t_open"),
+        (NoRestrictiveTenantPolicy, "public.t_disabled"),
+        (NoRestrictiveTenantPolicy, "public.t_nullable"),
+        (NoRestrictiveTenantPolicy, "public.t_open"),
+        (NoRestrictiveTenantPolicy, "public.t_unforced"),
         (MissingTenantIndex, "public.t_disabled"),
         (MissingBindingCheck, "public.t_disabled"),
         (MissingBindingCheck, "public.t_nullable"),
@@ -198,4 +202,6 @@ async fn cli_passes_a_good_schema_and_fails_closed_without_a_database() {
     assert_eq!(out.status.code(), Some(2));
     let out = cli(&["check"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = cli(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
 }

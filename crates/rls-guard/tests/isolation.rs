@@ -540,3 +540,32 @@ async fn unreachable_database_is_an_error_not_an_unscoped_fallback() {
         .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
+
+#[tokio::test]
+async fn a_refused_statement_is_not_reported_as_unavailable() {
+    let f = fixture(1).await;
+    let mut tx = f.pool.begin(&ctx(TenantId::new_random())).await.unwrap();
+    let err: RlsError =
+        sqlx::query("INSERT INTO projects (tenant_id, name) VALUES (gen_random_uuid(), 'x')")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err()
+            .into();
+    assert!(!err.is_unavailable(), "{err}");
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_begin_cancelled_in_flight_never_returns_a_bound_connection_to_the_pool() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    add_project(&f.pool, a, "a-row").await;
+    // Cancel `begin` at many points of its flight.
+    for i in 0..200u64 {
+        let context = ctx(a);
+        let begin = f.pool.begin(&context);
+        let _ = tokio::time::timeout(Duration::from_micros(i * 5), begin).await;
+    }
+    let mut conn = f.raw.acquire().await.unwrap();
+    assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+}

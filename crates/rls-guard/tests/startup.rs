@@ -50,6 +50,18 @@ async fn bypassrls_role_is_refused() {
 }
 
 #[tokio::test]
+async fn createrole_role_is_refused() {
+    let db = testkit::fresh_database(&common::template()).await;
+    let options = db
+        .create_login_role("roler", "NOSUPERUSER NOBYPASSRLS CREATEROLE")
+        .await;
+    assert_eq!(
+        problems(try_pool(options).await),
+        vec![RoleProblem::CreateRole]
+    );
+}
+
+#[tokio::test]
 async fn member_of_a_bypassrls_role_is_refused() {
     let db = testkit::fresh_database(&common::template()).await;
     let options = db

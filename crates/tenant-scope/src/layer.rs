@@ -77,8 +77,13 @@ impl TenantLayer {
     /// # Errors
     /// The [`TenantError`] the middleware would answer with.
     pub fn resolve(&self, head: &RequestHead<'_>) -> Result<TenantContext, TenantError> {
-        let found = self.config.resolver.resolve(head)?;
         let actor = head.extensions.get::<Actor>();
+        let found = match self.config.resolver.resolve(head) {
+            // A signed-in actor asking for a tenant that is not theirs gets the same answer
+            // whether that tenant exists or not: no existence oracle for other tenants' slugs.
+            Err(TenantError::Unknown) if actor.is_some() => return Err(TenantError::Conflict),
+            other => other?,
+        };
         let tenant = match (found, actor) {
             (Some(t), Some(a)) if t != a.tenant() => return Err(TenantError::Conflict),
             (Some(t), _) => t,
@@ -88,7 +93,11 @@ impl TenantLayer {
         if let Some(directory) = &self.config.directory
             && !directory.contains(tenant)?
         {
-            return Err(TenantError::Unknown);
+            return Err(if actor.is_some() {
+                TenantError::Conflict
+            } else {
+                TenantError::Unknown
+            });
         }
         Ok(TenantContext::new(tenant, actor.cloned(), Origin::Request))
     }

@@ -14,9 +14,13 @@ use crate::TenantError;
 /// | conflicting sources | 403 | `tenant_mismatch` |
 /// | unknown | 403 | `tenant_unknown` |
 /// | cannot be checked | 503 | `tenant_unavailable` |
+/// | cross-tenant grant refused | 403 | `cross_tenant_refused` |
 /// | not resolved by a layer | 500 | `tenant_not_resolved` |
 ///
-/// The body never repeats the offending value nor says whether another tenant exists.
+/// The body never repeats the offending value. A signed-in actor naming any tenant but their
+/// own gets `tenant_mismatch` whether that tenant exists or not; only anonymous requests can
+/// tell an unknown tenant (`tenant_unknown`) from a known one, which for subdomains is public
+/// anyway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRejection {
     error: TenantError,

@@ -253,6 +253,23 @@ async fn subdomain_attacks_are_refused() {
 }
 
 #[tokio::test]
+async fn signed_in_actor_cannot_probe_which_slugs_exist() {
+    let acme = TenantId::new_random();
+    let mut answers = Vec::new();
+    for host in ["acme.example.com", "nope.example.com"] {
+        let h = subdomain_harness(acme);
+        let mut req = request();
+        req.extensions_mut().insert(user(TenantId::new_random()));
+        req.headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_str(host).unwrap());
+        answers.push(h.send(req).await);
+        assert_eq!(h.reached(), 0);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn host_header_and_uri_authority_must_agree() {
     let acme = TenantId::new_random();
     let h = subdomain_harness(acme);

@@ -22,8 +22,10 @@ struct Args {
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    if args.next().as_deref() != Some("check") {
-        return Err("expected the `check` command".into());
+    match args.next().as_deref() {
+        Some("check") => {}
+        Some("-h" | "--help") => return Err("help".into()),
+        _ => return Err("expected the `check` command".into()),
     }
     let mut url = std::env::var("DATABASE_URL").ok();
     let mut runtime_role = None;
@@ -35,7 +37,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 runtime_role = Some(args.next().ok_or("--runtime-role needs a value")?);
             }
             "--json" => json = true,
-            "-h" | "--help" => return Err(String::new()),
+            "-h" | "--help" => return Err("help".into()),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -51,10 +53,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
 async fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(args) => args,
+        Err(message) if message == "help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
-            if !message.is_empty() {
-                eprintln!("rls-guard: {message}");
-            }
+            eprintln!("rls-guard: {message}");
             eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
