@@ -233,6 +233,28 @@ impl Keyring {
         Ok(Plaintext(plaintext))
     }
 
+    /// Migration mode, for columns being converted from plaintext: a stored value that is not a
+    /// ciphertext is returned as legacy plaintext (flagged `true`) and logged at `warn`. A value
+    /// that is a ciphertext must open, exactly as with [`open`](Self::open). Use only while
+    /// migrating a column, then switch back to `open`, which rejects planted plaintext.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open) for values that carry a ciphertext header.
+    pub fn open_migrating(
+        &self,
+        stored: &[u8],
+        context: &Context,
+    ) -> Result<(Plaintext, bool), CryptoError> {
+        if format::key_id_of(stored).is_ok() {
+            return self.open(stored, context).map(|p| (p, false));
+        }
+        tracing::warn!(
+            bytes = stored.len(),
+            "field-crypto migration mode: accepted a legacy plaintext value"
+        );
+        Ok((Plaintext(Zeroizing::new(stored.to_vec())), true))
+    }
+
     /// Seals an optional value: SQL `NULL` stays `None`, an empty value becomes a ciphertext.
     ///
     /// # Errors

@@ -43,16 +43,26 @@
 
 mod blind;
 mod context;
+mod envelope;
 mod error;
 pub mod format;
 mod key;
 mod keyring;
 mod random;
+#[cfg(feature = "sqlx")]
+mod reencrypt;
+mod sealed;
 
 pub use blind::{BlindIndexKey, BlindIndexer, Normalize};
 pub use context::Context;
+pub use envelope::{
+    KeyProvider, LocalKeyProvider, WrappedKey, new_tenant_key, tenant_key_label, tenant_keyring,
+};
 pub use error::CryptoError;
 pub use format::key_id_of;
 pub use key::{KeyMaterial, KeyState};
 pub use keyring::{Keyring, Plaintext};
 pub use random::{OsRandom, RandomSource};
+#[cfg(feature = "sqlx")]
+pub use reencrypt::{Progress, ReencryptError, ReencryptJob};
+pub use sealed::Sealed;
