@@ -36,6 +36,14 @@
 //! # Ok::<(), field_crypto::CryptoError>(())
 //! ```
 //!
+//! Opening without naming a context does not compile:
+//!
+//! ```compile_fail
+//! # let keyring = field_crypto::Keyring::new();
+//! # let stored: Vec<u8> = Vec::new();
+//! let value = keyring.open(&stored); // error: `open` takes the row's `Context` too
+//! ```
+//!
 //! What it does not protect against: an attacker inside the application process (who holds the
 //! keys), and the length of values (ciphertext length is plaintext length + 78 bytes).
 #![forbid(unsafe_code)]
