@@ -1,0 +1,118 @@
+//! Decisions and their reasons: one structured event per decision.
+
+use std::net::IpAddr;
+
+use crate::policy::{EgressPolicy, Mode};
+use crate::ranges::{Forbidden, TABLE_VERSION};
+use crate::target::Target;
+
+/// Why a destination is allowed or denied. The `code` is stable for dashboards and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// Allowed by the policy.
+    Allowed,
+    /// The URL does not parse (or has no host or port).
+    UnparsableUrl,
+    /// Only `http` and `https` are allowed.
+    SchemeNotAllowed,
+    /// The port is not in the policy's list.
+    PortNotAllowed,
+    /// A special-purpose address (private, loopback, link-local, ...).
+    ForbiddenAddress(Forbidden),
+    /// A cloud metadata endpoint.
+    Metadata(Forbidden),
+    /// A name that is never public (`localhost`, `*.internal`, `metadata.google.internal`, ...).
+    ForbiddenName,
+    /// The policy refuses IP literals.
+    IpLiteralRefused,
+    /// The host is not on the policy's allowlist.
+    HostNotAllowed,
+}
+
+impl Reason {
+    /// The stable machine code.
+    #[must_use]
+    pub const fn code(&self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::UnparsableUrl => "unparsable_url",
+            Self::SchemeNotAllowed => "scheme_not_allowed",
+            Self::PortNotAllowed => "port_not_allowed",
+            Self::ForbiddenAddress(_) => "forbidden_address",
+            Self::Metadata(_) => "metadata",
+            Self::ForbiddenName => "forbidden_name",
+            Self::IpLiteralRefused => "ip_literal_refused",
+            Self::HostNotAllowed => "host_not_allowed",
+        }
+    }
+}
+
+/// The outcome of checking one destination.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// What the policy itself says (`allowed` can differ from it in report mode).
+    pub reason: Reason,
+    /// Whether the reason is part of the floor (denied in every mode).
+    pub floor: bool,
+    /// The policy's name.
+    pub policy: String,
+    /// The policy's mode.
+    pub mode: Mode,
+    /// The normalised destination, when the URL parsed.
+    pub target: Option<Target>,
+    /// The address judged, for resolved or literal addresses.
+    pub address: Option<IpAddr>,
+    /// The version of the range table.
+    pub table_version: u32,
+}
+
+impl Decision {
+    pub(crate) fn new(
+        policy: &EgressPolicy,
+        target: Option<Target>,
+        reason: Reason,
+        floor: bool,
+    ) -> Self {
+        let mode = policy.mode_value();
+        let allowed = match reason {
+            Reason::Allowed => true,
+            _ if floor => false,
+            _ => mode == Mode::Report,
+        };
+        let decision = Self {
+            allowed,
+            reason,
+            floor,
+            policy: policy.name().to_owned(),
+            mode,
+            target,
+            address: None,
+            table_version: TABLE_VERSION,
+        };
+        decision.emit();
+        decision
+    }
+
+    pub(crate) fn with_address(mut self, ip: IpAddr) -> Self {
+        self.address = Some(ip);
+        self
+    }
+
+    fn emit(&self) {
+        let host = self.target.as_ref().map(Target::host_text);
+        if self.allowed && self.reason != Reason::Allowed {
+            tracing::warn!(
+                policy = %self.policy, code = self.reason.code(), host = host.as_deref(),
+                "egress allowed in report mode; enforce would deny"
+            );
+        } else if !self.allowed {
+            tracing::info!(policy = %self.policy, code = self.reason.code(), host = host.as_deref(), "egress denied");
+        } else {
+            tracing::debug!(policy = %self.policy, host = host.as_deref(), "egress allowed");
+        }
+    }
+}
