@@ -13,6 +13,15 @@ use rls_guard::RlsError;
 use tenant_scope::TenantId;
 use uuid::Uuid;
 
+/// What injected SQL would run to switch a scoped transaction to another tenant.
+async fn rebind(tx: &mut rls_guard::TenantTx, tenant: TenantId) {
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut **tx)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn no_tenant_on_a_fresh_connection_sees_and_changes_nothing() {
     let f = fixture(2).await;
@@ -296,11 +305,7 @@ async fn switching_tenant_inside_a_scoped_transaction_is_detected_before_commit(
         .await
         .unwrap();
     // An injected statement rebinds the transaction to B and writes into B.
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(b.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    rebind(&mut tx, b).await;
     sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'planted in b')")
         .bind(b.as_uuid())
         .execute(&mut *tx)
@@ -332,11 +337,7 @@ async fn switching_back_before_commit_does_not_hide_a_write_to_another_tenant() 
         ),
         (a, "SELECT 1 WHERE $1::uuid IS NOT NULL"),
     ] {
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        rebind(&mut tx, tenant).await;
         sqlx::query(sql)
             .bind(tenant.as_uuid())
             .execute(&mut *tx)
@@ -354,11 +355,7 @@ async fn deleting_another_tenants_row_after_a_switch_is_undone() {
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
     add_project(&f.pool, b, "b-row").await;
     let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(b.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    rebind(&mut tx, b).await;
     let deleted = sqlx::query("DELETE FROM projects")
         .execute(&mut *tx)
         .await
@@ -398,11 +395,7 @@ async fn forcing_the_binding_check_to_run_early_fails() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(b.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    rebind(&mut tx, b).await;
     let err = sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'planted in b')")
         .bind(b.as_uuid())
         .execute(&mut *tx)
@@ -471,11 +464,7 @@ async fn a_session_level_set_inside_a_transaction_does_not_outlive_it() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(a.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    rebind(&mut tx, a).await;
     tx.commit().await.unwrap();
     // The same (only) connection, unbound, must not carry B.
     let mut conn = f.raw.acquire().await.unwrap();

@@ -69,31 +69,24 @@ impl Fixture {
 
     /// Only the binding: tenant-bound BEGIN, the SELECT on the plain table, plain COMMIT.
     pub async fn bound_tx_plain_table(&self) -> (Uuid, String) {
-        let bind = format!(
-            "BEGIN; SET LOCAL app.tenant_id = '{}'; SET LOCAL app.actor_id = '{}'",
-            self.tenant,
-            self.actor()
-        );
-        let mut tx = self.scoped.pool().begin_with(bind).await.unwrap();
-        let row = sqlx::query_as("SELECT id, name FROM plain_projects WHERE id = $1")
-            .bind(self.id)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        row
+        self.bound_tx_raw("plain_projects").await
     }
 
     /// The same binding and RLS query with a plain COMMIT (no restated binding, no reset), to
     /// show what rls-guard's commit protocol costs.
     pub async fn bound_tx_without_commit_protocol(&self) -> (Uuid, String) {
+        self.bound_tx_raw("projects").await
+    }
+
+    /// rls-guard's BEGIN + binding by hand, the primary-key SELECT on `table`, plain COMMIT.
+    async fn bound_tx_raw(&self, table: &str) -> (Uuid, String) {
         let bind = format!(
             "BEGIN; SET LOCAL app.tenant_id = '{}'; SET LOCAL app.actor_id = '{}'",
             self.tenant,
             self.actor()
         );
         let mut tx = self.scoped.pool().begin_with(bind).await.unwrap();
-        let row = sqlx::query_as("SELECT id, name FROM projects WHERE id = $1")
+        let row = sqlx::query_as(&format!("SELECT id, name FROM {table} WHERE id = $1"))
             .bind(self.id)
             .fetch_one(&mut *tx)
             .await
@@ -101,80 +94,4 @@ impl Fixture {
         tx.commit().await.unwrap();
         row
     }
-}
-
-pub async fn setup(cluster: &PgCluster) -> (sqlx::PgPool, TenantPool, TenantId, Uuid, Uuid) {
-    let mut admin = cluster
-        .connect_options(ADMIN_ROLE, "postgres")
-        .connect()
-        .await
-        .unwrap();
-    sqlx::raw_sql("CREATE ROLE bench_owner LOGIN; CREATE ROLE bench_runtime LOGIN NOINHERIT")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    // CREATE DATABASE cannot share a (multi-statement, hence transactional) simple query.
-    sqlx::raw_sql("CREATE DATABASE bench OWNER bench_owner")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mut owner = cluster
-        .connect_options("bench_owner", "bench")
-        .connect()
-        .await
-        .unwrap();
-    let sql = format!(
-        "{SUPPORT_SQL}
-         CREATE TABLE projects (tenant_id uuid NOT NULL, id uuid NOT NULL, name text NOT NULL,
-                                PRIMARY KEY (tenant_id, id));
-         {}
-         CREATE TABLE plain_projects (tenant_id uuid NOT NULL, id uuid PRIMARY KEY, name text NOT NULL);
-         GRANT SELECT ON projects, plain_projects TO bench_runtime;",
-        tenant_table_sql("projects").unwrap()
-    );
-    sqlx::raw_sql(&sql).execute(&mut owner).await.unwrap();
-    let mut tenants = Vec::new();
-    for _ in 0..TENANTS {
-        let tenant = TenantId::new_random();
-        tenants.push(tenant);
-        // Seed both tables with identical rows (the owner sets the binding for the RLS table).
-        sqlx::raw_sql(&format!(
-            "BEGIN; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.commit_binding = '{tenant}:';
-             INSERT INTO projects SELECT '{tenant}', gen_random_uuid(), 'project ' || g
-                 FROM generate_series(1, {ROWS_PER_TENANT}) g;
-             INSERT INTO plain_projects SELECT * FROM projects WHERE tenant_id = '{tenant}';
-             COMMIT;"
-        ))
-        .execute(&mut owner)
-        .await
-        .unwrap();
-    }
-    sqlx::raw_sql("ANALYZE projects; ANALYZE plain_projects;")
-        .execute(&mut owner)
-        .await
-        .unwrap();
-    let tenant = tenants[TENANTS / 2];
-    let plain_id: Uuid =
-        sqlx::query_scalar("SELECT id FROM plain_projects WHERE tenant_id = $1 LIMIT 1")
-            .bind(tenant.as_uuid())
-            .fetch_one(&mut owner)
-            .await
-            .unwrap();
-    let _ = owner.close().await;
-    let runtime_options = cluster
-        .connect_options("bench_runtime", "bench")
-        .disable_statement_logging();
-    let plain = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(runtime_options.clone())
-        .await
-        .unwrap();
-    let scoped_raw = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(runtime_options)
-        .await
-        .unwrap();
-    let scoped = TenantPool::new(scoped_raw).await.unwrap();
-    // The same row, looked up through each table.
-    (plain, scoped, tenant, plain_id, plain_id)
 }
