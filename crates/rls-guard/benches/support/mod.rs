@@ -95,3 +95,79 @@ impl Fixture {
         row
     }
 }
+
+pub async fn setup(cluster: &PgCluster) -> (sqlx::PgPool, TenantPool, TenantId, Uuid, Uuid) {
+    let mut admin = cluster
+        .connect_options(ADMIN_ROLE, "postgres")
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE ROLE bench_owner LOGIN; CREATE ROLE bench_runtime LOGIN NOINHERIT")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // CREATE DATABASE cannot share a (multi-statement, hence transactional) simple query.
+    sqlx::raw_sql("CREATE DATABASE bench OWNER bench_owner")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut owner = cluster
+        .connect_options("bench_owner", "bench")
+        .connect()
+        .await
+        .unwrap();
+    let sql = format!(
+        "{SUPPORT_SQL}
+         CREATE TABLE projects (tenant_id uuid NOT NULL, id uuid NOT NULL, name text NOT NULL,
+                                PRIMARY KEY (tenant_id, id));
+         {}
+         CREATE TABLE plain_projects (tenant_id uuid NOT NULL, id uuid PRIMARY KEY, name text NOT NULL);
+         GRANT SELECT ON projects, plain_projects TO bench_runtime;",
+        tenant_table_sql("projects").unwrap()
+    );
+    sqlx::raw_sql(&sql).execute(&mut owner).await.unwrap();
+    let mut tenants = Vec::new();
+    for _ in 0..TENANTS {
+        let tenant = TenantId::new_random();
+        tenants.push(tenant);
+        // Seed both tables with identical rows (the owner sets the binding for the RLS table).
+        sqlx::raw_sql(&format!(
+            "BEGIN; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.commit_binding = '{tenant}:';
+             INSERT INTO projects SELECT '{tenant}', gen_random_uuid(), 'project ' || g
+                 FROM generate_series(1, {ROWS_PER_TENANT}) g;
+             INSERT INTO plain_projects SELECT * FROM projects WHERE tenant_id = '{tenant}';
+             COMMIT;"
+        ))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql("ANALYZE projects; ANALYZE plain_projects;")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let tenant = tenants[TENANTS / 2];
+    let plain_id: Uuid =
+        sqlx::query_scalar("SELECT id FROM plain_projects WHERE tenant_id = $1 LIMIT 1")
+            .bind(tenant.as_uuid())
+            .fetch_one(&mut owner)
+            .await
+            .unwrap();
+    let _ = owner.close().await;
+    let runtime_options = cluster
+        .connect_options("bench_runtime", "bench")
+        .disable_statement_logging();
+    let plain = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(runtime_options.clone())
+        .await
+        .unwrap();
+    let scoped_raw = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(runtime_options)
+        .await
+        .unwrap();
+    let scoped = TenantPool::new(scoped_raw).await.unwrap();
+    // The same row, looked up through each table.
+    (plain, scoped, tenant, plain_id, plain_id)
+}
