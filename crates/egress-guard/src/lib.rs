@@ -26,16 +26,22 @@
 //! # Ok::<(), egress_guard::PolicyError>(())
 //! ```
 //!
-//! Not yet in this crate (see issue 6): the guarded reqwest client with the filtering resolver,
-//! per-hop redirect checks and body caps; until then, call [`EgressPolicy::check_url`] and
-//! [`EgressPolicy::check_address`] yourself on every hop and every resolved address.
+//! - [`GuardedClient`]: reqwest with every hop re-checked, a filtering resolver (the connection
+//!   goes only to addresses that were checked; mixed public/private answers are denied), system
+//!   proxies ignored, credentials dropped on cross-origin redirects, timeouts and a body cap;
+//!   also a `tower::Service`.
 #![forbid(unsafe_code)]
 
+mod client;
 mod decision;
 mod policy;
 pub mod ranges;
 mod target;
 
+pub use client::{
+    EgressError, GuardedClient, GuardedClientBuilder, GuardedResponse, HickoryResolver,
+    NameResolver,
+};
 pub use decision::{Decision, Reason};
 pub use policy::{EgressPolicy, HostPattern, Mode, PolicyError};
 pub use ranges::{Class, classify};

@@ -75,7 +75,9 @@ impl LocalKeyProvider {
     /// [`CryptoError::InvalidKeyMaterial`] when the variable is missing or malformed (its value
     /// is never echoed).
     pub fn from_env(kek_id: u32, var: &str) -> Result<Self, CryptoError> {
-        let value = std::env::var(var).map_err(|_| CryptoError::InvalidKeyMaterial)?;
+        let value = zeroize::Zeroizing::new(
+            std::env::var(var).map_err(|_| CryptoError::InvalidKeyMaterial)?,
+        );
         Self::new(kek_id, &KeyMaterial::from_hex(&value)?)
     }
 
@@ -133,7 +135,8 @@ pub fn tenant_key_label(tenant: &[u8], key_id: u32) -> Vec<u8> {
 /// store (for example in a `tenant_keys (tenant_id, key_id, wrapped bytea)` table).
 ///
 /// # Errors
-/// [`CryptoError::RandomFailure`], or the provider's error converted by `P::Error: Into<CryptoError>`.
+/// The provider's error; a [`CryptoError::RandomFailure`] arrives through
+/// `P::Error: From<CryptoError>`.
 pub async fn new_tenant_key<P>(
     provider: &P,
     tenant: &[u8],

@@ -41,7 +41,14 @@ pub struct Progress {
 }
 
 /// Re-encrypts one encrypted column of a table (with a `bigint` id and a tenant column) under
-/// the keyring's primary key, in id order. Reads keep working throughout, because the old key
+/// the keyring's primary key, in id order.
+///
+/// **Run it where it can see the rows.** On a table with row-level security, a connection with
+/// no tenant bound sees no rows, and the job reports `done` after scanning nothing: run it per
+/// tenant inside a tenant-bound transaction (rls-guard's `TenantTx`), and before retiring the
+/// old key, confirm with an operator query that no value still carries the old key id (the
+/// header's bytes 2..6). Values without a ciphertext header (legacy plaintext) stop the batch
+/// with an error: convert them first with [`Keyring::open_migrating`]. Reads keep working throughout, because the old key
 /// stays decrypt-only until the job reports `done`; a row the application rewrites meanwhile is
 /// left alone (compare-and-swap on the old ciphertext).
 #[derive(Debug, Clone)]

@@ -42,20 +42,25 @@ fn list(problems: &[RoleProblem]) -> String {
 }
 
 impl RlsError {
-    /// Whether the error means the database could not be reached (an HTTP 503), as opposed to
-    /// a statement the database refused (a constraint, a row-level security violation).
+    /// Whether the error means the database could not be reached or is not serving (an HTTP
+    /// 503), as opposed to a statement the database refused (a constraint, a row-level security
+    /// violation). Server-reported outages count: SQLSTATE class 08 (connection exception),
+    /// 53300 (too many connections) and 57P01–57P03 (shutting down, cannot connect now).
     #[must_use]
-    pub const fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+    pub fn is_unavailable(&self) -> bool {
+        match self {
             Self::Database(
                 sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            )
-        )
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Self::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
     }
 }

@@ -18,7 +18,7 @@ pub enum RoleProblem {
     /// PostgreSQL 15 and older).
     #[error("it has CREATEROLE")]
     CreateRole,
-    /// It is a member of a superuser or BYPASSRLS role and could `SET ROLE` to it.
+    /// It is a member of a superuser, BYPASSRLS or CREATEROLE role and could `SET ROLE` to it.
     #[error("it is a member of privileged role `{0}`")]
     MemberOfPrivileged(String),
     /// It owns (directly or through membership) a protected table, so it could disable the
@@ -33,7 +33,7 @@ SELECT r.rolname::text,
        r.rolbypassrls,
        r.rolcreaterole,
        ARRAY(SELECT o.rolname::text FROM pg_catalog.pg_roles o
-             WHERE (o.rolsuper OR o.rolbypassrls) AND o.oid <> r.oid
+             WHERE (o.rolsuper OR o.rolbypassrls OR o.rolcreaterole) AND o.oid <> r.oid
                AND pg_catalog.pg_has_role(r.oid, o.oid, 'MEMBER')
              ORDER BY 1),
        ARRAY(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
