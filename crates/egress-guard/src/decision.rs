@@ -74,6 +74,7 @@ impl Decision {
     pub(crate) fn new(
         policy: &EgressPolicy,
         target: Option<Target>,
+        address: Option<IpAddr>,
         reason: Reason,
         floor: bool,
     ) -> Self {
@@ -90,16 +91,14 @@ impl Decision {
             policy: policy.name().to_owned(),
             mode,
             target,
-            address: None,
+            address,
             table_version: TABLE_VERSION,
         };
         decision.emit();
+        for hook in policy.hooks() {
+            hook.record(&decision);
+        }
         decision
-    }
-
-    pub(crate) fn with_address(mut self, ip: IpAddr) -> Self {
-        self.address = Some(ip);
-        self
     }
 
     fn emit(&self) {
@@ -113,6 +112,36 @@ impl Decision {
             tracing::info!(policy = %self.policy, code = self.reason.code(), host = host.as_deref(), "egress denied");
         } else {
             tracing::debug!(policy = %self.policy, host = host.as_deref(), "egress allowed");
+        }
+    }
+}
+
+/// Receives every decision a policy makes: the extension point for `audit-log` (which records
+/// denials with actor and tenant) and for metrics. Called synchronously on the request path:
+/// keep it cheap (buffer, count, send to a channel).
+pub trait DecisionHook: Send + Sync + 'static {
+    /// Records one decision.
+    fn record(&self, decision: &Decision);
+}
+
+/// Counts decisions per reason code (a [`DecisionHook`] for metrics).
+#[derive(Debug, Default)]
+pub struct DecisionCounters {
+    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl DecisionCounters {
+    /// A snapshot: reason code → decisions so far.
+    #[must_use]
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl DecisionHook for DecisionCounters {
+    fn record(&self, decision: &Decision) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(decision.reason.code()).or_default() += 1;
         }
     }
 }

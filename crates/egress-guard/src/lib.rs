@@ -42,7 +42,7 @@ pub use client::{
     EgressError, GuardedClient, GuardedClientBuilder, GuardedResponse, HickoryResolver,
     NameResolver,
 };
-pub use decision::{Decision, Reason};
+pub use decision::{Decision, DecisionCounters, DecisionHook, Reason};
 pub use policy::{EgressPolicy, HostPattern, Mode, PolicyError};
 pub use ranges::{Class, classify};
 pub use target::{Target, TargetHost};

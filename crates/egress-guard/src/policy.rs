@@ -99,8 +99,9 @@ const FORBIDDEN_NAMES: [&str; 6] = [
 const FORBIDDEN_SUFFIXES: [&str; 4] = [".localhost", ".local", ".home.arpa", ".internal"];
 
 /// An egress policy for one agent or tool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EgressPolicy {
+    hooks: Vec<std::sync::Arc<dyn crate::DecisionHook>>,
     name: String,
     mode: Mode,
     hosts: Vec<HostPattern>,
@@ -109,11 +110,26 @@ pub struct EgressPolicy {
     exceptions: Vec<IpNet>,
 }
 
+impl std::fmt::Debug for EgressPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressPolicy")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("hosts", &self.hosts)
+            .field("hostnames_only", &self.hostnames_only)
+            .field("ports", &self.ports)
+            .field("exceptions", &self.exceptions)
+            .field("hooks", &self.hooks.len())
+            .finish()
+    }
+}
+
 impl EgressPolicy {
     /// A policy allowing any public host on ports 80 and 443, enforcing.
     #[must_use]
     pub fn new(name: &str) -> Self {
         Self {
+            hooks: Vec::new(),
             name: name.to_owned(),
             mode: Mode::Enforce,
             hosts: Vec::new(),
@@ -171,6 +187,17 @@ impl EgressPolicy {
         self
     }
 
+    /// Also hand every decision of this policy to `hook` (an audit sink, counters).
+    #[must_use]
+    pub fn with_hook(mut self, hook: std::sync::Arc<dyn crate::DecisionHook>) -> Self {
+        self.hooks.push(hook);
+        self
+    }
+
+    pub(crate) fn hooks(&self) -> &[std::sync::Arc<dyn crate::DecisionHook>] {
+        &self.hooks
+    }
+
     /// The policy's name.
     #[must_use]
     pub fn name(&self) -> &str {
@@ -182,15 +209,16 @@ impl EgressPolicy {
     pub fn check_url(&self, url: &str) -> Decision {
         match Target::parse(url) {
             Ok(target) => self.check_target(&target),
-            Err(reason) => Decision::new(self, None, reason, true),
+            Err(reason) => Decision::new(self, None, None, reason, true),
         }
     }
 
     /// Decides a normalised target (also used for every redirect hop).
     #[must_use]
     pub fn check_target(&self, target: &Target) -> Decision {
-        let decide =
-            |reason: Reason, floor: bool| Decision::new(self, Some(target.clone()), reason, floor);
+        let decide = |reason: Reason, floor: bool| {
+            Decision::new(self, Some(target.clone()), None, reason, floor)
+        };
         match &target.host {
             TargetHost::Ip(ip) => {
                 if let Some(reason) = self.floor(*ip) {
@@ -224,14 +252,10 @@ impl EgressPolicy {
     /// explicit CIDR exception covers it.
     #[must_use]
     pub fn check_address(&self, target: &Target, ip: IpAddr) -> Decision {
-        match self.floor(ip) {
-            Some(reason) => {
-                Decision::new(self, Some(target.clone()), reason, true).with_address(ip)
-            }
-            None => {
-                Decision::new(self, Some(target.clone()), Reason::Allowed, false).with_address(ip)
-            }
-        }
+        let (reason, floor) = self
+            .floor(ip)
+            .map_or((Reason::Allowed, false), |r| (r, true));
+        Decision::new(self, Some(target.clone()), Some(ip), reason, floor)
     }
 
     /// Whether an exception covers `ip` — judged, like the floor, on the effective address

@@ -1093,3 +1093,54 @@ fn cli_prints_json_and_exits_by_verdict() {
     std::fs::remove_file(&dir).unwrap();
     assert_eq!(run(&[]).status.code(), Some(2));
 }
+
+#[test]
+fn hooks_see_every_decision_and_counters_count_by_reason() {
+    use std::sync::{Arc, Mutex};
+
+    use egress_guard::{Decision, DecisionCounters, DecisionHook};
+
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<Decision>>);
+    impl DecisionHook for Sink {
+        fn record(&self, decision: &Decision) {
+            self.0.lock().unwrap().push(decision.clone());
+        }
+    }
+
+    let sink = Arc::new(Sink::default());
+    let counters = Arc::new(DecisionCounters::default());
+    let policy = EgressPolicy::new("hooked")
+        .allow_hosts(["*.example.com"])
+        .unwrap()
+        .with_hook(sink.clone())
+        .with_hook(counters.clone());
+    for url in [
+        "https://a.example.com/",
+        "http://169.254.169.254/",
+        "http://10.0.0.1/",
+        "http://127.0.0.1/",
+        "https://other.test/",
+        "file:///etc/passwd",
+    ] {
+        let _ = policy.check_url(url);
+    }
+    let seen = sink.0.lock().unwrap();
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|d| d.policy == "hooked"));
+    assert_eq!(
+        seen[1].target.as_ref().unwrap().host_text(),
+        "169.254.169.254"
+    );
+    let counts = counters.snapshot();
+    assert_eq!(counts["forbidden_address"], 2);
+    assert_eq!(
+        (
+            counts["allowed"],
+            counts["metadata"],
+            counts["host_not_allowed"],
+            counts["scheme_not_allowed"]
+        ),
+        (1, 1, 1, 1)
+    );
+}
