@@ -246,7 +246,6 @@ impl GuardedClientBuilder {
                 policy: policy.clone(),
             }))
             .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout)
             .build()
             .map_err(EgressError::Http)?;
         Ok(GuardedClient {
@@ -254,6 +253,7 @@ impl GuardedClientBuilder {
             policy,
             max_redirects: self.max_redirects,
             body_limit: self.body_limit,
+            read_timeout: self.read_timeout,
             total_timeout: self.total_timeout,
         })
     }
@@ -281,6 +281,7 @@ pub struct GuardedClient {
     policy: Arc<EgressPolicy>,
     max_redirects: usize,
     body_limit: usize,
+    read_timeout: Duration,
     total_timeout: Duration,
 }
 
@@ -365,7 +366,12 @@ impl GuardedClient {
             if let Some(b) = &body {
                 request = request.body(b.clone());
             }
-            let mut response = match request.send().await {
+            // The read timeout bounds the wait for the response head and for each body chunk
+            // (one timer per wait, rather than one reset on every socket read).
+            let sent = tokio::time::timeout(self.read_timeout, request.send())
+                .await
+                .map_err(|_| EgressError::Timeout)?;
+            let mut response = match sent {
                 Ok(r) => r,
                 Err(error) => {
                     return Err(
@@ -403,7 +409,10 @@ impl GuardedClient {
             }
             let mut collected = BytesMut::new();
             loop {
-                match response.chunk().await {
+                let chunk = tokio::time::timeout(self.read_timeout, response.chunk())
+                    .await
+                    .map_err(|_| EgressError::Timeout)?;
+                match chunk {
                     Ok(Some(chunk)) => {
                         if collected.len() + chunk.len() > self.body_limit {
                             return Err(EgressError::BodyTooLarge {
