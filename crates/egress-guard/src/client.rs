@@ -380,7 +380,7 @@ impl GuardedClient {
                 }
             };
             let status = response.status();
-            if status.is_redirection() {
+            if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
                 if hop == self.max_redirects {
                     return Err(EgressError::TooManyRedirects);
                 }

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The version of this table, reported with every decision.
-pub const TABLE_VERSION: u32 = 1;
+pub const TABLE_VERSION: u32 = 2;
 
 /// Why an address is forbidden.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -216,7 +216,7 @@ const V6_LOOPBACK: Forbidden = row("::1/128", "loopback", "RFC 4291");
 const V6_UNSPECIFIED: Forbidden = row("::/128", "unspecified", "RFC 4291");
 
 /// IPv6 ranges inside 2000::/3 that are still special, as (network, prefix length, why).
-pub const SPECIAL_V6_GLOBAL: [(u128, u8, Forbidden); 5] = [
+pub const SPECIAL_V6_GLOBAL: [(u128, u8, Forbidden); 6] = [
     (
         0x2001_0000 << 96,
         32,
@@ -245,6 +245,15 @@ pub const SPECIAL_V6_GLOBAL: [(u128, u8, Forbidden); 5] = [
         0x3fff << 112,
         20,
         row("3fff::/20", "documentation", "RFC 9637"),
+    ),
+    (
+        0x2620_004f_8000 << 80,
+        48,
+        row(
+            "2620:4f:8000::/48",
+            "direct delegation AS112 (IPv6)",
+            "RFC 7534",
+        ),
     ),
 ];
 
