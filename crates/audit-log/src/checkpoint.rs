@@ -1,0 +1,320 @@
+//! Signed checkpoints: Ed25519 signatures over (tenant, sequence number, head hash, time).
+//!
+//! A checkpoint commits to the whole chain up to its sequence number. Exported to a system the
+//! database's owner cannot write (a separate store, a ticket, a transparency log), it catches
+//! what the chain alone cannot: someone with owner rights who rewrites events and recomputes
+//! every hash after them, or cuts off the tail.
+
+use std::fmt;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use tenant_scope::TenantId;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::AuditError;
+use crate::canonical::{ChainHash, format_time, now_micros};
+
+const DOMAIN: &str = "audit-log/checkpoint/v1";
+
+/// A signed statement that `tenant`'s chain had head `hash` at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The tenant.
+    pub tenant: String,
+    /// The sequence number of the last event covered.
+    pub seq: u64,
+    /// That event's chain hash, hex.
+    pub hash: String,
+    /// When it was signed (RFC 3339 UTC, microseconds).
+    pub signed_at: String,
+    /// Which key signed it.
+    pub key_id: String,
+    /// The Ed25519 signature, hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes that are signed.
+    fn message(tenant: &str, seq: u64, hash: &str, signed_at: &str, key_id: &str) -> String {
+        format!("{DOMAIN}\n{tenant}\n{seq}\n{hash}\n{signed_at}\n{key_id}")
+    }
+
+    /// The tenant, parsed.
+    ///
+    /// # Errors
+    /// [`AuditError::Malformed`] when it is not a tenant id.
+    pub fn tenant_id(&self) -> Result<TenantId, AuditError> {
+        self.tenant
+            .parse()
+            .map_err(|_| AuditError::Malformed("checkpoint tenant"))
+    }
+
+    /// The head hash, parsed.
+    ///
+    /// # Errors
+    /// [`AuditError::Malformed`] when it is not 32 bytes of hex.
+    pub fn hash_bytes(&self) -> Result<ChainHash, AuditError> {
+        let bytes =
+            hex::decode(&self.hash).map_err(|_| AuditError::Malformed("checkpoint hash"))?;
+        bytes
+            .try_into()
+            .map_err(|_| AuditError::Malformed("checkpoint hash"))
+    }
+
+    pub(crate) fn signature_bytes(&self) -> Result<[u8; 64], AuditError> {
+        let bytes = hex::decode(&self.signature)
+            .map_err(|_| AuditError::Malformed("checkpoint signature"))?;
+        bytes
+            .try_into()
+            .map_err(|_| AuditError::Malformed("checkpoint signature"))
+    }
+}
+
+fn valid_key_id(key_id: &str) -> bool {
+    !key_id.is_empty()
+        && key_id.len() <= 64
+        && key_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Signs checkpoints. Holds an Ed25519 private key: keep it out of the database, ideally in a
+/// separate service.
+pub struct CheckpointSigner {
+    key_id: String,
+    key: SigningKey,
+}
+
+impl fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointSigner")
+            .field("key_id", &self.key_id)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl CheckpointSigner {
+    /// A new random key named `key_id` (`[A-Za-z0-9._-]`, at most 64 bytes).
+    ///
+    /// # Errors
+    /// [`AuditError::InvalidKey`] for a bad key id or when the OS random generator fails.
+    pub fn generate(key_id: &str) -> Result<Self, AuditError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *secret).map_err(|_| AuditError::InvalidKey)?;
+        Self::from_secret(key_id, &secret)
+    }
+
+    /// The signer for a stored 32-byte Ed25519 secret.
+    ///
+    /// # Errors
+    /// [`AuditError::InvalidKey`] for a bad key id.
+    pub fn from_secret(key_id: &str, secret: &[u8; 32]) -> Result<Self, AuditError> {
+        if !valid_key_id(key_id) {
+            return Err(AuditError::InvalidKey);
+        }
+        Ok(Self {
+            key_id: key_id.to_owned(),
+            key: SigningKey::from_bytes(secret),
+        })
+    }
+
+    /// The 32-byte secret, to store it (handle with care).
+    #[must_use]
+    pub fn secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.key.to_bytes())
+    }
+
+    /// The public half, to give to verifiers.
+    #[must_use]
+    pub fn verifying_key(&self) -> CheckpointKey {
+        CheckpointKey {
+            key_id: self.key_id.clone(),
+            key: self.key.verifying_key(),
+        }
+    }
+
+    /// Signs `tenant`'s head `(seq, hash)` now.
+    ///
+    /// # Errors
+    /// [`AuditError::Malformed`] if the clock is outside RFC 3339.
+    pub fn sign(
+        &self,
+        tenant: TenantId,
+        seq: u64,
+        hash: &ChainHash,
+    ) -> Result<Checkpoint, AuditError> {
+        self.sign_at(tenant, seq, hash, now_micros())
+    }
+
+    pub(crate) fn sign_at(
+        &self,
+        tenant: TenantId,
+        seq: u64,
+        hash: &ChainHash,
+        at: OffsetDateTime,
+    ) -> Result<Checkpoint, AuditError> {
+        let tenant = tenant.to_string();
+        let hash = hex::encode(hash);
+        let signed_at = format_time(at)?;
+        let message = Checkpoint::message(&tenant, seq, &hash, &signed_at, &self.key_id);
+        let signature = self.key.sign(message.as_bytes());
+        Ok(Checkpoint {
+            tenant,
+            seq,
+            hash,
+            signed_at,
+            key_id: self.key_id.clone(),
+            signature: hex::encode(signature.to_bytes()),
+        })
+    }
+}
+
+/// A named Ed25519 public key that verifies checkpoints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CheckpointKey {
+    key_id: String,
+    key: VerifyingKey,
+}
+
+impl fmt::Debug for CheckpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointKey")
+            .field("key_id", &self.key_id)
+            .field("key", &self.to_hex())
+            .finish()
+    }
+}
+
+impl CheckpointKey {
+    /// A key from its id and 64 hex characters.
+    ///
+    /// # Errors
+    /// [`AuditError::InvalidKey`] for a bad id, bad hex or a point that is not a valid key.
+    pub fn from_hex(key_id: &str, hex_key: &str) -> Result<Self, AuditError> {
+        if !valid_key_id(key_id) {
+            return Err(AuditError::InvalidKey);
+        }
+        let bytes: [u8; 32] = hex::decode(hex_key.trim())
+            .map_err(|_| AuditError::InvalidKey)?
+            .try_into()
+            .map_err(|_| AuditError::InvalidKey)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| AuditError::InvalidKey)?;
+        Ok(Self {
+            key_id: key_id.to_owned(),
+            key,
+        })
+    }
+
+    /// The key id.
+    #[must_use]
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The key as 64 hex characters.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.key.as_bytes())
+    }
+}
+
+/// The keys a verifier trusts. A checkpoint signed by any other key is not trusted.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    keys: Vec<CheckpointKey>,
+}
+
+impl TrustedKeys {
+    /// No keys: every checkpoint is rejected.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts `key` too.
+    #[must_use]
+    pub fn with(mut self, key: CheckpointKey) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    /// Whether `checkpoint` carries a valid signature by a trusted key (strict Ed25519
+    /// verification: no malleable or small-order signatures).
+    #[must_use]
+    pub fn verifies(&self, checkpoint: &Checkpoint) -> bool {
+        let Ok(signature) = checkpoint.signature_bytes() else {
+            return false;
+        };
+        let signature = Signature::from_bytes(&signature);
+        let message = Checkpoint::message(
+            &checkpoint.tenant,
+            checkpoint.seq,
+            &checkpoint.hash,
+            &checkpoint.signed_at,
+            &checkpoint.key_id,
+        );
+        self.keys
+            .iter()
+            .filter(|k| k.key_id == checkpoint.key_id)
+            .any(|k| k.key.verify_strict(message.as_bytes(), &signature).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_checkpoint_verifies_and_any_change_breaks_it() {
+        let signer = CheckpointSigner::generate("k1").unwrap();
+        let keys = TrustedKeys::new().with(signer.verifying_key());
+        let tenant = TenantId::new_random();
+        let cp = signer.sign(tenant, 42, &[7; 32]).unwrap();
+        assert!(keys.verifies(&cp));
+        let mut moved = cp.clone();
+        moved.seq = 41;
+        assert!(!keys.verifies(&moved));
+        let mut other = cp.clone();
+        other.tenant = TenantId::new_random().to_string();
+        assert!(!keys.verifies(&other));
+        let mut rehashed = cp.clone();
+        rehashed.hash = hex::encode([8; 32]);
+        assert!(!keys.verifies(&rehashed));
+        let mut relabelled = cp.clone();
+        relabelled.key_id = "k2".into();
+        assert!(!keys.verifies(&relabelled));
+        let mut garbage = cp;
+        garbage.signature = "zz".into();
+        assert!(!keys.verifies(&garbage));
+    }
+
+    #[test]
+    fn a_checkpoint_by_an_untrusted_key_is_rejected() {
+        let mallory = CheckpointSigner::generate("k1").unwrap();
+        let honest = CheckpointSigner::generate("k1").unwrap();
+        let keys = TrustedKeys::new().with(honest.verifying_key());
+        let cp = mallory.sign(TenantId::new_random(), 1, &[0; 32]).unwrap();
+        assert!(!keys.verifies(&cp));
+        assert!(!TrustedKeys::new().verifies(&cp));
+    }
+
+    #[test]
+    fn keys_round_trip_and_debug_hides_the_secret() {
+        let signer = CheckpointSigner::generate("prod-2026").unwrap();
+        let again = CheckpointSigner::from_secret("prod-2026", &signer.secret()).unwrap();
+        assert_eq!(signer.verifying_key(), again.verifying_key());
+        let public = signer.verifying_key();
+        assert_eq!(
+            CheckpointKey::from_hex("prod-2026", &public.to_hex()).unwrap(),
+            public
+        );
+        let debug = format!("{signer:?}");
+        assert!(!debug.contains(&hex::encode(*signer.secret())));
+        assert!(debug.contains("redacted"));
+        assert!(CheckpointSigner::generate("bad id").is_err());
+        assert!(CheckpointKey::from_hex("k", "00").is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! The crate's error type.
+
+use crate::scrub::ScrubError;
+
+/// Why an audit operation failed. A failed append means the event was not recorded: callers that
+/// append inside their own transaction roll the privileged action back with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// An action name outside the grammar (`segment.segment[.segment]`, lowercase ASCII letters,
+    /// digits and `_`, at most 64 bytes).
+    #[error("invalid audit action name")]
+    InvalidAction,
+    /// An event field broke a limit (too many targets, an over-long identifier, metadata that
+    /// is not a JSON object).
+    #[error("invalid audit event: {0}")]
+    InvalidEvent(&'static str),
+    /// The scrubber refused the metadata.
+    #[error("scrubbing failed: {0}")]
+    Scrub(#[from] ScrubError),
+    /// The database refused or could not be reached.
+    #[error("audit database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The tenant-bound transaction could not be opened or committed.
+    #[error("audit transaction error: {0}")]
+    Transaction(#[from] rls_guard::RlsError),
+    /// The hash the database computed for an appended event is not the one this library computes:
+    /// the schema is not the one this version installs. The append is refused.
+    #[error("the audit chain in the database does not match this library's chain format")]
+    ChainFormatMismatch,
+    /// A stored or exported record could not be decoded.
+    #[error("malformed audit record: {0}")]
+    Malformed(&'static str),
+    /// A checkpoint key could not be created or parsed.
+    #[error("invalid checkpoint key")]
+    InvalidKey,
+    /// Writing an export failed.
+    #[error("export failed: {0}")]
+    Export(#[from] std::io::Error),
+}
+
+impl AuditError {
+    /// Whether the failure means the audit store could not be reached (answer 503), as opposed
+    /// to a refusal or a bug.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(e) => sqlx_unavailable(e),
+            Self::Transaction(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
+/// The same classification as [`rls_guard::RlsError::is_unavailable`], for errors that did not
+/// pass through `rls-guard`.
+fn sqlx_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}

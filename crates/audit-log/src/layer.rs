@@ -1,0 +1,327 @@
+//! A tower layer that audits privileged routes.
+//!
+//! Put it *after* the session and tenant layers (it reads the request's
+//! [`TenantContext`](tenant_scope::TenantContext)) and *before* the route guards (MFA, step-up,
+//! role checks), so their denials pass through it and are recorded:
+//!
+//! ```text
+//! session -> TenantLayer -> AuditLayer -> guards -> handler
+//! ```
+//!
+//! For each request it records one event: the route's action, the actor and tenant, the target,
+//! the request id, client address and user agent, and the outcome — `allowed` for a success,
+//! `denied` for 401/403 (with the [`DenialReason`] a guard put in the response's extensions, or
+//! `http_401`/`http_403`), `failed` otherwise.
+//!
+//! The handler gets an [`AuditHandle`] in the request's extensions. Appending through it inside
+//! the handler's own transaction makes the action and its record atomic (if the audit write
+//! fails, the action rolls back); the layer then records nothing more for a success. Without
+//! that, the layer records after the response, in its own transaction; if that fails for an
+//! allowed action, the response is replaced by `500 audit_failed` (the action may have happened:
+//! use the handle for atomicity). A privileged route reached with no tenant context is refused
+//! with `500 audit_context_missing` before the handler runs: a privileged action that cannot be
+//! attributed does not run.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, request::Parts};
+use sqlx::PgConnection;
+use tenant_scope::TenantContext;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::event::{AuditActor, AuditEvent, Outcome, Target};
+use crate::sink::Appended;
+use crate::{Action, AuditError, AuditLog};
+
+type TargetFn = dyn Fn(&Parts) -> Option<Target> + Send + Sync;
+type IpFn = dyn Fn(&Parts) -> Option<IpAddr> + Send + Sync;
+
+/// A machine code for a denial, put in a response's extensions by the control that denied it
+/// (e.g. `mfa_required`); the audit layer records it as the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenialReason(pub &'static str);
+
+/// Marks a route as privileged and audits every request to it. See the [module docs](self).
+#[derive(Clone)]
+pub struct AuditLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    log: AuditLog,
+    action: Action,
+    target: Option<Arc<TargetFn>>,
+    client_ip: Option<Arc<IpFn>>,
+    request_id_header: HeaderName,
+}
+
+impl std::fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLayer")
+            .field("action", &self.config.action)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLayer {
+    /// Audits requests as `action`, writing to `log`.
+    #[must_use]
+    pub fn new(log: AuditLog, action: Action) -> Self {
+        Self {
+            config: Arc::new(Config {
+                log,
+                action,
+                target: None,
+                client_ip: None,
+                request_id_header: HeaderName::from_static("x-request-id"),
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// How to name the target from the request (e.g. from the path).
+    #[must_use]
+    pub fn with_target(
+        mut self,
+        target: impl Fn(&Parts) -> Option<Target> + Send + Sync + 'static,
+    ) -> Self {
+        self.config_mut().target = Some(Arc::new(target));
+        self
+    }
+
+    /// How to find the client's address (e.g. from axum's `ConnectInfo`, or a trusted proxy
+    /// header).
+    #[must_use]
+    pub fn with_client_ip(
+        mut self,
+        client_ip: impl Fn(&Parts) -> Option<IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.config_mut().client_ip = Some(Arc::new(client_ip));
+        self
+    }
+
+    /// The request id header (default `x-request-id`).
+    #[must_use]
+    pub fn with_request_id_header(mut self, name: HeaderName) -> Self {
+        self.config_mut().request_id_header = name;
+        self
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`AuditLayer`] builds.
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> std::fmt::Debug for Audit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("action", &self.config.action)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The handler's way to append the route's event inside its own transaction.
+#[derive(Clone)]
+pub struct AuditHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    log: AuditLog,
+    template: AuditEvent,
+    recorded: AtomicBool,
+}
+
+impl std::fmt::Debug for AuditHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditHandle")
+            .field("action", self.inner.template.action())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditHandle {
+    /// The route's event with `outcome`, pre-filled with tenant, actor, action, target, request
+    /// id, address and user agent; add metadata or targets before appending it.
+    #[must_use]
+    pub fn event(&self, outcome: Outcome) -> AuditEvent {
+        let mut event = self.inner.template.clone();
+        event.outcome = outcome;
+        event
+    }
+
+    /// Appends `event` inside the caller's tenant-bound transaction (see
+    /// [`AuditLog::append`]); the layer then records nothing more for a successful response.
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`]: roll the transaction back.
+    pub async fn append(
+        &self,
+        conn: &mut PgConnection,
+        event: AuditEvent,
+    ) -> Result<Appended, AuditError> {
+        let appended = self.inner.log.append(conn, event).await?;
+        self.inner.recorded.store(true, Ordering::Release);
+        Ok(appended)
+    }
+}
+
+/// The response future of [`Audit`].
+pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The clone that was driven to readiness serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        let (mut parts, body) = request.into_parts();
+        let Some(context) = parts.extensions.get::<TenantContext>().cloned() else {
+            tracing::error!(action = %config.action, "privileged route reached without a tenant context; refused");
+            return Box::pin(async {
+                Ok(json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "audit_context_missing",
+                ))
+            });
+        };
+        let template = template(&config, &parts, &context);
+        let handle = AuditHandle {
+            inner: Arc::new(HandleInner {
+                log: config.log.clone(),
+                template,
+                recorded: AtomicBool::new(false),
+            }),
+        };
+        parts.extensions.insert(handle.clone());
+        let request = Request::from_parts(parts, body);
+        Box::pin(async move {
+            let result = inner.call(request).await;
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => {
+                    let event = handle.event(Outcome::failed("service_error"));
+                    if let Err(e) = config.log.record(event).await {
+                        tracing::error!(error = %e, "audit record of a failed request could not be written");
+                    }
+                    return Err(error);
+                }
+            };
+            let status = response.status();
+            let handled = handle.inner.recorded.load(Ordering::Acquire);
+            if handled && status.as_u16() < 400 {
+                return Ok(response);
+            }
+            let outcome = outcome_of(status, response.extensions().get::<DenialReason>());
+            let allowed = matches!(outcome, Outcome::Allowed);
+            match config.log.record(handle.event(outcome)).await {
+                Ok(_) => Ok(response),
+                Err(e) if allowed => {
+                    tracing::error!(error = %e, action = %config.action, "audit record could not be written; answering 500");
+                    Ok(json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "audit_failed",
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, action = %config.action, "audit record of a refusal could not be written");
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+fn template(config: &Config, parts: &Parts, context: &TenantContext) -> AuditEvent {
+    let actor = context
+        .actor()
+        .map_or_else(AuditActor::anonymous, AuditActor::from_actor);
+    let mut event = AuditEvent::new(
+        context.tenant(),
+        actor,
+        config.action.clone(),
+        Outcome::Allowed,
+    );
+    if let Some(target) = config.target.as_ref().and_then(|f| f(parts)) {
+        event.targets.push(target);
+    }
+    if let Some(id) = header_text(parts.headers.get(&config.request_id_header)) {
+        event = event.with_request_id(&id);
+    }
+    if let Some(ua) = header_text(parts.headers.get(http::header::USER_AGENT)) {
+        event = event.with_user_agent(&ua);
+    }
+    if let Some(ip) = config.client_ip.as_ref().and_then(|f| f(parts)) {
+        event = event.with_ip(ip);
+    }
+    event
+}
+
+/// A header as text; bytes that are not UTF-8 are replaced (and the text is encoded later).
+fn header_text(value: Option<&HeaderValue>) -> Option<String> {
+    value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn outcome_of(status: StatusCode, reason: Option<&DenialReason>) -> Outcome {
+    match status.as_u16() {
+        0..=399 => Outcome::Allowed,
+        401 | 403 => Outcome::denied(reason.map_or(
+            if status == StatusCode::UNAUTHORIZED {
+                "http_401"
+            } else {
+                "http_403"
+            },
+            |r| r.0,
+        )),
+        code => Outcome::failed(reason.map_or(&format!("http_{code}"), |r| r.0)),
+    }
+}
+
+fn json_error<B: From<String>>(status: StatusCode, code: &'static str) -> Response<B> {
+    let mut response = Response::new(B::from(format!("{{\"error\":\"{code}\"}}")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

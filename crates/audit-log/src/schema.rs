@@ -1,0 +1,203 @@
+//! The audit schema: an append-only, hash-chained event table, per-tenant chain heads and
+//! signed checkpoints.
+//!
+//! Run [`schema_sql`] as the owner (migrator) role, after `rls_guard::schema::SUPPORT_SQL`:
+//!
+//! - `audit.events`: one row per event. The runtime role may `INSERT` only the event's own
+//!   columns (`tenant_id`, `occurred_at`, `actor_kind`, `actor_id`, `action`, `outcome`,
+//!   `request_id`, `event`) and `SELECT`; it has no `UPDATE`, `DELETE` or `TRUNCATE`, and
+//!   cannot write `seq`, `prev_hash` or `hash` at all.
+//! - A `BEFORE INSERT` trigger (`SECURITY DEFINER`, owned by the owner) advances the tenant's
+//!   head row with one `UPDATE .. RETURNING`, whose row lock serialises appends in one tenant —
+//!   concurrent writers never fork the chain, while other tenants proceed in parallel — and
+//!   assigns the next sequence number, links the previous hash and computes the chain hash in
+//!   the same format as
+//!   [`chain_hash`](crate::chain_hash). The primary key `(tenant_id, seq)` and the unique
+//!   `(tenant_id, prev_hash)` are the backstop against a fork.
+//! - Triggers refuse `UPDATE`, `DELETE` and `TRUNCATE` on events and checkpoints for every role,
+//!   the owner included (a `DELETE` is allowed only for rows behind the tenant's signed
+//!   retention anchor, see [`AuditLog::prune`](crate::AuditLog::prune)). All of them are
+//!   `ENABLE ALWAYS`, so `session_replication_role = replica` does not skip them.
+//! - Every table is tenant-scoped with row-level security through `rls-guard`
+//!   (`ENABLE` + `FORCE`, restrictive and permissive policies, the deferred binding check).
+//!
+//! An owner or superuser can still disable the triggers and rewrite rows: that is what the
+//! chain, the signed checkpoints and [`verify`](crate::verify()) are for.
+
+use crate::AuditError;
+use crate::canonical::{CHAIN_DOMAIN, GENESIS_DOMAIN};
+
+/// The SQL that installs (or updates) the audit schema, granting the runtime role `runtime_role`
+/// exactly what it needs. Idempotent.
+///
+/// # Errors
+/// [`AuditError::InvalidEvent`] unless `runtime_role` is a plain lowercase identifier.
+pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
+    let plain = !runtime_role.is_empty()
+        && runtime_role.len() <= 63
+        && runtime_role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && runtime_role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain {
+        return Err(AuditError::InvalidEvent(
+            "runtime role must be a plain lowercase identifier",
+        ));
+    }
+    let genesis = hex::encode(GENESIS_DOMAIN);
+    let chain = hex::encode(CHAIN_DOMAIN);
+    let rls = |table: &str| {
+        rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidEvent("table"))
+    };
+    let (events_rls, heads_rls, checkpoints_rls) = (
+        rls("audit.events")?,
+        rls("audit.heads")?,
+        rls("audit.checkpoints")?,
+    );
+    let r = runtime_role;
+    Ok(format!(
+        r#"
+CREATE SCHEMA IF NOT EXISTS audit;
+REVOKE ALL ON SCHEMA audit FROM PUBLIC;
+GRANT USAGE ON SCHEMA audit TO {r};
+
+CREATE TABLE IF NOT EXISTS audit.events (
+    tenant_id   uuid        NOT NULL,
+    seq         bigint      NOT NULL CHECK (seq > 0),
+    occurred_at timestamptz NOT NULL,
+    actor_kind  text        NOT NULL,
+    actor_id    uuid,
+    action      text        NOT NULL,
+    outcome     text        NOT NULL CHECK (outcome IN ('allowed', 'denied', 'failed')),
+    request_id  text,
+    event       bytea       NOT NULL,
+    prev_hash   bytea       NOT NULL CHECK (length(prev_hash) = 32),
+    hash        bytea       NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (tenant_id, seq),
+    UNIQUE (tenant_id, prev_hash)
+);
+CREATE INDEX IF NOT EXISTS events_tenant_time_idx ON audit.events (tenant_id, occurred_at);
+
+CREATE TABLE IF NOT EXISTS audit.heads (
+    tenant_id uuid   PRIMARY KEY,
+    seq       bigint NOT NULL CHECK (seq >= 0),
+    hash      bytea  NOT NULL CHECK (length(hash) = 32),
+    prev_hash bytea  NOT NULL CHECK (length(prev_hash) = 32),
+    base_seq  bigint NOT NULL DEFAULT 0 CHECK (base_seq >= 0 AND base_seq <= seq),
+    base_hash bytea  NOT NULL CHECK (length(base_hash) = 32)
+);
+
+CREATE TABLE IF NOT EXISTS audit.checkpoints (
+    tenant_id uuid        NOT NULL,
+    seq       bigint      NOT NULL CHECK (seq > 0),
+    hash      bytea       NOT NULL CHECK (length(hash) = 32),
+    signed_at timestamptz NOT NULL,
+    key_id    text        NOT NULL,
+    signature bytea       NOT NULL CHECK (length(signature) = 64),
+    PRIMARY KEY (tenant_id, seq)
+);
+
+CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- One statement takes the head's row lock, advances it and computes the hash; under READ
+    -- COMMITTED a waiting writer re-reads the head that the previous writer committed.
+    UPDATE audit.heads h
+       SET seq = h.seq + 1,
+           prev_hash = h.hash,
+           hash = sha256('\x{chain}'::bytea || uuid_send(h.tenant_id)
+                         || int8send(h.seq + 1) || h.hash || NEW.event)
+     WHERE h.tenant_id = NEW.tenant_id
+    RETURNING h.seq, h.prev_hash, h.hash INTO NEW.seq, NEW.prev_hash, NEW.hash;
+    IF NOT FOUND THEN
+        INSERT INTO audit.heads (tenant_id, seq, hash, prev_hash, base_seq, base_hash)
+        SELECT NEW.tenant_id, 0, g, g, 0, g
+          FROM (SELECT sha256('\x{genesis}'::bytea || uuid_send(NEW.tenant_id)) AS g) s
+        ON CONFLICT (tenant_id) DO NOTHING;
+        UPDATE audit.heads h
+           SET seq = h.seq + 1,
+               prev_hash = h.hash,
+               hash = sha256('\x{chain}'::bytea || uuid_send(h.tenant_id)
+                             || int8send(h.seq + 1) || h.hash || NEW.event)
+         WHERE h.tenant_id = NEW.tenant_id
+        RETURNING h.seq, h.prev_hash, h.hash INTO STRICT NEW.seq, NEW.prev_hash, NEW.hash;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW' AND TG_TABLE_NAME = 'events' THEN
+        -- Retention: only rows at or behind the tenant's signed anchor may go.
+        IF OLD.seq <= (SELECT h.base_seq FROM audit.heads h WHERE h.tenant_id = OLD.tenant_id) THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = 'AL001',
+        MESSAGE = format('audit.%s is append-only: %s refused', TG_TABLE_NAME, TG_OP);
+END
+$$;
+REVOKE ALL ON FUNCTION audit.chain_append(), audit.refuse_change() FROM PUBLIC;
+
+DROP TRIGGER IF EXISTS chain_append ON audit.events;
+CREATE TRIGGER chain_append BEFORE INSERT ON audit.events
+    FOR EACH ROW EXECUTE FUNCTION audit.chain_append();
+ALTER TABLE audit.events ENABLE ALWAYS TRIGGER chain_append;
+
+DROP TRIGGER IF EXISTS append_only ON audit.events;
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.events
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
+ALTER TABLE audit.events ENABLE ALWAYS TRIGGER append_only;
+DROP TRIGGER IF EXISTS append_only_truncate ON audit.events;
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+ALTER TABLE audit.events ENABLE ALWAYS TRIGGER append_only_truncate;
+
+DROP TRIGGER IF EXISTS append_only ON audit.checkpoints;
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
+ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER append_only;
+DROP TRIGGER IF EXISTS append_only_truncate ON audit.checkpoints;
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER append_only_truncate;
+
+DROP TRIGGER IF EXISTS append_only_truncate ON audit.heads;
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.heads
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+ALTER TABLE audit.heads ENABLE ALWAYS TRIGGER append_only_truncate;
+
+{events_rls}
+{heads_rls}
+{checkpoints_rls}
+ALTER TABLE audit.events ENABLE ALWAYS TRIGGER tenant_binding_check;
+ALTER TABLE audit.heads ENABLE ALWAYS TRIGGER tenant_binding_check;
+ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER tenant_binding_check;
+
+REVOKE ALL ON audit.events, audit.heads, audit.checkpoints FROM PUBLIC;
+REVOKE ALL ON audit.events, audit.heads, audit.checkpoints FROM {r};
+GRANT SELECT ON audit.events, audit.heads, audit.checkpoints TO {r};
+GRANT INSERT (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
+    ON audit.events TO {r};
+GRANT INSERT ON audit.checkpoints TO {r};
+"#
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_role_names_are_accepted() {
+        assert!(schema_sql("app_runtime").is_ok());
+        for bad in ["", "App", "a; DROP TABLE x", "a-b", "\"a\""] {
+            assert!(schema_sql(bad).is_err(), "{bad}");
+        }
+    }
+}

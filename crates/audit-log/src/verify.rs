@@ -1,0 +1,617 @@
+//! Verification: walk a tenant's chain and report the first break, exactly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use futures::TryStreamExt;
+use sqlx::PgPool;
+use tenant_scope::TenantId;
+use time::OffsetDateTime;
+
+use crate::AuditError;
+use crate::canonical::{
+    CanonicalView, ChainHash, TIME_LEN, chain_hash, format_time, genesis_hash, write_time,
+};
+use crate::checkpoint::{Checkpoint, TrustedKeys};
+
+/// What is wrong at the first break.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakKind {
+    /// The event with this sequence number is missing (deleted, or the numbering has a gap).
+    Missing,
+    /// The event's recorded predecessor hash is not the previous event's hash (an event was
+    /// inserted, removed and renumbered, or rows were swapped).
+    LinkMismatch,
+    /// The event's bytes do not hash to its recorded hash (edited or swapped payload).
+    HashMismatch,
+    /// The row's columns (tenant, time, actor, action, outcome, request id) disagree with its
+    /// hashed record, or the record is not a valid canonical event.
+    RecordMismatch,
+    /// The record belongs to another tenant (copied in from another chain).
+    ForeignTenant,
+    /// The chain ends before this sequence number, but the head or a checkpoint says it goes
+    /// further (tail truncation).
+    Truncated,
+    /// The chain is intact by itself but its hash here differs from a trusted checkpoint: the
+    /// events after the previous checkpoint (`after`) up to here were rewritten with
+    /// recomputed hashes.
+    CheckpointMismatch {
+        /// The last checkpoint that still matched (0: the start of the chain).
+        after: u64,
+    },
+    /// A checkpoint in the database is not validly signed by a trusted key (forged).
+    BadCheckpoint,
+    /// The chain's head row disagrees with its last event.
+    HeadMismatch,
+    /// The chain starts after pruning, but no trusted checkpoint anchors that start.
+    UnanchoredStart,
+}
+
+/// The first place the chain fails to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The sequence number where verification failed.
+    pub seq: u64,
+    /// What is wrong there.
+    pub kind: BreakKind,
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BreakKind::CheckpointMismatch { after } => write!(
+                f,
+                "chain disagrees with the signed checkpoint at seq {}: events {}..={} were rewritten",
+                self.seq,
+                after + 1,
+                self.seq
+            ),
+            kind => write!(f, "chain broken at seq {}: {kind:?}", self.seq),
+        }
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Events pruned by retention: the chain starts after this sequence number.
+    pub base_seq: u64,
+    /// The last sequence number verified.
+    pub last_seq: u64,
+    /// Events checked.
+    pub events: u64,
+    /// Trusted checkpoints compared with the chain.
+    pub checkpoints: u64,
+    /// The newest trusted checkpoint that matched, if any.
+    pub latest_checkpoint: Option<Checkpoint>,
+    /// `Ok` for an intact chain, else the first break.
+    pub result: Result<(), ChainBreak>,
+}
+
+impl VerifyReport {
+    /// Whether the chain verified.
+    #[must_use]
+    pub const fn is_intact(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// One stored chain record, as read from the database or an export.
+#[derive(Debug, Clone)]
+pub(crate) struct ChainRecord<'a> {
+    pub(crate) seq: u64,
+    pub(crate) tenant: TenantId,
+    pub(crate) occurred_at: &'a str,
+    pub(crate) actor_kind: &'a str,
+    pub(crate) actor_id: Option<uuid::Uuid>,
+    pub(crate) action: &'a str,
+    pub(crate) outcome: &'a str,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) event: &'a [u8],
+    pub(crate) prev_hash: &'a [u8],
+    pub(crate) hash: &'a [u8],
+}
+
+/// The verification state machine, fed records in sequence order.
+pub(crate) struct ChainVerifier {
+    tenant: TenantId,
+    tenant_text: String,
+    checkpoints: BTreeMap<u64, (ChainHash, Checkpoint)>,
+    prev: ChainHash,
+    next: u64,
+    base_seq: u64,
+    last_matched_checkpoint: u64,
+    report: VerifyReport,
+}
+
+impl ChainVerifier {
+    /// Starts a verification. `base` is the pruned start `(seq, hash)` if any; `checkpoints`
+    /// are every checkpoint known (stored and external).
+    pub(crate) fn new(
+        tenant: TenantId,
+        keys: &TrustedKeys,
+        base: Option<(u64, ChainHash)>,
+        checkpoints: impl IntoIterator<Item = Checkpoint>,
+    ) -> Self {
+        let mut report = VerifyReport {
+            tenant,
+            base_seq: 0,
+            last_seq: 0,
+            events: 0,
+            checkpoints: 0,
+            latest_checkpoint: None,
+            result: Ok(()),
+        };
+        let mut map: BTreeMap<u64, (ChainHash, Checkpoint)> = BTreeMap::new();
+        let mut first_bad: Option<ChainBreak> = None;
+        let mut note = |b: ChainBreak| {
+            if first_bad.as_ref().is_none_or(|f| b.seq < f.seq) {
+                first_bad = Some(b);
+            }
+        };
+        for cp in checkpoints {
+            let valid = keys.verifies(&cp) && cp.tenant_id().ok() == Some(tenant);
+            let hash = cp.hash_bytes();
+            match (valid, hash) {
+                (true, Ok(hash)) => match map.get(&cp.seq) {
+                    // Two trusted checkpoints for one position that disagree: a fork.
+                    Some((other, _)) if *other != hash => note(ChainBreak {
+                        seq: cp.seq,
+                        kind: BreakKind::CheckpointMismatch { after: 0 },
+                    }),
+                    _ => {
+                        map.insert(cp.seq, (hash, cp));
+                    }
+                },
+                _ => note(ChainBreak {
+                    seq: cp.seq,
+                    kind: BreakKind::BadCheckpoint,
+                }),
+            }
+        }
+        let (prev, next, base_seq) = match base {
+            None | Some((0, _)) => (genesis_hash(tenant), 1, 0),
+            Some((seq, hash)) => {
+                // A pruned start must be a trusted checkpoint.
+                if map.get(&seq).is_none_or(|(h, _)| *h != hash) {
+                    note(ChainBreak {
+                        seq: seq + 1,
+                        kind: BreakKind::UnanchoredStart,
+                    });
+                }
+                (hash, seq + 1, seq)
+            }
+        };
+        report.base_seq = base_seq;
+        report.last_seq = base_seq;
+        if let Some((_, cp)) = map.get(&base_seq) {
+            report.latest_checkpoint = Some(cp.clone());
+        }
+        let mut verifier = Self {
+            tenant,
+            tenant_text: tenant.to_string(),
+            checkpoints: map,
+            prev,
+            next,
+            base_seq,
+            last_matched_checkpoint: base_seq,
+            report,
+        };
+        if let Some(b) = first_bad {
+            verifier.report.result = Err(b);
+        }
+        verifier
+    }
+
+    fn fail(&mut self, seq: u64, kind: BreakKind) {
+        if self
+            .report
+            .result
+            .as_ref()
+            .err()
+            .is_none_or(|b| seq < b.seq)
+        {
+            self.report.result = Err(ChainBreak { seq, kind });
+        }
+    }
+
+    /// Whether a break was already found (callers may stop feeding).
+    pub(crate) fn broken(&self) -> bool {
+        self.report.result.is_err()
+    }
+
+    /// Checks the next record.
+    pub(crate) fn push(&mut self, r: &ChainRecord<'_>) {
+        if self.broken() {
+            return;
+        }
+        if r.seq != self.next {
+            let seq = self.next.min(r.seq);
+            self.fail(seq, BreakKind::Missing);
+            return;
+        }
+        let Ok(hash): Result<ChainHash, _> = r.hash.try_into() else {
+            self.fail(r.seq, BreakKind::HashMismatch);
+            return;
+        };
+        if r.prev_hash != self.prev {
+            self.fail(r.seq, BreakKind::LinkMismatch);
+            return;
+        }
+        if chain_hash(self.tenant, r.seq, &self.prev, r.event) != hash {
+            self.fail(r.seq, BreakKind::HashMismatch);
+            return;
+        }
+        match check_record(self.tenant, &self.tenant_text, r) {
+            Ok(()) => {}
+            Err(kind) => {
+                self.fail(r.seq, kind);
+                return;
+            }
+        }
+        if let Some((expected, cp)) = self.checkpoints.get(&r.seq) {
+            if *expected != hash {
+                let after = self.last_matched_checkpoint;
+                self.fail(r.seq, BreakKind::CheckpointMismatch { after });
+                return;
+            }
+            self.last_matched_checkpoint = r.seq;
+            self.report.checkpoints += 1;
+            self.report.latest_checkpoint = Some(cp.clone());
+        }
+        self.prev = hash;
+        self.next += 1;
+        self.report.events += 1;
+        self.report.last_seq = r.seq;
+    }
+
+    /// Ends the walk; `head` is the chain head row `(seq, hash)` when one is known.
+    pub(crate) fn finish(mut self, head: Option<(u64, ChainHash)>) -> VerifyReport {
+        if !self.broken() {
+            let last = self.next - 1;
+            if let Some((head_seq, head_hash)) = head {
+                if head_seq > last {
+                    self.fail(last + 1, BreakKind::Truncated);
+                } else if head_seq < last {
+                    self.fail(head_seq + 1, BreakKind::HeadMismatch);
+                } else if last > self.base_seq && head_hash != self.prev {
+                    self.fail(last, BreakKind::HeadMismatch);
+                }
+            }
+            if self.checkpoints.range(last + 1..).next().is_some() {
+                self.fail(last + 1, BreakKind::Truncated);
+            }
+        }
+        self.report
+    }
+}
+
+/// The row's columns must say what its hashed record says.
+fn check_record(tenant: TenantId, tenant_text: &str, r: &ChainRecord<'_>) -> Result<(), BreakKind> {
+    let view: CanonicalView<'_> =
+        serde_json::from_slice(r.event).map_err(|_| BreakKind::RecordMismatch)?;
+    if view.tenant != tenant_text || r.tenant != tenant {
+        return Err(BreakKind::ForeignTenant);
+    }
+    let actor_id = view
+        .actor
+        .id
+        .as_deref()
+        .map(uuid::Uuid::parse_str)
+        .transpose()
+        .map_err(|_| BreakKind::RecordMismatch)?;
+    let same = view.schema == crate::SCHEMA_VERSION
+        && view.occurred_at == r.occurred_at
+        && view.action == r.action
+        && view.actor.kind == r.actor_kind
+        && actor_id == r.actor_id
+        && view.outcome.status == r.outcome
+        && view.request_id.as_deref() == r.request_id;
+    if same {
+        Ok(())
+    } else {
+        Err(BreakKind::RecordMismatch)
+    }
+}
+
+pub(crate) type EventRow = (
+    i64,
+    OffsetDateTime,
+    String,
+    Option<uuid::Uuid>,
+    String,
+    String,
+    Option<String>,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+pub(crate) const SELECT_EVENTS: &str = "SELECT seq, occurred_at, actor_kind, actor_id, action, \
+     outcome, request_id, event, prev_hash, hash FROM audit.events WHERE tenant_id = $1";
+
+fn check_row(
+    verifier: &mut ChainVerifier,
+    tenant: TenantId,
+    row: &EventRow,
+) -> Result<(), AuditError> {
+    let (seq, at, kind, actor_id, action, outcome, request_id, event, prev, hash) = row;
+    let mut time = [0u8; TIME_LEN];
+    write_time(*at, &mut time)?;
+    verifier.push(&ChainRecord {
+        seq: u64::try_from(*seq).map_err(|_| AuditError::Malformed("seq"))?,
+        tenant,
+        occurred_at: std::str::from_utf8(&time).map_err(|_| AuditError::Malformed("time"))?,
+        actor_kind: kind,
+        actor_id: *actor_id,
+        action,
+        outcome,
+        request_id: request_id.as_deref(),
+        event,
+        prev_hash: prev,
+        hash,
+    });
+    Ok(())
+}
+
+/// Opens a read-only, repeatable-read transaction bound to `tenant` (one consistent snapshot of
+/// events, head and checkpoints).
+pub(crate) async fn snapshot(
+    pool: &PgPool,
+    tenant: TenantId,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, AuditError> {
+    let mut tx = pool.begin().await?;
+    // `tenant` is a validated UUID: inlining it is injection-free.
+    sqlx::raw_sql(&format!(
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+         SET LOCAL app.tenant_id = '{tenant}'"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
+pub(crate) async fn load_head(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+) -> Result<Option<(u64, ChainHash, u64, ChainHash)>, AuditError> {
+    let row: Option<(i64, Vec<u8>, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, hash, base_seq, base_hash FROM audit.heads WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|(seq, hash, base_seq, base_hash)| {
+        let bad = || AuditError::Malformed("chain head");
+        Ok((
+            u64::try_from(seq).map_err(|_| bad())?,
+            hash.try_into().map_err(|_| bad())?,
+            u64::try_from(base_seq).map_err(|_| bad())?,
+            base_hash.try_into().map_err(|_| bad())?,
+        ))
+    })
+    .transpose()
+}
+
+pub(crate) async fn load_checkpoints(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+) -> Result<Vec<Checkpoint>, AuditError> {
+    type CheckpointRow = (i64, Vec<u8>, OffsetDateTime, String, Vec<u8>);
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT seq, hash, signed_at, key_id, signature FROM audit.checkpoints \
+         WHERE tenant_id = $1 ORDER BY seq",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, hash, signed_at, key_id, signature)| {
+            Ok(Checkpoint {
+                tenant: tenant.to_string(),
+                seq: u64::try_from(seq).map_err(|_| AuditError::Malformed("checkpoint"))?,
+                hash: hex::encode(hash),
+                signed_at: format_time(signed_at)?,
+                key_id,
+                signature: hex::encode(signature),
+            })
+        })
+        .collect()
+}
+
+/// Verifies `tenant`'s chain: streams every event in order and reports the exact sequence
+/// number of the first break — a missing event, a broken link, an edited or swapped payload,
+/// a row whose columns disagree with its record, a record from another tenant, a truncated tail
+/// (against the head row and against checkpoints), a consistent rewrite (against a trusted
+/// checkpoint), a forged checkpoint, or a pruned start that no trusted checkpoint anchors.
+///
+/// `pool` may be the runtime role's (row-level security shows it the tenant's rows) or an
+/// auditor's. `external` are checkpoints kept outside the database; they are what catches an
+/// owner who rewrote the database's checkpoints too.
+///
+/// # Errors
+/// [`AuditError::Database`] when the chain cannot be read: a chain that cannot be read is never
+/// reported intact.
+pub async fn verify(
+    pool: &PgPool,
+    tenant: TenantId,
+    keys: &TrustedKeys,
+    external: &[Checkpoint],
+) -> Result<VerifyReport, AuditError> {
+    let mut tx = snapshot(pool, tenant).await?;
+    let head = load_head(&mut tx, tenant).await?;
+    let mut checkpoints = load_checkpoints(&mut tx, tenant).await?;
+    checkpoints.extend(external.iter().cloned());
+    let base = head.map(|(_, _, base_seq, base_hash)| (base_seq, base_hash));
+    let verifier = ChainVerifier::new(tenant, keys, base, checkpoints);
+    // Reading and checking overlap: this task streams rows in batches, a blocking thread checks
+    // them.
+    let (send, mut receive) = tokio::sync::mpsc::channel::<Vec<EventRow>>(4);
+    let checker = tokio::task::spawn_blocking(move || {
+        let mut verifier = verifier;
+        while let Some(batch) = receive.blocking_recv() {
+            for row in &batch {
+                check_row(&mut verifier, tenant, row)?;
+                if verifier.broken() {
+                    return Ok(verifier);
+                }
+            }
+        }
+        Ok::<_, AuditError>(verifier)
+    });
+    {
+        const BATCH: usize = 1024;
+        let sql = format!("{SELECT_EVENTS} ORDER BY seq");
+        let mut rows = sqlx::query_as::<_, EventRow>(&sql)
+            .bind(tenant.as_uuid())
+            .fetch(&mut *tx);
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(row) = rows.try_next().await? {
+            batch.push(row);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if send.send(full).await.is_err() {
+                    break; // The checker found a break and stopped.
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = send.send(batch).await;
+        }
+        drop(send);
+    }
+    tx.rollback().await?;
+    let verifier = checker
+        .await
+        .map_err(|_| AuditError::Malformed("verification task failed"))??;
+    // No head row while events exist means the head was removed: compare against an empty one.
+    let head = head.map_or((0, genesis_hash(tenant)), |(seq, hash, _, _)| (seq, hash));
+    Ok(verifier.finish(Some(head)))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::canonical::{canonical_bytes, now_micros};
+    use crate::event::{AuditActor, AuditEvent, Outcome, Target};
+
+    struct Built {
+        seq: u64,
+        occurred_at: String,
+        action: String,
+        outcome: &'static str,
+        request_id: Option<String>,
+        event: Vec<u8>,
+        prev: ChainHash,
+        hash: ChainHash,
+    }
+
+    fn chain(tenant: TenantId, specs: &[(String, u8, String, Option<String>)]) -> Vec<Built> {
+        let mut prev = genesis_hash(tenant);
+        let mut out = Vec::new();
+        for (i, (action, outcome, meta, request_id)) in specs.iter().enumerate() {
+            let outcome = match outcome % 3 {
+                0 => Outcome::Allowed,
+                1 => Outcome::denied(meta),
+                _ => Outcome::failed(meta),
+            };
+            let mut event = AuditEvent::new(
+                tenant,
+                AuditActor::anonymous(),
+                crate::Action::new(action).unwrap(),
+                outcome,
+            )
+            .with_target(Target::new("k", meta))
+            .unwrap()
+            .with_metadata(serde_json::json!({ "m": meta, "n": [1, {"z": meta}] }))
+            .unwrap();
+            if let Some(id) = request_id {
+                event = event.with_request_id(id);
+            }
+            let at = now_micros();
+            let bytes = canonical_bytes(&event, at).unwrap();
+            let seq = i as u64 + 1;
+            let hash = chain_hash(tenant, seq, &prev, &bytes);
+            out.push(Built {
+                seq,
+                occurred_at: format_time(at).unwrap(),
+                action: action.clone(),
+                outcome: event.outcome().status(),
+                request_id: event.request_id.clone(),
+                event: bytes,
+                prev,
+                hash,
+            });
+            prev = hash;
+        }
+        out
+    }
+
+    fn run(tenant: TenantId, built: &[Built]) -> VerifyReport {
+        let keys = TrustedKeys::new();
+        let mut v = ChainVerifier::new(tenant, &keys, None, Vec::new());
+        for b in built {
+            v.push(&ChainRecord {
+                seq: b.seq,
+                tenant,
+                occurred_at: &b.occurred_at,
+                actor_kind: "anonymous",
+                actor_id: None,
+                action: &b.action,
+                outcome: b.outcome,
+                request_id: b.request_id.as_deref(),
+                event: &b.event,
+                prev_hash: &b.prev,
+                hash: &b.hash,
+            });
+        }
+        let head = built
+            .last()
+            .map_or((0, genesis_hash(tenant)), |b| (b.seq, b.hash));
+        v.finish(Some(head))
+    }
+
+    fn specs() -> impl Strategy<Value = Vec<(String, u8, String, Option<String>)>> {
+        proptest::collection::vec(
+            (
+                "[a-z][a-z0-9_]{0,8}\\.[a-z][a-z0-9_]{0,8}",
+                any::<u8>(),
+                any::<String>(),
+                proptest::option::of(any::<String>()),
+            ),
+            0..24,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn verify_accepts_every_untampered_chain(specs in specs()) {
+            let tenant = TenantId::new_random();
+            let built = chain(tenant, &specs);
+            let report = run(tenant, &built);
+            prop_assert!(report.is_intact(), "{:?}", report.result);
+            prop_assert_eq!(report.events, specs.len() as u64);
+        }
+
+        #[test]
+        fn any_flipped_byte_is_found_at_its_seq(
+            specs in specs().prop_filter("non-empty", |s| !s.is_empty()),
+            pick in any::<prop::sample::Index>(),
+            byte in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let tenant = TenantId::new_random();
+            let mut built = chain(tenant, &specs);
+            let i = pick.index(built.len());
+            let j = byte.index(built[i].event.len());
+            built[i].event[j] ^= 1 << bit;
+            let report = run(tenant, &built);
+            prop_assert_eq!(report.result.unwrap_err().seq, i as u64 + 1);
+        }
+    }
+}

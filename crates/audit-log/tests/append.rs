@@ -1,0 +1,411 @@
+//! Appending: concurrency, atomicity with the action, the runtime role's privileges, settings
+//! that must not change the hash, retention.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use audit_log::{AuditActor, AuditEvent, Outcome, actions};
+use common::*;
+use tenant_scope::{TenantContext, TenantId};
+use testkit::Role;
+
+async fn seqs(f: &Fixture, t: TenantId) -> Vec<i64> {
+    let admin = f.db.pool(Role::Admin, 1).await;
+    sqlx::query_scalar("SELECT seq FROM audit.events WHERE tenant_id = $1 ORDER BY seq")
+        .bind(t.as_uuid())
+        .fetch_all(&admin)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_writers_leave_one_contiguous_chain_while_other_tenants_proceed() {
+    let f = fixture(40).await;
+    let busy = TenantId::new_random();
+    let others: Vec<TenantId> = (0..4).map(|_| TenantId::new_random()).collect();
+    let mut tasks = Vec::new();
+    for w in 0..32u64 {
+        let log = f.log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..8 {
+                seqs.push(log.record(event(busy, w * 100 + i)).await.unwrap().seq);
+            }
+            seqs
+        }));
+    }
+    let mut other_tasks = Vec::new();
+    for &t in &others {
+        let log = f.log.clone();
+        other_tasks.push(tokio::spawn(async move {
+            for i in 0..16 {
+                log.record(event(t, i)).await.unwrap();
+            }
+        }));
+    }
+    let mut acknowledged = BTreeSet::new();
+    for task in tasks {
+        for seq in task.await.unwrap() {
+            assert!(acknowledged.insert(seq), "seq {seq} handed out twice");
+        }
+    }
+    for task in other_tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(acknowledged, (1..=256).collect::<BTreeSet<u64>>());
+    assert_eq!(seqs(&f, busy).await, (1..=256).collect::<Vec<i64>>());
+    assert!(verify(&f, busy).await.is_intact());
+    for &t in &others {
+        assert_eq!(seqs(&f, t).await, (1..=16).collect::<Vec<i64>>());
+        assert!(verify(&f, t).await.is_intact());
+    }
+}
+
+#[tokio::test]
+async fn a_rolled_back_append_leaves_no_gap() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 2).await;
+    let ctx = TenantContext::for_job(t, None, "test").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    let appended = f.log.append(&mut tx, event(t, 3)).await.unwrap();
+    assert_eq!(appended.seq, 3);
+    tx.rollback().await.unwrap();
+    let next = f.log.record(event(t, 4)).await.unwrap();
+    assert_eq!(next.seq, 3);
+    assert_eq!(seqs(&f, t).await, vec![1, 2, 3]);
+    assert!(verify(&f, t).await.is_intact());
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_rolls_the_action_back() {
+    let f = fixture(2).await;
+    let (t, other) = (TenantId::new_random(), TenantId::new_random());
+    let ctx = TenantContext::for_job(t, None, "test").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::query("INSERT INTO notes (tenant_id, body) VALUES ($1, 'deleted everything')")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // The audit write fails (here: an event for a tenant the transaction is not bound to, which
+    // row-level security refuses) ...
+    let err = f.log.append(&mut tx, event(other, 1)).await.unwrap_err();
+    assert!(matches!(err, audit_log::AuditError::Database(_)), "{err}");
+    // ... and the transaction cannot commit the action without it.
+    assert!(tx.commit().await.is_err());
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!((notes, events), (0, 0));
+}
+
+#[tokio::test]
+async fn the_action_and_its_record_commit_together() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let ctx = TenantContext::for_job(t, None, "test").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::query("INSERT INTO notes (tenant_id, body) VALUES ($1, 'x')")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    f.log.append(&mut tx, event(t, 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(seqs(&f, t).await, vec![1]);
+}
+
+#[tokio::test]
+async fn the_runtime_role_cannot_update_delete_truncate_or_forge_chain_columns() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 3).await;
+    let ctx = TenantContext::for_job(t, None, "test").unwrap();
+    for sql in [
+        "UPDATE audit.events SET action = 'x.y'",
+        "DELETE FROM audit.events",
+        "TRUNCATE audit.events",
+        "UPDATE audit.heads SET seq = 0",
+        "DELETE FROM audit.heads",
+        "UPDATE audit.checkpoints SET seq = 1",
+        "DELETE FROM audit.checkpoints",
+        "INSERT INTO audit.heads (tenant_id, seq, hash, base_hash) \
+             VALUES (gen_random_uuid(), 0, '\\x00', '\\x00')",
+        "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, outcome, \
+             event, prev_hash, hash) VALUES (app.current_tenant_id(), 99, now(), 'user', 'a.b', \
+             'allowed', '\\x7b7d', '\\x00', '\\x00')",
+    ] {
+        let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+        let err = sqlx::query(sql).execute(&mut *tx).await.unwrap_err();
+        assert!(is_sqlstate(&err, "42501"), "{sql}: {err}");
+        tx.rollback().await.unwrap();
+    }
+    assert_eq!(seqs(&f, t).await, vec![1, 2, 3]);
+    assert!(verify(&f, t).await.is_intact());
+}
+
+#[tokio::test]
+async fn the_refusal_triggers_fire_for_the_owner_and_under_replica_mode() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 3).await;
+    f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    let admin = f.db.pool(Role::Admin, 1).await;
+    for sql in [
+        "UPDATE audit.events SET action = 'x.y'",
+        "DELETE FROM audit.events",
+        "TRUNCATE audit.events",
+        "UPDATE audit.checkpoints SET seq = 1",
+        "TRUNCATE audit.checkpoints",
+        "TRUNCATE audit.heads",
+    ] {
+        for replica in [false, true] {
+            let mut tx = admin.begin().await.unwrap();
+            if replica {
+                sqlx::query("SET LOCAL session_replication_role = replica")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            // Bound to the tenant so row-level security (forced, even for the owner) shows the rows.
+            sqlx::raw_sql(&format!("SET LOCAL app.tenant_id = '{t}'"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let err = sqlx::query(sql).execute(&mut *tx).await.unwrap_err();
+            assert!(
+                is_sqlstate(&err, "AL001"),
+                "{sql} (replica: {replica}): {err}"
+            );
+            tx.rollback().await.unwrap();
+        }
+    }
+    // The owner role too.
+    let owner = f.db.pool(Role::Owner, 1).await;
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::raw_sql(&format!("SET LOCAL app.tenant_id = '{t}'"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query("DELETE FROM audit.events")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(is_sqlstate(&err, "AL001"), "{err}");
+    tx.rollback().await.unwrap();
+
+    // Under replica mode the chain trigger still assigns the sequence and hash: a forged seq
+    // and hash supplied by a superuser are overwritten.
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SET LOCAL session_replication_role = replica; SET LOCAL app.tenant_id = '{t}'; \
+         SET LOCAL app.commit_binding = '{t}:'"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let (seq,): (i64,) = sqlx::query_as(
+        "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, outcome, \
+             event, prev_hash, hash) \
+         VALUES ($1, 999, now(), 'user', 'a.b', 'allowed', '\\x7b7d', \
+             '\\x0000000000000000000000000000000000000000000000000000000000000000', \
+             '\\x0000000000000000000000000000000000000000000000000000000000000000') RETURNING seq",
+    )
+    .bind(t.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(seq, 4);
+    tx.rollback().await.unwrap();
+    assert_eq!(seqs(&f, t).await, vec![1, 2, 3]);
+}
+
+/// A one-connection runtime pool whose sessions run `settings` first.
+async fn pool_with(f: &Fixture, settings: &'static str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                for statement in settings.split(';') {
+                    sqlx::Executor::execute(&mut *conn, statement).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(f.db.options(Role::Runtime))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_hash_does_not_depend_on_time_zone_or_date_style() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    // Write with one session's settings, verify with others'.
+    let writer_pool = pool_with(
+        &f,
+        "SET TimeZone = 'Asia/Kathmandu'; SET DateStyle = 'SQL, DMY'",
+    )
+    .await;
+    let writer = audit_log::AuditLog::new(
+        rls_guard::TenantPool::new(writer_pool).await.unwrap(),
+        scrubber(),
+    );
+    for i in 0..5 {
+        writer.record(event(t, i)).await.unwrap();
+    }
+    let reader = pool_with(
+        &f,
+        "SET TimeZone = 'America/St_Johns'; SET DateStyle = 'German, YMD'",
+    )
+    .await;
+    let report = audit_log::verify(&reader, t, &f.keys, &[]).await.unwrap();
+    assert!(report.is_intact(), "{:?}", report.result);
+    assert!(verify(&f, t).await.is_intact());
+}
+
+#[tokio::test]
+async fn pii_is_scrubbed_before_it_is_stored_and_client_text_is_encoded() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let e = AuditEvent::new(
+        t,
+        AuditActor::anonymous(),
+        actions::AUTHN_LOGIN_FAILED,
+        Outcome::denied("bad_code"),
+    )
+    .with_user_agent("evil\r\nINFO admin signed in\u{1b}[2J\u{202e}")
+    .with_metadata(serde_json::json!({
+        "email": "alice@example.com",
+        "password": "hunter2-hunter2",
+        "note": "card 4111 1111 1111 1111 on file",
+    }))
+    .unwrap();
+    f.log.record(e).await.unwrap();
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT event FROM audit.events WHERE tenant_id = $1")
+        .bind(t.as_uuid())
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let text = String::from_utf8(stored).unwrap();
+    for secret in [
+        "alice@example.com",
+        "hunter2",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+    ] {
+        assert!(!text.contains(secret), "{secret} stored: {text}");
+    }
+    for raw in ['\r', '\n', '\u{1b}', '\u{202e}'] {
+        assert!(!text.contains(raw), "{raw:?} stored raw: {text}");
+    }
+    assert!(
+        text.contains("\\\\u{000D}\\\\u{000A}INFO admin signed in"),
+        "{text}"
+    );
+    assert!(verify(&f, t).await.is_intact());
+}
+
+#[tokio::test]
+async fn retention_prunes_old_events_and_the_chain_still_verifies() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 5).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    append_n(&f, t, 3).await;
+    let owner = f.db.pool(Role::Owner, 1).await;
+    let report = f
+        .log
+        .prune(&owner, t, Duration::from_millis(200), &f.signer)
+        .await
+        .unwrap();
+    assert_eq!((report.removed, report.base_seq), (5, 5));
+    assert_eq!(report.anchor.as_ref().unwrap().seq, 5);
+    assert_eq!(seqs(&f, t).await, vec![6, 7, 8, 9]); // 9: the audit.pruned event
+    let verified = verify(&f, t).await;
+    assert!(verified.is_intact(), "{:?}", verified.result);
+    assert_eq!(
+        (verified.base_seq, verified.last_seq, verified.events),
+        (5, 9, 4)
+    );
+    // Pruning again with nothing old enough changes nothing.
+    let again = f
+        .log
+        .prune(&owner, t, Duration::from_secs(3600), &f.signer)
+        .await
+        .unwrap();
+    assert_eq!(again.removed, 0);
+
+    // Moving the start without a signed anchor is caught.
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq <= 6")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit.heads SET base_seq = 6, \
+             base_hash = (SELECT prev_hash FROM audit.events WHERE tenant_id = $1 AND seq = 7) \
+         WHERE tenant_id = $1",
+    )
+    .bind(t.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        report.result.unwrap_err(),
+        audit_log::ChainBreak {
+            seq: 7,
+            kind: audit_log::BreakKind::UnanchoredStart
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_runtime_role_cannot_prune() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = f
+        .log
+        .prune(&f.raw, t, Duration::ZERO, &f.signer)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, audit_log::AuditError::Database(_)), "{err}");
+    assert_eq!(seqs(&f, t).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_standalone_record_leaves_no_binding_on_the_pooled_connection() {
+    let f = fixture(1).await;
+    let t = TenantId::new_random();
+    f.log.record(event(t, 1)).await.unwrap();
+    // The same (only) connection, used without any binding: it must have forgotten the tenant.
+    let (tenant, binding): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT current_setting('app.tenant_id', true), current_setting('app.commit_binding', true)",
+    )
+    .fetch_one(f.log.pool().pool())
+    .await
+    .unwrap();
+    assert!(tenant.unwrap_or_default().is_empty());
+    assert!(binding.unwrap_or_default().is_empty());
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events")
+        .fetch_one(f.log.pool().pool())
+        .await
+        .unwrap();
+    assert_eq!(visible, 0);
+}

@@ -1,0 +1,201 @@
+//! The audit layer on an axum router, and the cross-tenant hook.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use audit_log::{
+    Action, AuditHandle, AuditLayer, AuditQuery, DenialReason, Outcome, StoredEvent, Target,
+};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use common::*;
+use http_body_util::BodyExt;
+use tenant_scope::{Actor, TenantContext, TenantId};
+use tower::ServiceExt;
+
+async fn guarded(Path(id): Path<String>) -> axum::response::Response {
+    if id == "locked" {
+        // A guard refusing the request, naming why.
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Extension(DenialReason("step_up_required")),
+            "{\"error\":\"step_up_required\"}",
+        )
+            .into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn app(f: &Fixture, context: Option<TenantContext>) -> Router {
+    let layer =
+        AuditLayer::new(f.log.clone(), Action::new("note.deleted").unwrap()).with_target(|parts| {
+            let id = parts.uri.path().rsplit('/').next()?;
+            Some(Target::new("note", id))
+        });
+    Router::new()
+        .route("/notes/{id}", post(guarded))
+        .layer(layer)
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                if let Some(ctx) = context.clone() {
+                    req.extensions_mut().insert(ctx);
+                }
+                req
+            },
+        ))
+}
+
+fn request(path: &str) -> Request<Body> {
+    Request::post(path)
+        .header("x-request-id", "req-42")
+        .header("user-agent", "test\u{202e}gnp.exe\tx")
+        .body(Body::empty())
+        .unwrap()
+}
+
+async fn events(f: &Fixture, t: TenantId) -> Vec<StoredEvent> {
+    AuditQuery::new(t).fetch(&f.raw).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_allowed_request_is_recorded_with_actor_tenant_target_and_request_id() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let who: Actor = actor(t);
+    let response = app(&f, Some(TenantContext::for_actor(who.clone())))
+        .oneshot(request("/notes/n1"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1);
+    let e = &recorded[0];
+    assert_eq!(
+        (e.action.as_str(), e.outcome.as_str()),
+        ("note.deleted", "allowed")
+    );
+    assert_eq!(e.actor_id, Some(*who.id().as_uuid()));
+    assert_eq!(e.request_id.as_deref(), Some("req-42"));
+    let record = e.record_json().unwrap();
+    assert_eq!(record["targets"][0]["id"], "n1");
+    assert_eq!(record["user_agent"], "test\\u{202E}gnp.exe\\u{0009}x");
+}
+
+#[tokio::test]
+async fn a_request_denied_by_a_later_guard_is_recorded_as_denied() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let response = app(&f, Some(TenantContext::for_actor(actor(t))))
+        .oneshot(request("/notes/locked"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].outcome, "denied");
+    assert_eq!(
+        recorded[0].record_json().unwrap()["outcome"]["reason"],
+        "step_up_required"
+    );
+}
+
+#[tokio::test]
+async fn a_privileged_route_without_a_tenant_context_does_not_run() {
+    let f = fixture(2).await;
+    let response = app(&f, None).oneshot(request("/notes/n1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"{\"error\":\"audit_context_missing\"}");
+    let admin = f.db.pool(testkit::Role::Admin, 1).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn an_allowed_action_whose_record_cannot_be_written_answers_500() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let router = app(&f, Some(TenantContext::for_actor(actor(t))));
+    f.log.pool().pool().close().await;
+    let response = router.oneshot(request("/notes/n1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"{\"error\":\"audit_failed\"}");
+}
+
+#[tokio::test]
+async fn a_handler_appending_in_its_transaction_is_recorded_once_and_atomically() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let pool = f.log.pool().clone();
+    let handler = move |axum::Extension(ctx): axum::Extension<TenantContext>,
+                        axum::Extension(audit): axum::Extension<AuditHandle>| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin(&ctx).await.unwrap();
+            sqlx::query("INSERT INTO notes (tenant_id, body) VALUES ($1, 'x')")
+                .bind(ctx.tenant().as_uuid())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let event = audit
+                .event(Outcome::Allowed)
+                .with_metadata(serde_json::json!({ "rows": 1 }))
+                .unwrap();
+            audit.append(&mut tx, event).await.unwrap();
+            tx.commit().await.unwrap();
+            StatusCode::CREATED
+        }
+    };
+    let context = TenantContext::for_actor(actor(t));
+    let router = Router::new()
+        .route("/notes", post(handler))
+        .layer(AuditLayer::new(
+            f.log.clone(),
+            Action::new("note.created").unwrap(),
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                req.extensions_mut().insert(context.clone());
+                req
+            },
+        ));
+    let response = router.oneshot(request("/notes")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].record_json().unwrap()["metadata"]["rows"], 1);
+}
+
+#[tokio::test]
+async fn cross_tenant_grants_are_recorded_in_the_target_tenants_chain() {
+    use tenant_scope::{ActorId, ActorKind, CrossTenantAudit, CrossTenantEvent, GrantOutcome};
+    let f = fixture(2).await;
+    let (home, target) = (TenantId::new_random(), TenantId::new_random());
+    let staff = Actor::new(ActorKind::Staff, ActorId::new_random(), home);
+    let event = CrossTenantEvent {
+        actor: staff.clone(),
+        target,
+        reason: "ticket 4711: customer bob@example.org cannot sign in".into(),
+        at: std::time::SystemTime::now(),
+        outcome: GrantOutcome::Granted,
+    };
+    CrossTenantAudit::record(&f.log, &event).await.unwrap();
+    let recorded = events(&f, target).await;
+    assert_eq!(recorded.len(), 1);
+    let record = recorded[0].record_json().unwrap();
+    assert_eq!(record["action"], "tenant.cross_tenant_granted");
+    assert_eq!(record["actor"]["kind"], "staff");
+    assert_eq!(record["actor"]["tenant"], home.to_string());
+    let reason = record["metadata"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("ticket 4711"), "{reason}");
+    assert!(!reason.contains("bob@example.org"), "{reason}");
+    assert!(events(&f, home).await.is_empty());
+}

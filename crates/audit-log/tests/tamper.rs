@@ -1,0 +1,395 @@
+//! Attacks on the chain by someone with owner or superuser rights: each must be found at the
+//! exact sequence number.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use audit_log::{BreakKind, ChainBreak, chain_hash};
+use common::*;
+use tenant_scope::TenantId;
+
+fn broken_at(report: &audit_log::VerifyReport) -> &ChainBreak {
+    report
+        .result
+        .as_ref()
+        .expect_err("the chain must not verify")
+}
+
+#[tokio::test]
+async fn an_untampered_chain_verifies() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let appended = append_n(&f, t, 20).await;
+    assert_eq!(
+        appended.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+    let report = verify(&f, t).await;
+    assert!(report.is_intact(), "{:?}", report.result);
+    assert_eq!((report.events, report.last_seq), (20, 20));
+    // An empty chain verifies too.
+    assert!(verify(&f, TenantId::new_random()).await.is_intact());
+}
+
+#[tokio::test]
+async fn a_deleted_middle_row_is_found_at_its_seq() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 12).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq = 7")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 7,
+            kind: BreakKind::Missing
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_edited_payload_is_found_at_its_seq() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 10).await;
+    let mut tx = begin_tamper(&f.db).await;
+    let done = sqlx::query(
+        "UPDATE audit.events SET event = convert_to(replace(convert_from(event, 'UTF8'), \
+         '\"metadata\":{\"n\":5}', '\"metadata\":{\"n\":6}'), 'UTF8') \
+         WHERE tenant_id = $1 AND seq = 5",
+    )
+    .bind(t.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 5,
+            kind: BreakKind::HashMismatch
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_edited_column_is_found_at_its_seq() {
+    // The indexed columns must agree with the hashed record: a rewritten `action` would
+    // otherwise hide an event from filtered queries.
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 6).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("UPDATE audit.events SET action = 'note.viewed' WHERE tenant_id = $1 AND seq = 3")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 3,
+            kind: BreakKind::RecordMismatch
+        }
+    );
+}
+
+#[tokio::test]
+async fn two_swapped_rows_are_found_at_the_first() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 10).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query(
+        "UPDATE audit.events e SET event = o.event, occurred_at = o.occurred_at, \
+             request_id = o.request_id \
+         FROM audit.events o \
+         WHERE e.tenant_id = $1 AND o.tenant_id = $1 AND ((e.seq, o.seq) IN ((4, 9), (9, 4)))",
+    )
+    .bind(t.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 4,
+            kind: BreakKind::HashMismatch
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_row_copied_from_another_tenant_with_recomputed_hashes_is_found() {
+    let f = fixture(2).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let heads = append_n(&f, a, 5).await;
+    append_n(&f, b, 5).await;
+    let mut tx = begin_tamper(&f.db).await;
+    // Take B's third event and append it to A's chain as seq 6, linking and hashing it exactly
+    // as the trigger would, and move A's head: everything a chain-only check looks at fits.
+    let (foreign, _, _) = row(&mut tx, b, 3).await;
+    let prev = heads[4].hash;
+    let hash = chain_hash(a, 6, &prev, &foreign);
+    sqlx::query(
+        "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action, \
+             outcome, request_id, event, prev_hash, hash) \
+         SELECT $1, 6, occurred_at, actor_kind, actor_id, action, outcome, request_id, event, $3, $4 \
+         FROM audit.events WHERE tenant_id = $2 AND seq = 3",
+    )
+    .bind(a.as_uuid())
+    .bind(b.as_uuid())
+    .bind(prev.as_slice())
+    .bind(hash.as_slice())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE audit.heads SET seq = 6, hash = $2 WHERE tenant_id = $1")
+        .bind(a.as_uuid())
+        .bind(hash.as_slice())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, a).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 6,
+            kind: BreakKind::ForeignTenant
+        }
+    );
+    assert!(verify(&f, b).await.is_intact());
+}
+
+#[tokio::test]
+async fn a_truncated_tail_is_found_against_the_head_and_against_a_checkpoint() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let appended = append_n(&f, t, 20).await;
+    f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+
+    // Cut the last three events, leaving the head alone.
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq >= 18")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 18,
+            kind: BreakKind::Truncated
+        }
+    );
+
+    // Rewind the head too: the signed checkpoint at 20 still catches it.
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("UPDATE audit.heads SET seq = 17, hash = $2 WHERE tenant_id = $1")
+        .bind(t.as_uuid())
+        .bind(appended[16].hash.as_slice())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 18,
+            kind: BreakKind::Truncated
+        }
+    );
+}
+
+#[tokio::test]
+async fn without_a_checkpoint_a_consistent_truncation_is_invisible() {
+    // The documented limit: the chain alone cannot see a tail cut together with its head.
+    // This is why checkpoints exist and must be exported.
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let appended = append_n(&f, t, 10).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq > 8")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit.heads SET seq = 8, hash = $2 WHERE tenant_id = $1")
+        .bind(t.as_uuid())
+        .bind(appended[7].hash.as_slice())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    assert!(verify(&f, t).await.is_intact());
+    // ...but an exported checkpoint taken before the cut finds it.
+    let exported = f.signer.sign(t, 10, &appended[9].hash).unwrap();
+    let report = audit_log::verify(&f.raw, t, &f.keys, &[exported])
+        .await
+        .unwrap();
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 9,
+            kind: BreakKind::Truncated
+        }
+    );
+}
+
+/// Rewrites events `from..=to` of `t` with a changed payload and recomputed links and hashes,
+/// and moves the head: a chain-only check sees nothing.
+async fn rewrite_from(f: &Fixture, t: TenantId, from: i64, to: i64) {
+    let mut tx = begin_tamper(&f.db).await;
+    let (_, _, prev) = row(&mut tx, t, from - 1).await;
+    let mut prev: [u8; 32] = prev.try_into().unwrap();
+    for seq in from..=to {
+        let (event, _, _) = row(&mut tx, t, seq).await;
+        let forged = String::from_utf8(event)
+            .unwrap()
+            .replace("\"status\":\"allowed\"", "\"status\":\"denied\"");
+        let hash = chain_hash(t, seq as u64, &prev, forged.as_bytes());
+        sqlx::query(
+            "UPDATE audit.events SET event = $3, outcome = 'denied', prev_hash = $4, hash = $5 \
+             WHERE tenant_id = $1 AND seq = $2",
+        )
+        .bind(t.as_uuid())
+        .bind(seq)
+        .bind(forged.as_bytes())
+        .bind(prev.as_slice())
+        .bind(hash.as_slice())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit.heads SET hash = $2 WHERE tenant_id = $1")
+        .bind(t.as_uuid())
+        .bind(prev.as_slice())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+}
+
+#[tokio::test]
+async fn a_rewrite_with_recomputed_hashes_is_caught_by_the_signed_checkpoint() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 10).await;
+    let first = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    assert_eq!(first.seq, 10);
+    append_n(&f, t, 10).await;
+    let second = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    assert_eq!(second.seq, 20);
+    assert!(verify(&f, t).await.is_intact());
+
+    rewrite_from(&f, t, 13, 20).await;
+    let report = verify(&f, t).await;
+    // Located between the two checkpoints: events 11..=20, with the break at the checkpoint.
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 20,
+            kind: BreakKind::CheckpointMismatch { after: 10 }
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_rewrite_that_also_deletes_the_stored_checkpoints_is_caught_by_an_exported_one() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 8).await;
+    let exported = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    rewrite_from(&f, t, 2, 8).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.checkpoints WHERE tenant_id = $1")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    // The database alone now looks consistent...
+    assert!(verify(&f, t).await.is_intact());
+    // ...the checkpoint kept elsewhere does not.
+    let report = audit_log::verify(&f.raw, t, &f.keys, &[exported])
+        .await
+        .unwrap();
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 8,
+            kind: BreakKind::CheckpointMismatch { after: 0 }
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_forged_checkpoint_signature_is_rejected() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let appended = append_n(&f, t, 4).await;
+    // The runtime role may insert checkpoints; without the trusted key it cannot make one count.
+    let mallory = audit_log::CheckpointSigner::generate("test-key").unwrap();
+    let forged = mallory.sign(t, 4, &appended[3].hash).unwrap();
+    let ctx = tenant_scope::TenantContext::for_job(t, None, "test").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
+         VALUES ($1, 4, $2, now(), $3, $4)",
+    )
+    .bind(t.as_uuid())
+    .bind(appended[3].hash.as_slice())
+    .bind(&forged.key_id)
+    .bind(hex::decode(&forged.signature).unwrap())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 4,
+            kind: BreakKind::BadCheckpoint
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_removed_head_row_is_found() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 3).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.heads WHERE tenant_id = $1")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 1,
+            kind: BreakKind::HeadMismatch
+        }
+    );
+}
