@@ -28,6 +28,9 @@ pub enum AuditError {
     /// the schema is not the one this version installs. The append is refused.
     #[error("the audit chain in the database does not match this library's chain format")]
     ChainFormatMismatch,
+    /// The chain does not verify, so it is not signed (see [`crate::verify()`]).
+    #[error("the audit chain does not verify: {0}")]
+    ChainBroken(crate::ChainBreak),
     /// A stored or exported record could not be decoded.
     #[error("malformed audit record: {0}")]
     Malformed(&'static str),

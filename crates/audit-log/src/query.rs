@@ -13,7 +13,7 @@ use crate::AuditError;
 use crate::canonical::{ChainHash, format_time, genesis_hash};
 use crate::checkpoint::{Checkpoint, TrustedKeys};
 use crate::verify::{
-    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, load_checkpoints, load_head, snapshot,
+    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, load_anchor, load_checkpoints, snapshot,
 };
 
 /// The export format's name, written in its first line.
@@ -187,9 +187,11 @@ enum ExportLine {
         complete: bool,
         base_seq: u64,
         base_hash: String,
-        head_seq: u64,
-        head_hash: String,
         exported_at: String,
+    },
+    End {
+        events: u64,
+        last_seq: u64,
     },
     Checkpoint(Checkpoint),
     Event(ExportEvent),
@@ -220,9 +222,9 @@ pub struct ExportSummary {
 }
 
 /// Writes the events `query` selects as JSON lines, from one consistent snapshot: a `chain`
-/// header (tenant, start, head, whether the export is the complete chain), every stored
-/// `checkpoint`, then one `event` line per event with the exact hashed record and its chain
-/// hashes. A complete export verifies offline with [`verify_export`].
+/// header (tenant, start, whether the export is the complete chain), every stored
+/// `checkpoint`, one `event` line per event with the exact hashed record and its chain hashes,
+/// and an `end` line with the count and the last sequence number (a cut-off file is noticed). A complete export verifies offline with [`verify_export`].
 ///
 /// # Errors
 /// [`AuditError::Database`] when reading fails, [`AuditError::Export`] when writing fails.
@@ -233,18 +235,16 @@ pub async fn export_jsonl(
 ) -> Result<ExportSummary, AuditError> {
     let tenant = query.tenant;
     let mut tx = snapshot(pool, tenant).await?;
-    let head = load_head(&mut tx, tenant).await?;
+    let anchor = load_anchor(&mut tx, tenant).await?;
     let checkpoints = load_checkpoints(&mut tx, tenant).await?;
     let genesis = genesis_hash(tenant);
-    let (head_seq, head_hash, base_seq, base_hash) = head.unwrap_or((0, genesis, 0, genesis));
+    let (base_seq, base_hash) = anchor.unwrap_or((0, genesis));
     let header = ExportLine::Chain {
         format: EXPORT_FORMAT.to_owned(),
         tenant: tenant.to_string(),
         complete: query.is_whole_chain(),
         base_seq,
         base_hash: hex::encode(base_hash),
-        head_seq,
-        head_hash: hex::encode(head_hash),
         exported_at: format_time(OffsetDateTime::now_utc())?,
     };
     write_line(&mut out, &header)?;
@@ -252,6 +252,7 @@ pub async fn export_jsonl(
         events: 0,
         checkpoints: 0,
     };
+    let mut last_seq = base_seq;
     for cp in checkpoints {
         write_line(&mut out, &ExportLine::Checkpoint(cp))?;
         summary.checkpoints += 1;
@@ -268,11 +269,19 @@ pub async fn export_jsonl(
             .fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
             let e = StoredEvent::from_row(tenant, row)?;
+            last_seq = e.seq;
             write_line(&mut out, &ExportLine::Event(export_event(e)?))?;
             summary.events += 1;
         }
     }
     tx.rollback().await?;
+    write_line(
+        &mut out,
+        &ExportLine::End {
+            events: summary.events,
+            last_seq,
+        },
+    )?;
     out.flush()?;
     Ok(summary)
 }
@@ -399,8 +408,6 @@ pub fn verify_export(
         complete,
         base_seq,
         base_hash,
-        head_seq,
-        head_hash,
         ..
     } = serde_json::from_str(&header).map_err(|_| AuditError::Malformed("export header"))?
     else {
@@ -424,16 +431,18 @@ pub fn verify_export(
             .ok_or(AuditError::Malformed("hash"))
     };
     let base_hash = hash32(&base_hash)?;
-    let head_hash = hash32(&head_hash)?;
     let mut checkpoints: Vec<Checkpoint> = external.to_vec();
     let mut verifier: Option<ChainVerifier> = None;
+    let mut end: Option<(u64, u64)> = None;
     for line in lines {
         let line = line?;
         if line.is_empty() {
             continue;
         }
         match serde_json::from_str(&line).map_err(|_| AuditError::Malformed("export line"))? {
+            _ if end.is_some() => return Err(AuditError::Malformed("lines after the end line")),
             ExportLine::Chain { .. } => return Err(AuditError::Malformed("second header")),
+            ExportLine::End { events, last_seq } => end = Some((events, last_seq)),
             ExportLine::Checkpoint(cp) => {
                 if verifier.is_some() {
                     return Err(AuditError::Malformed("checkpoint after events"));
@@ -470,7 +479,12 @@ pub fn verify_export(
     let verifier = verifier.unwrap_or_else(|| {
         ChainVerifier::new(tenant, keys, Some((base_seq, base_hash)), checkpoints)
     });
-    Ok(verifier.finish(Some((head_seq, head_hash))))
+    let (events, last_seq) = end.ok_or(AuditError::Malformed("the export has no end line"))?;
+    let report = verifier.finish(Some(last_seq));
+    if report.is_intact() && report.events != events {
+        return Err(AuditError::Malformed("the end line's count does not match the events"));
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -6,9 +6,8 @@ use sqlx::PgPool;
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::canonical::{ChainHash, format_time};
-use crate::checkpoint::{Checkpoint, CheckpointSigner};
+use crate::checkpoint::{Checkpoint, CheckpointSigner, TrustedKeys};
 use crate::event::{AuditActor, AuditEvent, Outcome, actions};
-use crate::verify::load_head;
 use crate::{AuditError, AuditLog};
 
 /// What [`AuditLog::prune`] did.
@@ -23,14 +22,17 @@ pub struct PruneReport {
 }
 
 impl AuditLog {
-    /// Signs `tenant`'s current head and stores the checkpoint. Returns `None` for an empty
-    /// chain; an existing checkpoint for the same head is returned as it is.
+    /// Verifies `tenant`'s events since the last checkpoint this signer can vouch for (or the
+    /// chain's start), then signs the newest event and stores the checkpoint. Returns `None`
+    /// for an empty chain; an existing checkpoint for the same event is returned as it is.
+    /// A chain that does not verify is never signed: that is [`AuditError::ChainBroken`].
     ///
     /// Run it periodically (e.g. every few minutes for every active tenant) and copy the
     /// checkpoints somewhere the database's owner cannot write: they are what detect a
     /// rewrite with recomputed hashes.
     ///
     /// # Errors
+    /// [`AuditError::ChainBroken`] for a chain that does not verify;
     /// [`AuditError::Transaction`]/[`AuditError::Database`] when the database cannot be used.
     pub async fn checkpoint(
         &self,
@@ -39,11 +41,40 @@ impl AuditLog {
     ) -> Result<Option<Checkpoint>, AuditError> {
         let context = TenantContext::for_job(tenant, None, "audit-log checkpoint")
             .map_err(|_| AuditError::InvalidEvent("tenant"))?;
+        let keys = TrustedKeys::new().with(signer.verifying_key());
         let mut tx = self.pool().begin(&context).await?;
-        let Some((seq, hash, _, _)) = load_head(&mut tx, tenant).await? else {
-            tx.rollback().await?;
-            return Ok(None);
+        // Start from the newest checkpoint this signer made (or the pruned start, or genesis).
+        let anchor = crate::verify::load_anchor(&mut tx, tenant).await?;
+        let ours = crate::verify::load_checkpoints(&mut tx, tenant)
+            .await?
+            .into_iter()
+            .filter(|c| keys.verifies(c))
+            .filter(|c| anchor.is_none_or(|(base, _)| c.seq >= base))
+            .max_by_key(|c| c.seq);
+        let start = match &ours {
+            Some(cp) => Some((cp.seq, cp.hash_bytes()?)),
+            None => anchor,
         };
+        let after = start.map_or(0, |(seq, _)| seq);
+        let trusted: Vec<Checkpoint> = match (&ours, anchor) {
+            (Some(cp), _) => vec![cp.clone()],
+            // A pruned start is anchored by a checkpoint of its own; without one it is not
+            // trusted, and the walk reports it.
+            (None, Some((base, _))) => crate::verify::load_checkpoints(&mut tx, tenant)
+                .await?
+                .into_iter()
+                .filter(|c| c.seq == base && keys.verifies(c))
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        let verifier = crate::verify::ChainVerifier::new(tenant, &keys, start, trusted);
+        let verifier = crate::verify::walk(&mut tx, tenant, verifier, after).await?;
+        let (seq, hash) = verifier.last();
+        let report = verifier.finish(None);
+        if let Err(broken) = report.result {
+            tx.rollback().await?;
+            return Err(AuditError::ChainBroken(broken));
+        }
         if seq == 0 {
             tx.rollback().await?;
             return Ok(None);
@@ -78,20 +109,13 @@ impl AuditLog {
         sqlx::raw_sql(&format!("SET LOCAL app.tenant_id = '{tenant}'"))
             .execute(&mut *tx)
             .await?;
-        // Lock the head: no append interleaves with the move of the start.
-        let head: Option<(i64,)> =
-            sqlx::query_as("SELECT base_seq FROM audit.heads WHERE tenant_id = $1 FOR UPDATE")
-                .bind(tenant.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((base_seq,)) = head else {
-            tx.rollback().await?;
-            return Ok(PruneReport {
-                removed: 0,
-                base_seq: 0,
-                anchor: None,
-            });
-        };
+        // Take the chain's append lock: no append interleaves with the move of the start.
+        sqlx::query("SELECT pg_advisory_xact_lock(1096107092, hashtext($1::text))")
+            .bind(tenant.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        let anchor = crate::verify::load_anchor(&mut tx, tenant).await?;
+        let base = anchor.map_or(0, |(seq, _)| seq);
         let through: Option<(i64, Vec<u8>)> = sqlx::query_as(
             "SELECT seq, hash FROM audit.events WHERE tenant_id = $1 AND occurred_at < $2 \
              ORDER BY seq DESC LIMIT 1",
@@ -100,7 +124,6 @@ impl AuditLog {
         .bind(cutoff)
         .fetch_optional(&mut *tx)
         .await?;
-        let base = u64::try_from(base_seq).map_err(|_| AuditError::Malformed("chain head"))?;
         let Some((through, hash)) = through else {
             tx.rollback().await?;
             return Ok(PruneReport {
@@ -122,7 +145,10 @@ impl AuditLog {
             });
         }
         let anchor = store_checkpoint(&mut tx, signer, tenant, through_u, &hash).await?;
-        sqlx::query("UPDATE audit.heads SET base_seq = $2, base_hash = $3 WHERE tenant_id = $1")
+        sqlx::query(
+            "INSERT INTO audit.anchors (tenant_id, base_seq, base_hash) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id) DO UPDATE SET base_seq = $2, base_hash = $3",
+        )
             .bind(tenant.as_uuid())
             .bind(through)
             .bind(hash.as_slice())

@@ -1,5 +1,5 @@
-//! The audit schema: an append-only, hash-chained event table, per-tenant chain heads and
-//! signed checkpoints.
+//! The audit schema: an append-only, hash-chained event table, retention anchors and signed
+//! checkpoints.
 //!
 //! Run [`schema_sql`] as the owner (migrator) role, after `rls_guard::schema::SUPPORT_SQL`:
 //!
@@ -7,11 +7,12 @@
 //!   columns (`tenant_id`, `occurred_at`, `actor_kind`, `actor_id`, `action`, `outcome`,
 //!   `request_id`, `event`) and `SELECT`; it has no `UPDATE`, `DELETE` or `TRUNCATE`, and
 //!   cannot write `seq`, `prev_hash` or `hash` at all.
-//! - A `BEFORE INSERT` trigger (`SECURITY DEFINER`, owned by the owner) advances the tenant's
-//!   head row with one `UPDATE .. RETURNING`, whose row lock serialises appends in one tenant —
-//!   concurrent writers never fork the chain, while other tenants proceed in parallel — and
-//!   assigns the next sequence number, links the previous hash and computes the chain hash in
-//!   the same format as
+//! - A `BEFORE INSERT` trigger (`SECURITY DEFINER`, owned by the owner) takes the tenant's
+//!   transaction-level advisory lock (class `0x41554454`, "AUDT", object `hashtext(tenant)`) —
+//!   so appends in one tenant are serialised until commit and concurrent writers never fork the
+//!   chain, while other tenants proceed in parallel — reads the tenant's last event through the
+//!   primary key, and assigns the next sequence number, links the previous hash and computes
+//!   the chain hash in the same format as
 //!   [`chain_hash`](crate::chain_hash). The primary key `(tenant_id, seq)` and the unique
 //!   `(tenant_id, prev_hash)` are the backstop against a fork.
 //! - Triggers refuse `UPDATE`, `DELETE` and `TRUNCATE` on events and checkpoints for every role,
@@ -49,9 +50,9 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let rls = |table: &str| {
         rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidEvent("table"))
     };
-    let (events_rls, heads_rls, checkpoints_rls) = (
+    let (events_rls, anchors_rls, checkpoints_rls) = (
         rls("audit.events")?,
-        rls("audit.heads")?,
+        rls("audit.anchors")?,
         rls("audit.checkpoints")?,
     );
     let r = runtime_role;
@@ -78,12 +79,10 @@ CREATE TABLE IF NOT EXISTS audit.events (
 );
 CREATE INDEX IF NOT EXISTS events_tenant_time_idx ON audit.events (tenant_id, occurred_at);
 
-CREATE TABLE IF NOT EXISTS audit.heads (
+-- Where a pruned chain starts: the signed checkpoint retention moved the start to.
+CREATE TABLE IF NOT EXISTS audit.anchors (
     tenant_id uuid   PRIMARY KEY,
-    seq       bigint NOT NULL CHECK (seq >= 0),
-    hash      bytea  NOT NULL CHECK (length(hash) = 32),
-    prev_hash bytea  NOT NULL CHECK (length(prev_hash) = 32),
-    base_seq  bigint NOT NULL DEFAULT 0 CHECK (base_seq >= 0 AND base_seq <= seq),
+    base_seq  bigint NOT NULL CHECK (base_seq > 0),
     base_hash bytea  NOT NULL CHECK (length(base_hash) = 32)
 );
 
@@ -100,29 +99,27 @@ CREATE TABLE IF NOT EXISTS audit.checkpoints (
 CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    last_seq  bigint;
+    last_hash bytea;
 BEGIN
-    -- One statement takes the head's row lock, advances it and computes the hash; under READ
-    -- COMMITTED a waiting writer re-reads the head that the previous writer committed.
-    UPDATE audit.heads h
-       SET seq = h.seq + 1,
-           prev_hash = h.hash,
-           hash = sha256('\x{chain}'::bytea || uuid_send(h.tenant_id)
-                         || int8send(h.seq + 1) || h.hash || NEW.event)
-     WHERE h.tenant_id = NEW.tenant_id
-    RETURNING h.seq, h.prev_hash, h.hash INTO NEW.seq, NEW.prev_hash, NEW.hash;
+    -- Held until commit: the next writer of this tenant waits, then (READ COMMITTED: a new
+    -- snapshot per statement) reads the event this one committed.
+    PERFORM pg_catalog.pg_advisory_xact_lock(1096107092, pg_catalog.hashtext(NEW.tenant_id::text));
+    SELECT e.seq, e.hash INTO last_seq, last_hash
+      FROM audit.events e WHERE e.tenant_id = NEW.tenant_id ORDER BY e.seq DESC LIMIT 1;
     IF NOT FOUND THEN
-        INSERT INTO audit.heads (tenant_id, seq, hash, prev_hash, base_seq, base_hash)
-        SELECT NEW.tenant_id, 0, g, g, 0, g
-          FROM (SELECT sha256('\x{genesis}'::bytea || uuid_send(NEW.tenant_id)) AS g) s
-        ON CONFLICT (tenant_id) DO NOTHING;
-        UPDATE audit.heads h
-           SET seq = h.seq + 1,
-               prev_hash = h.hash,
-               hash = sha256('\x{chain}'::bytea || uuid_send(h.tenant_id)
-                             || int8send(h.seq + 1) || h.hash || NEW.event)
-         WHERE h.tenant_id = NEW.tenant_id
-        RETURNING h.seq, h.prev_hash, h.hash INTO STRICT NEW.seq, NEW.prev_hash, NEW.hash;
+        SELECT a.base_seq, a.base_hash INTO last_seq, last_hash
+          FROM audit.anchors a WHERE a.tenant_id = NEW.tenant_id;
+        IF NOT FOUND THEN
+            last_seq := 0;
+            last_hash := sha256('\x{genesis}'::bytea || uuid_send(NEW.tenant_id));
+        END IF;
     END IF;
+    NEW.seq := last_seq + 1;
+    NEW.prev_hash := last_hash;
+    NEW.hash := sha256('\x{chain}'::bytea || uuid_send(NEW.tenant_id)
+                       || int8send(NEW.seq) || last_hash || NEW.event);
     RETURN NEW;
 END
 $$;
@@ -133,7 +130,7 @@ CREATE OR REPLACE FUNCTION audit.refuse_change() RETURNS trigger
 BEGIN
     IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW' AND TG_TABLE_NAME = 'events' THEN
         -- Retention: only rows at or behind the tenant's signed anchor may go.
-        IF OLD.seq <= (SELECT h.base_seq FROM audit.heads h WHERE h.tenant_id = OLD.tenant_id) THEN
+        IF OLD.seq <= (SELECT a.base_seq FROM audit.anchors a WHERE a.tenant_id = OLD.tenant_id) THEN
             RETURN OLD;
         END IF;
     END IF;
@@ -167,21 +164,21 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
 ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER append_only_truncate;
 
-DROP TRIGGER IF EXISTS append_only_truncate ON audit.heads;
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.heads
+DROP TRIGGER IF EXISTS append_only_truncate ON audit.anchors;
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.anchors
     FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
-ALTER TABLE audit.heads ENABLE ALWAYS TRIGGER append_only_truncate;
+ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER append_only_truncate;
 
 {events_rls}
-{heads_rls}
+{anchors_rls}
 {checkpoints_rls}
 ALTER TABLE audit.events ENABLE ALWAYS TRIGGER tenant_binding_check;
-ALTER TABLE audit.heads ENABLE ALWAYS TRIGGER tenant_binding_check;
+ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER tenant_binding_check;
 
-REVOKE ALL ON audit.events, audit.heads, audit.checkpoints FROM PUBLIC;
-REVOKE ALL ON audit.events, audit.heads, audit.checkpoints FROM {r};
-GRANT SELECT ON audit.events, audit.heads, audit.checkpoints TO {r};
+REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints FROM PUBLIC;
+REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints FROM {r};
+GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints TO {r};
 GRANT INSERT (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
     ON audit.events TO {r};
 GRANT INSERT ON audit.checkpoints TO {r};

@@ -30,8 +30,8 @@ pub enum BreakKind {
     RecordMismatch,
     /// The record belongs to another tenant (copied in from another chain).
     ForeignTenant,
-    /// The chain ends before this sequence number, but the head or a checkpoint says it goes
-    /// further (tail truncation).
+    /// The chain ends before this sequence number, but a trusted checkpoint (or an export's end
+    /// line) says it goes further (tail truncation).
     Truncated,
     /// The chain is intact by itself but its hash here differs from a trusted checkpoint: the
     /// events after the previous checkpoint (`after`) up to here were rewritten with
@@ -42,8 +42,8 @@ pub enum BreakKind {
     },
     /// A checkpoint in the database is not validly signed by a trusted key (forged).
     BadCheckpoint,
-    /// The chain's head row disagrees with its last event.
-    HeadMismatch,
+    /// An export holds events beyond the end it states.
+    ExtraEvents,
     /// The chain starts after pruning, but no trusted checkpoint anchors that start.
     UnanchoredStart,
 }
@@ -122,7 +122,6 @@ pub(crate) struct ChainVerifier {
     checkpoints: BTreeMap<u64, (ChainHash, Checkpoint)>,
     prev: ChainHash,
     next: u64,
-    base_seq: u64,
     last_matched_checkpoint: u64,
     report: VerifyReport,
 }
@@ -196,7 +195,6 @@ impl ChainVerifier {
             checkpoints: map,
             prev,
             next,
-            base_seq,
             last_matched_checkpoint: base_seq,
             report,
         };
@@ -216,6 +214,11 @@ impl ChainVerifier {
         {
             self.report.result = Err(ChainBreak { seq, kind });
         }
+    }
+
+    /// The last verified `(seq, hash)`.
+    pub(crate) const fn last(&self) -> (u64, ChainHash) {
+        (self.next - 1, self.prev)
     }
 
     /// Whether a break was already found (callers may stop feeding).
@@ -268,18 +271,17 @@ impl ChainVerifier {
         self.report.last_seq = r.seq;
     }
 
-    /// Ends the walk; `head` is the chain head row `(seq, hash)` when one is known.
-    pub(crate) fn finish(mut self, head: Option<(u64, ChainHash)>) -> VerifyReport {
+    /// Ends the walk; `expected_last` is the last sequence number the source states (an
+    /// export's end line), when it states one.
+    pub(crate) fn finish(mut self, expected_last: Option<u64>) -> VerifyReport {
         if !self.broken() {
             let last = self.next - 1;
-            if let Some((head_seq, head_hash)) = head {
-                if head_seq > last {
-                    self.fail(last + 1, BreakKind::Truncated);
-                } else if head_seq < last {
-                    self.fail(head_seq + 1, BreakKind::HeadMismatch);
-                } else if last > self.base_seq && head_hash != self.prev {
-                    self.fail(last, BreakKind::HeadMismatch);
+            match expected_last {
+                Some(expected) if expected > last => self.fail(last + 1, BreakKind::Truncated),
+                Some(expected) if expected < last => {
+                    self.fail(expected + 1, BreakKind::ExtraEvents);
                 }
+                _ => {}
             }
             if self.checkpoints.range(last + 1..).next().is_some() {
                 self.fail(last + 1, BreakKind::Truncated);
@@ -358,7 +360,7 @@ fn check_row(
 }
 
 /// Opens a read-only, repeatable-read transaction bound to `tenant` (one consistent snapshot of
-/// events, head and checkpoints).
+/// events, anchor and checkpoints).
 pub(crate) async fn snapshot(
     pool: &PgPool,
     tenant: TenantId,
@@ -374,23 +376,21 @@ pub(crate) async fn snapshot(
     Ok(tx)
 }
 
-pub(crate) async fn load_head(
+/// Where a pruned chain starts, `(seq, hash)`, if it was pruned.
+pub(crate) async fn load_anchor(
     conn: &mut sqlx::PgConnection,
     tenant: TenantId,
-) -> Result<Option<(u64, ChainHash, u64, ChainHash)>, AuditError> {
-    let row: Option<(i64, Vec<u8>, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT seq, hash, base_seq, base_hash FROM audit.heads WHERE tenant_id = $1",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|(seq, hash, base_seq, base_hash)| {
-        let bad = || AuditError::Malformed("chain head");
+) -> Result<Option<(u64, ChainHash)>, AuditError> {
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT base_seq, base_hash FROM audit.anchors WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|(seq, hash)| {
+        let bad = || AuditError::Malformed("chain anchor");
         Ok((
             u64::try_from(seq).map_err(|_| bad())?,
             hash.try_into().map_err(|_| bad())?,
-            u64::try_from(base_seq).map_err(|_| bad())?,
-            base_hash.try_into().map_err(|_| bad())?,
         ))
     })
     .transpose()
@@ -422,10 +422,58 @@ pub(crate) async fn load_checkpoints(
         .collect()
 }
 
+/// Streams `tenant`'s events after `after` through `verifier`. Reading and checking overlap:
+/// this task streams rows in batches, a blocking thread checks them.
+pub(crate) async fn walk(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    verifier: ChainVerifier,
+    after: u64,
+) -> Result<ChainVerifier, AuditError> {
+    let (send, mut receive) = tokio::sync::mpsc::channel::<Vec<EventRow>>(4);
+    let checker = tokio::task::spawn_blocking(move || {
+        let mut verifier = verifier;
+        while let Some(batch) = receive.blocking_recv() {
+            for row in &batch {
+                check_row(&mut verifier, tenant, row)?;
+                if verifier.broken() {
+                    return Ok(verifier);
+                }
+            }
+        }
+        Ok::<_, AuditError>(verifier)
+    });
+    {
+        const BATCH: usize = 1024;
+        let sql = format!("{SELECT_EVENTS} AND seq > $2 ORDER BY seq");
+        let mut rows = sqlx::query_as::<_, EventRow>(&sql)
+            .bind(tenant.as_uuid())
+            .bind(i64::try_from(after).map_err(|_| AuditError::Malformed("seq"))?)
+            .fetch(&mut *conn);
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(row) = rows.try_next().await? {
+            batch.push(row);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if send.send(full).await.is_err() {
+                    break; // The checker found a break and stopped.
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = send.send(batch).await;
+        }
+    }
+    drop(send);
+    checker
+        .await
+        .map_err(|_| AuditError::Malformed("verification task failed"))?
+}
+
 /// Verifies `tenant`'s chain: streams every event in order and reports the exact sequence
 /// number of the first break — a missing event, a broken link, an edited or swapped payload,
 /// a row whose columns disagree with its record, a record from another tenant, a truncated tail
-/// (against the head row and against checkpoints), a consistent rewrite (against a trusted
+/// (against checkpoints), a consistent rewrite (against a trusted
 /// checkpoint), a forged checkpoint, or a pruned start that no trusted checkpoint anchors.
 ///
 /// `pool` may be the runtime role's (row-level security shows it the tenant's rows) or an
@@ -442,54 +490,13 @@ pub async fn verify(
     external: &[Checkpoint],
 ) -> Result<VerifyReport, AuditError> {
     let mut tx = snapshot(pool, tenant).await?;
-    let head = load_head(&mut tx, tenant).await?;
+    let base = load_anchor(&mut tx, tenant).await?;
     let mut checkpoints = load_checkpoints(&mut tx, tenant).await?;
     checkpoints.extend(external.iter().cloned());
-    let base = head.map(|(_, _, base_seq, base_hash)| (base_seq, base_hash));
     let verifier = ChainVerifier::new(tenant, keys, base, checkpoints);
-    // Reading and checking overlap: this task streams rows in batches, a blocking thread checks
-    // them.
-    let (send, mut receive) = tokio::sync::mpsc::channel::<Vec<EventRow>>(4);
-    let checker = tokio::task::spawn_blocking(move || {
-        let mut verifier = verifier;
-        while let Some(batch) = receive.blocking_recv() {
-            for row in &batch {
-                check_row(&mut verifier, tenant, row)?;
-                if verifier.broken() {
-                    return Ok(verifier);
-                }
-            }
-        }
-        Ok::<_, AuditError>(verifier)
-    });
-    {
-        const BATCH: usize = 1024;
-        let sql = format!("{SELECT_EVENTS} ORDER BY seq");
-        let mut rows = sqlx::query_as::<_, EventRow>(&sql)
-            .bind(tenant.as_uuid())
-            .fetch(&mut *tx);
-        let mut batch = Vec::with_capacity(BATCH);
-        while let Some(row) = rows.try_next().await? {
-            batch.push(row);
-            if batch.len() == BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                if send.send(full).await.is_err() {
-                    break; // The checker found a break and stopped.
-                }
-            }
-        }
-        if !batch.is_empty() {
-            let _ = send.send(batch).await;
-        }
-        drop(send);
-    }
+    let verifier = walk(&mut tx, tenant, verifier, base.map_or(0, |(seq, _)| seq)).await?;
     tx.rollback().await?;
-    let verifier = checker
-        .await
-        .map_err(|_| AuditError::Malformed("verification task failed"))??;
-    // No head row while events exist means the head was removed: compare against an empty one.
-    let head = head.map_or((0, genesis_hash(tenant)), |(seq, hash, _, _)| (seq, hash));
-    Ok(verifier.finish(Some(head)))
+    Ok(verifier.finish(None))
 }
 
 #[cfg(test)]
@@ -570,10 +577,7 @@ mod tests {
                 hash: &b.hash,
             });
         }
-        let head = built
-            .last()
-            .map_or((0, genesis_hash(tenant)), |b| (b.seq, b.hash));
-        v.finish(Some(head))
+        v.finish(Some(built.len() as u64))
     }
 
     fn specs() -> impl Strategy<Value = Vec<(String, u8, String, Option<String>)>> {

@@ -135,12 +135,12 @@ async fn the_runtime_role_cannot_update_delete_truncate_or_forge_chain_columns()
         "UPDATE audit.events SET action = 'x.y'",
         "DELETE FROM audit.events",
         "TRUNCATE audit.events",
-        "UPDATE audit.heads SET seq = 0",
-        "DELETE FROM audit.heads",
+        "UPDATE audit.anchors SET base_seq = 1",
+        "DELETE FROM audit.anchors",
         "UPDATE audit.checkpoints SET seq = 1",
         "DELETE FROM audit.checkpoints",
-        "INSERT INTO audit.heads (tenant_id, seq, hash, base_hash) \
-             VALUES (gen_random_uuid(), 0, '\\x00', '\\x00')",
+        "INSERT INTO audit.anchors (tenant_id, base_seq, base_hash) \
+             VALUES (app.current_tenant_id(), 2, '\\x00')",
         "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, outcome, \
              event, prev_hash, hash) VALUES (app.current_tenant_id(), 99, now(), 'user', 'a.b', \
              'allowed', '\\x7b7d', '\\x00', '\\x00')",
@@ -167,7 +167,7 @@ async fn the_refusal_triggers_fire_for_the_owner_and_under_replica_mode() {
         "TRUNCATE audit.events",
         "UPDATE audit.checkpoints SET seq = 1",
         "TRUNCATE audit.checkpoints",
-        "TRUNCATE audit.heads",
+        "TRUNCATE audit.anchors",
     ] {
         for replica in [false, true] {
             let mut tx = admin.begin().await.unwrap();
@@ -355,7 +355,7 @@ async fn retention_prunes_old_events_and_the_chain_still_verifies() {
         .await
         .unwrap();
     sqlx::query(
-        "UPDATE audit.heads SET base_seq = 6, \
+        "UPDATE audit.anchors SET base_seq = 6, \
              base_hash = (SELECT prev_hash FROM audit.events WHERE tenant_id = $1 AND seq = 7) \
          WHERE tenant_id = $1",
     )

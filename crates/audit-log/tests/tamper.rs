@@ -135,13 +135,13 @@ async fn two_swapped_rows_are_found_at_the_first() {
 async fn a_row_copied_from_another_tenant_with_recomputed_hashes_is_found() {
     let f = fixture(2).await;
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
-    let heads = append_n(&f, a, 5).await;
+    let appended = append_n(&f, a, 5).await;
     append_n(&f, b, 5).await;
     let mut tx = begin_tamper(&f.db).await;
     // Take B's third event and append it to A's chain as seq 6, linking and hashing it exactly
-    // as the trigger would, and move A's head: everything a chain-only check looks at fits.
+    // as the trigger would: everything a chain-only check looks at fits.
     let (foreign, _, _) = row(&mut tx, b, 3).await;
-    let prev = heads[4].hash;
+    let prev = appended[4].hash;
     let hash = chain_hash(a, 6, &prev, &foreign);
     sqlx::query(
         "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action, \
@@ -156,12 +156,6 @@ async fn a_row_copied_from_another_tenant_with_recomputed_hashes_is_found() {
     .execute(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("UPDATE audit.heads SET seq = 6, hash = $2 WHERE tenant_id = $1")
-        .bind(a.as_uuid())
-        .bind(hash.as_slice())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
     end_tamper(tx).await;
     let report = verify(&f, a).await;
     assert_eq!(
@@ -175,13 +169,12 @@ async fn a_row_copied_from_another_tenant_with_recomputed_hashes_is_found() {
 }
 
 #[tokio::test]
-async fn a_truncated_tail_is_found_against_the_head_and_against_a_checkpoint() {
+async fn a_truncated_tail_is_found_against_a_checkpoint() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
-    let appended = append_n(&f, t, 20).await;
+    append_n(&f, t, 20).await;
     f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
-
-    // Cut the last three events, leaving the head alone.
+    // Cut the last three events.
     let mut tx = begin_tamper(&f.db).await;
     sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq >= 18")
         .bind(t.as_uuid())
@@ -190,36 +183,12 @@ async fn a_truncated_tail_is_found_against_the_head_and_against_a_checkpoint() {
         .unwrap();
     end_tamper(tx).await;
     let report = verify(&f, t).await;
-    assert_eq!(
-        broken_at(&report),
-        &ChainBreak {
-            seq: 18,
-            kind: BreakKind::Truncated
-        }
-    );
-
-    // Rewind the head too: the signed checkpoint at 20 still catches it.
-    let mut tx = begin_tamper(&f.db).await;
-    sqlx::query("UPDATE audit.heads SET seq = 17, hash = $2 WHERE tenant_id = $1")
-        .bind(t.as_uuid())
-        .bind(appended[16].hash.as_slice())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    end_tamper(tx).await;
-    let report = verify(&f, t).await;
-    assert_eq!(
-        broken_at(&report),
-        &ChainBreak {
-            seq: 18,
-            kind: BreakKind::Truncated
-        }
-    );
+    assert_eq!(broken_at(&report), &ChainBreak { seq: 18, kind: BreakKind::Truncated });
 }
 
 #[tokio::test]
 async fn without_a_checkpoint_a_consistent_truncation_is_invisible() {
-    // The documented limit: the chain alone cannot see a tail cut together with its head.
+    // The documented limit: the chain alone cannot see its tail cut off.
     // This is why checkpoints exist and must be exported.
     let f = fixture(2).await;
     let t = TenantId::new_random();
@@ -227,12 +196,6 @@ async fn without_a_checkpoint_a_consistent_truncation_is_invisible() {
     let mut tx = begin_tamper(&f.db).await;
     sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq > 8")
         .bind(t.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit.heads SET seq = 8, hash = $2 WHERE tenant_id = $1")
-        .bind(t.as_uuid())
-        .bind(appended[7].hash.as_slice())
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -252,8 +215,8 @@ async fn without_a_checkpoint_a_consistent_truncation_is_invisible() {
     );
 }
 
-/// Rewrites events `from..=to` of `t` with a changed payload and recomputed links and hashes,
-/// and moves the head: a chain-only check sees nothing.
+/// Rewrites events `from..=to` of `t` with a changed payload and recomputed links and hashes:
+/// a chain-only check sees nothing.
 async fn rewrite_from(f: &Fixture, t: TenantId, from: i64, to: i64) {
     let mut tx = begin_tamper(&f.db).await;
     let (_, _, prev) = row(&mut tx, t, from - 1).await;
@@ -278,12 +241,6 @@ async fn rewrite_from(f: &Fixture, t: TenantId, from: i64, to: i64) {
         .unwrap();
         prev = hash;
     }
-    sqlx::query("UPDATE audit.heads SET hash = $2 WHERE tenant_id = $1")
-        .bind(t.as_uuid())
-        .bind(prev.as_slice())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
     end_tamper(tx).await;
 }
 
@@ -373,23 +330,33 @@ async fn a_forged_checkpoint_signature_is_rejected() {
 }
 
 #[tokio::test]
-async fn a_removed_head_row_is_found() {
+async fn a_tampered_chain_is_never_signed() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
-    append_n(&f, t, 3).await;
+    append_n(&f, t, 4).await;
+    f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    append_n(&f, t, 4).await;
     let mut tx = begin_tamper(&f.db).await;
-    sqlx::query("DELETE FROM audit.heads WHERE tenant_id = $1")
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq = 6")
         .bind(t.as_uuid())
         .execute(&mut *tx)
         .await
         .unwrap();
     end_tamper(tx).await;
-    let report = verify(&f, t).await;
-    assert_eq!(
-        broken_at(&report),
-        &ChainBreak {
-            seq: 1,
-            kind: BreakKind::HeadMismatch
+    // The checkpointer verifies since its last checkpoint before it signs.
+    let err = f.log.checkpoint(t, &f.signer).await.unwrap_err();
+    match err {
+        audit_log::AuditError::ChainBroken(b) => {
+            assert_eq!(b, ChainBreak { seq: 6, kind: BreakKind::Missing });
         }
-    );
+        other => panic!("{other}"),
+    }
+    let admin = f.db.pool(testkit::Role::Admin, 1).await;
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM audit.checkpoints WHERE tenant_id = $1 ORDER BY seq")
+            .bind(t.as_uuid())
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![4]);
 }

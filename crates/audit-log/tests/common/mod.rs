@@ -101,7 +101,7 @@ pub async fn begin_tamper(db: &TestDb) -> Transaction<'static, Postgres> {
     let mut tx = admin.begin().await.unwrap();
     sqlx::raw_sql(
         "ALTER TABLE audit.events DISABLE TRIGGER USER;
-         ALTER TABLE audit.heads DISABLE TRIGGER USER;
+         ALTER TABLE audit.anchors DISABLE TRIGGER USER;
          ALTER TABLE audit.checkpoints DISABLE TRIGGER USER;",
     )
     .execute(&mut *tx)
@@ -116,8 +116,8 @@ pub async fn end_tamper(mut tx: Transaction<'static, Postgres>) {
          ALTER TABLE audit.events ENABLE ALWAYS TRIGGER append_only;
          ALTER TABLE audit.events ENABLE ALWAYS TRIGGER append_only_truncate;
          ALTER TABLE audit.events ENABLE ALWAYS TRIGGER tenant_binding_check;
-         ALTER TABLE audit.heads ENABLE ALWAYS TRIGGER append_only_truncate;
-         ALTER TABLE audit.heads ENABLE ALWAYS TRIGGER tenant_binding_check;
+         ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER append_only_truncate;
+         ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER tenant_binding_check;
          ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER append_only;
          ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER append_only_truncate;
          ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER tenant_binding_check;",
