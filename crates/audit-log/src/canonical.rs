@@ -195,8 +195,11 @@ fn write_scalar(value: &serde_json::Value, out: &mut Vec<u8>) {
     }
 }
 
-/// The fields of a canonical record the verifier compares with the row's columns.
+/// A canonical record as the verifier reads it: every field the writer produces, nothing else
+/// (an unknown or duplicated field makes the record malformed), and the ones it compares with
+/// the row's columns borrowed.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CanonicalView<'a> {
     pub(crate) schema: u32,
     #[serde(borrow)]
@@ -211,20 +214,34 @@ pub(crate) struct CanonicalView<'a> {
     pub(crate) outcome: OutcomeView<'a>,
     #[serde(borrow, default)]
     pub(crate) request_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, rename = "targets")]
+    _targets: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "ip")]
+    _ip: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "user_agent")]
+    _user_agent: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "metadata")]
+    _metadata: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ActorView<'a> {
     #[serde(borrow)]
     pub(crate) kind: std::borrow::Cow<'a, str>,
     #[serde(borrow, default)]
     pub(crate) id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, rename = "tenant")]
+    _tenant: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct OutcomeView<'a> {
     #[serde(borrow)]
     pub(crate) status: std::borrow::Cow<'a, str>,
+    #[serde(default, rename = "reason")]
+    _reason: Option<serde::de::IgnoredAny>,
 }
 
 #[cfg(test)]
@@ -276,6 +293,12 @@ mod tests {
         assert_eq!(view.actor.kind, "anonymous");
         assert_eq!(view.request_id.as_deref(), Some("req-1"));
         assert_eq!(view.schema, SCHEMA_VERSION);
+        // Unknown or duplicated fields are not a canonical record.
+        let text = String::from_utf8(bytes).unwrap();
+        let extra = text.replacen('{', "{\"admin\":true,", 1);
+        assert!(serde_json::from_str::<CanonicalView<'_>>(&extra).is_err());
+        let twice = text.replacen('{', "{\"action\":\"authn.logout\",", 1);
+        assert!(serde_json::from_str::<CanonicalView<'_>>(&twice).is_err());
     }
 
     #[test]

@@ -33,12 +33,32 @@ pub struct Checkpoint {
     pub key_id: String,
     /// The Ed25519 signature, hex.
     pub signature: String,
+    /// Set only on a retention anchor: the cutoff before which events were pruned. Such a
+    /// checkpoint is signed differently, so an ordinary checkpoint can never be passed off as
+    /// the start of a pruned chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_cutoff: Option<String>,
 }
 
 impl Checkpoint {
-    /// The bytes that are signed.
-    fn message(tenant: &str, seq: u64, hash: &str, signed_at: &str, key_id: &str) -> String {
-        format!("{DOMAIN}\n{tenant}\n{seq}\n{hash}\n{signed_at}\n{key_id}")
+    /// The bytes that are signed: every field on its own line (none can contain a newline:
+    /// they are a UUID, digits, hex, an RFC 3339 time and a key id of `[A-Za-z0-9._-]`), and
+    /// the purpose.
+    fn message(&self) -> String {
+        let purpose = self.prune_cutoff.as_ref().map_or_else(
+            || "checkpoint".to_owned(),
+            |cutoff| format!("prune-anchor {cutoff}"),
+        );
+        format!(
+            "{DOMAIN}\n{}\n{}\n{}\n{}\n{}\n{purpose}",
+            self.tenant, self.seq, self.hash, self.signed_at, self.key_id
+        )
+    }
+
+    /// Whether this is a retention anchor.
+    #[must_use]
+    pub const fn is_prune_anchor(&self) -> bool {
+        self.prune_cutoff.is_some()
     }
 
     /// The tenant, parsed.
@@ -156,19 +176,41 @@ impl CheckpointSigner {
         hash: &ChainHash,
         at: OffsetDateTime,
     ) -> Result<Checkpoint, AuditError> {
-        let tenant = tenant.to_string();
-        let hash = hex::encode(hash);
-        let signed_at = format_time(at)?;
-        let message = Checkpoint::message(&tenant, seq, &hash, &signed_at, &self.key_id);
-        let signature = self.key.sign(message.as_bytes());
-        Ok(Checkpoint {
-            tenant,
+        self.sign_checkpoint(Checkpoint {
+            tenant: tenant.to_string(),
             seq,
-            hash,
-            signed_at,
+            hash: hex::encode(hash),
+            signed_at: format_time(at)?,
             key_id: self.key_id.clone(),
-            signature: hex::encode(signature.to_bytes()),
+            signature: String::new(),
+            prune_cutoff: None,
         })
+    }
+
+    /// Signs a retention anchor: the chain may start after `seq` because events before
+    /// `cutoff` were pruned.
+    pub(crate) fn sign_prune_anchor(
+        &self,
+        tenant: TenantId,
+        seq: u64,
+        hash: &ChainHash,
+        cutoff: OffsetDateTime,
+    ) -> Result<Checkpoint, AuditError> {
+        self.sign_checkpoint(Checkpoint {
+            tenant: tenant.to_string(),
+            seq,
+            hash: hex::encode(hash),
+            signed_at: format_time(now_micros())?,
+            key_id: self.key_id.clone(),
+            signature: String::new(),
+            prune_cutoff: Some(format_time(cutoff)?),
+        })
+    }
+
+    fn sign_checkpoint(&self, mut checkpoint: Checkpoint) -> Result<Checkpoint, AuditError> {
+        let signature = self.key.sign(checkpoint.message().as_bytes());
+        checkpoint.signature = hex::encode(signature.to_bytes());
+        Ok(checkpoint)
     }
 }
 
@@ -249,13 +291,7 @@ impl TrustedKeys {
             return false;
         };
         let signature = Signature::from_bytes(&signature);
-        let message = Checkpoint::message(
-            &checkpoint.tenant,
-            checkpoint.seq,
-            &checkpoint.hash,
-            &checkpoint.signed_at,
-            &checkpoint.key_id,
-        );
+        let message = checkpoint.message();
         self.keys
             .iter()
             .filter(|k| k.key_id == checkpoint.key_id)
@@ -286,9 +322,13 @@ mod tests {
         let mut relabelled = cp.clone();
         relabelled.key_id = "k2".into();
         assert!(!keys.verifies(&relabelled));
-        let mut garbage = cp;
+        let mut garbage = cp.clone();
         garbage.signature = "zz".into();
         assert!(!keys.verifies(&garbage));
+        // An ordinary checkpoint cannot be turned into a retention anchor.
+        let mut anchor = cp;
+        anchor.prune_cutoff = Some("2026-01-01T00:00:00.000000Z".into());
+        assert!(!keys.verifies(&anchor));
     }
 
     #[test]

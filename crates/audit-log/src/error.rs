@@ -31,6 +31,19 @@ pub enum AuditError {
     /// The chain does not verify, so it is not signed (see [`crate::verify()`]).
     #[error("the audit chain does not verify: {0}")]
     ChainBroken(crate::ChainBreak),
+    /// A different checkpoint (not genuinely ours, or for another hash) already occupies the
+    /// position: someone wrote into the checkpoint table.
+    #[error("a conflicting checkpoint is already stored at this position")]
+    CheckpointConflict,
+    /// No trusted checkpoint covers the event yet: checkpoint first, then prove.
+    #[error("no trusted checkpoint covers this event yet")]
+    NotCheckpointed,
+    /// The configuration is unusable (a role name, a retention period).
+    #[error("invalid audit configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// An internal task failed (the verification thread panicked or was cancelled).
+    #[error("an internal audit task failed")]
+    TaskFailed,
     /// A stored or exported record could not be decoded.
     #[error("malformed audit record: {0}")]
     Malformed(&'static str),

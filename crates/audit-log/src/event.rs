@@ -236,18 +236,18 @@ impl AuditActor {
 /// What the action was done to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    kind: String,
-    id: String,
+    pub(crate) kind: String,
+    pub(crate) id: String,
 }
 
 impl Target {
-    /// A target such as `("note", "5f0c…")`. Both parts are encoded against log injection and
-    /// cut to [`MAX_IDENTIFIER_BYTES`].
+    /// A target such as `("note", "5f0c…")`. When the event is appended both parts are
+    /// scrubbed, encoded against log injection and cut to [`MAX_IDENTIFIER_BYTES`].
     #[must_use]
     pub fn new(kind: &str, id: &str) -> Self {
         Self {
-            kind: encode_text(kind, MAX_IDENTIFIER_BYTES),
-            id: encode_text(id, MAX_IDENTIFIER_BYTES),
+            kind: bounded(kind, MAX_IDENTIFIER_BYTES),
+            id: bounded(id, MAX_IDENTIFIER_BYTES),
         }
     }
 
@@ -283,19 +283,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Denied, with a reason (encoded, cut to [`MAX_IDENTIFIER_BYTES`]).
+    /// Denied, with a reason (scrubbed, encoded and cut to [`MAX_IDENTIFIER_BYTES`] when the
+    /// event is appended).
     #[must_use]
     pub fn denied(reason: &str) -> Self {
         Self::Denied {
-            reason: encode_text(reason, MAX_IDENTIFIER_BYTES),
+            reason: bounded(reason, MAX_IDENTIFIER_BYTES),
         }
     }
 
-    /// Failed, with a reason (encoded, cut to [`MAX_IDENTIFIER_BYTES`]).
+    /// Failed, with a reason (scrubbed, encoded and cut to [`MAX_IDENTIFIER_BYTES`] when the
+    /// event is appended).
     #[must_use]
     pub fn failed(reason: &str) -> Self {
         Self::Failed {
-            reason: encode_text(reason, MAX_IDENTIFIER_BYTES),
+            reason: bounded(reason, MAX_IDENTIFIER_BYTES),
         }
     }
 
@@ -322,8 +324,9 @@ impl Outcome {
 /// One privileged action, before it is scrubbed, stamped and chained.
 ///
 /// Built with [`AuditEvent::new`] and the `with_*` methods; the time is taken by the sink from
-/// the server's clock when the event is appended, never from the caller.
-#[derive(Debug, Clone)]
+/// the server's clock when the event is appended, never from the caller. Its `Debug` output
+/// leaves out the unscrubbed parts (metadata, user agent, target ids, reasons).
+#[derive(Clone)]
 pub struct AuditEvent {
     pub(crate) tenant: TenantId,
     pub(crate) actor: AuditActor,
@@ -334,6 +337,19 @@ pub struct AuditEvent {
     pub(crate) ip: Option<IpAddr>,
     pub(crate) user_agent: Option<String>,
     pub(crate) metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl fmt::Debug for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditEvent")
+            .field("tenant", &self.tenant)
+            .field("actor", &self.actor)
+            .field("action", &self.action)
+            .field("outcome", &self.outcome.status())
+            .field("targets", &self.targets.len())
+            .field("metadata_fields", &self.metadata.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuditEvent {
@@ -365,10 +381,10 @@ impl AuditEvent {
         Ok(self)
     }
 
-    /// The request id (encoded, cut to [`MAX_IDENTIFIER_BYTES`]).
+    /// The request id (scrubbed, encoded and cut to [`MAX_IDENTIFIER_BYTES`] when appended).
     #[must_use]
     pub fn with_request_id(mut self, id: &str) -> Self {
-        self.request_id = Some(encode_text(id, MAX_IDENTIFIER_BYTES));
+        self.request_id = Some(bounded(id, MAX_IDENTIFIER_BYTES));
         self
     }
 
@@ -379,10 +395,11 @@ impl AuditEvent {
         self
     }
 
-    /// The client's user agent (encoded, cut to [`MAX_USER_AGENT_BYTES`]).
+    /// The client's user agent (scrubbed, encoded and cut to [`MAX_USER_AGENT_BYTES`] when
+    /// appended).
     #[must_use]
     pub fn with_user_agent(mut self, user_agent: &str) -> Self {
-        self.user_agent = Some(encode_text(user_agent, MAX_USER_AGENT_BYTES));
+        self.user_agent = Some(bounded(user_agent, MAX_USER_AGENT_BYTES));
         self
     }
 
@@ -459,11 +476,77 @@ pub fn encode_text(text: &str, max_bytes: usize) -> String {
     out
 }
 
+/// Client text is kept raw until it is scrubbed; this bounds the work by cutting it (at a
+/// character boundary) to four times the recorded limit first.
+fn bounded(text: &str, max_bytes: usize) -> String {
+    let cap = max_bytes.saturating_mul(4);
+    if text.len() <= cap {
+        return text.to_owned();
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// What the detectors look at: NFKC-normalised (fullwidth `＠` and digits become ASCII), with
+/// invisible format characters removed (zero-width spaces and joiners, bidirectional controls,
+/// soft hyphens, tag characters, invisible operators, BOM) so they cannot split a secret past
+/// the detectors.
+#[must_use]
+pub fn normalize_text(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    text.nfkc().filter(|c| !is_invisible(*c)).collect()
+}
+
+/// Invisible formatting characters dropped by [`normalize_text`].
+const fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// Metadata strings, before scrubbing: [`normalize_text`], and control characters other than
+/// tab, line feed and carriage return (which JSON escapes), plus the Unicode line and paragraph
+/// separators, become spaces — a separator the detectors understand.
+pub(crate) fn normalize_metadata(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    fn clean(s: &str) -> String {
+        normalize_text(s)
+            .chars()
+            .map(|c| match c {
+                '\t' | '\n' | '\r' => c,
+                '\u{0}'..='\u{1F}' | '\u{7F}'..='\u{9F}' | '\u{2028}' | '\u{2029}' => ' ',
+                c => c,
+            })
+            .collect()
+    }
+    // Iterative, so a deep value cannot overflow the stack.
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => *s = clean(s),
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (k, v) in entries {
+                    map.insert(clean(&k), v);
+                }
+                stack.extend(map.values_mut());
+            }
+            _ => {}
+        }
+    }
+}
+
 const fn needs_escape(c: char) -> bool {
     matches!(c,
         '\u{0}'..='\u{1F}' | '\u{7F}'..='\u{9F}' | '\\'
         | '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2028}' | '\u{2029}' | '\u{2060}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        | '\u{2028}' | '\u{2029}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{00AD}'
+        | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
 }
 
 #[cfg(test)]

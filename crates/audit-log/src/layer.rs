@@ -15,12 +15,17 @@
 //!
 //! The handler gets an [`AuditHandle`] in the request's extensions. Appending through it inside
 //! the handler's own transaction makes the action and its record atomic (if the audit write
-//! fails, the action rolls back); the layer then records nothing more for a success. Without
-//! that, the layer records after the response, in its own transaction; if that fails for an
-//! allowed action, the response is replaced by `500 audit_failed` (the action may have happened:
-//! use the handle for atomicity). A privileged route reached with no tenant context is refused
-//! with `500 audit_context_missing` before the handler runs: a privileged action that cannot be
-//! attributed does not run.
+//! fails, the action rolls back); the layer then records nothing more for a success (if the
+//! handler appended and still answers 4xx/5xx, the layer records that failure too: the record of
+//! what the client saw). Without the handle, the layer records after the response, in a task of
+//! its own (so a dropped response future still gets its record); if that fails for an allowed
+//! action, the response is replaced by `503 audit_unavailable` (store unreachable) or
+//! `500 audit_failed` — the action may have happened: use the handle for atomicity. A
+//! privileged route reached with no tenant context is refused with `500 audit_context_missing`
+//! before the handler runs: a privileged action that cannot be attributed does not run.
+//!
+//! The request id is read from `x-request-id` (configurable); put a request-id layer that
+//! replaces client-sent ids in front if ids must be trusted. Without one, the layer makes one.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -240,7 +245,7 @@ where
                 Ok(response) => response,
                 Err(error) => {
                     let event = handle.event(Outcome::failed("service_error"));
-                    if let Err(e) = config.log.record(event).await {
+                    if let Err(e) = record_detached(&config.log, event).await {
                         tracing::error!(error = %e, "audit record of a failed request could not be written");
                     }
                     return Err(error);
@@ -253,14 +258,15 @@ where
             }
             let outcome = outcome_of(status, response.extensions().get::<DenialReason>());
             let allowed = matches!(outcome, Outcome::Allowed);
-            match config.log.record(handle.event(outcome)).await {
+            match record_detached(&config.log, handle.event(outcome)).await {
                 Ok(_) => Ok(response),
                 Err(e) if allowed => {
-                    tracing::error!(error = %e, action = %config.action, "audit record could not be written; answering 500");
-                    Ok(json_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "audit_failed",
-                    ))
+                    tracing::error!(error = %e, action = %config.action, "audit record could not be written; the request is answered as failed");
+                    Ok(if e.is_unavailable() {
+                        json_error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable")
+                    } else {
+                        json_error(StatusCode::INTERNAL_SERVER_ERROR, "audit_failed")
+                    })
                 }
                 Err(e) => {
                     tracing::error!(error = %e, action = %config.action, "audit record of a refusal could not be written");
@@ -269,6 +275,15 @@ where
             }
         })
     }
+}
+
+/// Records `event` in a task of its own: if the response future is dropped (the client went
+/// away, an outer timeout fired) after the action ran, the record is still written.
+async fn record_detached(log: &AuditLog, event: AuditEvent) -> Result<Appended, AuditError> {
+    let log = log.clone();
+    tokio::spawn(async move { log.record(event).await })
+        .await
+        .map_err(|_| AuditError::TaskFailed)?
 }
 
 fn template(config: &Config, parts: &Parts, context: &TenantContext) -> AuditEvent {
@@ -284,9 +299,12 @@ fn template(config: &Config, parts: &Parts, context: &TenantContext) -> AuditEve
     if let Some(target) = config.target.as_ref().and_then(|f| f(parts)) {
         event.targets.push(target);
     }
-    if let Some(id) = header_text(parts.headers.get(&config.request_id_header)) {
-        event = event.with_request_id(&id);
-    }
+    // The request id is whatever the request-id layer in front set (strip any id a client sent
+    // before that layer if ids must be trusted); without one, a fresh id is made so the record
+    // can still be correlated with logs.
+    let request_id = header_text(parts.headers.get(&config.request_id_header))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    event = event.with_request_id(&request_id);
     if let Some(ua) = header_text(parts.headers.get(http::header::USER_AGENT)) {
         event = event.with_user_agent(&ua);
     }

@@ -18,6 +18,7 @@
 //!   or in its own; the database assigns the gapless sequence and the chain hash under a
 //!   per-tenant lock, on a table the runtime role can only insert into ([`schema`]).
 //! - [`CheckpointSigner`] / [`TrustedKeys`]: signed checkpoints to export elsewhere;
+//!   [`prove`] / [`InclusionProof`]: show one event is in the chain under a signed checkpoint;
 //!   [`AuditLog::prune`]: retention that keeps the chain verifiable.
 //! - [`AuditQuery`], [`export_jsonl`], [`export_csv`], [`verify_export`]: query, export and
 //!   offline verification.
@@ -49,6 +50,7 @@ mod error;
 mod event;
 mod hooks;
 mod layer;
+mod proof;
 mod query;
 mod retention;
 pub mod schema;
@@ -61,9 +63,10 @@ pub use checkpoint::{Checkpoint, CheckpointKey, CheckpointSigner, TrustedKeys};
 pub use error::AuditError;
 pub use event::{
     Action, AuditActor, AuditEvent, MAX_IDENTIFIER_BYTES, MAX_METADATA_BYTES, MAX_TARGETS,
-    MAX_USER_AGENT_BYTES, Outcome, SCHEMA_VERSION, Target, actions, encode_text,
+    MAX_USER_AGENT_BYTES, Outcome, SCHEMA_VERSION, Target, actions, encode_text, normalize_text,
 };
 pub use layer::{Audit, AuditHandle, AuditLayer, DenialReason, ResponseFuture};
+pub use proof::{InclusionProof, prove};
 pub use query::{
     AuditQuery, EXPORT_FORMAT, ExportSummary, StoredEvent, export_csv, export_jsonl, verify_export,
 };

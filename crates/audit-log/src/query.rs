@@ -13,7 +13,8 @@ use crate::AuditError;
 use crate::canonical::{ChainHash, format_time, genesis_hash};
 use crate::checkpoint::{Checkpoint, TrustedKeys};
 use crate::verify::{
-    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, load_anchor, load_checkpoints, snapshot,
+    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, load_anchor, load_checkpoints,
+    snapshot,
 };
 
 /// The export format's name, written in its first line.
@@ -482,7 +483,9 @@ pub fn verify_export(
     let (events, last_seq) = end.ok_or(AuditError::Malformed("the export has no end line"))?;
     let report = verifier.finish(Some(last_seq));
     if report.is_intact() && report.events != events {
-        return Err(AuditError::Malformed("the end line's count does not match the events"));
+        return Err(AuditError::Malformed(
+            "the end line's count does not match the events",
+        ));
     }
     Ok(report)
 }

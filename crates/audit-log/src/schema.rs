@@ -28,6 +28,9 @@
 use crate::AuditError;
 use crate::canonical::{CHAIN_DOMAIN, GENESIS_DOMAIN};
 
+/// How far (in seconds) an event's time may be from the database's clock when it is inserted.
+pub const MAX_CLOCK_SKEW_SECS: u32 = 300;
+
 /// The SQL that installs (or updates) the audit schema, granting the runtime role `runtime_role`
 /// exactly what it needs. Idempotent.
 ///
@@ -48,7 +51,7 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let genesis = hex::encode(GENESIS_DOMAIN);
     let chain = hex::encode(CHAIN_DOMAIN);
     let rls = |table: &str| {
-        rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidEvent("table"))
+        rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidConfig("table"))
     };
     let (events_rls, anchors_rls, checkpoints_rls) = (
         rls("audit.events")?,
@@ -56,6 +59,7 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
         rls("audit.checkpoints")?,
     );
     let r = runtime_role;
+    let skew = MAX_CLOCK_SKEW_SECS;
     Ok(format!(
         r#"
 CREATE SCHEMA IF NOT EXISTS audit;
@@ -93,7 +97,10 @@ CREATE TABLE IF NOT EXISTS audit.checkpoints (
     signed_at timestamptz NOT NULL,
     key_id    text        NOT NULL,
     signature bytea       NOT NULL CHECK (length(signature) = 64),
-    PRIMARY KEY (tenant_id, seq)
+    -- A retention anchor (signed as one) carries the cutoff it pruned before.
+    prune_cutoff timestamptz,
+    anchor    boolean     NOT NULL DEFAULT false CHECK (anchor = (prune_cutoff IS NOT NULL)),
+    PRIMARY KEY (tenant_id, seq, anchor)
 );
 
 CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
@@ -103,6 +110,14 @@ DECLARE
     last_seq  bigint;
     last_hash bytea;
 BEGIN
+    -- The time is the writing server's clock: refuse one that is off by more than the allowed
+    -- skew (a backdated event could otherwise pull younger events into retention pruning).
+    IF NEW.occurred_at > clock_timestamp() + interval '{skew} seconds'
+       OR NEW.occurred_at < clock_timestamp() - interval '{skew} seconds' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL002',
+            MESSAGE = 'audit event time is not the current time';
+    END IF;
     -- Held until commit: the next writer of this tenant waits, then (READ COMMITTED: a new
     -- snapshot per statement) reads the event this one committed.
     PERFORM pg_catalog.pg_advisory_xact_lock(1096107092, pg_catalog.hashtext(NEW.tenant_id::text));

@@ -139,17 +139,23 @@ impl AuditLog {
         check_appended(&prepared, seq, prev, &hash)
     }
 
-    /// Scrubs, stamps and canonicalises `event`.
+    /// Scrubs, stamps and canonicalises `event`. Free text is normalised, scrubbed, then
+    /// encoded against log injection and cut to its limit — in that order, so neither an
+    /// invisible character nor the cut can hide a secret from the detectors.
     pub(crate) fn prepare(&self, mut event: AuditEvent) -> Result<Prepared, AuditError> {
+        use crate::event::{
+            MAX_IDENTIFIER_BYTES, MAX_USER_AGENT_BYTES, encode_text, normalize_text,
+        };
         let scrubber = &self.inner.scrubber;
         let tenant = event.tenant;
+        let text = |raw: &str, limit: usize| {
+            encode_text(&scrubber.scrub_text(tenant, &normalize_text(raw)), limit)
+        };
         let metadata = std::mem::take(&mut event.metadata);
         if !metadata.is_empty() {
-            let scrubbed = scrubber.scrub_metadata(
-                tenant,
-                event.action.as_str(),
-                &serde_json::Value::Object(metadata),
-            )?;
+            let mut metadata = serde_json::Value::Object(metadata);
+            crate::event::normalize_metadata(&mut metadata);
+            let scrubbed = scrubber.scrub_metadata(tenant, event.action.as_str(), &metadata)?;
             let serde_json::Value::Object(map) = scrubbed else {
                 return Err(AuditError::InvalidEvent("metadata must be a JSON object"));
             };
@@ -163,27 +169,21 @@ impl AuditLog {
                 map
             };
         }
-        // Free text from callers and clients may carry PII too.
         for target in &mut event.targets {
-            *target = crate::event::Target::new(
-                &scrubber.scrub_text(tenant, target.kind()),
-                &scrubber.scrub_text(tenant, target.id()),
-            );
+            target.kind = text(&target.kind, MAX_IDENTIFIER_BYTES);
+            target.id = text(&target.id, MAX_IDENTIFIER_BYTES);
         }
-        event.outcome = match &event.outcome {
-            crate::Outcome::Denied { reason } => {
-                crate::Outcome::denied(&scrubber.scrub_text(tenant, reason))
+        match &mut event.outcome {
+            crate::Outcome::Denied { reason } | crate::Outcome::Failed { reason } => {
+                *reason = text(reason, MAX_IDENTIFIER_BYTES);
             }
-            crate::Outcome::Failed { reason } => {
-                crate::Outcome::failed(&scrubber.scrub_text(tenant, reason))
-            }
-            other => other.clone(),
-        };
-        if let Some(ua) = &event.user_agent {
-            event.user_agent = Some(scrubber.scrub_text(tenant, ua));
+            crate::Outcome::Allowed => {}
         }
-        if let Some(id) = &event.request_id {
-            event.request_id = Some(scrubber.scrub_text(tenant, id));
+        if let Some(ua) = &mut event.user_agent {
+            *ua = text(ua, MAX_USER_AGENT_BYTES);
+        }
+        if let Some(id) = &mut event.request_id {
+            *id = text(id, MAX_IDENTIFIER_BYTES);
         }
         let occurred_at = now_micros();
         let canonical = canonical_bytes(&event, occurred_at)?;

@@ -87,15 +87,30 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The newest trusted checkpoint that matched, if any.
     pub latest_checkpoint: Option<Checkpoint>,
-    /// `Ok` for an intact chain, else the first break.
+    /// Checkpoints for this tenant that are not validly signed by a trusted key (forged, or by
+    /// a key not given to the verifier). They are ignored for the chain — so junk cannot hide
+    /// where a real break is — but their presence means the chain is not reported intact.
+    pub rejected_checkpoints: Vec<Checkpoint>,
+    /// `Ok` when the chain itself verifies, else the first break.
     pub result: Result<(), ChainBreak>,
 }
 
 impl VerifyReport {
-    /// Whether the chain verified.
+    /// Whether the chain verified and every stored checkpoint is genuine.
     #[must_use]
-    pub const fn is_intact(&self) -> bool {
-        self.result.is_ok()
+    pub fn is_intact(&self) -> bool {
+        self.result.is_ok() && self.rejected_checkpoints.is_empty()
+    }
+
+    /// Events after the newest trusted checkpoint (or the chain's start): what an owner could
+    /// still rewrite without the verifier noticing.
+    #[must_use]
+    pub fn unanchored(&self) -> u64 {
+        let anchored = self
+            .latest_checkpoint
+            .as_ref()
+            .map_or(self.base_seq, |c| c.seq.max(self.base_seq));
+        self.last_seq.saturating_sub(anchored)
     }
 }
 
@@ -115,6 +130,15 @@ pub(crate) struct ChainRecord<'a> {
     pub(crate) hash: &'a [u8],
 }
 
+/// Where a verification starts, when not at the genesis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// After a retention anchor `(seq, hash)`.
+    Anchor((u64, ChainHash)),
+    /// After a trusted checkpoint `(seq, hash)`.
+    Checkpoint((u64, ChainHash)),
+}
+
 /// The verification state machine, fed records in sequence order.
 pub(crate) struct ChainVerifier {
     tenant: TenantId,
@@ -123,6 +147,7 @@ pub(crate) struct ChainVerifier {
     prev: ChainHash,
     next: u64,
     last_matched_checkpoint: u64,
+    watch: Option<(u64, Option<ChainHash>)>,
     report: VerifyReport,
 }
 
@@ -135,6 +160,19 @@ impl ChainVerifier {
         base: Option<(u64, ChainHash)>,
         checkpoints: impl IntoIterator<Item = Checkpoint>,
     ) -> Self {
+        Self::starting(tenant, keys, base.map(Start::Anchor), checkpoints)
+    }
+
+    /// Verification that resumes after a position the caller trusts: a retention anchor, or a
+    /// checkpoint (incremental verification by the checkpointer). Either must be among
+    /// `checkpoints` and validly signed.
+    pub(crate) fn starting(
+        tenant: TenantId,
+        keys: &TrustedKeys,
+        start: Option<Start>,
+        checkpoints: impl IntoIterator<Item = Checkpoint>,
+    ) -> Self {
+        let tenant_text = tenant.to_string();
         let mut report = VerifyReport {
             tenant,
             base_seq: 0,
@@ -142,46 +180,65 @@ impl ChainVerifier {
             events: 0,
             checkpoints: 0,
             latest_checkpoint: None,
+            rejected_checkpoints: Vec::new(),
             result: Ok(()),
         };
         let mut map: BTreeMap<u64, (ChainHash, Checkpoint)> = BTreeMap::new();
+        let mut anchors: BTreeMap<u64, ChainHash> = BTreeMap::new();
         let mut first_bad: Option<ChainBreak> = None;
-        let mut note = |b: ChainBreak| {
-            if first_bad.as_ref().is_none_or(|f| b.seq < f.seq) {
-                first_bad = Some(b);
-            }
-        };
         for cp in checkpoints {
-            let valid = keys.verifies(&cp) && cp.tenant_id().ok() == Some(tenant);
-            let hash = cp.hash_bytes();
-            match (valid, hash) {
-                (true, Ok(hash)) => match map.get(&cp.seq) {
-                    // Two trusted checkpoints for one position that disagree: a fork.
-                    Some((other, _)) if *other != hash => note(ChainBreak {
+            if cp.tenant != tenant_text {
+                continue; // Another tenant's (a shared file of external checkpoints).
+            }
+            let hash = match cp.hash_bytes() {
+                Ok(hash) if keys.verifies(&cp) => hash,
+                _ => {
+                    report.rejected_checkpoints.push(cp);
+                    continue;
+                }
+            };
+            if cp.is_prune_anchor() {
+                anchors.insert(cp.seq, hash);
+            }
+            match map.get(&cp.seq) {
+                // Two trusted statements about one position that disagree: a fork.
+                Some((other, _)) if *other != hash => {
+                    let b = ChainBreak {
                         seq: cp.seq,
                         kind: BreakKind::CheckpointMismatch { after: 0 },
-                    }),
-                    _ => {
-                        map.insert(cp.seq, (hash, cp));
+                    };
+                    if first_bad.as_ref().is_none_or(|f| b.seq < f.seq) {
+                        first_bad = Some(b);
                     }
-                },
-                _ => note(ChainBreak {
-                    seq: cp.seq,
-                    kind: BreakKind::BadCheckpoint,
-                }),
+                }
+                Some(_) if cp.is_prune_anchor() => {}
+                _ => {
+                    map.insert(cp.seq, (hash, cp));
+                }
             }
         }
-        let (prev, next, base_seq) = match base {
-            None | Some((0, _)) => (genesis_hash(tenant), 1, 0),
-            Some((seq, hash)) => {
-                // A pruned start must be a trusted checkpoint.
-                if map.get(&seq).is_none_or(|(h, _)| *h != hash) {
-                    note(ChainBreak {
-                        seq: seq + 1,
+        let (prev, next, base_seq) = match start {
+            None | Some(Start::Anchor((0, _)) | Start::Checkpoint((0, _))) => {
+                (genesis_hash(tenant), 1, 0)
+            }
+            Some(start @ (Start::Anchor((seq, hash)) | Start::Checkpoint((seq, hash)))) => {
+                // A pruned start must be a trusted retention anchor (not just any checkpoint);
+                // a resumed verification, a trusted checkpoint.
+                let next = seq.saturating_add(1);
+                let trusted = match start {
+                    Start::Anchor(_) => anchors.get(&seq) == Some(&hash),
+                    Start::Checkpoint(_) => map.get(&seq).is_some_and(|(h, _)| *h == hash),
+                };
+                if !trusted {
+                    let b = ChainBreak {
+                        seq: next,
                         kind: BreakKind::UnanchoredStart,
-                    });
+                    };
+                    if first_bad.as_ref().is_none_or(|f| b.seq < f.seq) {
+                        first_bad = Some(b);
+                    }
                 }
-                (hash, seq + 1, seq)
+                (hash, next, seq)
             }
         };
         report.base_seq = base_seq;
@@ -191,11 +248,12 @@ impl ChainVerifier {
         }
         let mut verifier = Self {
             tenant,
-            tenant_text: tenant.to_string(),
+            tenant_text,
             checkpoints: map,
             prev,
             next,
             last_matched_checkpoint: base_seq,
+            watch: None,
             report,
         };
         if let Some(b) = first_bad {
@@ -216,9 +274,19 @@ impl ChainVerifier {
         }
     }
 
+    /// Remembers the verified hash at `seq`.
+    pub(crate) const fn watch(&mut self, seq: u64) {
+        self.watch = Some((seq, None));
+    }
+
+    /// The verified hash at the watched position, once passed.
+    pub(crate) fn watched(&self) -> Option<ChainHash> {
+        self.watch.and_then(|(_, hash)| hash)
+    }
+
     /// The last verified `(seq, hash)`.
     pub(crate) const fn last(&self) -> (u64, ChainHash) {
-        (self.next - 1, self.prev)
+        (self.next.saturating_sub(1), self.prev)
     }
 
     /// Whether a break was already found (callers may stop feeding).
@@ -265,8 +333,13 @@ impl ChainVerifier {
             self.report.checkpoints += 1;
             self.report.latest_checkpoint = Some(cp.clone());
         }
+        if let Some((seq, slot)) = &mut self.watch
+            && *seq == r.seq
+        {
+            *slot = Some(hash);
+        }
         self.prev = hash;
-        self.next += 1;
+        self.next = self.next.saturating_add(1);
         self.report.events += 1;
         self.report.last_seq = r.seq;
     }
@@ -275,7 +348,7 @@ impl ChainVerifier {
     /// export's end line), when it states one.
     pub(crate) fn finish(mut self, expected_last: Option<u64>) -> VerifyReport {
         if !self.broken() {
-            let last = self.next - 1;
+            let last = self.next.saturating_sub(1);
             match expected_last {
                 Some(expected) if expected > last => self.fail(last + 1, BreakKind::Truncated),
                 Some(expected) if expected < last => {
@@ -400,16 +473,23 @@ pub(crate) async fn load_checkpoints(
     conn: &mut sqlx::PgConnection,
     tenant: TenantId,
 ) -> Result<Vec<Checkpoint>, AuditError> {
-    type CheckpointRow = (i64, Vec<u8>, OffsetDateTime, String, Vec<u8>);
+    type CheckpointRow = (
+        i64,
+        Vec<u8>,
+        OffsetDateTime,
+        String,
+        Vec<u8>,
+        Option<OffsetDateTime>,
+    );
     let rows: Vec<CheckpointRow> = sqlx::query_as(
-        "SELECT seq, hash, signed_at, key_id, signature FROM audit.checkpoints \
-         WHERE tenant_id = $1 ORDER BY seq",
+        "SELECT seq, hash, signed_at, key_id, signature, prune_cutoff FROM audit.checkpoints \
+         WHERE tenant_id = $1 ORDER BY seq, anchor",
     )
     .bind(tenant.as_uuid())
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()
-        .map(|(seq, hash, signed_at, key_id, signature)| {
+        .map(|(seq, hash, signed_at, key_id, signature, prune_cutoff)| {
             Ok(Checkpoint {
                 tenant: tenant.to_string(),
                 seq: u64::try_from(seq).map_err(|_| AuditError::Malformed("checkpoint"))?,
@@ -417,6 +497,7 @@ pub(crate) async fn load_checkpoints(
                 signed_at: format_time(signed_at)?,
                 key_id,
                 signature: hex::encode(signature),
+                prune_cutoff: prune_cutoff.map(format_time).transpose()?,
             })
         })
         .collect()
@@ -465,9 +546,7 @@ pub(crate) async fn walk(
         }
     }
     drop(send);
-    checker
-        .await
-        .map_err(|_| AuditError::Malformed("verification task failed"))?
+    checker.await.map_err(|_| AuditError::TaskFailed)?
 }
 
 /// Verifies `tenant`'s chain: streams every event in order and reports the exact sequence

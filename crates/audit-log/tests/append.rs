@@ -289,6 +289,7 @@ async fn pii_is_scrubbed_before_it_is_stored_and_client_text_is_encoded() {
         "email": "alice@example.com",
         "password": "hunter2-hunter2",
         "note": "card 4111 1111 1111 1111 on file",
+        "hidden": "4111\u{200b}1111\u{200b}1111\u{200b}1111 and \u{ff41}lice\u{ff20}example.com",
     }))
     .unwrap();
     f.log.record(e).await.unwrap();
@@ -408,4 +409,109 @@ async fn a_standalone_record_leaves_no_binding_on_the_pooled_connection() {
         .await
         .unwrap();
     assert_eq!(visible, 0);
+}
+
+#[tokio::test]
+async fn an_event_time_off_the_database_clock_is_refused() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let ctx = TenantContext::for_job(t, None, "test").unwrap();
+    for offset in ["- interval '1 day'", "+ interval '1 hour'"] {
+        let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+        let err = sqlx::query(&format!(
+            "INSERT INTO audit.events (tenant_id, occurred_at, actor_kind, action, outcome, event) \
+             VALUES ($1, now() {offset}, 'user', 'a.b', 'allowed', '\\x7b7d')"
+        ))
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+        assert!(is_sqlstate(&err, "AL002"), "{err}");
+        tx.rollback().await.unwrap();
+    }
+    assert!(seqs(&f, t).await.is_empty());
+}
+
+#[tokio::test]
+async fn retention_refuses_to_prune_a_tampered_chain_and_deletes_nothing() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append_n(&f, t, 3).await;
+    // Backdate the newest event (what a wrong clock or an attacker would do): pruning "through
+    // the newest old-looking event" would take everything.
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query(
+        "UPDATE audit.events SET occurred_at = '1970-01-01T00:00:00Z' WHERE tenant_id = $1 AND seq = 8",
+    )
+    .bind(t.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    end_tamper(tx).await;
+    let owner = f.db.pool(Role::Owner, 1).await;
+    let err = f
+        .log
+        .prune(&owner, t, Duration::from_millis(150), &f.signer)
+        .await
+        .unwrap_err();
+    match err {
+        audit_log::AuditError::ChainBroken(b) => {
+            assert_eq!((b.seq, b.kind), (8, audit_log::BreakKind::RecordMismatch));
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(seqs(&f, t).await, (1..=8).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn retention_prunes_only_the_all_old_prefix() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    append_n(&f, t, 2).await;
+    let owner = f.db.pool(Role::Owner, 1).await;
+    let report = f
+        .log
+        .prune(&owner, t, Duration::from_millis(200), &f.signer)
+        .await
+        .unwrap();
+    assert_eq!((report.removed, report.base_seq), (3, 3));
+    assert!(report.anchor.unwrap().is_prune_anchor());
+    assert_eq!(seqs(&f, t).await, vec![4, 5, 6]);
+    assert!(verify(&f, t).await.is_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_inside_callers_transactions_never_fork() {
+    let f = fixture(20).await;
+    let t = TenantId::new_random();
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let log = f.log.clone();
+        tasks.push(tokio::spawn(async move {
+            let ctx = TenantContext::for_job(t, None, "test").unwrap();
+            for i in 0..6 {
+                let mut tx = log.pool().begin(&ctx).await.unwrap();
+                sqlx::query("INSERT INTO notes (tenant_id, body) VALUES ($1, 'x')")
+                    .bind(t.as_uuid())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                log.append(&mut tx, event(t, w * 10 + i)).await.unwrap();
+                if i % 3 == 2 {
+                    tx.rollback().await.unwrap(); // some actions are abandoned
+                } else {
+                    tx.commit().await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(seqs(&f, t).await, (1..=64).collect::<Vec<i64>>());
+    assert!(verify(&f, t).await.is_intact());
 }

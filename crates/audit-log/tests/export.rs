@@ -221,3 +221,44 @@ async fn the_command_line_verifies_exports_and_fails_closed() {
     let (code, _, _) = cli(&["--help"]);
     assert_eq!(code, 0);
 }
+
+#[tokio::test]
+async fn an_inclusion_proof_verifies_offline_and_a_forged_one_does_not() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 5).await;
+    // Not covered by a checkpoint yet: no proof.
+    assert!(matches!(
+        audit_log::prove(&f.raw, t, 2, &f.keys).await,
+        Err(audit_log::AuditError::NotCheckpointed)
+    ));
+    f.log.checkpoint(t, &f.signer).await.unwrap();
+    append_n(&f, t, 2).await;
+    let proof = audit_log::prove(&f.raw, t, 2, &f.keys).await.unwrap();
+    assert_eq!(
+        (proof.seq, proof.checkpoint.seq, proof.records.len()),
+        (2, 5, 4)
+    );
+    let record = proof.verify(&f.keys).unwrap();
+    assert_eq!(record["metadata"]["n"], 2);
+    // Round trip through JSON, as it would travel.
+    let travelled: audit_log::InclusionProof =
+        serde_json::from_str(&serde_json::to_string(&proof).unwrap()).unwrap();
+    assert!(travelled.verify(&f.keys).is_ok());
+
+    let mut edited = proof.clone();
+    edited.records[0] = edited.records[0].replace("\"n\":2", "\"n\":3");
+    assert!(edited.verify(&f.keys).is_err());
+    let mut shortened = proof.clone();
+    shortened.records.pop();
+    assert!(shortened.verify(&f.keys).is_err());
+    let mut moved = proof.clone();
+    moved.seq = 3;
+    assert!(moved.verify(&f.keys).is_err());
+    let untrusted = audit_log::TrustedKeys::new().with(
+        audit_log::CheckpointSigner::generate("test-key")
+            .unwrap()
+            .verifying_key(),
+    );
+    assert!(proof.verify(&untrusted).is_err());
+}

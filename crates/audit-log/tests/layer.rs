@@ -82,7 +82,9 @@ async fn an_allowed_request_is_recorded_with_actor_tenant_target_and_request_id(
     assert_eq!(e.request_id.as_deref(), Some("req-42"));
     let record = e.record_json().unwrap();
     assert_eq!(record["targets"][0]["id"], "n1");
-    assert_eq!(record["user_agent"], "test\\u{202E}gnp.exe\\u{0009}x");
+    // The bidi override is removed (so it cannot hide text from the scrubber or a reader), the
+    // tab is encoded.
+    assert_eq!(record["user_agent"], "testgnp.exe\\u{0009}x");
 }
 
 #[tokio::test]
@@ -119,15 +121,15 @@ async fn a_privileged_route_without_a_tenant_context_does_not_run() {
 }
 
 #[tokio::test]
-async fn an_allowed_action_whose_record_cannot_be_written_answers_500() {
+async fn an_allowed_action_whose_record_cannot_be_written_answers_503() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     let router = app(&f, Some(TenantContext::for_actor(actor(t))));
     f.log.pool().pool().close().await;
     let response = router.oneshot(request("/notes/n1")).await.unwrap();
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"{\"error\":\"audit_failed\"}");
+    assert_eq!(&body[..], b"{\"error\":\"audit_unavailable\"}");
 }
 
 #[tokio::test]
@@ -198,4 +200,69 @@ async fn cross_tenant_grants_are_recorded_in_the_target_tenants_chain() {
     assert!(reason.starts_with("ticket 4711"), "{reason}");
     assert!(!reason.contains("bob@example.org"), "{reason}");
     assert!(events(&f, home).await.is_empty());
+}
+
+async fn require_mfa(
+    _request: Request<Body>,
+    _next: axum::middleware::Next,
+) -> axum::response::Response {
+    (
+        StatusCode::FORBIDDEN,
+        axum::Extension(DenialReason("mfa_required")),
+        "{\"error\":\"mfa_required\"}",
+    )
+        .into_response()
+}
+
+#[tokio::test]
+async fn a_denial_by_a_guard_layer_behind_the_audit_layer_is_recorded_and_the_handler_never_runs() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let context = TenantContext::for_actor(actor(t));
+    let router = Router::new()
+        .route(
+            "/export",
+            post(move || {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                async { StatusCode::OK }
+            }),
+        )
+        .layer(axum::middleware::from_fn(require_mfa))
+        .layer(AuditLayer::new(
+            f.log.clone(),
+            audit_log::actions::DATA_EXPORTED,
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                req.extensions_mut().insert(context.clone());
+                req
+            },
+        ));
+    let response = router.oneshot(request("/export")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].action, "data.exported");
+    assert_eq!(recorded[0].outcome, "denied");
+    assert_eq!(
+        recorded[0].record_json().unwrap()["outcome"]["reason"],
+        "mfa_required"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_a_request_id_gets_one() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let response = app(&f, Some(TenantContext::for_actor(actor(t))))
+        .oneshot(Request::post("/notes/n2").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let recorded = events(&f, t).await;
+    let id = recorded[0].request_id.as_deref().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
 }

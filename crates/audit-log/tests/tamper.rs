@@ -183,7 +183,13 @@ async fn a_truncated_tail_is_found_against_a_checkpoint() {
         .unwrap();
     end_tamper(tx).await;
     let report = verify(&f, t).await;
-    assert_eq!(broken_at(&report), &ChainBreak { seq: 18, kind: BreakKind::Truncated });
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 18,
+            kind: BreakKind::Truncated
+        }
+    );
 }
 
 #[tokio::test]
@@ -320,13 +326,18 @@ async fn a_forged_checkpoint_signature_is_rejected() {
     .unwrap();
     tx.commit().await.unwrap();
     let report = verify(&f, t).await;
+    // The chain itself is fine; the forged checkpoint is rejected, not trusted, and flagged.
+    assert!(report.result.is_ok());
+    assert!(!report.is_intact());
     assert_eq!(
-        broken_at(&report),
-        &ChainBreak {
-            seq: 4,
-            kind: BreakKind::BadCheckpoint
-        }
+        report
+            .rejected_checkpoints
+            .iter()
+            .map(|c| c.seq)
+            .collect::<Vec<_>>(),
+        vec![4]
     );
+    assert_eq!(report.checkpoints, 0);
 }
 
 #[tokio::test]
@@ -347,7 +358,13 @@ async fn a_tampered_chain_is_never_signed() {
     let err = f.log.checkpoint(t, &f.signer).await.unwrap_err();
     match err {
         audit_log::AuditError::ChainBroken(b) => {
-            assert_eq!(b, ChainBreak { seq: 6, kind: BreakKind::Missing });
+            assert_eq!(
+                b,
+                ChainBreak {
+                    seq: 6,
+                    kind: BreakKind::Missing
+                }
+            );
         }
         other => panic!("{other}"),
     }
@@ -359,4 +376,97 @@ async fn a_tampered_chain_is_never_signed() {
             .await
             .unwrap();
     assert_eq!(stored, vec![4]);
+}
+
+#[tokio::test]
+async fn junk_checkpoints_do_not_hide_where_the_chain_breaks() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 6).await;
+    let ctx = tenant_scope::TenantContext::for_job(t, None, "test").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
+         VALUES ($1, 1, $2, now(), 'test-key', $3)",
+    )
+    .bind(t.as_uuid())
+    .bind([0u8; 32].as_slice())
+    .bind([0u8; 64].as_slice())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq = 3")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 3,
+            kind: BreakKind::Missing
+        }
+    );
+    assert_eq!(report.rejected_checkpoints.len(), 1);
+}
+
+#[tokio::test]
+async fn a_checkpoint_position_taken_by_junk_is_a_conflict_not_a_signature() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 3).await;
+    let ctx = tenant_scope::TenantContext::for_job(t, None, "test").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
+         VALUES ($1, 3, $2, now(), 'test-key', $3)",
+    )
+    .bind(t.as_uuid())
+    .bind([1u8; 32].as_slice())
+    .bind([2u8; 64].as_slice())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let err = f.log.checkpoint(t, &f.signer).await.unwrap_err();
+    assert!(
+        matches!(err, audit_log::AuditError::CheckpointConflict),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_ordinary_checkpoint_cannot_serve_as_a_pruned_start() {
+    // An owner moves the chain's start to a genuine (ordinary) checkpoint and deletes
+    // everything before it, as if retention had pruned it.
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 6).await;
+    let cp = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    append_n(&f, t, 2).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("INSERT INTO audit.anchors (tenant_id, base_seq, base_hash) VALUES ($1, 6, $2)")
+        .bind(t.as_uuid())
+        .bind(cp.hash_bytes().unwrap().as_slice())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq <= 6")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 7,
+            kind: BreakKind::UnanchoredStart
+        }
+    );
 }

@@ -114,6 +114,8 @@ fn print_report(report: &VerifyReport, json: bool) {
             "last_seq": report.last_seq,
             "events": report.events,
             "checkpoints": report.checkpoints,
+            "unanchored": report.unanchored(),
+            "rejected_checkpoints": report.rejected_checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(),
             "break": report.result.as_ref().err().map(|b| serde_json::json!({
                 "seq": b.seq, "kind": format!("{:?}", b.kind), "message": b.to_string(),
             })),
@@ -122,14 +124,32 @@ fn print_report(report: &VerifyReport, json: bool) {
     } else {
         match &report.result {
             Ok(()) => println!(
-                "audit-log: tenant {} intact: events {}..={} ({} checked, {} trusted checkpoints)",
+                "audit-log: tenant {} {}: events {}..={} ({} checked, {} trusted checkpoints)",
                 report.tenant,
+                if report.is_intact() {
+                    "intact"
+                } else {
+                    "chain verifies"
+                },
                 report.base_seq + 1,
                 report.last_seq,
                 report.events,
                 report.checkpoints
             ),
             Err(b) => println!("audit-log: tenant {}: {b}", report.tenant),
+        }
+        for c in &report.rejected_checkpoints {
+            println!(
+                "audit-log: checkpoint at seq {} (key `{}`) is not signed by a trusted key: not intact",
+                c.seq, c.key_id
+            );
+        }
+        let unanchored = report.unanchored();
+        if unanchored > 0 {
+            println!(
+                "audit-log: warning: the last {unanchored} events are after the newest trusted \
+                 checkpoint: an owner could rewrite them unnoticed (checkpoint and export more often)"
+            );
         }
     }
 }
