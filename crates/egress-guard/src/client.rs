@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{AUTHORIZATION, COOKIE, HeaderMap, LOCATION, PROXY_AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, LOCATION};
 use http::{Method, StatusCode};
 use url::Url;
 
@@ -142,28 +142,62 @@ struct ResolveDenied(Box<Decision>);
 struct FilteringResolver {
     names: Arc<dyn NameResolver>,
     policy: Arc<EgressPolicy>,
+    resolved: Arc<Resolutions>,
+}
+
+/// The answers each host name last resolved to, so the client's per-hop decision can name the
+/// addresses it connected to (a pooled connection reuses the last resolution).
+#[derive(Default)]
+struct Resolutions {
+    hosts: std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>,
+}
+
+impl Resolutions {
+    const MAX_HOSTS: usize = 1024;
+
+    fn remember(&self, host: &str, addresses: &[IpAddr]) {
+        if let Ok(mut hosts) = self.hosts.lock() {
+            if hosts.len() >= Self::MAX_HOSTS && !hosts.contains_key(host) {
+                hosts.clear();
+            }
+            hosts.insert(host.to_owned(), addresses.to_vec());
+        }
+    }
+
+    fn get(&self, host: &str) -> Vec<IpAddr> {
+        self.hosts
+            .lock()
+            .ok()
+            .and_then(|hosts| hosts.get(host).cloned())
+            .unwrap_or_default()
+    }
 }
 
 impl reqwest::dns::Resolve for FilteringResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let names = self.names.clone();
         let policy = self.policy.clone();
+        let resolved = self.resolved.clone();
         let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
         Box::pin(async move {
             let addresses = names.lookup(&host).await?;
             if addresses.is_empty() {
                 return Err(std::io::Error::other("no addresses").into());
             }
+            resolved.remember(&host, &addresses);
+            // The scheme and port are the request's: the client fills them in when it
+            // publishes the hop's decision.
             let target = Target {
-                scheme: "dns".into(),
+                scheme: String::new(),
                 host: TargetHost::Name(host),
                 port: 0,
             };
             // One forbidden answer denies the name: a mix of public and private answers is how
             // rebinding attacks hedge.
             for ip in &addresses {
-                let decision = policy.check_address(&target, *ip);
+                let mut decision = policy.evaluate_address(&target, *ip);
                 if !decision.allowed {
+                    decision.addresses = addresses;
                     return Err(Box::new(ResolveDenied(Box::new(decision))) as _);
                 }
             }
@@ -174,10 +208,24 @@ impl reqwest::dns::Resolve for FilteringResolver {
     }
 }
 
+/// Headers removed on every redirect to another origin (scheme, host or port), whatever the
+/// configuration: the standard credentials and the common custom ones.
+pub const DEFAULT_SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+    "x-csrf-token",
+];
+
 /// Builds a [`GuardedClient`].
 pub struct GuardedClientBuilder {
     policy: EgressPolicy,
     resolver: Option<Arc<dyn NameResolver>>,
+    caller: Option<String>,
+    sensitive_headers: Vec<HeaderName>,
     max_redirects: usize,
     body_limit: usize,
     connect_timeout: Duration,
@@ -200,6 +248,21 @@ impl GuardedClientBuilder {
     #[must_use]
     pub fn resolver(mut self, resolver: Arc<dyn NameResolver>) -> Self {
         self.resolver = Some(resolver);
+        self
+    }
+
+    /// Name the tool or agent this client acts for: it is in every decision event.
+    #[must_use]
+    pub fn caller(mut self, caller: &str) -> Self {
+        self.caller = Some(caller.to_owned());
+        self
+    }
+
+    /// Also strip `headers` on a redirect to another origin, beside the defaults
+    /// ([`DEFAULT_SENSITIVE_HEADERS`]): custom credential headers your tools send.
+    #[must_use]
+    pub fn sensitive_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.sensitive_headers.extend(headers);
         self
     }
 
@@ -238,19 +301,29 @@ impl GuardedClientBuilder {
             None => Arc::new(HickoryResolver::system()?),
         };
         let policy = Arc::new(self.policy);
+        let resolved = Arc::new(Resolutions::default());
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(FilteringResolver {
                 names,
                 policy: policy.clone(),
+                resolved: resolved.clone(),
             }))
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(EgressError::Http)?;
+        let mut sensitive: Vec<HeaderName> = DEFAULT_SENSITIVE_HEADERS
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect();
+        sensitive.extend(self.sensitive_headers);
         Ok(GuardedClient {
             http,
             policy,
+            resolved,
+            caller: self.caller.map(Arc::from),
+            sensitive: Arc::from(sensitive),
             max_redirects: self.max_redirects,
             body_limit: self.body_limit,
             read_timeout: self.read_timeout,
@@ -279,6 +352,9 @@ pub struct GuardedResponse {
 pub struct GuardedClient {
     http: reqwest::Client,
     policy: Arc<EgressPolicy>,
+    resolved: Arc<Resolutions>,
+    caller: Option<Arc<str>>,
+    sensitive: Arc<[HeaderName]>,
     max_redirects: usize,
     body_limit: usize,
     read_timeout: Duration,
@@ -300,6 +376,8 @@ impl GuardedClient {
         GuardedClientBuilder {
             policy,
             resolver: None,
+            caller: None,
+            sensitive_headers: Vec::new(),
             max_redirects: 5,
             body_limit: 10 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
@@ -342,22 +420,22 @@ impl GuardedClient {
         mut headers: HeaderMap,
         mut body: Option<Bytes>,
     ) -> Result<GuardedResponse, EgressError> {
-        let deny = |decision: Decision, hop: usize| EgressError::Denied {
-            decision: Box::new(decision),
-            hop,
-        };
         let mut url = match Url::parse(url) {
             Ok(u) => u,
-            Err(_) => return Err(deny(self.policy.check_url(url), 0)),
+            Err(_) => {
+                let decision = self.policy.evaluate_url(url);
+                return Err(self.deny(decision, 0));
+            }
         };
         for hop in 0..=self.max_redirects {
             // IP literals never reach the resolver, so this check is the only one they get.
-            let decision = match Target::from_url(&url) {
-                Ok(target) => self.policy.check_target(&target),
-                Err(_) => self.policy.check_url(url.as_str()),
+            let target = Target::from_url(&url);
+            let decision = match &target {
+                Ok(target) => self.policy.evaluate_target(target),
+                Err(_) => self.policy.evaluate_url(url.as_str()),
             };
             if !decision.allowed {
-                return Err(deny(decision, hop));
+                return Err(self.deny(decision, hop));
             }
             let mut request = self
                 .http
@@ -368,17 +446,30 @@ impl GuardedClient {
             }
             // The read timeout bounds the wait for the response head and for each body chunk
             // (one timer per wait, rather than one reset on every socket read).
-            let sent = tokio::time::timeout(self.read_timeout, request.send())
-                .await
-                .map_err(|_| EgressError::Timeout)?;
-            let mut response = match sent {
-                Ok(r) => r,
-                Err(error) => {
-                    return Err(
-                        resolver_denial(&error).map_or(EgressError::Http(error), |d| deny(d, hop))
-                    );
+            let sent = tokio::time::timeout(self.read_timeout, request.send()).await;
+            // Exactly one decision per hop is published: the resolver's denial (with the
+            // request's own scheme and port), or the allowance with the addresses used.
+            let sent = match sent {
+                Ok(Err(error)) => match resolver_denial(&error) {
+                    Some(mut denial) => {
+                        denial.target = decision.target.clone();
+                        return Err(self.deny(denial, hop));
+                    }
+                    None => {
+                        self.allow(decision, hop);
+                        return Err(EgressError::Http(error));
+                    }
+                },
+                Ok(Ok(response)) => {
+                    self.allow(decision, hop);
+                    response
+                }
+                Err(_) => {
+                    self.allow(decision, hop);
+                    return Err(EgressError::Timeout);
                 }
             };
+            let mut response = sent;
             let status = response.status();
             if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
                 if hop == self.max_redirects {
@@ -391,11 +482,13 @@ impl GuardedClient {
                     .and_then(|l| url.join(l).ok())
                     .ok_or(EgressError::InvalidRedirect)?;
                 if next.origin() != url.origin() {
-                    for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION] {
+                    for name in self.sensitive.iter() {
                         headers.remove(name);
                     }
                 }
-                if status == StatusCode::SEE_OTHER
+                // 303 turns the request into a GET (a HEAD stays a HEAD); 301/302 do so for
+                // a POST, as browsers and reqwest do.
+                if (status == StatusCode::SEE_OTHER && method != Method::HEAD)
                     || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
                         && method == Method::POST)
                 {
@@ -435,6 +528,36 @@ impl GuardedClient {
             });
         }
         Err(EgressError::TooManyRedirects)
+    }
+}
+
+impl GuardedClient {
+    /// Publishes a denial at `hop` and turns it into the error.
+    fn deny(&self, mut decision: Decision, hop: usize) -> EgressError {
+        self.complete(&mut decision, hop);
+        decision.publish(&self.policy);
+        EgressError::Denied {
+            decision: Box::new(decision),
+            hop,
+        }
+    }
+
+    /// Publishes the allowance of `hop`, with the addresses it connected to.
+    fn allow(&self, mut decision: Decision, hop: usize) {
+        self.complete(&mut decision, hop);
+        if decision.addresses.is_empty() {
+            decision.addresses = match decision.target.as_ref().map(|t| &t.host) {
+                Some(TargetHost::Name(name)) => self.resolved.get(name),
+                Some(TargetHost::Ip(ip)) => vec![*ip],
+                None => Vec::new(),
+            };
+        }
+        decision.publish(&self.policy);
+    }
+
+    fn complete(&self, decision: &mut Decision, hop: usize) {
+        decision.hop = Some(hop);
+        decision.caller = self.caller.as_deref().map(str::to_owned);
     }
 }
 

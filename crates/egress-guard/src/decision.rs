@@ -66,12 +66,26 @@ pub struct Decision {
     pub target: Option<Target>,
     /// The address judged, for resolved or literal addresses.
     pub address: Option<IpAddr>,
+    /// Every address the host name resolved to, for a request through [`GuardedClient`]
+    /// (empty for IP literals and for checks made without a connection).
+    ///
+    /// [`GuardedClient`]: crate::GuardedClient
+    pub addresses: Vec<IpAddr>,
+    /// Which hop of a request through [`GuardedClient`] (0 = the original URL, 1 = the first
+    /// redirect, ...); `None` for a check made directly on the policy.
+    ///
+    /// [`GuardedClient`]: crate::GuardedClient
+    pub hop: Option<usize>,
+    /// Who asked: the tool or agent the client was built for
+    /// ([`GuardedClientBuilder::caller`](crate::GuardedClientBuilder::caller)).
+    pub caller: Option<String>,
     /// The version of the range table.
     pub table_version: u32,
 }
 
 impl Decision {
-    pub(crate) fn new(
+    /// Decides without publishing: the guarded client publishes one decision per request hop.
+    pub(crate) fn evaluate(
         policy: &EgressPolicy,
         target: Option<Target>,
         address: Option<IpAddr>,
@@ -84,7 +98,7 @@ impl Decision {
             _ if floor => false,
             _ => mode == Mode::Report,
         };
-        let decision = Self {
+        Self {
             allowed,
             reason,
             floor,
@@ -92,26 +106,44 @@ impl Decision {
             mode,
             target,
             address,
+            addresses: Vec::new(),
+            hop: None,
+            caller: None,
             table_version: TABLE_VERSION,
-        };
-        decision.emit();
-        for hook in policy.hooks() {
-            hook.record(&decision);
         }
-        decision
+    }
+
+    /// Emits the tracing event and hands the decision to the policy's hooks.
+    pub(crate) fn publish(&self, policy: &EgressPolicy) {
+        self.emit();
+        for hook in policy.hooks() {
+            hook.record(self);
+        }
     }
 
     fn emit(&self) {
         let host = self.target.as_ref().map(Target::host_text);
+        let caller = self.caller.as_deref();
+        let address = self.address.map(tracing::field::display);
+        let addresses =
+            (!self.addresses.is_empty()).then(|| tracing::field::debug(&self.addresses));
         if self.allowed && self.reason != Reason::Allowed {
             tracing::warn!(
-                policy = %self.policy, code = self.reason.code(), host = host.as_deref(),
+                policy = %self.policy, caller, code = self.reason.code(), host = host.as_deref(),
+                address, addresses, hop = self.hop, mode = ?self.mode,
                 "egress allowed in report mode; enforce would deny"
             );
         } else if !self.allowed {
-            tracing::info!(policy = %self.policy, code = self.reason.code(), host = host.as_deref(), "egress denied");
+            tracing::info!(
+                policy = %self.policy, caller, code = self.reason.code(), host = host.as_deref(),
+                address, addresses, hop = self.hop, mode = ?self.mode, floor = self.floor,
+                "egress denied"
+            );
         } else {
-            tracing::debug!(policy = %self.policy, host = host.as_deref(), "egress allowed");
+            tracing::debug!(
+                policy = %self.policy, caller, host = host.as_deref(), addresses,
+                hop = self.hop, "egress allowed"
+            );
         }
     }
 }
@@ -124,7 +156,8 @@ pub trait DecisionHook: Send + Sync + 'static {
     fn record(&self, decision: &Decision);
 }
 
-/// Counts decisions per reason code (a [`DecisionHook`] for metrics).
+/// Counts decisions per reason code (a [`DecisionHook`] for metrics). Through
+/// [`GuardedClient`](crate::GuardedClient) that is one decision per request hop.
 #[derive(Debug, Default)]
 pub struct DecisionCounters {
     counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,

@@ -39,8 +39,8 @@ pub mod ranges;
 mod target;
 
 pub use client::{
-    EgressError, GuardedClient, GuardedClientBuilder, GuardedResponse, HickoryResolver,
-    NameResolver,
+    DEFAULT_SENSITIVE_HEADERS, EgressError, GuardedClient, GuardedClientBuilder, GuardedResponse,
+    HickoryResolver, NameResolver,
 };
 pub use decision::{Decision, DecisionCounters, DecisionHook, Reason};
 pub use policy::{EgressPolicy, HostPattern, Mode, PolicyError};

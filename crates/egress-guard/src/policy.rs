@@ -207,17 +207,29 @@ impl EgressPolicy {
     /// Decides a URL before any connection: scheme, port, host name rules, IP literals.
     #[must_use]
     pub fn check_url(&self, url: &str) -> Decision {
+        let decision = self.evaluate_url(url);
+        decision.publish(self);
+        decision
+    }
+
+    pub(crate) fn evaluate_url(&self, url: &str) -> Decision {
         match Target::parse(url) {
-            Ok(target) => self.check_target(&target),
-            Err(reason) => Decision::new(self, None, None, reason, true),
+            Ok(target) => self.evaluate_target(&target),
+            Err(reason) => Decision::evaluate(self, None, None, reason, true),
         }
     }
 
     /// Decides a normalised target (also used for every redirect hop).
     #[must_use]
     pub fn check_target(&self, target: &Target) -> Decision {
+        let decision = self.evaluate_target(target);
+        decision.publish(self);
+        decision
+    }
+
+    pub(crate) fn evaluate_target(&self, target: &Target) -> Decision {
         let decide = |reason: Reason, floor: bool| {
-            Decision::new(self, Some(target.clone()), None, reason, floor)
+            Decision::evaluate(self, Some(target.clone()), None, reason, floor)
         };
         match &target.host {
             TargetHost::Ip(ip) => {
@@ -252,10 +264,16 @@ impl EgressPolicy {
     /// explicit CIDR exception covers it.
     #[must_use]
     pub fn check_address(&self, target: &Target, ip: IpAddr) -> Decision {
+        let decision = self.evaluate_address(target, ip);
+        decision.publish(self);
+        decision
+    }
+
+    pub(crate) fn evaluate_address(&self, target: &Target, ip: IpAddr) -> Decision {
         let (reason, floor) = self
             .floor(ip)
             .map_or((Reason::Allowed, false), |r| (r, true));
-        Decision::new(self, Some(target.clone()), Some(ip), reason, floor)
+        Decision::evaluate(self, Some(target.clone()), Some(ip), reason, floor)
     }
 
     /// Whether an exception covers `ip` — judged, like the floor, on the effective address

@@ -370,3 +370,130 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn a_303_after_head_stays_head() {
+    let (addr, _) = http_server(LOCAL).await;
+    let c = client(loopback_policy(addr.port())).await;
+    let url = format!("http://{addr}/redirect?status=303&to=/method");
+    let r = c
+        .send(Method::HEAD, &url, HeaderMap::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.redirects, 1);
+    assert_eq!(r.headers["x-method"], "HEAD");
+    let r = c
+        .send(Method::PUT, &url, HeaderMap::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.headers["x-method"], "GET");
+}
+
+#[tokio::test]
+async fn custom_credential_headers_are_dropped_on_cross_origin_redirects() {
+    let (a, _) = http_server(LOCAL).await;
+    let (b, _) = http_server(LOCAL).await;
+    let policy = EgressPolicy::new("two-servers")
+        .allow_cidr("127.0.0.0/8")
+        .unwrap()
+        .ports([a.port(), b.port()]);
+    let dns = dns_server(vec![]).await;
+    let c = GuardedClient::builder(policy)
+        .resolver(Arc::new(
+            HickoryResolver::with_nameserver(dns.addr).unwrap(),
+        ))
+        .sensitive_headers([http::HeaderName::from_static("x-tool-secret")])
+        .build()
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-api-key", HeaderValue::from_static("k-123"));
+    headers.insert("x-tool-secret", HeaderValue::from_static("t-456"));
+    let same = c
+        .send(
+            Method::GET,
+            &format!("http://{a}/redirect?to=/headers"),
+            headers.clone(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        std::str::from_utf8(&same.body).unwrap(),
+        "x-api-key=k-123 x-tool-secret=t-456"
+    );
+    let cross = format!(
+        "http://{a}/redirect?to={}",
+        urlencode(&format!("http://{b}/headers"))
+    );
+    let r = c.send(Method::GET, &cross, headers, None).await.unwrap();
+    assert_eq!(
+        std::str::from_utf8(&r.body).unwrap(),
+        "x-api-key=none x-tool-secret=none"
+    );
+}
+
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<egress_guard::Decision>>);
+
+impl egress_guard::DecisionHook for Recorder {
+    fn record(&self, decision: &egress_guard::Decision) {
+        self.0.lock().unwrap().push(decision.clone());
+    }
+}
+
+#[tokio::test]
+async fn one_decision_per_hop_with_the_requests_scheme_port_addresses_and_caller() {
+    let (addr, hits) = http_server(LOCAL).await;
+    let port = addr.port();
+    let dns = dns_server(vec![
+        ("svc.test", vec![vec!["127.0.0.1".parse().unwrap()]]),
+        (
+            "private.test",
+            vec![vec![
+                "203.0.113.9".parse().unwrap(),
+                "10.0.0.5".parse().unwrap(),
+            ]],
+        ),
+    ])
+    .await;
+    let recorder = Arc::new(Recorder::default());
+    let counters = Arc::new(egress_guard::DecisionCounters::default());
+    let policy = loopback_policy(port)
+        .with_hook(recorder.clone())
+        .with_hook(counters.clone());
+    let c = GuardedClient::builder(policy)
+        .resolver(Arc::new(
+            HickoryResolver::with_nameserver(dns.addr).unwrap(),
+        ))
+        .caller("agent:researcher/tool:fetch")
+        .build()
+        .unwrap();
+    let target = urlencode(&format!("http://private.test:{port}/ok"));
+    let err = c
+        .get(&format!("http://svc.test:{port}/redirect?to={target}"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "forbidden_address");
+    assert_eq!(hits.count(), 1, "only the first hop was contacted");
+    let decisions = recorder.0.lock().unwrap().clone();
+    assert_eq!(decisions.len(), 2, "{decisions:#?}");
+    let (first, second) = (&decisions[0], &decisions[1]);
+    assert!(first.allowed);
+    assert_eq!(first.hop, Some(0));
+    assert_eq!(first.addresses, vec![LOCAL]);
+    assert!(!second.allowed);
+    assert_eq!(second.hop, Some(1));
+    let t = second.target.as_ref().unwrap();
+    assert_eq!((t.scheme.as_str(), t.port), ("http", port));
+    assert_eq!(second.addresses.len(), 2);
+    // The first forbidden answer is named (TEST-NET-3 is special-purpose too).
+    assert_eq!(second.address, Some("203.0.113.9".parse().unwrap()));
+    for d in &decisions {
+        assert_eq!(d.caller.as_deref(), Some("agent:researcher/tool:fetch"));
+    }
+    // Counted per request hop, not per resolved address.
+    let counts = counters.snapshot();
+    assert_eq!(counts.get("allowed"), Some(&1));
+    assert_eq!(counts.get("forbidden_address"), Some(&1));
+    assert_eq!(counts.values().sum::<u64>(), 2);
+}

@@ -38,6 +38,11 @@ pub async fn http_server(ip: IpAddr) -> (SocketAddr, Hits) {
         .route("/ok", any(|| async { "ok" }))
         .route("/redirect", any(redirect))
         .route("/echo", any(echo))
+        .route("/headers", any(echo_headers))
+        .route(
+            "/method",
+            any(|method: Method| async move { ([("x-method", method.to_string())], "") }),
+        )
         .route("/big", any(|| async { vec![b'x'; 2 * 1024 * 1024] }))
         .route("/drip", any(drip))
         .route(
@@ -79,6 +84,20 @@ async fn echo(method: Method, headers: HeaderMap, body: String) -> impl IntoResp
         .get(header::AUTHORIZATION)
         .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
     format!("{method} auth={auth} body={body}")
+}
+
+/// Echoes the custom credential headers the tests send.
+async fn echo_headers(headers: HeaderMap) -> impl IntoResponse {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned())
+    };
+    format!(
+        "x-api-key={} x-tool-secret={}",
+        get("x-api-key"),
+        get("x-tool-secret")
+    )
 }
 
 /// One byte every 300 ms, for a minute.
