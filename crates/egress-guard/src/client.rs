@@ -405,12 +405,7 @@ impl GuardedClient {
         headers: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<GuardedResponse, EgressError> {
-        tokio::time::timeout(
-            self.total_timeout,
-            self.send_inner(method, url, headers, body),
-        )
-        .await
-        .map_err(|_| EgressError::Timeout)?
+        self.send_inner(method, url, headers, body).await
     }
 
     async fn send_inner(
@@ -420,6 +415,15 @@ impl GuardedClient {
         mut headers: HeaderMap,
         mut body: Option<Bytes>,
     ) -> Result<GuardedResponse, EgressError> {
+        // One timer for the whole request, re-armed before each wait: the read timeout bounds
+        // the wait for each response head and each body chunk, the total timeout everything.
+        let total_deadline = tokio::time::Instant::now() + self.total_timeout;
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(total_deadline));
+        let read_timeout = self.read_timeout;
+        let rearm = move |timer: &mut Pin<&mut tokio::time::Sleep>| {
+            let next = (tokio::time::Instant::now() + read_timeout).min(total_deadline);
+            timer.as_mut().reset(next);
+        };
         let mut url = match Url::parse(url) {
             Ok(u) => u,
             Err(_) => {
@@ -429,14 +433,20 @@ impl GuardedClient {
         };
         for hop in 0..=self.max_redirects {
             // IP literals never reach the resolver, so this check is the only one they get.
-            let target = Target::from_url(&url);
-            let decision = match &target {
-                Ok(target) => self.policy.evaluate_target(target),
-                Err(_) => self.policy.evaluate_url(url.as_str()),
+            let Ok(target) = Target::from_url(&url) else {
+                let decision = self.policy.evaluate_url(url.as_str());
+                return Err(self.deny(decision, hop));
             };
-            if !decision.allowed {
+            let (reason, floor) = self.policy.verdict(&target);
+            if !self.policy.permits(reason, floor) {
+                let decision = Decision::evaluate(&self.policy, Some(target), None, reason, floor);
                 return Err(self.deny(decision, hop));
             }
+            let verdict = Verdict {
+                target,
+                reason,
+                floor,
+            };
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -444,28 +454,27 @@ impl GuardedClient {
             if let Some(b) = &body {
                 request = request.body(b.clone());
             }
-            // The read timeout bounds the wait for the response head and for each body chunk
-            // (one timer per wait, rather than one reset on every socket read).
-            let sent = tokio::time::timeout(self.read_timeout, request.send()).await;
+            rearm(&mut timer);
+            let sent = before(timer.as_mut(), request.send()).await;
             // Exactly one decision per hop is published: the resolver's denial (with the
             // request's own scheme and port), or the allowance with the addresses used.
             let sent = match sent {
                 Ok(Err(error)) => match resolver_denial(&error) {
                     Some(mut denial) => {
-                        denial.target = decision.target.clone();
+                        denial.target = Some(verdict.target);
                         return Err(self.deny(denial, hop));
                     }
                     None => {
-                        self.allow(decision, hop);
+                        self.allow(verdict, hop);
                         return Err(EgressError::Http(error));
                     }
                 },
                 Ok(Ok(response)) => {
-                    self.allow(decision, hop);
+                    self.allow(verdict, hop);
                     response
                 }
-                Err(_) => {
-                    self.allow(decision, hop);
+                Err(()) => {
+                    self.allow(verdict, hop);
                     return Err(EgressError::Timeout);
                 }
             };
@@ -500,35 +509,54 @@ impl GuardedClient {
                 url = next;
                 continue;
             }
+            // A body in one chunk is kept as it is; only a multi-chunk body is copied.
+            let mut first: Option<Bytes> = None;
             let mut collected = BytesMut::new();
             loop {
-                let chunk = tokio::time::timeout(self.read_timeout, response.chunk())
+                rearm(&mut timer);
+                let chunk = before(timer.as_mut(), response.chunk())
                     .await
                     .map_err(|_| EgressError::Timeout)?;
                 match chunk {
                     Ok(Some(chunk)) => {
-                        if collected.len() + chunk.len() > self.body_limit {
+                        let received = first.as_ref().map_or(0, Bytes::len) + collected.len();
+                        if received + chunk.len() > self.body_limit {
                             return Err(EgressError::BodyTooLarge {
                                 limit: self.body_limit,
                             });
                         }
-                        collected.extend_from_slice(&chunk);
+                        match first.take() {
+                            None if collected.is_empty() => first = Some(chunk),
+                            None => collected.extend_from_slice(&chunk),
+                            Some(earlier) => {
+                                collected.extend_from_slice(&earlier);
+                                collected.extend_from_slice(&chunk);
+                            }
+                        }
                     }
                     Ok(None) => break,
                     Err(error) if error.is_timeout() => return Err(EgressError::Timeout),
                     Err(error) => return Err(EgressError::Http(error)),
                 }
             }
+            let body = first.unwrap_or_else(|| collected.freeze());
             return Ok(GuardedResponse {
                 status,
-                headers: response.headers().clone(),
-                body: collected.freeze(),
+                headers: std::mem::take(response.headers_mut()),
+                body,
                 url,
                 redirects: hop,
             });
         }
         Err(EgressError::TooManyRedirects)
     }
+}
+
+/// What the policy said about a hop that may proceed.
+struct Verdict {
+    target: Target,
+    reason: Reason,
+    floor: bool,
 }
 
 impl GuardedClient {
@@ -542,8 +570,22 @@ impl GuardedClient {
         }
     }
 
-    /// Publishes the allowance of `hop`, with the addresses it connected to.
-    fn allow(&self, mut decision: Decision, hop: usize) {
+    /// Publishes the allowance of `hop`, with the addresses it connected to — built only when
+    /// someone listens (a hook, or tracing at debug level), so the allowed path stays cheap.
+    fn allow(&self, verdict: Verdict, hop: usize) {
+        let quiet = self.policy.hooks().is_empty()
+            && verdict.reason == Reason::Allowed
+            && !tracing::enabled!(tracing::Level::DEBUG);
+        if quiet {
+            return;
+        }
+        let mut decision = Decision::evaluate(
+            &self.policy,
+            Some(verdict.target),
+            None,
+            verdict.reason,
+            verdict.floor,
+        );
         self.complete(&mut decision, hop);
         if decision.addresses.is_empty() {
             decision.addresses = match decision.target.as_ref().map(|t| &t.host) {
@@ -559,6 +601,21 @@ impl GuardedClient {
         decision.hop = Some(hop);
         decision.caller = self.caller.as_deref().map(str::to_owned);
     }
+}
+
+/// Runs `future` unless `timer` fires first.
+async fn before<F: Future>(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    future: F,
+) -> Result<F::Output, ()> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        timer.as_mut().poll(cx).map(|()| Err(()))
+    })
+    .await
 }
 
 /// The decision of the filtering resolver, if that is why reqwest failed.

@@ -93,13 +93,8 @@ impl Decision {
         floor: bool,
     ) -> Self {
         let mode = policy.mode_value();
-        let allowed = match reason {
-            Reason::Allowed => true,
-            _ if floor => false,
-            _ => mode == Mode::Report,
-        };
         Self {
-            allowed,
+            allowed: policy.permits(reason, floor),
             reason,
             floor,
             policy: policy.name().to_owned(),

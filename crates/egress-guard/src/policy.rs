@@ -228,36 +228,48 @@ impl EgressPolicy {
     }
 
     pub(crate) fn evaluate_target(&self, target: &Target) -> Decision {
-        let decide = |reason: Reason, floor: bool| {
-            Decision::evaluate(self, Some(target.clone()), None, reason, floor)
-        };
+        let (reason, floor) = self.verdict(target);
+        Decision::evaluate(self, Some(target.clone()), None, reason, floor)
+    }
+
+    /// Whether a verdict lets the request proceed in this policy's mode.
+    pub(crate) fn permits(&self, reason: Reason, floor: bool) -> bool {
+        match reason {
+            Reason::Allowed => true,
+            _ if floor => false,
+            _ => self.mode_value() == Mode::Report,
+        }
+    }
+
+    /// The reason and whether it is part of the floor, without building a [`Decision`].
+    pub(crate) fn verdict(&self, target: &Target) -> (Reason, bool) {
         match &target.host {
             TargetHost::Ip(ip) => {
                 if let Some(reason) = self.floor(*ip) {
-                    return decide(reason, true);
+                    return (reason, true);
                 }
                 if self.hostnames_only {
-                    return decide(Reason::IpLiteralRefused, false);
+                    return (Reason::IpLiteralRefused, false);
                 }
                 if !self.hosts.is_empty() && !self.exception_covers(*ip) {
-                    return decide(Reason::HostNotAllowed, false);
+                    return (Reason::HostNotAllowed, false);
                 }
             }
             TargetHost::Name(name) => {
                 if FORBIDDEN_NAMES.contains(&name.as_str())
                     || FORBIDDEN_SUFFIXES.iter().any(|s| name.ends_with(s))
                 {
-                    return decide(Reason::ForbiddenName, true);
+                    return (Reason::ForbiddenName, true);
                 }
                 if !self.hosts.is_empty() && !self.hosts.iter().any(|p| p.matches(name)) {
-                    return decide(Reason::HostNotAllowed, false);
+                    return (Reason::HostNotAllowed, false);
                 }
             }
         }
         if !self.ports.contains(&target.port) {
-            return decide(Reason::PortNotAllowed, false);
+            return (Reason::PortNotAllowed, false);
         }
-        decide(Reason::Allowed, false)
+        (Reason::Allowed, false)
     }
 
     /// Decides one resolved (or literal) address of an allowed host: the floor, unless an
