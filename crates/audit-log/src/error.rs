@@ -28,6 +28,13 @@ pub enum AuditError {
     /// the schema is not the one this version installs. The append is refused.
     #[error("the audit chain in the database does not match this library's chain format")]
     ChainFormatMismatch,
+    /// The group of events this one was written with could not be written (none was
+    /// recorded); the cause is logged once for the group.
+    #[error("the audit group could not be written")]
+    Batch {
+        /// Whether the store could not be reached.
+        unavailable: bool,
+    },
     /// The chain does not verify, so it is not signed (see [`crate::verify()`]).
     #[error("the audit chain does not verify: {0}")]
     ChainBroken(crate::ChainBreak),
@@ -63,6 +70,7 @@ impl AuditError {
         match self {
             Self::Database(e) => sqlx_unavailable(e),
             Self::Transaction(e) => e.is_unavailable(),
+            Self::Batch { unavailable } => *unavailable,
             _ => false,
         }
     }

@@ -40,7 +40,18 @@ pub struct AuditLog {
 struct Inner {
     pool: TenantPool,
     scrubber: Scrubber,
+    /// Events waiting for their tenant's writer (group commit, see [`AuditLog::record`]).
+    queues: std::sync::Mutex<std::collections::HashMap<TenantId, Vec<Pending>>>,
 }
+
+/// An event waiting to be written, and where its result goes.
+struct Pending {
+    prepared: Prepared,
+    reply: tokio::sync::oneshot::Sender<Result<Appended, AuditError>>,
+}
+
+/// The most events one group-commit statement writes.
+const MAX_BATCH: usize = 128;
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +92,11 @@ impl AuditLog {
     #[must_use]
     pub fn new(pool: TenantPool, scrubber: Scrubber) -> Self {
         Self {
-            inner: Arc::new(Inner { pool, scrubber }),
+            inner: Arc::new(Inner {
+                pool,
+                scrubber,
+                queues: std::sync::Mutex::default(),
+            }),
         }
     }
 
@@ -116,27 +131,56 @@ impl AuditLog {
         insert(conn, &prepared).await
     }
 
-    /// Appends `event` in a transaction of its own, bound to the event's tenant: one prepared
-    /// statement that binds the tenant (`set_config(.., true)`, transaction-local), states the
-    /// commit-time binding and inserts, committed on its own — one round trip, and the tenant's
-    /// chain head is locked only while the server runs it.
+    /// Appends `event` in a transaction of its own, bound to the event's tenant, and returns
+    /// once it is committed.
+    ///
+    /// Group commit: events of one tenant recorded while that tenant's previous write is in
+    /// flight are queued and written together by one statement (up to 128), in one transaction;
+    /// a lone event is one statement on its own. Either way it is one prepared statement that
+    /// binds the tenant (`set_config(.., true)`, transaction-local), states the commit-time
+    /// binding and inserts — one round trip, the tenant's chain lock held only while the server
+    /// runs it. The caller that finds its tenant idle writes the first group itself and hands
+    /// anything queued behind it to a writer task (also if it is dropped midway), so no queued
+    /// event is stranded.
     ///
     /// # Errors
-    /// As [`AuditLog::append`].
+    /// As [`AuditLog::append`]; a failed group reports [`AuditError::Batch`] to every event in
+    /// it (none of them was recorded).
     pub async fn record(&self, event: AuditEvent) -> Result<Appended, AuditError> {
         let prepared = self.prepare(event)?;
-        let (seq, prev, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(RECORD)
-            .bind(prepared.tenant.to_string())
-            .bind(prepared.occurred_at)
-            .bind(prepared.actor_kind)
-            .bind(prepared.actor_id)
-            .bind(&prepared.action)
-            .bind(prepared.outcome)
-            .bind(prepared.request_id.as_deref())
-            .bind(&prepared.canonical)
-            .fetch_one(self.inner.pool.pool())
-            .await?;
-        check_appended(&prepared, seq, prev, &hash)
+        let tenant = prepared.tenant;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending { prepared, reply };
+        // A tenant's queue exists exactly while its writer runs: the first event of an idle
+        // tenant creates it and starts the writer, which removes it, under this same lock, once
+        // it finds it empty.
+        let start_writer = {
+            use std::collections::hash_map::Entry;
+            let mut queues = self
+                .inner
+                .queues
+                .lock()
+                .map_err(|_| AuditError::TaskFailed)?;
+            match queues.entry(tenant) {
+                Entry::Occupied(mut queue) => {
+                    queue.get_mut().push(pending);
+                    false
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(vec![pending]);
+                    true
+                }
+            }
+        };
+        if start_writer {
+            Leader {
+                inner: self.inner.clone(),
+                tenant,
+            }
+            .lead()
+            .await;
+        }
+        answer.await.map_err(|_| AuditError::TaskFailed)?
     }
 
     /// Scrubs, stamps and canonicalises `event`. Free text is normalised, scrubbed, then
@@ -198,6 +242,166 @@ impl AuditLog {
             canonical,
         })
     }
+}
+
+/// A tenant's writer: writes its queue in groups until the queue is empty, then removes it.
+async fn write_queue(inner: Arc<Inner>, tenant: TenantId) {
+    while write_group(&inner, tenant).await {}
+}
+
+/// Writes the next group of `tenant`'s queue. `false` once the queue was found empty (and
+/// removed) or unusable.
+async fn write_group(inner: &Inner, tenant: TenantId) -> bool {
+    let group: Vec<Pending> = {
+        let Ok(mut queues) = inner.queues.lock() else {
+            return false; // Poisoned: the waiting callers see their reply dropped (TaskFailed).
+        };
+        let Some(queue) = queues.get_mut(&tenant) else {
+            return false;
+        };
+        if queue.is_empty() {
+            queues.remove(&tenant);
+            return false;
+        }
+        let n = queue.len().min(MAX_BATCH);
+        queue.drain(..n).collect()
+    };
+    let prepared: Vec<&Prepared> = group.iter().map(|p| &p.prepared).collect();
+    match insert_group(inner.pool.pool(), tenant, &prepared).await {
+        Ok(appended) => {
+            for (pending, result) in group.into_iter().zip(appended) {
+                let _ = pending.reply.send(result);
+            }
+        }
+        Err(error) if group.len() == 1 => {
+            if let Some(pending) = group.into_iter().next() {
+                let _ = pending.reply.send(Err(error));
+            }
+        }
+        Err(error) => {
+            let unavailable = error.is_unavailable();
+            tracing::error!(%tenant, error = %error, events = group.len(), "audit group could not be written");
+            for pending in group {
+                let _ = pending.reply.send(Err(AuditError::Batch { unavailable }));
+            }
+        }
+    }
+    true
+}
+
+/// The caller that found its tenant idle writes the first group itself (no task hop for a
+/// lone event) and hands the rest of the queue to a writer task — also when it is dropped
+/// midway, so events queued behind it are never stranded.
+struct Leader {
+    inner: Arc<Inner>,
+    tenant: TenantId,
+}
+
+impl Leader {
+    async fn lead(self) {
+        write_group(&self.inner, self.tenant).await;
+        // `Drop` hands over whatever was queued meanwhile.
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let drained = self
+            .inner
+            .queues
+            .lock()
+            .map(|mut queues| {
+                let empty = queues.get(&self.tenant).is_none_or(Vec::is_empty);
+                if empty {
+                    queues.remove(&self.tenant);
+                }
+                empty
+            })
+            .unwrap_or(true);
+        if drained {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(write_queue(self.inner.clone(), self.tenant));
+            }
+            Err(_) => {
+                // No runtime left to write with: drop the queue, the waiters see TaskFailed.
+                if let Ok(mut queues) = self.inner.queues.lock() {
+                    queues.remove(&self.tenant);
+                }
+            }
+        }
+    }
+}
+
+/// [`INSERT`] for a group of one tenant's events, in order, in a transaction of its own.
+const RECORD_GROUP: &str = "WITH binding AS MATERIALIZED (\
+       SELECT pg_catalog.set_config('app.tenant_id', $1, true) AS tenant, \
+              pg_catalog.set_config('app.actor_id', '', true) AS actor, \
+              pg_catalog.set_config('app.commit_binding', $1 || ':', true) AS commit_binding) \
+     INSERT INTO audit.events \
+     (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event) \
+     SELECT binding.tenant::uuid, r.occurred_at, r.actor_kind, r.actor_id, r.action, r.outcome, \
+            r.request_id, r.event \
+     FROM binding, unnest($2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[], \
+                          $7::text[], $8::bytea[]) WITH ORDINALITY \
+          AS r(occurred_at, actor_kind, actor_id, action, outcome, request_id, event, ord) \
+     ORDER BY r.ord \
+     RETURNING seq, prev_hash, hash";
+
+/// Writes `group` (one tenant's events, in order). The result per event, in the same order.
+async fn insert_group(
+    pool: &sqlx::PgPool,
+    tenant: TenantId,
+    group: &[&Prepared],
+) -> Result<Vec<Result<Appended, AuditError>>, AuditError> {
+    if let [one] = group {
+        let (seq, prev, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(RECORD)
+            .bind(tenant.to_string())
+            .bind(one.occurred_at)
+            .bind(one.actor_kind)
+            .bind(one.actor_id)
+            .bind(&one.action)
+            .bind(one.outcome)
+            .bind(one.request_id.as_deref())
+            .bind(&one.canonical)
+            .fetch_one(pool)
+            .await?;
+        return Ok(vec![check_appended(one, seq, prev, &hash)]);
+    }
+    let mut rows: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(RECORD_GROUP)
+        .bind(tenant.to_string())
+        .bind(group.iter().map(|p| p.occurred_at).collect::<Vec<_>>())
+        .bind(group.iter().map(|p| p.actor_kind).collect::<Vec<_>>())
+        .bind(group.iter().map(|p| p.actor_id).collect::<Vec<_>>())
+        .bind(group.iter().map(|p| p.action.as_str()).collect::<Vec<_>>())
+        .bind(group.iter().map(|p| p.outcome).collect::<Vec<_>>())
+        .bind(
+            group
+                .iter()
+                .map(|p| p.request_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|p| p.canonical.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(pool)
+        .await?;
+    if rows.len() != group.len() {
+        return Err(AuditError::ChainFormatMismatch);
+    }
+    // Inserted in order, so the sequence numbers follow the group's order; every hash is
+    // checked against the event it should belong to.
+    rows.sort_by_key(|(seq, _, _)| *seq);
+    Ok(group
+        .iter()
+        .zip(rows)
+        .map(|(prepared, (seq, prev, hash))| check_appended(prepared, seq, prev, &hash))
+        .collect())
 }
 
 pub(crate) async fn insert(

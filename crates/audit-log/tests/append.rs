@@ -515,3 +515,37 @@ async fn concurrent_appends_inside_callers_transactions_never_fork() {
     assert_eq!(seqs(&f, t).await, (1..=64).collect::<Vec<i64>>());
     assert!(verify(&f, t).await.is_intact());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_that_give_up_strand_no_queued_event() {
+    let f = fixture(8).await;
+    let t = TenantId::new_random();
+    let mut kept = Vec::new();
+    let mut abandoned = Vec::new();
+    for i in 0..40u64 {
+        let log = f.log.clone();
+        let task = tokio::spawn(async move { log.record(event(t, i)).await });
+        if i % 4 == 0 {
+            abandoned.push(task);
+        } else {
+            kept.push(task);
+        }
+    }
+    // Give up on a quarter of the callers while their groups are queued or in flight.
+    for task in &abandoned {
+        task.abort();
+    }
+    for task in kept {
+        task.await.unwrap().unwrap();
+    }
+    // The tenant's queue was not left behind: the next event is written promptly.
+    let next = tokio::time::timeout(Duration::from_secs(10), f.log.record(event(t, 99)))
+        .await
+        .expect("a queued event was stranded")
+        .unwrap();
+    let stored = seqs(&f, t).await;
+    // Every event that was written is contiguous; abandoned ones may or may not have been.
+    assert_eq!(stored, (1..=next.seq as i64).collect::<Vec<i64>>());
+    assert!(stored.len() >= 31, "{}", stored.len());
+    assert!(verify(&f, t).await.is_intact());
+}
