@@ -445,8 +445,10 @@ impl AuditEvent {
 /// Encodes text that came from a client so it cannot forge or disguise log lines: control
 /// characters (C0 including CR, LF, TAB and ESC, which starts ANSI sequences; DEL; C1),
 /// Unicode bidirectional controls (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), line
-/// and paragraph separators (U+2028, U+2029), zero-width and BOM characters (U+200B–U+200D,
-/// U+2060, U+FEFF) and a literal backslash become `\u{XXXX}` escapes. The result is cut at a
+/// and paragraph separators (U+2028, U+2029), zero-width, invisible-operator and BOM characters
+/// (U+200B–U+200D, U+2060–U+206F, U+FEFF), the soft hyphen (U+00AD), interlinear annotation
+/// characters (U+FFF9–U+FFFB), tag characters (U+E0000–U+E007F) and a literal backslash become
+/// `\u{XXXX}` escapes. The result is cut at a
 /// character boundary to at most `max_bytes`, marked with `…` when cut.
 #[must_use]
 pub fn encode_text(text: &str, max_bytes: usize) -> String {

@@ -18,7 +18,9 @@
 //! fails, the action rolls back); the layer then records nothing more for a success (if the
 //! handler appended and still answers 4xx/5xx, the layer records that failure too: the record of
 //! what the client saw). Without the handle, the layer records after the response, in a task of
-//! its own (so a dropped response future still gets its record); if that fails for an allowed
+//! its own (so once the handler has answered, a dropped response future still gets its record;
+//! a future dropped while the handler is still running records nothing — use the handle for
+//! such routes); if that fails for an allowed
 //! action, the response is replaced by `503 audit_unavailable` (store unreachable) or
 //! `500 audit_failed` — the action may have happened: use the handle for atomicity. A
 //! privileged route reached with no tenant context is refused with `500 audit_context_missing`
@@ -334,12 +336,27 @@ fn outcome_of(status: StatusCode, reason: Option<&DenialReason>) -> Outcome {
     }
 }
 
+/// The workspace's error body: `{"error":"<code>","message":"<text>"}`, not cached.
 fn json_error<B: From<String>>(status: StatusCode, code: &'static str) -> Response<B> {
-    let mut response = Response::new(B::from(format!("{{\"error\":\"{code}\"}}")));
+    let message = match code {
+        "audit_context_missing" => "this action cannot be attributed to a tenant",
+        "audit_unavailable" => {
+            "the audit log is unavailable; the action may not have been recorded"
+        }
+        _ => "the action could not be recorded in the audit log",
+    };
+    let mut response = Response::new(B::from(format!(
+        "{{\"error\":\"{code}\",\"message\":\"{message}\"}}"
+    )));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
     );
     response
 }

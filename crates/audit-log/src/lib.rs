@@ -5,8 +5,9 @@
 //! data itself. This crate records privileged actions with the application's own actor and
 //! tenant (which database-level auditing such as pgAudit cannot see), scrubs personal data and
 //! secrets out of the payload *before* anything is stored, and chains each tenant's events
-//! with SHA-256 so that an edit, a deletion, a swap, a copied row or a cut-off tail is found —
-//! at its exact sequence number — by [`verify()`], by anyone holding a trusted Ed25519 key.
+//! with SHA-256 so that an edit, a deletion, a swap or a copied row is found — at its exact
+//! sequence number — by [`verify()`], by anyone holding a trusted Ed25519 key; a cut-off tail or
+//! a rewrite with recomputed hashes is found against a signed checkpoint.
 //!
 //! - [`AuditEvent`]: tenant, actor, [`Action`] (see [`actions`] for the vocabulary), targets,
 //!   [`Outcome`], request id, client address and user agent (encoded against log injection),

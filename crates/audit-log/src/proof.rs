@@ -1,5 +1,5 @@
 //! Inclusion proofs: show that one event is in a tenant's chain, under a signed checkpoint,
-//! without handing over the rest of the log.
+//! handing over only the records from it to the next checkpoint, not the whole log.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;

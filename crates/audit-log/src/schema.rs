@@ -35,7 +35,7 @@ pub const MAX_CLOCK_SKEW_SECS: u32 = 300;
 /// exactly what it needs. Idempotent.
 ///
 /// # Errors
-/// [`AuditError::InvalidEvent`] unless `runtime_role` is a plain lowercase identifier.
+/// [`AuditError::InvalidConfig`] unless `runtime_role` is a plain lowercase identifier.
 pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let plain = !runtime_role.is_empty()
         && runtime_role.len() <= 63
@@ -44,7 +44,7 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !plain {
-        return Err(AuditError::InvalidEvent(
+        return Err(AuditError::InvalidConfig(
             "runtime role must be a plain lowercase identifier",
         ));
     }

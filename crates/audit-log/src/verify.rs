@@ -40,8 +40,6 @@ pub enum BreakKind {
         /// The last checkpoint that still matched (0: the start of the chain).
         after: u64,
     },
-    /// A checkpoint in the database is not validly signed by a trusted key (forged).
-    BadCheckpoint,
     /// An export holds events beyond the end it states.
     ExtraEvents,
     /// The chain starts after pruning, but no trusted checkpoint anchors that start.
@@ -552,12 +550,15 @@ pub(crate) async fn walk(
 /// Verifies `tenant`'s chain: streams every event in order and reports the exact sequence
 /// number of the first break — a missing event, a broken link, an edited or swapped payload,
 /// a row whose columns disagree with its record, a record from another tenant, a truncated tail
-/// (against checkpoints), a consistent rewrite (against a trusted
-/// checkpoint), a forged checkpoint, or a pruned start that no trusted checkpoint anchors.
+/// (against checkpoints), a consistent rewrite (against a trusted checkpoint), or a pruned start
+/// that no trusted retention anchor covers. Checkpoints not validly signed by a trusted key are
+/// listed in [`VerifyReport::rejected_checkpoints`] (and the chain is then not reported intact)
+/// but never used, so they cannot hide where a break is.
 ///
-/// `pool` may be the runtime role's (row-level security shows it the tenant's rows) or an
-/// auditor's. `external` are checkpoints kept outside the database; they are what catches an
-/// owner who rewrote the database's checkpoints too.
+/// `pool` may be the runtime role's (row-level security shows it the tenant's rows) or that of
+/// any role granted `SELECT` on the audit schema (the owner, or an auditor role you create).
+/// `external` are checkpoints kept outside the database; they are what catches an owner who
+/// rewrote the database's checkpoints too.
 ///
 /// # Errors
 /// [`AuditError::Database`] when the chain cannot be read: a chain that cannot be read is never

@@ -22,7 +22,7 @@ const USAGE: &str = "usage:
                    [--actor UUID] [--action NAME] [--since RFC3339] [--until RFC3339]
   audit-log verify-export FILE [--key ID=HEX]... [--checkpoints FILE] [--json]
 
-  --database-url URL  PostgreSQL URL (default: $DATABASE_URL); an auditor or owner role
+  --database-url URL  PostgreSQL URL (default: $DATABASE_URL); a role with SELECT on audit.*
   --key ID=HEX        trust checkpoints signed by this Ed25519 public key (repeatable)
   --checkpoints FILE  JSON lines of checkpoints kept outside the database
 exit status: 0 intact / done, 1 chain broken, 2 could not run";
