@@ -68,27 +68,10 @@ impl AuditError {
     #[must_use]
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Database(e) => sqlx_unavailable(e),
+            Self::Database(e) => rls_guard::is_unavailable(e),
             Self::Transaction(e) => e.is_unavailable(),
             Self::Batch { unavailable } => *unavailable,
             _ => false,
         }
-    }
-}
-
-/// The same classification as [`rls_guard::RlsError::is_unavailable`], for errors that did not
-/// pass through `rls-guard`.
-fn sqlx_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
-        }),
-        _ => false,
     }
 }

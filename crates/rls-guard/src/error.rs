@@ -49,18 +49,26 @@ impl RlsError {
     #[must_use]
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Database(
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed,
-            ) => true,
-            Self::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
-                code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
-            }),
+            Self::Database(e) => is_unavailable(e),
             _ => false,
         }
+    }
+}
+
+/// The classification of [`RlsError::is_unavailable`] for a bare `sqlx` error, so crates built
+/// on `rls-guard` answer 503 for exactly the same failures.
+#[must_use]
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }

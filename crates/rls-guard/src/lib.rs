@@ -44,6 +44,6 @@ mod role;
 pub mod schema;
 
 pub use coverage::{CoverageCheck, Finding, FindingKind};
-pub use error::RlsError;
+pub use error::{RlsError, is_unavailable};
 pub use pool::{TenantPool, TenantTx};
 pub use role::{RoleProblem, verify_runtime_role, verify_support_schema};

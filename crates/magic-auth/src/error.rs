@@ -1,0 +1,36 @@
+//! The crate's error type.
+
+/// Why an authentication operation failed. Messages never include tokens, secrets or codes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The token is malformed, unknown, revoked or expired. One variant for all of them: a
+    /// client learns nothing about which.
+    #[error("invalid or expired session")]
+    InvalidToken,
+    /// The operating system's random generator failed.
+    #[error("the random generator failed")]
+    Random,
+    /// The configuration is unusable (a role name, a duration).
+    #[error("invalid authentication configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// The database refused or could not be reached.
+    #[error("authentication database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The tenant-bound transaction could not be opened or committed.
+    #[error("authentication transaction error: {0}")]
+    Transaction(#[from] rls_guard::RlsError),
+}
+
+impl AuthError {
+    /// Whether the failure means the session store could not be reached (answer 503: a check
+    /// that cannot be evaluated denies, and says so).
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Transaction(e) => e.is_unavailable(),
+            Self::Database(e) => rls_guard::is_unavailable(e),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Passwordless sign-in for multi-tenant services: email magic link + TOTP, MFA for staff,
+//! step-up for sensitive actions, and sessions stored in PostgreSQL that can be revoked at once.
+//!
+//! **Status: being built (issue 4).** This first part is the session layer every other part
+//! stands on:
+//!
+//! - [`SessionToken`]: 256-bit secrets from the operating system's generator, carried as
+//!   `v1.<tenant>.<session id>.<secret>`; the database keeps only a hash of the secret, compared
+//!   in constant time; every malformed token is one uniform error.
+//! - [`SessionStore`]: sessions in PostgreSQL (tenant-scoped with row-level security through
+//!   `rls-guard`), checked on every request in one round trip, with idle and absolute expiry
+//!   (activity never extends a session past the absolute limit), assurance levels (`aal1` after
+//!   the email step, `aal2` after the second factor), and revocation of one session, of all of a
+//!   user's sessions (optionally but the current one) — effective on the next request on every
+//!   app instance, because there is no cache.
+//!
+//! Still to come: magic links, the mailer, TOTP and recovery codes, the tower layer and guards,
+//! rate limits and auth events (see the issue).
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod schema;
+mod session;
+mod token;
+
+pub use error::AuthError;
+pub use session::{Assurance, NewSession, Session, SessionConfig, SessionStore, SessionSummary};
+pub use token::{SecretHash, SessionToken, TOKEN_LEN};

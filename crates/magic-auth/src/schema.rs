@@ -1,0 +1,85 @@
+//! The session table, tenant-scoped with row-level security through `rls-guard`.
+//!
+//! Run [`schema_sql`] as the owner role after `rls_guard::schema::SUPPORT_SQL`. The runtime role
+//! may `SELECT`, `INSERT` and `UPDATE` sessions (revocation sets `revoked_at`; nothing is ever
+//! deleted by the application) — only within the tenant its transaction is bound to. One
+//! `SECURITY DEFINER` function serves a request that does not know its tenant yet (the cookie
+//! names it): `auth.session_lookup(tenant, id)` binds the given tenant for its own statement
+//! and reads that one session row — one round trip per request. It reveals nothing a caller
+//! does not already hold: the row is found only by its random id, and what comes back is the
+//! *hash* of the session's secret.
+
+use crate::AuthError;
+
+/// The SQL that installs (or updates) the session schema, granting `runtime_role` what it needs.
+/// Idempotent.
+///
+/// # Errors
+/// [`AuthError::InvalidConfig`] unless `runtime_role` is a plain lowercase identifier.
+pub fn schema_sql(runtime_role: &str) -> Result<String, AuthError> {
+    let plain = !runtime_role.is_empty()
+        && runtime_role.len() <= 63
+        && runtime_role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && runtime_role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain {
+        return Err(AuthError::InvalidConfig(
+            "runtime role must be a plain lowercase identifier",
+        ));
+    }
+    let rls = rls_guard::schema::tenant_table_sql("auth.sessions")
+        .map_err(|_| AuthError::InvalidConfig("table"))?;
+    let r = runtime_role;
+    Ok(format!(
+        r#"
+CREATE SCHEMA IF NOT EXISTS auth;
+REVOKE ALL ON SCHEMA auth FROM PUBLIC;
+GRANT USAGE ON SCHEMA auth TO {r};
+
+CREATE TABLE IF NOT EXISTS auth.sessions (
+    tenant_id           uuid        NOT NULL,
+    id                  uuid        NOT NULL,
+    user_id             uuid        NOT NULL,
+    actor_kind          text        NOT NULL CHECK (actor_kind IN ('user', 'staff')),
+    secret_hash         bytea       NOT NULL CHECK (length(secret_hash) = 32),
+    aal                 smallint    NOT NULL CHECK (aal IN (1, 2)),
+    created_at          timestamptz NOT NULL,
+    authenticated_at    timestamptz NOT NULL,
+    last_seen_at        timestamptz NOT NULL,
+    idle_expires_at     timestamptz NOT NULL,
+    absolute_expires_at timestamptz NOT NULL,
+    revoked_at          timestamptz,
+    user_agent          text CHECK (length(user_agent) <= 512),
+    ip                  text CHECK (length(ip) <= 45),
+    PRIMARY KEY (tenant_id, id),
+    CHECK (idle_expires_at <= absolute_expires_at)
+);
+CREATE INDEX IF NOT EXISTS sessions_user_idx ON auth.sessions (tenant_id, user_id);
+{rls}
+REVOKE ALL ON auth.sessions FROM PUBLIC;
+REVOKE ALL ON auth.sessions FROM {r};
+GRANT SELECT, INSERT, UPDATE ON auth.sessions TO {r};
+
+CREATE OR REPLACE FUNCTION auth.session_lookup(p_tenant uuid, p_id uuid)
+    RETURNS TABLE (user_id uuid, actor_kind text, secret_hash bytea, aal smallint,
+                   created_at timestamptz, authenticated_at timestamptz,
+                   last_seen_at timestamptz, idle_expires_at timestamptz,
+                   absolute_expires_at timestamptz, revoked_at timestamptz)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('app.tenant_id', p_tenant::text, true);
+    RETURN QUERY
+        SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, s.authenticated_at,
+               s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.revoked_at
+          FROM auth.sessions s
+         WHERE s.tenant_id = p_tenant AND s.id = p_id;
+END
+$$;
+
+REVOKE ALL ON FUNCTION auth.session_lookup(uuid, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION auth.session_lookup(uuid, uuid) TO {r};
+"#
+    ))
+}

@@ -1,0 +1,406 @@
+//! Sessions stored in PostgreSQL: created at sign-in, checked on every request, revocable at
+//! once on every app instance (there is no cache to wait out).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rls_guard::TenantPool;
+use tenant_scope::{Actor, ActorId, ActorKind, TenantContext, TenantId};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AuthError;
+use crate::token::SessionToken;
+
+/// How strongly the session's holder was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Assurance {
+    /// One step: the email link.
+    Aal1 = 1,
+    /// Two steps: the email link and a TOTP (or recovery) code.
+    Aal2 = 2,
+}
+
+impl Assurance {
+    fn from_db(value: i16) -> Option<Self> {
+        match value {
+            1 => Some(Self::Aal1),
+            2 => Some(Self::Aal2),
+            _ => None,
+        }
+    }
+}
+
+/// Session lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// A session unused for this long expires (default 30 minutes).
+    pub idle: Duration,
+    /// A session expires this long after sign-in, however active (default 12 hours). Activity
+    /// never extends a session beyond it.
+    pub absolute: Duration,
+    /// How stale `last_seen_at` may get before a request refreshes it (default 60 seconds): a
+    /// write per request would cost more than the idle timeout needs.
+    pub touch_after: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30 * 60),
+            absolute: Duration::from_secs(12 * 60 * 60),
+            touch_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A valid session, as checked for the current request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The session id (shown in session lists; not a secret).
+    pub id: Uuid,
+    /// The signed-in user.
+    pub user: ActorId,
+    /// `User` or `Staff`.
+    pub kind: ActorKind,
+    /// How strongly the holder was authenticated.
+    pub assurance: Assurance,
+    /// When the session was created.
+    pub created_at: OffsetDateTime,
+    /// The last successful factor check (sign-in or step-up).
+    pub authenticated_at: OffsetDateTime,
+    /// When it expires if unused.
+    pub idle_expires_at: OffsetDateTime,
+    /// When it expires regardless.
+    pub absolute_expires_at: OffsetDateTime,
+}
+
+impl Session {
+    /// The acting principal, for `tenant-scope`.
+    #[must_use]
+    pub const fn actor(&self) -> Actor {
+        Actor::new(self.kind, self.user, self.tenant)
+    }
+}
+
+/// A session in a user's list (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The session id.
+    pub id: Uuid,
+    /// How strongly the holder was authenticated.
+    pub assurance: Assurance,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+    /// When it was last used (to within [`SessionConfig::touch_after`]).
+    pub last_seen_at: OffsetDateTime,
+    /// The user agent at sign-in.
+    pub user_agent: Option<String>,
+    /// The client address at sign-in.
+    pub ip: Option<IpAddr>,
+}
+
+/// Who signs in, and from where (for the session list).
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The user.
+    pub user: ActorId,
+    /// `User` or `Staff`.
+    pub kind: ActorKind,
+    /// The assurance reached.
+    pub assurance: Assurance,
+    /// The client's user agent (kept to 512 bytes).
+    pub user_agent: Option<String>,
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+}
+
+/// The session store.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    pool: TenantPool,
+    config: SessionConfig,
+}
+
+type LookupRow = (
+    Uuid,
+    String,
+    Vec<u8>,
+    i16,
+    OffsetDateTime,
+    OffsetDateTime,
+    OffsetDateTime,
+    OffsetDateTime,
+    OffsetDateTime,
+    Option<OffsetDateTime>,
+);
+
+fn span(d: Duration) -> Result<time::Duration, AuthError> {
+    time::Duration::try_from(d).map_err(|_| AuthError::InvalidConfig("duration"))
+}
+
+fn context(tenant: TenantId) -> Result<TenantContext, AuthError> {
+    TenantContext::for_job(tenant, None, "magic-auth")
+        .map_err(|_| AuthError::InvalidConfig("tenant"))
+}
+
+impl SessionStore {
+    /// A store on the runtime role's tenant pool.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] when a lifetime is zero or the idle timeout exceeds the
+    /// absolute one.
+    pub fn new(pool: TenantPool, config: SessionConfig) -> Result<Self, AuthError> {
+        if config.idle.is_zero() || config.absolute.is_zero() || config.idle > config.absolute {
+            return Err(AuthError::InvalidConfig(
+                "session lifetimes must be positive, idle no longer than absolute",
+            ));
+        }
+        Ok(Self { pool, config })
+    }
+
+    /// Creates a session in `tenant` and returns its token (to set as the cookie). Create a new
+    /// session (and revoke the old one) at every sign-in and privilege change, so a token
+    /// planted before sign-in is worth nothing after it.
+    ///
+    /// # Errors
+    /// [`AuthError::Database`]/[`AuthError::Transaction`] when it cannot be stored.
+    pub async fn create(
+        &self,
+        tenant: TenantId,
+        new: &NewSession,
+    ) -> Result<(Session, SessionToken), AuthError> {
+        let token = SessionToken::generate(tenant)?;
+        let now = OffsetDateTime::now_utc();
+        let now = now
+            .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+            .unwrap_or(now);
+        let absolute = now + span(self.config.absolute)?;
+        let idle = (now + span(self.config.idle)?).min(absolute);
+        let kind = match new.kind {
+            ActorKind::Staff => "staff",
+            _ => "user",
+        };
+        let user_agent = new.user_agent.as_deref().map(|ua| {
+            let mut end = ua.len().min(512);
+            while !ua.is_char_boundary(end) {
+                end -= 1;
+            }
+            &ua[..end]
+        });
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        sqlx::query(
+            "INSERT INTO auth.sessions (tenant_id, id, user_id, actor_kind, secret_hash, aal, \
+             created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
+             user_agent, ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(token.id())
+        .bind(new.user.as_uuid())
+        .bind(kind)
+        .bind(token.secret_hash().as_slice())
+        .bind(new.assurance as i16)
+        .bind(now)
+        .bind(idle)
+        .bind(absolute)
+        .bind(user_agent)
+        .bind(new.ip.map(|ip| ip.to_string()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let session = Session {
+            tenant,
+            id: token.id(),
+            user: new.user,
+            kind: if kind == "staff" {
+                ActorKind::Staff
+            } else {
+                ActorKind::User
+            },
+            assurance: new.assurance,
+            created_at: now,
+            authenticated_at: now,
+            idle_expires_at: idle,
+            absolute_expires_at: absolute,
+        };
+        Ok((session, token))
+    }
+
+    /// Checks a cookie value: the session must exist, hold this secret (compared in constant
+    /// time), be unrevoked and within both expiries. One round trip; a second, at most every
+    /// [`SessionConfig::touch_after`], extends the idle expiry (never past the absolute one).
+    ///
+    /// `Ok(None)` for every kind of bad token — malformed, unknown, wrong secret, revoked,
+    /// expired — so callers answer them all alike.
+    ///
+    /// # Errors
+    /// [`AuthError::Database`] when the store cannot be reached: the request must then be
+    /// refused (503), never treated as signed in.
+    pub async fn validate(&self, cookie: &str) -> Result<Option<Session>, AuthError> {
+        let Ok(token) = SessionToken::parse(cookie) else {
+            return Ok(None);
+        };
+        let row: Option<LookupRow> = sqlx::query_as(
+            "SELECT user_id, actor_kind, secret_hash, aal, created_at, authenticated_at, \
+             last_seen_at, idle_expires_at, absolute_expires_at, revoked_at \
+             FROM auth.session_lookup($1, $2)",
+        )
+        .bind(token.tenant().as_uuid())
+        .bind(token.id())
+        .fetch_optional(self.pool.pool())
+        .await?;
+        let Some((user, kind, hash, aal, created, authenticated, seen, idle, absolute, revoked)) =
+            row
+        else {
+            return Ok(None);
+        };
+        let now = OffsetDateTime::now_utc();
+        // Evaluate every condition before deciding, so a wrong secret and a revoked session
+        // take the same path.
+        let secret_ok = token.matches(&hash);
+        let live = revoked.is_none() && idle > now && absolute > now;
+        let (Some(assurance), Ok(user)) = (Assurance::from_db(aal), ActorId::from_uuid(user))
+        else {
+            return Ok(None);
+        };
+        if !(secret_ok && live) {
+            return Ok(None);
+        }
+        let kind = if kind == "staff" {
+            ActorKind::Staff
+        } else {
+            ActorKind::User
+        };
+        let mut idle_expires_at = idle;
+        if now - seen >= span(self.config.touch_after)? {
+            idle_expires_at = self
+                .touch(token.tenant(), token.id())
+                .await?
+                .unwrap_or(idle);
+        }
+        Ok(Some(Session {
+            tenant: token.tenant(),
+            id: token.id(),
+            user,
+            kind,
+            assurance,
+            created_at: created,
+            authenticated_at: authenticated,
+            idle_expires_at,
+            absolute_expires_at: absolute,
+        }))
+    }
+
+    async fn touch(&self, tenant: TenantId, id: Uuid) -> Result<Option<OffsetDateTime>, AuthError> {
+        let idle = span(self.config.idle)?;
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let extended: Option<(OffsetDateTime,)> = sqlx::query_as(
+            "UPDATE auth.sessions SET last_seen_at = now(), \
+             idle_expires_at = LEAST(now() + $3, absolute_expires_at) \
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL \
+               AND idle_expires_at > now() AND absolute_expires_at > now() \
+             RETURNING idle_expires_at",
+        )
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .bind(idle)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(extended.map(|(at,)| at))
+    }
+
+    /// Revokes one session of `tenant` (the holder's own, or any, for a tenant admin). Returns
+    /// whether a live session was revoked. Effective on the next request on every instance.
+    ///
+    /// # Errors
+    /// [`AuthError::Database`]/[`AuthError::Transaction`].
+    pub async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, AuthError> {
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let done = sqlx::query(
+            "UPDATE auth.sessions SET revoked_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(done == 1)
+    }
+
+    /// Revokes every live session of `user` in `tenant`, except `keep` (the current one, for
+    /// "sign out everywhere else"). Use it with no exception for a disabled user. Returns how
+    /// many were revoked.
+    ///
+    /// # Errors
+    /// [`AuthError::Database`]/[`AuthError::Transaction`].
+    pub async fn revoke_all(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+        keep: Option<Uuid>,
+    ) -> Result<u64, AuthError> {
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let done = sqlx::query(
+            "UPDATE auth.sessions SET revoked_at = now() \
+             WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+               AND ($3::uuid IS NULL OR id <> $3)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// The live sessions of `user` in `tenant`, newest first.
+    ///
+    /// # Errors
+    /// [`AuthError::Database`]/[`AuthError::Transaction`].
+    pub async fn list(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Vec<SessionSummary>, AuthError> {
+        type Row = (
+            Uuid,
+            i16,
+            OffsetDateTime,
+            OffsetDateTime,
+            Option<String>,
+            Option<String>,
+        );
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, aal, created_at, last_seen_at, user_agent, ip FROM auth.sessions \
+             WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+               AND idle_expires_at > now() AND absolute_expires_at > now() \
+             ORDER BY created_at DESC",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, aal, created_at, last_seen_at, user_agent, ip)| {
+                Some(SessionSummary {
+                    id,
+                    assurance: Assurance::from_db(aal)?,
+                    created_at,
+                    last_seen_at,
+                    user_agent,
+                    ip: ip.and_then(|text| text.parse().ok()),
+                })
+            })
+            .collect())
+    }
+}

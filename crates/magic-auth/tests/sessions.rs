@@ -1,0 +1,276 @@
+//! Sessions against a real PostgreSQL: storage, validation, expiry and revocation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use magic_auth::{Assurance, NewSession, SessionConfig, SessionStore};
+use rls_guard::TenantPool;
+use rls_guard::schema::SUPPORT_SQL;
+use sha2::{Digest, Sha256};
+use tenant_scope::{ActorId, ActorKind, TenantId};
+use testkit::{Role, Template, TestDb, fresh_database};
+
+fn template() -> Template {
+    let sql = format!(
+        "{SUPPORT_SQL}\n{}",
+        magic_auth::schema::schema_sql("testkit_runtime").unwrap()
+    );
+    Template::new("magic_auth_sessions", sql)
+}
+
+async fn store(db: &TestDb, config: SessionConfig) -> SessionStore {
+    let pool = TenantPool::new(db.pool(Role::Runtime, 4).await)
+        .await
+        .unwrap();
+    SessionStore::new(pool, config).unwrap()
+}
+
+fn user(kind: ActorKind, assurance: Assurance) -> NewSession {
+    NewSession {
+        user: ActorId::new_random(),
+        kind,
+        assurance,
+        user_agent: Some("Mozilla/5.0 test".into()),
+        ip: Some("192.0.2.7".parse().unwrap()),
+    }
+}
+
+#[tokio::test]
+async fn a_session_validates_and_only_a_hash_of_its_secret_is_stored() {
+    let db = fresh_database(&template()).await;
+    let s = store(&db, SessionConfig::default()).await;
+    let t = TenantId::new_random();
+    let new = user(ActorKind::Staff, Assurance::Aal2);
+    let (session, token) = s.create(t, &new).await.unwrap();
+    let cookie = token.to_cookie_value();
+    let valid = s.validate(&cookie).await.unwrap().unwrap();
+    assert_eq!(valid, session);
+    assert_eq!(valid.actor().kind(), ActorKind::Staff);
+    assert_eq!(valid.actor().tenant(), t);
+    assert_eq!(valid.assurance, Assurance::Aal2);
+
+    let admin = db.pool(Role::Admin, 1).await;
+    let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT secret_hash FROM auth.sessions")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let secret_hex = cookie.rsplit('.').next().unwrap();
+    let secret = hex::decode(secret_hex).unwrap();
+    let mut h = Sha256::new();
+    h.update(b"magic-auth/session/v1\n");
+    h.update(&secret);
+    assert_eq!(stored, h.finalize().to_vec());
+    // Nothing in the row is the secret itself.
+    let (row_text,): (String,) = sqlx::query_as("SELECT s::text FROM auth.sessions s")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(!row_text.contains(secret_hex), "{row_text}");
+}
+
+#[tokio::test]
+async fn tampered_malformed_and_over_long_tokens_are_all_just_invalid() {
+    let db = fresh_database(&template()).await;
+    let s = store(&db, SessionConfig::default()).await;
+    let t = TenantId::new_random();
+    let (_, token) = s
+        .create(t, &user(ActorKind::User, Assurance::Aal1))
+        .await
+        .unwrap();
+    let good = token.to_cookie_value().to_string();
+    let other_tenant = TenantId::new_random().as_uuid().simple().to_string();
+    let flip = |i: usize| {
+        let mut b = good.clone().into_bytes();
+        b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(b).unwrap()
+    };
+    let cases = [
+        format!("v1.{other_tenant}{}", &good[35..]), // the same session id and secret, another tenant
+        flip(40),                                    // another session id
+        flip(good.len() - 1),                        // another secret
+        String::new(),
+        "garbage".into(),
+        "v1.".repeat(10_000),
+        good.replace('.', "\0"),
+    ];
+    for case in cases {
+        assert!(s.validate(&case).await.unwrap().is_none(), "{case:.40}");
+    }
+    assert!(s.validate(&good).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn revocation_takes_effect_on_the_next_request_on_another_instance() {
+    let db = fresh_database(&template()).await;
+    let one = store(&db, SessionConfig::default()).await;
+    let two = store(&db, SessionConfig::default()).await; // a second app instance
+    let t = TenantId::new_random();
+    let (session, token) = one
+        .create(t, &user(ActorKind::User, Assurance::Aal2))
+        .await
+        .unwrap();
+    let cookie = token.to_cookie_value();
+    assert!(two.validate(&cookie).await.unwrap().is_some());
+    assert!(one.revoke(t, session.id).await.unwrap());
+    assert!(two.validate(&cookie).await.unwrap().is_none());
+    assert!(
+        !one.revoke(t, session.id).await.unwrap(),
+        "revoking twice reports nothing revoked"
+    );
+}
+
+#[tokio::test]
+async fn revoke_all_can_keep_the_current_session_and_stays_in_its_tenant() {
+    let db = fresh_database(&template()).await;
+    let s = store(&db, SessionConfig::default()).await;
+    let (t, other) = (TenantId::new_random(), TenantId::new_random());
+    let new = user(ActorKind::User, Assurance::Aal2);
+    let (current, current_token) = s.create(t, &new).await.unwrap();
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(s.create(t, &new).await.unwrap().1);
+    }
+    // A session of the same user id in another tenant is not touched.
+    let (_, elsewhere) = s.create(other, &new).await.unwrap();
+    assert_eq!(s.list(t, new.user).await.unwrap().len(), 4);
+    assert_eq!(
+        s.revoke_all(t, new.user, Some(current.id)).await.unwrap(),
+        3
+    );
+    assert!(
+        s.validate(&current_token.to_cookie_value())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    for token in &others {
+        assert!(
+            s.validate(&token.to_cookie_value())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert!(
+        s.validate(&elsewhere.to_cookie_value())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let listed = s.list(t, new.user).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![current.id]
+    );
+    assert_eq!(listed[0].ip, Some("192.0.2.7".parse().unwrap()));
+    // A disabled user: everything goes.
+    assert_eq!(s.revoke_all(t, new.user, None).await.unwrap(), 1);
+    assert!(
+        s.validate(&current_token.to_cookie_value())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_expires_and_activity_never_passes_the_absolute_limit() {
+    let db = fresh_database(&template()).await;
+    let config = SessionConfig {
+        idle: Duration::from_millis(1500),
+        absolute: Duration::from_millis(3000),
+        touch_after: Duration::ZERO,
+    };
+    let s = store(&db, config).await;
+    let t = TenantId::new_random();
+    // Idle: unused for longer than the idle timeout.
+    let (_, idle) = s
+        .create(t, &user(ActorKind::User, Assurance::Aal1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(s.validate(&idle.to_cookie_value()).await.unwrap().is_none());
+
+    // Absolute: used every 0.5 s, still over after 3 s.
+    let (created, active) = s
+        .create(t, &user(ActorKind::User, Assurance::Aal1))
+        .await
+        .unwrap();
+    let cookie = active.to_cookie_value();
+    let deadline = created.absolute_expires_at;
+    let mut seen_alive = 0;
+    loop {
+        match s.validate(&cookie).await.unwrap() {
+            Some(session) => {
+                assert!(session.idle_expires_at <= deadline);
+                seen_alive += 1;
+            }
+            None => break,
+        }
+        assert!(seen_alive < 20, "the session outlived its absolute limit");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(seen_alive >= 4, "{seen_alive}");
+    assert!(time::OffsetDateTime::now_utc() >= deadline);
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_reached_is_an_error_never_a_session() {
+    let db = fresh_database(&template()).await;
+    let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
+        .await
+        .unwrap();
+    let s = SessionStore::new(pool.clone(), SessionConfig::default()).unwrap();
+    let t = TenantId::new_random();
+    let (_, token) = s
+        .create(t, &user(ActorKind::User, Assurance::Aal1))
+        .await
+        .unwrap();
+    pool.pool().close().await;
+    let err = s.validate(&token.to_cookie_value()).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}
+
+#[tokio::test]
+async fn the_runtime_role_sees_no_other_tenants_sessions_and_cannot_delete() {
+    let db = fresh_database(&template()).await;
+    let s = store(&db, SessionConfig::default()).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let new = user(ActorKind::User, Assurance::Aal1);
+    s.create(a, &new).await.unwrap();
+    assert!(s.list(b, new.user).await.unwrap().is_empty());
+    let raw = db.pool(Role::Runtime, 1).await;
+    let unbound: i64 = sqlx::query_scalar("SELECT count(*) FROM auth.sessions")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(unbound, 0);
+    let err = sqlx::query("DELETE FROM auth.sessions")
+        .execute(&raw)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_lifetimes_are_refused() {
+    let db = fresh_database(&template()).await;
+    let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
+        .await
+        .unwrap();
+    for (idle, absolute) in [(10, 5), (0, 5), (5, 0)] {
+        let config = SessionConfig {
+            idle: Duration::from_secs(idle),
+            absolute: Duration::from_secs(absolute),
+            touch_after: Duration::ZERO,
+        };
+        assert!(matches!(
+            SessionStore::new(pool.clone(), config),
+            Err(magic_auth::AuthError::InvalidConfig(_))
+        ));
+    }
+}
