@@ -8,6 +8,15 @@ pub enum AuthError {
     /// client learns nothing about which.
     #[error("invalid or expired session")]
     InvalidToken,
+    /// No (active, or pending) TOTP enrolment for this user.
+    #[error("no TOTP enrolment")]
+    NotEnrolled,
+    /// The user's TOTP is already active (replacing it needs step-up first).
+    #[error("TOTP is already enrolled")]
+    AlreadyEnrolled,
+    /// A sealed secret could not be sealed or opened (wrong key, tampered or moved ciphertext).
+    #[error("a sealed secret could not be processed")]
+    Crypto,
     /// The operating system's random generator failed.
     #[error("the random generator failed")]
     Random,

@@ -14,7 +14,13 @@
 //!   user's sessions (optionally but the current one) — effective on the next request on every
 //!   app instance, because there is no cache.
 //!
-//! Still to come: magic links, the mailer, TOTP and recovery codes, the tower layer and guards,
+//! - [`totp::TotpService`]: TOTP enrolment (160-bit seed sealed with `field-crypto`, bound to
+//!   its row; active only after a valid code, whose step is then used up), verification for the
+//!   current step ±1 with the matched step recorded under a row lock (no code twice, no older
+//!   step after a newer one, also under concurrency), and lockout after 5 wrong codes for every
+//!   session of the account.
+//!
+//! Still to come: magic links, the mailer, recovery codes, QR codes, the tower layer and guards,
 //! rate limits and auth events (see the issue).
 #![forbid(unsafe_code)]
 
@@ -22,6 +28,7 @@ mod error;
 pub mod schema;
 mod session;
 mod token;
+pub mod totp;
 
 pub use error::AuthError;
 pub use session::{Assurance, NewSession, Session, SessionConfig, SessionStore, SessionSummary};

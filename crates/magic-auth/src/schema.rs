@@ -30,6 +30,8 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuthError> {
     }
     let rls = rls_guard::schema::tenant_table_sql("auth.sessions")
         .map_err(|_| AuthError::InvalidConfig("table"))?;
+    let totp_rls = rls_guard::schema::tenant_table_sql("auth.totp")
+        .map_err(|_| AuthError::InvalidConfig("table"))?;
     let r = runtime_role;
     Ok(format!(
         r#"
@@ -77,6 +79,21 @@ BEGIN
          WHERE s.tenant_id = p_tenant AND s.id = p_id;
 END
 $$;
+
+CREATE TABLE IF NOT EXISTS auth.totp (
+    tenant_id       uuid        NOT NULL,
+    user_id         uuid        NOT NULL,
+    seed            bytea       NOT NULL,  -- field-crypto, bound to (tenant, auth.totp, seed, user)
+    confirmed_at    timestamptz,           -- null while the enrolment is pending
+    last_step       bigint,                -- the newest time step ever accepted
+    failed_attempts integer     NOT NULL DEFAULT 0 CHECK (failed_attempts >= 0),
+    locked_until    timestamptz,
+    PRIMARY KEY (tenant_id, user_id)
+);
+{totp_rls}
+REVOKE ALL ON auth.totp FROM PUBLIC;
+REVOKE ALL ON auth.totp FROM {r};
+GRANT SELECT, INSERT, UPDATE ON auth.totp TO {r};
 
 REVOKE ALL ON FUNCTION auth.session_lookup(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth.session_lookup(uuid, uuid) TO {r};
