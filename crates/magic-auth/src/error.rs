@@ -8,6 +8,19 @@ pub enum AuthError {
     /// client learns nothing about which.
     #[error("invalid or expired session")]
     InvalidToken,
+    /// The sign-in link is malformed, unknown, expired, used, superseded, or confirmed from
+    /// another browser. One variant for all of them.
+    #[error("invalid or expired sign-in link")]
+    InvalidLink,
+    /// The email address is not acceptable (see `EmailAddress::parse`).
+    #[error("invalid email address")]
+    InvalidEmail,
+    /// The application's account directory failed (logged; the requester is not told).
+    #[error("the account directory failed")]
+    Directory,
+    /// The sign-in link could not be delivered (logged; the requester is not told).
+    #[error("the sign-in link could not be delivered")]
+    Delivery,
     /// No (active, or pending) TOTP enrolment for this user.
     #[error("no TOTP enrolment")]
     NotEnrolled,

@@ -20,16 +20,35 @@
 //!   step after a newer one, also under concurrency), and lockout after 5 wrong codes for every
 //!   session of the account.
 //!
-//! Still to come: magic links, the mailer, recovery codes, QR codes, the tower layer and guards,
-//! rate limits and auth events (see the issue).
+//! - [`MagicLinks`]: email links requested without revealing whether an account exists (the
+//!   work runs in the background: same answer, same timing), bound to the requesting browser by
+//!   a verifier cookie, single use under a row lock, 15-minute expiry, superseded by a newer
+//!   request, built from the configured base URL; [`EmailAddress`] validation and
+//!   normalisation; the [`mailer::Mailer`] trait with a development outbox.
+//! - [`SessionLayer`] and the [`Guard`]s: cookie → `Session` + `Actor`, `401 unauthenticated`,
+//!   `403 mfa_required`, `403 step_up_required`, `403 cross_origin_request`, and
+//!   `503 session_store_unavailable` when sessions cannot be checked.
+//!
+//! Still to come: the SMTP mailer (lettre), recovery codes, QR codes, rate limits in
+//! PostgreSQL, authentication events, and the benchmark (see the issue).
 #![forbid(unsafe_code)]
 
+mod email;
 mod error;
+mod layer;
+mod link;
+pub mod mailer;
 pub mod schema;
 mod session;
 mod token;
 pub mod totp;
 
+pub use email::EmailAddress;
 pub use error::AuthError;
+pub use layer::{
+    AuthRejection, DEFAULT_STEP_UP_MAX_AGE, Guard, Guarded, SESSION_COOKIE, SessionLayer,
+    SessionService, clear_session_cookie, cookie_value, session_cookie,
+};
+pub use link::{Account, AccountDirectory, Delivery, LinkConfig, LinkRequest, MagicLinks, SignIn};
 pub use session::{Assurance, NewSession, Session, SessionConfig, SessionStore, SessionSummary};
 pub use token::{SecretHash, SessionToken, TOKEN_LEN};

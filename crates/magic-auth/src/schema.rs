@@ -32,6 +32,8 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuthError> {
         .map_err(|_| AuthError::InvalidConfig("table"))?;
     let totp_rls = rls_guard::schema::tenant_table_sql("auth.totp")
         .map_err(|_| AuthError::InvalidConfig("table"))?;
+    let links_rls = rls_guard::schema::tenant_table_sql("auth.login_links")
+        .map_err(|_| AuthError::InvalidConfig("table"))?;
     let r = runtime_role;
     Ok(format!(
         r#"
@@ -94,6 +96,25 @@ CREATE TABLE IF NOT EXISTS auth.totp (
 REVOKE ALL ON auth.totp FROM PUBLIC;
 REVOKE ALL ON auth.totp FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.totp TO {r};
+
+CREATE TABLE IF NOT EXISTS auth.login_links (
+    tenant_id      uuid        NOT NULL,
+    id             uuid        NOT NULL,
+    user_id        uuid        NOT NULL,
+    actor_kind     text        NOT NULL CHECK (actor_kind IN ('user', 'staff')),
+    secret_hash    bytea       NOT NULL CHECK (length(secret_hash) = 32),
+    verifier_hash  bytea       NOT NULL CHECK (length(verifier_hash) = 32),
+    created_at     timestamptz NOT NULL,
+    expires_at     timestamptz NOT NULL,
+    consumed_at    timestamptz,
+    invalidated_at timestamptz,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE INDEX IF NOT EXISTS login_links_user_idx ON auth.login_links (tenant_id, user_id);
+{links_rls}
+REVOKE ALL ON auth.login_links FROM PUBLIC;
+REVOKE ALL ON auth.login_links FROM {r};
+GRANT SELECT, INSERT, UPDATE ON auth.login_links TO {r};
 
 REVOKE ALL ON FUNCTION auth.session_lookup(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth.session_lookup(uuid, uuid) TO {r};

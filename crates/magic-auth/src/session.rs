@@ -228,6 +228,63 @@ impl SessionStore {
         Ok((session, token))
     }
 
+    /// Replaces `current` by a new session (new id, new secret) for the same user, with
+    /// `authenticated_at` now and at least `assurance` — after the second factor (`aal1` →
+    /// `aal2`), after a step-up, after any privilege change. The old session is revoked in the
+    /// same transaction; the new one keeps the old absolute expiry (a step-up never extends a
+    /// session's life).
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidToken`] when `current` is no longer live; database errors.
+    pub async fn rotate(
+        &self,
+        current: &Session,
+        assurance: Assurance,
+    ) -> Result<(Session, SessionToken), AuthError> {
+        let token = SessionToken::generate(current.tenant)?;
+        let now = OffsetDateTime::now_utc();
+        let now = now
+            .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+            .unwrap_or(now);
+        let idle = (now + span(self.config.idle)?).min(current.absolute_expires_at);
+        let assurance = assurance.max(current.assurance);
+        let mut tx = self.pool.begin(&context(current.tenant)?).await?;
+        let rotated = sqlx::query(
+            "WITH old AS (UPDATE auth.sessions SET revoked_at = $5 \
+                 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL \
+                   AND idle_expires_at > $5 AND absolute_expires_at > $5 \
+                 RETURNING *) \
+             INSERT INTO auth.sessions (tenant_id, id, user_id, actor_kind, secret_hash, aal, \
+                 created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
+                 user_agent, ip) \
+             SELECT tenant_id, $3, user_id, actor_kind, $4, $6, created_at, $5, $5, $7, \
+                 absolute_expires_at, user_agent, ip FROM old",
+        )
+        .bind(current.tenant.as_uuid())
+        .bind(current.id)
+        .bind(token.id())
+        .bind(token.secret_hash().as_slice())
+        .bind(now)
+        .bind(assurance as i16)
+        .bind(idle)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if rotated != 1 {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidToken);
+        }
+        tx.commit().await?;
+        let session = Session {
+            id: token.id(),
+            assurance,
+            authenticated_at: now,
+            idle_expires_at: idle,
+            ..current.clone()
+        };
+        Ok((session, token))
+    }
+
     /// Checks a cookie value: the session must exist, hold this secret (compared in constant
     /// time), be unrevoked and within both expiries. One round trip; a second, at most every
     /// [`SessionConfig::touch_after`], extends the idle expiry (never past the absolute one).

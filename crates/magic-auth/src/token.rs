@@ -64,6 +64,10 @@ impl SessionToken {
     /// # Errors
     /// [`AuthError::InvalidToken`].
     pub fn parse(value: &str) -> Result<Self, AuthError> {
+        Self::parse_with(value, PREFIX)
+    }
+
+    pub(crate) fn parse_with(value: &str, expected_prefix: &str) -> Result<Self, AuthError> {
         let invalid = || AuthError::InvalidToken;
         if value.len() != TOKEN_LEN || !value.is_ascii() {
             return Err(invalid());
@@ -79,7 +83,7 @@ impl SessionToken {
             return Err(invalid());
         };
         let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if prefix != PREFIX
+        if prefix != expected_prefix
             || tenant.len() != 32
             || id.len() != 32
             || secret.len() != 64
@@ -106,9 +110,13 @@ impl SessionToken {
     /// The cookie value. Handle it as a secret.
     #[must_use]
     pub fn to_cookie_value(&self) -> Zeroizing<String> {
+        self.encode_with(PREFIX)
+    }
+
+    pub(crate) fn encode_with(&self, prefix: &str) -> Zeroizing<String> {
         let mut secret = hex::encode(*self.secret);
         let value = format!(
-            "{PREFIX}.{}.{}.{secret}",
+            "{prefix}.{}.{}.{secret}",
             self.tenant.as_uuid().simple(),
             self.id.simple()
         );
@@ -131,10 +139,11 @@ impl SessionToken {
     /// What the database stores.
     #[must_use]
     pub fn secret_hash(&self) -> SecretHash {
-        let mut h = Sha256::new();
-        h.update(HASH_DOMAIN);
-        h.update(*self.secret);
-        h.finalize().into()
+        self.hash_in(HASH_DOMAIN)
+    }
+
+    pub(crate) fn hash_in(&self, domain: &[u8]) -> SecretHash {
+        hash_secret(domain, self.secret.as_slice())
     }
 
     /// Whether this token's secret matches `stored`, in constant time.
@@ -142,6 +151,21 @@ impl SessionToken {
     pub fn matches(&self, stored: &[u8]) -> bool {
         bool::from(self.secret_hash().as_slice().ct_eq(stored))
     }
+}
+
+/// `SHA-256(domain || secret)`.
+pub(crate) fn hash_secret(domain: &[u8], secret: &[u8]) -> SecretHash {
+    let mut h = Sha256::new();
+    h.update(domain);
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// 256 random bits, hex: a browser-binding verifier or similar one-off secret.
+pub(crate) fn random_secret() -> Result<Zeroizing<String>, AuthError> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut *bytes).map_err(|_| AuthError::Random)?;
+    Ok(Zeroizing::new(hex::encode(*bytes)))
 }
 
 #[cfg(test)]

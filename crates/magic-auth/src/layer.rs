@@ -1,0 +1,413 @@
+//! Tower layers: the session cookie into an [`Actor`](tenant_scope::Actor), and the guards.
+//!
+//! ```text
+//! SessionLayer -> TenantLayer (tenant-scope) -> Guard::require_auth / require_mfa /
+//!     require_step_up / same_origin -> handler
+//! ```
+//!
+//! - [`SessionLayer`] reads the `__Host-session` cookie, checks it against the store and puts
+//!   the [`Session`] and its `Actor` in the request's extensions; any bad cookie leaves the
+//!   request anonymous. If the store cannot be reached the request is refused with
+//!   `503 session_store_unavailable`: a check that cannot be evaluated never lets a request
+//!   through as anonymous *or* as signed in.
+//! - [`Guard`]s answer `401 unauthenticated`, `403 mfa_required` (staff at `aal1`, everywhere
+//!   the guard is applied — leave it off the TOTP routes), `403 step_up_required` (the last factor
+//!   check is older than `max_age`, default 10 minutes, or the session is not `aal2`), and
+//!   `403 cross_origin_request` (a state-changing request whose `Origin` is not the app's).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, ORIGIN};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use tenant_scope::ActorKind;
+use time::OffsetDateTime;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::session::{Assurance, Session, SessionStore};
+use crate::token::SessionToken;
+
+/// The session cookie's name. The `__Host-` prefix makes browsers refuse it unless it is
+/// `Secure`, has `Path=/` and no `Domain`: a sibling subdomain cannot plant one.
+pub const SESSION_COOKIE: &str = "__Host-session";
+
+/// The default step-up window.
+pub const DEFAULT_STEP_UP_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// A `Set-Cookie` value for a new session token: `__Host-`, `Secure`, `HttpOnly`,
+/// `SameSite=Lax`, `Path=/`, no `Domain`, expiring with the session's absolute limit.
+///
+/// # Panics
+/// Never: the value is built from hex, digits and fixed text.
+#[must_use]
+pub fn session_cookie(token: &SessionToken, session: &Session) -> HeaderValue {
+    let max_age = (session.absolute_expires_at - OffsetDateTime::now_utc())
+        .whole_seconds()
+        .max(0);
+    let value = format!(
+        "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}",
+        token.to_cookie_value().as_str()
+    );
+    HeaderValue::from_str(&value).unwrap_or_else(|_| clear_session_cookie())
+}
+
+/// A `Set-Cookie` value that removes the session cookie (sign-out).
+#[must_use]
+pub fn clear_session_cookie() -> HeaderValue {
+    HeaderValue::from_static("__Host-session=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+/// The value of cookie `name`, if the request carries exactly one cookie by that name (two are
+/// a sign of cookie tossing: neither is trusted).
+#[must_use]
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for header in headers.get_all(COOKIE) {
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        for pair in text.split(';') {
+            let Some((k, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if k == name {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v);
+            }
+        }
+    }
+    found
+}
+
+/// Why a guard refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthRejection {
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+}
+
+impl AuthRejection {
+    const UNAUTHENTICATED: Self = Self {
+        status: StatusCode::UNAUTHORIZED,
+        code: "unauthenticated",
+        message: "sign in first",
+    };
+    const MFA_REQUIRED: Self = Self {
+        status: StatusCode::FORBIDDEN,
+        code: "mfa_required",
+        message: "staff must complete the second factor",
+    };
+    const STEP_UP_REQUIRED: Self = Self {
+        status: StatusCode::FORBIDDEN,
+        code: "step_up_required",
+        message: "confirm your second factor again for this action",
+    };
+    const CROSS_ORIGIN: Self = Self {
+        status: StatusCode::FORBIDDEN,
+        code: "cross_origin_request",
+        message: "state-changing requests must come from this site",
+    };
+    const UNAVAILABLE: Self = Self {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "session_store_unavailable",
+        message: "sessions cannot be checked right now",
+    };
+
+    /// The stable machine code.
+    #[must_use]
+    pub const fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub const fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response: `{"error":"<code>","message":"<text>"}`, not cached, with the rejection
+    /// itself in the response's extensions (for an audit layer in front).
+    #[must_use]
+    pub fn into_http<B: From<String>>(self) -> Response<B> {
+        let mut response = Response::new(B::from(format!(
+            "{{\"error\":\"{}\",\"message\":\"{}\"}}",
+            self.code, self.message
+        )));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// Turns the session cookie into a [`Session`] and an `Actor` in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct SessionLayer {
+    store: SessionStore,
+}
+
+impl SessionLayer {
+    /// Checks cookies against `store`.
+    #[must_use]
+    pub const fn new(store: SessionStore) -> Self {
+        Self { store }
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            store: self.store.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    store: SessionStore,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let store = self.store.clone();
+        Box::pin(async move {
+            // A client must not smuggle its own Session or Actor in.
+            request.extensions_mut().remove::<Session>();
+            request.extensions_mut().remove::<tenant_scope::Actor>();
+            if let Some(cookie) = cookie_value(request.headers(), SESSION_COOKIE) {
+                match store.validate(cookie).await {
+                    Ok(Some(session)) => {
+                        request.extensions_mut().insert(session.actor());
+                        request.extensions_mut().insert(session);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(error = %error, "session store unavailable; request refused");
+                        return Ok(AuthRejection::UNAVAILABLE.into_http());
+                    }
+                }
+            }
+            inner.call(request).await
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Check {
+    Auth,
+    Mfa,
+    StepUp(Duration),
+    SameOrigin(Arc<[HeaderValue]>),
+}
+
+/// A guard layer. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Guard {
+    check: Check,
+}
+
+impl Guard {
+    /// `401 unauthenticated` without a valid session.
+    #[must_use]
+    pub const fn require_auth() -> Self {
+        Self { check: Check::Auth }
+    }
+
+    /// `401` without a session; `403 mfa_required` for staff whose session is only `aal1`.
+    #[must_use]
+    pub const fn require_mfa() -> Self {
+        Self { check: Check::Mfa }
+    }
+
+    /// `401` without a session; `403 step_up_required` unless the session is `aal2` and its last
+    /// factor check is at most `max_age` old.
+    #[must_use]
+    pub const fn require_step_up(max_age: Duration) -> Self {
+        Self {
+            check: Check::StepUp(max_age),
+        }
+    }
+
+    /// `403 cross_origin_request` for a request other than `GET`, `HEAD` or `OPTIONS` whose
+    /// `Origin` header is missing or not one of `origins` (e.g. `https://app.example.com`).
+    #[must_use]
+    pub fn same_origin(origins: &[&str]) -> Self {
+        let origins: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        Self {
+            check: Check::SameOrigin(origins.into()),
+        }
+    }
+
+    fn judge<B>(&self, request: &Request<B>) -> Result<(), AuthRejection> {
+        let session = request.extensions().get::<Session>();
+        match &self.check {
+            Check::SameOrigin(origins) => {
+                let safe = matches!(
+                    *request.method(),
+                    Method::GET | Method::HEAD | Method::OPTIONS
+                );
+                let ok = request
+                    .headers()
+                    .get(ORIGIN)
+                    .is_some_and(|o| origins.iter().any(|allowed| allowed == o));
+                if safe || ok {
+                    Ok(())
+                } else {
+                    Err(AuthRejection::CROSS_ORIGIN)
+                }
+            }
+            Check::Auth => session.map(drop).ok_or(AuthRejection::UNAUTHENTICATED),
+            Check::Mfa => {
+                let s = session.ok_or(AuthRejection::UNAUTHENTICATED)?;
+                if s.kind == ActorKind::Staff && s.assurance < Assurance::Aal2 {
+                    Err(AuthRejection::MFA_REQUIRED)
+                } else {
+                    Ok(())
+                }
+            }
+            Check::StepUp(max_age) => {
+                let s = session.ok_or(AuthRejection::UNAUTHENTICATED)?;
+                let age = OffsetDateTime::now_utc() - s.authenticated_at;
+                let fresh = time::Duration::try_from(*max_age).is_ok_and(|max| age <= max);
+                if s.assurance == Assurance::Aal2 && fresh {
+                    Ok(())
+                } else {
+                    Err(AuthRejection::STEP_UP_REQUIRED)
+                }
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+/// The service a [`Guard`] builds.
+#[derive(Debug, Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    guard: Guard,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Guarded<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match self.guard.judge(&request) {
+            Err(rejection) => Box::pin(async move { Ok(rejection.into_http()) }),
+            Ok(()) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { inner.call(request).await })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cookie_by_name_or_none() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; __Host-session=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&h, SESSION_COOKIE), Some("abc"));
+        h.append(COOKIE, HeaderValue::from_static("__Host-session=evil"));
+        assert_eq!(
+            cookie_value(&h, SESSION_COOKIE),
+            None,
+            "a tossed duplicate voids both"
+        );
+        assert_eq!(cookie_value(&HeaderMap::new(), SESSION_COOKIE), None);
+    }
+
+    #[test]
+    fn the_cookie_has_every_attribute() {
+        let tenant = tenant_scope::TenantId::new_random();
+        let token = SessionToken::generate(tenant).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let session = Session {
+            tenant,
+            id: token.id(),
+            user: tenant_scope::ActorId::new_random(),
+            kind: ActorKind::User,
+            assurance: Assurance::Aal1,
+            created_at: now,
+            authenticated_at: now,
+            idle_expires_at: now + time::Duration::minutes(30),
+            absolute_expires_at: now + time::Duration::hours(12),
+        };
+        let v = session_cookie(&token, &session);
+        let v = v.to_str().unwrap();
+        assert!(v.starts_with("__Host-session=v1."));
+        for attr in [
+            "; Path=/",
+            "; Secure",
+            "; HttpOnly",
+            "; SameSite=Lax",
+            "; Max-Age=4319",
+        ] {
+            assert!(v.contains(attr), "{attr} missing in {v}");
+        }
+        assert!(!v.to_ascii_lowercase().contains("domain="));
+    }
+}

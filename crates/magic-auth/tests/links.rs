@@ -1,0 +1,306 @@
+//! Magic links against a real PostgreSQL: enumeration, single use, browser binding, expiry,
+//! supersession, crafted addresses and delivery failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use magic_auth::mailer::{DevOutbox, Mailer, Message};
+use magic_auth::{
+    Account, AccountDirectory, AuthError, Delivery, EmailAddress, LinkConfig, MagicLinks,
+};
+use rls_guard::TenantPool;
+use rls_guard::schema::SUPPORT_SQL;
+use tenant_scope::{ActorId, ActorKind, TenantId};
+use testkit::{Role, Template, TestDb, fresh_database};
+
+fn template() -> Template {
+    let sql = format!(
+        "{SUPPORT_SQL}\n{}",
+        magic_auth::schema::schema_sql("testkit_runtime").unwrap()
+    );
+    Template::new("magic_auth_links", sql)
+}
+
+#[derive(Default)]
+struct Directory(HashMap<(TenantId, String), Account>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl AccountDirectory for Directory {
+    type Error = Never;
+    async fn find(&self, tenant: TenantId, email: &EmailAddress) -> Result<Option<Account>, Never> {
+        Ok(self.0.get(&(tenant, email.as_str().to_owned())).copied())
+    }
+}
+
+struct Fixture {
+    db: TestDb,
+    links: MagicLinks<Directory, DevOutbox>,
+    outbox: Arc<DevOutbox>,
+    tenant: TenantId,
+    ada: ActorId,
+}
+
+async fn fixture(ttl: Duration) -> Fixture {
+    let db = fresh_database(&template()).await;
+    let pool = TenantPool::new(db.pool(Role::Runtime, 4).await)
+        .await
+        .unwrap();
+    let tenant = TenantId::new_random();
+    let ada = ActorId::new_random();
+    let mut dir = Directory::default();
+    dir.0.insert(
+        (tenant, "ada@example.com".into()),
+        Account {
+            user: ada,
+            kind: ActorKind::Staff,
+            disabled: false,
+        },
+    );
+    dir.0.insert(
+        (tenant, "gone@example.com".into()),
+        Account {
+            user: ActorId::new_random(),
+            kind: ActorKind::User,
+            disabled: true,
+        },
+    );
+    let outbox = Arc::new(DevOutbox::new());
+    let mut config = LinkConfig::new("https://app.example.test").unwrap();
+    config.ttl = ttl;
+    let links = MagicLinks::new(pool, Arc::new(dir), outbox.clone(), config);
+    Fixture {
+        db,
+        links,
+        outbox,
+        tenant,
+        ada,
+    }
+}
+
+/// The token in the newest message.
+fn token_in(outbox: &DevOutbox) -> String {
+    let body = outbox.messages().last().unwrap().body.to_string();
+    let url = body.lines().find(|l| l.starts_with("https://")).unwrap();
+    let url = url::Url::parse(url).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "token")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+#[tokio::test]
+async fn known_and_unknown_addresses_get_the_same_answer_and_only_known_ones_get_mail() {
+    let f = fixture(Duration::from_secs(900)).await;
+    let known = f.links.request(f.tenant, "Ada@Example.com").unwrap();
+    let unknown = f.links.request(f.tenant, "nobody@example.com").unwrap();
+    let disabled = f.links.request(f.tenant, "gone@example.com").unwrap();
+    // The synchronous answer is a verifier of the same shape in every case.
+    for r in [&known, &disabled] {
+        assert_eq!(r.verifier.len(), unknown.verifier.len());
+    }
+    assert_eq!(known.delivery.await.unwrap().unwrap(), Delivery::Sent);
+    assert_eq!(
+        unknown.delivery.await.unwrap().unwrap(),
+        Delivery::NoAccount
+    );
+    assert_eq!(
+        disabled.delivery.await.unwrap().unwrap(),
+        Delivery::NoAccount
+    );
+    let messages = f.outbox.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].to.as_str(), "ada@example.com");
+    // Built from the configured base URL.
+    assert!(
+        messages[0]
+            .body
+            .contains("https://app.example.test/auth/link?token=l1.")
+    );
+    assert!(!format!("{:?}", messages[0]).contains("token="));
+}
+
+#[tokio::test]
+async fn a_link_works_once_from_the_browser_that_asked_and_is_stored_only_as_hashes() {
+    let f = fixture(Duration::from_secs(900)).await;
+    let r = f.links.request(f.tenant, "ada@example.com").unwrap();
+    r.delivery.await.unwrap().unwrap();
+    let token = token_in(&f.outbox);
+    // Another browser (a forwarded link, a scanner): refused, and the link is not burnt.
+    let other_browser = "0".repeat(64);
+    assert!(matches!(
+        f.links.confirm(&token, &other_browser).await,
+        Err(AuthError::InvalidLink)
+    ));
+    assert!(matches!(
+        f.links.confirm(&token, "").await,
+        Err(AuthError::InvalidLink)
+    ));
+    let sign_in = f.links.confirm(&token, &r.verifier).await.unwrap();
+    assert_eq!(
+        (sign_in.tenant, sign_in.user, sign_in.kind),
+        (f.tenant, f.ada, ActorKind::Staff)
+    );
+    // Single use.
+    assert!(matches!(
+        f.links.confirm(&token, &r.verifier).await,
+        Err(AuthError::InvalidLink)
+    ));
+    // Only hashes in the table.
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let (row,): (String,) = sqlx::query_as("SELECT l::text FROM auth.login_links l")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let secret = token.rsplit('.').next().unwrap();
+    assert!(
+        !row.contains(secret) && !row.contains(r.verifier.as_str()),
+        "{row}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_concurrent_clicks_yield_one_sign_in() {
+    let f = fixture(Duration::from_secs(900)).await;
+    let r = f.links.request(f.tenant, "ada@example.com").unwrap();
+    r.delivery.await.unwrap().unwrap();
+    let token = token_in(&f.outbox);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (links, token, verifier) = (f.links.clone(), token.clone(), r.verifier.to_string());
+        tasks.push(tokio::spawn(async move {
+            links.confirm(&token, &verifier).await.is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap());
+    }
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn a_newer_request_supersedes_the_older_link_and_links_expire() {
+    let f = fixture(Duration::from_secs(2)).await;
+    let first = f.links.request(f.tenant, "ada@example.com").unwrap();
+    first.delivery.await.unwrap().unwrap();
+    let old = token_in(&f.outbox);
+    let second = f.links.request(f.tenant, "ada@example.com").unwrap();
+    second.delivery.await.unwrap().unwrap();
+    let new = token_in(&f.outbox);
+    assert_ne!(old, new);
+    assert!(matches!(
+        f.links.confirm(&old, &first.verifier).await,
+        Err(AuthError::InvalidLink)
+    ));
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert!(matches!(
+        f.links.confirm(&new, &second.verifier).await,
+        Err(AuthError::InvalidLink)
+    ));
+}
+
+#[tokio::test]
+async fn malformed_and_over_long_tokens_are_invalid_links() {
+    let f = fixture(Duration::from_secs(900)).await;
+    let session_shaped = magic_auth::SessionToken::generate(f.tenant)
+        .unwrap()
+        .to_cookie_value();
+    for token in [
+        String::new(),
+        "l1".into(),
+        "x".repeat(50_000),
+        session_shaped.to_string(),
+    ] {
+        assert!(matches!(
+            f.links.confirm(&token, "v").await,
+            Err(AuthError::InvalidLink)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn crafted_addresses_are_refused_before_any_lookup_or_mail() {
+    let f = fixture(Duration::from_secs(900)).await;
+    for email in [
+        "ada@example.com\r\nBcc: all@example.com",
+        "\"ada@example.com\"@evil.example",
+        "ada\u{FF20}example.com",
+    ] {
+        assert!(matches!(
+            f.links.request(f.tenant, email),
+            Err(AuthError::InvalidEmail)
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(f.outbox.messages().is_empty());
+}
+
+struct Failing;
+
+#[derive(Debug, thiserror::Error)]
+#[error("smtp down")]
+struct Down;
+
+impl Mailer for Failing {
+    type Error = Down;
+    async fn send(&self, _message: Message) -> Result<(), Down> {
+        Err(Down)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_reported_to_the_app_and_leaves_no_usable_link() {
+    let db = fresh_database(&template()).await;
+    let pool = TenantPool::new(db.pool(Role::Runtime, 2).await)
+        .await
+        .unwrap();
+    let tenant = TenantId::new_random();
+    let mut dir = Directory::default();
+    dir.0.insert(
+        (tenant, "ada@example.com".into()),
+        Account {
+            user: ActorId::new_random(),
+            kind: ActorKind::User,
+            disabled: false,
+        },
+    );
+    let links = MagicLinks::new(
+        pool,
+        Arc::new(dir),
+        Arc::new(Failing),
+        LinkConfig::new("https://app.example.test").unwrap(),
+    );
+    let r = links.request(tenant, "ada@example.com").unwrap();
+    assert!(matches!(
+        r.delivery.await.unwrap(),
+        Err(AuthError::Delivery)
+    ));
+    let admin = db.pool(Role::Admin, 1).await;
+    let (usable,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM auth.login_links WHERE invalidated_at IS NULL AND consumed_at IS NULL",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(usable, 0);
+}
+
+#[test]
+fn base_urls_must_be_https_or_loopback_http() {
+    assert!(LinkConfig::new("https://app.example.com").is_ok());
+    assert!(LinkConfig::new("http://localhost:8443").is_ok());
+    for bad in [
+        "http://app.example.com",
+        "https://app.example.com/?x=1",
+        "ftp://x",
+        "/relative",
+    ] {
+        assert!(LinkConfig::new(bad).is_err(), "{bad}");
+    }
+}
