@@ -12,6 +12,15 @@ pub enum AuthError {
     /// another browser. One variant for all of them.
     #[error("invalid or expired sign-in link")]
     InvalidLink,
+    /// Too many attempts: try again after `retry_at`.
+    #[error("too many attempts; try again later")]
+    RateLimited {
+        /// When the current window ends.
+        retry_at: time::OffsetDateTime,
+    },
+    /// The action needs a fresh second-factor check (step-up) first.
+    #[error("step-up required")]
+    StepUpRequired,
     /// The email address is not acceptable (see `EmailAddress::parse`).
     #[error("invalid email address")]
     InvalidEmail,

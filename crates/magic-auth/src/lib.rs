@@ -29,13 +29,17 @@
 //!   `403 mfa_required`, `403 step_up_required`, `403 cross_origin_request`, and
 //!   `503 session_store_unavailable` when sessions cannot be checked.
 //!
-//! Still to come: the SMTP mailer (lettre), recovery codes, QR codes, rate limits in
-//! PostgreSQL, authentication events, and the benchmark (see the issue).
+//! - Recovery codes (10 × 80 bits, hashed, single use, regeneration needs step-up) and
+//!   [`RateLimiter`] (PostgreSQL, across instances) for link requests per address and client.
+//!
+//! Still to come: the SMTP mailer (lettre), QR codes, authentication events, and the benchmark
+//! (see the issue).
 #![forbid(unsafe_code)]
 
 mod email;
 mod error;
 mod layer;
+mod limit;
 mod link;
 pub mod mailer;
 pub mod schema;
@@ -49,6 +53,7 @@ pub use layer::{
     AuthRejection, DEFAULT_STEP_UP_MAX_AGE, Guard, Guarded, SESSION_COOKIE, SessionLayer,
     SessionService, clear_session_cookie, cookie_value, session_cookie,
 };
+pub use limit::{Hit, Limit, RateLimiter};
 pub use link::{Account, AccountDirectory, Delivery, LinkConfig, LinkRequest, MagicLinks, SignIn};
 pub use session::{Assurance, NewSession, Session, SessionConfig, SessionStore, SessionSummary};
 pub use token::{SecretHash, SessionToken, TOKEN_LEN};

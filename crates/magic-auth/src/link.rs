@@ -17,6 +17,7 @@
 //!    confirmation (wrong browser, wrong secret) does not consume it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,12 +31,14 @@ use zeroize::Zeroizing;
 
 use crate::AuthError;
 use crate::email::EmailAddress;
+use crate::limit::{Hit, Limit, RateLimiter};
 use crate::mailer::{Mailer, Message};
 use crate::token::{SessionToken, hash_secret, random_secret};
 
 const LINK_PREFIX: &str = "l1";
 const LINK_DOMAIN: &[u8] = b"magic-auth/link/v1\n";
 const VERIFIER_DOMAIN: &[u8] = b"magic-auth/link-verifier/v1\n";
+const RATE_KEY_DOMAIN: &[u8] = b"magic-auth/rate-key/v1\n";
 
 /// An account that may sign in, as the application's directory knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,11 @@ pub struct LinkConfig {
     pub ttl: Duration,
     /// The email's subject.
     pub subject: String,
+    /// Link requests per email address (default 5 per 15 minutes), whether or not an account
+    /// has it — so the limit reveals nothing.
+    pub per_email: Limit,
+    /// Link requests per client address (default 30 per 15 minutes).
+    pub per_ip: Limit,
 }
 
 impl LinkConfig {
@@ -95,6 +103,14 @@ impl LinkConfig {
             landing_path: "/auth/link".to_owned(),
             ttl: Duration::from_secs(15 * 60),
             subject: "Your sign-in link".to_owned(),
+            per_email: Limit {
+                max: 5,
+                window: Duration::from_secs(15 * 60),
+            },
+            per_ip: Limit {
+                max: 30,
+                window: Duration::from_secs(15 * 60),
+            },
         })
     }
 }
@@ -137,6 +153,7 @@ pub struct SignIn {
 /// The magic-link service.
 pub struct MagicLinks<D, M> {
     pool: TenantPool,
+    limiter: RateLimiter,
     directory: Arc<D>,
     mailer: Arc<M>,
     config: Arc<LinkConfig>,
@@ -154,6 +171,7 @@ impl<D, M> Clone for MagicLinks<D, M> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            limiter: self.limiter.clone(),
             directory: self.directory.clone(),
             mailer: self.mailer.clone(),
             config: self.config.clone(),
@@ -171,6 +189,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     #[must_use]
     pub fn new(pool: TenantPool, directory: Arc<D>, mailer: Arc<M>, config: LinkConfig) -> Self {
         Self {
+            limiter: RateLimiter::new(pool.clone()),
             pool,
             directory,
             mailer,
@@ -178,14 +197,35 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         }
     }
 
-    /// Requests a sign-in link for `email` in `tenant`. Returns at once, the same way for known
-    /// and unknown addresses; the work runs in a background task (needs a Tokio runtime).
+    /// Requests a sign-in link for `email` in `tenant`, from `client` (its address, for the
+    /// per-address limit). Answers the same way for known and unknown addresses: the rate
+    /// limits are counted for every address alike, and the lookup, the link and the email run
+    /// in a background task (needs a Tokio runtime).
     ///
     /// # Errors
     /// [`AuthError::InvalidEmail`] for an address that is not acceptable (that says nothing
-    /// about accounts); [`AuthError::Random`].
-    pub fn request(&self, tenant: TenantId, email: &str) -> Result<LinkRequest, AuthError> {
+    /// about accounts); [`AuthError::RateLimited`]; [`AuthError::Random`]; database errors
+    /// from the limiter (refuse the request).
+    pub async fn request(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        client: Option<IpAddr>,
+    ) -> Result<LinkRequest, AuthError> {
         let email = EmailAddress::parse(email)?;
+        let email_key = format!(
+            "link:email:{}",
+            hex::encode(hash_secret(RATE_KEY_DOMAIN, email.as_str().as_bytes()))
+        );
+        let mut keys = vec![(email_key, self.config.per_email)];
+        if let Some(ip) = client {
+            keys.push((format!("link:ip:{ip}"), self.config.per_ip));
+        }
+        for (key, limit) in keys {
+            if let Hit::Limited { retry_at } = self.limiter.hit(tenant, &key, limit).await? {
+                return Err(AuthError::RateLimited { retry_at });
+            }
+        }
         let verifier = random_secret()?;
         let verifier_hash = hash_secret(VERIFIER_DOMAIN, verifier.as_bytes());
         let service = self.clone();

@@ -34,6 +34,10 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuthError> {
         .map_err(|_| AuthError::InvalidConfig("table"))?;
     let links_rls = rls_guard::schema::tenant_table_sql("auth.login_links")
         .map_err(|_| AuthError::InvalidConfig("table"))?;
+    let limits_rls = rls_guard::schema::tenant_table_sql("auth.rate_limits")
+        .map_err(|_| AuthError::InvalidConfig("table"))?;
+    let recovery_rls = rls_guard::schema::tenant_table_sql("auth.recovery_codes")
+        .map_err(|_| AuthError::InvalidConfig("table"))?;
     let r = runtime_role;
     Ok(format!(
         r#"
@@ -115,6 +119,31 @@ CREATE INDEX IF NOT EXISTS login_links_user_idx ON auth.login_links (tenant_id, 
 REVOKE ALL ON auth.login_links FROM PUBLIC;
 REVOKE ALL ON auth.login_links FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.login_links TO {r};
+
+CREATE TABLE IF NOT EXISTS auth.rate_limits (
+    tenant_id    uuid        NOT NULL,
+    key          text        NOT NULL CHECK (length(key) <= 200),
+    window_start timestamptz NOT NULL,
+    hits         integer     NOT NULL CHECK (hits > 0),
+    PRIMARY KEY (tenant_id, key)
+);
+{limits_rls}
+REVOKE ALL ON auth.rate_limits FROM PUBLIC;
+REVOKE ALL ON auth.rate_limits FROM {r};
+GRANT SELECT, INSERT, UPDATE ON auth.rate_limits TO {r};
+
+CREATE TABLE IF NOT EXISTS auth.recovery_codes (
+    tenant_id  uuid        NOT NULL,
+    user_id    uuid        NOT NULL,
+    code_hash  bytea       NOT NULL CHECK (length(code_hash) = 32),
+    created_at timestamptz NOT NULL,
+    used_at    timestamptz,
+    PRIMARY KEY (tenant_id, user_id, code_hash)
+);
+{recovery_rls}
+REVOKE ALL ON auth.recovery_codes FROM PUBLIC;
+REVOKE ALL ON auth.recovery_codes FROM {r};
+GRANT SELECT, INSERT, UPDATE ON auth.recovery_codes TO {r};
 
 REVOKE ALL ON FUNCTION auth.session_lookup(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth.session_lookup(uuid, uuid) TO {r};

@@ -77,6 +77,11 @@ pub enum CodeCheck {
         /// The matched time step.
         step: u64,
     },
+    /// A recovery code was accepted (and is now used up).
+    RecoveryAccepted {
+        /// Unused recovery codes left.
+        codes_left: u32,
+    },
     /// Wrong, replayed, malformed or not newer than an accepted one.
     Rejected {
         /// Wrong codes left before the lockout.
@@ -286,38 +291,231 @@ impl TotpService {
             .await?;
             CodeCheck::Accepted { step }
         } else {
-            let failures = u32::try_from(failed).unwrap_or(0).saturating_add(1);
-            if failures >= self.config.max_failures {
-                let until = now_at
-                    + time::Duration::try_from(self.config.lockout)
-                        .map_err(|_| AuthError::InvalidConfig("lockout"))?;
-                sqlx::query(
-                    "UPDATE auth.totp SET failed_attempts = 0, locked_until = $3 \
-                     WHERE tenant_id = $1 AND user_id = $2",
-                )
-                .bind(tenant.as_uuid())
-                .bind(user.as_uuid())
-                .bind(until)
-                .execute(&mut *tx)
-                .await?;
-                CodeCheck::Locked { until }
-            } else {
-                sqlx::query(
-                    "UPDATE auth.totp SET failed_attempts = $3 WHERE tenant_id = $1 AND user_id = $2",
-                )
-                .bind(tenant.as_uuid())
-                .bind(user.as_uuid())
-                .bind(i32::try_from(failures).unwrap_or(i32::MAX))
-                .execute(&mut *tx)
-                .await?;
-                CodeCheck::Rejected {
-                    remaining: self.config.max_failures - failures,
-                }
-            }
+            self.fail(&mut tx, tenant, user, failed, now_at).await?
         };
         tx.commit().await?;
         Ok(verdict)
     }
+
+    /// Counts a wrong code; locks the account at the limit.
+    async fn fail(
+        &self,
+        tx: &mut rls_guard::TenantTx,
+        tenant: TenantId,
+        user: ActorId,
+        failed: i32,
+        now: OffsetDateTime,
+    ) -> Result<CodeCheck, AuthError> {
+        let failures = u32::try_from(failed).unwrap_or(0).saturating_add(1);
+        if failures >= self.config.max_failures {
+            let until = now
+                + time::Duration::try_from(self.config.lockout)
+                    .map_err(|_| AuthError::InvalidConfig("lockout"))?;
+            sqlx::query(
+                "UPDATE auth.totp SET failed_attempts = 0, locked_until = $3 \
+                 WHERE tenant_id = $1 AND user_id = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(user.as_uuid())
+            .bind(until)
+            .execute(&mut **tx)
+            .await?;
+            Ok(CodeCheck::Locked { until })
+        } else {
+            sqlx::query(
+                "UPDATE auth.totp SET failed_attempts = $3 WHERE tenant_id = $1 AND user_id = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(user.as_uuid())
+            .bind(i32::try_from(failures).unwrap_or(i32::MAX))
+            .execute(&mut **tx)
+            .await?;
+            Ok(CodeCheck::Rejected {
+                remaining: self.config.max_failures - failures,
+            })
+        }
+    }
+
+    /// Replaces `session`'s user's recovery codes with [`RECOVERY_CODES`] new ones (the old
+    /// ones stop working). A sensitive action: the session must be `aal2` with its last factor
+    /// check at most `max_age` old — checked here too, not only by the route's guard.
+    ///
+    /// # Errors
+    /// [`AuthError::StepUpRequired`]; [`AuthError::NotEnrolled`] without active TOTP; database
+    /// errors.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        session: &crate::Session,
+        max_age: Duration,
+    ) -> Result<RecoveryCodes, AuthError> {
+        let age = OffsetDateTime::now_utc() - session.authenticated_at;
+        let fresh = time::Duration::try_from(max_age).is_ok_and(|max| age <= max);
+        if session.assurance != crate::Assurance::Aal2 || !fresh {
+            return Err(AuthError::StepUpRequired);
+        }
+        let (tenant, user) = (session.tenant, session.user);
+        let mut codes = Vec::with_capacity(RECOVERY_CODES);
+        for _ in 0..RECOVERY_CODES {
+            codes.push(new_recovery_code()?);
+        }
+        let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
+        let active: Option<(Option<OffsetDateTime>,)> = sqlx::query_as(
+            "SELECT confirmed_at FROM auth.totp WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if !matches!(active, Some((Some(_),))) {
+            tx.rollback().await?;
+            return Err(AuthError::NotEnrolled);
+        }
+        sqlx::query(
+            "UPDATE auth.recovery_codes SET used_at = now() \
+             WHERE tenant_id = $1 AND user_id = $2 AND used_at IS NULL",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        for code in &codes {
+            sqlx::query(
+                "INSERT INTO auth.recovery_codes (tenant_id, user_id, code_hash, created_at) \
+                 VALUES ($1, $2, $3, now())",
+            )
+            .bind(tenant.as_uuid())
+            .bind(user.as_uuid())
+            .bind(recovery_hash(tenant, user, code).as_slice())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(RecoveryCodes(Zeroizing::new(codes)))
+    }
+
+    /// Signs in with a recovery code instead of a TOTP code: each code works once. Wrong codes
+    /// count towards the same lockout as wrong TOTP codes, and a locked account refuses them.
+    ///
+    /// # Errors
+    /// [`AuthError::NotEnrolled`] without active TOTP; database errors.
+    pub async fn use_recovery_code(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+        code: &str,
+        now: u64,
+    ) -> Result<CodeCheck, AuthError> {
+        type Row = (Option<OffsetDateTime>, i32, Option<OffsetDateTime>);
+        let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT confirmed_at, failed_attempts, locked_until FROM auth.totp \
+             WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((Some(_), failed, locked_until)) = row else {
+            tx.rollback().await?;
+            return Err(AuthError::NotEnrolled);
+        };
+        let now_at = OffsetDateTime::from_unix_timestamp(i64::try_from(now).unwrap_or(i64::MAX))
+            .map_err(|_| AuthError::InvalidConfig("time"))?;
+        if let Some(until) = locked_until.filter(|until| *until > now_at) {
+            tx.rollback().await?;
+            return Ok(CodeCheck::Locked { until });
+        }
+        let used = sqlx::query(
+            "UPDATE auth.recovery_codes SET used_at = now() \
+             WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .bind(recovery_hash(tenant, user, code).as_slice())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let verdict = if used == 1 {
+            sqlx::query(
+                "UPDATE auth.totp SET failed_attempts = 0 WHERE tenant_id = $1 AND user_id = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+            let (left,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM auth.recovery_codes \
+                 WHERE tenant_id = $1 AND user_id = $2 AND used_at IS NULL",
+            )
+            .bind(tenant.as_uuid())
+            .bind(user.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+            CodeCheck::RecoveryAccepted {
+                codes_left: u32::try_from(left).unwrap_or(0),
+            }
+        } else {
+            self.fail(&mut tx, tenant, user, failed, now_at).await?
+        };
+        tx.commit().await?;
+        Ok(verdict)
+    }
+}
+
+/// How many recovery codes a user gets.
+pub const RECOVERY_CODES: usize = 10;
+const RECOVERY_DOMAIN: &[u8] = b"magic-auth/recovery/v1\n";
+const RECOVERY_ALPHABET: &[u8; 32] = b"abcdefghjkmnpqrstvwxyz0123456789";
+
+/// Fresh recovery codes, shown once. `Debug` does not print them; zeroised on drop.
+pub struct RecoveryCodes(Zeroizing<Vec<String>>);
+
+impl RecoveryCodes {
+    /// The codes, `xxxx-xxxx-xxxx-xxxx` (80 bits each).
+    #[must_use]
+    pub fn codes(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RecoveryCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecoveryCodes([{} redacted])", self.0.len())
+    }
+}
+
+/// 16 characters from a 32-symbol alphabet (Crockford's: no `i`, `l`, `o`, `u`): 80 bits.
+fn new_recovery_code() -> Result<String, AuthError> {
+    let mut bytes = Zeroizing::new([0u8; 16]);
+    getrandom::fill(&mut *bytes).map_err(|_| AuthError::Random)?;
+    let mut code = String::with_capacity(19);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            code.push('-');
+        }
+        code.push(char::from(RECOVERY_ALPHABET[usize::from(*b & 31)]));
+    }
+    Ok(code)
+}
+
+/// The stored form of a code: salted with the tenant and user, normalised (case, dashes and
+/// spaces ignored; `i`/`l` read as `1`, `o` as `0`).
+fn recovery_hash(tenant: TenantId, user: ActorId, code: &str) -> [u8; 32] {
+    let normalised: Zeroizing<String> = Zeroizing::new(
+        code.chars()
+            .filter(|c| !matches!(c, '-' | ' '))
+            .map(|c| match c.to_ascii_lowercase() {
+                'i' | 'l' => '1',
+                'o' => '0',
+                other => other,
+            })
+            .collect(),
+    );
+    let mut input = Zeroizing::new(Vec::with_capacity(64));
+    input.extend_from_slice(tenant.as_uuid().as_bytes());
+    input.extend_from_slice(user.as_uuid().as_bytes());
+    input.extend_from_slice(normalised.as_bytes());
+    crate::token::hash_secret(RECOVERY_DOMAIN, &input)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,10 +56,8 @@ struct App {
 }
 
 async fn request_link(State(app): State<App>, Form(f): Form<HashMap<String, String>>) -> Response {
-    match app
-        .links
-        .request(app.tenant, f.get("email").map_or("", String::as_str))
-    {
+    let email = f.get("email").map_or("", String::as_str);
+    match app.links.request(app.tenant, email, None).await {
         Ok(r) => {
             // The delivery runs on; the answer does not wait for it.
             drop(r.delivery);

@@ -97,9 +97,21 @@ fn token_in(outbox: &DevOutbox) -> String {
 #[tokio::test]
 async fn known_and_unknown_addresses_get_the_same_answer_and_only_known_ones_get_mail() {
     let f = fixture(Duration::from_secs(900)).await;
-    let known = f.links.request(f.tenant, "Ada@Example.com").unwrap();
-    let unknown = f.links.request(f.tenant, "nobody@example.com").unwrap();
-    let disabled = f.links.request(f.tenant, "gone@example.com").unwrap();
+    let known = f
+        .links
+        .request(f.tenant, "Ada@Example.com", None)
+        .await
+        .unwrap();
+    let unknown = f
+        .links
+        .request(f.tenant, "nobody@example.com", None)
+        .await
+        .unwrap();
+    let disabled = f
+        .links
+        .request(f.tenant, "gone@example.com", None)
+        .await
+        .unwrap();
     // The synchronous answer is a verifier of the same shape in every case.
     for r in [&known, &disabled] {
         assert_eq!(r.verifier.len(), unknown.verifier.len());
@@ -128,7 +140,11 @@ async fn known_and_unknown_addresses_get_the_same_answer_and_only_known_ones_get
 #[tokio::test]
 async fn a_link_works_once_from_the_browser_that_asked_and_is_stored_only_as_hashes() {
     let f = fixture(Duration::from_secs(900)).await;
-    let r = f.links.request(f.tenant, "ada@example.com").unwrap();
+    let r = f
+        .links
+        .request(f.tenant, "ada@example.com", None)
+        .await
+        .unwrap();
     r.delivery.await.unwrap().unwrap();
     let token = token_in(&f.outbox);
     // Another browser (a forwarded link, a scanner): refused, and the link is not burnt.
@@ -167,7 +183,11 @@ async fn a_link_works_once_from_the_browser_that_asked_and_is_stored_only_as_has
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_concurrent_clicks_yield_one_sign_in() {
     let f = fixture(Duration::from_secs(900)).await;
-    let r = f.links.request(f.tenant, "ada@example.com").unwrap();
+    let r = f
+        .links
+        .request(f.tenant, "ada@example.com", None)
+        .await
+        .unwrap();
     r.delivery.await.unwrap().unwrap();
     let token = token_in(&f.outbox);
     let mut tasks = Vec::new();
@@ -187,10 +207,18 @@ async fn two_concurrent_clicks_yield_one_sign_in() {
 #[tokio::test]
 async fn a_newer_request_supersedes_the_older_link_and_links_expire() {
     let f = fixture(Duration::from_secs(2)).await;
-    let first = f.links.request(f.tenant, "ada@example.com").unwrap();
+    let first = f
+        .links
+        .request(f.tenant, "ada@example.com", None)
+        .await
+        .unwrap();
     first.delivery.await.unwrap().unwrap();
     let old = token_in(&f.outbox);
-    let second = f.links.request(f.tenant, "ada@example.com").unwrap();
+    let second = f
+        .links
+        .request(f.tenant, "ada@example.com", None)
+        .await
+        .unwrap();
     second.delivery.await.unwrap().unwrap();
     let new = token_in(&f.outbox);
     assert_ne!(old, new);
@@ -233,7 +261,7 @@ async fn crafted_addresses_are_refused_before_any_lookup_or_mail() {
         "ada\u{FF20}example.com",
     ] {
         assert!(matches!(
-            f.links.request(f.tenant, email),
+            f.links.request(f.tenant, email, None).await,
             Err(AuthError::InvalidEmail)
         ));
     }
@@ -276,7 +304,10 @@ async fn a_failed_delivery_is_reported_to_the_app_and_leaves_no_usable_link() {
         Arc::new(Failing),
         LinkConfig::new("https://app.example.test").unwrap(),
     );
-    let r = links.request(tenant, "ada@example.com").unwrap();
+    let r = links
+        .request(tenant, "ada@example.com", None)
+        .await
+        .unwrap();
     assert!(matches!(
         r.delivery.await.unwrap(),
         Err(AuthError::Delivery)
@@ -303,4 +334,54 @@ fn base_urls_must_be_https_or_loopback_http() {
     ] {
         assert!(LinkConfig::new(bad).is_err(), "{bad}");
     }
+}
+
+#[tokio::test]
+async fn link_requests_are_rate_limited_per_address_and_per_client_alike_for_unknown_accounts() {
+    let f = fixture(Duration::from_secs(900)).await;
+    // Per address: 5 in the window, whether or not the account exists.
+    for email in ["ada@example.com", "nobody@example.com"] {
+        for _ in 0..5 {
+            let r = f.links.request(f.tenant, email, None).await.unwrap();
+            r.delivery.await.unwrap().unwrap();
+        }
+        assert!(matches!(
+            f.links.request(f.tenant, email, None).await,
+            Err(AuthError::RateLimited { .. })
+        ));
+    }
+    // Normalisation cannot be used to dodge it.
+    assert!(matches!(
+        f.links.request(f.tenant, " ADA@example.COM ", None).await,
+        Err(AuthError::RateLimited { .. })
+    ));
+    // Per client address: 30 in the window across addresses.
+    let ip: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+    for i in 0..30 {
+        f.links
+            .request(f.tenant, &format!("u{i}@example.com"), Some(ip))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        f.links
+            .request(f.tenant, "fresh@example.com", Some(ip))
+            .await,
+        Err(AuthError::RateLimited { .. })
+    ));
+    // Another tenant's counters are its own.
+    let other = TenantId::new_random();
+    assert!(
+        f.links
+            .request(other, "ada@example.com", Some(ip))
+            .await
+            .is_ok()
+    );
+    // The table holds no addresses.
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM auth.rate_limits")
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert!(keys.iter().all(|k| !k.contains('@')), "{keys:?}");
 }

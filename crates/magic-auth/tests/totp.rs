@@ -301,3 +301,107 @@ async fn a_seed_is_unreadable_with_the_wrong_key() {
         Err(AuthError::Crypto)
     ));
 }
+
+async fn session_for(
+    db: &TestDb,
+    tenant: TenantId,
+    user: ActorId,
+    assurance: magic_auth::Assurance,
+) -> magic_auth::Session {
+    let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
+        .await
+        .unwrap();
+    let store = magic_auth::SessionStore::new(pool, magic_auth::SessionConfig::default()).unwrap();
+    store
+        .create(
+            tenant,
+            &magic_auth::NewSession {
+                user,
+                kind: tenant_scope::ActorKind::User,
+                assurance,
+                user_agent: None,
+                ip: None,
+            },
+        )
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenerate() {
+    let db = fresh_database(&template()).await;
+    let s = service(&db, 1).await;
+    let (t, user) = (TenantId::new_random(), ActorId::new_random());
+    enrolled(&s, t, user).await;
+    let step_up = std::time::Duration::from_secs(600);
+    // Only a fresh aal2 session may regenerate them.
+    let aal1 = session_for(&db, t, user, magic_auth::Assurance::Aal1).await;
+    assert!(matches!(
+        s.regenerate_recovery_codes(&aal1, step_up).await,
+        Err(AuthError::StepUpRequired)
+    ));
+    let aal2 = session_for(&db, t, user, magic_auth::Assurance::Aal2).await;
+    let codes = s.regenerate_recovery_codes(&aal2, step_up).await.unwrap();
+    assert_eq!(codes.codes().len(), 10);
+    assert!(!format!("{codes:?}").contains(&codes.codes()[0]));
+    // Stored hashed.
+    let admin = db.pool(Role::Admin, 1).await;
+    let rows: Vec<String> = sqlx::query_scalar("SELECT r::text FROM auth.recovery_codes r")
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    for code in codes.codes() {
+        let bare = code.replace('-', "");
+        assert!(
+            rows.iter()
+                .all(|r| !r.contains(&bare) && !r.contains(code.as_str()))
+        );
+    }
+    // Each works once, typed loosely (case, dashes).
+    let first = codes.codes()[0].to_uppercase().replace('-', " ");
+    assert_eq!(
+        s.use_recovery_code(t, user, &first, NOW).await.unwrap(),
+        CodeCheck::RecoveryAccepted { codes_left: 9 }
+    );
+    assert!(matches!(
+        s.use_recovery_code(t, user, &first, NOW).await.unwrap(),
+        CodeCheck::Rejected { .. }
+    ));
+    // Regenerating voids the old ones.
+    let fresh = s.regenerate_recovery_codes(&aal2, step_up).await.unwrap();
+    assert!(matches!(
+        s.use_recovery_code(t, user, &codes.codes()[1], NOW)
+            .await
+            .unwrap(),
+        CodeCheck::Rejected { .. }
+    ));
+    assert!(matches!(
+        s.use_recovery_code(t, user, &fresh.codes()[1], NOW)
+            .await
+            .unwrap(),
+        CodeCheck::RecoveryAccepted { .. }
+    ));
+    // Wrong codes count towards the lockout.
+    for _ in 0..4 {
+        assert!(matches!(
+            s.use_recovery_code(t, user, "wrong-code", NOW)
+                .await
+                .unwrap(),
+            CodeCheck::Rejected { .. }
+        ));
+    }
+    assert!(matches!(
+        s.use_recovery_code(t, user, "wrong-code", NOW)
+            .await
+            .unwrap(),
+        CodeCheck::Locked { .. }
+    ));
+    // Locked: even a valid recovery code is refused, and not used up.
+    assert!(matches!(
+        s.use_recovery_code(t, user, &fresh.codes()[2], NOW)
+            .await
+            .unwrap(),
+        CodeCheck::Locked { .. }
+    ));
+}
