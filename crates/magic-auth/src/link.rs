@@ -31,6 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::AuthError;
 use crate::email::EmailAddress;
+use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::limit::{Hit, Limit, RateLimiter};
 use crate::mailer::{Mailer, Message};
 use crate::token::{SessionToken, hash_secret, random_secret};
@@ -154,6 +155,7 @@ pub struct SignIn {
 pub struct MagicLinks<D, M> {
     pool: TenantPool,
     limiter: RateLimiter,
+    events: EventSink,
     directory: Arc<D>,
     mailer: Arc<M>,
     config: Arc<LinkConfig>,
@@ -172,6 +174,7 @@ impl<D, M> Clone for MagicLinks<D, M> {
         Self {
             pool: self.pool.clone(),
             limiter: self.limiter.clone(),
+            events: self.events.clone(),
             directory: self.directory.clone(),
             mailer: self.mailer.clone(),
             config: self.config.clone(),
@@ -190,11 +193,19 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     pub fn new(pool: TenantPool, directory: Arc<D>, mailer: Arc<M>, config: LinkConfig) -> Self {
         Self {
             limiter: RateLimiter::new(pool.clone()),
+            events: EventSink::default(),
             pool,
             directory,
             mailer,
             config: Arc::new(config),
         }
+    }
+
+    /// Also report confirmed links to `hook`.
+    #[must_use]
+    pub fn with_events(mut self, hook: Arc<dyn AuthEvents>) -> Self {
+        self.events = EventSink::new(hook);
+        self
     }
 
     /// Requests a sign-in link for `email` in `tenant`, from `client` (its address, for the
@@ -368,9 +379,16 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        let user = user?;
+        self.events.emit(
+            AuthEventKind::LinkConfirmed,
+            tenant,
+            Some(user),
+            Some(token.id()),
+        );
         Ok(SignIn {
             tenant,
-            user: user?,
+            user,
             kind: if kind == "staff" {
                 ActorKind::Staff
             } else {

@@ -2,6 +2,7 @@
 //! once on every app instance (there is no cache to wait out).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rls_guard::TenantPool;
@@ -10,6 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AuthError;
+use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::token::SessionToken;
 
 /// How strongly the session's holder was authenticated.
@@ -122,6 +124,7 @@ pub struct NewSession {
 pub struct SessionStore {
     pool: TenantPool,
     config: SessionConfig,
+    events: EventSink,
 }
 
 type LookupRow = (
@@ -158,7 +161,18 @@ impl SessionStore {
                 "session lifetimes must be positive, idle no longer than absolute",
             ));
         }
-        Ok(Self { pool, config })
+        Ok(Self {
+            pool,
+            config,
+            events: EventSink::default(),
+        })
+    }
+
+    /// Also report session events to `hook`.
+    #[must_use]
+    pub fn with_events(mut self, hook: Arc<dyn AuthEvents>) -> Self {
+        self.events = EventSink::new(hook);
+        self
     }
 
     /// Creates a session in `tenant` and returns its token (to set as the cookie). Create a new
@@ -210,6 +224,12 @@ impl SessionStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.events.emit(
+            AuthEventKind::SessionCreated,
+            tenant,
+            Some(new.user),
+            Some(token.id()),
+        );
         let session = Session {
             tenant,
             id: token.id(),
@@ -275,6 +295,12 @@ impl SessionStore {
             return Err(AuthError::InvalidToken);
         }
         tx.commit().await?;
+        self.events.emit(
+            AuthEventKind::SessionRotated,
+            current.tenant,
+            Some(current.user),
+            Some(token.id()),
+        );
         let session = Session {
             id: token.id(),
             assurance,
@@ -386,6 +412,10 @@ impl SessionStore {
         .await?
         .rows_affected();
         tx.commit().await?;
+        if done == 1 {
+            self.events
+                .emit(AuthEventKind::SessionRevoked, tenant, None, Some(id));
+        }
         Ok(done == 1)
     }
 
@@ -414,6 +444,10 @@ impl SessionStore {
         .await?
         .rows_affected();
         tx.commit().await?;
+        if done > 0 {
+            self.events
+                .emit(AuthEventKind::SessionsRevoked, tenant, Some(user), None);
+        }
         Ok(done)
     }
 

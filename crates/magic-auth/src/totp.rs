@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::AuthError;
+use crate::events::{AuthEventKind, AuthEvents, EventSink};
 
 /// TOTP parameters (SHA-1, 6 digits, 30-second steps: what authenticator apps support).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,7 @@ pub struct TotpService {
     pool: TenantPool,
     keyring: Arc<Keyring>,
     config: TotpConfig,
+    events: EventSink,
 }
 
 impl std::fmt::Debug for TotpService {
@@ -139,7 +141,27 @@ impl TotpService {
             pool,
             keyring,
             config,
+            events: EventSink::default(),
         }
+    }
+
+    /// Also report TOTP events (enrolment, accepted and failed codes, lockouts, recovery
+    /// codes) to `hook`.
+    #[must_use]
+    pub fn with_events(mut self, hook: Arc<dyn AuthEvents>) -> Self {
+        self.events = EventSink::new(hook);
+        self
+    }
+
+    fn report(&self, verdict: CodeCheck, tenant: TenantId, user: ActorId, phase: Option<Phase>) {
+        let kind = match (verdict, phase) {
+            (CodeCheck::Accepted { .. }, Some(Phase::Confirm)) => AuthEventKind::MfaEnrolled,
+            (CodeCheck::Accepted { .. }, _) => AuthEventKind::CodeAccepted,
+            (CodeCheck::RecoveryAccepted { .. }, _) => AuthEventKind::RecoveryCodeUsed,
+            (CodeCheck::Rejected { .. }, _) => AuthEventKind::CodeFailed,
+            (CodeCheck::Locked { .. }, _) => AuthEventKind::LockedOut,
+        };
+        self.events.emit(kind, tenant, Some(user), None);
     }
 
     fn context(tenant: TenantId) -> Result<TenantContext, AuthError> {
@@ -294,6 +316,7 @@ impl TotpService {
             self.fail(&mut tx, tenant, user, failed, now_at).await?
         };
         tx.commit().await?;
+        self.report(verdict, tenant, user, Some(phase));
         Ok(verdict)
     }
 
@@ -390,6 +413,12 @@ impl TotpService {
             .await?;
         }
         tx.commit().await?;
+        self.events.emit(
+            AuthEventKind::RecoveryCodesRegenerated,
+            tenant,
+            Some(user),
+            Some(session.id),
+        );
         Ok(RecoveryCodes(Zeroizing::new(codes)))
     }
 
@@ -458,6 +487,7 @@ impl TotpService {
             self.fail(&mut tx, tenant, user, failed, now_at).await?
         };
         tx.commit().await?;
+        self.report(verdict, tenant, user, None);
         Ok(verdict)
     }
 }

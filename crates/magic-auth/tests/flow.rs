@@ -28,6 +28,15 @@ use tower::ServiceExt;
 
 const VERIFIER_COOKIE: &str = "__Host-login-verifier";
 
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<magic_auth::AuthEvent>>);
+
+impl magic_auth::AuthEvents for Recorder {
+    fn record(&self, event: &magic_auth::AuthEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
 struct Directory(TenantId, ActorId);
 
 #[derive(Debug, thiserror::Error)]
@@ -229,11 +238,11 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
         .add_key(1, &KeyMaterial::from_bytes([5; 32]))
         .unwrap();
     keyring.promote(1).unwrap();
-    let totp = Arc::new(TotpService::new(
-        pool.clone(),
-        Arc::new(keyring),
-        TotpConfig::new("Flow"),
-    ));
+    let recorder = Arc::new(Recorder::default());
+    let totp = Arc::new(
+        TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Flow"))
+            .with_events(recorder.clone()),
+    );
     // The staff member enrolled TOTP earlier.
     let e = totp.enroll(tenant, staff, "ops@example.com").await.unwrap();
     let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str())
@@ -251,8 +260,11 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
             Arc::new(Directory(tenant, staff)),
             outbox.clone(),
             LinkConfig::new("https://app.example.test").unwrap(),
-        ),
-        sessions: SessionStore::new(pool, SessionConfig::default()).unwrap(),
+        )
+        .with_events(recorder.clone()),
+        sessions: SessionStore::new(pool, SessionConfig::default())
+            .unwrap()
+            .with_events(recorder.clone()),
         totp,
     };
     let app_router = router(app.clone());
@@ -428,6 +440,31 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Every step was reported, in order, with identifiers only.
+    use magic_auth::AuthEventKind as K;
+    let kinds: Vec<K> = recorder.0.lock().unwrap().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            K::MfaEnrolled,
+            K::LinkConfirmed,
+            K::SessionCreated,
+            K::CodeAccepted,
+            K::SessionRotated,
+            K::SessionCreated,
+            K::SessionsRevoked,
+            K::SessionRevoked,
+        ]
+    );
+    assert!(
+        recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|e| e.tenant == tenant)
+    );
 }
 
 #[tokio::test]

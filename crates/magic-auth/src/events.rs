@@ -1,0 +1,91 @@
+//! Authentication events, for an audit log (`audit-log` implements the hook) and metrics.
+
+use std::sync::Arc;
+
+use tenant_scope::{ActorId, TenantId};
+use uuid::Uuid;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthEventKind {
+    /// A magic link was confirmed (the email step of a sign-in).
+    LinkConfirmed,
+    /// A session was created.
+    SessionCreated,
+    /// A session was replaced by a stronger or fresher one (second factor, step-up).
+    SessionRotated,
+    /// A TOTP enrolment was confirmed.
+    MfaEnrolled,
+    /// A TOTP code was accepted.
+    CodeAccepted,
+    /// A TOTP or recovery code was wrong, replayed or malformed.
+    CodeFailed,
+    /// The account was locked after repeated failures.
+    LockedOut,
+    /// A recovery code was used.
+    RecoveryCodeUsed,
+    /// Recovery codes were regenerated.
+    RecoveryCodesRegenerated,
+    /// One session was revoked.
+    SessionRevoked,
+    /// Several sessions of a user were revoked.
+    SessionsRevoked,
+}
+
+/// One event. It carries identifiers only: never a token, a code, a secret or an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthEvent {
+    /// What happened.
+    pub kind: AuthEventKind,
+    /// In which tenant.
+    pub tenant: TenantId,
+    /// To whom, when known.
+    pub user: Option<ActorId>,
+    /// Which session, when one is involved.
+    pub session: Option<Uuid>,
+}
+
+/// Receives authentication events. Called synchronously after the change is committed: keep it
+/// cheap (send to a channel, spawn a task).
+pub trait AuthEvents: Send + Sync + 'static {
+    /// Records one event.
+    fn record(&self, event: &AuthEvent);
+}
+
+/// The hooks a service reports to (none by default).
+#[derive(Clone, Default)]
+pub(crate) struct EventSink(Option<Arc<dyn AuthEvents>>);
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "EventSink(set)"
+        } else {
+            "EventSink(none)"
+        })
+    }
+}
+
+impl EventSink {
+    pub(crate) fn new(hook: Arc<dyn AuthEvents>) -> Self {
+        Self(Some(hook))
+    }
+
+    pub(crate) fn emit(
+        &self,
+        kind: AuthEventKind,
+        tenant: TenantId,
+        user: Option<ActorId>,
+        session: Option<Uuid>,
+    ) {
+        if let Some(hook) = &self.0 {
+            hook.record(&AuthEvent {
+                kind,
+                tenant,
+                user,
+                session,
+            });
+        }
+    }
+}
