@@ -60,11 +60,11 @@ fn main() {
             ip: None,
         };
         let (session, token) = store.create(tenant, &new).await.unwrap();
-        db.as_admin(&format!(
+        db.as_admin(
             "INSERT INTO plain_sessions SELECT tenant_id, id, user_id, actor_kind, secret_hash, aal, \
              created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
-             revoked_at FROM auth.sessions"
-        ))
+             revoked_at FROM auth.sessions",
+        )
         .await;
         let cookie = format!("__Host-session={}", token.to_cookie_value().as_str());
         let mut service = tower::ServiceBuilder::new()
