@@ -1,4 +1,5 @@
-//! Authentication events, for an audit log (`audit-log` implements the hook) and metrics.
+//! Authentication events, for an audit log and metrics (an `audit-log` implementation of the
+//! hook is still to be written).
 
 use std::sync::Arc;
 

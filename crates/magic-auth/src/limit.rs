@@ -1,8 +1,8 @@
 //! Rate limits kept in PostgreSQL, so they hold across every app instance.
 //!
 //! A fixed-window counter per `(tenant, key)`: one atomic upsert per hit. Keys are namespaced
-//! strings such as `link:email:<address hash>` or `link:ip:<address>`; an email address is
-//! hashed before it is stored, so the table holds no addresses.
+//! strings such as `link:email:<hash>` or `link:ip:<hash>`: email and client addresses are
+//! hashed before they are stored, so the table holds no addresses.
 
 use std::time::Duration;
 

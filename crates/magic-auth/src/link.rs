@@ -1,7 +1,7 @@
 //! Email magic links: requested without revealing whether an account exists, bound to the
 //! browser that asked, single use, short-lived, and superseded by a newer request.
 //!
-//! Flow (the HTTP glue is the application's or the coming tower layer's):
+//! Flow (the HTTP glue is the application's; `tests/flow.rs` shows one):
 //! 1. `POST /auth/request` → [`MagicLinks::request`]. The answer is the same for every
 //!    well-formed address: the account lookup, the link and the email happen in a background
 //!    task, so neither the body, the status, the headers nor the timing depend on whether the
@@ -230,7 +230,8 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         );
         let mut keys = vec![(email_key, self.config.per_email)];
         if let Some(ip) = client {
-            keys.push((format!("link:ip:{ip}"), self.config.per_ip));
+            let ip_key = hex::encode(hash_secret(RATE_KEY_DOMAIN, ip.to_string().as_bytes()));
+            keys.push((format!("link:ip:{ip_key}"), self.config.per_ip));
         }
         for (key, limit) in keys {
             if let Hit::Limited { retry_at } = self.limiter.hit(tenant, &key, limit).await? {

@@ -250,7 +250,9 @@ impl SessionStore {
 
     /// Replaces `current` by a new session (new id, new secret) for the same user, with
     /// `authenticated_at` now and at least `assurance` — after the second factor (`aal1` →
-    /// `aal2`), after a step-up, after any privilege change. The old session is revoked in the
+    /// `aal2`), after a step-up. (A privilege change — a user made staff — needs a new session
+    /// from [`SessionStore::create`] and the old one revoked: the kind is copied here.) The old
+    /// session is revoked in the
     /// same transaction; the new one keeps the old absolute expiry (a step-up never extends a
     /// session's life).
     ///
@@ -312,8 +314,9 @@ impl SessionStore {
     }
 
     /// Checks a cookie value: the session must exist, hold this secret (compared in constant
-    /// time), be unrevoked and within both expiries. One round trip; a second, at most every
-    /// [`SessionConfig::touch_after`], extends the idle expiry (never past the absolute one).
+    /// time), be unrevoked and within both expiries. One round trip; at most every
+    /// [`SessionConfig::touch_after`], a short transaction of its own extends the idle expiry
+    /// (never past the absolute one).
     ///
     /// `Ok(None)` for every kind of bad token — malformed, unknown, wrong secret, revoked,
     /// expired — so callers answer them all alike.
