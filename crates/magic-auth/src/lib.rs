@@ -34,8 +34,11 @@
 //!
 //! - [`AuthEvents`]: every sign-in step, failure, lockout and revocation, for an audit log.
 //!
-//! Still to come: the SMTP mailer (lettre), QR codes, the `audit-log` implementation of the
-//! event hook, and a cheaper session lookup (the benchmark goal; see the issue).
+//! - [`mailer::SmtpMailer`]: delivery through an SMTP relay over required TLS (lettre), or in
+//!   plain text to a loopback catcher only.
+//!
+//! Still to come: QR codes, the `audit-log` implementation of the event hook, and a cheaper
+//! session lookup (the benchmark goal; see the issue).
 #![forbid(unsafe_code)]
 
 mod email;

@@ -29,8 +29,8 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// Delivers messages. An SMTP implementation (lettre) is planned; tests and local development
-/// use [`DevOutbox`].
+/// Delivers messages: [`SmtpMailer`] in production, [`DevOutbox`] in tests and local
+/// development.
 pub trait Mailer: Send + Sync + 'static {
     /// Why delivery failed. Reported to the application (logs, events), never to the person
     /// who asked for the link.
@@ -73,5 +73,120 @@ impl Mailer for DevOutbox {
         tracing::info!(to = ?message.to, subject = %message.subject, "development outbox: message queued");
         self.messages.lock().map_err(|_| OutboxError)?.push(message);
         Ok(())
+    }
+}
+
+/// Sends through an SMTP relay with `lettre`. In production the connection is TLS
+/// ([`SmtpMailer::tls`]: implicit TLS on 465, or STARTTLS required on 587 — never a silent
+/// downgrade to plain text); plain text is accepted only to a loopback relay
+/// ([`SmtpMailer::loopback`], for a local catcher).
+pub struct SmtpMailer {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+impl std::fmt::Debug for SmtpMailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpMailer")
+            .field("from", &self.from.email.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a message could not be sent (the relay's reply or the connection error; never the body).
+#[derive(Debug, thiserror::Error)]
+#[error("smtp delivery failed: {0}")]
+pub struct SmtpError(String);
+
+impl SmtpMailer {
+    /// A relay over TLS: implicit TLS when `port` is 465, otherwise STARTTLS, required. With
+    /// `credentials` (user, password) the relay's `AUTH` is used.
+    ///
+    /// # Errors
+    /// [`crate::AuthError::InvalidConfig`] for an unusable host or sender address.
+    pub fn tls(
+        host: &str,
+        port: u16,
+        credentials: Option<(String, Zeroizing<String>)>,
+        from: &str,
+    ) -> Result<Self, crate::AuthError> {
+        let bad = || crate::AuthError::InvalidConfig("smtp relay");
+        let builder = if port == 465 {
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::relay(host)
+        } else {
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::starttls_relay(host)
+        }
+        .map_err(|_| bad())?
+        .port(port)
+        .timeout(Some(std::time::Duration::from_secs(15)));
+        let builder = match credentials {
+            Some((user, password)) => {
+                builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+                    user,
+                    password.to_string(),
+                ))
+            }
+            None => builder,
+        };
+        Ok(Self {
+            transport: builder.build(),
+            from: sender(from)?,
+        })
+    }
+
+    /// A relay on loopback without TLS (a local mail catcher). Any other host is refused.
+    ///
+    /// # Errors
+    /// [`crate::AuthError::InvalidConfig`] for a non-loopback address or an unusable sender.
+    pub fn loopback(addr: std::net::SocketAddr, from: &str) -> Result<Self, crate::AuthError> {
+        if !addr.ip().is_loopback() {
+            return Err(crate::AuthError::InvalidConfig(
+                "plain-text SMTP only to a loopback relay",
+            ));
+        }
+        let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(
+            addr.ip().to_string(),
+        )
+        .port(addr.port())
+        .tls(lettre::transport::smtp::client::Tls::None)
+        .timeout(Some(std::time::Duration::from_secs(15)))
+        .build();
+        Ok(Self {
+            transport,
+            from: sender(from)?,
+        })
+    }
+}
+
+fn sender(from: &str) -> Result<lettre::message::Mailbox, crate::AuthError> {
+    let address = EmailAddress::parse(from)?;
+    address
+        .as_str()
+        .parse()
+        .map_err(|_| crate::AuthError::InvalidConfig("sender address"))
+}
+
+impl Mailer for SmtpMailer {
+    type Error = SmtpError;
+
+    async fn send(&self, message: Message) -> Result<(), Self::Error> {
+        use lettre::AsyncTransport;
+        let to: lettre::message::Mailbox = message
+            .to
+            .as_str()
+            .parse()
+            .map_err(|_| SmtpError("invalid recipient".to_owned()))?;
+        let email = lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(message.subject)
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(message.body.to_string())
+            .map_err(|e| SmtpError(e.to_string()))?;
+        self.transport
+            .send(email)
+            .await
+            .map(drop)
+            .map_err(|e| SmtpError(e.to_string()))
     }
 }
