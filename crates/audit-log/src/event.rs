@@ -214,7 +214,18 @@ impl AuditActor {
         }
     }
 
-    /// The actor kind: `user`, `staff`, `agent`, `system` or `anonymous`.
+    /// An account known by id whose kind the reporter does not know (an authentication event
+    /// about a user id, e.g. a failed second-factor code).
+    #[must_use]
+    pub const fn account(id: Uuid, tenant: TenantId) -> Self {
+        Self {
+            kind: "account",
+            id: Some(id),
+            home_tenant: Some(tenant),
+        }
+    }
+
+    /// The actor kind: `user`, `staff`, `agent`, `system`, `account` or `anonymous`.
     #[must_use]
     pub const fn kind(&self) -> &'static str {
         self.kind

@@ -1,5 +1,5 @@
-//! Authentication events, for an audit log and metrics (an `audit-log` implementation of the
-//! hook is still to be written).
+//! Authentication events, for an audit log (`audit_log::AuditLog` implements the hook, see
+//! `crate::audit`) and metrics.
 
 use std::sync::Arc;
 
@@ -43,6 +43,8 @@ pub struct AuthEvent {
     pub tenant: TenantId,
     /// To whom, when known.
     pub user: Option<ActorId>,
+    /// The account's kind (`User` or `Staff`), when the reporter knows it.
+    pub actor_kind: Option<tenant_scope::ActorKind>,
     /// Which session, when one is involved.
     pub session: Option<Uuid>,
 }
@@ -80,11 +82,23 @@ impl EventSink {
         user: Option<ActorId>,
         session: Option<Uuid>,
     ) {
+        self.emit_as(kind, tenant, user, None, session);
+    }
+
+    pub(crate) fn emit_as(
+        &self,
+        kind: AuthEventKind,
+        tenant: TenantId,
+        user: Option<ActorId>,
+        actor_kind: Option<tenant_scope::ActorKind>,
+        session: Option<Uuid>,
+    ) {
         if let Some(hook) = &self.0 {
             hook.record(&AuthEvent {
                 kind,
                 tenant,
                 user,
+                actor_kind,
                 session,
             });
         }

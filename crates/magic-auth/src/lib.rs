@@ -37,10 +37,13 @@
 //! - [`mailer::SmtpMailer`]: delivery through an SMTP relay over required TLS (lettre), or in
 //!   plain text to a loopback catcher only.
 //!
-//! Still to come: QR codes, the `audit-log` implementation of the event hook, and a cheaper
-//! session lookup (the benchmark goal; see the issue).
+//! - [`audit`] (feature `audit-log`, default): `audit_log::AuditLog` as the events hook.
+//!
+//! Still to come: QR codes and a cheaper session lookup (the benchmark goal; see the issue).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "audit-log")]
+pub mod audit;
 mod email;
 mod error;
 mod events;

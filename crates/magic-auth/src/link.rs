@@ -381,20 +381,18 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         .await?;
         tx.commit().await?;
         let user = user?;
-        self.events.emit(
+        let kind = if kind == "staff" {
+            ActorKind::Staff
+        } else {
+            ActorKind::User
+        };
+        self.events.emit_as(
             AuthEventKind::LinkConfirmed,
             tenant,
             Some(user),
+            Some(kind),
             Some(token.id()),
         );
-        Ok(SignIn {
-            tenant,
-            user,
-            kind: if kind == "staff" {
-                ActorKind::Staff
-            } else {
-                ActorKind::User
-            },
-        })
+        Ok(SignIn { tenant, user, kind })
     }
 }

@@ -224,10 +224,11 @@ impl SessionStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.events.emit(
+        self.events.emit_as(
             AuthEventKind::SessionCreated,
             tenant,
             Some(new.user),
+            Some(new.kind),
             Some(token.id()),
         );
         let session = Session {
@@ -297,10 +298,11 @@ impl SessionStore {
             return Err(AuthError::InvalidToken);
         }
         tx.commit().await?;
-        self.events.emit(
+        self.events.emit_as(
             AuthEventKind::SessionRotated,
             current.tenant,
             Some(current.user),
+            Some(current.kind),
             Some(token.id()),
         );
         let session = Session {
