@@ -92,6 +92,8 @@ impl Session {
 pub struct SessionSummary {
     /// The session id.
     pub id: Uuid,
+    /// Whose session it is.
+    pub user: ActorId,
     /// How strongly the holder was authenticated.
     pub assurance: Assurance,
     /// When it was created.
@@ -465,7 +467,25 @@ impl SessionStore {
         tenant: TenantId,
         user: ActorId,
     ) -> Result<Vec<SessionSummary>, AuthError> {
+        self.list_where(tenant, Some(user)).await
+    }
+
+    /// Every live session in `tenant`, newest first: for a tenant admin's session list (and
+    /// [`SessionStore::revoke`] to end any of them). Guard the route: admins only.
+    ///
+    /// # Errors
+    /// [`AuthError::Database`]/[`AuthError::Transaction`].
+    pub async fn list_tenant(&self, tenant: TenantId) -> Result<Vec<SessionSummary>, AuthError> {
+        self.list_where(tenant, None).await
+    }
+
+    async fn list_where(
+        &self,
+        tenant: TenantId,
+        user: Option<ActorId>,
+    ) -> Result<Vec<SessionSummary>, AuthError> {
         type Row = (
+            Uuid,
             Uuid,
             i16,
             OffsetDateTime,
@@ -475,28 +495,31 @@ impl SessionStore {
         );
         let mut tx = self.pool.begin(&context(tenant)?).await?;
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, aal, created_at, last_seen_at, user_agent, ip FROM auth.sessions \
-             WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+            "SELECT id, user_id, aal, created_at, last_seen_at, user_agent, ip FROM auth.sessions \
+             WHERE tenant_id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND revoked_at IS NULL \
                AND idle_expires_at > now() AND absolute_expires_at > now() \
              ORDER BY created_at DESC",
         )
         .bind(tenant.as_uuid())
-        .bind(user.as_uuid())
+        .bind(user.map(|u| *u.as_uuid()))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, aal, created_at, last_seen_at, user_agent, ip)| {
-                Some(SessionSummary {
-                    id,
-                    assurance: Assurance::from_db(aal)?,
-                    created_at,
-                    last_seen_at,
-                    user_agent,
-                    ip: ip.and_then(|text| text.parse().ok()),
-                })
-            })
+            .filter_map(
+                |(id, user, aal, created_at, last_seen_at, user_agent, ip)| {
+                    Some(SessionSummary {
+                        id,
+                        user: ActorId::from_uuid(user).ok()?,
+                        assurance: Assurance::from_db(aal)?,
+                        created_at,
+                        last_seen_at,
+                        user_agent,
+                        ip: ip.and_then(|text| text.parse().ok()),
+                    })
+                },
+            )
             .collect())
     }
 }

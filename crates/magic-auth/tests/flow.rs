@@ -270,16 +270,17 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
     let app_router = router(app.clone());
 
     // 1. Request a link: the same answer for an unknown address.
-    let r = app_router
-        .clone()
-        .oneshot(req(
-            "POST",
-            "/auth/request",
-            &[],
-            Some("email=ops%40example.com".into()),
-        ))
-        .await
-        .unwrap();
+    // A forged Host header changes nothing: links are built from the configured base URL.
+    let mut forged_host = req(
+        "POST",
+        "/auth/request",
+        &[],
+        Some("email=ops%40example.com".into()),
+    );
+    forged_host
+        .headers_mut()
+        .insert(header::HOST, "evil.example".parse().unwrap());
+    let r = app_router.clone().oneshot(forged_host).await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let verifier = set_cookie(&r);
     let unknown = app_router
@@ -302,6 +303,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let body = outbox.messages()[0].body.to_string();
+    assert!(!body.contains("evil.example"), "{body}");
     let link = body
         .lines()
         .find(|l| l.starts_with("https://app.example.test/auth/link?token="))

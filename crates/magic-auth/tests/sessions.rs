@@ -274,3 +274,25 @@ async fn invalid_lifetimes_are_refused() {
         ));
     }
 }
+
+#[tokio::test]
+async fn a_tenant_admin_lists_every_live_session_of_the_tenant_and_no_other() {
+    let db = fresh_database(&template()).await;
+    let s = store(&db, SessionConfig::default()).await;
+    let (t, other) = (TenantId::new_random(), TenantId::new_random());
+    let (alice, bob) = (
+        user(ActorKind::User, Assurance::Aal1),
+        user(ActorKind::Staff, Assurance::Aal2),
+    );
+    let (a, _) = s.create(t, &alice).await.unwrap();
+    let (b, _) = s.create(t, &bob).await.unwrap();
+    let (gone, _) = s.create(t, &alice).await.unwrap();
+    s.revoke(t, gone.id).await.unwrap();
+    s.create(other, &alice).await.unwrap();
+    let listed = s.list_tenant(t).await.unwrap();
+    let mut ids: Vec<_> = listed.iter().map(|l| (l.id, l.user)).collect();
+    ids.sort();
+    let mut want = vec![(a.id, alice.user), (b.id, bob.user)];
+    want.sort();
+    assert_eq!(ids, want);
+}
