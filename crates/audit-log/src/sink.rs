@@ -41,8 +41,11 @@ struct Inner {
     pool: TenantPool,
     scrubber: Scrubber,
     /// Events waiting for their tenant's writer (group commit, see [`AuditLog::record`]).
-    queues: std::sync::Mutex<std::collections::HashMap<TenantId, Vec<Pending>>>,
+    queues: Queues,
 }
+
+type QueueMap = std::collections::HashMap<TenantId, Vec<Pending>>;
+type Queues = std::sync::Mutex<QueueMap>;
 
 /// An event waiting to be written, and where its result goes.
 struct Pending {
@@ -253,8 +256,8 @@ async fn write_queue(inner: Arc<Inner>, tenant: TenantId) {
 /// removed) or unusable.
 async fn write_group(inner: &Inner, tenant: TenantId) -> bool {
     let group: Vec<Pending> = {
-        let Ok(mut queues) = inner.queues.lock() else {
-            return false; // Poisoned: the waiting callers see their reply dropped (TaskFailed).
+        let Some(mut queues) = lock_or_fail(&inner.queues, tenant) else {
+            return false;
         };
         let Some(queue) = queues.get_mut(&tenant) else {
             return false;
@@ -289,6 +292,19 @@ async fn write_group(inner: &Inner, tenant: TenantId) -> bool {
     true
 }
 
+/// The queues, locked; `None` if a panic poisoned the lock. Then `tenant`'s queued events are
+/// dropped with their reply channels, so every waiting caller gets `TaskFailed` — an error,
+/// never a hang and never a reported success.
+fn lock_or_fail(queues: &Queues, tenant: TenantId) -> Option<std::sync::MutexGuard<'_, QueueMap>> {
+    match queues.lock() {
+        Ok(queues) => Some(queues),
+        Err(poisoned) => {
+            poisoned.into_inner().remove(&tenant);
+            None
+        }
+    }
+}
+
 /// The caller that found its tenant idle writes the first group itself (no task hop for a
 /// lone event) and hands the rest of the queue to a writer task — also when it is dropped
 /// midway, so events queued behind it are never stranded.
@@ -306,21 +322,14 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        let drained = self
-            .inner
-            .queues
-            .lock()
-            .map(|mut queues| {
-                let empty = queues.get(&self.tenant).is_none_or(Vec::is_empty);
-                if empty {
-                    queues.remove(&self.tenant);
-                }
-                empty
-            })
-            .unwrap_or(true);
-        if drained {
+        let Some(mut queues) = lock_or_fail(&self.inner.queues, self.tenant) else {
+            return;
+        };
+        if queues.get(&self.tenant).is_none_or(Vec::is_empty) {
+            queues.remove(&self.tenant);
             return;
         }
+        drop(queues);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(write_queue(self.inner.clone(), self.tenant));
@@ -443,4 +452,43 @@ fn check_appended(
         hash: expected,
         occurred_at: prepared.occurred_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_queue_fails_its_waiters_instead_of_stranding_them() {
+        let tenant = TenantId::new_random();
+        let queues: Arc<Queues> = Arc::default();
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let prepared = Prepared {
+            tenant,
+            occurred_at: OffsetDateTime::UNIX_EPOCH,
+            actor_kind: "system",
+            actor_id: None,
+            action: "a.b".to_owned(),
+            outcome: "allowed",
+            request_id: None,
+            canonical: Vec::new(),
+        };
+        queues
+            .lock()
+            .unwrap()
+            .insert(tenant, vec![Pending { prepared, reply }]);
+        let poisoner = queues.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.lock().unwrap();
+            panic!("poison the queue lock");
+        })
+        .join();
+        assert!(queues.is_poisoned());
+        assert!(lock_or_fail(&queues, tenant).is_none());
+        // The waiter is told (its reply channel is gone), not left waiting forever.
+        assert!(matches!(
+            answer.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+    }
 }
