@@ -37,13 +37,7 @@ pub const MAX_CLOCK_SKEW_SECS: u32 = 300;
 /// # Errors
 /// [`AuditError::InvalidConfig`] unless `runtime_role` is a plain lowercase identifier.
 pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
-    let plain = !runtime_role.is_empty()
-        && runtime_role.len() <= 63
-        && runtime_role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && runtime_role
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !plain {
+    if !rls_guard::schema::is_plain_identifier(runtime_role) {
         return Err(AuditError::InvalidConfig(
             "runtime role must be a plain lowercase identifier",
         ));

@@ -17,13 +17,7 @@ use crate::AuthError;
 /// # Errors
 /// [`AuthError::InvalidConfig`] unless `runtime_role` is a plain lowercase identifier.
 pub fn schema_sql(runtime_role: &str) -> Result<String, AuthError> {
-    let plain = !runtime_role.is_empty()
-        && runtime_role.len() <= 63
-        && runtime_role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && runtime_role
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !plain {
+    if !rls_guard::schema::is_plain_identifier(runtime_role) {
         return Err(AuthError::InvalidConfig(
             "runtime role must be a plain lowercase identifier",
         ));

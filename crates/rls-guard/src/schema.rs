@@ -94,14 +94,20 @@ pub const RESTRICTIVE_POLICY: &str = "tenant_isolation";
 pub const PERMISSIVE_POLICY: &str = "tenant_access";
 
 /// A table name, optionally schema-qualified, of plain lowercase identifiers.
+/// Whether `name` is a plain lowercase SQL identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes):
+/// safe to splice into SQL unquoted, as role, schema and table names are in generated DDL.
+#[must_use]
+pub fn is_plain_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 fn checked_table(table: &str) -> Result<(Option<&str>, &str), RlsError> {
-    let plain = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
+    let plain = is_plain_identifier;
     let (schema, name) = match table.split_once('.') {
         Some((s, n)) => (Some(s), n),
         None => (None, table),
