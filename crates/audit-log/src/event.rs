@@ -135,6 +135,14 @@ pub mod actions {
     pub const AGENT_TOOL_REJECTED: Action = Action::known("agent.tool_rejected");
     /// A tool call was denied by policy (allowlist, schema, taint).
     pub const AGENT_TOOL_DENIED: Action = Action::known("agent.tool_denied");
+    /// A proposal or an approval expired before it was used.
+    pub const AGENT_TOOL_EXPIRED: Action = Action::known("agent.tool_expired");
+    /// An approval was consumed: the approved call is about to run, exactly once.
+    pub const AGENT_TOOL_CONSUMED: Action = Action::known("agent.tool_consumed");
+    /// An approved call ran to completion.
+    pub const AGENT_TOOL_EXECUTED: Action = Action::known("agent.tool_executed");
+    /// A tool call failed (error, timeout, egress refusal) or was interrupted.
+    pub const AGENT_TOOL_FAILED: Action = Action::known("agent.tool_failed");
     /// An outbound request was refused by the egress guard.
     pub const EGRESS_DENIED: Action = Action::known("egress.denied");
     /// Events older than the retention period were pruned behind a signed checkpoint.
@@ -168,6 +176,10 @@ pub mod actions {
         AGENT_TOOL_APPROVED,
         AGENT_TOOL_REJECTED,
         AGENT_TOOL_DENIED,
+        AGENT_TOOL_EXPIRED,
+        AGENT_TOOL_CONSUMED,
+        AGENT_TOOL_EXECUTED,
+        AGENT_TOOL_FAILED,
         EGRESS_DENIED,
         AUDIT_PRUNED,
         AUDIT_EXPORTED,

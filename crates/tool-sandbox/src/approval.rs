@@ -1,0 +1,387 @@
+//! The approval gate's principals and rules: who may approve, how fresh their second factor
+//! must be, how long proposals and approvals live — and the proposal table.
+//!
+//! Only an authenticated human may approve: never an agent or a system job, never from the
+//! session that proposed the call, and (by default) never the person on whose behalf the agent
+//! worked. The approver must be staff, or a tenant admin when the policy allows it, and must
+//! have passed a second-factor check within [`ApprovalPolicy::step_up_max_age`]. The model's
+//! output has no path here: an approval is a call to [`Gate::approve`](crate::Gate::approve) by
+//! the application, with the approver's authenticated session.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tenant_scope::{Actor, ActorKind, TenantContext};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::SandboxError;
+
+/// An authenticated human who may approve or reject proposals. `magic-auth`'s `Session`
+/// implements it (feature `magic-auth`); wrap it in [`AsTenantAdmin`] for tenant admins.
+pub trait Approver: Send + Sync {
+    /// Who is approving.
+    fn actor(&self) -> Actor;
+    /// The approver's authenticated session.
+    fn session_id(&self) -> Uuid;
+    /// When the approver last passed a second-factor check in this session (`None`: never).
+    fn second_factor_at(&self) -> Option<OffsetDateTime>;
+    /// Whether the application has established that this approver administers their tenant.
+    fn is_tenant_admin(&self) -> bool {
+        false
+    }
+}
+
+/// An approver the application has checked to be an admin of their own tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct AsTenantAdmin<'a, A: ?Sized>(pub &'a A);
+
+impl<A: Approver + ?Sized> Approver for AsTenantAdmin<'_, A> {
+    fn actor(&self) -> Actor {
+        self.0.actor()
+    }
+    fn session_id(&self) -> Uuid {
+        self.0.session_id()
+    }
+    fn second_factor_at(&self) -> Option<OffsetDateTime> {
+        self.0.second_factor_at()
+    }
+    fn is_tenant_admin(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(feature = "magic-auth")]
+impl Approver for magic_auth::Session {
+    fn actor(&self) -> Actor {
+        magic_auth::Session::actor(self)
+    }
+    fn session_id(&self) -> Uuid {
+        self.id
+    }
+    fn second_factor_at(&self) -> Option<OffsetDateTime> {
+        // Only a session that passed a second factor has one; `authenticated_at` is the last
+        // factor check (sign-in or step-up).
+        (self.assurance == magic_auth::Assurance::Aal2).then_some(self.authenticated_at)
+    }
+}
+
+/// Who may approve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Approvers {
+    /// Staff only (default).
+    #[default]
+    Staff,
+    /// Staff, or an admin of the proposal's tenant.
+    StaffOrTenantAdmin,
+}
+
+/// The approval rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// Who may approve.
+    pub approvers: Approvers,
+    /// The oldest second-factor check accepted (default 10 minutes).
+    pub step_up_max_age: Duration,
+    /// How long a proposal waits for a decision (default 24 hours).
+    pub proposal_ttl: Duration,
+    /// How long an approval may wait to be executed (default 15 minutes).
+    pub approval_ttl: Duration,
+    /// Refuse approval by the person on whose behalf the agent worked (default true).
+    pub separation_of_duties: bool,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        Self {
+            approvers: Approvers::Staff,
+            step_up_max_age: Duration::from_secs(10 * 60),
+            proposal_ttl: Duration::from_secs(24 * 60 * 60),
+            approval_ttl: Duration::from_secs(15 * 60),
+            separation_of_duties: true,
+        }
+    }
+}
+
+/// Why an approval, a rejection or an execution of a proposal was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ApprovalRefusal {
+    /// The approver is not a human (an agent or a system job).
+    NotHuman,
+    /// The approver is not staff (or a tenant admin, where allowed).
+    NotAuthorized,
+    /// The tenant context is not the approver's own (or a cross-tenant grant to them).
+    ContextMismatch,
+    /// The approver's last second-factor check is missing or too old.
+    StepUpRequired,
+    /// The approver is using the session that proposed the call.
+    ProposingSession,
+    /// The approver is the person on whose behalf the agent proposed the call.
+    SelfApproval,
+    /// The proposal is not waiting for a decision.
+    NotPending,
+    /// The proposal or its approval has expired.
+    Expired,
+    /// What the approver saw (the digest) is not what was proposed.
+    DigestMismatch,
+    /// The proposal is not approved (or its approval was already used).
+    NotApproved,
+    /// The arguments presented for execution differ from the approved ones.
+    ArgumentsChanged,
+    /// The tool changed (version, effect) or left the registry or the agent's allowlist since
+    /// the approval.
+    ToolChanged,
+    /// The executing agent or tenant is not the one the proposal was made for.
+    WrongAgent,
+}
+
+impl ApprovalRefusal {
+    /// The stable code.
+    #[must_use]
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::NotHuman => "not_human",
+            Self::NotAuthorized => "not_authorized",
+            Self::ContextMismatch => "context_mismatch",
+            Self::StepUpRequired => "step_up_required",
+            Self::ProposingSession => "proposing_session",
+            Self::SelfApproval => "self_approval",
+            Self::NotPending => "not_pending",
+            Self::Expired => "expired",
+            Self::DigestMismatch => "digest_mismatch",
+            Self::NotApproved => "not_approved",
+            Self::ArgumentsChanged => "arguments_changed",
+            Self::ToolChanged => "tool_changed",
+            Self::WrongAgent => "wrong_agent",
+        }
+    }
+}
+
+impl ApprovalPolicy {
+    /// The checks that need no database: a human, allowed to approve, in their own context,
+    /// with a fresh second factor.
+    pub(crate) fn check_approver(
+        &self,
+        context: &TenantContext,
+        approver: &dyn Approver,
+        now: OffsetDateTime,
+        need_step_up: bool,
+    ) -> Result<Actor, SandboxError> {
+        let refuse = |r| Err(SandboxError::ApprovalRefused(r));
+        let actor = approver.actor();
+        if !matches!(actor.kind(), ActorKind::User | ActorKind::Staff) {
+            return refuse(ApprovalRefusal::NotHuman);
+        }
+        if context.actor() != Some(&actor) {
+            return refuse(ApprovalRefusal::ContextMismatch);
+        }
+        let own_tenant = context.tenant() == actor.tenant() && !context.is_cross_tenant();
+        let granted = context.is_cross_tenant() && actor.is_staff();
+        if !own_tenant && !granted {
+            return refuse(ApprovalRefusal::ContextMismatch);
+        }
+        let authorized = actor.is_staff()
+            || (self.approvers == Approvers::StaffOrTenantAdmin
+                && approver.is_tenant_admin()
+                && own_tenant);
+        if !authorized {
+            return refuse(ApprovalRefusal::NotAuthorized);
+        }
+        if need_step_up {
+            let max =
+                time::Duration::try_from(self.step_up_max_age).unwrap_or(time::Duration::ZERO);
+            let fresh = approver.second_factor_at().is_some_and(|at| {
+                let age = now - at;
+                // A check from the future (clock skew beyond a minute) is not trusted either.
+                age <= max && age >= -time::Duration::minutes(1)
+            });
+            if !fresh {
+                return refuse(ApprovalRefusal::StepUpRequired);
+            }
+        }
+        Ok(actor)
+    }
+}
+
+/// The status of a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProposalStatus {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved, waiting to run.
+    Approved,
+    /// Rejected by a human.
+    Rejected,
+    /// Expired before it was decided or used.
+    Expired,
+    /// Consumed; running (a proposal left here by a crash never runs again).
+    Executing,
+    /// Ran.
+    Executed,
+    /// Ran and failed.
+    Failed,
+    /// The tool changed after the approval.
+    Invalidated,
+    /// Found `executing` after a crash; never retried.
+    Interrupted,
+}
+
+impl ProposalStatus {
+    /// The stored name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Executing => "executing",
+            Self::Executed => "executed",
+            Self::Failed => "failed",
+            Self::Invalidated => "invalidated",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "approved" => Self::Approved,
+            "rejected" => Self::Rejected,
+            "expired" => Self::Expired,
+            "executing" => Self::Executing,
+            "executed" => Self::Executed,
+            "failed" => Self::Failed,
+            "invalidated" => Self::Invalidated,
+            "interrupted" => Self::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// The SQL that installs the proposal table (after `rls_guard::schema::SUPPORT_SQL`), granting
+/// `runtime_role` `SELECT`, `INSERT` and `UPDATE` within its bound tenant. A trigger (enabled
+/// `ALWAYS`, so `session_replication_role` cannot skip it) enforces the state machine in the
+/// database too: what was proposed can never change, an approval needs a decider other than the
+/// agent and the proposing session, a consumed approval can never be re-armed, and nothing is
+/// deleted. Idempotent.
+///
+/// # Errors
+/// [`SandboxError::InvalidSchema`] unless `runtime_role` is a plain lowercase identifier.
+pub fn schema_sql(runtime_role: &str) -> Result<String, SandboxError> {
+    let invalid = |reason: &str| SandboxError::InvalidSchema {
+        tool: "(schema)".to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !rls_guard::schema::is_plain_identifier(runtime_role) {
+        return Err(invalid("runtime role must be a plain lowercase identifier"));
+    }
+    let rls = rls_guard::schema::tenant_table_sql("tool_sandbox.proposals")
+        .map_err(|_| invalid("table"))?;
+    let r = runtime_role;
+    Ok(format!(
+        r#"
+CREATE SCHEMA IF NOT EXISTS tool_sandbox;
+REVOKE ALL ON SCHEMA tool_sandbox FROM PUBLIC;
+GRANT USAGE ON SCHEMA tool_sandbox TO {r};
+
+CREATE TABLE IF NOT EXISTS tool_sandbox.proposals (
+    tenant_id           uuid        NOT NULL,
+    id                  uuid        NOT NULL,
+    agent_id            uuid        NOT NULL,
+    session_id          uuid        NOT NULL,
+    on_behalf_of        uuid,
+    call_id             text        NOT NULL CHECK (length(call_id) <= 128),
+    tool                text        NOT NULL CHECK (tool ~ '^[a-z][a-z0-9_]{{0,63}}$'),
+    tool_version        bigint      NOT NULL CHECK (tool_version BETWEEN 0 AND 4294967295),
+    arguments           text        NOT NULL CHECK (length(arguments) <= 65536),
+    digest              bytea       NOT NULL CHECK (length(digest) = 32),
+    flags               jsonb       NOT NULL,
+    taint_sources       jsonb       NOT NULL,
+    warnings            jsonb       NOT NULL,
+    status              text        NOT NULL CHECK (status IN ('pending', 'approved', 'rejected',
+                            'expired', 'executing', 'executed', 'failed', 'invalidated',
+                            'interrupted')),
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    expires_at          timestamptz NOT NULL,
+    decided_by          uuid,
+    decided_by_kind     text CHECK (decided_by_kind IN ('user', 'staff')),
+    decided_session     uuid,
+    decided_at          timestamptz,
+    decision_reason     text CHECK (length(decision_reason) <= 512),
+    approval_expires_at timestamptz,
+    consumed_at         timestamptz,
+    finished_at         timestamptz,
+    outcome             text CHECK (length(outcome) <= 512),
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE INDEX IF NOT EXISTS proposals_status_idx
+    ON tool_sandbox.proposals (tenant_id, status, created_at);
+{rls}
+REVOKE ALL ON tool_sandbox.proposals FROM PUBLIC;
+REVOKE ALL ON tool_sandbox.proposals FROM {r};
+GRANT SELECT, INSERT, UPDATE ON tool_sandbox.proposals TO {r};
+
+CREATE OR REPLACE FUNCTION tool_sandbox.guard_proposal() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR TG_OP = 'TRUNCATE' THEN
+        RAISE EXCEPTION 'proposals are never deleted' USING ERRCODE = 'TS001';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.status <> 'pending' OR NEW.decided_by IS NOT NULL OR NEW.decided_at IS NOT NULL
+           OR NEW.approval_expires_at IS NOT NULL OR NEW.consumed_at IS NOT NULL
+           OR NEW.finished_at IS NOT NULL THEN
+            RAISE EXCEPTION 'a proposal starts pending and undecided' USING ERRCODE = 'TS001';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF (NEW.tenant_id, NEW.id, NEW.agent_id, NEW.session_id, NEW.on_behalf_of, NEW.call_id,
+        NEW.tool, NEW.tool_version, NEW.arguments, NEW.digest, NEW.flags, NEW.taint_sources,
+        NEW.warnings, NEW.created_at, NEW.expires_at)
+       IS DISTINCT FROM
+       (OLD.tenant_id, OLD.id, OLD.agent_id, OLD.session_id, OLD.on_behalf_of, OLD.call_id,
+        OLD.tool, OLD.tool_version, OLD.arguments, OLD.digest, OLD.flags, OLD.taint_sources,
+        OLD.warnings, OLD.created_at, OLD.expires_at) THEN
+        RAISE EXCEPTION 'what was proposed cannot change' USING ERRCODE = 'TS001';
+    END IF;
+    IF NOT ((OLD.status = 'pending' AND NEW.status IN ('approved', 'rejected', 'expired'))
+         OR (OLD.status = 'approved' AND NEW.status IN ('executing', 'expired', 'invalidated'))
+         OR (OLD.status = 'executing' AND NEW.status IN ('executed', 'failed', 'interrupted')))
+    THEN
+        RAISE EXCEPTION 'illegal proposal transition % -> %', OLD.status, NEW.status
+            USING ERRCODE = 'TS001';
+    END IF;
+    IF OLD.status <> 'pending' AND (NEW.decided_by, NEW.decided_by_kind, NEW.decided_session,
+        NEW.decided_at, NEW.approval_expires_at) IS DISTINCT FROM (OLD.decided_by,
+        OLD.decided_by_kind, OLD.decided_session, OLD.decided_at, OLD.approval_expires_at) THEN
+        RAISE EXCEPTION 'a decision cannot change' USING ERRCODE = 'TS001';
+    END IF;
+    IF NEW.status = 'approved' AND (NEW.decided_by IS NULL OR NEW.decided_by = OLD.agent_id
+        OR NEW.decided_session IS NULL OR NEW.decided_session = OLD.session_id
+        OR NEW.approval_expires_at IS NULL OR OLD.expires_at <= now()) THEN
+        RAISE EXCEPTION 'invalid approval' USING ERRCODE = 'TS001';
+    END IF;
+    IF NEW.status = 'executing' AND (OLD.approval_expires_at <= now()
+        OR NEW.consumed_at IS NULL OR OLD.consumed_at IS NOT NULL) THEN
+        RAISE EXCEPTION 'approval expired or already consumed' USING ERRCODE = 'TS001';
+    END IF;
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS proposals_guard ON tool_sandbox.proposals;
+CREATE TRIGGER proposals_guard BEFORE INSERT OR UPDATE OR DELETE ON tool_sandbox.proposals
+    FOR EACH ROW EXECUTE FUNCTION tool_sandbox.guard_proposal();
+DROP TRIGGER IF EXISTS proposals_no_truncate ON tool_sandbox.proposals;
+CREATE TRIGGER proposals_no_truncate BEFORE TRUNCATE ON tool_sandbox.proposals
+    FOR EACH STATEMENT EXECUTE FUNCTION tool_sandbox.guard_proposal();
+ALTER TABLE tool_sandbox.proposals ENABLE ALWAYS TRIGGER proposals_guard;
+ALTER TABLE tool_sandbox.proposals ENABLE ALWAYS TRIGGER proposals_no_truncate;
+"#
+    ))
+}

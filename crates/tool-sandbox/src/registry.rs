@@ -1,0 +1,449 @@
+//! The tool registry: exact names, versions, strict argument schemas, effect classes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::model::BoxFuture;
+use crate::name::{ToolName, skeleton};
+use crate::process::ProcessLimits;
+use crate::tool::{Tool, ToolContext, ToolOutput};
+use crate::{SandboxError, ToolError};
+
+/// What a tool can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Effect {
+    /// Reads only. Allowed by the allowlist alone unless a policy says otherwise.
+    ReadOnly,
+    /// Changes state. Needs a policy that allows it; needs approval once the turn is tainted.
+    Writes,
+    /// Sends, exports, deletes, pays: always needs an authorized human approval.
+    Sensitive,
+}
+
+impl Effect {
+    /// The stable lowercase name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadOnly => "read_only",
+            Self::Writes => "writes",
+            Self::Sensitive => "sensitive",
+        }
+    }
+
+    /// Whether the tool has effects (anything but [`Effect::ReadOnly`]).
+    #[must_use]
+    pub const fn has_effects(self) -> bool {
+        !matches!(self, Self::ReadOnly)
+    }
+}
+
+/// The per-call limits of one tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolLimits {
+    /// Wall-clock limit for one call (default 10 s); the call is cancelled when it passes.
+    pub timeout: Duration,
+    /// The most output kept (default 64 KiB); longer output is cut and marked truncated.
+    pub output_bytes: usize,
+}
+
+impl Default for ToolLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            output_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A tool's declaration: everything the gate needs to decide about a call before it runs.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    name: ToolName,
+    version: u32,
+    description: String,
+    effect: Effect,
+    network: bool,
+    schema: Value,
+    limits: ToolLimits,
+    process: ProcessLimits,
+}
+
+impl ToolSpec {
+    /// A tool called `name`, at `version`, with `effect`; by default it takes an empty object
+    /// and uses no network.
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidToolName`] outside the name grammar.
+    pub fn new(name: &str, version: u32, effect: Effect) -> Result<Self, SandboxError> {
+        Ok(Self {
+            name: ToolName::parse(name)?,
+            version,
+            description: String::new(),
+            effect,
+            network: false,
+            schema: serde_json::json!({"type": "object", "additionalProperties": false}),
+            limits: ToolLimits::default(),
+            process: ProcessLimits::default(),
+        })
+    }
+
+    /// What the tool does (shown to the model).
+    #[must_use]
+    pub fn description(mut self, text: &str) -> Self {
+        text.clone_into(&mut self.description);
+        self
+    }
+
+    /// The JSON Schema (draft 2020-12) of the arguments. It is checked when the tool is
+    /// registered: the root must be an object schema and every object in it must say
+    /// `"additionalProperties": false`, so a call with an extra field is refused.
+    #[must_use]
+    pub fn schema(mut self, schema: Value) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// Whether the tool reaches the network (it then gets an egress-guarded client, and only
+    /// then).
+    #[must_use]
+    pub const fn network(mut self, on: bool) -> Self {
+        self.network = on;
+        self
+    }
+
+    /// Per-call limits.
+    #[must_use]
+    pub const fn limits(mut self, limits: ToolLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Limits for the subprocesses the tool starts through [`ToolContext::command`].
+    #[must_use]
+    pub const fn process_limits(mut self, limits: ProcessLimits) -> Self {
+        self.process = limits;
+        self
+    }
+
+    /// The exact name.
+    #[must_use]
+    pub const fn name(&self) -> &ToolName {
+        &self.name
+    }
+
+    /// The version, bound into every approval digest: a new version invalidates approvals.
+    #[must_use]
+    pub const fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The description.
+    #[must_use]
+    pub fn description_text(&self) -> &str {
+        &self.description
+    }
+
+    /// The effect class.
+    #[must_use]
+    pub const fn effect(&self) -> Effect {
+        self.effect
+    }
+
+    /// Whether the tool uses the network.
+    #[must_use]
+    pub const fn uses_network(&self) -> bool {
+        self.network
+    }
+
+    /// The argument schema.
+    #[must_use]
+    pub const fn argument_schema(&self) -> &Value {
+        &self.schema
+    }
+
+    /// The per-call limits.
+    #[must_use]
+    pub const fn call_limits(&self) -> ToolLimits {
+        self.limits
+    }
+
+    /// The subprocess limits.
+    #[must_use]
+    pub const fn subprocess_limits(&self) -> ProcessLimits {
+        self.process
+    }
+}
+
+/// A registered tool: its declaration, its compiled schema and its implementation.
+pub(crate) struct Registered {
+    pub(crate) spec: ToolSpec,
+    pub(crate) validator: jsonschema::Validator,
+    pub(crate) tool: Arc<dyn Tool>,
+}
+
+impl Registered {
+    pub(crate) fn run<'a>(
+        &'a self,
+        context: ToolContext,
+        arguments: Value,
+    ) -> BoxFuture<'a, Result<ToolOutput, ToolError>> {
+        self.tool.call(context, arguments)
+    }
+}
+
+/// The tools an application offers, by exact name. Immutable once built; share it in an `Arc`.
+pub struct Registry {
+    tools: HashMap<Box<str>, Registered>,
+    skeletons: HashMap<String, ToolName>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.tools.keys().map(|k| &**k).collect();
+        names.sort_unstable();
+        f.debug_struct("Registry").field("tools", &names).finish()
+    }
+}
+
+/// What a requested name resolves to.
+pub(crate) enum Lookup<'a> {
+    Found(&'a Registered),
+    /// Not registered; `lookalike` names the registered tool it imitates, if any.
+    Unknown {
+        lookalike: Option<&'a ToolName>,
+    },
+}
+
+impl Registry {
+    /// A builder.
+    #[must_use]
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder { tools: Vec::new() }
+    }
+
+    pub(crate) fn lookup(&self, requested: &str) -> Lookup<'_> {
+        // Exact bytes only: the map holds valid names, so anything else misses.
+        match self.tools.get(requested) {
+            Some(found) => Lookup::Found(found),
+            None => Lookup::Unknown {
+                lookalike: self.skeletons.get(&skeleton(requested)),
+            },
+        }
+    }
+
+    /// The declaration of `name`, if registered (exact match).
+    #[must_use]
+    pub fn spec(&self, name: &str) -> Option<&ToolSpec> {
+        self.tools.get(name).map(|r| &r.spec)
+    }
+
+    /// Every declaration, sorted by name.
+    #[must_use]
+    pub fn specs(&self) -> Vec<&ToolSpec> {
+        let mut specs: Vec<&ToolSpec> = self.tools.values().map(|r| &r.spec).collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs
+    }
+}
+
+/// Builds a [`Registry`].
+pub struct RegistryBuilder {
+    tools: Vec<(ToolSpec, Arc<dyn Tool>)>,
+}
+
+impl std::fmt::Debug for RegistryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryBuilder")
+            .field("tools", &self.tools.len())
+            .finish()
+    }
+}
+
+impl RegistryBuilder {
+    /// Adds a tool.
+    #[must_use]
+    pub fn tool(mut self, spec: ToolSpec, tool: Arc<dyn Tool>) -> Self {
+        self.tools.push((spec, tool));
+        self
+    }
+
+    /// Compiles every schema and builds the registry.
+    ///
+    /// # Errors
+    /// [`SandboxError::DuplicateTool`] for a name registered twice; [`SandboxError::InvalidSchema`]
+    /// for a schema that does not compile, is not an object schema, allows unlisted fields, or
+    /// refers to anything outside itself.
+    pub fn build(self) -> Result<Registry, SandboxError> {
+        let mut tools = HashMap::with_capacity(self.tools.len());
+        let mut skeletons = HashMap::new();
+        for (spec, tool) in self.tools {
+            let name = spec.name.as_str();
+            let invalid = |reason: String| SandboxError::InvalidSchema {
+                tool: name.to_owned(),
+                reason,
+            };
+            check_closed(&spec.schema, "#").map_err(invalid)?;
+            let validator = jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .should_validate_formats(true)
+                .build(&spec.schema)
+                .map_err(|e| invalid(e.to_string()))?;
+            skeletons.insert(skeleton(name), spec.name.clone());
+            let key: Box<str> = name.into();
+            if tools.contains_key(&key) {
+                return Err(SandboxError::DuplicateTool(name.to_owned()));
+            }
+            tools.insert(
+                key,
+                Registered {
+                    spec,
+                    validator,
+                    tool,
+                },
+            );
+        }
+        Ok(Registry { tools, skeletons })
+    }
+}
+
+/// Checks that `schema` (at `path`) is an object schema closed to unlisted fields, recursively,
+/// and that it refers to nothing outside itself.
+fn check_closed(schema: &Value, path: &str) -> Result<(), String> {
+    let Value::Object(map) = schema else {
+        return Err(format!("{path}: the root must be an object schema"));
+    };
+    if map.get("type") != Some(&Value::String("object".into())) {
+        return Err(format!("{path}: the root must have \"type\": \"object\""));
+    }
+    walk(schema, path)
+}
+
+fn walk(schema: &Value, path: &str) -> Result<(), String> {
+    match schema {
+        Value::Object(map) => {
+            for key in ["$ref", "$dynamicRef", "$recursiveRef"] {
+                if let Some(Value::String(target)) = map.get(key)
+                    && !target.starts_with('#')
+                {
+                    return Err(format!("{path}: {key} outside the schema is not allowed"));
+                }
+            }
+            let is_object = map.get("type") == Some(&Value::String("object".into()))
+                || map.contains_key("properties");
+            if is_object {
+                if map.get("additionalProperties") != Some(&Value::Bool(false)) {
+                    return Err(format!(
+                        "{path}: objects must say \"additionalProperties\": false"
+                    ));
+                }
+                if map.contains_key("patternProperties") {
+                    return Err(format!("{path}: patternProperties is not allowed"));
+                }
+            }
+            for (key, value) in map {
+                walk(value, &format!("{path}/{key}"))?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, &format!("{path}/{i}"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::tool::tool_fn;
+
+    fn noop() -> Arc<dyn Tool> {
+        tool_fn(|_, _| async { Ok(ToolOutput::text("ok")) })
+    }
+
+    fn build(schema: Value) -> Result<Registry, SandboxError> {
+        Registry::builder()
+            .tool(
+                ToolSpec::new("t", 1, Effect::ReadOnly)
+                    .unwrap()
+                    .schema(schema),
+                noop(),
+            )
+            .build()
+    }
+
+    #[test]
+    fn open_or_remote_schemas_are_refused_at_registration() {
+        for bad in [
+            json!({"type": "object"}),
+            json!({"type": "object", "additionalProperties": true}),
+            json!({"type": "array"}),
+            json!({"type": "object", "additionalProperties": false,
+                   "properties": {"x": {"type": "object", "properties": {}}}}),
+            json!({"type": "object", "additionalProperties": false,
+                   "patternProperties": {".*": {}}}),
+            json!({"type": "object", "additionalProperties": false,
+                   "properties": {"x": {"$ref": "https://example.com/s.json"}}}),
+        ] {
+            assert!(
+                matches!(build(bad.clone()), Err(SandboxError::InvalidSchema { .. })),
+                "{bad}"
+            );
+        }
+        assert!(
+            build(json!({"type": "object", "additionalProperties": false,
+                         "properties": {"x": {"type": "integer"}}}))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn names_match_exactly_and_lookalikes_are_reported_not_matched() {
+        let registry = Registry::builder()
+            .tool(
+                ToolSpec::new("send_email", 1, Effect::Sensitive).unwrap(),
+                noop(),
+            )
+            .build()
+            .unwrap();
+        assert!(matches!(registry.lookup("send_email"), Lookup::Found(_)));
+        for lookalike in [
+            "Send_Email",
+            "SEND_EMAIL",
+            "ｓｅｎｄ_ｅｍａｉｌ",
+            "send-email",
+        ] {
+            match registry.lookup(lookalike) {
+                Lookup::Unknown { lookalike: Some(n) } => assert_eq!(n.as_str(), "send_email"),
+                _ => panic!("{lookalike} must be unknown and reported as a look-alike"),
+            }
+        }
+        assert!(matches!(
+            registry.lookup("send_emaіl"),
+            Lookup::Unknown { .. }
+        ));
+        assert!(matches!(
+            registry.lookup("other"),
+            Lookup::Unknown { lookalike: None }
+        ));
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let r = Registry::builder()
+            .tool(ToolSpec::new("t", 1, Effect::ReadOnly).unwrap(), noop())
+            .tool(ToolSpec::new("t", 2, Effect::ReadOnly).unwrap(), noop())
+            .build();
+        assert!(matches!(r, Err(SandboxError::DuplicateTool(_))));
+    }
+}
