@@ -155,6 +155,21 @@ impl AgentPolicy {
         Ok(self)
     }
 
+    /// A policy that holds every call of these tools for approval: the usual way to let an agent
+    /// *propose* sensitive actions (without any policy, a tool with effects is denied).
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidToolName`].
+    pub fn require_approval_for<'a>(
+        mut self,
+        tools: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, SandboxError> {
+        for tool in tools {
+            self = self.policy_for(tool, |_: &CallView<'_>| Some(Verdict::RequireApproval))?;
+        }
+        Ok(self)
+    }
+
     /// What taint does (default: require approval).
     #[must_use]
     pub const fn on_taint(mut self, rule: TaintRule) -> Self {
