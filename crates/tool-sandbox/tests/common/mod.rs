@@ -143,12 +143,19 @@ pub fn scrubber() -> Scrubber {
 }
 
 pub async fn fixture_with(configure: impl FnOnce(GateBuilder) -> GateBuilder) -> Fixture {
+    fixture_of(|ledger| registry_with(ledger, 1), configure).await
+}
+
+pub async fn fixture_of(
+    registry: impl FnOnce(&Arc<Ledger>) -> Registry,
+    configure: impl FnOnce(GateBuilder) -> GateBuilder,
+) -> Fixture {
     let db = fresh_database(&template()).await;
     let raw = db.pool(Role::Runtime, 8).await;
     let pool = TenantPool::new(raw.clone()).await.unwrap();
     let log = AuditLog::new(pool.clone(), scrubber());
     let ledger = Arc::new(Ledger::default());
-    let registry = Arc::new(registry_with(&ledger, 1));
+    let registry = Arc::new(registry(&ledger));
     let gate = configure(Gate::builder(registry, pool.clone(), log.clone())).build();
     Fixture {
         db,

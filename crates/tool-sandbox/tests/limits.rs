@@ -1,0 +1,385 @@
+//! Resource limits and egress at the gate: timeouts, output caps, per-tenant fairness under a
+//! flood, and network tools that only ever get an egress-guarded client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use egress_guard::{EgressPolicy, GuardedClient, NameResolver};
+use serde_json::json;
+use tenant_scope::{Actor, ActorId, ActorKind, TenantId};
+use tool_sandbox::{
+    AgentPolicy, CallLimits, DenyReason, Effect, Registry, Submission, ToolError, ToolLimits,
+    ToolOutput, ToolSpec, tool_fn,
+};
+use uuid::Uuid;
+
+/// Names for the test, answered locally: nothing leaves the machine.
+struct Names;
+
+impl NameResolver for Names {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, std::io::Error>> + Send + 'a>> {
+        let answer: Vec<IpAddr> = match host {
+            "public.test" => vec![Ipv4Addr::LOCALHOST.into()],
+            "metadata.test" => vec![Ipv4Addr::new(169, 254, 169, 254).into()],
+            "intranet.test" => vec![Ipv4Addr::new(10, 1, 2, 3).into()],
+            "mixed.test" => vec![
+                Ipv4Addr::LOCALHOST.into(),
+                Ipv4Addr::new(10, 0, 0, 1).into(),
+            ],
+            _ => Vec::new(),
+        };
+        Box::pin(async move {
+            if answer.is_empty() {
+                Err(std::io::Error::other("no such name"))
+            } else {
+                Ok(answer)
+            }
+        })
+    }
+}
+
+fn net_registry(ledger: &Arc<Ledger>) -> Registry {
+    let fetch_ledger = ledger.clone();
+    Registry::builder()
+        .tool(
+            ToolSpec::new("fetch_url", 1, Effect::ReadOnly)
+                .unwrap()
+                .network(true)
+                .schema(json!({
+                    "type": "object", "additionalProperties": false, "required": ["url"],
+                    "properties": {"url": {"type": "string", "maxLength": 2048}}
+                })),
+            tool_fn(move |ctx, args| {
+                let ledger = fetch_ledger.clone();
+                async move {
+                    ledger.runs.fetch_add(1, Ordering::SeqCst);
+                    let url = args["url"].as_str().unwrap_or_default().to_owned();
+                    let response = ctx.http()?.get(&url).await?;
+                    Ok(ToolOutput::text(String::from_utf8_lossy(&response.body)))
+                }
+            }),
+        )
+        .tool(
+            ToolSpec::new("offline", 1, Effect::ReadOnly).unwrap(),
+            tool_fn(|ctx, _| async move {
+                ctx.http()?;
+                Ok(ToolOutput::text("unreachable"))
+            }),
+        )
+        .tool(
+            ToolSpec::new("big", 1, Effect::ReadOnly)
+                .unwrap()
+                .limits(ToolLimits {
+                    output_bytes: 64 * 1024,
+                    ..ToolLimits::default()
+                }),
+            tool_fn(|_, _| async { Ok(ToolOutput::text("é".repeat(4 * 1024 * 1024))) }),
+        )
+        .tool(
+            ToolSpec::new("hang", 1, Effect::ReadOnly)
+                .unwrap()
+                .limits(ToolLimits {
+                    timeout: Duration::from_millis(200),
+                    ..ToolLimits::default()
+                }),
+            tool_fn(|_, _| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(ToolOutput::text("never"))
+            }),
+        )
+        .tool(
+            ToolSpec::new("slow", 1, Effect::ReadOnly).unwrap(),
+            tool_fn(|_, _| async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(ToolOutput::text("slow done"))
+            }),
+        )
+        .build()
+        .unwrap()
+}
+
+fn agent(tenant: TenantId) -> Arc<AgentPolicy> {
+    Arc::new(
+        AgentPolicy::new(Actor::new(ActorKind::Agent, ActorId::new_random(), tenant))
+            .unwrap()
+            .allow_tools(["fetch_url", "offline", "big", "hang", "slow"])
+            .unwrap(),
+    )
+}
+
+async fn loopback_server(hits: Arc<AtomicUsize>) -> SocketAddr {
+    let app = axum::Router::new().fallback(move || {
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            "hello from loopback"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn a_network_tool_cannot_reach_metadata_or_private_ranges_and_its_refusals_are_audited() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let addr = loopback_server(hits.clone()).await;
+    // The operator allows exactly the loopback test server (as a stand-in for the internet);
+    // the floor still forbids metadata and private ranges.
+    let client = GuardedClient::builder(
+        EgressPolicy::new("agent-tools")
+            .ports([80, 443, addr.port()])
+            .allow_cidr("127.0.0.1/32")
+            .unwrap(),
+    )
+    .resolver(Arc::new(Names))
+    .caller("agent-tools")
+    .build()
+    .unwrap();
+    let f = fixture_of(net_registry, |b| b.egress(client)).await;
+    let policy = agent(f.tenant);
+    let mut t = turn(&policy, "fetch pages");
+    let port = addr.port();
+    for url in [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/".to_owned(),
+        format!("http://metadata.test:{port}/"),
+        "http://10.0.0.8/".to_owned(),
+        "http://10.255.255.1/admin".to_owned(),
+        format!("http://intranet.test:{port}/"),
+        format!("http://mixed.test:{port}/"),
+        "http://[::ffff:169.254.169.254]/".to_owned(),
+        "http://0xA9FEA9FE/".to_owned(),
+        "http://0251.0376.0251.0376/".to_owned(),
+    ] {
+        let s = f
+            .gate
+            .submit(&mut t, call("c", "fetch_url", json!({"url": url})))
+            .await
+            .unwrap();
+        let Submission::Ran { run, .. } = s else {
+            panic!("{url}: {s:?}")
+        };
+        assert!(
+            matches!(
+                run.result,
+                Err(ToolError::Egress(egress_guard::EgressError::Denied { .. }))
+            ),
+            "{url}: {:?}",
+            run.result
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "no request reached any server"
+    );
+    // The positive control: the same tool, the same client, an allowed destination.
+    let ok = f
+        .gate
+        .submit(
+            &mut t,
+            call(
+                "c",
+                "fetch_url",
+                json!({"url": format!("http://public.test:{port}/x")}),
+            ),
+        )
+        .await
+        .unwrap();
+    let Submission::Ran { run, .. } = ok else {
+        panic!()
+    };
+    assert_eq!(
+        run.result.unwrap().into_untrusted_value(),
+        "hello from loopback"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    let events = audit_events(&f.db, f.tenant).await;
+    let egress: Vec<_> = events
+        .iter()
+        .filter(|(a, _, _)| a == "egress.denied")
+        .collect();
+    assert_eq!(egress.len(), 9);
+    assert!(egress.iter().all(|(_, _, e)| e["actor"]["kind"] == "agent"));
+    assert!(
+        egress
+            .iter()
+            .any(|(_, _, e)| e["outcome"]["reason"] == "metadata")
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(a, _, _)| a == "agent.tool_failed")
+            .count(),
+        9
+    );
+}
+
+#[tokio::test]
+async fn a_tool_not_declared_as_networked_gets_no_client() {
+    let client = GuardedClient::builder(EgressPolicy::new("p"))
+        .resolver(Arc::new(Names))
+        .build()
+        .unwrap();
+    let f = fixture_of(net_registry, |b| b.egress(client)).await;
+    let policy = agent(f.tenant);
+    let mut t = turn(&policy, "x");
+    let Submission::Ran { run, .. } = f
+        .gate
+        .submit(&mut t, call("c", "offline", json!({})))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        matches!(run.result, Err(ToolError::NoNetwork)),
+        "{:?}",
+        run.result
+    );
+}
+
+#[tokio::test]
+async fn output_is_cut_at_the_cap_on_a_character_boundary_and_marked_truncated() {
+    let f = fixture_of(net_registry, |b| b).await;
+    let policy = agent(f.tenant);
+    let mut t = turn(&policy, "x");
+    let Submission::Ran { run, for_model } = f
+        .gate
+        .submit(&mut t, call("c", "big", json!({})))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(run.truncated);
+    let text = run.result.unwrap().into_untrusted_value();
+    assert!(text.len() <= 64 * 1024 && text.len() > 64 * 1024 - 4);
+    assert!(for_model.len() < 70 * 1024);
+}
+
+#[tokio::test]
+async fn a_hanging_tool_is_cancelled_at_its_wall_clock_limit_and_the_failure_is_audited() {
+    let f = fixture_of(net_registry, |b| b).await;
+    let policy = agent(f.tenant);
+    let mut t = turn(&policy, "x");
+    let started = Instant::now();
+    let Submission::Ran { run, .. } = f
+        .gate
+        .submit(&mut t, call("c", "hang", json!({})))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(matches!(run.result, Err(ToolError::TimedOut)));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let events = audit_events(&f.db, f.tenant).await;
+    let failed = events
+        .iter()
+        .find(|(a, _, _)| a == "agent.tool_failed")
+        .unwrap();
+    assert_eq!(failed.2["outcome"]["reason"], "timed_out");
+}
+
+#[tokio::test]
+async fn a_thousand_parallel_calls_from_one_tenant_do_not_block_another_tenants_call() {
+    let f = fixture_of(net_registry, |b| {
+        b.limits(CallLimits {
+            per_agent_concurrency: 4,
+            per_tenant_concurrency: 4,
+            per_agent_rate: 1e6,
+            per_agent_burst: 1e6,
+            per_tenant_rate: 1e6,
+            per_tenant_burst: 1e6,
+            queue_wait: Duration::from_secs(60),
+        })
+    })
+    .await;
+    let flooder = agent(f.tenant);
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let gate = f.gate.clone();
+        let policy = flooder.clone();
+        let done = done.clone();
+        flood.spawn(async move {
+            let mut t = tool_sandbox::Turn::new(policy, Uuid::new_v4(), "flood").unwrap();
+            let _ = gate
+                .submit(&mut t, call(&format!("c{i}"), "slow", json!({})))
+                .await;
+            done.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = agent(TenantId::new_random());
+    let mut t = turn(&other, "one call");
+    let started = Instant::now();
+    let s = f
+        .gate
+        .submit(&mut t, call("b1", "slow", json!({})))
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let Submission::Ran { run, .. } = s else {
+        panic!("{s:?}")
+    };
+    assert!(run.result.is_ok());
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "tenant B waited {elapsed:?}"
+    );
+    let finished = done.load(Ordering::SeqCst);
+    assert!(
+        finished < 900,
+        "the flood was still queued when B finished ({finished} done)"
+    );
+    flood.abort_all();
+}
+
+#[tokio::test]
+async fn a_rate_limited_call_is_denied_and_audited() {
+    let f = fixture_of(net_registry, |b| {
+        b.limits(CallLimits {
+            per_agent_rate: 0.001,
+            per_agent_burst: 2.0,
+            ..CallLimits::default()
+        })
+    })
+    .await;
+    let policy = agent(f.tenant);
+    let mut t = turn(&policy, "x");
+    for _ in 0..2 {
+        let s = f
+            .gate
+            .submit(&mut t, call("c", "big", json!({})))
+            .await
+            .unwrap();
+        assert!(matches!(s, Submission::Ran { .. }));
+    }
+    let s = f
+        .gate
+        .submit(&mut t, call("c", "big", json!({})))
+        .await
+        .unwrap();
+    assert!(
+        matches!(s, Submission::Denied(DenyReason::Limited("agent_rate"))),
+        "{s:?}"
+    );
+    let events = audit_events(&f.db, f.tenant).await;
+    assert!(events.iter().any(
+        |(a, _, e)| a == "agent.tool_denied" && e["outcome"]["reason"] == "limited:agent_rate"
+    ));
+}
