@@ -158,7 +158,7 @@ fn write_double(f: f64, out: &mut String) -> Result<(), SandboxError> {
             out.push_str(&digits[1..]);
         }
         out.push('e');
-        out.push(if n - 1 >= 0 { '+' } else { '-' });
+        out.push(if n > 0 { '+' } else { '-' });
         out.push_str(&(n - 1).unsigned_abs().to_string());
     }
     Ok(())

@@ -383,3 +383,84 @@ async fn a_rate_limited_call_is_denied_and_audited() {
         |(a, _, e)| a == "agent.tool_denied" && e["outcome"]["reason"] == "limited:agent_rate"
     ));
 }
+
+/// A subprocess tool whose context decides its network access: the command it builds through
+/// `ToolContext::command` carries the tool's declaration into seccomp.
+fn probe_registry(port: u16) -> Registry {
+    let probe = move || {
+        tool_fn(move |ctx, _| async move {
+            let out = ctx
+                .command("/bin/bash")
+                .args([
+                    "-c",
+                    &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"),
+                ])
+                .run()
+                .await?;
+            Ok(ToolOutput::text(format!(
+                "{:?} {}",
+                out.exit,
+                String::from_utf8_lossy(&out.stdout).trim()
+            )))
+        })
+    };
+    Registry::builder()
+        .tool(
+            ToolSpec::new("offline_probe", 1, Effect::ReadOnly).unwrap(),
+            probe(),
+        )
+        .tool(
+            ToolSpec::new("online_probe", 1, Effect::ReadOnly)
+                .unwrap()
+                .network(true),
+            probe(),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_subprocess_of_a_non_network_tool_cannot_open_an_inet_socket() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let f = fixture_of(|_| probe_registry(port), |b| b).await;
+    let policy = Arc::new(
+        AgentPolicy::new(Actor::new(
+            ActorKind::Agent,
+            ActorId::new_random(),
+            f.tenant,
+        ))
+        .unwrap()
+        .allow_tools(["offline_probe", "online_probe"])
+        .unwrap(),
+    );
+    let mut t = turn(&policy, "probe");
+    let Submission::Ran { run, .. } = f
+        .gate
+        .submit(&mut t, call("c1", "offline_probe", json!({})))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let text = run.result.unwrap().into_untrusted_value();
+    assert!(!text.contains("connected"), "{text}");
+    assert!(
+        listener.accept().is_err(),
+        "no connection reached the listener"
+    );
+    // The control: the same probe declared as a network tool connects.
+    let Submission::Ran { run, .. } = f
+        .gate
+        .submit(&mut t, call("c2", "online_probe", json!({})))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let text = run.result.unwrap().into_untrusted_value();
+    assert!(text.contains("connected"), "{text}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(listener.accept().is_ok());
+}
