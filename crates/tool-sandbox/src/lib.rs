@@ -54,6 +54,7 @@
 //! }
 //! # Ok(()) }
 //! ```
+#![doc = include_str!("../README.md")]
 
 pub mod approval;
 pub mod canonical;
