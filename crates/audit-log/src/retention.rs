@@ -117,9 +117,9 @@ impl AuditLog {
                 .map_err(|_| AuditError::InvalidConfig("retention period"))?;
         let mut tx = owner.begin().await?;
         // A validated UUID: inlining it is injection-free.
-        sqlx::raw_sql(&format!("SET LOCAL app.tenant_id = '{tenant}'"))
-            .execute(&mut *tx)
-            .await?;
+        let bind = format!("SET LOCAL app.tenant_id = '{tenant}'");
+        // `Executor::execute`: `RawSql::execute`'s future is not provably `Send`.
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&bind)).await?;
         // Take the chain's append lock: no append interleaves with the move of the start.
         sqlx::query("SELECT pg_advisory_xact_lock(1096107092, hashtext($1::text))")
             .bind(tenant.as_uuid())
@@ -214,9 +214,8 @@ impl AuditLog {
         let prepared = self.prepare(event)?;
         crate::sink::insert(&mut tx, &prepared).await?;
         // The rls-guard binding check runs at commit for every row written: restate the tenant.
-        sqlx::raw_sql(&format!("SET LOCAL app.commit_binding = '{tenant}:'"))
-            .execute(&mut *tx)
-            .await?;
+        let restate = format!("SET LOCAL app.commit_binding = '{tenant}:'");
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&restate)).await?;
         tx.commit().await?;
         Ok(PruneReport {
             removed,

@@ -1,0 +1,75 @@
+//! The migrations: rls-guard's support schema, the crates' schemas and the app's own tables, all
+//! run as the owner role. The runtime role gets only what each table needs.
+
+/// The runtime role the app serves as.
+pub(crate) const RUNTIME_ROLE: &str = testkit::RUNTIME_ROLE;
+
+/// The app's own tables. Every tenant table goes through `rls_guard::schema::tenant_table_sql`.
+fn app_sql(r: &str) -> Result<String, rls_guard::RlsError> {
+    let members = rls_guard::schema::tenant_table_sql("workspace.members")?;
+    let notes = rls_guard::schema::tenant_table_sql("workspace.notes")?;
+    Ok(format!(
+        r"
+CREATE SCHEMA IF NOT EXISTS workspace;
+REVOKE ALL ON SCHEMA workspace FROM PUBLIC;
+GRANT USAGE ON SCHEMA workspace TO {r};
+
+-- The tenant directory: global, read-only to the runtime role.
+CREATE TABLE IF NOT EXISTS workspace.tenants (
+    id           uuid PRIMARY KEY,
+    slug         text NOT NULL UNIQUE CHECK (slug ~ '^[a-z][a-z0-9-]{{1,30}}$'),
+    name         text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    assistant_id uuid NOT NULL UNIQUE
+);
+REVOKE ALL ON workspace.tenants FROM PUBLIC;
+GRANT SELECT ON workspace.tenants TO {r};
+
+CREATE TABLE IF NOT EXISTS workspace.members (
+    tenant_id    uuid    NOT NULL REFERENCES workspace.tenants (id),
+    user_id      uuid    NOT NULL,
+    email        text    NOT NULL CHECK (length(email) <= 254),
+    display_name text    NOT NULL CHECK (length(display_name) BETWEEN 1 AND 100),
+    kind         text    NOT NULL CHECK (kind IN ('user', 'staff')),
+    role         text    NOT NULL CHECK (role IN ('member', 'admin')),
+    disabled     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (tenant_id, user_id),
+    UNIQUE (tenant_id, email)
+);
+{members}
+REVOKE ALL ON workspace.members FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE ON workspace.members TO {r};
+
+-- Notes: the body and the customer's phone number are encrypted by field-crypto, bound to
+-- (tenant, table, column, row); the phone number has a blind index for exact lookups.
+CREATE TABLE IF NOT EXISTS workspace.notes (
+    tenant_id     uuid        NOT NULL REFERENCES workspace.tenants (id),
+    id            uuid        NOT NULL,
+    author_id     uuid        NOT NULL,
+    title         text        NOT NULL CHECK (length(title) BETWEEN 1 AND 200),
+    body          bytea       NOT NULL,
+    contact_phone bytea,
+    phone_index   bytea,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE INDEX IF NOT EXISTS notes_phone_idx ON workspace.notes (tenant_id, phone_index);
+{notes}
+REVOKE ALL ON workspace.notes FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON workspace.notes TO {r};
+"
+    ))
+}
+
+/// Every migration, in order.
+pub(crate) fn migrations() -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let r = RUNTIME_ROLE;
+    Ok(format!(
+        "{}\n{}\n{}\n{}\n{}",
+        rls_guard::schema::SUPPORT_SQL,
+        audit_log::schema::schema_sql(r)?,
+        magic_auth::schema::schema_sql(r)?,
+        tool_sandbox::schema_sql(r)?,
+        app_sql(r)?,
+    ))
+}

@@ -1,0 +1,204 @@
+//! The application's services, shared by every handler.
+
+use std::sync::Arc;
+
+use audit_log::{AuditLog, CheckpointSigner};
+use axum::extract::FromRef;
+use field_crypto::{BlindIndexKey, BlindIndexer, Context, Keyring, Normalize};
+use magic_auth::mailer::{DevOutbox, Mailer, Message, OutboxError};
+use magic_auth::totp::TotpService;
+use magic_auth::{Account, AccountDirectory, EmailAddress, MagicLinks, SessionStore};
+use rls_guard::TenantPool;
+use sqlx::PgPool;
+use tenant_scope::{ActorId, ActorKind, CrossTenantAuthority, TenantContext, TenantId};
+use tool_sandbox::Gate;
+use tool_sandbox::model::Model;
+use uuid::Uuid;
+
+/// Finds accounts in `workspace.members`, inside the tenant's own RLS-bound transaction.
+pub(crate) struct Directory {
+    pub(crate) pool: TenantPool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("account lookup failed")]
+pub(crate) struct DirectoryError;
+
+impl AccountDirectory for Directory {
+    type Error = DirectoryError;
+
+    async fn find(
+        &self,
+        tenant: TenantId,
+        email: &EmailAddress,
+    ) -> Result<Option<Account>, DirectoryError> {
+        let context =
+            TenantContext::for_job(tenant, None, "account-lookup").map_err(|_| DirectoryError)?;
+        let mut tx = self
+            .pool
+            .begin(&context)
+            .await
+            .map_err(|_| DirectoryError)?;
+        let row: Option<(Uuid, String, bool)> = sqlx::query_as(
+            "SELECT user_id, kind, disabled FROM workspace.members WHERE tenant_id = $1 AND email = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(email.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|_| DirectoryError)?;
+        tx.commit().await.map_err(|_| DirectoryError)?;
+        let Some((user, kind, disabled)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Account {
+            user: ActorId::from_uuid(user).map_err(|_| DirectoryError)?,
+            kind: if kind == "staff" {
+                ActorKind::Staff
+            } else {
+                ActorKind::User
+            },
+            disabled,
+        }))
+    }
+}
+
+/// The development mailer: keeps messages for the outbox page and, in development only, prints
+/// the link to the console so the person running the app can sign in.
+#[derive(Default)]
+pub(crate) struct ConsoleOutbox {
+    pub(crate) outbox: DevOutbox,
+}
+
+impl Mailer for ConsoleOutbox {
+    type Error = OutboxError;
+
+    async fn send(&self, message: Message) -> Result<(), OutboxError> {
+        let link = message
+            .body
+            .lines()
+            .find(|l| l.starts_with("https://"))
+            .unwrap_or_default()
+            .to_owned();
+        // Development only: the console is the mailbox. (Production uses magic-auth's
+        // SmtpMailer, and links never reach a log.)
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "\n  [dev mailer] sign-in link for {}:\n  {link}\n",
+                message.to.as_str()
+            );
+        }
+        self.outbox.send(message).await
+    }
+}
+
+/// One tenant in the directory.
+#[derive(Debug, Clone)]
+pub(crate) struct TenantInfo {
+    pub(crate) id: TenantId,
+    pub(crate) slug: String,
+    pub(crate) name: String,
+    pub(crate) assistant: ActorId,
+}
+
+pub(crate) struct Services {
+    pub(crate) pool: TenantPool,
+    pub(crate) raw: PgPool,
+    pub(crate) sessions: SessionStore,
+    pub(crate) links: MagicLinks<Directory, ConsoleOutbox>,
+    pub(crate) totp: Arc<TotpService>,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) blind: BlindIndexKey,
+    pub(crate) audit: AuditLog,
+    pub(crate) checkpoints: CheckpointSigner,
+    pub(crate) gate: Gate,
+    pub(crate) mailer: Arc<ConsoleOutbox>,
+    pub(crate) cross_tenant: CrossTenantAuthority<AuditLog>,
+    pub(crate) model: Arc<dyn Model>,
+    pub(crate) base_url: String,
+    pub(crate) development: bool,
+}
+
+/// The router's state.
+#[derive(Clone)]
+pub(crate) struct AppState(pub(crate) Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+impl FromRef<AppState> for TenantPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
+impl Services {
+    /// The tenant directory (global, read-only).
+    pub(crate) async fn tenants(&self) -> Result<Vec<TenantInfo>, sqlx::Error> {
+        let rows: Vec<(Uuid, String, String, Uuid)> = sqlx::query_as(
+            "SELECT id, slug, name, assistant_id FROM workspace.tenants ORDER BY slug",
+        )
+        .fetch_all(&self.raw)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, slug, name, assistant)| {
+                Some(TenantInfo {
+                    id: TenantId::from_uuid(id).ok()?,
+                    slug,
+                    name,
+                    assistant: ActorId::from_uuid(assistant).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    pub(crate) async fn tenant_by_slug(
+        &self,
+        slug: &str,
+    ) -> Result<Option<TenantInfo>, sqlx::Error> {
+        Ok(self.tenants().await?.into_iter().find(|t| t.slug == slug))
+    }
+
+    pub(crate) async fn tenant(&self, id: TenantId) -> Result<Option<TenantInfo>, sqlx::Error> {
+        Ok(self.tenants().await?.into_iter().find(|t| t.id == id))
+    }
+
+    /// The field-crypto context of a note column.
+    pub(crate) fn note_context(tenant: TenantId, note: Uuid, column: &str) -> Context {
+        Context::new(
+            tenant.as_uuid().as_bytes(),
+            "workspace.notes",
+            column,
+            note.as_bytes(),
+        )
+    }
+
+    /// The blind indexer for a tenant's phone numbers.
+    pub(crate) fn phone_indexer(
+        &self,
+        tenant: TenantId,
+    ) -> Result<BlindIndexer, field_crypto::CryptoError> {
+        self.blind.indexer(
+            tenant.as_uuid().as_bytes(),
+            "workspace.notes",
+            "contact_phone",
+            "phone_index",
+            Normalize::Exact,
+            16,
+        )
+    }
+}
+
+/// Digits only (a leading `+` kept): the form phone numbers are indexed and stored in.
+pub(crate) fn normalize_phone(raw: &str) -> String {
+    let trimmed = raw.trim();
+    let plus = trimmed.starts_with('+');
+    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+    if plus { format!("+{digits}") } else { digits }
+}
