@@ -432,26 +432,21 @@ fn check_row(
 
 /// Opens a read-only, repeatable-read transaction bound to `tenant` (one consistent snapshot of
 /// events, anchor and checkpoints).
-///
-/// The future is declared `Send` here, where the lifetimes are concrete, so callers inside
-/// generic contexts (an axum handler, `tokio::spawn`) can prove it too.
-pub(crate) fn snapshot(
+pub(crate) async fn snapshot(
     pool: &PgPool,
     tenant: TenantId,
-) -> impl Future<Output = Result<sqlx::Transaction<'static, sqlx::Postgres>, AuditError>> + Send + '_
-{
-    async move {
-        let mut tx = pool.begin().await?;
-        // `tenant` is a validated UUID: inlining it is injection-free.
-        let sql = format!(
-            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
-             SET LOCAL app.tenant_id = '{tenant}'"
-        );
-        // `Executor::execute` rather than `RawSql::execute`: the latter's future is not
-        // provably `Send` (its executor lifetime is higher-ranked).
-        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&sql)).await?;
-        Ok(tx)
-    }
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, AuditError> {
+    let mut tx = pool.begin().await?;
+    // `tenant` is a validated UUID: inlining it is injection-free.
+    let sql = format!(
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+         SET LOCAL app.tenant_id = '{tenant}'"
+    );
+    // `Executor::execute` rather than `RawSql::execute`: the latter's future is not provably
+    // `Send` (its executor lifetime is higher-ranked), which made `verify` and
+    // `AuditQuery::fetch` unusable from an axum handler.
+    sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&sql)).await?;
+    Ok(tx)
 }
 
 /// Where a pruned chain starts, `(seq, hash)`, if it was pruned.

@@ -93,18 +93,30 @@ fn write_string(s: &str, out: &mut String) {
 
 fn write_number(n: &serde_json::Number, out: &mut String) -> Result<(), SandboxError> {
     use std::fmt::Write;
-    if let Some(u) = n.as_u64() {
-        if u > MAX_SAFE {
+    // Beyond 2^53 an integer is accepted only when it is exactly what RFC 8785 writes for the
+    // nearest double: then the integer and that double are one number with one text. Any other
+    // integer there (2^53 + 1, say) would share its text with a different one, and is refused.
+    #[allow(clippy::cast_precision_loss)]
+    let wide = match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) if u <= MAX_SAFE => {
+            let _ = write!(out, "{u}");
+            return Ok(());
+        }
+        (_, Some(i)) if i.unsigned_abs() <= MAX_SAFE => {
+            let _ = write!(out, "{i}");
+            return Ok(());
+        }
+        (Some(u), _) => Some((u as f64, u.to_string())),
+        (_, Some(i)) => Some((i as f64, i.to_string())),
+        _ => None,
+    };
+    if let Some((double, decimal)) = wide {
+        let mut text = String::new();
+        write_double(double, &mut text)?;
+        if text != decimal {
             return Err(SandboxError::Canonical("integer beyond 2^53"));
         }
-        let _ = write!(out, "{u}");
-        return Ok(());
-    }
-    if let Some(i) = n.as_i64() {
-        if i.unsigned_abs() > MAX_SAFE {
-            return Err(SandboxError::Canonical("integer beyond 2^53"));
-        }
-        let _ = write!(out, "{i}");
+        out.push_str(&text);
         return Ok(());
     }
     let f = n

@@ -47,7 +47,7 @@
 //! other than `AF_UNIX`. `clone3` fails with `ENOSYS` (its flags cannot be inspected; libc falls
 //! back to `clone`). The filter checks the architecture (another one kills the process) and, on
 //! x86_64, x32 system calls kill the process.
-#![allow(unsafe_code)] // pre_exec, setrlimit, prctl, seccomp, landlock and waitid need raw syscalls.
+#![allow(unsafe_code)] // clone(CLONE_VM|CLONE_VFORK), setrlimit, prctl, seccomp, landlock and waitid need raw syscalls.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -396,17 +396,21 @@ impl SandboxedCommand {
     }
 
     /// Uses an existing directory as the working and only writable directory. It is neither
-    /// created, re-owned nor removed. Default: a fresh `0700` directory under the system temp
-    /// dir, owned by the run-as uid and removed after the run.
+    /// created, re-owned nor removed. Default: a fresh `0700` directory, owned by the run-as
+    /// uid and removed after the run, under `/dev/shm` when `TMPDIR` is unset, the temp dir is
+    /// not a tmpfs and `/dev/shm` is a writable tmpfs without `noexec`; else under the system
+    /// temp dir. Files there use memory, not disk ([`ProcessLimits::file_size_bytes`] bounds
+    /// each file).
     #[must_use]
     pub fn scratch_dir(mut self, path: impl AsRef<Path>) -> Self {
         self.scratch_dir = Some(path.as_ref().to_path_buf());
         self
     }
 
-    /// Where the fresh scratch directory is created (default: [`std::env::temp_dir`]). A
-    /// tmpfs such as `/dev/shm` makes the per-run directory much cheaper than a journalled
-    /// disk. Ignored when [`SandboxedCommand::scratch_dir`] is given.
+    /// Where the fresh scratch directory is created (default: see
+    /// [`SandboxedCommand::scratch_dir`]). A tmpfs such as `/dev/shm` makes the per-run
+    /// directory much cheaper than a journalled disk. Ignored when
+    /// [`SandboxedCommand::scratch_dir`] is given.
     #[must_use]
     pub fn scratch_parent(mut self, dir: impl AsRef<Path>) -> Self {
         self.scratch_parent = Some(dir.as_ref().to_path_buf());
@@ -520,11 +524,14 @@ fn exit_of(status: ExitStatus) -> Exit {
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use std::io;
-    use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+    use std::ffi::{CString, OsStr, c_char, c_int, c_void};
+    use std::io::{self, Read};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::Path;
-    use std::process::Stdio;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::{Path, PathBuf};
+    use std::process::ExitStatus;
     use std::sync::OnceLock;
     use std::time::Instant;
 
@@ -532,6 +539,7 @@ mod imp {
         ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
         RulesetAttr, RulesetCreatedAttr, Scope,
     };
+    #[cfg(test)]
     use seccompiler::{
         BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule, TargetArch, sock_filter,
@@ -547,19 +555,225 @@ mod imp {
     /// The ABI from which every restriction this module relies on is enforced.
     const LANDLOCK_FULL_ABI: i64 = 6;
 
-    /// The compiled seccomp programs, built once before any fork.
+    /// The compiled seccomp programs (one per network setting), built once before any spawn.
     struct Filters {
-        policy_no_network: BpfProgram,
-        policy_network: BpfProgram,
-        clone3_enosys: BpfProgram,
-        #[cfg(target_arch = "x86_64")]
-        x32_kill: [sock_filter; 6],
+        policy_no_network: Vec<libc::sock_filter>,
+        policy_network: Vec<libc::sock_filter>,
     }
 
     static FILTERS: OnceLock<Result<Filters, String>> = OnceLock::new();
     static SUPPORT: OnceLock<Confinement> = OnceLock::new();
     static SUBREAPER: OnceLock<io::Result<()>> = OnceLock::new();
 
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
+    #[cfg(target_arch = "riscv64")]
+    const AUDIT_ARCH: u32 = 243 | 0x8000_0000 | 0x4000_0000;
+    /// x86_64: system call numbers with this bit are x32 calls.
+    #[cfg(target_arch = "x86_64")]
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    /// `offsetof(struct seccomp_data, ...)`: nr, arch, and the low 32 bits of args[0].
+    const DATA_NR: u32 = 0;
+    const DATA_ARCH: u32 = 4;
+    #[cfg(target_endian = "little")]
+    const DATA_ARG0_LOW: u32 = 16;
+    #[cfg(target_endian = "big")]
+    const DATA_ARG0_LOW: u32 = 20;
+
+    /// What the filter does with one system call.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Act {
+        /// `clone`: `EPERM` with a namespace flag, else allowed.
+        Clone,
+        /// `socket`: `EPERM` unless the domain is `AF_UNIX`.
+        Socket,
+        Allow,
+        Deny,
+        NoSys,
+        Kill,
+    }
+
+    /// Action blocks in program order (jumps only go forward).
+    const ACT_ORDER: [Act; 6] = [
+        Act::Clone,
+        Act::Socket,
+        Act::Allow,
+        Act::Deny,
+        Act::NoSys,
+        Act::Kill,
+    ];
+
+    /// A jump target during layout: `n` instructions ahead, or an action block.
+    #[derive(Debug, Clone, Copy)]
+    enum Jump {
+        Skip(usize),
+        To(Act),
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    struct Ins {
+        code: u32,
+        k: u32,
+        jt: Jump,
+        jf: Jump,
+    }
+
+    fn stmt(code: u32, k: u32) -> Ins {
+        Ins {
+            code,
+            k,
+            jt: Jump::Skip(0),
+            jf: Jump::Skip(0),
+        }
+    }
+
+    fn jump(code: u32, k: u32, jt: Jump, jf: Jump) -> Ins {
+        Ins { code, k, jt, jf }
+    }
+
+    const LD_ABS: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    const JEQ: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    const JGE: u32 = libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K;
+    const JSET: u32 = libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K;
+    const RET: u32 = libc::BPF_RET | libc::BPF_K;
+
+    fn ret(k: u32) -> Ins {
+        stmt(RET, k)
+    }
+
+    /// A binary search over the sorted special system calls, so that every number is decided
+    /// in a few comparisons (the kernel emulates the filter for every number when it is
+    /// installed, to cache the always-allowed ones: a linear chain makes that slow).
+    fn search_tree(entries: &[(u32, Act)]) -> Vec<Ins> {
+        if entries.len() <= 3 {
+            let mut code: Vec<Ins> = entries
+                .iter()
+                .map(|&(nr, act)| jump(JEQ, nr, Jump::To(act), Jump::Skip(0)))
+                .collect();
+            code.push(ret(libc::SECCOMP_RET_ALLOW));
+            return code;
+        }
+        let (left, right) = entries.split_at(entries.len() / 2);
+        let (left, right_first) = (search_tree(left), right.first().map_or(0, |e| e.0));
+        let right = search_tree(right);
+        let mut code = Vec::with_capacity(1 + left.len() + right.len());
+        code.push(jump(
+            JGE,
+            right_first,
+            Jump::Skip(left.len()),
+            Jump::Skip(0),
+        ));
+        code.extend(left);
+        code.extend(right);
+        code
+    }
+
+    fn ns_clone_mask() -> u32 {
+        [
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWCGROUP,
+            libc::CLONE_NEWUTS,
+            libc::CLONE_NEWIPC,
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+        ]
+        .iter()
+        .fold(0, |mask, flag| mask | flag.unsigned_abs())
+    }
+
+    /// The whole policy as one classic BPF program (see the module docs).
+    fn compile_policy(network: bool) -> Result<Vec<libc::sock_filter>, String> {
+        let nr = |n: i64| u32::try_from(n).map_err(|_| format!("system call {n} out of range"));
+        let mut entries = Vec::new();
+        for n in always_denied() {
+            entries.push((nr(n)?, Act::Deny));
+        }
+        entries.push((nr(libc::SYS_clone)?, Act::Clone));
+        entries.push((nr(libc::SYS_clone3)?, Act::NoSys));
+        if !network {
+            entries.push((nr(libc::SYS_socket)?, Act::Socket));
+        }
+        entries.sort_unstable_by_key(|e| e.0);
+        if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err("a system call has two rules".to_owned());
+        }
+
+        let errno =
+            |e: c_int| libc::SECCOMP_RET_ERRNO | (e.unsigned_abs() & libc::SECCOMP_RET_DATA);
+        let mut code = vec![
+            stmt(LD_ABS, DATA_ARCH),
+            // Another architecture's numbers mean other calls: kill.
+            jump(JEQ, AUDIT_ARCH, Jump::Skip(1), Jump::Skip(0)),
+            ret(libc::SECCOMP_RET_KILL_PROCESS),
+            stmt(LD_ABS, DATA_NR),
+        ];
+        // x32 numbers would slip past the number checks: kill.
+        #[cfg(target_arch = "x86_64")]
+        code.push(jump(
+            JSET,
+            X32_SYSCALL_BIT,
+            Jump::To(Act::Kill),
+            Jump::Skip(0),
+        ));
+        code.extend(search_tree(&entries));
+        let mut blocks = Vec::new();
+        for act in ACT_ORDER {
+            blocks.push((act, code.len()));
+            match act {
+                Act::Clone => code.extend([
+                    stmt(LD_ABS, DATA_ARG0_LOW),
+                    jump(JSET, ns_clone_mask(), Jump::To(Act::Deny), Jump::Skip(0)),
+                    ret(libc::SECCOMP_RET_ALLOW),
+                ]),
+                Act::Socket => code.extend([
+                    stmt(LD_ABS, DATA_ARG0_LOW),
+                    jump(
+                        JEQ,
+                        libc::AF_UNIX.unsigned_abs(),
+                        Jump::To(Act::Allow),
+                        Jump::To(Act::Deny),
+                    ),
+                ]),
+                Act::Allow => code.push(ret(libc::SECCOMP_RET_ALLOW)),
+                Act::Deny => code.push(ret(errno(libc::EPERM))),
+                Act::NoSys => code.push(ret(errno(libc::ENOSYS))),
+                Act::Kill => code.push(ret(libc::SECCOMP_RET_KILL_PROCESS)),
+            }
+        }
+
+        let offset = |at: usize, target: Jump| -> Result<u8, String> {
+            let skip = match target {
+                Jump::Skip(n) => n,
+                Jump::To(act) => {
+                    let pos = blocks
+                        .iter()
+                        .find(|(a, _)| *a == act)
+                        .map(|&(_, pos)| pos)
+                        .ok_or("missing action block")?;
+                    pos.checked_sub(at + 1).ok_or("backward jump")?
+                }
+            };
+            u8::try_from(skip).map_err(|_| "jump too far".to_owned())
+        };
+        let mut prog = Vec::with_capacity(code.len());
+        for (at, ins) in code.iter().enumerate() {
+            prog.push(libc::sock_filter {
+                code: u16::try_from(ins.code).map_err(|_| "bad opcode")?,
+                jt: offset(at, ins.jt)?,
+                jf: offset(at, ins.jf)?,
+                k: ins.k,
+            });
+        }
+        if prog.len() > usize::from(libc::BPF_MAXINSNS as u16) {
+            return Err("program too long".to_owned());
+        }
+        Ok(prog)
+    }
+
+    #[cfg(test)]
     fn target_arch() -> Result<TargetArch, String> {
         TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())
     }
@@ -607,6 +821,7 @@ mod imp {
         calls
     }
 
+    #[cfg(test)]
     fn build_policy(network: bool, arch: TargetArch) -> Result<BpfProgram, String> {
         let err = |e: seccompiler::BackendError| e.to_string();
         let mut rules = std::collections::BTreeMap::new();
@@ -659,6 +874,7 @@ mod imp {
         BpfProgram::try_from(filter).map_err(err)
     }
 
+    #[cfg(test)]
     fn build_clone3(arch: TargetArch) -> Result<BpfProgram, String> {
         let err = |e: seccompiler::BackendError| e.to_string();
         let mut rules = std::collections::BTreeMap::new();
@@ -675,7 +891,7 @@ mod imp {
 
     /// x86_64: a system call number with the x32 bit set kills the process (the policy filter
     /// matches numbers, and x32 numbers would slip past it).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(test, target_arch = "x86_64"))]
     fn build_x32_guard() -> [sock_filter; 6] {
         const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
         const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -715,13 +931,9 @@ mod imp {
 
     fn filters() -> Result<&'static Filters, SandboxError> {
         let built = FILTERS.get_or_init(|| {
-            let arch = target_arch()?;
             Ok(Filters {
-                policy_no_network: build_policy(false, arch)?,
-                policy_network: build_policy(true, arch)?,
-                clone3_enosys: build_clone3(arch)?,
-                #[cfg(target_arch = "x86_64")]
-                x32_kill: build_x32_guard(),
+                policy_no_network: compile_policy(false)?,
+                policy_network: compile_policy(true)?,
             })
         });
         built.as_ref().map_err(|reason| SandboxError::Seccomp {
@@ -854,7 +1066,7 @@ mod imp {
 
     /// The scratch directory: the caller's, or a fresh private one owned by the run-as ids.
     enum Scratch {
-        Given(std::path::PathBuf),
+        Given(PathBuf),
         Temp(tempfile::TempDir),
     }
 
@@ -875,7 +1087,11 @@ mod imp {
         builder.prefix("tool-sandbox-");
         let dir = match parent {
             Some(parent) => builder.tempdir_in(parent),
-            None => builder.tempdir(),
+            // The tmpfs first (much cheaper than a journalled disk), the temp dir if that fails.
+            None => match default_scratch_parent() {
+                Some(shm) => builder.tempdir_in(shm).or_else(|_| builder.tempdir()),
+                None => builder.tempdir(),
+            },
         }
         .map_err(SandboxError::Io)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
@@ -886,70 +1102,664 @@ mod imp {
         Ok(Scratch::Temp(dir))
     }
 
-    /// Raw values captured by the pre_exec closure: no allocation happens after fork.
-    #[derive(Clone, Copy)]
-    struct ChildSetup {
-        rlimits: [(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t); 6],
-        landlock_fd: RawFd,
-        policy: &'static [sock_filter],
-        clone3: &'static [sock_filter],
-        #[cfg(target_arch = "x86_64")]
-        x32: &'static [sock_filter],
-    }
-
-    fn install_filter(prog: &[sock_filter]) -> io::Result<()> {
-        let len =
-            u16::try_from(prog.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
-        let fprog = libc::sock_fprog {
-            len,
-            // `seccompiler::sock_filter` is `#[repr(C)]` with the kernel's layout.
-            filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut(),
-        };
-        // SAFETY: `fprog` points at a live, immutable BPF program; the kernel copies it.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0u32,
-                &raw const fprog,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+    /// `/dev/shm` when `TMPDIR` is not set, the temp dir is not a tmpfs already, and `/dev/shm`
+    /// is a writable tmpfs that allows exec (so tools behave as in the temp dir). Probed once.
+    fn default_scratch_parent() -> Option<&'static Path> {
+        static SHM: OnceLock<Option<PathBuf>> = OnceLock::new();
+        if std::env::var_os("TMPDIR").is_some() {
+            return None;
         }
+        SHM.get_or_init(|| {
+            let shm = Path::new("/dev/shm");
+            let usable = is_tmpfs(shm) == Some(true)
+                && is_tmpfs(&std::env::temp_dir()) == Some(false)
+                && mount_flags(shm).is_some_and(|f| f & (libc::ST_RDONLY | libc::ST_NOEXEC) == 0);
+            usable.then(|| shm.to_path_buf())
+        })
+        .as_deref()
     }
 
-    /// Runs in the child between fork and exec: raw syscalls only (async-signal-safe).
-    fn confine_child(setup: &ChildSetup) -> io::Result<()> {
-        for &(resource, soft, hard) in &setup.rlimits {
+    fn is_tmpfs(path: &Path) -> Option<bool> {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `path` is a NUL-terminated string and `st` a zeroed statfs the kernel fills.
+        let (rc, st) = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            (libc::statfs(path.as_ptr(), &raw mut st), st)
+        };
+        // `f_type`'s integer type differs between architectures.
+        #[allow(clippy::useless_conversion)]
+        let f_type = i64::from(st.f_type);
+        (rc == 0).then_some(f_type == TMPFS_MAGIC)
+    }
+
+    fn mount_flags(path: &Path) -> Option<libc::c_ulong> {
+        let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `path` is a NUL-terminated string and `st` a zeroed statvfs the kernel fills.
+        let (rc, st) = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            (libc::statvfs(path.as_ptr(), &raw mut st), st)
+        };
+        (rc == 0).then_some(st.f_flag)
+    }
+
+    /// Signals are 1..=64 on Linux (`_NSIG - 1`).
+    const LAST_SIGNAL: c_int = 64;
+    /// The child's stack between clone and exec (it only makes system calls), plus a guard page.
+    const CHILD_STACK_BYTES: usize = 128 * 1024;
+
+    /// Where the child stopped; reported with the errno for diagnostics.
+    #[derive(Debug, Clone, Copy)]
+    #[repr(u32)]
+    enum Stage {
+        Signals,
+        ProcessGroup,
+        Stdio,
+        Groups,
+        Gid,
+        Uid,
+        Chdir,
+        Rlimit,
+        NoNewPrivs,
+        Landlock,
+        Seccomp,
+        SignalMask,
+        Exec,
+    }
+
+    /// Indexed by `Stage as usize`.
+    const STAGE_NAMES: [&str; 13] = [
+        "signal dispositions",
+        "setpgid",
+        "dup2",
+        "setgroups",
+        "setresgid",
+        "setresuid",
+        "chdir",
+        "setrlimit",
+        "no_new_privs",
+        "landlock_restrict_self",
+        "seccomp",
+        "sigprocmask",
+        "execve",
+    ];
+
+    /// Everything the child needs, prepared by the parent. Between clone and exec the child
+    /// shares this process's memory (`CLONE_VM`): it only reads this and makes system calls
+    /// (no allocation, no locks, no glibc `set*id` wrappers, which would signal this
+    /// process's threads). Not `Send` (raw pointers): built and dropped within `spawn`.
+    struct ChildSpec {
+        /// Paths to `execve`, in order (one, or the `PATH` lookup of a bare name).
+        candidates: Vec<CString>,
+        /// NUL-terminated arrays pointing into `_strings`.
+        argv: Vec<*const c_char>,
+        envp: Vec<*const c_char>,
+        _strings: Vec<CString>,
+        cwd: CString,
+        /// Sources for fds 0, 1, 2 (all >= 3, so no dup2 clobbers another source).
+        stdio: [RawFd; 3],
+        /// Write end of the CLOEXEC report pipe (stage and errno on failure).
+        report: RawFd,
+        ids: Option<(libc::c_long, libc::c_long)>,
+        drop_groups: bool,
+        rlimits: [(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t); 6],
+        /// -1 without Landlock.
+        landlock_fd: RawFd,
+        /// Installed in order; the kernel copies each program.
+        filters: Vec<libc::sock_fprog>,
+    }
+
+    fn errno() -> c_int {
+        // SAFETY: __errno_location returns this thread's errno slot (the child shares the
+        // suspended parent thread's TLS, as glibc's own posix_spawn child does).
+        unsafe { *libc::__errno_location() }
+    }
+
+    /// The child's code between clone and exec: raw system calls only, no panics.
+    fn child_exec(spec: &ChildSpec) -> (Stage, c_int) {
+        // Every signal arrives blocked (see `SignalsBlocked`). Handlers installed by this
+        // process (tokio's SIGCHLD, std's SIGSEGV) must not run in the child: reset them to
+        // the default, and SIGPIPE too (std ignores it; tools expect the default), as
+        // posix_spawn does.
+        for sig in 1..=LAST_SIGNAL {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: a zeroed sigaction is valid; the call only reads the disposition.
+            let (rc, old) = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                (libc::sigaction(sig, std::ptr::null(), &raw mut old), old)
+            };
+            if rc != 0 {
+                continue; // Signals reserved by libc (EINVAL).
+            }
+            let keep = old.sa_sigaction == libc::SIG_DFL
+                || (old.sa_sigaction == libc::SIG_IGN && sig != libc::SIGPIPE);
+            if keep {
+                continue;
+            }
+            // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty mask.
+            let rc = unsafe {
+                let dfl: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, &raw const dfl, std::ptr::null_mut())
+            };
+            if rc != 0 {
+                return (Stage::Signals, errno());
+            }
+        }
+        // SAFETY: setpgid takes integers only.
+        if unsafe { libc::setpgid(0, 0) } != 0 {
+            return (Stage::ProcessGroup, errno());
+        }
+        for (target, &fd) in (0..).zip(&spec.stdio) {
+            // SAFETY: dup2 on descriptors open in the child's own (copied) fd table; the
+            // duplicate has no CLOEXEC and the source is >= 3, so none is clobbered.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return (Stage::Stdio, errno());
+            }
+        }
+        if let Some((uid, gid)) = spec.ids {
+            // Raw system calls: glibc's wrappers would broadcast the change to this
+            // process's threads, which the child shares memory with.
+            if spec.drop_groups {
+                // SAFETY: setgroups with size 0 reads no memory.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_setgroups,
+                        0 as libc::c_long,
+                        std::ptr::null::<libc::gid_t>(),
+                    )
+                };
+                if rc != 0 {
+                    return (Stage::Groups, errno());
+                }
+            }
+            // SAFETY: setresgid takes integers only.
+            if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
+                return (Stage::Gid, errno());
+            }
+            // SAFETY: setresuid takes integers only.
+            if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+                return (Stage::Uid, errno());
+            }
+        }
+        // SAFETY: `cwd` is a NUL-terminated string owned by the spec.
+        if unsafe { libc::chdir(spec.cwd.as_ptr()) } != 0 {
+            return (Stage::Chdir, errno());
+        }
+        for &(resource, soft, hard) in &spec.rlimits {
             let lim = libc::rlimit {
                 rlim_cur: soft,
                 rlim_max: hard,
             };
             // SAFETY: setrlimit reads one rlimit struct from a valid stack pointer.
             if unsafe { libc::setrlimit(resource, &raw const lim) } != 0 {
-                return Err(io::Error::last_os_error());
+                return (Stage::Rlimit, errno());
             }
         }
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
+            return (Stage::NoNewPrivs, errno());
         }
-        if setup.landlock_fd >= 0 {
+        if spec.landlock_fd >= 0 {
             // SAFETY: the ruleset fd is open in the child (CLOEXEC only closes it at exec).
             let rc =
-                unsafe { libc::syscall(libc::SYS_landlock_restrict_self, setup.landlock_fd, 0u32) };
+                unsafe { libc::syscall(libc::SYS_landlock_restrict_self, spec.landlock_fd, 0u32) };
             if rc != 0 {
-                return Err(io::Error::last_os_error());
+                return (Stage::Landlock, errno());
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        install_filter(setup.x32)?;
-        install_filter(setup.clone3)?;
-        install_filter(setup.policy)?;
-        Ok(())
+        for fprog in &spec.filters {
+            // SAFETY: `fprog` points at a live, immutable BPF program; the kernel copies it.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    std::ptr::from_ref(fprog),
+                )
+            };
+            if rc != 0 {
+                return (Stage::Seccomp, errno());
+            }
+        }
+        // Unblock everything (the mask survives exec), as std does for its children.
+        let empty: u64 = 0;
+        // SAFETY: rt_sigprocmask reads one 8-byte kernel sigset from a valid pointer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &raw const empty,
+                std::ptr::null_mut::<u64>(),
+                size_of::<u64>(),
+            )
+        };
+        if rc != 0 {
+            return (Stage::SignalMask, errno());
+        }
+        // As execvp: try each candidate, skip the ones that are not there, prefer EACCES.
+        let mut failure = libc::ENOENT;
+        let mut eacces = false;
+        for path in &spec.candidates {
+            // SAFETY: path, argv and envp are NUL-terminated strings and NULL-terminated
+            // pointer arrays owned by the spec; execve only returns on failure.
+            unsafe {
+                libc::execve(path.as_ptr(), spec.argv.as_ptr(), spec.envp.as_ptr());
+            }
+            let e = errno();
+            match e {
+                libc::EACCES => eacces = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => return (Stage::Exec, e),
+            }
+            failure = e;
+        }
+        (Stage::Exec, if eacces { libc::EACCES } else { failure })
+    }
+
+    /// The clone entry point: runs `child_exec` on the child stack, reports and exits.
+    extern "C" fn child_main(arg: *mut c_void) -> c_int {
+        // SAFETY: `arg` is the `&ChildSpec` that `spawn_child` passed to clone; that thread is
+        // suspended (CLONE_VFORK) until this process execs or exits, so the spec outlives
+        // every use here.
+        let spec = unsafe { &*arg.cast::<ChildSpec>() };
+        let (stage, code) = child_exec(spec);
+        let s = (stage as u32).to_ne_bytes();
+        let e = code.to_ne_bytes();
+        let msg = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
+        // SAFETY: write of a stack buffer to the report pipe (8 bytes: atomic), then _exit,
+        // which runs no atexit handlers and touches no shared state.
+        unsafe {
+            libc::write(spec.report, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    }
+
+    /// An mmap'd stack for the child with a guard page below it.
+    struct ChildStack {
+        base: *mut c_void,
+        len: usize,
+    }
+
+    impl ChildStack {
+        fn new() -> io::Result<Self> {
+            // SAFETY: sysconf takes an integer.
+            let page =
+                usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+            let len = CHILD_STACK_BYTES + page;
+            // SAFETY: an anonymous private mapping at an address of the kernel's choice.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let stack = Self { base, len };
+            // SAFETY: the lowest page of the mapping made above becomes the guard.
+            if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
+        }
+
+        /// The initial stack pointer (the stack grows down; page aligned).
+        fn top(&self) -> *mut c_void {
+            self.base.wrapping_byte_add(self.len)
+        }
+    }
+
+    impl Drop for ChildStack {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly the mapping made in `new`; the child no longer uses it
+            // (it has exec'd or exited when clone returns).
+            unsafe {
+                libc::munmap(self.base, self.len);
+            }
+        }
+    }
+
+    /// Blocks every signal in this thread for the clone (the child starts with them blocked
+    /// and must not run this process's handlers); restores the mask on drop.
+    struct SignalsBlocked {
+        old: u64,
+    }
+
+    impl SignalsBlocked {
+        fn new() -> io::Result<Self> {
+            let all: u64 = !0;
+            let mut old: u64 = 0;
+            // SAFETY: rt_sigprocmask reads and writes one 8-byte kernel sigset each.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    &raw const all,
+                    &raw mut old,
+                    size_of::<u64>(),
+                )
+            };
+            if rc == 0 {
+                Ok(Self { old })
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+    }
+
+    impl Drop for SignalsBlocked {
+        fn drop(&mut self) {
+            // SAFETY: restores the mask saved in `new` from a valid pointer.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    &raw const self.old,
+                    std::ptr::null_mut::<u64>(),
+                    size_of::<u64>(),
+                );
+            }
+        }
+    }
+
+    /// `clone(CLONE_VM | CLONE_VFORK)`, as glibc's posix_spawn: no copy of the address space,
+    /// and this thread resumes once the child has exec'd or exited.
+    fn spawn_child(spec: &ChildSpec) -> io::Result<i32> {
+        thread_local! {
+            // One stack per thread, reused: this thread is suspended while a child uses it.
+            static STACK: std::cell::OnceCell<ChildStack> = const { std::cell::OnceCell::new() };
+        }
+        STACK.with(|cell| {
+            let stack = match cell.get() {
+                Some(stack) => stack,
+                None => {
+                    let stack = ChildStack::new()?;
+                    cell.get_or_init(|| stack)
+                }
+            };
+            clone_on(stack, spec)
+        })
+    }
+
+    fn clone_on(stack: &ChildStack, spec: &ChildSpec) -> io::Result<i32> {
+        let blocked = SignalsBlocked::new()?;
+        // SAFETY: the child runs `child_main` on its own stack with a pointer to `spec`, which
+        // this suspended thread keeps alive; it only reads the spec and makes system calls
+        // until it execs or exits (see `ChildSpec`).
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::from_ref(spec).cast_mut().cast(),
+            )
+        };
+        let result = if pid < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        };
+        drop(blocked);
+        result
+    }
+
+    fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0 as c_int; 2];
+        // SAFETY: pipe2 writes two fds into a valid array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds were just created and are owned by nobody else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+
+    /// A descriptor the child dup2s or uses must not be 0, 1 or 2 (a dup2 would clobber it).
+    fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+        if fd.as_raw_fd() > 2 {
+            Ok(fd)
+        } else {
+            fd.try_clone() // F_DUPFD_CLOEXEC from 3.
+        }
+    }
+
+    fn invalid(what: &str) -> SandboxError {
+        SandboxError::Spawn(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte or is malformed"),
+        ))
+    }
+
+    fn cstring(bytes: &[u8], what: &str) -> Result<CString, SandboxError> {
+        CString::new(bytes).map_err(|_| invalid(what))
+    }
+
+    /// The paths to try for `program`: itself when it has a `/`, else each `PATH` entry
+    /// (an empty entry is the working directory), as execvp.
+    fn candidates(program: &OsStr, path: &OsStr) -> Result<Vec<CString>, SandboxError> {
+        let program = program.as_bytes();
+        if program.is_empty() {
+            return Err(SandboxError::Spawn(io::Error::from_raw_os_error(
+                libc::ENOENT,
+            )));
+        }
+        if program.contains(&b'/') {
+            return Ok(vec![cstring(program, "the program")?]);
+        }
+        path.as_bytes()
+            .split(|&b| b == b':')
+            .map(|dir| {
+                if dir.is_empty() {
+                    cstring(program, "the program")
+                } else {
+                    let mut full = Vec::with_capacity(dir.len() + 1 + program.len());
+                    full.extend_from_slice(dir);
+                    full.push(b'/');
+                    full.extend_from_slice(program);
+                    cstring(&full, "PATH")
+                }
+            })
+            .collect()
+    }
+
+    /// The parent's ends of the child's pipes.
+    struct Spawned {
+        pid: i32,
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    }
+
+    /// Settings for `spawn` that come from the run, not the command.
+    struct SpawnConfig<'a> {
+        cwd: &'a Path,
+        ids: Option<(u32, u32)>,
+        drop_groups: bool,
+        rlimits: [(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t); 6],
+        landlock_fd: Option<&'a OwnedFd>,
+        filters: &'a [&'static [libc::sock_filter]],
+    }
+
+    /// Starts the confined child. Returns once it has exec'd; any failure before that (uid,
+    /// rlimits, no_new_privs, Landlock, seccomp, exec) is an error and the child is reaped.
+    fn spawn(cmd: &SandboxedCommand, config: &SpawnConfig<'_>) -> Result<Spawned, SandboxError> {
+        let spawn_err = SandboxError::Spawn;
+        // Program, argv and a sorted environment (PATH defaults to /usr/bin:/bin).
+        let default_path = OsStr::new("/usr/bin:/bin");
+        let mut env: Vec<(&OsStr, &OsStr)> = cmd
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+            .collect();
+        if !env.iter().any(|(k, _)| *k == "PATH") {
+            env.push((OsStr::new("PATH"), default_path));
+        }
+        env.sort_by(|a, b| a.0.cmp(b.0));
+        let path = env
+            .iter()
+            .find(|(k, _)| *k == "PATH")
+            .map_or(default_path, |(_, v)| *v);
+        let candidates = candidates(cmd.program.as_os_str(), path)?;
+        let mut strings = Vec::with_capacity(1 + cmd.args.len() + env.len());
+        strings.push(cstring(cmd.program.as_os_str().as_bytes(), "the program")?);
+        for arg in &cmd.args {
+            strings.push(cstring(arg.as_bytes(), "an argument")?);
+        }
+        let argc = strings.len();
+        for (k, v) in &env {
+            let (k, v) = (k.as_bytes(), v.as_bytes());
+            if k.is_empty() || k.contains(&b'=') {
+                return Err(invalid("an environment variable name"));
+            }
+            let mut kv = Vec::with_capacity(k.len() + 1 + v.len());
+            kv.extend_from_slice(k);
+            kv.push(b'=');
+            kv.extend_from_slice(v);
+            strings.push(cstring(&kv, "an environment variable")?);
+        }
+        let pointers = |s: &[CString]| -> Vec<*const c_char> {
+            s.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        let argv = pointers(&strings[..argc]);
+        let envp = pointers(&strings[argc..]);
+
+        // Pipes: the child's ends are CLOEXEC (dup2 clears it on 0, 1, 2).
+        let (stdin_child, stdin_parent) = if cmd.stdin.is_some() {
+            let (r, w) = pipe().map_err(SandboxError::Io)?;
+            (r, Some(w))
+        } else {
+            let null = std::fs::File::open("/dev/null").map_err(SandboxError::Io)?;
+            (OwnedFd::from(null), None)
+        };
+        let (stdout_parent, stdout_child) = pipe().map_err(SandboxError::Io)?;
+        let (stderr_parent, stderr_child) = pipe().map_err(SandboxError::Io)?;
+        let (report_read, report_write) = pipe().map_err(SandboxError::Io)?;
+        let stdin_child = above_stdio(stdin_child).map_err(SandboxError::Io)?;
+        let stdout_child = above_stdio(stdout_child).map_err(SandboxError::Io)?;
+        let stderr_child = above_stdio(stderr_child).map_err(SandboxError::Io)?;
+        let report_write = above_stdio(report_write).map_err(SandboxError::Io)?;
+        let landlock_dup = match config.landlock_fd {
+            Some(fd) if fd.as_raw_fd() <= 2 => Some(fd.try_clone().map_err(SandboxError::Io)?),
+            _ => None,
+        };
+        let landlock_raw = landlock_dup
+            .as_ref()
+            .or(config.landlock_fd)
+            .map_or(-1, AsRawFd::as_raw_fd);
+        let mut filters = Vec::with_capacity(config.filters.len());
+        for prog in config.filters {
+            let len = u16::try_from(prog.len())
+                .map_err(|_| spawn_err(io::Error::from_raw_os_error(libc::E2BIG)))?;
+            filters.push(libc::sock_fprog {
+                len,
+                filter: prog.as_ptr().cast_mut(),
+            });
+        }
+        let spec = ChildSpec {
+            candidates,
+            argv,
+            envp,
+            _strings: strings,
+            cwd: cstring(config.cwd.as_os_str().as_bytes(), "the scratch dir")?,
+            stdio: [
+                stdin_child.as_raw_fd(),
+                stdout_child.as_raw_fd(),
+                stderr_child.as_raw_fd(),
+            ],
+            report: report_write.as_raw_fd(),
+            ids: config
+                .ids
+                .map(|(uid, gid)| (libc::c_long::from(uid), libc::c_long::from(gid))),
+            drop_groups: config.drop_groups,
+            rlimits: config.rlimits,
+            landlock_fd: landlock_raw,
+            filters,
+        };
+
+        let pid = spawn_child(&spec).map_err(spawn_err)?;
+        drop(spec);
+        drop((
+            stdin_child,
+            stdout_child,
+            stderr_child,
+            report_write,
+            landlock_dup,
+        ));
+
+        // EOF: the child exec'd (CLOEXEC closed the report pipe). 8 bytes: it failed.
+        let mut report = std::fs::File::from(report_read);
+        let mut msg = [0u8; 8];
+        let mut got = 0;
+        let read_err = loop {
+            match report.read(&mut msg[got..]) {
+                Ok(0) => break None,
+                Ok(n) => {
+                    got += n;
+                    if got == msg.len() {
+                        break None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = read_err {
+            // Unknown outcome: fail closed.
+            // SAFETY: kill(2) on our own unreaped child; no memory involved.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let _ = reap_pid(pid);
+            return Err(SandboxError::Io(e));
+        }
+        if got > 0 {
+            let _ = reap_pid(pid);
+            if got < msg.len() {
+                return Err(spawn_err(io::Error::other(
+                    "truncated report from the child",
+                )));
+            }
+            let stage = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+            let code = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+            let err = io::Error::from_raw_os_error(code);
+            let stage = usize::try_from(stage)
+                .ok()
+                .and_then(|i| STAGE_NAMES.get(i).copied())
+                .unwrap_or("unknown");
+            tracing::debug!(stage, error = %err, "sandboxed child failed before exec");
+            return Err(spawn_err(err));
+        }
+        Ok(Spawned {
+            pid,
+            stdin: stdin_parent,
+            stdout: stdout_parent,
+            stderr: stderr_parent,
+        })
+    }
+
+    /// Reaps our child `pid` (blocking until it has exited) and returns its status.
+    fn reap_pid(pid: i32) -> io::Result<ExitStatus> {
+        loop {
+            let mut status: c_int = 0;
+            // SAFETY: waitpid writes one int to a valid pointer.
+            let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+            if rc == pid {
+                return Ok(ExitStatus::from_raw(status));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     fn killpg(pgid: i32) {
@@ -1095,7 +1905,16 @@ mod imp {
         }
 
         let l = cmd.limits;
-        let setup = ChildSetup {
+        let policy: &'static [libc::sock_filter] = if cmd.network {
+            &filters.policy_network
+        } else {
+            &filters.policy_no_network
+        };
+        let config = SpawnConfig {
+            cwd: scratch.path(),
+            ids,
+            // As std: a root parent drops its supplementary groups for an explicit identity.
+            drop_groups: euid == 0,
             rlimits: [
                 (
                     libc::RLIMIT_CPU,
@@ -1112,61 +1931,36 @@ mod imp {
                 (libc::RLIMIT_NPROC, l.processes, l.processes),
                 (libc::RLIMIT_CORE, 0, 0),
             ],
-            landlock_fd: landlock_fd.as_ref().map_or(-1, AsRawFd::as_raw_fd),
-            policy: if cmd.network {
-                &filters.policy_network
-            } else {
-                &filters.policy_no_network
-            },
-            clone3: &filters.clone3_enosys,
-            #[cfg(target_arch = "x86_64")]
-            x32: &filters.x32_kill,
+            landlock_fd: landlock_fd.as_ref(),
+            filters: &[policy],
         };
-
-        let mut command = tokio::process::Command::new(&cmd.program);
-        command
-            .args(&cmd.args)
-            .env_clear()
-            .current_dir(scratch.path())
-            .stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if !cmd.env.iter().any(|(k, _)| k == "PATH") {
-            command.env("PATH", "/usr/bin:/bin");
-        }
-        command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
-        if let Some((uid, gid)) = ids {
-            command.uid(uid).gid(gid);
-        }
-        // SAFETY: the closure only reads the captured `Copy` data and makes raw syscalls
-        // (setrlimit, prctl, landlock_restrict_self, seccomp): no allocation, no locks, which
-        // is what may run between fork and exec of a multi-threaded process.
-        unsafe {
-            command.pre_exec(move || confine_child(&setup));
-        }
-        let mut child = command.spawn().map_err(SandboxError::Spawn)?;
+        let child = spawn(&cmd, &config)?;
         drop(landlock_fd);
-        let pid = child.id().ok_or_else(|| {
-            SandboxError::Io(io::Error::other("the child has no pid after spawn"))
-        })?;
-        let pgid = i32::try_from(pid)
-            .map_err(|_| SandboxError::Io(io::Error::other("pid out of range")))?;
+        let pgid = child.pid;
+        let pid = pgid.unsigned_abs();
+        // From here the group is killed and reaped however `run` ends.
         let mut group = Group {
             pgid,
             killed: false,
             done: false,
         };
+        let stdout =
+            tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(child.stdout))
+                .map_err(SandboxError::Io)?;
+        let stderr =
+            tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(child.stderr))
+                .map_err(SandboxError::Io)?;
+        let mut stdin = match child.stdin {
+            Some(fd) => Some(
+                tokio::process::ChildStdin::from_std(std::process::ChildStdin::from(fd))
+                    .map_err(SandboxError::Io)?,
+            ),
+            None => None,
+        };
 
         let cap = l.output_bytes;
-        let mut out = Stream::new(child.stdout.take(), cap);
-        let mut err = Stream::new(child.stderr.take(), cap);
-        let mut stdin = child.stdin.take();
+        let mut out = Stream::new(Some(stdout), cap);
+        let mut err = Stream::new(Some(stderr), cap);
         let input = cmd.stdin.unwrap_or_default();
         let feed = async {
             if let Some(pipe) = stdin.as_mut() {
@@ -1183,9 +1977,13 @@ mod imp {
         tokio::pin!(deadline);
 
         let mut forced: Option<Exit> = None;
+        let mut leader_exited = false;
         loop {
             tokio::select! {
-                _ = &mut exited => break,
+                _ = &mut exited => {
+                    leader_exited = true;
+                    break;
+                }
                 () = &mut deadline => {
                     forced = Some(Exit::TimedOut);
                     break;
@@ -1203,7 +2001,11 @@ mod imp {
         }
         // The leader has exited (zombie, pid reserved) or is being killed: kill the group.
         group.kill();
-        let status = child.wait().await.map_err(SandboxError::Io)?;
+        if !leader_exited {
+            // The watcher returns once the killed leader is a zombie.
+            let _ = (&mut exited).await;
+        }
+        let status = reap_pid(pgid).map_err(SandboxError::Io)?;
         let drained = tokio::time::timeout(DRAIN_LIMIT, async {
             tokio::join!(out.drain(), err.drain());
         })
@@ -1229,6 +2031,120 @@ mod imp {
             },
             pid,
         })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// A classic BPF interpreter for the instructions the programs use.
+        fn eval(prog: &[libc::sock_filter], nr: u32, arch: u32, arg0: u64) -> u32 {
+            let load = |k: u32| -> u32 {
+                match k {
+                    DATA_NR => nr,
+                    DATA_ARCH => arch,
+                    16 => arg0 as u32,
+                    20 => (arg0 >> 32) as u32,
+                    _ => panic!("load at {k}"),
+                }
+            };
+            let (mut acc, mut pc) = (0u32, 0usize);
+            loop {
+                let ins = prog[pc];
+                pc += 1;
+                let code = u32::from(ins.code);
+                let cond = match code {
+                    LD_ABS => {
+                        acc = load(ins.k);
+                        continue;
+                    }
+                    c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => {
+                        acc &= ins.k;
+                        continue;
+                    }
+                    c if c == libc::BPF_JMP | libc::BPF_JA => {
+                        pc += ins.k as usize;
+                        continue;
+                    }
+                    RET => return ins.k,
+                    JEQ => acc == ins.k,
+                    JGE => acc >= ins.k,
+                    c if c == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K => acc > ins.k,
+                    JSET => acc & ins.k != 0,
+                    _ => panic!("opcode {code:#x}"),
+                };
+                pc += usize::from(if cond { ins.jt } else { ins.jf });
+            }
+        }
+
+        /// What the kernel returns for a stack of filters (newest first, lowest action wins).
+        fn stacked(progs: &[&[libc::sock_filter]], nr: u32, arch: u32, arg0: u64) -> u32 {
+            let mut best: Option<u32> = None;
+            for prog in progs.iter().rev() {
+                let ret = eval(prog, nr, arch, arg0);
+                let rank = |r: u32| (r & libc::SECCOMP_RET_ACTION_FULL) as i32;
+                if best.is_none_or(|b| rank(ret) < rank(b)) {
+                    best = Some(ret);
+                }
+            }
+            best.unwrap()
+        }
+
+        fn as_libc(prog: &[sock_filter]) -> &[libc::sock_filter] {
+            // SAFETY: `seccompiler::sock_filter` is `#[repr(C)]` with the same fields, size
+            // and alignment as `libc::sock_filter` (the kernel's layout).
+            unsafe { std::slice::from_raw_parts(prog.as_ptr().cast(), prog.len()) }
+        }
+
+        /// The single hand-built program decides every system call exactly as the three
+        /// seccompiler-built filters it replaces.
+        #[test]
+        fn compiled_policy_matches_the_seccompiler_filters() {
+            let arch = target_arch().unwrap();
+            let clone3 = build_clone3(arch).unwrap();
+            let mut numbers: Vec<u32> = (0..=600).collect();
+            numbers.extend([u32::MAX, 0x8000_0000, 0x4000_0000, 0x4000_0029, 0x4000_0038]);
+            let mut args: Vec<u64> = vec![0, 1, 2, 10, 17, u64::MAX, 1 << 32, (1 << 32) | 1];
+            for flag in [
+                libc::CLONE_NEWNS,
+                libc::CLONE_NEWCGROUP,
+                libc::CLONE_NEWUTS,
+                libc::CLONE_NEWIPC,
+                libc::CLONE_NEWUSER,
+                libc::CLONE_NEWPID,
+                libc::CLONE_NEWNET,
+                libc::CLONE_NEWTIME,
+                libc::CLONE_VM | libc::CLONE_VFORK,
+            ] {
+                let flag = u64::from(flag.unsigned_abs());
+                args.extend([flag, flag | 17, flag | (1 << 40)]);
+            }
+            for network in [false, true] {
+                let policy = build_policy(network, arch).unwrap();
+                #[cfg(target_arch = "x86_64")]
+                let x32 = build_x32_guard();
+                #[cfg(target_arch = "x86_64")]
+                let reference = [as_libc(&x32), as_libc(&clone3), as_libc(&policy)];
+                #[cfg(not(target_arch = "x86_64"))]
+                let reference = [as_libc(&clone3), as_libc(&policy)];
+                let ours = compile_policy(network).unwrap();
+                assert!(ours.len() < 120, "{} instructions", ours.len());
+                let setsid = u32::try_from(libc::SYS_setsid).unwrap();
+                let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM.unsigned_abs();
+                assert_eq!(eval(&ours, setsid, AUDIT_ARCH, 0), eperm);
+                for audit_arch in [AUDIT_ARCH, 0x4000_0003] {
+                    for &nr in &numbers {
+                        for &arg0 in &args {
+                            assert_eq!(
+                                eval(&ours, nr, audit_arch, arg0),
+                                stacked(&reference, nr, audit_arch, arg0),
+                                "network {network} arch {audit_arch:#x} nr {nr} arg0 {arg0:#x}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1274,6 +2190,13 @@ mod tests {
         assert!(text.contains("API_KEY"));
         assert!(!text.contains("hunter2"));
         assert!(!text.contains("secret-input"));
+    }
+
+    #[test]
+    fn run_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let run = SandboxedCommand::new("/bin/true").run();
+        assert_send(&run);
     }
 
     #[cfg(target_os = "linux")]

@@ -546,3 +546,39 @@ fn this_kernel_offers_seccomp() {
     assert!(offered.seccomp);
     assert!(offered.no_new_privs);
 }
+
+#[tokio::test]
+async fn a_program_that_cannot_start_is_a_spawn_error() {
+    let err = SandboxedCommand::new("/nonexistent/tool")
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SandboxError::Spawn(ref e) if e.raw_os_error() == Some(libc::ENOENT)),
+        "{err:?}"
+    );
+    let err = SandboxedCommand::new("no-such-tool-on-path")
+        .run()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::Spawn(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_tool_starts_with_no_blocked_or_caught_signals_and_default_sigpipe() {
+    let out = SandboxedCommand::new("/bin/cat")
+        .arg("/proc/self/status")
+        .run()
+        .await
+        .unwrap();
+    let status = text(&out.stdout);
+    let mask = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{status}");
+    // The host's handlers (tokio's SIGCHLD, std's SIGSEGV) are reset before exec.
+    assert_eq!(mask("SigCgt:"), 0, "{status}");
+    // std ignores SIGPIPE in this process; the tool gets the default back.
+    assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "{status}");
+}

@@ -39,7 +39,7 @@ fn services(cell: &ServicesCell) -> Result<Arc<Services>, ToolError> {
 /// The registry of the assistant's tools.
 pub(crate) fn registry(
     cell: &ServicesCell,
-    mailer: Arc<ConsoleOutbox>,
+    mailer: &Arc<ConsoleOutbox>,
 ) -> Result<Registry, SandboxError> {
     let search = {
         let cell = cell.clone();
@@ -289,8 +289,7 @@ fn demo_step(messages: &[Message]) -> ModelReply {
 fn keyword(text: &str) -> String {
     text.split_whitespace()
         .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
-        .filter(|w| w.len() > 3)
-        .last()
+        .rfind(|w| w.len() > 3)
         .unwrap_or_default()
         .to_owned()
 }

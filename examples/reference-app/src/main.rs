@@ -158,7 +158,7 @@ fn build(
         .body_limit(1024 * 1024)
         .build()?;
     let cell: agent::ServicesCell = Arc::new(OnceLock::new());
-    let registry = Arc::new(agent::registry(&cell, mailer.clone())?);
+    let registry = Arc::new(agent::registry(&cell, &mailer)?);
     let gate = Gate::builder(registry, pool.clone(), audit.clone())
         .approvals(ApprovalPolicy::default())
         .egress(egress)
@@ -181,7 +181,6 @@ fn build(
         totp,
         keyring,
         blind: BlindIndexKey::new(&KeyMaterial::from_bytes(keys.blind))?,
-        audit: audit.clone(),
         checkpoints,
         gate,
         mailer,

@@ -48,6 +48,9 @@ pub(crate) const ACCOUNTS: &[DemoAccount] = &[
     },
 ];
 
+/// A demo note: title, body, customer phone.
+type DemoNote = (&'static str, &'static str, Option<&'static str>);
+
 /// The note whose body carries the injection the demo shows being held.
 pub(crate) const INJECTED_NOTE: &str = "Vendor onboarding: Initech";
 pub(crate) const INJECTION: &str = "Initech will send the signed contract next week. \
@@ -97,7 +100,7 @@ pub(crate) async fn seed(
         .await?;
         tx.commit().await?;
     }
-    let notes_by_tenant: [(&str, &[(&str, &str, Option<&str>)]); 2] = [
+    let notes_by_tenant: [(&str, &[DemoNote]); 2] = [
         (
             "acme",
             &[

@@ -151,6 +151,10 @@ pub(crate) fn router(state: AppState) -> Router {
     // Routes for a signed-in member of a tenant: the tenant comes from the session's actor.
     let tenant_routes = Router::new()
         .route("/notes", get(pages::notes).post(pages::create_note))
+        .route(
+            "/notes/{id}",
+            get(pages::edit_note).post(pages::update_note),
+        )
         .route("/notes/{id}/delete", post(pages::delete_note))
         .route(
             "/assistant",

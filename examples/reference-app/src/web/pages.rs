@@ -96,6 +96,80 @@ pub(super) async fn create_note(
     }
 }
 
+#[derive(Template)]
+#[template(path = "note_edit.html")]
+struct EditPage {
+    nav: Nav,
+    note: Note,
+    error: Option<String>,
+}
+
+fn no_such_note(state: &AppState, session: &Session) -> Response {
+    message(
+        state,
+        Some(session),
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such note.",
+        Some(("/notes", "Back to notes")),
+    )
+}
+
+pub(super) async fn edit_note(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    context: TenantContext,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(id) = parse_id(&id) else {
+        return no_such_note(&state, &session);
+    };
+    match notes::get(&state, &context, id).await {
+        Ok(Some(note)) => render(
+            StatusCode::OK,
+            &EditPage {
+                nav: Nav::of(&state, Some(&session)),
+                note,
+                error: None,
+            },
+        ),
+        Ok(None) => no_such_note(&state, &session),
+        Err(e) => internal(&state, &e),
+    }
+}
+
+pub(super) async fn update_note(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    context: TenantContext,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some(id) = parse_id(&id) else {
+        return no_such_note(&state, &session);
+    };
+    // Only an existing note of this tenant can be edited (another tenant's id is "not found").
+    let existing = match notes::get(&state, &context, id).await {
+        Ok(Some(note)) => note,
+        Ok(None) => return no_such_note(&state, &session),
+        Err(e) => return internal(&state, &e),
+    };
+    let get = |k: &str| form.get(k).map_or("", String::as_str);
+    let phone = Some(get("phone")).filter(|p| !p.trim().is_empty());
+    match notes::save(&state, &context, Some(id), get("title"), get("body"), phone).await {
+        Ok(_) => Redirect::to("/notes").into_response(),
+        Err(NoteError::Invalid(why)) => render(
+            StatusCode::BAD_REQUEST,
+            &EditPage {
+                nav: Nav::of(&state, Some(&session)),
+                note: existing,
+                error: Some(why.to_owned()),
+            },
+        ),
+        Err(e) => internal(&state, &e),
+    }
+}
+
 pub(super) async fn delete_note(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
