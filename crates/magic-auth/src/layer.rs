@@ -228,6 +228,7 @@ where
 enum Check {
     Auth,
     Mfa,
+    TwoFactors,
     StepUp(Duration),
     SameOrigin(Arc<[HeaderValue]>),
 }
@@ -249,6 +250,15 @@ impl Guard {
     #[must_use]
     pub const fn require_mfa() -> Self {
         Self { check: Check::Mfa }
+    }
+
+    /// `401` without a session; `403 mfa_required` for anyone (user or staff) whose session is
+    /// only `aal1`: for applications where every account signs in with two factors.
+    #[must_use]
+    pub const fn require_two_factors() -> Self {
+        Self {
+            check: Check::TwoFactors,
+        }
     }
 
     /// `401` without a session; `403 step_up_required` unless the session is `aal2` and its last
@@ -295,6 +305,14 @@ impl Guard {
             Check::Mfa => {
                 let s = session.ok_or(AuthRejection::UNAUTHENTICATED)?;
                 if s.kind == ActorKind::Staff && s.assurance < Assurance::Aal2 {
+                    Err(AuthRejection::MFA_REQUIRED)
+                } else {
+                    Ok(())
+                }
+            }
+            Check::TwoFactors => {
+                let s = session.ok_or(AuthRejection::UNAUTHENTICATED)?;
+                if s.assurance < Assurance::Aal2 {
                     Err(AuthRejection::MFA_REQUIRED)
                 } else {
                     Ok(())
@@ -409,5 +427,42 @@ mod tests {
             assert!(v.contains(attr), "{attr} missing in {v}");
         }
         assert!(!v.to_ascii_lowercase().contains("domain="));
+    }
+
+    #[test]
+    fn two_factors_are_required_of_users_too_where_mfa_asks_only_staff() {
+        let now = OffsetDateTime::now_utc();
+        let session = |kind, assurance| Session {
+            tenant: tenant_scope::TenantId::new_random(),
+            id: uuid::Uuid::new_v4(),
+            user: tenant_scope::ActorId::new_random(),
+            kind,
+            assurance,
+            created_at: now,
+            authenticated_at: now,
+            idle_expires_at: now + time::Duration::minutes(30),
+            absolute_expires_at: now + time::Duration::hours(12),
+        };
+        let request = |s: Option<Session>| {
+            let mut r = Request::new(());
+            if let Some(s) = s {
+                r.extensions_mut().insert(s);
+            }
+            r
+        };
+        let both = Guard::require_two_factors();
+        let mfa = Guard::require_mfa();
+        let user1 = request(Some(session(ActorKind::User, Assurance::Aal1)));
+        assert!(mfa.judge(&user1).is_ok());
+        assert!(both.judge(&user1).is_err());
+        assert!(
+            both.judge(&request(Some(session(ActorKind::Staff, Assurance::Aal1))))
+                .is_err()
+        );
+        assert!(
+            both.judge(&request(Some(session(ActorKind::User, Assurance::Aal2))))
+                .is_ok()
+        );
+        assert!(both.judge(&request(None)).is_err());
     }
 }

@@ -397,10 +397,9 @@ impl SandboxedCommand {
 
     /// Uses an existing directory as the working and only writable directory. It is neither
     /// created, re-owned nor removed. Default: a fresh `0700` directory, owned by the run-as
-    /// uid and removed after the run, under `/dev/shm` when `TMPDIR` is unset, the temp dir is
-    /// not a tmpfs and `/dev/shm` is a writable tmpfs without `noexec`; else under the system
-    /// temp dir. Files there use memory, not disk ([`ProcessLimits::file_size_bytes`] bounds
-    /// each file).
+    /// uid and removed after the run, under the system temp dir (`TMPDIR`); see
+    /// [`SandboxedCommand::scratch_parent`]. [`ProcessLimits::file_size_bytes`] bounds each file a
+    /// tool writes; bound the directory as a whole with the filesystem it lives on.
     #[must_use]
     pub fn scratch_dir(mut self, path: impl AsRef<Path>) -> Self {
         self.scratch_dir = Some(path.as_ref().to_path_buf());
@@ -409,7 +408,8 @@ impl SandboxedCommand {
 
     /// Where the fresh scratch directory is created (default: see
     /// [`SandboxedCommand::scratch_dir`]). A tmpfs such as `/dev/shm` makes the per-run
-    /// directory much cheaper than a journalled disk. Ignored when
+    /// directory cheaper than a journalled disk, at the price of tool files using memory.
+    /// Ignored when
     /// [`SandboxedCommand::scratch_dir`] is given.
     #[must_use]
     pub fn scratch_parent(mut self, dir: impl AsRef<Path>) -> Self {
@@ -1087,11 +1087,7 @@ mod imp {
         builder.prefix("tool-sandbox-");
         let dir = match parent {
             Some(parent) => builder.tempdir_in(parent),
-            // The tmpfs first (much cheaper than a journalled disk), the temp dir if that fails.
-            None => match default_scratch_parent() {
-                Some(shm) => builder.tempdir_in(shm).or_else(|_| builder.tempdir()),
-                None => builder.tempdir(),
-            },
+            None => builder.tempdir(),
         }
         .map_err(SandboxError::Io)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
@@ -1100,47 +1096,6 @@ mod imp {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(SandboxError::Io)?;
         }
         Ok(Scratch::Temp(dir))
-    }
-
-    /// `/dev/shm` when `TMPDIR` is not set, the temp dir is not a tmpfs already, and `/dev/shm`
-    /// is a writable tmpfs that allows exec (so tools behave as in the temp dir). Probed once.
-    fn default_scratch_parent() -> Option<&'static Path> {
-        static SHM: OnceLock<Option<PathBuf>> = OnceLock::new();
-        if std::env::var_os("TMPDIR").is_some() {
-            return None;
-        }
-        SHM.get_or_init(|| {
-            let shm = Path::new("/dev/shm");
-            let usable = is_tmpfs(shm) == Some(true)
-                && is_tmpfs(&std::env::temp_dir()) == Some(false)
-                && mount_flags(shm).is_some_and(|f| f & (libc::ST_RDONLY | libc::ST_NOEXEC) == 0);
-            usable.then(|| shm.to_path_buf())
-        })
-        .as_deref()
-    }
-
-    fn is_tmpfs(path: &Path) -> Option<bool> {
-        const TMPFS_MAGIC: i64 = 0x0102_1994;
-        let path = CString::new(path.as_os_str().as_bytes()).ok()?;
-        // SAFETY: `path` is a NUL-terminated string and `st` a zeroed statfs the kernel fills.
-        let (rc, st) = unsafe {
-            let mut st: libc::statfs = std::mem::zeroed();
-            (libc::statfs(path.as_ptr(), &raw mut st), st)
-        };
-        // `f_type`'s integer type differs between architectures.
-        #[allow(clippy::useless_conversion)]
-        let f_type = i64::from(st.f_type);
-        (rc == 0).then_some(f_type == TMPFS_MAGIC)
-    }
-
-    fn mount_flags(path: &Path) -> Option<libc::c_ulong> {
-        let path = CString::new(path.as_os_str().as_bytes()).ok()?;
-        // SAFETY: `path` is a NUL-terminated string and `st` a zeroed statvfs the kernel fills.
-        let (rc, st) = unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            (libc::statvfs(path.as_ptr(), &raw mut st), st)
-        };
-        (rc == 0).then_some(st.f_flag)
     }
 
     /// Signals are 1..=64 on Linux (`_NSIG - 1`).

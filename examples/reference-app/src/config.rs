@@ -6,40 +6,60 @@ use std::path::PathBuf;
 
 /// Why the app will not start.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ConfigError {
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An argument the app does not know.
     #[error("unknown argument {0:?} (try --help)")]
     UnknownArgument(String),
+    /// An option without its value.
     #[error("{0} needs a value")]
     MissingValue(&'static str),
+    /// A listener address that does not parse.
     #[error("invalid address for {0}")]
     InvalidAddress(&'static str),
+    /// Production mode is missing something it requires.
     #[error("production mode refuses to start: {0}")]
     Production(String),
 }
 
 /// Where the assistant's model comes from.
 #[derive(Debug, Clone)]
-pub(crate) enum ModelSource {
+#[non_exhaustive]
+pub enum ModelSource {
     /// The deterministic demo model.
     Scripted,
     /// An OpenAI-compatible chat-completions endpoint.
-    OpenAi { base_url: String, model: String },
+    OpenAi {
+        /// The endpoint, e.g. `http://127.0.0.1:8080/v1`.
+        base_url: String,
+        /// The model name.
+        model: String,
+    },
 }
 
+/// The app's configuration.
 #[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) production: bool,
-    pub(crate) data_dir: PathBuf,
-    pub(crate) https: SocketAddr,
-    pub(crate) http: SocketAddr,
+pub struct Config {
+    /// Production mode (refuses development defaults).
+    pub production: bool,
+    /// Where the development certificate and keys live.
+    pub data_dir: PathBuf,
+    /// The HTTPS listener.
+    pub https: SocketAddr,
+    /// The plain-HTTP listener (redirects only).
+    pub http: SocketAddr,
     /// The public origin links are built from (never the Host header).
-    pub(crate) base_url: String,
-    pub(crate) tls_cert: Option<PathBuf>,
-    pub(crate) tls_key: Option<PathBuf>,
-    pub(crate) model: ModelSource,
+    pub base_url: String,
+    /// A real certificate (production).
+    pub tls_cert: Option<PathBuf>,
+    /// Its key (production).
+    pub tls_key: Option<PathBuf>,
+    /// The assistant's model.
+    pub model: ModelSource,
 }
 
-pub(crate) const USAGE: &str = "\
+/// `--help`.
+pub const USAGE: &str = "\
 reference-app: a multi-tenant workspace wired with every tenantguard crate
 
 USAGE: cargo run -p reference-app -- [OPTIONS]
@@ -63,9 +83,12 @@ ENVIRONMENT
 ";
 
 impl Config {
-    pub(crate) fn from_args(
-        args: impl IntoIterator<Item = String>,
-    ) -> Result<Option<Self>, ConfigError> {
+    /// Parses the command line (and the model settings from the environment); `Ok(None)` for
+    /// `--help`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a bad argument, or production settings that are missing.
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, ConfigError> {
         let mut production = false;
         let mut data_dir = PathBuf::from(".reference-app");
         let mut https: SocketAddr = ([127, 0, 0, 1], 8443).into();
@@ -121,7 +144,10 @@ impl Config {
 
     /// Everything production mode requires that can be checked before connecting. The runtime
     /// role is checked after connecting (`rls_guard::verify_runtime_role`).
-    pub(crate) fn check_production(
+    ///
+    /// # Errors
+    /// [`ConfigError::Production`] naming the first missing requirement.
+    pub fn check_production(
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {

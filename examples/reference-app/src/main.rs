@@ -1,38 +1,8 @@
-//! The reference app: `cargo run -p reference-app`.
-//!
-//! With no configuration it starts a throwaway PostgreSQL (or uses `DATABASE_URL`), migrates it
-//! as the owner role, serves as the least-privilege runtime role, generates a development
-//! certificate and keys into `.reference-app/` (0600 files, reused), seeds two demo workspaces
-//! and a staff member, and serves HTTPS. See `docs/reference-app.md`.
-
-mod agent;
-mod config;
-mod devdata;
-mod notes;
-mod schema;
-mod seed;
-mod state;
-mod tls;
-mod web;
+//! `cargo run -p reference-app`: see the library for what it starts.
 
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
 
-use audit_log::scrub::{PseudonymKey, ScrubPolicy, Scrubber};
-use audit_log::{AuditLog, CheckpointSigner};
-use egress_guard::{EgressPolicy, GuardedClient};
-use field_crypto::{BlindIndexKey, KeyMaterial, Keyring};
-use magic_auth::totp::{TotpConfig, TotpService};
-use magic_auth::{LinkConfig, MagicLinks, SessionConfig, SessionStore};
-use rls_guard::TenantPool;
-use tenant_scope::CrossTenantAuthority;
-use tool_sandbox::model::{Model, OpenAiCompatible};
-use tool_sandbox::{ApprovalPolicy, Gate};
-
-use crate::config::{Config, ModelSource};
-use crate::state::{AppState, ConsoleOutbox, Directory, Services};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use reference_app::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -47,7 +17,7 @@ async fn main() -> ExitCode {
         Ok(None) => {
             #[allow(clippy::print_stdout)]
             {
-                print!("{}", config::USAGE);
+                print!("{}", reference_app::config::USAGE);
             }
             return ExitCode::SUCCESS;
         }
@@ -56,157 +26,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config).await {
+    match reference_app::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("the app stopped: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Keys: from the development data directory, or (production) from the environment.
-struct Keys {
-    field: [u8; 32],
-    blind: [u8; 32],
-    pseudonym: [u8; 32],
-    checkpoint: [u8; 32],
-}
-
-async fn run(config: Config) -> Result<(), BoxError> {
-    if config.production {
-        return Err(
-            "production mode: the settings were accepted, but this reference app serves \
-                    only its development profile so far (see docs/reference-app.md)"
-                .into(),
-        );
-    }
-    let dev = devdata::DevData::load_or_create(&config.data_dir, "localhost")?;
-    let keys = Keys {
-        field: *dev.field_key,
-        blind: *dev.blind_key,
-        pseudonym: *dev.pseudonym_key,
-        checkpoint: *dev.checkpoint_key,
-    };
-    tracing::info!(dir = %config.data_dir.display(), "development keys and certificate ready");
-
-    // A throwaway database (or DATABASE_URL), migrated as the owner role.
-    let migrations = schema::migrations()?;
-    let db =
-        testkit::try_fresh_database(&testkit::Template::new("reference_app", migrations)).await?;
-    let runtime = db.pool(testkit::Role::Runtime, 16).await;
-    let owner = db.pool(testkit::Role::Owner, 2).await;
-    // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
-    let pool = TenantPool::new(runtime.clone()).await?;
-
-    let services = build(&config, pool, runtime, &keys)?;
-    seed::seed(&owner, &services).await?;
-    drop(owner);
-
-    let app = web::router(AppState(services.clone()));
-    let tls = tls::server_config(&dev.tls_cert_pem, &dev.tls_key_pem)?;
-    let https = tls::bind(config.https).await?;
-    let http = tls::bind(config.http).await?;
-    tokio::spawn(axum::serve(http, tls::redirect_app(config.base_url.clone())).into_future());
-    banner(&config);
-    tokio::select! {
-        () = tls::serve_https(https, tls, app) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
-    }
-    drop(db);
-    Ok(())
-}
-
-fn build(
-    config: &Config,
-    pool: TenantPool,
-    raw: sqlx::PgPool,
-    keys: &Keys,
-) -> Result<Arc<Services>, BoxError> {
-    let mut keyring = Keyring::new();
-    keyring.add_key(1, &KeyMaterial::from_bytes(keys.field))?;
-    keyring.promote(1)?;
-    let keyring = Arc::new(keyring);
-    let scrubber = Scrubber::new(
-        ScrubPolicy::new(),
-        vec![PseudonymKey::new(1, keys.pseudonym)],
-    )?;
-    let audit = AuditLog::new(pool.clone(), scrubber);
-    let checkpoints = CheckpointSigner::from_secret("reference-app-dev", &keys.checkpoint)?;
-    let events: Arc<dyn magic_auth::AuthEvents> = Arc::new(audit.clone());
-    let sessions =
-        SessionStore::new(pool.clone(), SessionConfig::default())?.with_events(events.clone());
-    let mailer = Arc::new(ConsoleOutbox::default());
-    let links = MagicLinks::new(
-        pool.clone(),
-        Arc::new(Directory { pool: pool.clone() }),
-        mailer.clone(),
-        LinkConfig::new(&config.base_url)?,
-    )
-    .with_events(events.clone());
-    let totp = Arc::new(
-        TotpService::new(
-            pool.clone(),
-            keyring.clone(),
-            TotpConfig::new("TenantGuard reference app"),
-        )
-        .with_events(events),
-    );
-    // The assistant's network tools reach only public hosts on 80/443.
-    let egress = GuardedClient::builder(EgressPolicy::new("assistant"))
-        .caller("assistant")
-        .body_limit(1024 * 1024)
-        .build()?;
-    let cell: agent::ServicesCell = Arc::new(OnceLock::new());
-    let registry = Arc::new(agent::registry(&cell, &mailer)?);
-    let gate = Gate::builder(registry, pool.clone(), audit.clone())
-        .approvals(ApprovalPolicy::default())
-        .egress(egress)
-        .build();
-    let model: Arc<dyn Model> = match &config.model {
-        ModelSource::Scripted => Arc::new(agent::DemoModel),
-        ModelSource::OpenAi { base_url, model } => {
-            let mut client = OpenAiCompatible::new(base_url, model)?;
-            if let Ok(key) = std::env::var("REFERENCE_APP_MODEL_API_KEY") {
-                client = client.api_key(key);
-            }
-            Arc::new(client)
-        }
-    };
-    let services = Arc::new(Services {
-        pool,
-        raw,
-        sessions,
-        links,
-        totp,
-        keyring,
-        blind: BlindIndexKey::new(&KeyMaterial::from_bytes(keys.blind))?,
-        checkpoints,
-        gate,
-        mailer,
-        cross_tenant: CrossTenantAuthority::install(audit)?,
-        model,
-        base_url: config.base_url.clone(),
-        development: !config.production,
-    });
-    let _ = cell.set(Arc::downgrade(&services));
-    Ok(services)
-}
-
-fn banner(config: &Config) {
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "\n  TenantGuard reference app is running at {url}\n\
-             \n  Sign in: open {url}, pick a workspace and enter a demo address\n\
-             \x20   alice@acme.test (Acme admin), bob@acme.test, carol@globex.test,\n\
-             \x20   or sam@ops.test in \"Operators\" for the staff console.\n\
-             \x20 The sign-in link is printed here and kept at {url}/dev/outbox.\n\
-             \x20 The certificate is self-signed ({dir}/tls-cert.pem): accept it in your browser.\n\
-             \x20 Plain HTTP on {http} redirects to HTTPS. Ctrl-C stops the app.\n",
-            url = config.base_url,
-            dir = config.data_dir.display(),
-            http = config.http,
-        );
     }
 }

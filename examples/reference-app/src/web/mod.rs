@@ -148,7 +148,8 @@ const STYLESHEET: &str = include_str!("../../static/app.css");
 
 /// The whole application.
 pub(crate) fn router(state: AppState) -> Router {
-    // Routes for a signed-in member of a tenant: the tenant comes from the session's actor.
+    // Routes for a member of a tenant, signed in with both factors: the tenant comes from the
+    // session's actor.
     let tenant_routes = Router::new()
         .route("/notes", get(pages::notes).post(pages::create_note))
         .route(
@@ -164,7 +165,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/sessions/{id}/revoke", post(pages::revoke_session))
         .route("/sessions/revoke-others", post(pages::revoke_others))
         .layer(TenantLayer::new(ActorResolver))
-        .layer(Guard::require_auth());
+        .layer(Guard::require_two_factors());
     // Staff: two factors always; approving needs a fresh one.
     let staff_sensitive = Router::new()
         .route(

@@ -1,0 +1,195 @@
+//! An in-process browser for the app's router: cookies, same-origin forms, bodies as text.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::request::Builder;
+use axum::http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use reference_app::{App, Config};
+use tower::ServiceExt;
+
+pub async fn start() -> App {
+    let dir = std::env::temp_dir().join(format!("reference-app-test-{}", uuid::Uuid::new_v4()));
+    let config = Config::from_args(["--data-dir".to_owned(), dir.display().to_string()])
+        .unwrap()
+        .unwrap();
+    reference_app::start(config).await.unwrap()
+}
+
+/// One browser: its cookie jar.
+pub struct Browser<'a> {
+    pub app: &'a App,
+    pub cookies: BTreeMap<String, String>,
+}
+
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers[header::LOCATION].to_str().unwrap()
+    }
+}
+
+impl<'a> Browser<'a> {
+    pub fn new(app: &'a App) -> Self {
+        Self {
+            app,
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    async fn send(&mut self, request: Request<Body>) -> Page {
+        let response: Response<Body> = self.app.router.clone().oneshot(request).await.unwrap();
+        for value in response.headers().get_all(header::SET_COOKIE) {
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            let (name, v) = pair.split_once('=').unwrap();
+            if v.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), v.to_owned());
+            }
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> Builder {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ORIGIN, self.app.config.base_url.as_str())
+            .header(header::USER_AGENT, "reference-app-test");
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            b = b.header(header::COOKIE, jar.join("; "));
+        }
+        b
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let request = self.request("GET", path).body(Body::empty()).unwrap();
+        self.send(request).await
+    }
+
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let request = self
+            .request("POST", path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        self.send(request).await
+    }
+
+    /// Requests a link, follows it and confirms it; returns the path the app sends us to.
+    pub async fn open_link(&mut self, workspace: &str, email: &str) -> Page {
+        let before = self.app.outbox_links().len();
+        let page = self
+            .post(
+                "/auth/request",
+                &[("workspace", workspace), ("email", email)],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let mut link = None;
+        for _ in 0..200 {
+            let links = self.app.outbox_links();
+            if links.len() > before {
+                link = links.last().cloned();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let link = link.expect("a sign-in link was sent");
+        let path = link
+            .trim_start_matches(self.app.config.base_url.as_str())
+            .to_owned();
+        let token = path.split("token=").nth(1).unwrap().to_owned();
+        let landing = self.get(&path).await;
+        assert_eq!(landing.status, StatusCode::OK);
+        assert_eq!(landing.headers[header::REFERRER_POLICY], "no-referrer");
+        self.post("/auth/link", &[("token", &token)]).await
+    }
+
+    /// Signs in with link and TOTP (enrolling on first use); returns the authenticator's seed.
+    pub async fn sign_in(&mut self, workspace: &str, email: &str) -> Vec<u8> {
+        let confirmed = self.open_link(workspace, email).await;
+        assert_eq!(
+            confirmed.status,
+            StatusCode::SEE_OTHER,
+            "{}",
+            confirmed.body
+        );
+        assert_eq!(confirmed.location(), "/auth/totp");
+        self.enrol_totp("/notes").await
+    }
+
+    /// After the link: enrols an authenticator (the page shows a QR code and the key) and
+    /// confirms it with a code; returns the seed.
+    pub async fn enrol_totp(&mut self, next: &str) -> Vec<u8> {
+        let totp = self.get("/auth/totp").await;
+        assert_eq!(totp.status, StatusCode::OK);
+        let key = totp
+            .body
+            .split("Key: <code>")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(
+            totp.body.contains("<svg"),
+            "a QR code is shown at enrolment"
+        );
+        let seed = totp_rs::Secret::try_from_base32(&key)
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        let done = self
+            .post("/auth/totp", &[("code", &code(&seed, 0)), ("next", next)])
+            .await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        assert_eq!(done.location(), next);
+        seed
+    }
+}
+
+/// The TOTP code of `seed` at `offset` steps from now.
+pub fn code(seed: &[u8], offset: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() + offset * 30;
+    magic_auth::totp::code_at(seed, u64::try_from(now).unwrap()).unwrap()
+}

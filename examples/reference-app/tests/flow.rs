@@ -1,0 +1,348 @@
+//! The demo, end to end through the real router: sign-in with link and TOTP, tenant isolation
+//! in the pages, the assistant's injected request held, the staff console's cross-tenant grant,
+//! rejection, approval with step-up, replay, and the audit viewer's verified chain.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::{Browser, start};
+use tower::ServiceExt;
+
+#[tokio::test]
+async fn the_whole_demo_through_the_router() {
+    let app = start().await;
+
+    // Security headers on every page.
+    let mut anonymous = Browser::new(&app);
+    let home = anonymous.get("/").await;
+    assert_eq!(home.status, StatusCode::OK);
+    for h in [
+        "strict-transport-security",
+        "content-security-policy",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+        "x-request-id",
+    ] {
+        assert!(home.headers.contains_key(h), "{h} missing");
+    }
+    assert!(
+        home.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert!(!home.body.contains("<script"), "no script at all");
+    // Plain HTTP only redirects.
+    let redirect = reference_app::redirect_app(app.config.base_url.clone())
+        .oneshot(Request::get("/notes?x=1").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        redirect.headers()[header::LOCATION],
+        format!("{}/notes?x=1", app.config.base_url)
+    );
+
+    // Anonymous visitors reach no tenant page.
+    assert_eq!(
+        anonymous.get("/notes").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // An unknown address gets the same answer as a known one.
+    let unknown = anonymous
+        .post(
+            "/auth/request",
+            &[("workspace", "acme"), ("email", "nobody@acme.test")],
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::OK);
+    assert!(unknown.body.contains("Check your email"));
+
+    // A link opened in another browser does nothing, and is not used up.
+    let mut alice = Browser::new(&app);
+    let before = app.outbox_links().len();
+    alice
+        .post(
+            "/auth/request",
+            &[("workspace", "acme"), ("email", "alice@acme.test")],
+        )
+        .await;
+    for _ in 0..200 {
+        if app.outbox_links().len() > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let link = app.outbox_links().last().cloned().unwrap();
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let mut stranger = Browser::new(&app);
+    let forwarded = stranger.post("/auth/link", &[("token", &token)]).await;
+    assert_eq!(forwarded.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        !stranger.cookies.keys().any(|k| k.contains("session")),
+        "{:?}",
+        stranger.cookies
+    );
+
+    // In Alice's own browser the same link still works: the stranger did not use it up. Then
+    // authenticator enrolment and a code.
+    let confirmed = alice.post("/auth/link", &[("token", &token)]).await;
+    assert_eq!(
+        confirmed.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        confirmed.body
+    );
+    // Before the second factor, tenant pages stay closed.
+    assert_eq!(alice.get("/notes").await.status, StatusCode::FORBIDDEN);
+    alice.enrol_totp("/notes").await;
+    // The link was used up by the sign-in.
+    let reused = alice.post("/auth/link", &[("token", &token)]).await;
+    assert_eq!(reused.status, StatusCode::UNAUTHORIZED);
+    let notes = alice.get("/notes").await;
+    assert_eq!(notes.status, StatusCode::OK);
+    assert!(notes.body.contains("Q3 budget") && notes.body.contains("Vendor onboarding"));
+    assert!(
+        !notes.body.contains("Globex roadmap"),
+        "another tenant's note is never listed"
+    );
+    // The phone number lookup goes through the blind index.
+    let by_phone = alice.get("/notes?phone=%2B1%20555%200100").await;
+    assert!(by_phone.body.contains("Customer call: Hooli") && !by_phone.body.contains("Q3 budget"));
+    // Another tenant's note id answers exactly like a missing one.
+    let admin = app.database().pool(testkit::Role::Admin, 1).await;
+    let (globex_note,): (uuid::Uuid,) =
+        sqlx::query_as("SELECT n.id FROM workspace.notes n JOIN workspace.tenants t ON t.id = n.tenant_id WHERE t.slug = 'globex'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    let foreign = alice.get(&format!("/notes/{globex_note}")).await;
+    let missing = alice.get(&format!("/notes/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(foreign.status, StatusCode::NOT_FOUND);
+    assert_eq!(foreign.body, missing.body);
+    let deleted = alice
+        .post(&format!("/notes/{globex_note}/delete"), &[])
+        .await;
+    assert_eq!(deleted.status, StatusCode::NOT_FOUND);
+    let (still_there,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM workspace.notes WHERE id = $1")
+            .bind(globex_note)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(still_there, 1);
+    // The note body is not stored in the clear.
+    let (body,): (Vec<u8>,) =
+        sqlx::query_as("SELECT body FROM workspace.notes WHERE title = 'Q3 budget'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert!(!String::from_utf8_lossy(&body).contains("Marketing"));
+
+    // The assistant reads the injected note and asks to email everything out: held.
+    let run = alice
+        .post("/assistant", &[("prompt", "Summarise all my notes")])
+        .await;
+    assert_eq!(run.status, StatusCode::OK, "{}", run.body);
+    assert!(run.body.contains("ran search_notes"), "{}", run.body);
+    assert!(run.body.contains("is waiting for approval"), "{}", run.body);
+    assert!(app.outbox_links().iter().all(|l| !l.contains("attacker")));
+    let (held,): (i64,) = sqlx::query_as("SELECT count(*) FROM tool_sandbox.proposals WHERE tool = 'send_email' AND status = 'pending'")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(held, 1);
+    // Alice is not staff: the console refuses her.
+    let refused = alice
+        .get("/staff/approvals?tenant=acme&reason=I+want+to+approve+it")
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    // Staff: before the second factor the console is closed; after it, a reason opens a queue.
+    let mut sam = Browser::new(&app);
+    let confirmed = sam.open_link("ops", "sam@ops.test").await;
+    assert_eq!(confirmed.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        sam.get("/staff/approvals").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let totp = sam.get("/auth/totp").await;
+    let key = totp
+        .body
+        .split("Key: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    let seed = totp_rs::Secret::try_from_base32(&key)
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    let done = sam
+        .post(
+            "/auth/totp",
+            &[
+                ("code", &common::code(&seed, 0)),
+                ("next", "/staff/approvals"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    let no_reason = sam.get("/staff/approvals?tenant=acme&reason=x").await;
+    assert_eq!(
+        no_reason.status,
+        StatusCode::FORBIDDEN,
+        "a reason of 10+ characters is required"
+    );
+    let reason = "reviewing+the+assistant+queue";
+    let queue = sam
+        .get(&format!("/staff/approvals?tenant=acme&reason={reason}"))
+        .await;
+    assert_eq!(queue.status, StatusCode::OK, "{}", queue.body);
+    assert!(queue.body.contains("exfil@attacker.test"));
+    assert!(
+        queue.body.contains("/to (untrusted)"),
+        "the recipient is flagged: {}",
+        queue.body
+    );
+    let id = queue
+        .body
+        .split("/staff/approvals/acme/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let digest = queue
+        .body
+        .split("name=\"digest\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // A digest other than the one shown approves nothing.
+    let wrong = sam
+        .post(
+            &format!("/staff/approvals/acme/{id}/approve"),
+            &[
+                ("digest", &"00".repeat(32)),
+                ("reason", "reviewing the assistant queue"),
+            ],
+        )
+        .await;
+    assert!(
+        wrong.body.contains("changed since you opened it"),
+        "{}",
+        wrong.body
+    );
+    // Sam rejects it.
+    let rejected = sam
+        .post(
+            &format!("/staff/approvals/acme/{id}/reject"),
+            &[("reason", "reviewing the assistant queue")],
+        )
+        .await;
+    assert!(rejected.body.contains("Rejected."), "{}", rejected.body);
+    let again = sam
+        .post(
+            &format!("/staff/approvals/acme/{id}/approve"),
+            &[
+                ("digest", &digest),
+                ("reason", "reviewing the assistant queue"),
+            ],
+        )
+        .await;
+    assert!(again.body.contains("already decided"), "{}", again.body);
+
+    // A second run; this time Sam approves (with a fresh second factor): it runs exactly once.
+    alice
+        .post("/assistant", &[("prompt", "Summarise all my notes")])
+        .await;
+    let queue = sam
+        .get(&format!("/staff/approvals?tenant=acme&reason={reason}"))
+        .await;
+    let id = queue
+        .body
+        .split("/staff/approvals/acme/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let digest = queue
+        .body
+        .split("name=\"digest\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let approved = sam
+        .post(
+            &format!("/staff/approvals/acme/{id}/approve"),
+            &[
+                ("digest", &digest),
+                ("reason", "reviewing the assistant queue"),
+            ],
+        )
+        .await;
+    assert!(
+        approved.body.contains("Approved. send_email ran."),
+        "{}",
+        approved.body
+    );
+    let replay = sam
+        .post(
+            &format!("/staff/approvals/acme/{id}/approve"),
+            &[
+                ("digest", &digest),
+                ("reason", "reviewing the assistant queue"),
+            ],
+        )
+        .await;
+    assert!(replay.body.contains("already decided"), "{}", replay.body);
+    let (executed,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM tool_sandbox.proposals WHERE status = 'executed'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(executed, 1);
+
+    // The audit viewer: the grants, the decisions, and a verified chain.
+    let audit = sam
+        .get("/staff/audit?tenant=acme&reason=checking+the+audit+chain")
+        .await;
+    assert_eq!(audit.status, StatusCode::OK);
+    assert!(audit.body.contains("chain verified"), "{}", audit.body);
+    for action in [
+        "agent.tool_proposed",
+        "agent.tool_rejected",
+        "agent.tool_approved",
+        "agent.tool_executed",
+        "tenant.cross_tenant_granted",
+        "authn.login_succeeded",
+    ] {
+        assert!(audit.body.contains(action), "{action} missing");
+    }
+
+    // Sign out revokes the session at once.
+    let cookie = alice.cookies.clone();
+    alice.post("/auth/logout", &[]).await;
+    let mut replayed = Browser::new(&app);
+    replayed.cookies = cookie;
+    assert_eq!(
+        replayed.get("/notes").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
