@@ -70,6 +70,28 @@ impl std::fmt::Debug for Enrolment {
     }
 }
 
+impl Enrolment {
+    /// The `otpauth://` URL as a QR code: an `<svg>` element (no XML declaration), to inline in
+    /// the enrolment page. It encodes the secret: serve it only to the enrolling user, over TLS,
+    /// with `Cache-Control: no-store`.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] if the URL does not fit in a QR code (an issuer or account
+    /// name of thousands of characters).
+    pub fn qr_svg(&self) -> Result<Zeroizing<String>, AuthError> {
+        let code = qrcode::QrCode::new(self.otpauth_url.as_bytes())
+            .map_err(|_| AuthError::InvalidConfig("otpauth URL too long for a QR code"))?;
+        let svg = Zeroizing::new(
+            code.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(200, 200)
+                .quiet_zone(true)
+                .build(),
+        );
+        let start = svg.find("<svg").unwrap_or(0);
+        Ok(Zeroizing::new(svg[start..].to_owned()))
+    }
+}
+
 /// The verdict on a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeCheck {

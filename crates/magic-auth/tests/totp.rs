@@ -66,6 +66,18 @@ async fn enrolment_gives_an_otpauth_url_and_stores_the_seed_sealed() {
     assert!(e.otpauth_url.contains("issuer=Tenantguard"));
     assert!(e.otpauth_url.contains(e.secret_base32.as_str()));
     assert!(!format!("{e:?}").contains(e.secret_base32.as_str()));
+    // The QR code: an inline <svg> (no XML declaration), different for another secret.
+    let qr = e.qr_svg().unwrap();
+    assert!(
+        qr.starts_with("<svg") && qr.trim_end().ends_with("</svg>"),
+        "{}",
+        &qr[..40]
+    );
+    let other = s
+        .enroll(t, ActorId::new_random(), "bo@example.com")
+        .await
+        .unwrap();
+    assert_ne!(*other.qr_svg().unwrap(), *qr);
     let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str()).unwrap();
     assert_eq!(seed.as_bytes().len(), 20, "160-bit seed");
     let admin = db.pool(Role::Admin, 1).await;

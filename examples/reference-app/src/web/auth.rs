@@ -242,17 +242,6 @@ async fn member_email(state: &AppState, session: &Session) -> Result<String, rls
     Ok(email)
 }
 
-fn qr_svg(url: &str) -> Option<String> {
-    let code = qrcode::QrCode::new(url.as_bytes()).ok()?;
-    let svg = code
-        .render::<qrcode::render::svg::Color<'_>>()
-        .min_dimensions(200, 200)
-        .quiet_zone(true)
-        .build();
-    // Drop the XML declaration: the SVG is inlined into HTML.
-    svg.find("<svg").map(|i| svg[i..].to_owned())
-}
-
 /// A local path to go back to (never another origin).
 fn local_next(next: Option<&String>, session: &Session) -> String {
     match next {
@@ -290,10 +279,10 @@ pub(super) async fn totp_page(
             .enroll(session.tenant, session.user, &email)
             .await
         {
-            Ok(e) => Some((
-                qr_svg(&e.otpauth_url).unwrap_or_default(),
-                e.secret_base32.to_string(),
-            )),
+            Ok(e) => match e.qr_svg() {
+                Ok(svg) => Some((svg.to_string(), e.secret_base32.to_string())),
+                Err(err) => return internal(&state, &err),
+            },
             Err(e) => return internal(&state, &e),
         }
     };

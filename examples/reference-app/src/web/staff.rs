@@ -118,9 +118,14 @@ async fn queue_page(
     session: &Session,
     slug: Option<&str>,
     reason: &str,
-    error: Option<String>,
+    outcome: Option<Result<String, String>>,
 ) -> Response {
     let tenants = tenant_slugs(state).await;
+    let status = match &outcome {
+        Some(Err(_)) => StatusCode::CONFLICT,
+        _ => StatusCode::OK,
+    };
+    let error = outcome.map(|o| o.unwrap_or_else(|e| e));
     let mut page = ApprovalsPage {
         nav: Nav::of(state, Some(session)),
         tenants,
@@ -179,14 +184,7 @@ async fn queue_page(
             })
             .collect();
     }
-    render(
-        if page.error.is_some() {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::OK
-        },
-        &page,
-    )
+    render(status, &page)
 }
 
 pub(super) async fn approvals(
@@ -244,7 +242,7 @@ pub(super) async fn approve(
             &session,
             Some(&slug),
             &reason,
-            Some("Malformed approval.".to_owned()),
+            Some(Err("Malformed approval.".to_owned())),
         )
         .await;
     };
@@ -260,7 +258,7 @@ pub(super) async fn approve(
                 &session,
                 Some(&slug),
                 &reason,
-                Some(refusal_text(&e)),
+                Some(Err(refusal_text(&e))),
             )
             .await;
         }
@@ -290,7 +288,7 @@ pub(super) async fn approve(
                 &session,
                 Some(&slug),
                 &reason,
-                Some(format!("Approved. {outcome}")),
+                Some(Ok(format!("Approved. {outcome}"))),
             )
             .await
         }
@@ -300,7 +298,7 @@ pub(super) async fn approve(
                 &session,
                 Some(&slug),
                 &reason,
-                Some(refusal_text(&e)),
+                Some(Err(refusal_text(&e))),
             )
             .await
         }
@@ -320,7 +318,7 @@ pub(super) async fn reject(
             &session,
             Some(&slug),
             &reason,
-            Some("Malformed request.".to_owned()),
+            Some(Err("Malformed request.".to_owned())),
         )
         .await;
     };
@@ -333,8 +331,8 @@ pub(super) async fn reject(
         .reject(&context, &session, id, "rejected by staff")
         .await
     {
-        Ok(_) => "Rejected.".to_owned(),
-        Err(e) => refusal_text(&e),
+        Ok(_) => Ok("Rejected.".to_owned()),
+        Err(e) => Err(refusal_text(&e)),
     };
     queue_page(&state, &session, Some(&slug), &reason, Some(note)).await
 }
