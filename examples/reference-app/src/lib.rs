@@ -50,6 +50,7 @@ pub struct App {
     pub router: axum::Router,
     /// The configuration it runs with.
     pub config: Config,
+    routes: Vec<(&'static str, &'static str)>,
     services: Arc<Services>,
     tls: Arc<rustls::ServerConfig>,
     db: testkit::TestDb,
@@ -85,6 +86,60 @@ impl App {
     #[must_use]
     pub const fn database(&self) -> &testkit::TestDb {
         &self.db
+    }
+
+    /// Every `(method, path template)` the router serves.
+    #[must_use]
+    pub fn routes(&self) -> &[(&'static str, &'static str)] {
+        &self.routes
+    }
+
+    /// A session for a seeded account, made directly in the session store (for tests that
+    /// need many signed-in clients, such as the authorization matrix): the `Cookie` header
+    /// value. `two_factors` makes it `aal2`.
+    ///
+    /// # Errors
+    /// When the workspace or the account does not exist, or the store fails.
+    #[doc(hidden)]
+    pub async fn mint_session(
+        &self,
+        workspace: &str,
+        email: &str,
+        two_factors: bool,
+    ) -> Result<String, BoxError> {
+        use magic_auth::AccountDirectory;
+        let tenant = self
+            .services
+            .tenant_by_slug(workspace)
+            .await?
+            .ok_or("no such workspace")?;
+        let directory = state::Directory {
+            pool: self.services.pool.clone(),
+        };
+        let address = magic_auth::EmailAddress::parse(email)?;
+        let account = directory
+            .find(tenant.id, &address)
+            .await?
+            .ok_or("no such account")?;
+        let new = magic_auth::NewSession {
+            user: account.user,
+            kind: account.kind,
+            assurance: if two_factors {
+                magic_auth::Assurance::Aal2
+            } else {
+                magic_auth::Assurance::Aal1
+            },
+            user_agent: None,
+            ip: None,
+        };
+        let (session, token) = self.services.sessions.create(tenant.id, &new).await?;
+        let cookie = magic_auth::session_cookie(&token, &session);
+        Ok(cookie
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// The runtime role's name.
@@ -128,10 +183,11 @@ pub async fn start(config: Config) -> Result<App, BoxError> {
     seed::seed(&owner, &services).await?;
     drop(owner);
 
-    let router = web::router(AppState(services.clone()));
+    let (router, routes) = web::router(AppState(services.clone()));
     let tls = tls::server_config(&dev.tls_cert_pem, &dev.tls_key_pem)?;
     Ok(App {
         router,
+        routes,
         config,
         services,
         tls,
@@ -226,6 +282,7 @@ fn build(
         totp,
         keyring,
         blind: BlindIndexKey::new(&KeyMaterial::from_bytes(keys.blind))?,
+        audit: audit.clone(),
         checkpoints,
         gate,
         mailer,

@@ -110,6 +110,7 @@ pub(crate) struct Services {
     pub(crate) totp: Arc<TotpService>,
     pub(crate) keyring: Arc<Keyring>,
     pub(crate) blind: BlindIndexKey,
+    pub(crate) audit: AuditLog,
     pub(crate) checkpoints: CheckpointSigner,
     pub(crate) gate: Gate,
     pub(crate) mailer: Arc<ConsoleOutbox>,

@@ -169,30 +169,7 @@ async fn the_whole_demo_through_the_router() {
         sam.get("/staff/approvals").await.status,
         StatusCode::FORBIDDEN
     );
-    let totp = sam.get("/auth/totp").await;
-    let key = totp
-        .body
-        .split("Key: <code>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
-    let seed = totp_rs::Secret::try_from_base32(&key)
-        .unwrap()
-        .as_bytes()
-        .to_vec();
-    let done = sam
-        .post(
-            "/auth/totp",
-            &[
-                ("code", &common::code(&seed, 0)),
-                ("next", "/staff/approvals"),
-            ],
-        )
-        .await;
-    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    sam.enrol_totp("/staff/approvals").await;
     let no_reason = sam.get("/staff/approvals?tenant=acme&reason=x").await;
     assert_eq!(
         no_reason.status,

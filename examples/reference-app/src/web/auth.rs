@@ -377,7 +377,7 @@ pub(super) async fn totp_submit(
             }
         }
         Ok(CodeCheck::Locked { .. }) => retry("locked"),
-        Ok(CodeCheck::Rejected { .. }) => retry("wrong"),
+        Ok(CodeCheck::Rejected { .. }) | Err(magic_auth::AuthError::NotEnrolled) => retry("wrong"),
         Err(e) => internal(&state, &e),
     }
 }

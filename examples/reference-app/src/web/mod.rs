@@ -6,6 +6,7 @@
 //!   -> rls-guard transaction -> PostgreSQL row-level security
 //! ```
 
+mod admin;
 mod auth;
 mod pages;
 mod staff;
@@ -13,10 +14,11 @@ mod staff;
 use std::time::Duration;
 
 use askama::Template;
+use audit_log::{AuditLayer, actions};
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use magic_auth::{Guard, Session, SessionLayer};
 use tenant_scope::{ActorKind, ActorResolver, TenantLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -146,63 +148,158 @@ fn security_headers() -> [(HeaderName, HeaderValue); 7] {
 
 const STYLESHEET: &str = include_str!("../../static/app.css");
 
-/// The whole application.
-pub(crate) fn router(state: AppState) -> Router {
+/// Builds a router while recording every `(method, path)` it serves, so the authorization
+/// matrix can prove it covers them all.
+struct Routes {
+    router: Router<AppState>,
+    list: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Adds `path` answering `methods` through `route` (which must handle exactly those).
+    fn at(
+        mut self,
+        path: &'static str,
+        methods: &[&'static str],
+        route: MethodRouter<AppState>,
+    ) -> Self {
+        self.router = self.router.route(path, route);
+        self.list.extend(methods.iter().map(|m| (*m, path)));
+        self
+    }
+
+    /// Wraps everything added so far.
+    fn wrap(mut self, f: impl FnOnce(Router<AppState>) -> Router<AppState>) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        self.router = self.router.merge(other.router);
+        self.list.extend(other.list);
+        self
+    }
+}
+
+/// The whole application, and the list of `(method, path)` it serves.
+pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static str)>) {
+    // Tenant administration: privileged, so the audit layer sits inside the tenant layer and
+    // outside the guards (their denials are recorded too).
+    let role_change = Routes::new()
+        .at(
+            "/admin/members/{user}/role",
+            &["POST"],
+            post(admin::change_role),
+        )
+        .wrap(|r| {
+            r.layer(AuditLayer::new(
+                state.audit.clone(),
+                actions::MEMBER_ROLE_CHANGED,
+            ))
+        });
+    let export = Routes::new()
+        .at("/admin/export", &["POST"], post(admin::export))
+        .wrap(|r| {
+            r.layer(Guard::require_step_up(STEP_UP_MAX_AGE))
+                .layer(AuditLayer::new(state.audit.clone(), actions::DATA_EXPORTED))
+        });
     // Routes for a member of a tenant, signed in with both factors: the tenant comes from the
     // session's actor.
-    let tenant_routes = Router::new()
-        .route("/notes", get(pages::notes).post(pages::create_note))
-        .route(
+    let tenant_routes = Routes::new()
+        .at(
+            "/notes",
+            &["GET", "POST"],
+            get(pages::notes).post(pages::create_note),
+        )
+        .at(
             "/notes/{id}",
+            &["GET", "POST"],
             get(pages::edit_note).post(pages::update_note),
         )
-        .route("/notes/{id}/delete", post(pages::delete_note))
-        .route(
+        .at("/notes/{id}/delete", &["POST"], post(pages::delete_note))
+        .at(
             "/assistant",
+            &["GET", "POST"],
             get(pages::assistant).post(pages::run_assistant),
         )
-        .route("/sessions", get(pages::sessions))
-        .route("/sessions/{id}/revoke", post(pages::revoke_session))
-        .route("/sessions/revoke-others", post(pages::revoke_others))
-        .layer(TenantLayer::new(ActorResolver))
-        .layer(Guard::require_two_factors());
+        .at("/sessions", &["GET"], get(pages::sessions))
+        .at(
+            "/sessions/{id}/revoke",
+            &["POST"],
+            post(pages::revoke_session),
+        )
+        .at(
+            "/sessions/revoke-others",
+            &["POST"],
+            post(pages::revoke_others),
+        )
+        .at("/admin/members", &["GET"], get(admin::members))
+        .merge(role_change)
+        .merge(export)
+        .wrap(|r| {
+            r.layer(TenantLayer::new(ActorResolver))
+                .layer(Guard::require_two_factors())
+        });
     // Staff: two factors always; approving needs a fresh one.
-    let staff_sensitive = Router::new()
-        .route(
+    let staff_sensitive = Routes::new()
+        .at(
             "/staff/approvals/{tenant}/{id}/approve",
+            &["POST"],
             post(staff::approve),
         )
-        .layer(Guard::require_step_up(STEP_UP_MAX_AGE));
-    let staff_routes = Router::new()
-        .route("/staff/approvals", get(staff::approvals))
-        .route("/staff/approvals/{tenant}/{id}/reject", post(staff::reject))
-        .route("/staff/audit", get(staff::audit))
+        .wrap(|r| r.layer(Guard::require_step_up(STEP_UP_MAX_AGE)));
+    let staff_routes = Routes::new()
+        .at("/staff/approvals", &["GET"], get(staff::approvals))
+        .at(
+            "/staff/approvals/{tenant}/{id}/reject",
+            &["POST"],
+            post(staff::reject),
+        )
+        .at("/staff/audit", &["GET"], get(staff::audit))
         .merge(staff_sensitive)
-        .layer(Guard::require_mfa());
-    let signed_in = Router::new()
-        .route("/auth/totp", get(auth::totp_page).post(auth::totp_submit))
-        .route(
+        .wrap(|r| r.layer(Guard::require_mfa()));
+    let signed_in = Routes::new()
+        .at(
+            "/auth/totp",
+            &["GET", "POST"],
+            get(auth::totp_page).post(auth::totp_submit),
+        )
+        .at(
             "/auth/step-up",
+            &["GET", "POST"],
             get(auth::step_up_page).post(auth::totp_submit),
         )
-        .route("/auth/logout", post(auth::logout))
-        .layer(Guard::require_auth());
-    let mut app = Router::new()
-        .route("/", get(auth::home))
-        .route("/auth/request", post(auth::request_link))
-        .route("/auth/link", get(auth::landing).post(auth::confirm_link))
-        .route(
+        .at("/auth/logout", &["POST"], post(auth::logout))
+        .wrap(|r| r.layer(Guard::require_auth()));
+    let mut app = Routes::new()
+        .at("/", &["GET"], get(auth::home))
+        .at("/auth/request", &["POST"], post(auth::request_link))
+        .at(
+            "/auth/link",
+            &["GET", "POST"],
+            get(auth::landing).post(auth::confirm_link),
+        )
+        .at(
             "/static/app.css",
+            &["GET"],
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLESHEET) }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .at("/healthz", &["GET"], get(|| async { "ok" }))
         .merge(tenant_routes)
         .merge(staff_routes)
         .merge(signed_in);
     if state.development {
-        app = app.route("/dev/outbox", get(auth::outbox));
+        app = app.at("/dev/outbox", &["GET"], get(auth::outbox));
     }
-    let mut stack = app
+    let Routes { router, list } = app;
+    let mut stack = router
         .fallback(not_found)
         .layer(Guard::same_origin(&[state.base_url.as_str()]))
         .layer(SessionLayer::new(state.sessions.clone()))
@@ -211,10 +308,11 @@ pub(crate) fn router(state: AppState) -> Router {
         stack = stack.layer(SetResponseHeaderLayer::if_not_present(name, value));
     }
     let request_id = HeaderName::from_static("x-request-id");
-    stack
+    let stack = stack
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http())
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    (stack, list)
 }
 
 async fn not_found(axum::extract::State(state): axum::extract::State<AppState>) -> Response {

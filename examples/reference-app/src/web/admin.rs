@@ -1,0 +1,256 @@
+//! Tenant administration: members' roles and the data export. Both are privileged: the audit
+//! layer records every attempt (denials by the guards included), and the handlers append their
+//! record in the same transaction as the change, so a failed audit write rolls the change back.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use audit_log::{AuditHandle, Outcome, Target};
+use axum::Extension;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use magic_auth::Session;
+use tenant_scope::TenantContext;
+use uuid::Uuid;
+
+use super::auth::parse_id;
+use super::{Nav, internal, message, render};
+use crate::notes;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("database: {0}")]
+    Database(#[from] rls_guard::RlsError),
+    #[error("audit: {0}")]
+    Audit(#[from] audit_log::AuditError),
+}
+
+impl From<sqlx::Error> for AdminError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e.into())
+    }
+}
+
+struct Member {
+    id: String,
+    name: String,
+    email: String,
+    role: String,
+    me: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+struct AdminPage {
+    nav: Nav,
+    tenant: String,
+    members: Vec<Member>,
+    error: Option<String>,
+}
+
+/// Whether the signed-in user administers the context's tenant (read in its own RLS-bound
+/// transaction; any failure counts as "no").
+pub(crate) async fn is_admin(
+    state: &AppState,
+    session: &Session,
+    context: &TenantContext,
+) -> Result<bool, rls_guard::RlsError> {
+    let mut tx = state.pool.begin(context).await?;
+    let role: Option<(String, bool)> = sqlx::query_as(
+        "SELECT role, disabled FROM workspace.members WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(context.tenant().as_uuid())
+    .bind(session.user.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(matches!(role, Some((r, false)) if r == "admin"))
+}
+
+fn admins_only(state: &AppState, session: &Session) -> Response {
+    message(
+        state,
+        Some(session),
+        StatusCode::FORBIDDEN,
+        "Admins only",
+        "Only an admin of this workspace can do that.",
+        Some(("/notes", "Back to notes")),
+    )
+}
+
+pub(super) async fn members(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    context: TenantContext,
+) -> Response {
+    match is_admin(&state, &session, &context).await {
+        Ok(true) => {}
+        Ok(false) => return admins_only(&state, &session),
+        Err(e) => return internal(&state, &e),
+    }
+    let listed = async {
+        let mut tx = state.pool.begin(&context).await?;
+        let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
+            "SELECT user_id, display_name, email, role FROM workspace.members WHERE tenant_id = $1 ORDER BY email",
+        )
+        .bind(context.tenant().as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, rls_guard::RlsError>(rows)
+    };
+    let rows = match listed.await {
+        Ok(rows) => rows,
+        Err(e) => return internal(&state, &e),
+    };
+    let tenant = state
+        .tenant(context.tenant())
+        .await
+        .ok()
+        .flatten()
+        .map_or_else(String::new, |t| t.name);
+    render(
+        StatusCode::OK,
+        &AdminPage {
+            nav: Nav::of(&state, Some(&session)),
+            tenant,
+            members: rows
+                .into_iter()
+                .map(|(id, name, email, role)| Member {
+                    me: id == *session.user.as_uuid(),
+                    id: id.to_string(),
+                    name,
+                    email,
+                    role,
+                })
+                .collect(),
+            error: None,
+        },
+    )
+}
+
+pub(super) async fn change_role(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Extension(audit): Extension<AuditHandle>,
+    context: TenantContext,
+    Path(user): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let not_found = || {
+        message(
+            &state,
+            Some(&session),
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such member.",
+            Some(("/admin/members", "Back")),
+        )
+    };
+    let Some(user) = parse_id(&user) else {
+        return not_found();
+    };
+    let role = form.get("role").map_or("", String::as_str);
+    if role != "admin" && role != "member" {
+        return message(
+            &state,
+            Some(&session),
+            StatusCode::BAD_REQUEST,
+            "Unknown role",
+            "A member is either an admin or a member.",
+            Some(("/admin/members", "Back")),
+        );
+    }
+    if user == *session.user.as_uuid() {
+        return message(
+            &state,
+            Some(&session),
+            StatusCode::BAD_REQUEST,
+            "Not your own role",
+            "Ask another admin to change your role.",
+            Some(("/admin/members", "Back")),
+        );
+    }
+    match is_admin(&state, &session, &context).await {
+        Ok(true) => {}
+        Ok(false) => return admins_only(&state, &session),
+        Err(e) => return internal(&state, &e),
+    }
+    let changed = async {
+        let mut tx = state.pool.begin(&context).await?;
+        let n = sqlx::query(
+            "UPDATE workspace.members SET role = $3 WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(context.tenant().as_uuid())
+        .bind(user)
+        .bind(role)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok::<_, AdminError>(false);
+        }
+        let event = audit
+            .event(Outcome::Allowed)
+            .with_target(Target::new("member", &user.to_string()))?
+            .with_metadata(serde_json::json!({ "role": role }))?;
+        audit.append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok::<_, AdminError>(true)
+    };
+    match changed.await {
+        Ok(true) => Redirect::to("/admin/members").into_response(),
+        Ok(false) => not_found(),
+        Err(e) => internal(&state, &e),
+    }
+}
+
+/// The export: sensitive (the route needs a fresh second factor), recorded before any data
+/// leaves.
+pub(super) async fn export(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Extension(audit): Extension<AuditHandle>,
+    context: TenantContext,
+) -> Response {
+    match is_admin(&state, &session, &context).await {
+        Ok(true) => {}
+        Ok(false) => return admins_only(&state, &session),
+        Err(e) => return internal(&state, &e),
+    }
+    let all = match notes::list(&state, &context).await {
+        Ok(n) => n,
+        Err(e) => return internal(&state, &e),
+    };
+    let recorded = async {
+        let mut tx = state.pool.begin(&context).await?;
+        let event = audit
+            .event(Outcome::Allowed)
+            .with_metadata(serde_json::json!({ "notes": all.len(), "format": "json" }))?;
+        audit.append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok::<_, AdminError>(())
+    };
+    if let Err(e) = recorded.await {
+        return internal(&state, &e);
+    }
+    let body: Vec<serde_json::Value> = all
+        .iter()
+        .map(
+            |n| serde_json::json!({"id": n.id, "title": n.title, "body": n.body, "phone": n.phone}),
+        )
+        .collect();
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Array(body).to_string(),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"notes.json\""),
+    );
+    response
+}
