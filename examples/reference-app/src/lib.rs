@@ -113,7 +113,7 @@ impl App {
             .tenant_by_slug(workspace)
             .await?
             .ok_or("no such workspace")?;
-        let directory = state::Directory {
+        let directory = Directory {
             pool: self.services.pool.clone(),
         };
         let address = magic_auth::EmailAddress::parse(email)?;

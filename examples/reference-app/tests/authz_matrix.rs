@@ -33,7 +33,9 @@ struct Row {
 
 fn table() -> Vec<Row> {
     let text = include_str!("authz_matrix.csv");
-    let mut lines = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     assert_eq!(&header[2..], &ROLES, "the role columns");
     lines
@@ -50,7 +52,11 @@ fn table() -> Vec<Row> {
 }
 
 async fn scalar_uuid(admin: &PgPool, sql: &str, bind: &str) -> Uuid {
-    let (id,): (Uuid,) = sqlx::query_as(sql).bind(bind).fetch_one(admin).await.unwrap();
+    let (id,): (Uuid,) = sqlx::query_as(sql)
+        .bind(bind)
+        .fetch_one(admin)
+        .await
+        .unwrap();
     id
 }
 
@@ -59,7 +65,13 @@ async fn cookie(app: &App, admin: &PgPool, role: &str) -> Option<String> {
     let (workspace, email) = match role {
         "anonymous" => return None,
         // Agents never hold sessions: the best an agent can present is a forged cookie.
-        "agent" => return Some(format!("__Host-session=v1.{}.{}", Uuid::new_v4().simple(), "ab".repeat(32))),
+        "agent" => {
+            return Some(format!(
+                "__Host-session=v1.{}.{}",
+                Uuid::new_v4().simple(),
+                "ab".repeat(32)
+            ));
+        }
         "user_a" => ("acme", "bob@acme.test"),
         "user_b" => ("globex", "carol@globex.test"),
         "admin_a" => ("acme", "alice@acme.test"),
@@ -68,6 +80,18 @@ async fn cookie(app: &App, admin: &PgPool, role: &str) -> Option<String> {
     };
     let cookie = app.mint_session(workspace, email, true).await.unwrap();
     if role == "staff_no_step_up" {
+        // Backdate the second factor by 11 minutes, as the superuser, inside a transaction that
+        // states the tenant binding rls-guard checks at commit.
+        let (tenant,): (Uuid,) = sqlx::query_as("SELECT id FROM workspace.tenants WHERE slug = $1")
+            .bind(workspace)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        let mut tx = admin.begin().await.unwrap();
+        sqlx::query(&format!("SET LOCAL app.tenant_id = '{tenant}'"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         sqlx::query(
             "UPDATE auth.sessions SET authenticated_at = now() - interval '11 minutes' \
              WHERE id = (SELECT s.id FROM auth.sessions s JOIN workspace.members m \
@@ -75,14 +99,25 @@ async fn cookie(app: &App, admin: &PgPool, role: &str) -> Option<String> {
                          WHERE m.email = $1 ORDER BY s.created_at DESC LIMIT 1)",
         )
         .bind(email)
-        .execute(admin)
+        .execute(&mut *tx)
         .await
         .unwrap();
+        sqlx::query(&format!("SET LOCAL app.commit_binding = '{tenant}:'"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
     }
     Some(cookie)
 }
 
-async fn send(app: &App, method: &str, path: &str, cookie: Option<&str>, form: &str) -> (StatusCode, String) {
+async fn send(
+    app: &App,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: &str,
+) -> (StatusCode, String) {
     let mut request = Request::builder()
         .method(method)
         .uri(path)
@@ -107,17 +142,35 @@ async fn send(app: &App, method: &str, path: &str, cookie: Option<&str>, form: &
 /// A fresh note of acme (made by alice through the app), its id.
 async fn fresh_note(app: &App, admin: &PgPool) -> Uuid {
     let title = format!("matrix {}", Uuid::new_v4());
-    let alice = app.mint_session("acme", "alice@acme.test", true).await.unwrap();
+    let alice = app
+        .mint_session("acme", "alice@acme.test", true)
+        .await
+        .unwrap();
     let form = format!("title={}&body=matrix", title.replace(' ', "+"));
     let (status, _) = send(app, "POST", "/notes", Some(&alice), &form).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    scalar_uuid(admin, "SELECT id FROM workspace.notes WHERE title = $1", &title).await
+    scalar_uuid(
+        admin,
+        "SELECT id FROM workspace.notes WHERE title = $1",
+        &title,
+    )
+    .await
 }
 
 /// A fresh pending proposal in acme (alice's assistant asks to email the injected note out).
 async fn fresh_proposal(app: &App, admin: &PgPool) -> (Uuid, String) {
-    let alice = app.mint_session("acme", "alice@acme.test", true).await.unwrap();
-    let (status, _) = send(app, "POST", "/assistant", Some(&alice), "prompt=Summarise+all+my+notes").await;
+    let alice = app
+        .mint_session("acme", "alice@acme.test", true)
+        .await
+        .unwrap();
+    let (status, _) = send(
+        app,
+        "POST",
+        "/assistant",
+        Some(&alice),
+        "prompt=Summarise+all+my+notes",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let (id, digest): (Uuid, Vec<u8>) = sqlx::query_as(
         "SELECT id, digest FROM tool_sandbox.proposals WHERE status = 'pending' ORDER BY created_at DESC LIMIT 1",
@@ -135,17 +188,33 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
     let rows = table();
 
     // Completeness, both ways.
-    let served: BTreeSet<(String, String)> =
-        app.routes().iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
-    let listed: BTreeSet<(String, String)> =
-        rows.iter().map(|r| (r.method.clone(), r.path.clone())).collect();
+    let served: BTreeSet<(String, String)> = app
+        .routes()
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    let listed: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
     let missing: Vec<_> = served.difference(&listed).collect();
     let stale: Vec<_> = listed.difference(&served).collect();
-    assert!(missing.is_empty(), "routes missing from the matrix: {missing:?}");
-    assert!(stale.is_empty(), "matrix rows for routes that do not exist: {stale:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from the matrix: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "matrix rows for routes that do not exist: {stale:?}"
+    );
     assert_eq!(rows.len(), listed.len(), "a route listed twice");
 
-    let bob = scalar_uuid(&admin, "SELECT user_id FROM workspace.members WHERE email = $1", "bob@acme.test").await;
+    let bob = scalar_uuid(
+        &admin,
+        "SELECT user_id FROM workspace.members WHERE email = $1",
+        "bob@acme.test",
+    )
+    .await;
     let mut failures = Vec::new();
     let mut checked = 0;
     for row in &rows {
@@ -161,7 +230,10 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
                 }
                 "/sessions/{id}/revoke" => {
                     // One of bob's other sessions.
-                    let _ = app.mint_session("acme", "bob@acme.test", true).await.unwrap();
+                    let _ = app
+                        .mint_session("acme", "bob@acme.test", true)
+                        .await
+                        .unwrap();
                     let (id,): (Uuid,) = sqlx::query_as(
                         "SELECT id FROM auth.sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1",
                     )
@@ -175,16 +247,29 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
                     path = path.replace("{user}", &bob.to_string());
                     form = "role=member".to_owned();
                 }
-                "/staff/approvals/{tenant}/{id}/approve" | "/staff/approvals/{tenant}/{id}/reject" => {
+                "/staff/approvals/{tenant}/{id}/approve"
+                | "/staff/approvals/{tenant}/{id}/reject" => {
                     let (id, digest) = fresh_proposal(&app, &admin).await;
-                    path = path.replace("{tenant}", "acme").replace("{id}", &id.to_string());
+                    path = path
+                        .replace("{tenant}", "acme")
+                        .replace("{id}", &id.to_string());
                     form = format!("digest={digest}&{reason}");
                 }
-                "/staff/approvals" | "/staff/audit" => path = format!("{path}?tenant=acme&{reason}"),
-                "/auth/request" => form = "workspace=acme&email=bob%40acme.test".to_owned(),
+                "/staff/approvals" | "/staff/audit" => {
+                    path = format!("{path}?tenant=acme&{reason}");
+                }
+                // A fresh address each time: the per-address rate limit is tested on its own.
+                "/auth/request" => {
+                    form = format!(
+                        "workspace=acme&email=m{}%40acme.test",
+                        Uuid::new_v4().simple()
+                    );
+                }
                 "/auth/link" if row.method == "POST" => form = "token=v1.bogus".to_owned(),
                 "/auth/link" => path = format!("{path}?token=v1.bogus"),
-                "/auth/totp" | "/auth/step-up" if row.method == "POST" => form = "code=000000&next=/notes".to_owned(),
+                "/auth/totp" | "/auth/step-up" if row.method == "POST" => {
+                    form = "code=000000&next=/notes".to_owned();
+                }
                 "/notes" if row.method == "POST" => form = "title=matrix+note&body=x".to_owned(),
                 "/assistant" if row.method == "POST" => form = "prompt=hello".to_owned(),
                 _ => {}
@@ -199,12 +284,20 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
                     row.method,
                     row.path,
                     status.as_u16(),
-                    body.chars().take(120).collect::<String>().replace('\n', " ")
+                    body.chars()
+                        .take(120)
+                        .collect::<String>()
+                        .replace('\n', " ")
                 ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {checked} cells differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cells differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert_eq!(checked, rows.len() * ROLES.len());
     // No 5xx anywhere in the matrix (a 5xx cell would have to be listed, and none is).
     assert!(rows.iter().all(|r| r.expected.iter().all(|s| *s < 500)));

@@ -60,6 +60,22 @@ async fn the_whole_demo_through_the_router() {
         .await;
     assert_eq!(unknown.status, StatusCode::OK);
     assert!(unknown.body.contains("Check your email"));
+    // Asking again and again for one address is limited (known or not, the same way).
+    let mut limited = false;
+    for _ in 0..10 {
+        let again = anonymous
+            .post(
+                "/auth/request",
+                &[("workspace", "acme"), ("email", "nobody@acme.test")],
+            )
+            .await;
+        if again.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        assert_eq!(again.status, StatusCode::OK);
+    }
+    assert!(limited, "the per-address limit answers 429");
 
     // A link opened in another browser does nothing, and is not used up.
     let mut alice = Browser::new(&app);
@@ -141,6 +157,40 @@ async fn the_whole_demo_through_the_router() {
             .await
             .unwrap();
     assert!(!String::from_utf8_lossy(&body).contains("Marketing"));
+
+    // Tenant administration: alice (admin) exports with a fresh second factor; bob (member)
+    // is refused. Both attempts are in the audit chain.
+    let members = alice.get("/admin/members").await;
+    assert_eq!(members.status, StatusCode::OK);
+    assert!(members.body.contains("bob@acme.test") && !members.body.contains("carol@globex.test"));
+    let export = alice.post("/admin/export", &[]).await;
+    assert_eq!(export.status, StatusCode::OK);
+    assert_eq!(export.headers[header::CONTENT_TYPE], "application/json");
+    assert!(export.body.contains("Marketing 120k") && !export.body.contains("Globex roadmap"));
+    let mut bob = Browser::new(&app);
+    let (name, value) = app
+        .mint_session("acme", "bob@acme.test", true)
+        .await
+        .unwrap()
+        .split_once('=')
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .unwrap();
+    bob.cookies.insert(name, value);
+    assert_eq!(
+        bob.post("/admin/export", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let exports: Vec<(String,)> = sqlx::query_as(
+        "SELECT outcome FROM audit.events WHERE action = 'data.exported' ORDER BY occurred_at",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        exports,
+        vec![("allowed".to_owned(),), ("denied".to_owned(),)],
+        "{exports:?}"
+    );
 
     // The assistant reads the injected note and asks to email everything out: held.
     let run = alice

@@ -149,6 +149,12 @@ pub(super) async fn change_role(
             Some(("/admin/members", "Back")),
         )
     };
+    // Authorization before anything else: a non-admin learns nothing about the request.
+    match is_admin(&state, &session, &context).await {
+        Ok(true) => {}
+        Ok(false) => return admins_only(&state, &session),
+        Err(e) => return internal(&state, &e),
+    }
     let Some(user) = parse_id(&user) else {
         return not_found();
     };
@@ -172,11 +178,6 @@ pub(super) async fn change_role(
             "Ask another admin to change your role.",
             Some(("/admin/members", "Back")),
         );
-    }
-    match is_admin(&state, &session, &context).await {
-        Ok(true) => {}
-        Ok(false) => return admins_only(&state, &session),
-        Err(e) => return internal(&state, &e),
     }
     let changed = async {
         let mut tx = state.pool.begin(&context).await?;

@@ -103,6 +103,15 @@ pub(super) async fn request_link(
                 request.verifier.as_str()
             )))
         }
+        // The limit applies to known and unknown addresses alike: saying so reveals nothing.
+        Err(magic_auth::AuthError::RateLimited { .. }) => message(
+            &state,
+            None,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            "Too many sign-in links were asked for. Wait a few minutes, then try again.",
+            Some(("/", "Back")),
+        ),
         Err(magic_auth::AuthError::InvalidEmail) => message(
             &state,
             None,
