@@ -270,8 +270,11 @@ impl Guard {
         }
     }
 
-    /// `403 cross_origin_request` for a request other than `GET`, `HEAD` or `OPTIONS` whose
-    /// `Origin` header is missing or not one of `origins` (e.g. `https://app.example.com`).
+    /// `403 cross_origin_request` for a request other than `GET`, `HEAD` or `OPTIONS` that the
+    /// browser does not mark `Sec-Fetch-Site: same-origin`, or — from a client that sends no
+    /// `Sec-Fetch-Site` — whose `Origin` header is missing or not one of `origins` (e.g.
+    /// `https://app.example.com`). A `Sec-Fetch-Site` of `same-site` (a sibling subdomain),
+    /// `cross-site` or `none` is refused whatever `Origin` says.
     #[must_use]
     pub fn same_origin(origins: &[&str]) -> Self {
         let origins: Vec<HeaderValue> = origins
@@ -291,10 +294,18 @@ impl Guard {
                     *request.method(),
                     Method::GET | Method::HEAD | Method::OPTIONS
                 );
-                let ok = request
-                    .headers()
-                    .get(ORIGIN)
-                    .is_some_and(|o| origins.iter().any(|allowed| allowed == o));
+                // The browser's own verdict first: `Sec-Fetch-Site` cannot be set by a page, and
+                // it is sent even where `Origin` is `null` (a form on a page served with
+                // `Referrer-Policy: no-referrer`, such as a sign-in link's landing page). Without
+                // it (older browsers, other clients) `Origin` must name an allowed origin; with
+                // neither, the request is refused.
+                let ok = match request.headers().get("sec-fetch-site") {
+                    Some(site) => site == "same-origin",
+                    None => request
+                        .headers()
+                        .get(ORIGIN)
+                        .is_some_and(|o| origins.iter().any(|allowed| allowed == o)),
+                };
                 if safe || ok {
                     Ok(())
                 } else {
@@ -464,5 +475,33 @@ mod tests {
                 .is_ok()
         );
         assert!(both.judge(&request(None)).is_err());
+    }
+
+    #[test]
+    fn same_origin_trusts_sec_fetch_site_then_origin_and_refuses_neither() {
+        let guard = Guard::same_origin(&["https://app.example.test"]);
+        let post = |headers: &[(&'static str, &'static str)]| {
+            let mut r = Request::post("/x").body(()).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().insert(*k, HeaderValue::from_static(v));
+            }
+            guard.judge(&r)
+        };
+        // A form on a no-referrer page: Origin is "null", the fetch metadata says same-origin.
+        assert!(post(&[("origin", "null"), ("sec-fetch-site", "same-origin")]).is_ok());
+        assert!(post(&[("origin", "https://app.example.test")]).is_ok());
+        // The browser's verdict wins over a claimed Origin.
+        for site in ["cross-site", "same-site", "none"] {
+            let header = [
+                ("origin", "https://app.example.test"),
+                ("sec-fetch-site", site),
+            ];
+            assert!(post(&header).is_err(), "{site}");
+        }
+        assert!(post(&[("origin", "https://evil.example")]).is_err());
+        assert!(post(&[("origin", "null")]).is_err());
+        assert!(post(&[]).is_err());
+        let get = Request::get("/x").body(()).unwrap();
+        assert!(guard.judge(&get).is_ok());
     }
 }

@@ -384,8 +384,10 @@ async fn a_rate_limited_call_is_denied_and_audited() {
     ));
 }
 
-/// A subprocess tool whose context decides its network access: the command it builds through
+/// A subprocess tool whose context decides its network access (Linux: elsewhere subprocess tools
+/// refuse to run, see `tests/process_elsewhere.rs`): the command it builds through
 /// `ToolContext::command` carries the tool's declaration into seccomp.
+#[cfg(target_os = "linux")]
 fn probe_registry(port: u16) -> Registry {
     let probe = move || {
         tool_fn(move |ctx, _| async move {
@@ -419,6 +421,7 @@ fn probe_registry(port: u16) -> Registry {
         .unwrap()
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_subprocess_of_a_non_network_tool_cannot_open_an_inet_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -88,6 +88,12 @@ impl App {
         &self.db
     }
 
+    /// Serves the app over TLS on `listener` (its address must match `config.base_url`) until
+    /// the future is dropped.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) {
+        tls::serve_https(listener, self.tls.clone(), self.router.clone()).await;
+    }
+
     /// Every `(method, path template)` the router serves.
     #[must_use]
     pub fn routes(&self) -> &[(&'static str, &'static str)] {

@@ -1,0 +1,329 @@
+//! End to end in a real browser: headless Chromium (Debian's `chromium` and `chromium-driver`)
+//! drives the app over HTTPS on loopback — sign-in with the magic link and TOTP, a note, the
+//! assistant run on the injected note, the held request approved by staff after a fresh second
+//! factor, and the audit viewer. A screenshot of each page goes to the test's target directory
+//! (and, with `REFERENCE_APP_SCREENSHOTS=docs`, to `docs/screenshots/` for the walkthrough).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reference_app::Config;
+
+/// chromedriver, which also finds Chromium: `$CHROMEDRIVER`, Debian's paths, or `PATH`. A
+/// missing browser fails the test with the fix.
+fn chromedriver() -> PathBuf {
+    if let Some(path) = std::env::var_os("CHROMEDRIVER") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("chromedriver"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for candidate in [
+        PathBuf::from("/usr/bin/chromedriver"),
+        PathBuf::from("/usr/lib/chromium/chromedriver"),
+    ]
+    .into_iter()
+    .chain(on_path)
+    {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "the browser test needs Chromium and its WebDriver: `sudo apt-get install chromium \
+         chromium-driver` (Debian/Ubuntu), or set CHROMEDRIVER. `.ci/run` installs them when \
+         missing."
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Shots {
+    dirs: Vec<PathBuf>,
+}
+
+impl Shots {
+    fn new() -> Self {
+        let mut dirs = vec![PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots")];
+        if std::env::var("REFERENCE_APP_SCREENSHOTS").as_deref() == Ok("docs") {
+            dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots"));
+        }
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        Self { dirs }
+    }
+
+    async fn take(&self, browser: &Client, name: &str) {
+        let png = browser.screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");
+        for d in &self.dirs {
+            std::fs::write(d.join(format!("{name}.png")), &png).unwrap();
+        }
+    }
+}
+
+async fn fill(browser: &Client, css: &str, text: &str) {
+    let field = browser.find(Locator::Css(css)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn source(browser: &Client) -> String {
+    browser.source().await.unwrap()
+}
+
+/// The page once it contains `needle` (a submitted form's answer may still be loading when the
+/// click returns), or the last page seen after 10 seconds.
+async fn wait_for(browser: &Client, needle: &str) -> String {
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = source(browser).await;
+        if page.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    page
+}
+
+/// Signs in through the real pages: request a link, open it, confirm, enrol TOTP.
+async fn sign_in(
+    browser: &Client,
+    app: &reference_app::App,
+    base: &str,
+    workspace: &str,
+    email: &str,
+    shots: Option<&Shots>,
+) {
+    browser.goto(base).await.unwrap();
+    if let Some(s) = shots {
+        s.take(browser, "01-sign-in").await;
+    }
+    browser
+        .find(Locator::Css(&format!(
+            "#workspace option[value='{workspace}']"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    fill(browser, "#email", email).await;
+    let before = app.outbox_links().len();
+    click(browser, "form[action='/auth/request'] button").await;
+    assert!(
+        wait_for(browser, "Check your email")
+            .await
+            .contains("Check your email")
+    );
+    if let Some(s) = shots {
+        s.take(browser, "02-check-your-email").await;
+    }
+    let mut link = None;
+    for _ in 0..300 {
+        let links = app.outbox_links();
+        if links.len() > before {
+            link = links.last().cloned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    browser.goto(&link.expect("a sign-in link")).await.unwrap();
+    if let Some(s) = shots {
+        s.take(browser, "03-confirm-link").await;
+    }
+    click(browser, "form[action='/auth/link'] button").await;
+    let page = wait_for(browser, "Set up your authenticator").await;
+    assert!(page.contains("Set up your authenticator"), "{page}");
+    if let Some(s) = shots {
+        s.take(browser, "04-enrol-authenticator").await;
+    }
+    let key = page
+        .split("Key: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    let seed = totp_rs::Secret::try_from_base32(&key)
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    fill(browser, "#code", &common::code(&seed, 0)).await;
+    click(browser, "form[action='/auth/totp'] button").await;
+    // Signed in with both factors: members land on their notes, staff on the approval queue.
+    let landing = if workspace == "ops" {
+        "Approval queue"
+    } else {
+        "Notes of"
+    };
+    let page = wait_for(browser, landing).await;
+    assert!(page.contains(landing), "{page}");
+}
+
+#[tokio::test]
+async fn the_demo_in_headless_chromium() {
+    let driver_path = chromedriver();
+    let app_port = free_port();
+    let dir = std::env::temp_dir().join(format!("reference-app-browser-{}", uuid::Uuid::new_v4()));
+    let base = format!("https://localhost:{app_port}");
+    let config = Config::from_args(
+        [
+            "--data-dir",
+            &dir.display().to_string(),
+            "--base-url",
+            &base,
+        ]
+        .into_iter()
+        .map(str::to_owned),
+    )
+    .unwrap()
+    .unwrap();
+    let app = reference_app::start(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
+        .await
+        .unwrap();
+    let app = std::sync::Arc::new(app);
+    let server = {
+        let app = app.clone();
+        tokio::spawn(async move { app.serve(listener).await })
+    };
+
+    let driver_port = free_port();
+    let mut driver = tokio::process::Command::new(&driver_path)
+        .arg(format!("--port={driver_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let webdriver = format!("http://127.0.0.1:{driver_port}");
+    let mut caps = serde_json::Map::new();
+    caps.insert("acceptInsecureCerts".into(), serde_json::json!(true));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                   "--disable-dev-shm-usage", "--window-size=1200,900"]}),
+    );
+    let mut browser = None;
+    for _ in 0..100 {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(c) => {
+                browser = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let browser = browser.expect("chromedriver started a Chromium session");
+    let shots = Shots::new();
+
+    // Alice: sign-in, notes, a new note, the assistant on the injected note.
+    sign_in(
+        &browser,
+        &app,
+        &base,
+        "acme",
+        "alice@acme.test",
+        Some(&shots),
+    )
+    .await;
+    let page = wait_for(&browser, "Notes of Acme Corp").await;
+    assert!(
+        page.contains("Notes of Acme Corp") && page.contains("Q3 budget"),
+        "{page}"
+    );
+    fill(&browser, "#title", "Board meeting").await;
+    fill(&browser, "#body", "Prepare the Q4 plan.").await;
+    fill(&browser, "#new-phone", "+1 555 0142").await;
+    click(&browser, "form[action='/notes'][method='post'] button").await;
+    assert!(
+        wait_for(&browser, "Board meeting")
+            .await
+            .contains("Board meeting")
+    );
+    shots.take(&browser, "05-notes").await;
+    browser.goto(&format!("{base}/assistant")).await.unwrap();
+    fill(&browser, "#prompt", "Summarise all my notes").await;
+    click(&browser, "form[action='/assistant'] button").await;
+    let page = wait_for(&browser, "is waiting for approval").await;
+    assert!(page.contains("is waiting for approval"), "{page}");
+    shots.take(&browser, "06-assistant-held").await;
+    click(&browser, "form[action='/auth/logout'] button").await;
+    wait_for(&browser, "Email me a sign-in link").await;
+
+    // Sam (staff): sign-in with TOTP, the approval queue behind a stated reason, approve.
+    sign_in(&browser, &app, &base, "ops", "sam@ops.test", None).await;
+    browser
+        .goto(&format!(
+            "{base}/staff/approvals?tenant=acme&reason=Reviewing+the+assistant+queue"
+        ))
+        .await
+        .unwrap();
+    let page = source(&browser).await;
+    assert!(
+        page.contains("exfil@attacker.test") && page.contains("/to (untrusted)"),
+        "{page}"
+    );
+    shots.take(&browser, "07-approval-queue").await;
+    click(&browser, "form[action$='/approve'] button").await;
+    let page = wait_for(&browser, "Approved.").await;
+    let url = browser.current_url().await.unwrap();
+    assert!(
+        page.contains("Approved. send_email ran."),
+        "{url}: {}",
+        page.split("<main>").nth(1).unwrap_or(&page)
+    );
+    browser
+        .goto(&format!(
+            "{base}/staff/audit?tenant=acme&reason=Checking+the+audit+chain"
+        ))
+        .await
+        .unwrap();
+    let page = source(&browser).await;
+    assert!(
+        page.contains("chain verified") && page.contains("agent.tool_approved"),
+        "{page}"
+    );
+    shots.take(&browser, "08-audit-viewer").await;
+
+    browser.close().await.unwrap();
+    driver.kill().await.unwrap();
+    server.abort();
+}
