@@ -125,7 +125,9 @@ async fn send(
     if let Some(c) = cookie {
         request = request.header(header::COOKIE, c);
     }
-    if method == "POST" {
+    if path.starts_with("/api/") && method == "POST" {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    } else if method == "POST" {
         request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     }
     let response = app
@@ -224,7 +226,7 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
             let mut form = String::new();
             let reason = "reason=matrix+check+of+the+console";
             match row.path.as_str() {
-                "/notes/{id}" | "/notes/{id}/delete" => {
+                "/notes/{id}" | "/notes/{id}/delete" | "/api/notes/{id}" => {
                     path = path.replace("{id}", &fresh_note(&app, &admin).await.to_string());
                     form = "title=edited&body=edited".to_owned();
                 }
@@ -271,6 +273,9 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
                     form = "code=000000&next=/notes".to_owned();
                 }
                 "/notes" if row.method == "POST" => form = "title=matrix+note&body=x".to_owned(),
+                "/api/notes" if row.method == "POST" => {
+                    form = r#"{"title": "matrix note", "body": "x"}"#.to_owned();
+                }
                 "/assistant" if row.method == "POST" => form = "prompt=hello".to_owned(),
                 _ => {}
             }

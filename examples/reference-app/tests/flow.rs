@@ -158,6 +158,73 @@ async fn the_whole_demo_through_the_router() {
             .unwrap();
     assert!(!String::from_utf8_lossy(&body).contains("Marketing"));
 
+    // The JSON API: the same scoping, with stable error codes.
+    let listed = alice.json("GET", "/api/notes", None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let listed: serde_json::Value = serde_json::from_str(&listed.body).unwrap();
+    assert!(
+        listed["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["title"] == "Q3 budget")
+    );
+    let foreign = alice
+        .json("GET", &format!("/api/notes/{globex_note}"), None)
+        .await;
+    assert_eq!(foreign.status, StatusCode::NOT_FOUND);
+    assert!(
+        foreign.body.contains("\"error\":\"not_found\""),
+        "{}",
+        foreign.body
+    );
+    let gone = alice
+        .json("DELETE", &format!("/api/notes/{globex_note}"), None)
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let extra = alice
+        .json(
+            "POST",
+            "/api/notes",
+            Some(r#"{"title": "x", "tenant_id": "00000000-0000-0000-0000-000000000000"}"#),
+        )
+        .await;
+    assert_eq!(extra.status, StatusCode::BAD_REQUEST);
+    assert!(extra.body.contains("invalid_input"));
+    let created = alice
+        .json(
+            "POST",
+            "/api/notes",
+            Some(r#"{"title": "From the API", "body": "hello"}"#),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = serde_json::from_str::<serde_json::Value>(&created.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        alice
+            .json("GET", &format!("/api/notes/{id}"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        alice
+            .json("DELETE", &format!("/api/notes/{id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let anonymous_api = anonymous.json("GET", "/api/notes", None).await;
+    assert_eq!(anonymous_api.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        anonymous_api.body.contains("unauthenticated"),
+        "{}",
+        anonymous_api.body
+    );
+
     // Tenant administration: alice (admin) exports with a fresh second factor; bob (member)
     // is refused. Both attempts are in the audit chain.
     let members = alice.get("/admin/members").await;

@@ -7,6 +7,7 @@
 //! ```
 
 mod admin;
+mod api;
 mod auth;
 mod pages;
 mod staff;
@@ -241,6 +242,17 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             post(pages::revoke_others),
         )
         .at("/admin/members", &["GET"], get(admin::members))
+        .at(
+            "/api/notes",
+            &["GET", "POST"],
+            get(api::list_notes).post(api::create_note),
+        )
+        .at(
+            "/api/notes/{id}",
+            &["GET", "DELETE"],
+            get(api::get_note).delete(api::delete_note),
+        )
+        .at("/api/sessions", &["GET"], get(api::sessions))
         .merge(role_change)
         .merge(export)
         .wrap(|r| {

@@ -114,6 +114,18 @@ impl<'a> Browser<'a> {
         self.send(request).await
     }
 
+    /// A JSON request (`body` sent as `application/json` when given).
+    pub async fn json(&mut self, method: &str, path: &str, body: Option<&str>) -> Page {
+        let mut request = self.request(method, path);
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Body::from(body.unwrap_or_default().to_owned()))
+            .unwrap();
+        self.send(request).await
+    }
+
     /// Requests a link, follows it and confirms it; returns the path the app sends us to.
     pub async fn open_link(&mut self, workspace: &str, email: &str) -> Page {
         let before = self.app.outbox_links().len();

@@ -1,0 +1,163 @@
+//! The JSON API for the same resources as the pages. Errors are JSON with a stable machine code:
+//! `400 invalid_input`, `404 not_found` (also for another tenant's object), `500
+//! internal_error`, `503 database_unavailable` when the database cannot be reached — the guards
+//! in front answer `401 unauthenticated`, `403 mfa_required` and `403 cross_origin_request`
+//! the same way.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use magic_auth::Session;
+use serde::Deserialize;
+use serde_json::json;
+use tenant_scope::TenantContext;
+
+use super::auth::parse_id;
+use crate::notes::{self, Note, NoteError};
+use crate::state::AppState;
+
+/// A JSON error with its stable code.
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    (status, Json(json!({ "error": code, "message": message }))).into_response()
+}
+
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such object")
+}
+
+fn failed(e: &NoteError) -> Response {
+    match e {
+        NoteError::Invalid(why) => error(StatusCode::BAD_REQUEST, "invalid_input", why),
+        NoteError::Database(db) if db.is_unavailable() => {
+            tracing::warn!(error = %db, "database unavailable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "try again later",
+            )
+        }
+        other => {
+            tracing::error!(error = %other, "api request failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request could not be completed",
+            )
+        }
+    }
+}
+
+fn note_json(n: &Note) -> serde_json::Value {
+    json!({
+        "id": n.id,
+        "title": n.title,
+        "body": n.body,
+        "phone": n.phone,
+        "updated_at": n.updated_at.unix_timestamp(),
+    })
+}
+
+pub(super) async fn list_notes(State(state): State<AppState>, context: TenantContext) -> Response {
+    match notes::list(&state, &context).await {
+        Ok(all) => {
+            Json(json!({ "notes": all.iter().map(note_json).collect::<Vec<_>>() })).into_response()
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+/// A new note.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewNote {
+    title: String,
+    #[serde(default)]
+    body: String,
+    phone: Option<String>,
+}
+
+pub(super) async fn create_note(
+    State(state): State<AppState>,
+    context: TenantContext,
+    body: Result<Json<NewNote>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(new)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "expected {\"title\", \"body\", \"phone\"?} as JSON",
+        );
+    };
+    match notes::save(
+        &state,
+        &context,
+        None,
+        &new.title,
+        &new.body,
+        new.phone.as_deref(),
+    )
+    .await
+    {
+        Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id }))).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+pub(super) async fn get_note(
+    State(state): State<AppState>,
+    context: TenantContext,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(id) = parse_id(&id) else {
+        return not_found();
+    };
+    match notes::get(&state, &context, id).await {
+        Ok(Some(n)) => Json(note_json(&n)).into_response(),
+        Ok(None) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+pub(super) async fn delete_note(
+    State(state): State<AppState>,
+    context: TenantContext,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(id) = parse_id(&id) else {
+        return not_found();
+    };
+    match notes::delete(&state, &context, id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+pub(super) async fn sessions(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> Response {
+    match state.sessions.list(session.tenant, session.user).await {
+        Ok(list) => Json(json!({
+            "sessions": list.iter().map(|s| json!({
+                "id": s.id,
+                "current": s.id == session.id,
+                "two_factors": s.assurance == magic_auth::Assurance::Aal2,
+                "created_at": s.created_at.unix_timestamp(),
+                "last_seen_at": s.last_seen_at.unix_timestamp(),
+                "user_agent": s.user_agent,
+            })).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "session list failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request could not be completed",
+            )
+        }
+    }
+}
