@@ -255,6 +255,13 @@ fn demo_step(messages: &[Message]) -> ModelReply {
                     _ => None,
                 })
                 .unwrap_or_default();
+            // A request that names a page: fetch it (through the egress guard).
+            if let Some(url) = request
+                .split_whitespace()
+                .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            {
+                return reply(vec![("call_fetch", "fetch_url", json!({ "url": url }))]);
+            }
             let query = if request.to_lowercase().contains("all") {
                 String::new()
             } else {

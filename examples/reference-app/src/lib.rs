@@ -53,7 +53,7 @@ pub struct App {
     routes: Vec<(&'static str, &'static str)>,
     services: Arc<Services>,
     tls: Arc<rustls::ServerConfig>,
-    db: testkit::TestDb,
+    db: Arc<testkit::TestDb>,
 }
 
 impl std::fmt::Debug for App {
@@ -84,7 +84,7 @@ impl App {
 
     /// The database (tests use its admin and owner roles to check isolation from outside).
     #[must_use]
-    pub const fn database(&self) -> &testkit::TestDb {
+    pub fn database(&self) -> &testkit::TestDb {
         &self.db
     }
 
@@ -92,6 +92,40 @@ impl App {
     /// the future is dropped.
     pub async fn serve(&self, listener: tokio::net::TcpListener) {
         tls::serve_https(listener, self.tls.clone(), self.router.clone()).await;
+    }
+
+    /// A second instance of the app on the same database: its own pools, session store, rate
+    /// limiters and gate (nothing shared in memory but the process-wide cross-tenant authority),
+    /// as a second replica behind a load balancer would be.
+    ///
+    /// # Errors
+    /// As [`start`].
+    pub async fn second_instance(&self) -> Result<Self, BoxError> {
+        let dev = devdata::DevData::load_or_create(&self.config.data_dir, "localhost")?;
+        let keys = Keys {
+            field: *dev.field_key,
+            blind: *dev.blind_key,
+            pseudonym: *dev.pseudonym_key,
+            checkpoint: *dev.checkpoint_key,
+        };
+        let runtime = self.db.pool(testkit::Role::Runtime, 8).await;
+        let pool = TenantPool::new(runtime.clone()).await?;
+        let services = build(
+            &self.config,
+            pool,
+            runtime,
+            &keys,
+            Some(self.services.cross_tenant.clone()),
+        )?;
+        let (router, routes) = web::router(AppState(services.clone()));
+        Ok(Self {
+            router,
+            config: self.config.clone(),
+            routes,
+            services,
+            tls: self.tls.clone(),
+            db: self.db.clone(),
+        })
     }
 
     /// Every `(method, path template)` the router serves.
@@ -185,7 +219,7 @@ pub async fn start(config: Config) -> Result<App, BoxError> {
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
     let pool = TenantPool::new(runtime.clone()).await?;
 
-    let services = build(&config, pool, runtime, &keys)?;
+    let services = build(&config, pool, runtime, &keys, None)?;
     seed::seed(&owner, &services).await?;
     drop(owner);
 
@@ -197,7 +231,7 @@ pub async fn start(config: Config) -> Result<App, BoxError> {
         config,
         services,
         tls,
-        db,
+        db: Arc::new(db),
     })
 }
 
@@ -229,6 +263,7 @@ fn build(
     pool: TenantPool,
     raw: sqlx::PgPool,
     keys: &Keys,
+    cross_tenant: Option<Arc<CrossTenantAuthority<AuditLog>>>,
 ) -> Result<Arc<Services>, BoxError> {
     let mut keyring = Keyring::new();
     keyring.add_key(1, &KeyMaterial::from_bytes(keys.field))?;
@@ -292,7 +327,12 @@ fn build(
         checkpoints,
         gate,
         mailer,
-        cross_tenant: CrossTenantAuthority::install(audit)?,
+        // One authority per process (tenant-scope refuses a second): a second instance in the
+        // same process shares it.
+        cross_tenant: match cross_tenant {
+            Some(shared) => shared,
+            None => Arc::new(CrossTenantAuthority::install(audit)?),
+        },
         model,
         base_url: config.base_url.clone(),
         development: !config.production,

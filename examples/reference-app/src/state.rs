@@ -114,7 +114,7 @@ pub(crate) struct Services {
     pub(crate) checkpoints: CheckpointSigner,
     pub(crate) gate: Gate,
     pub(crate) mailer: Arc<ConsoleOutbox>,
-    pub(crate) cross_tenant: CrossTenantAuthority<AuditLog>,
+    pub(crate) cross_tenant: Arc<CrossTenantAuthority<AuditLog>>,
     pub(crate) model: Arc<dyn Model>,
     pub(crate) base_url: String,
     pub(crate) development: bool,

@@ -1,0 +1,233 @@
+//! The error paths over HTTP: an expired link, wrong codes up to the lockout, a session revoked
+//! through one app instance refused by another on the same database (and the link rate limit
+//! shared by both), a stale second factor at a sensitive route, and the assistant's fetch of a
+//! metadata address refused by the egress guard.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Browser, start};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Runs `sql` (one `$1` text parameter) as the superuser inside a transaction bound to the
+/// tenant `workspace`, as rls-guard's commit-time binding check requires.
+async fn as_admin_in(admin: &PgPool, workspace: &str, sql: &str, bind: &str) -> u64 {
+    let (tenant,): (Uuid,) = sqlx::query_as("SELECT id FROM workspace.tenants WHERE slug = $1")
+        .bind(workspace)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query(&format!("SET LOCAL app.tenant_id = '{tenant}'"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let n = sqlx::query(sql)
+        .bind(bind)
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    sqlx::query(&format!("SET LOCAL app.commit_binding = '{tenant}:'"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    n
+}
+
+#[tokio::test]
+async fn error_paths_answer_closed_and_hold_across_instances() {
+    let app = start().await;
+    let admin = app.database().pool(testkit::Role::Admin, 2).await;
+
+    // 1. An expired link signs nobody in.
+    let mut bob = Browser::new(&app);
+    let before = app.outbox_links().len();
+    bob.post(
+        "/auth/request",
+        &[("workspace", "acme"), ("email", "bob@acme.test")],
+    )
+    .await;
+    for _ in 0..200 {
+        if app.outbox_links().len() > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let token = app
+        .outbox_links()
+        .last()
+        .unwrap()
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let expired = as_admin_in(
+        &admin,
+        "acme",
+        "UPDATE auth.login_links SET created_at = now() - interval '1 hour', expires_at = now() - interval '1 second' \
+         WHERE user_id = (SELECT user_id FROM workspace.members WHERE email = $1)",
+        "bob@acme.test",
+    )
+    .await;
+    assert_eq!(expired, 1);
+    let page = bob.post("/auth/link", &[("token", &token)]).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.body.contains("expired"), "the page says why in words");
+    assert!(!bob.cookies.contains_key("__Host-session"));
+
+    // 2. Wrong codes: after five, the account is locked — even the right code is refused.
+    let mut alice = Browser::new(&app);
+    let confirmed = alice.open_link("acme", "alice@acme.test").await;
+    assert_eq!(confirmed.status, StatusCode::SEE_OTHER);
+    let seed = alice.enrol_totp("/notes").await;
+    let (name, value) = app
+        .mint_session("acme", "alice@acme.test", false)
+        .await
+        .unwrap()
+        .split_once('=')
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .unwrap();
+    let mut second_device = Browser::new(&app);
+    second_device.cookies.insert(name, value);
+    for _ in 0..5 {
+        let wrong = second_device
+            .post("/auth/totp", &[("code", "000000"), ("next", "/notes")])
+            .await;
+        assert_eq!(wrong.status, StatusCode::SEE_OTHER);
+        assert!(wrong.location().contains("error="), "{}", wrong.location());
+    }
+    let right = second_device
+        .post(
+            "/auth/totp",
+            &[("code", &common::code(&seed, 1)), ("next", "/notes")],
+        )
+        .await;
+    assert!(
+        right.location().contains("error=locked"),
+        "{}",
+        right.location()
+    );
+    assert_eq!(
+        second_device.get("/notes").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let (locked,): (bool,) = sqlx::query_as(
+        "SELECT locked_until > now() FROM auth.totp t JOIN workspace.members m \
+         ON m.tenant_id = t.tenant_id AND m.user_id = t.user_id WHERE m.email = 'alice@acme.test'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(locked);
+
+    // 3. A second instance on the same database: a session revoked through one is refused by
+    //    the other at once, and the per-address link limit counts requests made to both.
+    let other = app.second_instance().await.unwrap();
+    let mut carol = Browser::new(&app);
+    let cookie = app
+        .mint_session("globex", "carol@globex.test", true)
+        .await
+        .unwrap();
+    let (name, value) = cookie.split_once('=').unwrap();
+    carol.cookies.insert(name.to_owned(), value.to_owned());
+    let mut carol_elsewhere = Browser::new(&other);
+    carol_elsewhere.cookies = carol.cookies.clone();
+    assert_eq!(carol_elsewhere.get("/notes").await.status, StatusCode::OK);
+    assert_eq!(
+        carol.post("/auth/logout", &[]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        carol_elsewhere.get("/notes").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut first = Browser::new(&app);
+    let mut second = Browser::new(&other);
+    let mut limited = false;
+    for i in 0..12 {
+        let browser = if i % 2 == 0 { &mut first } else { &mut second };
+        let page = browser
+            .post(
+                "/auth/request",
+                &[("workspace", "globex"), ("email", "shared@globex.test")],
+            )
+            .await;
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        assert_eq!(page.status, StatusCode::OK);
+    }
+    assert!(
+        limited,
+        "the limit is in the database, not in one instance's memory"
+    );
+
+    // 4. A stale second factor at a sensitive route: 403 with the machine code.
+    let stale = app.mint_session("ops", "sam@ops.test", true).await.unwrap();
+    as_admin_in(
+        &admin,
+        "ops",
+        "UPDATE auth.sessions SET authenticated_at = now() - interval '11 minutes' \
+         WHERE id = (SELECT s.id FROM auth.sessions s JOIN workspace.members m \
+                     ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
+                     WHERE m.email = $1 ORDER BY s.created_at DESC LIMIT 1)",
+        "sam@ops.test",
+    )
+    .await;
+    let mut sam = Browser::new(&app);
+    let (name, value) = stale.split_once('=').unwrap();
+    sam.cookies.insert(name.to_owned(), value.to_owned());
+    let refused = sam
+        .post(
+            &format!("/staff/approvals/acme/{}/approve", Uuid::new_v4()),
+            &[
+                ("digest", &"00".repeat(32)),
+                ("reason", "checking the stale factor path"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused.body.contains("step_up_required"),
+        "{}",
+        refused.body
+    );
+
+    // 5. The assistant asked to fetch the cloud metadata endpoint: refused by the egress guard,
+    //    recorded as egress.denied with the agent as actor; the turn goes on.
+    let mut dave = Browser::new(&app);
+    let cookie = app
+        .mint_session("acme", "bob@acme.test", true)
+        .await
+        .unwrap();
+    let (name, value) = cookie.split_once('=').unwrap();
+    dave.cookies.insert(name.to_owned(), value.to_owned());
+    let run = dave
+        .post(
+            "/assistant",
+            &[(
+                "prompt",
+                "Summarise http://169.254.169.254/latest/meta-data/iam/",
+            )],
+        )
+        .await;
+    assert_eq!(run.status, StatusCode::OK);
+    assert!(run.body.contains("failed: egress_denied"), "{}", run.body);
+    assert!(
+        run.body.contains("Done."),
+        "the turn continued after the refusal: {}",
+        run.body
+    );
+    let (denied,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit.events WHERE action = 'egress.denied' AND actor_kind = 'agent'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(denied, 1);
+}
