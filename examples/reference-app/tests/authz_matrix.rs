@@ -80,33 +80,7 @@ async fn cookie(app: &App, admin: &PgPool, role: &str) -> Option<String> {
     };
     let cookie = app.mint_session(workspace, email, true).await.unwrap();
     if role == "staff_no_step_up" {
-        // Backdate the second factor by 11 minutes, as the superuser, inside a transaction that
-        // states the tenant binding rls-guard checks at commit.
-        let (tenant,): (Uuid,) = sqlx::query_as("SELECT id FROM workspace.tenants WHERE slug = $1")
-            .bind(workspace)
-            .fetch_one(admin)
-            .await
-            .unwrap();
-        let mut tx = admin.begin().await.unwrap();
-        sqlx::query(&format!("SET LOCAL app.tenant_id = '{tenant}'"))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        sqlx::query(
-            "UPDATE auth.sessions SET authenticated_at = now() - interval '11 minutes' \
-             WHERE id = (SELECT s.id FROM auth.sessions s JOIN workspace.members m \
-                         ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
-                         WHERE m.email = $1 ORDER BY s.created_at DESC LIMIT 1)",
-        )
-        .bind(email)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        sqlx::query(&format!("SET LOCAL app.commit_binding = '{tenant}:'"))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        common::backdate_second_factor(admin, workspace, email).await;
     }
     Some(cookie)
 }

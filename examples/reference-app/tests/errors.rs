@@ -7,36 +7,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{Browser, start};
-use sqlx::PgPool;
+use common::{Browser, as_admin_in, backdate_second_factor, start};
 use uuid::Uuid;
-
-/// Runs `sql` (one `$1` text parameter) as the superuser inside a transaction bound to the
-/// tenant `workspace`, as rls-guard's commit-time binding check requires.
-async fn as_admin_in(admin: &PgPool, workspace: &str, sql: &str, bind: &str) -> u64 {
-    let (tenant,): (Uuid,) = sqlx::query_as("SELECT id FROM workspace.tenants WHERE slug = $1")
-        .bind(workspace)
-        .fetch_one(admin)
-        .await
-        .unwrap();
-    let mut tx = admin.begin().await.unwrap();
-    sqlx::query(&format!("SET LOCAL app.tenant_id = '{tenant}'"))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let n = sqlx::query(sql)
-        .bind(bind)
-        .execute(&mut *tx)
-        .await
-        .unwrap()
-        .rows_affected();
-    sqlx::query(&format!("SET LOCAL app.commit_binding = '{tenant}:'"))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    n
-}
 
 #[tokio::test]
 async fn error_paths_answer_closed_and_hold_across_instances() {
@@ -127,13 +99,7 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     // 3. A second instance on the same database: a session revoked through one is refused by
     //    the other at once, and the per-address link limit counts requests made to both.
     let other = app.second_instance().await.unwrap();
-    let mut carol = Browser::new(&app);
-    let cookie = app
-        .mint_session("globex", "carol@globex.test", true)
-        .await
-        .unwrap();
-    let (name, value) = cookie.split_once('=').unwrap();
-    carol.cookies.insert(name.to_owned(), value.to_owned());
+    let mut carol = Browser::signed_in(&app, "globex", "carol@globex.test").await;
     let mut carol_elsewhere = Browser::new(&other);
     carol_elsewhere.cookies = carol.cookies.clone();
     assert_eq!(carol_elsewhere.get("/notes").await.status, StatusCode::OK);
@@ -168,20 +134,8 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     );
 
     // 4. A stale second factor at a sensitive route: 403 with the machine code.
-    let stale = app.mint_session("ops", "sam@ops.test", true).await.unwrap();
-    as_admin_in(
-        &admin,
-        "ops",
-        "UPDATE auth.sessions SET authenticated_at = now() - interval '11 minutes' \
-         WHERE id = (SELECT s.id FROM auth.sessions s JOIN workspace.members m \
-                     ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
-                     WHERE m.email = $1 ORDER BY s.created_at DESC LIMIT 1)",
-        "sam@ops.test",
-    )
-    .await;
-    let mut sam = Browser::new(&app);
-    let (name, value) = stale.split_once('=').unwrap();
-    sam.cookies.insert(name.to_owned(), value.to_owned());
+    let mut sam = Browser::signed_in(&app, "ops", "sam@ops.test").await;
+    backdate_second_factor(&admin, "ops", "sam@ops.test").await;
     let refused = sam
         .post(
             &format!("/staff/approvals/acme/{}/approve", Uuid::new_v4()),
@@ -200,13 +154,7 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
 
     // 5. The assistant asked to fetch the cloud metadata endpoint: refused by the egress guard,
     //    recorded as egress.denied with the agent as actor; the turn goes on.
-    let mut dave = Browser::new(&app);
-    let cookie = app
-        .mint_session("acme", "bob@acme.test", true)
-        .await
-        .unwrap();
-    let (name, value) = cookie.split_once('=').unwrap();
-    dave.cookies.insert(name.to_owned(), value.to_owned());
+    let mut dave = Browser::signed_in(&app, "acme", "bob@acme.test").await;
     let run = dave
         .post(
             "/assistant",

@@ -234,15 +234,7 @@ async fn the_whole_demo_through_the_router() {
     assert_eq!(export.status, StatusCode::OK);
     assert_eq!(export.headers[header::CONTENT_TYPE], "application/json");
     assert!(export.body.contains("Marketing 120k") && !export.body.contains("Globex roadmap"));
-    let mut bob = Browser::new(&app);
-    let (name, value) = app
-        .mint_session("acme", "bob@acme.test", true)
-        .await
-        .unwrap()
-        .split_once('=')
-        .map(|(n, v)| (n.to_owned(), v.to_owned()))
-        .unwrap();
-    bob.cookies.insert(name, value);
+    let mut bob = Browser::signed_in(&app, "acme", "bob@acme.test").await;
     assert_eq!(
         bob.post("/admin/export", &[]).await.status,
         StatusCode::FORBIDDEN

@@ -50,6 +50,15 @@ impl<'a> Browser<'a> {
         }
     }
 
+    /// A browser holding a fresh two-factor session of a seeded account.
+    pub async fn signed_in(app: &'a App, workspace: &str, email: &str) -> Self {
+        let mut browser = Self::new(app);
+        let cookie = app.mint_session(workspace, email, true).await.unwrap();
+        let (name, value) = cookie.split_once('=').unwrap();
+        browser.cookies.insert(name.to_owned(), value.to_owned());
+        browser
+    }
+
     async fn send(&mut self, request: Request<Body>) -> Page {
         let response: Response<Body> = self.app.router.clone().oneshot(request).await.unwrap();
         for value in response.headers().get_all(header::SET_COOKIE) {
@@ -204,4 +213,48 @@ impl<'a> Browser<'a> {
 pub fn code(seed: &[u8], offset: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() + offset * 30;
     magic_auth::totp::code_at(seed, u64::try_from(now).unwrap()).unwrap()
+}
+
+/// Runs `sql` (one `$1` text parameter) as the superuser inside a transaction bound to the
+/// tenant `workspace`, as rls-guard's commit-time binding check requires of every writer.
+pub async fn as_admin_in(admin: &sqlx::PgPool, workspace: &str, sql: &str, bind: &str) -> u64 {
+    let (tenant,): (uuid::Uuid,) =
+        sqlx::query_as("SELECT id FROM workspace.tenants WHERE slug = $1")
+            .bind(workspace)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query(&format!("SET LOCAL app.tenant_id = '{tenant}'"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let n = sqlx::query(sql)
+        .bind(bind)
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    sqlx::query(&format!("SET LOCAL app.commit_binding = '{tenant}:'"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    n
+}
+
+/// Backdates the newest session of `email` in `workspace` so its second factor is 11 minutes
+/// old (past the 10-minute step-up window).
+pub async fn backdate_second_factor(admin: &sqlx::PgPool, workspace: &str, email: &str) {
+    let n = as_admin_in(
+        admin,
+        workspace,
+        "UPDATE auth.sessions SET authenticated_at = now() - interval '11 minutes' \
+         WHERE id = (SELECT s.id FROM auth.sessions s JOIN workspace.members m \
+                     ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
+                     WHERE m.email = $1 ORDER BY s.created_at DESC LIMIT 1)",
+        email,
+    )
+    .await;
+    assert_eq!(n, 1);
 }
