@@ -197,7 +197,9 @@ async fn sign_in(
 async fn the_demo_in_headless_chromium() {
     let driver_path = chromedriver();
     let app_port = free_port();
-    let dir = std::env::temp_dir().join(format!("reference-app-browser-{}", uuid::Uuid::new_v4()));
+    // Under the target directory, so `cargo clean` removes it.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("reference-app-browser-{}", uuid::Uuid::new_v4()));
     let base = format!("https://localhost:{app_port}");
     let config = Config::from_args(
         [

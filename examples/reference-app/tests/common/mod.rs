@@ -17,7 +17,9 @@ use reference_app::{App, Config};
 use tower::ServiceExt;
 
 pub async fn start() -> App {
-    let dir = std::env::temp_dir().join(format!("reference-app-test-{}", uuid::Uuid::new_v4()));
+    // Under the target directory, so `cargo clean` removes it.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("reference-app-test-{}", uuid::Uuid::new_v4()));
     let config = Config::from_args(["--data-dir".to_owned(), dir.display().to_string()])
         .unwrap()
         .unwrap();
