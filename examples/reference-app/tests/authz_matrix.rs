@@ -223,6 +223,15 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
                     path = path.replace("{user}", &bob.to_string());
                     form = "role=member".to_owned();
                 }
+                "/api/staff/approvals/{tenant}/{id}" => {
+                    let (id, digest) = fresh_proposal(&app, &admin).await;
+                    path = path
+                        .replace("{tenant}", "acme")
+                        .replace("{id}", &id.to_string());
+                    form = format!(
+                        r#"{{"decision": "approve", "digest": "{digest}", "reason": "matrix check of the console"}}"#
+                    );
+                }
                 "/staff/approvals/{tenant}/{id}/approve"
                 | "/staff/approvals/{tenant}/{id}/reject" => {
                     let (id, digest) = fresh_proposal(&app, &admin).await;

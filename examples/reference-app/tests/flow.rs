@@ -405,6 +405,29 @@ async fn the_whole_demo_through_the_router() {
             .unwrap();
     assert_eq!(executed, 1);
 
+    // The JSON API refuses the same replay, with the refusal's machine code.
+    let replay_json = sam
+        .json(
+            "POST",
+            &format!("/api/staff/approvals/acme/{id}"),
+            Some(&format!(
+                r#"{{"decision": "approve", "digest": "{digest}", "reason": "reviewing the assistant queue"}}"#
+            )),
+        )
+        .await;
+    assert_eq!(replay_json.status, StatusCode::CONFLICT);
+    assert!(
+        replay_json.body.contains("\"error\":\"not_pending\""),
+        "{}",
+        replay_json.body
+    );
+    let listed = alice.json("GET", "/api/proposals", None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(
+        listed.body.contains("\"status\":\"executed\"")
+            && listed.body.contains("\"status\":\"rejected\"")
+    );
+
     // The audit viewer: the grants, the decisions, and a verified chain.
     let audit = sam
         .get("/staff/audit?tenant=acme&reason=checking+the+audit+chain")

@@ -161,3 +161,150 @@ pub(super) async fn sessions(
         }
     }
 }
+
+fn proposal_json(p: &tool_sandbox::Proposal) -> serde_json::Value {
+    json!({
+        "id": p.id,
+        "tool": p.tool,
+        "tool_version": p.tool_version,
+        "arguments": serde_json::from_str::<serde_json::Value>(&p.arguments).unwrap_or(serde_json::Value::Null),
+        "digest": p.digest_hex(),
+        "status": p.status,
+        "flags": p.flags,
+        "taint_sources": p.taint_sources,
+        "warnings": p.warnings,
+        "created_at": p.created_at.unix_timestamp(),
+        "expires_at": p.expires_at.unix_timestamp(),
+    })
+}
+
+/// The workspace's proposals (what its assistant asked for, and what became of it).
+pub(super) async fn proposals(State(state): State<AppState>, context: TenantContext) -> Response {
+    match state.gate.proposals(&context, None).await {
+        Ok(all) => Json(json!({ "proposals": all.iter().map(proposal_json).collect::<Vec<_>>() }))
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "proposal list failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request could not be completed",
+            )
+        }
+    }
+}
+
+/// A staff decision on a proposal.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub(super) struct Decision {
+    decision: String,
+    digest: String,
+    reason: String,
+}
+
+/// Staff only, with a fresh second factor (the route's guard): approve (and run) or reject a
+/// proposal of `tenant`, opened through a cross-tenant grant for `reason`.
+pub(super) async fn decide(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path((slug, id)): Path<(String, String)>,
+    body: Result<Json<Decision>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    // Authorization before validation: a non-staff caller learns nothing about the input.
+    if session.kind != tenant_scope::ActorKind::Staff {
+        return error(
+            StatusCode::FORBIDDEN,
+            "staff_only",
+            "this endpoint is for the service's staff",
+        );
+    }
+    let Ok(Json(decision)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "expected {\"decision\", \"digest\", \"reason\"} as JSON",
+        );
+    };
+    let Some(id) = parse_id(&id) else {
+        return not_found();
+    };
+    let (tenant, context) =
+        match super::staff::grant(&state, &session, &slug, &decision.reason).await {
+            Ok(g) => g,
+            Err(super::staff::Denied::NotStaff) => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "staff_only",
+                    "this endpoint is for the service's staff",
+                );
+            }
+            Err(super::staff::Denied::Page(page)) => {
+                return if page.status() == StatusCode::NOT_FOUND {
+                    not_found()
+                } else {
+                    error(
+                        StatusCode::FORBIDDEN,
+                        "cross_tenant_refused",
+                        "a reason of at least 10 characters is required",
+                    )
+                };
+            }
+        };
+    let refused = |e: &tool_sandbox::SandboxError| match e {
+        tool_sandbox::SandboxError::NoSuchProposal => not_found(),
+        tool_sandbox::SandboxError::ApprovalRefused(r) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": r.code(), "message": super::staff::refusal_text(e) })),
+        )
+            .into_response(),
+        other => {
+            tracing::error!(error = %other, "decision failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "nothing was decided",
+            )
+        }
+    };
+    match decision.decision.as_str() {
+        "approve" => {
+            let Some(digest) = hex::decode(&decision.digest)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "digest must be 64 hex digits",
+                );
+            };
+            let proposal = match state.gate.approve(&context, &session, id, &digest).await {
+                Ok(p) => p,
+                Err(e) => return refused(&e),
+            };
+            match super::staff::run_approved(&state, &tenant, &proposal).await {
+                Ok(run) => Json(json!({
+                    "status": "approved",
+                    "ran": run.result.is_ok(),
+                    "error": run.result.err().map(|e| e.code()),
+                }))
+                .into_response(),
+                Err(e) => refused(&e),
+            }
+        }
+        "reject" => match state
+            .gate
+            .reject(&context, &session, id, "rejected by staff")
+            .await
+        {
+            Ok(_) => Json(json!({ "status": "rejected" })).into_response(),
+            Err(e) => refused(&e),
+        },
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "decision is \"approve\" or \"reject\"",
+        ),
+    }
+}

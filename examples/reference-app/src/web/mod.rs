@@ -253,6 +253,7 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             get(api::get_note).delete(api::delete_note),
         )
         .at("/api/sessions", &["GET"], get(api::sessions))
+        .at("/api/proposals", &["GET"], get(api::proposals))
         .merge(role_change)
         .merge(export)
         .wrap(|r| {
@@ -265,6 +266,11 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             "/staff/approvals/{tenant}/{id}/approve",
             &["POST"],
             post(staff::approve),
+        )
+        .at(
+            "/api/staff/approvals/{tenant}/{id}",
+            &["POST"],
+            post(api::decide),
         )
         .wrap(|r| r.layer(Guard::require_step_up(STEP_UP_MAX_AGE)));
     let staff_routes = Routes::new()

@@ -40,13 +40,13 @@ struct ApprovalsPage {
     error: Option<String>,
 }
 
-enum Denied {
+pub(super) enum Denied {
     NotStaff,
     Page(Response),
 }
 
 /// Resolves the workspace and grants the staff member a context in it, for `reason`.
-async fn grant(
+pub(super) async fn grant(
     state: &AppState,
     session: &Session,
     slug: &str,
@@ -203,7 +203,7 @@ pub(super) async fn approvals(
     .await
 }
 
-fn refusal_text(e: &SandboxError) -> String {
+pub(super) fn refusal_text(e: &SandboxError) -> String {
     match e {
         SandboxError::ApprovalRefused(r) => match r.code() {
             "step_up_required" => {
@@ -263,20 +263,7 @@ pub(super) async fn approve(
             .await;
         }
     };
-    // Run it now: consume the approval (once) as the workspace's assistant, with exactly the
-    // approved arguments.
-    let assistant = Actor::new(ActorKind::Agent, tenant.assistant, tenant.id);
-    let run = async {
-        let policy = agent::policy(&assistant)?;
-        let ctx = agent::assistant_context(&assistant)?;
-        let arguments: serde_json::Value =
-            serde_json::from_str(&proposal.arguments).map_err(|_| SandboxError::CorruptProposal)?;
-        let approved = state
-            .gate
-            .consume(&ctx, &policy, proposal.id, &arguments)
-            .await?;
-        state.gate.execute(approved).await
-    };
+    let run = run_approved(&state, &tenant, &proposal);
     match run.await {
         Ok(result) => {
             let outcome = match result.result {
@@ -403,4 +390,23 @@ pub(super) async fn audit(
         page.tenant = Some(tenant.slug);
     }
     render(StatusCode::OK, &page)
+}
+
+/// Runs an approved proposal now: consumes the approval (once) as the workspace's assistant,
+/// with exactly the approved arguments.
+pub(super) async fn run_approved(
+    state: &AppState,
+    tenant: &TenantInfo,
+    proposal: &tool_sandbox::Proposal,
+) -> Result<tool_sandbox::ToolRun, SandboxError> {
+    let assistant = Actor::new(ActorKind::Agent, tenant.assistant, tenant.id);
+    let policy = agent::policy(&assistant)?;
+    let ctx = agent::assistant_context(&assistant)?;
+    let arguments: serde_json::Value =
+        serde_json::from_str(&proposal.arguments).map_err(|_| SandboxError::CorruptProposal)?;
+    let approved = state
+        .gate
+        .consume(&ctx, &policy, proposal.id, &arguments)
+        .await?;
+    state.gate.execute(approved).await
 }
