@@ -86,6 +86,8 @@ pub struct Turn {
     on_behalf_of: Option<ActorId>,
     corpus: Corpus,
     sources: Vec<Source>,
+    /// Heuristic injection signals found in the untrusted texts so far (advisory).
+    signals: Vec<&'static str>,
     spotlight: Spotlight,
 }
 
@@ -114,6 +116,7 @@ impl Turn {
                 untrusted: Vec::new(),
             },
             sources: Vec::new(),
+            signals: Vec::new(),
             spotlight: Spotlight::new(),
         })
     }
@@ -144,6 +147,11 @@ impl Turn {
             .push((data.untrusted_value().clone(), data.source().clone()));
         if !self.sources.contains(data.source()) {
             self.sources.push(data.source().clone());
+        }
+        for signal in injection_signals(data.untrusted_value()) {
+            if !self.signals.contains(&signal) {
+                self.signals.push(signal);
+            }
         }
         self.spotlight.mark(data.untrusted_value(), data.source())
     }
@@ -472,7 +480,8 @@ impl Gate {
             call.call_id.truncate(end);
         }
         let (decision, registered) = self.decide(turn, &call);
-        let warnings = self.warnings(turn);
+        // Scanned once, as each untrusted text entered the turn (not on every call).
+        let warnings = turn.signals.clone();
         match (decision, registered) {
             (Decision::Deny(reason), _) => {
                 self.record_denial(turn, &call, &reason, &warnings).await?;
@@ -495,18 +504,6 @@ impl Gate {
                 Ok(Submission::Denied(reason))
             }
         }
-    }
-
-    fn warnings(&self, turn: &Turn) -> Vec<&'static str> {
-        let mut all: Vec<&'static str> = Vec::new();
-        for (text, _) in &turn.corpus.untrusted {
-            for signal in injection_signals(text) {
-                if !all.contains(&signal) {
-                    all.push(signal);
-                }
-            }
-        }
-        all
     }
 
     async fn record_denial(
@@ -1062,12 +1059,11 @@ impl Gate {
             Some(ApprovalRefusal::Expired)
         } else if presented.as_deref() != Some(current.arguments.as_str()) {
             Some(ApprovalRefusal::ArgumentsChanged)
-        } else if let Some(spec) = spec.filter(|s| {
+        } else if spec.is_some_and(|s| {
             s.version() == current.tool_version
                 && digest_with(s.version(), &current.arguments) == current.digest
                 && agent.allows(s.name())
         }) {
-            let _ = spec;
             None
         } else {
             invalidate = true;

@@ -138,13 +138,21 @@ impl FromRef<AppState> for TenantPool {
 }
 
 impl Services {
-    /// The tenant directory (global, read-only).
-    pub(crate) async fn tenants(&self) -> Result<Vec<TenantInfo>, sqlx::Error> {
-        let rows: Vec<(Uuid, String, String, Uuid)> = sqlx::query_as(
-            "SELECT id, slug, name, assistant_id FROM workspace.tenants ORDER BY slug",
-        )
-        .fetch_all(&self.raw)
-        .await?;
+    /// The tenant directory (global, read-only), or the entries matching `filter` (`slug = $1`
+    /// or `id = $1::uuid`): one indexed query, never the whole directory for one lookup.
+    async fn directory(
+        &self,
+        filter: Option<(&str, String)>,
+    ) -> Result<Vec<TenantInfo>, sqlx::Error> {
+        let condition = filter.as_ref().map_or("", |(c, _)| c);
+        let sql = format!(
+            "SELECT id, slug, name, assistant_id FROM workspace.tenants {condition} ORDER BY slug"
+        );
+        let mut query = sqlx::query_as::<_, (Uuid, String, String, Uuid)>(&sql);
+        if let Some((_, value)) = filter {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.raw).await?;
         Ok(rows
             .into_iter()
             .filter_map(|(id, slug, name, assistant)| {
@@ -158,15 +166,26 @@ impl Services {
             .collect())
     }
 
+    /// Every tenant.
+    pub(crate) async fn tenants(&self) -> Result<Vec<TenantInfo>, sqlx::Error> {
+        self.directory(None).await
+    }
+
     pub(crate) async fn tenant_by_slug(
         &self,
         slug: &str,
     ) -> Result<Option<TenantInfo>, sqlx::Error> {
-        Ok(self.tenants().await?.into_iter().find(|t| t.slug == slug))
+        Ok(self
+            .directory(Some(("WHERE slug = $1", slug.to_owned())))
+            .await?
+            .pop())
     }
 
     pub(crate) async fn tenant(&self, id: TenantId) -> Result<Option<TenantInfo>, sqlx::Error> {
-        Ok(self.tenants().await?.into_iter().find(|t| t.id == id))
+        Ok(self
+            .directory(Some(("WHERE id = $1::uuid", id.to_string())))
+            .await?
+            .pop())
     }
 
     /// The field-crypto context of a note column.

@@ -69,6 +69,20 @@ pub(crate) async fn is_admin(
     Ok(matches!(role, Some((r, false)) if r == "admin"))
 }
 
+/// Passes only an admin of the context's tenant; anything else (a member, a failed lookup)
+/// is the refusal to answer with.
+async fn require_admin(
+    state: &AppState,
+    session: &Session,
+    context: &TenantContext,
+) -> Result<(), Response> {
+    match is_admin(state, session, context).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(admins_only(state, session)),
+        Err(e) => Err(internal(state, &e)),
+    }
+}
+
 fn admins_only(state: &AppState, session: &Session) -> Response {
     message(
         state,
@@ -85,10 +99,8 @@ pub(super) async fn members(
     Extension(session): Extension<Session>,
     context: TenantContext,
 ) -> Response {
-    match is_admin(&state, &session, &context).await {
-        Ok(true) => {}
-        Ok(false) => return admins_only(&state, &session),
-        Err(e) => return internal(&state, &e),
+    if let Err(refused) = require_admin(&state, &session, &context).await {
+        return refused;
     }
     let listed = async {
         let mut tx = state.pool.begin(&context).await?;
@@ -150,10 +162,8 @@ pub(super) async fn change_role(
         )
     };
     // Authorization before anything else: a non-admin learns nothing about the request.
-    match is_admin(&state, &session, &context).await {
-        Ok(true) => {}
-        Ok(false) => return admins_only(&state, &session),
-        Err(e) => return internal(&state, &e),
+    if let Err(refused) = require_admin(&state, &session, &context).await {
+        return refused;
     }
     let Some(user) = parse_id(&user) else {
         return not_found();
@@ -217,10 +227,8 @@ pub(super) async fn export(
     Extension(audit): Extension<AuditHandle>,
     context: TenantContext,
 ) -> Response {
-    match is_admin(&state, &session, &context).await {
-        Ok(true) => {}
-        Ok(false) => return admins_only(&state, &session),
-        Err(e) => return internal(&state, &e),
+    if let Err(refused) = require_admin(&state, &session, &context).await {
+        return refused;
     }
     let all = match notes::list(&state, &context).await {
         Ok(n) => n,
