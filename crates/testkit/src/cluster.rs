@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL cluster on a private Unix socket.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -25,6 +25,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     tcp: bool,
+    tls: Option<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -38,6 +39,15 @@ impl ClusterOptions {
     #[must_use]
     pub const fn with_tcp(mut self, tcp: bool) -> Self {
         self.tcp = tcp;
+        self
+    }
+
+    /// Serve TLS with this certificate chain and private key (PEM), on loopback TCP (PostgreSQL
+    /// speaks TLS only over TCP). For tests of clients that require `sslmode=verify-full`.
+    #[must_use]
+    pub fn with_tls(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.tcp = true;
+        self.tls = Some((cert_pem.into(), key_pem.into()));
         self
     }
 }
@@ -89,6 +99,10 @@ impl PgCluster {
         }
 
         let port = if options.tcp { free_port()? } else { 5432 };
+        let tls_files = match &options.tls {
+            Some((cert, key)) => Some(write_tls_files(&base, cert, key, run_as.as_ref())?),
+            None => None,
+        };
         let log_path = base.join("postgres.log");
         let log = fs::File::create(&log_path).map_err(TestkitError::io("create server log"))?;
         let mut command = Command::new(binaries.postgres());
@@ -116,7 +130,16 @@ impl PgCluster {
                 "-c",
                 "full_page_writes=off",
             ])
-            .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
+            .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"]);
+        if let Some((cert, key)) = &tls_files {
+            command
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
@@ -235,6 +258,36 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Writes the server's certificate and key into the cluster directory, owned by the server's
+/// user (PostgreSQL refuses a key readable by others).
+fn write_tls_files(
+    base: &Path,
+    cert: &str,
+    key: &str,
+    run_as: Option<&User>,
+) -> Result<(PathBuf, PathBuf), TestkitError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (uid, gid) = owner_ids(run_as);
+    let mut paths = Vec::new();
+    for (name, content) in [("server.crt", cert), ("server.key", key)] {
+        let path = base.join(name);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(TestkitError::io("write TLS files"))?;
+        file.write_all(content.as_bytes())
+            .map_err(TestkitError::io("write TLS files"))?;
+        std::os::unix::fs::chown(&path, Some(uid.as_raw()), Some(gid.as_raw()))
+            .map_err(TestkitError::io("chown TLS files"))?;
+        paths.push(path);
+    }
+    let key = paths.pop().unwrap_or_default();
+    let cert = paths.pop().unwrap_or_default();
+    Ok((cert, key))
 }
 
 /// Spawns the server from a thread that lives as long as the server: the parent-death signal

@@ -15,7 +15,7 @@ use tool_sandbox::{
 use uuid::Uuid;
 
 use crate::notes;
-use crate::state::{ConsoleOutbox, Services};
+use crate::state::{AppMailer, Services};
 
 /// The tools every tenant's assistant may use.
 pub(crate) const ASSISTANT_TOOLS: [&str; 6] = [
@@ -39,7 +39,7 @@ fn services(cell: &ServicesCell) -> Result<Arc<Services>, ToolError> {
 /// The registry of the assistant's tools.
 pub(crate) fn registry(
     cell: &ServicesCell,
-    mailer: &Arc<ConsoleOutbox>,
+    mailer: &Arc<AppMailer>,
 ) -> Result<Registry, SandboxError> {
     let search = {
         let cell = cell.clone();

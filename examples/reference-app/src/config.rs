@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use zeroize::Zeroizing;
+
 /// Why the app will not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -37,11 +39,44 @@ pub enum ModelSource {
     },
 }
 
+/// What production mode runs with, read from the environment (never from the database).
+#[derive(Clone)]
+pub struct Production {
+    /// The key-encryption key every data key is derived from.
+    pub(crate) kek: Zeroizing<[u8; 32]>,
+    /// The runtime role's connection (TLS, verified).
+    pub(crate) database_url: Zeroizing<String>,
+    /// The owner role's connection, for migrations only.
+    pub(crate) owner_database_url: Zeroizing<String>,
+    /// The SMTP relay sign-in links go through.
+    pub(crate) smtp: Smtp,
+    /// Seed the demo workspaces (off unless asked for).
+    pub(crate) seed_demo: bool,
+}
+
+impl std::fmt::Debug for Production {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Production")
+            .field("smtp_host", &self.smtp.host)
+            .field("seed_demo", &self.seed_demo)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An SMTP relay over TLS (implicit TLS on 465, STARTTLS otherwise).
+#[derive(Clone)]
+pub(crate) struct Smtp {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) credentials: Option<(String, Zeroizing<String>)>,
+    pub(crate) from: String,
+}
+
 /// The app's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Production mode (refuses development defaults).
-    pub production: bool,
+    /// Production settings; `None` runs the development profile.
+    pub production: Option<Production>,
     /// Where the development certificate and keys live.
     pub data_dir: PathBuf,
     /// The HTTPS listener.
@@ -68,28 +103,47 @@ USAGE: cargo run -p reference-app -- [OPTIONS]
   --https <addr>       HTTPS listener (default: 127.0.0.1:8443)
   --http <addr>        HTTP listener that redirects to HTTPS (default: 127.0.0.1:8080)
   --base-url <url>     public origin for links (default: https://localhost:<https port>)
-  --production         refuse to start without production settings:
-                         --tls-cert/--tls-key (a real certificate),
-                         REFERENCE_APP_KEK (hex key-encryption key from outside the database),
-                         DATABASE_URL with sslmode=verify-full or require, and
-                         REFERENCE_APP_OWNER_DATABASE_URL for migrations
+  --production         refuse to start without production settings (below)
   --tls-cert <pem>, --tls-key <pem>
+                       the certificate chain and key to serve (production)
+  --seed-demo          production only: also seed the demo workspaces
 
 ENVIRONMENT
-  DATABASE_URL                  use this PostgreSQL instead of a throwaway one
+  DATABASE_URL                  use this PostgreSQL instead of a throwaway one; in production the
+                                runtime role's URL, with sslmode=verify-full (and sslrootcert=)
   REFERENCE_APP_MODEL_URL       an OpenAI-compatible endpoint (e.g. http://127.0.0.1:8080/v1)
   REFERENCE_APP_MODEL           the model name for it (default: local)
   REFERENCE_APP_MODEL_API_KEY   its API key, if any
+
+PRODUCTION ENVIRONMENT
+  REFERENCE_APP_KEK                 32-byte key-encryption key in hex, kept outside the database
+  REFERENCE_APP_OWNER_DATABASE_URL  the owner role's URL (migrations), sslmode=verify-full
+  REFERENCE_APP_SMTP_HOST           SMTP relay (TLS required: 465 implicit, else STARTTLS)
+  REFERENCE_APP_SMTP_PORT           default 465
+  REFERENCE_APP_SMTP_USER, REFERENCE_APP_SMTP_PASSWORD   relay credentials, if any
+  REFERENCE_APP_MAIL_FROM           the sender address of sign-in mail
 ";
 
 impl Config {
-    /// Parses the command line (and the model settings from the environment); `Ok(None)` for
+    /// Parses the command line, with the environment of this process; `Ok(None)` for
     /// `--help`.
     ///
     /// # Errors
     /// [`ConfigError`] for a bad argument, or production settings that are missing.
     pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, ConfigError> {
+        Self::parse(args, |name| std::env::var(name).ok())
+    }
+
+    /// Parses the command line with `env` as the environment; `Ok(None)` for `--help`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a bad argument, or production settings that are missing or unsafe.
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
         let mut production = false;
+        let mut seed_demo = false;
         let mut data_dir = PathBuf::from(".reference-app");
         let mut https: SocketAddr = ([127, 0, 0, 1], 8443).into();
         let mut http: SocketAddr = ([127, 0, 0, 1], 8080).into();
@@ -101,6 +155,7 @@ impl Config {
             match arg.as_str() {
                 "--help" | "-h" => return Ok(None),
                 "--production" => production = true,
+                "--seed-demo" => seed_demo = true,
                 "--data-dir" => data_dir = PathBuf::from(value("--data-dir")?),
                 "--https" => {
                     https = value("--https")?
@@ -119,15 +174,15 @@ impl Config {
             }
         }
         let base_url = base_url.unwrap_or_else(|| format!("https://localhost:{}", https.port()));
-        let model = match std::env::var("REFERENCE_APP_MODEL_URL") {
-            Ok(base_url) if !base_url.is_empty() => ModelSource::OpenAi {
+        let model = match env("REFERENCE_APP_MODEL_URL") {
+            Some(base_url) if !base_url.is_empty() => ModelSource::OpenAi {
                 base_url,
-                model: std::env::var("REFERENCE_APP_MODEL").unwrap_or_else(|_| "local".to_owned()),
+                model: env("REFERENCE_APP_MODEL").unwrap_or_else(|| "local".to_owned()),
             },
             _ => ModelSource::Scripted,
         };
-        let config = Self {
-            production,
+        let mut config = Self {
+            production: None,
             data_dir,
             https,
             http,
@@ -137,52 +192,100 @@ impl Config {
             model,
         };
         if production {
-            config.check_production(|name| std::env::var(name).ok())?;
+            config.production = Some(config.check_production(&env, seed_demo)?);
+        } else if seed_demo {
+            return Err(ConfigError::UnknownArgument(
+                "--seed-demo (development always seeds; the flag is for --production)".to_owned(),
+            ));
         }
         Ok(Some(config))
     }
 
     /// Everything production mode requires that can be checked before connecting. The runtime
-    /// role is checked after connecting (`rls_guard::verify_runtime_role`).
-    ///
-    /// # Errors
-    /// [`ConfigError::Production`] naming the first missing requirement.
-    pub fn check_production(
+    /// role is checked after connecting (`rls_guard::verify_runtime_role`), and the certificate
+    /// when it is loaded.
+    fn check_production(
         &self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        let refuse = |why: &str| Err(ConfigError::Production(why.to_owned()));
+        seed_demo: bool,
+    ) -> Result<Production, ConfigError> {
+        let refuse = |why: &str| ConfigError::Production(why.to_owned());
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) if cert.is_file() && key.is_file() => {}
-            _ => return refuse("a real certificate is required (--tls-cert and --tls-key)"),
-        }
-        match env("REFERENCE_APP_KEK") {
-            Some(k) if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) => {}
             _ => {
-                return refuse(
-                    "REFERENCE_APP_KEK must hold a 32-byte key-encryption key in hex, kept outside the database",
-                );
+                return Err(refuse(
+                    "a real certificate is required (--tls-cert and --tls-key)",
+                ));
             }
         }
-        let Some(url) = env("DATABASE_URL") else {
-            return refuse("DATABASE_URL is required (no throwaway database in production)");
-        };
-        let tls = url::Url::parse(&url).ok().is_some_and(|u| {
-            u.query_pairs()
-                .any(|(k, v)| k == "sslmode" && (v == "verify-full" || v == "require"))
-        });
-        if !tls {
-            return refuse("DATABASE_URL must use TLS (sslmode=verify-full, or require)");
-        }
-        if env("REFERENCE_APP_OWNER_DATABASE_URL").is_none() {
-            return refuse(
-                "REFERENCE_APP_OWNER_DATABASE_URL is required to run migrations as the owner role",
-            );
-        }
         if !self.base_url.starts_with("https://") {
-            return refuse("--base-url must be https");
+            return Err(refuse("--base-url must be https"));
         }
-        Ok(())
+        let kek = Zeroizing::new(env("REFERENCE_APP_KEK").unwrap_or_default());
+        let mut key = Zeroizing::new([0u8; 32]);
+        if hex::decode_to_slice(kek.trim(), &mut *key).is_err() || key.iter().all(|b| *b == 0) {
+            return Err(refuse(
+                "REFERENCE_APP_KEK must hold a 32-byte key-encryption key in hex, kept outside the database",
+            ));
+        }
+        let database_url = Zeroizing::new(env("DATABASE_URL").ok_or_else(|| {
+            refuse("DATABASE_URL is required (no throwaway database in production)")
+        })?);
+        let owner_database_url =
+            Zeroizing::new(env("REFERENCE_APP_OWNER_DATABASE_URL").ok_or_else(|| {
+                refuse("REFERENCE_APP_OWNER_DATABASE_URL is required to run migrations as the owner role")
+            })?);
+        for (name, url) in [
+            ("DATABASE_URL", &database_url),
+            ("REFERENCE_APP_OWNER_DATABASE_URL", &owner_database_url),
+        ] {
+            let verified = url::Url::parse(url).ok().is_some_and(|u| {
+                u.query_pairs()
+                    .any(|(k, v)| k == "sslmode" && v == "verify-full")
+            });
+            if !verified {
+                return Err(ConfigError::Production(format!(
+                    "{name} must use TLS with the server's certificate verified (sslmode=verify-full)"
+                )));
+            }
+        }
+        let host = env("REFERENCE_APP_SMTP_HOST")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                refuse("REFERENCE_APP_SMTP_HOST is required (sign-in links go by mail)")
+            })?;
+        let port = match env("REFERENCE_APP_SMTP_PORT") {
+            None => 465,
+            Some(p) => p
+                .parse()
+                .map_err(|_| refuse("REFERENCE_APP_SMTP_PORT must be a port number"))?,
+        };
+        let credentials = match (
+            env("REFERENCE_APP_SMTP_USER"),
+            env("REFERENCE_APP_SMTP_PASSWORD"),
+        ) {
+            (Some(user), Some(password)) => Some((user, Zeroizing::new(password))),
+            (None, None) => None,
+            _ => {
+                return Err(refuse(
+                    "set both REFERENCE_APP_SMTP_USER and REFERENCE_APP_SMTP_PASSWORD, or neither",
+                ));
+            }
+        };
+        let from = env("REFERENCE_APP_MAIL_FROM")
+            .ok_or_else(|| refuse("REFERENCE_APP_MAIL_FROM is required"))?;
+        Ok(Production {
+            kek: key,
+            database_url,
+            owner_database_url,
+            smtp: Smtp {
+                host,
+                port,
+                credentials,
+                from,
+            },
+            seed_demo,
+        })
     }
 }
 
@@ -190,20 +293,21 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn production(args: &[&str], env: &[(&str, &str)]) -> Result<(), ConfigError> {
-        let mut config = Config::from_args(args.iter().map(|s| (*s).to_owned()))
-            .unwrap()
-            .unwrap();
-        config.production = true;
+    fn production(args: &[&str], env: &[(&str, &str)]) -> Result<Production, ConfigError> {
+        let mut all = vec!["--production"];
+        all.extend_from_slice(args);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        config.check_production(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        Config::parse(all.iter().map(|s| (*s).to_owned()), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .map(|c| c.unwrap().production.unwrap())
     }
 
     #[test]
-    fn production_refuses_each_missing_requirement() {
+    fn production_refuses_each_missing_or_unsafe_requirement() {
         let dir = std::env::temp_dir();
         let cert = dir.join(format!("ra-cert-{}.pem", std::process::id()));
         std::fs::write(&cert, "x").unwrap();
@@ -216,6 +320,8 @@ mod tests {
                 "REFERENCE_APP_OWNER_DATABASE_URL",
                 "postgres://owner@db/app?sslmode=verify-full",
             ),
+            ("REFERENCE_APP_SMTP_HOST", "smtp.example.com"),
+            ("REFERENCE_APP_MAIL_FROM", "no-reply@example.com"),
         ];
         let args = [
             "--tls-cert",
@@ -225,28 +331,75 @@ mod tests {
             "--base-url",
             "https://app.example.com",
         ];
-        assert!(production(&args, &full).is_ok());
+        let without = |name: &str| -> Vec<(&str, &str)> {
+            full.iter().copied().filter(|(k, _)| *k != name).collect()
+        };
+        let with = |name: &'static str, value: &'static str| -> Vec<(&'static str, &str)> {
+            let mut env = without(name);
+            env.push((name, value));
+            env
+        };
+        let ok = production(&args, &full).unwrap();
+        assert_eq!(ok.smtp.port, 465);
+        assert!(!ok.seed_demo);
+        let debug = format!("{ok:?}");
+        assert!(
+            !debug.contains("abab") && !debug.contains("postgres://"),
+            "{debug}"
+        );
+
         assert!(production(&[], &full).is_err(), "no certificate");
         assert!(
-            production(&args, &full[1..]).is_err(),
-            "no key-encryption key"
-        );
-        assert!(
-            production(&args, &[full[0], full[2]]).is_err(),
-            "no database"
+            production(&args[..4], &full).is_ok(),
+            "base URL defaults to https"
         );
         assert!(
             production(
-                &args,
-                &[full[0], ("DATABASE_URL", "postgres://app@db/app"), full[2]]
+                &[&args[..4], &["--base-url", "http://app.example.com"]].concat(),
+                &full
             )
             .is_err(),
-            "database without TLS"
+            "plain-http base URL"
         );
-        assert!(production(&args, &full[..2]).is_err(), "no owner URL");
+        for name in [
+            "REFERENCE_APP_KEK",
+            "DATABASE_URL",
+            "REFERENCE_APP_OWNER_DATABASE_URL",
+            "REFERENCE_APP_SMTP_HOST",
+            "REFERENCE_APP_MAIL_FROM",
+        ] {
+            assert!(production(&args, &without(name)).is_err(), "without {name}");
+        }
+        for (name, value) in [
+            ("REFERENCE_APP_KEK", "short"),
+            (
+                "REFERENCE_APP_KEK",
+                "00000000000000000000000000000000000000000000000000000000000000000",
+            ),
+            (
+                "REFERENCE_APP_KEK",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+            ("DATABASE_URL", "postgres://app@db/app"),
+            ("DATABASE_URL", "postgres://app@db/app?sslmode=require"),
+            ("DATABASE_URL", "postgres://app@db/app?sslmode=prefer"),
+            (
+                "REFERENCE_APP_OWNER_DATABASE_URL",
+                "postgres://owner@db/app?sslmode=disable",
+            ),
+            ("REFERENCE_APP_SMTP_PORT", "smtp"),
+        ] {
+            assert!(
+                production(&args, &with(name, value)).is_err(),
+                "{name}={value}"
+            );
+        }
+        let mut half = full.to_vec();
+        half.push(("REFERENCE_APP_SMTP_USER", "mailer"));
+        assert!(production(&args, &half).is_err(), "user without password");
         assert!(
-            production(&args, &[("REFERENCE_APP_KEK", "short"), full[1], full[2]]).is_err(),
-            "malformed key"
+            Config::parse(["--seed-demo".to_owned()], |_| None).is_err(),
+            "--seed-demo is production-only"
         );
         std::fs::remove_file(cert).unwrap();
     }

@@ -25,23 +25,84 @@ use field_crypto::{BlindIndexKey, KeyMaterial, Keyring};
 use magic_auth::totp::{TotpConfig, TotpService};
 use magic_auth::{LinkConfig, MagicLinks, SessionConfig, SessionStore};
 use rls_guard::TenantPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tenant_scope::CrossTenantAuthority;
 use tool_sandbox::model::{Model, OpenAiCompatible};
 use tool_sandbox::{ApprovalPolicy, Gate};
+use zeroize::Zeroizing;
 
 pub use crate::config::Config;
 use crate::config::ModelSource;
-use crate::state::{AppState, ConsoleOutbox, Directory, Services};
+use crate::state::{AppMailer, AppState, ConsoleOutbox, Directory, Services};
 
 /// Any start-up failure.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Keys: from the development data directory, or (production) from the environment.
+/// The app's keys: from the development data directory, or (production) derived from the
+/// key-encryption key in the environment.
+#[derive(Clone)]
 struct Keys {
-    field: [u8; 32],
-    blind: [u8; 32],
-    pseudonym: [u8; 32],
-    checkpoint: [u8; 32],
+    field: Zeroizing<[u8; 32]>,
+    blind: Zeroizing<[u8; 32]>,
+    pseudonym: Zeroizing<[u8; 32]>,
+    checkpoint: Zeroizing<[u8; 32]>,
+}
+
+impl Keys {
+    fn development(dev: &devdata::DevData) -> Self {
+        Self {
+            field: dev.field_key.clone(),
+            blind: dev.blind_key.clone(),
+            pseudonym: dev.pseudonym_key.clone(),
+            checkpoint: dev.checkpoint_key.clone(),
+        }
+    }
+
+    /// One independent key per purpose, each HKDF-Expand(SHA-256) of the key-encryption key
+    /// with the purpose as its info (a single output block): the same KEK gives the same keys
+    /// on every start and every replica, and no derived key reveals another or the KEK.
+    fn derive(kek: &[u8; 32]) -> Self {
+        use hmac::{Hmac, Mac};
+        let expand = |purpose: &str| {
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(kek)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+            mac.update(b"tenantguard reference-app v1 ");
+            mac.update(purpose.as_bytes());
+            mac.update(&[1]);
+            let mut key = Zeroizing::new([0u8; 32]);
+            key.copy_from_slice(&mac.finalize().into_bytes());
+            key
+        };
+        Self {
+            field: expand("field-crypto kek"),
+            blind: expand("blind index"),
+            pseudonym: expand("audit pseudonym"),
+            checkpoint: expand("audit checkpoint"),
+        }
+    }
+}
+
+/// Where the app's data lives.
+#[derive(Clone)]
+enum Database {
+    /// A throwaway database from testkit (development).
+    Throwaway(Arc<testkit::TestDb>),
+    /// The configured database (production): the runtime role's connection.
+    External(Box<PgConnectOptions>),
+}
+
+impl Database {
+    /// A pool of the runtime role's connections (for [`Database::External`], any role's).
+    async fn runtime_pool(&self, max: u32) -> Result<sqlx::PgPool, BoxError> {
+        match self {
+            Self::Throwaway(db) => Ok(db.pool(testkit::Role::Runtime, max).await),
+            Self::External(options) => Ok(PgPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect_with((**options).clone())
+                .await?),
+        }
+    }
 }
 
 /// A started app without listeners: what [`run`] serves, and what the integration tests drive.
@@ -53,7 +114,9 @@ pub struct App {
     routes: Vec<(&'static str, &'static str)>,
     services: Arc<Services>,
     tls: Arc<rustls::ServerConfig>,
-    db: Arc<testkit::TestDb>,
+    keys: Keys,
+    db: Database,
+    runtime_role: String,
 }
 
 impl std::fmt::Debug for App {
@@ -70,9 +133,9 @@ impl App {
     pub fn outbox_links(&self) -> Vec<String> {
         self.services
             .mailer
-            .outbox
-            .messages()
-            .iter()
+            .outbox()
+            .into_iter()
+            .flat_map(|m| m.messages())
             .filter_map(|m| {
                 m.body
                     .lines()
@@ -82,10 +145,14 @@ impl App {
             .collect()
     }
 
-    /// The database (tests use its admin and owner roles to check isolation from outside).
+    /// The throwaway database of the development profile (tests use its admin and owner roles
+    /// to check isolation from outside); `None` in production.
     #[must_use]
-    pub fn database(&self) -> &testkit::TestDb {
-        &self.db
+    pub fn database(&self) -> Option<&testkit::TestDb> {
+        match &self.db {
+            Database::Throwaway(db) => Some(db),
+            Database::External(_) => None,
+        }
     }
 
     /// Serves the app over TLS on `listener` (its address must match `config.base_url`) until
@@ -101,20 +168,13 @@ impl App {
     /// # Errors
     /// As [`start`].
     pub async fn second_instance(&self) -> Result<Self, BoxError> {
-        let dev = devdata::DevData::load_or_create(&self.config.data_dir, "localhost")?;
-        let keys = Keys {
-            field: *dev.field_key,
-            blind: *dev.blind_key,
-            pseudonym: *dev.pseudonym_key,
-            checkpoint: *dev.checkpoint_key,
-        };
-        let runtime = self.db.pool(testkit::Role::Runtime, 8).await;
+        let runtime = self.db.runtime_pool(8).await?;
         let pool = TenantPool::new(runtime.clone()).await?;
         let services = build(
             &self.config,
             pool,
             runtime,
-            &keys,
+            &self.keys,
             Some(self.services.cross_tenant.clone()),
         )?;
         let (router, routes) = web::router(AppState(services.clone()));
@@ -124,7 +184,9 @@ impl App {
             routes,
             services,
             tls: self.tls.clone(),
+            keys: self.keys.clone(),
             db: self.db.clone(),
+            runtime_role: self.runtime_role.clone(),
         })
     }
 
@@ -182,56 +244,98 @@ impl App {
             .to_owned())
     }
 
-    /// The runtime role's name.
+    /// The runtime role the app serves as.
     #[must_use]
-    pub const fn runtime_role() -> &'static str {
-        schema::RUNTIME_ROLE
+    pub fn runtime_role(&self) -> &str {
+        &self.runtime_role
     }
 }
 
 /// Starts the app: keys and certificate, database, migrations, services, seed data.
 ///
+/// Development (no `--production`): a throwaway database and the development data directory.
+/// Production: the certificate given, keys derived from `REFERENCE_APP_KEK`, migrations over
+/// the owner role's verified-TLS connection, the runtime role's verified-TLS connection (refused
+/// when it is a superuser, can bypass RLS or owns the tables), and the SMTP relay.
+///
 /// # Errors
-/// Any start-up failure (data directory, database, a refused runtime role).
+/// Any start-up failure (data directory, certificate, database, a refused runtime role).
 pub async fn start(config: Config) -> Result<App, BoxError> {
-    if config.production {
-        return Err(
-            "production mode: the settings were accepted, but this reference app \
-                    serves only its development profile so far (see docs/reference-app.md)"
-                .into(),
-        );
-    }
-    let dev = devdata::DevData::load_or_create(&config.data_dir, "localhost")?;
-    let keys = Keys {
-        field: *dev.field_key,
-        blind: *dev.blind_key,
-        pseudonym: *dev.pseudonym_key,
-        checkpoint: *dev.checkpoint_key,
+    let (keys, tls, db, runtime, owner, mailer, seed_demo) = match &config.production {
+        None => {
+            let dev = devdata::DevData::load_or_create(&config.data_dir, "localhost")?;
+            tracing::info!(dir = %config.data_dir.display(), "development keys and certificate ready");
+            // A throwaway database (or DATABASE_URL), migrated as the owner role.
+            let migrations = schema::migrations(schema::RUNTIME_ROLE)?;
+            let db =
+                testkit::try_fresh_database(&testkit::Template::new("reference_app", migrations))
+                    .await?;
+            let owner = db.pool(testkit::Role::Owner, 2).await;
+            let runtime = db.pool(testkit::Role::Runtime, 16).await;
+            (
+                Keys::development(&dev),
+                tls::server_config(&dev.tls_cert_pem, &dev.tls_key_pem)?,
+                Database::Throwaway(Arc::new(db)),
+                runtime,
+                owner,
+                AppMailer::Development(ConsoleOutbox::default()),
+                true,
+            )
+        }
+        Some(production) => {
+            let tls = tls::production_config(&config)?;
+            // Both connections (verified TLS) and the runtime role's attributes are checked
+            // before anything is migrated.
+            let runtime_options: PgConnectOptions = production.database_url.parse()?;
+            let runtime = Database::External(Box::new(runtime_options.clone()))
+                .runtime_pool(16)
+                .await
+                .map_err(|e| format!("the runtime role's database connection failed: {e}"))?;
+            let owner = Database::External(Box::new(production.owner_database_url.parse()?))
+                .runtime_pool(2)
+                .await
+                .map_err(|e| format!("the owner role's database connection failed: {e}"))?;
+            rls_guard::verify_runtime_role(&mut *runtime.acquire().await?).await?;
+            schema::migrate(&owner, runtime_options.get_username()).await?;
+            let smtp = &production.smtp;
+            let mailer = magic_auth::mailer::SmtpMailer::tls(
+                &smtp.host,
+                smtp.port,
+                smtp.credentials.clone(),
+                &smtp.from,
+            )?;
+            (
+                Keys::derive(&production.kek),
+                tls,
+                Database::External(Box::new(runtime_options)),
+                runtime,
+                owner,
+                AppMailer::Smtp(Box::new(mailer)),
+                production.seed_demo,
+            )
+        }
     };
-    tracing::info!(dir = %config.data_dir.display(), "development keys and certificate ready");
-
-    // A throwaway database (or DATABASE_URL), migrated as the owner role.
-    let migrations = schema::migrations()?;
-    let db =
-        testkit::try_fresh_database(&testkit::Template::new("reference_app", migrations)).await?;
-    let runtime = db.pool(testkit::Role::Runtime, 16).await;
-    let owner = db.pool(testkit::Role::Owner, 2).await;
+    let runtime_role: (String,) = sqlx::query_as("SELECT current_user::text")
+        .fetch_one(&runtime)
+        .await?;
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
     let pool = TenantPool::new(runtime.clone()).await?;
-
-    let services = build(&config, pool, runtime, &keys, None)?;
-    seed::seed(&owner, &services).await?;
+    let services = build_with(&config, pool, runtime, &keys, None, mailer)?;
+    if seed_demo {
+        seed::seed(&owner, &services).await?;
+    }
     drop(owner);
 
     let (router, routes) = web::router(AppState(services.clone()));
-    let tls = tls::server_config(&dev.tls_cert_pem, &dev.tls_key_pem)?;
     Ok(App {
         router,
         routes,
         config,
         services,
         tls,
-        db: Arc::new(db),
+        keys,
+        db,
+        runtime_role: runtime_role.0,
     })
 }
 
@@ -258,6 +362,8 @@ pub fn redirect_app(base_url: String) -> axum::Router {
     tls::redirect_app(base_url)
 }
 
+/// A second instance's services: the same kind of mailer as the first (a development outbox of
+/// its own, or the SMTP relay).
 fn build(
     config: &Config,
     pool: TenantPool,
@@ -265,20 +371,50 @@ fn build(
     keys: &Keys,
     cross_tenant: Option<Arc<CrossTenantAuthority<AuditLog>>>,
 ) -> Result<Arc<Services>, BoxError> {
+    let mailer = match &config.production {
+        None => AppMailer::Development(ConsoleOutbox::default()),
+        Some(production) => {
+            let smtp = &production.smtp;
+            AppMailer::Smtp(Box::new(magic_auth::mailer::SmtpMailer::tls(
+                &smtp.host,
+                smtp.port,
+                smtp.credentials.clone(),
+                &smtp.from,
+            )?))
+        }
+    };
+    build_with(config, pool, raw, keys, cross_tenant, mailer)
+}
+
+fn build_with(
+    config: &Config,
+    pool: TenantPool,
+    raw: sqlx::PgPool,
+    keys: &Keys,
+    cross_tenant: Option<Arc<CrossTenantAuthority<AuditLog>>>,
+    mailer: AppMailer,
+) -> Result<Arc<Services>, BoxError> {
     let mut keyring = Keyring::new();
-    keyring.add_key(1, &KeyMaterial::from_bytes(keys.field))?;
+    keyring.add_key(1, &KeyMaterial::from_bytes(*keys.field))?;
     keyring.promote(1)?;
     let keyring = Arc::new(keyring);
     let scrubber = Scrubber::new(
         ScrubPolicy::new(),
-        vec![PseudonymKey::new(1, keys.pseudonym)],
+        vec![PseudonymKey::new(1, *keys.pseudonym)],
     )?;
     let audit = AuditLog::new(pool.clone(), scrubber);
-    let checkpoints = CheckpointSigner::from_secret("reference-app-dev", &keys.checkpoint)?;
+    let checkpoints = CheckpointSigner::from_secret(
+        if config.production.is_some() {
+            "reference-app"
+        } else {
+            "reference-app-dev"
+        },
+        &keys.checkpoint,
+    )?;
     let events: Arc<dyn magic_auth::AuthEvents> = Arc::new(audit.clone());
     let sessions =
         SessionStore::new(pool.clone(), SessionConfig::default())?.with_events(events.clone());
-    let mailer = Arc::new(ConsoleOutbox::default());
+    let mailer = Arc::new(mailer);
     let links = MagicLinks::new(
         pool.clone(),
         Arc::new(Directory { pool: pool.clone() }),
@@ -322,7 +458,7 @@ fn build(
         links,
         totp,
         keyring,
-        blind: BlindIndexKey::new(&KeyMaterial::from_bytes(keys.blind))?,
+        blind: BlindIndexKey::new(&KeyMaterial::from_bytes(*keys.blind))?,
         audit: audit.clone(),
         checkpoints,
         gate,
@@ -335,13 +471,17 @@ fn build(
         },
         model,
         base_url: config.base_url.clone(),
-        development: !config.production,
+        development: config.production.is_none(),
     });
     let _ = cell.set(Arc::downgrade(&services));
     Ok(services)
 }
 
 fn banner(config: &Config) {
+    if config.production.is_some() {
+        tracing::info!(url = %config.base_url, http = %config.http, "serving (production)");
+        return;
+    }
     #[allow(clippy::print_stdout)]
     {
         println!(

@@ -61,9 +61,18 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON workspace.notes TO {r};
     ))
 }
 
-/// Every migration, in order.
-pub(crate) fn migrations() -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-    let r = RUNTIME_ROLE;
+/// Every migration, in order, granting to `runtime_role`.
+pub(crate) fn migrations(
+    runtime_role: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let r = runtime_role;
+    let valid = r.len() <= 63
+        && r.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(format!("runtime role {r:?}: use a plain lower-case SQL identifier").into());
+    }
     Ok(format!(
         "{}\n{}\n{}\n{}\n{}",
         rls_guard::schema::SUPPORT_SQL,
@@ -72,4 +81,68 @@ pub(crate) fn migrations() -> Result<String, Box<dyn std::error::Error + Send + 
         tool_sandbox::schema_sql(r)?,
         app_sql(r)?,
     ))
+}
+
+/// Why production migrations did not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MigrateError {
+    #[error(
+        "the owner and runtime connections use the same role ({0}); the runtime role must own nothing"
+    )]
+    SameRole(String),
+    #[error(
+        "the database holds a different schema version (applied {applied}, this build {wanted}); \
+         this reference app does not upgrade schemas: migrate explicitly"
+    )]
+    Drift { applied: String, wanted: String },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error("{0}")]
+    Build(String),
+}
+
+/// Production migrations over the owner role's connection: one transaction under an advisory
+/// lock (two replicas starting together migrate once), recorded by the digest of the SQL so a
+/// restart skips them, and refused when the database holds another version.
+pub(crate) async fn migrate(owner: &sqlx::PgPool, runtime_role: &str) -> Result<(), MigrateError> {
+    use sha2::Digest;
+    let sql = migrations(runtime_role).map_err(|e| MigrateError::Build(e.to_string()))?;
+    let wanted = hex::encode(sha2::Sha256::digest(sql.as_bytes()));
+    let mut tx = owner.begin().await?;
+    let (me,): (String,) = sqlx::query_as("SELECT current_user::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    if me == runtime_role {
+        return Err(MigrateError::SameRole(me));
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('reference-app migrations'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE SCHEMA IF NOT EXISTS reference_app_meta; \
+         REVOKE ALL ON SCHEMA reference_app_meta FROM PUBLIC; \
+         CREATE TABLE IF NOT EXISTS reference_app_meta.migrations (\
+             digest text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Option<(String,)> = sqlx::query_as(
+        "SELECT digest FROM reference_app_meta.migrations ORDER BY applied_at DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    match applied {
+        Some((digest,)) if digest == wanted => {}
+        Some((applied,)) => return Err(MigrateError::Drift { applied, wanted }),
+        None => {
+            sqlx::raw_sql(&sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO reference_app_meta.migrations (digest) VALUES ($1)")
+                .bind(&wanted)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(digest = %wanted, "migrations applied");
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }

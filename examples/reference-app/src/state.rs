@@ -5,7 +5,7 @@ use std::sync::Arc;
 use audit_log::{AuditLog, CheckpointSigner};
 use axum::extract::FromRef;
 use field_crypto::{BlindIndexKey, BlindIndexer, Context, Keyring, Normalize};
-use magic_auth::mailer::{DevOutbox, Mailer, Message, OutboxError};
+use magic_auth::mailer::{DevOutbox, Mailer, Message, OutboxError, SmtpError, SmtpMailer};
 use magic_auth::totp::TotpService;
 use magic_auth::{Account, AccountDirectory, EmailAddress, MagicLinks, SessionStore};
 use rls_guard::TenantPool;
@@ -93,6 +93,42 @@ impl Mailer for ConsoleOutbox {
     }
 }
 
+/// The app's mailer: the development outbox, or (production) an SMTP relay over TLS.
+pub(crate) enum AppMailer {
+    Development(ConsoleOutbox),
+    Smtp(Box<SmtpMailer>),
+}
+
+/// A message was not sent (the requester is never told; the app logs that it failed).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AppMailError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Smtp(#[from] SmtpError),
+}
+
+impl AppMailer {
+    /// The development outbox (none in production).
+    pub(crate) const fn outbox(&self) -> Option<&DevOutbox> {
+        match self {
+            Self::Development(console) => Some(&console.outbox),
+            Self::Smtp(_) => None,
+        }
+    }
+}
+
+impl Mailer for AppMailer {
+    type Error = AppMailError;
+
+    async fn send(&self, message: Message) -> Result<(), AppMailError> {
+        match self {
+            Self::Development(console) => Ok(console.send(message).await?),
+            Self::Smtp(smtp) => Ok(smtp.send(message).await?),
+        }
+    }
+}
+
 /// One tenant in the directory.
 #[derive(Debug, Clone)]
 pub(crate) struct TenantInfo {
@@ -106,14 +142,14 @@ pub(crate) struct Services {
     pub(crate) pool: TenantPool,
     pub(crate) raw: PgPool,
     pub(crate) sessions: SessionStore,
-    pub(crate) links: MagicLinks<Directory, ConsoleOutbox>,
+    pub(crate) links: MagicLinks<Directory, AppMailer>,
     pub(crate) totp: Arc<TotpService>,
     pub(crate) keyring: Arc<Keyring>,
     pub(crate) blind: BlindIndexKey,
     pub(crate) audit: AuditLog,
     pub(crate) checkpoints: CheckpointSigner,
     pub(crate) gate: Gate,
-    pub(crate) mailer: Arc<ConsoleOutbox>,
+    pub(crate) mailer: Arc<AppMailer>,
     pub(crate) cross_tenant: Arc<CrossTenantAuthority<AuditLog>>,
     pub(crate) model: Arc<dyn Model>,
     pub(crate) base_url: String,

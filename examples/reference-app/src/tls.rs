@@ -19,6 +19,8 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) enum TlsError {
     #[error("the certificate or key does not parse: {0}")]
     Pem(String),
+    #[error("production certificate refused: {0}")]
+    Refused(String),
     #[error("rustls refused the configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -41,6 +43,45 @@ pub(crate) fn server_config(
     .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Production: the operator's certificate chain and key. Refused when they do not parse, do not
+/// match, do not name the public host of `base_url`, or are the development certificate.
+pub(crate) fn production_config(
+    config: &crate::Config,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let read = |path: &Option<std::path::PathBuf>| -> Result<zeroize::Zeroizing<String>, TlsError> {
+        let path = path
+            .as_deref()
+            .ok_or_else(|| TlsError::Refused("--tls-cert and --tls-key are required".into()))?;
+        std::fs::read_to_string(path)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| TlsError::Refused(format!("{}: {e}", path.display())))
+    };
+    let cert_pem = read(&config.tls_cert)?;
+    let key_pem = read(&config.tls_key)?;
+    let development = std::fs::read_to_string(config.data_dir.join("tls-cert.pem")).ok();
+    if development.is_some_and(|d| d.trim() == cert_pem.trim()) {
+        return Err(TlsError::Refused(
+            "that is the development certificate; production needs a real one".into(),
+        ));
+    }
+    let leaf = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .ok_or_else(|| TlsError::Pem("no certificate in --tls-cert".into()))?
+        .map_err(|e| TlsError::Pem(e.to_string()))?;
+    let host = url::Url::parse(&config.base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+        .ok_or_else(|| TlsError::Refused("--base-url has no host".into()))?;
+    let name = rustls::pki_types::ServerName::try_from(host.as_str())
+        .map_err(|_| TlsError::Refused(format!("{host} is not a valid server name")))?;
+    webpki::EndEntityCert::try_from(&leaf)
+        .map_err(|e| TlsError::Pem(format!("{e:?}")))?
+        .verify_is_valid_for_subject_name(&name)
+        .map_err(|_| TlsError::Refused(format!("the certificate does not name {host}")))?;
+    // rustls also refuses a key that does not belong to the certificate.
+    server_config(&cert_pem, &key_pem)
 }
 
 /// Serves `app` over TLS on `listener` until the task is dropped.

@@ -160,7 +160,7 @@ async fn fresh_proposal(app: &App, admin: &PgPool) -> (Uuid, String) {
 #[tokio::test]
 async fn every_route_answers_every_role_as_the_matrix_says() {
     let app = common::start().await;
-    let admin = app.database().pool(testkit::Role::Admin, 2).await;
+    let admin = app.database().unwrap().pool(testkit::Role::Admin, 2).await;
     let rows = table();
 
     // Completeness, both ways.
@@ -223,6 +223,10 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
                     path = path.replace("{user}", &bob.to_string());
                     form = "role=member".to_owned();
                 }
+                "/api/admin/members/{user}/role" => {
+                    path = path.replace("{user}", &bob.to_string());
+                    form = r#"{"role": "member"}"#.to_owned();
+                }
                 "/api/staff/approvals/{tenant}/{id}" => {
                     let (id, digest) = fresh_proposal(&app, &admin).await;
                     path = path
@@ -260,6 +264,7 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
                     form = r#"{"title": "matrix note", "body": "x"}"#.to_owned();
                 }
                 "/assistant" if row.method == "POST" => form = "prompt=hello".to_owned(),
+                "/api/assistant" => form = r#"{"prompt": "hello"}"#.to_owned(),
                 _ => {}
             }
             // (For user_a's revoke row the row's own session was minted first, so the target is

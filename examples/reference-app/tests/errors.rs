@@ -13,7 +13,7 @@ use uuid::Uuid;
 #[tokio::test]
 async fn error_paths_answer_closed_and_hold_across_instances() {
     let app = start().await;
-    let admin = app.database().pool(testkit::Role::Admin, 2).await;
+    let admin = app.database().unwrap().pool(testkit::Role::Admin, 2).await;
 
     // 1. An expired link signs nobody in.
     let mut bob = Browser::new(&app);

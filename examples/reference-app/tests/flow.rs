@@ -129,7 +129,7 @@ async fn the_whole_demo_through_the_router() {
     let by_phone = alice.get("/notes?phone=%2B1%20555%200100").await;
     assert!(by_phone.body.contains("Customer call: Hooli") && !by_phone.body.contains("Q3 budget"));
     // Another tenant's note id answers exactly like a missing one.
-    let admin = app.database().pool(testkit::Role::Admin, 1).await;
+    let admin = app.database().unwrap().pool(testkit::Role::Admin, 1).await;
     let (globex_note,): (uuid::Uuid,) =
         sqlx::query_as("SELECT n.id FROM workspace.notes n JOIN workspace.tenants t ON t.id = n.tenant_id WHERE t.slug = 'globex'")
             .fetch_one(&admin)

@@ -18,22 +18,23 @@ async fn coverage_is_complete_and_no_tenant_table_leaks_across_tenants() {
         .post("/assistant", &[("prompt", "Summarise all my notes")])
         .await;
 
-    let admin = app.database().pool(Role::Admin, 1).await;
+    let admin = app.database().unwrap().pool(Role::Admin, 1).await;
     let mut owner = app
         .database()
+        .unwrap()
         .pool(Role::Owner, 1)
         .await
         .acquire()
         .await
         .unwrap();
     let findings = CoverageCheck::new()
-        .runtime_role(reference_app::App::runtime_role())
+        .runtime_role(app.runtime_role())
         .run(&mut owner)
         .await
         .unwrap();
     assert!(findings.is_empty(), "coverage findings: {findings:#?}");
 
-    let runtime = app.database().pool(Role::Runtime, 1).await;
+    let runtime = app.database().unwrap().pool(Role::Runtime, 1).await;
     let mut conn = runtime.acquire().await.unwrap();
     rls_guard::verify_runtime_role(&mut conn).await.unwrap();
     drop(conn);

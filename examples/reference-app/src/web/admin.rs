@@ -20,7 +20,7 @@ use crate::notes;
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
-enum AdminError {
+pub(super) enum AdminError {
     #[error("database: {0}")]
     Database(#[from] rls_guard::RlsError),
     #[error("audit: {0}")]
@@ -94,6 +94,22 @@ fn admins_only(state: &AppState, session: &Session) -> Response {
     )
 }
 
+/// The tenant's members: (user id, display name, email, role).
+pub(super) async fn member_rows(
+    state: &AppState,
+    context: &TenantContext,
+) -> Result<Vec<(Uuid, String, String, String)>, rls_guard::RlsError> {
+    let mut tx = state.pool.begin(context).await?;
+    let rows = sqlx::query_as(
+        "SELECT user_id, display_name, email, role FROM workspace.members WHERE tenant_id = $1 ORDER BY email",
+    )
+    .bind(context.tenant().as_uuid())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 pub(super) async fn members(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
@@ -102,18 +118,7 @@ pub(super) async fn members(
     if let Err(refused) = require_admin(&state, &session, &context).await {
         return refused;
     }
-    let listed = async {
-        let mut tx = state.pool.begin(&context).await?;
-        let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
-            "SELECT user_id, display_name, email, role FROM workspace.members WHERE tenant_id = $1 ORDER BY email",
-        )
-        .bind(context.tenant().as_uuid())
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok::<_, rls_guard::RlsError>(rows)
-    };
-    let rows = match listed.await {
+    let rows = match member_rows(&state, &context).await {
         Ok(rows) => rows,
         Err(e) => return internal(&state, &e),
     };
@@ -143,6 +148,55 @@ pub(super) async fn members(
     )
 }
 
+/// What a role change came to.
+pub(super) enum RoleChange {
+    Changed,
+    NoSuchMember,
+    UnknownRole,
+    OwnRole,
+}
+
+/// Sets `user`'s role, with its audit record in the same transaction. The caller has checked
+/// that the session administers the context's tenant.
+pub(super) async fn set_role(
+    state: &AppState,
+    session: &Session,
+    audit: &AuditHandle,
+    context: &TenantContext,
+    user: &str,
+    role: &str,
+) -> Result<RoleChange, AdminError> {
+    let Some(user) = parse_id(user) else {
+        return Ok(RoleChange::NoSuchMember);
+    };
+    if role != "admin" && role != "member" {
+        return Ok(RoleChange::UnknownRole);
+    }
+    if user == *session.user.as_uuid() {
+        return Ok(RoleChange::OwnRole);
+    }
+    let mut tx = state.pool.begin(context).await?;
+    let n =
+        sqlx::query("UPDATE workspace.members SET role = $3 WHERE tenant_id = $1 AND user_id = $2")
+            .bind(context.tenant().as_uuid())
+            .bind(user)
+            .bind(role)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    if n == 0 {
+        tx.rollback().await?;
+        return Ok(RoleChange::NoSuchMember);
+    }
+    let event = audit
+        .event(Outcome::Allowed)
+        .with_target(Target::new("member", &user.to_string()))?
+        .with_metadata(serde_json::json!({ "role": role }))?;
+    audit.append(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(RoleChange::Changed)
+}
+
 pub(super) async fn change_role(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
@@ -151,72 +205,73 @@ pub(super) async fn change_role(
     Path(user): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let not_found = || {
-        message(
-            &state,
-            Some(&session),
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "There is no such member.",
-            Some(("/admin/members", "Back")),
-        )
-    };
     // Authorization before anything else: a non-admin learns nothing about the request.
     if let Err(refused) = require_admin(&state, &session, &context).await {
         return refused;
     }
-    let Some(user) = parse_id(&user) else {
-        return not_found();
-    };
     let role = form.get("role").map_or("", String::as_str);
-    if role != "admin" && role != "member" {
-        return message(
-            &state,
-            Some(&session),
-            StatusCode::BAD_REQUEST,
-            "Unknown role",
-            "A member is either an admin or a member.",
-            Some(("/admin/members", "Back")),
-        );
-    }
-    if user == *session.user.as_uuid() {
-        return message(
-            &state,
-            Some(&session),
-            StatusCode::BAD_REQUEST,
-            "Not your own role",
-            "Ask another admin to change your role.",
-            Some(("/admin/members", "Back")),
-        );
-    }
-    let changed = async {
-        let mut tx = state.pool.begin(&context).await?;
-        let n = sqlx::query(
-            "UPDATE workspace.members SET role = $3 WHERE tenant_id = $1 AND user_id = $2",
-        )
-        .bind(context.tenant().as_uuid())
-        .bind(user)
-        .bind(role)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            return Ok::<_, AdminError>(false);
-        }
-        let event = audit
-            .event(Outcome::Allowed)
-            .with_target(Target::new("member", &user.to_string()))?
-            .with_metadata(serde_json::json!({ "role": role }))?;
-        audit.append(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok::<_, AdminError>(true)
-    };
-    match changed.await {
-        Ok(true) => Redirect::to("/admin/members").into_response(),
-        Ok(false) => not_found(),
-        Err(e) => internal(&state, &e),
-    }
+    let (status, title, text) =
+        match set_role(&state, &session, &audit, &context, &user, role).await {
+            Ok(RoleChange::Changed) => return Redirect::to("/admin/members").into_response(),
+            Ok(RoleChange::NoSuchMember) => (
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is no such member.",
+            ),
+            Ok(RoleChange::UnknownRole) => (
+                StatusCode::BAD_REQUEST,
+                "Unknown role",
+                "A member is either an admin or a member.",
+            ),
+            Ok(RoleChange::OwnRole) => (
+                StatusCode::BAD_REQUEST,
+                "Not your own role",
+                "Ask another admin to change your role.",
+            ),
+            Err(e) => return internal(&state, &e),
+        };
+    message(
+        &state,
+        Some(&session),
+        status,
+        title,
+        text,
+        Some(("/admin/members", "Back")),
+    )
+}
+
+/// The tenant's notes for export, after its audit record is committed: nothing leaves
+/// unrecorded. The caller has checked that the session administers the context's tenant.
+pub(super) async fn export_notes(
+    state: &AppState,
+    audit: &AuditHandle,
+    context: &TenantContext,
+) -> Result<serde_json::Value, ExportError> {
+    let all = notes::list(state, context).await?;
+    let mut tx = state.pool.begin(context).await.map_err(AdminError::from)?;
+    let event = audit
+        .event(Outcome::Allowed)
+        .with_metadata(serde_json::json!({ "notes": all.len(), "format": "json" }))
+        .map_err(AdminError::from)?;
+    audit
+        .append(&mut tx, event)
+        .await
+        .map_err(AdminError::from)?;
+    tx.commit().await.map_err(AdminError::from)?;
+    Ok(serde_json::Value::Array(
+        all.iter()
+            .map(|n| serde_json::json!({"id": n.id, "title": n.title, "body": n.body, "phone": n.phone}))
+            .collect(),
+    ))
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ExportError {
+    #[error(transparent)]
+    Notes(#[from] notes::NoteError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// The export: sensitive (the route needs a fresh second factor), recorded before any data
@@ -230,31 +285,13 @@ pub(super) async fn export(
     if let Err(refused) = require_admin(&state, &session, &context).await {
         return refused;
     }
-    let all = match notes::list(&state, &context).await {
-        Ok(n) => n,
+    let body = match export_notes(&state, &audit, &context).await {
+        Ok(body) => body,
         Err(e) => return internal(&state, &e),
     };
-    let recorded = async {
-        let mut tx = state.pool.begin(&context).await?;
-        let event = audit
-            .event(Outcome::Allowed)
-            .with_metadata(serde_json::json!({ "notes": all.len(), "format": "json" }))?;
-        audit.append(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok::<_, AdminError>(())
-    };
-    if let Err(e) = recorded.await {
-        return internal(&state, &e);
-    }
-    let body: Vec<serde_json::Value> = all
-        .iter()
-        .map(
-            |n| serde_json::json!({"id": n.id, "title": n.title, "body": n.body, "phone": n.phone}),
-        )
-        .collect();
     let mut response = (
         [(header::CONTENT_TYPE, "application/json")],
-        serde_json::Value::Array(body).to_string(),
+        body.to_string(),
     )
         .into_response();
     response.headers_mut().insert(

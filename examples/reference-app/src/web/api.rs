@@ -38,14 +38,7 @@ fn failed(e: &NoteError) -> Response {
                 "try again later",
             )
         }
-        other => {
-            tracing::error!(error = %other, "api request failed");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the request could not be completed",
-            )
-        }
+        other => internal_error(other),
     }
 }
 
@@ -306,5 +299,143 @@ pub(super) async fn decide(
             "invalid_input",
             "decision is \"approve\" or \"reject\"",
         ),
+    }
+}
+
+/// An assistant request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AssistantRequest {
+    prompt: String,
+}
+
+/// One assistant turn: the transcript, with held calls named by their proposal id.
+pub(super) async fn assistant(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Json(request): Json<AssistantRequest>,
+) -> Response {
+    let prompt = request.prompt.trim();
+    if prompt.is_empty() || prompt.len() > 2000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "the prompt must hold 1 to 2000 characters",
+        );
+    }
+    let model = state.model.clone();
+    match crate::agent::run_turn(&state, &session.actor(), session.id, prompt, model.as_ref()).await
+    {
+        Ok(lines) => Json(json!({
+            "transcript": lines
+                .iter()
+                .map(|l| json!({ "who": l.who, "text": l.text }))
+                .collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => internal_error(&e),
+    }
+}
+
+/// Passes only an admin of the context's tenant (`403 admin_required`; a failed lookup is a
+/// `500`, never a pass).
+async fn require_admin(
+    state: &AppState,
+    session: &Session,
+    context: &TenantContext,
+) -> Result<(), Response> {
+    match super::admin::is_admin(state, session, context).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(error(
+            StatusCode::FORBIDDEN,
+            "admin_required",
+            "only an admin of this workspace can do that",
+        )),
+        Err(e) => Err(internal_error(&e)),
+    }
+}
+
+fn internal_error(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "api request failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the request could not be completed",
+    )
+}
+
+/// The tenant's members (admins only).
+pub(super) async fn members(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    context: TenantContext,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &session, &context).await {
+        return refused;
+    }
+    match super::admin::member_rows(&state, &context).await {
+        Ok(rows) => Json(json!({
+            "members": rows
+                .iter()
+                .map(|(id, name, email, role)| json!({
+                    "id": id, "name": name, "email": email, "role": role,
+                }))
+                .collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => internal_error(&e),
+    }
+}
+
+/// A role change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoleRequest {
+    role: String,
+}
+
+/// Changes a member's role (admins only; audited in the same transaction).
+pub(super) async fn change_role(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Extension(audit): Extension<audit_log::AuditHandle>,
+    context: TenantContext,
+    Path(user): Path<String>,
+    Json(request): Json<RoleRequest>,
+) -> Response {
+    use super::admin::RoleChange;
+    if let Err(refused) = require_admin(&state, &session, &context).await {
+        return refused;
+    }
+    match super::admin::set_role(&state, &session, &audit, &context, &user, &request.role).await {
+        Ok(RoleChange::Changed) => Json(json!({ "status": "changed" })).into_response(),
+        Ok(RoleChange::NoSuchMember) => not_found(),
+        Ok(RoleChange::UnknownRole) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "a role is admin or member",
+        ),
+        Ok(RoleChange::OwnRole) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "ask another admin to change your role",
+        ),
+        Err(e) => internal_error(&e),
+    }
+}
+
+/// The export (admins only, a fresh second factor, recorded before any data leaves).
+pub(super) async fn export(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Extension(audit): Extension<audit_log::AuditHandle>,
+    context: TenantContext,
+) -> Response {
+    if let Err(refused) = require_admin(&state, &session, &context).await {
+        return refused;
+    }
+    match super::admin::export_notes(&state, &audit, &context).await {
+        Ok(notes) => Json(json!({ "notes": notes })).into_response(),
+        Err(e) => internal_error(&e),
     }
 }

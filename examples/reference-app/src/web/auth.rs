@@ -8,6 +8,7 @@ use axum::Extension;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use magic_auth::mailer::DevOutbox;
 use magic_auth::totp::CodeCheck;
 use magic_auth::{
     Assurance, NewSession, Session, clear_session_cookie, cookie_value, session_cookie,
@@ -44,24 +45,32 @@ pub(super) async fn home(
     let tenants = match state.tenants().await {
         Ok(t) => t
             .into_iter()
-            .filter(|t| t.slug != "ops")
-            .map(|t| (t.slug, t.name))
-            .chain(std::iter::once((
-                "ops".to_owned(),
-                "Operators (staff)".to_owned(),
-            )))
+            .map(|t| {
+                let name = if t.slug == "ops" {
+                    "Operators (staff)".to_owned()
+                } else {
+                    t.name
+                };
+                (t.slug, name)
+            })
             .collect(),
         Err(e) => return internal(&state, &e),
+    };
+    // The demo accounts are listed in development only.
+    let accounts = if state.development {
+        ACCOUNTS
+            .iter()
+            .map(|a| (a.email.to_owned(), a.tenant.to_owned(), a.name.to_owned()))
+            .collect()
+    } else {
+        Vec::new()
     };
     render(
         StatusCode::OK,
         &Home {
             nav: Nav::of(&state, None),
             tenants,
-            accounts: ACCOUNTS
-                .iter()
-                .map(|a| (a.email.to_owned(), a.tenant.to_owned(), a.name.to_owned()))
-                .collect(),
+            accounts,
         },
     )
 }
@@ -423,8 +432,9 @@ pub(super) async fn outbox(
 ) -> Response {
     let messages = state
         .mailer
-        .outbox
-        .messages()
+        .outbox()
+        .map(DevOutbox::messages)
+        .unwrap_or_default()
         .into_iter()
         .rev()
         .map(|m| {

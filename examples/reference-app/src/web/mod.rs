@@ -199,6 +199,11 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             &["POST"],
             post(admin::change_role),
         )
+        .at(
+            "/api/admin/members/{user}/role",
+            &["POST"],
+            post(api::change_role),
+        )
         .wrap(|r| {
             r.layer(AuditLayer::new(
                 state.audit.clone(),
@@ -207,6 +212,7 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
         });
     let export = Routes::new()
         .at("/admin/export", &["POST"], post(admin::export))
+        .at("/api/admin/export", &["POST"], post(api::export))
         .wrap(|r| {
             r.layer(Guard::require_step_up(STEP_UP_MAX_AGE))
                 .layer(AuditLayer::new(state.audit.clone(), actions::DATA_EXPORTED))
@@ -254,6 +260,8 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
         )
         .at("/api/sessions", &["GET"], get(api::sessions))
         .at("/api/proposals", &["GET"], get(api::proposals))
+        .at("/api/assistant", &["POST"], post(api::assistant))
+        .at("/api/admin/members", &["GET"], get(api::members))
         .merge(role_change)
         .merge(export)
         .wrap(|r| {

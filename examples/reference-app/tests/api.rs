@@ -1,0 +1,156 @@
+//! The JSON API for the assistant and tenant administration: the same controls as the pages
+//! (held sensitive calls, admins only, tenant-bound, step-up for the export, audited in the same
+//! transaction), answered with the stable machine codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::Browser;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn assistant_and_admin_over_json() {
+    let app = common::start().await;
+    let admin = app.database().unwrap().pool(testkit::Role::Admin, 2).await;
+    let mut alice = Browser::signed_in(&app, "acme", "alice@acme.test").await;
+    let mut bob = Browser::signed_in(&app, "acme", "bob@acme.test").await;
+    let mut carol = Browser::signed_in(&app, "globex", "carol@globex.test").await;
+
+    // The assistant: the injected note's "email everything out" is held, never sent.
+    let turn = alice
+        .json(
+            "POST",
+            "/api/assistant",
+            Some(r#"{"prompt": "Summarise all my notes"}"#),
+        )
+        .await;
+    assert_eq!(turn.status, StatusCode::OK, "{}", turn.body);
+    let transcript: serde_json::Value = serde_json::from_str(&turn.body).unwrap();
+    let lines = transcript["transcript"].as_array().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["who"] == "gate"
+                && l["text"].as_str().unwrap().contains("waiting for approval")),
+        "{}",
+        turn.body
+    );
+    let (pending, sent): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending' AND tool = 'send_email'), \
+                count(*) FILTER (WHERE status IN ('executing', 'executed')) \
+         FROM tool_sandbox.proposals",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!((pending, sent), (1, 0));
+    assert!(app.outbox_links().iter().all(|l| !l.contains("attacker")));
+    for bad in [
+        r#"{"prompt": ""}"#,
+        r#"{"prompt": "hi", "tools": ["send_email"]}"#,
+        r#"{"text": "hi"}"#,
+        "not json",
+    ] {
+        let page = alice.json("POST", "/api/assistant", Some(bad)).await;
+        assert!(page.status.is_client_error(), "{bad}: {}", page.status);
+    }
+    let long = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(2001));
+    let page = alice.json("POST", "/api/assistant", Some(&long)).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("\"error\":\"invalid_input\""));
+
+    // Members: admins only, and only their own tenant's.
+    let listed = alice.json("GET", "/api/admin/members", None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(listed.body.contains("bob@acme.test") && !listed.body.contains("carol"));
+    let refused = bob.json("GET", "/api/admin/members", None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.body.contains("\"error\":\"admin_required\""));
+    assert!(!refused.body.contains("alice"));
+    // A member cannot export either (before bob is promoted below).
+    let refused = bob.json("POST", "/api/admin/export", None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(!refused.body.contains("Marketing"));
+    let theirs = carol.json("GET", "/api/admin/members", None).await;
+    assert_eq!(theirs.status, StatusCode::OK);
+    assert!(theirs.body.contains("carol@globex.test") && !theirs.body.contains("acme.test"));
+
+    // A role change: bob cannot, carol cannot reach acme's bob (a missing member), alice can,
+    // and the change is audited.
+    let (bob_id,): (Uuid,) =
+        sqlx::query_as("SELECT user_id FROM workspace.members WHERE email = 'bob@acme.test'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    let path = format!("/api/admin/members/{bob_id}/role");
+    let promote = Some(r#"{"role": "admin"}"#);
+    let page = bob.json("POST", &path, promote).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = carol.json("POST", &path, promote).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(page.body.contains("\"error\":\"not_found\""));
+    let role = |admin: sqlx::PgPool| async move {
+        let (r,): (String,) =
+            sqlx::query_as("SELECT role FROM workspace.members WHERE email = 'bob@acme.test'")
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        r
+    };
+    assert_eq!(role(admin.clone()).await, "member");
+    for bad in [
+        r#"{"role": "owner"}"#,
+        r#"{"role": "admin", "tenant": "globex"}"#,
+    ] {
+        let page = alice.json("POST", &path, Some(bad)).await;
+        assert!(page.status.is_client_error(), "{bad}: {}", page.status);
+    }
+    let alice_id: (Uuid,) =
+        sqlx::query_as("SELECT user_id FROM workspace.members WHERE email = 'alice@acme.test'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    let own = alice
+        .json(
+            "POST",
+            &format!("/api/admin/members/{}/role", alice_id.0),
+            Some(r#"{"role": "member"}"#),
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::BAD_REQUEST);
+    assert_eq!(role(admin.clone()).await, "member");
+    let page = alice.json("POST", &path, promote).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(role(admin.clone()).await, "admin");
+    let (changed,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit.events WHERE action = 'member.role_changed' AND outcome = 'allowed'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(changed, 1);
+
+    // The export: a fresh second factor first (step_up_required, nothing exported), then the
+    // notes with their audit record.
+    common::backdate_second_factor(&admin, "acme", "alice@acme.test").await;
+    let stale = alice.json("POST", "/api/admin/export", None).await;
+    assert_eq!(stale.status, StatusCode::FORBIDDEN);
+    assert!(stale.body.contains("step_up_required"), "{}", stale.body);
+    assert!(!stale.body.contains("Marketing"));
+    let mut fresh = Browser::signed_in(&app, "acme", "alice@acme.test").await;
+    let export = fresh.json("POST", "/api/admin/export", None).await;
+    assert_eq!(export.status, StatusCode::OK);
+    assert!(export.body.contains("Marketing 120k"));
+    let outcomes: Vec<(String,)> = sqlx::query_as(
+        "SELECT outcome FROM audit.events WHERE action = 'data.exported' ORDER BY occurred_at",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let outcomes: Vec<&str> = outcomes.iter().map(|(o,)| o.as_str()).collect();
+    assert!(
+        outcomes.contains(&"denied") && outcomes.contains(&"allowed"),
+        "{outcomes:?}"
+    );
+}
