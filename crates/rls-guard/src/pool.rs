@@ -31,10 +31,12 @@ impl TenantPool {
     /// [`RlsError::UnsafeRuntimeRole`], [`RlsError::SupportSchemaMissing`], or
     /// [`RlsError::Database`] when the checks cannot run: the pool refuses to start.
     pub async fn new(pool: PgPool) -> Result<Self, RlsError> {
-        let mut conn = pool.acquire().await?;
-        verify_runtime_role(&mut conn).await?;
-        verify_support_schema(&mut conn).await?;
-        drop(conn);
+        // One explicit transaction: behind a transaction-pooling PgBouncer every statement of
+        // it runs on the same server connection.
+        let mut tx = pool.begin().await?;
+        verify_runtime_role(&mut tx).await?;
+        verify_support_schema(&mut tx).await?;
+        tx.commit().await?;
         Ok(Self { pool })
     }
 

@@ -267,14 +267,18 @@ async fn bad_settings_give_no_rows_or_an_error() {
         ("not-a-uuid", true),
         ("' OR true --", true),
     ] {
-        sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-            .bind(value)
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let result: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM projects")
+        // Simple-protocol statements (literals), so this also runs through PgBouncer.
+        sqlx::raw_sql(&format!(
+            "SELECT set_config('app.tenant_id', '{}', false)",
+            value.replace('\'', "''")
+        ))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let result: Result<i64, _> = sqlx::raw_sql("SELECT count(*) FROM projects")
             .fetch_one(&mut *conn)
-            .await;
+            .await
+            .map(|row| sqlx::Row::get(&row, 0));
         match result {
             Ok(n) => {
                 assert!(!expect_error, "{value:?} should have been an error");
@@ -283,7 +287,7 @@ async fn bad_settings_give_no_rows_or_an_error() {
             Err(e) => assert!(expect_error, "{value:?}: unexpected {e}"),
         }
         let err =
-            sqlx::query("INSERT INTO projects (tenant_id, name) VALUES (gen_random_uuid(), 'x')")
+            sqlx::raw_sql("INSERT INTO projects (tenant_id, name) VALUES (gen_random_uuid(), 'x')")
                 .execute(&mut *conn)
                 .await
                 .unwrap_err();
@@ -557,4 +561,27 @@ async fn a_begin_cancelled_in_flight_never_returns_a_bound_connection_to_the_poo
     }
     let mut conn = f.raw.acquire().await.unwrap();
     assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+}
+
+#[tokio::test]
+async fn the_pooled_suite_really_shares_server_connections() {
+    use sqlx::Row;
+    let f = fixture(4).await;
+    assert_eq!(f.bouncer.is_some(), via_pgbouncer());
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(f.raw.acquire().await.unwrap());
+    }
+    let mut backends = std::collections::HashSet::new();
+    for conn in &mut conns {
+        let row = sqlx::raw_sql("SELECT pg_backend_pid()")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        backends.insert(row.get::<i32, _>(0));
+    }
+    // Four client connections held at once: through PgBouncer they share its one server
+    // connection; directly, each has its own backend.
+    let expected = if via_pgbouncer() { 1 } else { 4 };
+    assert_eq!(backends.len(), expected, "{backends:?}");
 }

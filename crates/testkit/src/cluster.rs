@@ -58,8 +58,24 @@ pub struct PgCluster {
     base: PathBuf,
     port: u16,
     tcp: bool,
+    launch: Launch,
+    server: Mutex<Option<Running>>,
+    removed: std::sync::atomic::AtomicBool,
+}
+
+/// How to (re)start the server process.
+struct Launch {
+    postgres: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    run_as: Option<User>,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+/// The running postmaster.
+struct Running {
     pid: Pid,
-    exited: Mutex<Option<mpsc::Receiver<ExitStatus>>>,
+    exited: mpsc::Receiver<ExitStatus>,
 }
 
 impl std::fmt::Debug for PgCluster {
@@ -67,7 +83,7 @@ impl std::fmt::Debug for PgCluster {
         f.debug_struct("PgCluster")
             .field("dir", &self.base)
             .field("port", &self.port)
-            .field("pid", &self.pid)
+            .field("pid", &self.pid())
             .finish_non_exhaustive()
     }
 }
@@ -103,86 +119,143 @@ impl PgCluster {
             Some((cert, key)) => Some(write_tls_files(&base, cert, key, run_as.as_ref())?),
             None => None,
         };
-        let log_path = base.join("postgres.log");
-        let log = fs::File::create(&log_path).map_err(TestkitError::io("create server log"))?;
-        let mut command = Command::new(binaries.postgres());
-        command
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&base)
-            .arg("-p")
-            .arg(port.to_string())
-            .args([
-                "-c",
-                if options.tcp {
-                    "listen_addresses=127.0.0.1"
-                } else {
-                    "listen_addresses="
-                },
-            ])
-            .args(["-c", "unix_socket_permissions=0700"])
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"]);
-        if let Some((cert, key)) = &tls_files {
-            command
-                .args(["-c", "ssl=on"])
-                .arg("-c")
-                .arg(format!("ssl_cert_file={}", cert.display()))
-                .arg("-c")
-                .arg(format!("ssl_key_file={}", key.display()));
+        let log = base.join("postgres.log");
+        let mut args: Vec<std::ffi::OsString> = vec!["-D".into(), data.clone().into_os_string()];
+        args.extend(["-k".into(), base.clone().into_os_string()]);
+        let listen = if options.tcp {
+            "listen_addresses=127.0.0.1"
+        } else {
+            "listen_addresses="
+        };
+        for arg in [
+            "-p",
+            &port.to_string(),
+            "-c",
+            listen,
+            "-c",
+            "unix_socket_permissions=0700",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=64MB",
+        ] {
+            args.push(arg.into());
         }
+        if let Some((cert, key)) = &tls_files {
+            args.extend([
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", cert.display()).into(),
+                "-c".into(),
+                format!("ssl_key_file={}", key.display()).into(),
+            ]);
+        }
+        let cluster = Self {
+            base,
+            port,
+            tcp: options.tcp,
+            launch: Launch {
+                postgres: binaries.postgres(),
+                args,
+                run_as,
+                data,
+                log,
+            },
+            server: Mutex::new(None),
+            removed: std::sync::atomic::AtomicBool::new(false),
+        };
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// Starts the server process again after [`stop_server`](Self::stop_server), on the same
+    /// data directory and port (for fault tests: clients see the database come back). Does
+    /// nothing when it is running.
+    ///
+    /// # Errors
+    /// [`TestkitError::Start`] with the end of the server log when it does not become ready.
+    pub fn start_server(&self) -> Result<(), TestkitError> {
+        let mut server = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if server.is_some() {
+            return Ok(());
+        }
+        let launch = &self.launch;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .map_err(TestkitError::io("open server log"))?;
+        let mut command = Command::new(&launch.postgres);
         command
+            .args(&launch.args)
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
                     .map_err(TestkitError::io("clone log handle"))?,
             )
             .stderr(log);
-        if let Some(user) = &run_as {
+        if let Some(user) = &launch.run_as {
             use std::os::unix::process::CommandExt;
             command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         }
         sys::die_with_parent(&mut command);
-
         let (pid, exited) = spawn_supervised(command)?;
-        let cluster = Self {
-            base,
-            port,
-            tcp: options.tcp,
-            pid,
-            exited: Mutex::new(Some(exited)),
-        };
-        cluster.wait_ready(&data, &log_path)?;
-        Ok(cluster)
+        let running = Running { pid, exited };
+        if let Err(e) = self.wait_ready(&running) {
+            let _ = kill(pid, Signal::SIGKILL);
+            return Err(e);
+        }
+        *server = Some(running);
+        Ok(())
     }
 
-    fn wait_ready(&self, data: &Path, log: &Path) -> Result<(), TestkitError> {
+    /// Stops the server process (fast shutdown: sessions are terminated, clients see their
+    /// connections fail) but keeps the data directory, so [`start_server`](Self::start_server)
+    /// can bring it back. Idempotent.
+    pub fn stop_server(&self) {
+        let running = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(Running { pid, exited }) = running else {
+            return;
+        };
+        let _ = kill(pid, Signal::SIGINT);
+        if exited.recv_timeout(STOP_TIMEOUT).is_err() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = exited.recv_timeout(STOP_TIMEOUT);
+        }
+    }
+
+    fn wait_ready(&self, running: &Running) -> Result<(), TestkitError> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let pid_file = data.join("postmaster.pid");
+        let pid_file = self.launch.data.join("postmaster.pid");
         let socket = self.socket_dir().join(format!(".s.PGSQL.{}", self.port));
+        let log = &self.launch.log;
         loop {
-            // postmaster.pid's eighth line is the status; "ready" once it accepts connections.
-            let ready = fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|s| s.lines().nth(7).map(|l| l.trim() == "ready"))
-                .unwrap_or(false);
+            // postmaster.pid's first line is the pid and its eighth the status; "ready" once it
+            // accepts connections (the pid check ignores a file left by the previous run).
+            let status = fs::read_to_string(&pid_file).ok();
+            let ready = status.as_deref().is_some_and(|s| {
+                let mut lines = s.lines();
+                lines.next().map(str::trim) == Some(&running.pid.as_raw().to_string())
+                    && lines.nth(6).map(str::trim) == Some("ready")
+            });
             if ready && socket.exists() {
                 return Ok(());
             }
-            let exited = self
-                .exited
-                .lock()
-                .ok()
-                .and_then(|rx| rx.as_ref().and_then(|rx| rx.try_recv().ok()));
-            if let Some(status) = exited {
+            if let Ok(status) = running.exited.try_recv() {
                 return Err(start_error(format!("server exited with {status}"), log));
             }
             if Instant::now() > deadline {
@@ -219,10 +292,14 @@ impl PgCluster {
         self.tcp
     }
 
-    /// The postmaster's process id.
+    /// The postmaster's process id (0 while it is stopped).
     #[must_use]
     pub fn pid(&self) -> u32 {
-        self.pid.as_raw().unsigned_abs()
+        self.server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |r| r.pid.as_raw().unsigned_abs())
     }
 
     /// Connection options for `role` on `database` (Unix socket, or loopback TCP when enabled).
@@ -242,15 +319,10 @@ impl PgCluster {
     /// Stops the server (fast shutdown, then SIGKILL if it lingers) and removes its directory.
     /// Idempotent.
     pub fn stop(&self) {
-        let Some(exited) = self.exited.lock().ok().and_then(|mut rx| rx.take()) else {
-            return;
-        };
-        let _ = kill(self.pid, Signal::SIGINT);
-        if exited.recv_timeout(STOP_TIMEOUT).is_err() {
-            let _ = kill(self.pid, Signal::SIGKILL);
-            let _ = exited.recv_timeout(STOP_TIMEOUT);
+        self.stop_server();
+        if !self.removed.swap(true, Ordering::SeqCst) {
+            let _ = fs::remove_dir_all(&self.base);
         }
-        let _ = fs::remove_dir_all(&self.base);
     }
 }
 
@@ -292,7 +364,7 @@ fn write_tls_files(
 
 /// Spawns the server from a thread that lives as long as the server: the parent-death signal
 /// is tied to the spawning thread, so a short-lived test thread must not be the parent.
-fn spawn_supervised(
+pub(crate) fn spawn_supervised(
     mut command: Command,
 ) -> Result<(Pid, mpsc::Receiver<ExitStatus>), TestkitError> {
     let (pid_tx, pid_rx) = mpsc::channel();
@@ -345,7 +417,7 @@ fn tail(path: &Path, bytes: u64) -> String {
 
 /// The OS user to run PostgreSQL as: none when not root (run as ourselves), otherwise
 /// `$TESTKIT_PG_OS_USER`, `postgres` or `nobody`.
-fn unprivileged_user() -> Result<Option<User>, TestkitError> {
+pub(crate) fn unprivileged_user() -> Result<Option<User>, TestkitError> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
@@ -365,7 +437,7 @@ fn unprivileged_user() -> Result<Option<User>, TestkitError> {
 
 /// Where clusters live: `$TESTKIT_TMPDIR`, else `/dev/shm` (memory-backed, so copying the initdb
 /// template and every write is fast), else the system temp dir.
-fn scratch_root() -> PathBuf {
+pub(crate) fn scratch_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("TESTKIT_TMPDIR") {
         return PathBuf::from(dir);
     }
@@ -379,11 +451,11 @@ fn scratch_root() -> PathBuf {
     }
 }
 
-fn owner_ids(run_as: Option<&User>) -> (Uid, Gid) {
+pub(crate) fn owner_ids(run_as: Option<&User>) -> (Uid, Gid) {
     run_as.map_or_else(|| (Uid::effective(), Gid::effective()), |u| (u.uid, u.gid))
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -500,7 +572,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), TestkitError> {
     }
 }
 
-fn free_port() -> Result<u16, TestkitError> {
+pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(TestkitError::io("find a free loopback port"))?;
     listener

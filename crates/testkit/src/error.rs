@@ -55,6 +55,12 @@ pub enum TestkitError {
         /// The end of the log.
         tail: String,
     },
+    /// PgBouncer is not installed (tests of transaction pooling need it).
+    #[error(
+        "testkit: PgBouncer not found at {0}; install it (Debian/Ubuntu: `sudo apt-get install \
+         pgbouncer`) or set TESTKIT_PGBOUNCER to its path. Tests never skip when it is missing."
+    )]
+    NoPgBouncer(String),
     /// `DATABASE_URL` is set but unusable.
     #[error("testkit: DATABASE_URL is not a usable PostgreSQL URL: {0}")]
     DatabaseUrl(String),

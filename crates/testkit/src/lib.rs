@@ -36,12 +36,14 @@
 mod binaries;
 mod cluster;
 mod error;
+mod pgbouncer;
 mod server;
 mod sys;
 
 pub use binaries::PgBinaries;
 pub use cluster::{ADMIN_ROLE, ClusterOptions, PgCluster};
 pub use error::TestkitError;
+pub use pgbouncer::{PgBouncer, PoolMode};
 pub use server::{
     OWNER_ROLE, RUNTIME_ROLE, Role, Template, TestDb, TestServer, fresh_database,
     try_fresh_database,

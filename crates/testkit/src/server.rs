@@ -21,7 +21,7 @@ pub const OWNER_ROLE: &str = "testkit_owner";
 pub const RUNTIME_ROLE: &str = "testkit_runtime";
 /// The password of both roles on an external server (`DATABASE_URL`); unused on throwaway
 /// clusters, which trust their private socket.
-const ROLE_PASSWORD: &str = "testkit";
+pub(crate) const ROLE_PASSWORD: &str = "testkit";
 
 enum Backend {
     Throwaway(PgCluster),

@@ -119,3 +119,67 @@ async fn runtime_role_is_least_privilege_and_owns_nothing() {
             .unwrap();
     assert_eq!(owns, testkit::OWNER_ROLE);
 }
+
+#[tokio::test]
+async fn a_stopped_server_refuses_connections_and_comes_back_with_its_data() {
+    let cluster = PgCluster::start().unwrap();
+    let options = cluster.connect_options(testkit::ADMIN_ROLE, "postgres");
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE kept (id int); INSERT INTO kept VALUES (7)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let first = cluster.pid();
+    cluster.stop_server();
+    assert!(!alive(first), "postmaster still running");
+    assert_eq!(cluster.pid(), 0);
+    assert!(sqlx::raw_sql("SELECT 1").execute(&mut conn).await.is_err());
+    assert!(sqlx::PgConnection::connect_with(&options).await.is_err());
+    cluster.start_server().unwrap();
+    assert!(alive(cluster.pid()) && cluster.pid() != first);
+    let mut again = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let kept: i32 = sqlx::query_scalar("SELECT id FROM kept")
+        .fetch_one(&mut again)
+        .await
+        .unwrap();
+    assert_eq!(kept, 7);
+    let dir = cluster.dir().to_path_buf();
+    drop(again);
+    drop(cluster);
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn pgbouncer_in_transaction_mode_shares_one_server_connection() {
+    use testkit::{PgBouncer, PoolMode, RUNTIME_ROLE, TestServer};
+    let db = fresh_database(&notes()).await;
+    let bouncer = PgBouncer::start(
+        TestServer::shared().await.unwrap(),
+        PoolMode::Transaction,
+        1,
+        &[RUNTIME_ROLE],
+    )
+    .unwrap();
+    let options = bouncer.options(RUNTIME_ROLE, db.name());
+    let mut a = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let mut b = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let pid = |row: sqlx::postgres::PgRow| sqlx::Row::get::<i32, _>(&row, 0);
+    let pa = pid(sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(&mut a)
+        .await
+        .unwrap());
+    let pb = pid(sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(&mut b)
+        .await
+        .unwrap());
+    assert_eq!(pa, pb, "two clients, one server connection");
+    // Prepared statements work inside a transaction (the statement cache is off).
+    let mut tx = a.begin().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE id > $1")
+        .bind(0)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 0);
+}

@@ -40,13 +40,45 @@ pub struct Fixture {
     /// Raw runtime-role pool: connections without any binding (what a bug would use).
     pub raw: PgPool,
     pub pool: TenantPool,
+    /// The PgBouncer the pools go through, in the `isolation_pgbouncer` suite.
+    pub bouncer: Option<testkit::PgBouncer>,
+}
+
+/// Whether this test binary is `tests/isolation_pgbouncer.rs`: the isolation suite with every
+/// runtime connection going through PgBouncer in transaction-pooling mode.
+pub fn via_pgbouncer() -> bool {
+    env!("CARGO_CRATE_NAME") == "isolation_pgbouncer"
 }
 
 pub async fn fixture(max_connections: u32) -> Fixture {
     let db = fresh_database(&template()).await;
-    let raw = db.pool(Role::Runtime, max_connections).await;
+    let (raw, bouncer) = if via_pgbouncer() {
+        // Fewer server connections than clients: consecutive transactions of one client land
+        // on different server connections, and every server connection serves many clients.
+        let server_connections = max_connections.div_ceil(4);
+        let bouncer = testkit::PgBouncer::start(
+            db.server(),
+            testkit::PoolMode::Transaction,
+            server_connections,
+            &[testkit::RUNTIME_ROLE],
+        )
+        .unwrap();
+        let raw = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(bouncer.options(testkit::RUNTIME_ROLE, db.name()))
+            .await
+            .unwrap();
+        (raw, Some(bouncer))
+    } else {
+        (db.pool(Role::Runtime, max_connections).await, None)
+    };
     let pool = TenantPool::new(raw.clone()).await.unwrap();
-    Fixture { db, raw, pool }
+    Fixture {
+        db,
+        raw,
+        pool,
+        bouncer,
+    }
 }
 
 pub fn ctx(tenant: TenantId) -> TenantContext {
@@ -94,35 +126,39 @@ pub fn is_rls_violation(err: &sqlx::Error) -> bool {
         && err.to_string().contains("row-level security")
 }
 
-/// What an unbound connection sees and may do: nothing.
+/// What an unbound connection sees and may do: nothing. Simple-protocol statements only, so
+/// the check also runs through a transaction-pooling PgBouncer outside any transaction.
 pub async fn assert_unbound_sees_and_changes_nothing(conn: &mut sqlx::PgConnection, db: &TestDb) {
-    let setting: Option<String> =
-        sqlx::query_scalar("SELECT current_setting('app.tenant_id', true)")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+    use sqlx::Row;
+    let setting: Option<String> = sqlx::raw_sql("SELECT current_setting('app.tenant_id', true)")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
     assert!(
         setting.as_deref().unwrap_or("").is_empty(),
         "binding leaked: {setting:?}"
     );
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
+    let n: i64 = sqlx::raw_sql("SELECT count(*) FROM projects")
         .fetch_one(&mut *conn)
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "unbound connection saw rows");
     let before = count_all(db, "projects").await;
-    let err =
-        sqlx::query("INSERT INTO projects (tenant_id, name) VALUES (gen_random_uuid(), 'sneaky')")
-            .execute(&mut *conn)
-            .await
-            .unwrap_err();
+    let err = sqlx::raw_sql(
+        "INSERT INTO projects (tenant_id, name) VALUES (gen_random_uuid(), 'sneaky')",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap_err();
     assert!(is_rls_violation(&err), "{err}");
-    let updated = sqlx::query("UPDATE projects SET name = 'pwned'")
+    let updated = sqlx::raw_sql("UPDATE projects SET name = 'pwned'")
         .execute(&mut *conn)
         .await
         .unwrap()
         .rows_affected();
-    let deleted = sqlx::query("DELETE FROM projects")
+    let deleted = sqlx::raw_sql("DELETE FROM projects")
         .execute(&mut *conn)
         .await
         .unwrap()
