@@ -24,7 +24,7 @@ pub const RUNTIME_ROLE: &str = "testkit_runtime";
 pub(crate) const ROLE_PASSWORD: &str = "testkit";
 
 enum Backend {
-    Throwaway(PgCluster),
+    Throwaway(Box<PgCluster>),
     External(Box<PgConnectOptions>),
 }
 
@@ -80,7 +80,7 @@ impl TestServer {
                 let cluster = PgCluster::start()?;
                 sys::run_at_exit(stop_shared_at_exit);
                 Self {
-                    backend: Backend::Throwaway(cluster),
+                    backend: Backend::Throwaway(Box::new(cluster)),
                 }
             }
         };

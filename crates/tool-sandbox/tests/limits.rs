@@ -467,3 +467,151 @@ async fn a_subprocess_of_a_non_network_tool_cannot_open_an_inet_socket() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(listener.accept().is_ok());
 }
+
+/// A server that accepts connections and never answers.
+async fn hanging_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// A server that answers the headers at once, then trickles the body one byte every 100 ms.
+async fn trickling_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                    .await;
+                for _ in 0..100_000 {
+                    if socket.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_hanging_or_trickling_outbound_server_times_the_call_out_and_the_turn_goes_on() {
+    let (hang, trickle) = (hanging_server().await, trickling_server().await);
+    let ok = loopback_server(Arc::new(AtomicUsize::new(0))).await;
+    let client = GuardedClient::builder(
+        EgressPolicy::new("agent-tools")
+            .ports([hang.port(), trickle.port(), ok.port()])
+            .allow_cidr("127.0.0.1/32")
+            .unwrap(),
+    )
+    .resolver(Arc::new(Names))
+    .caller("agent-tools")
+    .build()
+    .unwrap();
+    // A fetch tool with a short wall-clock limit, as an operator would give a network tool.
+    let registry = |_: &Arc<Ledger>| {
+        Registry::builder()
+            .tool(
+                ToolSpec::new("fetch_url", 1, Effect::ReadOnly)
+                    .unwrap()
+                    .network(true)
+                    .limits(ToolLimits {
+                        timeout: Duration::from_millis(400),
+                        ..ToolLimits::default()
+                    })
+                    .schema(json!({
+                        "type": "object", "additionalProperties": false, "required": ["url"],
+                        "properties": {"url": {"type": "string", "maxLength": 2048}}
+                    })),
+                tool_fn(|ctx, args| async move {
+                    let url = args["url"].as_str().unwrap_or_default().to_owned();
+                    let response = ctx.http()?.get(&url).await?;
+                    Ok(ToolOutput::text(String::from_utf8_lossy(&response.body)))
+                }),
+            )
+            .build()
+            .unwrap()
+    };
+    let f = fixture_of(registry, |b| b.egress(client)).await;
+    let policy = Arc::new(
+        AgentPolicy::new(Actor::new(
+            ActorKind::Agent,
+            ActorId::new_random(),
+            f.tenant,
+        ))
+        .unwrap()
+        .allow_tools(["fetch_url"])
+        .unwrap(),
+    );
+    let mut t = turn(&policy, "fetch the pages");
+    for addr in [hang, trickle] {
+        let started = Instant::now();
+        let s = f
+            .gate
+            .submit(
+                &mut t,
+                call(
+                    "c",
+                    "fetch_url",
+                    json!({"url": format!("http://public.test:{}/page", addr.port())}),
+                ),
+            )
+            .await
+            .unwrap();
+        let Submission::Ran { run, for_model } = s else {
+            panic!("{s:?}")
+        };
+        assert!(
+            matches!(run.result, Err(ToolError::TimedOut)),
+            "{:?}",
+            run.result
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            !for_model.contains('x'),
+            "no partial body reaches the model"
+        );
+    }
+    // The same turn goes on: the next call runs and answers.
+    let s = f
+        .gate
+        .submit(
+            &mut t,
+            call(
+                "c",
+                "fetch_url",
+                json!({"url": format!("http://public.test:{}/", ok.port())}),
+            ),
+        )
+        .await
+        .unwrap();
+    let Submission::Ran { run, .. } = s else {
+        panic!("{s:?}")
+    };
+    assert_eq!(
+        run.result.unwrap().into_untrusted_value(),
+        "hello from loopback"
+    );
+    let events = audit_events(&f.db, f.tenant).await;
+    let timed_out = events
+        .iter()
+        .filter(|(a, _, e)| a == "agent.tool_failed" && e["outcome"]["reason"] == "timed_out")
+        .count();
+    assert_eq!(timed_out, 2);
+}

@@ -193,6 +193,13 @@ impl Config {
         };
         if production {
             config.production = Some(config.check_production(&env, seed_demo)?);
+        } else if !(https.ip().is_loopback() && http.ip().is_loopback()) {
+            // The development profile shows sign-in links on /dev/outbox and uses keys from a
+            // local directory: it never listens beyond this machine.
+            return Err(ConfigError::Production(
+                "the development profile listens on loopback only; use --production to serve others"
+                    .to_owned(),
+            ));
         } else if seed_demo {
             return Err(ConfigError::UnknownArgument(
                 "--seed-demo (development always seeds; the flag is for --production)".to_owned(),
@@ -239,9 +246,16 @@ impl Config {
             ("DATABASE_URL", &database_url),
             ("REFERENCE_APP_OWNER_DATABASE_URL", &owner_database_url),
         ] {
+            // Every TLS-mode parameter (sqlx reads `sslmode` and `ssl-mode`, the last one
+            // winning) must say verify-full, and there must be one: a later `sslmode=disable`
+            // cannot undo the check.
             let verified = url::Url::parse(url).ok().is_some_and(|u| {
-                u.query_pairs()
-                    .any(|(k, v)| k == "sslmode" && v == "verify-full")
+                let modes: Vec<String> = u
+                    .query_pairs()
+                    .filter(|(k, _)| k == "sslmode" || k == "ssl-mode")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+                !modes.is_empty() && modes.iter().all(|m| m == "verify-full")
             });
             if !verified {
                 return Err(ConfigError::Production(format!(
@@ -384,6 +398,14 @@ mod tests {
             ("DATABASE_URL", "postgres://app@db/app?sslmode=require"),
             ("DATABASE_URL", "postgres://app@db/app?sslmode=prefer"),
             (
+                "DATABASE_URL",
+                "postgres://app@db/app?sslmode=verify-full&sslmode=disable",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://app@db/app?sslmode=verify-full&ssl-mode=require",
+            ),
+            (
                 "REFERENCE_APP_OWNER_DATABASE_URL",
                 "postgres://owner@db/app?sslmode=disable",
             ),
@@ -401,6 +423,10 @@ mod tests {
             Config::parse(["--seed-demo".to_owned()], |_| None).is_err(),
             "--seed-demo is production-only"
         );
+        for listener in ["--https", "--http"] {
+            let exposed = Config::parse([listener.to_owned(), "0.0.0.0:8443".to_owned()], |_| None);
+            assert!(exposed.is_err(), "development on 0.0.0.0 via {listener}");
+        }
         std::fs::remove_file(cert).unwrap();
     }
 }

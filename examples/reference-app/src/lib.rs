@@ -244,6 +244,15 @@ impl App {
             .to_owned())
     }
 
+    /// The load benchmark's baseline, **never to be served**: `GET /baseline/notes?tenant=<id>`
+    /// answers the same JSON as `GET /api/notes` from the same query and decryption, but with
+    /// no session, no tenant scope, no row-level security and no transaction, on `pool`
+    /// (a superuser's). It exists so `examples/load-bench` can measure what the guards cost.
+    #[doc(hidden)]
+    pub fn unguarded_baseline(&self, pool: sqlx::PgPool) -> axum::Router {
+        web::unguarded_baseline(self.services.clone(), pool)
+    }
+
     /// The runtime role the app serves as.
     #[must_use]
     pub fn runtime_role(&self) -> &str {
@@ -260,7 +269,7 @@ impl App {
 ///
 /// # Errors
 /// Any start-up failure (data directory, certificate, database, a refused runtime role).
-pub async fn start(config: Config) -> Result<App, BoxError> {
+pub async fn start(mut config: Config) -> Result<App, BoxError> {
     let (keys, tls, db, runtime, owner, mailer, seed_demo) = match &config.production {
         None => {
             let dev = devdata::DevData::load_or_create(&config.data_dir, "localhost")?;
@@ -325,6 +334,10 @@ pub async fn start(config: Config) -> Result<App, BoxError> {
         seed::seed(&owner, &services).await?;
     }
     drop(owner);
+    // The owner's credentials were for migrations: the serving process keeps none.
+    if let Some(production) = &mut config.production {
+        production.owner_database_url = Zeroizing::new(String::new());
+    }
 
     let (router, routes) = web::router(AppState(services.clone()));
     Ok(App {

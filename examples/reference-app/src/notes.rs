@@ -2,7 +2,7 @@
 //! body and phone number are sealed by field-crypto to their row.
 
 use field_crypto::CryptoError;
-use tenant_scope::TenantContext;
+use tenant_scope::{TenantContext, TenantId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -35,9 +35,8 @@ pub(crate) struct Note {
 
 type Row = (Uuid, String, Vec<u8>, Option<Vec<u8>>, OffsetDateTime);
 
-fn open(s: &Services, context: &TenantContext, row: Row) -> Result<Note, NoteError> {
+fn open(s: &Services, tenant: TenantId, row: Row) -> Result<Note, NoteError> {
     let (id, title, body, phone, updated_at) = row;
-    let tenant = context.tenant();
     let body = s
         .keyring
         .open(&body, &Services::note_context(tenant, id, "body"))?;
@@ -73,7 +72,26 @@ pub(crate) async fn list(s: &Services, context: &TenantContext) -> Result<Vec<No
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    rows.into_iter().map(|r| open(s, context, r)).collect()
+    rows.into_iter()
+        .map(|r| open(s, context.tenant(), r))
+        .collect()
+}
+
+/// The same read as [`list`] with no guard at all: a plain pool (a superuser's, which row-level
+/// security does not apply to), no transaction, no binding. Only the load benchmark's
+/// baseline uses it, to measure what the guards cost; nothing in the app serves it.
+pub(crate) async fn list_unguarded(
+    s: &Services,
+    pool: &sqlx::PgPool,
+    tenant: TenantId,
+) -> Result<Vec<Note>, NoteError> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM workspace.notes WHERE tenant_id = $1 ORDER BY updated_at DESC"
+    ))
+    .bind(tenant.as_uuid())
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(|r| open(s, tenant, r)).collect()
 }
 
 /// One note, or `None` (also for another tenant's id: the same answer as a missing one).
@@ -91,7 +109,7 @@ pub(crate) async fn get(
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    row.map(|r| open(s, context, r)).transpose()
+    row.map(|r| open(s, context.tenant(), r)).transpose()
 }
 
 /// Notes whose contact phone equals `phone`, found through the blind index.
@@ -113,7 +131,9 @@ pub(crate) async fn by_phone(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    rows.into_iter().map(|r| open(s, context, r)).collect()
+    rows.into_iter()
+        .map(|r| open(s, context.tenant(), r))
+        .collect()
 }
 
 /// Creates a note (or replaces one with `id`); returns its id.

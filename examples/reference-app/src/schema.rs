@@ -37,7 +37,10 @@ CREATE TABLE IF NOT EXISTS workspace.members (
 );
 {members}
 REVOKE ALL ON workspace.members FROM PUBLIC;
-GRANT SELECT, INSERT, UPDATE ON workspace.members TO {r};
+-- Column-level: the app changes a member's role or disables them; it can never turn a member
+-- into staff (`kind`) or move them (`tenant_id`, `user_id`, `email`).
+GRANT SELECT, INSERT ON workspace.members TO {r};
+GRANT UPDATE (role, disabled, display_name) ON workspace.members TO {r};
 
 -- Notes: the body and the customer's phone number are encrypted by field-crypto, bound to
 -- (tenant, table, column, row); the phone number has a blind index for exact lookups.

@@ -1,4 +1,5 @@
-//! The error paths over HTTP: an expired link, wrong codes up to the lockout, a session revoked
+//! The error paths over HTTP: an expired link, wrong codes up to the lockout (spread over two
+//! instances, and holding on both), a session revoked
 //! through one app instance refused by another on the same database (and the link rate limit
 //! shared by both), a stale second factor at a sensitive route, and the assistant's fetch of a
 //! metadata address refused by the egress guard.
@@ -51,7 +52,11 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     assert!(page.body.contains("expired"), "the page says why in words");
     assert!(!bob.cookies.contains_key("__Host-session"));
 
-    // 2. Wrong codes: after five, the account is locked — even the right code is refused.
+    // A second instance on the same database, as a second replica behind a load balancer.
+    let other = app.second_instance().await.unwrap();
+
+    // 2. Wrong codes, spread over both instances: after five, the account is locked — even the
+    //    right code is refused, by either instance.
     let mut alice = Browser::new(&app);
     let confirmed = alice.open_link("acme", "alice@acme.test").await;
     assert_eq!(confirmed.status, StatusCode::SEE_OTHER);
@@ -65,24 +70,33 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
         .unwrap();
     let mut second_device = Browser::new(&app);
     second_device.cookies.insert(name, value);
-    for _ in 0..5 {
-        let wrong = second_device
+    let mut second_device_elsewhere = Browser::new(&other);
+    second_device_elsewhere.cookies = second_device.cookies.clone();
+    for i in 0..5 {
+        let device = if i % 2 == 0 {
+            &mut second_device
+        } else {
+            &mut second_device_elsewhere
+        };
+        let wrong = device
             .post("/auth/totp", &[("code", "000000"), ("next", "/notes")])
             .await;
         assert_eq!(wrong.status, StatusCode::SEE_OTHER);
         assert!(wrong.location().contains("error="), "{}", wrong.location());
     }
-    let right = second_device
-        .post(
-            "/auth/totp",
-            &[("code", &common::code(&seed, 1)), ("next", "/notes")],
-        )
-        .await;
-    assert!(
-        right.location().contains("error=locked"),
-        "{}",
-        right.location()
-    );
+    for device in [&mut second_device, &mut second_device_elsewhere] {
+        let right = device
+            .post(
+                "/auth/totp",
+                &[("code", &common::code(&seed, 1)), ("next", "/notes")],
+            )
+            .await;
+        assert!(
+            right.location().contains("error=locked"),
+            "{}",
+            right.location()
+        );
+    }
     assert_eq!(
         second_device.get("/notes").await.status,
         StatusCode::FORBIDDEN
@@ -96,9 +110,8 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     .unwrap();
     assert!(locked);
 
-    // 3. A second instance on the same database: a session revoked through one is refused by
-    //    the other at once, and the per-address link limit counts requests made to both.
-    let other = app.second_instance().await.unwrap();
+    // 3. Across the two instances: a session revoked through one is refused by the other at
+    //    once, and the per-address link limit counts requests made to both.
     let mut carol = Browser::signed_in(&app, "globex", "carol@globex.test").await;
     let mut carol_elsewhere = Browser::new(&other);
     carol_elsewhere.cookies = carol.cookies.clone();

@@ -195,6 +195,14 @@ impl Detectors {
         }
         if hits.matched(CARD_RUN) {
             for m in self.card_run.find_iter(text) {
+                // A run glued to letters or digits is part of a longer token (a UUID, a hex
+                // digest, an order code), not a card number someone wrote.
+                let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                if glued(text[..m.start()].chars().next_back())
+                    || glued(text[m.end()..].chars().next())
+                {
+                    continue;
+                }
                 card_windows(text, m.start(), m.end(), &mut push);
             }
         }
@@ -515,6 +523,14 @@ mod tests {
             [("4111 1111 1111 1111", Kind::Card)]
         );
         assert_eq!(found("order 41111111111111110"), []);
+        // Found by the reference app's fault test: this request id (a UUID) held a 19-digit,
+        // Luhn-valid window across its groups and was masked, breaking correlation.
+        assert_eq!(found("b98b93d0-8149-4970-9684-04213693884a"), []);
+        assert_eq!(found("sha 9f86d0814111111111111111e9"), []);
+        assert_eq!(
+            found("card: 4111111111111111."),
+            [("4111111111111111", Kind::Card)]
+        );
         assert_eq!(
             found("amex 3782-822463-10005."),
             [("3782-822463-10005", Kind::Card)]

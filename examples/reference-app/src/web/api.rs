@@ -42,7 +42,7 @@ fn failed(e: &NoteError) -> Response {
     }
 }
 
-fn note_json(n: &Note) -> serde_json::Value {
+pub(crate) fn note_json(n: &Note) -> serde_json::Value {
     json!({
         "id": n.id,
         "title": n.title,
@@ -313,8 +313,15 @@ pub(super) struct AssistantRequest {
 pub(super) async fn assistant(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
-    Json(request): Json<AssistantRequest>,
+    body: Result<Json<AssistantRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    let Ok(Json(request)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "expected {\"prompt\"} as JSON",
+        );
+    };
     let prompt = request.prompt.trim();
     if prompt.is_empty() || prompt.len() > 2000 {
         return error(
@@ -355,7 +362,15 @@ async fn require_admin(
     }
 }
 
-fn internal_error(e: &dyn std::fmt::Display) -> Response {
+fn internal_error(e: &(dyn std::error::Error + 'static)) -> Response {
+    if super::database_unavailable(e) {
+        tracing::warn!(error = %e, "database unavailable");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "try again later",
+        );
+    }
     tracing::error!(error = %e, "api request failed");
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -401,12 +416,20 @@ pub(super) async fn change_role(
     Extension(audit): Extension<audit_log::AuditHandle>,
     context: TenantContext,
     Path(user): Path<String>,
-    Json(request): Json<RoleRequest>,
+    body: Result<Json<RoleRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     use super::admin::RoleChange;
+    // Authorization before validation: a non-admin learns nothing about the input.
     if let Err(refused) = require_admin(&state, &session, &context).await {
         return refused;
     }
+    let Ok(Json(request)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "expected {\"role\"} as JSON",
+        );
+    };
     match super::admin::set_role(&state, &session, &audit, &context, &user, &request.role).await {
         Ok(RoleChange::Changed) => Json(json!({ "status": "changed" })).into_response(),
         Ok(RoleChange::NoSuchMember) => not_found(),

@@ -12,6 +12,8 @@ mod auth;
 mod pages;
 mod staff;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
@@ -26,7 +28,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::state::AppState;
+use crate::state::{AppState, Services};
 
 /// How fresh a second factor must be for sensitive routes (approvals).
 pub(crate) const STEP_UP_MAX_AGE: Duration = Duration::from_secs(10 * 60);
@@ -104,8 +106,21 @@ pub(crate) fn message(
     )
 }
 
-/// An internal failure: logged with its cause, answered without it.
-pub(crate) fn internal(state: &AppState, error: &dyn std::fmt::Display) -> Response {
+/// A failure: logged with its cause, answered without it. When the cause is the database
+/// being unreachable (anywhere in the error's source chain, as rls-guard classifies it), the
+/// answer is `503`: the request could not be checked or served, and may be retried.
+pub(crate) fn internal(state: &AppState, error: &(dyn std::error::Error + 'static)) -> Response {
+    if database_unavailable(error) {
+        tracing::warn!(%error, "database unavailable");
+        return message(
+            state,
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "The service cannot reach its database right now. Nothing was changed; try again in a moment.",
+            None,
+        );
+    }
     tracing::error!(%error, "request failed");
     message(
         state,
@@ -115,6 +130,25 @@ pub(crate) fn internal(state: &AppState, error: &dyn std::fmt::Display) -> Respo
         "The request could not be completed. Nothing was changed.",
         None,
     )
+}
+
+/// Whether `error` or any of its sources is the database being unreachable.
+pub(crate) fn database_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(rls) = e.downcast_ref::<rls_guard::RlsError>()
+            && rls.is_unavailable()
+        {
+            return true;
+        }
+        if let Some(sql) = e.downcast_ref::<sqlx::Error>()
+            && rls_guard::is_unavailable(sql)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn security_headers() -> [(HeaderName, HeaderValue); 7] {
@@ -337,7 +371,15 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
     let stack = stack
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http())
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        // The id is the server's: one a client sends is dropped, so audit records and traces
+        // never carry an id someone outside chose (the response echoes the server's).
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut request: axum::extract::Request| {
+                request.headers_mut().remove(&request_id);
+                request
+            },
+        ));
     (stack, list)
 }
 
@@ -349,5 +391,32 @@ async fn not_found(axum::extract::State(state): axum::extract::State<AppState>) 
         "Not found",
         "There is nothing here.",
         Some(("/", "Home")),
+    )
+}
+
+/// See [`crate::App::unguarded_baseline`].
+pub(crate) fn unguarded_baseline(services: Arc<Services>, pool: sqlx::PgPool) -> Router {
+    use axum::extract::Query;
+    Router::new().route(
+        "/baseline/notes",
+        get(move |Query(q): Query<HashMap<String, String>>| {
+            let (services, pool) = (services.clone(), pool.clone());
+            async move {
+                let Some(tenant) = q
+                    .get("tenant")
+                    .and_then(|t| t.parse().ok())
+                    .and_then(|t| tenant_scope::TenantId::from_uuid(t).ok())
+                else {
+                    return StatusCode::BAD_REQUEST.into_response();
+                };
+                match crate::notes::list_unguarded(&services, &pool, tenant).await {
+                    Ok(all) => axum::Json(serde_json::json!({
+                        "notes": all.iter().map(api::note_json).collect::<Vec<_>>()
+                    }))
+                    .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }
+        }),
     )
 }

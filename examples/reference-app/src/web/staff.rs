@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use askama::Template;
 use axum::Extension;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use magic_auth::Session;
 use tenant_scope::{Actor, ActorKind, TenantContext};
@@ -187,11 +187,42 @@ async fn queue_page(
     render(status, &page)
 }
 
+/// A cross-tenant grant on a `GET` (the console's tenant pickers) must come from the console's
+/// own pages: a link on another site (`Sec-Fetch-Site: cross-site` or `same-site`) would make
+/// a signed-in staff member's browser record a grant with a reason someone else wrote. Typed
+/// URLs and bookmarks (`none`), and clients without fetch metadata, are not cross-site.
+fn cross_site_grant(
+    state: &AppState,
+    session: &Session,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Option<Response> {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    (q.contains_key("tenant") && !matches!(site, "same-origin" | "none")).then(|| {
+        message(
+            state,
+            Some(session),
+            StatusCode::FORBIDDEN,
+            "Open the console from its own pages",
+            "A cross-tenant view was requested from another site. Nothing was granted; pick the \
+             workspace and give your reason on the console itself.",
+            Some(("/staff/approvals", "Approval queue")),
+        )
+    })
+}
+
 pub(super) async fn approvals(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(refused) = cross_site_grant(&state, &session, &headers, &q) {
+        return refused;
+    }
     let reason = q.get("reason").map_or("", String::as_str);
     queue_page(
         &state,
@@ -338,8 +369,12 @@ struct AuditPage {
 pub(super) async fn audit(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(refused) = cross_site_grant(&state, &session, &headers, &q) {
+        return refused;
+    }
     let reason = q.get("reason").map_or("", String::as_str).to_owned();
     let mut page = AuditPage {
         nav: Nav::of(&state, Some(&session)),

@@ -1,0 +1,292 @@
+//! `cargo run --release -p load-bench -- [SECONDS] [ROUNDS]`: the load benchmark of issue 9.
+//!
+//! Starts the reference app (development profile: a throwaway PostgreSQL, seeded) and serves,
+//! both over plain HTTP on loopback (TLS off for both sides):
+//!
+//! - **bare**: `GET /baseline/notes?tenant=..` — a bare axum handler running the same query
+//!   and decryption as the guarded route, on a plain pool, with no guard at all;
+//! - **guarded read**: `GET /api/notes` through the whole stack (request id, security headers,
+//!   session lookup, same-origin check, two-factor guard, tenant scope, an rls-guard
+//!   transaction under row-level security);
+//! - **guarded write**: `POST /api/admin/members/{bob}/role` — the privileged route: the admin
+//!   check, the update and its audit record in one transaction, behind the audit layer.
+//!
+//! Each is driven by `wrk` (install it: `apt-get install wrk`) at 1, 16 and 128 connections,
+//! side by side in one run, and the figures are printed as a Markdown table with the ratios
+//! the issue sets goals for (guarded read ≥ 60 % of bare throughput, p99 ≤ 2x).
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `wrk` measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    socket_errors: u64,
+}
+
+/// `5.10ms`, `812.00us`, `1.02s` → milliseconds.
+fn millis(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn parse(output: &str) -> Option<Figures> {
+    let mut f = Figures::default();
+    let mut seen_rate = false;
+    for line in output.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", v] => f.p50_ms = millis(v)?,
+            ["99%", v] => f.p99_ms = millis(v)?,
+            ["Requests/sec:", v] => {
+                f.requests_per_second = v.parse().ok()?;
+                seen_rate = true;
+            }
+            ["Non-2xx", "or", "3xx", "responses:", n] => f.non_2xx = n.parse().ok()?,
+            ["Socket", "errors:", rest @ ..] => {
+                f.socket_errors = rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum();
+            }
+            _ => {}
+        }
+    }
+    seen_rate.then_some(f)
+}
+
+/// One `wrk` run; `script` sets the method, body and headers when given.
+async fn wrk(
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    cookie: &str,
+    script: Option<&std::path::Path>,
+) -> Result<Figures, BoxError> {
+    let mut command = Command::new("wrk");
+    command
+        .args(["-t", &connections.min(2).to_string()])
+        .args(["-c", &connections.to_string()])
+        .args(["-d", &format!("{seconds}s")])
+        .args(["--timeout", "10s", "--latency"])
+        .args(["-H", &format!("Cookie: {cookie}")])
+        .stdin(Stdio::null());
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .await
+        .map_err(|e| format!("could not run wrk ({e}); install it: apt-get install wrk"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse(&text).ok_or_else(|| format!("unexpected wrk output:\n{text}").into())
+}
+
+async fn serve(router: axum::Router) -> Result<SocketAddr, BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    Ok(addr)
+}
+
+/// A GET over plain HTTP/1.1: the status code and the body.
+async fn get(addr: SocketAddr, path: &str, cookie: &str) -> Result<(u16, String), BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[allow(clippy::print_stdout)]
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1);
+    let seconds: u32 = args.next().map_or(Ok(10), |s| s.parse())?;
+    let rounds: u32 = args.next().map_or(Ok(1), |s| s.parse())?;
+
+    let dir = std::env::temp_dir().join(format!("load-bench-{}", std::process::id()));
+    let config =
+        reference_app::Config::from_args(["--data-dir".to_owned(), dir.display().to_string()])?
+            .ok_or("no configuration")?;
+    let app = reference_app::start(config).await?;
+    let database = app
+        .database()
+        .ok_or("the benchmark runs the development profile")?;
+    let superuser = database.pool(testkit::Role::Admin, 16).await;
+    let (tenant, bob): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+        "SELECT tenant_id, user_id FROM workspace.members WHERE email = 'bob@acme.test'",
+    )
+    .fetch_one(&superuser)
+    .await?;
+    let cookie = app.mint_session("acme", "alice@acme.test", true).await?;
+
+    let guarded = serve(app.router.clone()).await?;
+    let bare = serve(app.unguarded_baseline(superuser.clone())).await?;
+    let bare_path = format!("/baseline/notes?tenant={tenant}");
+    // Both answer the same document.
+    let (s1, b1) = get(bare, &bare_path, "").await?;
+    let (s2, b2) = get(guarded, "/api/notes", &cookie).await?;
+    if (s1, s2) != (200, 200) || b1 != b2 {
+        return Err(format!("the two routes differ: {s1} {s2}\n{b1}\n{b2}").into());
+    }
+
+    let script = dir.join("write.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\n\
+             wrk.body = '{{\"role\": \"member\"}}'\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Origin\"] = \"{}\"\n",
+            app.config.base_url
+        ),
+    )?;
+    let urls = [
+        ("bare read", format!("http://{bare}{bare_path}"), None),
+        ("guarded read", format!("http://{guarded}/api/notes"), None),
+        (
+            "guarded write (audited)",
+            format!("http://{guarded}/api/admin/members/{bob}/role"),
+            Some(script.as_path()),
+        ),
+    ];
+
+    println!(
+        "wrk, {seconds} s per cell, {rounds} round(s); reference app (development profile, \
+         plain HTTP on loopback) and PostgreSQL on this machine\n"
+    );
+    println!(
+        "| connections | route | requests/s | p50 | p99 | non-2xx | socket errors | vs bare: throughput | vs bare: p99 |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut goals = Vec::new();
+    for round in 0..rounds {
+        for connections in [1u32, 16, 128] {
+            // Warm both read paths (pools, caches) at this concurrency first.
+            for (_, url, _) in &urls[..2] {
+                wrk(url, connections, 2, &cookie, None).await?;
+            }
+            let mut baseline = Figures::default();
+            for (name, url, script) in &urls {
+                let f = wrk(url, connections, seconds, &cookie, *script).await?;
+                if *name == "bare read" {
+                    baseline = f;
+                }
+                let throughput = f.requests_per_second / baseline.requests_per_second;
+                let p99 = f.p99_ms / baseline.p99_ms;
+                if *name == "guarded read" {
+                    goals.push((
+                        round,
+                        connections,
+                        throughput,
+                        p99,
+                        f.non_2xx + f.socket_errors,
+                    ));
+                }
+                println!(
+                    "| {connections} | {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} | {} |",
+                    f.requests_per_second,
+                    f.p50_ms,
+                    f.p99_ms,
+                    f.non_2xx,
+                    f.socket_errors,
+                    if *name == "bare read" {
+                        "—".to_owned()
+                    } else {
+                        format!("{throughput:.2}")
+                    },
+                    if *name == "bare read" {
+                        "—".to_owned()
+                    } else {
+                        format!("{p99:.2}x")
+                    },
+                );
+            }
+        }
+    }
+    println!();
+    for (round, connections, throughput, p99, errors) in goals {
+        let met = throughput >= 0.6 && p99 <= 2.0 && errors == 0;
+        println!(
+            "round {}, {connections} connections: guarded read {:.0} % of bare throughput, p99 {p99:.2}x, {errors} errors — goal {}",
+            round + 1,
+            throughput * 100.0,
+            if met { "met" } else { "NOT met" }
+        );
+    }
+    drop(app);
+    let _ = std::fs::remove_dir_all(&dir);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let output = "Running 2s test @ http://127.0.0.1:1/x
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.23ms    1.20ms  20.00ms   80.00%
+  Latency Distribution
+     50%  812.00us
+     75%    5.80ms
+     90%    6.50ms
+     99%    1.02s
+  30500 requests in 10.00s, 50.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 5
+  Non-2xx or 3xx responses: 12
+Requests/sec:   3050.25
+Transfer/sec:      5.00MB
+";
+        let f = parse(output).unwrap();
+        assert!((f.p50_ms - 0.812).abs() < 1e-9);
+        assert!((f.p99_ms - 1020.0).abs() < 1e-9);
+        assert!((f.requests_per_second - 3050.25).abs() < 1e-9);
+        assert_eq!((f.non_2xx, f.socket_errors), (12, 7));
+        assert!(parse("garbage").is_none());
+    }
+}
