@@ -2,12 +2,13 @@
 //!
 //! Run [`schema_sql`] as the owner role after `rls_guard::schema::SUPPORT_SQL`. The runtime role
 //! may `SELECT`, `INSERT` and `UPDATE` sessions (revocation sets `revoked_at`; nothing is ever
-//! deleted by the application) — only within the tenant its transaction is bound to. One
-//! `SECURITY DEFINER` function serves a request that does not know its tenant yet (the cookie
-//! names it): `auth.session_lookup(tenant, id)` binds the given tenant for its own statement
-//! and reads that one session row — one round trip per request. It reveals nothing a caller
-//! does not already hold: the row is found only by its random id, and what comes back is the
-//! *hash* of the session's secret.
+//! deleted by the application) — only within the tenant its transaction is bound to. A request
+//! does not know its tenant until it reads the cookie, so [`SessionStore::validate`](crate::SessionStore::validate)
+//! binds the tenant the cookie names *inside* its one lookup
+//! statement (a transaction-local `set_config` in a materialised CTE that the row's scan
+//! depends on), as the runtime role, under row-level security — one round trip per request,
+//! no `SECURITY DEFINER` code. It reveals nothing a caller does not already hold: the row is
+//! found only by its random id, and what comes back is the *hash* of the session's secret.
 
 use crate::AuthError;
 
@@ -63,22 +64,9 @@ REVOKE ALL ON auth.sessions FROM PUBLIC;
 REVOKE ALL ON auth.sessions FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.sessions TO {r};
 
-CREATE OR REPLACE FUNCTION auth.session_lookup(p_tenant uuid, p_id uuid)
-    RETURNS TABLE (user_id uuid, actor_kind text, secret_hash bytea, aal smallint,
-                   created_at timestamptz, authenticated_at timestamptz,
-                   last_seen_at timestamptz, idle_expires_at timestamptz,
-                   absolute_expires_at timestamptz, revoked_at timestamptz)
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    PERFORM pg_catalog.set_config('app.tenant_id', p_tenant::text, true);
-    RETURN QUERY
-        SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, s.authenticated_at,
-               s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.revoked_at
-          FROM auth.sessions s
-         WHERE s.tenant_id = p_tenant AND s.id = p_id;
-END
-$$;
+-- Earlier versions looked sessions up through a SECURITY DEFINER function; the lookup is now
+-- one statement run as the runtime role under row-level security (see `SessionStore::validate`).
+DROP FUNCTION IF EXISTS auth.session_lookup(uuid, uuid);
 
 CREATE TABLE IF NOT EXISTS auth.totp (
     tenant_id       uuid        NOT NULL,
@@ -138,9 +126,6 @@ CREATE TABLE IF NOT EXISTS auth.recovery_codes (
 REVOKE ALL ON auth.recovery_codes FROM PUBLIC;
 REVOKE ALL ON auth.recovery_codes FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.recovery_codes TO {r};
-
-REVOKE ALL ON FUNCTION auth.session_lookup(uuid, uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION auth.session_lookup(uuid, uuid) TO {r};
 "#
     ))
 }

@@ -129,6 +129,21 @@ pub struct SessionStore {
     events: EventSink,
 }
 
+/// The lookup: one prepared statement, run as the runtime role in its own implicit transaction.
+/// The materialised CTE binds the tenant the cookie names (`set_config(.., true)`: for this
+/// transaction only); the session row is read in a `LATERAL` subquery that depends on the
+/// CTE's row (and `OFFSET 0` keeps it from being flattened), so the binding is in place before
+/// row-level security's tenant predicate is first evaluated. Were it not, the predicate would
+/// see no tenant and the lookup would find nothing: it fails closed. The statement cannot
+/// reach another tenant's row either way — the row must match the bound tenant.
+const LOOKUP: &str = "WITH bound AS MATERIALIZED ( \
+       SELECT pg_catalog.set_config('app.tenant_id', $1::text, true)::uuid AS tenant) \
+     SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, s.authenticated_at, \
+            s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.revoked_at \
+       FROM bound CROSS JOIN LATERAL ( \
+            SELECT * FROM auth.sessions s \
+             WHERE s.tenant_id = bound.tenant AND s.id = $2 OFFSET 0) s";
+
 type LookupRow = (
     Uuid,
     String,
@@ -332,15 +347,11 @@ impl SessionStore {
         let Ok(token) = SessionToken::parse(cookie) else {
             return Ok(None);
         };
-        let row: Option<LookupRow> = sqlx::query_as(
-            "SELECT user_id, actor_kind, secret_hash, aal, created_at, authenticated_at, \
-             last_seen_at, idle_expires_at, absolute_expires_at, revoked_at \
-             FROM auth.session_lookup($1, $2)",
-        )
-        .bind(token.tenant().as_uuid())
-        .bind(token.id())
-        .fetch_optional(self.pool.pool())
-        .await?;
+        let row: Option<LookupRow> = sqlx::query_as(LOOKUP)
+            .bind(token.tenant().to_string())
+            .bind(token.id())
+            .fetch_optional(self.pool.pool())
+            .await?;
         let Some((user, kind, hash, aal, created, authenticated, seen, idle, absolute, revoked)) =
             row
         else {

@@ -296,3 +296,48 @@ async fn a_tenant_admin_lists_every_live_session_of_the_tenant_and_no_other() {
     want.sort();
     assert_eq!(ids, want);
 }
+
+#[tokio::test]
+async fn the_lookup_binds_its_tenant_for_its_own_statement_only() {
+    let db = fresh_database(&template()).await;
+    // One connection: whatever the lookup leaves behind, the next statement sees.
+    let raw = db.pool(Role::Runtime, 1).await;
+    let s = SessionStore::new(
+        TenantPool::new(raw.clone()).await.unwrap(),
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let t = TenantId::new_random();
+    let (_, token) = s
+        .create(t, &user(ActorKind::User, Assurance::Aal2))
+        .await
+        .unwrap();
+    assert!(
+        s.validate(&token.to_cookie_value())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let (setting, visible): (Option<String>, i64) = sqlx::query_as(
+        "SELECT current_setting('app.tenant_id', true), (SELECT count(*) FROM auth.sessions)",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert!(
+        setting.unwrap_or_default().is_empty(),
+        "the binding outlived the lookup"
+    );
+    assert_eq!(
+        visible, 0,
+        "an unbound statement sees sessions after a lookup"
+    );
+    // And the runtime role has no lookup function to call with someone else's tenant.
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'session_lookup')",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert!(!exists);
+}
