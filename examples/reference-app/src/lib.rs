@@ -7,6 +7,7 @@
 //! and a staff member, and serves HTTPS. See `docs/reference-app.md`.
 
 mod agent;
+mod checkpoints;
 pub mod config;
 mod devdata;
 mod notes;
@@ -253,6 +254,16 @@ impl App {
         web::unguarded_baseline(self.services.clone(), pool)
     }
 
+    /// Signs a checkpoint of every tenant's audit chain now (the serving app does so every few
+    /// minutes); how many were signed.
+    ///
+    /// # Errors
+    /// When the directory, the audit log or the checkpoint file fails.
+    #[doc(hidden)]
+    pub async fn sign_checkpoints(&self) -> Result<usize, BoxError> {
+        Ok(checkpoints::sign_all(&self.services).await?)
+    }
+
     /// The runtime role the app serves as.
     #[must_use]
     pub fn runtime_role(&self) -> &str {
@@ -362,6 +373,18 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     let http = tls::bind(app.config.http).await?;
     tokio::spawn(axum::serve(http, tls::redirect_app(app.config.base_url.clone())).into_future());
     banner(&app.config);
+    // Signed checkpoints of every tenant's audit chain, in the database and in the data
+    // directory, every few minutes while serving.
+    let services = app.services.clone();
+    tokio::spawn(async move {
+        loop {
+            match checkpoints::sign_all(&services).await {
+                Ok(n) => tracing::debug!(signed = n, "audit checkpoints"),
+                Err(error) => tracing::warn!(%error, "audit checkpoints could not be signed"),
+            }
+            tokio::time::sleep(checkpoints::EVERY).await;
+        }
+    });
     tokio::select! {
         () = tls::serve_https(https, app.tls.clone(), app.router.clone()) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
@@ -474,6 +497,7 @@ fn build_with(
         blind: BlindIndexKey::new(&KeyMaterial::from_bytes(*keys.blind))?,
         audit: audit.clone(),
         checkpoints,
+        checkpoint_file: config.data_dir.join(checkpoints::FILE),
         gate,
         mailer,
         // One authority per process (tenant-scope refuses a second): a second instance in the

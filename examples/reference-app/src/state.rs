@@ -148,6 +148,8 @@ pub(crate) struct Services {
     pub(crate) blind: BlindIndexKey,
     pub(crate) audit: AuditLog,
     pub(crate) checkpoints: CheckpointSigner,
+    /// Where signed checkpoints are kept outside the database (see `checkpoints`).
+    pub(crate) checkpoint_file: std::path::PathBuf,
     pub(crate) gate: Gate,
     pub(crate) mailer: Arc<AppMailer>,
     pub(crate) cross_tenant: Arc<CrossTenantAuthority<AuditLog>>,
