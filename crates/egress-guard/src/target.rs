@@ -57,7 +57,15 @@ impl Target {
                 if name.is_empty() || name.contains(['[', ']', '%', '\\', '@', ' ']) {
                     return Err(Reason::UnparsableUrl);
                 }
-                TargetHost::Name(name)
+                // The parser treats only one trailing dot as part of an IPv4 address, so
+                // `127.0.0.1..` and `0x7f.1..` arrive here as names; without their dots they
+                // are addresses, and are judged as such (a name the parser would not accept
+                // without its dots is refused).
+                match Host::parse(&name) {
+                    Ok(Host::Domain(_)) => TargetHost::Name(name),
+                    Ok(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
+                    Ok(Host::Ipv6(_)) | Err(_) => return Err(Reason::UnparsableUrl),
+                }
             }
             Some(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
             Some(Host::Ipv6(ip)) => TargetHost::Ip(IpAddr::V6(ip)),
@@ -78,5 +86,31 @@ impl Target {
             TargetHost::Name(n) => n.clone(),
             TargetHost::Ip(ip) => ip.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found with the `target_parse` fuzz target (`fuzz/`): extra trailing dots made an IPv4
+    /// literal a host name, which the floor never judged.
+    #[test]
+    fn extra_trailing_dots_do_not_turn_an_address_into_a_name() {
+        for (input, ip) in [
+            ("http://127.0.0.1../", "127.0.0.1"),
+            ("http://0x7f.1../", "127.0.0.1"),
+            ("http://169.254.169.254.../latest/", "169.254.169.254"),
+            ("http://10.0.0.1.../", "10.0.0.1"),
+        ] {
+            let target = Target::parse(input).unwrap();
+            assert_eq!(target.host, TargetHost::Ip(ip.parse().unwrap()), "{input}");
+        }
+        assert_eq!(Target::parse("http://foo.1../"), Err(Reason::UnparsableUrl));
+        let name = Target::parse("http://Example.COM../").unwrap();
+        assert_eq!(name.host, TargetHost::Name("example.com".to_owned()));
+        let policy = crate::EgressPolicy::new("t");
+        assert!(!policy.check_url("http://127.0.0.1../").allowed);
+        assert!(!policy.check_url("http://0x7f.1../").allowed);
     }
 }

@@ -171,6 +171,36 @@ async fn main() -> Result<(), BoxError> {
         return Err(format!("the two routes differ: {s1} {s2}\n{b1}\n{b2}").into());
     }
 
+    if std::env::var_os("LOAD_BENCH_PROBE").is_some() {
+        for (name, url, with_cookie) in [
+            (
+                "healthz, no cookie",
+                format!("http://{guarded}/healthz"),
+                false,
+            ),
+            (
+                "healthz, session checked",
+                format!("http://{guarded}/healthz"),
+                true,
+            ),
+            ("api/notes", format!("http://{guarded}/api/notes"), true),
+            ("bare", format!("http://{bare}{bare_path}"), false),
+        ] {
+            let f = wrk(
+                &url,
+                1,
+                seconds,
+                if with_cookie { &cookie } else { "x=y" },
+                None,
+            )
+            .await?;
+            println!(
+                "{name}: {:.0}/s p50 {:.3} ms",
+                f.requests_per_second, f.p50_ms
+            );
+        }
+        return Ok(());
+    }
     let script = dir.join("write.lua");
     std::fs::write(
         &script,

@@ -50,12 +50,20 @@ fuzz_target!(|data: &[u8]| {
     let map = headers(&values);
     let found = cookie_value(&map, &name);
     let reversed = headers(values.iter().rev());
-    assert_eq!(cookie_value(&reversed, &name), found, "header order changed the result");
+    assert_eq!(
+        cookie_value(&reversed, &name),
+        found,
+        "header order changed the result"
+    );
     let unrelated = format!("{}x=1", name.replace([';', '='], ""));
     if let Ok(extra) = HeaderValue::from_str(&unrelated) {
         let mut more = map.clone();
         more.append(COOKIE, extra);
-        assert_eq!(cookie_value(&more, &name), found, "an unrelated cookie changed the result");
+        assert_eq!(
+            cookie_value(&more, &name),
+            found,
+            "an unrelated cookie changed the result"
+        );
     }
     if let Some(value) = found {
         assert!(!value.contains(';'), "{value:?}");
@@ -63,7 +71,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(tossed) = HeaderValue::from_str(&format!("{name}=tossed")) {
             let mut more = map.clone();
             more.append(COOKIE, tossed);
-            assert_eq!(cookie_value(&more, &name), None, "a tossed duplicate was not refused");
+            assert_eq!(
+                cookie_value(&more, &name),
+                None,
+                "a tossed duplicate was not refused"
+            );
         }
     }
 
@@ -97,7 +109,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(pair, format!("{SESSION_COOKIE}={}", expected.as_str()));
     let mut sent: Vec<HeaderValue> = values.clone();
     let at = usize::from(data[0]) % (sent.len() + 1);
-    sent.insert(at, HeaderValue::from_str(pair).expect("the pair is a header value"));
+    sent.insert(
+        at,
+        HeaderValue::from_str(pair).expect("the pair is a header value"),
+    );
     let map = headers(&sent);
     match cookie_value(&map, SESSION_COOKIE) {
         None => {}
@@ -110,5 +125,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // Alone, it is always found.
     let alone = headers(std::iter::once(&HeaderValue::from_str(pair).unwrap()));
-    assert_eq!(cookie_value(&alone, SESSION_COOKIE), Some(expected.as_str()));
+    assert_eq!(
+        cookie_value(&alone, SESSION_COOKIE),
+        Some(expected.as_str())
+    );
 });

@@ -24,6 +24,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(email.domain(), domain);
     assert!(domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'));
     assert!(domain.parse::<std::net::IpAddr>().is_err(), "{s:?}");
-    assert_eq!(EmailAddress::parse(s).ok().as_ref(), Some(&email), "not idempotent: {text:?}");
+    assert_eq!(
+        EmailAddress::parse(s).ok().as_ref(),
+        Some(&email),
+        "not idempotent: {text:?}"
+    );
     assert_eq!(email.to_string(), s);
 });

@@ -19,7 +19,11 @@ fn check_parsed(text: &str) -> Option<SessionToken> {
     let token = SessionToken::parse(text).ok()?;
     assert_eq!(text.len(), TOKEN_LEN);
     assert!(text.starts_with("v1."), "{text:?}");
-    assert_eq!(token.to_cookie_value().as_str(), text, "two spellings of one token");
+    assert_eq!(
+        token.to_cookie_value().as_str(),
+        text,
+        "two spellings of one token"
+    );
     assert!(!token.tenant().as_uuid().is_nil());
     assert!(token.matches(&token.secret_hash()));
     let again = SessionToken::parse(&token.to_cookie_value()).expect("a written token parses");
@@ -32,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         check_parsed(text);
         if let Some(rest) = text.strip_prefix("l1.") {
-            assert!(SessionToken::parse(text).is_err(), "a link token was a session token");
+            assert!(
+                SessionToken::parse(text).is_err(),
+                "a link token was a session token"
+            );
             check_parsed(&format!("v1.{rest}"));
         }
     }
