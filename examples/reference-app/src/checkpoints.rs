@@ -8,7 +8,7 @@
 //! file somewhere the database's owners cannot write for the full guarantee.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use audit_log::Checkpoint;
@@ -37,25 +37,56 @@ pub(crate) enum CheckpointError {
 /// Signs a checkpoint of every tenant's chain that grew since its last one, stores it in the
 /// database (by `AuditLog::checkpoint`) and appends it to the file. Returns how many were
 /// signed.
+///
+/// One tenant's failure (a chain that does not verify, a write that fails) does not stop the
+/// others: it is logged, and the first failure is returned after the round.
 pub(crate) async fn sign_all(s: &Services) -> Result<usize, CheckpointError> {
     let mut signed = 0;
+    let mut first_error = None;
     for tenant in s.tenants().await? {
-        if let Some(checkpoint) = s.audit.checkpoint(tenant.id, &s.checkpoints).await? {
+        let outcome = async {
+            let Some(checkpoint) = s.audit.checkpoint(tenant.id, &s.checkpoints).await? else {
+                return Ok(false);
+            };
+            // A chain that has not grown gets its previous checkpoint back: record it once.
+            let known = load(&s.checkpoint_file, tenant.id)?;
+            if known.last() == Some(&checkpoint) {
+                return Ok(false);
+            }
             append(&s.checkpoint_file, &checkpoint)?;
-            signed += 1;
+            Ok::<_, CheckpointError>(true)
+        };
+        match outcome.await {
+            Ok(true) => signed += 1,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(tenant = %tenant.slug, %error, "audit checkpoint failed");
+                first_error.get_or_insert(error);
+            }
         }
     }
-    Ok(signed)
+    first_error.map_or(Ok(signed), Err)
 }
 
 fn append(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
     let mut line = serde_json::to_vec(checkpoint)?;
     line.push(b'\n');
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
+    // Created 0600; an existing file others can read is made private again.
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     file.write_all(&line)?;
     Ok(())
 }

@@ -5,8 +5,11 @@
 
 mod common;
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
 use common::Browser;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -72,18 +75,27 @@ async fn assistant_and_admin_over_json() {
     let refused = bob.json("POST", "/api/admin/export", None).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(!refused.body.contains("Marketing"));
-    let theirs = carol.json("GET", "/api/admin/members", None).await;
-    assert_eq!(theirs.status, StatusCode::OK);
-    assert!(theirs.body.contains("carol@globex.test") && !theirs.body.contains("acme.test"));
-
-    // A role change: bob cannot, carol cannot reach acme's bob (a missing member), alice can,
-    // and the change is audited.
+    // A member sending garbage to an admin route learns that it is for admins, nothing about
+    // the input; an admin sending garbage gets the machine code for it.
     let (bob_id,): (Uuid,) =
         sqlx::query_as("SELECT user_id FROM workspace.members WHERE email = 'bob@acme.test'")
             .fetch_one(&admin)
             .await
             .unwrap();
     let path = format!("/api/admin/members/{bob_id}/role");
+    let page = bob.json("POST", &path, Some("not json")).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(
+        page.body.contains("\"error\":\"admin_required\""),
+        "{}",
+        page.body
+    );
+    let theirs = carol.json("GET", "/api/admin/members", None).await;
+    assert_eq!(theirs.status, StatusCode::OK);
+    assert!(theirs.body.contains("carol@globex.test") && !theirs.body.contains("acme.test"));
+
+    // A role change: bob cannot, carol cannot reach acme's bob (a missing member), alice can,
+    // and the change is audited.
     let promote = Some(r#"{"role": "admin"}"#);
     let page = bob.json("POST", &path, promote).await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
@@ -152,5 +164,74 @@ async fn assistant_and_admin_over_json() {
     assert!(
         outcomes.contains(&"denied") && outcomes.contains(&"allowed"),
         "{outcomes:?}"
+    );
+
+    // An admin sending garbage gets the machine code for it.
+    let page = alice.json("POST", &path, Some("not json")).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(
+        page.body.contains("\"error\":\"invalid_input\""),
+        "{}",
+        page.body
+    );
+
+    // A staff member's browser following a link from another site to the console's tenant
+    // picker: refused, and no grant recorded. The same request from the console's own page
+    // is granted.
+    let sam = Browser::signed_in(&app, "ops", "sam@ops.test").await;
+    let cookie: String = sam
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let grants = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM audit.events WHERE action = 'tenant.cross_tenant_granted'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        n
+    };
+    let visit = |site: &'static str| {
+        let request = Request::builder()
+            .uri("/staff/audit?tenant=acme&reason=written+by+someone+else")
+            .header(header::COOKIE, cookie.as_str())
+            .header("sec-fetch-site", site)
+            .body(Body::empty())
+            .unwrap();
+        app.router.clone().oneshot(request)
+    };
+    let before = grants().await;
+    for site in ["cross-site", "same-site"] {
+        let response = visit(site).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{site}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("Nothing was granted"));
+    }
+    assert_eq!(
+        grants().await,
+        before,
+        "a cross-site visit recorded a grant"
+    );
+    let response = visit("same-origin").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(grants().await, before + 1);
+
+    // The runtime role can change a member's role but never make anyone staff.
+    let runtime = app
+        .database()
+        .unwrap()
+        .pool(testkit::Role::Runtime, 1)
+        .await;
+    let err = sqlx::raw_sql("UPDATE workspace.members SET kind = 'staff'")
+        .execute(&runtime)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501"),
+        "{err}"
     );
 }
