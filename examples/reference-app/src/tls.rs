@@ -113,6 +113,8 @@ pub(crate) async fn serve_https(
                     }
                     Err(_) => return,
                 };
+            // The peer's address, for per-client limits (the app terminates TLS itself).
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = TowerToHyperService::new(app);
             if let Err(error) = Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)

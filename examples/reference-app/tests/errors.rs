@@ -191,4 +191,46 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     .await
     .unwrap();
     assert_eq!(denied, 1);
+
+    // 6. The per-client link limit: the app terminates TLS, so the peer address is the client.
+    one_client_asking_for_links_to_many_addresses_is_limited(&app).await;
+}
+
+/// One link request from `client` for a fresh address.
+async fn link_request_from(app: &reference_app::App, client: std::net::SocketAddr) -> StatusCode {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use tower::ServiceExt;
+    let form = format!(
+        "workspace=acme&email=someone-{}%40acme.test",
+        Uuid::new_v4().simple()
+    );
+    let request = Request::builder()
+        .method("POST")
+        .uri("/auth/request")
+        .header(header::ORIGIN, app.config.base_url.as_str())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .extension(axum::extract::ConnectInfo(client))
+        .body(Body::from(form))
+        .unwrap();
+    app.router.clone().oneshot(request).await.unwrap().status()
+}
+
+/// One client asking for links to many addresses is limited, another client is not.
+async fn one_client_asking_for_links_to_many_addresses_is_limited(app: &reference_app::App) {
+    let noisy: std::net::SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    let mut limited_at = None;
+    for i in 1..=40 {
+        let status = link_request_from(app, noisy).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited_at = Some(i);
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+    }
+    // 30 per 15 minutes per client address, whatever the addresses asked for.
+    assert_eq!(limited_at, Some(31));
+    // Another client is not affected.
+    let other: std::net::SocketAddr = "198.51.100.4:40000".parse().unwrap();
+    assert_eq!(link_request_from(app, other).await, StatusCode::OK);
 }

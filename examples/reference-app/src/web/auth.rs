@@ -77,6 +77,7 @@ pub(super) async fn home(
 
 pub(super) async fn request_link(
     State(state): State<AppState>,
+    client: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let slug = form.get("workspace").map_or("", String::as_str);
@@ -103,7 +104,10 @@ pub(super) async fn request_link(
         Ok(None) => return same_answer(None),
         Err(e) => return internal(&state, &e),
     };
-    match state.links.request(tenant.id, email, None).await {
+    // The app terminates TLS itself, so the peer is the client: its address gets its own
+    // limit beside the per-address one (30 links per 15 minutes, per workspace).
+    let client = client.map(|Extension(axum::extract::ConnectInfo(peer))| peer.ip());
+    match state.links.request(tenant.id, email, client).await {
         Ok(request) => {
             // Never wait for the delivery: the answer must not reveal whether the account exists.
             drop(request.delivery);
