@@ -133,7 +133,8 @@ impl AuthRejection {
     }
 
     /// The response: `{"error":"<code>","message":"<text>"}`, not cached, with the rejection
-    /// itself in the response's extensions (for an audit layer in front).
+    /// itself in the response's extensions, and (feature `audit-log`) its code as an
+    /// `audit_log::DenialReason` for an `AuditLayer` in front.
     #[must_use]
     pub fn into_http<B: From<String>>(self) -> Response<B> {
         let mut response = Response::new(B::from(format!(
@@ -144,6 +145,12 @@ impl AuthRejection {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // The audit layer records a refusal's reason from `DenialReason`: give it the machine
+        // code (`step_up_required`, ..) rather than a bare status.
+        #[cfg(feature = "audit-log")]
+        response
+            .extensions_mut()
+            .insert(audit_log::DenialReason(self.code));
         response.extensions_mut().insert(self);
         response
     }

@@ -165,6 +165,15 @@ async fn assistant_and_admin_over_json() {
         outcomes.contains(&"denied") && outcomes.contains(&"allowed"),
         "{outcomes:?}"
     );
+    // The refusal is recorded with the guard's machine code, not a bare status.
+    let (reasons,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit.events WHERE action = 'data.exported' AND outcome = 'denied' \
+         AND strpos(convert_from(event, 'UTF8'), 'step_up_required') > 0",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(reasons, 1);
 
     // An admin sending garbage gets the machine code for it.
     let page = alice.json("POST", &path, Some("not json")).await;
