@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS workspace.members (
     user_id      uuid    NOT NULL,
     email        text    NOT NULL CHECK (length(email) <= 254),
     display_name text    NOT NULL CHECK (length(display_name) BETWEEN 1 AND 100),
-    kind         text    NOT NULL CHECK (kind IN ('user', 'staff')),
+    kind         text    NOT NULL DEFAULT 'user' CHECK (kind IN ('user', 'staff')),
     role         text    NOT NULL CHECK (role IN ('member', 'admin')),
     disabled     boolean NOT NULL DEFAULT false,
     PRIMARY KEY (tenant_id, user_id),
@@ -37,9 +37,11 @@ CREATE TABLE IF NOT EXISTS workspace.members (
 );
 {members}
 REVOKE ALL ON workspace.members FROM PUBLIC;
--- Column-level: the app changes a member's role or disables them; it can never turn a member
--- into staff (`kind`) or move them (`tenant_id`, `user_id`, `email`).
-GRANT SELECT, INSERT ON workspace.members TO {r};
+-- Column-level: the app adds members (always `kind = 'user'`, the default) and changes a
+-- member's role or disables them; it can never make anyone staff (`kind`, set only by the
+-- owner) or move a member (`tenant_id`, `user_id`, `email`).
+GRANT SELECT ON workspace.members TO {r};
+GRANT INSERT (tenant_id, user_id, email, display_name, role, disabled) ON workspace.members TO {r};
 GRANT UPDATE (role, disabled, display_name) ON workspace.members TO {r};
 
 -- Notes: the body and the customer's phone number are encrypted by field-crypto, bound to

@@ -84,17 +84,41 @@ pub(crate) async fn seed(
             .tenant_by_slug(account.tenant)
             .await?
             .ok_or("seeded tenant missing")?;
+        if account.kind == "staff" {
+            // Staff are made by the owner (the runtime role cannot set `kind`), bound to the
+            // tenant as every writer outside a `TenantTx` must be (see rls_guard::schema).
+            let t = tenant.id;
+            let mut tx = owner.begin().await?;
+            sqlx::raw_sql(&format!("SET LOCAL app.tenant_id = '{t}'"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO workspace.members (tenant_id, user_id, email, display_name, kind, role) \
+                 VALUES ($1, $2, $3, $4, 'staff', $5) ON CONFLICT (tenant_id, email) DO NOTHING",
+            )
+            .bind(t.as_uuid())
+            .bind(Uuid::new_v4())
+            .bind(account.email)
+            .bind(account.name)
+            .bind(account.role)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::raw_sql(&format!("SET LOCAL app.commit_binding = '{t}:'"))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            continue;
+        }
         let context = TenantContext::for_job(tenant.id, None, "seed")?;
         let mut tx = s.pool.begin(&context).await?;
         sqlx::query(
-            "INSERT INTO workspace.members (tenant_id, user_id, email, display_name, kind, role) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, email) DO NOTHING",
+            "INSERT INTO workspace.members (tenant_id, user_id, email, display_name, role) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, email) DO NOTHING",
         )
         .bind(tenant.id.as_uuid())
         .bind(Uuid::new_v4())
         .bind(account.email)
         .bind(account.name)
-        .bind(account.kind)
         .bind(account.role)
         .execute(&mut *tx)
         .await?;

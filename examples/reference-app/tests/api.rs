@@ -228,7 +228,31 @@ async fn assistant_and_admin_over_json() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(grants().await, before + 1);
 
-    // The runtime role can change a member's role but never make anyone staff.
+    // The runtime role can change a member's role but never make anyone staff: not by update,
+    // not by adding a member.
+    let (acme,): (Uuid,) = sqlx::query_as("SELECT id FROM workspace.tenants WHERE slug = 'acme'")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let runtime_insert = app
+        .database()
+        .unwrap()
+        .pool(testkit::Role::Runtime, 1)
+        .await;
+    let err = sqlx::raw_sql(&format!(
+        "BEGIN; SET LOCAL app.tenant_id = '{acme}'; \
+         INSERT INTO workspace.members (tenant_id, user_id, email, display_name, kind, role) \
+         VALUES ('{acme}', gen_random_uuid(), 'mallory@acme.test', 'Mallory', 'staff', 'member')"
+    ))
+    .execute(&runtime_insert)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501"),
+        "{err}"
+    );
+    runtime_insert.close().await;
     let runtime = app
         .database()
         .unwrap()
