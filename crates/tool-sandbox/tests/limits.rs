@@ -48,17 +48,22 @@ impl NameResolver for Names {
     }
 }
 
+/// The network tool: `{"url"}` in, the body out.
+fn fetch_url_spec() -> ToolSpec {
+    ToolSpec::new("fetch_url", 1, Effect::ReadOnly)
+        .unwrap()
+        .network(true)
+        .schema(json!({
+            "type": "object", "additionalProperties": false, "required": ["url"],
+            "properties": {"url": {"type": "string", "maxLength": 2048}}
+        }))
+}
+
 fn net_registry(ledger: &Arc<Ledger>) -> Registry {
     let fetch_ledger = ledger.clone();
     Registry::builder()
         .tool(
-            ToolSpec::new("fetch_url", 1, Effect::ReadOnly)
-                .unwrap()
-                .network(true)
-                .schema(json!({
-                    "type": "object", "additionalProperties": false, "required": ["url"],
-                    "properties": {"url": {"type": "string", "maxLength": 2048}}
-                })),
+            fetch_url_spec(),
             tool_fn(move |ctx, args| {
                 let ledger = fetch_ledger.clone();
                 async move {
@@ -524,17 +529,10 @@ async fn a_hanging_or_trickling_outbound_server_times_the_call_out_and_the_turn_
     let registry = |_: &Arc<Ledger>| {
         Registry::builder()
             .tool(
-                ToolSpec::new("fetch_url", 1, Effect::ReadOnly)
-                    .unwrap()
-                    .network(true)
-                    .limits(ToolLimits {
-                        timeout: Duration::from_millis(400),
-                        ..ToolLimits::default()
-                    })
-                    .schema(json!({
-                        "type": "object", "additionalProperties": false, "required": ["url"],
-                        "properties": {"url": {"type": "string", "maxLength": 2048}}
-                    })),
+                fetch_url_spec().limits(ToolLimits {
+                    timeout: Duration::from_millis(400),
+                    ..ToolLimits::default()
+                }),
                 tool_fn(|ctx, args| async move {
                     let url = args["url"].as_str().unwrap_or_default().to_owned();
                     let response = ctx.http()?.get(&url).await?;
@@ -556,20 +554,16 @@ async fn a_hanging_or_trickling_outbound_server_times_the_call_out_and_the_turn_
         .unwrap(),
     );
     let mut t = turn(&policy, "fetch the pages");
+    let fetch = |addr: SocketAddr| {
+        call(
+            "c",
+            "fetch_url",
+            json!({"url": format!("http://public.test:{}/page", addr.port())}),
+        )
+    };
     for addr in [hang, trickle] {
         let started = Instant::now();
-        let s = f
-            .gate
-            .submit(
-                &mut t,
-                call(
-                    "c",
-                    "fetch_url",
-                    json!({"url": format!("http://public.test:{}/page", addr.port())}),
-                ),
-            )
-            .await
-            .unwrap();
+        let s = f.gate.submit(&mut t, fetch(addr)).await.unwrap();
         let Submission::Ran { run, for_model } = s else {
             panic!("{s:?}")
         };
@@ -589,18 +583,7 @@ async fn a_hanging_or_trickling_outbound_server_times_the_call_out_and_the_turn_
         );
     }
     // The same turn goes on: the next call runs and answers.
-    let s = f
-        .gate
-        .submit(
-            &mut t,
-            call(
-                "c",
-                "fetch_url",
-                json!({"url": format!("http://public.test:{}/", ok.port())}),
-            ),
-        )
-        .await
-        .unwrap();
+    let s = f.gate.submit(&mut t, fetch(ok)).await.unwrap();
     let Submission::Ran { run, .. } = s else {
         panic!("{s:?}")
     };

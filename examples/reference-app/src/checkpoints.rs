@@ -41,6 +41,12 @@ pub(crate) enum CheckpointError {
 /// One tenant's failure (a chain that does not verify, a write that fails) does not stop the
 /// others: it is logged, and the first failure is returned after the round.
 pub(crate) async fn sign_all(s: &Services) -> Result<usize, CheckpointError> {
+    // The file is read once per round: the newest checkpoint each tenant already has there.
+    let mut newest: std::collections::HashMap<String, Checkpoint> =
+        std::collections::HashMap::new();
+    for checkpoint in read(&s.checkpoint_file)? {
+        newest.insert(checkpoint.tenant.clone(), checkpoint);
+    }
     let mut signed = 0;
     let mut first_error = None;
     for tenant in s.tenants().await? {
@@ -49,8 +55,7 @@ pub(crate) async fn sign_all(s: &Services) -> Result<usize, CheckpointError> {
                 return Ok(false);
             };
             // A chain that has not grown gets its previous checkpoint back: record it once.
-            let known = load(&s.checkpoint_file, tenant.id)?;
-            if known.last() == Some(&checkpoint) {
+            if newest.get(&checkpoint.tenant) == Some(&checkpoint) {
                 return Ok(false);
             }
             append(&s.checkpoint_file, &checkpoint)?;
@@ -91,21 +96,25 @@ fn append(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// The file's checkpoints of `tenant` (none when there is no file yet). A line that does not
-/// parse is an error, not skipped: a damaged record of the chain is worth a look.
-pub(crate) fn load(path: &Path, tenant: TenantId) -> Result<Vec<Checkpoint>, CheckpointError> {
+/// Every checkpoint in the file, oldest first (none when there is no file yet). A line that
+/// does not parse is an error, not skipped: a damaged record of the chain is worth a look.
+fn read(path: &Path) -> Result<Vec<Checkpoint>, CheckpointError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| Ok(serde_json::from_str(line)?))
+        .collect()
+}
+
+/// The file's checkpoints of `tenant`.
+pub(crate) fn load(path: &Path, tenant: TenantId) -> Result<Vec<Checkpoint>, CheckpointError> {
     let tenant = tenant.to_string();
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let checkpoint: Checkpoint = serde_json::from_str(line)?;
-        if checkpoint.tenant == tenant {
-            out.push(checkpoint);
-        }
-    }
-    Ok(out)
+    Ok(read(path)?
+        .into_iter()
+        .filter(|c| c.tenant == tenant)
+        .collect())
 }

@@ -93,17 +93,22 @@ enum Database {
 }
 
 impl Database {
-    /// A pool of the runtime role's connections (for [`Database::External`], any role's).
+    /// A pool of the runtime role's connections.
     async fn runtime_pool(&self, max: u32) -> Result<sqlx::PgPool, BoxError> {
         match self {
             Self::Throwaway(db) => Ok(db.pool(testkit::Role::Runtime, max).await),
-            Self::External(options) => Ok(PgPoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(std::time::Duration::from_secs(10))
-                .connect_with((**options).clone())
-                .await?),
+            Self::External(options) => Ok(connect((**options).clone(), max).await?),
         }
     }
+}
+
+/// A pool of `max` connections made with `options` (production: verified TLS).
+async fn connect(options: PgConnectOptions, max: u32) -> Result<sqlx::PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options)
+        .await
 }
 
 /// A started app without listeners: what [`run`] serves, and what the integration tests drive.
@@ -281,7 +286,7 @@ impl App {
 /// # Errors
 /// Any start-up failure (data directory, certificate, database, a refused runtime role).
 pub async fn start(mut config: Config) -> Result<App, BoxError> {
-    let (keys, tls, db, runtime, owner, mailer, seed_demo) = match &config.production {
+    let (keys, tls, db, runtime, owner) = match &config.production {
         None => {
             let dev = devdata::DevData::load_or_create(&config.data_dir, "localhost")?;
             tracing::info!(dir = %config.data_dir.display(), "development keys and certificate ready");
@@ -298,8 +303,6 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
                 Database::Throwaway(Arc::new(db)),
                 runtime,
                 owner,
-                AppMailer::Development(ConsoleOutbox::default()),
-                true,
             )
         }
         Some(production) => {
@@ -307,31 +310,20 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
             // Both connections (verified TLS) and the runtime role's attributes are checked
             // before anything is migrated.
             let runtime_options: PgConnectOptions = production.database_url.parse()?;
-            let runtime = Database::External(Box::new(runtime_options.clone()))
-                .runtime_pool(16)
+            let runtime = connect(runtime_options.clone(), 16)
                 .await
                 .map_err(|e| format!("the runtime role's database connection failed: {e}"))?;
-            let owner = Database::External(Box::new(production.owner_database_url.parse()?))
-                .runtime_pool(2)
+            let owner = connect(production.owner_database_url.parse()?, 2)
                 .await
                 .map_err(|e| format!("the owner role's database connection failed: {e}"))?;
             rls_guard::verify_runtime_role(&mut *runtime.acquire().await?).await?;
             schema::migrate(&owner, runtime_options.get_username()).await?;
-            let smtp = &production.smtp;
-            let mailer = magic_auth::mailer::SmtpMailer::tls(
-                &smtp.host,
-                smtp.port,
-                smtp.credentials.clone(),
-                &smtp.from,
-            )?;
             (
                 Keys::derive(&production.kek),
                 tls,
                 Database::External(Box::new(runtime_options)),
                 runtime,
                 owner,
-                AppMailer::Smtp(Box::new(mailer)),
-                production.seed_demo,
             )
         }
     };
@@ -340,8 +332,9 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         .await?;
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
     let pool = TenantPool::new(runtime.clone()).await?;
-    let services = build_with(&config, pool, runtime, &keys, None, mailer)?;
-    if seed_demo {
+    let services = build(&config, pool, runtime, &keys, None)?;
+    // Development always seeds; production only with --seed-demo.
+    if config.production.as_ref().is_none_or(|p| p.seed_demo) {
         seed::seed(&owner, &services).await?;
     }
     drop(owner);
@@ -398,8 +391,8 @@ pub fn redirect_app(base_url: String) -> axum::Router {
     tls::redirect_app(base_url)
 }
 
-/// A second instance's services: the same kind of mailer as the first (a development outbox of
-/// its own, or the SMTP relay).
+/// The services, with the mailer of the profile: a development outbox (each instance its own),
+/// or the SMTP relay over TLS.
 fn build(
     config: &Config,
     pool: TenantPool,
@@ -419,17 +412,7 @@ fn build(
             )?))
         }
     };
-    build_with(config, pool, raw, keys, cross_tenant, mailer)
-}
 
-fn build_with(
-    config: &Config,
-    pool: TenantPool,
-    raw: sqlx::PgPool,
-    keys: &Keys,
-    cross_tenant: Option<Arc<CrossTenantAuthority<AuditLog>>>,
-    mailer: AppMailer,
-) -> Result<Arc<Services>, BoxError> {
     let mut keyring = Keyring::new();
     keyring.add_key(1, &KeyMaterial::from_bytes(*keys.field))?;
     keyring.promote(1)?;

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tower::ServiceExt;
@@ -167,23 +166,6 @@ async fn database_outage_under_load_answers_503_and_recovers_by_itself() {
     );
 }
 
-/// A TLS client for the child app, trusting only its development certificate.
-fn tls_connector(data_dir: &Path) -> tokio_rustls::TlsConnector {
-    let pem = std::fs::read_to_string(data_dir.join("tls-cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 /// One HTTP/1.1 request over a fresh TLS connection; the status code and the server's
 /// request id, or `None` when the connection fails (the app is gone).
 async fn https(
@@ -314,7 +296,8 @@ async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_re
     // Writers: role changes (audited in the same transaction); a 200 is an acknowledgement,
     // named by the request id the server gave it (a request id the client sends is dropped,
     // which each request also checks).
-    let connector = tls_connector(&dir);
+    let connector =
+        common::tls_connector(&std::fs::read_to_string(dir.join("tls-cert.pem")).unwrap());
     let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();

@@ -8,12 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use axum::http::StatusCode;
 use reference_app::{App, Config};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use testkit::{ClusterOptions, PgCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -173,18 +171,7 @@ async fn setup(cluster: &PgCluster, pki: Pki) -> Fixture {
 
 /// One HTTPS request over a real TLS connection that trusts only the test CA.
 async fn https_get(port: u16, ca_pem: &str, path: &str) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = common::tls_connector(ca_pem);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
