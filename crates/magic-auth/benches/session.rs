@@ -22,6 +22,19 @@ use tower::{Service, ServiceExt};
 const ROUNDS: usize = 40;
 const BLOCK: usize = 300;
 
+type BareRow = (
+    uuid::Uuid,
+    String,
+    Vec<u8>,
+    i16,
+    time::OffsetDateTime,
+    time::OffsetDateTime,
+    time::OffsetDateTime,
+    time::OffsetDateTime,
+    time::OffsetDateTime,
+    Option<time::OffsetDateTime>,
+);
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -76,8 +89,11 @@ fn main() {
         let bare = || {
             let raw = raw.clone();
             async move {
-                let row: (uuid::Uuid, Vec<u8>, i16) = sqlx::query_as(
-                    "SELECT user_id, secret_hash, aal FROM plain_sessions WHERE tenant_id = $1 AND id = $2",
+                // The same columns the session lookup reads and checks.
+                let row: BareRow = sqlx::query_as(
+                    "SELECT user_id, actor_kind, secret_hash, aal, created_at, authenticated_at, \
+                            last_seen_at, idle_expires_at, absolute_expires_at, revoked_at \
+                       FROM plain_sessions WHERE tenant_id = $1 AND id = $2",
                 )
                 .bind(tenant.as_uuid())
                 .bind(session.id)

@@ -141,7 +141,9 @@ const LOOKUP: &str = "WITH bound AS MATERIALIZED ( \
      SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, s.authenticated_at, \
             s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.revoked_at \
        FROM bound CROSS JOIN LATERAL ( \
-            SELECT * FROM auth.sessions s \
+            SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, \
+                   s.authenticated_at, s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, \
+                   s.revoked_at FROM auth.sessions s \
              WHERE s.tenant_id = bound.tenant AND s.id = $2 OFFSET 0) s";
 
 type LookupRow = (

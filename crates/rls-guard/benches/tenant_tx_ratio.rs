@@ -23,6 +23,29 @@ const ROUNDS: usize = 60;
 const BLOCK: usize = 200;
 const WARMUP: usize = 2_000;
 
+const VARIANTS: usize = 7;
+const NAMES: [&str; VARIANTS] = [
+    "plain_tx (BEGIN; SELECT; COMMIT, no RLS)",
+    "tenant_tx (rls-guard)",
+    "binding + RLS, plain COMMIT",
+    "binding only (plain table, plain COMMIT)",
+    "tenant_tx_read_only (rls-guard)",
+    "plain_select (autocommit, no RLS)",
+    "bound_read (rls-guard, one statement)",
+];
+
+async fn run(f: &support::Fixture, variant: usize) {
+    match variant {
+        0 => drop(f.plain_tx().await),
+        1 => drop(f.tenant_tx().await),
+        2 => drop(f.bound_tx_without_commit_protocol().await),
+        3 => drop(f.bound_tx_plain_table().await),
+        4 => drop(f.tenant_tx_read_only().await),
+        5 => drop(f.plain_select().await),
+        _ => drop(f.bound_read().await),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -49,58 +72,44 @@ fn main() {
     runtime.block_on(async {
         let f = support::Fixture::new(&cluster).await;
         for _ in 0..warmup {
-            f.plain_tx().await;
-            f.tenant_tx().await;
-            f.bound_tx_without_commit_protocol().await;
-            f.bound_tx_plain_table().await;
+            for variant in 0..VARIANTS {
+                run(&f, variant).await;
+            }
         }
-        let mut times: [Vec<f64>; 4] = Default::default();
+        let mut times: [Vec<f64>; VARIANTS] = Default::default();
         for round in 0..rounds {
-            for k in 0..4 {
-                let variant = (round + k) % 4;
+            for k in 0..VARIANTS {
+                let variant = (round + k) % VARIANTS;
                 let start = Instant::now();
                 for _ in 0..block {
-                    match variant {
-                        0 => drop(f.plain_tx().await),
-                        1 => drop(f.tenant_tx().await),
-                        2 => drop(f.bound_tx_without_commit_protocol().await),
-                        _ => drop(f.bound_tx_plain_table().await),
-                    }
+                    run(&f, variant).await;
                 }
                 times[variant].push(start.elapsed().as_secs_f64() * 1e6 / block as f64);
             }
         }
-        let ratio =
-            |i: usize| -> Vec<f64> { times[i].iter().zip(&times[0]).map(|(x, p)| x / p).collect() };
-        let (q1, q3) = quartiles(ratio(1));
+        let ratio = |i: usize, base: usize| -> Vec<f64> {
+            times[i]
+                .iter()
+                .zip(&times[base])
+                .map(|(x, p)| x / p)
+                .collect()
+        };
         println!("rounds={rounds} block={block} (loopback TCP, pool of 1 connection per side)");
-        println!(
-            "plain_tx_no_rls                       median {:7.1} us",
-            median(times[0].clone())
-        );
-        println!(
-            "tenant_tx_rls (rls-guard)             median {:7.1} us",
-            median(times[1].clone())
-        );
-        println!(
-            "bound_tx_rls_without_commit_protocol  median {:7.1} us",
-            median(times[2].clone())
-        );
-        println!(
-            "ratio tenant_tx / plain               median {:.3}  (IQR {q1:.3} .. {q3:.3})",
-            median(ratio(1))
-        );
-        println!(
-            "bound_tx_plain_table (binding only)   median {:7.1} us",
-            median(times[3].clone())
-        );
-        println!(
-            "ratio bound_without_protocol / plain  median {:.3}",
-            median(ratio(2))
-        );
-        println!(
-            "ratio binding only / plain            median {:.3}",
-            median(ratio(3))
-        );
+        for (i, name) in NAMES.iter().enumerate() {
+            println!("{name:<46} median {:7.1} us", median(times[i].clone()));
+        }
+        for (i, base, name) in [
+            (1, 0, "tenant_tx / plain_tx"),
+            (4, 0, "tenant_tx_read_only / plain_tx"),
+            (2, 0, "binding + RLS, plain COMMIT / plain_tx"),
+            (3, 0, "binding only / plain_tx"),
+            (6, 5, "bound_read / plain_select"),
+        ] {
+            let (q1, q3) = quartiles(ratio(i, base));
+            println!(
+                "ratio {name:<40} median {:.3}  (IQR {q1:.3} .. {q3:.3})",
+                median(ratio(i, base))
+            );
+        }
     });
 }

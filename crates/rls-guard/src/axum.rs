@@ -5,8 +5,12 @@
 //! use axum::{Router, extract::FromRef, routing::get};
 //! use rls_guard::{RlsError, TenantPool, TenantTx};
 //!
-//! #[derive(Clone, FromRef)]
+//! #[derive(Clone)]
 //! struct AppState { db: TenantPool }
+//!
+//! impl FromRef<AppState> for TenantPool {
+//!     fn from_ref(state: &AppState) -> Self { state.db.clone() }
+//! }
 //!
 //! async fn count_projects(mut tx: TenantTx) -> Result<String, RlsError> {
 //!     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects").fetch_one(&mut *tx).await?;

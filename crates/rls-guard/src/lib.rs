@@ -9,6 +9,8 @@
 //!   `SET LOCAL app.tenant_id = ..` in one round trip; at `COMMIT` (same round trip as the
 //!   restated binding) a deferred trigger refuses any written row of another tenant; no tenant
 //!   outlives the transaction on a pooled connection.
+//! - [`TenantPool::read`] / [`BoundRead`]: one `SELECT` bound to the tenant in one round trip,
+//!   for hot read paths (static SQL only; writes refused).
 //! - [`schema`]: the support functions and the helper that makes a table tenant-safe
 //!   (ENABLE + FORCE, restrictive and permissive policies with `USING` and `WITH CHECK`, the
 //!   deferred binding-check trigger, an index leading with `tenant_id`), plus guidance on
@@ -40,10 +42,12 @@ mod axum;
 mod coverage;
 mod error;
 mod pool;
+mod read;
 mod role;
 pub mod schema;
 
 pub use coverage::{CoverageCheck, Finding, FindingKind};
 pub use error::{RlsError, is_unavailable};
 pub use pool::{TenantPool, TenantTx};
+pub use read::BoundRead;
 pub use role::{RoleProblem, verify_runtime_role, verify_support_schema};

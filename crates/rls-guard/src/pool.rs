@@ -8,6 +8,7 @@ use sqlx::{Executor, Postgres};
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::RlsError;
+use crate::read::{BoundRead, classify};
 use crate::role::{verify_runtime_role, verify_support_schema};
 
 /// A PostgreSQL pool whose connections are handed out only inside transactions bound to a
@@ -51,6 +52,24 @@ impl TenantPool {
     /// [`RlsError::Database`] when no connection can be had or the statement fails; no
     /// unscoped connection is ever returned instead.
     pub async fn begin(&self, context: &TenantContext) -> Result<TenantTx, RlsError> {
+        self.open(context, Mode::ReadWrite).await
+    }
+
+    /// Begins a **read-only** transaction bound to `context`'s tenant (and actor): for reads of
+    /// several statements that must see one snapshot, or must not write.
+    ///
+    /// `BEGIN READ ONLY` and the binding go in one round trip. Its [`commit`](TenantTx::commit)
+    /// ends it with `ROLLBACK`: there is nothing to commit, so no binding needs restating, and
+    /// even a write that SQL injected ahead of every query (`SET TRANSACTION READ WRITE`) is
+    /// discarded rather than checked.
+    ///
+    /// # Errors
+    /// As [`begin`](Self::begin).
+    pub async fn begin_read_only(&self, context: &TenantContext) -> Result<TenantTx, RlsError> {
+        self.open(context, Mode::ReadOnly).await
+    }
+
+    async fn open(&self, context: &TenantContext, mode: Mode) -> Result<TenantTx, RlsError> {
         let tenant = context.tenant();
         let actor = context
             .actor()
@@ -64,18 +83,40 @@ impl TenantPool {
             conn,
             tenant,
             actor,
+            mode,
             finished: false,
         };
         // The values are validated UUIDs (hex digits and hyphens only), so inlining them as
         // literals is injection-free; the simple-query protocol is what lets BEGIN and the
         // binding share one round trip. `SET LOCAL` is a utility command: no planning, no result
         // row, measurably cheaper than `SELECT set_config(.., true)` with the same effect.
+        let begin = match mode {
+            Mode::ReadWrite => "BEGIN",
+            Mode::ReadOnly => "BEGIN READ ONLY",
+        };
         let bind = format!(
-            "BEGIN; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{}'",
+            "{begin}; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{}'",
             tx.actor
         );
         tx.conn.execute(sqlx::raw_sql(&bind)).await?;
         Ok(tx)
+    }
+
+    /// A single read-only statement bound to `context`'s tenant (and actor) in one round trip:
+    /// see [`BoundRead`]. `sql` is a `&'static str` so request input can reach it only through
+    /// [`BoundRead::bind`].
+    ///
+    /// ```no_run
+    /// # async fn run(db: rls_guard::TenantPool, ctx: tenant_scope::TenantContext) -> Result<(), rls_guard::RlsError> {
+    /// let names: Vec<(String,)> = db
+    ///     .read(&ctx, "SELECT name FROM projects WHERE name LIKE $1 ORDER BY name")
+    ///     .bind("a%")
+    ///     .fetch_all()
+    ///     .await?;                                     // only this tenant's rows
+    /// # Ok(()) }
+    /// ```
+    pub fn read(&self, context: &TenantContext, sql: &'static str) -> BoundRead<'_> {
+        BoundRead::new(&self.pool, context, sql)
     }
 
     /// The pool inside (for health checks and shutdown).
@@ -96,13 +137,22 @@ pub struct TenantTx {
     conn: PoolConnection<Postgres>,
     tenant: TenantId,
     actor: String,
+    mode: Mode,
     finished: bool,
+}
+
+/// How a [`TenantTx`] was begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    ReadWrite,
+    ReadOnly,
 }
 
 impl std::fmt::Debug for TenantTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantTx")
             .field("tenant", &self.tenant)
+            .field("read_only", &(self.mode == Mode::ReadOnly))
             .finish_non_exhaustive()
     }
 }
@@ -125,13 +175,19 @@ impl TenantTx {
     /// At `COMMIT` PostgreSQL runs the deferred binding check (see
     /// [`schema::SUPPORT_SQL`](crate::schema::SUPPORT_SQL)) for every row the transaction wrote:
     /// each must belong to this tenant, and the binding must be unchanged. Only utility commands
-    /// are sent, so a read-only transaction costs what a plain `COMMIT` does.
+    /// are sent, so a transaction that wrote nothing costs what a plain `COMMIT` does.
+    ///
+    /// A transaction from [`TenantPool::begin_read_only`] ends with `ROLLBACK` instead: it has
+    /// nothing to commit, and whatever it might have written is discarded.
     ///
     /// # Errors
     /// [`RlsError::BindingChanged`] when SQL inside the transaction rebound it and wrote (the
     /// transaction is rolled back and the connection discarded); [`RlsError::Database`] when
     /// the commit fails.
     pub async fn commit(mut self) -> Result<(), RlsError> {
+        if self.mode == Mode::ReadOnly {
+            return self.finish(&format!("ROLLBACK; {RESET}")).await;
+        }
         let sql = format!(
             "SET LOCAL app.commit_binding = '{}:{}'; COMMIT; {RESET}",
             self.tenant, self.actor
@@ -158,16 +214,11 @@ impl TenantTx {
             Err(error) => {
                 // The connection's state is unknown (possibly tampered with): never reuse it.
                 // (`finished` stays false, so `Drop` closes it.)
-                let changed = error
-                    .as_database_error()
-                    .and_then(|e| e.code())
-                    .is_some_and(|code| code == "TB001");
-                if changed {
+                let error = classify(error);
+                if matches!(error, RlsError::BindingChanged) {
                     tracing::warn!(tenant = %self.tenant, "tenant binding changed inside a transaction; rolled back");
-                    Err(RlsError::BindingChanged)
-                } else {
-                    Err(error.into())
                 }
+                Err(error)
             }
         }
     }

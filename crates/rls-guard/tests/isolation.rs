@@ -585,3 +585,63 @@ async fn the_pooled_suite_really_shares_server_connections() {
     let expected = if via_pgbouncer() { 1 } else { 4 };
     assert_eq!(backends.len(), expected, "{backends:?}");
 }
+
+#[tokio::test]
+async fn a_read_only_transaction_sees_its_tenant_and_cannot_write() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, a, "a-row").await;
+    let b_row = add_project(&f.pool, b, "b-row").await;
+    let mut tx = f.pool.begin_read_only(&ctx(a)).await.unwrap();
+    let seen: Vec<(Uuid, String)> = sqlx::query_as("SELECT tenant_id, name FROM projects")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, vec![(*a.as_uuid(), "a-row".to_owned())]);
+    let by_key: Option<(String,)> = sqlx::query_as("SELECT name FROM projects WHERE id = $1")
+        .bind(b_row)
+        .fetch_optional(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(by_key, None);
+    let err = sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, 'planted')")
+        .bind(a.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("25006"),
+        "{err}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(count_all(&f.db, "projects").await, 2);
+    assert_connection_clean_for_b(&f, a).await;
+}
+
+#[tokio::test]
+async fn a_write_smuggled_into_a_read_only_transaction_is_discarded() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, a, "a-row").await;
+    // Injected SQL ahead of every query: switch to READ WRITE, rebind to B, restate B as the
+    // commit binding (so the deferred check would pass) and write B's and A's rows.
+    let mut tx = f.pool.begin_read_only(&ctx(a)).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SET TRANSACTION READ WRITE; \
+         INSERT INTO projects (tenant_id, name) VALUES ('{a}', 'a-planted'); \
+         SET LOCAL app.tenant_id = '{b}'; SET LOCAL app.commit_binding = '{b}:'; \
+         SET app.tenant_id = '{b}'; \
+         INSERT INTO projects (tenant_id, name) VALUES ('{b}', 'b-planted')"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    // The read-only transaction's commit is a rollback: nothing it wrote survives, and the
+    // session-level SET is undone with it.
+    tx.commit().await.unwrap();
+    assert_eq!(count_all(&f.db, "projects").await, 1);
+    assert!(visible(&f.pool, b).await.is_empty());
+    assert_eq!(visible(&f.pool, a).await.len(), 1);
+    assert_connection_clean_for_b(&f, a).await;
+}

@@ -153,7 +153,11 @@ async fn main() -> Result<(), BoxError> {
     let database = app
         .database()
         .ok_or("the benchmark runs the development profile")?;
-    let superuser = database.pool(testkit::Role::Admin, 16).await;
+    // The bare route's pool has the app's settings (size, no ping before acquire): only the
+    // guards differ between the two routes.
+    let superuser = reference_app::pool_options(16)
+        .connect_with(database.options(testkit::Role::Admin))
+        .await?;
     let (tenant, bob): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
         "SELECT tenant_id, user_id FROM workspace.members WHERE email = 'bob@acme.test'",
     )
@@ -171,7 +175,9 @@ async fn main() -> Result<(), BoxError> {
         return Err(format!("the two routes differ: {s1} {s2}\n{b1}\n{b2}").into());
     }
 
-    if std::env::var_os("LOAD_BENCH_PROBE").is_some() {
+    if let Ok(probe) = std::env::var("LOAD_BENCH_PROBE") {
+        // `LOAD_BENCH_PROBE=N`: N connections (1 when not a number).
+        let connections: u32 = probe.parse().unwrap_or(1);
         for (name, url, with_cookie) in [
             (
                 "healthz, no cookie",
@@ -188,7 +194,7 @@ async fn main() -> Result<(), BoxError> {
         ] {
             let f = wrk(
                 &url,
-                1,
+                connections,
                 seconds,
                 if with_cookie { &cookie } else { "x=y" },
                 None,

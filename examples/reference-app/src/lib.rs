@@ -96,19 +96,29 @@ impl Database {
     /// A pool of the runtime role's connections.
     async fn runtime_pool(&self, max: u32) -> Result<sqlx::PgPool, BoxError> {
         match self {
-            Self::Throwaway(db) => Ok(db.pool(testkit::Role::Runtime, max).await),
+            Self::Throwaway(db) => Ok(connect(db.options(testkit::Role::Runtime), max).await?),
             Self::External(options) => Ok(connect((**options).clone(), max).await?),
         }
     }
 }
 
-/// A pool of `max` connections made with `options` (production: verified TLS).
-async fn connect(options: PgConnectOptions, max: u32) -> Result<sqlx::PgPool, sqlx::Error> {
+/// The settings of every pool the app makes: at most `max` connections, a 10 s acquire timeout,
+/// and no ping before each acquire. sqlx already pings every connection as it goes back to the
+/// pool (and closes it when that fails), so the ping before each acquire only catches a
+/// connection that died while idle — at the price of a round trip on every request. Without
+/// it, such a connection fails its one request (503, as for any outage) and is discarded.
+#[doc(hidden)]
+#[must_use]
+pub fn pool_options(max: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_with(options)
-        .await
+        .test_before_acquire(false)
+}
+
+/// A pool of `max` connections made with `options` (production: verified TLS).
+async fn connect(options: PgConnectOptions, max: u32) -> Result<sqlx::PgPool, sqlx::Error> {
+    pool_options(max).connect_with(options).await
 }
 
 /// A started app without listeners: what [`run`] serves, and what the integration tests drive.
@@ -295,8 +305,8 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
             let db =
                 testkit::try_fresh_database(&testkit::Template::new("reference_app", migrations))
                     .await?;
-            let owner = db.pool(testkit::Role::Owner, 2).await;
-            let runtime = db.pool(testkit::Role::Runtime, 16).await;
+            let owner = connect(db.options(testkit::Role::Owner), 2).await?;
+            let runtime = connect(db.options(testkit::Role::Runtime), 16).await?;
             (
                 Keys::development(&dev),
                 tls::server_config(&dev.tls_cert_pem, &dev.tls_key_pem)?,

@@ -59,19 +59,31 @@ fn open(s: &Services, tenant: TenantId, row: Row) -> Result<Note, NoteError> {
     })
 }
 
-const COLUMNS: &str = "id, title, body, contact_phone, updated_at";
+/// A `SELECT` of a note's columns from the acting tenant's notes, then `$tail`: static SQL, as
+/// [`rls_guard::TenantPool::read`] requires.
+macro_rules! select_notes {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, title, body, contact_phone, updated_at FROM workspace.notes \
+             WHERE tenant_id = $1",
+            $tail
+        )
+    };
+}
+const LIST: &str = select_notes!(" ORDER BY updated_at DESC");
+const GET: &str = select_notes!(" AND id = $2");
+const BY_PHONE: &str = select_notes!(" AND phone_index = $2 ORDER BY updated_at DESC");
 
 /// Every note of the context's tenant, newest first. The query has no tenant filter of its own
-/// beyond the key: row-level security is what keeps other tenants' rows out.
+/// beyond the key: row-level security is what keeps other tenants' rows out. One round trip: a
+/// bound read (the binding and the `SELECT` in one statement), the hot path of the app.
 pub(crate) async fn list(s: &Services, context: &TenantContext) -> Result<Vec<Note>, NoteError> {
-    let mut tx = s.pool.begin(context).await?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM workspace.notes WHERE tenant_id = $1 ORDER BY updated_at DESC"
-    ))
-    .bind(context.tenant().as_uuid())
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let rows: Vec<Row> = s
+        .pool
+        .read(context, LIST)
+        .bind(context.tenant().as_uuid())
+        .fetch_all()
+        .await?;
     rows.into_iter()
         .map(|r| open(s, context.tenant(), r))
         .collect()
@@ -85,12 +97,10 @@ pub(crate) async fn list_unguarded(
     pool: &sqlx::PgPool,
     tenant: TenantId,
 ) -> Result<Vec<Note>, NoteError> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM workspace.notes WHERE tenant_id = $1 ORDER BY updated_at DESC"
-    ))
-    .bind(tenant.as_uuid())
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<Row> = sqlx::query_as(LIST)
+        .bind(tenant.as_uuid())
+        .fetch_all(pool)
+        .await?;
     rows.into_iter().map(|r| open(s, tenant, r)).collect()
 }
 
@@ -100,15 +110,13 @@ pub(crate) async fn get(
     context: &TenantContext,
     id: Uuid,
 ) -> Result<Option<Note>, NoteError> {
-    let mut tx = s.pool.begin(context).await?;
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM workspace.notes WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(context.tenant().as_uuid())
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let row: Option<Row> = s
+        .pool
+        .read(context, GET)
+        .bind(context.tenant().as_uuid())
+        .bind(id)
+        .fetch_optional()
+        .await?;
     row.map(|r| open(s, context.tenant(), r)).transpose()
 }
 
@@ -121,16 +129,13 @@ pub(crate) async fn by_phone(
     let index = s
         .phone_indexer(context.tenant())?
         .compute(&normalize_phone(phone));
-    let mut tx = s.pool.begin(context).await?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM workspace.notes WHERE tenant_id = $1 AND phone_index = $2 \
-         ORDER BY updated_at DESC"
-    ))
-    .bind(context.tenant().as_uuid())
-    .bind(index)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let rows: Vec<Row> = s
+        .pool
+        .read(context, BY_PHONE)
+        .bind(context.tenant().as_uuid())
+        .bind(index)
+        .fetch_all()
+        .await?;
     rows.into_iter()
         .map(|r| open(s, context.tenant(), r))
         .collect()

@@ -67,6 +67,38 @@ impl Fixture {
         row
     }
 
+    /// rls-guard, read-only: `BEGIN READ ONLY` + binding; the same SELECT; `ROLLBACK` + reset.
+    pub async fn tenant_tx_read_only(&self) -> (Uuid, String) {
+        let mut tx = self.scoped.begin_read_only(&self.context).await.unwrap();
+        let row = sqlx::query_as("SELECT id, name FROM projects WHERE id = $1")
+            .bind(self.id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        row
+    }
+
+    /// The SELECT by primary key on the plain table, on its own (autocommit): one round trip.
+    pub async fn plain_select(&self) -> (Uuid, String) {
+        sqlx::query_as("SELECT id, name FROM plain_projects WHERE id = $1")
+            .bind(self.id)
+            .fetch_one(&self.plain)
+            .await
+            .unwrap()
+    }
+
+    /// rls-guard's one-statement bound read of the same row on the RLS table: one round trip.
+    pub async fn bound_read(&self) -> (Uuid, String) {
+        self.scoped
+            .read(&self.context, "SELECT id, name FROM projects WHERE id = $1")
+            .bind(self.id)
+            .fetch_optional()
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// Only the binding: tenant-bound BEGIN, the SELECT on the plain table, plain COMMIT.
     pub async fn bound_tx_plain_table(&self) -> (Uuid, String) {
         self.bound_tx_raw("plain_projects").await
