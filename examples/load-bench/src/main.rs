@@ -6,8 +6,8 @@
 //! - **bare**: `GET /baseline/notes?tenant=..` — a bare axum handler running the same query
 //!   and decryption as the guarded route, on a plain pool, with no guard at all;
 //! - **guarded read**: `GET /api/notes` through the whole stack (request id, security headers,
-//!   session lookup, same-origin check, two-factor guard, tenant scope, an rls-guard
-//!   transaction under row-level security);
+//!   session lookup, same-origin check, two-factor guard, tenant scope, an rls-guard bound
+//!   read under row-level security);
 //! - **guarded write**: `POST /api/admin/members/{bob}/role` — the privileged route: the admin
 //!   check, the update and its audit record in one transaction, behind the audit layer.
 //!
