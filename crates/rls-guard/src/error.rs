@@ -28,6 +28,19 @@ pub enum RlsError {
     /// A tenant-bound transaction was requested where no tenant context was resolved.
     #[error("no tenant context was resolved for this request")]
     NoTenantContext,
+    /// A [`BoundRead`](crate::BoundRead)'s statement uses a different number of `$n`
+    /// placeholders than values were bound; nothing was sent.
+    #[error("the statement uses {used} parameter(s) but {bound} value(s) were bound")]
+    ParameterCount {
+        /// The highest `$n` in the statement.
+        used: usize,
+        /// Values bound with `bind`.
+        bound: usize,
+    },
+    /// A [`BoundRead`](crate::BoundRead)'s statement has an unclosed string, quoted identifier
+    /// or comment; nothing was sent.
+    #[error("the statement has an unclosed string, quoted identifier or comment")]
+    UnreadableStatement,
     /// A table or schema name is not a plain SQL identifier.
     #[error("not a plain SQL identifier: {0:?}")]
     InvalidIdentifier(String),

@@ -61,7 +61,8 @@ impl TenantPool {
     /// `BEGIN READ ONLY` and the binding go in one round trip. Its [`commit`](TenantTx::commit)
     /// ends it with `ROLLBACK`: there is nothing to commit, so no binding needs restating, and
     /// even a write that SQL injected ahead of every query (`SET TRANSACTION READ WRITE`) is
-    /// discarded rather than checked.
+    /// discarded rather than checked — unless the injected SQL also ends the transaction itself
+    /// (`COMMIT`), which no binding scheme can stop (see the crate's threat notes).
     ///
     /// # Errors
     /// As [`begin`](Self::begin).

@@ -9,14 +9,19 @@ use crate::RlsError;
 
 /// A single `SELECT` run bound to a tenant in **one round trip**, for hot read paths where a
 /// [`TenantTx`](crate::TenantTx) would cost three (`BEGIN` + binding, the query, `COMMIT`).
+/// (The first use of a statement on a connection also prepares it, as every sqlx query does.)
 ///
 /// Made by [`TenantPool::read`](crate::TenantPool::read). The statement runs in its own implicit
-/// transaction, wrapped so that a materialised CTE binds `app.tenant_id` and `app.actor_id`
-/// with `set_config(.., true)` (transaction-local) before the statement is scanned:
+/// transaction, wrapped so that a materialised CTE makes the transaction read-only, clears any
+/// session-level tenant other code left on the connection, and binds `app.tenant_id` and
+/// `app.actor_id` with `set_config(.., true)` (transaction-local) before the statement is
+/// scanned:
 ///
 /// ```sql
 /// WITH rls_guard_binding AS MATERIALIZED (
-///        SELECT set_config('app.tenant_id', $n+1, true) AS tenant,
+///        SELECT set_config('transaction_read_only', 'on', true) AS read_only,
+///               set_config('app.tenant_id', '', false) AS cleared,
+///               set_config('app.tenant_id', $n+1, true) AS tenant,
 ///               set_config('app.actor_id', $n+2, true) AS actor)
 /// SELECT rls_guard_read.* FROM rls_guard_binding CROSS JOIN LATERAL (
 ///        SELECT * FROM (<your statement>) AS rls_guard_inner
@@ -25,20 +30,32 @@ use crate::RlsError;
 ///
 /// The `LATERAL` subquery depends on the binding's row and `OFFSET 0` keeps it from being
 /// flattened, so row-level security's tenant predicate is first evaluated after the binding is
-/// in place; were it ever evaluated before, it would see no tenant and match no row (the read
-/// fails closed, it never widens). The binding ends with the implicit transaction, so it never
+/// in place; were it ever evaluated before, it would see no tenant and match no row. The binding
+/// ends with the implicit transaction, and the session-level tenant is left empty, so nothing
 /// reaches the next user of the connection.
 ///
-/// What it refuses, by construction:
+/// What it refuses:
 /// - **Dynamic SQL.** The statement is a `&'static str`, so no request input can be spliced into
-///   it (use [`bind`](Self::bind) for values); injected SQL cannot rebind the tenant here.
+///   it (use [`bind`](Self::bind) for values).
+/// - **A placeholder count that does not match.** The binding takes the two placeholders after
+///   yours, so a statement using `$3` with two values bound would read the tenant's text there.
+///   The highest `$n` outside literals and comments must equal the number of values bound, or
+///   the read fails with [`RlsError::ParameterCount`] before anything is sent (an unclosed
+///   literal or comment: [`RlsError::UnreadableStatement`]).
 /// - **Writes.** The statement is a subquery of a `SELECT`, so `INSERT`/`UPDATE`/`DELETE`, a
-///   data-modifying `WITH` and a second statement are syntax errors. A write hidden in a function
-///   call fails at the end of the statement: the deferred binding check finds no restated
-///   binding (`app.commit_binding`) and rolls it back ([`RlsError::BindingChanged`]).
+///   data-modifying `WITH` and a second statement are syntax errors; a write hidden in a
+///   function call, to any table, and `nextval` fail with SQLSTATE 25006 (read-only
+///   transaction). Not refused: a top-level `FOR UPDATE`/`FOR SHARE` (PostgreSQL checks it
+///   before the binding runs), whose row locks end with the statement.
 ///
 /// The statement's own `ORDER BY` and `LIMIT` apply inside the subquery; the wrapper's one-row
-/// outer loop keeps the order. Use `$1`, `$2`, .. for the values you bind, as usual.
+/// outer loop keeps the order. A trailing `;` is dropped. `set_config` is not parallel-safe, so
+/// these reads never use parallel query.
+///
+/// Like every rls-guard path it relies on functions being honestly labelled: a function that
+/// reads tenant tables but is declared `IMMUTABLE` may be evaluated once when the statement is
+/// planned (before any binding) and its result kept in a cached plan across tenants. Declare
+/// such functions `STABLE`.
 ///
 /// Behind a transaction-pooling PgBouncer older than 1.21 use a [`TenantTx`](crate::TenantTx):
 /// sqlx prepares a statement outside a transaction in two steps, which such a PgBouncer may
@@ -128,25 +145,127 @@ impl<'p> BoundRead<'p> {
         if let Some(error) = self.error {
             return Err(RlsError::Database(sqlx::Error::Encode(error)));
         }
+        let statement = self.sql.trim_end();
+        let statement = statement.strip_suffix(';').unwrap_or(statement);
+        // The binding takes the two placeholders after the caller's: a statement that uses more
+        // placeholders than were bound would read the tenant or actor text in their place, so
+        // the counts must agree exactly.
+        let used = placeholders(statement).ok_or(RlsError::UnreadableStatement)?;
         let mut arguments = self.arguments;
-        let tenant = arguments.len() + 1;
+        if used != arguments.len() {
+            return Err(RlsError::ParameterCount {
+                used,
+                bound: arguments.len(),
+            });
+        }
+        let tenant = used + 1;
         arguments
             .add(self.tenant.to_string())
             .and_then(|()| arguments.add(self.actor))
             .map_err(|e| RlsError::Database(sqlx::Error::Encode(e)))?;
+        // The select list runs left to right: the transaction turns read-only, a session-level
+        // tenant left by other code is cleared (so none outlives this statement, as TenantTx's
+        // RESET ensures for transactions), then the statement's own binding is set locally.
         // The newline ends a trailing `--` comment in the statement before the wrapper resumes.
         let sql = format!(
             "WITH rls_guard_binding AS MATERIALIZED (\
-               SELECT pg_catalog.set_config('app.tenant_id', ${tenant}::text, true) AS tenant, \
+               SELECT pg_catalog.set_config('transaction_read_only', 'on', true) AS read_only, \
+                      pg_catalog.set_config('app.tenant_id', '', false) AS cleared, \
+                      pg_catalog.set_config('app.tenant_id', ${tenant}::text, true) AS tenant, \
                       pg_catalog.set_config('app.actor_id', ${actor}::text, true) AS actor) \
              SELECT rls_guard_read.* FROM rls_guard_binding CROSS JOIN LATERAL (\
-               SELECT * FROM ({sql}\n) AS rls_guard_inner \
+               SELECT * FROM ({statement}\n) AS rls_guard_inner \
                 WHERE rls_guard_binding.tenant IS NOT NULL OFFSET 0) AS rls_guard_read",
             actor = tenant + 1,
-            sql = self.sql,
         );
         Ok((self.pool, sql, arguments))
     }
+}
+
+/// The highest `$n` placeholder in `sql` (0 when there is none), skipping string literals
+/// (`'..'`, `E'..'`), quoted identifiers, dollar-quoted strings and comments; `None` when one of
+/// those is not closed.
+fn placeholders(sql: &str) -> Option<usize> {
+    let b = sql.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut max = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !ident(b[i - 2]));
+                i += 1;
+                loop {
+                    match b.get(i)? {
+                        b'\\' if escapes => i += 2,
+                        b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        b'\'' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    match b.get(i)? {
+                        b'"' if b.get(i + 1) == Some(&b'"') => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                loop {
+                    match (b.get(i)?, b.get(i + 1)) {
+                        (b'/', Some(b'*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        (b'*', Some(b'/')) => {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'$' if i == 0 || !ident(b[i - 1]) => {
+                let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if digits > 0 {
+                    let n: usize = sql[i + 1..i + 1 + digits].parse().ok()?;
+                    max = max.max(n);
+                    i += 1 + digits;
+                } else {
+                    // `$tag$ .. $tag$` (the tag may be empty), or a lone `$`.
+                    let tag_len = b[i + 1..]
+                        .iter()
+                        .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80)
+                        .count();
+                    if b.get(i + 1 + tag_len) == Some(&b'$') {
+                        let tag = &sql[i..i + tag_len + 2];
+                        let body = i + tag.len();
+                        i = body + sql[body..].find(tag)? + tag.len();
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Some(max)
 }
 
 /// A deferred binding check that failed (SQLSTATE `TB001`) is a write the read was not allowed
@@ -160,5 +279,34 @@ pub(crate) fn classify(error: sqlx::Error) -> RlsError {
         RlsError::BindingChanged
     } else {
         RlsError::Database(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_outside_literals_and_comments_are_counted() {
+        for (sql, expected) in [
+            ("SELECT 1", Some(0)),
+            ("SELECT $1, $2", Some(2)),
+            ("SELECT $2 WHERE x = $10", Some(10)),
+            ("SELECT '$3', $1", Some(1)),
+            ("SELECT 'it''s $4', $1", Some(1)),
+            ("SELECT E'\\' $5', $2", Some(2)),
+            ("SELECT \"col$6\", $1", Some(1)),
+            ("SELECT $1 -- and $7\n, $2", Some(2)),
+            ("SELECT /* $8 /* nested $9 */ */ $1", Some(1)),
+            ("SELECT $$ $9 $$, $1", Some(1)),
+            ("SELECT $tag$ $9 $$ $tag$, $2", Some(2)),
+            ("SELECT a$1 FROM t", Some(0)),
+            ("SELECT 'unclosed", None),
+            ("SELECT \"unclosed", None),
+            ("SELECT /* unclosed", None),
+            ("SELECT $x$ unclosed", None),
+        ] {
+            assert_eq!(placeholders(sql), expected, "{sql}");
+        }
     }
 }

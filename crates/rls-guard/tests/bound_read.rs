@@ -137,7 +137,14 @@ async fn writes_are_refused_and_change_nothing() {
            'INSERT INTO projects (tenant_id, name) VALUES (t, n); SELECT 1::bigint'; \
          CREATE FUNCTION rename_all(n text) RETURNS bigint LANGUAGE sql AS \
            'UPDATE projects SET name = n; SELECT 1::bigint'; \
-         GRANT EXECUTE ON FUNCTION plant(uuid, text), rename_all(text) TO testkit_runtime",
+         CREATE TABLE side_log (what text); \
+         CREATE SEQUENCE side_seq; \
+         GRANT INSERT ON side_log TO testkit_runtime; \
+         GRANT USAGE ON SEQUENCE side_seq TO testkit_runtime; \
+         CREATE FUNCTION log_view(n text) RETURNS bigint LANGUAGE sql AS \
+           'INSERT INTO side_log VALUES (n); SELECT 1::bigint'; \
+         GRANT EXECUTE ON FUNCTION plant(uuid, text), rename_all(text), log_view(text) \
+           TO testkit_runtime",
     )
     .execute(&admin)
     .await
@@ -151,16 +158,18 @@ async fn writes_are_refused_and_change_nothing() {
         "SELECT 1::bigint; DELETE FROM projects",
         "SELECT 1::bigint) x, LATERAL (DELETE FROM projects RETURNING 1",
     ];
-    for sql in statements {
+    let statements = statements.map(|sql| (sql, sql.contains("$1")));
+    for (sql, takes_a_value) in statements {
         let mut read = f.pool.read(&ctx(a), sql);
-        if sql.contains("$1") {
+        if takes_a_value {
             read = read.bind(a.as_uuid());
         }
         let err = read.fetch_all::<(Uuid,)>().await.unwrap_err();
         assert!(matches!(err, RlsError::Database(_)), "{sql}: {err}");
     }
-    // A write hidden in a function call: refused at the end of the statement, for another
-    // tenant's row and for the reader's own alike.
+    // A write hidden in a function call, to a tenant table (the reader's own rows or another
+    // tenant's) or to a table with no tenant at all, and a sequence: the statement runs
+    // read-only, so each is refused with SQLSTATE 25006 and nothing is written.
     for (sql, bind_tenant) in [
         ("SELECT plant($1, 'planted-own')", Some(a)),
         (
@@ -168,20 +177,33 @@ async fn writes_are_refused_and_change_nothing() {
             Some(TenantId::new_random()),
         ),
         ("SELECT rename_all('pwned')", None),
+        ("SELECT name, log_view(name) FROM projects", None),
+        ("SELECT nextval('side_seq')", None),
     ] {
         let mut read = f.pool.read(&ctx(a), sql);
         if let Some(t) = bind_tenant {
             read = read.bind(t.as_uuid());
         }
         let err = read.fetch_all::<(i64,)>().await.unwrap_err();
-        assert!(
-            matches!(err, RlsError::BindingChanged | RlsError::Database(_)),
+        let RlsError::Database(e) = &err else {
+            panic!("{sql}: {err}");
+        };
+        assert_eq!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("25006"),
             "{sql}: {err}"
         );
-        if bind_tenant == Some(a) || bind_tenant.is_none() {
-            assert!(matches!(err, RlsError::BindingChanged), "{sql}: {err}");
-        }
     }
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM side_log")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(logged, 0);
+    let (sequence_called,): (bool,) = sqlx::query_as("SELECT is_called FROM side_seq")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(!sequence_called);
     // Nothing changed: the one row, still named "mine".
     let rows: Vec<(Uuid, Uuid, String)> =
         sqlx::query_as("SELECT tenant_id, id, name FROM projects")
@@ -304,4 +326,95 @@ impl sqlx::Encode<'_, sqlx::Postgres> for Unencodable {
     ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
         Err("this value cannot be encoded".into())
     }
+}
+
+#[tokio::test]
+async fn a_placeholder_count_that_does_not_match_the_values_is_refused_before_sending() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    let mine = add_project(&f.pool, a, "a-row").await;
+    // Too few values: `$2` would otherwise read the binding's tenant text.
+    let err = f
+        .pool
+        .read(
+            &ctx(a),
+            "SELECT name FROM projects WHERE id = $1 AND $2::text IS NOT NULL",
+        )
+        .bind(mine)
+        .fetch_all::<(String,)>()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RlsError::ParameterCount { used: 2, bound: 1 }),
+        "{err}"
+    );
+    // Too many, and none where the statement takes one.
+    let err = f
+        .pool
+        .read(&ctx(a), "SELECT name FROM projects WHERE id = $1")
+        .bind(mine)
+        .bind(1_i64)
+        .fetch_all::<(String,)>()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RlsError::ParameterCount { used: 1, bound: 2 }),
+        "{err}"
+    );
+    let err = f
+        .pool
+        .read(
+            &ctx(a),
+            "SELECT tenant_id::text FROM projects WHERE tenant_id = $1::uuid",
+        )
+        .fetch_all::<(String,)>()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RlsError::ParameterCount { used: 1, bound: 0 }),
+        "{err}"
+    );
+    // An unclosed literal is refused as unreadable rather than guessed at.
+    let err = f
+        .pool
+        .read(&ctx(a), "SELECT 'unclosed FROM projects")
+        .fetch_all::<(String,)>()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RlsError::UnreadableStatement), "{err}");
+    // `$n` inside literals and comments is not a placeholder, and a trailing `;` is fine.
+    let rows: Vec<(String, String)> = f
+        .pool
+        .read(
+            &ctx(a),
+            "SELECT name, '$2 is text' FROM projects /* $3 */ WHERE id = $1 -- $4\n;",
+        )
+        .bind(mine)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![("a-row".to_owned(), "$2 is text".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_session_level_tenant_left_by_other_code_is_overridden_and_cleared() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, a, "a-row").await;
+    add_project(&f.pool, b, "b-secret").await;
+    // A bug elsewhere leaves tenant B bound for the session on the one pooled connection.
+    sqlx::raw_sql(&format!("SET app.tenant_id = '{b}'"))
+        .execute(&f.raw)
+        .await
+        .unwrap();
+    let rows: Vec<(String,)> = f
+        .pool
+        .read(&ctx(a), "SELECT name FROM projects")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![("a-row".to_owned(),)]);
+    // The read cleared it: the connection is unbound again.
+    let mut conn = f.raw.acquire().await.unwrap();
+    assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
 }

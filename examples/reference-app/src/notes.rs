@@ -1,5 +1,6 @@
-//! Notes: every query runs in a transaction bound to the acting tenant (rls-guard), and the
-//! body and phone number are sealed by field-crypto to their row.
+//! Notes: every query is bound to the acting tenant (rls-guard: a transaction for writes, a
+//! one-statement bound read for reads), and the body and phone number are sealed by
+//! field-crypto to their row.
 
 use field_crypto::CryptoError;
 use tenant_scope::{TenantContext, TenantId};
