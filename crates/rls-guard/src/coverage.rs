@@ -39,6 +39,10 @@ pub enum FindingKind {
     SecurityDefinerWithoutSearchPath,
     /// A materialized view stores tenant rows outside row-level security.
     MaterializedViewOverTenantTable,
+    /// A function declared `IMMUTABLE` reads a tenant table. PostgreSQL may evaluate it once
+    /// while planning, before any binding, and keep its result in a cached plan that the next
+    /// tenant's transaction on the same connection reuses. Declare it `STABLE`.
+    ImmutableFunctionOverTenantTable,
 }
 
 /// One defect, on one object.
@@ -129,6 +133,28 @@ WHERE p.prosecdef
                            WHERE s LIKE 'search\\_path=%'), false)
   AND pg_catalog.has_function_privilege($1, p.oid, 'EXECUTE')
 ORDER BY 1";
+
+/// `IMMUTABLE` functions (outside the system schemas) whose body names a tenant table as a
+/// word, or which depend on one (SQL-standard bodies record their dependencies).
+const IMMUTABLE_FUNCTIONS: &str = "
+SELECT DISTINCT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname,
+                                  pg_catalog.pg_get_function_identity_arguments(p.oid)),
+       pg_catalog.format('%I.%I', tn.nspname, t.relname)
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_class t ON t.relkind IN ('r', 'p')
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+JOIN pg_catalog.pg_attribute a
+  ON a.attrelid = t.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+WHERE p.provolatile = 'i'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%'
+  AND tn.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (p.prosrc ~* ('\\m' || pg_catalog.regexp_replace(t.relname, '([^[:alnum:]_])', '\\\\\\1', 'g') || '\\M')
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                    AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = t.oid))
+ORDER BY 1, 2";
 
 impl CoverageCheck {
     /// A check judging function privileges for the connected role.
@@ -289,6 +315,14 @@ impl CoverageCheck {
             kind: FindingKind::SecurityDefinerWithoutSearchPath,
             object,
             detail: format!("SECURITY DEFINER without SET search_path, executable by {role}"),
+        }));
+        let immutable: Vec<(String, String)> = sqlx::query_as(IMMUTABLE_FUNCTIONS)
+            .fetch_all(&mut *conn)
+            .await?;
+        findings.extend(immutable.into_iter().map(|(object, table)| Finding {
+            kind: FindingKind::ImmutableFunctionOverTenantTable,
+            object,
+            detail: format!("declared IMMUTABLE but reads tenant table {table}"),
         }));
         findings
             .sort_by(|a, b| (a.kind, &a.object, &a.detail).cmp(&(b.kind, &b.object, &b.detail)));

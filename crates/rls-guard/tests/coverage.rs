@@ -45,7 +45,17 @@ fn broken() -> Template {
             SET search_path = pg_catalog, public AS $$ SELECT count(*) FROM public.t_good $$;
         CREATE FUNCTION private_definer() RETURNS bigint LANGUAGE sql SECURITY DEFINER
             AS $$ SELECT 1::bigint $$;
-        REVOKE EXECUTE ON FUNCTION private_definer() FROM PUBLIC;",
+        REVOKE EXECUTE ON FUNCTION private_definer() FROM PUBLIC;
+        -- IMMUTABLE functions over a tenant table (a plan could cache one tenant's answer);
+        -- STABLE ones, and IMMUTABLE ones that only mention a longer name, are fine
+        CREATE FUNCTION cached_count() RETURNS bigint LANGUAGE sql IMMUTABLE
+            AS $$ SELECT count(*) FROM t_good $$;
+        CREATE FUNCTION atomic_count() RETURNS bigint LANGUAGE sql IMMUTABLE
+            BEGIN ATOMIC SELECT count(*) FROM t_good; END;
+        CREATE FUNCTION honest_count() RETURNS bigint LANGUAGE sql STABLE
+            AS $$ SELECT count(*) FROM t_good $$;
+        CREATE FUNCTION pure_label(x text) RETURNS boolean LANGUAGE sql IMMUTABLE
+            AS $$ SELECT x = 't_goodness' $$;",
         good = tenant_table_sql("t_good").unwrap()
     );
     Template::new("rls_guard_broken", sql)
@@ -94,6 +104,8 @@ async fn flags_every_defect_kind_on_a_broken_schema() {
         (ViewWithoutSecurityInvoker, "public.v_owner_rights"),
         (SecurityDefinerWithoutSearchPath, "public.leak()"),
         (MaterializedViewOverTenantTable, "public.mv_copy"),
+        (ImmutableFunctionOverTenantTable, "public.atomic_count()"),
+        (ImmutableFunctionOverTenantTable, "public.cached_count()"),
     ];
     let got = summary(&findings);
     let want: Vec<(FindingKind, String)> =
