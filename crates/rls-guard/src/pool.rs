@@ -72,10 +72,7 @@ impl TenantPool {
 
     async fn open(&self, context: &TenantContext, mode: Mode) -> Result<TenantTx, RlsError> {
         let tenant = context.tenant();
-        let actor = context
-            .actor()
-            .map(|a| a.id().to_string())
-            .unwrap_or_default();
+        let actor = actor_setting(context);
         let conn = self.pool.acquire().await?;
         // Wrap the connection before the first byte is sent: if this future is cancelled while
         // BEGIN is in flight, dropping the unfinished `TenantTx` closes the connection rather
@@ -125,6 +122,15 @@ impl TenantPool {
     pub const fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// The value `app.actor_id` is bound to for `context`: the actor's id, or empty for work
+/// without an actor (which then opens nothing an actor-based policy guards).
+pub(crate) fn actor_setting(context: &TenantContext) -> String {
+    context
+        .actor()
+        .map(|a| a.id().to_string())
+        .unwrap_or_default()
 }
 
 /// A transaction bound to one tenant. Use it as a `&mut PgConnection` for queries, then

@@ -6,6 +6,7 @@ use sqlx::{Arguments, Encode, FromRow, Postgres, Type};
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::RlsError;
+use crate::pool::actor_setting;
 
 /// A single `SELECT` run bound to a tenant in **one round trip**, for hot read paths where a
 /// [`TenantTx`](crate::TenantTx) would cost three (`BEGIN` + binding, the query, `COMMIT`).
@@ -86,10 +87,7 @@ impl<'p> BoundRead<'p> {
         Self {
             pool,
             tenant: context.tenant(),
-            actor: context
-                .actor()
-                .map(|a| a.id().to_string())
-                .unwrap_or_default(),
+            actor: actor_setting(context),
             sql,
             arguments: PgArguments::default(),
             error: None,

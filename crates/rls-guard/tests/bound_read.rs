@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
@@ -234,14 +233,7 @@ async fn a_job_context_without_an_actor_reads_its_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_reads_with_random_tenants_see_only_their_rows() {
     let f = fixture(4).await;
-    let tenants: Vec<TenantId> = (0..8).map(|_| TenantId::new_random()).collect();
-    let mut expected: HashMap<TenantId, usize> = HashMap::new();
-    for (i, t) in tenants.iter().enumerate() {
-        for j in 0..=i {
-            add_project(&f.pool, *t, &format!("p{j}")).await;
-        }
-        expected.insert(*t, i + 1);
-    }
+    let (tenants, expected) = seed_ladder(&f.pool, 8).await;
     let mut handles = Vec::new();
     for _ in 0..300 {
         let t = tenants[rand::rng().random_range(0..tenants.len())];
@@ -333,47 +325,28 @@ async fn a_placeholder_count_that_does_not_match_the_values_is_refused_before_se
     let f = fixture(1).await;
     let a = TenantId::new_random();
     let mine = add_project(&f.pool, a, "a-row").await;
-    // Too few values: `$2` would otherwise read the binding's tenant text.
-    let err = f
-        .pool
-        .read(
-            &ctx(a),
+    // Too few values (`$2` would otherwise read the binding's tenant text), too many, and
+    // none where the statement takes one.
+    for (sql, values, statement_uses) in [
+        (
             "SELECT name FROM projects WHERE id = $1 AND $2::text IS NOT NULL",
-        )
-        .bind(mine)
-        .fetch_all::<(String,)>()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RlsError::ParameterCount { used: 2, bound: 1 }),
-        "{err}"
-    );
-    // Too many, and none where the statement takes one.
-    let err = f
-        .pool
-        .read(&ctx(a), "SELECT name FROM projects WHERE id = $1")
-        .bind(mine)
-        .bind(1_i64)
-        .fetch_all::<(String,)>()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RlsError::ParameterCount { used: 1, bound: 2 }),
-        "{err}"
-    );
-    let err = f
-        .pool
-        .read(
-            &ctx(a),
-            "SELECT tenant_id::text FROM projects WHERE tenant_id = $1::uuid",
-        )
-        .fetch_all::<(String,)>()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RlsError::ParameterCount { used: 1, bound: 0 }),
-        "{err}"
-    );
+            1,
+            2,
+        ),
+        ("SELECT name FROM projects WHERE id = $1", 2, 1),
+        ("SELECT name FROM projects WHERE tenant_id = $1::uuid", 0, 1),
+    ] {
+        let mut read = f.pool.read(&ctx(a), sql);
+        for _ in 0..values {
+            read = read.bind(mine);
+        }
+        let err = read.fetch_all::<(String,)>().await.unwrap_err();
+        assert!(
+            matches!(err, RlsError::ParameterCount { used, bound }
+                if used == statement_uses && bound == values),
+            "{sql}: {err}"
+        );
+    }
     // An unclosed literal is refused as unreadable rather than guessed at.
     let err = f
         .pool

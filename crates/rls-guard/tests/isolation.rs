@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
@@ -223,14 +222,7 @@ async fn pool_of_one_reused_after_a_cancelled_future() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_tasks_with_random_tenants_see_only_their_rows() {
     let f = fixture(16).await;
-    let tenants: Vec<TenantId> = (0..8).map(|_| TenantId::new_random()).collect();
-    let mut expected: HashMap<TenantId, usize> = HashMap::new();
-    for (i, t) in tenants.iter().enumerate() {
-        for j in 0..=i {
-            add_project(&f.pool, *t, &format!("p{j}")).await;
-        }
-        expected.insert(*t, i + 1);
-    }
+    let (tenants, expected) = seed_ladder(&f.pool, 8).await;
     let mut handles = Vec::new();
     for _ in 0..250 {
         let t = tenants[rand::rng().random_range(0..tenants.len())];

@@ -50,14 +50,6 @@ fn chromedriver() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Shots {
     dirs: Vec<PathBuf>,
 }
@@ -196,7 +188,7 @@ async fn sign_in(
 #[tokio::test]
 async fn the_demo_in_headless_chromium() {
     let driver_path = chromedriver();
-    let app_port = free_port();
+    let app_port = common::free_port();
     // Under the target directory, so `cargo clean` removes it.
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reference-app-browser-{}", uuid::Uuid::new_v4()));
@@ -223,7 +215,7 @@ async fn the_demo_in_headless_chromium() {
         tokio::spawn(async move { app.serve(listener).await })
     };
 
-    let driver_port = free_port();
+    let driver_port = common::free_port();
     let mut driver = tokio::process::Command::new(&driver_path)
         .arg(format!("--port={driver_port}"))
         .stdout(Stdio::null())

@@ -194,14 +194,6 @@ async fn https(
     Some((status, id))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_record() {
     use testkit::Role;
@@ -223,12 +215,12 @@ async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_re
     // The real binary, in its development profile, on this test's PostgreSQL.
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("reference-app-kill-{}", Uuid::new_v4()));
-    let port = free_port();
+    let port = common::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_reference-app"))
         .arg("--data-dir")
         .arg(&dir)
         .args(["--https", &format!("127.0.0.1:{port}")])
-        .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http", &format!("127.0.0.1:{}", common::free_port())])
         .env("DATABASE_URL", server.url(Role::Admin, "postgres"))
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())

@@ -128,15 +128,6 @@ fn with(env: &[(String, String)], name: &str, value: &str) -> Vec<(String, Strin
         .collect()
 }
 
-/// A free loopback port with nothing listening on it.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn setup(cluster: &PgCluster, pki: Pki) -> Fixture {
     let admin =
         sqlx::PgPool::connect_with(cluster.connect_options(testkit::ADMIN_ROLE, "postgres"))
@@ -164,7 +155,7 @@ async fn setup(cluster: &PgCluster, pki: Pki) -> Fixture {
         key: write("key.pem", &pki.key_pem),
         dir,
         port: cluster.port(),
-        smtp_port: closed_port(),
+        smtp_port: common::free_port(),
         pki,
     }
 }
@@ -276,7 +267,7 @@ async fn production_mode_serves_only_with_verified_tls_and_refuses_each_unsafe_s
 
     // The correctly configured deployment, as the real binary in its own process: it migrates,
     // seeds, and serves HTTPS with the given certificate and no development affordances.
-    let port = closed_port();
+    let port = common::free_port();
     let mut child = f.spawn(port, &env);
     let home = wait_for_https(&mut child, port, &f.pki.ca_pem).await;
     assert!(
@@ -336,7 +327,7 @@ async fn production_mode_serves_only_with_verified_tls_and_refuses_each_unsafe_s
         .await
         .unwrap();
     let output = f
-        .spawn(closed_port(), &env)
+        .spawn(common::free_port(), &env)
         .wait_with_output()
         .await
         .unwrap();
@@ -360,7 +351,7 @@ impl Fixture {
             .arg("--tls-key")
             .arg(config.tls_key.unwrap())
             .args(["--https", &format!("127.0.0.1:{port}")])
-            .args(["--http", &format!("127.0.0.1:{}", closed_port())])
+            .args(["--http", &format!("127.0.0.1:{}", common::free_port())])
             .args(["--base-url", &config.base_url])
             .env_clear()
             .env("RUST_LOG", "info")

@@ -57,19 +57,18 @@ impl Fixture {
 
     /// rls-guard: tenant-bound BEGIN; the same SELECT on the RLS table; checked COMMIT.
     pub async fn tenant_tx(&self) -> (Uuid, String) {
-        let mut tx = self.scoped.begin(&self.context).await.unwrap();
-        let row = sqlx::query_as("SELECT id, name FROM projects WHERE id = $1")
-            .bind(self.id)
-            .fetch_one(&mut *tx)
+        self.select_in(self.scoped.begin(&self.context).await.unwrap())
             .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        row
     }
 
     /// rls-guard, read-only: `BEGIN READ ONLY` + binding; the same SELECT; `ROLLBACK` + reset.
     pub async fn tenant_tx_read_only(&self) -> (Uuid, String) {
-        let mut tx = self.scoped.begin_read_only(&self.context).await.unwrap();
+        self.select_in(self.scoped.begin_read_only(&self.context).await.unwrap())
+            .await
+    }
+
+    /// The primary-key SELECT on the RLS table inside `tx`, then `tx.commit()`.
+    async fn select_in(&self, mut tx: rls_guard::TenantTx) -> (Uuid, String) {
         let row = sqlx::query_as("SELECT id, name FROM projects WHERE id = $1")
             .bind(self.id)
             .fetch_one(&mut *tx)

@@ -99,6 +99,22 @@ pub async fn add_project(pool: &TenantPool, tenant: TenantId, name: &str) -> Uui
     id
 }
 
+/// `n` tenants, the i-th with i + 1 projects; and how many rows each has.
+pub async fn seed_ladder(
+    pool: &TenantPool,
+    n: usize,
+) -> (Vec<TenantId>, std::collections::HashMap<TenantId, usize>) {
+    let tenants: Vec<TenantId> = (0..n).map(|_| TenantId::new_random()).collect();
+    let mut expected = std::collections::HashMap::new();
+    for (i, t) in tenants.iter().enumerate() {
+        for j in 0..=i {
+            add_project(pool, *t, &format!("p{j}")).await;
+        }
+        expected.insert(*t, i + 1);
+    }
+    (tenants, expected)
+}
+
 /// Every project a tenant-bound transaction can see, as (tenant_id, name).
 pub async fn visible(pool: &TenantPool, tenant: TenantId) -> Vec<(Uuid, String)> {
     let mut tx = pool.begin(&ctx(tenant)).await.unwrap();

@@ -57,15 +57,16 @@ pub(crate) async fn is_admin(
     session: &Session,
     context: &TenantContext,
 ) -> Result<bool, rls_guard::RlsError> {
-    let mut tx = state.pool.begin(context).await?;
-    let role: Option<(String, bool)> = sqlx::query_as(
-        "SELECT role, disabled FROM workspace.members WHERE tenant_id = $1 AND user_id = $2",
-    )
-    .bind(context.tenant().as_uuid())
-    .bind(session.user.as_uuid())
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let role: Option<(String, bool)> = state
+        .pool
+        .read(
+            context,
+            "SELECT role, disabled FROM workspace.members WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(context.tenant().as_uuid())
+        .bind(session.user.as_uuid())
+        .fetch_optional()
+        .await?;
     Ok(matches!(role, Some((r, false)) if r == "admin"))
 }
 
@@ -99,15 +100,16 @@ pub(super) async fn member_rows(
     state: &AppState,
     context: &TenantContext,
 ) -> Result<Vec<(Uuid, String, String, String)>, rls_guard::RlsError> {
-    let mut tx = state.pool.begin(context).await?;
-    let rows = sqlx::query_as(
-        "SELECT user_id, display_name, email, role FROM workspace.members WHERE tenant_id = $1 ORDER BY email",
-    )
-    .bind(context.tenant().as_uuid())
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
+    state
+        .pool
+        .read(
+            context,
+            "SELECT user_id, display_name, email, role FROM workspace.members \
+             WHERE tenant_id = $1 ORDER BY email",
+        )
+        .bind(context.tenant().as_uuid())
+        .fetch_all()
+        .await
 }
 
 pub(super) async fn members(

@@ -279,3 +279,13 @@ pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     .with_no_client_auth();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
+
+/// A loopback port that was free a moment ago, with nothing listening on it (for a server to
+/// bind, or for a client to find closed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
