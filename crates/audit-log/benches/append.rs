@@ -1,14 +1,20 @@
 //! Append throughput against plain INSERTs of the same shape, and verify throughput.
 //!
-//! `cargo bench -p audit-log --bench append`
+//! `cargo bench -p audit-log --bench append` (`AUDIT_BENCH=verify` runs only verify;
+//! `AUDIT_CELL=100x8` only the cell of 100 tenants and 8 writers).
 //!
-//! For 1, 8 and 32 concurrent writers over 1 and 100 tenants, rounds alternate between
-//! `AuditLog::record` (scrub, canonicalise, chain under the tenant's head lock, all in a
-//! tenant-bound transaction, one round trip) and a plain autocommit `INSERT` (one round trip,
-//! a prepared statement) of a pre-built row into a table with the same columns and indexes but
-//! no chain, trigger or row-level security. Each round
-//! writes the same number of events; the figures are medians over the rounds, and the ratio is
-//! the median of the per-round ratios (the machine is shared and noisy).
+//! For 1, 8 and 32 concurrent writers over 1 and 100 tenants, rounds rotate between three
+//! sides, each writing the same number of events:
+//! - a plain autocommit `INSERT` (one round trip, a prepared statement) of a pre-built row into
+//!   a table with the same columns and indexes but no chain, trigger or row-level security;
+//! - the same row into a table rls-guard made tenant-safe (row-level security and the
+//!   commit-time binding check), bound in the statement as `record` binds: what every tenant
+//!   table costs, the floor any audit chain starts from;
+//! - `AuditLog::record` (scrub, canonicalise, chain under the tenant's head lock, all in a
+//!   tenant-bound transaction, one round trip).
+//!
+//! The figures are medians over the rounds, and the ratios are medians of the per-round ratios
+//! (the machine is shared and noisy).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -51,8 +57,12 @@ fn template() -> Template {
         );
         CREATE INDEX ON plain_events (tenant_id, occurred_at);
         GRANT SELECT, INSERT ON plain_events TO testkit_runtime;
-        GRANT USAGE ON SEQUENCE plain_events_seq_seq TO testkit_runtime;",
+        GRANT USAGE ON SEQUENCE plain_events_seq_seq TO testkit_runtime;
+        CREATE TABLE bound_events (LIKE plain_events INCLUDING ALL);
+        {}
+        GRANT SELECT, INSERT ON bound_events TO testkit_runtime;",
         audit_log::schema::schema_sql("testkit_runtime").unwrap(),
+        rls_guard::schema::tenant_table_sql("bound_events").unwrap(),
     );
     Template::new("audit_log_bench", sql)
 }
@@ -131,6 +141,32 @@ async fn plain_insert(pool: &PgPool, tenant: TenantId, row: &(Vec<u8>, i64)) {
     .unwrap();
 }
 
+/// The same row as [`plain_insert`] into a table rls-guard made tenant-safe (row-level
+/// security, the commit-time binding check), bound the way `AuditLog::record` binds: the floor
+/// any audit chain starts from, since every tenant table pays it.
+async fn bound_insert(pool: &PgPool, tenant: TenantId, row: &(Vec<u8>, i64)) {
+    let mut prev = [0u8; 32];
+    getrandom::fill(&mut prev).unwrap();
+    sqlx::query(
+        "WITH binding AS MATERIALIZED (\
+           SELECT pg_catalog.set_config('app.tenant_id', $1, true) AS tenant, \
+                  pg_catalog.set_config('app.actor_id', '', true) AS actor, \
+                  pg_catalog.set_config('app.commit_binding', $1 || ':', true) AS commit_binding) \
+         INSERT INTO bound_events (tenant_id, occurred_at, actor_kind, actor_id, action, \
+         outcome, request_id, event, prev_hash, hash) \
+         SELECT binding.tenant::uuid, now(), 'user', $2, 'note.updated', 'allowed', $3, $4, $5, $5 \
+           FROM binding",
+    )
+    .bind(tenant.to_string())
+    .bind(uuid::Uuid::new_v4())
+    .bind(format!("req-{}", row.1))
+    .bind(&row.0)
+    .bind(prev.as_slice())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -160,67 +196,95 @@ async fn run() {
     if !only_verify {
         append_table(&log, &raw, &sample).await;
     }
-    verify_throughput(&log, &raw).await;
+    if std::env::var("AUDIT_CELL").is_err() {
+        verify_throughput(&log, &raw).await;
+    }
+}
+
+/// Which side of the table a round runs.
+#[derive(Clone, Copy)]
+enum Side {
+    Plain,
+    Bound,
+    Audit,
+}
+
+async fn run_side(
+    side: Side,
+    writers: u64,
+    log: &AuditLog,
+    raw: &PgPool,
+    ids: &[TenantId],
+    actors: &[Actor],
+    sample: &[u8],
+) -> f64 {
+    let (log, raw) = (log.clone(), raw.clone());
+    let (ids, actors, sample) = (ids.to_vec(), actors.to_vec(), sample.to_vec());
+    drive(writers, EVENTS_PER_ROUND, move |w, i| {
+        let (log, raw) = (log.clone(), raw.clone());
+        let (ids, actors, sample) = (ids.clone(), actors.clone(), sample.clone());
+        async move {
+            let k = ((w * 7919 + i) as usize) % ids.len();
+            match side {
+                Side::Plain => plain_insert(&raw, ids[k], &(sample, i as i64)).await,
+                Side::Bound => bound_insert(&raw, ids[k], &(sample, i as i64)).await,
+                Side::Audit => {
+                    log.record(event(ids[k], &actors[k], i)).await.unwrap();
+                }
+            }
+        }
+    })
+    .await
 }
 
 async fn append_table(log: &AuditLog, raw: &PgPool, sample: &[u8]) {
-    let sample = sample.to_vec();
     println!(
         "append throughput (events/s), median of {ROUNDS} interleaved rounds of {EVENTS_PER_ROUND} events"
     );
-    println!("| writers | tenants | plain INSERT | audit-log append | ratio (median of rounds) |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| writers | tenants | plain INSERT | tenant-safe INSERT, no chain | audit-log record \
+         | ratio no chain / plain | **ratio audit / plain** |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    // `AUDIT_CELL=100x8` runs one cell (tenants x writers).
+    let only: Option<(usize, u64)> = std::env::var("AUDIT_CELL").ok().map(|v| {
+        let (t, w) = v.split_once('x').expect("AUDIT_CELL=<tenants>x<writers>");
+        (t.parse().unwrap(), w.parse().unwrap())
+    });
     for &tenants in &[1usize, 100] {
         for &writers in &[1u64, 8, 32] {
+            if only.is_some_and(|o| o != (tenants, writers)) {
+                continue;
+            }
             let ids: Vec<TenantId> = (0..tenants).map(|_| TenantId::new_random()).collect();
             let actors: Vec<Actor> = ids
                 .iter()
                 .map(|&t| Actor::new(ActorKind::User, ActorId::new_random(), t))
                 .collect();
-            let (mut plain, mut audited, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let mut rates: [Vec<f64>; 3] = Default::default();
+            let (mut bound_ratios, mut audit_ratios) = (Vec::new(), Vec::new());
+            let sides = [Side::Plain, Side::Bound, Side::Audit];
             for round in 0..ROUNDS {
-                let run_plain = {
-                    let (pool, ids, sample) = (raw.clone(), ids.clone(), sample.clone());
-                    move || {
-                        let (pool, ids, sample) = (pool.clone(), ids.clone(), sample.clone());
-                        drive(writers, EVENTS_PER_ROUND, move |w, i| {
-                            let (pool, ids, sample) = (pool.clone(), ids.clone(), sample.clone());
-                            async move {
-                                let t = ids[((w * 7919 + i) as usize) % ids.len()];
-                                plain_insert(&pool, t, &(sample, i as i64)).await;
-                            }
-                        })
-                    }
-                };
-                let run_audit = {
-                    let (log, ids, actors) = (log.clone(), ids.clone(), actors.clone());
-                    move || {
-                        let (log, ids, actors) = (log.clone(), ids.clone(), actors.clone());
-                        drive(writers, EVENTS_PER_ROUND, move |w, i| {
-                            let (log, ids, actors) = (log.clone(), ids.clone(), actors.clone());
-                            async move {
-                                let k = ((w * 7919 + i) as usize) % ids.len();
-                                log.record(event(ids[k], &actors[k], i)).await.unwrap();
-                            }
-                        })
-                    }
-                };
-                let (p, a) = if round % 2 == 0 {
-                    let p = run_plain().await;
-                    (p, run_audit().await)
-                } else {
-                    let a = run_audit().await;
-                    (run_plain().await, a)
-                };
-                plain.push(p);
-                audited.push(a);
-                ratios.push(a / p);
+                let mut rate = [0.0; 3];
+                // Rotate which side goes first, so none always runs on a warmer or cooler server.
+                for k in 0..3 {
+                    let i = (round + k) % 3;
+                    rate[i] = run_side(sides[i], writers, log, raw, &ids, &actors, sample).await;
+                }
+                for (all, r) in rates.iter_mut().zip(rate) {
+                    all.push(r);
+                }
+                bound_ratios.push(rate[1] / rate[0]);
+                audit_ratios.push(rate[2] / rate[0]);
             }
+            let [plain, bound, audited] = rates;
             println!(
-                "| {writers} | {tenants} | {:.0} | {:.0} | **{:.2}** |",
+                "| {writers} | {tenants} | {:.0} | {:.0} | {:.0} | {:.2} | **{:.2}** |",
                 median(plain),
+                median(bound),
                 median(audited),
-                median(ratios)
+                median(bound_ratios),
+                median(audit_ratios)
             );
         }
     }
@@ -252,10 +316,13 @@ async fn verify_throughput(log: &AuditLog, raw: &PgPool) {
         // The floor: stream the same columns without checking anything.
         let start = Instant::now();
         let mut tx = raw.begin().await.unwrap();
-        sqlx::raw_sql(&format!("SET LOCAL app.tenant_id = '{t}'"))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        // Read in key order, as `verify` does (a chain this fresh has no statistics yet).
+        sqlx::raw_sql(&format!(
+            "SET LOCAL app.tenant_id = '{t}'; SET LOCAL enable_sort = off"
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
         let mut rows = sqlx::query_as::<_, ReadRow>(
             "SELECT seq, occurred_at, actor_kind, actor_id, action, outcome, request_id, event, \
              prev_hash, hash FROM audit.events WHERE tenant_id = $1 ORDER BY seq",

@@ -13,8 +13,8 @@ use crate::AuditError;
 use crate::canonical::{ChainHash, format_time, genesis_hash};
 use crate::checkpoint::{Checkpoint, TrustedKeys};
 use crate::verify::{
-    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, load_anchor, load_checkpoints,
-    snapshot,
+    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, in_chain_order, load_anchor,
+    load_checkpoints, snapshot,
 };
 
 /// The export format's name, written in its first line.
@@ -236,6 +236,9 @@ pub async fn export_jsonl(
 ) -> Result<ExportSummary, AuditError> {
     let tenant = query.tenant;
     let mut tx = snapshot(pool, tenant).await?;
+    if query.is_whole_chain() {
+        in_chain_order(&mut tx).await?;
+    }
     let anchor = load_anchor(&mut tx, tenant).await?;
     let checkpoints = load_checkpoints(&mut tx, tenant).await?;
     let genesis = genesis_hash(tenant);
@@ -322,6 +325,9 @@ pub async fn export_csv(
 ) -> Result<ExportSummary, AuditError> {
     let tenant = query.tenant;
     let mut tx = snapshot(pool, tenant).await?;
+    if query.is_whole_chain() {
+        in_chain_order(&mut tx).await?;
+    }
     let mut writer = csv::Writer::from_writer(out);
     let csv_err = |e: csv::Error| AuditError::Export(std::io::Error::other(e));
     writer
