@@ -65,5 +65,7 @@ pub use layer::{
 };
 pub use limit::{Hit, Limit, RateLimiter};
 pub use link::{Account, AccountDirectory, Delivery, LinkConfig, LinkRequest, MagicLinks, SignIn};
+#[doc(hidden)]
+pub use session::LOOKUP as SESSION_LOOKUP_SQL;
 pub use session::{Assurance, NewSession, Session, SessionConfig, SessionStore, SessionSummary};
 pub use token::{SecretHash, SessionToken, TOKEN_LEN};
