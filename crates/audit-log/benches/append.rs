@@ -123,48 +123,39 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn plain_insert(pool: &PgPool, tenant: TenantId, row: &(Vec<u8>, i64)) {
-    let mut prev = [0u8; 32];
-    getrandom::fill(&mut prev).unwrap();
-    sqlx::query(
-        "INSERT INTO plain_events (tenant_id, occurred_at, actor_kind, actor_id, action, \
-         outcome, request_id, event, prev_hash, hash) \
-         VALUES ($1, now(), 'user', $2, 'note.updated', 'allowed', $3, $4, $5, $5)",
-    )
-    .bind(tenant.as_uuid())
-    .bind(uuid::Uuid::new_v4())
-    .bind(format!("req-{}", row.1))
-    .bind(&row.0)
-    .bind(prev.as_slice())
-    .execute(pool)
-    .await
-    .unwrap();
-}
+/// A plain autocommit insert of a pre-built row: no chain, trigger or row-level security.
+const PLAIN_INSERT: &str = "INSERT INTO plain_events (tenant_id, occurred_at, actor_kind, \
+     actor_id, action, outcome, request_id, event, prev_hash, hash) \
+     VALUES ($1, now(), 'user', $2, 'note.updated', 'allowed', $3, $4, $5, $5)";
 
-/// The same row as [`plain_insert`] into a table rls-guard made tenant-safe (row-level
-/// security, the commit-time binding check), bound the way `AuditLog::record` binds: the floor
-/// any audit chain starts from, since every tenant table pays it.
-async fn bound_insert(pool: &PgPool, tenant: TenantId, row: &(Vec<u8>, i64)) {
+/// The same row into a table rls-guard made tenant-safe (row-level security, the commit-time
+/// binding check), bound the way `AuditLog::record` binds: the floor any audit chain starts
+/// from, since every tenant table pays it.
+const BOUND_INSERT: &str = "WITH binding AS MATERIALIZED (\
+       SELECT pg_catalog.set_config('app.tenant_id', $1, true) AS tenant, \
+              pg_catalog.set_config('app.actor_id', '', true) AS actor, \
+              pg_catalog.set_config('app.commit_binding', $1 || ':', true) AS commit_binding) \
+     INSERT INTO bound_events (tenant_id, occurred_at, actor_kind, actor_id, action, \
+     outcome, request_id, event, prev_hash, hash) \
+     SELECT binding.tenant::uuid, now(), 'user', $2, 'note.updated', 'allowed', $3, $4, $5, $5 \
+       FROM binding";
+
+/// Runs `sql` (one of the two above) for a pre-built `row`, `tenant` bound as `$1`.
+async fn insert_row<T>(pool: &PgPool, sql: &'static str, tenant: T, row: &(Vec<u8>, i64))
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
     let mut prev = [0u8; 32];
     getrandom::fill(&mut prev).unwrap();
-    sqlx::query(
-        "WITH binding AS MATERIALIZED (\
-           SELECT pg_catalog.set_config('app.tenant_id', $1, true) AS tenant, \
-                  pg_catalog.set_config('app.actor_id', '', true) AS actor, \
-                  pg_catalog.set_config('app.commit_binding', $1 || ':', true) AS commit_binding) \
-         INSERT INTO bound_events (tenant_id, occurred_at, actor_kind, actor_id, action, \
-         outcome, request_id, event, prev_hash, hash) \
-         SELECT binding.tenant::uuid, now(), 'user', $2, 'note.updated', 'allowed', $3, $4, $5, $5 \
-           FROM binding",
-    )
-    .bind(tenant.to_string())
-    .bind(uuid::Uuid::new_v4())
-    .bind(format!("req-{}", row.1))
-    .bind(&row.0)
-    .bind(prev.as_slice())
-    .execute(pool)
-    .await
-    .unwrap();
+    sqlx::query(sql)
+        .bind(tenant)
+        .bind(uuid::Uuid::new_v4())
+        .bind(format!("req-{}", row.1))
+        .bind(&row.0)
+        .bind(prev.as_slice())
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 fn main() {
@@ -226,8 +217,12 @@ async fn run_side(
         async move {
             let k = ((w * 7919 + i) as usize) % ids.len();
             match side {
-                Side::Plain => plain_insert(&raw, ids[k], &(sample, i as i64)).await,
-                Side::Bound => bound_insert(&raw, ids[k], &(sample, i as i64)).await,
+                Side::Plain => {
+                    insert_row(&raw, PLAIN_INSERT, *ids[k].as_uuid(), &(sample, i as i64)).await;
+                }
+                Side::Bound => {
+                    insert_row(&raw, BOUND_INSERT, ids[k].to_string(), &(sample, i as i64)).await;
+                }
                 Side::Audit => {
                     log.record(event(ids[k], &actors[k], i)).await.unwrap();
                 }
