@@ -88,15 +88,53 @@ impl AuditQuery {
             && self.limit.is_none()
     }
 
+    /// The statement for this query, in seq order (`newest_first`: descending).
+    ///
+    /// A whole chain gets a statement text of its own, read in primary-key order (see
+    /// [`in_chain_order`]): were it the filtered statement with every filter NULL, a connection
+    /// could reuse the generic plan it cached for a filtered query — one that sorts — whatever
+    /// `enable_sort` says when it runs.
     fn sql(&self, newest_first: bool) -> String {
+        let order = if newest_first { "DESC" } else { "ASC" };
+        if self.is_whole_chain() {
+            return format!("{SELECT_EVENTS} ORDER BY seq {order}");
+        }
         format!(
             "{SELECT_EVENTS} AND ($2::uuid IS NULL OR actor_id = $2) \
              AND ($3::text IS NULL OR action = $3) \
              AND ($4::timestamptz IS NULL OR occurred_at >= $4) \
              AND ($5::timestamptz IS NULL OR occurred_at < $5) \
-             ORDER BY seq {} LIMIT $6",
-            if newest_first { "DESC" } else { "ASC" }
+             ORDER BY seq {order} LIMIT $6"
         )
+    }
+
+    /// [`sql`](Self::sql) with this query's values bound.
+    fn bound<'q>(
+        &'q self,
+        sql: &'q str,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Row, sqlx::postgres::PgArguments> {
+        let query = sqlx::query_as(sql).bind(self.tenant.as_uuid());
+        if self.is_whole_chain() {
+            return query;
+        }
+        query
+            .bind(self.actor)
+            .bind(self.action.as_deref())
+            .bind(self.from)
+            .bind(self.to)
+            .bind(self.limit)
+    }
+
+    /// A read-only snapshot bound to the tenant, set to read a whole chain in key order.
+    async fn snapshot(
+        &self,
+        pool: &PgPool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, AuditError> {
+        let mut tx = snapshot(pool, self.tenant).await?;
+        if self.is_whole_chain() {
+            in_chain_order(&mut tx).await?;
+        }
+        Ok(tx)
     }
 
     /// The matching events, newest first.
@@ -104,16 +142,9 @@ impl AuditQuery {
     /// # Errors
     /// [`AuditError::Database`] when the query fails.
     pub async fn fetch(&self, pool: &PgPool) -> Result<Vec<StoredEvent>, AuditError> {
-        let mut tx = snapshot(pool, self.tenant).await?;
-        let rows: Vec<Row> = sqlx::query_as(&self.sql(true))
-            .bind(self.tenant.as_uuid())
-            .bind(self.actor)
-            .bind(self.action.as_deref())
-            .bind(self.from)
-            .bind(self.to)
-            .bind(self.limit)
-            .fetch_all(&mut *tx)
-            .await?;
+        let mut tx = self.snapshot(pool).await?;
+        let sql = self.sql(true);
+        let rows: Vec<Row> = self.bound(&sql).fetch_all(&mut *tx).await?;
         tx.rollback().await?;
         rows.into_iter()
             .map(|row| StoredEvent::from_row(self.tenant, row))
@@ -235,10 +266,7 @@ pub async fn export_jsonl(
     mut out: impl Write,
 ) -> Result<ExportSummary, AuditError> {
     let tenant = query.tenant;
-    let mut tx = snapshot(pool, tenant).await?;
-    if query.is_whole_chain() {
-        in_chain_order(&mut tx).await?;
-    }
+    let mut tx = query.snapshot(pool).await?;
     let anchor = load_anchor(&mut tx, tenant).await?;
     let checkpoints = load_checkpoints(&mut tx, tenant).await?;
     let genesis = genesis_hash(tenant);
@@ -263,14 +291,7 @@ pub async fn export_jsonl(
     }
     {
         let sql = query.sql(false);
-        let mut rows = sqlx::query_as::<_, Row>(&sql)
-            .bind(tenant.as_uuid())
-            .bind(query.actor)
-            .bind(query.action.as_deref())
-            .bind(query.from)
-            .bind(query.to)
-            .bind(query.limit)
-            .fetch(&mut *tx);
+        let mut rows = query.bound(&sql).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
             let e = StoredEvent::from_row(tenant, row)?;
             last_seq = e.seq;
@@ -324,10 +345,7 @@ pub async fn export_csv(
     out: impl Write,
 ) -> Result<ExportSummary, AuditError> {
     let tenant = query.tenant;
-    let mut tx = snapshot(pool, tenant).await?;
-    if query.is_whole_chain() {
-        in_chain_order(&mut tx).await?;
-    }
+    let mut tx = query.snapshot(pool).await?;
     let mut writer = csv::Writer::from_writer(out);
     let csv_err = |e: csv::Error| AuditError::Export(std::io::Error::other(e));
     writer
@@ -350,14 +368,7 @@ pub async fn export_csv(
     };
     {
         let sql = query.sql(false);
-        let mut rows = sqlx::query_as::<_, Row>(&sql)
-            .bind(tenant.as_uuid())
-            .bind(query.actor)
-            .bind(query.action.as_deref())
-            .bind(query.from)
-            .bind(query.to)
-            .bind(query.limit)
-            .fetch(&mut *tx);
+        let mut rows = query.bound(&sql).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
             let e = export_event(StoredEvent::from_row(tenant, row)?)?;
             let cells = [

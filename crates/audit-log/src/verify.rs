@@ -512,7 +512,10 @@ pub(crate) async fn load_checkpoints(
 /// A chain that was just written has no planner statistics yet: PostgreSQL then guesses a
 /// tenant holds a few hundred rows, picks a bitmap scan and sorts the result — for a long chain
 /// a sort that spills to disk and halves the read rate. The primary key `(tenant_id, seq)`
-/// already yields a chain in order, so sorting is never worth it here.
+/// already yields a chain in order, so sorting is never worth it here. The setting lasts until
+/// the transaction ends (in retention's write transactions it changes plans, never results).
+/// A statement run after it must have a text of its own: a plan cached for the same text
+/// under other settings would be reused as it is.
 pub(crate) async fn in_chain_order(conn: &mut sqlx::PgConnection) -> Result<(), AuditError> {
     sqlx::Executor::execute(conn, sqlx::raw_sql("SET LOCAL enable_sort = off")).await?;
     Ok(())
