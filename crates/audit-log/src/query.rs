@@ -13,8 +13,8 @@ use crate::AuditError;
 use crate::canonical::{ChainHash, format_time, genesis_hash};
 use crate::checkpoint::{Checkpoint, TrustedKeys};
 use crate::verify::{
-    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, in_chain_order, load_anchor,
-    load_checkpoints, snapshot,
+    ChainRecord, ChainVerifier, SELECT_EVENTS, VerifyReport, load_anchor, load_checkpoints,
+    snapshot,
 };
 
 /// The export format's name, written in its first line.
@@ -91,7 +91,7 @@ impl AuditQuery {
     /// The statement for this query, in seq order (`newest_first`: descending).
     ///
     /// A whole chain gets a statement text of its own, read in primary-key order (see
-    /// [`in_chain_order`]): were it the filtered statement with every filter NULL, a connection
+    /// `verify::in_chain_order`): were it the filtered statement with every filter NULL, a connection
     /// could reuse the generic plan it cached for a filtered query — one that sorts — whatever
     /// `enable_sort` says when it runs.
     fn sql(&self, newest_first: bool) -> String {
@@ -130,11 +130,7 @@ impl AuditQuery {
         &self,
         pool: &PgPool,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, AuditError> {
-        let mut tx = snapshot(pool, self.tenant).await?;
-        if self.is_whole_chain() {
-            in_chain_order(&mut tx).await?;
-        }
-        Ok(tx)
+        snapshot(pool, self.tenant, self.is_whole_chain()).await
     }
 
     /// The matching events, newest first.

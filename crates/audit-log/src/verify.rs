@@ -435,17 +435,22 @@ fn check_row(
 }
 
 /// Opens a read-only, repeatable-read transaction bound to `tenant` (one consistent snapshot of
-/// events, anchor and checkpoints).
+/// events, anchor and checkpoints); with `key_order`, also set to read the chain in key order
+/// (see [`in_chain_order`]) in the same round trip.
 pub(crate) async fn snapshot(
     pool: &PgPool,
     tenant: TenantId,
+    key_order: bool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, AuditError> {
     let mut tx = pool.begin().await?;
     // `tenant` is a validated UUID: inlining it is injection-free.
-    let sql = format!(
+    let mut sql = format!(
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
          SET LOCAL app.tenant_id = '{tenant}'"
     );
+    if key_order {
+        sql = format!("{sql}; {KEY_ORDER}");
+    }
     // `Executor::execute` rather than `RawSql::execute`: the latter's future is not provably
     // `Send` (its executor lifetime is higher-ranked), which made `verify` and
     // `AuditQuery::fetch` unusable from an axum handler.
@@ -507,6 +512,9 @@ pub(crate) async fn load_checkpoints(
         .collect()
 }
 
+/// What [`in_chain_order`] sends.
+const KEY_ORDER: &str = "SET LOCAL enable_sort = off";
+
 /// Makes the rest of the transaction read a chain in primary-key order rather than sort it.
 ///
 /// A chain that was just written has no planner statistics yet: PostgreSQL then guesses a
@@ -517,7 +525,7 @@ pub(crate) async fn load_checkpoints(
 /// A statement run after it must have a text of its own: a plan cached for the same text
 /// under other settings would be reused as it is.
 pub(crate) async fn in_chain_order(conn: &mut sqlx::PgConnection) -> Result<(), AuditError> {
-    sqlx::Executor::execute(conn, sqlx::raw_sql("SET LOCAL enable_sort = off")).await?;
+    sqlx::Executor::execute(conn, sqlx::raw_sql(KEY_ORDER)).await?;
     Ok(())
 }
 
@@ -566,7 +574,8 @@ pub async fn verify(
     keys: &TrustedKeys,
     external: &[Checkpoint],
 ) -> Result<VerifyReport, AuditError> {
-    let mut tx = snapshot(pool, tenant).await?;
+    // `walk` sets the key order itself (retention walks in transactions of its own).
+    let mut tx = snapshot(pool, tenant, false).await?;
     let base = load_anchor(&mut tx, tenant).await?;
     let mut checkpoints = load_checkpoints(&mut tx, tenant).await?;
     checkpoints.extend(external.iter().cloned());
