@@ -98,6 +98,9 @@ pub mod actions {
     pub const AUTHN_LOCKED_OUT: Action = Action::known("authn.locked_out");
     /// A TOTP authenticator was enrolled.
     pub const AUTHN_MFA_ENROLLED: Action = Action::known("authn.mfa_enrolled");
+    /// A locked second factor was unlocked by an operator (the failure count and every lock
+    /// cleared).
+    pub const AUTHN_MFA_UNLOCKED: Action = Action::known("authn.mfa_unlocked");
     /// A recovery code was used.
     pub const AUTHN_RECOVERY_CODE_USED: Action = Action::known("authn.recovery_code_used");
     /// Recovery codes were regenerated.
@@ -115,8 +118,10 @@ pub mod actions {
     pub const AUTHZ_DENIED: Action = Action::known("authz.denied");
     /// A staff member was granted a context in another tenant.
     pub const TENANT_CROSS_TENANT_GRANTED: Action = Action::known("tenant.cross_tenant_granted");
-    /// A cross-tenant request was refused.
+    /// A cross-tenant grant, or a use of an expired one, was refused.
     pub const TENANT_CROSS_TENANT_REFUSED: Action = Action::known("tenant.cross_tenant_refused");
+    /// A context granted in another tenant was used (recorded before each use).
+    pub const TENANT_CROSS_TENANT_USED: Action = Action::known("tenant.cross_tenant_used");
     /// A member's role changed.
     pub const MEMBER_ROLE_CHANGED: Action = Action::known("member.role_changed");
     /// A member was invited or added.
@@ -158,6 +163,7 @@ pub mod actions {
         AUTHN_CODE_FAILED,
         AUTHN_LOCKED_OUT,
         AUTHN_MFA_ENROLLED,
+        AUTHN_MFA_UNLOCKED,
         AUTHN_RECOVERY_CODE_USED,
         AUTHN_RECOVERY_CODES_REGENERATED,
         AUTHN_STEP_UP,
@@ -167,6 +173,7 @@ pub mod actions {
         AUTHZ_DENIED,
         TENANT_CROSS_TENANT_GRANTED,
         TENANT_CROSS_TENANT_REFUSED,
+        TENANT_CROSS_TENANT_USED,
         MEMBER_ROLE_CHANGED,
         MEMBER_ADDED,
         MEMBER_REMOVED,

@@ -195,6 +195,21 @@ GRANT INSERT ON audit.checkpoints TO {r};
     ))
 }
 
+/// Tells `check` about the triggers and `SECURITY DEFINER` functions [`schema_sql`] installs on
+/// the audit tables deliberately (the chain's insert trigger, which runs as the owner to take
+/// the tenant's chain position, and the append-only guards), so `rls-guard`'s coverage check
+/// does not report them as bypass paths.
+#[must_use]
+pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
+    check
+        .trust_trigger("audit.events", "chain_append")
+        .trust_trigger("audit.events", "append_only")
+        .trust_trigger("audit.events", "append_only_truncate")
+        .trust_trigger("audit.checkpoints", "append_only")
+        .trust_trigger("audit.checkpoints", "append_only_truncate")
+        .trust_trigger("audit.anchors", "append_only_truncate")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,7 +61,9 @@ fn main() {
         );
         let db = testkit::fresh_database(&Template::new("magic_auth_bench", sql)).await;
         let raw = db.pool(Role::Runtime, 1).await;
+        // No touch during the run: `touch_after` an hour (it must stay below `idle`).
         let config = SessionConfig {
+            idle: Duration::from_secs(2 * 3600),
             touch_after: Duration::from_secs(3600),
             ..SessionConfig::default()
         };

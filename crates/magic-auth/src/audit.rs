@@ -19,6 +19,11 @@ fn action(kind: AuthEventKind) -> (Action, Outcome) {
         AuthEventKind::CodeAccepted => (custom("authn.code_accepted"), Outcome::Allowed),
         AuthEventKind::CodeFailed => (actions::AUTHN_CODE_FAILED, Outcome::denied("wrong_code")),
         AuthEventKind::LockedOut => (actions::AUTHN_LOCKED_OUT, Outcome::denied("locked_out")),
+        AuthEventKind::HardLockedOut => (
+            actions::AUTHN_LOCKED_OUT,
+            Outcome::denied("hard_locked_out"),
+        ),
+        AuthEventKind::MfaUnlocked => (actions::AUTHN_MFA_UNLOCKED, Outcome::Allowed),
         AuthEventKind::RecoveryCodeUsed => (actions::AUTHN_RECOVERY_CODE_USED, Outcome::Allowed),
         AuthEventKind::RecoveryCodesRegenerated => {
             (actions::AUTHN_RECOVERY_CODES_REGENERATED, Outcome::Allowed)

@@ -22,8 +22,13 @@ pub enum AuthEventKind {
     CodeAccepted,
     /// A TOTP or recovery code was wrong, replayed or malformed.
     CodeFailed,
-    /// The account was locked after repeated failures.
+    /// The second factor was locked for a while after repeated failures.
     LockedOut,
+    /// The hard limit of consecutive failures was reached: TOTP codes are refused until a
+    /// recovery code is used or an operator unlocks the factor.
+    HardLockedOut,
+    /// An operator unlocked the second factor (`TotpService::unlock`).
+    MfaUnlocked,
     /// A recovery code was used.
     RecoveryCodeUsed,
     /// Recovery codes were regenerated.

@@ -63,23 +63,30 @@ pub fn clear_session_cookie() -> HeaderValue {
 
 /// The value of cookie `name`, if the request carries exactly one cookie by that name (two are
 /// a sign of cookie tossing: neither is trusted).
+///
+/// Each `name=value` pair of every `Cookie` header is read on its own: a pair that is not
+/// valid UTF-8 or has no `=` is skipped without hiding the pairs beside it. A second pair
+/// named `name` voids the result whatever its value (well formed or not), and a lone pair
+/// named `name` whose value is not UTF-8 yields nothing.
 #[must_use]
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut seen = false;
     let mut found = None;
     for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else {
-            continue;
-        };
-        for pair in text.split(';') {
-            let Some((k, v)) = pair.trim().split_once('=') else {
+        for pair in header.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
                 continue;
             };
-            if k == name {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(v);
+            let (key, value) = pair.split_at(eq);
+            if key != name.as_bytes() {
+                continue;
             }
+            if seen {
+                return None;
+            }
+            seen = true;
+            found = value.get(1..).and_then(|v| std::str::from_utf8(v).ok());
         }
     }
     found
@@ -414,6 +421,30 @@ mod tests {
             "a tossed duplicate voids both"
         );
         assert_eq!(cookie_value(&HeaderMap::new(), SESSION_COOKIE), None);
+    }
+
+    #[test]
+    fn a_pair_that_is_not_utf8_or_not_well_formed_is_skipped_on_its_own() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"t=\xff\xfe; junk; =; __Host-session=abc; b=\xc3").unwrap(),
+        );
+        assert_eq!(cookie_value(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie_value(&h, "b"), None, "not UTF-8: nothing");
+        // A tossed duplicate voids both, whatever its value.
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"__Host-session=\xff").unwrap(),
+        );
+        assert_eq!(cookie_value(&h, SESSION_COOKIE), None);
+        // Names are compared exactly.
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("__host-session=x; __Host-session=abc; __Host-sessionx=y"),
+        );
+        assert_eq!(cookie_value(&h, SESSION_COOKIE), Some("abc"));
     }
 
     #[test]

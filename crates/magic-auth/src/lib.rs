@@ -1,8 +1,7 @@
 //! Passwordless sign-in for multi-tenant services: email magic link + TOTP, MFA for staff,
 //! step-up for sensitive actions, and sessions stored in PostgreSQL that can be revoked at once.
 //!
-//! **Status: being built (issue 4).** This first part is the session layer every other part
-//! stands on:
+//! **Status: being built.** The session layer every other part stands on:
 //!
 //! - [`SessionToken`]: 256-bit secrets from the operating system's generator, carried as
 //!   `v1.<tenant>.<session id>.<secret>`; the database keeps only a hash of the secret, compared
@@ -17,8 +16,9 @@
 //! - [`totp::TotpService`]: TOTP enrolment (160-bit seed sealed with `field-crypto`, bound to
 //!   its row; active only after a valid code, whose step is then used up), verification for the
 //!   current step ±1 with the matched step recorded under a row lock (no code twice, no older
-//!   step after a newer one, also under concurrency), and lockout after 5 wrong codes for every
-//!   session of the account.
+//!   step after a newer one, also under concurrency), and a lockout that cannot be waited out:
+//!   locks that grow with each 5 consecutive failures, then a hard limit (20 by default, at
+//!   most 100) that only a recovery code or an operator's [`totp::TotpService::unlock`] lifts.
 //!
 //! - [`MagicLinks`]: email links requested without revealing whether an account exists (the
 //!   work runs in the background: same answer, same timing), bound to the requesting browser by
@@ -30,7 +30,11 @@
 //!   `503 session_store_unavailable` when sessions cannot be checked.
 //!
 //! - Recovery codes (10 × 80 bits, hashed, single use, regeneration needs step-up) and
-//!   [`RateLimiter`] (PostgreSQL, across instances) for link requests per address and client.
+//!   [`RateLimiter`] (PostgreSQL, across instances) for link requests per address and client
+//!   (IPv6 clients by prefix, default /64: [`client_key`]).
+//!
+//! - Every configuration is checked when its service is built: a value that cannot be used is
+//!   an [`AuthError::InvalidConfig`] there, never a request that fails open.
 //!
 //! - [`AuthEvents`]: every sign-in step, failure, lockout and revocation, for an audit log.
 //!
@@ -39,7 +43,7 @@
 //!
 //! - [`audit`] (feature `audit-log`, default): `audit_log::AuditLog` as the events hook.
 //!
-//! Still to come: QR codes and a cheaper session lookup (the benchmark goal; see the issue).
+//! Still to come: a cheaper session lookup (the benchmark goal).
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "audit-log")]
@@ -56,16 +60,23 @@ mod session;
 mod token;
 pub mod totp;
 
-pub use email::EmailAddress;
+pub use email::{EmailAddress, EmailPolicy};
 pub use error::AuthError;
 pub use events::{AuthEvent, AuthEventKind, AuthEvents};
 pub use layer::{
     AuthRejection, DEFAULT_STEP_UP_MAX_AGE, Guard, Guarded, SESSION_COOKIE, SessionLayer,
     SessionService, clear_session_cookie, cookie_value, session_cookie,
 };
-pub use limit::{Hit, Limit, RateLimiter};
-pub use link::{Account, AccountDirectory, Delivery, LinkConfig, LinkRequest, MagicLinks, SignIn};
+pub use limit::{
+    DEFAULT_IPV6_PREFIX, Hit, Limit, MAX_HITS, MAX_WINDOW, MIN_IPV6_PREFIX, RateLimiter, client_key,
+};
+pub use link::{
+    Account, AccountDirectory, Delivery, LinkConfig, LinkRequest, MAX_LINK_TTL, MagicLinks, SignIn,
+};
 #[doc(hidden)]
 pub use session::LOOKUP as SESSION_LOOKUP_SQL;
-pub use session::{Assurance, NewSession, Session, SessionConfig, SessionStore, SessionSummary};
+pub use session::{
+    Assurance, MAX_SESSION_LIFETIME, NewSession, Session, SessionConfig, SessionStore,
+    SessionSummary,
+};
 pub use token::{SecretHash, SessionToken, TOKEN_LEN};

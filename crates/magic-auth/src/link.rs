@@ -30,9 +30,9 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::AuthError;
-use crate::email::EmailAddress;
+use crate::email::{EmailAddress, EmailPolicy};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
-use crate::limit::{Hit, Limit, RateLimiter};
+use crate::limit::{DEFAULT_IPV6_PREFIX, Hit, Limit, MIN_IPV6_PREFIX, RateLimiter, client_key};
 use crate::mailer::{Mailer, Message};
 use crate::token::{SessionToken, hash_secret, random_secret};
 
@@ -65,23 +65,46 @@ pub trait AccountDirectory: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Account>, Self::Error>> + Send;
 }
 
-/// Magic-link settings.
+/// The longest link lifetime accepted for [`LinkConfig::ttl`] (24 hours).
+pub const MAX_LINK_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Magic-link settings, checked by [`LinkConfig::validate`] when the service is built
+/// ([`MagicLinks::new`]).
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     /// Where links point: `https://app.example.com`. Links are built from this, never from a
     /// request's `Host` header.
     pub base_url: Url,
-    /// The landing page's path (default `/auth/link`).
+    /// The landing page's path (default `/auth/link`): starts with one `/`; no `?`, `#`, `\`
+    /// or control characters.
     pub landing_path: String,
-    /// How long a link is valid (default 15 minutes).
+    /// How long a link is valid (default 15 minutes; between one second and [`MAX_LINK_TTL`]).
     pub ttl: Duration,
-    /// The email's subject.
+    /// The email's subject (1 to 200 bytes, no control characters).
     pub subject: String,
     /// Link requests per email address (default 5 per 15 minutes), whether or not an account
     /// has it — so the limit reveals nothing.
     pub per_email: Limit,
-    /// Link requests per client address (default 30 per 15 minutes).
+    /// Link requests per client (default 30 per 15 minutes), the client keyed by
+    /// [`client_key`](crate::client_key): IPv4 by address, IPv6 by its `ipv6_prefix`.
     pub per_ip: Limit,
+    /// How many leading bits of an IPv6 client address one client is (default 64,
+    /// [`DEFAULT_IPV6_PREFIX`](crate::DEFAULT_IPV6_PREFIX); between
+    /// [`MIN_IPV6_PREFIX`](crate::MIN_IPV6_PREFIX) and 128).
+    pub ipv6_prefix: u8,
+    /// Which optional address shapes are accepted (default: none — no IP literals).
+    pub email: EmailPolicy,
+}
+
+fn check_base_url(url: &Url) -> Result<(), AuthError> {
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !scheme_ok || url.query().is_some() || url.fragment().is_some() || url.host().is_none() {
+        return Err(AuthError::InvalidConfig(
+            "base URL must be https (http only on loopback), without query or fragment",
+        ));
+    }
+    Ok(())
 }
 
 impl LinkConfig {
@@ -92,13 +115,7 @@ impl LinkConfig {
     /// a loopback host, for development) with no query or fragment.
     pub fn new(base_url: &str) -> Result<Self, AuthError> {
         let url = Url::parse(base_url).map_err(|_| AuthError::InvalidConfig("base URL"))?;
-        let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
-        let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
-        if !scheme_ok || url.query().is_some() || url.fragment().is_some() || url.host().is_none() {
-            return Err(AuthError::InvalidConfig(
-                "base URL must be https (http only on loopback), without query or fragment",
-            ));
-        }
+        check_base_url(&url)?;
         Ok(Self {
             base_url: url,
             landing_path: "/auth/link".to_owned(),
@@ -112,7 +129,51 @@ impl LinkConfig {
                 max: 30,
                 window: Duration::from_secs(15 * 60),
             },
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            email: EmailPolicy::new(),
         })
+    }
+
+    /// Checks that every value is usable: see each field for its bounds.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] naming the first value out of bounds.
+    pub fn validate(&self) -> Result<(), AuthError> {
+        check_base_url(&self.base_url)?;
+        let path = &self.landing_path;
+        if !path.starts_with('/')
+            || path.starts_with("//")
+            || path.len() > 200
+            || path
+                .chars()
+                .any(|c| matches!(c, '?' | '#' | '\\') || c.is_control() || c.is_whitespace())
+        {
+            return Err(AuthError::InvalidConfig(
+                "landing path must start with one '/', without query, fragment or spaces",
+            ));
+        }
+        if self.ttl.as_secs() == 0 || self.ttl > MAX_LINK_TTL {
+            return Err(AuthError::InvalidConfig(
+                "link ttl must be between one second and 24 hours",
+            ));
+        }
+        time::Duration::try_from(self.ttl).map_err(|_| AuthError::InvalidConfig("link ttl"))?;
+        if self.subject.is_empty()
+            || self.subject.len() > 200
+            || self.subject.chars().any(char::is_control)
+        {
+            return Err(AuthError::InvalidConfig(
+                "subject must be 1 to 200 bytes without control characters",
+            ));
+        }
+        self.per_email.validate()?;
+        self.per_ip.validate()?;
+        if !(MIN_IPV6_PREFIX..=128).contains(&self.ipv6_prefix) {
+            return Err(AuthError::InvalidConfig(
+                "ipv6_prefix must be between 32 and 128",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -189,16 +250,24 @@ fn context(tenant: TenantId) -> Result<TenantContext, AuthError> {
 
 impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     /// A service storing links through `pool`.
-    #[must_use]
-    pub fn new(pool: TenantPool, directory: Arc<D>, mailer: Arc<M>, config: LinkConfig) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] when `config` does not pass [`LinkConfig::validate`].
+    pub fn new(
+        pool: TenantPool,
+        directory: Arc<D>,
+        mailer: Arc<M>,
+        config: LinkConfig,
+    ) -> Result<Self, AuthError> {
+        config.validate()?;
+        Ok(Self {
             limiter: RateLimiter::new(pool.clone()),
             events: EventSink::default(),
             pool,
             directory,
             mailer,
             config: Arc::new(config),
-        }
+        })
     }
 
     /// Also report confirmed links to `hook`.
@@ -209,7 +278,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     }
 
     /// Requests a sign-in link for `email` in `tenant`, from `client` (its address, for the
-    /// per-address limit). Answers the same way for known and unknown addresses: the rate
+    /// per-client limit, counted by [`client_key`]). Answers the same way for known and unknown addresses: the rate
     /// limits are counted for every address alike, and the lookup, the link and the email run
     /// in a background task (needs a Tokio runtime).
     ///
@@ -223,14 +292,15 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         email: &str,
         client: Option<IpAddr>,
     ) -> Result<LinkRequest, AuthError> {
-        let email = EmailAddress::parse(email)?;
+        let email = EmailAddress::parse_with(email, self.config.email)?;
         let email_key = format!(
             "link:email:{}",
             hex::encode(hash_secret(RATE_KEY_DOMAIN, email.as_str().as_bytes()))
         );
         let mut keys = vec![(email_key, self.config.per_email)];
         if let Some(ip) = client {
-            let ip_key = hex::encode(hash_secret(RATE_KEY_DOMAIN, ip.to_string().as_bytes()));
+            let client = client_key(ip, self.config.ipv6_prefix);
+            let ip_key = hex::encode(hash_secret(RATE_KEY_DOMAIN, client.as_bytes()));
             keys.push((format!("link:ip:{ip_key}"), self.config.per_ip));
         }
         for (key, limit) in keys {
@@ -261,8 +331,10 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         };
         let token = SessionToken::generate(tenant)?;
         let now = OffsetDateTime::now_utc();
-        let ttl = time::Duration::try_from(self.config.ttl)
-            .map_err(|_| AuthError::InvalidConfig("link lifetime"))?;
+        let expires = time::Duration::try_from(self.config.ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add(ttl))
+            .ok_or(AuthError::InvalidConfig("link lifetime"))?;
         let kind = if account.kind == ActorKind::Staff {
             "staff"
         } else {
@@ -290,7 +362,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         .bind(token.hash_in(LINK_DOMAIN).as_slice())
         .bind(verifier_hash.as_slice())
         .bind(now)
-        .bind(now + ttl)
+        .bind(expires)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

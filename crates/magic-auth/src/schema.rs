@@ -78,6 +78,10 @@ CREATE TABLE IF NOT EXISTS auth.totp (
     locked_until    timestamptz,
     PRIMARY KEY (tenant_id, user_id)
 );
+-- Added later: re-running this on an existing database adds what is missing.
+-- failed_attempts counts consecutive failures across locks; hard_locked_at is set at the hard
+-- limit and cleared only by an accepted code, a recovery code or an operator unlock.
+ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS hard_locked_at timestamptz;
 {totp_rls}
 REVOKE ALL ON auth.totp FROM PUBLIC;
 REVOKE ALL ON auth.totp FROM {r};

@@ -46,6 +46,37 @@ pub struct SessionConfig {
     pub touch_after: Duration,
 }
 
+/// The longest session lifetime accepted for [`SessionConfig::absolute`] (400 days).
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(400 * 24 * 60 * 60);
+
+impl SessionConfig {
+    /// Checks that every value is usable: `idle` and `absolute` at least one second, `idle` no
+    /// longer than `absolute`, `absolute` at most [`MAX_SESSION_LIFETIME`], and `touch_after`
+    /// shorter than `idle` (or activity would not keep a session alive).
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] naming the first value out of bounds.
+    pub fn validate(&self) -> Result<(), AuthError> {
+        if self.idle.as_secs() == 0 || self.absolute.as_secs() == 0 || self.idle > self.absolute {
+            return Err(AuthError::InvalidConfig(
+                "session lifetimes must be positive, idle no longer than absolute",
+            ));
+        }
+        if self.absolute > MAX_SESSION_LIFETIME {
+            return Err(AuthError::InvalidConfig(
+                "session absolute lifetime must be at most 400 days",
+            ));
+        }
+        if self.touch_after >= self.idle {
+            return Err(AuthError::InvalidConfig(
+                "session touch_after must be shorter than idle",
+            ));
+        }
+        span(self.absolute)?;
+        Ok(())
+    }
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
@@ -166,6 +197,12 @@ fn span(d: Duration) -> Result<time::Duration, AuthError> {
     time::Duration::try_from(d).map_err(|_| AuthError::InvalidConfig("duration"))
 }
 
+/// `at + d`, checked: an overflow is an error (the operation is refused), never a panic.
+fn later(at: OffsetDateTime, d: Duration) -> Result<OffsetDateTime, AuthError> {
+    at.checked_add(span(d)?)
+        .ok_or(AuthError::InvalidConfig("duration"))
+}
+
 fn context(tenant: TenantId) -> Result<TenantContext, AuthError> {
     TenantContext::for_job(tenant, None, "magic-auth")
         .map_err(|_| AuthError::InvalidConfig("tenant"))
@@ -175,14 +212,9 @@ impl SessionStore {
     /// A store on the runtime role's tenant pool.
     ///
     /// # Errors
-    /// [`AuthError::InvalidConfig`] when a lifetime is zero or the idle timeout exceeds the
-    /// absolute one.
+    /// [`AuthError::InvalidConfig`] when `config` does not pass [`SessionConfig::validate`].
     pub fn new(pool: TenantPool, config: SessionConfig) -> Result<Self, AuthError> {
-        if config.idle.is_zero() || config.absolute.is_zero() || config.idle > config.absolute {
-            return Err(AuthError::InvalidConfig(
-                "session lifetimes must be positive, idle no longer than absolute",
-            ));
-        }
+        config.validate()?;
         Ok(Self {
             pool,
             config,
@@ -213,8 +245,8 @@ impl SessionStore {
         let now = now
             .replace_nanosecond(now.nanosecond() / 1000 * 1000)
             .unwrap_or(now);
-        let absolute = now + span(self.config.absolute)?;
-        let idle = (now + span(self.config.idle)?).min(absolute);
+        let absolute = later(now, self.config.absolute)?;
+        let idle = later(now, self.config.idle)?.min(absolute);
         let kind = match new.kind {
             ActorKind::Staff => "staff",
             _ => "user",
@@ -291,7 +323,7 @@ impl SessionStore {
         let now = now
             .replace_nanosecond(now.nanosecond() / 1000 * 1000)
             .unwrap_or(now);
-        let idle = (now + span(self.config.idle)?).min(current.absolute_expires_at);
+        let idle = later(now, self.config.idle)?.min(current.absolute_expires_at);
         let assurance = assurance.max(current.assurance);
         let mut tx = self.pool.begin(&context(current.tenant)?).await?;
         let rotated = sqlx::query(

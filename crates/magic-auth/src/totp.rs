@@ -11,9 +11,17 @@
 //!   transaction that checks it (the row is locked `FOR UPDATE`), and only a step newer than every
 //!   step accepted before passes: a code is never accepted twice, nor an older step after a
 //!   newer one — also when two requests race.
-//! - After [`TotpConfig::max_failures`] wrong codes (replays included) the account is locked for
-//!   [`TotpConfig::lockout`], for every session; a correct code during the lockout is refused
-//!   too and does not count.
+//! - Lockout that cannot be waited out: every [`TotpConfig::max_failures`]-th consecutive wrong
+//!   code (replays, malformed input and wrong recovery codes included) locks the factor, for
+//!   every session; the first lock lasts [`TotpConfig::lockout`] and each further one twice as
+//!   long, up to [`TotpConfig::max_lockout`]. A lock does not reset the count: only an accepted
+//!   code, a recovery code or [`TotpService::unlock`] does. At [`TotpConfig::hard_limit`]
+//!   consecutive failures (at most [`MAX_HARD_LIMIT`]) TOTP codes are refused until a recovery
+//!   code is used or an operator unlocks the factor. A code submitted during a lock is refused
+//!   — the right one too — and does not count.
+//! - Each attempt is recorded as a failure *before* the code is checked (in the same
+//!   transaction, committed even when the check itself fails), so no error path — a seed that
+//!   does not open, a clock out of range — lets an attempt go uncounted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,25 +35,157 @@ use zeroize::Zeroizing;
 use crate::AuthError;
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
 
-/// TOTP parameters (SHA-1, 6 digits, 30-second steps: what authenticator apps support).
+/// The highest [`TotpConfig::hard_limit`] accepted: at most this many consecutive wrong codes
+/// before TOTP is refused until a recovery code or an operator unlocks it.
+pub const MAX_HARD_LIMIT: u32 = 100;
+
+/// The longest lock accepted for [`TotpConfig::max_lockout`] (30 days).
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+const MAX_ISSUER_BYTES: usize = 100;
+
+/// TOTP parameters (SHA-1, 6 digits, 30-second steps: what authenticator apps support) and the
+/// lockout ladder. Checked by [`TotpConfig::validate`] when the service is built
+/// ([`TotpService::new`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TotpConfig {
-    /// The issuer shown in authenticator apps.
+    /// The issuer shown in authenticator apps (1 to 100 bytes; no `:` and no control
+    /// characters, which would break the `otpauth://` label).
     pub issuer: String,
-    /// Wrong codes before the account is locked (default 5).
+    /// Consecutive wrong codes per lock (default 5): the 5th, 10th, 15th.. consecutive failure
+    /// locks the factor. Between 1 and [`TotpConfig::hard_limit`].
     pub max_failures: u32,
-    /// How long the lock lasts (default 15 minutes).
+    /// How long the first lock lasts (default 15 minutes; at least one second). Each further
+    /// lock lasts twice as long as the one before.
     pub lockout: Duration,
+    /// The longest a single lock lasts (default 24 hours; at least `lockout`, at most
+    /// [`MAX_LOCKOUT`]).
+    pub max_lockout: Duration,
+    /// Consecutive wrong codes after which TOTP codes are refused until a recovery code is used
+    /// or [`TotpService::unlock`] is called (default 20; between `max_failures` and
+    /// [`MAX_HARD_LIMIT`]).
+    pub hard_limit: u32,
 }
 
 impl TotpConfig {
-    /// Defaults for `issuer`.
+    /// Defaults for `issuer`: a lock after every 5 consecutive failures, 15 minutes for the
+    /// first, doubling up to 24 hours, and the hard limit at 20.
     #[must_use]
     pub fn new(issuer: &str) -> Self {
         Self {
             issuer: issuer.to_owned(),
             max_failures: 5,
             lockout: Duration::from_secs(15 * 60),
+            max_lockout: Duration::from_secs(24 * 60 * 60),
+            hard_limit: 20,
+        }
+    }
+
+    /// Checks that every value is usable: see each field for its bounds.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] naming the first value out of bounds.
+    pub fn validate(&self) -> Result<(), AuthError> {
+        let bad = AuthError::InvalidConfig;
+        if self.issuer.is_empty()
+            || self.issuer.len() > MAX_ISSUER_BYTES
+            || self.issuer.chars().any(|c| c == ':' || c.is_control())
+        {
+            return Err(bad(
+                "totp issuer must be 1 to 100 bytes, without ':' or control characters",
+            ));
+        }
+        if self.hard_limit == 0 || self.hard_limit > MAX_HARD_LIMIT {
+            return Err(bad("totp hard_limit must be between 1 and 100"));
+        }
+        if self.max_failures == 0 || self.max_failures > self.hard_limit {
+            return Err(bad(
+                "totp max_failures must be at least 1 and at most hard_limit",
+            ));
+        }
+        if self.lockout.as_secs() == 0 {
+            return Err(bad("totp lockout must be at least one second"));
+        }
+        if self.max_lockout > MAX_LOCKOUT || self.lockout > self.max_lockout {
+            return Err(bad(
+                "totp lockout must not exceed max_lockout, nor max_lockout 30 days",
+            ));
+        }
+        // Within 30 days, both are representable as `time::Duration`; checked all the same.
+        time::Duration::try_from(self.max_lockout).map_err(|_| bad("totp max_lockout"))?;
+        Ok(())
+    }
+
+    /// How long the lock after `failures` consecutive failures lasts, if that failure locks:
+    /// `lockout` at `max_failures`, doubling at each further multiple, capped at
+    /// `max_lockout`. Every step is checked; an overflow is the cap.
+    fn lock_span(&self, failures: u32) -> Option<Duration> {
+        if self.max_failures == 0 || failures == 0 || !failures.is_multiple_of(self.max_failures) {
+            return None;
+        }
+        let doublings = failures / self.max_failures - 1;
+        let span = 2u32
+            .checked_pow(doublings)
+            .and_then(|factor| self.lockout.checked_mul(factor))
+            .map_or(self.max_lockout, |span| span.min(self.max_lockout));
+        Some(span)
+    }
+
+    /// The state after one more failure (`failures` counts it), at `now`.
+    fn after_failure(&self, failures: u32, was_hard: bool, now: OffsetDateTime) -> Failure {
+        let hard = was_hard || failures >= self.hard_limit;
+        if hard && !was_hard {
+            // Reaching the hard limit: no timed lock on top, so a recovery code works at once.
+            return Failure::HardLocked;
+        }
+        if let Some(span) = self.lock_span(failures) {
+            let until = time::Duration::try_from(span)
+                .ok()
+                .and_then(|span| now.checked_add(span));
+            return match until {
+                Some(until) => Failure::Locked { until, hard },
+                // Unreachable with a validated config and a representable clock; closed anyway.
+                None => Failure::HardLocked,
+            };
+        }
+        if hard {
+            return Failure::HardLocked;
+        }
+        let to_lock = failures
+            .checked_rem(self.max_failures)
+            .map_or(0, |into| self.max_failures - into);
+        Failure::Rejected {
+            remaining: to_lock.min(self.hard_limit.saturating_sub(failures)),
+        }
+    }
+}
+
+/// What one more failure leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Rejected { remaining: u32 },
+    Locked { until: OffsetDateTime, hard: bool },
+    HardLocked,
+}
+
+impl Failure {
+    const fn verdict(self) -> CodeCheck {
+        match self {
+            Self::Rejected { remaining } => CodeCheck::Rejected { remaining },
+            Self::Locked { until, .. } => CodeCheck::Locked { until },
+            Self::HardLocked => CodeCheck::HardLocked,
+        }
+    }
+
+    const fn is_hard(self) -> bool {
+        matches!(self, Self::HardLocked | Self::Locked { hard: true, .. })
+    }
+
+    const fn until(self) -> Option<OffsetDateTime> {
+        match self {
+            Self::Locked { until, .. } => Some(until),
+            _ => None,
         }
     }
 }
@@ -94,6 +234,7 @@ impl Enrolment {
 
 /// The verdict on a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CodeCheck {
     /// Accepted; the step it matched is now used up.
     Accepted {
@@ -107,14 +248,18 @@ pub enum CodeCheck {
     },
     /// Wrong, replayed, malformed or not newer than an accepted one.
     Rejected {
-        /// Wrong codes left before the lockout.
+        /// Wrong codes left before the next lock (or the hard limit).
         remaining: u32,
     },
-    /// The account is locked; no code is checked until then.
+    /// The factor is locked; no code is checked until then.
     Locked {
         /// Until when.
         until: OffsetDateTime,
     },
+    /// The hard limit of consecutive failures was reached: TOTP codes are refused until a
+    /// recovery code is used or an operator calls [`TotpService::unlock`]; waiting does not
+    /// help.
+    HardLocked,
 }
 
 /// TOTP enrolment and verification.
@@ -157,14 +302,21 @@ fn totp(seed: Vec<u8>, issuer: &str, account: &str) -> Result<totp_rs::Totp, Aut
 
 impl TotpService {
     /// A service storing through `pool`, sealing seeds with `keyring`.
-    #[must_use]
-    pub fn new(pool: TenantPool, keyring: Arc<Keyring>, config: TotpConfig) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] when `config` does not pass [`TotpConfig::validate`].
+    pub fn new(
+        pool: TenantPool,
+        keyring: Arc<Keyring>,
+        config: TotpConfig,
+    ) -> Result<Self, AuthError> {
+        config.validate()?;
+        Ok(Self {
             pool,
             keyring,
             config,
             events: EventSink::default(),
-        }
+        })
     }
 
     /// Also report TOTP events (enrolment, accepted and failed codes, lockouts, recovery
@@ -182,6 +334,7 @@ impl TotpService {
             (CodeCheck::RecoveryAccepted { .. }, _) => AuthEventKind::RecoveryCodeUsed,
             (CodeCheck::Rejected { .. }, _) => AuthEventKind::CodeFailed,
             (CodeCheck::Locked { .. }, _) => AuthEventKind::LockedOut,
+            (CodeCheck::HardLocked, _) => AuthEventKind::HardLockedOut,
         };
         self.events.emit(kind, tenant, Some(user), None);
     }
@@ -216,7 +369,8 @@ impl TotpService {
         let stored = sqlx::query(
             "INSERT INTO auth.totp (tenant_id, user_id, seed) VALUES ($1, $2, $3) \
              ON CONFLICT (tenant_id, user_id) DO UPDATE \
-               SET seed = EXCLUDED.seed, last_step = NULL, failed_attempts = 0, locked_until = NULL \
+               SET seed = EXCLUDED.seed, last_step = NULL, failed_attempts = 0, locked_until = NULL, \
+                   hard_locked_at = NULL \
                WHERE auth.totp.confirmed_at IS NULL",
         )
         .bind(tenant.as_uuid())
@@ -276,28 +430,14 @@ impl TotpService {
         now: u64,
         phase: Phase,
     ) -> Result<CodeCheck, AuthError> {
-        type Row = (
-            Vec<u8>,
-            Option<OffsetDateTime>,
-            Option<i64>,
-            i32,
-            Option<OffsetDateTime>,
-        );
+        let now_at = unix_time(now)?;
         let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
         // The row lock serialises concurrent attempts for this user.
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT seed, confirmed_at, last_step, failed_attempts, locked_until FROM auth.totp \
-             WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
-        )
-        .bind(tenant.as_uuid())
-        .bind(user.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((sealed, confirmed, last_step, failed, locked_until)) = row else {
+        let Some(state) = FactorState::load(&mut tx, tenant, user).await? else {
             tx.rollback().await?;
             return Err(AuthError::NotEnrolled);
         };
-        let active = confirmed.is_some();
+        let active = state.confirmed;
         if active != (phase == Phase::Verify) {
             tx.rollback().await?;
             return Err(if active {
@@ -306,26 +446,31 @@ impl TotpService {
                 AuthError::NotEnrolled
             });
         }
-        let now_at = OffsetDateTime::from_unix_timestamp(i64::try_from(now).unwrap_or(i64::MAX))
-            .map_err(|_| AuthError::InvalidConfig("time"))?;
-        if let Some(until) = locked_until.filter(|until| *until > now_at) {
+        if let Some(until) = state.locked_until.filter(|until| *until > now_at) {
             tx.rollback().await?;
             return Ok(CodeCheck::Locked { until });
         }
-        let seed = self
-            .keyring
-            .open(&sealed, &seed_context(tenant, user))
-            .map_err(|_| AuthError::Crypto)?;
-        let totp = totp(seed.as_bytes().to_vec(), &self.config.issuer, "user")?;
-        let matched = totp.check(code.trim(), now);
-        let fresh = matched.filter(|step| {
-            last_step.is_none_or(|last| i64::try_from(*step).is_ok_and(|s| s > last))
-        });
-        let verdict = if let Some(step) = fresh {
-            let step_i = i64::try_from(step).map_err(|_| AuthError::InvalidConfig("time"))?;
+        if state.is_hard_locked(&self.config) {
+            tx.rollback().await?;
+            return Ok(CodeCheck::HardLocked);
+        }
+        // Counted as a failure first; an accepted code below undoes it in the same transaction.
+        let failure = self
+            .record_failure(&mut tx, tenant, user, &state, now_at)
+            .await?;
+        let matched = match self.evaluate(tenant, user, &state, code, now) {
+            Ok(matched) => matched,
+            Err(error) => {
+                // The attempt stays counted: an error is no way around the lockout.
+                tx.commit().await?;
+                self.report(failure.verdict(), tenant, user, Some(phase));
+                return Err(error);
+            }
+        };
+        let verdict = if let Some((step, step_i)) = matched {
             sqlx::query(
                 "UPDATE auth.totp SET last_step = $3, failed_attempts = 0, locked_until = NULL, \
-                 confirmed_at = COALESCE(confirmed_at, now()) \
+                 hard_locked_at = NULL, confirmed_at = COALESCE(confirmed_at, now()) \
                  WHERE tenant_id = $1 AND user_id = $2",
             )
             .bind(tenant.as_uuid())
@@ -335,50 +480,93 @@ impl TotpService {
             .await?;
             CodeCheck::Accepted { step }
         } else {
-            self.fail(&mut tx, tenant, user, failed, now_at).await?
+            failure.verdict()
         };
         tx.commit().await?;
         self.report(verdict, tenant, user, Some(phase));
         Ok(verdict)
     }
 
-    /// Counts a wrong code; locks the account at the limit.
-    async fn fail(
+    /// The step `code` matches at `now` (also as stored), if it is newer than the newest step
+    /// accepted before. Opens the seed.
+    fn evaluate(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+        state: &FactorState,
+        code: &str,
+        now: u64,
+    ) -> Result<Option<(u64, i64)>, AuthError> {
+        let seed = self
+            .keyring
+            .open(&state.sealed, &seed_context(tenant, user))
+            .map_err(|_| AuthError::Crypto)?;
+        let totp = totp(seed.as_bytes().to_vec(), &self.config.issuer, "user")?;
+        let matched = totp
+            .check(code.trim(), now)
+            .and_then(|step| Some((step, i64::try_from(step).ok()?)));
+        Ok(matched.filter(|(_, step)| state.last_step.is_none_or(|last| *step > last)))
+    }
+
+    /// Counts one more consecutive failure (and sets the lock it leads to) in `tx`.
+    async fn record_failure(
         &self,
         tx: &mut rls_guard::TenantTx,
         tenant: TenantId,
         user: ActorId,
-        failed: i32,
+        state: &FactorState,
         now: OffsetDateTime,
-    ) -> Result<CodeCheck, AuthError> {
-        let failures = u32::try_from(failed).unwrap_or(0).saturating_add(1);
-        if failures >= self.config.max_failures {
-            let until = now
-                + time::Duration::try_from(self.config.lockout)
-                    .map_err(|_| AuthError::InvalidConfig("lockout"))?;
-            sqlx::query(
-                "UPDATE auth.totp SET failed_attempts = 0, locked_until = $3 \
-                 WHERE tenant_id = $1 AND user_id = $2",
-            )
-            .bind(tenant.as_uuid())
-            .bind(user.as_uuid())
-            .bind(until)
-            .execute(&mut **tx)
-            .await?;
-            Ok(CodeCheck::Locked { until })
-        } else {
-            sqlx::query(
-                "UPDATE auth.totp SET failed_attempts = $3 WHERE tenant_id = $1 AND user_id = $2",
-            )
-            .bind(tenant.as_uuid())
-            .bind(user.as_uuid())
-            .bind(i32::try_from(failures).unwrap_or(i32::MAX))
-            .execute(&mut **tx)
-            .await?;
-            Ok(CodeCheck::Rejected {
-                remaining: self.config.max_failures - failures,
-            })
+    ) -> Result<Failure, AuthError> {
+        let was_hard = state.is_hard_locked(&self.config);
+        // A count that cannot be read or grow is treated as past the hard limit.
+        let (failures, failure) = match u32::try_from(state.failed)
+            .ok()
+            .and_then(|failed| failed.checked_add(1))
+        {
+            Some(failures) => (failures, self.config.after_failure(failures, was_hard, now)),
+            None => (u32::MAX, Failure::HardLocked),
+        };
+        sqlx::query(
+            "UPDATE auth.totp SET failed_attempts = $3, locked_until = $4, \
+             hard_locked_at = CASE WHEN $5 THEN COALESCE(hard_locked_at, now()) END \
+             WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .bind(i32::try_from(failures).unwrap_or(i32::MAX))
+        .bind(failure.until())
+        .bind(failure.is_hard())
+        .execute(&mut **tx)
+        .await?;
+        Ok(failure)
+    }
+
+    /// Unlocks `user`'s second factor (an operator's action, after checking who asks): the
+    /// consecutive-failure count, a timed lock and the hard lock are all cleared. Reported as
+    /// [`AuthEventKind::MfaUnlocked`]. Guard the route that calls it (staff, step-up): this
+    /// method does not know who the operator is.
+    ///
+    /// # Errors
+    /// [`AuthError::NotEnrolled`] when `user` has no TOTP enrolment; database errors.
+    pub async fn unlock(&self, tenant: TenantId, user: ActorId) -> Result<(), AuthError> {
+        let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
+        let unlocked = sqlx::query(
+            "UPDATE auth.totp SET failed_attempts = 0, locked_until = NULL, hard_locked_at = NULL \
+             WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if unlocked != 1 {
+            tx.rollback().await?;
+            return Err(AuthError::NotEnrolled);
         }
+        tx.commit().await?;
+        self.events
+            .emit(AuthEventKind::MfaUnlocked, tenant, Some(user), None);
+        Ok(())
     }
 
     /// Replaces `session`'s user's recovery codes with [`RECOVERY_CODES`] new ones (the old
@@ -445,7 +633,9 @@ impl TotpService {
     }
 
     /// Signs in with a recovery code instead of a TOTP code: each code works once. Wrong codes
-    /// count towards the same lockout as wrong TOTP codes, and a locked account refuses them.
+    /// count towards the same lockout as wrong TOTP codes, and a timed lock refuses them too.
+    /// A recovery code is the user's way out of the hard lock ([`CodeCheck::HardLocked`]): it
+    /// is accepted there (outside a timed lock) and clears the count and every lock.
     ///
     /// # Errors
     /// [`AuthError::NotEnrolled`] without active TOTP; database errors.
@@ -456,26 +646,21 @@ impl TotpService {
         code: &str,
         now: u64,
     ) -> Result<CodeCheck, AuthError> {
-        type Row = (Option<OffsetDateTime>, i32, Option<OffsetDateTime>);
+        let now_at = unix_time(now)?;
         let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT confirmed_at, failed_attempts, locked_until FROM auth.totp \
-             WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
-        )
-        .bind(tenant.as_uuid())
-        .bind(user.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((Some(_), failed, locked_until)) = row else {
+        let state = FactorState::load(&mut tx, tenant, user).await?;
+        let Some(state) = state.filter(|state| state.confirmed) else {
             tx.rollback().await?;
             return Err(AuthError::NotEnrolled);
         };
-        let now_at = OffsetDateTime::from_unix_timestamp(i64::try_from(now).unwrap_or(i64::MAX))
-            .map_err(|_| AuthError::InvalidConfig("time"))?;
-        if let Some(until) = locked_until.filter(|until| *until > now_at) {
+        if let Some(until) = state.locked_until.filter(|until| *until > now_at) {
             tx.rollback().await?;
             return Ok(CodeCheck::Locked { until });
         }
+        // Counted as a failure first; a code that is used up below undoes it.
+        let failure = self
+            .record_failure(&mut tx, tenant, user, &state, now_at)
+            .await?;
         let used = sqlx::query(
             "UPDATE auth.recovery_codes SET used_at = now() \
              WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
@@ -488,7 +673,8 @@ impl TotpService {
         .rows_affected();
         let verdict = if used == 1 {
             sqlx::query(
-                "UPDATE auth.totp SET failed_attempts = 0 WHERE tenant_id = $1 AND user_id = $2",
+                "UPDATE auth.totp SET failed_attempts = 0, locked_until = NULL, \
+                 hard_locked_at = NULL WHERE tenant_id = $1 AND user_id = $2",
             )
             .bind(tenant.as_uuid())
             .bind(user.as_uuid())
@@ -506,11 +692,70 @@ impl TotpService {
                 codes_left: u32::try_from(left).unwrap_or(0),
             }
         } else {
-            self.fail(&mut tx, tenant, user, failed, now_at).await?
+            failure.verdict()
         };
         tx.commit().await?;
         self.report(verdict, tenant, user, None);
         Ok(verdict)
+    }
+}
+
+/// `now` (Unix seconds) as a date, or an error (nothing is checked then).
+fn unix_time(now: u64) -> Result<OffsetDateTime, AuthError> {
+    i64::try_from(now)
+        .ok()
+        .and_then(|now| OffsetDateTime::from_unix_timestamp(now).ok())
+        .ok_or(AuthError::InvalidConfig("time"))
+}
+
+/// A user's TOTP row, read under a row lock.
+struct FactorState {
+    sealed: Vec<u8>,
+    confirmed: bool,
+    last_step: Option<i64>,
+    failed: i32,
+    locked_until: Option<OffsetDateTime>,
+    hard_locked: bool,
+}
+
+impl FactorState {
+    async fn load(
+        tx: &mut rls_guard::TenantTx,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<Self>, AuthError> {
+        type Row = (
+            Vec<u8>,
+            Option<OffsetDateTime>,
+            Option<i64>,
+            i32,
+            Option<OffsetDateTime>,
+            Option<OffsetDateTime>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT seed, confirmed_at, last_step, failed_attempts, locked_until, hard_locked_at \
+             FROM auth.totp WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.map(
+            |(sealed, confirmed, last_step, failed, locked_until, hard_locked_at)| Self {
+                sealed,
+                confirmed: confirmed.is_some(),
+                last_step,
+                failed,
+                locked_until,
+                hard_locked: hard_locked_at.is_some(),
+            },
+        ))
+    }
+
+    /// Whether TOTP codes are refused until a recovery code or an unlock: marked so, or the
+    /// count is at the (current) hard limit, or cannot be read.
+    fn is_hard_locked(&self, config: &TotpConfig) -> bool {
+        self.hard_locked || u32::try_from(self.failed).map_or(true, |f| f >= config.hard_limit)
     }
 }
 

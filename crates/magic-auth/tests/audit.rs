@@ -38,6 +38,7 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
         .unwrap();
     keyring.promote(1).unwrap();
     let totp = TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Audit"))
+        .unwrap()
         .with_events(hook.clone());
     let sessions = SessionStore::new(pool, SessionConfig::default())
         .unwrap()
@@ -57,6 +58,8 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
     for _ in 0..5 {
         totp.verify(t, user, "000000", NOW + 30).await.unwrap();
     }
+    // An operator unlocks the factor: audited like the rest.
+    totp.unlock(t, user).await.unwrap();
     let (session, _) = sessions
         .create(
             t,
@@ -72,11 +75,11 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
         .unwrap();
     sessions.revoke(t, session.id).await.unwrap();
 
-    // The hook writes from tasks of its own: wait for the 8 records.
+    // The hook writes from tasks of its own: wait for the 9 records.
     let mut stored = Vec::new();
     for _ in 0..200 {
         stored = AuditQuery::new(t).fetch(&raw).await.unwrap();
-        if stored.len() >= 8 {
+        if stored.len() >= 9 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -94,6 +97,7 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
         ("authn.code_failed", "denied"),
         ("authn.code_failed", "denied"),
         ("authn.locked_out", "denied"),
+        ("authn.mfa_unlocked", "allowed"),
         ("authn.login_succeeded", "allowed"),
         ("session.revoked", "allowed"),
     ]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Form, Query, State};
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use field_crypto::{KeyMaterial, Keyring};
@@ -241,6 +241,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
     let recorder = Arc::new(Recorder::default());
     let totp = Arc::new(
         TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Flow"))
+            .unwrap()
             .with_events(recorder.clone()),
     );
     // The staff member enrolled TOTP earlier.
@@ -261,6 +262,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
             outbox.clone(),
             LinkConfig::new("https://app.example.test").unwrap(),
         )
+        .unwrap()
         .with_events(recorder.clone()),
         sessions: SessionStore::new(pool, SessionConfig::default())
             .unwrap()
@@ -567,4 +569,82 @@ async fn an_unreachable_session_store_refuses_the_request() {
     // Without a cookie there is nothing to check: the public page answers.
     let r = app.oneshot(req("GET", "/public", &[], None)).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A request carrying `cookie_headers` as raw bytes (not necessarily UTF-8).
+fn raw_cookie_request(cookie_headers: &[&[u8]]) -> Request<Body> {
+    let mut r = Request::builder().method("GET").uri("/me");
+    for value in cookie_headers {
+        r = r.header(header::COOKIE, HeaderValue::from_bytes(value).unwrap());
+    }
+    r.body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn a_foreign_non_utf8_cookie_beside_the_session_does_not_hide_it() {
+    let sql = format!(
+        "{SUPPORT_SQL}\n{}",
+        magic_auth::schema::schema_sql("testkit_runtime").unwrap()
+    );
+    let db = fresh_database(&Template::new("magic_auth_flow", sql)).await;
+    let pool = TenantPool::new(db.pool(Role::Runtime, 2).await)
+        .await
+        .unwrap();
+    let sessions = SessionStore::new(pool, SessionConfig::default()).unwrap();
+    let new = NewSession {
+        user: ActorId::new_random(),
+        kind: ActorKind::User,
+        assurance: Assurance::Aal1,
+        user_agent: None,
+        ip: None,
+    };
+    let tenant = TenantId::new_random();
+    let (_, token) = sessions.create(tenant, &new).await.unwrap();
+    let (_, other) = sessions.create(tenant, &new).await.unwrap();
+    let app = Router::new()
+        .route("/me", get(|| async { "signed in" }))
+        .layer(Guard::require_auth())
+        .layer(SessionLayer::new(sessions));
+    let pair = format!("__Host-session={}", token.to_cookie_value().as_str());
+    let other_pair = format!("__Host-session={}", other.to_cookie_value().as_str());
+    let status = |headers: Vec<Vec<u8>>| {
+        let app = app.clone();
+        async move {
+            let refs: Vec<&[u8]> = headers.iter().map(Vec::as_slice).collect();
+            app.oneshot(raw_cookie_request(&refs))
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // The control: the session cookie alone signs the request in.
+    assert_eq!(
+        status(vec![pair.clone().into_bytes()]).await,
+        StatusCode::OK
+    );
+    // A foreign cookie that is not UTF-8 (Latin-1 "été"), or not well formed, in the same
+    // header — before or after the session — hides nothing.
+    for (before, after) in [
+        (&b"pref=\xe9t\xe9; "[..], &b""[..]),
+        (&b""[..], &b"; pref=\xe9t\xe9"[..]),
+        (&b"\xff\xfe; junk; =; "[..], &b"; a=\x80"[..]),
+    ] {
+        let header = [before, pair.as_bytes(), after].concat();
+        assert_eq!(status(vec![header]).await, StatusCode::OK);
+    }
+    // In a header of its own, too.
+    assert_eq!(
+        status(vec![b"pref=\xe9t\xe9".to_vec(), pair.clone().into_bytes()]).await,
+        StatusCode::OK
+    );
+    // Duplicate session cookies stay refused: two valid ones, or one beside a tossed one that
+    // is not even UTF-8.
+    for headers in [
+        vec![format!("{pair}; {other_pair}").into_bytes()],
+        vec![pair.clone().into_bytes(), other_pair.clone().into_bytes()],
+        vec![[pair.as_bytes(), b"; __Host-session=\xff"].concat()],
+        vec![b"__Host-session=\xe9".to_vec(), pair.clone().into_bytes()],
+    ] {
+        assert_eq!(status(headers).await, StatusCode::UNAUTHORIZED);
+    }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use magic_auth::mailer::{DevOutbox, Mailer, Message};
 use magic_auth::{
-    Account, AccountDirectory, AuthError, Delivery, EmailAddress, LinkConfig, MagicLinks,
+    Account, AccountDirectory, AuthError, Delivery, EmailAddress, EmailPolicy, Limit, LinkConfig,
+    MagicLinks,
 };
 use rls_guard::TenantPool;
 use rls_guard::schema::SUPPORT_SQL;
@@ -46,6 +47,10 @@ struct Fixture {
 }
 
 async fn fixture(ttl: Duration) -> Fixture {
+    fixture_with(|config| config.ttl = ttl).await
+}
+
+async fn fixture_with(edit: impl FnOnce(&mut LinkConfig)) -> Fixture {
     let db = fresh_database(&template()).await;
     let pool = TenantPool::new(db.pool(Role::Runtime, 4).await)
         .await
@@ -71,8 +76,8 @@ async fn fixture(ttl: Duration) -> Fixture {
     );
     let outbox = Arc::new(DevOutbox::new());
     let mut config = LinkConfig::new("https://app.example.test").unwrap();
-    config.ttl = ttl;
-    let links = MagicLinks::new(pool, Arc::new(dir), outbox.clone(), config);
+    edit(&mut config);
+    let links = MagicLinks::new(pool, Arc::new(dir), outbox.clone(), config).unwrap();
     Fixture {
         db,
         links,
@@ -303,7 +308,8 @@ async fn a_failed_delivery_is_reported_to_the_app_and_leaves_no_usable_link() {
         Arc::new(dir),
         Arc::new(Failing),
         LinkConfig::new("https://app.example.test").unwrap(),
-    );
+    )
+    .unwrap();
     let r = links
         .request(tenant, "ada@example.com", None)
         .await
@@ -384,4 +390,207 @@ async fn link_requests_are_rate_limited_per_address_and_per_client_alike_for_unk
         .await
         .unwrap();
     assert!(keys.iter().all(|k| !k.contains('@')), "{keys:?}");
+}
+
+#[tokio::test]
+async fn forty_requests_from_one_ipv6_64_are_limited_while_another_64_is_not() {
+    let f = fixture(Duration::from_secs(900)).await;
+    // 40 requests, each from another address of one /64 (and for another email address, so
+    // the per-address limit stays out of it): the 31st and later are refused.
+    let mut limited = 0;
+    for i in 0..40u16 {
+        let ip = std::net::IpAddr::from([0x2001, 0xdb8, 0xa, 0xb, i, 0xffff, i, 1]);
+        match f
+            .links
+            .request(f.tenant, &format!("v6-{i}@example.com"), Some(ip))
+            .await
+        {
+            Ok(_) => assert!(i < 30, "request {i} from the same /64 was allowed"),
+            Err(AuthError::RateLimited { .. }) => limited += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(limited, 10);
+    // The control: the neighbouring /64 is another client.
+    let neighbour: std::net::IpAddr = "2001:db8:a:c::1".parse().unwrap();
+    assert!(
+        f.links
+            .request(f.tenant, "neighbour@example.com", Some(neighbour))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn the_ipv6_prefix_is_configurable() {
+    let f = fixture_with(|c| {
+        c.ipv6_prefix = 128;
+        c.per_ip.max = 2;
+    })
+    .await;
+    for i in 0..3u16 {
+        let ip = std::net::IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i]);
+        // Each address is a client of its own at /128.
+        assert!(
+            f.links
+                .request(f.tenant, &format!("p{i}@example.com"), Some(ip))
+                .await
+                .is_ok()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ipv4_mapped_address_is_counted_as_its_ipv4_address() {
+    let f = fixture_with(|c| c.per_ip.max = 3).await;
+    let v4: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+    let mapped: std::net::IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+    for (i, ip) in [v4, mapped, v4].into_iter().enumerate() {
+        assert!(
+            f.links
+                .request(f.tenant, &format!("m{i}@example.com"), Some(ip))
+                .await
+                .is_ok()
+        );
+    }
+    // The fourth request from the same IPv4 client, written as IPv4-mapped IPv6: refused.
+    assert!(matches!(
+        f.links
+            .request(f.tenant, "m3@example.com", Some(mapped))
+            .await,
+        Err(AuthError::RateLimited { .. })
+    ));
+    // The control: another IPv4 client is not limited.
+    let other: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+    assert!(
+        f.links
+            .request(f.tenant, "m4@example.com", Some(other))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn each_refused_email_shape_is_refused_before_any_lookup_or_mail() {
+    let f = fixture(Duration::from_secs(900)).await;
+    for email in [
+        "=?utf-8?q?ada=40example.com?=@evil.example",
+        "\"ada\"@example.com",
+        "ada(comment)@example.com",
+        "@relay.example:ada@example.com",
+        "ada%example.com@evil.example",
+        "example.com!ada@evil.example",
+        "ada@[192.0.2.1]",
+        "ada@[IPv6:2001:db8::1]",
+        "ada@192.0.2.1",
+        "Ada <ada@example.com>",
+    ] {
+        assert!(
+            matches!(
+                f.links.request(f.tenant, email, None).await,
+                Err(AuthError::InvalidEmail)
+            ),
+            "{email:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(f.outbox.messages().is_empty());
+    // The control: the plain address gets its link.
+    let r = f
+        .links
+        .request(f.tenant, "Ada@Example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(r.delivery.await.unwrap().unwrap(), Delivery::Sent);
+    assert_eq!(f.outbox.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn ip_literal_domains_are_accepted_only_when_configured() {
+    let f = fixture_with(|c| c.email = EmailPolicy::new().with_ip_literals()).await;
+    let r = f
+        .links
+        .request(f.tenant, "ops@[192.0.2.1]", None)
+        .await
+        .unwrap();
+    assert_eq!(r.delivery.await.unwrap().unwrap(), Delivery::NoAccount);
+    // Encoded-words and the rest stay refused under that policy.
+    assert!(matches!(
+        f.links
+            .request(f.tenant, "=?utf-8?q?x?=@[192.0.2.1]", None)
+            .await,
+        Err(AuthError::InvalidEmail)
+    ));
+}
+
+#[tokio::test]
+async fn nonsensical_link_configs_are_refused_when_the_service_is_built() {
+    let db = fresh_database(&template()).await;
+    let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
+        .await
+        .unwrap();
+    let build = |config: LinkConfig| {
+        MagicLinks::new(
+            pool.clone(),
+            Arc::new(Directory::default()),
+            Arc::new(DevOutbox::new()),
+            config,
+        )
+    };
+    // The control: the defaults build.
+    let ok = LinkConfig::new("https://app.example.test").unwrap();
+    assert!(build(ok.clone()).is_ok());
+    let limit = |max: u32, window: Duration| Limit { max, window };
+    type Edit = Box<dyn Fn(&mut LinkConfig)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("zero ttl", Box::new(|c| c.ttl = Duration::ZERO)),
+        ("overflowing ttl", Box::new(|c| c.ttl = Duration::MAX)),
+        (
+            "ttl over a day",
+            Box::new(|c| c.ttl = Duration::from_secs(86_401)),
+        ),
+        (
+            "per-address max 0",
+            Box::new(move |c| c.per_email = limit(0, Duration::from_secs(60))),
+        ),
+        (
+            "per-client zero window",
+            Box::new(move |c| c.per_ip = limit(30, Duration::ZERO)),
+        ),
+        (
+            "per-client overflowing window",
+            Box::new(move |c| c.per_ip = limit(30, Duration::MAX)),
+        ),
+        (
+            "per-client max over the counter",
+            Box::new(move |c| c.per_ip = limit(u32::MAX, Duration::from_secs(60))),
+        ),
+        ("ipv6 prefix 0", Box::new(|c| c.ipv6_prefix = 0)),
+        ("ipv6 prefix 16", Box::new(|c| c.ipv6_prefix = 16)),
+        ("ipv6 prefix 129", Box::new(|c| c.ipv6_prefix = 129)),
+        (
+            "landing path with a query",
+            Box::new(|c| c.landing_path = "/auth/link?x=1".into()),
+        ),
+        (
+            "landing path to another host",
+            Box::new(|c| c.landing_path = "//evil.example/".into()),
+        ),
+        (
+            "subject with a header",
+            Box::new(|c| c.subject = "Hi\r\nBcc: all@example.com".into()),
+        ),
+        (
+            "plain-http base URL",
+            Box::new(|c| c.base_url = url::Url::parse("http://app.example.test").unwrap()),
+        ),
+    ];
+    for (what, edit) in edits {
+        let mut config = ok.clone();
+        edit(&mut config);
+        assert!(
+            matches!(build(config), Err(AuthError::InvalidConfig(_))),
+            "{what} was accepted"
+        );
+    }
 }

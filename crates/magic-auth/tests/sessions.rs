@@ -273,6 +273,63 @@ async fn invalid_lifetimes_are_refused() {
             Err(magic_auth::AuthError::InvalidConfig(_))
         ));
     }
+    // Values that cannot be represented, or make no sense, are refused at build time too —
+    // so no request can meet them.
+    let day = Duration::from_secs(24 * 3600);
+    for (what, config) in [
+        (
+            "overflowing lifetimes",
+            SessionConfig {
+                idle: Duration::MAX,
+                absolute: Duration::MAX,
+                touch_after: Duration::ZERO,
+            },
+        ),
+        (
+            "absolute over 400 days",
+            SessionConfig {
+                absolute: day * 401,
+                ..SessionConfig::default()
+            },
+        ),
+        (
+            "sub-second idle",
+            SessionConfig {
+                idle: Duration::from_millis(10),
+                ..SessionConfig::default()
+            },
+        ),
+        (
+            "touch_after not below idle",
+            SessionConfig {
+                touch_after: Duration::from_secs(30 * 60),
+                ..SessionConfig::default()
+            },
+        ),
+        (
+            "overflowing touch_after",
+            SessionConfig {
+                touch_after: Duration::MAX,
+                ..SessionConfig::default()
+            },
+        ),
+    ] {
+        assert!(
+            matches!(
+                SessionStore::new(pool.clone(), config),
+                Err(magic_auth::AuthError::InvalidConfig(_))
+            ),
+            "{what} was accepted"
+        );
+    }
+    // The control: the defaults and the longest lifetime allowed build.
+    assert!(SessionStore::new(pool.clone(), SessionConfig::default()).is_ok());
+    let longest = SessionConfig {
+        idle: magic_auth::MAX_SESSION_LIFETIME,
+        absolute: magic_auth::MAX_SESSION_LIFETIME,
+        touch_after: Duration::from_secs(60),
+    };
+    assert!(SessionStore::new(pool, longest).is_ok());
 }
 
 #[tokio::test]

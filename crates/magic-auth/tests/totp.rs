@@ -31,10 +31,14 @@ fn keyring(byte: u8) -> Arc<Keyring> {
 }
 
 async fn service(db: &TestDb, key: u8) -> TotpService {
+    service_with(db, key, TotpConfig::new("Tenantguard")).await
+}
+
+async fn service_with(db: &TestDb, key: u8, config: TotpConfig) -> TotpService {
     let pool = TenantPool::new(db.pool(Role::Runtime, 4).await)
         .await
         .unwrap();
-    TotpService::new(pool, keyring(key), TotpConfig::new("Tenantguard"))
+    TotpService::new(pool, keyring(key), config).unwrap()
 }
 
 /// Enrols and confirms `user` at step NOW-60s; returns the seed.
@@ -416,4 +420,338 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
             .unwrap(),
         CodeCheck::Locked { .. }
     ));
+}
+
+/// A wrong code for `seed` at `now`: none of the codes of the ±1 window.
+fn wrong_code(seed: &[u8], now: u64, salt: u64) -> String {
+    let window: Vec<String> = [now - 30, now, now + 30]
+        .iter()
+        .map(|t| code_at(seed, *t).unwrap())
+        .collect();
+    (salt..)
+        .map(|n| format!("{:06}", n % 1_000_000))
+        .find(|c| !window.contains(c))
+        .unwrap()
+}
+
+fn unix(at: time::OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp()).unwrap()
+}
+
+/// The consecutive-failure count and the hard-lock mark, read back as the owner.
+async fn stored_lock(db: &TestDb, user: ActorId) -> (i32, bool) {
+    let admin = db.pool(Role::Admin, 1).await;
+    sqlx::query_as(
+        "SELECT failed_attempts, hard_locked_at IS NOT NULL FROM auth.totp WHERE user_id = $1",
+    )
+    .bind(user.as_uuid())
+    .fetch_one(&admin)
+    .await
+    .unwrap()
+}
+
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<magic_auth::AuthEvent>>);
+
+impl magic_auth::AuthEvents for Recorder {
+    fn record(&self, event: &magic_auth::AuthEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+impl Recorder {
+    fn kinds(&self) -> Vec<magic_auth::AuthEventKind> {
+        self.0.lock().unwrap().iter().map(|e| e.kind).collect()
+    }
+}
+
+/// 150 wrong codes, each lock waited out: the locks grow, the count never resets, the hard limit
+/// (here the highest allowed, 100) then holds however long the attacker waits, and no code is
+/// ever accepted on the way — the right one included. A recovery code opens it again.
+#[tokio::test]
+async fn wrong_codes_spread_over_lock_periods_never_lead_to_acceptance() {
+    let db = fresh_database(&template()).await;
+    let mut config = TotpConfig::new("Tenantguard");
+    config.hard_limit = magic_auth::totp::MAX_HARD_LIMIT;
+    let s = service_with(&db, 1, config).await;
+    let (t, user) = (TenantId::new_random(), ActorId::new_random());
+    let seed = enrolled(&s, t, user).await;
+    let aal2 = session_for(&db, t, user, magic_auth::Assurance::Aal2).await;
+    let recovery = s
+        .regenerate_recovery_codes(&aal2, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    let mut now = NOW;
+    let (mut rejected, mut hard) = (0, 0);
+    let mut locks: Vec<i64> = Vec::new();
+    for i in 0..150u64 {
+        let verdict = s
+            .verify(t, user, &wrong_code(&seed, now, i * 7919), now)
+            .await
+            .unwrap();
+        match verdict {
+            CodeCheck::Rejected { .. } => rejected += 1,
+            CodeCheck::Locked { until } => {
+                locks.push(
+                    (until - time::OffsetDateTime::from_unix_timestamp(now as i64).unwrap())
+                        .whole_seconds(),
+                );
+                // The right code is refused while locked, and does not count.
+                let right = code_at(&seed, now).unwrap();
+                assert!(matches!(
+                    s.verify(t, user, &right, now).await.unwrap(),
+                    CodeCheck::Locked { .. }
+                ));
+                // The attacker waits the lock out.
+                now = unix(until) + 1;
+            }
+            CodeCheck::HardLocked => {
+                hard += 1;
+                // Waiting does not help: a month later the right code is still refused.
+                let later = now + 30 * 24 * 3600;
+                let right = code_at(&seed, later).unwrap();
+                assert_eq!(
+                    s.verify(t, user, &right, later).await.unwrap(),
+                    CodeCheck::HardLocked
+                );
+                now += 31;
+            }
+            other => panic!("wrong code {i} gave {other:?}"),
+        }
+    }
+    // 100 counted failures (the count is not reset by a lock), then the hard limit.
+    assert_eq!(rejected + locks.len(), 99);
+    assert_eq!(hard, 51);
+    assert_eq!(stored_lock(&db, user).await, (100, true));
+    // The ladder: 15 minutes, doubling, capped at 24 hours.
+    assert_eq!(&locks[..4], &[900, 1800, 3600, 7200]);
+    assert!(locks.windows(2).all(|w| w[0] <= w[1]), "{locks:?}");
+    assert_eq!(*locks.last().unwrap(), 24 * 3600);
+    // A recovery code unlocks; then the right code is accepted again.
+    assert!(matches!(
+        s.use_recovery_code(t, user, &recovery.codes()[0], now)
+            .await
+            .unwrap(),
+        CodeCheck::RecoveryAccepted { .. }
+    ));
+    assert_eq!(stored_lock(&db, user).await, (0, false));
+    let right = code_at(&seed, now).unwrap();
+    assert!(matches!(
+        s.verify(t, user, &right, now).await.unwrap(),
+        CodeCheck::Accepted { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_lock_does_not_reset_the_count() {
+    let db = fresh_database(&template()).await;
+    let s = service(&db, 1).await;
+    let (t, user) = (TenantId::new_random(), ActorId::new_random());
+    let seed = enrolled(&s, t, user).await;
+    for i in 0..4 {
+        s.verify(t, user, &wrong_code(&seed, NOW, i), NOW)
+            .await
+            .unwrap();
+    }
+    let CodeCheck::Locked { until } = s
+        .verify(t, user, &wrong_code(&seed, NOW, 9), NOW)
+        .await
+        .unwrap()
+    else {
+        panic!("not locked");
+    };
+    let after = unix(until) + 1;
+    // After the first lock, the next wrong code is the sixth in a row: four more to the next.
+    assert_eq!(
+        s.verify(t, user, &wrong_code(&seed, after, 1), after)
+            .await
+            .unwrap(),
+        CodeCheck::Rejected { remaining: 4 }
+    );
+    assert_eq!(stored_lock(&db, user).await, (6, false));
+    // The control: the right code after the lock resets the count.
+    let right = code_at(&seed, after).unwrap();
+    assert!(matches!(
+        s.verify(t, user, &right, after).await.unwrap(),
+        CodeCheck::Accepted { .. }
+    ));
+    assert_eq!(stored_lock(&db, user).await, (0, false));
+}
+
+#[tokio::test]
+async fn the_hard_limit_holds_until_an_operator_unlocks_and_the_unlock_is_reported() {
+    let db = fresh_database(&template()).await;
+    let hook = Arc::new(Recorder::default());
+    let s = service(&db, 1).await.with_events(hook.clone());
+    let (t, user) = (TenantId::new_random(), ActorId::new_random());
+    let seed = enrolled(&s, t, user).await;
+    // Unlocking someone without TOTP is an error, and nothing is reported.
+    assert!(matches!(
+        s.unlock(t, ActorId::new_random()).await,
+        Err(AuthError::NotEnrolled)
+    ));
+    let mut now = NOW;
+    let mut failures = 0;
+    loop {
+        match s
+            .verify(t, user, &wrong_code(&seed, now, failures), now)
+            .await
+            .unwrap()
+        {
+            CodeCheck::Rejected { .. } => {}
+            CodeCheck::Locked { until } => now = unix(until) + 1,
+            CodeCheck::HardLocked => break,
+            other => panic!("{other:?}"),
+        }
+        failures += 1;
+        assert!(failures < 20, "no hard lock at the default limit");
+    }
+    assert_eq!(stored_lock(&db, user).await, (20, true));
+    assert!(
+        hook.kinds()
+            .contains(&magic_auth::AuthEventKind::HardLockedOut)
+    );
+    // Another instance sees it; a year later it still holds.
+    let other = service(&db, 1).await;
+    let later = now + 365 * 24 * 3600;
+    assert_eq!(
+        other
+            .verify(t, user, &code_at(&seed, later).unwrap(), later)
+            .await
+            .unwrap(),
+        CodeCheck::HardLocked
+    );
+    s.unlock(t, user).await.unwrap();
+    let unlocks: Vec<_> = hook
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == magic_auth::AuthEventKind::MfaUnlocked)
+        .cloned()
+        .collect();
+    assert_eq!(unlocks.len(), 1);
+    assert_eq!((unlocks[0].tenant, unlocks[0].user), (t, Some(user)));
+    assert_eq!(stored_lock(&db, user).await, (0, false));
+    assert!(matches!(
+        s.verify(t, user, &code_at(&seed, later).unwrap(), later)
+            .await
+            .unwrap(),
+        CodeCheck::Accepted { .. }
+    ));
+}
+
+/// The attempt is counted before the seed is opened: a check that fails with an error still
+/// counts, so errors are no way around the lockout.
+#[tokio::test]
+async fn an_attempt_that_ends_in_an_error_is_still_counted() {
+    let db = fresh_database(&template()).await;
+    let s = service(&db, 1).await;
+    let (t, user) = (TenantId::new_random(), ActorId::new_random());
+    let seed = enrolled(&s, t, user).await;
+    let wrong_key = service(&db, 2).await;
+    let right = code_at(&seed, NOW).unwrap();
+    for _ in 0..5 {
+        assert!(matches!(
+            wrong_key.verify(t, user, &right, NOW).await,
+            Err(AuthError::Crypto)
+        ));
+    }
+    assert_eq!(stored_lock(&db, user).await.0, 5);
+    // Locked now, for the right key and the right code too.
+    assert!(matches!(
+        s.verify(t, user, &right, NOW).await.unwrap(),
+        CodeCheck::Locked { .. }
+    ));
+    // The control: with the right key, after the lock, the right code is accepted.
+    let later = NOW + 3600;
+    assert!(matches!(
+        s.verify(t, user, &code_at(&seed, later).unwrap(), later)
+            .await
+            .unwrap(),
+        CodeCheck::Accepted { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_clock_beyond_the_calendar_is_an_error_not_a_panic() {
+    let db = fresh_database(&template()).await;
+    let s = service(&db, 1).await;
+    let (t, user) = (TenantId::new_random(), ActorId::new_random());
+    let seed = enrolled(&s, t, user).await;
+    for now in [u64::MAX, i64::MAX as u64, 253_402_300_800] {
+        assert!(matches!(
+            s.verify(t, user, &code_at(&seed, NOW).unwrap(), now).await,
+            Err(AuthError::InvalidConfig(_))
+        ));
+    }
+    // Nothing was checked, nothing counted.
+    assert_eq!(stored_lock(&db, user).await, (0, false));
+}
+
+#[tokio::test]
+async fn nonsensical_totp_configs_are_refused_when_the_service_is_built() {
+    use std::time::Duration;
+    let db = fresh_database(&template()).await;
+    let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
+        .await
+        .unwrap();
+    let build = |config: TotpConfig| TotpService::new(pool.clone(), keyring(1), config);
+    // The control: the defaults, and the extremes still allowed, build.
+    let ok = TotpConfig::new("Tenantguard");
+    assert!(build(ok.clone()).is_ok());
+    let mut edge = ok.clone();
+    edge.hard_limit = 100;
+    edge.max_failures = 1;
+    edge.lockout = Duration::from_secs(1);
+    edge.max_lockout = magic_auth::totp::MAX_LOCKOUT;
+    assert!(build(edge).is_ok());
+    type Edit = Box<dyn Fn(&mut TotpConfig)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("hard limit over 100", Box::new(|c| c.hard_limit = 101)),
+        ("hard limit u32::MAX", Box::new(|c| c.hard_limit = u32::MAX)),
+        ("hard limit 0", Box::new(|c| c.hard_limit = 0)),
+        ("max failures 0", Box::new(|c| c.max_failures = 0)),
+        (
+            "max failures over the hard limit",
+            Box::new(|c| c.max_failures = 21),
+        ),
+        ("zero lockout", Box::new(|c| c.lockout = Duration::ZERO)),
+        (
+            "sub-second lockout",
+            Box::new(|c| c.lockout = Duration::from_millis(500)),
+        ),
+        (
+            "overflowing lockout",
+            Box::new(|c| {
+                c.lockout = Duration::MAX;
+                c.max_lockout = Duration::MAX;
+            }),
+        ),
+        (
+            "lockout over max_lockout",
+            Box::new(|c| c.lockout = Duration::from_secs(2 * 24 * 3600)),
+        ),
+        (
+            "max_lockout over 30 days",
+            Box::new(|c| c.max_lockout = Duration::from_secs(31 * 24 * 3600)),
+        ),
+        ("empty issuer", Box::new(|c| c.issuer = String::new())),
+        (
+            "issuer with a colon",
+            Box::new(|c| c.issuer = "Evil:Bank".into()),
+        ),
+        (
+            "issuer with a newline",
+            Box::new(|c| c.issuer = "Bank\n".into()),
+        ),
+    ];
+    for (what, edit) in edits {
+        let mut config = ok.clone();
+        edit(&mut config);
+        assert!(
+            matches!(build(config), Err(AuthError::InvalidConfig(_))),
+            "{what} was accepted"
+        );
+    }
 }

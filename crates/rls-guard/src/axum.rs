@@ -62,6 +62,11 @@ impl IntoResponse for RlsError {
                     "tenant_not_resolved",
                     "tenant context unavailable",
                 ),
+                Self::ContextRefused(_) => (
+                    StatusCode::FORBIDDEN,
+                    "tenant_context_refused",
+                    "access to this tenant is no longer granted",
+                ),
                 Self::BindingChanged => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "tenant_binding_changed",

@@ -21,6 +21,30 @@ pub enum RlsError {
     /// missing, so policies and binding checks cannot work.
     #[error("the rls-guard support schema is not installed (run schema::SUPPORT_SQL as the owner)")]
     SupportSchemaMissing,
+    /// The support schema or a binding-check trigger differs from what this version of the
+    /// crate installs (each entry names the object and the difference).
+    #[error(
+        "the rls-guard support schema differs from what this version installs: {}; re-run schema::SUPPORT_SQL and schema::tenant_table_sql as the owner",
+        .0.join("; ")
+    )]
+    SupportSchemaMismatch(Vec<String>),
+    /// The coverage check could not probe the policies as the runtime role: the connected role
+    /// is neither that role nor allowed to `SET ROLE` to it.
+    #[error(
+        "cannot probe the policies as role {0:?}: connect as it, or as a role that may SET ROLE to it"
+    )]
+    CannotProbeAs(String),
+    /// The role to check does not exist.
+    #[error("no role named {0:?}")]
+    UnknownRole(String),
+    /// A [`BoundRead`](crate::BoundRead)'s statement calls `set_config`, which could leave a
+    /// tenant on the connection after the statement; nothing was sent.
+    #[error("a bound read may not call set_config")]
+    SetConfigInRead,
+    /// The tenant context may not be used: a cross-tenant grant that has expired, or whose use
+    /// could not be audited. Nothing was sent to the database.
+    #[error("the tenant context was refused: {0}")]
+    ContextRefused(#[from] tenant_scope::TenantError),
     /// The tenant or actor setting was changed inside a tenant-bound transaction; it was rolled
     /// back.
     #[error("the tenant binding was changed inside the transaction; it was rolled back")]

@@ -35,7 +35,7 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
 mod axum;
@@ -45,9 +45,11 @@ mod pool;
 mod read;
 mod role;
 pub mod schema;
+mod support;
 
 pub use coverage::{CoverageCheck, Finding, FindingKind};
 pub use error::{RlsError, is_unavailable};
 pub use pool::{TenantPool, TenantTx};
 pub use read::BoundRead;
-pub use role::{RoleProblem, verify_runtime_role, verify_support_schema};
+pub use role::{RoleProblem, verify_runtime_role};
+pub use support::verify_support_schema;

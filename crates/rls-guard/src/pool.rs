@@ -9,7 +9,8 @@ use tenant_scope::{TenantContext, TenantId};
 
 use crate::RlsError;
 use crate::read::{BoundRead, classify};
-use crate::role::{verify_runtime_role, verify_support_schema};
+use crate::role::verify_runtime_role;
+use crate::support::verify_support_schema;
 
 /// A PostgreSQL pool whose connections are handed out only inside transactions bound to a
 /// tenant.
@@ -71,6 +72,8 @@ impl TenantPool {
     }
 
     async fn open(&self, context: &TenantContext, mode: Mode) -> Result<TenantTx, RlsError> {
+        // A cross-tenant grant is refused once expired, and each use is audited.
+        context.authorize_use().await?;
         let tenant = context.tenant();
         let actor = actor_setting(context);
         let conn = self.pool.acquire().await?;
@@ -164,11 +167,16 @@ impl std::fmt::Debug for TenantTx {
     }
 }
 
-/// Clears any session-level tenant that SQL inside the transaction may have set with a plain
-/// `SET`, so no tenant outlives the transaction on the pooled connection. One statement is
-/// enough: without a tenant every tenant table shows no rows and refuses every write, whatever
-/// `app.actor_id` says; and `app.commit_binding` is set `LOCAL` right before every `COMMIT`.
-const RESET: &str = "RESET app.tenant_id";
+/// Hands the connection back clean, after the transaction ends and in the same round trip:
+/// whatever SQL inside the transaction left at session level must not reach the next user of
+/// the pooled connection. `RESET ALL` clears every session-level setting (a plain
+/// `SET app.tenant_id`, a session-level `app.commit_binding`, a changed `search_path`) back to
+/// the values the connection was opened with; `RESET ROLE` undoes a `SET ROLE`; `CLOSE ALL`
+/// drops cursors held past the commit; `UNLISTEN *` ends listen registrations; and the advisory
+/// locks a transaction took at session level are released. (Temporary objects are refused
+/// instead: the runtime role must not hold `TEMPORARY`, which the start-up check verifies.)
+pub(crate) const HAND_BACK: &str =
+    "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all()";
 
 impl TenantTx {
     /// The tenant this transaction is bound to.
@@ -193,11 +201,13 @@ impl TenantTx {
     /// the commit fails.
     pub async fn commit(mut self) -> Result<(), RlsError> {
         if self.mode == Mode::ReadOnly {
-            return self.finish(&format!("ROLLBACK; {RESET}")).await;
+            return self.finish(&format!("ROLLBACK; {HAND_BACK}")).await;
         }
         let sql = format!(
-            "SET LOCAL app.commit_binding = '{}:{}'; COMMIT; {RESET}",
-            self.tenant, self.actor
+            "SET LOCAL app.commit_binding = '{tenant}:{}'; \
+             SELECT app.verify_binding_writes('{tenant}'); COMMIT; {HAND_BACK}",
+            self.actor,
+            tenant = self.tenant,
         );
         self.finish(&sql).await
     }
@@ -207,7 +217,7 @@ impl TenantTx {
     /// # Errors
     /// [`RlsError::Database`] when the rollback fails (the connection is discarded).
     pub async fn rollback(mut self) -> Result<(), RlsError> {
-        self.finish(&format!("ROLLBACK; {RESET}")).await
+        self.finish(&format!("ROLLBACK; {HAND_BACK}")).await
     }
 
     async fn finish(&mut self, sql: &str) -> Result<(), RlsError> {

@@ -64,6 +64,7 @@ use crate::pool::actor_setting;
 #[must_use = "a BoundRead does nothing until fetched"]
 pub struct BoundRead<'p> {
     pool: &'p PgPool,
+    context: TenantContext,
     tenant: TenantId,
     actor: String,
     sql: &'static str,
@@ -86,6 +87,7 @@ impl<'p> BoundRead<'p> {
     pub(crate) fn new(pool: &'p PgPool, context: &TenantContext, sql: &'static str) -> Self {
         Self {
             pool,
+            context: context.clone(),
             tenant: context.tenant(),
             actor: actor_setting(context),
             sql,
@@ -116,7 +118,8 @@ impl<'p> BoundRead<'p> {
     where
         O: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
-        let (pool, sql, arguments) = self.prepare()?;
+        let (pool, sql, arguments, context) = self.prepare()?;
+        context.authorize_use().await?;
         sqlx::query_as_with::<_, O, _>(&sql, arguments)
             .fetch_all(pool)
             .await
@@ -131,7 +134,8 @@ impl<'p> BoundRead<'p> {
     where
         O: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
-        let (pool, sql, arguments) = self.prepare()?;
+        let (pool, sql, arguments, context) = self.prepare()?;
+        context.authorize_use().await?;
         sqlx::query_as_with::<_, O, _>(&sql, arguments)
             .fetch_optional(pool)
             .await
@@ -139,7 +143,7 @@ impl<'p> BoundRead<'p> {
     }
 
     /// The wrapped statement and the arguments with the binding appended after the caller's.
-    fn prepare(self) -> Result<(&'p PgPool, String, PgArguments), RlsError> {
+    fn prepare(self) -> Result<(&'p PgPool, String, PgArguments, TenantContext), RlsError> {
         if let Some(error) = self.error {
             return Err(RlsError::Database(sqlx::Error::Encode(error)));
         }
@@ -148,7 +152,12 @@ impl<'p> BoundRead<'p> {
         // The binding takes the two placeholders after the caller's: a statement that uses more
         // placeholders than were bound would read the tenant or actor text in their place, so
         // the counts must agree exactly.
-        let used = placeholders(statement).ok_or(RlsError::UnreadableStatement)?;
+        let scan = scan(statement).ok_or(RlsError::UnreadableStatement)?;
+        // `set_config(.., false)` would leave a tenant on the connection after the statement.
+        if scan.set_config {
+            return Err(RlsError::SetConfigInRead);
+        }
+        let used = scan.placeholders;
         let mut arguments = self.arguments;
         if used != arguments.len() {
             return Err(RlsError::ParameterCount {
@@ -176,14 +185,43 @@ impl<'p> BoundRead<'p> {
                 WHERE rls_guard_binding.tenant IS NOT NULL OFFSET 0) AS rls_guard_read",
             actor = tenant + 1,
         );
-        Ok((self.pool, sql, arguments))
+        Ok((self.pool, sql, arguments, self.context))
     }
+}
+
+/// What [`scan`] finds in a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scan {
+    /// The highest `$n` placeholder (0 when there is none).
+    placeholders: usize,
+    /// Whether the statement names `set_config` (as a word or a quoted identifier).
+    set_config: bool,
+}
+
+/// The highest `$n` placeholder in `sql`, and whether it names `set_config`, skipping string
+/// literals (`'..'`, `E'..'`), dollar-quoted strings and comments; `None` when one of those, or
+/// a quoted identifier, is not closed.
+fn scan(sql: &str) -> Option<Scan> {
+    let mut set_config = false;
+    let max = placeholders_with(sql, &mut |word| {
+        set_config |= word.eq_ignore_ascii_case("set_config");
+    })?;
+    Some(Scan {
+        placeholders: max,
+        set_config,
+    })
+}
+
+#[cfg(test)]
+fn placeholders(sql: &str) -> Option<usize> {
+    placeholders_with(sql, &mut |_| {})
 }
 
 /// The highest `$n` placeholder in `sql` (0 when there is none), skipping string literals
 /// (`'..'`, `E'..'`), quoted identifiers, dollar-quoted strings and comments; `None` when one of
-/// those is not closed.
-fn placeholders(sql: &str) -> Option<usize> {
+/// those is not closed. Every word and quoted identifier outside literals and comments is
+/// passed to `word`.
+fn placeholders_with(sql: &str, word: &mut dyn FnMut(&str)) -> Option<usize> {
     let b = sql.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     let mut max = 0;
@@ -206,6 +244,7 @@ fn placeholders(sql: &str) -> Option<usize> {
             }
             b'"' => {
                 i += 1;
+                let start = i;
                 loop {
                     match b.get(i)? {
                         b'"' if b.get(i + 1) == Some(&b'"') => i += 2,
@@ -213,6 +252,7 @@ fn placeholders(sql: &str) -> Option<usize> {
                         _ => i += 1,
                     }
                 }
+                word(&sql[start..i]);
                 i += 1;
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
@@ -260,6 +300,15 @@ fn placeholders(sql: &str) -> Option<usize> {
                     }
                 }
             }
+            c if (c.is_ascii_alphabetic() || c == b'_' || c >= 0x80)
+                && (i == 0 || !ident(b[i - 1])) =>
+            {
+                let start = i;
+                while i < b.len() && ident(b[i]) {
+                    i += 1;
+                }
+                word(&sql[start..i]);
+            }
             _ => i += 1,
         }
     }
@@ -282,7 +331,25 @@ pub(crate) fn classify(error: sqlx::Error) -> RlsError {
 
 #[cfg(test)]
 mod tests {
-    use super::placeholders;
+    use super::{placeholders, scan};
+
+    #[test]
+    fn set_config_is_found_however_it_is_spelled() {
+        for (sql, found) in [
+            ("SELECT set_config('app.tenant_id', 'x', false)", true),
+            ("SELECT pg_catalog.SET_CONFIG('a', 'b', false)", true),
+            ("SELECT \"set_config\"('a', 'b', false)", true),
+            ("SELECT pg_catalog . Set_Config ('a', 'b', false)", true),
+            ("SELECT 'set_config'", false),
+            ("SELECT 1 -- set_config\n", false),
+            ("SELECT /* set_config */ 1", false),
+            ("SELECT $$set_config$$", false),
+            ("SELECT my_set_config_count FROM t", false),
+            ("SELECT name FROM projects", false),
+        ] {
+            assert_eq!(scan(sql).map(|s| s.set_config), Some(found), "{sql}");
+        }
+    }
 
     #[test]
     fn placeholders_outside_literals_and_comments_are_counted() {

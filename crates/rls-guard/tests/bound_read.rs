@@ -391,3 +391,28 @@ async fn a_session_level_tenant_left_by_other_code_is_overridden_and_cleared() {
     let mut conn = f.raw.acquire().await.unwrap();
     assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
 }
+
+#[tokio::test]
+async fn a_read_that_calls_set_config_is_refused_before_sending() {
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    for sql in [
+        "SELECT pg_catalog.set_config('app.tenant_id', 'x', false)",
+        "SELECT \"set_config\"('app.tenant_id', 'x', false)",
+        "SELECT name FROM projects WHERE Set_Config('search_path', 'x', false) IS NOT NULL",
+    ] {
+        let result = f.pool.read(&ctx(a), sql).fetch_all::<(String,)>().await;
+        assert!(
+            matches!(result, Err(RlsError::SetConfigInRead)),
+            "{sql}: {result:?}"
+        );
+    }
+    // The positive control: a read that only mentions the word in a literal runs.
+    let rows: Vec<(String,)> = f
+        .pool
+        .read(&ctx(a), "SELECT 'set_config'::text")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![("set_config".to_owned(),)]);
+}

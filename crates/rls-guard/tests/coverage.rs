@@ -73,7 +73,7 @@ fn summary(findings: &[Finding]) -> Vec<(FindingKind, String)> {
 #[tokio::test]
 async fn flags_every_defect_kind_on_a_broken_schema() {
     let db = fresh_database(&broken()).await;
-    let mut conn = sqlx::PgConnection::connect_with(&db.options(Role::Owner))
+    let mut conn = sqlx::PgConnection::connect_with(&db.options(Role::Admin))
         .await
         .unwrap();
     let findings = CoverageCheck::new()
@@ -106,6 +106,10 @@ async fn flags_every_defect_kind_on_a_broken_schema() {
         (MaterializedViewOverTenantTable, "public.mv_copy"),
         (ImmutableFunctionOverTenantTable, "public.atomic_count()"),
         (ImmutableFunctionOverTenantTable, "public.cached_count()"),
+        (PolicyAdmitsOtherTenant, "public.t_nullable"),
+        (PolicyAdmitsOtherTenant, "public.t_open"),
+        (SecurityDefinerBypass, "public.leak()"),
+        (SecurityDefinerBypass, "public.safe_definer()"),
     ];
     let got = summary(&findings);
     let want: Vec<(FindingKind, String)> =
@@ -162,7 +166,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn cli_reports_findings_as_json_and_exits_1() {
     let db = fresh_database(&broken()).await;
-    let url = db.url(Role::Owner);
+    let url = db.url(Role::Admin);
     let out = cli(&[
         "check",
         "--database-url",

@@ -405,6 +405,73 @@ async fn forcing_the_binding_check_to_run_early_fails() {
     assert_eq!(count_all(&f.db, "projects").await, 0);
 }
 
+/// Injected SQL forges the commit binding for the tenant it switched to, fires the deferred
+/// check early (where it passes), and restores the binding: the write is still caught at commit,
+/// because every write is recorded where only the trigger can write, and `commit` compares.
+#[tokio::test]
+async fn a_forged_commit_binding_checked_early_cannot_commit_a_write_to_another_tenant() {
+    let f = fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let context = ctx(a);
+    let actor = context.actor().unwrap().id().to_string();
+    for plant in [true, false] {
+        let mut tx = f.pool.begin(&context).await.unwrap();
+        let write = if plant {
+            format!(
+                "SET LOCAL app.tenant_id = '{b}'; \
+                     INSERT INTO projects (tenant_id, name) VALUES ('{b}', 'planted'); \
+                     SET LOCAL app.commit_binding = '{b}:{actor}';"
+            )
+        } else {
+            format!(
+                "INSERT INTO projects (tenant_id, name) VALUES ('{a}', 'own'); \
+                     SET LOCAL app.commit_binding = '{a}:{actor}';"
+            )
+        };
+        sqlx::raw_sql(&format!(
+            "{write} SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED; \
+             SET LOCAL app.tenant_id = '{a}'; SET LOCAL app.commit_binding = ''"
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        // Nor can the injected SQL erase or plant a record: only the trigger writes them.
+        for sql in [
+            "DELETE FROM app.binding_writes",
+            "INSERT INTO app.binding_writes VALUES (pg_current_xact_id(), 'x')",
+        ] {
+            let err = sqlx::raw_sql(&format!("SAVEPOINT s; {sql}"))
+                .execute(&mut *tx)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.as_database_error().unwrap().code().as_deref(),
+                Some("42501"),
+                "{sql}"
+            );
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT s")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let result = tx.commit().await;
+        if plant {
+            assert!(
+                matches!(result, Err(RlsError::BindingChanged)),
+                "{result:?}"
+            );
+            assert_eq!(count_all(&f.db, "projects").await, 0);
+        } else {
+            // The positive control: the same dance around an own-tenant write commits.
+            result.unwrap();
+            assert_eq!(
+                visible(&f.pool, a).await,
+                vec![(*a.as_uuid(), "own".to_owned())]
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn writes_outside_a_tenant_tx_cannot_commit_without_restating_the_tenant() {
     let f = fixture(1).await;
@@ -465,6 +532,66 @@ async fn a_session_level_set_inside_a_transaction_does_not_outlive_it() {
     // The same (only) connection, unbound, must not carry B.
     let mut conn = f.raw.acquire().await.unwrap();
     assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+}
+
+/// Whatever one tenant's transaction leaves at session level on its connection (settings, a
+/// changed search_path, a cursor held past the commit, a listen registration, an advisory
+/// lock) is gone when the next user gets the connection, committed or rolled back.
+#[tokio::test]
+async fn session_state_left_by_a_transaction_does_not_reach_the_next_user() {
+    use sqlx::Row;
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    let state = "SELECT coalesce(current_setting('app.tenant_id', true), ''), \
+                        coalesce(current_setting('app.commit_binding', true), ''), \
+                        current_setting('search_path'), \
+                        current_setting('statement_timeout'), \
+                        (SELECT count(*) FROM pg_cursors WHERE is_holdable), \
+                        (SELECT count(*) FROM pg_listening_channels()), \
+                        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                           AND pid = pg_backend_pid())";
+    // Simple-protocol statements outside a transaction, so this also runs through PgBouncer.
+    let read_state = || async {
+        let row = sqlx::raw_sql(state).fetch_one(&f.raw).await.unwrap();
+        (
+            row.get::<String, _>(0),
+            row.get::<String, _>(1),
+            row.get::<String, _>(2),
+            row.get::<String, _>(3),
+            row.get::<i64, _>(4),
+            row.get::<i64, _>(5),
+            row.get::<i64, _>(6),
+        )
+    };
+    let clean = read_state().await;
+    assert_eq!((clean.0.as_str(), clean.4, clean.5, clean.6), ("", 0, 0, 0));
+    for commit in [true, false] {
+        let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "SET app.tenant_id = '{a}'; SET app.commit_binding = '{a}:'; \
+             SET search_path = pg_catalog, public, app; SET statement_timeout = '1h'; \
+             DECLARE held CURSOR WITH HOLD FOR SELECT 1; LISTEN tenant_news; \
+             SELECT pg_advisory_lock(42)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        // The positive control: inside the transaction it is in place (LISTEN registers at
+        // commit, so it shows only afterwards, where the hand-back must have removed it).
+        let inside = sqlx::raw_sql(state).fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(inside.get::<String, _>(1), format!("{a}:"));
+        assert_eq!(inside.get::<String, _>(3), "1h");
+        assert_eq!(inside.get::<i64, _>(4), 1);
+        assert_eq!(inside.get::<i64, _>(6), 1);
+        rebind(&mut tx, a).await;
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        let after = read_state().await;
+        assert_eq!(after, clean, "commit: {commit}");
+    }
 }
 
 #[tokio::test]

@@ -47,20 +47,34 @@ pub enum TenantError {
     CrossTenantRefused(CrossTenantRefusal),
 }
 
-/// Why a cross-tenant grant was refused.
+/// Why a cross-tenant grant, or a use of a granted context, was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CrossTenantRefusal {
     /// Only staff may act across tenants.
     #[error("actor is not staff")]
     NotStaff,
-    /// Every use needs a reason of at least [`MIN_REASON_CHARS`](crate::cross_tenant::MIN_REASON_CHARS) characters.
+    /// Every grant needs a reason of at least
+    /// [`MIN_REASON_CHARS`](crate::cross_tenant::MIN_REASON_CHARS) visible characters
+    /// (whitespace, control, format and other invisible characters do not count).
     #[error("a reason is required")]
     ReasonRequired,
-    /// The audit hook could not record the grant, so it is not given.
+    /// The reason is longer than [`MAX_REASON_CHARS`](crate::cross_tenant::MAX_REASON_CHARS)
+    /// characters.
+    #[error("the reason is too long")]
+    ReasonTooLong,
+    /// The audit hook could not record the grant or the use, so it is not given.
     #[error("the grant could not be audited")]
     AuditFailed,
     /// A cross-tenant authority already exists in this process.
     #[error("a cross-tenant authority is already installed")]
     AlreadyInstalled,
+    /// The granted context has outlived its
+    /// [`GrantLifetime`](crate::cross_tenant::GrantLifetime) and can no longer be used.
+    #[error("the grant has expired")]
+    Expired,
+    /// A [`GrantLifetime`](crate::cross_tenant::GrantLifetime) was zero or longer than
+    /// [`GrantLifetime::MAX`](crate::cross_tenant::GrantLifetime::MAX) (a configuration error).
+    #[error("the grant lifetime is out of range")]
+    LifetimeOutOfRange,
 }

@@ -15,7 +15,8 @@
 //!   `tenant_unavailable` when the tenant directory cannot be consulted.
 //! - [`scope`]: task-local propagation with an explicit spawn helper; no scope is an error.
 //! - [`CrossTenantAuthority`]: the only way to act in another tenant — staff only, with a
-//!   reason, audited before it is granted.
+//!   reason, audited before it is granted, expiring after a [`GrantLifetime`], and audited again
+//!   on every use ([`TenantContext::authorize_use`]).
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -60,7 +61,9 @@ pub mod scope;
 
 pub use actor::{Actor, ActorKind};
 pub use context::{Origin, TenantContext};
-pub use cross_tenant::{CrossTenantAudit, CrossTenantAuthority, CrossTenantEvent, GrantOutcome};
+pub use cross_tenant::{
+    CrossTenantAudit, CrossTenantAuthority, CrossTenantEvent, GrantLifetime, GrantOutcome,
+};
 pub use error::{CrossTenantRefusal, IdError, TenantError};
 pub use id::{ActorId, TenantId};
 pub use layer::{ResponseFuture, TenantLayer, TenantService};

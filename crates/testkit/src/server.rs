@@ -251,6 +251,15 @@ impl TestServer {
         exec_when_idle(&mut admin, &sql)
             .await
             .map_err(TestkitError::sql("create test database"))?;
+        // A new database grants TEMPORARY to PUBLIC (the template's ACL is not copied); the
+        // runtime role must not hold it (rls-guard's start-up check refuses a role that can
+        // leave temporary objects on a pooled connection).
+        exec(
+            &mut admin,
+            &format!("REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC"),
+            "revoke TEMPORARY from PUBLIC",
+        )
+        .await?;
         let _ = admin.close().await;
         Ok(TestDb { server: self, name })
     }

@@ -70,7 +70,8 @@ pub mod taint;
 mod tool;
 
 pub use approval::{
-    ApprovalPolicy, ApprovalRefusal, Approver, Approvers, AsTenantAdmin, ProposalStatus, schema_sql,
+    ApprovalPolicy, ApprovalRefusal, Approver, Approvers, AsTenantAdmin, ProposalStatus,
+    coverage_trust, schema_sql,
 };
 pub use error::{SandboxError, ToolError};
 pub use gate::{

@@ -326,7 +326,21 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
             let owner = connect(production.owner_database_url.parse()?, 2)
                 .await
                 .map_err(|e| format!("the owner role's database connection failed: {e}"))?;
-            rls_guard::verify_runtime_role(&mut *runtime.acquire().await?).await?;
+            // The role's own attributes before migrating; objects and privileges in the
+            // database (which the migrations set) are checked by TenantPool::new afterwards.
+            match rls_guard::verify_runtime_role(&mut *runtime.acquire().await?).await {
+                Err(rls_guard::RlsError::UnsafeRuntimeRole { role, problems })
+                    if problems.iter().any(rls_guard::RoleProblem::is_attribute) =>
+                {
+                    let problems = problems
+                        .into_iter()
+                        .filter(rls_guard::RoleProblem::is_attribute)
+                        .collect();
+                    return Err(rls_guard::RlsError::UnsafeRuntimeRole { role, problems }.into());
+                }
+                Ok(()) | Err(rls_guard::RlsError::UnsafeRuntimeRole { .. }) => {}
+                Err(other) => return Err(other.into()),
+            }
             schema::migrate(&owner, runtime_options.get_username()).await?;
             (
                 Keys::derive(&production.kek),
@@ -449,14 +463,14 @@ fn build(
         Arc::new(Directory { pool: pool.clone() }),
         mailer.clone(),
         LinkConfig::new(&config.base_url)?,
-    )
+    )?
     .with_events(events.clone());
     let totp = Arc::new(
         TotpService::new(
             pool.clone(),
             keyring.clone(),
             TotpConfig::new("TenantGuard reference app"),
-        )
+        )?
         .with_events(events),
     );
     // The assistant's network tools reach only public hosts on 80/443.

@@ -398,8 +398,9 @@ pub(super) async fn totp_submit(
                 Err(e) => internal(&state, &e),
             }
         }
-        Ok(CodeCheck::Locked { .. }) => retry("locked"),
+        Ok(CodeCheck::Locked { .. } | CodeCheck::HardLocked) => retry("locked"),
         Ok(CodeCheck::Rejected { .. }) | Err(magic_auth::AuthError::NotEnrolled) => retry("wrong"),
+        Ok(_) => retry("wrong"),
         Err(e) => internal(&state, &e),
     }
 }

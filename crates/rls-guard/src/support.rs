@@ -1,0 +1,255 @@
+//! The support schema, pinned: every `app` function the policies and the binding rely on, and
+//! the binding-check trigger on every tenant table, exactly as this crate installs them.
+
+use sqlx::{PgConnection, Row};
+
+use crate::RlsError;
+use crate::schema::{BINDING_TRIGGER, DEFINER_SEARCH_PATH, PINNED_FUNCTIONS, RECORD_TRIGGERS};
+
+/// The installed `app` functions: signature, body, language, volatility, return type, SECURITY
+/// DEFINER, configuration (`SET ..` clauses), returns a set, owned by the owner of `app`.
+const FUNCTIONS: &str = r"
+SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname,
+                         pg_catalog.pg_get_function_identity_arguments(p.oid)),
+       p.prosrc, l.lanname::text, p.provolatile::text,
+       pg_catalog.format_type(p.prorettype, NULL),
+       p.prosecdef, coalesce(pg_catalog.array_to_string(p.proconfig, ';'), ''), p.proretset,
+       p.proowner = n.nspowner
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE n.nspname = 'app'";
+
+/// Every table with a `tenant_id` column, with the shape of each trigger that bears the name of
+/// one of the crate's triggers or runs one of its trigger functions: name, type bits,
+/// constraint trigger, deferrable, initially deferred, has a `WHEN` clause, column count,
+/// enabled mode, argument count, the function's signature, the old and new transition tables.
+const TRIGGERS: &str = r"
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), tg.tgname::text, tg.tgtype::int4,
+       tg.tgconstraint <> 0, tg.tgdeferrable, tg.tginitdeferred, tg.tgqual IS NOT NULL,
+       coalesce(pg_catalog.array_length(tg.tgattr::int2[], 1), 0), tg.tgenabled::text,
+       tg.tgnargs::int4,
+       CASE WHEN p.oid IS NULL THEN ''
+            ELSE pg_catalog.format('%I.%I(%s)', pn.nspname, p.proname,
+                                   pg_catalog.pg_get_function_identity_arguments(p.oid)) END,
+       coalesce(tg.tgoldtable::text, ''), coalesce(tg.tgnewtable::text, '')
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a
+  ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+LEFT JOIN (pg_catalog.pg_trigger tg
+           JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid
+           JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace)
+  ON tg.tgrelid = c.oid
+ AND (tg.tgname = ANY ($1::text[])
+      OR tg.tgfoid IN (pg_catalog.to_regprocedure('app.check_row_binding()'),
+                       pg_catalog.to_regprocedure('app.record_binding_writes()')))
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_%'
+ORDER BY 1, 2";
+
+/// The expected shape of one of the crate's triggers: name, type bits, constraint trigger
+/// deferred, function, old transition table, new transition table.
+type TriggerShape = (
+    &'static str,
+    i32,
+    bool,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+/// Every trigger [`tenant_table_sql`](crate::schema::tenant_table_sql) creates, in the shape it
+/// creates it.
+fn expected_triggers() -> Vec<TriggerShape> {
+    let mut shapes = vec![(
+        BINDING_TRIGGER,
+        BINDING_TRIGGER_TYPE,
+        true,
+        "app.check_row_binding()",
+        "",
+        "",
+    )];
+    for (name, event, _) in RECORD_TRIGGERS {
+        let (bits, old, new) = match event {
+            "INSERT" => (4, "", "rls_guard_new"),
+            "UPDATE" => (16, "rls_guard_old", "rls_guard_new"),
+            _ => (8, "rls_guard_old", ""),
+        };
+        shapes.push((name, bits, false, "app.record_binding_writes()", old, new));
+    }
+    shapes
+}
+
+/// `FOR EACH ROW` (1) + `INSERT` (4) + `DELETE` (8) + `UPDATE` (16), `AFTER`, no `TRUNCATE`.
+const BINDING_TRIGGER_TYPE: i32 = 1 | 4 | 8 | 16;
+
+/// One way the installed support schema differs from what this crate installs: the object and
+/// what is wrong with it.
+pub(crate) type SupportProblem = (String, String);
+
+/// Every difference between the installed support functions and binding triggers and what
+/// [`SUPPORT_SQL`](crate::schema::SUPPORT_SQL) and
+/// [`tenant_table_sql`](crate::schema::tenant_table_sql) install.
+pub(crate) async fn support_problems(
+    conn: &mut PgConnection,
+) -> Result<Vec<SupportProblem>, RlsError> {
+    let mut problems = Vec::new();
+    let installed = sqlx::query(FUNCTIONS).fetch_all(&mut *conn).await?;
+    for pinned in PINNED_FUNCTIONS {
+        let Some(row) = installed.iter().find(|r| {
+            r.try_get::<String, _>(0)
+                .is_ok_and(|s| s == pinned.signature)
+        }) else {
+            problems.push((pinned.signature.to_owned(), "missing".to_owned()));
+            continue;
+        };
+        let mut wrong = |what: &str| problems.push((pinned.signature.to_owned(), what.to_owned()));
+        if row.try_get::<String, _>(1)? != pinned.body {
+            wrong("its definition differs from the one this crate installs");
+        }
+        if row.try_get::<String, _>(2)? != pinned.language {
+            wrong("its language differs");
+        }
+        let volatility: String = row.try_get(3)?;
+        if volatility == "i" {
+            wrong(
+                "it is IMMUTABLE (a cached plan could carry one tenant's answer into another's transaction)",
+            );
+        } else if volatility != pinned.volatility {
+            wrong("its volatility differs");
+        }
+        if row.try_get::<String, _>(4)? != pinned.returns {
+            wrong("its return type differs");
+        }
+        if row.try_get::<bool, _>(5)? != pinned.definer {
+            wrong(if pinned.definer {
+                "it is not SECURITY DEFINER"
+            } else {
+                "it is SECURITY DEFINER (it must be SECURITY INVOKER)"
+            });
+        }
+        let config: String = row.try_get(6)?;
+        let expected = if pinned.definer {
+            DEFINER_SEARCH_PATH
+        } else {
+            ""
+        };
+        if config != expected {
+            wrong("its SET clauses differ");
+        }
+        if row.try_get::<bool, _>(7)? {
+            wrong("it returns a set");
+        }
+        if !row.try_get::<bool, _>(8)? {
+            wrong("it is not owned by the owner of schema app");
+        }
+    }
+    if installed.is_empty() {
+        return Ok(problems);
+    }
+    let expected = expected_triggers();
+    let names: Vec<&str> = expected.iter().map(|shape| shape.0).collect();
+    let triggers = sqlx::query(TRIGGERS)
+        .bind(&names)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut tables: Vec<String> = Vec::new();
+    let mut present: Vec<(String, String)> = Vec::new();
+    for row in &triggers {
+        let table: String = row.try_get(0)?;
+        if !tables.contains(&table) {
+            tables.push(table.clone());
+        }
+        let Some(name) = row.try_get::<Option<String>, _>(1)? else {
+            continue;
+        };
+        present.push((table.clone(), name.clone()));
+        let mut wrong = |what: String| problems.push((table.clone(), what));
+        let function: String = row.try_get(10)?;
+        let Some(&(_, bits, deferred, runs, old, new)) =
+            expected.iter().find(|shape| shape.0 == name)
+        else {
+            wrong(format!(
+                "trigger {name} runs {function} but is not one of rls-guard's triggers"
+            ));
+            continue;
+        };
+        if function != runs {
+            wrong(format!("trigger {name} runs {function}, not {runs}"));
+        }
+        if row.try_get::<i32, _>(2)? != bits {
+            wrong(format!(
+                "trigger {name} fires on other events or at another time"
+            ));
+        }
+        let constraint = row.try_get::<bool, _>(3)? && row.try_get::<bool, _>(4)?;
+        if deferred && !(constraint && row.try_get::<bool, _>(5)?) {
+            wrong(format!(
+                "trigger {name} is not a DEFERRABLE INITIALLY DEFERRED constraint trigger"
+            ));
+        }
+        if !deferred && row.try_get::<bool, _>(4)? {
+            wrong(format!("trigger {name} is deferrable"));
+        }
+        if row.try_get::<bool, _>(6)? {
+            wrong(format!("trigger {name} has a WHEN clause"));
+        }
+        if row.try_get::<i32, _>(7)? != 0 {
+            wrong(format!("trigger {name} has a column list"));
+        }
+        let enabled: String = row.try_get(8)?;
+        if !matches!(enabled.as_str(), "O" | "A") {
+            wrong(format!("trigger {name} is disabled (enabled = {enabled})"));
+        }
+        if row.try_get::<i32, _>(9)? != 0 {
+            wrong(format!("trigger {name} has arguments"));
+        }
+        if row.try_get::<String, _>(11)? != old || row.try_get::<String, _>(12)? != new {
+            wrong(format!("trigger {name} has other transition tables"));
+        }
+    }
+    for table in tables {
+        for name in &names {
+            if !present.iter().any(|(t, n)| *t == table && n == name) {
+                problems.push((
+                    table.clone(),
+                    format!("no {name} trigger (run schema::tenant_table_sql)"),
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Checks that [`SUPPORT_SQL`](crate::schema::SUPPORT_SQL) is installed exactly as this
+/// version of the crate installs it (each function's definition, language, volatility, return
+/// type, SECURITY INVOKER, no `SET` clauses, owned by the owner of schema `app`), and that
+/// every table with a `tenant_id` column has the binding-check trigger in exactly the shape
+/// [`tenant_table_sql`](crate::schema::tenant_table_sql) creates (a deferred constraint trigger
+/// for INSERT, UPDATE and DELETE, no `WHEN` clause, no column list, enabled).
+///
+/// # Errors
+/// [`RlsError::SupportSchemaMissing`] when the functions are absent,
+/// [`RlsError::SupportSchemaMismatch`] naming every difference, or [`RlsError::Database`] when
+/// the check cannot run.
+pub async fn verify_support_schema(conn: &mut PgConnection) -> Result<(), RlsError> {
+    let problems = support_problems(conn).await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if problems.len() >= PINNED_FUNCTIONS.len()
+        && problems[..PINNED_FUNCTIONS.len()]
+            .iter()
+            .all(|(_, what)| what == "missing")
+    {
+        return Err(RlsError::SupportSchemaMissing);
+    }
+    Err(RlsError::SupportSchemaMismatch(
+        problems
+            .into_iter()
+            .map(|(object, what)| format!("{object}: {what}"))
+            .collect(),
+    ))
+}

@@ -1,0 +1,316 @@
+//! Attacks on the start-up check: every role shape and support-schema change that would let the
+//! runtime role bypass row-level security, or switch the controls around it off, is refused by
+//! `TenantPool::new` with a message naming it; the same role without the defect passes (the
+//! positive control in each test).
+// Integration tests: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use rls_guard::{RlsError, RoleProblem, TenantPool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use testkit::{Role, TestDb};
+
+async fn try_pool(options: PgConnectOptions) -> Result<TenantPool, RlsError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    TenantPool::new(pool).await
+}
+
+/// A fresh database and a fresh login role with the runtime role's privileges (a member of
+/// it): the positive control is that this role passes.
+async fn setup() -> (TestDb, PgConnectOptions, String) {
+    let db = testkit::fresh_database(&common::template()).await;
+    let options = db
+        .create_login_role(
+            "rt",
+            "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION INHERIT",
+        )
+        .await;
+    let name = options.get_username().to_owned();
+    db.as_admin(&format!("GRANT {} TO {name}", testkit::RUNTIME_ROLE))
+        .await;
+    try_pool(options.clone())
+        .await
+        .expect("positive control: the plain runtime role passes");
+    (db, options, name)
+}
+
+async fn refused_with(options: PgConnectOptions) -> (Vec<RoleProblem>, String) {
+    match try_pool(options).await {
+        Err(error @ RlsError::UnsafeRuntimeRole { .. }) => {
+            let message = error.to_string();
+            let RlsError::UnsafeRuntimeRole { problems, .. } = error else {
+                unreachable!()
+            };
+            (problems, message)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn replication_is_refused_directly_and_through_membership() {
+    let (db, options, name) = setup().await;
+    db.as_admin(&format!("ALTER ROLE {name} REPLICATION")).await;
+    let (problems, message) = refused_with(options.clone()).await;
+    assert_eq!(problems, vec![RoleProblem::Replication]);
+    assert!(message.contains("REPLICATION"), "{message}");
+
+    db.as_admin(&format!(
+        "ALTER ROLE {name} NOREPLICATION; CREATE ROLE {name}_repl NOLOGIN REPLICATION; \
+         CREATE ROLE {name}_hop NOLOGIN NOINHERIT; GRANT {name}_repl TO {name}_hop; \
+         GRANT {name}_hop TO {name};"
+    ))
+    .await;
+    let (problems, _) = refused_with(options.clone()).await;
+    assert_eq!(
+        problems,
+        vec![RoleProblem::MemberOfPrivileged(format!("{name}_repl"))]
+    );
+    db.as_admin(&format!("REVOKE {name}_hop FROM {name}")).await;
+    try_pool(options).await.unwrap();
+}
+
+#[tokio::test]
+async fn server_file_and_all_data_roles_are_refused_through_any_path() {
+    let (db, options, name) = setup().await;
+    for role in [
+        "pg_execute_server_program",
+        "pg_read_server_files",
+        "pg_write_server_files",
+        "pg_read_all_data",
+        "pg_write_all_data",
+    ] {
+        // Two hops, the middle one NOINHERIT: the role can still SET ROLE down the chain.
+        db.as_admin(&format!(
+            "CREATE ROLE {name}_{role} NOLOGIN NOINHERIT; GRANT {role} TO {name}_{role}; \
+             GRANT {name}_{role} TO {name};"
+        ))
+        .await;
+        let (problems, message) = refused_with(options.clone()).await;
+        assert_eq!(
+            problems,
+            vec![RoleProblem::MemberOfServerRole(role.to_owned())]
+        );
+        assert!(message.contains(role), "{message}");
+        db.as_admin(&format!("REVOKE {name}_{role} FROM {name}"))
+            .await;
+        try_pool(options.clone()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn owning_the_support_schema_its_functions_or_the_database_is_refused() {
+    let (db, options, name) = setup().await;
+    let owner = testkit::OWNER_ROLE;
+    db.as_admin(&format!(
+        "CREATE ROLE {name}_own NOLOGIN; GRANT {name}_own TO {name}; \
+         ALTER FUNCTION app.current_tenant_id() OWNER TO {name}_own;"
+    ))
+    .await;
+    let (problems, _) = refused_with(options.clone()).await;
+    assert!(
+        problems.contains(&RoleProblem::OwnsSupportObject(
+            "function app.current_tenant_id()".into()
+        )),
+        "{problems:?}"
+    );
+    db.as_admin(&format!(
+        "ALTER FUNCTION app.current_tenant_id() OWNER TO {owner}; \
+         ALTER SCHEMA app OWNER TO {name}_own;"
+    ))
+    .await;
+    let (problems, _) = refused_with(options.clone()).await;
+    assert!(
+        problems.contains(&RoleProblem::OwnsSupportObject("schema app".into())),
+        "{problems:?}"
+    );
+    db.as_admin(&format!(
+        "ALTER SCHEMA app OWNER TO {owner}; ALTER DATABASE {} OWNER TO {name}_own;",
+        db.name()
+    ))
+    .await;
+    let (problems, message) = refused_with(options.clone()).await;
+    assert!(
+        problems.contains(&RoleProblem::OwnsDatabase(db.name().to_owned())),
+        "{problems:?}"
+    );
+    assert!(message.contains("owns the database"), "{message}");
+    db.as_admin(&format!("ALTER DATABASE {} OWNER TO {owner}", db.name()))
+        .await;
+    try_pool(options).await.unwrap();
+}
+
+#[tokio::test]
+async fn truncate_trigger_and_references_on_a_protected_table_are_refused() {
+    let (db, options, name) = setup().await;
+    for (grant, privilege) in [
+        ("TRUNCATE ON projects", "TRUNCATE"),
+        ("TRIGGER ON projects", "TRIGGER"),
+        ("REFERENCES ON projects", "REFERENCES"),
+        ("REFERENCES (name) ON projects", "REFERENCES"),
+    ] {
+        // Granted to PUBLIC: every role holds it.
+        db.as_admin(&format!("GRANT {grant} TO PUBLIC")).await;
+        let (problems, message) = refused_with(options.clone()).await;
+        assert_eq!(
+            problems,
+            vec![RoleProblem::TablePrivilege {
+                table: "public.projects".into(),
+                privilege: privilege.into()
+            }],
+            "{grant}"
+        );
+        assert!(message.contains(privilege), "{message}");
+        db.as_admin(&format!("REVOKE {grant} FROM PUBLIC")).await;
+        try_pool(options.clone()).await.unwrap();
+    }
+    let _ = name;
+}
+
+#[tokio::test]
+async fn create_on_a_schema_temporary_and_session_replication_role_are_refused() {
+    let (db, options, name) = setup().await;
+    db.as_admin(&format!("GRANT CREATE ON SCHEMA public TO {name}"))
+        .await;
+    let (problems, _) = refused_with(options.clone()).await;
+    assert_eq!(problems, vec![RoleProblem::CreateOnSchema("public".into())]);
+    db.as_admin(&format!(
+        "REVOKE CREATE ON SCHEMA public FROM {name}; GRANT CREATE ON SCHEMA app TO PUBLIC"
+    ))
+    .await;
+    let (problems, _) = refused_with(options.clone()).await;
+    assert_eq!(problems, vec![RoleProblem::CreateOnSchema("app".into())]);
+    db.as_admin(&format!(
+        "REVOKE CREATE ON SCHEMA app FROM PUBLIC; GRANT TEMPORARY ON DATABASE {} TO {name}",
+        db.name()
+    ))
+    .await;
+    let (problems, message) = refused_with(options.clone()).await;
+    assert_eq!(problems, vec![RoleProblem::Temporary(db.name().to_owned())]);
+    assert!(message.contains("TEMPORARY"), "{message}");
+    db.as_admin(&format!(
+        "REVOKE TEMPORARY ON DATABASE {} FROM {name}; \
+         GRANT SET ON PARAMETER session_replication_role TO {name}",
+        db.name()
+    ))
+    .await;
+    let (problems, _) = refused_with(options.clone()).await;
+    assert_eq!(
+        problems,
+        vec![RoleProblem::SetParameter("session_replication_role".into())]
+    );
+    db.as_admin(&format!(
+        "REVOKE SET ON PARAMETER session_replication_role FROM {name}"
+    ))
+    .await;
+    try_pool(options).await.unwrap();
+}
+
+/// The support schema is pinned: each change an owner-level mistake (or an attacker who once
+/// held the owner) could make is refused, and restoring `SUPPORT_SQL` passes again.
+#[tokio::test]
+async fn a_changed_support_function_is_refused() {
+    let db = testkit::fresh_database(&common::template()).await;
+    let runtime = db.options(Role::Runtime);
+    try_pool(runtime.clone()).await.unwrap();
+    let owner = db.pool(Role::Owner, 1).await;
+    for change in [
+        // One changed character: binds every unbound session to a fixed tenant.
+        "CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid LANGUAGE sql STABLE \
+         AS $$ SELECT coalesce(NULLIF(pg_catalog.current_setting('app.tenant_id', true), ''), \
+         '00000000-0000-0000-0000-000000000001')::pg_catalog.uuid $$",
+        // Same body, IMMUTABLE: a cached plan could carry one tenant's answer into another's.
+        "ALTER FUNCTION app.current_tenant_id() IMMUTABLE",
+        "ALTER FUNCTION app.current_tenant_id() SECURITY DEFINER",
+        "ALTER FUNCTION app.current_tenant_id() SET search_path = public",
+        "ALTER FUNCTION app.check_row_binding() STABLE",
+    ] {
+        sqlx::raw_sql(change).execute(&owner).await.unwrap();
+        match try_pool(runtime.clone()).await {
+            Err(RlsError::SupportSchemaMismatch(problems)) => {
+                assert!(!problems.is_empty(), "{change}");
+            }
+            other => panic!("{change}: expected a refusal, got {other:?}"),
+        }
+        sqlx::raw_sql(rls_guard::schema::SUPPORT_SQL)
+            .execute(&owner)
+            .await
+            .unwrap();
+        // RESET clauses are not part of SUPPORT_SQL's CREATE OR REPLACE: undo them explicitly.
+        sqlx::raw_sql(
+            "ALTER FUNCTION app.current_tenant_id() STABLE SECURITY INVOKER RESET ALL; \
+             ALTER FUNCTION app.check_row_binding() VOLATILE",
+        )
+        .execute(&owner)
+        .await
+        .unwrap();
+        try_pool(runtime.clone()).await.unwrap();
+    }
+}
+
+/// The binding-check trigger keeps exactly its shape.
+#[tokio::test]
+async fn a_binding_trigger_of_the_wrong_shape_is_refused() {
+    let db = testkit::fresh_database(&common::template()).await;
+    let runtime = db.options(Role::Runtime);
+    let owner = db.pool(Role::Owner, 1).await;
+    let recreate = |shape: &str, when: &str| {
+        format!(
+            "DROP TRIGGER tenant_binding_check ON projects; \
+             CREATE CONSTRAINT TRIGGER tenant_binding_check {shape} \
+             FOR EACH ROW {when} EXECUTE FUNCTION app.check_row_binding()"
+        )
+    };
+    let deferred = "DEFERRABLE INITIALLY DEFERRED";
+    for change in [
+        recreate(
+            &format!("AFTER INSERT OR UPDATE OR DELETE ON projects {deferred}"),
+            "WHEN (false)",
+        ),
+        recreate(
+            &format!("AFTER INSERT OR UPDATE OF name OR DELETE ON projects {deferred}"),
+            "",
+        ),
+        recreate(
+            &format!("AFTER INSERT OR DELETE ON projects {deferred}"),
+            "",
+        ),
+        recreate(
+            "AFTER INSERT OR UPDATE OR DELETE ON projects NOT DEFERRABLE",
+            "",
+        ),
+        "ALTER TABLE projects DISABLE TRIGGER tenant_binding_check".to_owned(),
+        "ALTER TABLE projects DISABLE TRIGGER tenant_binding_record_insert".to_owned(),
+        "DROP TRIGGER tenant_binding_record_delete ON projects".to_owned(),
+        "DROP TRIGGER tenant_binding_record_update ON projects; \
+         CREATE TRIGGER tenant_binding_record_update AFTER UPDATE ON projects \
+         REFERENCING OLD TABLE AS rls_guard_new NEW TABLE AS rls_guard_old \
+         FOR EACH STATEMENT EXECUTE FUNCTION app.record_binding_writes()"
+            .to_owned(),
+        "DROP TRIGGER tenant_binding_check ON projects".to_owned(),
+    ] {
+        sqlx::raw_sql(&change).execute(&owner).await.unwrap();
+        match try_pool(runtime.clone()).await {
+            Err(RlsError::SupportSchemaMismatch(problems)) => {
+                assert!(
+                    problems.iter().any(|p| p.starts_with("public.projects")),
+                    "{change}: {problems:?}"
+                );
+            }
+            other => panic!("{change}: expected a refusal, got {other:?}"),
+        }
+        sqlx::raw_sql(&format!(
+            "DROP TRIGGER IF EXISTS tenant_binding_check ON projects; {}",
+            rls_guard::schema::tenant_table_sql("projects").unwrap()
+        ))
+        .execute(&owner)
+        .await
+        .unwrap();
+        try_pool(runtime.clone()).await.unwrap();
+    }
+}
