@@ -114,6 +114,12 @@ pub mod actions {
     pub const SESSION_REVOKED: Action = Action::known("session.revoked");
     /// All of a user's sessions (optionally but the current one) were revoked.
     pub const SESSION_REVOKED_ALL: Action = Action::known("session.revoked_all");
+    /// Every pending sign-in link of an account was invalidated.
+    pub const AUTHN_LINKS_INVALIDATED: Action = Action::known("authn.links_invalidated");
+    /// An account was disabled for sign-in (its sessions and links ended with it).
+    pub const AUTHN_ACCOUNT_DISABLED: Action = Action::known("authn.account_disabled");
+    /// A disabled account was enabled for sign-in again.
+    pub const AUTHN_ACCOUNT_ENABLED: Action = Action::known("authn.account_enabled");
     /// A request was refused by an authorization control.
     pub const AUTHZ_DENIED: Action = Action::known("authz.denied");
     /// A staff member was granted a context in another tenant.
@@ -170,6 +176,9 @@ pub mod actions {
         AUTHN_LOGOUT,
         SESSION_REVOKED,
         SESSION_REVOKED_ALL,
+        AUTHN_LINKS_INVALIDATED,
+        AUTHN_ACCOUNT_DISABLED,
+        AUTHN_ACCOUNT_ENABLED,
         AUTHZ_DENIED,
         TENANT_CROSS_TENANT_GRANTED,
         TENANT_CROSS_TENANT_REFUSED,

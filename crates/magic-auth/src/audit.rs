@@ -30,6 +30,9 @@ fn action(kind: AuthEventKind) -> (Action, Outcome) {
         }
         AuthEventKind::SessionRevoked => (actions::SESSION_REVOKED, Outcome::Allowed),
         AuthEventKind::SessionsRevoked => (actions::SESSION_REVOKED_ALL, Outcome::Allowed),
+        AuthEventKind::LinksInvalidated => (actions::AUTHN_LINKS_INVALIDATED, Outcome::Allowed),
+        AuthEventKind::AccountDisabled => (actions::AUTHN_ACCOUNT_DISABLED, Outcome::Allowed),
+        AuthEventKind::AccountEnabled => (actions::AUTHN_ACCOUNT_ENABLED, Outcome::Allowed),
     }
 }
 

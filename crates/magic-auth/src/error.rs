@@ -12,6 +12,10 @@ pub enum AuthError {
     /// another browser. One variant for all of them.
     #[error("invalid or expired sign-in link")]
     InvalidLink,
+    /// The account is disabled for sign-in (`SessionStore::disable_account`): no session is
+    /// created for it.
+    #[error("account disabled")]
+    AccountDisabled,
     /// Too many attempts: try again after `retry_at`.
     #[error("too many attempts; try again later")]
     RateLimited {

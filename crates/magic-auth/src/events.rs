@@ -37,6 +37,13 @@ pub enum AuthEventKind {
     SessionRevoked,
     /// Several sessions of a user were revoked.
     SessionsRevoked,
+    /// Every pending sign-in link of a user was invalidated (`MagicLinks::invalidate_links`,
+    /// or as part of `revoke_all`, disabling or a lockout).
+    LinksInvalidated,
+    /// An account was disabled for sign-in (`SessionStore::disable_account`).
+    AccountDisabled,
+    /// A disabled account was enabled again (`SessionStore::enable_account`).
+    AccountEnabled,
 }
 
 /// One event. It carries identifiers only: never a token, a code, a secret or an address.

@@ -46,6 +46,7 @@
 //! Still to come: a cheaper session lookup (the benchmark goal).
 #![forbid(unsafe_code)]
 
+mod account;
 #[cfg(feature = "audit-log")]
 pub mod audit;
 mod email;

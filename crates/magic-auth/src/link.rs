@@ -30,6 +30,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::AuthError;
+use crate::account;
 use crate::email::{EmailAddress, EmailPolicy};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::limit::{DEFAULT_IPV6_PREFIX, Hit, Limit, MIN_IPV6_PREFIX, RateLimiter, client_key};
@@ -52,7 +53,9 @@ pub struct Account {
     pub disabled: bool,
 }
 
-/// Finds accounts by normalised email address, per tenant. The application implements it.
+/// Finds accounts, per tenant: by normalised email address when a link is requested, and by
+/// user when it is confirmed (a link follows the account as it is then). The application
+/// implements it.
 pub trait AccountDirectory: Send + Sync + 'static {
     /// Why a lookup failed.
     type Error: std::error::Error + Send + Sync + 'static;
@@ -62,6 +65,15 @@ pub trait AccountDirectory: Send + Sync + 'static {
         &self,
         tenant: TenantId,
         email: &EmailAddress,
+    ) -> impl Future<Output = Result<Option<Account>, Self::Error>> + Send;
+
+    /// The account `user` in `tenant` as it is now, if it still exists. Called by
+    /// [`MagicLinks::confirm`] at every confirmation: a missing or disabled account, an account
+    /// whose `user` is not `user`, and an error all refuse the sign-in.
+    fn find_by_user(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
     ) -> impl Future<Output = Result<Option<Account>, Self::Error>> + Send;
 }
 
@@ -201,15 +213,18 @@ pub enum Delivery {
     NoAccount,
 }
 
-/// A confirmed sign-in: create an `aal1` session for it (and ask for TOTP next).
+/// A confirmed sign-in: create its `aal1` session with [`SessionStore::sign_in`](crate::SessionStore::sign_in)
+/// (and ask for TOTP next). Only [`MagicLinks::confirm`] makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignIn {
     /// The tenant.
     pub tenant: TenantId,
     /// The user.
     pub user: ActorId,
-    /// `User` or `Staff`.
+    /// `User` or `Staff`: what the account is at confirmation, read again from the directory.
     pub kind: ActorKind,
+    /// The account's generation at confirmation: the session is refused if it has moved.
+    pub(crate) generation: i64,
 }
 
 /// The magic-link service.
@@ -341,16 +356,13 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
             "user"
         };
         let mut tx = self.pool.begin(&context(tenant)?).await?;
-        // A new request supersedes every older link of the account.
-        sqlx::query(
-            "UPDATE auth.login_links SET invalidated_at = $3 \
-             WHERE tenant_id = $1 AND user_id = $2 AND consumed_at IS NULL AND invalidated_at IS NULL",
-        )
-        .bind(tenant.as_uuid())
-        .bind(account.user.as_uuid())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // Requests for one account take turns on its lock: each supersedes every older link,
+        // so at most one is pending whatever the burst (a unique index holds it too).
+        if account::lock(&mut tx, tenant, account.user).await?.disabled {
+            tx.rollback().await?;
+            return Ok(Delivery::NoAccount);
+        }
+        account::invalidate_pending_links(&mut tx, tenant, account.user).await?;
         sqlx::query(
             "INSERT INTO auth.login_links (tenant_id, id, user_id, actor_kind, secret_hash, \
              verifier_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -397,16 +409,42 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         Ok(Delivery::Sent)
     }
 
+    /// Invalidates every pending sign-in link of `user` in `tenant` — and a link confirmed but
+    /// not yet turned into a session ([`SessionStore::sign_in`](crate::SessionStore::sign_in)
+    /// refuses it). Returns how many links were pending. Reported as
+    /// [`AuthEventKind::LinksInvalidated`]. ([`SessionStore::revoke_all`](crate::SessionStore::revoke_all)
+    /// and [`SessionStore::disable_account`](crate::SessionStore::disable_account) do this too.)
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn invalidate_links(&self, tenant: TenantId, user: ActorId) -> Result<u64, AuthError> {
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        account::bump(&mut tx, tenant, user, account::Disable::Keep).await?;
+        let links = account::invalidate_pending_links(&mut tx, tenant, user).await?;
+        tx.commit().await?;
+        self.events
+            .emit(AuthEventKind::LinksInvalidated, tenant, Some(user), None);
+        Ok(links)
+    }
+
     /// Confirms a link (the landing page's `POST`) from the browser holding `verifier`.
-    /// Consumes it on success only.
+    /// Consumes it on success only (and when the account, read again, refuses it).
+    ///
+    /// The link follows the account: the account is read again from the directory
+    /// ([`AccountDirectory::find_by_user`]) after the link is consumed, and the sign-in is for
+    /// what the account is now (its kind), or refused — missing, disabled, or a directory
+    /// error. A link is also refused once the account is disabled, its sessions revoked
+    /// ([`SessionStore::revoke_all`](crate::SessionStore::revoke_all)) or its links
+    /// invalidated, and so is the session for a sign-in confirmed just before that
+    /// ([`SessionStore::sign_in`](crate::SessionStore::sign_in)).
     ///
     /// # Errors
     /// [`AuthError::InvalidLink`] for every kind of failure — malformed, unknown, wrong secret,
-    /// another browser, expired, used, superseded; database errors.
+    /// another browser, expired, used, superseded, invalidated, an account that is gone or
+    /// disabled; [`AuthError::Directory`] when the directory fails (the link is used up);
+    /// database errors.
     pub async fn confirm(&self, token: &str, verifier: &str) -> Result<SignIn, AuthError> {
         type Row = (
-            Uuid,
-            String,
             Vec<u8>,
             Vec<u8>,
             OffsetDateTime,
@@ -417,17 +455,32 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
             SessionToken::parse_with(token, LINK_PREFIX).map_err(|_| AuthError::InvalidLink)?;
         let tenant = token.tenant();
         let mut tx = self.pool.begin(&context(tenant)?).await?;
-        // The row lock makes two concurrent confirmations take turns: one wins.
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT user_id, actor_kind, secret_hash, verifier_hash, expires_at, consumed_at, \
-             invalidated_at FROM auth.login_links WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        // Whose link it is, to take the account's lock before the link's (the order every
+        // operation on an account's links and sessions follows).
+        let owner: Option<(Uuid,)> = sqlx::query_as(
+            "SELECT user_id FROM auth.login_links WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant.as_uuid())
         .bind(token.id())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((user, kind, secret_hash, verifier_hash, expires, consumed, invalidated)) = row
-        else {
+        let Some(user) = owner.and_then(|(user,)| ActorId::from_uuid(user).ok()) else {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidLink);
+        };
+        let state = account::lock(&mut tx, tenant, user).await?;
+        // Read again under the locks: two concurrent confirmations take turns, one wins; an
+        // invalidation committed before the lock was taken is seen here.
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT secret_hash, verifier_hash, expires_at, consumed_at, invalidated_at \
+             FROM auth.login_links WHERE tenant_id = $1 AND id = $2 AND user_id = $3 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(token.id())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((secret_hash, verifier_hash, expires, consumed, invalidated)) = row else {
             tx.rollback().await?;
             return Err(AuthError::InvalidLink);
         };
@@ -437,10 +490,11 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
                 .as_slice()
                 .ct_eq(&verifier_hash),
         );
-        let live =
-            consumed.is_none() && invalidated.is_none() && expires > OffsetDateTime::now_utc();
-        let user = ActorId::from_uuid(user).map_err(|_| AuthError::InvalidLink);
-        if !(secret_ok && browser_ok && live) || user.is_err() {
+        let live = consumed.is_none()
+            && invalidated.is_none()
+            && expires > OffsetDateTime::now_utc()
+            && !state.disabled;
+        if !(secret_ok && browser_ok && live) {
             tx.rollback().await?;
             return Err(AuthError::InvalidLink);
         }
@@ -452,19 +506,31 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let user = user?;
-        let kind = if kind == "staff" {
-            ActorKind::Staff
-        } else {
-            ActorKind::User
+        // The account as it is now. Read after the link is used up (no connection is held
+        // while the application's directory runs); a refusal here leaves the link used.
+        let account = self
+            .directory
+            .find_by_user(tenant, user)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "account directory lookup failed at confirmation");
+                AuthError::Directory
+            })?;
+        let Some(account) = account.filter(|a| a.user == user && !a.disabled) else {
+            return Err(AuthError::InvalidLink);
         };
         self.events.emit_as(
             AuthEventKind::LinkConfirmed,
             tenant,
             Some(user),
-            Some(kind),
+            Some(account.kind),
             Some(token.id()),
         );
-        Ok(SignIn { tenant, user, kind })
+        Ok(SignIn {
+            tenant,
+            user,
+            kind: account.kind,
+            generation: state.generation,
+        })
     }
 }

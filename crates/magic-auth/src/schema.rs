@@ -33,6 +33,8 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuthError> {
         .map_err(|_| AuthError::InvalidConfig("table"))?;
     let recovery_rls = rls_guard::schema::tenant_table_sql("auth.recovery_codes")
         .map_err(|_| AuthError::InvalidConfig("table"))?;
+    let accounts_rls = rls_guard::schema::tenant_table_sql("auth.accounts")
+        .map_err(|_| AuthError::InvalidConfig("table"))?;
     let r = runtime_role;
     Ok(format!(
         r#"
@@ -59,6 +61,9 @@ CREATE TABLE IF NOT EXISTS auth.sessions (
     CHECK (idle_expires_at <= absolute_expires_at)
 );
 CREATE INDEX IF NOT EXISTS sessions_user_idx ON auth.sessions (tenant_id, user_id);
+-- Added later: the session a rotation started from (null: the row is its own family), so that
+-- revoking a session also ends the session it was rotated into at the same moment.
+ALTER TABLE auth.sessions ADD COLUMN IF NOT EXISTS family_id uuid;
 {rls}
 REVOKE ALL ON auth.sessions FROM PUBLIC;
 REVOKE ALL ON auth.sessions FROM {r};
@@ -101,6 +106,28 @@ CREATE TABLE IF NOT EXISTS auth.login_links (
     PRIMARY KEY (tenant_id, id)
 );
 CREATE INDEX IF NOT EXISTS login_links_user_idx ON auth.login_links (tenant_id, user_id);
+-- At most one pending link per account (the link requests themselves take turns on the
+-- account's row in auth.accounts; this index holds even if they did not). Databases from
+-- before the index may hold several pending links of one account: all but the newest are
+-- invalidated first, by the owner, with row-level security and the tenant-binding triggers
+-- suspended for that one statement (the tenant_table_sql below re-forces both).
+DO $magic_auth$
+BEGIN
+    IF to_regclass('auth.login_links_one_pending') IS NULL THEN
+        ALTER TABLE auth.login_links NO FORCE ROW LEVEL SECURITY;
+        ALTER TABLE auth.login_links DISABLE TRIGGER USER;
+        UPDATE auth.login_links l SET invalidated_at = now()
+         WHERE l.consumed_at IS NULL AND l.invalidated_at IS NULL
+           AND EXISTS (SELECT 1 FROM auth.login_links n
+                        WHERE n.tenant_id = l.tenant_id AND n.user_id = l.user_id
+                          AND n.consumed_at IS NULL AND n.invalidated_at IS NULL
+                          AND (n.created_at, n.id) > (l.created_at, l.id));
+        ALTER TABLE auth.login_links ENABLE TRIGGER USER;
+        CREATE UNIQUE INDEX login_links_one_pending ON auth.login_links (tenant_id, user_id)
+            WHERE consumed_at IS NULL AND invalidated_at IS NULL;
+    END IF;
+END
+$magic_auth$;
 {links_rls}
 REVOKE ALL ON auth.login_links FROM PUBLIC;
 REVOKE ALL ON auth.login_links FROM {r};
@@ -130,6 +157,21 @@ CREATE TABLE IF NOT EXISTS auth.recovery_codes (
 REVOKE ALL ON auth.recovery_codes FROM PUBLIC;
 REVOKE ALL ON auth.recovery_codes FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.recovery_codes TO {r};
+
+-- Per-account sign-in state: the row that sessions and links of one account take turns on
+-- (see `crate::account`), the generation that every "sign out everywhere" moves, and whether
+-- the account is disabled for sign-in.
+CREATE TABLE IF NOT EXISTS auth.accounts (
+    tenant_id   uuid        NOT NULL,
+    user_id     uuid        NOT NULL,
+    generation  bigint      NOT NULL DEFAULT 0 CHECK (generation >= 0),
+    disabled_at timestamptz,
+    PRIMARY KEY (tenant_id, user_id)
+);
+{accounts_rls}
+REVOKE ALL ON auth.accounts FROM PUBLIC;
+REVOKE ALL ON auth.accounts FROM {r};
+GRANT SELECT, INSERT, UPDATE ON auth.accounts TO {r};
 "#
     ))
 }

@@ -11,8 +11,20 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AuthError;
+use crate::account::{self, Disable, Ended};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
+use crate::link::SignIn;
 use crate::token::SessionToken;
+
+/// Reports what a "sign out everywhere" ended (after it is committed).
+pub(crate) fn report_ended(events: &EventSink, tenant: TenantId, user: ActorId, ended: Ended) {
+    if ended.sessions > 0 {
+        events.emit(AuthEventKind::SessionsRevoked, tenant, Some(user), None);
+    }
+    if ended.links > 0 {
+        events.emit(AuthEventKind::LinksInvalidated, tenant, Some(user), None);
+    }
+}
 
 /// How strongly the session's holder was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -231,14 +243,54 @@ impl SessionStore {
 
     /// Creates a session in `tenant` and returns its token (to set as the cookie). Create a new
     /// session (and revoke the old one) at every sign-in and privilege change, so a token
-    /// planted before sign-in is worth nothing after it.
+    /// planted before sign-in is worth nothing after it. For the sign-in that follows a magic
+    /// link, use [`SessionStore::sign_in`]: it also refuses a sign-in that a revocation
+    /// overtook.
     ///
     /// # Errors
-    /// [`AuthError::Database`]/[`AuthError::Transaction`] when it cannot be stored.
+    /// [`AuthError::AccountDisabled`] when the account was disabled with
+    /// [`SessionStore::disable_account`]; [`AuthError::Database`]/[`AuthError::Transaction`]
+    /// when it cannot be stored.
     pub async fn create(
         &self,
         tenant: TenantId,
         new: &NewSession,
+    ) -> Result<(Session, SessionToken), AuthError> {
+        self.create_checked(tenant, new, None).await
+    }
+
+    /// Creates the `aal1` session for a confirmed magic link ([`MagicLinks::confirm`](crate::MagicLinks::confirm)),
+    /// for the account as it was at confirmation (`sign_in.kind`). Refused when, since the
+    /// confirmation, the account was disabled or all its sessions were revoked
+    /// ([`SessionStore::revoke_all`], a lockout, [`MagicLinks::invalidate_links`](crate::MagicLinks::invalidate_links)):
+    /// checked in the transaction that inserts the session, under the account's lock, so a
+    /// revocation either sees the new session (and revokes it) or is seen by it (and refuses).
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidLink`] when the sign-in was overtaken (disabled, revoked); database
+    /// errors.
+    pub async fn sign_in(
+        &self,
+        sign_in: &SignIn,
+        user_agent: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<(Session, SessionToken), AuthError> {
+        let new = NewSession {
+            user: sign_in.user,
+            kind: sign_in.kind,
+            assurance: Assurance::Aal1,
+            user_agent: user_agent.map(str::to_owned),
+            ip,
+        };
+        self.create_checked(sign_in.tenant, &new, Some(sign_in.generation))
+            .await
+    }
+
+    async fn create_checked(
+        &self,
+        tenant: TenantId,
+        new: &NewSession,
+        generation: Option<i64>,
     ) -> Result<(Session, SessionToken), AuthError> {
         let token = SessionToken::generate(tenant)?;
         let now = OffsetDateTime::now_utc();
@@ -259,10 +311,21 @@ impl SessionStore {
             &ua[..end]
         });
         let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let state = account::lock(&mut tx, tenant, new.user).await?;
+        let refusal = match generation {
+            Some(at) if state.disabled || state.generation != at => Some(AuthError::InvalidLink),
+            None if state.disabled => Some(AuthError::AccountDisabled),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            tx.rollback().await?;
+            return Err(refusal);
+        }
         sqlx::query(
             "INSERT INTO auth.sessions (tenant_id, id, user_id, actor_kind, secret_hash, aal, \
              created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
-             user_agent, ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11)",
+             user_agent, ip, family_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11, $2)",
         )
         .bind(tenant.as_uuid())
         .bind(token.id())
@@ -311,6 +374,12 @@ impl SessionStore {
     /// same transaction; the new one keeps the old absolute expiry (a step-up never extends a
     /// session's life).
     ///
+    /// Final against revocation: the rotation takes the account's lock before it reads the old
+    /// session, as every revocation does, so a revocation of the old session (or of all the
+    /// user's sessions, or a disable, or a lockout) that commits first makes the rotation fail,
+    /// and one that commits after it ends the new session too ([`SessionStore::revoke`] ends
+    /// every session rotated from the one it names).
+    ///
     /// # Errors
     /// [`AuthError::InvalidToken`] when `current` is no longer live; database errors.
     pub async fn rotate(
@@ -326,16 +395,23 @@ impl SessionStore {
         let idle = later(now, self.config.idle)?.min(current.absolute_expires_at);
         let assurance = assurance.max(current.assurance);
         let mut tx = self.pool.begin(&context(current.tenant)?).await?;
+        if account::lock(&mut tx, current.tenant, current.user)
+            .await?
+            .disabled
+        {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidToken);
+        }
         let rotated = sqlx::query(
             "WITH old AS (UPDATE auth.sessions SET revoked_at = $5 \
-                 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL \
+                 WHERE tenant_id = $1 AND id = $2 AND user_id = $8 AND revoked_at IS NULL \
                    AND idle_expires_at > $5 AND absolute_expires_at > $5 \
                  RETURNING *) \
              INSERT INTO auth.sessions (tenant_id, id, user_id, actor_kind, secret_hash, aal, \
                  created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
-                 user_agent, ip) \
+                 user_agent, ip, family_id) \
              SELECT tenant_id, $3, user_id, actor_kind, $4, $6, created_at, $5, $5, $7, \
-                 absolute_expires_at, user_agent, ip FROM old",
+                 absolute_expires_at, user_agent, ip, COALESCE(family_id, id) FROM old",
         )
         .bind(current.tenant.as_uuid())
         .bind(current.id)
@@ -344,6 +420,7 @@ impl SessionStore {
         .bind(now)
         .bind(assurance as i16)
         .bind(idle)
+        .bind(current.user.as_uuid())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -450,33 +527,58 @@ impl SessionStore {
         Ok(extended.map(|(at,)| at))
     }
 
-    /// Revokes one session of `tenant` (the holder's own, or any, for a tenant admin). Returns
-    /// whether a live session was revoked. Effective on the next request on every instance.
+    /// Revokes one session of `tenant` (the holder's own, or any, for a tenant admin), and
+    /// every session rotated from it — so a rotation at the same moment cannot carry the
+    /// session past its revocation. Returns whether a live session was revoked. Effective on
+    /// the next request on every instance.
     ///
     /// # Errors
     /// [`AuthError::Database`]/[`AuthError::Transaction`].
     pub async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, AuthError> {
         let mut tx = self.pool.begin(&context(tenant)?).await?;
-        let done = sqlx::query(
-            "UPDATE auth.sessions SET revoked_at = now() \
-             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+        let owner: Option<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT user_id, COALESCE(family_id, id) FROM auth.sessions \
+             WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant.as_uuid())
         .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user, family)) = owner else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let user = ActorId::from_uuid(user).map_err(|_| AuthError::InvalidToken)?;
+        // Taken in turn with rotations: the update below sees any session rotated from this one.
+        account::lock(&mut tx, tenant, user).await?;
+        let done = sqlx::query(
+            "UPDATE auth.sessions SET revoked_at = now() \
+             WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+               AND (id = $3 OR COALESCE(family_id, id) = $4)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .bind(id)
+        .bind(family)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         tx.commit().await?;
-        if done == 1 {
+        if done > 0 {
             self.events
-                .emit(AuthEventKind::SessionRevoked, tenant, None, Some(id));
+                .emit(AuthEventKind::SessionRevoked, tenant, Some(user), Some(id));
         }
-        Ok(done == 1)
+        Ok(done > 0)
     }
 
     /// Revokes every live session of `user` in `tenant`, except `keep` (the current one, for
-    /// "sign out everywhere else"). Use it with no exception for a disabled user. Returns how
-    /// many were revoked.
+    /// "sign out everywhere else"), and invalidates every pending sign-in link of the user —
+    /// also a link confirmed but not yet turned into a session ([`SessionStore::sign_in`]
+    /// refuses it). For a disabled user, use [`SessionStore::disable_account`]. Returns how
+    /// many sessions were revoked.
+    ///
+    /// Final against every concurrent rotation, step-up, recovery or link sign-in of the user:
+    /// they take turns on the account's lock, and none leaves a live session behind.
     ///
     /// # Errors
     /// [`AuthError::Database`]/[`AuthError::Transaction`].
@@ -487,23 +589,56 @@ impl SessionStore {
         keep: Option<Uuid>,
     ) -> Result<u64, AuthError> {
         let mut tx = self.pool.begin(&context(tenant)?).await?;
-        let done = sqlx::query(
-            "UPDATE auth.sessions SET revoked_at = now() \
-             WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL \
-               AND ($3::uuid IS NULL OR id <> $3)",
+        let ended = account::end_sign_ins(&mut tx, tenant, user, keep, Disable::Keep).await?;
+        tx.commit().await?;
+        report_ended(&self.events, tenant, user, ended);
+        Ok(ended.sessions)
+    }
+
+    /// Disables `user` in `tenant` for sign-in: every session is revoked, every pending link
+    /// invalidated, a link confirmed but not yet turned into a session refused, and no session
+    /// is created for the account again ([`SessionStore::create`] answers
+    /// [`AuthError::AccountDisabled`], [`SessionStore::sign_in`] and
+    /// [`MagicLinks::confirm`](crate::MagicLinks::confirm) refuse, no link is sent) until
+    /// [`SessionStore::enable_account`]. Mark the account disabled in the application's
+    /// directory too. Reported as [`AuthEventKind::AccountDisabled`].
+    ///
+    /// # Errors
+    /// [`AuthError::Database`]/[`AuthError::Transaction`].
+    pub async fn disable_account(&self, tenant: TenantId, user: ActorId) -> Result<(), AuthError> {
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let ended = account::end_sign_ins(&mut tx, tenant, user, None, Disable::Set).await?;
+        tx.commit().await?;
+        self.events
+            .emit(AuthEventKind::AccountDisabled, tenant, Some(user), None);
+        report_ended(&self.events, tenant, user, ended);
+        Ok(())
+    }
+
+    /// Lifts [`SessionStore::disable_account`]: the account may sign in again (nothing that was
+    /// ended comes back). Returns whether it was disabled; reported as
+    /// [`AuthEventKind::AccountEnabled`] if so.
+    ///
+    /// # Errors
+    /// [`AuthError::Database`]/[`AuthError::Transaction`].
+    pub async fn enable_account(&self, tenant: TenantId, user: ActorId) -> Result<bool, AuthError> {
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let state = account::lock(&mut tx, tenant, user).await?;
+        if !state.disabled {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE auth.accounts SET disabled_at = NULL WHERE tenant_id = $1 AND user_id = $2",
         )
         .bind(tenant.as_uuid())
         .bind(user.as_uuid())
-        .bind(keep)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .await?;
         tx.commit().await?;
-        if done > 0 {
-            self.events
-                .emit(AuthEventKind::SessionsRevoked, tenant, Some(user), None);
-        }
-        Ok(done)
+        self.events
+            .emit(AuthEventKind::AccountEnabled, tenant, Some(user), None);
+        Ok(true)
     }
 
     /// The live sessions of `user` in `tenant`, newest first.

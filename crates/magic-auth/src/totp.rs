@@ -33,7 +33,9 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::AuthError;
+use crate::account::{self, Disable, Ended};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
+use crate::session::report_ended;
 
 /// The highest [`TotpConfig::hard_limit`] accepted: at most this many consecutive wrong codes
 /// before TOTP is refused until a recovery code or an operator unlocks it.
@@ -462,11 +464,14 @@ impl TotpService {
             Ok(matched) => matched,
             Err(error) => {
                 // The attempt stays counted: an error is no way around the lockout.
+                let ended = Self::sign_out_if_locked(&mut tx, tenant, user, failure).await?;
                 tx.commit().await?;
                 self.report(failure.verdict(), tenant, user, Some(phase));
+                report_ended(&self.events, tenant, user, ended);
                 return Err(error);
             }
         };
+        let mut ended = Ended::default();
         let verdict = if let Some((step, step_i)) = matched {
             sqlx::query(
                 "UPDATE auth.totp SET last_step = $3, failed_attempts = 0, locked_until = NULL, \
@@ -480,10 +485,12 @@ impl TotpService {
             .await?;
             CodeCheck::Accepted { step }
         } else {
+            ended = Self::sign_out_if_locked(&mut tx, tenant, user, failure).await?;
             failure.verdict()
         };
         tx.commit().await?;
         self.report(verdict, tenant, user, Some(phase));
+        report_ended(&self.events, tenant, user, ended);
         Ok(verdict)
     }
 
@@ -506,6 +513,22 @@ impl TotpService {
             .check(code.trim(), now)
             .and_then(|step| Some((step, i64::try_from(step).ok()?)));
         Ok(matched.filter(|(_, step)| state.last_step.is_none_or(|last| *step > last)))
+    }
+
+    /// A failure that locks the factor (a timed lock or the hard limit) also signs the account
+    /// out everywhere, in the transaction that counts it: every session revoked, every pending
+    /// link invalidated, and a sign-in or step-up running at that moment refused.
+    async fn sign_out_if_locked(
+        tx: &mut rls_guard::TenantTx,
+        tenant: TenantId,
+        user: ActorId,
+        failure: Failure,
+    ) -> Result<Ended, AuthError> {
+        if matches!(failure, Failure::Locked { .. } | Failure::HardLocked) {
+            account::end_sign_ins(tx, tenant, user, None, Disable::Keep).await
+        } else {
+            Ok(Ended::default())
+        }
     }
 
     /// Counts one more consecutive failure (and sets the lock it leads to) in `tx`.
@@ -661,6 +684,7 @@ impl TotpService {
         let failure = self
             .record_failure(&mut tx, tenant, user, &state, now_at)
             .await?;
+        let mut ended = Ended::default();
         let used = sqlx::query(
             "UPDATE auth.recovery_codes SET used_at = now() \
              WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
@@ -692,10 +716,12 @@ impl TotpService {
                 codes_left: u32::try_from(left).unwrap_or(0),
             }
         } else {
+            ended = Self::sign_out_if_locked(&mut tx, tenant, user, failure).await?;
             failure.verdict()
         };
         tx.commit().await?;
         self.report(verdict, tenant, user, None);
+        report_ended(&self.events, tenant, user, ended);
         Ok(verdict)
     }
 }

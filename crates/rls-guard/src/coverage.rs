@@ -546,7 +546,7 @@ impl CoverageCheck {
             object: role.clone(),
             detail: problem.to_string(),
         }));
-        for (object, detail) in support_problems(conn).await? {
+        for (object, detail) in support_problems(conn).await?.0 {
             let kind = if detail.starts_with("no ") || detail.starts_with("trigger ") {
                 FindingKind::MissingBindingCheck
             } else {

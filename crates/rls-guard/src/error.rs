@@ -34,6 +34,19 @@ pub enum RlsError {
         "cannot probe the policies as role {0:?}: connect as it, or as a role that may SET ROLE to it"
     )]
     CannotProbeAs(String),
+    /// A binding key is not 32 bytes long.
+    #[error("a binding key must be 32 bytes")]
+    InvalidBindingKey,
+    /// The database enforces signed tenant bindings and the pool was given no key: nothing
+    /// could be bound.
+    #[error(
+        "the database enforces signed tenant bindings: build the pool with TenantPool::with_binding_key"
+    )]
+    BindingKeyRequired,
+    /// The pool was given a binding key, and the database does not enforce signed bindings
+    /// (run schema::ENABLE_SIGNED_BINDINGS_SQL as the owner) or refused the key.
+    #[error("the database refused the binding key: {0}")]
+    BindingKeyRefused(String),
     /// The role to check does not exist.
     #[error("no role named {0:?}")]
     UnknownRole(String),

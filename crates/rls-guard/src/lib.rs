@@ -41,6 +41,7 @@
 mod axum;
 mod coverage;
 mod error;
+mod key;
 mod pool;
 mod read;
 mod role;
@@ -49,6 +50,7 @@ mod support;
 
 pub use coverage::{CoverageCheck, Finding, FindingKind};
 pub use error::{RlsError, is_unavailable};
+pub use key::{BindingKey, SignedBinding};
 pub use pool::{TenantPool, TenantTx};
 pub use read::BoundRead;
 pub use role::{RoleProblem, verify_runtime_role};

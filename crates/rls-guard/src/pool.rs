@@ -7,10 +7,12 @@ use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Executor, Postgres};
 use tenant_scope::{TenantContext, TenantId};
 
-use crate::RlsError;
+use std::sync::Arc;
+
 use crate::read::{BoundRead, classify};
 use crate::role::verify_runtime_role;
-use crate::support::verify_support_schema;
+use crate::support::{BindingMode, verify_support_schema_mode};
+use crate::{BindingKey, RlsError, SignedBinding};
 
 /// A PostgreSQL pool whose connections are handed out only inside transactions bound to a
 /// tenant.
@@ -21,6 +23,8 @@ use crate::support::verify_support_schema;
 #[derive(Debug, Clone)]
 pub struct TenantPool {
     pool: PgPool,
+    /// Set when the database enforces signed bindings.
+    key: Option<Arc<BindingKey>>,
 }
 
 impl TenantPool {
@@ -33,13 +37,78 @@ impl TenantPool {
     /// [`RlsError::UnsafeRuntimeRole`], [`RlsError::SupportSchemaMissing`], or
     /// [`RlsError::Database`] when the checks cannot run: the pool refuses to start.
     pub async fn new(pool: PgPool) -> Result<Self, RlsError> {
+        match Self::checked(&pool).await? {
+            BindingMode::Unsigned => Ok(Self { pool, key: None }),
+            BindingMode::Signed => Err(RlsError::BindingKeyRequired),
+        }
+    }
+
+    /// Wraps `pool` for a database that enforces signed tenant bindings (see
+    /// [`schema::ENABLE_SIGNED_BINDINGS_SQL`](crate::schema::ENABLE_SIGNED_BINDINGS_SQL)),
+    /// signing every binding with `key`. After the checks of [`new`](Self::new), a binding
+    /// signed with `key` is tried (in a transaction that is rolled back).
+    ///
+    /// With signed bindings, a tenant that SQL sets by `set_config` or `SET` (injected SQL, a
+    /// stacked `COMMIT; BEGIN; ..`) is ignored by every policy: only `app.bind` with a valid
+    /// signature, made in this transaction on this connection, binds. `begin` then takes two
+    /// round trips (`BEGIN`, then the binding as parameters of a prepared statement, so the
+    /// signature never appears in query text other sessions can see); reads stay one.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); [`RlsError::BindingKeyRefused`] when the database does not
+    /// enforce signed bindings or does not accept the key.
+    pub async fn with_binding_key(pool: PgPool, key: BindingKey) -> Result<Self, RlsError> {
+        if Self::checked(&pool).await? == BindingMode::Unsigned {
+            return Err(RlsError::BindingKeyRefused(
+                "signed bindings are not enabled in this database".into(),
+            ));
+        }
+        let key = Arc::new(key);
+        let probe = key.sign(&uuid::Uuid::new_v4().to_string(), "")?;
+        let mut tx = pool.begin().await?;
+        let bound = bind_statement(&probe).execute(&mut *tx).await;
+        tx.rollback().await?;
+        bound.map_err(|e| match e.as_database_error() {
+            Some(db) => RlsError::BindingKeyRefused(db.message().to_owned()),
+            None => RlsError::Database(e),
+        })?;
+        Ok(Self {
+            pool,
+            key: Some(key),
+        })
+    }
+
+    /// The start-up checks; the binding mode of the database.
+    async fn checked(pool: &PgPool) -> Result<BindingMode, RlsError> {
         // One explicit transaction: behind a transaction-pooling PgBouncer every statement of
         // it runs on the same server connection.
         let mut tx = pool.begin().await?;
         verify_runtime_role(&mut tx).await?;
-        verify_support_schema(&mut tx).await?;
+        let mode = verify_support_schema_mode(&mut tx).await?;
         tx.commit().await?;
-        Ok(Self { pool })
+        Ok(mode)
+    }
+
+    /// The values for `app.bind(tenant, actor, issued_at, signature)` binding `context`, for
+    /// code that binds its own statements (such as a one-statement write); `None` when the
+    /// database does not enforce signed bindings (bind with `set_config` then).
+    ///
+    /// # Errors
+    /// [`RlsError::ContextRefused`] for an expired cross-tenant grant (each use is audited,
+    /// as for [`begin`](Self::begin)); [`RlsError::InvalidBindingKey`] if the key cannot sign.
+    pub async fn signed_binding(
+        &self,
+        context: &TenantContext,
+    ) -> Result<Option<SignedBinding>, RlsError> {
+        context.authorize_use().await?;
+        self.sign(context)
+    }
+
+    pub(crate) fn sign(&self, context: &TenantContext) -> Result<Option<SignedBinding>, RlsError> {
+        self.key
+            .as_ref()
+            .map(|key| key.sign(&context.tenant().to_string(), &actor_setting(context)))
+            .transpose()
     }
 
     /// Begins a transaction bound to `context`'s tenant (and actor).
@@ -95,11 +164,24 @@ impl TenantPool {
             Mode::ReadWrite => "BEGIN",
             Mode::ReadOnly => "BEGIN READ ONLY",
         };
-        let bind = format!(
-            "{begin}; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{}'",
-            tx.actor
-        );
-        tx.conn.execute(sqlx::raw_sql(&bind)).await?;
+        match self.sign(context)? {
+            None => {
+                let bind = format!(
+                    "{begin}; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{}'",
+                    tx.actor
+                );
+                tx.conn.execute(sqlx::raw_sql(&bind)).await?;
+            }
+            Some(signed) => {
+                // The signature travels as a parameter: query text, which other sessions of
+                // the same role can read in pg_stat_activity, never holds it.
+                tx.conn.execute(sqlx::raw_sql(begin)).await?;
+                bind_statement(&signed)
+                    .execute(&mut *tx.conn)
+                    .await
+                    .map_err(classify)?;
+            }
+        }
         Ok(tx)
     }
 
@@ -117,7 +199,7 @@ impl TenantPool {
     /// # Ok(()) }
     /// ```
     pub fn read(&self, context: &TenantContext, sql: &'static str) -> BoundRead<'_> {
-        BoundRead::new(&self.pool, context, sql)
+        BoundRead::new(self, context, sql)
     }
 
     /// The pool inside (for health checks and shutdown).
@@ -125,6 +207,17 @@ impl TenantPool {
     pub const fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// `SELECT app.bind($1, $2, $3, $4)` for `signed`.
+fn bind_statement(
+    signed: &SignedBinding,
+) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query("SELECT app.bind($1, $2, $3, $4)")
+        .bind(&signed.tenant)
+        .bind(&signed.actor)
+        .bind(&signed.issued_at)
+        .bind(&signed.signature)
 }
 
 /// The value `app.actor_id` is bound to for `context`: the actor's id, or empty for work

@@ -7,6 +7,7 @@ use tenant_scope::{TenantContext, TenantId};
 
 use crate::RlsError;
 use crate::pool::actor_setting;
+use crate::{SignedBinding, TenantPool};
 
 /// A single `SELECT` run bound to a tenant in **one round trip**, for hot read paths where a
 /// [`TenantTx`](crate::TenantTx) would cost three (`BEGIN` + binding, the query, `COMMIT`).
@@ -64,6 +65,7 @@ use crate::pool::actor_setting;
 #[must_use = "a BoundRead does nothing until fetched"]
 pub struct BoundRead<'p> {
     pool: &'p PgPool,
+    signed: Result<Option<SignedBinding>, RlsError>,
     context: TenantContext,
     tenant: TenantId,
     actor: String,
@@ -84,9 +86,10 @@ impl std::fmt::Debug for BoundRead<'_> {
 }
 
 impl<'p> BoundRead<'p> {
-    pub(crate) fn new(pool: &'p PgPool, context: &TenantContext, sql: &'static str) -> Self {
+    pub(crate) fn new(pool: &'p TenantPool, context: &TenantContext, sql: &'static str) -> Self {
         Self {
-            pool,
+            pool: pool.pool(),
+            signed: pool.sign(context),
             context: context.clone(),
             tenant: context.tenant(),
             actor: actor_setting(context),
@@ -166,10 +169,36 @@ impl<'p> BoundRead<'p> {
             });
         }
         let tenant = used + 1;
-        arguments
-            .add(self.tenant.to_string())
-            .and_then(|()| arguments.add(self.actor))
-            .map_err(|e| RlsError::Database(sqlx::Error::Encode(e)))?;
+        let encode = |e| RlsError::Database(sqlx::Error::Encode(e));
+        let binding = match self.signed? {
+            // Signed: `app.bind` checks the signature and ties the binding to this statement's
+            // transaction on this connection.
+            Some(signed) => {
+                arguments
+                    .add(signed.tenant)
+                    .and_then(|()| arguments.add(signed.actor))
+                    .and_then(|()| arguments.add(signed.issued_at))
+                    .and_then(|()| arguments.add(signed.signature))
+                    .map_err(encode)?;
+                format!(
+                    "app.bind(${tenant}::text, ${}::text, ${}::text, ${}::text) AS tenant",
+                    tenant + 1,
+                    tenant + 2,
+                    tenant + 3
+                )
+            }
+            None => {
+                arguments
+                    .add(self.tenant.to_string())
+                    .and_then(|()| arguments.add(self.actor))
+                    .map_err(encode)?;
+                format!(
+                    "pg_catalog.set_config('app.tenant_id', ${tenant}::text, true) AS tenant, \
+                     pg_catalog.set_config('app.actor_id', ${}::text, true) AS actor",
+                    tenant + 1
+                )
+            }
+        };
         // The select list runs left to right: the transaction turns read-only, a session-level
         // tenant left by other code is cleared (so none outlives this statement, as TenantTx's
         // RESET ensures for transactions), then the statement's own binding is set locally.
@@ -178,12 +207,10 @@ impl<'p> BoundRead<'p> {
             "WITH rls_guard_binding AS MATERIALIZED (\
                SELECT pg_catalog.set_config('transaction_read_only', 'on', true) AS read_only, \
                       pg_catalog.set_config('app.tenant_id', '', false) AS cleared, \
-                      pg_catalog.set_config('app.tenant_id', ${tenant}::text, true) AS tenant, \
-                      pg_catalog.set_config('app.actor_id', ${actor}::text, true) AS actor) \
+                      {binding}) \
              SELECT rls_guard_read.* FROM rls_guard_binding CROSS JOIN LATERAL (\
                SELECT * FROM ({statement}\n) AS rls_guard_inner \
                 WHERE rls_guard_binding.tenant IS NOT NULL OFFSET 0) AS rls_guard_read",
-            actor = tenant + 1,
         );
         Ok((self.pool, sql, arguments, self.context))
     }

@@ -67,6 +67,189 @@ END
     };
 }
 
+/// The pinned body of `app.current_tenant_id()` with signed bindings: the setting counts only
+/// while `app.binding_proof` holds the proof `app.bind` made for this backend and transaction.
+macro_rules! signed_tenant_body {
+    () => {
+        r"
+DECLARE
+    tenant pg_catalog.text := NULLIF(pg_catalog.current_setting('app.tenant_id', true), '');
+    actor pg_catalog.text := coalesce(pg_catalog.current_setting('app.actor_id', true), '');
+    k record;
+BEGIN
+    IF tenant IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT b.inner_pad, b.outer_pad INTO k FROM app.binding_keys b
+    WHERE b.retired_at IS NULL ORDER BY b.id DESC LIMIT 1;
+    IF NOT FOUND OR pg_catalog.current_setting('app.binding_proof', true) IS DISTINCT FROM
+        pg_catalog.encode(pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad ||
+            pg_catalog.convert_to('proof:' || tenant || ':' || actor || ':' ||
+                pg_catalog.pg_backend_pid() || ':' ||
+                pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))),
+            'hex') THEN
+        RETURN NULL;
+    END IF;
+    RETURN tenant::pg_catalog.uuid;
+END
+"
+    };
+}
+
+/// The pinned body of `app.current_actor_id()` with signed bindings.
+macro_rules! signed_actor_body {
+    () => {
+        r"
+DECLARE
+    tenant pg_catalog.text := NULLIF(pg_catalog.current_setting('app.tenant_id', true), '');
+    actor pg_catalog.text := coalesce(pg_catalog.current_setting('app.actor_id', true), '');
+    k record;
+BEGIN
+    IF tenant IS NULL OR actor = '' THEN
+        RETURN NULL;
+    END IF;
+    SELECT b.inner_pad, b.outer_pad INTO k FROM app.binding_keys b
+    WHERE b.retired_at IS NULL ORDER BY b.id DESC LIMIT 1;
+    IF NOT FOUND OR pg_catalog.current_setting('app.binding_proof', true) IS DISTINCT FROM
+        pg_catalog.encode(pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad ||
+            pg_catalog.convert_to('proof:' || tenant || ':' || actor || ':' ||
+                pg_catalog.pg_backend_pid() || ':' ||
+                pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))),
+            'hex') THEN
+        RETURN NULL;
+    END IF;
+    RETURN actor::pg_catalog.uuid;
+END
+"
+    };
+}
+
+/// The pinned body of `app.bind(text, text, text, text)`: verifies the application's signature
+/// over the binding and its age, then binds the transaction with a proof tied to this backend
+/// and this transaction.
+macro_rules! bind_body {
+    () => {
+        r"
+DECLARE
+    message pg_catalog.bytea;
+    k record;
+    newest record;
+    verified pg_catalog.bool := false;
+    age pg_catalog.numeric;
+BEGIN
+    SELECT b.inner_pad, b.outer_pad INTO newest FROM app.binding_keys b
+    WHERE b.retired_at IS NULL ORDER BY b.id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'TB002', MESSAGE = 'signed tenant bindings are not enabled';
+    END IF;
+    -- The values must be what they claim to be before anything is compared.
+    PERFORM tenant::pg_catalog.uuid;
+    IF actor <> '' THEN
+        PERFORM actor::pg_catalog.uuid;
+    END IF;
+    message := pg_catalog.convert_to('v1:' || tenant || ':' || actor || ':' || issued_at, 'UTF8');
+    FOR k IN SELECT b.inner_pad, b.outer_pad FROM app.binding_keys b
+             WHERE b.retired_at IS NULL OR b.retired_at > pg_catalog.now() LOOP
+        -- Compared through a second hash, so the time taken says nothing about the signature.
+        IF pg_catalog.sha256(pg_catalog.convert_to(signature, 'UTF8')) =
+           pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(
+               pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad || message)), 'hex'),
+               'UTF8')) THEN
+            verified := true;
+        END IF;
+    END LOOP;
+    IF NOT verified THEN
+        RAISE EXCEPTION USING ERRCODE = 'TB002', MESSAGE = 'the tenant binding signature does not verify';
+    END IF;
+    age := pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) - issued_at::pg_catalog.numeric;
+    IF age > 120 OR age < -120 THEN
+        RAISE EXCEPTION USING ERRCODE = 'TB002', MESSAGE = 'the tenant binding is not fresh';
+    END IF;
+    PERFORM pg_catalog.set_config('app.tenant_id', tenant, true);
+    PERFORM pg_catalog.set_config('app.actor_id', actor, true);
+    PERFORM pg_catalog.set_config('app.binding_proof', pg_catalog.encode(pg_catalog.sha256(
+        newest.outer_pad || pg_catalog.sha256(newest.inner_pad || pg_catalog.convert_to(
+            'proof:' || tenant || ':' || actor || ':' || pg_catalog.pg_backend_pid() || ':' ||
+            pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))), 'hex'),
+        true);
+    RETURN tenant;
+END
+"
+    };
+}
+
+/// The pinned body of `app.signed_bindings_enabled()`: whether a key is active, for the
+/// runtime role's start-up check (it cannot read the key table).
+macro_rules! signed_enabled_body {
+    () => {
+        " SELECT EXISTS (SELECT 1 FROM app.binding_keys WHERE retired_at IS NULL) "
+    };
+}
+
+/// The pinned body of `app.bind_trusted(text, text)`: the owner's own binding in signed mode
+/// (migrations, data fixes). It reads the key table, which only the owner may.
+macro_rules! bind_trusted_body {
+    () => {
+        r"
+DECLARE
+    newest record;
+BEGIN
+    SELECT b.inner_pad, b.outer_pad INTO STRICT newest FROM app.binding_keys b
+    WHERE b.retired_at IS NULL ORDER BY b.id DESC LIMIT 1;
+    PERFORM tenant::pg_catalog.uuid;
+    PERFORM pg_catalog.set_config('app.tenant_id', tenant, true);
+    PERFORM pg_catalog.set_config('app.actor_id', actor, true);
+    PERFORM pg_catalog.set_config('app.binding_proof', pg_catalog.encode(pg_catalog.sha256(
+        newest.outer_pad || pg_catalog.sha256(newest.inner_pad || pg_catalog.convert_to(
+            'proof:' || tenant || ':' || actor || ':' || pg_catalog.pg_backend_pid() || ':' ||
+            pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))), 'hex'),
+        true);
+    RETURN tenant;
+END
+"
+    };
+}
+
+/// Installs `app.current_tenant_id()` and `app.current_actor_id()` for the mode the database is
+/// in: signed when `app.binding_keys` holds a key that is not retired.
+macro_rules! install_getters {
+    () => {
+        concat!(
+            r"
+DO $rls_guard$
+BEGIN
+    IF EXISTS (SELECT 1 FROM app.binding_keys WHERE retired_at IS NULL) THEN
+        CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid
+            LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER
+            SET search_path = pg_catalog, pg_temp
+            AS $getter$",
+            signed_tenant_body!(),
+            r"$getter$;
+        CREATE OR REPLACE FUNCTION app.current_actor_id() RETURNS uuid
+            LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER
+            SET search_path = pg_catalog, pg_temp
+            AS $getter$",
+            signed_actor_body!(),
+            r"$getter$;
+    ELSE
+        CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid
+            LANGUAGE sql STABLE PARALLEL SAFE SECURITY INVOKER
+            AS $getter$",
+            current_tenant_body!(),
+            r"$getter$;
+        CREATE OR REPLACE FUNCTION app.current_actor_id() RETURNS uuid
+            LANGUAGE sql STABLE PARALLEL SAFE SECURITY INVOKER
+            AS $getter$",
+            current_actor_body!(),
+            r"$getter$;
+    END IF;
+END
+$rls_guard$;
+"
+        )
+    };
+}
+
 /// The pinned body of `app.record_binding_writes()`.
 macro_rules! record_binding_writes_body {
     () => {
@@ -157,16 +340,38 @@ BEGIN
 END
 $rls_guard$;
 
-CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE
+-- The keys of signed bindings (see ENABLE_SIGNED_BINDINGS_SQL): readable by the owner only.
+CREATE TABLE IF NOT EXISTS app.binding_keys (
+    id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    secret bytea NOT NULL CHECK (pg_catalog.length(secret) = 32),
+    inner_pad bytea NOT NULL,
+    outer_pad bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    retired_at timestamptz
+);
+REVOKE ALL ON app.binding_keys FROM PUBLIC;
+",
+    install_getters!(),
+    r"
+CREATE OR REPLACE FUNCTION app.bind(tenant text, actor text, issued_at text, signature text)
+    RETURNS text
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$",
-    current_tenant_body!(),
+    bind_body!(),
+    r"$$;
+REVOKE ALL ON FUNCTION app.bind(text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION app.bind(text, text, text, text) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION app.signed_bindings_enabled() RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$",
+    signed_enabled_body!(),
     r"$$;
 
-CREATE OR REPLACE FUNCTION app.current_actor_id() RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE
+CREATE OR REPLACE FUNCTION app.bind_trusted(tenant text, actor text) RETURNS text
+    LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
     AS $$",
-    current_actor_body!(),
+    bind_trusted_body!(),
     r"$$;
 
 CREATE OR REPLACE FUNCTION app.check_row_binding() RETURNS trigger
@@ -202,11 +407,75 @@ GRANT EXECUTE ON FUNCTION app.verify_binding_writes(text) TO PUBLIC;
 "
 );
 
+/// Turns on signed tenant bindings (run as the owner, after [`SUPPORT_SQL`]; idempotent):
+/// creates the first key unless one is active, and reinstalls `app.current_tenant_id()` and
+/// `app.current_actor_id()` so that they count the tenant setting only under a valid proof.
+///
+/// Afterwards a binding is made only by `app.bind(tenant, actor, issued_at, signature)` with a
+/// signature of the application's [`BindingKey`](crate::BindingKey) (read it with
+/// [`binding_key`], as the owner, and give it to
+/// [`TenantPool::with_binding_key`](crate::TenantPool::with_binding_key)), or by the owner's
+/// `app.bind_trusted(tenant, actor)`. A tenant that SQL sets with `set_config` or `SET` is
+/// ignored: every policy sees no tenant.
+pub const ENABLE_SIGNED_BINDINGS_SQL: &str = concat!(
+    r"
+DO $rls_guard$
+DECLARE
+    secret pg_catalog.bytea;
+    inner_pad pg_catalog.bytea := pg_catalog.decode(pg_catalog.repeat('36', 64), 'hex');
+    outer_pad pg_catalog.bytea := pg_catalog.decode(pg_catalog.repeat('5c', 64), 'hex');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM app.binding_keys WHERE retired_at IS NULL) THEN
+        -- 32 bytes from the server's strong random source (three random UUIDs, hashed).
+        secret := pg_catalog.sha256(pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
+                                    || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
+                                    || pg_catalog.uuid_send(pg_catalog.gen_random_uuid()));
+        FOR i IN 0..31 LOOP
+            inner_pad := pg_catalog.set_byte(inner_pad, i, pg_catalog.get_byte(secret, i) # 54);
+            outer_pad := pg_catalog.set_byte(outer_pad, i, pg_catalog.get_byte(secret, i) # 92);
+        END LOOP;
+        INSERT INTO app.binding_keys (secret, inner_pad, outer_pad)
+        VALUES (secret, inner_pad, outer_pad);
+    END IF;
+END
+$rls_guard$;
+",
+    install_getters!()
+);
+
+/// Rotates the binding key (run as the owner): adds a new key and retires every older one
+/// after `grace_seconds` (applications holding an old key keep binding until then).
+/// Restart the applications with the new key (see [`binding_key`]) within the grace period.
+#[must_use]
+pub fn rotate_binding_key_sql(grace_seconds: u32) -> String {
+    format!(
+        "UPDATE app.binding_keys SET retired_at = pg_catalog.now() + interval '{grace_seconds} seconds' \
+         WHERE retired_at IS NULL; \
+         {}",
+        ENABLE_SIGNED_BINDINGS_SQL
+    )
+}
+
+/// The newest active binding key, read as the owner (the runtime role cannot).
+///
+/// # Errors
+/// [`RlsError::Database`] when the key cannot be read (not the owner, or signed bindings not
+/// enabled: no active key).
+pub async fn binding_key(conn: &mut sqlx::PgConnection) -> Result<crate::BindingKey, RlsError> {
+    let secret: Vec<u8> = sqlx::query_scalar(
+        "SELECT secret FROM app.binding_keys WHERE retired_at IS NULL ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(conn)
+    .await?;
+    crate::BindingKey::from_bytes(&secret)
+}
+
 /// One support function as [`SUPPORT_SQL`] installs it: the start-up check and the coverage
 /// check compare the installed function with this, exactly.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PinnedFunction {
-    /// `app.name(args)`, as `regprocedure` prints it.
+    /// `app.name(args)`, as `format('%I.%I(%s)', .., pg_get_function_identity_arguments(..))`
+    /// prints it.
     pub(crate) signature: &'static str,
     /// The body, exactly as stored in `pg_proc.prosrc`.
     pub(crate) body: &'static str,
@@ -216,55 +485,134 @@ pub(crate) struct PinnedFunction {
     pub(crate) volatility: &'static str,
     /// The return type, as `format_type` prints it.
     pub(crate) returns: &'static str,
-    /// Whether it runs as its owner (`SECURITY DEFINER`, with a pinned `search_path`).
+    /// Whether it runs as its owner (`SECURITY DEFINER`).
     pub(crate) definer: bool,
+    /// Its `SET` clauses, as `array_to_string(proconfig, ';')` prints them.
+    pub(crate) config: &'static str,
 }
 
-/// The `search_path` every pinned `SECURITY DEFINER` function sets.
-pub(crate) const DEFINER_SEARCH_PATH: &str = "search_path=pg_catalog, pg_temp";
+/// The `search_path` every pinned plpgsql function with `SET` clauses sets.
+const PINNED_PATH: &str = "search_path=pg_catalog, pg_temp";
 
-/// The support functions every policy and binding check relies on.
-pub(crate) const PINNED_FUNCTIONS: [PinnedFunction; 5] = [
+const fn pinned(
+    signature: &'static str,
+    body: &'static str,
+    language: &'static str,
+    volatility: &'static str,
+    returns: &'static str,
+    definer: bool,
+    config: &'static str,
+) -> PinnedFunction {
     PinnedFunction {
-        signature: "app.current_tenant_id()",
-        body: current_tenant_body!(),
-        language: "sql",
-        volatility: "s",
-        returns: "uuid",
-        definer: false,
-    },
-    PinnedFunction {
-        signature: "app.current_actor_id()",
-        body: current_actor_body!(),
-        language: "sql",
-        volatility: "s",
-        returns: "uuid",
-        definer: false,
-    },
-    PinnedFunction {
-        signature: "app.check_row_binding()",
-        body: check_row_binding_body!(),
-        language: "plpgsql",
-        volatility: "v",
-        returns: "trigger",
-        definer: false,
-    },
-    PinnedFunction {
-        signature: "app.record_binding_writes()",
-        body: record_binding_writes_body!(),
-        language: "plpgsql",
-        volatility: "v",
-        returns: "trigger",
-        definer: true,
-    },
-    PinnedFunction {
-        signature: "app.verify_binding_writes(expected text)",
-        body: verify_binding_writes_body!(),
-        language: "plpgsql",
-        volatility: "v",
-        returns: "void",
-        definer: true,
-    },
+        signature,
+        body,
+        language,
+        volatility,
+        returns,
+        definer,
+        config,
+    }
+}
+
+/// The support functions every policy and binding check relies on. The first two are the
+/// getters as installed without signed bindings; [`SIGNED_GETTERS`] replaces them with signed
+/// bindings on.
+pub(crate) const PINNED_FUNCTIONS: [PinnedFunction; 8] = [
+    pinned(
+        "app.current_tenant_id()",
+        current_tenant_body!(),
+        "sql",
+        "s",
+        "uuid",
+        false,
+        "",
+    ),
+    pinned(
+        "app.current_actor_id()",
+        current_actor_body!(),
+        "sql",
+        "s",
+        "uuid",
+        false,
+        "",
+    ),
+    pinned(
+        "app.check_row_binding()",
+        check_row_binding_body!(),
+        "plpgsql",
+        "v",
+        "trigger",
+        false,
+        "",
+    ),
+    pinned(
+        "app.record_binding_writes()",
+        record_binding_writes_body!(),
+        "plpgsql",
+        "v",
+        "trigger",
+        true,
+        PINNED_PATH,
+    ),
+    pinned(
+        "app.verify_binding_writes(expected text)",
+        verify_binding_writes_body!(),
+        "plpgsql",
+        "v",
+        "void",
+        true,
+        PINNED_PATH,
+    ),
+    pinned(
+        "app.bind(tenant text, actor text, issued_at text, signature text)",
+        bind_body!(),
+        "plpgsql",
+        "v",
+        "text",
+        true,
+        PINNED_PATH,
+    ),
+    pinned(
+        "app.signed_bindings_enabled()",
+        signed_enabled_body!(),
+        "sql",
+        "s",
+        "boolean",
+        true,
+        PINNED_PATH,
+    ),
+    pinned(
+        "app.bind_trusted(tenant text, actor text)",
+        bind_trusted_body!(),
+        "plpgsql",
+        "v",
+        "text",
+        false,
+        PINNED_PATH,
+    ),
+];
+
+/// The getters with signed bindings on (see [`ENABLE_SIGNED_BINDINGS_SQL`]), in the order of
+/// the first two entries of [`PINNED_FUNCTIONS`].
+pub(crate) const SIGNED_GETTERS: [PinnedFunction; 2] = [
+    pinned(
+        "app.current_tenant_id()",
+        signed_tenant_body!(),
+        "plpgsql",
+        "s",
+        "uuid",
+        true,
+        PINNED_PATH,
+    ),
+    pinned(
+        "app.current_actor_id()",
+        signed_actor_body!(),
+        "plpgsql",
+        "s",
+        "uuid",
+        true,
+        PINNED_PATH,
+    ),
 ];
 
 /// The names of every trigger [`tenant_table_sql`] creates.

@@ -1,10 +1,13 @@
 //! The support schema, pinned: every `app` function the policies and the binding rely on, and
 //! the binding-check trigger on every tenant table, exactly as this crate installs them.
 
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use crate::RlsError;
-use crate::schema::{BINDING_TRIGGER, DEFINER_SEARCH_PATH, PINNED_FUNCTIONS, RECORD_TRIGGERS};
+use crate::schema::{
+    BINDING_TRIGGER, PINNED_FUNCTIONS, PinnedFunction, RECORD_TRIGGERS, SIGNED_GETTERS,
+};
 
 /// The installed `app` functions: signature, body, language, volatility, return type, SECURITY
 /// DEFINER, configuration (`SET ..` clauses), returns a set, owned by the owner of `app`.
@@ -89,65 +92,114 @@ const BINDING_TRIGGER_TYPE: i32 = 1 | 4 | 8 | 16;
 /// what is wrong with it.
 pub(crate) type SupportProblem = (String, String);
 
+/// Whether tenant bindings must be signed in this database (see
+/// [`ENABLE_SIGNED_BINDINGS_SQL`](crate::schema::ENABLE_SIGNED_BINDINGS_SQL)), judged by which
+/// pinned getters are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindingMode {
+    /// `app.current_tenant_id()` reads the setting.
+    Unsigned,
+    /// `app.current_tenant_id()` counts the setting only under a proof that `app.bind` made.
+    Signed,
+}
+
+/// The differences of one installed function from `pinned`.
+fn function_problems(row: &PgRow, pinned: &PinnedFunction) -> Result<Vec<String>, RlsError> {
+    let mut problems = Vec::new();
+    let mut wrong = |what: &str| problems.push(what.to_owned());
+    if row.try_get::<String, _>(1)? != pinned.body {
+        wrong("its definition differs from the one this crate installs");
+    }
+    if row.try_get::<String, _>(2)? != pinned.language {
+        wrong("its language differs");
+    }
+    let volatility: String = row.try_get(3)?;
+    if volatility == "i" {
+        wrong(
+            "it is IMMUTABLE (a cached plan could carry one tenant's answer into another's transaction)",
+        );
+    } else if volatility != pinned.volatility {
+        wrong("its volatility differs");
+    }
+    if row.try_get::<String, _>(4)? != pinned.returns {
+        wrong("its return type differs");
+    }
+    if row.try_get::<bool, _>(5)? != pinned.definer {
+        wrong(if pinned.definer {
+            "it is not SECURITY DEFINER"
+        } else {
+            "it is SECURITY DEFINER (it must be SECURITY INVOKER)"
+        });
+    }
+    if row.try_get::<String, _>(6)? != pinned.config {
+        wrong("its SET clauses differ");
+    }
+    if row.try_get::<bool, _>(7)? {
+        wrong("it returns a set");
+    }
+    if !row.try_get::<bool, _>(8)? {
+        wrong("it is not owned by the owner of schema app");
+    }
+    Ok(problems)
+}
+
 /// Every difference between the installed support functions and binding triggers and what
 /// [`SUPPORT_SQL`](crate::schema::SUPPORT_SQL) and
-/// [`tenant_table_sql`](crate::schema::tenant_table_sql) install.
+/// [`tenant_table_sql`](crate::schema::tenant_table_sql) install, and the binding mode.
 pub(crate) async fn support_problems(
     conn: &mut PgConnection,
-) -> Result<Vec<SupportProblem>, RlsError> {
+) -> Result<(Vec<SupportProblem>, BindingMode), RlsError> {
     let mut problems = Vec::new();
     let installed = sqlx::query(FUNCTIONS).fetch_all(&mut *conn).await?;
-    for pinned in PINNED_FUNCTIONS {
-        let Some(row) = installed.iter().find(|r| {
-            r.try_get::<String, _>(0)
-                .is_ok_and(|s| s == pinned.signature)
-        }) else {
+    let find = |signature: &str| {
+        installed
+            .iter()
+            .find(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == signature))
+    };
+    // The getters are pinned in one of two modes, the same for both.
+    let mut mode = BindingMode::Unsigned;
+    if let Some(row) = find(SIGNED_GETTERS[0].signature)
+        && function_problems(row, &SIGNED_GETTERS[0])?.is_empty()
+    {
+        mode = BindingMode::Signed;
+    }
+    let mut enabled_pinned = false;
+    for (i, unsigned) in PINNED_FUNCTIONS.iter().enumerate() {
+        let pinned = match (mode, i) {
+            (BindingMode::Signed, 0 | 1) => &SIGNED_GETTERS[i],
+            _ => unsigned,
+        };
+        let Some(row) = find(pinned.signature) else {
             problems.push((pinned.signature.to_owned(), "missing".to_owned()));
             continue;
         };
-        let mut wrong = |what: &str| problems.push((pinned.signature.to_owned(), what.to_owned()));
-        if row.try_get::<String, _>(1)? != pinned.body {
-            wrong("its definition differs from the one this crate installs");
-        }
-        if row.try_get::<String, _>(2)? != pinned.language {
-            wrong("its language differs");
-        }
-        let volatility: String = row.try_get(3)?;
-        if volatility == "i" {
-            wrong(
-                "it is IMMUTABLE (a cached plan could carry one tenant's answer into another's transaction)",
-            );
-        } else if volatility != pinned.volatility {
-            wrong("its volatility differs");
-        }
-        if row.try_get::<String, _>(4)? != pinned.returns {
-            wrong("its return type differs");
-        }
-        if row.try_get::<bool, _>(5)? != pinned.definer {
-            wrong(if pinned.definer {
-                "it is not SECURITY DEFINER"
-            } else {
-                "it is SECURITY DEFINER (it must be SECURITY INVOKER)"
-            });
-        }
-        let config: String = row.try_get(6)?;
-        let expected = if pinned.definer {
-            DEFINER_SEARCH_PATH
-        } else {
-            ""
-        };
-        if config != expected {
-            wrong("its SET clauses differ");
-        }
-        if row.try_get::<bool, _>(7)? {
-            wrong("it returns a set");
-        }
-        if !row.try_get::<bool, _>(8)? {
-            wrong("it is not owned by the owner of schema app");
+        let wrong = function_problems(row, pinned)?;
+        enabled_pinned |= pinned.signature == "app.signed_bindings_enabled()" && wrong.is_empty();
+        problems.extend(
+            wrong
+                .into_iter()
+                .map(|what| (pinned.signature.to_owned(), what)),
+        );
+    }
+    // The getters must match whether a key is active: an owner-level mistake that installed
+    // the reading getters while keys exist would silently turn signing off.
+    if enabled_pinned {
+        let enabled: bool = sqlx::query_scalar("SELECT app.signed_bindings_enabled()")
+            .fetch_one(&mut *conn)
+            .await?;
+        if enabled != (mode == BindingMode::Signed) {
+            problems.push((
+                "app.current_tenant_id()".to_owned(),
+                if enabled {
+                    "signed bindings are enabled but the getters read the plain setting".to_owned()
+                } else {
+                    "the getters expect signed bindings but no key is active".to_owned()
+                },
+            ));
         }
     }
     if installed.is_empty() {
-        return Ok(problems);
+        return Ok((problems, mode));
     }
     let expected = expected_triggers();
     let names: Vec<&str> = expected.iter().map(|shape| shape.0).collect();
@@ -220,7 +272,7 @@ pub(crate) async fn support_problems(
             }
         }
     }
-    Ok(problems)
+    Ok((problems, mode))
 }
 
 /// Checks that [`SUPPORT_SQL`](crate::schema::SUPPORT_SQL) is installed exactly as this
@@ -235,9 +287,16 @@ pub(crate) async fn support_problems(
 /// [`RlsError::SupportSchemaMismatch`] naming every difference, or [`RlsError::Database`] when
 /// the check cannot run.
 pub async fn verify_support_schema(conn: &mut PgConnection) -> Result<(), RlsError> {
-    let problems = support_problems(conn).await?;
+    verify_support_schema_mode(conn).await.map(drop)
+}
+
+/// [`verify_support_schema`], returning the binding mode it found.
+pub(crate) async fn verify_support_schema_mode(
+    conn: &mut PgConnection,
+) -> Result<BindingMode, RlsError> {
+    let (problems, mode) = support_problems(conn).await?;
     if problems.is_empty() {
-        return Ok(());
+        return Ok(mode);
     }
     if problems.len() >= PINNED_FUNCTIONS.len()
         && problems[..PINNED_FUNCTIONS.len()]

@@ -416,3 +416,31 @@ async fn a_read_that_calls_set_config_is_refused_before_sending() {
         .unwrap();
     assert_eq!(rows, vec![("set_config".to_owned(),)]);
 }
+
+#[tokio::test]
+async fn a_signed_read_sees_only_its_tenant_and_leaves_nothing_bound() {
+    let f = signed_fixture(1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    add_project(&f.pool, a, "a-project").await;
+    add_project(&f.pool, b, "b-project").await;
+    let rows: Vec<(String,)> = f
+        .pool
+        .read(&ctx(a), "SELECT name FROM projects ORDER BY name")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![("a-project".to_owned(),)]);
+    // The same connection afterwards: no tenant, no proof, no rows.
+    let mut conn = f.raw.acquire().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let proof: Option<String> =
+        sqlx::query_scalar("SELECT current_setting('app.binding_proof', true)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert!(proof.unwrap_or_default().is_empty());
+}

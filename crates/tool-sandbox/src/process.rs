@@ -187,6 +187,48 @@ impl Default for RunAs {
     }
 }
 
+/// System paths a tool may read by default: enough for the system's interpreters and
+/// command-line tools (`/usr` and the merged-`/usr` links, the dynamic loader's configuration,
+/// `/etc/alternatives`, time zone, CA certificates, resolver files). Paths missing on the host
+/// are skipped. Replace the list with [`SandboxedCommand::read_only_paths`].
+pub const DEFAULT_READ_ONLY_PATHS: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/ssl/certs",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+];
+
+/// How a run is isolated from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// Own user, mount, PID, IPC, UTS and cgroup namespaces, and a network namespace with no
+    /// interface for tools without network. Refused with [`SandboxError::NamespacesUnavailable`]
+    /// when the kernel or the host's policy does not allow unprivileged user namespaces.
+    #[default]
+    Namespaces,
+    /// As [`Isolation::Namespaces`] when available; otherwise the documented **weaker mode**:
+    /// one confined process in the host's namespaces (uid switch, rlimits, process group,
+    /// `no_new_privs`, seccomp, Landlock limiting reads to the read-only paths and writes to
+    /// the scratch directory). The tool then shares the host's `/proc`, network namespace
+    /// (seccomp still denies inet sockets without network) and abstract UNIX socket space
+    /// (Landlock ABI 6 scopes it), and without Landlock it can read whatever its uid can.
+    /// [`Confinement::namespaces`] says which mode ran.
+    NamespacesOrWeaker,
+}
+
 /// Landlock enforcement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -211,6 +253,9 @@ pub struct Confinement {
     pub seccomp: bool,
     /// What Landlock enforced.
     pub landlock: LandlockStatus,
+    /// The run had its own namespaces ([`Isolation::Namespaces`]); false in the weaker mode.
+    /// From [`support`]: this host lets this process create them.
+    pub namespaces: bool,
 }
 
 /// How the run ended.
@@ -277,6 +322,18 @@ pub enum SandboxError {
         /// Requested group id.
         gid: u32,
     },
+    /// The run needs its own namespaces and this host does not allow them (no unprivileged
+    /// user namespaces, or a policy denies them); nothing ran. Opt into the weaker mode with
+    /// [`Isolation::NamespacesOrWeaker`].
+    #[error("namespaces are unavailable: {reason}")]
+    NamespacesUnavailable {
+        /// What failed.
+        reason: String,
+    },
+    /// A read-only path is not absolute, contains `..`, or lies under `/proc`, `/dev` or
+    /// `/tmp` (which the sandbox provides itself).
+    #[error("invalid read-only path: {0}")]
+    InvalidReadOnlyPath(PathBuf),
     /// The sandbox is not implemented for this platform.
     #[error("process sandboxing is not supported on this platform")]
     Unsupported,
@@ -298,6 +355,9 @@ pub struct SandboxedCommand {
     scratch_dir: Option<PathBuf>,
     scratch_parent: Option<PathBuf>,
     require_landlock: bool,
+    isolation: Isolation,
+    read_only: Vec<PathBuf>,
+    namespaces_unavailable: bool,
 }
 
 impl fmt::Debug for SandboxedCommand {
@@ -315,7 +375,9 @@ impl fmt::Debug for SandboxedCommand {
             .field("scratch_dir", &self.scratch_dir)
             .field("scratch_parent", &self.scratch_parent)
             .field("require_landlock", &self.require_landlock)
-            .finish()
+            .field("isolation", &self.isolation)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
     }
 }
 
@@ -335,6 +397,9 @@ impl SandboxedCommand {
             scratch_dir: None,
             scratch_parent: None,
             require_landlock: false,
+            isolation: Isolation::default(),
+            read_only: DEFAULT_READ_ONLY_PATHS.iter().map(PathBuf::from).collect(),
+            namespaces_unavailable: false,
         }
     }
 
@@ -425,6 +490,40 @@ impl SandboxedCommand {
         self
     }
 
+    /// How the run is isolated (default: [`Isolation::Namespaces`], refused when unavailable).
+    #[must_use]
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// The host paths the tool may read (and execute), replacing
+    /// [`DEFAULT_READ_ONLY_PATHS`]. Each is mounted read-only at the same place in the tool's
+    /// file system (a symbolic link is recreated as a link) and is the only thing Landlock
+    /// lets it read besides its scratch directory, its private `/tmp`, `/proc` and a few
+    /// device nodes. Paths missing on the host are skipped.
+    #[must_use]
+    pub fn read_only_paths<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<Path>,
+    {
+        self.read_only = paths
+            .into_iter()
+            .map(|p| p.as_ref().to_path_buf())
+            .collect();
+        self
+    }
+
+    /// Test hook: behave as if this host did not allow namespaces, to exercise the refusal
+    /// and [`Isolation::NamespacesOrWeaker`] without changing the machine.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn simulate_namespaces_unavailable(mut self, unavailable: bool) -> Self {
+        self.namespaces_unavailable = unavailable;
+        self
+    }
+
     /// Runs the command and collects its output. Cancelling the returned future kills the
     /// process group.
     ///
@@ -433,6 +532,8 @@ impl SandboxedCommand {
     /// [`SandboxError::Seccomp`] when the filter cannot be built or seccomp is missing,
     /// [`SandboxError::Landlock`] when the ruleset cannot be built (or is required and not
     /// supported), [`SandboxError::RunAs`] when the identity cannot be switched,
+    /// [`SandboxError::NamespacesUnavailable`] when namespaces are required and unavailable,
+    /// [`SandboxError::InvalidReadOnlyPath`] for an unusable read-only path,
     /// [`SandboxError::Spawn`] when the process cannot start or confine itself,
     /// [`SandboxError::Io`] for the scratch directory and pipes.
     pub async fn run(self) -> Result<ProcessOutput, SandboxError> {
@@ -1016,6 +1117,7 @@ mod imp {
     fn landlock_ruleset(
         scratch: &Path,
         network: bool,
+        read_only: &[PathBuf],
     ) -> Result<(Option<OwnedFd>, LandlockStatus), SandboxError> {
         let abi = LANDLOCK_ABI;
         let err = |e: landlock::RulesetError| SandboxError::Landlock {
@@ -1039,22 +1141,34 @@ mod imp {
                 .handle_access(AccessNet::from_all(abi))
                 .map_err(err)?;
         }
-        let created = ruleset
-            .create()
-            .map_err(err)?
-            .add_rule(PathBeneath::new(
-                PathFd::new("/").map_err(path_err)?,
-                AccessFs::from_read(abi),
-            ))
-            .map_err(err)?
+        let mut created = ruleset.create().map_err(err)?;
+        // Reads only beneath the read-only paths (host inodes, also what is mounted inside);
+        // the fresh /proc, /dev and /tmp of a namespaced run are added by its init.
+        for path in read_only {
+            match PathFd::new(path) {
+                Ok(fd) => {
+                    created = created
+                        .add_rule(PathBeneath::new(fd, AccessFs::from_read(abi)))
+                        .map_err(err)?;
+                }
+                Err(_) if !path.exists() => {}
+                Err(e) => return Err(path_err(e)),
+            }
+        }
+        for device in DEVICES {
+            if let Ok(fd) = PathFd::new(format!("/dev/{device}")) {
+                created = created
+                    .add_rule(PathBeneath::new(
+                        fd,
+                        AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate,
+                    ))
+                    .map_err(err)?;
+            }
+        }
+        let created = created
             .add_rule(PathBeneath::new(
                 PathFd::new(scratch).map_err(path_err)?,
                 AccessFs::from_all(abi),
-            ))
-            .map_err(err)?
-            .add_rule(PathBeneath::new(
-                PathFd::new("/dev/null").map_err(path_err)?,
-                AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate,
             ))
             .map_err(err)?;
         let fd: Option<OwnedFd> = created.into();

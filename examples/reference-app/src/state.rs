@@ -24,14 +24,17 @@ pub(crate) struct Directory {
 #[error("account lookup failed")]
 pub(crate) struct DirectoryError;
 
-impl AccountDirectory for Directory {
-    type Error = DirectoryError;
-
-    async fn find(
+impl Directory {
+    /// The member of `tenant` that `sql` finds by `key` (its `$2`).
+    async fn member<T>(
         &self,
         tenant: TenantId,
-        email: &EmailAddress,
-    ) -> Result<Option<Account>, DirectoryError> {
+        sql: &'static str,
+        key: T,
+    ) -> Result<Option<Account>, DirectoryError>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    {
         let context =
             TenantContext::for_job(tenant, None, "account-lookup").map_err(|_| DirectoryError)?;
         let mut tx = self
@@ -39,14 +42,12 @@ impl AccountDirectory for Directory {
             .begin(&context)
             .await
             .map_err(|_| DirectoryError)?;
-        let row: Option<(Uuid, String, bool)> = sqlx::query_as(
-            "SELECT user_id, kind, disabled FROM workspace.members WHERE tenant_id = $1 AND email = $2",
-        )
-        .bind(tenant.as_uuid())
-        .bind(email.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|_| DirectoryError)?;
+        let row: Option<(Uuid, String, bool)> = sqlx::query_as(sql)
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|_| DirectoryError)?;
         tx.commit().await.map_err(|_| DirectoryError)?;
         let Some((user, kind, disabled)) = row else {
             return Ok(None);
@@ -60,6 +61,36 @@ impl AccountDirectory for Directory {
             },
             disabled,
         }))
+    }
+}
+
+impl AccountDirectory for Directory {
+    type Error = DirectoryError;
+
+    async fn find(
+        &self,
+        tenant: TenantId,
+        email: &EmailAddress,
+    ) -> Result<Option<Account>, DirectoryError> {
+        self.member(
+            tenant,
+            "SELECT user_id, kind, disabled FROM workspace.members WHERE tenant_id = $1 AND email = $2",
+            email.as_str().to_owned(),
+        )
+        .await
+    }
+
+    async fn find_by_user(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<Account>, DirectoryError> {
+        self.member(
+            tenant,
+            "SELECT user_id, kind, disabled FROM workspace.members WHERE tenant_id = $1 AND user_id = $2",
+            *user.as_uuid(),
+        )
+        .await
     }
 }
 

@@ -9,7 +9,11 @@ use testkit::{Role, Template, TestDb, fresh_database};
 use uuid::Uuid;
 
 pub fn template() -> Template {
-    let sql = format!(
+    Template::new("rls_guard_isolation", schema_sql())
+}
+
+fn schema_sql() -> String {
+    format!(
         "{SUPPORT_SQL}
         CREATE TABLE projects (
             tenant_id uuid NOT NULL,
@@ -31,8 +35,38 @@ pub fn template() -> Template {
         GRANT SELECT, INSERT, UPDATE, DELETE ON projects, tasks TO testkit_runtime;",
         tenant_table_sql("projects").unwrap(),
         tenant_table_sql("tasks").unwrap(),
-    );
-    Template::new("rls_guard_isolation", sql)
+    )
+}
+
+/// The isolation schema with signed tenant bindings enforced.
+pub fn signed_template() -> Template {
+    Template::new(
+        "rls_guard_signed",
+        format!(
+            "{}\n{}",
+            schema_sql(),
+            rls_guard::schema::ENABLE_SIGNED_BINDINGS_SQL
+        ),
+    )
+}
+
+/// A fixture on a database that enforces signed bindings, its pool built with the key the owner
+/// reads.
+pub async fn signed_fixture(max_connections: u32) -> Fixture {
+    let db = fresh_database(&signed_template()).await;
+    let mut owner = db.pool(Role::Owner, 1).await.acquire().await.unwrap();
+    let key = rls_guard::schema::binding_key(&mut owner).await.unwrap();
+    drop(owner);
+    let (raw, bouncer) = runtime_pool(&db, max_connections).await;
+    let pool = TenantPool::with_binding_key(raw.clone(), key)
+        .await
+        .unwrap();
+    Fixture {
+        db,
+        raw,
+        pool,
+        bouncer,
+    }
 }
 
 pub struct Fixture {
@@ -47,12 +81,24 @@ pub struct Fixture {
 /// Whether this test binary is `tests/isolation_pgbouncer.rs`: the isolation suite with every
 /// runtime connection going through PgBouncer in transaction-pooling mode.
 pub fn via_pgbouncer() -> bool {
-    env!("CARGO_CRATE_NAME") == "isolation_pgbouncer"
+    env!("CARGO_CRATE_NAME").ends_with("_pgbouncer")
 }
 
 pub async fn fixture(max_connections: u32) -> Fixture {
     let db = fresh_database(&template()).await;
-    let (raw, bouncer) = if via_pgbouncer() {
+    let (raw, bouncer) = runtime_pool(&db, max_connections).await;
+    let pool = TenantPool::new(raw.clone()).await.unwrap();
+    Fixture {
+        db,
+        raw,
+        pool,
+        bouncer,
+    }
+}
+
+/// The raw runtime-role pool, through PgBouncer in the `*_pgbouncer` suites.
+async fn runtime_pool(db: &TestDb, max_connections: u32) -> (PgPool, Option<testkit::PgBouncer>) {
+    if via_pgbouncer() {
         // Fewer server connections than clients: consecutive transactions of one client land
         // on different server connections, and every server connection serves many clients.
         let server_connections = max_connections.div_ceil(4);
@@ -71,13 +117,6 @@ pub async fn fixture(max_connections: u32) -> Fixture {
         (raw, Some(bouncer))
     } else {
         (db.pool(Role::Runtime, max_connections).await, None)
-    };
-    let pool = TenantPool::new(raw.clone()).await.unwrap();
-    Fixture {
-        db,
-        raw,
-        pool,
-        bouncer,
     }
 }
 

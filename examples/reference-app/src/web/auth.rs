@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use magic_auth::mailer::DevOutbox;
 use magic_auth::totp::CodeCheck;
 use magic_auth::{
-    Assurance, NewSession, Session, clear_session_cookie, cookie_value, session_cookie,
+    Assurance, Session, clear_session_cookie, cookie_value, session_cookie,
 };
 use tenant_scope::{ActorKind, TenantContext};
 use uuid::Uuid;
@@ -196,14 +196,12 @@ pub(super) async fn confirm_link(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let new = NewSession {
-        user: sign_in.user,
-        kind: sign_in.kind,
-        assurance: Assurance::Aal1,
-        user_agent,
-        ip: None,
-    };
-    match state.sessions.create(sign_in.tenant, &new).await {
+    // `sign_in` refuses a sign-in that a revocation or a disable overtook since the confirmation.
+    match state
+        .sessions
+        .sign_in(&sign_in, user_agent.as_deref(), None)
+        .await
+    {
         Ok((session, token)) => {
             let mut response = Redirect::to("/auth/totp").into_response();
             let h = response.headers_mut();
