@@ -47,7 +47,7 @@
 //! What it does not protect against: an attacker inside the application process (who holds the
 //! keys), and the length of values (ciphertext length is plaintext length + 78 bytes).
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod blind;
 mod context;

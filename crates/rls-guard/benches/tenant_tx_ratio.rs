@@ -23,7 +23,7 @@ const ROUNDS: usize = 60;
 const BLOCK: usize = 200;
 const WARMUP: usize = 2_000;
 
-const VARIANTS: usize = 7;
+const VARIANTS: usize = 9;
 const NAMES: [&str; VARIANTS] = [
     "plain_tx (BEGIN; SELECT; COMMIT, no RLS)",
     "tenant_tx (rls-guard)",
@@ -32,6 +32,8 @@ const NAMES: [&str; VARIANTS] = [
     "tenant_tx_read_only (rls-guard)",
     "plain_select (autocommit, no RLS)",
     "bound_read (rls-guard, one statement)",
+    "tenant_tx, signed bindings",
+    "bound_read, signed bindings",
 ];
 
 async fn run(f: &support::Fixture, variant: usize) {
@@ -42,7 +44,9 @@ async fn run(f: &support::Fixture, variant: usize) {
         3 => drop(f.bound_tx_plain_table().await),
         4 => drop(f.tenant_tx_read_only().await),
         5 => drop(f.plain_select().await),
-        _ => drop(f.bound_read().await),
+        6 => drop(f.bound_read().await),
+        7 => drop(f.tenant_tx_signed().await),
+        _ => drop(f.bound_read_signed().await),
     }
 }
 
@@ -104,6 +108,10 @@ fn main() {
             (2, 0, "binding + RLS, plain COMMIT / plain_tx"),
             (3, 0, "binding only / plain_tx"),
             (6, 5, "bound_read / plain_select"),
+            (7, 0, "tenant_tx signed / plain_tx"),
+            (7, 1, "tenant_tx signed / tenant_tx"),
+            (8, 5, "bound_read signed / plain_select"),
+            (8, 6, "bound_read signed / bound_read"),
         ] {
             let (q1, q3) = quartiles(ratio(i, base));
             println!(

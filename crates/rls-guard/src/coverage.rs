@@ -1035,35 +1035,22 @@ impl CoverageCheck {
                 leaks.push(format!("SELECT shows {n} existing row(s)"));
             }
             rollback_to(conn, "rls_guard_step").await?;
-            if let Some(column) = &updatable {
+            let writes = [
+                updatable
+                    .as_ref()
+                    .map(|column| ("UPDATE", format!("UPDATE {table} SET {column} = DEFAULT"))),
+                deletable.then(|| ("DELETE", format!("DELETE FROM {table}"))),
+            ];
+            for (verb, sql) in writes.into_iter().flatten() {
                 savepoint(conn, "rls_guard_step").await?;
-                match sqlx::raw_sql(&format!("UPDATE {table} SET {column} = DEFAULT"))
-                    .execute(&mut *conn)
-                    .await
-                {
+                match sqlx::raw_sql(&sql).execute(&mut *conn).await {
                     Ok(done) if done.rows_affected() == 0 => {}
                     Ok(done) => leaks.push(format!(
-                        "UPDATE reaches {} existing row(s)",
+                        "{verb} reaches {} existing row(s)",
                         done.rows_affected()
                     )),
                     Err(error) if is_refusal(&error) => {}
-                    Err(error) => leaks.push(format!("UPDATE reaches existing rows ({error})")),
-                }
-                rollback_to(conn, "rls_guard_step").await?;
-            }
-            if deletable {
-                savepoint(conn, "rls_guard_step").await?;
-                match sqlx::raw_sql(&format!("DELETE FROM {table}"))
-                    .execute(&mut *conn)
-                    .await
-                {
-                    Ok(done) if done.rows_affected() == 0 => {}
-                    Ok(done) => leaks.push(format!(
-                        "DELETE reaches {} existing row(s)",
-                        done.rows_affected()
-                    )),
-                    Err(error) if is_refusal(&error) => {}
-                    Err(error) => leaks.push(format!("DELETE reaches existing rows ({error})")),
+                    Err(error) => leaks.push(format!("{verb} reaches existing rows ({error})")),
                 }
                 rollback_to(conn, "rls_guard_step").await?;
             }

@@ -5,20 +5,25 @@
 //! or has a bug:
 //!
 //! - [`TenantPool`] / [`TenantTx`]: the only way to touch tenant tables is a transaction bound
-//!   to a [`TenantContext`](tenant_scope::TenantContext) — `BEGIN` and
-//!   `SET LOCAL app.tenant_id = ..` in one round trip; at `COMMIT` (same round trip as the
-//!   restated binding) a deferred trigger refuses any written row of another tenant; no tenant
-//!   outlives the transaction on a pooled connection.
+//!   to a [`TenantContext`](tenant_scope::TenantContext). At `COMMIT` every row the transaction
+//!   wrote must belong to its tenant (a deferred per-row check, and a record of every write that
+//!   only the owner's triggers can make); the connection is handed back with every session-level
+//!   change undone.
 //! - [`TenantPool::read`] / [`BoundRead`]: one `SELECT` bound to the tenant in one round trip,
-//!   for hot read paths (static SQL only; writes refused).
-//! - [`schema`]: the support functions and the helper that makes a table tenant-safe
+//!   for hot read paths (static SQL only; writes and `set_config` refused).
+//! - Signed bindings ([`schema::ENABLE_SIGNED_BINDINGS_SQL`], [`TenantPool::with_binding_key`],
+//!   [`BindingKey`]): policies count the tenant only under a proof that `app.bind` made from an
+//!   application signature, tied to this connection and transaction, so SQL that sets the tenant
+//!   by itself (injected `set_config`, a stacked `COMMIT; BEGIN`) binds nothing.
+//! - [`schema`]: the support functions, pinned, and the helper that makes a table tenant-safe
 //!   (ENABLE + FORCE, restrictive and permissive policies with `USING` and `WITH CHECK`, the
-//!   deferred binding-check trigger, an index leading with `tenant_id`), plus guidance on
-//!   composite keys.
-//! - [`verify_runtime_role`]: refuse to run as a superuser, a BYPASSRLS or CREATEROLE role, a
-//!   member of a superuser or BYPASSRLS role, or the owner of a protected table.
+//!   binding triggers, an index leading with `tenant_id`), plus guidance on composite keys.
+//! - [`verify_runtime_role`] and [`verify_support_schema`], run by [`TenantPool::new`]: refuse a
+//!   runtime role that could bypass row-level security or switch the controls around it off
+//!   (see [`RoleProblem`]), and a support schema that differs from what this crate installs.
 //! - [`CoverageCheck`] and the `rls-guard check` command: structured findings for every table,
-//!   view, function and materialized view that lets rows escape.
+//!   view, function, trigger and key that lets rows escape, with the policies probed as the
+//!   runtime role in a transaction that is rolled back.
 //! - `axum` feature: handlers take a [`TenantTx`] argument.
 //!
 //! An unset or empty tenant setting matches no row and fails every write; a malformed one is an
@@ -28,10 +33,10 @@
 //! # async fn run(pool: sqlx::PgPool, ctx: tenant_scope::TenantContext) -> Result<(), rls_guard::RlsError> {
 //! use rls_guard::TenantPool;
 //! let db = TenantPool::new(pool).await?;          // refuses an RLS-bypassing role
-//! let mut tx = db.begin(&ctx).await?;              // BEGIN + bind, one round trip
+//! let mut tx = db.begin(&ctx).await?;              // BEGIN + bind
 //! let names: Vec<String> = sqlx::query_scalar("SELECT name FROM projects")
 //!     .fetch_all(&mut *tx).await?;                 // only this tenant's rows, whatever the SQL
-//! tx.commit().await?;                              // restated binding + COMMIT, one round trip
+//! tx.commit().await?;                              // checked COMMIT + hand-back, one round trip
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]

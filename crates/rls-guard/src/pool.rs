@@ -114,9 +114,9 @@ impl TenantPool {
     /// Begins a transaction bound to `context`'s tenant (and actor).
     ///
     /// `BEGIN` and the transaction-local binding (`SET LOCAL app.tenant_id`, `app.actor_id`) go
-    /// in one round trip. The settings are
-    /// transaction-local, so they end with the transaction and never reach the next user of the
-    /// pooled connection.
+    /// in one round trip; with signed bindings, `BEGIN` and then `app.bind` with the signature
+    /// as a parameter (two). The settings are transaction-local, so they end with the
+    /// transaction and never reach the next user of the pooled connection.
     ///
     /// # Errors
     /// [`RlsError::Database`] when no connection can be had or the statement fails; no
@@ -128,11 +128,11 @@ impl TenantPool {
     /// Begins a **read-only** transaction bound to `context`'s tenant (and actor): for reads of
     /// several statements that must see one snapshot, or must not write.
     ///
-    /// `BEGIN READ ONLY` and the binding go in one round trip. Its [`commit`](TenantTx::commit)
+    /// `BEGIN READ ONLY` and the binding, as for [`begin`](Self::begin). Its [`commit`](TenantTx::commit)
     /// ends it with `ROLLBACK`: there is nothing to commit, so no binding needs restating, and
     /// even a write that SQL injected ahead of every query (`SET TRANSACTION READ WRITE`) is
     /// discarded rather than checked — unless the injected SQL also ends the transaction itself
-    /// (`COMMIT`), which no binding scheme can stop (see the crate's threat notes).
+    /// (`COMMIT`); with signed bindings, what it then runs is bound to no tenant.
     ///
     /// # Errors
     /// As [`begin`](Self::begin).
@@ -265,11 +265,15 @@ impl std::fmt::Debug for TenantTx {
 /// the pooled connection. `RESET ALL` clears every session-level setting (a plain
 /// `SET app.tenant_id`, a session-level `app.commit_binding`, a changed `search_path`) back to
 /// the values the connection was opened with; `RESET ROLE` undoes a `SET ROLE`; `CLOSE ALL`
-/// drops cursors held past the commit; `UNLISTEN *` ends listen registrations; and the advisory
-/// locks a transaction took at session level are released. (Temporary objects are refused
-/// instead: the runtime role must not hold `TEMPORARY`, which the start-up check verifies.)
-pub(crate) const HAND_BACK: &str =
-    "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all()";
+/// drops cursors held past the commit; `UNLISTEN *` ends listen registrations. (Session-level
+/// advisory locks are released before the end of the transaction, see [`RELEASE_LOCKS`];
+/// temporary objects are refused instead: the runtime role must not hold `TEMPORARY`, which the
+/// start-up check verifies.)
+pub(crate) const HAND_BACK: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *";
+
+/// Releases the session-level advisory locks SQL in the transaction took (transaction-level
+/// ones end with it).
+const RELEASE_LOCKS: &str = "pg_catalog.pg_advisory_unlock_all()";
 
 impl TenantTx {
     /// The tenant this transaction is bound to.
@@ -278,12 +282,14 @@ impl TenantTx {
         self.tenant
     }
 
-    /// Restates the tenant and commits, in one round trip.
+    /// Checks what the transaction wrote and commits, then hands the connection back clean, in
+    /// one round trip.
     ///
-    /// At `COMMIT` PostgreSQL runs the deferred binding check (see
-    /// [`schema::SUPPORT_SQL`](crate::schema::SUPPORT_SQL)) for every row the transaction wrote:
-    /// each must belong to this tenant, and the binding must be unchanged. Only utility commands
-    /// are sent, so a transaction that wrote nothing costs what a plain `COMMIT` does.
+    /// `app.verify_binding_writes` compares the record of every row the transaction wrote (made
+    /// by the owner's statement triggers, which SQL in the transaction can neither erase nor
+    /// forge) with this tenant, and at `COMMIT` PostgreSQL runs the deferred per-row binding
+    /// check (see [`schema::SUPPORT_SQL`](crate::schema::SUPPORT_SQL)): each row must belong to
+    /// this tenant, and the binding must be unchanged.
     ///
     /// A transaction from [`TenantPool::begin_read_only`] ends with `ROLLBACK` instead: it has
     /// nothing to commit, and whatever it might have written is discarded.
@@ -294,11 +300,17 @@ impl TenantTx {
     /// the commit fails.
     pub async fn commit(mut self) -> Result<(), RlsError> {
         if self.mode == Mode::ReadOnly {
-            return self.finish(&format!("ROLLBACK; {HAND_BACK}")).await;
+            return self
+                .finish(&format!("ROLLBACK; SELECT {RELEASE_LOCKS}; {HAND_BACK}"))
+                .await;
         }
+        // The record of writes is compared only when the transaction wrote (has a transaction
+        // id): a reading transaction pays for one expression, not a function call.
         let sql = format!(
             "SET LOCAL app.commit_binding = '{tenant}:{}'; \
-             SELECT app.verify_binding_writes('{tenant}'); COMMIT; {HAND_BACK}",
+             SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL \
+                         THEN app.verify_binding_writes('{tenant}') END, {RELEASE_LOCKS}; \
+             COMMIT; {HAND_BACK}",
             self.actor,
             tenant = self.tenant,
         );
@@ -310,7 +322,8 @@ impl TenantTx {
     /// # Errors
     /// [`RlsError::Database`] when the rollback fails (the connection is discarded).
     pub async fn rollback(mut self) -> Result<(), RlsError> {
-        self.finish(&format!("ROLLBACK; {HAND_BACK}")).await
+        self.finish(&format!("ROLLBACK; SELECT {RELEASE_LOCKS}; {HAND_BACK}"))
+            .await
     }
 
     async fn finish(&mut self, sql: &str) -> Result<(), RlsError> {

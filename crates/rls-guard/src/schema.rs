@@ -67,60 +67,69 @@ END
     };
 }
 
-/// The pinned body of `app.current_tenant_id()` with signed bindings: the setting counts only
-/// while `app.binding_proof` holds the proof `app.bind` made for this backend and transaction.
-macro_rules! signed_tenant_body {
-    () => {
-        r"
+/// The proof `app.bind` sets and the signed getters recompute, as an SQL expression over the
+/// key record named `$key` and the variables `tenant` and `actor`: HMAC-SHA256 (with the key's
+/// precomputed pads) of the tenant, the actor, this backend's process id and this
+/// transaction's start, hex.
+macro_rules! binding_proof {
+    ($key:literal) => {
+        concat!(
+            "pg_catalog.encode(pg_catalog.sha256(",
+            $key,
+            ".outer_pad || pg_catalog.sha256(",
+            $key,
+            ".inner_pad || pg_catalog.convert_to(
+            'proof:' || tenant || ':' || actor || ':' || pg_catalog.pg_backend_pid() || ':' ||
+            pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))), 'hex')"
+        )
+    };
+}
+
+/// A getter's pinned body with signed bindings: the settings count only while
+/// `app.binding_proof` holds the proof `app.bind` made for this backend and transaction.
+/// `$unbound` is the condition under which it returns NULL at once, `$value` what it returns.
+macro_rules! signed_getter_body {
+    ($unbound:literal, $value:literal) => {
+        concat!(
+            r"
 DECLARE
     tenant pg_catalog.text := NULLIF(pg_catalog.current_setting('app.tenant_id', true), '');
     actor pg_catalog.text := coalesce(pg_catalog.current_setting('app.actor_id', true), '');
     k record;
 BEGIN
-    IF tenant IS NULL THEN
+    IF ",
+            $unbound,
+            r" THEN
         RETURN NULL;
     END IF;
     SELECT b.inner_pad, b.outer_pad INTO k FROM app.binding_keys b
     WHERE b.retired_at IS NULL ORDER BY b.id DESC LIMIT 1;
     IF NOT FOUND OR pg_catalog.current_setting('app.binding_proof', true) IS DISTINCT FROM
-        pg_catalog.encode(pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad ||
-            pg_catalog.convert_to('proof:' || tenant || ':' || actor || ':' ||
-                pg_catalog.pg_backend_pid() || ':' ||
-                pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))),
-            'hex') THEN
+        ",
+            binding_proof!("k"),
+            r" THEN
         RETURN NULL;
     END IF;
-    RETURN tenant::pg_catalog.uuid;
+    RETURN ",
+            $value,
+            r"::pg_catalog.uuid;
 END
 "
+        )
+    };
+}
+
+/// The pinned body of `app.current_tenant_id()` with signed bindings.
+macro_rules! signed_tenant_body {
+    () => {
+        signed_getter_body!("tenant IS NULL", "tenant")
     };
 }
 
 /// The pinned body of `app.current_actor_id()` with signed bindings.
 macro_rules! signed_actor_body {
     () => {
-        r"
-DECLARE
-    tenant pg_catalog.text := NULLIF(pg_catalog.current_setting('app.tenant_id', true), '');
-    actor pg_catalog.text := coalesce(pg_catalog.current_setting('app.actor_id', true), '');
-    k record;
-BEGIN
-    IF tenant IS NULL OR actor = '' THEN
-        RETURN NULL;
-    END IF;
-    SELECT b.inner_pad, b.outer_pad INTO k FROM app.binding_keys b
-    WHERE b.retired_at IS NULL ORDER BY b.id DESC LIMIT 1;
-    IF NOT FOUND OR pg_catalog.current_setting('app.binding_proof', true) IS DISTINCT FROM
-        pg_catalog.encode(pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad ||
-            pg_catalog.convert_to('proof:' || tenant || ':' || actor || ':' ||
-                pg_catalog.pg_backend_pid() || ':' ||
-                pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))),
-            'hex') THEN
-        RETURN NULL;
-    END IF;
-    RETURN actor::pg_catalog.uuid;
-END
-"
+        signed_getter_body!("tenant IS NULL OR actor = ''", "actor")
     };
 }
 
@@ -129,7 +138,8 @@ END
 /// and this transaction.
 macro_rules! bind_body {
     () => {
-        r"
+        concat!(
+            r"
 DECLARE
     message pg_catalog.bytea;
     k record;
@@ -167,14 +177,13 @@ BEGIN
     END IF;
     PERFORM pg_catalog.set_config('app.tenant_id', tenant, true);
     PERFORM pg_catalog.set_config('app.actor_id', actor, true);
-    PERFORM pg_catalog.set_config('app.binding_proof', pg_catalog.encode(pg_catalog.sha256(
-        newest.outer_pad || pg_catalog.sha256(newest.inner_pad || pg_catalog.convert_to(
-            'proof:' || tenant || ':' || actor || ':' || pg_catalog.pg_backend_pid() || ':' ||
-            pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))), 'hex'),
-        true);
+    PERFORM pg_catalog.set_config('app.binding_proof', ",
+            binding_proof!("newest"),
+            r", true);
     RETURN tenant;
 END
 "
+        )
     };
 }
 
@@ -190,7 +199,8 @@ macro_rules! signed_enabled_body {
 /// (migrations, data fixes). It reads the key table, which only the owner may.
 macro_rules! bind_trusted_body {
     () => {
-        r"
+        concat!(
+            r"
 DECLARE
     newest record;
 BEGIN
@@ -199,14 +209,13 @@ BEGIN
     PERFORM tenant::pg_catalog.uuid;
     PERFORM pg_catalog.set_config('app.tenant_id', tenant, true);
     PERFORM pg_catalog.set_config('app.actor_id', actor, true);
-    PERFORM pg_catalog.set_config('app.binding_proof', pg_catalog.encode(pg_catalog.sha256(
-        newest.outer_pad || pg_catalog.sha256(newest.inner_pad || pg_catalog.convert_to(
-            'proof:' || tenant || ':' || actor || ':' || pg_catalog.pg_backend_pid() || ':' ||
-            pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))), 'hex'),
-        true);
+    PERFORM pg_catalog.set_config('app.binding_proof', ",
+            binding_proof!("newest"),
+            r", true);
     RETURN tenant;
 END
 "
+        )
     };
 }
 

@@ -27,7 +27,7 @@
 //! assert_eq!(n, 0);
 //! # }
 //! ```
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Test support: a test whose database cannot be provided must fail loudly, so the convenience
 // functions panic with a message that says how to fix the machine (the `try_` forms return
 // errors instead).

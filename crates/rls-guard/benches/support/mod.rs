@@ -16,6 +16,8 @@ const ROWS_PER_TENANT: usize = 500;
 pub struct Fixture {
     pub plain: sqlx::PgPool,
     pub scoped: TenantPool,
+    /// The same schema and rows in a database that enforces signed bindings.
+    pub signed: TenantPool,
     pub context: TenantContext,
     pub tenant: TenantId,
     pub id: Uuid,
@@ -24,12 +26,14 @@ pub struct Fixture {
 impl Fixture {
     pub async fn new(cluster: &PgCluster) -> Self {
         let (plain, scoped, tenant, id, _) = setup(cluster).await;
+        let signed = setup_signed(cluster, tenant).await;
         // A signed-in user's request: tenant and actor are both bound.
         let actor = Actor::new(ActorKind::User, ActorId::new_random(), tenant);
         let context = TenantContext::for_actor(actor);
         Self {
             plain,
             scoped,
+            signed,
             context,
             tenant,
             id,
@@ -76,6 +80,23 @@ impl Fixture {
             .unwrap();
         tx.commit().await.unwrap();
         row
+    }
+
+    /// `tenant_tx` on the database that enforces signed bindings (`BEGIN`, then `app.bind`).
+    pub async fn tenant_tx_signed(&self) -> (Uuid, String) {
+        self.select_in(self.signed.begin(&self.context).await.unwrap())
+            .await
+    }
+
+    /// `bound_read` on the database that enforces signed bindings.
+    pub async fn bound_read_signed(&self) -> (Uuid, String) {
+        self.signed
+            .read(&self.context, "SELECT id, name FROM projects WHERE id = $1")
+            .bind(self.id)
+            .fetch_optional()
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     /// The SELECT by primary key on the plain table, on its own (autocommit): one round trip.
@@ -152,7 +173,7 @@ pub async fn setup(cluster: &PgCluster) -> (sqlx::PgPool, TenantPool, TenantId, 
          CREATE TABLE projects (tenant_id uuid NOT NULL, id uuid NOT NULL, name text NOT NULL,
                                 PRIMARY KEY (tenant_id, id));
          {}
-         CREATE TABLE plain_projects (tenant_id uuid NOT NULL, id uuid PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE plain_projects (tenant uuid NOT NULL, id uuid PRIMARY KEY, name text NOT NULL);
          GRANT SELECT ON projects, plain_projects TO bench_runtime;",
         tenant_table_sql("projects").unwrap()
     );
@@ -179,7 +200,7 @@ pub async fn setup(cluster: &PgCluster) -> (sqlx::PgPool, TenantPool, TenantId, 
         .unwrap();
     let tenant = tenants[TENANTS / 2];
     let plain_id: Uuid =
-        sqlx::query_scalar("SELECT id FROM plain_projects WHERE tenant_id = $1 LIMIT 1")
+        sqlx::query_scalar("SELECT id FROM plain_projects WHERE tenant = $1 LIMIT 1")
             .bind(tenant.as_uuid())
             .fetch_one(&mut owner)
             .await
@@ -201,4 +222,81 @@ pub async fn setup(cluster: &PgCluster) -> (sqlx::PgPool, TenantPool, TenantId, 
     let scoped = TenantPool::new(scoped_raw).await.unwrap();
     // The same row, looked up through each table.
     (plain, scoped, tenant, plain_id, plain_id)
+}
+
+/// A second database, `bench_signed`, with the RLS table only, signed bindings enforced, and
+/// `tenant`'s rows copied with their ids from `bench` (so the same primary key finds one row).
+async fn setup_signed(cluster: &PgCluster, tenant: TenantId) -> TenantPool {
+    let mut admin = cluster
+        .connect_options(ADMIN_ROLE, "postgres")
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE DATABASE bench_signed OWNER bench_owner")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut source = cluster
+        .connect_options("bench_owner", "bench")
+        .connect()
+        .await
+        .unwrap();
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, name FROM plain_projects WHERE tenant = $1")
+            .bind(tenant.as_uuid())
+            .fetch_all(&mut source)
+            .await
+            .unwrap();
+    let mut owner = cluster
+        .connect_options("bench_owner", "bench_signed")
+        .connect()
+        .await
+        .unwrap();
+    let sql = format!(
+        "{SUPPORT_SQL}
+         CREATE TABLE projects (tenant_id uuid NOT NULL, id uuid NOT NULL, name text NOT NULL,
+                                PRIMARY KEY (tenant_id, id));
+         {}
+         GRANT SELECT ON projects TO bench_runtime;
+         {}",
+        tenant_table_sql("projects").unwrap(),
+        rls_guard::schema::ENABLE_SIGNED_BINDINGS_SQL
+    );
+    sqlx::raw_sql(&sql).execute(&mut owner).await.unwrap();
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::query("SELECT app.bind_trusted($1, '')")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('app.commit_binding', $1 || ':', true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for (id, name) in rows {
+        sqlx::query("INSERT INTO projects VALUES ($1, $2, $3)")
+            .bind(tenant.as_uuid())
+            .bind(id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    sqlx::raw_sql("ANALYZE projects")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let key = rls_guard::schema::binding_key(&mut owner).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            cluster
+                .connect_options("bench_runtime", "bench_signed")
+                .disable_statement_logging(),
+        )
+        .await
+        .unwrap();
+    TenantPool::with_binding_key(pool, key).await.unwrap()
 }
