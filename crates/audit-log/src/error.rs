@@ -38,10 +38,6 @@ pub enum AuditError {
     /// The chain does not verify, so it is not signed (see [`crate::verify()`]).
     #[error("the audit chain does not verify: {0}")]
     ChainBroken(crate::ChainBreak),
-    /// A different checkpoint (not genuinely ours, or for another hash) already occupies the
-    /// position: someone wrote into the checkpoint table.
-    #[error("a conflicting checkpoint is already stored at this position")]
-    CheckpointConflict,
     /// No trusted checkpoint covers the event yet: checkpoint first, then prove.
     #[error("no trusted checkpoint covers this event yet")]
     NotCheckpointed,

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use rls_guard::TenantPool;
 use sqlx::PgPool;
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::canonical::format_time;
 use crate::checkpoint::{Checkpoint, CheckpointSigner, TrustedKeys};
 use crate::event::{AuditActor, AuditEvent, Outcome, actions};
-use crate::verify::{ChainVerifier, Start, walk};
+use crate::verify::{BreakKind, ChainBreak, ChainVerifier, Start, walk};
 use crate::{AuditError, AuditLog};
 
 /// What [`AuditLog::prune`] did.
@@ -24,9 +25,16 @@ pub struct PruneReport {
 
 impl AuditLog {
     /// Verifies `tenant`'s events since the last checkpoint this signer can vouch for (or the
-    /// chain's start), then signs the newest event and stores the checkpoint. Returns `None`
-    /// for an empty chain; an existing checkpoint for the same event is returned as it is.
-    /// A chain that does not verify is never signed: that is [`AuditError::ChainBroken`].
+    /// chain's start), then signs the newest event and stores the checkpoint, through
+    /// `checkpointer`: a [`TenantPool`] of the checkpointer role (see
+    /// [`schema::checkpointer_sql`](crate::schema::checkpointer_sql)), never the runtime role,
+    /// which may not write checkpoints. Returns `None` for an empty chain; when the chain has not
+    /// grown, the existing checkpoint is returned as it is.
+    ///
+    /// Stored checkpoints that do not verify under `signer`'s key are ignored (a row planted at
+    /// any position cannot block this one). A chain that does not verify is never signed:
+    /// [`AuditError::ChainBroken`], also when it ends before the newest checkpoint this signer
+    /// made (it was truncated).
     ///
     /// Run it periodically (e.g. every few minutes for every active tenant) and copy the
     /// checkpoints somewhere the database's owner cannot write: they are what detect a
@@ -34,16 +42,30 @@ impl AuditLog {
     ///
     /// # Errors
     /// [`AuditError::ChainBroken`] for a chain that does not verify;
+    /// [`AuditError::InvalidConfig`] when `checkpointer` connects as the runtime role;
     /// [`AuditError::Transaction`]/[`AuditError::Database`] when the database cannot be used.
     pub async fn checkpoint(
         &self,
+        checkpointer: &TenantPool,
         tenant: TenantId,
         signer: &CheckpointSigner,
     ) -> Result<Option<Checkpoint>, AuditError> {
         let context = TenantContext::for_job(tenant, None, "audit-log checkpoint")
             .map_err(|_| AuditError::InvalidConfig("tenant"))?;
         let keys = TrustedKeys::new().with(signer.verifying_key());
-        let mut tx = self.pool().begin(&context).await?;
+        let runtime: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(self.pool().pool())
+            .await?;
+        let mut tx = checkpointer.begin(&context).await?;
+        let me: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&mut *tx)
+            .await?;
+        if me == runtime {
+            tx.rollback().await?;
+            return Err(AuditError::InvalidConfig(
+                "the checkpointer must not be the runtime role",
+            ));
+        }
         // Start from the newest checkpoint this signer made (or the pruned start, or genesis).
         let anchor = crate::verify::load_anchor(&mut tx, tenant).await?;
         let ours = crate::verify::load_checkpoints(&mut tx, tenant)
@@ -52,6 +74,22 @@ impl AuditLog {
             .filter(|c| keys.verifies(c))
             .filter(|c| anchor.is_none_or(|(base, _)| c.seq >= base))
             .max_by_key(|c| c.seq);
+        // A chain that ends before what this signer already vouched for was truncated.
+        let (last_seq,): (Option<i64>,) =
+            sqlx::query_as("SELECT max(seq) FROM audit.events WHERE tenant_id = $1")
+                .bind(tenant.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?;
+        let last_seq = last_seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+        if let Some(cp) = &ours
+            && last_seq < cp.seq
+        {
+            tx.rollback().await?;
+            return Err(AuditError::ChainBroken(ChainBreak {
+                seq: last_seq + 1,
+                kind: BreakKind::Truncated,
+            }));
+        }
         let start = match &ours {
             Some(cp) => Some(Start::Checkpoint((cp.seq, cp.hash_bytes()?))),
             None => anchor.map(Start::Anchor),
@@ -83,8 +121,12 @@ impl AuditLog {
             tx.rollback().await?;
             return Ok(None);
         }
-        let checkpoint =
-            store_checkpoint(&mut tx, signer, signer.sign(tenant, seq, &hash)?).await?;
+        if let Some(cp) = ours.filter(|cp| cp.seq == seq && !cp.is_prune_anchor()) {
+            // Nothing new since this signer's last checkpoint.
+            tx.rollback().await?;
+            return Ok(Some(cp));
+        }
+        let checkpoint = store_checkpoint(&mut tx, signer.sign(tenant, seq, &hash)?).await?;
         tx.commit().await?;
         Ok(Some(checkpoint))
     }
@@ -150,20 +192,17 @@ impl AuditLog {
                 anchor: None,
             });
         }
-        // Verify before signing: from this signer's newest checkpoint, else the chain's start.
+        // Verify before signing: the whole chain, from its trusted start (the signed anchor of
+        // an earlier pruning, or genesis), not from a checkpoint: the prefix about to go is
+        // checked event by event, and a break anywhere refuses, so pruning never turns a chain
+        // that fails to verify into one that passes. Stored checkpoints that do not verify
+        // under this key are ignored.
         let keys = TrustedKeys::new().with(signer.verifying_key());
         let mut checkpoints = crate::verify::load_checkpoints(&mut tx, tenant).await?;
         checkpoints.retain(|c| keys.verifies(c));
-        let resume = checkpoints
-            .iter()
-            .filter(|c| !c.is_prune_anchor() && c.seq >= base && c.seq <= through)
-            .max_by_key(|c| c.seq)
-            .map(|c| Ok::<_, AuditError>((c.seq, c.hash_bytes()?)))
-            .transpose()?;
-        let (start, after) = match (resume, anchor) {
-            (Some(cp), _) => (Some(Start::Checkpoint(cp)), cp.0),
-            (None, Some(a)) => (Some(Start::Anchor(a)), a.0),
-            (None, None) => (None, 0),
+        let (start, after) = match anchor {
+            Some(a) => (Some(Start::Anchor(a)), a.0),
+            None => (None, 0),
         };
         let mut verifier = ChainVerifier::starting(tenant, &keys, start, checkpoints);
         verifier.watch(through);
@@ -174,13 +213,9 @@ impl AuditLog {
             tx.rollback().await?;
             return Err(AuditError::ChainBroken(broken));
         }
-        let hash = match resume {
-            Some((seq, hash)) if seq == through => hash,
-            _ => watched.ok_or(AuditError::Malformed("pruned prefix"))?,
-        };
+        let hash = watched.ok_or(AuditError::Malformed("pruned prefix"))?;
         let anchor_cp = store_checkpoint(
             &mut tx,
-            signer,
             signer.sign_prune_anchor(tenant, through, &hash, cutoff)?,
         )
         .await?;
@@ -225,11 +260,9 @@ impl AuditLog {
     }
 }
 
-/// Stores `checkpoint` (already signed by `signer`), or returns the one already stored at
-/// its position if that one is genuine and agrees.
+/// Stores `checkpoint`, signed just now (its signature, part of the key, is new).
 async fn store_checkpoint(
     conn: &mut sqlx::PgConnection,
-    signer: &CheckpointSigner,
     checkpoint: Checkpoint,
 ) -> Result<Checkpoint, AuditError> {
     let time = |text: &str| {
@@ -238,11 +271,10 @@ async fn store_checkpoint(
     };
     let tenant = checkpoint.tenant_id()?;
     let seq = i64::try_from(checkpoint.seq).map_err(|_| AuditError::Malformed("seq"))?;
-    let inserted = sqlx::query(
+    sqlx::query(
         "INSERT INTO audit.checkpoints \
          (tenant_id, seq, hash, signed_at, key_id, signature, prune_cutoff, anchor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7 IS NOT NULL) \
-         ON CONFLICT (tenant_id, seq, anchor) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7 IS NOT NULL)",
     )
     .bind(tenant.as_uuid())
     .bind(seq)
@@ -252,21 +284,6 @@ async fn store_checkpoint(
     .bind(checkpoint.signature_bytes()?.as_slice())
     .bind(checkpoint.prune_cutoff.as_deref().map(time).transpose()?)
     .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(checkpoint);
-    }
-    // Something already sits at this position: accept it only if it is ours and agrees.
-    let keys = TrustedKeys::new().with(signer.verifying_key());
-    crate::verify::load_checkpoints(conn, tenant)
-        .await?
-        .into_iter()
-        .find(|c| {
-            c.seq == checkpoint.seq
-                && c.is_prune_anchor() == checkpoint.is_prune_anchor()
-                && c.hash == checkpoint.hash
-                && keys.verifies(c)
-        })
-        .ok_or(AuditError::CheckpointConflict)
+    .await?;
+    Ok(checkpoint)
 }

@@ -19,6 +19,11 @@
 //!   the owner included (a `DELETE` is allowed only for rows behind the tenant's signed
 //!   retention anchor, see [`AuditLog::prune`](crate::AuditLog::prune)). All of them are
 //!   `ENABLE ALWAYS`, so `session_replication_role = replica` does not skip them.
+//! - The runtime role may only `SELECT` checkpoints and anchors. Checkpoints are written by a
+//!   checkpointer role of their own ([`checkpointer_sql`], [`create_checkpointer_role_sql`]),
+//!   used by the checkpoint job; anchors (and the deletes of retention) by the owner.
+//! - The insert trigger refuses a record whose tenant, time, actor, action, outcome or request
+//!   id differ from the row's columns (SQLSTATE `AL003`).
 //! - Every table is tenant-scoped with row-level security through `rls-guard`
 //!   (`ENABLE` + `FORCE`, restrictive and permissive policies, the deferred binding check).
 //!
@@ -54,6 +59,7 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     );
     let r = runtime_role;
     let skew = MAX_CLOCK_SKEW_SECS;
+    let schema_version = crate::event::SCHEMA_VERSION;
     Ok(format!(
         r#"
 CREATE SCHEMA IF NOT EXISTS audit;
@@ -94,8 +100,20 @@ CREATE TABLE IF NOT EXISTS audit.checkpoints (
     -- A retention anchor (signed as one) carries the cutoff it pruned before.
     prune_cutoff timestamptz,
     anchor    boolean     NOT NULL DEFAULT false CHECK (anchor = (prune_cutoff IS NOT NULL)),
-    PRIMARY KEY (tenant_id, seq, anchor)
+    -- Several rows may claim one position: only those that verify under a trusted key count,
+    -- so a row planted there can never block the genuine one.
+    PRIMARY KEY (tenant_id, seq, anchor, signature)
 );
+DO $audit$
+BEGIN
+    -- Databases made before: widen the primary key the same way.
+    IF (SELECT pg_catalog.array_length(c.conkey, 1) FROM pg_catalog.pg_constraint c
+        WHERE c.conrelid = 'audit.checkpoints'::regclass AND c.contype = 'p') = 3 THEN
+        ALTER TABLE audit.checkpoints DROP CONSTRAINT checkpoints_pkey;
+        ALTER TABLE audit.checkpoints ADD PRIMARY KEY (tenant_id, seq, anchor, signature);
+    END IF;
+END
+$audit$;
 
 CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -103,6 +121,7 @@ CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
 DECLARE
     last_seq  bigint;
     last_hash bytea;
+    record    jsonb;
 BEGIN
     -- The time is the writing server's clock: refuse one that is off by more than the allowed
     -- skew (a backdated event could otherwise pull younger events into retention pruning).
@@ -111,6 +130,24 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'AL002',
             MESSAGE = 'audit event time is not the current time';
+    END IF;
+    -- The columns must say what the hashed record says (the verifier checks the record's exact
+    -- form): one raw INSERT cannot put a record under another tenant, time, actor, action,
+    -- outcome or request id. A record that is not JSON fails the cast.
+    record := pg_catalog.convert_from(NEW.event, 'UTF8')::jsonb;
+    IF pg_catalog.jsonb_typeof(record) IS DISTINCT FROM 'object'
+       OR record -> 'schema' IS DISTINCT FROM '{schema_version}'::jsonb
+       OR record ->> 'tenant' IS DISTINCT FROM NEW.tenant_id::text
+       OR record ->> 'occurred_at' IS DISTINCT FROM
+          pg_catalog.to_char(NEW.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+       OR record ->> 'action' IS DISTINCT FROM NEW.action
+       OR record -> 'actor' ->> 'kind' IS DISTINCT FROM NEW.actor_kind
+       OR record -> 'actor' ->> 'id' IS DISTINCT FROM NEW.actor_id::text
+       OR record -> 'outcome' ->> 'status' IS DISTINCT FROM NEW.outcome
+       OR record ->> 'request_id' IS DISTINCT FROM NEW.request_id THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL003',
+            MESSAGE = 'audit record does not match its columns';
     END IF;
     -- Held until commit: the next writer of this tenant waits, then (READ COMMITTED: a new
     -- snapshot per statement) reads the event this one committed.
@@ -190,9 +227,52 @@ REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints FROM {r};
 GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints TO {r};
 GRANT INSERT (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
     ON audit.events TO {r};
-GRANT INSERT ON audit.checkpoints TO {r};
+-- Checkpoints and anchors are written by the checkpointer (see checkpointer_sql) and the owner
+-- (retention), never by the runtime role.
 "#
     ))
+}
+
+/// A role of its own for the checkpoint job: created with `LOGIN` and no privileged attribute
+/// (run as a role with `CREATEROLE`, or a superuser; idempotent). Give it a password or
+/// certificate as your deployment does, then run [`checkpointer_sql`] as the owner.
+///
+/// # Errors
+/// [`AuditError::InvalidConfig`] unless `role` is a plain lowercase identifier.
+pub fn create_checkpointer_role_sql(role: &str) -> Result<String, AuditError> {
+    checked_role(role)?;
+    Ok(format!(
+        "DO $audit$ BEGIN CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
+         NOREPLICATION NOBYPASSRLS NOINHERIT; \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $audit$;"
+    ))
+}
+
+/// The grants of the checkpointer role (run as the owner, after [`schema_sql`]; idempotent):
+/// it reads the audit tables (under row-level security, binding one tenant at a time) and
+/// inserts checkpoints, nothing else. The runtime role gets none of this: SQL it runs cannot
+/// plant a checkpoint or an anchor.
+///
+/// # Errors
+/// [`AuditError::InvalidConfig`] unless `role` is a plain lowercase identifier.
+pub fn checkpointer_sql(role: &str) -> Result<String, AuditError> {
+    checked_role(role)?;
+    Ok(format!(
+        "GRANT USAGE ON SCHEMA audit TO {role};
+         REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints FROM {role};
+         GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints TO {role};
+         GRANT INSERT ON audit.checkpoints TO {role};"
+    ))
+}
+
+fn checked_role(role: &str) -> Result<(), AuditError> {
+    if rls_guard::schema::is_plain_identifier(role) {
+        Ok(())
+    } else {
+        Err(AuditError::InvalidConfig(
+            "role must be a plain lowercase identifier",
+        ))
+    }
 }
 
 /// Tells `check` about the triggers and `SECURITY DEFINER` functions [`schema_sql`] installs on

@@ -159,7 +159,11 @@ async fn the_refusal_triggers_fire_for_the_owner_and_under_replica_mode() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 3).await;
-    f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    f.log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     let admin = f.db.pool(Role::Admin, 1).await;
     for sql in [
         "UPDATE audit.events SET action = 'x.y'",
@@ -214,13 +218,14 @@ async fn the_refusal_triggers_fire_for_the_owner_and_under_replica_mode() {
     .execute(&mut *tx)
     .await
     .unwrap();
-    let (seq,): (i64,) = sqlx::query_as(
+    let (seq,): (i64,) = sqlx::query_as(&format!(
         "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, outcome, \
              event, prev_hash, hash) \
-         VALUES ($1, 999, now(), 'user', 'a.b', 'allowed', '\\x7b7d', \
+         SELECT $1, 999, ts, 'user', 'a.b', 'allowed', {MATCHING_RECORD}, \
              '\\x0000000000000000000000000000000000000000000000000000000000000000', \
-             '\\x0000000000000000000000000000000000000000000000000000000000000000') RETURNING seq",
-    )
+             '\\x0000000000000000000000000000000000000000000000000000000000000000' \
+         FROM (SELECT now() AS ts) s RETURNING seq",
+    ))
     .bind(t.as_uuid())
     .fetch_one(&mut *tx)
     .await
@@ -229,6 +234,15 @@ async fn the_refusal_triggers_fire_for_the_owner_and_under_replica_mode() {
     tx.rollback().await.unwrap();
     assert_eq!(seqs(&f, t).await, vec![1, 2, 3]);
 }
+
+/// An SQL expression for a record that matches the columns `tenant_id = $1`, `occurred_at = ts`,
+/// actor kind `user`, action `a.b`, outcome `allowed` (not in canonical form: the verifier
+/// would still flag it; the insert trigger compares the fields).
+const MATCHING_RECORD: &str = "pg_catalog.convert_to(pg_catalog.jsonb_build_object('schema', 1, \
+     'tenant', $1::text, 'occurred_at', \
+     pg_catalog.to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+     'action', 'a.b', 'actor', pg_catalog.jsonb_build_object('kind', 'user'), \
+     'outcome', pg_catalog.jsonb_build_object('status', 'allowed'))::text, 'UTF8')";
 
 /// A one-connection runtime pool whose sessions run `settings` first.
 async fn pool_with(f: &Fixture, settings: &'static str) -> sqlx::PgPool {
@@ -548,4 +562,51 @@ async fn callers_that_give_up_strand_no_queued_event() {
     assert_eq!(stored, (1..=next.seq as i64).collect::<Vec<i64>>());
     assert!(stored.len() >= 31, "{}", stored.len());
     assert!(verify(&f, t).await.is_intact());
+}
+
+/// One raw INSERT cannot poison a chain: the insert trigger compares the stored record with the
+/// row's columns. The positive control: a record that matches its columns is accepted.
+#[tokio::test]
+async fn a_raw_insert_whose_record_disagrees_with_its_columns_is_refused() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let other = TenantId::new_random();
+    let ctx = TenantContext::for_job(t, None, "test").unwrap();
+    let insert = |record: &str, action: &str| {
+        format!(
+            "INSERT INTO audit.events (tenant_id, occurred_at, actor_kind, action, outcome, event) \
+             SELECT $1, ts, 'user', '{action}', 'allowed', {record} \
+             FROM (SELECT now() AS ts) s"
+        )
+    };
+    let foreign = MATCHING_RECORD.replace("$1::text", &format!("'{other}'"));
+    for (record, action, why) in [
+        (
+            MATCHING_RECORD.to_owned(),
+            "c.d",
+            "another action than the record's",
+        ),
+        (foreign, "a.b", "another tenant's record"),
+        ("'\\x7b7d'::bytea".to_owned(), "a.b", "an empty record"),
+        ("'\\x6e6f74206a736f6e'::bytea".to_owned(), "a.b", "not JSON"),
+    ] {
+        let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+        let err = sqlx::query(&insert(&record, action))
+            .bind(t.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(
+            is_sqlstate(&err, "AL003") || is_sqlstate(&err, "22P02"),
+            "{why}: {err}"
+        );
+        tx.rollback().await.unwrap();
+    }
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::query(&insert(MATCHING_RECORD, "a.b"))
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
 }

@@ -70,7 +70,10 @@ async fn a_complete_export_verifies_offline_and_a_tampered_line_is_found() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 6).await;
-    f.log.checkpoint(t, &f.signer).await.unwrap();
+    f.log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap();
     append_n(&f, t, 2).await;
     let mut out = Vec::new();
     let summary = export_jsonl(&f.raw, &AuditQuery::new(t), &mut out)
@@ -148,7 +151,10 @@ async fn the_command_line_verifies_exports_and_fails_closed() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 5).await;
-    f.log.checkpoint(t, &f.signer).await.unwrap();
+    f.log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap();
     let url = f.db.url(Role::Owner);
     let key = format!("test-key={}", f.signer.verifying_key().to_hex());
     let tenant = t.to_string();
@@ -232,7 +238,10 @@ async fn an_inclusion_proof_verifies_offline_and_a_forged_one_does_not() {
         audit_log::prove(&f.raw, t, 2, &f.keys).await,
         Err(audit_log::AuditError::NotCheckpointed)
     ));
-    f.log.checkpoint(t, &f.signer).await.unwrap();
+    f.log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap();
     append_n(&f, t, 2).await;
     let proof = audit_log::prove(&f.raw, t, 2, &f.keys).await.unwrap();
     assert_eq!(

@@ -41,7 +41,11 @@ async fn a_fresh_chain_is_read_in_key_order_not_sorted() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 400).await;
-    f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    f.log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     f.db.as_admin(&format!(
         "ALTER DATABASE \"{}\" SET work_mem = '64kB'; \
          ALTER DATABASE \"{}\" SET temp_file_limit = 0",
@@ -230,7 +234,11 @@ async fn a_truncated_tail_is_found_against_a_checkpoint() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 20).await;
-    f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    f.log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     // Cut the last three events.
     let mut tx = begin_tamper(&f.db).await;
     sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq >= 18")
@@ -312,10 +320,20 @@ async fn a_rewrite_with_recomputed_hashes_is_caught_by_the_signed_checkpoint() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 10).await;
-    let first = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    let first = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.seq, 10);
     append_n(&f, t, 10).await;
-    let second = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    let second = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.seq, 20);
     assert!(verify(&f, t).await.is_intact());
 
@@ -336,7 +354,12 @@ async fn a_rewrite_that_also_deletes_the_stored_checkpoints_is_caught_by_an_expo
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 8).await;
-    let exported = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    let exported = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     rewrite_from(&f, t, 2, 8).await;
     let mut tx = begin_tamper(&f.db).await;
     sqlx::query("DELETE FROM audit.checkpoints WHERE tenant_id = $1")
@@ -365,11 +388,12 @@ async fn a_forged_checkpoint_signature_is_rejected() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     let appended = append_n(&f, t, 4).await;
-    // The runtime role may insert checkpoints; without the trusted key it cannot make one count.
+    // The runtime role may not insert checkpoints at all; the checkpointer role may, but
+    // without the trusted key it cannot make one count.
     let mallory = audit_log::CheckpointSigner::generate("test-key").unwrap();
     let forged = mallory.sign(t, 4, &appended[3].hash).unwrap();
     let ctx = tenant_scope::TenantContext::for_job(t, None, "test").unwrap();
-    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    let mut tx = f.checkpointer.begin(&ctx).await.unwrap();
     sqlx::query(
         "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
          VALUES ($1, 4, $2, now(), $3, $4)",
@@ -402,7 +426,11 @@ async fn a_tampered_chain_is_never_signed() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 4).await;
-    f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    f.log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     append_n(&f, t, 4).await;
     let mut tx = begin_tamper(&f.db).await;
     sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq = 6")
@@ -412,7 +440,11 @@ async fn a_tampered_chain_is_never_signed() {
         .unwrap();
     end_tamper(tx).await;
     // The checkpointer verifies since its last checkpoint before it signs.
-    let err = f.log.checkpoint(t, &f.signer).await.unwrap_err();
+    let err = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap_err();
     match err {
         audit_log::AuditError::ChainBroken(b) => {
             assert_eq!(
@@ -441,7 +473,7 @@ async fn junk_checkpoints_do_not_hide_where_the_chain_breaks() {
     let t = TenantId::new_random();
     append_n(&f, t, 6).await;
     let ctx = tenant_scope::TenantContext::for_job(t, None, "test").unwrap();
-    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    let mut tx = f.checkpointer.begin(&ctx).await.unwrap();
     sqlx::query(
         "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
          VALUES ($1, 1, $2, now(), 'test-key', $3)",
@@ -471,29 +503,187 @@ async fn junk_checkpoints_do_not_hide_where_the_chain_breaks() {
     assert_eq!(report.rejected_checkpoints.len(), 1);
 }
 
+/// Junk planted at the position the next checkpoint takes, and at future positions, blocks
+/// neither checkpointing nor pruning: rows that do not verify under a trusted key are ignored
+/// (and listed as rejected). The runtime role cannot plant any.
 #[tokio::test]
-async fn a_checkpoint_position_taken_by_junk_is_a_conflict_not_a_signature() {
+async fn junk_checkpoints_at_any_position_block_neither_checkpointing_nor_pruning() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 3).await;
     let ctx = tenant_scope::TenantContext::for_job(t, None, "test").unwrap();
+    let plant = "INSERT INTO audit.checkpoints \
+         (tenant_id, seq, hash, signed_at, key_id, signature, prune_cutoff, anchor) \
+         VALUES ($1, $2, $3, now(), 'test-key', $4, $5, $5 IS NOT NULL)";
+    // The runtime role: refused outright.
     let mut tx = f.log.pool().begin(&ctx).await.unwrap();
-    sqlx::query(
-        "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
-         VALUES ($1, 3, $2, now(), 'test-key', $3)",
+    let err = sqlx::query(plant)
+        .bind(t.as_uuid())
+        .bind(3_i64)
+        .bind([1u8; 32].as_slice())
+        .bind([2u8; 64].as_slice())
+        .bind(None::<time::OffsetDateTime>)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(is_sqlstate(&err, "42501"), "{err}");
+    tx.rollback().await.unwrap();
+    // A checkpointer without the key: at the next position, at future ones, as anchors too.
+    let mut tx = f.checkpointer.begin(&ctx).await.unwrap();
+    for (seq, anchor) in [
+        (3_i64, false),
+        (4, false),
+        (100, false),
+        (3, true),
+        (100, true),
+    ] {
+        let cutoff = anchor.then(time::OffsetDateTime::now_utc);
+        sqlx::query(plant)
+            .bind(t.as_uuid())
+            .bind(seq)
+            .bind([1u8; 32].as_slice())
+            .bind([seq as u8; 64].as_slice())
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    // The positive control, despite the junk: a genuine checkpoint at 3.
+    let cp = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 3);
+    assert!(f.keys.verifies(&cp));
+    append_n(&f, t, 2).await;
+    let again = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.seq, 5);
+    let report = verify(&f, t).await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert_eq!(report.rejected_checkpoints.len(), 5);
+    // Pruning past the junk works too.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let owner = f.db.pool(testkit::Role::Owner, 1).await;
+    let pruned = f
+        .log
+        .prune(&owner, t, std::time::Duration::from_millis(100), &f.signer)
+        .await
+        .unwrap();
+    assert_eq!(pruned.removed, 5);
+    assert!(verify(&f, t).await.result.is_ok());
+}
+
+/// A chain cut below the newest checkpoint this signer made is not re-signed as if nothing
+/// happened: the checkpoint job reports the truncation.
+#[tokio::test]
+async fn checkpointing_a_chain_truncated_below_its_checkpoint_fails() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 5).await;
+    let cp = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 5);
+    // The positive control: with nothing new, the same checkpoint comes back.
+    let same = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(same, cp);
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq >= 4")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let err = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap_err();
+    match err {
+        audit_log::AuditError::ChainBroken(b) => assert_eq!(
+            b,
+            ChainBreak {
+                seq: 4,
+                kind: BreakKind::Truncated
+            }
+        ),
+        other => panic!("{other}"),
+    }
+}
+
+/// Pruning verifies the whole prefix it deletes, from the chain's trusted start: a checkpoint
+/// signed after a tampered event does not let the tampered prefix be pruned away.
+#[tokio::test]
+async fn pruning_refuses_a_prefix_tampered_before_a_checkpoint() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 4).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("UPDATE audit.events SET event = $2 WHERE tenant_id = $1 AND seq = 2")
+        .bind(t.as_uuid())
+        .bind(b"{}".as_slice())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    // A checkpoint made by whoever holds the key afterwards, vouching for the tampered head
+    // (as a careless or compromised checkpointer might).
+    let head: (i64, Vec<u8>) = sqlx::query_as(
+        "SELECT seq, hash FROM audit.events WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(t.as_uuid())
-    .bind([1u8; 32].as_slice())
-    .bind([2u8; 64].as_slice())
+    .fetch_one(&f.db.pool(testkit::Role::Admin, 1).await)
+    .await
+    .unwrap();
+    let hash: [u8; 32] = head.1.try_into().unwrap();
+    let signed = f.signer.sign(t, 4, &hash).unwrap();
+    let ctx = tenant_scope::TenantContext::for_job(t, None, "test").unwrap();
+    let mut tx = f.checkpointer.begin(&ctx).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
+         VALUES ($1, 4, $2, now(), $3, $4)",
+    )
+    .bind(t.as_uuid())
+    .bind(hash.as_slice())
+    .bind(&signed.key_id)
+    .bind(hex::decode(&signed.signature).unwrap())
     .execute(&mut *tx)
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    let err = f.log.checkpoint(t, &f.signer).await.unwrap_err();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let owner = f.db.pool(testkit::Role::Owner, 1).await;
+    let err = f
+        .log
+        .prune(&owner, t, std::time::Duration::from_millis(100), &f.signer)
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, audit_log::AuditError::CheckpointConflict),
+        matches!(err, audit_log::AuditError::ChainBroken(ref b) if b.seq == 2),
         "{err}"
     );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE tenant_id = $1")
+        .bind(t.as_uuid())
+        .fetch_one(&f.db.pool(testkit::Role::Admin, 1).await)
+        .await
+        .unwrap();
+    assert_eq!(left, 4, "nothing was pruned");
 }
 
 #[tokio::test]
@@ -503,7 +693,12 @@ async fn an_ordinary_checkpoint_cannot_serve_as_a_pruned_start() {
     let f = fixture(2).await;
     let t = TenantId::new_random();
     append_n(&f, t, 6).await;
-    let cp = f.log.checkpoint(t, &f.signer).await.unwrap().unwrap();
+    let cp = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
     append_n(&f, t, 2).await;
     let mut tx = begin_tamper(&f.db).await;
     sqlx::query("INSERT INTO audit.anchors (tenant_id, base_seq, base_hash) VALUES ($1, 6, $2)")

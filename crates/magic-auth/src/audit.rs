@@ -71,3 +71,22 @@ impl AuthEvents for AuditLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_and_link_events_have_actions_of_their_own() {
+        for (kind, name) in [
+            (AuthEventKind::LinksInvalidated, "authn.links_invalidated"),
+            (AuthEventKind::AccountDisabled, "authn.account_disabled"),
+            (AuthEventKind::AccountEnabled, "authn.account_enabled"),
+            (AuthEventKind::SessionsRevoked, "session.revoked_all"),
+        ] {
+            let (action, outcome) = action(kind);
+            assert_eq!(action.as_str(), name);
+            assert_eq!(outcome.status(), Outcome::Allowed.status());
+        }
+    }
+}

@@ -11,7 +11,10 @@
 //!   (activity never extends a session past the absolute limit), assurance levels (`aal1` after
 //!   the email step, `aal2` after the second factor), and revocation of one session, of all of a
 //!   user's sessions (optionally but the current one) — effective on the next request on every
-//!   app instance, because there is no cache.
+//!   app instance, because there is no cache — and final under every race: a rotation,
+//!   step-up, recovery or link sign-in running at the same moment as a revocation, a lockout
+//!   or [`SessionStore::disable_account`] never leaves a live session behind (they take turns
+//!   on a per-account row lock, and a sign-in is checked against the account's generation).
 //!
 //! - [`totp::TotpService`]: TOTP enrolment (160-bit seed sealed with `field-crypto`, bound to
 //!   its row; active only after a valid code, whose step is then used up), verification for the
@@ -23,7 +26,10 @@
 //! - [`MagicLinks`]: email links requested without revealing whether an account exists (the
 //!   work runs in the background: same answer, same timing), bound to the requesting browser by
 //!   a verifier cookie, single use under a row lock, 15-minute expiry, superseded by a newer
-//!   request, built from the configured base URL; [`EmailAddress`] validation and
+//!   request (at most one pending link per account, under any burst), built from the
+//!   configured base URL; links follow the account (read again at confirmation, refused once
+//!   it is disabled or signed out everywhere, [`MagicLinks::invalidate_links`]);
+//!   [`EmailAddress`] validation and
 //!   normalisation; the [`mailer::Mailer`] trait with a development outbox.
 //! - [`SessionLayer`] and the [`Guard`]s: cookie → `Session` + `Actor`, `401 unauthenticated`,
 //!   `403 mfa_required`, `403 step_up_required`, `403 cross_origin_request`, and

@@ -14,7 +14,17 @@
 //! 4. `POST` → [`MagicLinks::confirm`] with the token and the verifier cookie: the link must be
 //!    unexpired, unused, not superseded, and confirmed from the browser that requested it; it is
 //!    consumed under a row lock, so two concurrent clicks yield one sign-in. A failed
-//!    confirmation (wrong browser, wrong secret) does not consume it.
+//!    confirmation (wrong browser, wrong secret) does not consume it. The account is read
+//!    again ([`AccountDirectory::find_by_user`]): the sign-in is for what it is now, or
+//!    refused. Then [`SessionStore::sign_in`](crate::SessionStore::sign_in) creates the
+//!    session, unless the account was disabled or signed out everywhere since.
+//!
+//! A link is pending until it is used, expires, or is invalidated: by a newer request for the
+//! account (requests take turns on the account's lock, and a partial unique index allows one
+//! pending link per account), by [`MagicLinks::invalidate_links`],
+//! [`SessionStore::revoke_all`](crate::SessionStore::revoke_all),
+//! [`SessionStore::disable_account`](crate::SessionStore::disable_account), a TOTP lockout, or
+//! a failed delivery.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -49,7 +59,8 @@ pub struct Account {
     pub user: ActorId,
     /// `User` or `Staff`.
     pub kind: ActorKind,
-    /// A disabled account gets no link (and the requester cannot tell).
+    /// A disabled account gets no link (and the requester cannot tell), and a link it was
+    /// sent before is refused when confirmed.
     pub disabled: bool,
 }
 
@@ -417,7 +428,11 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn invalidate_links(&self, tenant: TenantId, user: ActorId) -> Result<u64, AuthError> {
+    pub async fn invalidate_links(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<u64, AuthError> {
         let mut tx = self.pool.begin(&context(tenant)?).await?;
         account::bump(&mut tx, tenant, user, account::Disable::Keep).await?;
         let links = account::invalidate_pending_links(&mut tx, tenant, user).await?;
@@ -457,13 +472,12 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         let mut tx = self.pool.begin(&context(tenant)?).await?;
         // Whose link it is, to take the account's lock before the link's (the order every
         // operation on an account's links and sessions follows).
-        let owner: Option<(Uuid,)> = sqlx::query_as(
-            "SELECT user_id FROM auth.login_links WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant.as_uuid())
-        .bind(token.id())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let owner: Option<(Uuid,)> =
+            sqlx::query_as("SELECT user_id FROM auth.login_links WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant.as_uuid())
+                .bind(token.id())
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(user) = owner.and_then(|(user,)| ActorId::from_uuid(user).ok()) else {
             tx.rollback().await?;
             return Err(AuthError::InvalidLink);

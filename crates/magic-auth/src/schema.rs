@@ -9,6 +9,14 @@
 //! depends on), as the runtime role, under row-level security — one round trip per request,
 //! no `SECURITY DEFINER` code. It reveals nothing a caller does not already hold: the row is
 //! found only by its random id, and what comes back is the *hash* of the session's secret.
+//!
+//! `auth.accounts` holds magic-auth's own state per account: the row that every change to the
+//! account's sessions and links locks first (so revocations and sign-ins take turns), the
+//! generation that every "sign out everywhere" moves, and whether the account is disabled.
+//! A partial unique index keeps at most one pending link per account. Re-running the SQL on
+//! an older database adds what is missing (`auth.totp.hard_locked_at`,
+//! `auth.sessions.family_id`, `auth.accounts`, the index — after invalidating all but the
+//! newest of any pending links that an older version let pile up).
 
 use crate::AuthError;
 

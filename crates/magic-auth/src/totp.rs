@@ -15,7 +15,10 @@
 //!   code (replays, malformed input and wrong recovery codes included) locks the factor, for
 //!   every session; the first lock lasts [`TotpConfig::lockout`] and each further one twice as
 //!   long, up to [`TotpConfig::max_lockout`]. A lock does not reset the count: only an accepted
-//!   code, a recovery code or [`TotpService::unlock`] does. At [`TotpConfig::hard_limit`]
+//!   code, a recovery code or [`TotpService::unlock`] does. Each lock (timed or hard) also
+//!   signs the account out everywhere, in the transaction that counts the failure: every
+//!   session revoked, every pending link invalidated, a step-up or sign-in running at that
+//!   moment refused. At [`TotpConfig::hard_limit`]
 //!   consecutive failures (at most [`MAX_HARD_LIMIT`]) TOTP codes are refused until a recovery
 //!   code is used or an operator unlocks the factor. A code submitted during a lock is refused
 //!   — the right one too — and does not count.

@@ -54,7 +54,11 @@ impl AccountDirectory for Directory {
             }),
         )
     }
-    async fn find_by_user(&self, tenant: TenantId, user: ActorId) -> Result<Option<Account>, Never> {
+    async fn find_by_user(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<Account>, Never> {
         Ok((tenant == self.0 && user == self.1).then_some(Account {
             user: self.1,
             kind: ActorKind::Staff,

@@ -36,7 +36,11 @@ impl AccountDirectory for Directory {
     async fn find(&self, tenant: TenantId, email: &EmailAddress) -> Result<Option<Account>, Never> {
         Ok(self.0.get(&(tenant, email.as_str().to_owned())).copied())
     }
-    async fn find_by_user(&self, tenant: TenantId, user: ActorId) -> Result<Option<Account>, Never> {
+    async fn find_by_user(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<Account>, Never> {
         Ok(self
             .0
             .iter()

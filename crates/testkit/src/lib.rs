@@ -45,6 +45,6 @@ pub use cluster::{ADMIN_ROLE, ClusterOptions, PgCluster};
 pub use error::TestkitError;
 pub use pgbouncer::{PgBouncer, PoolMode};
 pub use server::{
-    OWNER_ROLE, RUNTIME_ROLE, Role, Template, TestDb, TestServer, fresh_database,
-    try_fresh_database,
+    CHECKPOINTER_ROLE, OWNER_ROLE, RUNTIME_ROLE, Role, Template, TestDb, TestServer,
+    fresh_database, try_fresh_database,
 };

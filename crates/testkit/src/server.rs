@@ -19,6 +19,10 @@ pub const OWNER_ROLE: &str = "testkit_owner";
 /// The runtime role: LOGIN, NOSUPERUSER, NOBYPASSRLS, NOINHERIT, owns nothing. Tests connect as
 /// this role to prove what the application can and cannot see.
 pub const RUNTIME_ROLE: &str = "testkit_runtime";
+/// A third least-privilege role for jobs that write what the runtime role may not (an audit
+/// log's checkpoints): LOGIN, NOSUPERUSER, NOBYPASSRLS, NOINHERIT, owns nothing, and holds only
+/// what the migrations grant it.
+pub const CHECKPOINTER_ROLE: &str = "testkit_checkpointer";
 /// The password of both roles on an external server (`DATABASE_URL`); unused on throwaway
 /// clusters, which trust their private socket.
 pub(crate) const ROLE_PASSWORD: &str = "testkit";
@@ -99,6 +103,7 @@ impl TestServer {
             Role::Admin => options,
             Role::Owner => options.username(OWNER_ROLE).password(ROLE_PASSWORD),
             Role::Runtime => options.username(RUNTIME_ROLE).password(ROLE_PASSWORD),
+            Role::Checkpointer => options.username(CHECKPOINTER_ROLE).password(ROLE_PASSWORD),
         };
         options.disable_statement_logging()
     }
@@ -140,7 +145,11 @@ impl TestServer {
 
     async fn create_roles(&self) -> Result<(), TestkitError> {
         let mut admin = self.admin("postgres").await?;
-        for (role, extra) in [(OWNER_ROLE, ""), (RUNTIME_ROLE, " NOINHERIT")] {
+        for (role, extra) in [
+            (OWNER_ROLE, ""),
+            (RUNTIME_ROLE, " NOINHERIT"),
+            (CHECKPOINTER_ROLE, " NOINHERIT"),
+        ] {
             // Concurrent test processes on one external server may race: a duplicate is fine.
             let sql = format!(
                 "DO $$ BEGIN CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE \
@@ -322,6 +331,8 @@ pub enum Role {
     Owner,
     /// The least-privilege runtime role.
     Runtime,
+    /// The checkpoint job's role ([`CHECKPOINTER_ROLE`]).
+    Checkpointer,
 }
 
 /// The schema every test database starts with: SQL run once per process as the owner role.

@@ -51,7 +51,11 @@ pub(crate) async fn sign_all(s: &Services) -> Result<usize, CheckpointError> {
     let mut first_error = None;
     for tenant in s.tenants().await? {
         let outcome = async {
-            let Some(checkpoint) = s.audit.checkpoint(tenant.id, &s.checkpoints).await? else {
+            let Some(checkpoint) = s
+                .audit
+                .checkpoint(&s.checkpointer, tenant.id, &s.checkpoints)
+                .await?
+            else {
                 return Ok(false);
             };
             // A chain that has not grown gets its previous checkpoint back: record it once.

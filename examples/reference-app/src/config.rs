@@ -48,6 +48,9 @@ pub struct Production {
     pub(crate) database_url: Zeroizing<String>,
     /// The owner role's connection, for migrations only.
     pub(crate) owner_database_url: Zeroizing<String>,
+    /// The checkpointer role's connection: the only runtime identity that writes audit
+    /// checkpoints.
+    pub(crate) checkpointer_database_url: Zeroizing<String>,
     /// The SMTP relay sign-in links go through.
     pub(crate) smtp: Smtp,
     /// Seed the demo workspaces (off unless asked for).
@@ -118,6 +121,7 @@ ENVIRONMENT
 PRODUCTION ENVIRONMENT
   REFERENCE_APP_KEK                 32-byte key-encryption key in hex, kept outside the database
   REFERENCE_APP_OWNER_DATABASE_URL  the owner role's URL (migrations), sslmode=verify-full
+  REFERENCE_APP_CHECKPOINTER_DATABASE_URL  the audit checkpointer role's URL, sslmode=verify-full
   REFERENCE_APP_SMTP_HOST           SMTP relay (TLS required: 465 implicit, else STARTTLS)
   REFERENCE_APP_SMTP_PORT           default 465
   REFERENCE_APP_SMTP_USER, REFERENCE_APP_SMTP_PASSWORD   relay credentials, if any
@@ -242,9 +246,20 @@ impl Config {
             Zeroizing::new(env("REFERENCE_APP_OWNER_DATABASE_URL").ok_or_else(|| {
                 refuse("REFERENCE_APP_OWNER_DATABASE_URL is required to run migrations as the owner role")
             })?);
+        let checkpointer_database_url = Zeroizing::new(
+            env("REFERENCE_APP_CHECKPOINTER_DATABASE_URL").ok_or_else(|| {
+                refuse(
+                    "REFERENCE_APP_CHECKPOINTER_DATABASE_URL is required: audit checkpoints are written by a role of their own",
+                )
+            })?,
+        );
         for (name, url) in [
             ("DATABASE_URL", &database_url),
             ("REFERENCE_APP_OWNER_DATABASE_URL", &owner_database_url),
+            (
+                "REFERENCE_APP_CHECKPOINTER_DATABASE_URL",
+                &checkpointer_database_url,
+            ),
         ] {
             // Every TLS-mode parameter (sqlx reads `sslmode` and `ssl-mode`, the last one
             // winning) must say verify-full, and there must be one: a later `sslmode=disable`
@@ -292,6 +307,7 @@ impl Config {
             kek: key,
             database_url,
             owner_database_url,
+            checkpointer_database_url,
             smtp: Smtp {
                 host,
                 port,
@@ -333,6 +349,10 @@ mod tests {
             (
                 "REFERENCE_APP_OWNER_DATABASE_URL",
                 "postgres://owner@db/app?sslmode=verify-full",
+            ),
+            (
+                "REFERENCE_APP_CHECKPOINTER_DATABASE_URL",
+                "postgres://checkpointer@db/app?sslmode=verify-full",
             ),
             ("REFERENCE_APP_SMTP_HOST", "smtp.example.com"),
             ("REFERENCE_APP_MAIL_FROM", "no-reply@example.com"),
@@ -379,6 +399,7 @@ mod tests {
             "REFERENCE_APP_KEK",
             "DATABASE_URL",
             "REFERENCE_APP_OWNER_DATABASE_URL",
+            "REFERENCE_APP_CHECKPOINTER_DATABASE_URL",
             "REFERENCE_APP_SMTP_HOST",
             "REFERENCE_APP_MAIL_FROM",
         ] {
@@ -408,6 +429,10 @@ mod tests {
             (
                 "REFERENCE_APP_OWNER_DATABASE_URL",
                 "postgres://owner@db/app?sslmode=disable",
+            ),
+            (
+                "REFERENCE_APP_CHECKPOINTER_DATABASE_URL",
+                "postgres://checkpointer@db/app?sslmode=require",
             ),
             ("REFERENCE_APP_SMTP_PORT", "smtp"),
         ] {

@@ -189,6 +189,7 @@ impl App {
         let services = build(
             &self.config,
             pool,
+            self.services.checkpointer.clone(),
             runtime,
             &self.keys,
             Some(self.services.cross_tenant.clone()),
@@ -296,23 +297,25 @@ impl App {
 /// # Errors
 /// Any start-up failure (data directory, certificate, database, a refused runtime role).
 pub async fn start(mut config: Config) -> Result<App, BoxError> {
-    let (keys, tls, db, runtime, owner) = match &config.production {
+    let (keys, tls, db, runtime, owner, checkpointer) = match &config.production {
         None => {
             let dev = devdata::DevData::load_or_create(&config.data_dir, "localhost")?;
             tracing::info!(dir = %config.data_dir.display(), "development keys and certificate ready");
             // A throwaway database (or DATABASE_URL), migrated as the owner role.
-            let migrations = schema::migrations(schema::RUNTIME_ROLE)?;
+            let migrations = schema::migrations(schema::RUNTIME_ROLE, testkit::CHECKPOINTER_ROLE)?;
             let db =
                 testkit::try_fresh_database(&testkit::Template::new("reference_app", migrations))
                     .await?;
             let owner = connect(db.options(testkit::Role::Owner), 2).await?;
             let runtime = connect(db.options(testkit::Role::Runtime), 16).await?;
+            let checkpointer = connect(db.options(testkit::Role::Checkpointer), 2).await?;
             (
                 Keys::development(&dev),
                 tls::server_config(&dev.tls_cert_pem, &dev.tls_key_pem)?,
                 Database::Throwaway(Arc::new(db)),
                 runtime,
                 owner,
+                checkpointer,
             )
         }
         Some(production) => {
@@ -326,6 +329,11 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
             let owner = connect(production.owner_database_url.parse()?, 2)
                 .await
                 .map_err(|e| format!("the owner role's database connection failed: {e}"))?;
+            let checkpointer_options: PgConnectOptions =
+                production.checkpointer_database_url.parse()?;
+            let checkpointer = connect(checkpointer_options.clone(), 2)
+                .await
+                .map_err(|e| format!("the checkpointer role's database connection failed: {e}"))?;
             // The role's own attributes before migrating; objects and privileges in the
             // database (which the migrations set) are checked by TenantPool::new afterwards.
             match rls_guard::verify_runtime_role(&mut *runtime.acquire().await?).await {
@@ -341,13 +349,19 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
                 Ok(()) | Err(rls_guard::RlsError::UnsafeRuntimeRole { .. }) => {}
                 Err(other) => return Err(other.into()),
             }
-            schema::migrate(&owner, runtime_options.get_username()).await?;
+            schema::migrate(
+                &owner,
+                runtime_options.get_username(),
+                checkpointer_options.get_username(),
+            )
+            .await?;
             (
                 Keys::derive(&production.kek),
                 tls,
                 Database::External(Box::new(runtime_options)),
                 runtime,
                 owner,
+                checkpointer,
             )
         }
     };
@@ -356,7 +370,9 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         .await?;
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
     let pool = TenantPool::new(runtime.clone()).await?;
-    let services = build(&config, pool, runtime, &keys, None)?;
+    // The checkpointer passes the same start-up check as the runtime role.
+    let checkpointer = TenantPool::new(checkpointer).await?;
+    let services = build(&config, pool, checkpointer, runtime, &keys, None)?;
     // Development always seeds; production only with --seed-demo.
     if config.production.as_ref().is_none_or(|p| p.seed_demo) {
         seed::seed(&owner, &services).await?;
@@ -420,6 +436,7 @@ pub fn redirect_app(base_url: String) -> axum::Router {
 fn build(
     config: &Config,
     pool: TenantPool,
+    checkpointer: TenantPool,
     raw: sqlx::PgPool,
     keys: &Keys,
     cross_tenant: Option<Arc<CrossTenantAuthority<AuditLog>>>,
@@ -504,6 +521,7 @@ fn build(
         blind: BlindIndexKey::new(&KeyMaterial::from_bytes(*keys.blind))?,
         audit: audit.clone(),
         checkpoints,
+        checkpointer,
         checkpoint_file: config.data_dir.join(checkpoints::FILE),
         gate,
         mailer,

@@ -66,9 +66,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON workspace.notes TO {r};
     ))
 }
 
-/// Every migration, in order, granting to `runtime_role`.
+/// Every migration, in order, granting to `runtime_role` and, for audit checkpoints only, to
+/// `checkpointer_role`.
 pub(crate) fn migrations(
     runtime_role: &str,
+    checkpointer_role: &str,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let r = runtime_role;
     let valid = r.len() <= 63
@@ -79,9 +81,10 @@ pub(crate) fn migrations(
         return Err(format!("runtime role {r:?}: use a plain lower-case SQL identifier").into());
     }
     Ok(format!(
-        "{}\n{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}\n{}",
         rls_guard::schema::SUPPORT_SQL,
         audit_log::schema::schema_sql(r)?,
+        audit_log::schema::checkpointer_sql(checkpointer_role)?,
         magic_auth::schema::schema_sql(r)?,
         tool_sandbox::schema_sql(r)?,
         app_sql(r)?,
@@ -92,7 +95,7 @@ pub(crate) fn migrations(
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MigrateError {
     #[error(
-        "the owner and runtime connections use the same role ({0}); the runtime role must own nothing"
+        "the owner, runtime and checkpointer connections must use three different roles (owner {0}); the runtime role must own nothing"
     )]
     SameRole(String),
     #[error(
@@ -109,15 +112,20 @@ pub(crate) enum MigrateError {
 /// Production migrations over the owner role's connection: one transaction under an advisory
 /// lock (two replicas starting together migrate once), recorded by the digest of the SQL so a
 /// restart skips them, and refused when the database holds another version.
-pub(crate) async fn migrate(owner: &sqlx::PgPool, runtime_role: &str) -> Result<(), MigrateError> {
+pub(crate) async fn migrate(
+    owner: &sqlx::PgPool,
+    runtime_role: &str,
+    checkpointer_role: &str,
+) -> Result<(), MigrateError> {
     use sha2::Digest;
-    let sql = migrations(runtime_role).map_err(|e| MigrateError::Build(e.to_string()))?;
+    let sql = migrations(runtime_role, checkpointer_role)
+        .map_err(|e| MigrateError::Build(e.to_string()))?;
     let wanted = hex::encode(sha2::Sha256::digest(sql.as_bytes()));
     let mut tx = owner.begin().await?;
     let (me,): (String,) = sqlx::query_as("SELECT current_user::text")
         .fetch_one(&mut *tx)
         .await?;
-    if me == runtime_role {
+    if me == runtime_role || me == checkpointer_role || runtime_role == checkpointer_role {
         return Err(MigrateError::SameRole(me));
     }
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('reference-app migrations'))")

@@ -179,6 +179,8 @@ pub(crate) struct Services {
     pub(crate) blind: BlindIndexKey,
     pub(crate) audit: AuditLog,
     pub(crate) checkpoints: CheckpointSigner,
+    /// The checkpointer role's pool: the only runtime identity that writes audit checkpoints.
+    pub(crate) checkpointer: TenantPool,
     /// Where signed checkpoints are kept outside the database (see `checkpoints`).
     pub(crate) checkpoint_file: std::path::PathBuf,
     pub(crate) gate: Gate,

@@ -75,6 +75,10 @@ impl Fixture {
                 "REFERENCE_APP_OWNER_DATABASE_URL",
                 self.url("prod_owner", &self.ca, "localhost"),
             ),
+            (
+                "REFERENCE_APP_CHECKPOINTER_DATABASE_URL",
+                self.url("prod_checkpointer", &self.ca, "localhost"),
+            ),
             ("REFERENCE_APP_SMTP_HOST", "localhost".to_owned()),
             ("REFERENCE_APP_SMTP_PORT", self.smtp_port.to_string()),
             (
@@ -136,6 +140,7 @@ async fn setup(cluster: &PgCluster, pki: Pki) -> Fixture {
     for sql in [
         "CREATE ROLE prod_owner LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE",
         "CREATE ROLE prod_runtime LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT",
+        "CREATE ROLE prod_checkpointer LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT",
         "CREATE DATABASE prod OWNER prod_owner",
     ] {
         sqlx::raw_sql(sql).execute(&admin).await.unwrap();
@@ -218,6 +223,14 @@ async fn production_mode_serves_only_with_verified_tls_and_refuses_each_unsafe_s
                 &env,
                 "REFERENCE_APP_OWNER_DATABASE_URL",
                 &f.url("prod_owner", &f.ca, "127.0.0.1"),
+            ),
+        ),
+        (
+            "the checkpointer is the runtime role",
+            with(
+                &env,
+                "REFERENCE_APP_CHECKPOINTER_DATABASE_URL",
+                &f.url("prod_runtime", &f.ca, "localhost"),
             ),
         ),
         (

@@ -37,6 +37,8 @@ pub struct Fixture {
     /// The runtime role's raw pool (what `verify` and exports may use).
     pub raw: PgPool,
     pub log: AuditLog,
+    /// The checkpointer role's pool: the only runtime identity that may write checkpoints.
+    pub checkpointer: TenantPool,
     pub signer: CheckpointSigner,
     pub keys: TrustedKeys,
 }
@@ -50,15 +52,33 @@ pub async fn fixture(max_connections: u32) -> Fixture {
     let raw = db.pool(Role::Runtime, max_connections).await;
     let pool = TenantPool::new(raw.clone()).await.unwrap();
     let log = AuditLog::new(pool, scrubber());
+    let checkpointer = checkpointer(&db).await;
     let signer = CheckpointSigner::generate("test-key").unwrap();
     let keys = TrustedKeys::new().with(signer.verifying_key());
     Fixture {
         db,
         raw,
         log,
+        checkpointer,
         signer,
         keys,
     }
+}
+
+/// A checkpointer role of its own on `db`, with the crate's grants.
+pub async fn checkpointer(db: &TestDb) -> TenantPool {
+    let options = db
+        .create_login_role("ckpt", "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOINHERIT")
+        .await;
+    let role = options.get_username().to_owned();
+    db.as_admin(&audit_log::schema::checkpointer_sql(&role).unwrap())
+        .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    TenantPool::new(pool).await.unwrap()
 }
 
 pub fn actor(tenant: TenantId) -> Actor {

@@ -10,9 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use magic_auth::mailer::DevOutbox;
 use magic_auth::totp::CodeCheck;
-use magic_auth::{
-    Assurance, Session, clear_session_cookie, cookie_value, session_cookie,
-};
+use magic_auth::{Assurance, Session, clear_session_cookie, cookie_value, session_cookie};
 use tenant_scope::{ActorKind, TenantContext};
 use uuid::Uuid;
 
