@@ -29,11 +29,11 @@
 //! The request id is read from `x-request-id` (configurable); put a request-id layer that
 //! replaces client-sent ids in front if ids must be trusted. Without one, the layer makes one.
 
+use crate::canonical::ChainHash;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, request::Parts};
@@ -160,7 +160,9 @@ pub struct AuditHandle {
 struct HandleInner {
     log: AuditLog,
     template: AuditEvent,
-    recorded: AtomicBool,
+    /// What the handler appended in its own transaction (the latest, when several): it counts
+    /// as recorded only once that transaction has committed.
+    appended: std::sync::Mutex<Option<(u64, ChainHash)>>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -182,7 +184,9 @@ impl AuditHandle {
     }
 
     /// Appends `event` inside the caller's tenant-bound transaction (see
-    /// [`AuditLog::append`]); the layer then records nothing more for a successful response.
+    /// [`AuditLog::append`]). When the response is a success, the layer checks that the event
+    /// was committed (one read of it, by sequence number and hash) and then records nothing
+    /// more; if the transaction was rolled back, the layer records the request itself.
     ///
     /// # Errors
     /// As [`AuditLog::append`]: roll the transaction back.
@@ -192,8 +196,37 @@ impl AuditHandle {
         event: AuditEvent,
     ) -> Result<Appended, AuditError> {
         let appended = self.inner.log.append(conn, event).await?;
-        self.inner.recorded.store(true, Ordering::Release);
+        if let Ok(mut slot) = self.inner.appended.lock() {
+            *slot = Some((appended.seq, appended.hash));
+        }
         Ok(appended)
+    }
+
+    /// Whether what the handler appended is committed: read back by sequence number and hash
+    /// (a rolled-back append's number may since belong to another event). Any error counts as
+    /// not committed, so the layer records the request itself rather than lose it.
+    async fn committed(&self, context: &TenantContext) -> bool {
+        let appended = self.inner.appended.lock().ok().and_then(|slot| *slot);
+        let Some((seq, hash)) = appended else {
+            return false;
+        };
+        let Ok(seq) = i64::try_from(seq) else {
+            return false;
+        };
+        let found: Result<Option<(i64,)>, _> = self
+            .inner
+            .log
+            .pool()
+            .read(
+                context,
+                "SELECT seq FROM audit.events WHERE tenant_id = $1 AND seq = $2 AND hash = $3",
+            )
+            .bind(context.tenant().as_uuid())
+            .bind(seq)
+            .bind(hash.as_slice())
+            .fetch_optional()
+            .await;
+        matches!(found, Ok(Some(_)))
     }
 }
 
@@ -236,7 +269,7 @@ where
             inner: Arc::new(HandleInner {
                 log: config.log.clone(),
                 template,
-                recorded: AtomicBool::new(false),
+                appended: std::sync::Mutex::new(None),
             }),
         };
         parts.extensions.insert(handle.clone());
@@ -254,8 +287,7 @@ where
                 }
             };
             let status = response.status();
-            let handled = handle.inner.recorded.load(Ordering::Acquire);
-            if handled && status.as_u16() < 400 {
+            if status.as_u16() < 400 && handle.committed(&context).await {
                 return Ok(response);
             }
             let outcome = outcome_of(status, response.extensions().get::<DenialReason>());

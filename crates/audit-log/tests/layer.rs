@@ -178,6 +178,53 @@ async fn a_handler_appending_in_its_transaction_is_recorded_once_and_atomically(
     assert_eq!(recorded[0].record_json().unwrap()["metadata"]["rows"], 1);
 }
 
+/// A handler that appends through its handle and then rolls its transaction back (it answers
+/// success anyway): the append never happened, so the layer records the request itself. The
+/// positive control is the test above (committed: recorded once, by the handler).
+#[tokio::test]
+async fn a_rolled_back_handle_append_leaves_the_layer_to_record_the_request() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let pool = f.log.pool().clone();
+    let handler = move |axum::Extension(ctx): axum::Extension<TenantContext>,
+                        axum::Extension(audit): axum::Extension<AuditHandle>| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin(&ctx).await.unwrap();
+            let event = audit
+                .event(Outcome::Allowed)
+                .with_metadata(serde_json::json!({ "rows": 1 }))
+                .unwrap();
+            audit.append(&mut tx, event).await.unwrap();
+            tx.rollback().await.unwrap();
+            StatusCode::CREATED
+        }
+    };
+    let context = TenantContext::for_actor(actor(t));
+    let router = Router::new()
+        .route("/notes", post(handler))
+        .layer(AuditLayer::new(
+            f.log.clone(),
+            Action::new("note.created").unwrap(),
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                req.extensions_mut().insert(context.clone());
+                req
+            },
+        ));
+    let response = router.oneshot(request("/notes")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1, "the layer's own record");
+    let record = recorded[0].record_json().unwrap();
+    assert_eq!(record["action"], "note.created");
+    assert!(
+        record.get("metadata").is_none(),
+        "not the rolled-back event: {record}"
+    );
+}
+
 #[tokio::test]
 async fn cross_tenant_grants_are_recorded_in_the_target_tenants_chain() {
     use tenant_scope::{ActorId, ActorKind, CrossTenantAudit, CrossTenantEvent, GrantOutcome};
