@@ -92,6 +92,77 @@ impl Checkpoint {
     }
 }
 
+const ACK_DOMAIN: &str = "audit-log/acknowledgement/v1";
+
+/// An operator's signed acknowledgement of a break in a tenant's chain: which break (sequence
+/// number and kind), who acknowledged it and why, and where the chain continues (the event at
+/// `resume_seq`, with the stored hash `resume_hash`, is accepted as the new trusted start).
+/// [`verify`](crate::verify()) keeps reporting the break, with its acknowledgement, forever;
+/// checkpoints continue past it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledgement {
+    /// The tenant.
+    pub tenant: String,
+    /// Where the chain broke.
+    pub break_seq: u64,
+    /// The kind of break, as [`BreakKind::name`](crate::BreakKind::name) spells it.
+    pub kind: String,
+    /// The first event after the break that the chain continues from.
+    pub resume_seq: u64,
+    /// That event's stored chain hash, hex.
+    pub resume_hash: String,
+    /// Who acknowledged the break.
+    pub by: String,
+    /// Why, in their words.
+    pub reason: String,
+    /// When it was signed (RFC 3339 UTC, microseconds).
+    pub signed_at: String,
+    /// Which key signed it.
+    pub key_id: String,
+    /// The Ed25519 signature, hex.
+    pub signature: String,
+}
+
+impl Acknowledgement {
+    /// The bytes that are signed: the domain, then every field on its own line (`by` and
+    /// `reason`, which may hold anything, as JSON strings).
+    fn message(&self) -> String {
+        let quote = |text: &str| serde_json::Value::from(text).to_string();
+        format!(
+            "{ACK_DOMAIN}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.tenant,
+            self.break_seq,
+            self.kind,
+            self.resume_seq,
+            self.resume_hash,
+            quote(&self.by),
+            quote(&self.reason),
+            self.signed_at,
+            self.key_id
+        )
+    }
+
+    /// The resume hash, parsed.
+    ///
+    /// # Errors
+    /// [`AuditError::Malformed`] when it is not 32 bytes of hex.
+    pub fn resume_hash_bytes(&self) -> Result<ChainHash, AuditError> {
+        let bytes = hex::decode(&self.resume_hash)
+            .map_err(|_| AuditError::Malformed("acknowledgement hash"))?;
+        bytes
+            .try_into()
+            .map_err(|_| AuditError::Malformed("acknowledgement hash"))
+    }
+
+    pub(crate) fn signature_bytes(&self) -> Result<[u8; 64], AuditError> {
+        let bytes = hex::decode(&self.signature)
+            .map_err(|_| AuditError::Malformed("acknowledgement signature"))?;
+        bytes
+            .try_into()
+            .map_err(|_| AuditError::Malformed("acknowledgement signature"))
+    }
+}
+
 fn valid_key_id(key_id: &str) -> bool {
     !key_id.is_empty()
         && key_id.len() <= 64
@@ -207,6 +278,33 @@ impl CheckpointSigner {
         })
     }
 
+    /// Signs the acknowledgement of a break (see [`Acknowledgement`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sign_acknowledgement(
+        &self,
+        tenant: TenantId,
+        break_seq: u64,
+        kind: &str,
+        resume: (u64, &ChainHash),
+        by: &str,
+        reason: &str,
+    ) -> Result<Acknowledgement, AuditError> {
+        let mut ack = Acknowledgement {
+            tenant: tenant.to_string(),
+            break_seq,
+            kind: kind.to_owned(),
+            resume_seq: resume.0,
+            resume_hash: hex::encode(resume.1),
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            signed_at: format_time(now_micros())?,
+            key_id: self.key_id.clone(),
+            signature: String::new(),
+        };
+        ack.signature = hex::encode(self.key.sign(ack.message().as_bytes()).to_bytes());
+        Ok(ack)
+    }
+
     fn sign_checkpoint(&self, mut checkpoint: Checkpoint) -> Result<Checkpoint, AuditError> {
         let signature = self.key.sign(checkpoint.message().as_bytes());
         checkpoint.signature = hex::encode(signature.to_bytes());
@@ -290,11 +388,23 @@ impl TrustedKeys {
         let Ok(signature) = checkpoint.signature_bytes() else {
             return false;
         };
-        let signature = Signature::from_bytes(&signature);
-        let message = checkpoint.message();
+        self.signed_by(&checkpoint.key_id, &checkpoint.message(), &signature)
+    }
+
+    /// Whether `ack` carries a valid signature by a trusted key.
+    #[must_use]
+    pub fn verifies_acknowledgement(&self, ack: &Acknowledgement) -> bool {
+        let Ok(signature) = ack.signature_bytes() else {
+            return false;
+        };
+        self.signed_by(&ack.key_id, &ack.message(), &signature)
+    }
+
+    fn signed_by(&self, key_id: &str, message: &str, signature: &[u8; 64]) -> bool {
+        let signature = Signature::from_bytes(signature);
         self.keys
             .iter()
-            .filter(|k| k.key_id == checkpoint.key_id)
+            .filter(|k| k.key_id == key_id)
             .any(|k| k.key.verify_strict(message.as_bytes(), &signature).is_ok())
     }
 }

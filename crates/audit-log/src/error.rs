@@ -38,6 +38,10 @@ pub enum AuditError {
     /// The chain does not verify, so it is not signed (see [`crate::verify()`]).
     #[error("the audit chain does not verify: {0}")]
     ChainBroken(crate::ChainBreak),
+    /// There is no unacknowledged break to acknowledge, or none the chain can continue past
+    /// (a truncated tail, a rewrite caught by a checkpoint).
+    #[error("the chain has no break that can be acknowledged")]
+    NothingToAcknowledge,
     /// No trusted checkpoint covers the event yet: checkpoint first, then prove.
     #[error("no trusted checkpoint covers this event yet")]
     NotCheckpointed,

@@ -60,7 +60,7 @@ mod sink;
 mod verify;
 
 pub use canonical::{ChainHash, chain_hash, format_time, genesis_hash};
-pub use checkpoint::{Checkpoint, CheckpointKey, CheckpointSigner, TrustedKeys};
+pub use checkpoint::{Acknowledgement, Checkpoint, CheckpointKey, CheckpointSigner, TrustedKeys};
 pub use error::AuditError;
 pub use event::{
     Action, AuditActor, AuditEvent, MAX_IDENTIFIER_BYTES, MAX_METADATA_BYTES, MAX_TARGETS,

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::canonical::format_time;
-use crate::checkpoint::{Checkpoint, CheckpointSigner, TrustedKeys};
+use crate::checkpoint::{Acknowledgement, Checkpoint, CheckpointSigner, TrustedKeys};
 use crate::event::{AuditActor, AuditEvent, Outcome, actions};
 use crate::verify::{BreakKind, ChainBreak, ChainVerifier, Start, walk};
 use crate::{AuditError, AuditLog};
@@ -109,7 +109,9 @@ impl AuditLog {
                 .collect(),
             (None, None) => Vec::new(),
         };
-        let verifier = ChainVerifier::starting(tenant, &keys, start, trusted);
+        let acknowledgements = crate::verify::load_acknowledgements(&mut tx, tenant).await?;
+        let verifier = ChainVerifier::starting(tenant, &keys, start, trusted)
+            .with_acknowledgements(&keys, acknowledgements);
         let verifier = walk(&mut tx, tenant, verifier, after).await?;
         let (seq, hash) = verifier.last();
         let report = verifier.finish(None);
@@ -129,6 +131,110 @@ impl AuditLog {
         let checkpoint = store_checkpoint(&mut tx, signer.sign(tenant, seq, &hash)?).await?;
         tx.commit().await?;
         Ok(Some(checkpoint))
+    }
+
+    /// Acknowledges the first break in `tenant`'s chain that no acknowledgement covers yet:
+    /// signs, with `signer`'s key, who (`by`) acknowledged which break and why, and the event
+    /// the chain continues from (the first one after the break that is consistent by itself),
+    /// and stores it through `writer` (a [`TenantPool`] of the checkpointer role, or the
+    /// owner's). From then on [`verify`](crate::verify()) reports the break together with the
+    /// acknowledgement (the chain is not intact, and never becomes so) and verifies the rest;
+    /// [`checkpoint`](Self::checkpoint) and [`prune`](Self::prune) continue past it. Breaks the
+    /// chain cannot continue past (a truncated tail, a rewrite caught by a checkpoint) cannot
+    /// be acknowledged.
+    ///
+    /// # Errors
+    /// [`AuditError::NothingToAcknowledge`] when there is no such break;
+    /// [`AuditError::InvalidConfig`] when `writer` connects as the runtime role or `by` or
+    /// `reason` is empty; [`AuditError::Database`] when the database cannot be used.
+    pub async fn acknowledge(
+        &self,
+        writer: &TenantPool,
+        tenant: TenantId,
+        signer: &CheckpointSigner,
+        by: &str,
+        reason: &str,
+    ) -> Result<Acknowledgement, AuditError> {
+        if by.trim().is_empty() || reason.trim().is_empty() {
+            return Err(AuditError::InvalidConfig(
+                "an acknowledgement needs who and why",
+            ));
+        }
+        let context = TenantContext::for_job(tenant, None, "audit-log acknowledgement")
+            .map_err(|_| AuditError::InvalidConfig("tenant"))?;
+        let keys = TrustedKeys::new().with(signer.verifying_key());
+        let runtime: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(self.pool().pool())
+            .await?;
+        let mut tx = writer.begin(&context).await?;
+        let me: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&mut *tx)
+            .await?;
+        if me == runtime {
+            tx.rollback().await?;
+            return Err(AuditError::InvalidConfig(
+                "acknowledgements are not written by the runtime role",
+            ));
+        }
+        let anchor = crate::verify::load_anchor(&mut tx, tenant).await?;
+        let checkpoints = crate::verify::load_checkpoints(&mut tx, tenant).await?;
+        let acknowledgements = crate::verify::load_acknowledgements(&mut tx, tenant).await?;
+        let verifier =
+            ChainVerifier::starting(tenant, &keys, anchor.map(Start::Anchor), checkpoints)
+                .with_acknowledgements(&keys, acknowledgements);
+        let verifier = walk(&mut tx, tenant, verifier, anchor.map_or(0, |(seq, _)| seq)).await?;
+        let Err(broken) = verifier.finish(None).result else {
+            tx.rollback().await?;
+            return Err(AuditError::NothingToAcknowledge);
+        };
+        let Some(kind) = broken.kind.name() else {
+            tx.rollback().await?;
+            return Err(AuditError::NothingToAcknowledge);
+        };
+        // A missing event is not there to skip; any other broken event is skipped.
+        let from = if broken.kind == BreakKind::Missing {
+            broken.seq
+        } else {
+            broken.seq.saturating_add(1)
+        };
+        let Some((resume_seq, resume_hash)) =
+            crate::verify::resume_point(&mut tx, tenant, from).await?
+        else {
+            tx.rollback().await?;
+            return Err(AuditError::NothingToAcknowledge);
+        };
+        let ack = signer.sign_acknowledgement(
+            tenant,
+            broken.seq,
+            kind,
+            (resume_seq, &resume_hash),
+            by.trim(),
+            reason.trim(),
+        )?;
+        let signed_at = time::OffsetDateTime::parse(
+            &ack.signed_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| AuditError::Malformed("acknowledgement time"))?;
+        sqlx::query(
+            "INSERT INTO audit.acknowledgements (tenant_id, break_seq, kind, resume_seq, \
+             resume_hash, by_whom, reason, signed_at, key_id, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(i64::try_from(ack.break_seq).map_err(|_| AuditError::Malformed("seq"))?)
+        .bind(&ack.kind)
+        .bind(i64::try_from(ack.resume_seq).map_err(|_| AuditError::Malformed("seq"))?)
+        .bind(resume_hash.as_slice())
+        .bind(&ack.by)
+        .bind(&ack.reason)
+        .bind(signed_at)
+        .bind(&ack.key_id)
+        .bind(ack.signature_bytes()?.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ack)
     }
 
     /// Prunes `tenant`'s events older than `older_than`, keeping the chain verifiable.
@@ -204,7 +310,9 @@ impl AuditLog {
             Some(a) => (Some(Start::Anchor(a)), a.0),
             None => (None, 0),
         };
-        let mut verifier = ChainVerifier::starting(tenant, &keys, start, checkpoints);
+        let acknowledgements = crate::verify::load_acknowledgements(&mut tx, tenant).await?;
+        let mut verifier = ChainVerifier::starting(tenant, &keys, start, checkpoints)
+            .with_acknowledgements(&keys, acknowledgements);
         verifier.watch(through);
         let verifier = walk(&mut tx, tenant, verifier, after).await?;
         let watched = verifier.watched();

@@ -52,10 +52,11 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let rls = |table: &str| {
         rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidConfig("table"))
     };
-    let (events_rls, anchors_rls, checkpoints_rls) = (
+    let (events_rls, anchors_rls, checkpoints_rls, acknowledgements_rls) = (
         rls("audit.events")?,
         rls("audit.anchors")?,
         rls("audit.checkpoints")?,
+        rls("audit.acknowledgements")?,
     );
     let r = runtime_role;
     let skew = MAX_CLOCK_SKEW_SECS;
@@ -114,6 +115,21 @@ BEGIN
     END IF;
 END
 $audit$;
+
+-- An operator's signed acknowledgement of a break: kept forever, so the break stays visible.
+CREATE TABLE IF NOT EXISTS audit.acknowledgements (
+    tenant_id   uuid        NOT NULL,
+    break_seq   bigint      NOT NULL CHECK (break_seq > 0),
+    kind        text        NOT NULL,
+    resume_seq  bigint      NOT NULL CHECK (resume_seq > break_seq),
+    resume_hash bytea       NOT NULL CHECK (length(resume_hash) = 32),
+    by_whom     text        NOT NULL,
+    reason      text        NOT NULL,
+    signed_at   timestamptz NOT NULL,
+    key_id      text        NOT NULL,
+    signature   bytea       NOT NULL CHECK (length(signature) = 64),
+    PRIMARY KEY (tenant_id, break_seq, signature)
+);
 
 CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -210,6 +226,15 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
 ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER append_only_truncate;
 
+DROP TRIGGER IF EXISTS append_only ON audit.acknowledgements;
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.acknowledgements
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
+ALTER TABLE audit.acknowledgements ENABLE ALWAYS TRIGGER append_only;
+DROP TRIGGER IF EXISTS append_only_truncate ON audit.acknowledgements;
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.acknowledgements
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+ALTER TABLE audit.acknowledgements ENABLE ALWAYS TRIGGER append_only_truncate;
+
 DROP TRIGGER IF EXISTS append_only_truncate ON audit.anchors;
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.anchors
     FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
@@ -218,13 +243,15 @@ ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER append_only_truncate;
 {events_rls}
 {anchors_rls}
 {checkpoints_rls}
+{acknowledgements_rls}
 ALTER TABLE audit.events ENABLE ALWAYS TRIGGER tenant_binding_check;
+ALTER TABLE audit.acknowledgements ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER tenant_binding_check;
 
-REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints FROM PUBLIC;
-REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints FROM {r};
-GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints TO {r};
+REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements FROM PUBLIC;
+REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements FROM {r};
+GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements TO {r};
 GRANT INSERT (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
     ON audit.events TO {r};
 -- Checkpoints and anchors are written by the checkpointer (see checkpointer_sql) and the owner
@@ -259,9 +286,11 @@ pub fn checkpointer_sql(role: &str) -> Result<String, AuditError> {
     checked_role(role)?;
     Ok(format!(
         "GRANT USAGE ON SCHEMA audit TO {role};
-         REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints FROM {role};
-         GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints TO {role};
-         GRANT INSERT ON audit.checkpoints TO {role};"
+         REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements
+             FROM {role};
+         GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements
+             TO {role};
+         GRANT INSERT ON audit.checkpoints, audit.acknowledgements TO {role};"
     ))
 }
 
@@ -288,6 +317,8 @@ pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageChe
         .trust_trigger("audit.checkpoints", "append_only")
         .trust_trigger("audit.checkpoints", "append_only_truncate")
         .trust_trigger("audit.anchors", "append_only_truncate")
+        .trust_trigger("audit.acknowledgements", "append_only")
+        .trust_trigger("audit.acknowledgements", "append_only_truncate")
 }
 
 #[cfg(test)]

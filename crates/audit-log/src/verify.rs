@@ -13,7 +13,7 @@ use crate::AuditError;
 use crate::canonical::{
     CanonicalView, ChainHash, TIME_LEN, chain_hash, format_time, genesis_hash, write_time,
 };
-use crate::checkpoint::{Checkpoint, TrustedKeys};
+use crate::checkpoint::{Acknowledgement, Checkpoint, TrustedKeys};
 
 /// What is wrong at the first break.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,37 @@ pub enum BreakKind {
     ExtraEvents,
     /// The chain starts after pruning, but no trusted checkpoint anchors that start.
     UnanchoredStart,
+}
+
+impl BreakKind {
+    /// The name an [`Acknowledgement`] gives this kind, for the kinds a break of one event can
+    /// have (the chain continues after it); `None` for the others (`Truncated`,
+    /// `CheckpointMismatch`, `ExtraEvents`, `UnanchoredStart`), which cannot be acknowledged.
+    #[must_use]
+    pub const fn name(&self) -> Option<&'static str> {
+        match self {
+            Self::Missing => Some("missing"),
+            Self::LinkMismatch => Some("link_mismatch"),
+            Self::HashMismatch => Some("hash_mismatch"),
+            Self::RecordMismatch => Some("record_mismatch"),
+            Self::ForeignTenant => Some("foreign_tenant"),
+            _ => None,
+        }
+    }
+
+    /// The kind [`name`](Self::name) spells `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Missing,
+            Self::LinkMismatch,
+            Self::HashMismatch,
+            Self::RecordMismatch,
+            Self::ForeignTenant,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == Some(name))
+    }
 }
 
 /// The first place the chain fails to verify.
@@ -90,7 +121,13 @@ pub struct VerifyReport {
     /// a key not given to the verifier). They are ignored for the chain — so junk cannot hide
     /// where a real break is — but their presence means the chain is not reported intact.
     pub rejected_checkpoints: Vec<Checkpoint>,
-    /// `Ok` when the chain itself verifies, else the first break.
+    /// Breaks an operator acknowledged (signed by a trusted key), with their acknowledgement:
+    /// verification continued past each, from the event the acknowledgement names. They stay
+    /// listed for as long as the acknowledgement exists, and the chain is then not intact.
+    pub acknowledged: Vec<(ChainBreak, Acknowledgement)>,
+    /// Stored acknowledgements that are not validly signed by a trusted key: never used.
+    pub rejected_acknowledgements: Vec<Acknowledgement>,
+    /// `Ok` when the chain verifies (past acknowledged breaks), else the first break.
     pub result: Result<(), ChainBreak>,
 }
 
@@ -98,7 +135,10 @@ impl VerifyReport {
     /// Whether the chain verified and every stored checkpoint is genuine.
     #[must_use]
     pub fn is_intact(&self) -> bool {
-        self.result.is_ok() && self.rejected_checkpoints.is_empty()
+        self.result.is_ok()
+            && self.rejected_checkpoints.is_empty()
+            && self.acknowledged.is_empty()
+            && self.rejected_acknowledgements.is_empty()
     }
 
     /// Events after the newest trusted checkpoint (or the chain's start): what an owner could
@@ -147,6 +187,10 @@ pub(crate) struct ChainVerifier {
     next: u64,
     last_matched_checkpoint: u64,
     watch: Option<(u64, Option<ChainHash>)>,
+    /// Trusted acknowledgements by the sequence number of the break they cover.
+    acknowledgements: BTreeMap<u64, Acknowledgement>,
+    /// After an acknowledged break: the event the chain continues from, and its hash.
+    resume: Option<(u64, ChainHash)>,
     report: VerifyReport,
 }
 
@@ -180,6 +224,8 @@ impl ChainVerifier {
             checkpoints: 0,
             latest_checkpoint: None,
             rejected_checkpoints: Vec::new(),
+            acknowledged: Vec::new(),
+            rejected_acknowledgements: Vec::new(),
             result: Ok(()),
         };
         let mut map: BTreeMap<u64, (ChainHash, Checkpoint)> = BTreeMap::new();
@@ -253,12 +299,83 @@ impl ChainVerifier {
             next,
             last_matched_checkpoint: base_seq,
             watch: None,
+            acknowledgements: BTreeMap::new(),
+            resume: None,
             report,
         };
         if let Some(b) = first_bad {
             verifier.report.result = Err(b);
         }
         verifier
+    }
+
+    /// Lets verification continue past breaks that `acks` acknowledge (those validly signed
+    /// by a trusted key for this tenant; the others are listed as rejected).
+    pub(crate) fn with_acknowledgements(
+        mut self,
+        keys: &TrustedKeys,
+        acks: impl IntoIterator<Item = Acknowledgement>,
+    ) -> Self {
+        for ack in acks {
+            if ack.tenant != self.tenant_text {
+                continue;
+            }
+            if keys.verifies_acknowledgement(&ack) && ack.resume_seq > ack.break_seq {
+                self.acknowledgements.insert(ack.break_seq, ack);
+            } else {
+                self.report.rejected_acknowledgements.push(ack);
+            }
+        }
+        self
+    }
+
+    /// A break at `seq` while checking `r`: acknowledged (then `r` is checked again, from the
+    /// acknowledgement's resume point), or the first break.
+    fn break_at(&mut self, seq: u64, kind: BreakKind, r: &ChainRecord<'_>) {
+        let acknowledged = self.acknowledgements.get(&seq).and_then(|ack| {
+            let hash = ack.resume_hash_bytes().ok()?;
+            (kind.name() == Some(ack.kind.as_str())).then(|| (ack.clone(), hash))
+        });
+        match acknowledged {
+            Some((ack, hash)) if self.resume.is_none() => {
+                self.resume = Some((ack.resume_seq, hash));
+                self.report
+                    .acknowledged
+                    .push((ChainBreak { seq, kind }, ack));
+                self.push(r);
+            }
+            _ => self.fail(seq, kind),
+        }
+    }
+
+    /// The event an acknowledgement resumes from: its stored hash must be the one the
+    /// acknowledgement signed, and the event must hash to it and agree with its columns; it
+    /// then becomes the trusted predecessor. Events between the break and it are skipped.
+    fn resume_at(&mut self, r: &ChainRecord<'_>, (seq, expected): (u64, ChainHash)) {
+        if r.seq < seq {
+            return;
+        }
+        self.resume = None;
+        if r.seq > seq {
+            self.fail(seq, BreakKind::Missing);
+            return;
+        }
+        let (Ok(hash), Ok(prev)) = (
+            <ChainHash>::try_from(r.hash),
+            <ChainHash>::try_from(r.prev_hash),
+        ) else {
+            self.fail(r.seq, BreakKind::HashMismatch);
+            return;
+        };
+        if hash != expected || chain_hash(self.tenant, r.seq, &prev, r.event) != hash {
+            self.fail(r.seq, BreakKind::HashMismatch);
+            return;
+        }
+        if let Err(kind) = check_record(self.tenant, &self.tenant_text, r) {
+            self.fail(r.seq, kind);
+            return;
+        }
+        self.accept(r, hash);
     }
 
     fn fail(&mut self, seq: u64, kind: BreakKind) {
@@ -298,30 +415,36 @@ impl ChainVerifier {
         if self.broken() {
             return;
         }
+        if let Some(resume) = self.resume {
+            self.resume_at(r, resume);
+            return;
+        }
         if r.seq != self.next {
             let seq = self.next.min(r.seq);
-            self.fail(seq, BreakKind::Missing);
+            self.break_at(seq, BreakKind::Missing, r);
             return;
         }
         let Ok(hash): Result<ChainHash, _> = r.hash.try_into() else {
-            self.fail(r.seq, BreakKind::HashMismatch);
+            self.break_at(r.seq, BreakKind::HashMismatch, r);
             return;
         };
         if r.prev_hash != self.prev {
-            self.fail(r.seq, BreakKind::LinkMismatch);
+            self.break_at(r.seq, BreakKind::LinkMismatch, r);
             return;
         }
         if chain_hash(self.tenant, r.seq, &self.prev, r.event) != hash {
-            self.fail(r.seq, BreakKind::HashMismatch);
+            self.break_at(r.seq, BreakKind::HashMismatch, r);
             return;
         }
-        match check_record(self.tenant, &self.tenant_text, r) {
-            Ok(()) => {}
-            Err(kind) => {
-                self.fail(r.seq, kind);
-                return;
-            }
+        if let Err(kind) = check_record(self.tenant, &self.tenant_text, r) {
+            self.break_at(r.seq, kind, r);
+            return;
         }
+        self.accept(r, hash);
+    }
+
+    /// Takes `r` (with hash `hash`) as the next verified event.
+    fn accept(&mut self, r: &ChainRecord<'_>, hash: ChainHash) {
         if let Some((expected, cp)) = self.checkpoints.get(&r.seq) {
             if *expected != hash {
                 let after = self.last_matched_checkpoint;
@@ -338,7 +461,7 @@ impl ChainVerifier {
             *slot = Some(hash);
         }
         self.prev = hash;
-        self.next = self.next.saturating_add(1);
+        self.next = r.seq.saturating_add(1);
         self.report.events += 1;
         self.report.last_seq = r.seq;
     }
@@ -346,6 +469,24 @@ impl ChainVerifier {
     /// Ends the walk; `expected_last` is the last sequence number the source states (an
     /// export's end line), when it states one.
     pub(crate) fn finish(mut self, expected_last: Option<u64>) -> VerifyReport {
+        if let Some((seq, _)) = self.resume.take() {
+            // An acknowledgement names an event the chain never reached.
+            self.fail(seq, BreakKind::Missing);
+        }
+        // Breaks acknowledged before the chain's start (pruned since) stay listed.
+        let base = self.report.base_seq;
+        for ack in self.acknowledgements.range(..=base).map(|(_, ack)| ack) {
+            if let Some(kind) = BreakKind::from_name(&ack.kind) {
+                self.report.acknowledged.push((
+                    ChainBreak {
+                        seq: ack.break_seq,
+                        kind,
+                    },
+                    ack.clone(),
+                ));
+            }
+        }
+        self.report.acknowledged.sort_by_key(|(b, _)| b.seq);
         if !self.broken() {
             let last = self.next.saturating_sub(1);
             match expected_last {
@@ -512,6 +653,100 @@ pub(crate) async fn load_checkpoints(
         .collect()
 }
 
+/// The first event at or after `from` that is consistent by itself (it hashes to its stored
+/// hash over its stored predecessor, and its columns agree with its record): where a chain can
+/// continue after a break. `None` when there is none.
+pub(crate) async fn resume_point(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    from: u64,
+) -> Result<Option<(u64, ChainHash)>, AuditError> {
+    in_chain_order(&mut *conn).await?;
+    let sql = format!("{SELECT_EVENTS} AND seq >= $2 ORDER BY seq");
+    let mut rows = sqlx::query(&sql)
+        .bind(tenant.as_uuid())
+        .bind(i64::try_from(from).map_err(|_| AuditError::Malformed("seq"))?)
+        .fetch(&mut *conn);
+    let tenant_text = tenant.to_string();
+    while let Some(row) = rows.try_next().await? {
+        let seq: i64 = row.try_get(0)?;
+        let seq = u64::try_from(seq).map_err(|_| AuditError::Malformed("seq"))?;
+        let at: OffsetDateTime = row.try_get(1)?;
+        let mut time = [0u8; TIME_LEN];
+        write_time(at, &mut time)?;
+        let record = ChainRecord {
+            seq,
+            tenant,
+            occurred_at: std::str::from_utf8(&time).map_err(|_| AuditError::Malformed("time"))?,
+            actor_kind: row.try_get(2)?,
+            actor_id: row.try_get(3)?,
+            action: row.try_get(4)?,
+            outcome: row.try_get(5)?,
+            request_id: row.try_get(6)?,
+            event: row.try_get(7)?,
+            prev_hash: row.try_get(8)?,
+            hash: row.try_get(9)?,
+        };
+        let (Ok(hash), Ok(prev)) = (
+            <ChainHash>::try_from(record.hash),
+            <ChainHash>::try_from(record.prev_hash),
+        ) else {
+            continue;
+        };
+        if chain_hash(tenant, seq, &prev, record.event) == hash
+            && check_record(tenant, &tenant_text, &record).is_ok()
+        {
+            return Ok(Some((seq, hash)));
+        }
+    }
+    Ok(None)
+}
+
+/// The acknowledgements stored for `tenant` (trusted or not: the verifier decides).
+pub(crate) async fn load_acknowledgements(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+) -> Result<Vec<Acknowledgement>, AuditError> {
+    type AckRow = (
+        i64,
+        String,
+        i64,
+        Vec<u8>,
+        String,
+        String,
+        OffsetDateTime,
+        String,
+        Vec<u8>,
+    );
+    let rows: Vec<AckRow> = sqlx::query_as(
+        "SELECT break_seq, kind, resume_seq, resume_hash, by_whom, reason, signed_at, key_id, \
+                signature \
+         FROM audit.acknowledgements WHERE tenant_id = $1 ORDER BY break_seq",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut *conn)
+    .await?;
+    let bad = || AuditError::Malformed("acknowledgement");
+    rows.into_iter()
+        .map(
+            |(break_seq, kind, resume_seq, resume_hash, by, reason, at, key_id, signature)| {
+                Ok(Acknowledgement {
+                    tenant: tenant.to_string(),
+                    break_seq: u64::try_from(break_seq).map_err(|_| bad())?,
+                    kind,
+                    resume_seq: u64::try_from(resume_seq).map_err(|_| bad())?,
+                    resume_hash: hex::encode(resume_hash),
+                    by,
+                    reason,
+                    signed_at: format_time(at)?,
+                    key_id,
+                    signature: hex::encode(signature),
+                })
+            },
+        )
+        .collect()
+}
+
 /// What [`in_chain_order`] sends.
 const KEY_ORDER: &str = "SET LOCAL enable_sort = off";
 
@@ -579,7 +814,9 @@ pub async fn verify(
     let base = load_anchor(&mut tx, tenant).await?;
     let mut checkpoints = load_checkpoints(&mut tx, tenant).await?;
     checkpoints.extend(external.iter().cloned());
-    let verifier = ChainVerifier::new(tenant, keys, base, checkpoints);
+    let acknowledgements = load_acknowledgements(&mut tx, tenant).await?;
+    let verifier = ChainVerifier::new(tenant, keys, base, checkpoints)
+        .with_acknowledgements(keys, acknowledgements);
     let verifier = walk(&mut tx, tenant, verifier, base.map_or(0, |(seq, _)| seq)).await?;
     tx.rollback().await?;
     Ok(verifier.finish(None))

@@ -722,3 +722,117 @@ async fn an_ordinary_checkpoint_cannot_serve_as_a_pruned_start() {
         }
     );
 }
+
+/// A break an operator acknowledges (signed, with who and why) stays reported forever, and
+/// protection continues past it: verification resumes after it, checkpoints are signed again,
+/// a later break is still found, and an acknowledgement by an untrusted key counts for nothing.
+#[tokio::test]
+async fn an_acknowledged_break_stays_visible_and_checkpoints_continue_past_it() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 6).await;
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("DELETE FROM audit.events WHERE tenant_id = $1 AND seq = 3")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let broken = ChainBreak {
+        seq: 3,
+        kind: BreakKind::Missing,
+    };
+    assert_eq!(broken_at(&verify(&f, t).await), &broken);
+    assert!(matches!(
+        f.log.checkpoint(&f.checkpointer, t, &f.signer).await,
+        Err(audit_log::AuditError::ChainBroken(_))
+    ));
+    // The runtime role may not acknowledge anything.
+    let err = f
+        .log
+        .acknowledge(f.log.pool(), t, &f.signer, "ops", "restored from backup")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, audit_log::AuditError::InvalidConfig(_)),
+        "{err}"
+    );
+    // An acknowledgement by a key the verifier does not trust changes nothing.
+    let mallory = audit_log::CheckpointSigner::generate("test-key").unwrap();
+    let forged = f
+        .log
+        .acknowledge(&f.checkpointer, t, &mallory, "mallory", "nothing to see")
+        .await
+        .unwrap();
+    assert_eq!((forged.break_seq, forged.resume_seq), (3, 4));
+    let report = verify(&f, t).await;
+    assert_eq!(broken_at(&report), &broken);
+    assert_eq!(report.rejected_acknowledgements.len(), 1);
+    // The genuine acknowledgement: the break stays listed, the rest verifies.
+    let ack = f
+        .log
+        .acknowledge(&f.checkpointer, t, &f.signer, "ops on call", "event 3 lost in an incident")
+        .await
+        .unwrap();
+    assert_eq!((ack.break_seq, ack.kind.as_str(), ack.resume_seq), (3, "missing", 4));
+    let report = verify(&f, t).await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert!(!report.is_intact());
+    assert_eq!(report.acknowledged.len(), 1);
+    assert_eq!(report.acknowledged[0].0, broken);
+    assert_eq!(report.acknowledged[0].1.by, "ops on call");
+    assert_eq!(report.last_seq, 6);
+    // Nothing left to acknowledge.
+    assert!(matches!(
+        f.log
+            .acknowledge(&f.checkpointer, t, &f.signer, "ops", "again")
+            .await,
+        Err(audit_log::AuditError::NothingToAcknowledge)
+    ));
+    // Checkpoints continue past the acknowledged break.
+    let cp = f
+        .log
+        .checkpoint(&f.checkpointer, t, &f.signer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 6);
+    append_n(&f, t, 2).await;
+    assert_eq!(
+        f.log
+            .checkpoint(&f.checkpointer, t, &f.signer)
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        8
+    );
+    // A later break is still found.
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query("UPDATE audit.events SET action = 'x.y' WHERE tenant_id = $1 AND seq = 7")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    end_tamper(tx).await;
+    let report = verify(&f, t).await;
+    assert_eq!(
+        broken_at(&report),
+        &ChainBreak {
+            seq: 7,
+            kind: BreakKind::RecordMismatch
+        }
+    );
+    // Acknowledgements cannot be removed, not even by the owner.
+    let owner = f.db.pool(testkit::Role::Owner, 1).await;
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::raw_sql(&format!("SET LOCAL app.tenant_id = '{t}'"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query("DELETE FROM audit.acknowledgements")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(is_sqlstate(&err, "AL001"), "{err}");
+}
