@@ -838,6 +838,32 @@ impl CoverageCheck {
     /// whatever happens, with each [`Probe`] setting, a synthetic row of another tenant judged
     /// by each table's own policy expressions, and the rows already in the table read,
     /// updated and deleted.
+    /// Only the behavioural probe of every tenant table's policies, as the connected role:
+    /// what [`TenantPool::new`](crate::TenantPool::new) runs at start-up. The findings are
+    /// `PolicyAdmitsOtherTenant` and `PolicyNotProbed`.
+    pub(crate) async fn probe_policies(conn: &mut PgConnection) -> Result<Vec<Finding>, RlsError> {
+        // Everything in one transaction: behind a transaction-pooling PgBouncer every
+        // statement of it runs on the same server connection.
+        sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+        let result = async {
+            let role: String = sqlx::query_scalar("SELECT current_user::text")
+                .fetch_one(&mut *conn)
+                .await?;
+            let tables: Vec<(i64, String, bool, bool, bool, i32, String)> =
+                sqlx::query_as(TENANT_TABLES).fetch_all(&mut *conn).await?;
+            let mut findings = Vec::new();
+            Self::new()
+                .probe_in_transaction(conn, &role, &tables, &mut findings)
+                .await?;
+            Ok::<_, RlsError>(findings)
+        }
+        .await;
+        let rollback = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        let findings = result?;
+        rollback?;
+        Ok(findings)
+    }
+
     async fn probe(
         &self,
         conn: &mut PgConnection,

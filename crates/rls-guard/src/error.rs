@@ -47,6 +47,13 @@ pub enum RlsError {
     /// (run schema::ENABLE_SIGNED_BINDINGS_SQL as the owner) or refused the key.
     #[error("the database refused the binding key: {0}")]
     BindingKeyRefused(String),
+    /// Probed as the runtime role at start-up, a tenant table's policies admit another
+    /// tenant's row (or could not be evaluated); each entry names the table and what was seen.
+    #[error(
+        "row-level security policies admit other tenants' rows: {}; run `rls-guard check` for every finding",
+        .0.join("; ")
+    )]
+    PolicyLeaks(Vec<String>),
     /// The role to check does not exist.
     #[error("no role named {0:?}")]
     UnknownRole(String),

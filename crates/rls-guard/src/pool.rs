@@ -86,6 +86,15 @@ impl TenantPool {
         verify_runtime_role(&mut tx).await?;
         let mode = verify_support_schema_mode(&mut tx).await?;
         tx.commit().await?;
+        // The policies, judged by what they do for this role (in a transaction of its own that
+        // is always rolled back): none may admit another tenant's row.
+        let mut conn = pool.acquire().await?;
+        let leaks = crate::CoverageCheck::probe_policies(&mut conn).await?;
+        if !leaks.is_empty() {
+            return Err(RlsError::PolicyLeaks(
+                leaks.iter().map(ToString::to_string).collect(),
+            ));
+        }
         Ok(mode)
     }
 

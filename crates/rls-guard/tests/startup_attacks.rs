@@ -314,3 +314,40 @@ async fn a_binding_trigger_of_the_wrong_shape_is_refused() {
         try_pool(runtime.clone()).await.unwrap();
     }
 }
+
+/// A leaking policy is refused at start-up, judged by what it does for the runtime role (the
+/// same probe as `rls-guard check`), however it is spelled.
+#[tokio::test]
+async fn a_policy_that_admits_other_tenants_is_refused_at_start_up() {
+    let db = testkit::fresh_database(&common::template()).await;
+    let runtime = db.options(Role::Runtime);
+    try_pool(runtime.clone()).await.unwrap();
+    let owner = db.pool(Role::Owner, 1).await;
+    sqlx::raw_sql(
+        "DROP POLICY tenant_isolation ON tasks; DROP POLICY tenant_access ON tasks; \
+         CREATE POLICY sneaky ON tasks \
+             USING (tenant_id = app.current_tenant_id() OR NOT (app.current_tenant_id() IS NOT NULL)) \
+             WITH CHECK (tenant_id = app.current_tenant_id());",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    match try_pool(runtime.clone()).await {
+        Err(RlsError::PolicyLeaks(leaks)) => {
+            assert!(
+                leaks.iter().any(|l| l.contains("public.tasks")),
+                "{leaks:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The positive control: the helper's policies again.
+    sqlx::raw_sql(&format!(
+        "DROP POLICY sneaky ON tasks; {}",
+        rls_guard::schema::tenant_table_sql("tasks").unwrap()
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
+    try_pool(runtime).await.unwrap();
+}
