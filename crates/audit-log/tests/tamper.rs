@@ -771,10 +771,19 @@ async fn an_acknowledged_break_stays_visible_and_checkpoints_continue_past_it() 
     // The genuine acknowledgement: the break stays listed, the rest verifies.
     let ack = f
         .log
-        .acknowledge(&f.checkpointer, t, &f.signer, "ops on call", "event 3 lost in an incident")
+        .acknowledge(
+            &f.checkpointer,
+            t,
+            &f.signer,
+            "ops on call",
+            "event 3 lost in an incident",
+        )
         .await
         .unwrap();
-    assert_eq!((ack.break_seq, ack.kind.as_str(), ack.resume_seq), (3, "missing", 4));
+    assert_eq!(
+        (ack.break_seq, ack.kind.as_str(), ack.resume_seq),
+        (3, "missing", 4)
+    );
     let report = verify(&f, t).await;
     assert!(report.result.is_ok(), "{:?}", report.result);
     assert!(!report.is_intact());

@@ -1,34 +1,85 @@
 //! Blind indexes: equality lookups on encrypted columns without decrypting every row.
 
+use std::borrow::Cow;
+
 use hmac::Mac;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::CryptoError;
 use crate::key::{KeyMaterial, derive, hmac};
 
-/// How a value is normalised before indexing, so that lookups match the way users type.
+/// The canonical form a value is put in before it is indexed, so that lookups match the way
+/// users type. Store the value in the same form ([`Normalize::canonical`] or
+/// [`BlindIndexer::canonical`]): then a lookup finds a row exactly when the canonical forms
+/// are equal, and never a row whose stored value differs from what was looked up.
+///
+/// The index is an HMAC of the canonical form's UTF-8 bytes and of nothing else, so two values
+/// with different canonical forms share an index value only by a truncated-HMAC collision
+/// (about 2<sup>-8·len</sup>; filter those after decrypting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Normalize {
-    /// Byte-for-byte.
+    /// Byte-for-byte: the canonical form is the value itself. Nothing folds, so
+    /// look-alike characters (the Kelvin sign `K` U+212A and the letter `K`) index differently,
+    /// exactly as they are stored differently.
     Exact,
-    /// Surrounding whitespace removed and lowercased (Unicode-aware).
+    /// Unicode compatibility folding, lowercasing and trimming, applied until the result no
+    /// longer changes:
+    ///
+    /// 1. NFKC (Unicode compatibility composition): the Kelvin sign becomes `K`, the Ohm
+    ///    sign `Ω` (Greek capital omega), the Angstrom sign `Å`, fullwidth `Ａ` becomes `A`,
+    ///    ligatures and mathematical letters become plain letters, and differently composed
+    ///    spellings (`é` as one code point or as `e` + combining accent) become one;
+    /// 2. lowercase (Unicode `to_lowercase`, not full case folding: `ß` stays `ß`);
+    /// 3. NFKC again (lowercasing can leave a string that is not in NFKC);
+    /// 4. leading and trailing Unicode white space removed.
+    ///
+    /// So `" Alice@Example.COM "`, `"alice@example.com"` and `"ａｌｉｃｅ@example.com"` share one
+    /// canonical form and one index; `K` (Kelvin sign), `K` and `k` fold to `k`. Characters
+    /// that only look alike but are not compatibility-equivalent (Cyrillic `а` and Latin `a`)
+    /// stay distinct, in the index and in the stored canonical value.
     TrimLowercase,
 }
 
+/// Rounds of folding after which the canonical form is taken as it is. One round reaches
+/// the fixed point for every string in practice; the bound keeps the work linear regardless.
+const MAX_CANONICAL_ROUNDS: usize = 4;
+
 impl Normalize {
-    fn apply<'a>(self, value: &'a str) -> std::borrow::Cow<'a, str> {
+    /// The canonical form of `value`: what [`BlindIndexer::compute`] indexes, and the form the
+    /// application should store so the stored value and its index always agree. Applying it
+    /// twice gives the same result as applying it once.
+    #[must_use]
+    pub fn canonical(self, value: &str) -> Cow<'_, str> {
         match self {
-            Self::Exact => value.into(),
-            Self::TrimLowercase => {
+            Self::Exact => Cow::Borrowed(value),
+            Self::TrimLowercase if value.is_ascii() => {
                 let trimmed = value.trim();
-                if trimmed.chars().any(char::is_uppercase) {
-                    trimmed.to_lowercase().into()
+                if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(trimmed.to_ascii_lowercase())
                 } else {
-                    trimmed.into()
+                    Cow::Borrowed(trimmed)
                 }
+            }
+            Self::TrimLowercase => {
+                let mut current = value.to_owned();
+                for _ in 0..MAX_CANONICAL_ROUNDS {
+                    let next = fold_once(&current);
+                    if next == current {
+                        break;
+                    }
+                    current = next;
+                }
+                Cow::Owned(current)
             }
         }
     }
+}
+
+/// One round of [`Normalize::TrimLowercase`]: NFKC, lowercase, NFKC, trim.
+fn fold_once(value: &str) -> String {
+    let lowered = value.nfkc().collect::<String>().to_lowercase();
+    lowered.nfkc().collect::<String>().trim().to_owned()
 }
 
 /// The root key of all blind indexes. It is separate from the encryption keys, so rotating an
@@ -114,13 +165,21 @@ impl std::fmt::Debug for BlindIndexer {
 }
 
 impl BlindIndexer {
-    /// The index value of `value` (after normalisation).
+    /// The index value of `value`: the HMAC of its [canonical form](Normalize::canonical).
     #[must_use]
     pub fn compute(&self, value: &str) -> Vec<u8> {
-        self.compute_bytes(self.normalize.apply(value).as_bytes())
+        self.compute_bytes(self.normalize.canonical(value).as_bytes())
     }
 
-    /// The index value of raw bytes (no normalisation).
+    /// The canonical form of `value` under this indexer's [`Normalize`]: store this, so the
+    /// stored value is exactly what its index stands for.
+    #[must_use]
+    pub fn canonical<'a>(&self, value: &'a str) -> Cow<'a, str> {
+        self.normalize.canonical(value)
+    }
+
+    /// The index value of raw bytes (no normalisation: the caller has put them in the
+    /// canonical form, or indexes bytes that have none).
     #[must_use]
     pub fn compute_bytes(&self, value: &[u8]) -> Vec<u8> {
         let mut mac = self.mac.clone();

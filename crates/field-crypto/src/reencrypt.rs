@@ -23,6 +23,9 @@ pub enum ReencryptError {
     /// A table or column name is not a plain identifier.
     #[error("not a plain SQL identifier: {0:?}")]
     InvalidIdentifier(String),
+    /// A batch size of zero or less: such a batch would scan nothing and report `done`.
+    #[error("the re-encryption batch size must be at least 1")]
+    InvalidBatchSize,
 }
 
 /// How far a job got. Persist `cursor` to resume after a restart.
@@ -36,12 +39,19 @@ pub struct Progress {
     pub raced: u64,
     /// The last id examined: pass it to the next batch.
     pub cursor: Option<i64>,
-    /// No rows after the cursor: the job is complete.
+    /// This batch found no row after the cursor: every row the connection can see, from the
+    /// smallest id on, has been scanned by this or an earlier batch, and the job is complete.
+    /// A batch that scanned any row never reports `done`.
     pub done: bool,
 }
 
 /// Re-encrypts one encrypted column of a table (with a `bigint` id and a tenant column) under
 /// the keyring's primary key, in id order.
+///
+/// The first batch (cursor `None`) starts at the smallest id there is, `i64::MIN` included;
+/// each later batch starts after the last id the previous one examined. A job is `done` only
+/// when a batch finds no row after its cursor, so it has scanned every row (with a value) that
+/// existed when it started, up to `i64::MAX`.
 ///
 /// **Run it where it can see the rows.** On a table with row-level security, a connection with
 /// no tenant bound sees no rows, and the job reports `done` after scanning nothing: run it per
@@ -53,6 +63,9 @@ pub struct Progress {
 /// left alone (compare-and-swap on the old ciphertext).
 #[derive(Debug, Clone)]
 pub struct ReencryptJob {
+    /// The first batch: no lower bound, so the smallest id (even `i64::MIN`) is included.
+    select_first: String,
+    /// Later batches: strictly after the cursor.
     select: String,
     update: String,
     batch_size: i64,
@@ -91,6 +104,10 @@ impl ReencryptJob {
             plain(value_column)?,
         );
         Ok(Self {
+            select_first: format!(
+                "SELECT {id}, {tenant}::text, {value} FROM {t} \
+                 WHERE {value} IS NOT NULL ORDER BY {id} LIMIT $1"
+            ),
             select: format!(
                 "SELECT {id}, {tenant}::text, {value} FROM {t} \
                  WHERE {id} > $1 AND {value} IS NOT NULL ORDER BY {id} LIMIT $2"
@@ -100,14 +117,20 @@ impl ReencryptJob {
         })
     }
 
-    /// Rows per batch.
-    #[must_use]
-    pub const fn batch_size(mut self, rows: i64) -> Self {
+    /// Rows per batch (at least 1).
+    ///
+    /// # Errors
+    /// [`ReencryptError::InvalidBatchSize`] for zero or a negative number: a batch of no rows
+    /// would report `done` without scanning anything.
+    pub fn batch_size(mut self, rows: i64) -> Result<Self, ReencryptError> {
+        if rows < 1 {
+            return Err(ReencryptError::InvalidBatchSize);
+        }
         self.batch_size = rows;
-        self
+        Ok(self)
     }
 
-    /// Runs one batch after `cursor` (`None` to start). `context` rebuilds each row's
+    /// Runs one batch after `cursor` (`None` to start at the smallest id). `context` rebuilds each row's
     /// [`Context`] from its tenant (as text) and id, exactly as the application sealed it.
     ///
     /// # Errors
@@ -120,11 +143,21 @@ impl ReencryptJob {
         context: impl Fn(&str, i64) -> Context,
         cursor: Option<i64>,
     ) -> Result<Progress, ReencryptError> {
-        let rows: Vec<(i64, String, Sealed)> = sqlx::query_as(&self.select)
-            .bind(cursor.unwrap_or(i64::MIN))
-            .bind(self.batch_size)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows: Vec<(i64, String, Sealed)> = match cursor {
+            None => {
+                sqlx::query_as(&self.select_first)
+                    .bind(self.batch_size)
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            Some(after) => {
+                sqlx::query_as(&self.select)
+                    .bind(after)
+                    .bind(self.batch_size)
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+        };
         let mut progress = Progress {
             cursor,
             done: rows.is_empty(),

@@ -367,3 +367,94 @@ fn os_random_works() {
     OsRandom.fill(&mut buf).unwrap();
     assert_ne!(buf, [0u8; 32]);
 }
+
+fn email_indexer(normalize: Normalize) -> field_crypto::BlindIndexer {
+    BlindIndexKey::new(&material(7))
+        .unwrap()
+        .indexer("tenant-a", "users", "email", "by_email", normalize, 16)
+        .unwrap()
+}
+
+/// The attack: an account registered as `\u{212A}im@example.com` (Kelvin sign) is stored as
+/// typed while its index is that of `kim@example.com`, so a lookup for Kim returns a row whose
+/// stored value is a different string. Under `TrimLowercase` the canonical form folds these
+/// signs the same way for the index and for the value the application stores.
+#[test]
+fn kelvin_ohm_and_angstrom_signs_fold_consistently_with_the_stored_value() {
+    let indexer = email_indexer(Normalize::TrimLowercase);
+    for (typed, plain) in [
+        ("\u{212A}im@example.com", "kim@example.com"),
+        ("\u{2126}mega", "\u{3c9}mega"),
+        ("\u{03A9}mega", "\u{3c9}mega"),
+        ("\u{212B}sa", "\u{e5}sa"),
+        ("A\u{030A}sa", "\u{e5}sa"),
+        ("\u{FF41}lice@example.com", "alice@example.com"),
+        ("\u{FB01}nance", "finance"),
+        ("  \u{3000}Bob@Example.COM\u{3000}", "bob@example.com"),
+    ] {
+        let stored = indexer.canonical(typed).into_owned();
+        assert_eq!(stored, plain, "{typed:?}");
+        // The stored canonical value, the typed value and the plain spelling share one index,
+        // and the stored value is already canonical (so re-indexing it changes nothing).
+        assert_eq!(indexer.compute(typed), indexer.compute(plain));
+        assert_eq!(indexer.compute(&stored), indexer.compute(typed));
+        assert_eq!(indexer.canonical(&stored), stored);
+        assert_eq!(
+            indexer.compute(typed),
+            indexer.compute_bytes(stored.as_bytes())
+        );
+    }
+}
+
+#[test]
+fn values_distinct_after_the_canonical_form_never_share_an_index() {
+    let indexer = email_indexer(Normalize::TrimLowercase);
+    for (a, b) in [
+        ("k", "\u{3ba}"),                         // Latin k, Greek kappa
+        ("a@example.com", "\u{430}@example.com"), // Latin a, Cyrillic a
+        ("stra\u{df}e", "strasse"),               // lowercase, not case folding
+        ("ann@example.com", "ann\u{200b}@example.com"),
+        ("a b", "ab"),
+    ] {
+        assert_ne!(indexer.canonical(a), indexer.canonical(b), "{a:?} {b:?}");
+        assert_ne!(indexer.compute(a), indexer.compute(b), "{a:?} {b:?}");
+    }
+    // Exact folds nothing: the Kelvin sign and K are different values with different indexes,
+    // as they are stored.
+    let exact = email_indexer(Normalize::Exact);
+    assert_eq!(exact.canonical("\u{212A}"), "\u{212A}");
+    assert_ne!(exact.compute("\u{212A}"), exact.compute("K"));
+}
+
+#[test]
+fn legitimate_values_are_already_canonical() {
+    let indexer = email_indexer(Normalize::TrimLowercase);
+    for value in [
+        "alice@example.com",
+        "jos\u{e9}@example.fr",
+        "\u{3c9}mega",
+        "",
+    ] {
+        assert!(
+            matches!(
+                Normalize::TrimLowercase.canonical(value),
+                std::borrow::Cow::Borrowed(_)
+            ) || Normalize::TrimLowercase.canonical(value) == value
+        );
+        assert_eq!(indexer.canonical(value), value);
+        assert_eq!(
+            indexer.compute(value),
+            indexer.compute_bytes(value.as_bytes())
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_canonical_form_is_idempotent_and_is_what_is_indexed(value in "\\PC{0,24}") {
+        let indexer = email_indexer(Normalize::TrimLowercase);
+        let once = indexer.canonical(&value).into_owned();
+        prop_assert_eq!(indexer.canonical(&once), once.as_str());
+        prop_assert_eq!(indexer.compute(&value), indexer.compute_bytes(once.as_bytes()));
+    }
+}

@@ -152,7 +152,8 @@ async fn reencryption_job_is_batched_resumable_and_reads_keep_working() {
 
     let job = ReencryptJob::new("secrets", "id", "tenant_id", "value")
         .unwrap()
-        .batch_size(40);
+        .batch_size(40)
+        .unwrap();
     let mut conn = pool.acquire().await.unwrap();
     // Three batches, then a "restart" that resumes from the saved cursor.
     let mut cursor = None;
@@ -206,4 +207,84 @@ async fn reencryption_job_is_batched_resumable_and_reads_keep_working() {
     let p = job.run_batch(&mut conn, &k, ctx, None).await.unwrap();
     assert_eq!((p.scanned, p.resealed), (40, 0));
     assert!(ReencryptJob::new("secrets; drop table x", "id", "tenant_id", "value").is_err());
+}
+
+#[test]
+fn a_batch_size_of_zero_or_less_is_refused() {
+    use field_crypto::{ReencryptError, ReencryptJob};
+    let job = ReencryptJob::new("secrets", "id", "tenant_id", "value").unwrap();
+    for rows in [0, -1, i64::MIN] {
+        assert!(matches!(
+            job.clone().batch_size(rows),
+            Err(ReencryptError::InvalidBatchSize)
+        ));
+    }
+    // Positive control: one row per batch is a valid job.
+    assert!(job.batch_size(1).is_ok());
+}
+
+/// The attack: a value parked at the smallest possible id (`i64::MIN`, which the old first
+/// batch's `id > i64::MIN` skipped) stays under the old key after the job says `done`, and
+/// retiring that key destroys it. The job must start at the true minimum and report `done`
+/// only after the row at the top edge (`i64::MAX`) has been scanned.
+#[tokio::test]
+async fn reencryption_job_covers_the_smallest_and_largest_ids_before_done() {
+    use field_crypto::ReencryptJob;
+    let db = fresh_database(&template()).await;
+    let pool = db.pool(Role::Owner, 2).await;
+    let old = keyring(&[1], 1);
+    let ids = [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX];
+    for id in ids {
+        let sealed = Sealed::seal(&old, format!("seed-{id}").as_bytes(), &ctx(TENANT, id)).unwrap();
+        sqlx::query("INSERT INTO secrets (id, tenant_id, value) VALUES ($1, $2::uuid, $3)")
+            .bind(id)
+            .bind(TENANT)
+            .bind(sealed)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let rotated = keyring(&[1, 2], 2);
+    let job = ReencryptJob::new("secrets", "id", "tenant_id", "value")
+        .unwrap()
+        .batch_size(2)
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut cursor = None;
+    let mut cursors = Vec::new();
+    let (mut scanned, mut resealed) = (0, 0);
+    loop {
+        let p = job
+            .run_batch(&mut conn, &rotated, ctx, cursor)
+            .await
+            .unwrap();
+        if p.done {
+            assert_eq!(p.scanned, 0, "a batch that scanned rows reported done");
+            break;
+        }
+        scanned += p.scanned;
+        resealed += p.resealed;
+        cursor = p.cursor;
+        cursors.push(p.cursor.unwrap());
+    }
+    // The first batch began at i64::MIN; done came only after the batch holding i64::MAX.
+    assert_eq!(cursors.first(), Some(&(i64::MIN + 1)));
+    assert_eq!(cursors.last(), Some(&i64::MAX));
+    assert_eq!((scanned, resealed), (7, 7));
+
+    // With key 1 retired, every row, both edges included, still opens.
+    let mut retired = keyring(&[1, 2], 2);
+    retired.retire(1).unwrap();
+    let rows: Vec<(i64, Sealed)> = sqlx::query_as("SELECT id, value FROM secrets ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), ids.len());
+    for (id, sealed) in rows {
+        assert_eq!(key_id_of(sealed.as_bytes()).unwrap(), 2, "row {id}");
+        assert_eq!(
+            sealed.open(&retired, &ctx(TENANT, id)).unwrap().as_bytes(),
+            format!("seed-{id}").as_bytes()
+        );
+    }
 }

@@ -7,6 +7,7 @@ use regex::{Regex, RegexSet};
 
 use super::ScrubError;
 use super::denylist::{Denylist, is_header_like};
+use super::fold;
 
 /// What a detector found. The order is the priority when overlapping spans of equal length
 /// are merged.
@@ -19,6 +20,7 @@ pub(super) enum Kind {
     Basic,
     Userinfo,
     Secret,
+    Encoded,
     Card,
     Email,
     Phone,
@@ -35,6 +37,7 @@ impl Kind {
             Self::Basic => "[basic]",
             Self::Userinfo => "[userinfo]",
             Self::Secret => "[redacted]",
+            Self::Encoded => "[encoded]",
             Self::Card => "[card]",
             Self::Email => "[email]",
             Self::Phone => "[phone]",
@@ -63,8 +66,12 @@ const URL_PARAM: usize = 9;
 const KEY_VALUE: usize = 10;
 
 const PATTERNS: [&str; 11] = [
-    // EMAIL
-    r"[\p{L}\p{N}._%+'\-]+@[\p{L}\p{N}\-]+(?:\.[\p{L}\p{N}\-]+)+",
+    // EMAIL: also with fullwidth `＠` and ideographic (`。`), fullwidth (`．`) and halfwidth
+    // ideographic (`｡`) full stops, which mail software and IDNA treat as dots.
+    concat!(
+        r"[\p{L}\p{N}._%+'\-\x{FF0E}\x{3002}\x{FF61}]+[@\x{FF20}][\p{L}\p{N}\-]+",
+        r"(?:[.\x{FF0E}\x{3002}\x{FF61}][\p{L}\p{N}\-]+)+",
+    ),
     // PHONE: E.164 with the separators people type.
     r"\+\(?[0-9](?:[ \-.()]{0,2}[0-9]){6,14}",
     // CARD_RUN: candidate digit runs; windows and the Luhn check are done in code.
@@ -105,9 +112,9 @@ const PATTERNS: [&str; 11] = [
         r#"|x-amz-security-token|x-goog-signature|x-goog-credential|auth|jwt|session|sessionid"#,
         r#"|session_id)=[^&#\s"'<>\\]*"#,
     ),
-    // KEY_VALUE: a key, an optional (escaped) closing quote, `:` or `=`; the value is parsed
-    // in code.
-    r#"[A-Za-z0-9_.\-]{1,64}(?:\\*["'])?[ \t]*[:=]"#,
+    // KEY_VALUE: a key (any letters, so confusable spellings are judged too), an optional
+    // (escaped) closing quote, `:` or `=` (also fullwidth); the value is parsed in code.
+    r#"[\p{L}\p{N}\p{M}\p{Cf}_.\-]+(?:\\*["'])?[ \t]*[:=\x{FF1A}\x{FF1D}]"#,
 ];
 
 /// The compiled detectors, shared by every scrubber in the process.
@@ -125,6 +132,7 @@ pub(super) struct Detectors {
     userinfo: Regex,
     url_param: Regex,
     key_value: Regex,
+    blob: Regex,
 }
 
 static DETECTORS: LazyLock<Result<Detectors, regex::Error>> = LazyLock::new(Detectors::build);
@@ -152,11 +160,44 @@ impl Detectors {
             userinfo: Regex::new(PATTERNS[USERINFO])?,
             url_param: Regex::new(PATTERNS[URL_PARAM])?,
             key_value: Regex::new(PATTERNS[KEY_VALUE])?,
+            blob: Regex::new(r"[A-Za-z0-9+/_\-]{8,}={0,2}")?,
         })
     }
 
-    /// The sensitive spans of `text`, sorted, merged where they overlap.
+    /// The runs of base64 characters in `text` long enough to be decoded (hex runs are among
+    /// them), as byte ranges.
+    pub(super) fn blobs(&self, text: &str) -> Vec<(usize, usize)> {
+        self.blob
+            .find_iter(text)
+            .map(|m| (m.start(), m.end()))
+            .collect()
+    }
+
+    /// The sensitive spans of `text`, sorted, merged where they overlap. Decimal digits of
+    /// every script are folded to ASCII first, so the number detectors see `４１１１…` and
+    /// `٤١١١…` as `4111…`; spans are mapped back to `text`.
     pub(super) fn detect(&self, text: &str, deny: &Denylist) -> Vec<Span> {
+        let Some(folded) = fold::fold_digits(text) else {
+            return self.detect_folded(text, deny);
+        };
+        let spans = self
+            .detect_folded(&folded.text, deny)
+            .into_iter()
+            .map(|span| match folded.original(span.start, span.end) {
+                Some((start, end)) => Span { start, end, ..span },
+                // Not reachable (spans are inside the view); cover everything rather than leak.
+                None => Span {
+                    start: 0,
+                    end: text.len(),
+                    ..span
+                },
+            })
+            .collect();
+        merge(spans)
+    }
+
+    /// [`Detectors::detect`] over a text whose digits are ASCII.
+    fn detect_folded(&self, text: &str, deny: &Denylist) -> Vec<Span> {
         let hits = self.set.matches(text);
         if !hits.matched_any() {
             return Vec::new();
@@ -184,7 +225,10 @@ impl Detectors {
         if hits.matched(EMAIL) {
             for m in self.email.find_iter(text) {
                 let start = m.end() - m.as_str().trim_start_matches('\'').len();
-                let Some(at) = text.get(start..m.end()).and_then(|s| s.find('@')) else {
+                let Some(at) = text
+                    .get(start..m.end())
+                    .and_then(|s| s.find(['@', '\u{FF20}']))
+                else {
                     continue;
                 };
                 if at > 0 && !userinfo_at.contains(&(start + at)) {
@@ -261,7 +305,7 @@ impl Detectors {
                 pos = m.end();
                 let key_len = m
                     .as_str()
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+                    .find(['"', '\'', '\\', ' ', '\t', ':', '=', '\u{FF1A}', '\u{FF1D}'])
                     .unwrap_or(m.as_str().len());
                 let key = m.as_str().get(..key_len).unwrap_or_default();
                 if deny.is_denied(key) {
@@ -293,19 +337,32 @@ impl Detectors {
     }
 }
 
-/// The form a detected value is pseudonymised in: e-mail addresses trimmed and lowercased,
-/// phone and card numbers as digits only, the rest as found.
+/// The form a detected value is pseudonymised in: e-mail addresses trimmed, NFKC-normalised
+/// (fullwidth `＠`, `．` and letters become ASCII), ideographic full stops made `.`, and
+/// lowercased; phone and card numbers as their ASCII digits (of any script); the rest as found.
 pub(super) fn normalise(kind: Kind, text: &str) -> Cow<'_, str> {
+    use unicode_normalization::UnicodeNormalization;
     match kind {
-        Kind::Email => Cow::Owned(text.trim().to_lowercase()),
-        Kind::Phone | Kind::Card => Cow::Owned(text.chars().filter(char::is_ascii_digit).collect()),
+        Kind::Email => Cow::Owned(
+            text.trim()
+                .nfkc()
+                .map(|c| if c == '\u{3002}' { '.' } else { c })
+                .collect::<String>()
+                .to_lowercase(),
+        ),
+        Kind::Phone | Kind::Card => Cow::Owned(
+            text.chars()
+                .filter_map(fold::decimal_value)
+                .map(|d| char::from(b'0' + d))
+                .collect(),
+        ),
         _ => Cow::Borrowed(text),
     }
 }
 
 /// Sorts spans and merges overlapping ones; a merged span is labelled by its longest member
 /// (ties: the higher-priority kind).
-fn merge(mut spans: Vec<Span>) -> Vec<Span> {
+pub(super) fn merge(mut spans: Vec<Span>) -> Vec<Span> {
     spans.sort_by(|a, b| {
         a.start
             .cmp(&b.start)
@@ -371,7 +428,36 @@ fn card_windows(text: &str, start: usize, end: usize, push: &mut impl FnMut(usiz
     }
 }
 
-/// Whether a JSON integer's text is a card number (13–19 digits, 2–6 first, Luhn).
+/// Whether a JSON number is a card number: an integer, negative or not, whose digits are one
+/// (13–19 digits, 2–6 first, Luhn); or a float whose integer part is. Above 2^53 a float no
+/// longer holds every digit, so the Luhn check cannot be trusted and a float there with 13–19
+/// digits starting with 2–6 counts as a card (failing closed).
+/// Returns the card's digits (what it is pseudonymised as).
+pub(super) fn card_in_number(n: &serde_json::Number) -> Option<String> {
+    /// 2^53: from here on, not every integer is an `f64`.
+    const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
+    let digits = if let Some(u) = n.as_u64() {
+        u.to_string()
+    } else if let Some(i) = n.as_i64() {
+        i.unsigned_abs().to_string()
+    } else {
+        let whole = n.as_f64()?.abs().trunc();
+        if !whole.is_finite() || !(1e12..1e19).contains(&whole) {
+            return None;
+        }
+        let digits = format!("{whole:.0}");
+        if whole >= EXACT_LIMIT
+            && (13..=19).contains(&digits.len())
+            && digits.starts_with(['2', '3', '4', '5', '6'])
+        {
+            return Some(digits);
+        }
+        digits
+    };
+    is_card_number(&digits).then_some(digits)
+}
+
+/// Whether a string of ASCII digits is a card number (13–19 digits, 2–6 first, Luhn).
 pub(super) fn is_card_number(text: &str) -> bool {
     (13..=19).contains(&text.len())
         && text.bytes().all(|b| b.is_ascii_digit())

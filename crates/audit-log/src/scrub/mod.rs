@@ -41,9 +41,12 @@
 //!
 //! **1. Denylisted keys are removed**, key and value, at any depth (inside nested objects and
 //! arrays, and inside scanned JSON strings), even when the key is also allowlisted. Keys are
-//! compared after lowercasing; a key is denied when
+//! compared by their confusable skeleton (Unicode TS #39, `unicode-security`): lowercased,
+//! mapped to the skeleton, lowercased again, letters and digits only, so a Cyrillic `а`, a
+//! fullwidth `ａ`, a zero-width space or `0` for `o` does not hide `password`; a key is denied
+//! when
 //!
-//! - with everything but letters and digits removed (`X-Auth-Token` → `xauthtoken`), it
+//! - compacted so (`X-Auth-Token` → `xauthtoken`), it
 //!   *contains* one of: `password`, `passwd`, `passphrase`, `secret`, `token`,
 //!   `authorization`, `cookie`, `credential`, `creds`, `apikey`, `privatekey`, `accesskey`,
 //!   `accountkey`, `authkey`, `signingkey`, `encryptionkey`, `masterkey`, `sessionid`,
@@ -62,9 +65,17 @@
 //! `client_secret`, `private_key`, `recovery_code`, `X-Auth-Token` are all removed; so are
 //! `tokens_used` and `author_token_count` (a false positive, accepted).
 //!
+//! Key/value structures are judged like object keys: a pair whose name is denied is removed
+//! whole, at any depth and under every rule — a two-element array whose first element is a
+//! name-like denied string (`[["password", "x"]]`, header tuples), an object with a name member
+//! (`name`, `key`, `field`, `header`, `param`, `type`, …) holding a denied name and a value
+//! member (`value`, `val`, `data`, `content`, …) (HAR headers, form fields), and in a flat list
+//! of an even number of strings (`rawHeaders`), a denied name at an even position with the
+//! value after it. Metadata that is itself such a pair becomes `{}`.
+//!
 //! **2. Top-level fields follow the action's allowlist** ([`ScrubPolicy::allow`]), matched by
 //! exact action and field name: [`FieldRule::Keep`] stores the value as it is (no detectors,
-//! JSON strings not parsed; the denylist still applies inside objects), [`FieldRule::Scan`]
+//! JSON strings not parsed; the denylist and the pair rule still apply inside it), [`FieldRule::Scan`]
 //! runs the detectors, [`FieldRule::Pseudonymise`] replaces every string and number in the
 //! value with its pseudonym (`true`/`false`/`null` are kept), [`FieldRule::Drop`] removes the
 //! field.
@@ -73,11 +84,15 @@
 //! removed ([`UnknownFields::Drop`], "allowlist mode"). Scanning reaches every string at any
 //! depth, object keys included.
 //!
-//! **4. Detectors** find sensitive spans in strings (and card numbers in JSON integers):
+//! **4. Detectors** find sensitive spans in strings (and card numbers in JSON numbers:
+//! integers, negative numbers, and floats whose integer part is one; a float above 2^53 with
+//! 13–19 digits starting with 2–6 counts without the Luhn check, as its digits are no longer
+//! exact). Every Unicode decimal digit (`Nd`: `４`, `٤`, `४`, `𝟒`) is folded to ASCII before
+//! the detectors run, and spans are mapped back:
 //!
 //! | Detector | Matches | Label |
 //! |---|---|---|
-//! | e-mail | `local@domain.tld` (Unicode letters allowed, at least one dot in the domain) | `[email]` |
+//! | e-mail | `local@domain.tld` (Unicode letters allowed, at least one dot in the domain; ideographic `。`, fullwidth `．` and halfwidth `｡` dots and a fullwidth `＠` too) | `[email]` |
 //! | phone | E.164: `+`, then 7–15 digits, separated by at most two of space `-` `.` `(` `)` | `[phone]` |
 //! | card | 13–19 digits, alone or in groups separated by one space or `-`, starting with 2–6 (Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay, Maestro) and passing the Luhn check | `[card]` |
 //! | JWT / JWE | `eyJ…` then two (or four) more base64url segments | `[jwt]` |
@@ -89,11 +104,14 @@
 //! | URL parameter | the value of `token`, `access_token`, `id_token`, `refresh_token`, `code`, `key`, `api_key`, `apikey`, `secret`, `client_secret`, `password`, `passwd`, `pwd`, `signature`, `sig`, `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`, `X-Goog-Signature`, `X-Goog-Credential`, `auth`, `jwt`, `session`, `sessionid`, `session_id` after `?`, `&`, `;` or `#` (case-insensitive); other parameters are kept | `[redacted]` |
 //! | key = value | in free text, the value after a denylisted key and `:` or `=` (`password=…`, `"client_secret": "…"`, also JSON with escaped quotes); after `Authorization`/`Cookie`-like keys, the rest of the line | `[redacted]` |
 //! | nested JSON | a string that parses as a JSON object or array is scrubbed as JSON (rules 1, 3, 4) and re-serialised | — |
+//! | percent-encoding | a text with a `%XX` escape is decoded (`+` as a space) and scanned; findings are mapped back onto the encoded text | the finding's |
+//! | encoded blob | a run of 8+ base64/base64url characters or 12+ hex digits (also after `0x`) that decodes (an all-hex run both ways) to anything the scrubber would change: detectors, nested JSON, pairs, further encodings | `[encoded]` |
 //!
 //! Overlapping spans are merged into one, labelled by the longest (so `?token=eyJ…` becomes
 //! `?token=[jwt]`). Not detected: phone numbers without `+` (national formats are
 //! indistinguishable from ids), cards starting with 1, 7, 8 or 9, e-mail addresses without a
-//! dot in the domain, percent-encoded secrets inside nested URLs.
+//! dot in the domain, hex with separators, other encodings (base32, quoted-printable,
+//! compressed data).
 //!
 //! **5. Replacement** ([`Replacement`]) of what a detector found:
 //!
@@ -112,8 +130,9 @@
 //! ```
 //!
 //! `<version>` is the decimal version of the newest [`PseudonymKey`] given to the scrubber.
-//! Values are normalised first: e-mail addresses trimmed and lowercased, phone and card numbers
-//! reduced to their digits, anything else used as it is; a whole value given to
+//! Values are normalised first: e-mail addresses trimmed, NFKC-normalised, ideographic full
+//! stops made `.`, and lowercased; phone and card numbers reduced to their ASCII digits (of any
+//! script); anything else used as it is; a whole value given to
 //! [`Scrubber::pseudonym`] or [`FieldRule::Pseudonymise`] is normalised the same way when it
 //! is exactly one e-mail address, phone or card number. So the same person has the same
 //! pseudonym in every event of a tenant and a different one in every other tenant; without
@@ -127,14 +146,20 @@
 //! Containers nested deeper than [`MAX_DEPTH`] (the metadata object is level 1; a JSON
 //! string parsed as JSON adds a level), values after the first [`MAX_NODES`] of one call, and
 //! strings after [`MAX_SCAN_BYTES`] of text in one call are not scanned: they are replaced by
-//! `[truncated]` (or removed under [`Replacement::Drop`]). Nothing unscanned is let through, and
-//! recursion never goes deeper than the limit, whatever the input.
+//! `[truncated]` (or removed under [`Replacement::Drop`]). Decoding is bounded: no encoding
+//! decodes to more bytes than it has characters, at most [`MAX_DECODE_DEPTH`] layers are
+//! decoded inside one another (below that, a blob that decodes to text is `[encoded]`), and
+//! the decoded bytes of one call count against [`MAX_DECODED_BYTES`]; a string whose blobs
+//! cannot all be decoded within it becomes `[truncated]`. Nothing unscanned is let through, and
+//! recursion never goes deeper than the limits, whatever the input.
 //!
 //! The output is a function of the input, the policy, the keys and the tenant only, so it can
 //! be hashed. Detectors are compiled once per process and run in time linear in the text.
 
+mod decode;
 mod denylist;
 mod detect;
+mod fold;
 mod policy;
 mod pseudonym;
 mod scrubber;
@@ -154,6 +179,16 @@ pub const MAX_NODES: usize = 10_000;
 /// The most bytes of text scanned in one call (256 KiB, a few tens of milliseconds at worst);
 /// later strings are replaced by `[truncated]`.
 pub const MAX_SCAN_BYTES: usize = 256 * 1024;
+
+/// The most layers of encoding (percent-encoding, base64, base64url, hex, in any mix) decoded
+/// inside one another; a blob still encoded below that is masked if it decodes to text.
+pub const MAX_DECODE_DEPTH: usize = 3;
+
+/// The most bytes that decoding encoded blobs may produce in one call (256 KiB, as much again
+/// as [`MAX_SCAN_BYTES`], so a call scans at most twice that). No encoding decodes to more
+/// bytes than it has characters. A string whose blobs cannot all be decoded within the budget
+/// is replaced by `[truncated]` (removed under [`Replacement::Drop`]).
+pub const MAX_DECODED_BYTES: usize = MAX_SCAN_BYTES;
 
 /// What went wrong while configuring or running the scrubber. Messages never include the
 /// values being scrubbed.

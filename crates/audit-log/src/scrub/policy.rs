@@ -21,7 +21,8 @@ pub enum Replacement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FieldRule {
-    /// Stored as it is: no detectors (denylisted keys inside it are still removed).
+    /// Stored as it is: no detectors (denylisted keys and denied name/value pairs inside it
+    /// are still removed).
     Keep,
     /// The detectors run over it, as over unknown fields.
     Scan,

@@ -8,7 +8,10 @@ use tenant_scope::TenantId;
 use super::detect::{self, Detectors, Kind, Span};
 use super::policy::{FieldRule, Replacement, ScrubPolicy, UnknownFields};
 use super::pseudonym::{PseudonymKey, TenantPseudonymiser};
-use super::{MAX_DEPTH, MAX_NODES, MAX_SCAN_BYTES, ScrubError};
+use super::{
+    MAX_DECODE_DEPTH, MAX_DECODED_BYTES, MAX_DEPTH, MAX_NODES, MAX_SCAN_BYTES, ScrubError, decode,
+    fold,
+};
 
 /// What a value beyond the limits becomes.
 const TRUNCATED: &str = "[truncated]";
@@ -85,6 +88,10 @@ impl Scrubber {
         let Value::Object(fields) = metadata else {
             return Err(ScrubError::NotAnObject);
         };
+        // The metadata itself is a name/value pair with a denied name: nothing of it is kept.
+        if self.policy.denylist.is_denied_pair(metadata) {
+            return Ok(Value::Object(Map::new()));
+        }
         let rules = self.policy.fields.get(action);
         let mut pass = Pass::new(self, tenant);
         pass.nodes_left -= 1; // the metadata object itself
@@ -100,7 +107,7 @@ impl Scrubber {
                 Some(FieldRule::Pseudonymise) => (key.clone(), Mode::Pseudonymise),
                 None => match self.policy.unknown_fields {
                     UnknownFields::Drop => continue,
-                    UnknownFields::Scan => match pass.key(key) {
+                    UnknownFields::Scan => match pass.key(key, 1) {
                         Some(key) => (key, Mode::Scan),
                         None => continue,
                     },
@@ -169,6 +176,10 @@ enum Mode {
     Pseudonymise,
 }
 
+/// The decode budget ran out: the text could not be scanned whole.
+#[derive(Debug)]
+struct Exhausted;
+
 /// One call's state: the tenant's pseudonymiser (derived on first use) and the work budget.
 struct Pass<'a> {
     scrubber: &'a Scrubber,
@@ -176,6 +187,10 @@ struct Pass<'a> {
     pseudonymiser: OnceCell<Option<TenantPseudonymiser>>,
     nodes_left: usize,
     bytes_left: usize,
+    /// Bytes that decoding encoded blobs may still produce.
+    decode_left: usize,
+    /// How many layers of encoding the text being scanned is inside.
+    layer: usize,
 }
 
 impl<'a> Pass<'a> {
@@ -186,6 +201,8 @@ impl<'a> Pass<'a> {
             pseudonymiser: OnceCell::new(),
             nodes_left: MAX_NODES,
             bytes_left: MAX_SCAN_BYTES,
+            decode_left: MAX_DECODED_BYTES,
+            layer: 0,
         }
     }
 
@@ -221,6 +238,10 @@ impl<'a> Pass<'a> {
             return self.truncated();
         }
         self.nodes_left -= 1;
+        // A name/value pair is judged like an object key: denied, it goes whole.
+        if self.scrubber.policy.denylist.is_denied_pair(value) {
+            return None;
+        }
         match value {
             Value::Null | Value::Bool(_) => Some(value.clone()),
             Value::Number(n) => match mode {
@@ -237,9 +258,12 @@ impl<'a> Pass<'a> {
                 if depth >= MAX_DEPTH {
                     return self.truncated();
                 }
+                let removed = self.scrubber.policy.denylist.flat_pairs_removed(items);
                 let items = items
                     .iter()
-                    .filter_map(|item| self.value(item, mode, depth + 1))
+                    .zip(removed)
+                    .filter(|(_, removed)| !removed)
+                    .filter_map(|(item, _)| self.value(item, mode, depth + 1))
                     .collect();
                 Some(Value::Array(items))
             }
@@ -254,7 +278,7 @@ impl<'a> Pass<'a> {
                     }
                     let key = match mode {
                         Mode::Keep => key.clone(),
-                        Mode::Scan | Mode::Pseudonymise => match self.key(key) {
+                        Mode::Scan | Mode::Pseudonymise => match self.key(key, depth) {
                             Some(key) => key,
                             None => continue,
                         },
@@ -268,30 +292,36 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// An object key under the detectors; `None` removes the entry.
-    fn key(&mut self, key: &str) -> Option<String> {
-        if key.len() > self.bytes_left {
-            self.bytes_left = 0;
-            return match self.replacement() {
-                Replacement::Drop => None,
-                _ => Some(TRUNCATED.to_owned()),
-            };
-        }
-        self.bytes_left -= key.len();
-        self.replace_spans(key)
-    }
-
-    /// A JSON integer that is a card number is replaced; other numbers are kept.
-    fn number(&self, n: &Number) -> Option<Value> {
-        let text = n.to_string();
-        if !detect::is_card_number(&text) {
-            return Some(Value::Number(n.clone()));
-        }
+    /// What a string that could not be scanned whole becomes.
+    fn truncated_text(&self) -> Option<String> {
         match self.replacement() {
             Replacement::Drop => None,
-            Replacement::Pseudonymise => {
-                Some(Value::String(self.pseudonym_or(&text, Kind::Card.label())))
-            }
+            _ => Some(TRUNCATED.to_owned()),
+        }
+    }
+
+    /// An object key (of a container at level `depth`) under the detectors; `None` removes
+    /// the entry.
+    fn key(&mut self, key: &str, depth: usize) -> Option<String> {
+        if key.len() > self.bytes_left {
+            self.bytes_left = 0;
+            return self.truncated_text();
+        }
+        self.bytes_left -= key.len();
+        self.replace_spans(key, depth)
+    }
+
+    /// A JSON number that is a card number (integer, negative or float) is replaced; other
+    /// numbers are kept.
+    fn number(&self, n: &Number) -> Option<Value> {
+        let Some(digits) = detect::card_in_number(n) else {
+            return Some(Value::Number(n.clone()));
+        };
+        match self.replacement() {
+            Replacement::Drop => None,
+            Replacement::Pseudonymise => Some(Value::String(
+                self.pseudonym_or(&digits, Kind::Card.label()),
+            )),
             _ => Some(Value::String(Kind::Card.label().to_owned())),
         }
     }
@@ -307,7 +337,7 @@ impl<'a> Pass<'a> {
         if let Some(nested) = self.nested_json(text, depth) {
             return nested;
         }
-        self.replace_spans(text).map(Value::String)
+        self.replace_spans(text, depth).map(Value::String)
     }
 
     /// `Some` if `text` parses as a JSON object or array: the scrubbed document,
@@ -328,12 +358,12 @@ impl<'a> Pass<'a> {
     }
 
     /// Detected spans replaced by the policy's replacement; `None` under [`Replacement::Drop`]
-    /// when anything was found.
-    fn replace_spans(&self, text: &str) -> Option<String> {
-        let spans = self
-            .scrubber
-            .detectors
-            .detect(text, &self.scrubber.policy.denylist);
+    /// when anything was found. A text whose encoded blobs could not all be decoded within the
+    /// budget becomes `[truncated]` (removed under [`Replacement::Drop`]).
+    fn replace_spans(&mut self, text: &str, depth: usize) -> Option<String> {
+        let Ok(spans) = self.spans(text, depth) else {
+            return self.truncated_text();
+        };
         if spans.is_empty() {
             return Some(text.to_owned());
         }
@@ -343,6 +373,164 @@ impl<'a> Pass<'a> {
                 self.pseudonym_or(&detect::normalise(kind, found), kind.label())
             })),
             _ => Some(render(text, &spans, |kind, _| kind.label().to_owned())),
+        }
+    }
+
+    /// The sensitive spans of `text`: what the detectors find in it, and the encoded parts
+    /// of it that hide something (see [`Pass::encoded_spans`]).
+    fn spans(&mut self, text: &str, depth: usize) -> Result<Vec<Span>, Exhausted> {
+        let mut spans = self
+            .scrubber
+            .detectors
+            .detect(text, &self.scrubber.policy.denylist);
+        let encoded = self.encoded_spans(text, depth)?;
+        if encoded.is_empty() {
+            return Ok(spans);
+        }
+        spans.extend(encoded);
+        Ok(detect::merge(spans))
+    }
+
+    /// Spans of `text` whose decoding is sensitive. Percent-encoded text is decoded whole and
+    /// what is found in it is mapped back (so `ann%40example.com` becomes `[email]`); a run
+    /// of base64, base64url or hex characters that decodes to something sensitive is an
+    /// [`Kind::Encoded`] span. Decoded text is scanned like any text (detectors, nested JSON,
+    /// further encodings) up to [`MAX_DECODE_DEPTH`] layers; at that depth, anything that
+    /// would still decode to text counts as sensitive. Decoded bytes are charged to the
+    /// call's [`MAX_DECODED_BYTES`].
+    fn encoded_spans(&mut self, text: &str, depth: usize) -> Result<Vec<Span>, Exhausted> {
+        let mut out = Vec::new();
+        let at_limit = self.layer >= MAX_DECODE_DEPTH;
+        let whole = Span {
+            start: 0,
+            end: text.len(),
+            kind: Kind::Encoded,
+        };
+        if fold::has_percent_escape(text) {
+            if at_limit {
+                return Ok(vec![whole]);
+            }
+            match fold::percent_decode(text) {
+                Ok(view) => {
+                    self.charge(view.text.len())?;
+                    self.layer += 1;
+                    let json = self.json_is_sensitive(&view.text, depth);
+                    let inner = self.spans(&view.text, depth);
+                    self.layer -= 1;
+                    if json == Some(true) {
+                        return Ok(vec![whole]);
+                    }
+                    for span in inner? {
+                        match view.original(span.start, span.end) {
+                            Some((start, end)) => out.push(Span { start, end, ..span }),
+                            None => return Ok(vec![whole]),
+                        }
+                    }
+                }
+                Err(bytes) => {
+                    self.charge(bytes.len())?;
+                    if self.decoded_is_sensitive(&decode::text_of(&bytes), depth)? {
+                        return Ok(vec![whole]);
+                    }
+                }
+            }
+        }
+        // Every blob's decoding is scanned in one pass over their concatenation (so many small
+        // blobs cost what one large one does), then each finding is traced to its blob.
+        let mut joined = String::new();
+        let mut parts: Vec<(usize, usize, usize, usize)> = Vec::new();
+        for (start, end) in self.scrubber.detectors.blobs(text) {
+            let Some(token) = text.get(start..end) else {
+                continue;
+            };
+            let span = Span {
+                start,
+                end,
+                kind: Kind::Encoded,
+            };
+            for bytes in decode::decodings(token) {
+                if at_limit {
+                    if std::str::from_utf8(&bytes).is_ok() {
+                        out.push(span);
+                        break;
+                    }
+                    continue;
+                }
+                self.charge(bytes.len())?;
+                let decoded = decode::text_of(&bytes);
+                self.layer += 1;
+                let json = self.json_is_sensitive(&decoded, depth);
+                self.layer -= 1;
+                match json {
+                    Some(true) => {
+                        out.push(span);
+                        break;
+                    }
+                    Some(false) => {}
+                    None => {
+                        let at = joined.len();
+                        joined.push_str(&decoded);
+                        parts.push((start, end, at, joined.len()));
+                        // No detector matches across a blank line.
+                        joined.push_str("\n\n");
+                    }
+                }
+            }
+        }
+        if !parts.is_empty() {
+            self.layer += 1;
+            let inner = self.spans(&joined, depth);
+            self.layer -= 1;
+            for found in inner? {
+                let first = parts.partition_point(|&(_, _, _, part_end)| part_end <= found.start);
+                for &(start, end, part_start, _) in parts.iter().skip(first) {
+                    if part_start >= found.end {
+                        break;
+                    }
+                    out.push(Span {
+                        start,
+                        end,
+                        kind: Kind::Encoded,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether decoded text, one layer further in, holds anything the scrubber would change.
+    fn decoded_is_sensitive(&mut self, decoded: &str, depth: usize) -> Result<bool, Exhausted> {
+        self.layer += 1;
+        let json = self.json_is_sensitive(decoded, depth);
+        let spans = if json.is_some() {
+            Ok(Vec::new())
+        } else {
+            self.spans(decoded, depth)
+        };
+        self.layer -= 1;
+        Ok(json == Some(true) || !spans?.is_empty())
+    }
+
+    /// `Some` if `text` is a JSON object or array: whether scrubbing it changes it.
+    fn json_is_sensitive(&mut self, text: &str, depth: usize) -> Option<bool> {
+        if !text.trim_start().starts_with(['{', '[']) {
+            return None;
+        }
+        let parsed: Value = serde_json::from_str(text).ok()?;
+        Some(self.value(&parsed, Mode::Scan, depth).as_ref() != Some(&parsed))
+    }
+
+    /// Takes `bytes` from the decode budget.
+    fn charge(&mut self, bytes: usize) -> Result<(), Exhausted> {
+        match self.decode_left.checked_sub(bytes) {
+            Some(left) => {
+                self.decode_left = left;
+                Ok(())
+            }
+            None => {
+                self.decode_left = 0;
+                Err(Exhausted)
+            }
         }
     }
 
