@@ -11,6 +11,7 @@ mod checkpoints;
 pub mod config;
 mod devdata;
 mod notes;
+mod redirect;
 mod schema;
 mod seed;
 mod state;
@@ -426,6 +427,17 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The one redirect check (exposed for tests): `raw` read relative to `base_url` as a browser
+/// reads a `Location`, answered as the normalised same-origin path and query it may send a
+/// browser to, or `None` when it is refused. See `docs/reference-app.md`.
+#[doc(hidden)]
+#[must_use]
+pub fn redirect_target(raw: &str, base_url: &str) -> Option<String> {
+    redirect::LocalTarget::parse(raw, base_url)
+        .ok()
+        .map(|t| t.as_str().to_owned())
+}
+
 /// The redirecting plain-HTTP app (exposed for tests).
 pub fn redirect_app(base_url: String) -> axum::Router {
     tls::redirect_app(base_url)
@@ -486,7 +498,7 @@ fn build(
         TotpService::new(
             pool.clone(),
             keyring.clone(),
-            TotpConfig::new("TenantGuard reference app"),
+            TotpConfig::new(web::TOTP_ISSUER),
         )?
         .with_events(events),
     );

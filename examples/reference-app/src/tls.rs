@@ -15,6 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::redirect::LocalTarget;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TlsError {
     #[error("the certificate or key does not parse: {0}")]
@@ -131,13 +133,13 @@ pub(crate) fn redirect_app(base_url: String) -> Router {
     Router::new().fallback(move |uri: Uri| {
         let base = base_url.clone();
         async move {
+            // Through the one redirect check: a path such as `//evil.example` or `/.//evil`
+            // goes to the home page instead.
             let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let target = LocalTarget::or(Some(path), &base, "/");
             (
                 StatusCode::PERMANENT_REDIRECT,
-                [(
-                    header::LOCATION,
-                    format!("{}{path}", base.trim_end_matches('/')),
-                )],
+                [(header::LOCATION, target.absolute(&base))],
             )
                 .into_response()
         }

@@ -1,8 +1,9 @@
 //! End to end in a real browser: headless Chromium (Debian's `chromium` and `chromium-driver`)
-//! drives the app over HTTPS on loopback — sign-in with the magic link and TOTP, a note, the
-//! assistant run on the injected note, the held request approved by staff after a fresh second
-//! factor, and the audit viewer. A screenshot of each page goes to the test's target directory
-//! (and, with `REFERENCE_APP_SCREENSHOTS=docs`, to `docs/screenshots/` for the walkthrough).
+//! drives the app over HTTPS on loopback — sign-in with the magic link and TOTP (enrolment
+//! started with its own button), a note, the assistant run on the injected note, the held
+//! request approved by staff after a fresh second factor, and the audit viewer. A screenshot of
+//! each page goes to the test's target directory (and, with `REFERENCE_APP_SCREENSHOTS=docs`, to
+//! `docs/screenshots/` for the walkthrough).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -158,6 +159,10 @@ async fn sign_in(
     click(browser, "form[action='/auth/link'] button").await;
     let page = wait_for(browser, "Set up your authenticator").await;
     assert!(page.contains("Set up your authenticator"), "{page}");
+    // Starting the enrolment is a POST of its own; the page then shows the QR code and key.
+    click(browser, "form[action='/auth/totp/enrol'] button").await;
+    let page = wait_for(browser, "Key: <code>").await;
+    assert!(page.contains("Key: <code>"), "{page}");
     if let Some(s) = shots {
         s.take(browser, "04-enrol-authenticator").await;
     }

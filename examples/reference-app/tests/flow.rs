@@ -112,8 +112,11 @@ async fn the_whole_demo_through_the_router() {
         "{}",
         confirmed.body
     );
-    // Before the second factor, tenant pages stay closed.
-    assert_eq!(alice.get("/notes").await.status, StatusCode::FORBIDDEN);
+    // Before the second factor, tenant pages stay closed: a followed link lands on the code
+    // page, which brings her back afterwards.
+    let early = alice.get("/notes").await;
+    assert_eq!(early.status, StatusCode::SEE_OTHER);
+    assert_eq!(early.location(), "/auth/totp?next=%2Fnotes");
     alice.enrol_totp("/notes").await;
     // The link was used up by the sign-in.
     let reused = alice.post("/auth/link", &[("token", &token)]).await;
@@ -269,15 +272,19 @@ async fn the_whole_demo_through_the_router() {
         .get("/staff/approvals?tenant=acme&reason=I+want+to+approve+it")
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        !refused.body.to_lowercase().contains("staff"),
+        "a member is not told about staff: {}",
+        refused.body
+    );
 
     // Staff: before the second factor the console is closed; after it, a reason opens a queue.
     let mut sam = Browser::new(&app);
     let confirmed = sam.open_link("ops", "sam@ops.test").await;
     assert_eq!(confirmed.status, StatusCode::SEE_OTHER);
-    assert_eq!(
-        sam.get("/staff/approvals").await.status,
-        StatusCode::FORBIDDEN
-    );
+    let early = sam.get("/staff/approvals").await;
+    assert_eq!(early.status, StatusCode::SEE_OTHER);
+    assert_eq!(early.location(), "/auth/totp?next=%2Fstaff%2Fapprovals");
     sam.enrol_totp("/staff/approvals").await;
     let no_reason = sam.get("/staff/approvals?tenant=acme&reason=x").await;
     assert_eq!(

@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::Browser;
 
-/// A private CA and a server certificate for `localhost` (only: `127.0.0.1` is not named).
+/// A private CA and a server certificate for `localhost` and `acme.localhost` (a host name
+/// that names a workspace); `127.0.0.1` is not named.
 struct Pki {
     ca_pem: String,
     cert_pem: String,
@@ -33,10 +34,11 @@ fn pki() -> Pki {
         .push(rcgen::DnType::CommonName, "reference-app test CA");
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "acme.localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
     Pki {
         ca_pem: ca.pem(),
         cert_pem: cert.pem(),
@@ -283,9 +285,14 @@ async fn production_mode_serves_only_with_verified_tls_and_refuses_each_unsafe_s
     let port = common::free_port();
     let mut child = f.spawn(port, &env);
     let home = wait_for_https(&mut child, port, &f.pki.ca_pem).await;
+    // The sign-in page lists no workspace: at a host name that names none, it is typed.
     assert!(
-        home.contains("Acme Corp"),
-        "the seeded workspaces are offered"
+        !home.contains("Acme Corp") && !home.contains("Globex") && !home.contains("<select"),
+        "production lists no workspaces: {home}"
+    );
+    assert!(
+        home.contains("<input id=\"workspace\" name=\"workspace\""),
+        "the workspace is typed: {home}"
     );
     assert!(
         !home.contains("alice@acme.test") && !home.contains("/dev/outbox"),
@@ -304,9 +311,14 @@ async fn production_mode_serves_only_with_verified_tls_and_refuses_each_unsafe_s
         "note bodies are sealed"
     );
 
-    // A restart (in this process): migrations are not re-run, and the keys derived from the
-    // same KEK open what the first process sealed.
-    let app = f.start_with(&env).await.unwrap();
+    // A restart (in this process, at a host name that names the Acme workspace): migrations
+    // are not re-run, and the keys derived from the same KEK open what the first process
+    // sealed.
+    let app = {
+        let mut c = f.config(443, &env).unwrap();
+        c.base_url = "https://acme.localhost".to_owned();
+        reference_app::start(c).await.unwrap()
+    };
     assert!(app.database().is_none());
     assert_eq!(app.runtime_role(), "prod_runtime");
     let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM reference_app_meta.migrations")
@@ -320,6 +332,18 @@ async fn production_mode_serves_only_with_verified_tls_and_refuses_each_unsafe_s
         .unwrap();
     let notes = notes_as(&app, &cookie).await;
     assert!(notes.contains("Marketing 120k"), "{notes}");
+    // The host name names the workspace: the page signs in to Acme only, and lists no other.
+    let home = Browser::new(&app).get("/").await;
+    assert!(
+        home.body.contains("Workspace: <strong>Acme Corp</strong>")
+            && home
+                .body
+                .contains("<input type=\"hidden\" name=\"workspace\" value=\"acme\">")
+            && !home.body.contains("Globex")
+            && !home.body.contains("<select"),
+        "{}",
+        home.body
+    );
 
     // Sign-in mail goes to the SMTP relay; a relay that is down is not revealed to the requester.
     let mut browser = Browser::new(&app);

@@ -9,13 +9,13 @@ use audit_log::{AuditHandle, Outcome, Target};
 use axum::Extension;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use magic_auth::Session;
 use tenant_scope::TenantContext;
 use uuid::Uuid;
 
 use super::auth::parse_id;
-use super::{Nav, internal, message, render};
+use super::{Nav, internal, message, redirect, render};
 use crate::notes;
 use crate::state::AppState;
 
@@ -214,7 +214,7 @@ pub(super) async fn change_role(
     let role = form.get("role").map_or("", String::as_str);
     let (status, title, text) =
         match set_role(&state, &session, &audit, &context, &user, role).await {
-            Ok(RoleChange::Changed) => return Redirect::to("/admin/members").into_response(),
+            Ok(RoleChange::Changed) => return redirect(&state, "/admin/members"),
             Ok(RoleChange::NoSuchMember) => (
                 StatusCode::NOT_FOUND,
                 "Not found",

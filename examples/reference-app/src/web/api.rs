@@ -20,7 +20,7 @@ use crate::state::AppState;
 
 /// A JSON error with its stable code.
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
-    (status, Json(json!({ "error": code, "message": message }))).into_response()
+    super::json_error(status, code, message)
 }
 
 fn not_found() -> Response {
@@ -209,7 +209,7 @@ pub(super) async fn decide(
         return error(
             StatusCode::FORBIDDEN,
             "staff_only",
-            "this endpoint is for the service's staff",
+            "this endpoint is not available to your account",
         );
     }
     let Ok(Json(decision)) = body else {
@@ -229,7 +229,7 @@ pub(super) async fn decide(
                 return error(
                     StatusCode::FORBIDDEN,
                     "staff_only",
-                    "this endpoint is for the service's staff",
+                    "this endpoint is not available to your account",
                 );
             }
             Err(super::staff::Denied::Page(page)) => {

@@ -7,14 +7,16 @@ use askama::Template;
 use axum::Extension;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use magic_auth::mailer::DevOutbox;
 use magic_auth::totp::CodeCheck;
 use magic_auth::{Assurance, Session, clear_session_cookie, cookie_value, session_cookie};
 use tenant_scope::{ActorKind, TenantContext};
 use uuid::Uuid;
 
-use super::{Nav, internal, message, render};
+use super::enrolment::{self, Factor};
+use super::{Nav, internal, message, redirect, render};
+use crate::redirect::{LocalTarget, to_local};
 use crate::seed::ACCOUNTS;
 use crate::state::AppState;
 
@@ -24,10 +26,29 @@ const VERIFIER_COOKIE: &str = "__Host-login-verifier";
 #[template(path = "home.html")]
 struct Home {
     nav: Nav,
+    /// Development only: every workspace, to choose from.
     tenants: Vec<(String, String)>,
+    /// The workspace the host name names: (slug, name).
+    host_workspace: Option<(String, String)>,
     accounts: Vec<(String, String, String)>,
 }
 
+/// The workspace a host name names: its first label (`acme` in `acme.example.com`), when the
+/// host has more than one label and is not an IP address. Only the configured base URL is read,
+/// never the request's `Host` header.
+pub(crate) fn host_label(base_url: &str) -> Option<String> {
+    let url = url::Url::parse(base_url).ok()?;
+    match url.host()? {
+        url::Host::Domain(domain) => {
+            let (label, rest) = domain.split_once('.')?;
+            (!label.is_empty() && !rest.is_empty()).then(|| label.to_ascii_lowercase())
+        }
+        url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
+    }
+}
+
+/// The sign-in page. In development it lists every workspace (and the demo accounts); in
+/// production it lists none: the workspace is the one the host name names, or is typed.
 pub(super) async fn home(
     State(state): State<AppState>,
     session: Option<Extension<Session>>,
@@ -38,21 +59,34 @@ pub(super) async fn home(
             (_, ActorKind::Staff) => "/staff/approvals",
             _ => "/notes",
         };
-        return Redirect::to(next).into_response();
+        return redirect(&state, next);
     }
-    let tenants = match state.tenants().await {
-        Ok(t) => t
-            .into_iter()
-            .map(|t| {
-                let name = if t.slug == "ops" {
-                    "Operators (staff)".to_owned()
-                } else {
-                    t.name
-                };
-                (t.slug, name)
-            })
-            .collect(),
-        Err(e) => return internal(&state, &e),
+    let (tenants, host_workspace) = if state.development {
+        match state.tenants().await {
+            Ok(t) => (
+                t.into_iter()
+                    .map(|t| {
+                        let name = if t.slug == "ops" {
+                            "Operators (staff)".to_owned()
+                        } else {
+                            t.name
+                        };
+                        (t.slug, name)
+                    })
+                    .collect(),
+                None,
+            ),
+            Err(e) => return internal(&state, &e),
+        }
+    } else {
+        let named = match host_label(&state.base_url) {
+            Some(label) => match state.tenant_by_slug(&label).await {
+                Ok(t) => t.map(|t| (t.slug, t.name)),
+                Err(e) => return internal(&state, &e),
+            },
+            None => None,
+        };
+        (Vec::new(), named)
     };
     // The demo accounts are listed in development only.
     let accounts = if state.development {
@@ -68,6 +102,7 @@ pub(super) async fn home(
         &Home {
             nav: Nav::of(&state, None),
             tenants,
+            host_workspace,
             accounts,
         },
     )
@@ -78,7 +113,12 @@ pub(super) async fn request_link(
     client: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let slug = form.get("workspace").map_or("", String::as_str);
+    // Chosen, fixed by the host name, or typed: a typed name is trimmed and lower-cased.
+    let slug = form
+        .get("workspace")
+        .map_or("", String::as_str)
+        .trim()
+        .to_ascii_lowercase();
     let email = form.get("email").map_or("", String::as_str);
     let same_answer = |cookie: Option<String>| {
         let mut response = message(
@@ -97,7 +137,7 @@ pub(super) async fn request_link(
         }
         response
     };
-    let tenant = match state.tenant_by_slug(slug).await {
+    let tenant = match state.tenant_by_slug(&slug).await {
         Ok(Some(t)) => t,
         Ok(None) => return same_answer(None),
         Err(e) => return internal(&state, &e),
@@ -201,7 +241,7 @@ pub(super) async fn confirm_link(
         .await
     {
         Ok((session, token)) => {
-            let mut response = Redirect::to("/auth/totp").into_response();
+            let mut response = redirect(&state, "/auth/totp");
             let h = response.headers_mut();
             h.append(header::SET_COOKIE, session_cookie(&token, &session));
             h.append(
@@ -222,32 +262,24 @@ pub(super) async fn confirm_link(
 
 #[derive(Template)]
 #[template(path = "totp.html")]
-struct TotpPage {
-    nav: Nav,
-    heading: String,
-    /// (QR code as SVG, the key in base32).
-    enrolment: Option<(String, String)>,
-    error: Option<String>,
-    action: String,
-    next: String,
+pub(super) struct TotpPage {
+    pub(super) nav: Nav,
+    pub(super) heading: String,
+    /// A sentence under the heading.
+    pub(super) intro: Option<String>,
+    /// A pending enrolment: (QR code as SVG, the key in base32).
+    pub(super) enrolment: Option<(String, String)>,
+    /// No authenticator yet: offer the button that starts an enrolment instead of a code field.
+    pub(super) start: bool,
+    pub(super) error: Option<String>,
+    pub(super) action: String,
+    pub(super) next: String,
 }
 
-/// Whether the user has a confirmed authenticator.
-async fn enrolled(state: &AppState, session: &Session) -> Result<bool, rls_guard::RlsError> {
-    let context = TenantContext::for_actor(session.actor());
-    let mut tx = state.pool.begin(&context).await?;
-    let confirmed: Option<(bool,)> = sqlx::query_as(
-        "SELECT confirmed_at IS NOT NULL FROM auth.totp WHERE tenant_id = $1 AND user_id = $2",
-    )
-    .bind(session.tenant.as_uuid())
-    .bind(session.user.as_uuid())
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(confirmed.is_some_and(|(c,)| c))
-}
-
-async fn member_email(state: &AppState, session: &Session) -> Result<String, rls_guard::RlsError> {
+pub(super) async fn member_email(
+    state: &AppState,
+    session: &Session,
+) -> Result<String, rls_guard::RlsError> {
     let context = TenantContext::for_actor(session.actor());
     let mut tx = state.pool.begin(&context).await?;
     let (email,): (String,) =
@@ -260,64 +292,56 @@ async fn member_email(state: &AppState, session: &Session) -> Result<String, rls
     Ok(email)
 }
 
-/// A local path to go back to (never another origin).
-fn local_next(next: Option<&String>, session: &Session) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.clone(),
-        _ if session.kind == ActorKind::Staff => "/staff/approvals".to_owned(),
-        _ => "/notes".to_owned(),
-    }
+/// Where to go after the code: `next` if it stays on this origin (the one redirect check),
+/// else the person's start page.
+fn local_next(state: &AppState, next: Option<&String>, session: &Session) -> LocalTarget {
+    let fallback = if session.kind == ActorKind::Staff {
+        "/staff/approvals"
+    } else {
+        "/notes"
+    };
+    LocalTarget::or(next.map(String::as_str), &state.base_url, fallback)
 }
 
+/// The code page. It only reads: a person without an authenticator is offered a button that
+/// starts the enrolment (`POST /auth/totp/enrol`); a pending enrolment is shown again as it is.
 pub(super) async fn totp_page(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let next = local_next(&state, q.get("next"), &session);
     if session.assurance == Assurance::Aal2 {
-        return Redirect::to(&local_next(None, &session)).into_response();
+        return redirect(&state, next.as_str());
     }
     let error = q.get("error").map(|e| match e.as_str() {
         "locked" => "Too many wrong codes. Wait 15 minutes, then try again.".to_owned(),
         _ => "That code is not right. Check your authenticator app and try again.".to_owned(),
     });
-    let is_enrolled = match enrolled(&state, &session).await {
-        Ok(e) => e,
+    let factor = match enrolment::factor(&state, &session).await {
+        Ok(f) => f,
         Err(e) => return internal(&state, &e),
     };
-    let enrolment = if is_enrolled {
-        None
-    } else {
-        let email = match member_email(&state, &session).await {
-            Ok(e) => e,
-            Err(e) => return internal(&state, &e),
-        };
-        match state
-            .totp
-            .enroll(session.tenant, session.user, &email)
-            .await
-        {
-            Ok(e) => match e.qr_svg() {
-                Ok(svg) => Some((svg.to_string(), e.secret_base32.to_string())),
-                Err(err) => return internal(&state, &err),
-            },
-            Err(e) => return internal(&state, &e),
-        }
+    let (heading, enrolment, start) = match factor {
+        Factor::Active => ("Enter your code", None, false),
+        Factor::Pending { qr_svg, key } => (
+            "Set up your authenticator",
+            Some((qr_svg.to_string(), key.to_string())),
+            false,
+        ),
+        Factor::None => ("Set up your authenticator", None, true),
     };
     render(
         StatusCode::OK,
         &TotpPage {
             nav: Nav::of(&state, Some(&session)),
-            heading: if is_enrolled {
-                "Enter your code"
-            } else {
-                "Set up your authenticator"
-            }
-            .to_owned(),
+            heading: heading.to_owned(),
+            intro: None,
             enrolment,
+            start,
             error,
             action: "/auth/totp".to_owned(),
-            next: local_next(q.get("next"), &session),
+            next: next.as_str().to_owned(),
         },
     )
 }
@@ -332,10 +356,14 @@ pub(super) async fn step_up_page(
         &TotpPage {
             nav: Nav::of(&state, Some(&session)),
             heading: "Confirm it is you".to_owned(),
+            intro: None,
             enrolment: None,
+            start: false,
             error: q.get("error").map(|_| "That code is not right.".to_owned()),
             action: "/auth/step-up".to_owned(),
-            next: local_next(q.get("next"), &session),
+            next: local_next(&state, q.get("next"), &session)
+                .as_str()
+                .to_owned(),
         },
     )
 }
@@ -351,10 +379,10 @@ pub(super) async fn totp_submit(
         .map_or("", String::as_str)
         .trim()
         .to_owned();
-    let next = local_next(form.get("next"), &session);
+    let next = local_next(&state, form.get("next"), &session);
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-    let is_enrolled = match enrolled(&state, &session).await {
-        Ok(e) => e,
+    let is_enrolled = match enrolment::factor(&state, &session).await {
+        Ok(f) => matches!(f, Factor::Active),
         Err(e) => return internal(&state, &e),
     };
     let check = if !is_enrolled {
@@ -379,13 +407,16 @@ pub(super) async fn totp_submit(
         } else {
             "/auth/totp"
         };
-        Redirect::to(&format!("{page}?error={kind}&next={}", urlencode(&next))).into_response()
+        redirect(
+            &state,
+            &format!("{page}?error={kind}&next={}", urlencode(next.as_str())),
+        )
     };
     match check {
         Ok(CodeCheck::Accepted { .. } | CodeCheck::RecoveryAccepted { .. }) => {
             match state.sessions.rotate(&session, Assurance::Aal2).await {
                 Ok((fresh, token)) => {
-                    let mut response = Redirect::to(&next).into_response();
+                    let mut response = to_local(StatusCode::SEE_OTHER, &next);
                     response
                         .headers_mut()
                         .append(header::SET_COOKIE, session_cookie(&token, &fresh));
@@ -412,7 +443,7 @@ pub(super) async fn logout(
     if let Err(e) = state.sessions.revoke(session.tenant, session.id).await {
         return internal(&state, &e);
     }
-    let mut response = Redirect::to("/").into_response();
+    let mut response = redirect(&state, "/");
     response
         .headers_mut()
         .append(header::SET_COOKIE, clear_session_cookie());

@@ -1,15 +1,23 @@
 //! The router: the layer stack every request passes, and the pages.
 //!
 //! ```text
-//! request id + trace span -> security headers -> magic-auth session -> same-origin check
+//! request id + trace span -> security headers -> refusal pages -> magic-auth session
+//!   -> refusal pages -> same-origin check -> input hygiene
 //!   -> tenant-scope (tenant routes) -> guards (sign-in, MFA, step-up) -> handler
 //!   -> rls-guard transaction -> PostgreSQL row-level security
 //! ```
+//!
+//! The refusal pages ([`refusal`]) turn the guards' JSON refusals into pages on every route
+//! outside `/api/` (the outer copy catches the session store being down). Every redirect goes
+//! through [`crate::redirect`].
 
 mod admin;
 mod api;
 mod auth;
+mod enrolment;
+mod hygiene;
 mod pages;
+mod refusal;
 mod staff;
 
 use std::collections::HashMap;
@@ -28,6 +36,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
+pub(crate) use self::enrolment::ISSUER as TOTP_ISSUER;
 use crate::state::{AppState, Services};
 
 /// How fresh a second factor must be for sensitive routes (approvals).
@@ -104,6 +113,25 @@ pub(crate) fn message(
             link: link.map(|(h, l)| (h.to_owned(), l.to_owned())),
         },
     )
+}
+
+/// Whether `path` is a JSON route (errors as JSON) rather than a page.
+pub(crate) fn is_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+/// A JSON error: `{"error": "<code>", "message": "<text>"}`.
+pub(crate) fn json_error(status: StatusCode, code: &str, text: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": code, "message": text })),
+    )
+        .into_response()
+}
+
+/// `303 See Other` to `target`, through the one redirect check (see [`crate::redirect`]).
+pub(crate) fn redirect(state: &AppState, target: &str) -> Response {
+    crate::redirect::see_other(&state.base_url, target)
 }
 
 /// A failure: logged with its cause, answered without it. When the cause is the database
@@ -331,6 +359,7 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             &["GET", "POST"],
             get(auth::totp_page).post(auth::totp_submit),
         )
+        .at("/auth/totp/enrol", &["POST"], post(enrolment::start))
         .at(
             "/auth/step-up",
             &["GET", "POST"],
@@ -359,10 +388,17 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
         app = app.at("/dev/outbox", &["GET"], get(auth::outbox));
     }
     let Routes { router, list } = app;
+    let refusals = axum::middleware::from_fn_with_state(state.clone(), refusal::browser_refusals);
     let mut stack = router
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            hygiene::input_hygiene,
+        ))
         .layer(Guard::same_origin(&[state.base_url.as_str()]))
+        .layer(refusals.clone())
         .layer(SessionLayer::new(state.sessions.clone()))
+        .layer(refusals)
         .with_state(state);
     for (name, value) in security_headers() {
         stack = stack.layer(SetResponseHeaderLayer::if_not_present(name, value));

@@ -8,12 +8,12 @@ use askama::Template;
 use axum::Extension;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use magic_auth::{Assurance, Session};
 use tenant_scope::TenantContext;
 
 use super::auth::parse_id;
-use super::{Nav, internal, message, render};
+use super::{Nav, internal, message, redirect, render};
 use crate::agent;
 use crate::notes::{self, Note, NoteError};
 use crate::state::AppState;
@@ -88,7 +88,7 @@ pub(super) async fn create_note(
     let get = |k: &str| form.get(k).map_or("", String::as_str);
     let phone = Some(get("phone")).filter(|p| !p.trim().is_empty());
     match notes::save(&state, &context, None, get("title"), get("body"), phone).await {
-        Ok(_) => Redirect::to("/notes").into_response(),
+        Ok(_) => redirect(&state, "/notes"),
         Err(NoteError::Invalid(why)) => {
             notes_page(&state, &session, &context, "", Some(why.to_owned())).await
         }
@@ -157,7 +157,7 @@ pub(super) async fn update_note(
     let get = |k: &str| form.get(k).map_or("", String::as_str);
     let phone = Some(get("phone")).filter(|p| !p.trim().is_empty());
     match notes::save(&state, &context, Some(id), get("title"), get("body"), phone).await {
-        Ok(_) => Redirect::to("/notes").into_response(),
+        Ok(_) => redirect(&state, "/notes"),
         Err(NoteError::Invalid(why)) => render(
             StatusCode::BAD_REQUEST,
             &EditPage {
@@ -188,7 +188,7 @@ pub(super) async fn delete_note(
         );
     };
     match notes::delete(&state, &context, id).await {
-        Ok(true) => Redirect::to("/notes").into_response(),
+        Ok(true) => redirect(&state, "/notes"),
         Ok(false) => message(
             &state,
             Some(&session),
@@ -344,7 +344,7 @@ pub(super) async fn revoke_session(
     match state.sessions.list(session.tenant, session.user).await {
         Ok(mine) if mine.iter().any(|s| s.id == id) => {
             match state.sessions.revoke(session.tenant, id).await {
-                Ok(_) => Redirect::to("/sessions").into_response(),
+                Ok(_) => redirect(&state, "/sessions"),
                 Err(e) => internal(&state, &e),
             }
         }
@@ -362,7 +362,7 @@ pub(super) async fn revoke_others(
         .revoke_all(session.tenant, session.user, Some(session.id))
         .await
     {
-        Ok(_) => Redirect::to("/sessions").into_response(),
+        Ok(_) => redirect(&state, "/sessions"),
         Err(e) => internal(&state, &e),
     }
 }

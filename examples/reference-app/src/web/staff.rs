@@ -88,13 +88,14 @@ pub(super) async fn grant(
 
 fn refused(state: &AppState, session: &Session, denied: Denied) -> Response {
     match denied {
+        // Said to a customer's member: nothing about who else may open it.
         Denied::NotStaff => message(
             state,
             Some(session),
             StatusCode::FORBIDDEN,
-            "Staff only",
-            "This page is for the service's staff.",
-            Some(("/", "Home")),
+            "Not available",
+            "This page is not part of your workspace.",
+            Some(("/notes", "Back to your notes")),
         ),
         Denied::Page(page) => page,
     }

@@ -54,8 +54,21 @@ impl<'a> Browser<'a> {
 
     /// A browser holding a fresh two-factor session of a seeded account.
     pub async fn signed_in(app: &'a App, workspace: &str, email: &str) -> Self {
+        Self::with_session(app, workspace, email, true).await
+    }
+
+    /// A browser holding a fresh session of a seeded account: two factors, or only the link.
+    pub async fn with_session(
+        app: &'a App,
+        workspace: &str,
+        email: &str,
+        two_factors: bool,
+    ) -> Self {
         let mut browser = Self::new(app);
-        let cookie = app.mint_session(workspace, email, true).await.unwrap();
+        let cookie = app
+            .mint_session(workspace, email, two_factors)
+            .await
+            .unwrap();
         let (name, value) = cookie.split_once('=').unwrap();
         browser.cookies.insert(name.to_owned(), value.to_owned());
         browser
@@ -180,10 +193,22 @@ impl<'a> Browser<'a> {
         self.enrol_totp("/notes").await
     }
 
-    /// After the link: enrols an authenticator (the page shows a QR code and the key) and
-    /// confirms it with a code; returns the seed.
+    /// After the link: starts an authenticator enrolment (a `POST`; the page itself only
+    /// offers it), reads the QR code and the key from the page, and confirms it with a code;
+    /// returns the seed.
     pub async fn enrol_totp(&mut self, next: &str) -> Vec<u8> {
-        let totp = self.get("/auth/totp").await;
+        let offer = self.get("/auth/totp").await;
+        assert_eq!(offer.status, StatusCode::OK);
+        assert!(
+            offer.body.contains("action=\"/auth/totp/enrol\"") && !offer.body.contains("Key:"),
+            "the page offers to start, and shows no key before: {}",
+            offer.body
+        );
+        let started = self.post("/auth/totp/enrol", &[("next", next)]).await;
+        assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.body);
+        let location = started.location().to_owned();
+        assert!(location.starts_with("/auth/totp?next="), "{location}");
+        let totp = self.get(&location).await;
         assert_eq!(totp.status, StatusCode::OK);
         let key = totp
             .body
