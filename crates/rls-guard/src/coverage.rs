@@ -69,7 +69,8 @@ pub enum FindingKind {
     /// trigger on a table it can write, is owned by a role that bypasses row-level security
     /// (a superuser, a `BYPASSRLS` role, or the owner of a protected table).
     SecurityDefinerBypass,
-    /// A rule (`pg_rewrite`) on a protected table.
+    /// A rule (`pg_rewrite`) on a protected table, or on any relation the runtime role can
+    /// write (a rule's actions run with the rights of the relation's owner).
     RuleOnProtectedTable,
     /// A trigger on a protected table that neither this crate nor a trusted installer put
     /// there ([`CoverageCheck::trust_trigger`]).
@@ -130,6 +131,13 @@ JOIN pg_catalog.pg_attribute a
 WHERE c.relkind IN ('r', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_%'
+  -- A partition is judged through its parent, unless the runtime role ($1) can reach it
+  -- directly (then its own row-level security is all that stands in the way).
+  AND (NOT c.relispartition OR EXISTS (
+        SELECT 1 FROM pg_catalog.pg_roles m
+        WHERE pg_catalog.pg_has_role($1::text::name, m.oid, 'MEMBER')
+          AND (pg_catalog.has_any_column_privilege(m.oid, c.oid, 'SELECT, INSERT, UPDATE')
+               OR pg_catalog.has_table_privilege(m.oid, c.oid, 'DELETE, TRUNCATE'))))
 ORDER BY 2";
 
 const POLICIES: &str = "
@@ -183,9 +191,17 @@ SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), 'rule', r.rulename::tex
 FROM pg_catalog.pg_rewrite r
 JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_attribute a
-  ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-WHERE c.relkind IN ('r', 'p') AND r.rulename <> '_RETURN'
+WHERE r.rulename <> '_RETURN'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%'
+  -- On a tenant table, or on any relation the runtime role ($2) can write: a rule's actions
+  -- run with the rights of the relation's owner.
+  AND (EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles m
+                  WHERE pg_catalog.pg_has_role($2::text::name, m.oid, 'MEMBER')
+                    AND (pg_catalog.has_any_column_privilege(m.oid, c.oid, 'INSERT, UPDATE')
+                         OR pg_catalog.has_table_privilege(m.oid, c.oid, 'DELETE'))))
 UNION ALL
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), 'trigger', tg.tgname::text,
        pg_catalog.format('%I.%I(%s)', pn.nspname, p.proname,
@@ -419,6 +435,9 @@ enum Probe {
     Malformed,
     /// A second tenant (a fresh random UUID, which owns no row).
     OtherTenant,
+    /// With signed bindings: the row's own tenant named by the setting alone, without the
+    /// proof `app.bind` makes (what injected `set_config` does).
+    SettingWithoutProof,
 }
 
 impl Probe {
@@ -437,6 +456,9 @@ impl Probe {
             Self::Reset => "after RESET app.tenant_id",
             Self::Malformed => "with a malformed app.tenant_id",
             Self::OtherTenant => "bound to a second tenant",
+            Self::SettingWithoutProof => {
+                "with the row's own tenant set without a signed binding's proof"
+            }
         }
     }
 }
@@ -559,7 +581,10 @@ impl CoverageCheck {
             });
         }
         let tables: Vec<(i64, String, bool, bool, bool, i32, String)> =
-            sqlx::query_as(TENANT_TABLES).fetch_all(&mut *conn).await?;
+            sqlx::query_as(TENANT_TABLES)
+                .bind(&role)
+                .fetch_all(&mut *conn)
+                .await?;
         for (oid, table, enabled, forced, indexed, _, _) in &tables {
             self.table_findings(
                 conn,
@@ -751,6 +776,7 @@ impl CoverageCheck {
 
         let rules: Vec<(String, String, String, String)> = sqlx::query_as(RULES_AND_TRIGGERS)
             .bind(crate::schema::crate_trigger_names())
+            .bind(role)
             .fetch_all(&mut *conn)
             .await?;
         // The pinned support functions are compared exactly by the support check.
@@ -850,7 +876,10 @@ impl CoverageCheck {
                 .fetch_one(&mut *conn)
                 .await?;
             let tables: Vec<(i64, String, bool, bool, bool, i32, String)> =
-                sqlx::query_as(TENANT_TABLES).fetch_all(&mut *conn).await?;
+                sqlx::query_as(TENANT_TABLES)
+                    .bind(&role)
+                    .fetch_all(&mut *conn)
+                    .await?;
             let mut findings = Vec::new();
             Self::new()
                 .probe_in_transaction(conn, &role, &tables, &mut findings)
@@ -888,9 +917,19 @@ impl CoverageCheck {
         tables: &[(i64, String, bool, bool, bool, i32, String)],
         findings: &mut Vec<Finding>,
     ) -> Result<(), RlsError> {
-        sqlx::raw_sql("SET LOCAL statement_timeout = '30s'; SET LOCAL lock_timeout = '5s'")
+        sqlx::raw_sql("SET LOCAL statement_timeout = '30s'; SET LOCAL lock_timeout = '2s'")
             .execute(&mut *conn)
             .await?;
+        // With signed bindings on, a tenant set without a proof must bind nothing either.
+        let has_switch: bool = sqlx::query_scalar(
+            "SELECT pg_catalog.to_regprocedure('app.signed_bindings_enabled()') IS NOT NULL",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let signed = has_switch
+            && sqlx::query_scalar::<_, bool>("SELECT app.signed_bindings_enabled()")
+                .fetch_one(&mut *conn)
+                .await?;
         let current: String = sqlx::query_scalar("SELECT current_user::text")
             .fetch_one(&mut *conn)
             .await?;
@@ -906,7 +945,8 @@ impl CoverageCheck {
                 // Every row is visible: RlsNotEnabled says so already.
                 continue;
             }
-            self.probe_table(conn, role, *oid, table, findings).await?;
+            self.probe_table(conn, role, *oid, table, signed, findings)
+                .await?;
         }
         Ok(())
     }
@@ -917,6 +957,7 @@ impl CoverageCheck {
         role: &str,
         oid: i64,
         table: &str,
+        signed: bool,
         findings: &mut Vec<Finding>,
     ) -> Result<(), RlsError> {
         use sqlx::Row;
@@ -1016,9 +1057,21 @@ impl CoverageCheck {
             .await?;
             (row.try_get(0)?, row.try_get(1)?)
         };
-        for probe in Probe::ALL {
+        let probes = Probe::ALL
+            .into_iter()
+            .chain(signed.then_some(Probe::SettingWithoutProof));
+        // Each setting alone, and again with an actor bound (every user's transaction binds
+        // one, so a policy that leaks only then must be found too).
+        let runs = probes.flat_map(|probe| [(probe, false), (probe, true)]);
+        for (probe, with_actor) in runs {
             let mut leaks = Vec::new();
             savepoint(conn, "rls_guard_probe").await?;
+            if with_actor {
+                sqlx::query("SELECT pg_catalog.set_config('app.actor_id', $1, true)")
+                    .bind(uuid::Uuid::new_v4().to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let set = match probe {
                 Probe::Unset => None,
                 Probe::Empty => Some(String::new()),
@@ -1030,6 +1083,7 @@ impl CoverageCheck {
                 }
                 Probe::Malformed => Some("not-a-tenant".to_owned()),
                 Probe::OtherTenant => Some(uuid::Uuid::new_v4().to_string()),
+                Probe::SettingWithoutProof => Some(owner_tenant.clone()),
             };
             if let Some(value) = &set {
                 sqlx::query("SELECT pg_catalog.set_config('app.tenant_id', $1, true)")
@@ -1076,15 +1130,23 @@ impl CoverageCheck {
                         done.rows_affected()
                     )),
                     Err(error) if is_refusal(&error) => {}
+                    // Waiting on another session's lock says nothing about the policy: the
+                    // probe could not run (an error, never a clean result, never a leak).
+                    Err(error) if is_wait(&error) => return Err(RlsError::Database(error)),
                     Err(error) => leaks.push(format!("{verb} reaches existing rows ({error})")),
                 }
                 rollback_to(conn, "rls_guard_step").await?;
             }
             rollback_to(conn, "rls_guard_probe").await?;
+            let actor = if with_actor {
+                ", with an actor bound"
+            } else {
+                ""
+            };
             findings.extend(leaks.into_iter().map(|leak| Finding {
                 kind: FindingKind::PolicyAdmitsOtherTenant,
                 object: table.to_owned(),
-                detail: format!("{}: {leak}", probe.describe()),
+                detail: format!("{}{actor}: {leak}", probe.describe()),
             }));
         }
         Ok(())
@@ -1100,6 +1162,15 @@ fn is_refusal(error: &sqlx::Error) -> bool {
         .as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|code| code.starts_with("22"))
+}
+
+/// Whether a probe's error is a lock wait or a statement timeout: another session is in the
+/// way, and the probe could not be evaluated.
+fn is_wait(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| matches!(&*code, "55P03" | "57014"))
 }
 
 async fn savepoint(conn: &mut PgConnection, name: &str) -> Result<(), RlsError> {

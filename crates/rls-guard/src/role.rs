@@ -61,6 +61,11 @@ pub enum RoleProblem {
     /// can shadow the names that policies and support functions resolve.
     #[error("it holds CREATE on schema `{0}` (REVOKE CREATE ON SCHEMA {0} FROM ..)")]
     CreateOnSchema(String),
+    /// It (or a role it is a member of, or PUBLIC) may create schemas in the database: a
+    /// schema named after the role comes first on the default `search_path` of its later
+    /// sessions, where a view or function can shadow a tenant table for every request.
+    #[error("it holds CREATE on database `{0}` (REVOKE CREATE ON DATABASE {0} FROM ..)")]
+    CreateOnDatabase(String),
     /// It (or a role it is a member of, or PUBLIC) may create temporary objects, which outlive
     /// a transaction on a pooled connection and are searched before every other schema.
     #[error(
@@ -169,7 +174,10 @@ SELECT t.name, t.rolsuper, t.rolbypassrls, t.rolcreaterole, t.rolreplication,
                                                        'TEMPORARY')),
        pg_catalog.current_database()::text,
        EXISTS (SELECT 1 FROM members m
-               WHERE pg_catalog.has_parameter_privilege(m.oid, 'session_replication_role', 'SET'))
+               WHERE pg_catalog.has_parameter_privilege(m.oid, 'session_replication_role', 'SET')),
+       EXISTS (SELECT 1 FROM members m
+               WHERE pg_catalog.has_database_privilege(m.oid, pg_catalog.current_database(),
+                                                       'CREATE'))
 FROM target t";
 
 /// Every reason `role` (the connected role when `None`) is unfit to be the runtime role, and
@@ -218,10 +226,13 @@ pub(crate) async fn role_problems(
     }));
     problems.extend(list(11)?.into_iter().map(RoleProblem::CreateOnSchema));
     if flag(12)? {
-        problems.push(RoleProblem::Temporary(database));
+        problems.push(RoleProblem::Temporary(database.clone()));
     }
     if flag(14)? {
         problems.push(RoleProblem::SetParameter("session_replication_role".into()));
+    }
+    if flag(15)? {
+        problems.push(RoleProblem::CreateOnDatabase(database));
     }
     Ok((name, problems))
 }

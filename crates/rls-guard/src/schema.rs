@@ -80,7 +80,7 @@ macro_rules! binding_proof {
             $key,
             ".inner_pad || pg_catalog.convert_to(
             'proof:' || tenant || ':' || actor || ':' || pg_catalog.pg_backend_pid() || ':' ||
-            pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))), 'hex')"
+            pg_catalog.extract('epoch', pg_catalog.transaction_timestamp()), 'UTF8'))), 'hex')"
         )
     };
 }
@@ -307,7 +307,8 @@ BEGIN
             ERRCODE = 'TB001',
             MESSAGE = 'a write in this transaction touched another tenant';
     END IF;
-    DELETE FROM app.binding_writes w WHERE w.xid = current_xid;
+    -- Nothing is deleted here (anyone may call this function): the records of finished
+    -- transactions are cleared by the recording trigger, behind the oldest running one.
 END
 "
     };

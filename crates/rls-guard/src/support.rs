@@ -48,6 +48,7 @@ LEFT JOIN (pg_catalog.pg_trigger tg
       OR tg.tgfoid IN (pg_catalog.to_regprocedure('app.check_row_binding()'),
                        pg_catalog.to_regprocedure('app.record_binding_writes()')))
 WHERE c.relkind IN ('r', 'p')
+  AND NOT c.relispartition  -- judged through the parent, where the triggers are made
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_%'
 ORDER BY 1, 2";
