@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The version of this table, reported with every decision.
-pub const TABLE_VERSION: u32 = 2;
+pub const TABLE_VERSION: u32 = 3;
 
 /// Why an address is forbidden.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -18,7 +18,8 @@ pub struct Forbidden {
     pub name: &'static str,
     /// Where it is defined.
     pub source: &'static str,
-    /// Whether it is a cloud metadata endpoint (never liftable, not even by a CIDR exception).
+    /// Whether it is on the floor that no CIDR exception lifts: a cloud metadata endpoint, or
+    /// a link-local range (where metadata endpoints live: 169.254.0.0/16, fe80::/10).
     pub metadata: bool,
 }
 
@@ -85,14 +86,24 @@ pub const METADATA_V4: [(Ipv4Addr, Forbidden); 5] = [
 ];
 
 /// Cloud metadata addresses in IPv6.
-pub const METADATA_V6: [(Ipv6Addr, Forbidden); 1] = [(
-    Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254),
-    meta(
-        "fd00:ec2::254/128",
-        "AWS instance metadata (IPv6)",
-        "AWS EC2 IMDS docs",
+pub const METADATA_V6: [(Ipv6Addr, Forbidden); 2] = [
+    (
+        Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254),
+        meta(
+            "fd00:ec2::254/128",
+            "AWS instance metadata (IPv6)",
+            "AWS EC2 IMDS docs",
+        ),
     ),
-)];
+    (
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe),
+        meta(
+            "fe80::a9fe:a9fe/128",
+            "OpenStack instance metadata (IPv6)",
+            "OpenStack Nova docs, metadata service: fe80::a9fe:a9fe on IPv6 networks",
+        ),
+    ),
+];
 
 /// IPv4 special-purpose ranges as (first, last, why), sorted and non-overlapping, so a lookup is
 /// a binary search. Source: the IANA IPv4 Special-Purpose Address Registry (RFC 6890) and the
@@ -121,7 +132,11 @@ pub const SPECIAL_V4: [(u32, u32, Forbidden); 19] = [
     (
         v4(169, 254, 0, 0),
         v4(169, 254, 255, 255),
-        row("169.254.0.0/16", "link local", "RFC 3927"),
+        meta(
+            "169.254.0.0/16",
+            "link local (holds cloud metadata endpoints; never liftable)",
+            "RFC 3927",
+        ),
     ),
     (
         v4(172, 16, 0, 0),
@@ -213,6 +228,11 @@ const V6_OUTSIDE_GLOBAL: Forbidden = row(
     "RFC 4291, RFC 4193, RFC 3879, RFC 6666, IANA IPv6 Special-Purpose Registry",
 );
 const V6_LOOPBACK: Forbidden = row("::1/128", "loopback", "RFC 4291");
+const V6_LINK_LOCAL: Forbidden = meta(
+    "fe80::/10",
+    "link local (holds cloud metadata endpoints; never liftable)",
+    "RFC 4291",
+);
 const V6_UNSPECIFIED: Forbidden = row("::/128", "unspecified", "RFC 4291");
 
 /// IPv6 ranges inside 2000::/3 that are still special, as (network, prefix length, why).
@@ -287,7 +307,9 @@ pub enum Class {
 }
 
 /// Classifies an address. IPv4 embedded in IPv6 (mapped, compatible, SIIT, NAT64) is decoded and
-/// judged as IPv4; 6to4, Teredo and local-use NAT64 are forbidden outright.
+/// judged as IPv4; 6to4, Teredo and local-use NAT64 are forbidden outright, and when the IPv4
+/// address they carry (in any of their layouts, see [`tunnelled_v4`]) is on the unliftable
+/// floor, they are judged as that address.
 #[must_use]
 pub fn classify(ip: IpAddr) -> Class {
     match ip {
@@ -328,6 +350,38 @@ fn classify_v4(ip: Ipv4Addr) -> Class {
     }
 }
 
+/// The IPv4 addresses an IPv6 address may carry besides the forms [`embedded_v4`] decodes:
+/// local-use NAT64 `64:ff9b:1::/48` in each RFC 6052 layout an operator may pick inside it
+/// (/48, /56, /64, /96), 6to4 (RFC 3056), Teredo's server and (obfuscated) client (RFC 4380),
+/// and an ISATAP interface identifier (RFC 5214).
+#[must_use]
+pub fn tunnelled_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let bits = u128::from(v6);
+    let field = |shift: u32, width: u32| -> u32 {
+        let mask = (1u128 << width) - 1;
+        ((bits >> shift) & mask) as u32
+    };
+    let mut found = Vec::new();
+    if bits >> 80 == 0x0064_ff9b_0001 {
+        // RFC 6052 section 2.2: bits 64..71 (the "u" octet) never carry address bits.
+        found.push((field(64, 16) << 16) | field(40, 16)); // /48
+        found.push((field(64, 8) << 24) | field(32, 24)); // /56
+        found.push(field(24, 32)); // /64
+        found.push(field(0, 32)); // /96
+    }
+    if bits >> 112 == 0x2002 {
+        found.push(field(80, 32));
+    }
+    if bits >> 96 == 0x2001_0000 {
+        found.push(field(64, 32));
+        found.push(!field(0, 32));
+    }
+    if field(32, 32) & 0xfdff_ffff == 0x0000_5efe {
+        found.push(field(0, 32));
+    }
+    found.into_iter().map(Ipv4Addr::from).collect()
+}
+
 fn classify_v6(ip: Ipv6Addr) -> Class {
     for (addr, why) in &METADATA_V6 {
         if *addr == ip {
@@ -335,6 +389,16 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
         }
     }
     let bits = u128::from(ip);
+    if bits >> 118 == 0b11_1111_1010 {
+        return Class::Forbidden(V6_LINK_LOCAL);
+    }
+    for v4 in tunnelled_v4(ip) {
+        if let Class::Forbidden(why) = classify_v4(v4)
+            && why.metadata
+        {
+            return Class::Forbidden(why);
+        }
+    }
     if bits == 0 {
         return Class::Forbidden(V6_UNSPECIFIED);
     }
@@ -376,6 +440,88 @@ mod tests {
                 assert_eq!(u32::from(net.broadcast()), last, "{}", why.range);
             }
         }
+    }
+
+    fn forbidden(ip: &str) -> Forbidden {
+        let class = classify(ip.parse().unwrap());
+        assert_ne!(class, Class::Public, "{ip}");
+        match class {
+            Class::Forbidden(why) => why,
+            Class::Public => V6_UNSPECIFIED,
+        }
+    }
+
+    #[test]
+    fn link_local_is_on_the_unliftable_floor_in_every_form() {
+        for ip in [
+            "169.254.0.0",
+            "169.254.1.1",
+            "169.254.255.255",
+            "::ffff:169.254.1.1",
+            "::169.254.1.1",
+            "::ffff:0:169.254.1.1",
+            "64:ff9b::169.254.1.1",
+            "fe80::",
+            "fe80::1",
+            "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            assert!(forbidden(ip).metadata, "{ip}");
+        }
+        // The neighbours: not link-local (still forbidden, liftable).
+        for ip in ["fec0::1", "fe7f::1"] {
+            assert!(!forbidden(ip).metadata, "{ip}");
+        }
+        for ip in ["169.253.255.255", "169.255.0.0"] {
+            assert_eq!(classify(ip.parse().unwrap()), Class::Public, "{ip}");
+        }
+    }
+
+    #[test]
+    fn openstack_ipv6_metadata_is_listed_with_its_source() {
+        let why = forbidden("fe80::a9fe:a9fe");
+        assert_eq!(why.range, "fe80::a9fe:a9fe/128");
+        assert!(why.metadata);
+        assert!(why.source.contains("OpenStack"));
+    }
+
+    #[test]
+    fn local_use_nat64_carrying_metadata_is_judged_as_metadata_in_every_layout() {
+        // 169.254.169.254 = a9fe:a9fe under 64:ff9b:1::/48 in the /48, /56, /64 and /96
+        // layouts of RFC 6052 (the u octet, bits 64..71, stays zero).
+        for ip in [
+            "64:ff9b:1:a9fe:a9:fe00::",
+            "64:ff9b:1:a9:fe:a9fe::",
+            "64:ff9b:1:0:a9:fea9:fe00:0",
+            "64:ff9b:1::a9fe:a9fe",
+        ] {
+            let why = forbidden(ip);
+            assert_eq!(why.range, "169.254.169.254/32", "{ip}");
+        }
+        // A local-use NAT64 address carrying a public IPv4 stays the (liftable) NAT64 row.
+        let why = forbidden("64:ff9b:1::808:808");
+        assert_eq!(why.range, "64:ff9b:1::/48");
+        assert!(!why.metadata);
+    }
+
+    #[test]
+    fn tunnels_carrying_link_local_are_unliftable() {
+        // 6to4 of 169.254.169.254, Teredo with that server or that (obfuscated) client,
+        // ISATAP with it as interface identifier.
+        for ip in [
+            "2002:a9fe:a9fe::1",
+            "2001:0:a9fe:a9fe::1",
+            "2001:0:808:808::5601:5601",
+            "2001:db9::5efe:a9fe:a9fe",
+        ] {
+            assert!(forbidden(ip).metadata, "{ip}");
+        }
+        // The controls: the same tunnels with a public IPv4 stay liftable or public.
+        assert!(!forbidden("2002:808:808::1").metadata);
+        assert!(!forbidden("2001:0:808:808::f7f7:f7f7").metadata);
+        assert_eq!(
+            classify("2001:db9::5efe:808:808".parse().unwrap()),
+            Class::Public
+        );
     }
 
     #[test]

@@ -2,6 +2,15 @@
 //!
 //! [`SandboxedCommand`] starts a program with:
 //!
+//! - its own **namespaces** ([`Isolation::Namespaces`], the default): user (one id mapped to
+//!   itself: the run-as identity as root, the invoker otherwise; no capabilities), mount (an
+//!   empty read-only root with the [read-only paths](DEFAULT_READ_ONLY_PATHS), the scratch
+//!   directory read-write at its own path, a private `/tmp`, a fresh `/proc` and a minimal
+//!   `/dev`; nothing else of the host), PID (the tool is pid 1; when it exits, everything left
+//!   in the namespace is killed), network (no interface, unless the tool
+//!   uses the network), IPC, UTS and cgroup. Refused with
+//!   [`SandboxError::NamespacesUnavailable`] where the host does not allow them, unless the
+//!   operator chose [`Isolation::NamespacesOrWeaker`];
 //! - a **cleared environment** (only the variables given with [`SandboxedCommand::env`]; `PATH`
 //!   defaults to `/usr/bin:/bin`);
 //! - its own **process group**, killed with `SIGKILL` (all descendants) on the wall-clock timeout,
@@ -15,8 +24,9 @@
 //!   as `nobody` by default) and no core dumps;
 //! - `no_new_privs`, and on Linux a **seccomp** filter (fail closed: no filter, no run) and
 //!   **Landlock** (best effort, reported in [`ProcessOutput::confinement`]; see
-//!   [`SandboxedCommand::require_landlock`]): read and execute everywhere, write only inside the
-//!   scratch directory and `/dev/null`;
+//!   [`SandboxedCommand::require_landlock`]): read and execute only beneath the read-only paths,
+//!   the scratch directory, `/proc`, `/dev` and `/tmp`, write only inside the scratch
+//!   directory, the private `/tmp` and the device nodes;
 //! - an **output cap** per stream: the process group is killed as soon as either stream goes
 //!   past it and the result says [`Exit::OutputCapped`].
 //!
@@ -37,6 +47,20 @@
 //! # }
 //! ```
 //!
+//! The process tree of a namespaced run: this process → a short-lived child (sharing this
+//! process's memory until it exits, as `posix_spawn`'s does) that switches to the run-as
+//! identity, enters the namespaces and writes its uid and gid maps → the tool, pid 1 of the new
+//! PID namespace (also sharing memory until it execs; re-parented to this subreaper when the
+//! first child exits), which makes its own process group, mounts its file system, adds the
+//! Landlock rules for it, sets rlimits, drops its capabilities, sets `no_new_privs`, Landlock
+//! and seccomp, and execs. Nothing of this process's memory stays in the namespace.
+//!
+//! As pid 1, the tool does not receive signals it has no handler for when they come from
+//! inside its namespace or from the kernel's limits (`SIGPIPE`, `SIGXCPU`, `SIGXFSZ`): a write
+//! to a closed pipe fails with `EPIPE`, the file-size limit with `EFBIG`, and the CPU limit
+//! ends in `SIGKILL` at the hard limit, one second after the soft one. Faults (`SIGSEGV`, ...)
+//! and this process's `SIGKILL` end it as usual; its orphaned descendants become its children.
+//!
 //! # Seccomp policy
 //!
 //! Default action allow; the calls below fail with `EPERM`. Always: `io_uring_*` (io_uring can
@@ -47,7 +71,7 @@
 //! other than `AF_UNIX`. `clone3` fails with `ENOSYS` (its flags cannot be inspected; libc falls
 //! back to `clone`). The filter checks the architecture (another one kills the process) and, on
 //! x86_64, x32 system calls kill the process.
-#![allow(unsafe_code)] // clone(CLONE_VM|CLONE_VFORK), setrlimit, prctl, seccomp, landlock and waitid need raw syscalls.
+#![allow(unsafe_code)] // clone(CLONE_VM|CLONE_VFORK), unshare, mount, setrlimit, prctl, seccomp, landlock and waitid need raw syscalls.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -446,7 +470,9 @@ impl SandboxedCommand {
         self
     }
 
-    /// Allows sockets other than `AF_UNIX` (default: denied).
+    /// Allows sockets other than `AF_UNIX` (default: denied). A tool with network shares the
+    /// host's network namespace (no egress proxy yet: it reaches what the host reaches); without,
+    /// it gets its own network namespace with no interface.
     #[must_use]
     pub fn network(mut self, network: bool) -> Self {
         self.network = network;
@@ -460,8 +486,9 @@ impl SandboxedCommand {
         self
     }
 
-    /// Uses an existing directory as the working and only writable directory. It is neither
-    /// created, re-owned nor removed. Default: a fresh `0700` directory, owned by the run-as
+    /// Uses an existing directory as the working directory and the only writable host
+    /// directory (bound at its own path inside the tool's namespaces). It is neither created,
+    /// re-owned nor removed. Default: a fresh `0700` directory, owned by the run-as
     /// uid and removed after the run, under the system temp dir (`TMPDIR`); see
     /// [`SandboxedCommand::scratch_parent`]. [`ProcessLimits::file_size_bytes`] bounds each file a
     /// tool writes; bound the directory as a whole with the filesystem it lives on.
@@ -647,8 +674,8 @@ mod imp {
     };
 
     use super::{
-        AsyncWriteExt, Confinement, DRAIN_LIMIT, Exit, LandlockStatus, ProcessOutput, REAP_LIMIT,
-        RunAs, SandboxError, SandboxedCommand, Stream, exit_of,
+        AsyncWriteExt, Confinement, DRAIN_LIMIT, Exit, Isolation, LandlockStatus, ProcessOutput,
+        REAP_LIMIT, RunAs, SandboxError, SandboxedCommand, Stream, exit_of,
     };
 
     /// The newest Landlock ABI this crate knows; `BestEffort` drops what the kernel lacks.
@@ -1092,8 +1119,59 @@ mod imp {
                 no_new_privs: true,
                 seccomp,
                 landlock: landlock_status(landlock_abi()),
+                namespaces: namespaces_available(),
             }
         })
+    }
+
+    /// Whether a child switched to the default run-as identity can create the namespaces a
+    /// run needs (probed with a short-lived child).
+    fn namespaces_available() -> bool {
+        let euid = nix::unistd::geteuid().as_raw();
+        let ids = match RunAs::default() {
+            RunAs::Ids { uid, gid } if euid == 0 => Some((uid, gid)),
+            _ => None,
+        };
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWNET;
+        // SAFETY: fork(2) without glibc's atfork handlers; the child only makes raw system
+        // calls on its own copy of memory and exits.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::c_long::from(libc::SIGCHLD),
+                0 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        };
+        if pid == 0 {
+            // SAFETY: integer-only system calls, then _exit.
+            unsafe {
+                if let Some((uid, gid)) = ids {
+                    let dropped = libc::syscall(
+                        libc::SYS_setgroups,
+                        0 as libc::c_long,
+                        std::ptr::null::<libc::gid_t>(),
+                    ) == 0
+                        && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                        && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
+                    if !dropped {
+                        libc::_exit(1);
+                    }
+                }
+                libc::_exit(i32::from(libc::unshare(flags) != 0));
+            }
+        }
+        let Ok(pid) = i32::try_from(pid) else {
+            return false;
+        };
+        pid > 0 && reap_pid(pid).is_ok_and(|status| status.code() == Some(0))
     }
 
     /// Reparents orphaned descendants to this process so that killed ones are reaped here.
@@ -1143,7 +1221,7 @@ mod imp {
         }
         let mut created = ruleset.create().map_err(err)?;
         // Reads only beneath the read-only paths (host inodes, also what is mounted inside);
-        // the fresh /proc, /dev and /tmp of a namespaced run are added by its init.
+        // the fresh /proc, /dev and /tmp of a namespaced run are added by the tool itself.
         for path in read_only {
             match PathFd::new(path) {
                 Ok(fd) => {
@@ -1212,12 +1290,282 @@ mod imp {
         Ok(Scratch::Temp(dir))
     }
 
+    /// Device nodes bound into the tool's `/dev` (and, in the weaker mode, allowed by Landlock).
+    const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+    /// Where the new root is assembled (in the run's own mount namespace: the host's `/tmp`
+    /// stays untouched and visible to the setup under `/oldroot/tmp`).
+    const BASE: &str = "/tmp";
+    const NEW_ROOT: &str = "/newroot";
+    const OLD_ROOT: &str = "/oldroot";
+
+    fn path_cstring(parts: &[&[u8]]) -> Result<CString, SandboxError> {
+        cstring(&parts.concat(), "a path")
+    }
+
+    /// `/newroot` + `path` (absolute).
+    fn new(path: &Path) -> Result<CString, SandboxError> {
+        path_cstring(&[NEW_ROOT.as_bytes(), path.as_os_str().as_bytes()])
+    }
+
+    /// `/oldroot` + `path` (absolute).
+    fn old(path: &Path) -> Result<CString, SandboxError> {
+        path_cstring(&[OLD_ROOT.as_bytes(), path.as_os_str().as_bytes()])
+    }
+
+    /// Checks a read-only path: absolute, no `..`, not `/` and not under what the sandbox
+    /// provides itself.
+    fn check_read_only(path: &Path) -> Result<(), SandboxError> {
+        use std::path::Component;
+        let bad = || SandboxError::InvalidReadOnlyPath(path.to_path_buf());
+        if !path.is_absolute()
+            || path.components().any(|c| c == Component::ParentDir)
+            || path.parent().is_none()
+        {
+            return Err(bad());
+        }
+        if ["/proc", "/dev", "/tmp"]
+            .iter()
+            .any(|reserved| path.starts_with(reserved))
+        {
+            return Err(bad());
+        }
+        Ok(())
+    }
+
+    /// Plans the tool's file system: an empty read-only root holding the read-only paths
+    /// (bound read-only, at the same places), the scratch directory (bound read-write at its
+    /// own path), a private `/tmp`, a fresh `/proc` and a minimal `/dev`; nothing else.
+    fn namespace_plan(
+        read_only: &[PathBuf],
+        scratch: &Path,
+        network: bool,
+        ids: (u32, u32),
+        tmp_bytes: u64,
+    ) -> Result<NsPlan, SandboxError> {
+        use std::collections::BTreeSet;
+        let c = |s: &str| cstring(s.as_bytes(), "a path");
+        let mut ops = Vec::new();
+        let mut made: BTreeSet<PathBuf> = BTreeSet::new();
+        let mkdirs = |ops: &mut Vec<MountOp>,
+                      made: &mut BTreeSet<PathBuf>,
+                      dir: &Path|
+         -> Result<(), SandboxError> {
+            let mut chain: Vec<&Path> = dir.ancestors().filter(|a| a.parent().is_some()).collect();
+            chain.reverse();
+            for a in chain {
+                if made.insert(a.to_path_buf()) {
+                    ops.push(MountOp::Mkdir(new(a)?));
+                }
+            }
+            Ok(())
+        };
+        let bind = |ops: &mut Vec<MountOp>, source: CString, target: CString, flags| {
+            ops.push(MountOp::Mount {
+                source: Some(source),
+                target: target.clone(),
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+            });
+            ops.push(MountOp::Remount { target, flags });
+        };
+        let tmpfs = |target: CString, flags, data: String| -> Result<MountOp, SandboxError> {
+            Ok(MountOp::Mount {
+                source: Some(c("tmpfs")?),
+                target,
+                fstype: Some(c("tmpfs")?),
+                flags,
+                data: Some(cstring(data.as_bytes(), "tmpfs options")?),
+            })
+        };
+
+        // 1. Stop propagation to the host, put the base tmpfs on /tmp and pivot into it: the
+        //    host's tree is now /oldroot, the tool's root is assembled in /newroot.
+        ops.push(MountOp::Mount {
+            source: None,
+            target: c("/")?,
+            fstype: None,
+            flags: libc::MS_REC | libc::MS_PRIVATE,
+            data: None,
+        });
+        ops.push(tmpfs(
+            c(BASE)?,
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755,size=1m".to_owned(),
+        )?);
+        ops.push(MountOp::Chdir(c(BASE)?));
+        ops.push(MountOp::Mkdir(c("newroot")?));
+        ops.push(MountOp::Mkdir(c("oldroot")?));
+        ops.push(MountOp::Mount {
+            source: Some(c("newroot")?),
+            target: c("newroot")?,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        });
+        ops.push(MountOp::PivotRoot {
+            new_root: c(".")?,
+            put_old: c("oldroot")?,
+        });
+        ops.push(MountOp::Chdir(c("/")?));
+
+        // 2. The read-only paths, parents first.
+        let mut sorted: Vec<&PathBuf> = read_only.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        for path in sorted {
+            check_read_only(path)?;
+            let Ok(meta) = std::fs::symlink_metadata(path) else {
+                continue; // Not on this host.
+            };
+            if let Some(parent) = path.parent() {
+                mkdirs(&mut ops, &mut made, parent)?;
+            }
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(path).map_err(SandboxError::Io)?;
+                ops.push(MountOp::Symlink {
+                    target: cstring(target.as_os_str().as_bytes(), "a link")?,
+                    link: new(path)?,
+                });
+                continue;
+            }
+            // Bind the resolved host path (a link among its parents could point anywhere).
+            let source = std::fs::canonicalize(path).map_err(SandboxError::Io)?;
+            if meta.is_dir() {
+                mkdirs(&mut ops, &mut made, path)?;
+            } else {
+                ops.push(MountOp::Touch(new(path)?));
+            }
+            bind(
+                &mut ops,
+                old(&source)?,
+                new(path)?,
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            );
+        }
+
+        // 3. /dev: a tmpfs with a few device nodes bound from the host and the usual links.
+        let dev = Path::new("/dev");
+        mkdirs(&mut ops, &mut made, dev)?;
+        ops.push(tmpfs(
+            new(dev)?,
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0755,size=64k".to_owned(),
+        )?);
+        for device in DEVICES {
+            let node = dev.join(device);
+            if node.exists() {
+                ops.push(MountOp::Touch(new(&node)?));
+                bind(
+                    &mut ops,
+                    old(&node)?,
+                    new(&node)?,
+                    libc::MS_NOSUID | libc::MS_NOEXEC,
+                );
+            }
+        }
+        for (link, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            ops.push(MountOp::Symlink {
+                target: c(target)?,
+                link: new(&dev.join(link))?,
+            });
+        }
+
+        // 4. A private /tmp and a fresh /proc (of the tool's PID namespace).
+        let tmp = Path::new("/tmp");
+        mkdirs(&mut ops, &mut made, tmp)?;
+        ops.push(tmpfs(
+            new(tmp)?,
+            libc::MS_NOSUID | libc::MS_NODEV,
+            format!("mode=1777,size={tmp_bytes},nr_inodes=4096"),
+        )?);
+        let proc = Path::new("/proc");
+        mkdirs(&mut ops, &mut made, proc)?;
+        ops.push(MountOp::Mount {
+            source: Some(c("proc")?),
+            target: new(proc)?,
+            fstype: Some(c("proc")?),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: None,
+        });
+
+        // 5. The scratch directory, read-write at its own path.
+        mkdirs(&mut ops, &mut made, scratch)?;
+        bind(
+            &mut ops,
+            old(scratch)?,
+            new(scratch)?,
+            libc::MS_NOSUID | libc::MS_NODEV,
+        );
+
+        // 6. Freeze /dev and the root, drop the host's tree and make /newroot the root.
+        ops.push(MountOp::Remount {
+            target: new(dev)?,
+            flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        });
+        ops.push(MountOp::Remount {
+            target: c(NEW_ROOT)?,
+            flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        });
+        ops.push(MountOp::Detach(c(OLD_ROOT)?));
+        ops.push(MountOp::Chdir(c(NEW_ROOT)?));
+        ops.push(MountOp::PivotRoot {
+            new_root: c(".")?,
+            put_old: c(".")?,
+        });
+        ops.push(MountOp::Detach(c(".")?));
+        ops.push(MountOp::Chdir(c("/")?));
+
+        let abi = ABI::from(i32::try_from(landlock_abi()).unwrap_or(0));
+        let read = AccessFs::from_read(abi).bits();
+        let all = AccessFs::from_all(abi).bits();
+        let landlock_rules = vec![(c("/proc")?, read), (c("/dev")?, read), (c("/tmp")?, all)];
+
+        let mut flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP;
+        if !network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        let (uid, gid) = ids;
+        Ok(NsPlan {
+            flags,
+            uid_map: cstring(format!("{uid} {uid} 1\n").as_bytes(), "uid map")?,
+            gid_map: cstring(format!("{gid} {gid} 1\n").as_bytes(), "gid map")?,
+            ops,
+            landlock_rules,
+            last_cap: last_capability(),
+        })
+    }
+
+    /// `/proc/sys/kernel/cap_last_cap` (read once; 63 when unreadable, which drops every
+    /// possible capability).
+    fn last_capability() -> c_int {
+        static LAST: OnceLock<c_int> = OnceLock::new();
+        *LAST.get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .filter(|&n| (0..64).contains(&n))
+                .unwrap_or(63)
+        })
+    }
+
     /// Signals are 1..=64 on Linux (`_NSIG - 1`).
     const LAST_SIGNAL: c_int = 64;
     /// The child's stack between clone and exec (it only makes system calls), plus a guard page.
     const CHILD_STACK_BYTES: usize = 128 * 1024;
 
-    /// Where the child stopped; reported with the errno for diagnostics.
+    /// Where the child stopped; reported with the errno for diagnostics. In a message the low
+    /// 16 bits are the stage; for `Mount` the high 16 bits are the step of the mount plan.
     #[derive(Debug, Clone, Copy)]
     #[repr(u32)]
     enum Stage {
@@ -1234,10 +1582,17 @@ mod imp {
         Seccomp,
         SignalMask,
         Exec,
+        Unshare,
+        IdMap,
+        Fork,
+        Mount,
+        Capabilities,
+        /// Not a failure: the namespaced tool started; the value is its pid.
+        Started,
     }
 
     /// Indexed by `Stage as usize`.
-    const STAGE_NAMES: [&str; 13] = [
+    const STAGE_NAMES: [&str; 19] = [
         "signal dispositions",
         "setpgid",
         "dup2",
@@ -1251,13 +1606,71 @@ mod imp {
         "seccomp",
         "sigprocmask",
         "execve",
+        "unshare",
+        "uid/gid map",
+        "fork",
+        "mount",
+        "capabilities",
+        "started",
     ];
+
+    /// One step of the mount plan, run by the tool in its own mount namespace before exec.
+    enum MountOp {
+        /// `mkdir(path, 0755)`; an existing directory is fine.
+        Mkdir(CString),
+        /// Creates an empty file to bind a file onto.
+        Touch(CString),
+        Symlink {
+            target: CString,
+            link: CString,
+        },
+        Mount {
+            source: Option<CString>,
+            target: CString,
+            fstype: Option<CString>,
+            flags: libc::c_ulong,
+            data: Option<CString>,
+        },
+        /// A bind remount adding `flags` and keeping the flags the kernel locks (nosuid,
+        /// nodev, noexec, atime) as `statfs` reports them.
+        Remount {
+            target: CString,
+            flags: libc::c_ulong,
+        },
+        PivotRoot {
+            new_root: CString,
+            put_old: CString,
+        },
+        /// `umount2(path, MNT_DETACH)`.
+        Detach(CString),
+        Chdir(CString),
+    }
+
+    /// A namespaced run's plan, built by the parent before the spawn.
+    struct NsPlan {
+        /// `unshare` flags.
+        flags: c_int,
+        uid_map: CString,
+        gid_map: CString,
+        ops: Vec<MountOp>,
+        /// Landlock rules added for the new `/proc`, `/dev` and `/tmp` (path, access).
+        landlock_rules: Vec<(CString, u64)>,
+        /// The highest capability number of this kernel.
+        last_cap: c_int,
+    }
+
+    /// What a namespaced run needs besides the common spec.
+    struct NsSpec<'a> {
+        plan: &'a NsPlan,
+        /// The tool's stack (set by `spawn_child`).
+        tool_stack: std::cell::Cell<*mut c_void>,
+    }
 
     /// Everything the child needs, prepared by the parent. Between clone and exec the child
     /// shares this process's memory (`CLONE_VM`): it only reads this and makes system calls
     /// (no allocation, no locks, no glibc `set*id` wrappers, which would signal this
     /// process's threads). Not `Send` (raw pointers): built and dropped within `spawn`.
-    struct ChildSpec {
+    struct ChildSpec<'a> {
         /// Paths to `execve`, in order (one, or the `PATH` lookup of a bare name).
         candidates: Vec<CString>,
         /// NUL-terminated arrays pointing into `_strings`.
@@ -1276,6 +1689,9 @@ mod imp {
         landlock_fd: RawFd,
         /// Installed in order; the kernel copies each program.
         filters: Vec<libc::sock_fprog>,
+        /// `Some`: the namespaced chain (this child, then the tool as pid 1); `None`: the
+        /// weaker mode, this child becomes the tool.
+        ns: Option<NsSpec<'a>>,
     }
 
     fn errno() -> c_int {
@@ -1284,12 +1700,19 @@ mod imp {
         unsafe { *libc::__errno_location() }
     }
 
-    /// The child's code between clone and exec: raw system calls only, no panics.
-    fn child_exec(spec: &ChildSpec) -> (Stage, c_int) {
-        // Every signal arrives blocked (see `SignalsBlocked`). Handlers installed by this
-        // process (tokio's SIGCHLD, std's SIGSEGV) must not run in the child: reset them to
-        // the default, and SIGPIPE too (std ignores it; tools expect the default), as
-        // posix_spawn does.
+    /// Writes one 8-byte message (stage, value) to the report pipe.
+    fn report(fd: RawFd, stage: u32, value: c_int) {
+        let s = stage.to_ne_bytes();
+        let e = value.to_ne_bytes();
+        let msg = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
+        // SAFETY: write of a stack buffer (8 bytes: atomic on a pipe).
+        unsafe {
+            libc::write(fd, msg.as_ptr().cast(), msg.len());
+        }
+    }
+
+    /// Resets every caught signal to its default (see `child_exec`).
+    fn reset_signals() -> Result<(), (Stage, c_int)> {
         for sig in 1..=LAST_SIGNAL {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
@@ -1313,45 +1736,321 @@ mod imp {
                 libc::sigaction(sig, &raw const dfl, std::ptr::null_mut())
             };
             if rc != 0 {
-                return (Stage::Signals, errno());
+                return Err((Stage::Signals, errno()));
             }
         }
-        // SAFETY: setpgid takes integers only.
-        if unsafe { libc::setpgid(0, 0) } != 0 {
-            return (Stage::ProcessGroup, errno());
-        }
+        Ok(())
+    }
+
+    /// Points fds 0, 1 and 2 at the child's pipes.
+    fn redirect_stdio(spec: &ChildSpec<'_>) -> Result<(), (Stage, c_int)> {
         for (target, &fd) in (0..).zip(&spec.stdio) {
             // SAFETY: dup2 on descriptors open in the child's own (copied) fd table; the
             // duplicate has no CLOEXEC and the source is >= 3, so none is clobbered.
             if unsafe { libc::dup2(fd, target) } < 0 {
-                return (Stage::Stdio, errno());
+                return Err((Stage::Stdio, errno()));
             }
         }
-        if let Some((uid, gid)) = spec.ids {
-            // Raw system calls: glibc's wrappers would broadcast the change to this
-            // process's threads, which the child shares memory with.
-            if spec.drop_groups {
-                // SAFETY: setgroups with size 0 reads no memory.
-                let rc = unsafe {
-                    libc::syscall(
-                        libc::SYS_setgroups,
-                        0 as libc::c_long,
-                        std::ptr::null::<libc::gid_t>(),
-                    )
-                };
-                if rc != 0 {
-                    return (Stage::Groups, errno());
+        Ok(())
+    }
+
+    /// Switches to the run-as identity with raw system calls: glibc's wrappers would
+    /// broadcast the change to this process's threads, which the child shares memory with.
+    fn switch_ids(spec: &ChildSpec<'_>) -> Result<(), (Stage, c_int)> {
+        let Some((uid, gid)) = spec.ids else {
+            return Ok(());
+        };
+        if spec.drop_groups {
+            // SAFETY: setgroups with size 0 reads no memory.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_setgroups,
+                    0 as libc::c_long,
+                    std::ptr::null::<libc::gid_t>(),
+                )
+            };
+            if rc != 0 {
+                return Err((Stage::Groups, errno()));
+            }
+        }
+        // SAFETY: setresgid takes integers only.
+        if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
+            return Err((Stage::Gid, errno()));
+        }
+        // SAFETY: setresuid takes integers only.
+        if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+            return Err((Stage::Uid, errno()));
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to a file of `/proc/self` (uid and gid maps).
+    fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> Result<(), c_int> {
+        // SAFETY: `path` is NUL-terminated; open returns a new fd or -1.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: writes `data` from a valid slice to the fd opened above.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        let e = errno();
+        // SAFETY: closes the fd opened above.
+        unsafe {
+            libc::close(fd);
+        }
+        if usize::try_from(n).ok() == Some(data.len()) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    /// The child's code between clone and exec: raw system calls only, no panics. Namespaced:
+    /// enters new namespaces, starts the tool as pid 1 and returns `Stage::Started` with its
+    /// pid.
+    fn child_exec(spec: &ChildSpec<'_>) -> (Stage, c_int) {
+        // Every signal arrives blocked (see `SignalsBlocked`). Handlers installed by this
+        // process (tokio's SIGCHLD, std's SIGSEGV) must not run in the child: reset them to
+        // the default, and SIGPIPE too (std ignores it; tools expect the default), as
+        // posix_spawn does.
+        if let Err(failed) = reset_signals() {
+            return failed;
+        }
+        let Some(ns) = &spec.ns else {
+            // The weaker mode: this process becomes the tool.
+            // SAFETY: setpgid takes integers only.
+            if unsafe { libc::setpgid(0, 0) } != 0 {
+                return (Stage::ProcessGroup, errno());
+            }
+            if let Err(failed) = redirect_stdio(spec).and_then(|()| switch_ids(spec)) {
+                return failed;
+            }
+            return confine_and_exec(spec);
+        };
+        if let Err(failed) = redirect_stdio(spec).and_then(|()| switch_ids(spec)) {
+            return failed;
+        }
+        // The new user namespace is created by the run-as identity, so it maps only that
+        // identity (to itself) and owns the other namespaces.
+        // SAFETY: unshare takes integer flags.
+        if unsafe { libc::unshare(ns.plan.flags) } != 0 {
+            return (Stage::Unshare, errno());
+        }
+        // A uid switch made this process non-dumpable, which makes its /proc/self files
+        // root's: dumpable just long enough to write its own maps.
+        // SAFETY: prctl with integer arguments.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        }
+        for (path, data) in [
+            (c"/proc/self/setgroups", c"deny".to_bytes()),
+            (c"/proc/self/uid_map", ns.plan.uid_map.to_bytes()),
+            (c"/proc/self/gid_map", ns.plan.gid_map.to_bytes()),
+        ] {
+            if let Err(e) = write_proc(path, data) {
+                return (Stage::IdMap, e);
+            }
+        }
+        // SAFETY: prctl with integer arguments.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        // The first child after unshare(CLONE_NEWPID) is pid 1 of the new namespace: the
+        // tool itself. It shares this process's memory until it execs (CLONE_VM | CLONE_VFORK,
+        // as this child does): no copy of the host's address space, and nothing of it is left
+        // in the namespace once the tool runs.
+        // SAFETY: as in `clone_on`: the tool runs `tool_main` on the second stack with a
+        // pointer to the spec; this child is suspended (CLONE_VFORK) until the tool execs or
+        // exits, and the thread that owns the spec is suspended until this child exits.
+        let pid = unsafe {
+            libc::clone(
+                tool_main,
+                ns.tool_stack.get(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::from_ref(spec).cast_mut().cast(),
+            )
+        };
+        if pid < 0 {
+            return (Stage::Fork, errno());
+        }
+        (Stage::Started, c_int::try_from(pid).unwrap_or(-1))
+    }
+
+    /// Runs one step of the mount plan.
+    fn mount_op(op: &MountOp) -> Result<(), c_int> {
+        let opt = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: every call below takes NUL-terminated strings owned by the plan, null
+        // pointers where the system call allows them, or a zeroed stack struct it writes to.
+        let rc = unsafe {
+            match op {
+                MountOp::Mkdir(path) => {
+                    let rc = libc::mkdir(path.as_ptr(), 0o755);
+                    if rc != 0 && errno() == libc::EEXIST {
+                        0
+                    } else {
+                        rc
+                    }
                 }
+                MountOp::Touch(path) => {
+                    // Read-only: on a read-only mount an existing file is still fine.
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_RDONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    if fd >= 0 {
+                        libc::close(fd);
+                        0
+                    } else {
+                        fd
+                    }
+                }
+                MountOp::Symlink { target, link } => libc::symlink(target.as_ptr(), link.as_ptr()),
+                MountOp::Mount {
+                    source,
+                    target,
+                    fstype,
+                    flags,
+                    data,
+                } => libc::mount(
+                    opt(source),
+                    target.as_ptr(),
+                    opt(fstype),
+                    *flags,
+                    opt(data).cast(),
+                ),
+                MountOp::Remount { target, flags } => {
+                    let mut st: libc::statvfs = std::mem::zeroed();
+                    if libc::statvfs(target.as_ptr(), &raw mut st) != 0 {
+                        return Err(errno());
+                    }
+                    // The ST_* bits have the values of the MS_* ones.
+                    let locked = st.f_flag
+                        & (libc::MS_NOSUID
+                            | libc::MS_NODEV
+                            | libc::MS_NOEXEC
+                            | libc::MS_NOATIME
+                            | libc::MS_NODIRATIME
+                            | libc::MS_RELATIME);
+                    libc::mount(
+                        std::ptr::null(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REMOUNT | libc::MS_BIND | flags | locked,
+                        std::ptr::null(),
+                    )
+                }
+                MountOp::PivotRoot { new_root, put_old } => {
+                    let rc =
+                        libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr());
+                    -c_int::from(rc != 0)
+                }
+                MountOp::Detach(path) => libc::umount2(path.as_ptr(), libc::MNT_DETACH),
+                MountOp::Chdir(path) => libc::chdir(path.as_ptr()),
             }
-            // SAFETY: setresgid takes integers only.
-            if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
-                return (Stage::Gid, errno());
-            }
-            // SAFETY: setresuid takes integers only.
-            if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-                return (Stage::Uid, errno());
+        };
+        if rc == 0 { Ok(()) } else { Err(errno()) }
+    }
+
+    /// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
+    #[repr(C, packed)]
+    struct PathBeneathAttr {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+
+    /// The tool's first steps as pid 1 of its namespaces: its own process group (the parent
+    /// kills it as a whole), the file system of the mount plan, the hostname and the Landlock
+    /// rules for the new `/proc`, `/dev` and `/tmp`.
+    fn enter_sandbox(spec: &ChildSpec<'_>, ns: &NsSpec<'_>) -> Result<(), (u32, c_int)> {
+        // SAFETY: setpgid takes integers only.
+        if unsafe { libc::setpgid(0, 0) } != 0 {
+            return Err((Stage::ProcessGroup as u32, errno()));
+        }
+        for (step, op) in ns.plan.ops.iter().enumerate() {
+            if let Err(e) = mount_op(op) {
+                let step = u32::try_from(step).unwrap_or(0xffff) & 0xffff;
+                return Err((Stage::Mount as u32 | (step << 16), e));
             }
         }
+        let name = b"tool-sandbox";
+        // SAFETY: sethostname reads `name.len()` bytes from a valid buffer (own UTS namespace).
+        unsafe {
+            libc::sethostname(name.as_ptr().cast(), name.len());
+        }
+        if spec.landlock_fd < 0 {
+            return Ok(());
+        }
+        for (path, access) in &ns.plan.landlock_rules {
+            // SAFETY: `path` is NUL-terminated; O_PATH opens no file contents.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err((Stage::Landlock as u32, errno()));
+            }
+            let attr = PathBeneathAttr {
+                allowed_access: *access,
+                parent_fd: fd,
+            };
+            // SAFETY: LANDLOCK_RULE_PATH_BENEATH (1) reads one packed attr from a valid
+            // pointer; both fds are open; then the path fd is closed.
+            let (rc, e) = unsafe {
+                let rc = libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    spec.landlock_fd,
+                    1 as c_int,
+                    &raw const attr,
+                    0u32,
+                );
+                let e = errno();
+                libc::close(fd);
+                (rc, e)
+            };
+            if rc != 0 {
+                return Err((Stage::Landlock as u32, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every capability the process holds in its user namespace: bounding set, ambient
+    /// set, then effective, permitted and inheritable.
+    fn drop_capabilities(last_cap: c_int) -> Result<(), c_int> {
+        // SAFETY: prctl with integer arguments.
+        unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+        }
+        for cap in 0..=last_cap {
+            // SAFETY: prctl with integer arguments; EINVAL past the last capability.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0
+                && errno() != libc::EINVAL
+            {
+                return Err(errno());
+            }
+        }
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: c_int,
+        }
+        let header = Header {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let data = [0u32; 6]; // two { effective, permitted, inheritable }
+        // SAFETY: capset reads a header and two data structs from valid pointers.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
+        if rc == 0 { Ok(()) } else { Err(errno()) }
+    }
+
+    /// The tool's last steps before exec, common to both modes: working directory, rlimits,
+    /// (namespaced: no capabilities), `no_new_privs`, Landlock, seccomp, signal mask, exec.
+    fn confine_and_exec(spec: &ChildSpec<'_>) -> (Stage, c_int) {
         // SAFETY: `cwd` is a NUL-terminated string owned by the spec.
         if unsafe { libc::chdir(spec.cwd.as_ptr()) } != 0 {
             return (Stage::Chdir, errno());
@@ -1365,6 +2064,11 @@ mod imp {
             if unsafe { libc::setrlimit(resource, &raw const lim) } != 0 {
                 return (Stage::Rlimit, errno());
             }
+        }
+        if let Some(ns) = &spec.ns
+            && let Err(e) = drop_capabilities(ns.plan.last_cap)
+        {
+            return (Stage::Capabilities, e);
         }
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -1432,17 +2136,31 @@ mod imp {
         // SAFETY: `arg` is the `&ChildSpec` that `spawn_child` passed to clone; that thread is
         // suspended (CLONE_VFORK) until this process execs or exits, so the spec outlives
         // every use here.
-        let spec = unsafe { &*arg.cast::<ChildSpec>() };
+        let spec = unsafe { &*arg.cast::<ChildSpec<'_>>() };
         let (stage, code) = child_exec(spec);
-        let s = (stage as u32).to_ne_bytes();
-        let e = code.to_ne_bytes();
-        let msg = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
-        // SAFETY: write of a stack buffer to the report pipe (8 bytes: atomic), then _exit,
-        // which runs no atexit handlers and touches no shared state.
-        unsafe {
-            libc::write(spec.report, msg.as_ptr().cast(), msg.len());
-            libc::_exit(127)
-        }
+        report(spec.report, stage as u32, code);
+        // SAFETY: _exit runs no atexit handlers and touches no shared state.
+        unsafe { libc::_exit(127) }
+    }
+
+    /// The tool's clone entry point in a namespaced run (pid 1 of its PID namespace).
+    extern "C" fn tool_main(arg: *mut c_void) -> c_int {
+        // SAFETY: `arg` is the `&ChildSpec` the first child passed to clone; it and the thread
+        // that owns the spec are suspended (CLONE_VFORK) until this process execs or exits.
+        let spec = unsafe { &*arg.cast::<ChildSpec<'_>>() };
+        let (stage, code) = match &spec.ns {
+            Some(ns) => match enter_sandbox(spec, ns) {
+                Ok(()) => {
+                    let (stage, code) = confine_and_exec(spec);
+                    (stage as u32, code)
+                }
+                Err(failed) => failed,
+            },
+            None => (Stage::Fork as u32, libc::EINVAL),
+        };
+        report(spec.report, stage, code);
+        // SAFETY: _exit runs no atexit handlers and touches no shared state.
+        unsafe { libc::_exit(127) }
     }
 
     /// An mmap'd stack for the child with a guard page below it.
@@ -1540,24 +2258,29 @@ mod imp {
 
     /// `clone(CLONE_VM | CLONE_VFORK)`, as glibc's posix_spawn: no copy of the address space,
     /// and this thread resumes once the child has exec'd or exited.
-    fn spawn_child(spec: &ChildSpec) -> io::Result<i32> {
+    fn spawn_child(spec: &ChildSpec<'_>) -> io::Result<i32> {
         thread_local! {
-            // One stack per thread, reused: this thread is suspended while a child uses it.
-            static STACK: std::cell::OnceCell<ChildStack> = const { std::cell::OnceCell::new() };
+            // Two stacks per thread, reused: this thread is suspended while a child uses the
+            // first; the second is the namespaced tool's (that child is suspended meanwhile).
+            static STACKS: std::cell::OnceCell<(ChildStack, ChildStack)> =
+                const { std::cell::OnceCell::new() };
         }
-        STACK.with(|cell| {
-            let stack = match cell.get() {
-                Some(stack) => stack,
+        STACKS.with(|cell| {
+            let stacks = match cell.get() {
+                Some(stacks) => stacks,
                 None => {
-                    let stack = ChildStack::new()?;
-                    cell.get_or_init(|| stack)
+                    let stacks = (ChildStack::new()?, ChildStack::new()?);
+                    cell.get_or_init(|| stacks)
                 }
             };
-            clone_on(stack, spec)
+            if let Some(ns) = &spec.ns {
+                ns.tool_stack.set(stacks.1.top());
+            }
+            clone_on(&stacks.0, spec)
         })
     }
 
-    fn clone_on(stack: &ChildStack, spec: &ChildSpec) -> io::Result<i32> {
+    fn clone_on(stack: &ChildStack, spec: &ChildSpec<'_>) -> io::Result<i32> {
         let blocked = SignalsBlocked::new()?;
         // SAFETY: the child runs `child_main` on its own stack with a pointer to `spec`, which
         // this suspended thread keeps alive; it only reads the spec and makes system calls
@@ -1647,6 +2370,8 @@ mod imp {
 
     /// Settings for `spawn` that come from the run, not the command.
     struct SpawnConfig<'a> {
+        /// `Some`: a namespaced run.
+        ns: Option<&'a NsPlan>,
         cwd: &'a Path,
         ids: Option<(u32, u32)>,
         drop_groups: bool,
@@ -1733,7 +2458,7 @@ mod imp {
                 filter: prog.as_ptr().cast_mut(),
             });
         }
-        let spec = ChildSpec {
+        let mut spec = ChildSpec {
             candidates,
             argv,
             envp,
@@ -1752,9 +2477,17 @@ mod imp {
             rlimits: config.rlimits,
             landlock_fd: landlock_raw,
             filters,
+            ns: None,
         };
+        if let Some(plan) = config.ns {
+            spec.ns = Some(NsSpec {
+                plan,
+                tool_stack: std::cell::Cell::new(std::ptr::null_mut()),
+            });
+        }
 
-        let pid = spawn_child(&spec).map_err(spawn_err)?;
+        let first = spawn_child(&spec).map_err(spawn_err)?;
+        let namespaced = spec.ns.is_some();
         drop(spec);
         drop((
             stdin_child,
@@ -1763,10 +2496,16 @@ mod imp {
             report_write,
             landlock_dup,
         ));
+        if namespaced {
+            // The first child has exited (the tool exec'd, or something failed): reap it,
+            // which also makes the tool our child (this process is a subreaper).
+            let _ = reap_pid(first);
+        }
 
-        // EOF: the child exec'd (CLOEXEC closed the report pipe). 8 bytes: it failed.
+        // EOF: the tool exec'd (CLOEXEC closed the report pipe) or everything failed. Each
+        // message is 8 bytes: a failure, or (namespaced) the tool's pid.
         let mut report = std::fs::File::from(report_read);
-        let mut msg = [0u8; 8];
+        let mut msg = [0u8; 16];
         let mut got = 0;
         let read_err = loop {
             match report.read(&mut msg[got..]) {
@@ -1781,32 +2520,68 @@ mod imp {
                 Err(e) => break Some(e),
             }
         };
+        let mut leader = if namespaced { None } else { Some(first) };
+        let mut failure = None;
+        for m in msg[..got - got % 8].chunks_exact(8) {
+            let stage = u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
+            let value = i32::from_ne_bytes([m[4], m[5], m[6], m[7]]);
+            if stage == Stage::Started as u32 {
+                leader = Some(value).filter(|&pid| pid > 0);
+            } else {
+                failure = Some((stage, value));
+            }
+        }
+        let reap_leader = || {
+            if let Some(pid) = leader {
+                let _ = reap_pid(pid);
+            }
+        };
         if let Some(e) = read_err {
             // Unknown outcome: fail closed.
-            // SAFETY: kill(2) on our own unreaped child; no memory involved.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
+            if let Some(pid) = leader {
+                // SAFETY: kill(2) on our own unreaped child; no memory involved.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
             }
-            let _ = reap_pid(pid);
+            reap_leader();
             return Err(SandboxError::Io(e));
         }
-        if got > 0 {
-            let _ = reap_pid(pid);
-            if got < msg.len() {
-                return Err(spawn_err(io::Error::other(
-                    "truncated report from the child",
-                )));
-            }
-            let stage = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
-            let code = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        if got % 8 != 0 {
+            reap_leader();
+            return Err(spawn_err(io::Error::other(
+                "truncated report from the child",
+            )));
+        }
+        if let Some((stage, code)) = failure {
+            reap_leader();
             let err = io::Error::from_raw_os_error(code);
-            let stage = usize::try_from(stage)
+            let step = stage >> 16;
+            let stage = usize::try_from(stage & 0xffff)
                 .ok()
                 .and_then(|i| STAGE_NAMES.get(i).copied())
                 .unwrap_or("unknown");
-            tracing::debug!(stage, error = %err, "sandboxed child failed before exec");
+            tracing::debug!(stage, step, error = %err, "sandboxed child failed before exec");
+            // Namespaces the kernel or a policy refuses, or grants without the capabilities to
+            // use them (some LSM policies): the first mount of the plan fails with EPERM.
+            let refused_mount = stage == STAGE_NAMES[Stage::Mount as usize]
+                && step == 0
+                && matches!(code, libc::EPERM | libc::EACCES);
+            if stage == STAGE_NAMES[Stage::Unshare as usize]
+                || stage == STAGE_NAMES[Stage::IdMap as usize]
+                || refused_mount
+            {
+                return Err(SandboxError::NamespacesUnavailable {
+                    reason: format!("{stage}: {err}"),
+                });
+            }
             return Err(spawn_err(err));
         }
+        let Some(pid) = leader else {
+            return Err(spawn_err(io::Error::other(
+                "the namespaced tool's pid was not reported",
+            )));
+        };
         Ok(Spawned {
             pid,
             stdin: stdin_parent,
@@ -1945,6 +2720,14 @@ mod imp {
                 reason: "required but not supported by this kernel".to_owned(),
             });
         }
+        if cmd.namespaces_unavailable && cmd.isolation == Isolation::Namespaces {
+            return Err(SandboxError::NamespacesUnavailable {
+                reason: "this run was told namespaces are unavailable (test hook)".to_owned(),
+            });
+        }
+        for path in &cmd.read_only {
+            check_read_only(path)?;
+        }
         let filters = filters()?;
         let run_as = cmd.run_as.unwrap_or_default();
         let euid = nix::unistd::geteuid().as_raw();
@@ -1966,7 +2749,9 @@ mod imp {
                 ids.filter(|&(uid, gid)| uid != euid || gid != egid),
             )?,
         };
-        let (landlock_fd, landlock) = landlock_ruleset(scratch.path(), cmd.network)?;
+        // The scratch directory as the kernel resolves it: its path inside the namespaces.
+        let scratch_real = std::fs::canonicalize(scratch.path()).map_err(SandboxError::Io)?;
+        let (landlock_fd, landlock) = landlock_ruleset(&scratch_real, cmd.network, &cmd.read_only)?;
         if cmd.require_landlock && landlock == LandlockStatus::NotSupported {
             return Err(SandboxError::Landlock {
                 reason: "required but not supported by this kernel".to_owned(),
@@ -1979,8 +2764,20 @@ mod imp {
         } else {
             &filters.policy_no_network
         };
-        let config = SpawnConfig {
-            cwd: scratch.path(),
+        let plan = if cmd.namespaces_unavailable {
+            None
+        } else {
+            Some(namespace_plan(
+                &cmd.read_only,
+                &scratch_real,
+                cmd.network,
+                ids.unwrap_or((euid, egid)),
+                l.file_size_bytes,
+            )?)
+        };
+        let mut config = SpawnConfig {
+            ns: plan.as_ref(),
+            cwd: &scratch_real,
             ids,
             // As std: a root parent drops its supplementary groups for an explicit identity.
             drop_groups: euid == 0,
@@ -2003,7 +2800,24 @@ mod imp {
             landlock_fd: landlock_fd.as_ref(),
             filters: &[policy],
         };
-        let child = spawn(&cmd, &config)?;
+        let weaker_allowed = cmd.isolation == Isolation::NamespacesOrWeaker;
+        let attempt = if config.ns.is_some() {
+            spawn(&cmd, &config)
+        } else {
+            Err(SandboxError::NamespacesUnavailable {
+                reason: "test hook".to_owned(),
+            })
+        };
+        let (child, namespaces) = match attempt {
+            Ok(child) => (child, true),
+            Err(SandboxError::NamespacesUnavailable { reason }) if weaker_allowed => {
+                tracing::warn!(%reason, "namespaces unavailable: running in the weaker mode");
+                config.ns = None;
+                config.cwd = scratch.path();
+                (spawn(&cmd, &config)?, false)
+            }
+            Err(e) => return Err(e),
+        };
         drop(landlock_fd);
         let pgid = child.pid;
         let pid = pgid.unsigned_abs();
@@ -2097,6 +2911,7 @@ mod imp {
                 no_new_privs: true,
                 seccomp: true,
                 landlock,
+                namespaces,
             },
             pid,
         })
@@ -2105,6 +2920,100 @@ mod imp {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        fn text(c: &CString) -> &str {
+            c.to_str().unwrap()
+        }
+
+        #[test]
+        fn read_only_paths_the_sandbox_provides_or_that_escape_are_refused() {
+            for bad in [
+                "/",
+                "relative",
+                "/usr/../etc",
+                "/proc",
+                "/proc/1",
+                "/dev",
+                "/dev/shm",
+                "/tmp",
+                "/tmp/x",
+            ] {
+                assert!(
+                    matches!(
+                        check_read_only(Path::new(bad)),
+                        Err(SandboxError::InvalidReadOnlyPath(_))
+                    ),
+                    "{bad}"
+                );
+            }
+            for good in ["/usr", "/etc/ssl/certs", "/opt/tool", "/tmpfoo", "/devices"] {
+                assert!(check_read_only(Path::new(good)).is_ok(), "{good}");
+            }
+        }
+
+        /// Every host path the plan mounts is a read-only path, the scratch directory or a
+        /// device node, and everything from the host except the scratch directory and the
+        /// device nodes is remounted read-only; the host's tree is detached at the end.
+        #[test]
+        fn the_plan_mounts_only_the_allowlist_and_the_scratch_read_write() {
+            let scratch = std::env::temp_dir();
+            let scratch = std::fs::canonicalize(scratch).unwrap();
+            let read_only: Vec<PathBuf> = ["/usr", "/etc/hosts", "/nonexistent-path"]
+                .iter()
+                .map(PathBuf::from)
+                .collect();
+            let plan =
+                namespace_plan(&read_only, &scratch, false, (65_534, 65_534), 1 << 20).unwrap();
+            assert_ne!(plan.flags & libc::CLONE_NEWNET, 0);
+            assert_ne!(plan.flags & libc::CLONE_NEWUSER, 0);
+            assert_ne!(plan.flags & libc::CLONE_NEWPID, 0);
+            assert_eq!(text(&plan.uid_map), "65534 65534 1\n");
+            let mut sources = Vec::new();
+            let mut read_only_targets = Vec::new();
+            for op in &plan.ops {
+                match op {
+                    MountOp::Mount {
+                        source: Some(source),
+                        target,
+                        fstype: None,
+                        flags,
+                        ..
+                    } if flags & libc::MS_BIND != 0 && text(source) != "newroot" => {
+                        sources.push((text(source).to_owned(), text(target).to_owned()));
+                    }
+                    MountOp::Remount { target, flags } if flags & libc::MS_RDONLY != 0 => {
+                        read_only_targets.push(text(target).to_owned());
+                    }
+                    _ => {}
+                }
+            }
+            let scratch_text = scratch.to_str().unwrap().to_owned();
+            for (source, target) in &sources {
+                let host = source.strip_prefix(OLD_ROOT).unwrap();
+                let allowed = host.starts_with("/usr")
+                    || host == "/etc/hosts"
+                    || host == scratch_text
+                    || DEVICES.iter().any(|d| host == format!("/dev/{d}"));
+                assert!(allowed, "{source} -> {target}");
+                let writable = host == scratch_text || host.starts_with("/dev/");
+                assert_eq!(
+                    read_only_targets.contains(target),
+                    !writable,
+                    "{source} -> {target}"
+                );
+            }
+            assert!(sources.iter().any(|(s, _)| s.ends_with(&scratch_text)));
+            assert!(!sources.iter().any(|(s, _)| s.contains("nonexistent")));
+            assert!(read_only_targets.contains(&NEW_ROOT.to_owned()));
+            assert!(
+                plan.ops
+                    .iter()
+                    .any(|op| matches!(op, MountOp::Detach(p) if text(p) == OLD_ROOT))
+            );
+            // With network: no network namespace.
+            let plan = namespace_plan(&read_only, &scratch, true, (1, 1), 1 << 20).unwrap();
+            assert_eq!(plan.flags & libc::CLONE_NEWNET, 0);
+        }
 
         /// A classic BPF interpreter for the instructions the programs use.
         fn eval(prog: &[libc::sock_filter], nr: u32, arch: u32, arg0: u64) -> u32 {
@@ -2226,6 +3135,7 @@ mod imp {
             no_new_privs: false,
             seccomp: false,
             landlock: LandlockStatus::NotSupported,
+            namespaces: false,
         }
     }
 

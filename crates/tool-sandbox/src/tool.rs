@@ -105,9 +105,10 @@ impl ToolContext {
         self.http.as_ref().ok_or(ToolError::NoNetwork)
     }
 
-    /// A subprocess under the tool's limits: cleared environment, its own process group,
+    /// A subprocess under the tool's limits: its own namespaces (no network namespace
+    /// interface unless the tool uses the network), cleared environment, its own process group,
     /// rlimits, `no_new_privs`, seccomp (no inet sockets unless the tool uses the network) and
-    /// Landlock where the kernel has it.
+    /// Landlock where the kernel has it. See [`crate::process`].
     #[must_use]
     pub fn command(&self, program: impl AsRef<Path>) -> SandboxedCommand {
         SandboxedCommand::new(program)
