@@ -281,8 +281,12 @@ impl std::fmt::Debug for TenantTx {
 pub(crate) const HAND_BACK: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *";
 
 /// Releases the session-level advisory locks SQL in the transaction took (transaction-level
-/// ones end with it).
-const RELEASE_LOCKS: &str = "pg_catalog.pg_advisory_unlock_all()";
+/// ones end with it), and fails (a division by zero) when SQL in the transaction left a
+/// prepared statement of its own (SQL `PREPARE`; sqlx prepares through the protocol): it could
+/// run later in another user's transaction under a name the application uses, so the
+/// connection is closed instead of reused (and a commit is rolled back).
+const RELEASE_LOCKS: &str = "pg_catalog.pg_advisory_unlock_all(), \
+     1 / (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql))::int";
 
 impl TenantTx {
     /// The tenant this transaction is bound to.

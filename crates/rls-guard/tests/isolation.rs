@@ -405,6 +405,58 @@ async fn forcing_the_binding_check_to_run_early_fails() {
     assert_eq!(count_all(&f.db, "projects").await, 0);
 }
 
+/// A prepared statement that SQL inside a transaction creates (it outlives the transaction, and
+/// could later run in another user's transaction) never reaches the next user: the hand-back
+/// refuses it, and the connection is closed instead of reused. The positive control: the same
+/// transaction without it commits and the connection is reused.
+async fn backend(conn: &mut sqlx::PgConnection) -> i32 {
+    use sqlx::Row;
+    sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+        .get::<i32, _>(0)
+}
+
+#[tokio::test]
+async fn a_prepared_statement_left_by_a_transaction_closes_the_connection() {
+    use sqlx::Row;
+    let f = fixture(1).await;
+    let a = TenantId::new_random();
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    let first = backend(&mut tx).await;
+    tx.commit().await.unwrap();
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    assert_eq!(
+        backend(&mut tx).await,
+        first,
+        "positive control: the connection is reused"
+    );
+    sqlx::raw_sql(&format!(
+        "INSERT INTO projects (tenant_id, name) VALUES ('{a}', 'kept?'); \
+         PREPARE hijack AS SELECT 'hijacked'"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert!(tx.commit().await.is_err());
+    assert_eq!(
+        count_all(&f.db, "projects").await,
+        0,
+        "the transaction was rolled back"
+    );
+    let mut conn = f.raw.acquire().await.unwrap();
+    let left: i64 = sqlx::raw_sql("SELECT count(*) FROM pg_prepared_statements WHERE from_sql")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    if !via_pgbouncer() {
+        assert_ne!(backend(&mut conn).await, first, "a new connection");
+    }
+}
+
 /// Injected SQL forges the commit binding for the tenant it switched to, fires the deferred
 /// check early (where it passes), and restores the binding: the write is still caught at commit,
 /// because every write is recorded where only the trigger can write, and `commit` compares.
