@@ -555,14 +555,31 @@ fn check_row(
 ) -> Result<(), AuditError> {
     // Borrowed straight out of the received message: a chain of millions of events is checked
     // without allocating per event.
-    let seq: i64 = row.try_get(0)?;
+    let time = row_time(row)?;
+    verifier.push(&chain_record(row, tenant, &time)?);
+    Ok(())
+}
+
+/// A row's time, formatted as its record states it.
+fn row_time(row: &PgRow) -> Result<[u8; TIME_LEN], AuditError> {
     let at: OffsetDateTime = row.try_get(1)?;
     let mut time = [0u8; TIME_LEN];
     write_time(at, &mut time)?;
-    verifier.push(&ChainRecord {
+    Ok(time)
+}
+
+/// A row of [`SELECT_EVENTS`] as a [`ChainRecord`], borrowing from the row and `time` (see
+/// [`row_time`]).
+fn chain_record<'a>(
+    row: &'a PgRow,
+    tenant: TenantId,
+    time: &'a [u8; TIME_LEN],
+) -> Result<ChainRecord<'a>, AuditError> {
+    let seq: i64 = row.try_get(0)?;
+    Ok(ChainRecord {
         seq: u64::try_from(seq).map_err(|_| AuditError::Malformed("seq"))?,
         tenant,
-        occurred_at: std::str::from_utf8(&time).map_err(|_| AuditError::Malformed("time"))?,
+        occurred_at: std::str::from_utf8(time).map_err(|_| AuditError::Malformed("time"))?,
         actor_kind: row.try_get(2)?,
         actor_id: row.try_get(3)?,
         action: row.try_get(4)?,
@@ -571,8 +588,7 @@ fn check_row(
         event: row.try_get(7)?,
         prev_hash: row.try_get(8)?,
         hash: row.try_get(9)?,
-    });
-    Ok(())
+    })
 }
 
 /// Opens a read-only, repeatable-read transaction bound to `tenant` (one consistent snapshot of
@@ -669,24 +685,9 @@ pub(crate) async fn resume_point(
         .fetch(&mut *conn);
     let tenant_text = tenant.to_string();
     while let Some(row) = rows.try_next().await? {
-        let seq: i64 = row.try_get(0)?;
-        let seq = u64::try_from(seq).map_err(|_| AuditError::Malformed("seq"))?;
-        let at: OffsetDateTime = row.try_get(1)?;
-        let mut time = [0u8; TIME_LEN];
-        write_time(at, &mut time)?;
-        let record = ChainRecord {
-            seq,
-            tenant,
-            occurred_at: std::str::from_utf8(&time).map_err(|_| AuditError::Malformed("time"))?,
-            actor_kind: row.try_get(2)?,
-            actor_id: row.try_get(3)?,
-            action: row.try_get(4)?,
-            outcome: row.try_get(5)?,
-            request_id: row.try_get(6)?,
-            event: row.try_get(7)?,
-            prev_hash: row.try_get(8)?,
-            hash: row.try_get(9)?,
-        };
+        let time = row_time(&row)?;
+        let record = chain_record(&row, tenant, &time)?;
+        let seq = record.seq;
         let (Ok(hash), Ok(prev)) = (
             <ChainHash>::try_from(record.hash),
             <ChainHash>::try_from(record.prev_hash),
