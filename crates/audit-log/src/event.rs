@@ -120,6 +120,19 @@ pub mod actions {
     pub const AUTHN_ACCOUNT_DISABLED: Action = Action::known("authn.account_disabled");
     /// A disabled account was enabled for sign-in again.
     pub const AUTHN_ACCOUNT_ENABLED: Action = Action::known("authn.account_enabled");
+    /// A replacement of an account's authenticator was started (after a fresh step-up or a
+    /// recovery code); the old authenticator stays active until it is completed.
+    pub const AUTHN_MFA_REPLACEMENT_STARTED: Action =
+        Action::known("authn.mfa_replacement_started");
+    /// An account's authenticator was replaced: the old seed destroyed, the account's other
+    /// sessions ended.
+    pub const AUTHN_MFA_REPLACED: Action = Action::known("authn.mfa_replaced");
+    /// A change of an account's e-mail address was requested (a confirmation link sent to the
+    /// new address, a notice to the old one).
+    pub const AUTHN_EMAIL_CHANGE_REQUESTED: Action = Action::known("authn.email_change_requested");
+    /// An account's e-mail address was changed (confirmed from the new address); the account's
+    /// other sessions ended.
+    pub const AUTHN_EMAIL_CHANGED: Action = Action::known("authn.email_changed");
     /// A request was refused by an authorization control.
     pub const AUTHZ_DENIED: Action = Action::known("authz.denied");
     /// A staff member was granted a context in another tenant.
@@ -179,6 +192,10 @@ pub mod actions {
         AUTHN_LINKS_INVALIDATED,
         AUTHN_ACCOUNT_DISABLED,
         AUTHN_ACCOUNT_ENABLED,
+        AUTHN_MFA_REPLACEMENT_STARTED,
+        AUTHN_MFA_REPLACED,
+        AUTHN_EMAIL_CHANGE_REQUESTED,
+        AUTHN_EMAIL_CHANGED,
         AUTHZ_DENIED,
         TENANT_CROSS_TENANT_GRANTED,
         TENANT_CROSS_TENANT_REFUSED,

@@ -144,3 +144,21 @@ pub(crate) async fn invalidate_pending_links(
     .await?
     .rows_affected())
 }
+
+/// Whether `session` is still stored live (unrevoked, unexpired). Call with the account's lock
+/// held: a revocation is then either seen here or waits for the caller's transaction.
+pub(crate) async fn session_is_live(
+    tx: &mut TenantTx,
+    session: &crate::Session,
+) -> Result<bool, AuthError> {
+    let live: Option<(i32,)> = sqlx::query_as(
+        "SELECT 1 FROM auth.sessions WHERE tenant_id = $1 AND id = $2 AND user_id = $3 \
+         AND revoked_at IS NULL AND idle_expires_at > now() AND absolute_expires_at > now()",
+    )
+    .bind(session.tenant.as_uuid())
+    .bind(session.id)
+    .bind(session.user.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(live.is_some())
+}

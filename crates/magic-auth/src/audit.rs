@@ -33,6 +33,14 @@ fn action(kind: AuthEventKind) -> (Action, Outcome) {
         AuthEventKind::LinksInvalidated => (actions::AUTHN_LINKS_INVALIDATED, Outcome::Allowed),
         AuthEventKind::AccountDisabled => (actions::AUTHN_ACCOUNT_DISABLED, Outcome::Allowed),
         AuthEventKind::AccountEnabled => (actions::AUTHN_ACCOUNT_ENABLED, Outcome::Allowed),
+        AuthEventKind::MfaReplacementStarted => {
+            (actions::AUTHN_MFA_REPLACEMENT_STARTED, Outcome::Allowed)
+        }
+        AuthEventKind::MfaReplaced => (actions::AUTHN_MFA_REPLACED, Outcome::Allowed),
+        AuthEventKind::EmailChangeRequested => {
+            (actions::AUTHN_EMAIL_CHANGE_REQUESTED, Outcome::Allowed)
+        }
+        AuthEventKind::EmailChanged => (actions::AUTHN_EMAIL_CHANGED, Outcome::Allowed),
     }
 }
 
@@ -83,6 +91,16 @@ mod tests {
             (AuthEventKind::AccountDisabled, "authn.account_disabled"),
             (AuthEventKind::AccountEnabled, "authn.account_enabled"),
             (AuthEventKind::SessionsRevoked, "session.revoked_all"),
+            (
+                AuthEventKind::MfaReplacementStarted,
+                "authn.mfa_replacement_started",
+            ),
+            (AuthEventKind::MfaReplaced, "authn.mfa_replaced"),
+            (
+                AuthEventKind::EmailChangeRequested,
+                "authn.email_change_requested",
+            ),
+            (AuthEventKind::EmailChanged, "authn.email_changed"),
         ] {
             let (action, outcome) = action(kind);
             assert_eq!(action.as_str(), name);

@@ -31,6 +31,10 @@ pub enum AuthError {
     /// The application's account directory failed (logged; the requester is not told).
     #[error("the account directory failed")]
     Directory,
+    /// The new e-mail address cannot be used for this account: it is its current address, or
+    /// (at confirmation) the directory has it for another account. Nothing was changed.
+    #[error("that e-mail address cannot be used for this account")]
+    EmailUnavailable,
     /// The sign-in link could not be delivered (logged; the requester is not told).
     #[error("the sign-in link could not be delivered")]
     Delivery,

@@ -44,6 +44,19 @@ pub enum AuthEventKind {
     AccountDisabled,
     /// A disabled account was enabled again (`SessionStore::enable_account`).
     AccountEnabled,
+    /// A replacement of the authenticator was started
+    /// (`TotpService::start_replacement`, after a fresh step-up or a recovery code).
+    MfaReplacementStarted,
+    /// The authenticator was replaced (`TotpService::complete_replacement`): the old seed is
+    /// gone and the account's other sessions and pending links were ended.
+    MfaReplaced,
+    /// A change of the account's e-mail address was requested
+    /// (`MagicLinks::request_email_change`: confirmation sent to the new address, notice to the
+    /// old one).
+    EmailChangeRequested,
+    /// The account's e-mail address was changed (`MagicLinks::confirm_email_change`); its other
+    /// sessions and pending links were ended.
+    EmailChanged,
 }
 
 /// One event. It carries identifiers only: never a token, a code, a secret or an address.

@@ -42,6 +42,14 @@
 //! - Every configuration is checked when its service is built: a value that cannot be used is
 //!   an [`AuthError::InvalidConfig`] there, never a request that fails open.
 //!
+//! - Settings flows: replacing the authenticator ([`totp::TotpService::start_replacement`],
+//!   after a fresh step-up or with a recovery code; the old seed destroyed and the other
+//!   sessions ended on completion), changing the e-mail address
+//!   ([`MagicLinks::request_email_change`]: a notice to the old address, a single-use
+//!   confirmation bound to the session sent to the new one, applied through
+//!   [`AccountDirectory::change_email`] only on confirmation), disabling the account
+//!   ([`SessionStore::disable_account`]), and [`mailer::Notice`]s for each.
+//!
 //! - [`AuthEvents`]: every sign-in step, failure, lockout and revocation, for an audit log.
 //!
 //! - [`mailer::SmtpMailer`]: delivery through an SMTP relay over required TLS (lettre), or in
@@ -78,7 +86,8 @@ pub use limit::{
     DEFAULT_IPV6_PREFIX, Hit, Limit, MAX_HITS, MAX_WINDOW, MIN_IPV6_PREFIX, RateLimiter, client_key,
 };
 pub use link::{
-    Account, AccountDirectory, Delivery, LinkConfig, LinkRequest, MAX_LINK_TTL, MagicLinks, SignIn,
+    Account, AccountDirectory, Delivery, EmailChange, LinkConfig, LinkRequest, MAX_LINK_TTL,
+    MagicLinks, SignIn,
 };
 #[doc(hidden)]
 pub use session::LOOKUP as SESSION_LOOKUP_SQL;

@@ -44,13 +44,16 @@ use crate::account;
 use crate::email::{EmailAddress, EmailPolicy};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::limit::{DEFAULT_IPV6_PREFIX, Hit, Limit, MIN_IPV6_PREFIX, RateLimiter, client_key};
-use crate::mailer::{Mailer, Message};
+use crate::mailer::{Mailer, Message, Notice};
+use crate::session::{Session, report_ended};
 use crate::token::{SessionToken, hash_secret, random_secret};
 
 const LINK_PREFIX: &str = "l1";
 const LINK_DOMAIN: &[u8] = b"magic-auth/link/v1\n";
 const VERIFIER_DOMAIN: &[u8] = b"magic-auth/link-verifier/v1\n";
 const RATE_KEY_DOMAIN: &[u8] = b"magic-auth/rate-key/v1\n";
+const EMAIL_CHANGE_PREFIX: &str = "e1";
+const EMAIL_CHANGE_DOMAIN: &[u8] = b"magic-auth/email-change/v1\n";
 
 /// An account that may sign in, as the application's directory knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,43 @@ pub trait AccountDirectory: Send + Sync + 'static {
         tenant: TenantId,
         user: ActorId,
     ) -> impl Future<Output = Result<Option<Account>, Self::Error>> + Send;
+
+    /// The current address of account `user` in `tenant`, if the account exists. Called by
+    /// [`MagicLinks::request_email_change`] (the old address gets a notice) and
+    /// [`MagicLinks::confirm_email_change`].
+    fn address_of(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> impl Future<Output = Result<Option<EmailAddress>, Self::Error>> + Send;
+
+    /// Sets the address of account `user` in `tenant` to `new`: called once, by
+    /// [`MagicLinks::confirm_email_change`], only after the single-use confirmation token bound
+    /// to `(tenant, user, new)` and to the requesting session was verified and used up.
+    ///
+    /// Contract: atomic; from then on [`AccountDirectory::find`] finds the account by `new`
+    /// and no longer by its old address. [`EmailChange::Taken`] (nothing changed) when another
+    /// account of `tenant` holds `new`; [`EmailChange::NoAccount`] (nothing changed) when
+    /// `user` is missing or disabled; [`EmailChange::Changed`] otherwise (also when the
+    /// address already was `new`). Never changes another account or tenant.
+    fn change_email(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+        new: &EmailAddress,
+    ) -> impl Future<Output = Result<EmailChange, Self::Error>> + Send;
+}
+
+/// What [`AccountDirectory::change_email`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EmailChange {
+    /// The account's address is now the new one.
+    Changed,
+    /// Another account of the tenant has the address: nothing changed.
+    Taken,
+    /// The account is missing or disabled: nothing changed.
+    NoAccount,
 }
 
 /// The longest link lifetime accepted for [`LinkConfig::ttl`] (24 hours).
@@ -101,6 +141,11 @@ pub struct LinkConfig {
     /// The landing page's path (default `/auth/link`): starts with one `/`; no `?`, `#`, `\`
     /// or control characters.
     pub landing_path: String,
+    /// The path of the page that confirms an e-mail address change (default
+    /// `/settings/email/confirm`; the same rules as `landing_path`). The confirmation link sent
+    /// to the new address points there, with `?token=..`; like the landing page, its `GET`
+    /// should only show a form that `POST`s the token back.
+    pub email_change_path: String,
     /// How long a link is valid (default 15 minutes; between one second and [`MAX_LINK_TTL`]).
     pub ttl: Duration,
     /// The email's subject (1 to 200 bytes, no control characters).
@@ -142,6 +187,7 @@ impl LinkConfig {
         Ok(Self {
             base_url: url,
             landing_path: "/auth/link".to_owned(),
+            email_change_path: "/settings/email/confirm".to_owned(),
             ttl: Duration::from_secs(15 * 60),
             subject: "Your sign-in link".to_owned(),
             per_email: Limit {
@@ -163,17 +209,19 @@ impl LinkConfig {
     /// [`AuthError::InvalidConfig`] naming the first value out of bounds.
     pub fn validate(&self) -> Result<(), AuthError> {
         check_base_url(&self.base_url)?;
-        let path = &self.landing_path;
-        if !path.starts_with('/')
-            || path.starts_with("//")
-            || path.len() > 200
-            || path
-                .chars()
-                .any(|c| matches!(c, '?' | '#' | '\\') || c.is_control() || c.is_whitespace())
-        {
-            return Err(AuthError::InvalidConfig(
-                "landing path must start with one '/', without query, fragment or spaces",
-            ));
+        for path in [&self.landing_path, &self.email_change_path] {
+            if !path.starts_with('/')
+                || path.starts_with("//")
+                || path.len() > 200
+                || path
+                    .chars()
+                    .any(|c| matches!(c, '?' | '#' | '\\') || c.is_control() || c.is_whitespace())
+            {
+                return Err(AuthError::InvalidConfig(
+                    "landing and e-mail change paths must start with one '/', without query, \
+                     fragment or spaces",
+                ));
+            }
         }
         if self.ttl.as_secs() == 0 || self.ttl > MAX_LINK_TTL {
             return Err(AuthError::InvalidConfig(
@@ -545,6 +593,258 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
             user,
             kind: account.kind,
             generation: state.generation,
+        })
+    }
+
+    /// Asks to change the e-mail address of `session`'s account to `new`: a sensitive action,
+    /// so `session` must be `aal2` with its last factor check at most `max_age` old
+    /// ([`Session::is_fresh`], checked here, not only by the route's guard).
+    ///
+    /// Sends a notice ([`Notice::EmailChangeRequested`]) to the current address, then a
+    /// confirmation link to `new`: `<base URL><email change path>?token=e1.<tenant>.<id>.<secret>`,
+    /// a single-use token (256-bit secret, stored as a hash) bound to the tenant, the account,
+    /// `new` and this session, valid for [`LinkConfig::ttl`]. Nothing changes until
+    /// [`MagicLinks::confirm_email_change`]. A newer request supersedes an older pending one.
+    /// Requests count against [`LinkConfig::per_email`] per account (no mail flood). When
+    /// either message cannot be sent, the change is invalidated. Reported as
+    /// [`AuthEventKind::EmailChangeRequested`] (identifiers only, never an address).
+    ///
+    /// # Errors
+    /// [`AuthError::StepUpRequired`]; [`AuthError::InvalidEmail`] for an unacceptable address;
+    /// [`AuthError::EmailUnavailable`] when `new` is the current address;
+    /// [`AuthError::RateLimited`]; [`AuthError::InvalidToken`] when the session was revoked,
+    /// the account disabled or is gone from the directory; [`AuthError::Directory`];
+    /// [`AuthError::Delivery`]; database errors.
+    pub async fn request_email_change(
+        &self,
+        session: &Session,
+        new: &str,
+        max_age: Duration,
+    ) -> Result<(), AuthError> {
+        if !session.is_fresh(max_age) {
+            return Err(AuthError::StepUpRequired);
+        }
+        let (tenant, user) = (session.tenant, session.user);
+        let new = EmailAddress::parse_with(new, self.config.email)?;
+        let key = format!("email-change:user:{}", user.as_uuid().simple());
+        if let Hit::Limited { retry_at } = self
+            .limiter
+            .hit(tenant, &key, self.config.per_email)
+            .await?
+        {
+            return Err(AuthError::RateLimited { retry_at });
+        }
+        let Some(current) = self.address_of(tenant, user).await? else {
+            return Err(AuthError::InvalidToken);
+        };
+        if current == new {
+            return Err(AuthError::EmailUnavailable);
+        }
+        let token = SessionToken::generate(tenant)?;
+        let now = OffsetDateTime::now_utc();
+        let expires = time::Duration::try_from(self.config.ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add(ttl))
+            .ok_or(AuthError::InvalidConfig("link lifetime"))?;
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        // Lock order: the account row, then the session and the change rows.
+        if account::lock(&mut tx, tenant, user).await?.disabled
+            || !account::session_is_live(&mut tx, session).await?
+        {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidToken);
+        }
+        sqlx::query(
+            "UPDATE auth.email_changes SET invalidated_at = now() WHERE tenant_id = $1 \
+             AND user_id = $2 AND consumed_at IS NULL AND invalidated_at IS NULL",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO auth.email_changes (tenant_id, id, user_id, session_id, new_email, \
+             secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(token.id())
+        .bind(user.as_uuid())
+        .bind(session.id)
+        .bind(new.as_str())
+        .bind(token.hash_in(EMAIL_CHANGE_DOMAIN).as_slice())
+        .bind(now)
+        .bind(expires)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut link = self.config.base_url.clone();
+        link.set_path(&self.config.email_change_path);
+        link.query_pairs_mut()
+            .append_pair("token", &token.encode_with(EMAIL_CHANGE_PREFIX));
+        let confirmation = Message {
+            to: new,
+            subject: "Confirm your new e-mail address".to_owned(),
+            body: Zeroizing::new(format!(
+                "To make this the e-mail address of your account, open this link in the browser \
+                 session where you asked for the change:\n\n{link}\n\n\
+                 It works once, for {} minutes. If you did not ask for it, ignore this email.\n",
+                self.config.ttl.as_secs() / 60
+            )),
+        };
+        // The old address hears of it first: no change can be confirmed that it was not told of.
+        let notice = Notice::EmailChangeRequested.message(current);
+        for message in [notice, confirmation] {
+            if let Err(error) = self.mailer.send(message).await {
+                tracing::error!(error = %error, "e-mail change message could not be sent");
+                let mut tx = self.pool.begin(&context(tenant)?).await?;
+                sqlx::query(
+                    "UPDATE auth.email_changes SET invalidated_at = now() \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant.as_uuid())
+                .bind(token.id())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Err(AuthError::Delivery);
+            }
+        }
+        self.events.emit(
+            AuthEventKind::EmailChangeRequested,
+            tenant,
+            Some(user),
+            Some(session.id),
+        );
+        Ok(())
+    }
+
+    /// Confirms an e-mail address change with the token from the confirmation link, from the
+    /// session that asked for it, and applies it. The token must be well formed, of this
+    /// tenant and account, unexpired, unused, not superseded, and requested by `session` —
+    /// which must still be live (a revocation, a disable or a newer request since refuses it).
+    /// It is used up (under the account's lock) *before* the directory applies the change
+    /// ([`AccountDirectory::change_email`]): a replay, a second tab or another session is
+    /// refused whatever happens next.
+    ///
+    /// Then every *other* session of the account is revoked and every pending sign-in link
+    /// invalidated (the generation moves), a notice ([`Notice::EmailChanged`]) goes to the old
+    /// address (a failure is logged: the change is made), and
+    /// [`AuthEventKind::EmailChanged`] is reported. Returns the new address.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidLink`] for every refusal of the token (malformed, unknown, wrong
+    /// secret, another session or account or tenant, expired, used, superseded, the session
+    /// revoked, the account disabled or gone); [`AuthError::EmailUnavailable`] when another
+    /// account has the address by then; [`AuthError::Directory`]; database errors.
+    pub async fn confirm_email_change(
+        &self,
+        session: &Session,
+        token: &str,
+    ) -> Result<EmailAddress, AuthError> {
+        type Row = (
+            Vec<u8>,
+            Uuid,
+            String,
+            OffsetDateTime,
+            Option<OffsetDateTime>,
+            Option<OffsetDateTime>,
+        );
+        let token = SessionToken::parse_with(token, EMAIL_CHANGE_PREFIX)
+            .map_err(|_| AuthError::InvalidLink)?;
+        let (tenant, user) = (session.tenant, session.user);
+        if token.tenant() != tenant {
+            return Err(AuthError::InvalidLink);
+        }
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        if account::lock(&mut tx, tenant, user).await?.disabled
+            || !account::session_is_live(&mut tx, session).await?
+        {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidLink);
+        }
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT secret_hash, session_id, new_email, expires_at, consumed_at, invalidated_at \
+             FROM auth.email_changes WHERE tenant_id = $1 AND id = $2 AND user_id = $3 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(token.id())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((secret_hash, asked_by, new, expires, consumed, invalidated)) = row else {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidLink);
+        };
+        let secret_ok = bool::from(
+            token
+                .hash_in(EMAIL_CHANGE_DOMAIN)
+                .as_slice()
+                .ct_eq(&secret_hash),
+        );
+        let live = consumed.is_none()
+            && invalidated.is_none()
+            && expires > OffsetDateTime::now_utc()
+            && asked_by == session.id;
+        let new = EmailAddress::parse_with(&new, self.config.email).ok();
+        let (true, true, Some(new)) = (secret_ok, live, new) else {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidLink);
+        };
+        sqlx::query(
+            "UPDATE auth.email_changes SET consumed_at = now() WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(token.id())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let old = self.address_of(tenant, user).await?;
+        let change = self
+            .directory
+            .change_email(tenant, user, &new)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "account directory could not change the address");
+                AuthError::Directory
+            })?;
+        match change {
+            EmailChange::Changed => {}
+            EmailChange::Taken => return Err(AuthError::EmailUnavailable),
+            _ => return Err(AuthError::InvalidLink),
+        }
+        let mut tx = self.pool.begin(&context(tenant)?).await?;
+        let ended = account::end_sign_ins(
+            &mut tx,
+            tenant,
+            user,
+            Some(session.id),
+            account::Disable::Keep,
+        )
+        .await?;
+        tx.commit().await?;
+        self.events.emit(
+            AuthEventKind::EmailChanged,
+            tenant,
+            Some(user),
+            Some(session.id),
+        );
+        report_ended(&self.events, tenant, user, ended);
+        if let Some(old) = old.filter(|old| *old != new)
+            && let Err(error) = self.mailer.send(Notice::EmailChanged.message(old)).await
+        {
+            tracing::error!(error = %error, "e-mail change notice could not be sent");
+        }
+        Ok(new)
+    }
+
+    async fn address_of(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<EmailAddress>, AuthError> {
+        self.directory.address_of(tenant, user).await.map_err(|e| {
+            tracing::error!(error = %e, "account directory lookup failed");
+            AuthError::Directory
         })
     }
 }

@@ -29,6 +29,61 @@ impl std::fmt::Debug for Message {
     }
 }
 
+/// A security notice to an account's address after a change to how it signs in: no link, no
+/// code, no secret — only what happened and what to do if it was not the account's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// The authenticator was replaced
+    /// ([`TotpService::complete_replacement`](crate::totp::TotpService::complete_replacement)).
+    AuthenticatorReplaced,
+    /// The account was disabled for sign-in
+    /// ([`SessionStore::disable_account`](crate::SessionStore::disable_account)).
+    AccountDisabled,
+    /// A change of the account's e-mail address was requested (sent to the *old* address; the
+    /// new address is not named).
+    EmailChangeRequested,
+    /// The account's e-mail address was changed (sent to the *old* address).
+    EmailChanged,
+}
+
+impl Notice {
+    /// The message for `to`; send it with the application's [`Mailer`].
+    #[must_use]
+    pub fn message(self, to: EmailAddress) -> Message {
+        let (subject, what) = match self {
+            Self::AuthenticatorReplaced => (
+                "Your authenticator was replaced",
+                "The authenticator app used to sign in to your account was replaced. Codes from \
+                 the old one no longer work, and every other session of the account was signed \
+                 out.",
+            ),
+            Self::AccountDisabled => (
+                "Your account was disabled",
+                "Your account was disabled: every session was signed out and no sign-in link \
+                 works for it any more.",
+            ),
+            Self::EmailChangeRequested => (
+                "A change of your e-mail address was requested",
+                "Someone signed in to your account asked to change its e-mail address. Nothing \
+                 changes unless the link sent to the new address is opened in that same session.",
+            ),
+            Self::EmailChanged => (
+                "Your e-mail address was changed",
+                "The e-mail address of your account was changed: sign-in links now go to the new \
+                 address, and every other session of the account was signed out.",
+            ),
+        };
+        Message {
+            to,
+            subject: subject.to_owned(),
+            body: Zeroizing::new(format!(
+                "{what}\n\nIf you did not do this, contact your workspace's administrator at once.\n"
+            )),
+        }
+    }
+}
+
 /// Delivers messages: [`SmtpMailer`] in production, [`DevOutbox`] in tests and local
 /// development.
 pub trait Mailer: Send + Sync + 'static {

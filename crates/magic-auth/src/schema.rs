@@ -43,6 +43,8 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuthError> {
         .map_err(|_| AuthError::InvalidConfig("table"))?;
     let accounts_rls = rls_guard::schema::tenant_table_sql("auth.accounts")
         .map_err(|_| AuthError::InvalidConfig("table"))?;
+    let email_rls = rls_guard::schema::tenant_table_sql("auth.email_changes")
+        .map_err(|_| AuthError::InvalidConfig("table"))?;
     let r = runtime_role;
     Ok(format!(
         r#"
@@ -95,6 +97,11 @@ CREATE TABLE IF NOT EXISTS auth.totp (
 -- failed_attempts counts consecutive failures across locks; hard_locked_at is set at the hard
 -- limit and cleared only by an accepted code, a recovery code or an operator unlock.
 ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS hard_locked_at timestamptz;
+-- A replacement authenticator, pending until a code from it is seen (the active seed above
+-- keeps working until then), sealed bound to (tenant, auth.totp, replacement_seed, user), and
+-- the session that started it (only that session may complete it).
+ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS replacement_seed bytea;
+ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS replacement_session uuid;
 {totp_rls}
 REVOKE ALL ON auth.totp FROM PUBLIC;
 REVOKE ALL ON auth.totp FROM {r};
@@ -180,6 +187,27 @@ CREATE TABLE IF NOT EXISTS auth.accounts (
 REVOKE ALL ON auth.accounts FROM PUBLIC;
 REVOKE ALL ON auth.accounts FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.accounts TO {r};
+
+-- Pending e-mail address changes: a single-use confirmation token (stored as a hash) bound to
+-- the tenant, the account, the new address and the session that asked for it.
+CREATE TABLE IF NOT EXISTS auth.email_changes (
+    tenant_id      uuid        NOT NULL,
+    id             uuid        NOT NULL,
+    user_id        uuid        NOT NULL,
+    session_id     uuid        NOT NULL,
+    new_email      text        NOT NULL CHECK (length(new_email) <= 254),
+    secret_hash    bytea       NOT NULL CHECK (length(secret_hash) = 32),
+    created_at     timestamptz NOT NULL,
+    expires_at     timestamptz NOT NULL,
+    consumed_at    timestamptz,
+    invalidated_at timestamptz,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE INDEX IF NOT EXISTS email_changes_user_idx ON auth.email_changes (tenant_id, user_id);
+{email_rls}
+REVOKE ALL ON auth.email_changes FROM PUBLIC;
+REVOKE ALL ON auth.email_changes FROM {r};
+GRANT SELECT, INSERT, UPDATE ON auth.email_changes TO {r};
 "#
     ))
 }

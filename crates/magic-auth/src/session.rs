@@ -128,6 +128,15 @@ impl Session {
     pub const fn actor(&self) -> Actor {
         Actor::new(self.kind, self.user, self.tenant)
     }
+
+    /// Whether the session passes a step-up check: `aal2`, its last factor check at most
+    /// `max_age` old (what [`Guard::require_step_up`](crate::Guard::require_step_up) checks).
+    #[must_use]
+    pub fn is_fresh(&self, max_age: Duration) -> bool {
+        let age = OffsetDateTime::now_utc() - self.authenticated_at;
+        self.assurance == Assurance::Aal2
+            && time::Duration::try_from(max_age).is_ok_and(|max| age <= max)
+    }
 }
 
 /// A session in a user's list (no secrets).

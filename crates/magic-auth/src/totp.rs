@@ -607,9 +607,7 @@ impl TotpService {
         session: &crate::Session,
         max_age: Duration,
     ) -> Result<RecoveryCodes, AuthError> {
-        let age = OffsetDateTime::now_utc() - session.authenticated_at;
-        let fresh = time::Duration::try_from(max_age).is_ok_and(|max| age <= max);
-        if session.assurance != crate::Assurance::Aal2 || !fresh {
+        if !session.is_fresh(max_age) {
             return Err(AuthError::StepUpRequired);
         }
         let (tenant, user) = (session.tenant, session.user);
@@ -656,6 +654,184 @@ impl TotpService {
             Some(session.id),
         );
         Ok(RecoveryCodes(Zeroizing::new(codes)))
+    }
+
+    /// Starts replacing `session`'s user's authenticator (a lost or changed phone): a new seed,
+    /// pending until [`TotpService::complete_replacement`] sees a code from it, from this same
+    /// session. Until then the active authenticator keeps working, so an abandoned replacement
+    /// locks nobody out; a second start replaces the pending seed.
+    ///
+    /// A sensitive action, authorised here (not only by the route's guard) by `proof`: a fresh
+    /// step-up of the session itself ([`ReplaceProof::StepUp`]: `aal2`, last factor check at most
+    /// `max_age` old), or a recovery code ([`ReplaceProof::RecoveryCode`], used up by it, and
+    /// counted towards the lockout when wrong, exactly as in [`TotpService::use_recovery_code`]).
+    /// `account` is the label shown in the authenticator app. Reported as
+    /// [`AuthEventKind::MfaReplacementStarted`].
+    ///
+    /// # Errors
+    /// [`AuthError::StepUpRequired`] when `proof` does not hold (a stale or `aal1` session, a
+    /// wrong, used or locked-out recovery code); [`AuthError::NotEnrolled`] without an active
+    /// authenticator; [`AuthError::InvalidToken`] when the session was revoked or the account
+    /// disabled; [`AuthError::Random`], [`AuthError::Crypto`]; database errors.
+    pub async fn start_replacement(
+        &self,
+        session: &crate::Session,
+        proof: ReplaceProof<'_>,
+        account: &str,
+        now: u64,
+    ) -> Result<Enrolment, AuthError> {
+        let (tenant, user) = (session.tenant, session.user);
+        match proof {
+            ReplaceProof::StepUp { max_age } => {
+                if !session.is_fresh(max_age) {
+                    return Err(AuthError::StepUpRequired);
+                }
+            }
+            ReplaceProof::RecoveryCode(code) => {
+                match self.use_recovery_code(tenant, user, code, now).await? {
+                    CodeCheck::RecoveryAccepted { .. } => {}
+                    _ => return Err(AuthError::StepUpRequired),
+                }
+            }
+        }
+        let mut seed = Zeroizing::new(vec![0u8; SEED_BYTES]);
+        getrandom::fill(&mut seed).map_err(|_| AuthError::Random)?;
+        let sealed = self
+            .keyring
+            .seal(&seed, &replacement_context(tenant, user))
+            .map_err(|_| AuthError::Crypto)?;
+        let totp = totp(seed.to_vec(), &self.config.issuer, account)?;
+        let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
+        // Lock order: the TOTP row, then the account row, then the session.
+        let stored = sqlx::query(
+            "UPDATE auth.totp SET replacement_seed = $3, replacement_session = $4 \
+             WHERE tenant_id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .bind(&sealed)
+        .bind(session.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if stored != 1 {
+            tx.rollback().await?;
+            return Err(AuthError::NotEnrolled);
+        }
+        if account::lock(&mut tx, tenant, user).await?.disabled
+            || !account::session_is_live(&mut tx, session).await?
+        {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidToken);
+        }
+        tx.commit().await?;
+        self.events.emit(
+            AuthEventKind::MfaReplacementStarted,
+            tenant,
+            Some(user),
+            Some(session.id),
+        );
+        Ok(Enrolment {
+            otpauth_url: Zeroizing::new(
+                totp.to_url()
+                    .map_err(|_| AuthError::InvalidConfig("totp url"))?,
+            ),
+            secret_base32: Zeroizing::new(totp.secret().to_base32()),
+        })
+    }
+
+    /// Completes the replacement `session` started with a code from the new authenticator (at
+    /// `now`, Unix seconds; the current step ±1). Returns whether the code was accepted.
+    ///
+    /// On acceptance, in one transaction: the new seed becomes the active one (the old seed is
+    /// overwritten: its codes stop working at once), the code's step is used up, the failure
+    /// count and every lock are cleared, and every *other* session of the account is revoked
+    /// and every pending link invalidated (the account's generation moves, so a sign-in
+    /// confirmed before is refused). `session` itself stays; rotate it
+    /// ([`SessionStore::rotate`](crate::SessionStore::rotate)) to record the fresh factor check.
+    /// Recovery codes are kept. Reported as [`AuthEventKind::MfaReplaced`] (and
+    /// `SessionsRevoked`/`LinksInvalidated`); a wrong code as [`AuthEventKind::CodeFailed`],
+    /// and it changes nothing. Send the account a notice
+    /// ([`Notice::AuthenticatorReplaced`](crate::mailer::Notice::AuthenticatorReplaced)).
+    ///
+    /// # Errors
+    /// [`AuthError::NotEnrolled`] when no replacement was started from `session`;
+    /// [`AuthError::InvalidToken`] when the session was revoked or the account disabled since;
+    /// [`AuthError::Crypto`]; database errors.
+    pub async fn complete_replacement(
+        &self,
+        session: &crate::Session,
+        code: &str,
+        now: u64,
+    ) -> Result<bool, AuthError> {
+        let (tenant, user) = (session.tenant, session.user);
+        let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
+        let row: Option<(Option<Vec<u8>>, Option<uuid::Uuid>)> = sqlx::query_as(
+            "SELECT replacement_seed, replacement_session FROM auth.totp \
+             WHERE tenant_id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((Some(sealed), Some(started_by))) = row else {
+            tx.rollback().await?;
+            return Err(AuthError::NotEnrolled);
+        };
+        if started_by != session.id {
+            tx.rollback().await?;
+            return Err(AuthError::NotEnrolled);
+        }
+        if account::lock(&mut tx, tenant, user).await?.disabled
+            || !account::session_is_live(&mut tx, session).await?
+        {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidToken);
+        }
+        let seed = self
+            .keyring
+            .open(&sealed, &replacement_context(tenant, user))
+            .map_err(|_| AuthError::Crypto)?;
+        let matched = totp(seed.as_bytes().to_vec(), &self.config.issuer, "user")?
+            .check(code.trim(), now)
+            .and_then(|step| i64::try_from(step).ok());
+        let Some(step) = matched else {
+            tx.rollback().await?;
+            self.events.emit(
+                AuthEventKind::CodeFailed,
+                tenant,
+                Some(user),
+                Some(session.id),
+            );
+            return Ok(false);
+        };
+        let active = self
+            .keyring
+            .seal(seed.as_bytes(), &seed_context(tenant, user))
+            .map_err(|_| AuthError::Crypto)?;
+        sqlx::query(
+            "UPDATE auth.totp SET seed = $3, last_step = $4, confirmed_at = now(), \
+             failed_attempts = 0, locked_until = NULL, hard_locked_at = NULL, \
+             replacement_seed = NULL, replacement_session = NULL \
+             WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .bind(&active)
+        .bind(step)
+        .execute(&mut *tx)
+        .await?;
+        let ended =
+            account::end_sign_ins(&mut tx, tenant, user, Some(session.id), Disable::Keep).await?;
+        tx.commit().await?;
+        self.events.emit(
+            AuthEventKind::MfaReplaced,
+            tenant,
+            Some(user),
+            Some(session.id),
+        );
+        report_ended(&self.events, tenant, user, ended);
+        Ok(true)
     }
 
     /// Signs in with a recovery code instead of a TOTP code: each code works once. Wrong codes
@@ -727,6 +903,37 @@ impl TotpService {
         report_ended(&self.events, tenant, user, ended);
         Ok(verdict)
     }
+}
+
+/// How a replacement of the authenticator ([`TotpService::start_replacement`]) is authorised.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub enum ReplaceProof<'a> {
+    /// The session's own fresh step-up: `aal2`, its last factor check at most `max_age` old.
+    StepUp {
+        /// How old the last factor check may be.
+        max_age: Duration,
+    },
+    /// One of the account's recovery codes (for a lost authenticator); used up by the start.
+    RecoveryCode(&'a str),
+}
+
+impl std::fmt::Debug for ReplaceProof<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::StepUp { max_age } => f.debug_struct("StepUp").field("max_age", max_age).finish(),
+            Self::RecoveryCode(_) => f.write_str("RecoveryCode([redacted])"),
+        }
+    }
+}
+
+fn replacement_context(tenant: TenantId, user: ActorId) -> Context {
+    Context::new(
+        tenant.as_uuid().as_bytes(),
+        "auth.totp",
+        "replacement_seed",
+        user.as_uuid().as_bytes(),
+    )
 }
 
 /// `now` (Unix seconds) as a date, or an error (nothing is checked then).

@@ -65,6 +65,24 @@ impl AccountDirectory for Directory {
             disabled: false,
         }))
     }
+    async fn address_of(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<EmailAddress>, Never> {
+        Ok((tenant == self.0 && user == self.1)
+            .then(|| EmailAddress::parse("ops@example.com").ok())
+            .flatten())
+    }
+    // The flow never changes an address.
+    async fn change_email(
+        &self,
+        _: TenantId,
+        _: ActorId,
+        _: &EmailAddress,
+    ) -> Result<magic_auth::EmailChange, Never> {
+        Ok(magic_auth::EmailChange::NoAccount)
+    }
 }
 
 #[derive(Clone)]

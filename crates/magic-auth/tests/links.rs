@@ -47,6 +47,26 @@ impl AccountDirectory for Directory {
             .find(|((t, _), a)| *t == tenant && a.user == user)
             .map(|(_, a)| *a))
     }
+    async fn address_of(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<EmailAddress>, Never> {
+        Ok(self
+            .0
+            .iter()
+            .find(|((t, _), a)| *t == tenant && a.user == user)
+            .and_then(|((_, email), _)| EmailAddress::parse(email).ok()))
+    }
+    // These tests never change an address.
+    async fn change_email(
+        &self,
+        _: TenantId,
+        _: ActorId,
+        _: &EmailAddress,
+    ) -> Result<magic_auth::EmailChange, Never> {
+        Ok(magic_auth::EmailChange::NoAccount)
+    }
 }
 
 struct Fixture {

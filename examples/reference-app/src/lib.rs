@@ -145,6 +145,20 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// Every message in the development outbox, oldest first: (recipient, subject). Empty in
+    /// production.
+    #[must_use]
+    #[doc(hidden)]
+    pub fn outbox_messages(&self) -> Vec<(String, String)> {
+        self.services
+            .mailer
+            .outbox()
+            .into_iter()
+            .flat_map(|m| m.messages())
+            .map(|m| (m.to.as_str().to_owned(), m.subject))
+            .collect()
+    }
+
     /// The development outbox's sign-in links, oldest first.
     #[must_use]
     pub fn outbox_links(&self) -> Vec<String> {

@@ -37,12 +37,13 @@ CREATE TABLE IF NOT EXISTS workspace.members (
 );
 {members}
 REVOKE ALL ON workspace.members FROM PUBLIC;
--- Column-level: the app adds members (always `kind = 'user'`, the default) and changes a
--- member's role or disables them; it can never make anyone staff (`kind`, set only by the
--- owner) or move a member (`tenant_id`, `user_id`, `email`).
+-- Column-level: the app adds members (always `kind = 'user'`, the default), changes a
+-- member's role or disables them, and changes a member's address once magic-auth has verified
+-- the confirmation from the new address; it can never make anyone staff (`kind`, set only by
+-- the owner) or move a member (`tenant_id`, `user_id`).
 GRANT SELECT ON workspace.members TO {r};
 GRANT INSERT (tenant_id, user_id, email, display_name, role, disabled) ON workspace.members TO {r};
-GRANT UPDATE (role, disabled, display_name) ON workspace.members TO {r};
+GRANT UPDATE (role, disabled, display_name, email) ON workspace.members TO {r};
 
 -- Notes: the body and the customer's phone number are encrypted by field-crypto, bound to
 -- (tenant, table, column, row); the phone number has a blind index for exact lookups.

@@ -7,7 +7,7 @@ use axum::extract::FromRef;
 use field_crypto::{BlindIndexKey, BlindIndexer, Context, Keyring, Normalize};
 use magic_auth::mailer::{DevOutbox, Mailer, Message, OutboxError, SmtpError, SmtpMailer};
 use magic_auth::totp::TotpService;
-use magic_auth::{Account, AccountDirectory, EmailAddress, MagicLinks, SessionStore};
+use magic_auth::{Account, AccountDirectory, EmailAddress, EmailChange, MagicLinks, SessionStore};
 use rls_guard::TenantPool;
 use sqlx::PgPool;
 use tenant_scope::{ActorId, ActorKind, CrossTenantAuthority, TenantContext, TenantId};
@@ -92,6 +92,72 @@ impl AccountDirectory for Directory {
         )
         .await
     }
+
+    async fn address_of(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<EmailAddress>, DirectoryError> {
+        let context =
+            TenantContext::for_job(tenant, None, "account-lookup").map_err(|_| DirectoryError)?;
+        let email: Option<(String,)> = self
+            .pool
+            .read(
+                &context,
+                "SELECT email FROM workspace.members WHERE tenant_id = $1 AND user_id = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(user.as_uuid())
+            .fetch_optional()
+            .await
+            .map_err(|_| DirectoryError)?;
+        email
+            .map(|(e,)| EmailAddress::parse(&e).map_err(|_| DirectoryError))
+            .transpose()
+    }
+
+    /// One `UPDATE` in the tenant's own transaction: the unique `(tenant_id, email)` constraint
+    /// decides `Taken`, a disabled or missing member matches no row.
+    async fn change_email(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+        new: &EmailAddress,
+    ) -> Result<EmailChange, DirectoryError> {
+        let context =
+            TenantContext::for_job(tenant, None, "account-email").map_err(|_| DirectoryError)?;
+        let mut tx = self
+            .pool
+            .begin(&context)
+            .await
+            .map_err(|_| DirectoryError)?;
+        let changed = sqlx::query(
+            "UPDATE workspace.members SET email = $3 \
+             WHERE tenant_id = $1 AND user_id = $2 AND NOT disabled",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .bind(new.as_str())
+        .execute(&mut *tx)
+        .await;
+        let changed = match changed {
+            Ok(done) => done.rows_affected(),
+            Err(e)
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                tx.rollback().await.map_err(|_| DirectoryError)?;
+                return Ok(EmailChange::Taken);
+            }
+            Err(_) => return Err(DirectoryError),
+        };
+        if changed != 1 {
+            tx.rollback().await.map_err(|_| DirectoryError)?;
+            return Ok(EmailChange::NoAccount);
+        }
+        tx.commit().await.map_err(|_| DirectoryError)?;
+        Ok(EmailChange::Changed)
+    }
 }
 
 /// The development mailer: keeps messages for the outbox page and, in development only, prints
@@ -116,7 +182,8 @@ impl Mailer for ConsoleOutbox {
         #[allow(clippy::print_stdout)]
         {
             println!(
-                "\n  [dev mailer] sign-in link for {}:\n  {link}\n",
+                "\n  [dev mailer] {} — for {}:\n  {link}\n",
+                message.subject,
                 message.to.as_str()
             );
         }

@@ -16,8 +16,8 @@ use field_crypto::{KeyMaterial, Keyring};
 use magic_auth::mailer::DevOutbox;
 use magic_auth::totp::{CodeCheck, TotpConfig, TotpService, code_at};
 use magic_auth::{
-    Account, AccountDirectory, AuthEvent, AuthEventKind, AuthEvents, EmailAddress, Limit,
-    LinkConfig, MagicLinks, SessionConfig, SessionStore,
+    Account, AccountDirectory, AuthEvent, AuthEventKind, AuthEvents, EmailAddress, EmailChange,
+    Limit, LinkConfig, MagicLinks, SessionConfig, SessionStore,
 };
 use rls_guard::TenantPool;
 use rls_guard::schema::SUPPORT_SQL;
@@ -82,6 +82,41 @@ impl AccountDirectory for Directory {
             .iter()
             .find(|((t, _), a)| *t == tenant && a.user == user)
             .map(|(_, a)| *a))
+    }
+    async fn address_of(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<EmailAddress>, Never> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|((t, _), a)| *t == tenant && a.user == user)
+            .and_then(|((_, email), _)| EmailAddress::parse(email).ok()))
+    }
+    async fn change_email(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+        new: &EmailAddress,
+    ) -> Result<EmailChange, Never> {
+        let mut all = self.0.lock().unwrap();
+        let new_key = (tenant, new.as_str().to_owned());
+        if all.get(&new_key).is_some_and(|a| a.user != user) {
+            return Ok(EmailChange::Taken);
+        }
+        let Some(old_key) = all
+            .iter()
+            .find(|((t, _), a)| *t == tenant && a.user == user && !a.disabled)
+            .map(|(k, _)| k.clone())
+        else {
+            return Ok(EmailChange::NoAccount);
+        };
+        let account = all.remove(&old_key).unwrap();
+        all.insert(new_key, account);
+        Ok(EmailChange::Changed)
     }
 }
 

@@ -142,7 +142,7 @@ pub(super) async fn start(
 }
 
 /// RFC 4648 base32 without padding (as authenticator apps take keys).
-fn base32(bytes: &[u8]) -> String {
+pub(super) fn base32(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
     let mut buffer: u32 = 0;
@@ -163,7 +163,7 @@ fn base32(bytes: &[u8]) -> String {
 
 /// The Key URI an authenticator app scans: SHA-1, 6 digits, 30 s (the defaults, so not
 /// written), as magic-auth writes it at enrolment.
-fn otpauth_url(key: &str, issuer: &str, account: &str) -> String {
+pub(super) fn otpauth_url(key: &str, issuer: &str, account: &str) -> String {
     let issuer = encode(issuer);
     format!(
         "otpauth://totp/{issuer}:{}?secret={key}&issuer={issuer}",

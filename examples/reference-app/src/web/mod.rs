@@ -18,6 +18,7 @@ mod enrolment;
 mod hygiene;
 mod pages;
 mod refusal;
+mod settings;
 mod staff;
 
 use std::collections::HashMap;
@@ -279,9 +280,21 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             r.layer(Guard::require_step_up(STEP_UP_MAX_AGE))
                 .layer(AuditLayer::new(state.audit.clone(), actions::DATA_EXPORTED))
         });
+    // Disabling one's own account (with a typed confirmation) and changing its e-mail address:
+    // a fresh second factor (magic-auth checks it again for the address).
+    let disable = Routes::new()
+        .at("/settings/disable", &["POST"], post(settings::disable))
+        .at("/settings/email", &["POST"], post(settings::request_email))
+        .wrap(|r| r.layer(Guard::require_step_up(STEP_UP_MAX_AGE)));
     // Routes for a member of a tenant, signed in with both factors: the tenant comes from the
     // session's actor.
     let tenant_routes = Routes::new()
+        .at("/settings", &["GET"], get(settings::page))
+        .at(
+            "/settings/email/confirm",
+            &["GET", "POST"],
+            get(settings::email_landing).post(settings::confirm_email),
+        )
         .at(
             "/notes",
             &["GET", "POST"],
@@ -326,6 +339,7 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
         .at("/api/admin/members", &["GET"], get(api::members))
         .merge(role_change)
         .merge(export)
+        .merge(disable)
         .wrap(|r| {
             r.layer(TenantLayer::new(ActorResolver))
                 .layer(Guard::require_two_factors())
@@ -366,6 +380,18 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             get(auth::step_up_page).post(auth::totp_submit),
         )
         .at("/auth/logout", &["POST"], post(auth::logout))
+        // Replacing the authenticator: also from a session with the link only (a lost phone,
+        // with a recovery code); the handler and magic-auth check the proof.
+        .at(
+            "/settings/authenticator",
+            &["GET", "POST"],
+            get(settings::authenticator).post(settings::start_replacement),
+        )
+        .at(
+            "/settings/authenticator/confirm",
+            &["POST"],
+            post(settings::confirm_replacement),
+        )
         .wrap(|r| r.layer(Guard::require_auth()));
     let mut app = Routes::new()
         .at("/", &["GET"], get(auth::home))

@@ -1,0 +1,126 @@
+//! Disabling one's own account through the real router (`POST /settings/disable`): it needs a
+//! fresh second factor and a typed confirmation, and ends every session and pending link, stops
+//! new links and sends a notice. Each attack checks that nothing changed, next to its positive
+//! control.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{Browser, backdate_second_factor, start};
+use sqlx::PgPool;
+
+/// Waits until the audit log holds a record of each of `actions` (the hook writes from tasks).
+async fn audited(admin: &PgPool, actions: &[&str]) {
+    for action in actions {
+        let mut n = 0;
+        for _ in 0..200 {
+            let (count,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM audit.events WHERE action = $1")
+                    .bind(action)
+                    .fetch_one(admin)
+                    .await
+                    .unwrap();
+            n = count;
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(n > 0, "{action} was not audited");
+    }
+}
+
+fn notices(app: &reference_app::App, subject: &str) -> usize {
+    app.outbox_messages()
+        .iter()
+        .filter(|(to, s)| to == "bob@acme.test" && s == subject)
+        .count()
+}
+
+#[tokio::test]
+async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_link() {
+    let app = start().await;
+    let admin = app.database().unwrap().pool(testkit::Role::Admin, 2).await;
+    let mut bob = Browser::signed_in(&app, "acme", "bob@acme.test").await;
+    let mut other = Browser::signed_in(&app, "acme", "bob@acme.test").await;
+    let mut alice = Browser::signed_in(&app, "acme", "alice@acme.test").await;
+    // A pending sign-in link of bob's, in a third browser.
+    let mut linked = Browser::new(&app);
+    let before = app.outbox_links().len();
+    let asked = linked
+        .post(
+            "/auth/request",
+            &[("workspace", "acme"), ("email", "bob@acme.test")],
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::OK);
+    let mut link = None;
+    for _ in 0..200 {
+        if app.outbox_links().len() > before {
+            link = app.outbox_links().last().cloned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let token = link.unwrap().split("token=").nth(1).unwrap().to_owned();
+
+    // Attacks: a second factor 11 minutes old; no typed confirmation (a forged or stray form).
+    let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
+    backdate_second_factor(&admin, "acme", "bob@acme.test").await;
+    let refused = stale
+        .post("/settings/disable", &[("confirm", "disable")])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let refused = bob.post("/settings/disable", &[]).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(other.get("/notes").await.status, StatusCode::OK);
+    assert_eq!(notices(&app, "Your account was disabled"), 0);
+
+    // Positive: disabled, signed out everywhere, the pending link dead, no new link sent.
+    let done = bob
+        .post("/settings/disable", &[("confirm", "disable")])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(!bob.cookies.contains_key("__Host-session"));
+    for browser in [&mut other, &mut stale] {
+        assert_eq!(browser.get("/notes").await.status, StatusCode::UNAUTHORIZED);
+    }
+    let confirmed = linked.post("/auth/link", &[("token", &token)]).await;
+    assert_eq!(confirmed.status, StatusCode::UNAUTHORIZED);
+    assert!(!linked.cookies.contains_key("__Host-session"));
+    let (disabled,): (bool,) =
+        sqlx::query_as("SELECT disabled FROM workspace.members WHERE email = 'bob@acme.test'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert!(disabled);
+    let links = app.outbox_links().len();
+    linked
+        .post(
+            "/auth/request",
+            &[("workspace", "acme"), ("email", "bob@acme.test")],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.outbox_links().len(),
+        links,
+        "a disabled account got a link"
+    );
+    assert_eq!(notices(&app, "Your account was disabled"), 1);
+    audited(
+        &admin,
+        &[
+            "authn.account_disabled",
+            "session.revoked_all",
+            "authn.links_invalidated",
+        ],
+    )
+    .await;
+
+    // Control: another member of the workspace is untouched.
+    assert_eq!(alice.get("/notes").await.status, StatusCode::OK);
+}

@@ -1,0 +1,184 @@
+//! Replacing the authenticator through the real router (`/settings/authenticator`): it needs a
+//! fresh second factor or a recovery code, only the session that started it completes it, and
+//! completing it destroys the old seed, ends every other session and sends a notice. Each attack
+//! checks that nothing changed, next to its positive control.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{Browser, backdate_second_factor, code, start};
+use sqlx::PgPool;
+
+/// bob's pending replacement: whether a seed is stored.
+async fn replacement_pending(admin: &PgPool) -> bool {
+    let (pending,): (bool,) = sqlx::query_as(
+        "SELECT t.replacement_seed IS NOT NULL FROM auth.totp t JOIN workspace.members m \
+         ON m.tenant_id = t.tenant_id AND m.user_id = t.user_id WHERE m.email = 'bob@acme.test'",
+    )
+    .fetch_one(admin)
+    .await
+    .unwrap();
+    pending
+}
+
+/// Waits until the audit log holds a record of each of `actions` (the hook writes from tasks).
+async fn audited(admin: &PgPool, actions: &[&str]) {
+    for action in actions {
+        let mut n = 0;
+        for _ in 0..200 {
+            let (count,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM audit.events WHERE action = $1")
+                    .bind(action)
+                    .fetch_one(admin)
+                    .await
+                    .unwrap();
+            n = count;
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(n > 0, "{action} was not audited");
+    }
+}
+
+fn key_of(body: &str) -> Vec<u8> {
+    let key = body
+        .split("Key: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap();
+    totp_rs::Secret::try_from_base32(key)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+/// A code that `seed` does not show now (nor one step either side).
+fn wrong(seed: &[u8]) -> String {
+    let valid = [code(seed, -1), code(seed, 0), code(seed, 1)];
+    (0u32..)
+        .map(|n| format!("{:06}", (n * 7919 + 13) % 1_000_000))
+        .find(|c| !valid.contains(c))
+        .unwrap()
+}
+
+fn notices(app: &reference_app::App, subject: &str) -> usize {
+    app.outbox_messages()
+        .iter()
+        .filter(|(to, s)| to == "bob@acme.test" && s == subject)
+        .count()
+}
+
+#[tokio::test]
+async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_and_sends_a_notice() {
+    let app = start().await;
+    let admin = app.database().unwrap().pool(testkit::Role::Admin, 2).await;
+    let mut bob = Browser::new(&app);
+    let old_seed = bob.sign_in("acme", "bob@acme.test").await;
+    let mut other = Browser::signed_in(&app, "acme", "bob@acme.test").await;
+
+    // Attacks: a session whose second factor is 11 minutes old, a session with the link only,
+    // a wrong recovery code. None starts a replacement.
+    let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
+    backdate_second_factor(&admin, "acme", "bob@acme.test").await;
+    let refused = stale.post("/settings/authenticator", &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let mut link_only = Browser::with_session(&app, "acme", "bob@acme.test", false).await;
+    for form in [vec![], vec![("recovery_code", "aaaa-bbbb-cccc-dddd")]] {
+        let refused = link_only.post("/settings/authenticator", &form).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    }
+    assert!(
+        !replacement_pending(&admin).await,
+        "a refused start stored a seed"
+    );
+    assert_eq!(notices(&app, "Your authenticator was replaced"), 0);
+
+    // Positive control: bob's fresh session starts it, and sees the new key.
+    let started = bob.post("/settings/authenticator", &[]).await;
+    assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.body);
+    assert_eq!(started.location(), "/settings/authenticator");
+    let page = bob.get("/settings/authenticator").await;
+    assert!(page.body.contains("<svg"), "{}", page.body);
+    let new_seed = key_of(&page.body);
+    assert_ne!(new_seed, old_seed);
+
+    // Another session of the account neither sees nor completes it.
+    let seen = other.get("/settings/authenticator").await;
+    assert!(!seen.body.contains("Key:"));
+    let stolen = other
+        .post(
+            "/settings/authenticator/confirm",
+            &[("code", &code(&new_seed, 0))],
+        )
+        .await;
+    assert_eq!(stolen.status, StatusCode::BAD_REQUEST, "{}", stolen.body);
+    // A wrong code changes nothing.
+    let wrong_code = bob
+        .post(
+            "/settings/authenticator/confirm",
+            &[("code", &wrong(&new_seed))],
+        )
+        .await;
+    assert_eq!(wrong_code.status, StatusCode::SEE_OTHER);
+    assert_eq!(wrong_code.location(), "/settings/authenticator?error=wrong");
+    assert_eq!(other.get("/notes").await.status, StatusCode::OK);
+    assert!(replacement_pending(&admin).await);
+
+    // The new authenticator's code completes it: a new session for bob, the others ended.
+    let before = bob.cookies.get("__Host-session").cloned();
+    let done = bob
+        .post(
+            "/settings/authenticator/confirm",
+            &[("code", &code(&new_seed, 0))],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.location(), "/settings?done=authenticator");
+    assert_ne!(bob.cookies.get("__Host-session").cloned(), before);
+    let settings = bob.get(done.location()).await;
+    assert_eq!(settings.status, StatusCode::OK);
+    assert!(settings.body.contains("was replaced"));
+    assert!(!replacement_pending(&admin).await);
+    for browser in [&mut other, &mut stale, &mut link_only] {
+        assert_eq!(browser.get("/notes").await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(bob.get("/notes").await.status, StatusCode::OK);
+
+    // Old codes stop working; the new authenticator's next code passes a step-up.
+    let old = bob
+        .post(
+            "/auth/step-up",
+            &[("code", &code(&old_seed, 1)), ("next", "/notes")],
+        )
+        .await;
+    assert!(
+        old.location().starts_with("/auth/step-up?error=wrong"),
+        "{}",
+        old.location()
+    );
+    let new = bob
+        .post(
+            "/auth/step-up",
+            &[("code", &code(&new_seed, 1)), ("next", "/notes")],
+        )
+        .await;
+    assert_eq!(new.location(), "/notes");
+
+    assert_eq!(notices(&app, "Your authenticator was replaced"), 1);
+    audited(
+        &admin,
+        &[
+            "authn.mfa_replacement_started",
+            "authn.mfa_replaced",
+            "session.revoked_all",
+        ],
+    )
+    .await;
+}
