@@ -1,7 +1,7 @@
 //! Passwordless sign-in for multi-tenant services: email magic link + TOTP, MFA for staff,
 //! step-up for sensitive actions, and sessions stored in PostgreSQL that can be revoked at once.
 //!
-//! **Status: being built.** The session layer every other part stands on:
+//! The session layer every other part stands on:
 //!
 //! - [`SessionToken`]: 256-bit secrets from the operating system's generator, carried as
 //!   `v1.<tenant>.<session id>.<secret>`; the database keeps only a hash of the secret, compared
@@ -56,8 +56,6 @@
 //!   plain text to a loopback catcher only.
 //!
 //! - [`audit`] (feature `audit-log`, default): `audit_log::AuditLog` as the events hook.
-//!
-//! Still to come: a cheaper session lookup (the benchmark goal).
 #![forbid(unsafe_code)]
 
 mod account;
