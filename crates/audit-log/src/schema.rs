@@ -137,7 +137,9 @@ CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
 DECLARE
     last_seq  bigint;
     last_hash bytea;
-    record    jsonb;
+    record    json;
+    depth     integer;
+    repeated  boolean;
 BEGIN
     -- The time is the writing server's clock: refuse one that is off by more than the allowed
     -- skew (a backdated event could otherwise pull younger events into retention pruning).
@@ -147,12 +149,33 @@ BEGIN
             ERRCODE = 'AL002',
             MESSAGE = 'audit event time is not the current time';
     END IF;
-    -- The columns must say what the hashed record says (the verifier checks the record's exact
-    -- form): one raw INSERT cannot put a record under another tenant, time, actor, action,
-    -- outcome or request id. A record that is not JSON fails the cast.
-    record := pg_catalog.convert_from(NEW.event, 'UTF8')::jsonb;
-    IF pg_catalog.jsonb_typeof(record) IS DISTINCT FROM 'object'
-       OR record -> 'schema' IS DISTINCT FROM '{schema_version}'::jsonb
+    -- The columns must say what the hashed record says: one raw INSERT cannot put a record
+    -- under another tenant, time, actor, action, outcome or request id. The record is read as
+    -- `json` (its text as written, duplicate keys kept) and held to what the verifier's strict
+    -- parse accepts, so a record the verifier would reject never enters the chain. A record
+    -- that is not JSON, or holds a number no float can carry, fails a cast.
+    record := pg_catalog.convert_from(NEW.event, 'UTF8')::json;
+    IF pg_catalog.json_typeof(record) IS DISTINCT FROM 'object'
+       OR pg_catalog.json_typeof(record -> 'actor') IS DISTINCT FROM 'object'
+       OR pg_catalog.json_typeof(record -> 'outcome') IS DISTINCT FROM 'object'
+       OR EXISTS (SELECT 1 FROM pg_catalog.json_object_keys(record) AS k(key)
+                   WHERE k.key NOT IN ('schema', 'tenant', 'occurred_at', 'action', 'actor',
+                                       'outcome', 'request_id', 'targets', 'ip', 'user_agent',
+                                       'metadata'))
+       OR EXISTS (SELECT 1 FROM pg_catalog.json_object_keys(record -> 'actor') AS k(key)
+                   WHERE k.key NOT IN ('kind', 'id', 'tenant'))
+       OR EXISTS (SELECT 1 FROM pg_catalog.json_object_keys(record -> 'outcome') AS k(key)
+                   WHERE k.key NOT IN ('status', 'reason'))
+       OR (record -> 'schema')::text IS DISTINCT FROM '{schema_version}'
+       OR pg_catalog.json_typeof(record -> 'tenant') IS DISTINCT FROM 'string'
+       OR pg_catalog.json_typeof(record -> 'occurred_at') IS DISTINCT FROM 'string'
+       OR pg_catalog.json_typeof(record -> 'action') IS DISTINCT FROM 'string'
+       OR pg_catalog.json_typeof(record -> 'actor' -> 'kind') IS DISTINCT FROM 'string'
+       OR pg_catalog.json_typeof(record -> 'outcome' -> 'status') IS DISTINCT FROM 'string'
+       OR COALESCE(pg_catalog.json_typeof(record -> 'request_id'), 'null')
+          NOT IN ('string', 'null')
+       OR COALESCE(pg_catalog.json_typeof(record -> 'actor' -> 'id'), 'null')
+          NOT IN ('string', 'null')
        OR record ->> 'tenant' IS DISTINCT FROM NEW.tenant_id::text
        OR record ->> 'occurred_at' IS DISTINCT FROM
           pg_catalog.to_char(NEW.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
@@ -164,6 +187,38 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'AL003',
             MESSAGE = 'audit record does not match its columns';
+    END IF;
+    -- The verifier's parser stops at 128 levels of nesting, at numbers beyond a float and at a
+    -- key given twice; a key given twice anywhere (metadata included) would also leave its
+    -- value to the reader. Walk every value once: refuse depth and duplicates here, and let the
+    -- float cast refuse the numbers.
+    WITH RECURSIVE walk(v, d) AS (
+        SELECT record, 1
+        UNION ALL
+        SELECT c.v, w.d + 1
+          FROM walk w
+          CROSS JOIN LATERAL (
+              SELECT e.value FROM pg_catalog.json_each(
+                  CASE WHEN pg_catalog.json_typeof(w.v) = 'object' THEN w.v ELSE '{{}}' END) e
+              UNION ALL
+              SELECT a.value FROM pg_catalog.json_array_elements(
+                  CASE WHEN pg_catalog.json_typeof(w.v) = 'array' THEN w.v ELSE '[]' END) a
+          ) AS c(v)
+         WHERE w.d <= 100
+    )
+    SELECT pg_catalog.max(w.d), pg_catalog.bool_or(
+               CASE WHEN pg_catalog.json_typeof(w.v) = 'object'
+                    THEN (SELECT pg_catalog.count(*) <> pg_catalog.count(DISTINCT k.key)
+                            FROM pg_catalog.json_object_keys(w.v) AS k(key))
+                    ELSE false END)
+      INTO depth, repeated
+      FROM walk w
+     WHERE CASE WHEN pg_catalog.json_typeof(w.v) = 'number'
+                THEN (w.v::text)::float8 IS NOT NULL ELSE true END;
+    IF depth > 100 OR repeated THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL003',
+            MESSAGE = 'audit record is nested too deeply or repeats a key';
     END IF;
     -- Held until commit: the next writer of this tenant waits, then (READ COMMITTED: a new
     -- snapshot per statement) reads the event this one committed.

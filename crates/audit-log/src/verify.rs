@@ -10,9 +10,7 @@ use tenant_scope::TenantId;
 use time::OffsetDateTime;
 
 use crate::AuditError;
-use crate::canonical::{
-    CanonicalView, ChainHash, TIME_LEN, chain_hash, format_time, genesis_hash, write_time,
-};
+use crate::canonical::{CanonicalView, ChainHash, TIME_LEN, chain_hash, genesis_hash, write_time};
 use crate::checkpoint::{Acknowledgement, Checkpoint, TrustedKeys};
 
 /// What is wrong at the first break.
@@ -639,31 +637,28 @@ pub(crate) async fn load_checkpoints(
     conn: &mut sqlx::PgConnection,
     tenant: TenantId,
 ) -> Result<Vec<Checkpoint>, AuditError> {
-    type CheckpointRow = (
-        i64,
-        Vec<u8>,
-        OffsetDateTime,
-        String,
-        Vec<u8>,
-        Option<OffsetDateTime>,
+    type CheckpointRow = (i64, Vec<u8>, String, String, Vec<u8>, Option<String>);
+    let sql = format!(
+        "SELECT seq, hash, {}, key_id, signature, \
+                CASE WHEN prune_cutoff IS NOT NULL THEN {} END \
+         FROM audit.checkpoints WHERE tenant_id = $1 ORDER BY seq, anchor",
+        stored_time("signed_at"),
+        stored_time("prune_cutoff"),
     );
-    let rows: Vec<CheckpointRow> = sqlx::query_as(
-        "SELECT seq, hash, signed_at, key_id, signature, prune_cutoff FROM audit.checkpoints \
-         WHERE tenant_id = $1 ORDER BY seq, anchor",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<CheckpointRow> = sqlx::query_as(&sql)
+        .bind(tenant.as_uuid())
+        .fetch_all(&mut *conn)
+        .await?;
     rows.into_iter()
         .map(|(seq, hash, signed_at, key_id, signature, prune_cutoff)| {
             Ok(Checkpoint {
                 tenant: tenant.to_string(),
                 seq: u64::try_from(seq).map_err(|_| AuditError::Malformed("checkpoint"))?,
                 hash: hex::encode(hash),
-                signed_at: format_time(signed_at)?,
+                signed_at,
                 key_id,
                 signature: hex::encode(signature),
-                prune_cutoff: prune_cutoff.map(format_time).transpose()?,
+                prune_cutoff,
             })
         })
         .collect()
@@ -703,6 +698,20 @@ pub(crate) async fn resume_point(
     Ok(None)
 }
 
+/// A stored signing time as the text that was signed, formatted by the server.
+///
+/// Rows in these tables come from roles that may hold no key: a time no RFC 3339 text can
+/// carry (a BC date, a year past 9999, `infinity`) must not stop the loading of every other row.
+/// Such a row gets text that no signature covers and is rejected like any other junk.
+fn stored_time(column: &str) -> String {
+    format!(
+        "COALESCE(pg_catalog.to_char({column} AT TIME ZONE 'UTC', \
+                  'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                  || CASE WHEN {column} < '0001-01-01 00:00:00+00' THEN ' BC' ELSE '' END, \
+                  'unrepresentable')"
+    )
+}
+
 /// The acknowledgements stored for `tenant` (trusted or not: the verifier decides).
 pub(crate) async fn load_acknowledgements(
     conn: &mut sqlx::PgConnection,
@@ -715,18 +724,20 @@ pub(crate) async fn load_acknowledgements(
         Vec<u8>,
         String,
         String,
-        OffsetDateTime,
+        String,
         String,
         Vec<u8>,
     );
-    let rows: Vec<AckRow> = sqlx::query_as(
-        "SELECT break_seq, kind, resume_seq, resume_hash, by_whom, reason, signed_at, key_id, \
+    let sql = format!(
+        "SELECT break_seq, kind, resume_seq, resume_hash, by_whom, reason, {}, key_id, \
                 signature \
          FROM audit.acknowledgements WHERE tenant_id = $1 ORDER BY break_seq",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_all(&mut *conn)
-    .await?;
+        stored_time("signed_at"),
+    );
+    let rows: Vec<AckRow> = sqlx::query_as(&sql)
+        .bind(tenant.as_uuid())
+        .fetch_all(&mut *conn)
+        .await?;
     let bad = || AuditError::Malformed("acknowledgement");
     rows.into_iter()
         .map(
@@ -739,7 +750,7 @@ pub(crate) async fn load_acknowledgements(
                     resume_hash: hex::encode(resume_hash),
                     by,
                     reason,
-                    signed_at: format_time(at)?,
+                    signed_at: at,
                     key_id,
                     signature: hex::encode(signature),
                 })
@@ -828,7 +839,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::canonical::{canonical_bytes, now_micros};
+    use crate::canonical::{canonical_bytes, format_time, now_micros};
     use crate::event::{AuditActor, AuditEvent, Outcome, Target};
 
     struct Built {
