@@ -45,6 +45,9 @@ pub enum Notice {
     EmailChangeRequested,
     /// The account's e-mail address was changed (sent to the *old* address).
     EmailChanged,
+    /// New recovery codes were made and the old ones stopped working
+    /// ([`TotpService::regenerate_recovery_codes`](crate::totp::TotpService::regenerate_recovery_codes)).
+    RecoveryCodesRegenerated,
 }
 
 impl Notice {
@@ -72,6 +75,11 @@ impl Notice {
                 "Your e-mail address was changed",
                 "The e-mail address of your account was changed: sign-in links now go to the new \
                  address, and every other session of the account was signed out.",
+            ),
+            Self::RecoveryCodesRegenerated => (
+                "New recovery codes were made for your account",
+                "New recovery codes were made for your account: the earlier ones no longer \
+                 work.",
             ),
         };
         Message {

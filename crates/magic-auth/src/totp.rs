@@ -292,6 +292,19 @@ fn seed_context(tenant: TenantId, user: ActorId) -> Context {
     )
 }
 
+/// The authenticator of an account, as [`TotpService::enrolment_state`] reads it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum EnrolmentState {
+    /// No enrolment was ever started.
+    NotStarted,
+    /// Started and not yet confirmed: the same QR code and key as when it was started (the
+    /// person may have scanned it already), ready to show again.
+    Pending(Enrolment),
+    /// Confirmed: codes are checked with [`TotpService::verify`].
+    Active,
+}
+
 fn totp(seed: Vec<u8>, issuer: &str, account: &str) -> Result<totp_rs::Totp, AuthError> {
     totp_rs::Builder::new()
         .with_algorithm(totp_rs::Algorithm::SHA1)
@@ -369,7 +382,7 @@ impl TotpService {
             .keyring
             .seal(&seed, &seed_context(tenant, user))
             .map_err(|_| AuthError::Crypto)?;
-        let totp = totp(seed.to_vec(), &self.config.issuer, account)?;
+        let enrolment = self.enrolment_of(&seed, account)?;
         let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
         let stored = sqlx::query(
             "INSERT INTO auth.totp (tenant_id, user_id, seed) VALUES ($1, $2, $3) \
@@ -389,6 +402,12 @@ impl TotpService {
             return Err(AuthError::AlreadyEnrolled);
         }
         tx.commit().await?;
+        Ok(enrolment)
+    }
+
+    /// What [`TotpService::enroll`] and [`TotpService::start_replacement`] hand out for `seed`.
+    fn enrolment_of(&self, seed: &[u8], account: &str) -> Result<Enrolment, AuthError> {
+        let totp = totp(seed.to_vec(), &self.config.issuer, account)?;
         Ok(Enrolment {
             otpauth_url: Zeroizing::new(
                 totp.to_url()
@@ -396,6 +415,87 @@ impl TotpService {
             ),
             secret_base32: Zeroizing::new(totp.secret().to_base32()),
         })
+    }
+
+    /// Reads `user`'s authenticator without changing anything: none, active, or pending — and
+    /// a pending one with the QR code and key it was started with, opened from its sealed seed,
+    /// so a page can show it again instead of starting a new one (a reload, a second tab or a
+    /// link scanner must not invalidate a code the person has just scanned). `account` is the
+    /// label shown in the authenticator app, as given to [`TotpService::enroll`].
+    ///
+    /// Serve a pending enrolment only to the account's own session, over TLS, with
+    /// `Cache-Control: no-store`: it is the secret.
+    ///
+    /// # Errors
+    /// [`AuthError::Crypto`] when the stored seed does not open under this keyring and this
+    /// account (a row moved to another account or tenant opens for neither); database errors.
+    pub async fn enrolment_state(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+        account: &str,
+    ) -> Result<EnrolmentState, AuthError> {
+        let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
+        let row: Option<(bool, Vec<u8>)> = sqlx::query_as(
+            "SELECT confirmed_at IS NOT NULL, seed FROM auth.totp \
+             WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        match row {
+            None => Ok(EnrolmentState::NotStarted),
+            Some((true, _)) => Ok(EnrolmentState::Active),
+            Some((false, sealed)) => {
+                let seed = self
+                    .keyring
+                    .open(&sealed, &seed_context(tenant, user))
+                    .map_err(|_| AuthError::Crypto)?;
+                Ok(EnrolmentState::Pending(
+                    self.enrolment_of(seed.as_bytes(), account)?,
+                ))
+            }
+        }
+    }
+
+    /// The replacement authenticator that `session` started
+    /// ([`TotpService::start_replacement`]) and has not completed, with the QR code and key it
+    /// was started with, or `None`. A replacement started from another session of the account
+    /// is not shown here (it can only be completed from that session). `account` is the label
+    /// shown in the authenticator app.
+    ///
+    /// # Errors
+    /// [`AuthError::Crypto`] when the stored seed does not open under this keyring and this
+    /// account; database errors.
+    pub async fn pending_replacement(
+        &self,
+        session: &crate::Session,
+        account: &str,
+    ) -> Result<Option<Enrolment>, AuthError> {
+        let (tenant, user) = (session.tenant, session.user);
+        let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
+        let row: Option<(Option<Vec<u8>>, Option<uuid::Uuid>)> = sqlx::query_as(
+            "SELECT replacement_seed, replacement_session FROM auth.totp \
+             WHERE tenant_id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let Some((Some(sealed), Some(started_by))) = row else {
+            return Ok(None);
+        };
+        if started_by != session.id {
+            return Ok(None);
+        }
+        let seed = self
+            .keyring
+            .open(&sealed, &replacement_context(tenant, user))
+            .map_err(|_| AuthError::Crypto)?;
+        self.enrolment_of(seed.as_bytes(), account).map(Some)
     }
 
     /// Activates a pending enrolment with a valid code (at `now`, Unix seconds). The code's
@@ -599,9 +699,13 @@ impl TotpService {
     /// ones stop working). A sensitive action: the session must be `aal2` with its last factor
     /// check at most `max_age` old — checked here too, not only by the route's guard.
     ///
+    /// Reported as [`AuthEventKind::RecoveryCodesRegenerated`]; send the account a notice
+    /// ([`Notice::RecoveryCodesRegenerated`](crate::mailer::Notice::RecoveryCodesRegenerated)).
+    ///
     /// # Errors
-    /// [`AuthError::StepUpRequired`]; [`AuthError::NotEnrolled`] without active TOTP; database
-    /// errors.
+    /// [`AuthError::StepUpRequired`]; [`AuthError::NotEnrolled`] without active TOTP;
+    /// [`AuthError::InvalidToken`] when the session was revoked or the account disabled;
+    /// database errors.
     pub async fn regenerate_recovery_codes(
         &self,
         session: &crate::Session,
@@ -626,6 +730,15 @@ impl TotpService {
         if !matches!(active, Some((Some(_),))) {
             tx.rollback().await?;
             return Err(AuthError::NotEnrolled);
+        }
+        // Lock order: the TOTP row, then the account row, then the session. A revoke, a
+        // disable or a sign-out everywhere committed before this point refuses it; one after
+        // waits for it (and ends the session, not the codes).
+        if account::lock(&mut tx, tenant, user).await?.disabled
+            || !account::session_is_live(&mut tx, session).await?
+        {
+            tx.rollback().await?;
+            return Err(AuthError::InvalidToken);
         }
         sqlx::query(
             "UPDATE auth.recovery_codes SET used_at = now() \
@@ -700,7 +813,7 @@ impl TotpService {
             .keyring
             .seal(&seed, &replacement_context(tenant, user))
             .map_err(|_| AuthError::Crypto)?;
-        let totp = totp(seed.to_vec(), &self.config.issuer, account)?;
+        let enrolment = self.enrolment_of(&seed, account)?;
         let mut tx = self.pool.begin(&Self::context(tenant)?).await?;
         // Lock order: the TOTP row, then the account row, then the session.
         let stored = sqlx::query(
@@ -731,13 +844,7 @@ impl TotpService {
             Some(user),
             Some(session.id),
         );
-        Ok(Enrolment {
-            otpauth_url: Zeroizing::new(
-                totp.to_url()
-                    .map_err(|_| AuthError::InvalidConfig("totp url"))?,
-            ),
-            secret_base32: Zeroizing::new(totp.secret().to_base32()),
-        })
+        Ok(enrolment)
     }
 
     /// Completes the replacement `session` started with a code from the new authenticator (at

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{NOW, fixture, wrong_code};
 use magic_auth::mailer::Notice;
-use magic_auth::totp::{CodeCheck, ReplaceProof, code_at};
+use magic_auth::totp::{CodeCheck, EnrolmentState, ReplaceProof, code_at};
 use magic_auth::{
     Assurance, AuthError, AuthEventKind, EmailAddress, NewSession, Session, SessionToken,
 };
@@ -360,6 +360,7 @@ fn notices_carry_no_link_and_no_secret() {
         Notice::AccountDisabled,
         Notice::EmailChangeRequested,
         Notice::EmailChanged,
+        Notice::RecoveryCodesRegenerated,
     ] {
         let message = notice.message(EmailAddress::parse("ada@example.com").unwrap());
         assert_eq!(message.to.as_str(), "ada@example.com");
@@ -601,4 +602,173 @@ async fn an_address_taken_by_another_account_by_confirmation_is_not_applied() {
     assert_eq!(found(&f, "shared@example.com").await, Some(bea));
     assert_eq!(found(&f, "ada@example.com").await, Some(user));
     assert_eq!(f.live_sessions(user).await, 1, "nobody signed out");
+}
+
+fn secret(state: &EnrolmentState) -> Option<String> {
+    match state {
+        EnrolmentState::Pending(e) => Some(e.secret_base32.to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_pending_enrolment_is_shown_again_as_started_and_a_moved_seed_is_refused() {
+    let f = fixture(4).await;
+    let ada = f.account("ada@example.com", ActorKind::User);
+    let bob = f.account("bob@example.com", ActorKind::User);
+    let state = f.totp.enrolment_state(f.tenant, ada, "ada").await.unwrap();
+    assert!(matches!(state, EnrolmentState::NotStarted), "{state:?}");
+    let started = f.totp.enroll(f.tenant, ada, "ada").await.unwrap();
+    // Read twice: the same key and URL as at the start, and reading changes nothing.
+    for _ in 0..2 {
+        let state = f.totp.enrolment_state(f.tenant, ada, "ada").await.unwrap();
+        assert_eq!(
+            secret(&state).as_deref(),
+            Some(started.secret_base32.as_str())
+        );
+        let EnrolmentState::Pending(shown) = state else {
+            unreachable!()
+        };
+        assert_eq!(shown.otpauth_url.as_str(), started.otpauth_url.as_str());
+        assert!(!format!("{shown:?}").contains(started.secret_base32.as_str()));
+    }
+    // Attack: ada's sealed pending seed copied into bob's row (a runtime-role write, or a
+    // restore gone wrong) does not open for bob: refused, never shown as bob's.
+    let bob_started = f.totp.enroll(f.tenant, bob, "bob").await.unwrap();
+    let t = f.tenant;
+    let mut tx = f.admin.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SET LOCAL app.tenant_id = '{t}'; SET LOCAL app.commit_binding = '{t}:'"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE auth.totp SET seed = (SELECT seed FROM auth.totp WHERE tenant_id = $1 AND user_id = $2) \
+         WHERE tenant_id = $1 AND user_id = $3",
+    )
+    .bind(t.as_uuid())
+    .bind(ada.as_uuid())
+    .bind(bob.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let moved = f.totp.enrolment_state(f.tenant, bob, "bob").await;
+    assert!(matches!(moved, Err(AuthError::Crypto)), "{moved:?}");
+    assert_ne!(
+        bob_started.secret_base32.as_str(),
+        started.secret_base32.as_str()
+    );
+    // Confirmed: active, and the key is no longer shown.
+    let seed = seed_of(&started);
+    assert!(matches!(
+        f.totp
+            .confirm(f.tenant, ada, &code_at(&seed, NOW).unwrap(), NOW)
+            .await
+            .unwrap(),
+        CodeCheck::Accepted { .. }
+    ));
+    let state = f.totp.enrolment_state(f.tenant, ada, "ada").await.unwrap();
+    assert!(matches!(state, EnrolmentState::Active), "{state:?}");
+}
+
+#[tokio::test]
+async fn a_pending_replacement_is_shown_only_to_the_session_that_started_it() {
+    let f = fixture(4).await;
+    let user = f.account("ada@example.com", ActorKind::User);
+    f.enrolled(user).await;
+    let (mine, _) = session(&f, user, Assurance::Aal2).await;
+    let (other, _) = session(&f, user, Assurance::Aal2).await;
+    assert!(
+        f.totp
+            .pending_replacement(&mine, "ada")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let started = f
+        .totp
+        .start_replacement(&mine, STEP_UP, "ada", NOW)
+        .await
+        .unwrap();
+    let shown = f
+        .totp
+        .pending_replacement(&mine, "ada")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shown.secret_base32.as_str(), started.secret_base32.as_str());
+    assert_eq!(shown.otpauth_url.as_str(), started.otpauth_url.as_str());
+    // Another session of the same account does not see it.
+    assert!(
+        f.totp
+            .pending_replacement(&other, "ada")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Completed: nothing pending any more.
+    assert!(
+        f.totp
+            .complete_replacement(&mine, &code_at(&seed_of(&started), NOW).unwrap(), NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.totp
+            .pending_replacement(&mine, "ada")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn recovery_codes_are_not_regenerated_for_a_revoked_session_or_a_disabled_account() {
+    let f = fixture(4).await;
+    let user = f.account("ada@example.com", ActorKind::User);
+    f.enrolled(user).await;
+    let (first, _) = session(&f, user, Assurance::Aal2).await;
+    let kept = f
+        .totp
+        .regenerate_recovery_codes(&first, MAX_AGE)
+        .await
+        .unwrap();
+    for end in ["revoke_all", "disable"] {
+        let (mine, _) = session(&f, user, Assurance::Aal2).await;
+        if end == "revoke_all" {
+            f.sessions.revoke_all(f.tenant, user, None).await.unwrap();
+        } else {
+            f.sessions.disable_account(f.tenant, user).await.unwrap();
+        }
+        let refused = f.totp.regenerate_recovery_codes(&mine, MAX_AGE).await;
+        assert!(
+            matches!(refused, Err(AuthError::InvalidToken)),
+            "{end}: {refused:?}"
+        );
+        f.sessions.enable_account(f.tenant, user).await.unwrap();
+    }
+    // The codes made before still work: the refused calls changed nothing.
+    assert!(matches!(
+        f.totp
+            .use_recovery_code(f.tenant, user, &kept.codes()[0], NOW)
+            .await
+            .unwrap(),
+        CodeCheck::RecoveryAccepted { codes_left: 9 }
+    ));
+    // Positive control: a live, fresh session regenerates, and the old codes stop working.
+    let (live, _) = session(&f, user, Assurance::Aal2).await;
+    let fresh = f
+        .totp
+        .regenerate_recovery_codes(&live, MAX_AGE)
+        .await
+        .unwrap();
+    assert_eq!(fresh.codes().len(), magic_auth::totp::RECOVERY_CODES);
+    let old = f
+        .totp
+        .use_recovery_code(f.tenant, user, &kept.codes()[1], NOW)
+        .await
+        .unwrap();
+    assert!(matches!(old, CodeCheck::Rejected { .. }), "{old:?}");
 }

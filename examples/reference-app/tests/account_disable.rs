@@ -9,36 +9,7 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Browser, backdate_second_factor, start};
-use sqlx::PgPool;
-
-/// Waits until the audit log holds a record of each of `actions` (the hook writes from tasks).
-async fn audited(admin: &PgPool, actions: &[&str]) {
-    for action in actions {
-        let mut n = 0;
-        for _ in 0..200 {
-            let (count,): (i64,) =
-                sqlx::query_as("SELECT count(*) FROM audit.events WHERE action = $1")
-                    .bind(action)
-                    .fetch_one(admin)
-                    .await
-                    .unwrap();
-            n = count;
-            if n > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(n > 0, "{action} was not audited");
-    }
-}
-
-fn notices(app: &reference_app::App, subject: &str) -> usize {
-    app.outbox_messages()
-        .iter()
-        .filter(|(to, s)| to == "bob@acme.test" && s == subject)
-        .count()
-}
+use common::{Browser, audited, backdate_second_factor, notices, start};
 
 #[tokio::test]
 async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_link() {
@@ -77,7 +48,10 @@ async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_l
     let refused = bob.post("/settings/disable", &[]).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     assert_eq!(other.get("/notes").await.status, StatusCode::OK);
-    assert_eq!(notices(&app, "Your account was disabled"), 0);
+    assert_eq!(
+        notices(&app, "bob@acme.test", "Your account was disabled"),
+        0
+    );
 
     // Positive: disabled, signed out everywhere, the pending link dead, no new link sent.
     let done = bob
@@ -110,7 +84,10 @@ async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_l
         links,
         "a disabled account got a link"
     );
-    assert_eq!(notices(&app, "Your account was disabled"), 1);
+    assert_eq!(
+        notices(&app, "bob@acme.test", "Your account was disabled"),
+        1
+    );
     audited(
         &admin,
         &[

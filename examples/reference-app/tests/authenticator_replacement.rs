@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
-use common::{Browser, backdate_second_factor, code, start};
+use common::{Browser, audited, backdate_second_factor, code, notices, start};
 use sqlx::PgPool;
 
 /// bob's pending replacement: whether a seed is stored.
@@ -22,27 +20,6 @@ async fn replacement_pending(admin: &PgPool) -> bool {
     .await
     .unwrap();
     pending
-}
-
-/// Waits until the audit log holds a record of each of `actions` (the hook writes from tasks).
-async fn audited(admin: &PgPool, actions: &[&str]) {
-    for action in actions {
-        let mut n = 0;
-        for _ in 0..200 {
-            let (count,): (i64,) =
-                sqlx::query_as("SELECT count(*) FROM audit.events WHERE action = $1")
-                    .bind(action)
-                    .fetch_one(admin)
-                    .await
-                    .unwrap();
-            n = count;
-            if n > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(n > 0, "{action} was not audited");
-    }
 }
 
 fn key_of(body: &str) -> Vec<u8> {
@@ -68,13 +45,6 @@ fn wrong(seed: &[u8]) -> String {
         .unwrap()
 }
 
-fn notices(app: &reference_app::App, subject: &str) -> usize {
-    app.outbox_messages()
-        .iter()
-        .filter(|(to, s)| to == "bob@acme.test" && s == subject)
-        .count()
-}
-
 #[tokio::test]
 async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_and_sends_a_notice() {
     let app = start().await;
@@ -98,7 +68,10 @@ async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_an
         !replacement_pending(&admin).await,
         "a refused start stored a seed"
     );
-    assert_eq!(notices(&app, "Your authenticator was replaced"), 0);
+    assert_eq!(
+        notices(&app, "bob@acme.test", "Your authenticator was replaced"),
+        0
+    );
 
     // Positive control: bob's fresh session starts it, and sees the new key.
     let started = bob.post("/settings/authenticator", &[]).await;
@@ -171,7 +144,10 @@ async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_an
         .await;
     assert_eq!(new.location(), "/notes");
 
-    assert_eq!(notices(&app, "Your authenticator was replaced"), 1);
+    assert_eq!(
+        notices(&app, "bob@acme.test", "Your authenticator was replaced"),
+        1
+    );
     audited(
         &admin,
         &[

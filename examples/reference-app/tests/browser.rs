@@ -1,7 +1,9 @@
 //! End to end in a real browser: headless Chromium (Debian's `chromium` and `chromium-driver`)
 //! drives the app over HTTPS on loopback — sign-in with the magic link and TOTP (enrolment
 //! started with its own button), a note, the assistant run on the injected note, the held
-//! request approved by staff after a fresh second factor, and the audit viewer. A screenshot of
+//! request approved by staff after a fresh second factor, and the audit viewer; then every
+//! settings flow (recovery codes, a new authenticator, a new e-mail address, disabling the
+//! account). A screenshot of
 //! each page goes to the test's target directory (and, with `REFERENCE_APP_SCREENSHOTS=docs`, to
 //! `docs/screenshots/` for the walkthrough).
 #![allow(
@@ -118,7 +120,7 @@ async fn sign_in(
     workspace: &str,
     email: &str,
     shots: Option<&Shots>,
-) {
+) -> Vec<u8> {
     browser.goto(base).await.unwrap();
     if let Some(s) = shots {
         s.take(browser, "01-sign-in").await;
@@ -174,6 +176,11 @@ async fn sign_in(
         .next()
         .unwrap()
         .to_owned();
+    // Re-opening the page shows the same pending enrolment: it does not replace the seed the
+    // person may have scanned already.
+    browser.refresh().await.unwrap();
+    let again = wait_for(browser, "Key: <code>").await;
+    assert!(again.contains(&format!("Key: <code>{key}<")), "{again}");
     let seed = totp_rs::Secret::try_from_base32(&key)
         .unwrap()
         .as_bytes()
@@ -188,121 +195,143 @@ async fn sign_in(
     };
     let page = wait_for(browser, landing).await;
     assert!(page.contains(landing), "{page}");
+    seed
+}
+
+/// The app on a loopback HTTPS port and headless Chromium driving it.
+struct Harness {
+    app: std::sync::Arc<reference_app::App>,
+    base: String,
+    browser: Client,
+    driver: tokio::process::Child,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn launch() -> Self {
+        let driver_path = chromedriver();
+        let app_port = common::free_port();
+        // Under the target directory, so `cargo clean` removes it.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("reference-app-browser-{}", uuid::Uuid::new_v4()));
+        let base = format!("https://localhost:{app_port}");
+        let config = Config::from_args(
+            [
+                "--data-dir",
+                &dir.display().to_string(),
+                "--base-url",
+                &base,
+            ]
+            .into_iter()
+            .map(str::to_owned),
+        )
+        .unwrap()
+        .unwrap();
+        let app = reference_app::start(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
+            .await
+            .unwrap();
+        let app = std::sync::Arc::new(app);
+        let server = {
+            let app = app.clone();
+            tokio::spawn(async move { app.serve(listener).await })
+        };
+
+        let driver_port = common::free_port();
+        let driver = tokio::process::Command::new(&driver_path)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let webdriver = format!("http://127.0.0.1:{driver_port}");
+        let mut caps = serde_json::Map::new();
+        caps.insert("acceptInsecureCerts".into(), serde_json::json!(true));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                       "--disable-dev-shm-usage", "--window-size=1200,900"]}),
+        );
+        let mut browser = None;
+        for _ in 0..100 {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&webdriver)
+                .await
+            {
+                Ok(c) => {
+                    browser = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let browser = browser.expect("chromedriver started a Chromium session");
+        Self {
+            app,
+            base,
+            browser,
+            driver,
+            server,
+        }
+    }
+
+    async fn close(mut self) {
+        self.browser.close().await.unwrap();
+        self.driver.kill().await.unwrap();
+        self.server.abort();
+    }
 }
 
 #[tokio::test]
 async fn the_demo_in_headless_chromium() {
-    let driver_path = chromedriver();
-    let app_port = common::free_port();
-    // Under the target directory, so `cargo clean` removes it.
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("reference-app-browser-{}", uuid::Uuid::new_v4()));
-    let base = format!("https://localhost:{app_port}");
-    let config = Config::from_args(
-        [
-            "--data-dir",
-            &dir.display().to_string(),
-            "--base-url",
-            &base,
-        ]
-        .into_iter()
-        .map(str::to_owned),
-    )
-    .unwrap()
-    .unwrap();
-    let app = reference_app::start(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
-        .await
-        .unwrap();
-    let app = std::sync::Arc::new(app);
-    let server = {
-        let app = app.clone();
-        tokio::spawn(async move { app.serve(listener).await })
-    };
-
-    let driver_port = common::free_port();
-    let mut driver = tokio::process::Command::new(&driver_path)
-        .arg(format!("--port={driver_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let webdriver = format!("http://127.0.0.1:{driver_port}");
-    let mut caps = serde_json::Map::new();
-    caps.insert("acceptInsecureCerts".into(), serde_json::json!(true));
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                                   "--disable-dev-shm-usage", "--window-size=1200,900"]}),
-    );
-    let mut browser = None;
-    for _ in 0..100 {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&webdriver)
-            .await
-        {
-            Ok(c) => {
-                browser = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let browser = browser.expect("chromedriver started a Chromium session");
+    let harness = Harness::launch().await;
+    let (app, base, browser) = (&harness.app, harness.base.as_str(), &harness.browser);
     let shots = Shots::new();
 
     // Alice: sign-in, notes, a new note, the assistant on the injected note.
-    sign_in(
-        &browser,
-        &app,
-        &base,
-        "acme",
-        "alice@acme.test",
-        Some(&shots),
-    )
-    .await;
-    let page = wait_for(&browser, "Notes of Acme Corp").await;
+    sign_in(browser, app, base, "acme", "alice@acme.test", Some(&shots)).await;
+    let page = wait_for(browser, "Notes of Acme Corp").await;
     assert!(
         page.contains("Notes of Acme Corp") && page.contains("Q3 budget"),
         "{page}"
     );
-    fill(&browser, "#title", "Board meeting").await;
-    fill(&browser, "#body", "Prepare the Q4 plan.").await;
-    fill(&browser, "#new-phone", "+1 555 0142").await;
-    click(&browser, "form[action='/notes'][method='post'] button").await;
+    fill(browser, "#title", "Board meeting").await;
+    fill(browser, "#body", "Prepare the Q4 plan.").await;
+    fill(browser, "#new-phone", "+1 555 0142").await;
+    click(browser, "form[action='/notes'][method='post'] button").await;
     assert!(
-        wait_for(&browser, "Board meeting")
+        wait_for(browser, "Board meeting")
             .await
             .contains("Board meeting")
     );
-    shots.take(&browser, "05-notes").await;
+    shots.take(browser, "05-notes").await;
     browser.goto(&format!("{base}/assistant")).await.unwrap();
-    fill(&browser, "#prompt", "Summarise all my notes").await;
-    click(&browser, "form[action='/assistant'] button").await;
-    let page = wait_for(&browser, "is waiting for approval").await;
+    fill(browser, "#prompt", "Summarise all my notes").await;
+    click(browser, "form[action='/assistant'] button").await;
+    let page = wait_for(browser, "is waiting for approval").await;
     assert!(page.contains("is waiting for approval"), "{page}");
-    shots.take(&browser, "06-assistant-held").await;
-    click(&browser, "form[action='/auth/logout'] button").await;
-    wait_for(&browser, "Email me a sign-in link").await;
+    shots.take(browser, "06-assistant-held").await;
+    click(browser, "form[action='/auth/logout'] button").await;
+    wait_for(browser, "Email me a sign-in link").await;
 
     // Sam (staff): sign-in with TOTP, the approval queue behind a stated reason, approve.
-    sign_in(&browser, &app, &base, "ops", "sam@ops.test", None).await;
+    sign_in(browser, app, base, "ops", "sam@ops.test", None).await;
     browser
         .goto(&format!(
             "{base}/staff/approvals?tenant=acme&reason=Reviewing+the+assistant+queue"
         ))
         .await
         .unwrap();
-    let page = source(&browser).await;
+    let page = source(browser).await;
     assert!(
         page.contains("exfil@attacker.test") && page.contains("/to (untrusted)"),
         "{page}"
     );
-    shots.take(&browser, "07-approval-queue").await;
-    click(&browser, "form[action$='/approve'] button").await;
-    let page = wait_for(&browser, "Approved.").await;
+    shots.take(browser, "07-approval-queue").await;
+    click(browser, "form[action$='/approve'] button").await;
+    let page = wait_for(browser, "Approved.").await;
     let url = browser.current_url().await.unwrap();
     assert!(
         page.contains("Approved. send_email ran."),
@@ -315,14 +344,124 @@ async fn the_demo_in_headless_chromium() {
         ))
         .await
         .unwrap();
-    let page = source(&browser).await;
+    let page = source(browser).await;
     assert!(
         page.contains("chain verified") && page.contains("agent.tool_approved"),
         "{page}"
     );
-    shots.take(&browser, "08-audit-viewer").await;
+    shots.take(browser, "08-audit-viewer").await;
+    click(browser, "form[action='/auth/logout'] button").await;
+    wait_for(browser, "Email me a sign-in link").await;
 
-    browser.close().await.unwrap();
-    driver.kill().await.unwrap();
-    server.abort();
+    // Bob: every settings flow. (One test: a process holds one app, as it holds one
+    // cross-tenant authority.)
+    settings_flows(&harness, &shots).await;
+    harness.close().await;
+}
+
+/// The key shown on an enrolment or replacement page.
+fn shown_key(page: &str) -> String {
+    page.split("Key: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn notices_to(app: &reference_app::App, to: &str) -> Vec<String> {
+    app.outbox_messages()
+        .into_iter()
+        .filter(|(address, _)| address == to)
+        .map(|(_, subject)| subject)
+        .collect()
+}
+
+/// Every settings flow through the real pages, as a person would click them: new recovery
+/// codes, replacing the authenticator, changing the e-mail address, disabling the account.
+async fn settings_flows(harness: &Harness, shots: &Shots) {
+    let (app, base, browser) = (&harness.app, harness.base.as_str(), &harness.browser);
+    let old_seed = sign_in(browser, app, base, "acme", "bob@acme.test", None).await;
+
+    // New recovery codes: shown once, ten of them, and a notice to the account.
+    browser.goto(&format!("{base}/settings")).await.unwrap();
+    click(browser, "form[action='/settings/recovery-codes'] button").await;
+    let page = wait_for(browser, "Your recovery codes").await;
+    let codes: Vec<&str> = page
+        .split("<li><code>")
+        .skip(1)
+        .filter_map(|c| c.split('<').next())
+        .collect();
+    assert_eq!(codes.len(), 10, "{page}");
+    assert!(codes.iter().all(|c| c.len() >= 16), "{codes:?}");
+    shots.take(browser, "09-recovery-codes").await;
+    assert!(
+        notices_to(app, "bob@acme.test")
+            .contains(&"New recovery codes were made for your account".to_owned())
+    );
+
+    // Replacing the authenticator: the new key, shown again as it was on a reload, then
+    // confirmed with a code from it.
+    browser
+        .goto(&format!("{base}/settings/authenticator"))
+        .await
+        .unwrap();
+    click(browser, "form[action='/settings/authenticator'] button").await;
+    let page = wait_for(browser, "Key: <code>").await;
+    let key = shown_key(&page);
+    browser.refresh().await.unwrap();
+    assert_eq!(shown_key(&wait_for(browser, "Key: <code>").await), key);
+    let new_seed = totp_rs::Secret::try_from_base32(&key)
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    assert_ne!(new_seed, old_seed);
+    fill(browser, "#code", &common::code(&new_seed, 0)).await;
+    click(
+        browser,
+        "form[action='/settings/authenticator/confirm'] button",
+    )
+    .await;
+    let page = wait_for(browser, "Your authenticator was replaced").await;
+    assert!(page.contains("Your authenticator was replaced"), "{page}");
+
+    // Changing the e-mail address: a link to the new address, confirmed in this browser.
+    fill(browser, "#email", "robert@acme.test").await;
+    click(browser, "form[action='/settings/email'] button").await;
+    let page = wait_for(browser, "A confirmation link was sent").await;
+    assert!(page.contains("A confirmation link was sent"), "{page}");
+    let link = app
+        .outbox_links()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("/settings/email/confirm"))
+        .expect("a confirmation link");
+    browser.goto(&link).await.unwrap();
+    let page = wait_for(browser, "Confirm your new e-mail address").await;
+    assert!(page.contains("Confirm your new e-mail address"), "{page}");
+    click(browser, "form[action='/settings/email/confirm'] button").await;
+    let page = wait_for(browser, "Your e-mail address was changed").await;
+    assert!(page.contains("<code>robert@acme.test</code>"), "{page}");
+    shots.take(browser, "10-settings").await;
+
+    // Disabling the account: signed out, and the session no longer opens a page.
+    fill(browser, "#confirm", "disable").await;
+    click(browser, "form[action='/settings/disable'] button").await;
+    let page = wait_for(browser, "Your account is disabled").await;
+    assert!(page.contains("Your account is disabled"), "{page}");
+    browser.goto(&format!("{base}/notes")).await.unwrap();
+    let page = source(browser).await;
+    assert!(!page.contains("Notes of"), "{page}");
+
+    // The notices, each to the address it belongs to.
+    let old = notices_to(app, "bob@acme.test");
+    for subject in [
+        "Your authenticator was replaced",
+        "A change of your e-mail address was requested",
+        "Your e-mail address was changed",
+    ] {
+        assert!(old.contains(&subject.to_owned()), "{subject}: {old:?}");
+    }
+    assert!(notices_to(app, "robert@acme.test").contains(&"Your account was disabled".to_owned()));
 }

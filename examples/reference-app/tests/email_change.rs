@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
-use common::{Browser, as_admin_in, backdate_second_factor, start};
+use common::{Browser, as_admin_in, audited, backdate_second_factor, start};
 use sqlx::PgPool;
 
 async fn address_of(admin: &PgPool, user: uuid::Uuid) -> String {
@@ -39,26 +39,6 @@ fn confirmation_path(app: &reference_app::App) -> String {
         .unwrap();
     link.trim_start_matches(app.config.base_url.as_str())
         .to_owned()
-}
-
-async fn audited(admin: &PgPool, actions: &[&str]) {
-    for action in actions {
-        let mut n = 0;
-        for _ in 0..200 {
-            let (count,): (i64,) =
-                sqlx::query_as("SELECT count(*) FROM audit.events WHERE action = $1")
-                    .bind(action)
-                    .fetch_one(admin)
-                    .await
-                    .unwrap();
-            n = count;
-            if n > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(n > 0, "{action} was not audited");
-    }
 }
 
 #[tokio::test]

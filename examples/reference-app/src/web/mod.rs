@@ -280,11 +280,17 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
             r.layer(Guard::require_step_up(STEP_UP_MAX_AGE))
                 .layer(AuditLayer::new(state.audit.clone(), actions::DATA_EXPORTED))
         });
-    // Disabling one's own account (with a typed confirmation) and changing its e-mail address:
-    // a fresh second factor (magic-auth checks it again for the address).
+    // Disabling one's own account (with a typed confirmation), changing its e-mail address and
+    // making new recovery codes: a fresh second factor (magic-auth checks it again for the
+    // address and the codes).
     let disable = Routes::new()
         .at("/settings/disable", &["POST"], post(settings::disable))
         .at("/settings/email", &["POST"], post(settings::request_email))
+        .at(
+            "/settings/recovery-codes",
+            &["POST"],
+            post(settings::recovery_codes),
+        )
         .wrap(|r| r.layer(Guard::require_step_up(STEP_UP_MAX_AGE)));
     // Routes for a member of a tenant, signed in with both factors: the tenant comes from the
     // session's actor.

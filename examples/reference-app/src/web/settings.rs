@@ -1,4 +1,5 @@
-//! Account settings: replacing the authenticator and disabling the account.
+//! Account settings: replacing the authenticator, recovery codes, the e-mail address, and
+//! disabling the account.
 //!
 //! - Replacing the authenticator (`/settings/authenticator`) needs a second-factor check within
 //!   the last 10 minutes or one of the account's recovery codes (for a lost phone: a session
@@ -17,6 +18,10 @@
 //!   confirms it, and magic-auth then applies the change through the account directory
 //!   (`workspace.members`) and ends every other session.
 //!
+//! - Making new recovery codes (`POST /settings/recovery-codes`, behind a fresh step-up):
+//!   magic-auth replaces them (the old ones stop working), the page shows the new ones once,
+//!   and a notice goes to the account's address.
+//!
 //! Every step is an authentication event that the audit log records.
 
 use std::collections::HashMap;
@@ -26,16 +31,15 @@ use axum::Extension;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use field_crypto::Context;
 use magic_auth::mailer::{Mailer, Notice};
-use magic_auth::totp::{Enrolment, ReplaceProof};
+use magic_auth::totp::ReplaceProof;
 use magic_auth::{
     Assurance, AuthError, EmailAddress, Session, clear_session_cookie, session_cookie,
 };
 use tenant_scope::TenantContext;
 use zeroize::Zeroizing;
 
-use super::enrolment::{EnrolmentError, ISSUER, base32, otpauth_url};
+use super::enrolment::EnrolmentError;
 use super::{Nav, STEP_UP_MAX_AGE, internal, message, redirect, render};
 use crate::state::AppState;
 
@@ -104,47 +108,16 @@ fn is_fresh(session: &Session) -> bool {
             .is_ok_and(|max| time::OffsetDateTime::now_utc() - session.authenticated_at <= max)
 }
 
-/// The replacement `session` started and has not completed, shown again from its sealed seed
-/// (bound by magic-auth to `(tenant, auth.totp, replacement_seed, user)`).
+/// The replacement `session` started and has not completed, shown again as it was started.
 async fn pending(
     state: &AppState,
     session: &Session,
 ) -> Result<Option<(Zeroizing<String>, Zeroizing<String>)>, EnrolmentError> {
-    let context = TenantContext::for_actor(session.actor());
-    let mut tx = state.pool.begin(&context).await?;
-    let row: Option<(Option<Vec<u8>>, Option<uuid::Uuid>, String)> = sqlx::query_as(
-        "SELECT t.replacement_seed, t.replacement_session, m.email FROM auth.totp t \
-         JOIN workspace.members m ON m.tenant_id = t.tenant_id AND m.user_id = t.user_id \
-         WHERE t.tenant_id = $1 AND t.user_id = $2",
-    )
-    .bind(session.tenant.as_uuid())
-    .bind(session.user.as_uuid())
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let Some((Some(sealed), Some(started_by), email)) = row else {
+    let email = super::auth::member_email(state, session).await?;
+    let Some(enrolment) = state.totp.pending_replacement(session, &email).await? else {
         return Ok(None);
     };
-    if started_by != session.id {
-        return Ok(None);
-    }
-    let binding = Context::new(
-        session.tenant.as_uuid().as_bytes(),
-        "auth.totp",
-        "replacement_seed",
-        session.user.as_uuid().as_bytes(),
-    );
-    let seed = state
-        .keyring
-        .open(&sealed, &binding)
-        .map_err(|_| EnrolmentError::Seal)?;
-    let key = Zeroizing::new(base32(seed.as_bytes()));
-    let enrolment = Enrolment {
-        otpauth_url: Zeroizing::new(otpauth_url(&key, ISSUER, &email)),
-        secret_base32: key,
-    };
-    let qr_svg = enrolment.qr_svg()?;
-    Ok(Some((qr_svg, enrolment.secret_base32)))
+    Ok(Some((enrolment.qr_svg()?, enrolment.secret_base32)))
 }
 
 /// `GET /settings/authenticator`: the replacement this session started, or how to start one.
@@ -297,6 +270,55 @@ async fn send_notice(state: &AppState, session: &Session, notice: Notice) {
     if let Err(error) = state.mailer.send(notice.message(address)).await {
         tracing::error!(%error, "a security notice could not be sent");
     }
+}
+
+#[derive(Template)]
+#[template(path = "recovery_codes.html")]
+struct RecoveryCodesPage<'a> {
+    nav: Nav,
+    codes: &'a [String],
+}
+
+/// `POST /settings/recovery-codes` (behind a fresh step-up, which magic-auth checks again):
+/// replaces the account's recovery codes, shows the new ones once (the response is never
+/// cached) and sends a notice.
+pub(super) async fn recovery_codes(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> Response {
+    let codes = match state
+        .totp
+        .regenerate_recovery_codes(&session, STEP_UP_MAX_AGE)
+        .await
+    {
+        Ok(codes) => codes,
+        Err(AuthError::StepUpRequired) => return redirect(&state, "/auth/step-up?next=/settings"),
+        Err(AuthError::InvalidToken) => return signed_out(&state),
+        Err(AuthError::NotEnrolled) => {
+            return message(
+                &state,
+                Some(&session),
+                StatusCode::CONFLICT,
+                "No authenticator yet",
+                "Recovery codes belong to an authenticator: set one up first.",
+                Some(("/settings", "Back to settings")),
+            );
+        }
+        Err(e) => return internal(&state, &e),
+    };
+    send_notice(&state, &session, Notice::RecoveryCodesRegenerated).await;
+    let mut response = render(
+        StatusCode::OK,
+        &RecoveryCodesPage {
+            nav: Nav::of(&state, Some(&session)),
+            codes: codes.codes(),
+        },
+    );
+    response.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// `POST /settings/disable` (behind a fresh step-up): with `confirm=disable`, disables the

@@ -314,3 +314,32 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Waits until the audit log holds a record of each of `actions` (the hook writes from tasks).
+pub async fn audited(admin: &sqlx::PgPool, actions: &[&str]) {
+    for action in actions {
+        let mut n = 0;
+        for _ in 0..200 {
+            let (count,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM audit.events WHERE action = $1")
+                    .bind(action)
+                    .fetch_one(admin)
+                    .await
+                    .unwrap();
+            n = count;
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(n > 0, "{action} was not audited");
+    }
+}
+
+/// How many messages with `subject` the development outbox holds for `to`.
+pub fn notices(app: &App, to: &str, subject: &str) -> usize {
+    app.outbox_messages()
+        .iter()
+        .filter(|(address, s)| address == to && s == subject)
+        .count()
+}
