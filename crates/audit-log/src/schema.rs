@@ -137,8 +137,9 @@ CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
 DECLARE
     last_seq  bigint;
     last_hash bytea;
+    written   text;
     record    json;
-    depth     integer;
+    parsed    jsonb;
     repeated  boolean;
 BEGIN
     -- The time is the writing server's clock: refuse one that is off by more than the allowed
@@ -154,7 +155,8 @@ BEGIN
     -- `json` (its text as written, duplicate keys kept) and held to what the verifier's strict
     -- parse accepts, so a record the verifier would reject never enters the chain. A record
     -- that is not JSON, or holds a number no float can carry, fails a cast.
-    record := pg_catalog.convert_from(NEW.event, 'UTF8')::json;
+    written := pg_catalog.convert_from(NEW.event, 'UTF8');
+    record := written::json;
     IF pg_catalog.json_typeof(record) IS DISTINCT FROM 'object'
        OR pg_catalog.json_typeof(record -> 'actor') IS DISTINCT FROM 'object'
        OR pg_catalog.json_typeof(record -> 'outcome') IS DISTINCT FROM 'object'
@@ -188,37 +190,46 @@ BEGIN
             ERRCODE = 'AL003',
             MESSAGE = 'audit record does not match its columns';
     END IF;
-    -- The verifier's parser stops at 128 levels of nesting, at numbers beyond a float and at a
-    -- key given twice; a key given twice anywhere (metadata included) would also leave its
-    -- value to the reader. Walk every value once: refuse depth and duplicates here, and let the
-    -- float cast refuse the numbers.
-    WITH RECURSIVE walk(v, d) AS (
-        SELECT record, 1
-        UNION ALL
-        SELECT c.v, w.d + 1
-          FROM walk w
-          CROSS JOIN LATERAL (
-              SELECT e.value FROM pg_catalog.json_each(
-                  CASE WHEN pg_catalog.json_typeof(w.v) = 'object' THEN w.v ELSE '{{}}' END) e
-              UNION ALL
-              SELECT a.value FROM pg_catalog.json_array_elements(
-                  CASE WHEN pg_catalog.json_typeof(w.v) = 'array' THEN w.v ELSE '[]' END) a
-          ) AS c(v)
-         WHERE w.d <= 100
-    )
-    SELECT pg_catalog.max(w.d), pg_catalog.bool_or(
-               CASE WHEN pg_catalog.json_typeof(w.v) = 'object'
-                    THEN (SELECT pg_catalog.count(*) <> pg_catalog.count(DISTINCT k.key)
-                            FROM pg_catalog.json_object_keys(w.v) AS k(key))
-                    ELSE false END)
-      INTO depth, repeated
-      FROM walk w
-     WHERE CASE WHEN pg_catalog.json_typeof(w.v) = 'number'
-                THEN (w.v::text)::float8 IS NOT NULL ELSE true END;
-    IF depth > 100 OR repeated THEN
+    -- The verifier's parser stops at 128 levels of nesting and at numbers beyond a float; a key
+    -- given twice anywhere (metadata included) would leave its value to the reader. Depth and
+    -- numbers are checked on the `jsonb` value (a number beyond a float fails `.double()`).
+    parsed := record::jsonb;
+    IF pg_catalog.jsonb_path_exists(parsed, 'strict $.**{{100 to last}}') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL003',
             MESSAGE = 'audit record is nested too deeply or repeats a key';
+    END IF;
+    PERFORM pg_catalog.jsonb_path_query_array(
+        parsed, 'strict $.** ? (@.type() == "number").double()');
+    -- Repeated keys: `jsonb` keeps one of them, so a record written exactly as its `jsonb` text
+    -- (as this library writes every record) repeats none. Any other spelling — only a raw
+    -- INSERT writes one — is walked, object by object.
+    IF written IS DISTINCT FROM parsed::text THEN
+        WITH RECURSIVE walk(v) AS (
+            SELECT record
+            UNION ALL
+            SELECT c.v
+              FROM walk w
+              CROSS JOIN LATERAL (
+                  SELECT e.value FROM pg_catalog.json_each(
+                      CASE WHEN pg_catalog.json_typeof(w.v) = 'object' THEN w.v ELSE '{{}}' END) e
+                  UNION ALL
+                  SELECT a.value FROM pg_catalog.json_array_elements(
+                      CASE WHEN pg_catalog.json_typeof(w.v) = 'array' THEN w.v ELSE '[]' END) a
+              ) AS c(v)
+             WHERE pg_catalog.json_typeof(c.v) IN ('object', 'array')
+        )
+        SELECT pg_catalog.bool_or(
+                   (SELECT pg_catalog.count(*) <> pg_catalog.count(DISTINCT k.key)
+                      FROM pg_catalog.json_object_keys(w.v) AS k(key)))
+          INTO repeated
+          FROM walk w
+         WHERE pg_catalog.json_typeof(w.v) = 'object';
+        IF repeated THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'AL003',
+                MESSAGE = 'audit record is nested too deeply or repeats a key';
+        END IF;
     END IF;
     -- Held until commit: the next writer of this tenant waits, then (READ COMMITTED: a new
     -- snapshot per statement) reads the event this one committed.

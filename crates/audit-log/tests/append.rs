@@ -610,3 +610,44 @@ async fn a_raw_insert_whose_record_disagrees_with_its_columns_is_refused() {
         .unwrap();
     tx.rollback().await.unwrap();
 }
+
+/// Every record this library writes is already in `jsonb`'s text form — the database's cheap
+/// proof that it repeats no key — whatever its metadata holds: floats of every magnitude,
+/// escapes, non-ASCII text, keys of mixed lengths, empty and nested containers.
+#[tokio::test]
+async fn the_library_writes_every_record_exactly_as_jsonb_prints_it() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let metadata = [
+        serde_json::json!({"n": 1, "x": -0.0, "tiny": 1e-7, "huge": 1.5e21, "third": 1.0 / 3.0}),
+        serde_json::json!({"text": "line\nbreak \"quoted\" \\ é ✓ \u{1}", "zz": [], "a": {}}),
+        serde_json::json!({"deep": {"b": [1, {"cc": 2.5, "c": [true, null]}], "a": -12}}),
+        serde_json::json!({"same": 1, "sama": 2, "s": 3, "longer_key": 4, "k": 100.0}),
+    ];
+    for (i, m) in metadata.into_iter().enumerate() {
+        let e = AuditEvent::new(
+            t,
+            AuditActor::anonymous(),
+            actions::AUTHZ_DENIED,
+            Outcome::Allowed,
+        )
+        .with_request_id(&format!("req-{i}"))
+        .with_metadata(m)
+        .unwrap();
+        f.log.record(e).await.unwrap();
+    }
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT seq, convert_from(event, 'UTF8'), convert_from(event, 'UTF8')::jsonb::text \
+         FROM audit.events WHERE tenant_id = $1 ORDER BY seq",
+    )
+    .bind(t.as_uuid())
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 4);
+    for (seq, written, printed) in rows {
+        assert_eq!(written, printed, "event {seq}");
+    }
+    assert!(verify(&f, t).await.is_intact());
+}

@@ -90,7 +90,7 @@ async fn a_complete_export_verifies_offline_and_a_tampered_line_is_found() {
         .lines()
         .map(|line| {
             if line.contains("\"seq\":4,") && line.contains("\"type\":\"event\"") {
-                line.replace("\\\"n\\\":4", "\\\"n\\\":40")
+                line.replace("\\\"n\\\": 4", "\\\"n\\\": 40")
             } else {
                 line.to_owned()
             }
@@ -256,7 +256,7 @@ async fn an_inclusion_proof_verifies_offline_and_a_forged_one_does_not() {
     assert!(travelled.verify(&f.keys).is_ok());
 
     let mut edited = proof.clone();
-    edited.records[0] = edited.records[0].replace("\"n\":2", "\"n\":3");
+    edited.records[0] = edited.records[0].replace("\"n\": 2", "\"n\": 3");
     assert!(edited.verify(&f.keys).is_err());
     let mut shortened = proof.clone();
     shortened.records.pop();

@@ -521,3 +521,44 @@ async fn a_repeated_key_anywhere_is_refused_and_layout_alone_is_harmless() {
     let (_, fate) = raw_insert(&f, &nested, "user", "a.b", None).await;
     assert_eq!(fate, Fate::Intact, "moderate nesting is accepted");
 }
+
+/// The trigger skips its key-by-key walk only for a record spelled exactly as `jsonb` prints it,
+/// which can repeat no key. Every way to be near that spelling while repeating a key — the
+/// repeat written in the `jsonb` layout, spelled with an escape, or hidden in an array — still
+/// reaches the walk and is refused; depth and numbers are checked on both paths. Positive
+/// control: the same record in the `jsonb` layout without the repeat is accepted and verifies.
+#[tokio::test]
+async fn the_jsonb_layout_fast_path_still_refuses_repeats_depth_and_huge_numbers() {
+    let f = fixture(4).await;
+    let jsonb = r#"{"actor": {"kind": "user"}, "action": "a.b", "schema": 1, "tenant": "@T@", "outcome": {"status": "allowed"}, "metadata": {"role": "user"}, "occurred_at": "@TS@"}"#;
+    let (_, fate) = raw_insert(&f, jsonb, "user", "a.b", None).await;
+    assert_eq!(fate, Fate::Intact, "control");
+    for template in [
+        jsonb.replace(
+            r#"{"role": "user"}"#,
+            r#"{"role": "user", "role": "admin"}"#,
+        ),
+        jsonb.replace(
+            r#"{"role": "user"}"#,
+            r#"{"role": "admin", "role": "user"}"#,
+        ),
+        jsonb.replace(
+            r#"{"role": "user"}"#,
+            r#"{"role": "user", "r\u006fle": "admin"}"#,
+        ),
+        jsonb.replace(r#"{"role": "user"}"#, r#"{"a": [{"x": 1, "x": 1}]}"#),
+        jsonb.replace(r#"{"role": "user"}"#, r#"{"n": 1e400}"#),
+        jsonb.replace(
+            r#"{"role": "user"}"#,
+            &format!(r#"{{"n": 1{}}}"#, "0".repeat(400)),
+        ),
+        jsonb.replace(
+            r#"{"role": "user"}"#,
+            &format!("{}1{}", "[".repeat(120), "]".repeat(120)),
+        ),
+        jsonb.replace(r#""action": "a.b""#, r#""action": "a.b", "action": "a.b""#),
+    ] {
+        let (_, fate) = raw_insert(&f, &template, "user", "a.b", None).await;
+        assert_eq!(fate, Fate::Refused, "{template}");
+    }
+}

@@ -122,7 +122,7 @@ async fn an_edited_payload_is_found_at_its_seq() {
     let mut tx = begin_tamper(&f.db).await;
     let done = sqlx::query(
         "UPDATE audit.events SET event = convert_to(replace(convert_from(event, 'UTF8'), \
-         '\"metadata\":{\"n\":5}', '\"metadata\":{\"n\":6}'), 'UTF8') \
+         '\"metadata\": {\"n\": 5}', '\"metadata\": {\"n\": 6}'), 'UTF8') \
          WHERE tenant_id = $1 AND seq = 5",
     )
     .bind(t.as_uuid())
@@ -296,7 +296,7 @@ async fn rewrite_from(f: &Fixture, t: TenantId, from: i64, to: i64) {
         let (event, _, _) = row(&mut tx, t, seq).await;
         let forged = String::from_utf8(event)
             .unwrap()
-            .replace("\"status\":\"allowed\"", "\"status\":\"denied\"");
+            .replace("\"status\": \"allowed\"", "\"status\": \"denied\"");
         let hash = chain_hash(t, seq as u64, &prev, forged.as_bytes());
         sqlx::query(
             "UPDATE audit.events SET event = $3, outcome = 'denied', prev_hash = $4, hash = $5 \
