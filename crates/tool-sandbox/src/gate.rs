@@ -896,7 +896,10 @@ impl Gate {
 
     /// Approves proposal `id` as `approver`, acting in `context` (their own tenant, or a
     /// cross-tenant grant for staff). `digest` is the digest the approver was shown: if the
-    /// proposal is not exactly that, nothing is approved. Recorded with the approval, in the same
+    /// proposal is not exactly that, nothing is approved. The approver may not be the agent, the
+    /// turn's requester (from any session) or the proposing session. The approval is stored
+    /// with the gate's tag over it (see [`ApprovalKey`]), its decision time is the database's
+    /// clock, and it expires after [`ApprovalPolicy::approval_ttl`]. Audited in the same
     /// transaction.
     ///
     /// # Errors
@@ -1126,8 +1129,11 @@ impl Gate {
     /// Consumes the approval of proposal `id` so it can run, exactly once: `agent` must be the
     /// agent that proposed it, `arguments` must be exactly the approved arguments (any change,
     /// even of a type or of array order, refuses), and the tool must be the approved version,
-    /// still registered and still on the agent's allowlist. The proposal moves from `approved`
-    /// to `executing` atomically, with its audit record; if the process dies before
+    /// still registered and still on the agent's allowlist. The stored approval must carry this
+    /// gate's valid tag: an approval written outside [`Gate::approve`] (by hand, copied from
+    /// another proposal, under another key) is refused as
+    /// [`ApprovalRefusal::ForgedApproval`] and the proposal invalidated. The proposal moves from
+    /// `approved` to `executing` atomically, with its audit record; if the process dies before
     /// [`Gate::execute`] finishes, the proposal stays `executing` and never runs again.
     ///
     /// # Errors
