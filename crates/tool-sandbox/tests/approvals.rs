@@ -586,4 +586,9 @@ async fn an_argument_cap_of_zero_or_above_the_store_limit_is_refused_at_construc
     }
     assert!(build(1).is_ok());
     assert!(build(MAX_ARGUMENT_BYTES).is_ok());
+    // The gate's Debug output does not carry its approval key, in hex or as bytes.
+    let shown = format!("{:?} {:#?}", f.gate, f.gate);
+    let bytes = format!("{:?}", &f.approval_secret[..4]);
+    assert!(!shown.contains(&hex::encode(f.approval_secret)));
+    assert!(!shown.contains(bytes.trim_start_matches('[').trim_end_matches(']')));
 }
