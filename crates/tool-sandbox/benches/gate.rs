@@ -96,7 +96,13 @@ fn main() {
             Scrubber::new(ScrubPolicy::new(), vec![PseudonymKey::new(1, [7; 32])]).unwrap();
         let audit = AuditLog::new(pool.clone(), scrubber);
         // `check` does not use the database; it stays alive for the gate's lifetime anyway.
-        (Gate::builder(Arc::new(registry()), pool, audit).build(), db)
+        let key = tool_sandbox::ApprovalKey::generate().unwrap();
+        (
+            Gate::builder(Arc::new(registry()), pool, audit, key)
+                .build()
+                .unwrap(),
+            db,
+        )
     });
     let tenant = TenantId::new_random();
     let policy = Arc::new(
@@ -107,15 +113,18 @@ fn main() {
             .require_approval_for(["send_email"])
             .unwrap(),
     );
+    let requester = Actor::new(ActorKind::User, ActorId::new_random(), tenant);
     let clean = Turn::new(
         policy.clone(),
         Uuid::new_v4(),
+        &requester,
         "find my notes about the Q3 budget",
     )
     .unwrap();
     let mut tainted = Turn::new(
         policy,
         Uuid::new_v4(),
+        &requester,
         "summarise note 7 and email it to bob@example.com",
     )
     .unwrap();
@@ -183,6 +192,7 @@ fn main() {
                     .unwrap(),
             ),
             Uuid::new_v4(),
+            &Actor::new(ActorKind::User, ActorId::new_random(), tenant),
             "x",
         )
         .unwrap();

@@ -2,20 +2,131 @@
 //! must be, how long proposals and approvals live — and the proposal table.
 //!
 //! Only an authenticated human may approve: never an agent or a system job, never from the
-//! session that proposed the call, and (by default) never the person on whose behalf the agent
-//! worked. The approver must be staff, or a tenant admin when the policy allows it, and must
-//! have passed a second-factor check within [`ApprovalPolicy::step_up_max_age`]. The model's
-//! output has no path here: an approval is a call to [`Gate::approve`](crate::Gate::approve) by
-//! the application, with the approver's authenticated session.
+//! session that proposed the call, and never the person who requested the turn, from any of
+//! their sessions (separation of duties, always on). The approver must be staff, or a tenant
+//! admin when the policy allows it, and must have passed a second-factor check within
+//! [`ApprovalPolicy::step_up_max_age`]. The model's output has no path here: an approval is a
+//! call to [`Gate::approve`](crate::Gate::approve) by the application, with the approver's
+//! authenticated session.
+//!
+//! An approval is signed: the gate holds an [`ApprovalKey`] the database never sees, and stores
+//! with every approval an HMAC-SHA256 over the tenant, the proposal, its digest, the approver,
+//! the approver's session, the decision time and the approval's expiry. Consuming an approval
+//! recomputes the tag and refuses on any mismatch, so a status written by hand — by anyone who
+//! can run SQL as the runtime role — never runs.
 
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use serde::Serialize;
+use sha2::Sha256;
 use tenant_scope::{Actor, ActorKind, TenantContext};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::SandboxError;
+
+/// The longest an approval may wait to be executed. The database refuses any approval whose
+/// expiry lies further out than this from the moment it is recorded, whoever writes it.
+pub const MAX_APPROVAL_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// The secret the gate signs approvals with (32 bytes, HMAC-SHA256). Keep it outside the
+/// database, like the other application keys: whoever holds it can mint approvals. Every
+/// instance of the application that approves or executes proposals needs the same key;
+/// replacing it makes outstanding approvals fail closed (they are refused at execution and must
+/// be approved again).
+///
+/// It is never printed (`Debug` shows `[redacted]`) and is wiped from memory when dropped.
+pub struct ApprovalKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl ApprovalKey {
+    /// A key from 32 secret bytes.
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidConfig`] for the all-zero key (an unset secret).
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, SandboxError> {
+        let key = zeroize::Zeroizing::new(bytes);
+        if key.iter().all(|b| *b == 0) {
+            return Err(SandboxError::InvalidConfig("the approval key is all zeros"));
+        }
+        Ok(Self(key))
+    }
+
+    /// A fresh random key from the operating system. Approvals signed with it can be executed
+    /// only by gates holding the same key: use it for a single process or for tests.
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidConfig`] when the system's random source fails.
+    pub fn generate() -> Result<Self, SandboxError> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *key)
+            .map_err(|_| SandboxError::InvalidConfig("no random source for the approval key"))?;
+        Ok(Self(key))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(&*self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    }
+
+    /// The tag of `approval`.
+    pub(crate) fn sign(&self, approval: &SignedApproval<'_>) -> [u8; 32] {
+        let mut mac = self.mac();
+        approval.feed(&mut mac);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the tag of `approval` (constant time).
+    pub(crate) fn verify(&self, approval: &SignedApproval<'_>, tag: &[u8]) -> bool {
+        let mut mac = self.mac();
+        approval.feed(&mut mac);
+        mac.verify_slice(tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for ApprovalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApprovalKey([redacted])")
+    }
+}
+
+/// What an approval's tag covers. Every field has a fixed length, so no two approvals encode
+/// alike.
+pub(crate) struct SignedApproval<'a> {
+    pub(crate) tenant: &'a Uuid,
+    pub(crate) proposal: &'a Uuid,
+    pub(crate) digest: &'a [u8; 32],
+    pub(crate) approver: &'a Uuid,
+    /// `user` or `staff`, as stored.
+    pub(crate) approver_kind: &'a str,
+    pub(crate) approver_session: &'a Uuid,
+    pub(crate) decided_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
+}
+
+impl SignedApproval<'_> {
+    fn feed(&self, mac: &mut Hmac<Sha256>) {
+        // PostgreSQL keeps microseconds: sign exactly what is stored.
+        let micros = |at: OffsetDateTime| {
+            let micros = at.unix_timestamp_nanos().div_euclid(1000);
+            i64::try_from(micros).unwrap_or(i64::MIN).to_be_bytes()
+        };
+        let kind: u8 = match self.approver_kind {
+            "user" => 1,
+            "staff" => 2,
+            _ => 0,
+        };
+        mac.update(b"tool-sandbox/approval/v1\n");
+        mac.update(self.tenant.as_bytes());
+        mac.update(self.proposal.as_bytes());
+        mac.update(self.digest);
+        mac.update(self.approver.as_bytes());
+        mac.update(&[kind]);
+        mac.update(self.approver_session.as_bytes());
+        mac.update(&micros(self.decided_at));
+        mac.update(&micros(self.expires_at));
+    }
+}
 
 /// An authenticated human who may approve or reject proposals. `magic-auth`'s `Session`
 /// implements it (feature `magic-auth`); wrap it in [`AsTenantAdmin`] for tenant admins.
@@ -86,10 +197,9 @@ pub struct ApprovalPolicy {
     pub step_up_max_age: Duration,
     /// How long a proposal waits for a decision (default 24 hours).
     pub proposal_ttl: Duration,
-    /// How long an approval may wait to be executed (default 15 minutes).
+    /// How long an approval may wait to be executed (default 15 minutes, at most
+    /// [`MAX_APPROVAL_TTL`]; the gate refuses to build with more).
     pub approval_ttl: Duration,
-    /// Refuse approval by the person on whose behalf the agent worked (default true).
-    pub separation_of_duties: bool,
 }
 
 impl Default for ApprovalPolicy {
@@ -99,7 +209,6 @@ impl Default for ApprovalPolicy {
             step_up_max_age: Duration::from_secs(10 * 60),
             proposal_ttl: Duration::from_secs(24 * 60 * 60),
             approval_ttl: Duration::from_secs(15 * 60),
-            separation_of_duties: true,
         }
     }
 }
@@ -119,7 +228,8 @@ pub enum ApprovalRefusal {
     StepUpRequired,
     /// The approver is using the session that proposed the call.
     ProposingSession,
-    /// The approver is the person on whose behalf the agent proposed the call.
+    /// The approver is the person who requested the turn that proposed the call (from any of
+    /// their sessions).
     SelfApproval,
     /// The proposal is not waiting for a decision.
     NotPending,
@@ -136,6 +246,9 @@ pub enum ApprovalRefusal {
     ToolChanged,
     /// The executing agent or tenant is not the one the proposal was made for.
     WrongAgent,
+    /// The stored approval does not carry a valid signature of this gate's key: it was written
+    /// outside the gate (or under another key). The proposal is invalidated.
+    ForgedApproval,
 }
 
 impl ApprovalRefusal {
@@ -156,6 +269,7 @@ impl ApprovalRefusal {
             Self::ArgumentsChanged => "arguments_changed",
             Self::ToolChanged => "tool_changed",
             Self::WrongAgent => "wrong_agent",
+            Self::ForgedApproval => "forged_approval",
         }
     }
 }
@@ -265,7 +379,8 @@ impl ProposalStatus {
 }
 
 /// Tells `check` about the triggers [`schema_sql`] installs on the proposal table deliberately
-/// (the state machine's guard), so `rls-guard`'s coverage check does not report them.
+/// (the state machine's guard, which also stamps decision times and caps approval windows), so
+/// `rls-guard`'s coverage check does not report them.
 #[must_use]
 pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
     check
@@ -274,11 +389,14 @@ pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageChe
 }
 
 /// The SQL that installs the proposal table (after `rls_guard::schema::SUPPORT_SQL`), granting
-/// `runtime_role` `SELECT`, `INSERT` and `UPDATE` within its bound tenant. A trigger (enabled
-/// `ALWAYS`, so `session_replication_role` cannot skip it) enforces the state machine in the
-/// database too: what was proposed can never change, an approval needs a decider other than the
-/// agent and the proposing session, a consumed approval can never be re-armed, and nothing is
-/// deleted. Idempotent.
+/// `runtime_role` `SELECT`, `INSERT` and `UPDATE` within its bound tenant. A trigger (owned by
+/// the role running this SQL, enabled `ALWAYS`, so `session_replication_role` cannot skip it)
+/// enforces the state machine in the database too: what was proposed can never change, every
+/// proposal names its requester, an approval needs a decider other than the agent, the requester
+/// and the proposing session, the database stamps every decision with its own clock and refuses
+/// an approval that expires later than [`MAX_APPROVAL_TTL`] from then, a consumed approval can
+/// never be re-armed, and nothing is deleted. The runtime role can still write a status by hand;
+/// such an approval carries no valid signature and never executes. Idempotent.
 ///
 /// # Errors
 /// [`SandboxError::InvalidSchema`] unless `runtime_role` is a plain lowercase identifier.
@@ -293,6 +411,7 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, SandboxError> {
     let rls = rls_guard::schema::tenant_table_sql("tool_sandbox.proposals")
         .map_err(|_| invalid("table"))?;
     let r = runtime_role;
+    let max_ttl = MAX_APPROVAL_TTL.as_secs();
     Ok(format!(
         r#"
 CREATE SCHEMA IF NOT EXISTS tool_sandbox;
@@ -304,7 +423,7 @@ CREATE TABLE IF NOT EXISTS tool_sandbox.proposals (
     id                  uuid        NOT NULL,
     agent_id            uuid        NOT NULL,
     session_id          uuid        NOT NULL,
-    on_behalf_of        uuid,
+    on_behalf_of        uuid        NOT NULL,
     call_id             text        NOT NULL CHECK (length(call_id) <= 128),
     tool                text        NOT NULL CHECK (tool ~ '^[a-z][a-z0-9_]{{0,63}}$'),
     tool_version        bigint      NOT NULL CHECK (tool_version BETWEEN 0 AND 4294967295),
@@ -327,8 +446,11 @@ CREATE TABLE IF NOT EXISTS tool_sandbox.proposals (
     consumed_at         timestamptz,
     finished_at         timestamptz,
     outcome             text CHECK (length(outcome) <= 512),
+    approval_mac        bytea CHECK (length(approval_mac) = 32),
     PRIMARY KEY (tenant_id, id)
 );
+ALTER TABLE tool_sandbox.proposals ADD COLUMN IF NOT EXISTS
+    approval_mac bytea CHECK (length(approval_mac) = 32);
 CREATE INDEX IF NOT EXISTS proposals_status_idx
     ON tool_sandbox.proposals (tenant_id, status, created_at);
 {rls}
@@ -345,8 +467,11 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.status <> 'pending' OR NEW.decided_by IS NOT NULL OR NEW.decided_at IS NOT NULL
            OR NEW.approval_expires_at IS NOT NULL OR NEW.consumed_at IS NOT NULL
-           OR NEW.finished_at IS NOT NULL THEN
+           OR NEW.finished_at IS NOT NULL OR NEW.approval_mac IS NOT NULL THEN
             RAISE EXCEPTION 'a proposal starts pending and undecided' USING ERRCODE = 'TS001';
+        END IF;
+        IF NEW.on_behalf_of IS NULL THEN
+            RAISE EXCEPTION 'a proposal names its requester' USING ERRCODE = 'TS001';
         END IF;
         RETURN NEW;
     END IF;
@@ -367,14 +492,30 @@ BEGIN
             USING ERRCODE = 'TS001';
     END IF;
     IF OLD.status <> 'pending' AND (NEW.decided_by, NEW.decided_by_kind, NEW.decided_session,
-        NEW.decided_at, NEW.approval_expires_at) IS DISTINCT FROM (OLD.decided_by,
-        OLD.decided_by_kind, OLD.decided_session, OLD.decided_at, OLD.approval_expires_at) THEN
+        NEW.decided_at, NEW.approval_expires_at, NEW.approval_mac) IS DISTINCT FROM
+        (OLD.decided_by, OLD.decided_by_kind, OLD.decided_session, OLD.decided_at,
+        OLD.approval_expires_at, OLD.approval_mac) THEN
         RAISE EXCEPTION 'a decision cannot change' USING ERRCODE = 'TS001';
     END IF;
+    IF OLD.status = 'pending' AND NEW.status IN ('approved', 'rejected') THEN
+        -- The decision time is the database's, whatever the statement said.
+        NEW.decided_at := now();
+    END IF;
     IF NEW.status = 'approved' AND (NEW.decided_by IS NULL OR NEW.decided_by = OLD.agent_id
+        OR NEW.decided_by IS NOT DISTINCT FROM OLD.on_behalf_of
         OR NEW.decided_session IS NULL OR NEW.decided_session = OLD.session_id
         OR NEW.approval_expires_at IS NULL OR OLD.expires_at <= now()) THEN
         RAISE EXCEPTION 'invalid approval' USING ERRCODE = 'TS001';
+    END IF;
+    IF OLD.status = 'pending' AND NEW.status = 'approved'
+       AND (NEW.approval_expires_at <= now()
+            OR NEW.approval_expires_at > now() + make_interval(secs => {max_ttl})) THEN
+        RAISE EXCEPTION 'approval window outside (now, now + {max_ttl} s]'
+            USING ERRCODE = 'TS001';
+    END IF;
+    IF OLD.status = 'pending' AND NEW.status <> 'approved'
+       AND (NEW.approval_expires_at IS NOT NULL OR NEW.approval_mac IS NOT NULL) THEN
+        RAISE EXCEPTION 'only an approval has an approval window' USING ERRCODE = 'TS001';
     END IF;
     IF NEW.status = 'executing' AND (OLD.approval_expires_at <= now()
         OR NEW.consumed_at IS NULL OR OLD.consumed_at IS NOT NULL) THEN

@@ -12,8 +12,8 @@ pub enum SandboxError {
     /// A tool was registered twice.
     #[error("tool registered twice: {0}")]
     DuplicateTool(String),
-    /// A tool's argument schema is unusable: it does not compile, its root is not an object, or
-    /// some object in it allows fields it does not list.
+    /// A tool's argument schema is unusable: it does not compile, or it is outside the closed
+    /// subset of JSON Schema the registry accepts (see `ToolSpec::schema`).
     #[error("invalid argument schema for tool {tool}: {reason}")]
     InvalidSchema {
         /// The tool.
@@ -27,6 +27,14 @@ pub enum SandboxError {
     /// The acting principal cannot run an agent (it must be an `Actor` of kind Agent).
     #[error("the actor is not an agent")]
     NotAnAgent,
+    /// The requester of a turn belongs to another tenant than the agent, or is the agent
+    /// itself.
+    #[error("the requester cannot request this agent's turn")]
+    InvalidRequester,
+    /// The gate's configuration is unusable (an argument cap of zero or above what the store
+    /// accepts, an approval window beyond the database's maximum, a missing random source).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
     /// The arguments cannot be canonicalised (a number outside the exactly representable range,
     /// nesting too deep).
     #[error("arguments cannot be canonicalised: {0}")]

@@ -10,7 +10,10 @@ use tenant_scope::{Actor, ActorId, TenantContext, TenantId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::approval::{ApprovalPolicy, ApprovalRefusal, Approver, ProposalStatus};
+use crate::approval::{
+    ApprovalKey, ApprovalPolicy, ApprovalRefusal, Approver, MAX_APPROVAL_TTL, ProposalStatus,
+    SignedApproval,
+};
 use crate::canonical::{DigestInput, canonical_json, proposal_digest};
 use crate::limits::{CallLimits, Limiter};
 use crate::model::ToolCallRequest;
@@ -24,6 +27,10 @@ use crate::{SandboxError, ToolError};
 
 /// The longest call id kept from a model.
 const MAX_CALL_ID: usize = 128;
+
+/// The default cap on a call's canonical arguments, and the most the proposal store accepts:
+/// 64 KiB.
+pub const MAX_ARGUMENT_BYTES: usize = 64 * 1024;
 
 /// Why a call was denied. Denied calls never become proposals: no approval can rescue them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +52,14 @@ pub enum DenyReason {
     Tainted,
     /// A rate or concurrency limit.
     Limited(&'static str),
+    /// The canonical arguments are longer than the gate's cap
+    /// ([`GateBuilder::max_argument_bytes`]).
+    ArgumentsTooLarge {
+        /// Their length in bytes.
+        size: usize,
+        /// The cap.
+        limit: usize,
+    },
 }
 
 impl DenyReason {
@@ -58,6 +73,7 @@ impl DenyReason {
             Self::Policy(code) => format!("policy:{code}"),
             Self::Tainted => "tainted".to_owned(),
             Self::Limited(which) => format!("limited:{which}"),
+            Self::ArgumentsTooLarge { .. } => "arguments_too_large".to_owned(),
         }
     }
 }
@@ -77,13 +93,14 @@ pub enum Decision {
     Deny(DenyReason),
 }
 
-/// One agent turn: the agent, the session that started it, and what it has read.
+/// One agent turn: the agent, the person who asked for it and their session, and what it has
+/// read.
 #[derive(Debug)]
 pub struct Turn {
     policy: Arc<AgentPolicy>,
     context: TenantContext,
     session: Uuid,
-    on_behalf_of: Option<ActorId>,
+    requester: ActorId,
     corpus: Corpus,
     sources: Vec<Source>,
     /// Heuristic injection signals found in the untrusted texts so far (advisory).
@@ -92,25 +109,33 @@ pub struct Turn {
 }
 
 impl Turn {
-    /// A turn of the agent `policy` describes, started by `session` (the human session or job
-    /// that asked), with `instruction` as the trusted request.
+    /// A turn of the agent `policy` describes, requested by `requester` (the signed-in person,
+    /// or the job, that asked) through `session`, with `instruction` as the trusted request.
+    ///
+    /// The requester is recorded with every proposal of the turn and can never approve one of
+    /// them, from any session (separation of duties; it cannot be switched off).
     ///
     /// # Errors
-    /// [`SandboxError::NotAnAgent`] cannot happen for a valid policy; the context is built for
-    /// the agent's own tenant.
+    /// [`SandboxError::InvalidRequester`] when `requester` belongs to another tenant than the
+    /// agent or is the agent itself; [`SandboxError::NotAnAgent`] cannot happen for a valid
+    /// policy.
     pub fn new(
         policy: Arc<AgentPolicy>,
         session: Uuid,
+        requester: &Actor,
         instruction: &str,
     ) -> Result<Self, SandboxError> {
         let agent = policy.agent().clone();
+        if requester.tenant() != agent.tenant() || requester.id() == agent.id() {
+            return Err(SandboxError::InvalidRequester);
+        }
         let context = TenantContext::for_job(agent.tenant(), Some(agent), "agent-turn")
             .map_err(|_| SandboxError::NotAnAgent)?;
         Ok(Self {
             policy,
             context,
             session,
-            on_behalf_of: None,
+            requester: requester.id(),
             corpus: Corpus {
                 trusted: vec![instruction.to_owned()],
                 untrusted: Vec::new(),
@@ -119,19 +144,6 @@ impl Turn {
             signals: Vec::new(),
             spotlight: Spotlight::new(),
         })
-    }
-
-    /// Records whose request this turn serves (for separation of duties: that person cannot
-    /// approve the turn's proposals).
-    ///
-    /// # Errors
-    /// [`SandboxError::NotAnAgent`] when `user` belongs to another tenant than the agent.
-    pub fn on_behalf_of(mut self, user: &Actor) -> Result<Self, SandboxError> {
-        if user.tenant() != self.context.tenant() {
-            return Err(SandboxError::NotAnAgent);
-        }
-        self.on_behalf_of = Some(user.id());
-        Ok(self)
     }
 
     /// Adds trusted text (a follow-up from the user, the system prompt).
@@ -178,6 +190,12 @@ impl Turn {
     #[must_use]
     pub const fn session(&self) -> Uuid {
         self.session
+    }
+
+    /// Who requested the turn (never an approver of its proposals).
+    #[must_use]
+    pub const fn requester(&self) -> ActorId {
+        self.requester
     }
 
     fn labels(&self) -> Vec<String> {
@@ -227,8 +245,8 @@ pub struct Proposal {
     pub agent: ActorId,
     /// The session (turn) that proposed it.
     pub session: Uuid,
-    /// The person the agent worked for, if known.
-    pub on_behalf_of: Option<ActorId>,
+    /// Who requested the turn that proposed it: never its approver.
+    pub on_behalf_of: ActorId,
     /// The model's call id.
     pub call_id: String,
     /// The tool.
@@ -286,8 +304,10 @@ struct Inner {
     pool: TenantPool,
     audit: AuditLog,
     approvals: ApprovalPolicy,
+    approval_key: ApprovalKey,
     limiter: Limiter,
     egress: Option<GuardedClient>,
+    max_argument_bytes: usize,
 }
 
 /// The gate. Cheap to clone.
@@ -301,6 +321,7 @@ impl std::fmt::Debug for Gate {
         f.debug_struct("Gate")
             .field("registry", &self.inner.registry)
             .field("approvals", &self.inner.approvals)
+            .field("max_argument_bytes", &self.inner.max_argument_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -310,9 +331,11 @@ pub struct GateBuilder {
     registry: Arc<Registry>,
     pool: TenantPool,
     audit: AuditLog,
+    approval_key: ApprovalKey,
     approvals: ApprovalPolicy,
     limits: CallLimits,
     egress: Option<GuardedClient>,
+    max_argument_bytes: usize,
 }
 
 impl std::fmt::Debug for GateBuilder {
@@ -322,7 +345,8 @@ impl std::fmt::Debug for GateBuilder {
 }
 
 impl GateBuilder {
-    /// The approval rules (default [`ApprovalPolicy::default`]).
+    /// The approval rules (default [`ApprovalPolicy::default`]). Their `approval_ttl` must be
+    /// positive and at most [`MAX_APPROVAL_TTL`] (checked by [`GateBuilder::build`]).
     #[must_use]
     pub const fn approvals(mut self, policy: ApprovalPolicy) -> Self {
         self.approvals = policy;
@@ -344,19 +368,51 @@ impl GateBuilder {
         self
     }
 
-    /// Builds the gate.
+    /// The most bytes a call's canonical arguments (RFC 8785) may take, for every tool
+    /// (default and maximum [`MAX_ARGUMENT_BYTES`], the proposal store's limit). A longer call
+    /// is denied with [`DenyReason::ArgumentsTooLarge`] and audited, before its schema is
+    /// checked.
     #[must_use]
-    pub fn build(self) -> Gate {
-        Gate {
+    pub const fn max_argument_bytes(mut self, bytes: usize) -> Self {
+        self.max_argument_bytes = bytes;
+        self
+    }
+
+    /// Builds the gate.
+    ///
+    /// # Errors
+    /// [`SandboxError::InvalidConfig`] for an argument cap of zero or above
+    /// [`MAX_ARGUMENT_BYTES`], an approval window of zero or beyond [`MAX_APPROVAL_TTL`], or
+    /// a proposal window of zero.
+    pub fn build(self) -> Result<Gate, SandboxError> {
+        if self.max_argument_bytes == 0 || self.max_argument_bytes > MAX_ARGUMENT_BYTES {
+            return Err(SandboxError::InvalidConfig(
+                "the argument cap must be between 1 byte and 64 KiB",
+            ));
+        }
+        let ttl = self.approvals.approval_ttl;
+        if ttl.as_micros() == 0 || ttl > MAX_APPROVAL_TTL {
+            return Err(SandboxError::InvalidConfig(
+                "the approval window must be positive and at most one hour",
+            ));
+        }
+        if self.approvals.proposal_ttl.is_zero() {
+            return Err(SandboxError::InvalidConfig(
+                "the proposal window must be positive",
+            ));
+        }
+        Ok(Gate {
             inner: Arc::new(Inner {
                 registry: self.registry,
                 pool: self.pool,
                 audit: self.audit,
                 approvals: self.approvals,
+                approval_key: self.approval_key,
                 limiter: Limiter::new(self.limits),
                 egress: self.egress,
+                max_argument_bytes: self.max_argument_bytes,
             }),
-        }
+        })
     }
 }
 
@@ -375,17 +431,25 @@ fn cap(mut text: String, limit: usize) -> (String, bool) {
 
 impl Gate {
     /// A gate over `registry`, storing proposals through `pool` (the runtime role's tenant
-    /// pool; run [`schema_sql`](crate::schema_sql) first) and auditing every decision to
-    /// `audit`.
+    /// pool; run [`schema_sql`](crate::schema_sql) first), auditing every decision to `audit`
+    /// and signing approvals with `approval_key` (the same key on every instance that approves
+    /// or executes).
     #[must_use]
-    pub fn builder(registry: Arc<Registry>, pool: TenantPool, audit: AuditLog) -> GateBuilder {
+    pub fn builder(
+        registry: Arc<Registry>,
+        pool: TenantPool,
+        audit: AuditLog,
+        approval_key: ApprovalKey,
+    ) -> GateBuilder {
         GateBuilder {
             registry,
             pool,
             audit,
+            approval_key,
             approvals: ApprovalPolicy::default(),
             limits: CallLimits::default(),
             egress: None,
+            max_argument_bytes: MAX_ARGUMENT_BYTES,
         }
     }
 
@@ -425,6 +489,25 @@ impl Gate {
         let spec = &registered.spec;
         if !turn.policy.allows(spec.name()) {
             return (Decision::Deny(DenyReason::NotAllowlisted), Some(registered));
+        }
+        // The size cap comes before the schema, so an oversized call costs no validation.
+        match canonical_json(&call.arguments) {
+            Ok(canonical) if canonical.len() > self.inner.max_argument_bytes => {
+                let reason = DenyReason::ArgumentsTooLarge {
+                    size: canonical.len(),
+                    limit: self.inner.max_argument_bytes,
+                };
+                return (Decision::Deny(reason), Some(registered));
+            }
+            Ok(_) => {}
+            Err(SandboxError::Canonical(why)) => {
+                let reason = DenyReason::InvalidArguments(why.to_owned());
+                return (Decision::Deny(reason), Some(registered));
+            }
+            Err(_) => {
+                let reason = DenyReason::InvalidArguments("canonical".to_owned());
+                return (Decision::Deny(reason), Some(registered));
+            }
         }
         if let Some(error) = registered.validator.iter_errors(&call.arguments).next() {
             let detail = format!("{}: {}", error.instance_path(), error.kind().keyword());
@@ -524,6 +607,10 @@ impl Gate {
                 lookalike: Some(name),
             } => meta["lookalike_of"] = json!(name),
             DenyReason::InvalidArguments(detail) => meta["detail"] = json!(detail),
+            DenyReason::ArgumentsTooLarge { size, limit } => {
+                meta["size"] = json!(size);
+                meta["limit"] = json!(limit);
+            }
             _ => {}
         }
         let event = event(
@@ -583,7 +670,7 @@ impl Gate {
         .bind(id)
         .bind(agent.as_uuid())
         .bind(turn.session)
-        .bind(turn.on_behalf_of.map(|a| *a.as_uuid()))
+        .bind(turn.requester.as_uuid())
         .bind(&call.call_id)
         .bind(spec.name().as_str())
         .bind(i64::from(spec.version()))
@@ -809,7 +896,10 @@ impl Gate {
 
     /// Approves proposal `id` as `approver`, acting in `context` (their own tenant, or a
     /// cross-tenant grant for staff). `digest` is the digest the approver was shown: if the
-    /// proposal is not exactly that, nothing is approved. Recorded with the approval, in the same
+    /// proposal is not exactly that, nothing is approved. The approver may not be the agent, the
+    /// turn's requester (from any session) or the proposing session. The approval is stored
+    /// with the gate's tag over it (see [`ApprovalKey`]), its decision time is the database's
+    /// clock, and it expires after [`ApprovalPolicy::approval_ttl`]. Audited in the same
     /// transaction.
     ///
     /// # Errors
@@ -869,9 +959,11 @@ impl Gate {
             return Err(SandboxError::NoSuchProposal);
         };
         let current = row.into_proposal()?;
+        // The transaction's clock: the trigger stamps the same `now()` as the decision time.
+        let now = db_now(&mut tx).await?;
         let refusal = if current.status != ProposalStatus::Pending {
             Some(ApprovalRefusal::NotPending)
-        } else if current.expires_at <= db_now(&mut tx).await? {
+        } else if current.expires_at <= now {
             Some(ApprovalRefusal::Expired)
         } else if digest.is_some_and(|d| d != &current.digest) {
             Some(ApprovalRefusal::DigestMismatch)
@@ -879,7 +971,7 @@ impl Gate {
             Some(ApprovalRefusal::ProposingSession)
         } else if *actor.id().as_uuid() == *current.agent.as_uuid() {
             Some(ApprovalRefusal::NotHuman)
-        } else if policy.separation_of_duties && current.on_behalf_of == Some(actor.id()) {
+        } else if current.on_behalf_of == actor.id() {
             Some(ApprovalRefusal::SelfApproval)
         } else {
             None
@@ -902,11 +994,30 @@ impl Gate {
                 Outcome::denied("rejected_by_human"),
             ),
         };
+        // Whole microseconds, as PostgreSQL stores them, so the tag covers the stored values.
+        let window = time::Duration::microseconds(
+            i64::try_from(policy.approval_ttl.as_micros()).unwrap_or(i64::MAX),
+        );
+        let (approval_expires_at, mac) = if rejection.is_none() {
+            let expires_at = now + window;
+            let mac = self.inner.approval_key.sign(&SignedApproval {
+                tenant: current.tenant.as_uuid(),
+                proposal: &current.id,
+                digest: &current.digest,
+                approver: actor.id().as_uuid(),
+                approver_kind: actor.kind().as_str(),
+                approver_session: &approver.session_id(),
+                decided_at: now,
+                expires_at,
+            });
+            (Some(expires_at), Some(mac))
+        } else {
+            (None, None)
+        };
         let row: ProposalRow = sqlx::query_as(
             "UPDATE tool_sandbox.proposals SET status = $3, decided_by = $4, decided_by_kind = $5, \
              decided_session = $6, decided_at = now(), decision_reason = $7, \
-             approval_expires_at = CASE WHEN $3 = 'approved' \
-                 THEN now() + make_interval(secs => $8) END \
+             approval_expires_at = $8, approval_mac = $9 \
              WHERE tenant_id = $1 AND id = $2 AND status = 'pending' RETURNING *",
         )
         .bind(context.tenant().as_uuid())
@@ -916,9 +1027,16 @@ impl Gate {
         .bind(actor.kind().as_str())
         .bind(approver.session_id())
         .bind(rejection.map(|r| r.chars().take(512).collect::<String>()))
-        .bind(seconds(policy.approval_ttl))
+        .bind(approval_expires_at)
+        .bind(mac.as_ref().map(|m| &m[..]))
         .fetch_one(&mut *tx)
         .await?;
+        if rejection.is_none() && !row.approval_is_signed(&self.inner.approval_key) {
+            // The stored decision is not what was signed (the database changed it): nothing is
+            // approved.
+            tx.rollback().await?;
+            return Err(SandboxError::CorruptProposal);
+        }
         let decided = row.into_proposal()?;
         let meta = json!({
             "tool": decided.tool,
@@ -1011,8 +1129,11 @@ impl Gate {
     /// Consumes the approval of proposal `id` so it can run, exactly once: `agent` must be the
     /// agent that proposed it, `arguments` must be exactly the approved arguments (any change,
     /// even of a type or of array order, refuses), and the tool must be the approved version,
-    /// still registered and still on the agent's allowlist. The proposal moves from `approved`
-    /// to `executing` atomically, with its audit record; if the process dies before
+    /// still registered and still on the agent's allowlist. The stored approval must carry this
+    /// gate's valid tag: an approval written outside [`Gate::approve`] (by hand, copied from
+    /// another proposal, under another key) is refused as
+    /// [`ApprovalRefusal::ForgedApproval`] and the proposal invalidated. The proposal moves from
+    /// `approved` to `executing` atomically, with its audit record; if the process dies before
     /// [`Gate::execute`] finishes, the proposal stays `executing` and never runs again.
     ///
     /// # Errors
@@ -1036,6 +1157,7 @@ impl Gate {
             tx.rollback().await?;
             return Err(SandboxError::NoSuchProposal);
         };
+        let signed = row.approval_is_signed(&self.inner.approval_key);
         let current = row.into_proposal()?;
         let spec = self.inner.registry.spec(&current.tool);
         let presented = canonical_json(arguments).ok();
@@ -1055,6 +1177,9 @@ impl Gate {
             Some(ApprovalRefusal::WrongAgent)
         } else if current.status != ProposalStatus::Approved {
             Some(ApprovalRefusal::NotApproved)
+        } else if !signed {
+            invalidate = true;
+            Some(ApprovalRefusal::ForgedApproval)
         } else if current.approval_expires_at.is_none_or(|at| at <= now) {
             Some(ApprovalRefusal::Expired)
         } else if presented.as_deref() != Some(current.arguments.as_str()) {
@@ -1367,9 +1492,56 @@ struct ProposalRow {
     created_at: OffsetDateTime,
     expires_at: OffsetDateTime,
     approval_expires_at: Option<OffsetDateTime>,
+    decided_by: Option<Uuid>,
+    decided_by_kind: Option<String>,
+    decided_session: Option<Uuid>,
+    decided_at: Option<OffsetDateTime>,
+    approval_mac: Option<Vec<u8>>,
 }
 
 impl ProposalRow {
+    /// Whether the row's approval carries `key`'s tag over what it says (tenant, proposal,
+    /// digest, approver, their session, decision time, expiry) and names an approver other than
+    /// the agent, the requester and the proposing session. False for any row without a
+    /// complete approval.
+    fn approval_is_signed(&self, key: &ApprovalKey) -> bool {
+        let (
+            Some(approver),
+            Some(kind),
+            Some(session),
+            Some(decided_at),
+            Some(expires_at),
+            Some(mac),
+            Ok(digest),
+        ) = (
+            self.decided_by.as_ref(),
+            self.decided_by_kind.as_deref(),
+            self.decided_session.as_ref(),
+            self.decided_at,
+            self.approval_expires_at,
+            self.approval_mac.as_deref(),
+            <&[u8; 32]>::try_from(self.digest.as_slice()),
+        )
+        else {
+            return false;
+        };
+        let distinct = *approver != self.agent_id
+            && Some(*approver) != self.on_behalf_of
+            && *session != self.session_id;
+        let approval = SignedApproval {
+            tenant: &self.tenant_id,
+            proposal: &self.id,
+            digest,
+            approver,
+            approver_kind: kind,
+            approver_session: session,
+            decided_at,
+            expires_at,
+        };
+        // Verify first: the comparison runs whatever the other checks say.
+        key.verify(&approval, mac) & distinct
+    }
+
     fn into_proposal(self) -> Result<Proposal, SandboxError> {
         let malformed = || SandboxError::CorruptProposal;
         let strings = |v: Value| -> Vec<String> { serde_json::from_value(v).unwrap_or_default() };
@@ -1380,9 +1552,8 @@ impl ProposalRow {
             session: self.session_id,
             on_behalf_of: self
                 .on_behalf_of
-                .map(ActorId::from_uuid)
-                .transpose()
-                .map_err(|_| malformed())?,
+                .ok_or_else(malformed)
+                .and_then(|id| ActorId::from_uuid(id).map_err(|_| malformed()))?,
             call_id: self.call_id,
             tool: self.tool,
             tool_version: u32::try_from(self.tool_version).map_err(|_| malformed())?,

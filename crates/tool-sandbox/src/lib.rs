@@ -18,17 +18,23 @@
 //!   ([`CallLimits`], [`ToolLimits`], subprocesses through [`process`]) and stores the rest as
 //!   [`Proposal`]s in PostgreSQL with row-level security.
 //! - Approval ([`approval`]): only an authenticated human [`Approver`] with a fresh second
-//!   factor, never the agent or the proposing session; bound to a digest of tenant, agent,
-//!   session, tool, version and the RFC 8785 canonical arguments ([`canonical`]); expiring;
-//!   consumed exactly once into an [`ApprovedCall`], the only way to run it.
+//!   factor, never the agent, the proposing session or the turn's requester; bound to a digest
+//!   of tenant, agent, session, tool, version and the RFC 8785 canonical arguments
+//!   ([`canonical`]); signed with the gate's [`ApprovalKey`], so a status written by hand in
+//!   the database never runs; expiring; consumed exactly once into an [`ApprovedCall`], the
+//!   only way to run it.
 //! - Models ([`model`]): a [`Model`](model::Model) proposes tool calls and nothing else.
 //!
 //! ```no_run
 //! # async fn demo(pool: rls_guard::TenantPool, audit: audit_log::AuditLog,
-//! #               agent: tenant_scope::Actor, session: uuid::Uuid) -> Result<(), tool_sandbox::SandboxError> {
+//! #               agent: tenant_scope::Actor, user: tenant_scope::Actor, session: uuid::Uuid,
+//! #               approval_secret: [u8; 32]) -> Result<(), tool_sandbox::SandboxError> {
 //! use std::sync::Arc;
 //! use serde_json::json;
-//! use tool_sandbox::{AgentPolicy, Effect, Gate, Registry, Submission, ToolOutput, ToolSpec, Turn, tool_fn};
+//! use tool_sandbox::{
+//!     AgentPolicy, ApprovalKey, Effect, Gate, Registry, Submission, ToolOutput, ToolSpec, Turn,
+//!     tool_fn,
+//! };
 //! use tool_sandbox::model::ToolCallRequest;
 //!
 //! let registry = Registry::builder()
@@ -40,9 +46,12 @@
 //!         tool_fn(|_ctx, _args| async { Ok(ToolOutput::text("sent")) }),
 //!     )
 //!     .build()?;
-//! let gate = Gate::builder(Arc::new(registry), pool, audit).build();
+//! // The approval key lives outside the database, like the application's other keys.
+//! let key = ApprovalKey::from_bytes(approval_secret)?;
+//! let gate = Gate::builder(Arc::new(registry), pool, audit, key).build()?;
 //! let policy = Arc::new(AgentPolicy::new(agent)?.allow_tools(["send_email"])?);
-//! let mut turn = Turn::new(policy, session, "email bob@example.com the summary")?;
+//! // `user` asked, through `session`: they can never approve this turn's proposals.
+//! let mut turn = Turn::new(policy, session, &user, "email bob@example.com the summary")?;
 //! let call = ToolCallRequest {
 //!     call_id: "call_1".into(),
 //!     tool: "send_email".into(),
@@ -70,12 +79,13 @@ pub mod taint;
 mod tool;
 
 pub use approval::{
-    ApprovalPolicy, ApprovalRefusal, Approver, Approvers, AsTenantAdmin, ProposalStatus,
-    coverage_trust, schema_sql,
+    ApprovalKey, ApprovalPolicy, ApprovalRefusal, Approver, Approvers, AsTenantAdmin,
+    MAX_APPROVAL_TTL, ProposalStatus, coverage_trust, schema_sql,
 };
 pub use error::{SandboxError, ToolError};
 pub use gate::{
-    ApprovedCall, Decision, DenyReason, Gate, GateBuilder, Proposal, Submission, ToolRun, Turn,
+    ApprovedCall, Decision, DenyReason, Gate, GateBuilder, MAX_ARGUMENT_BYTES, Proposal,
+    Submission, ToolRun, Turn,
 };
 pub use limits::CallLimits;
 pub use name::{MAX_TOOL_NAME, ToolName};

@@ -100,8 +100,11 @@ impl ToolSpec {
     }
 
     /// The JSON Schema (draft 2020-12) of the arguments. It is checked when the tool is
-    /// registered: the root must be an object schema and every object in it must say
-    /// `"additionalProperties": false`, so a call with an extra field is refused.
+    /// registered against a closed subset of JSON Schema: every schema names its `type`, the
+    /// root's is `"object"`, every object says `"additionalProperties": false`, every array
+    /// says what its `items` are, and only the keywords of each type are accepted (no `$ref`,
+    /// combinators, conditionals, `not`, boolean schemas or pattern properties), so no value
+    /// the schema admits carries a field it does not declare.
     #[must_use]
     pub fn schema(mut self, schema: Value) -> Self {
         self.schema = schema;
@@ -276,8 +279,8 @@ impl RegistryBuilder {
     ///
     /// # Errors
     /// [`SandboxError::DuplicateTool`] for a name registered twice; [`SandboxError::InvalidSchema`]
-    /// for a schema that does not compile, is not an object schema, allows unlisted fields, or
-    /// refers to anything outside itself.
+    /// for a schema outside the closed subset [`ToolSpec::schema`] describes, or that does not
+    /// compile.
     pub fn build(self) -> Result<Registry, SandboxError> {
         let mut tools = HashMap::with_capacity(self.tools.len());
         let mut skeletons = HashMap::new();
@@ -311,8 +314,75 @@ impl RegistryBuilder {
     }
 }
 
-/// Checks that `schema` (at `path`) is an object schema closed to unlisted fields, recursively,
-/// and that it refers to nothing outside itself.
+/// The only `$schema` a schema may declare (at its root): the draft the gate compiles with.
+const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// Keywords that only annotate: allowed in every schema, their values are not schemas.
+const ANNOTATIONS: &[&str] = &[
+    "title",
+    "description",
+    "$comment",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+/// The keywords each type admits besides `type` and the annotations. Anything else — `$ref`,
+/// `$defs`, `anyOf`, `oneOf`, `allOf`, `not`, `if`/`then`/`else`, `patternProperties`,
+/// `dependentSchemas`, `unevaluatedProperties`, `propertyNames`, `contains`, unknown words — is
+/// refused.
+fn keywords_of(ty: &str) -> Option<&'static [&'static str]> {
+    Some(match ty {
+        "object" => &[
+            "properties",
+            "required",
+            "additionalProperties",
+            "minProperties",
+            "maxProperties",
+        ],
+        "array" => &[
+            "items",
+            "prefixItems",
+            "minItems",
+            "maxItems",
+            "uniqueItems",
+        ],
+        "string" => &[
+            "minLength",
+            "maxLength",
+            "pattern",
+            "format",
+            "enum",
+            "const",
+        ],
+        "integer" | "number" => &[
+            "minimum",
+            "maximum",
+            "exclusiveMinimum",
+            "exclusiveMaximum",
+            "multipleOf",
+            "enum",
+            "const",
+        ],
+        "boolean" | "null" => &["enum", "const"],
+        _ => return None,
+    })
+}
+
+/// Checks that `schema` is in the closed subset of JSON Schema the gate accepts, so that no
+/// value it admits can be an object with a property it does not declare, whatever the
+/// spelling. An allowlist, not a search for open spellings:
+///
+/// - every schema (the root and each subschema) is a JSON object naming its `type`: boolean
+///   schemas (`true`, `false`), `{}` and schemas without `type` are refused;
+/// - the root's type is `"object"`; a `type` list may name only scalar types
+///   (`"string"`, `"integer"`, `"number"`, `"boolean"`, `"null"`);
+/// - each schema uses only the keywords of its type (see [`keywords_of`]) and annotations;
+/// - an object schema says `"additionalProperties": false`, and its `properties` are schemas
+///   of this subset;
+/// - an array schema has `items`, a schema of this subset (or `false` after `prefixItems`).
 fn check_closed(schema: &Value, path: &str) -> Result<(), String> {
     let Value::Object(map) = schema else {
         return Err(format!("{path}: the root must be an object schema"));
@@ -320,44 +390,103 @@ fn check_closed(schema: &Value, path: &str) -> Result<(), String> {
     if map.get("type") != Some(&Value::String("object".into())) {
         return Err(format!("{path}: the root must have \"type\": \"object\""));
     }
-    walk(schema, path)
+    match map.get("$schema") {
+        None => {}
+        Some(Value::String(uri)) if uri == DRAFT_2020_12 => {}
+        Some(_) => return Err(format!("{path}: $schema must be {DRAFT_2020_12}")),
+    }
+    check_subschema(schema, path, true)
 }
 
-fn walk(schema: &Value, path: &str) -> Result<(), String> {
-    match schema {
-        Value::Object(map) => {
-            for key in ["$ref", "$dynamicRef", "$recursiveRef"] {
-                if let Some(Value::String(target)) = map.get(key)
-                    && !target.starts_with('#')
-                {
-                    return Err(format!("{path}: {key} outside the schema is not allowed"));
+fn check_subschema(schema: &Value, path: &str, root: bool) -> Result<(), String> {
+    let Value::Object(map) = schema else {
+        return Err(format!(
+            "{path}: a schema must be an object with a \"type\" (boolean schemas are not allowed)"
+        ));
+    };
+    let types: Vec<&str> = match map.get("type") {
+        Some(Value::String(ty)) => vec![ty.as_str()],
+        Some(Value::Array(list)) if !list.is_empty() => {
+            let mut types = Vec::with_capacity(list.len());
+            for ty in list {
+                match ty {
+                    Value::String(ty) if !matches!(ty.as_str(), "object" | "array") => {
+                        types.push(ty.as_str());
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{path}: a \"type\" list may name only scalar types"
+                        ));
+                    }
                 }
             }
-            let is_object = map.get("type") == Some(&Value::String("object".into()))
-                || map.contains_key("properties");
-            if is_object {
-                if map.get("additionalProperties") != Some(&Value::Bool(false)) {
+            types
+        }
+        _ => return Err(format!("{path}: every schema must name its \"type\"")),
+    };
+    let mut allowed: Vec<&str> = vec!["type"];
+    if root {
+        allowed.push("$schema");
+    }
+    allowed.extend_from_slice(ANNOTATIONS);
+    for ty in &types {
+        let Some(words) = keywords_of(ty) else {
+            return Err(format!("{path}: unknown type {ty:?}"));
+        };
+        allowed.extend_from_slice(words);
+    }
+    for key in map.keys() {
+        if !allowed.contains(&key.as_str()) {
+            return Err(format!(
+                "{path}: keyword {key:?} is not allowed here (only a closed subset of JSON \
+                 Schema is accepted)"
+            ));
+        }
+    }
+    match types.as_slice() {
+        ["object"] => {
+            if map.get("additionalProperties") != Some(&Value::Bool(false)) {
+                return Err(format!(
+                    "{path}: objects must say \"additionalProperties\": false"
+                ));
+            }
+            match map.get("properties") {
+                None => {}
+                Some(Value::Object(properties)) => {
+                    for (name, property) in properties {
+                        check_subschema(property, &format!("{path}/properties/{name}"), false)?;
+                    }
+                }
+                Some(_) => return Err(format!("{path}: properties must be an object")),
+            }
+        }
+        ["array"] => {
+            let prefixed = match map.get("prefixItems") {
+                None => false,
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        check_subschema(item, &format!("{path}/prefixItems/{i}"), false)?;
+                    }
+                    true
+                }
+                Some(_) => return Err(format!("{path}: prefixItems must be an array")),
+            };
+            match map.get("items") {
+                Some(Value::Bool(false)) if prefixed => {}
+                Some(items @ Value::Object(_)) => {
+                    check_subschema(items, &format!("{path}/items"), false)?;
+                }
+                _ => {
                     return Err(format!(
-                        "{path}: objects must say \"additionalProperties\": false"
+                        "{path}: arrays must say what their items are (\"items\": a schema, or \
+                         false after prefixItems)"
                     ));
                 }
-                if map.contains_key("patternProperties") {
-                    return Err(format!("{path}: patternProperties is not allowed"));
-                }
             }
-            for (key, value) in map {
-                walk(value, &format!("{path}/{key}"))?;
-            }
-            Ok(())
         }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                walk(item, &format!("{path}/{i}"))?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
+        _ => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -382,29 +511,100 @@ mod tests {
             .build()
     }
 
+    /// A closed object with one property whose schema is `inner`.
+    fn nested(inner: &Value) -> Value {
+        json!({"type": "object", "additionalProperties": false, "properties": {"x": inner}})
+    }
+
     #[test]
-    fn open_or_remote_schemas_are_refused_at_registration() {
-        for bad in [
+    fn every_spelling_of_an_open_object_is_refused_at_registration() {
+        let closed = json!({"type": "object", "additionalProperties": false});
+        let open_spellings = [
+            // Open at the root.
             json!({"type": "object"}),
             json!({"type": "object", "additionalProperties": true}),
-            json!({"type": "array"}),
+            json!({"type": "object", "additionalProperties": {}}),
+            json!({"type": "object", "additionalProperties": {"type": "string"}}),
+            json!({"type": "array", "items": closed}),
+            json!({"properties": {}, "additionalProperties": false}),
+            json!(true),
+            json!({}),
+            json!({"type": "object", "additionalProperties": false, "$schema":
+                   "http://json-schema.org/draft-04/schema#"}),
+            // Open inside.
+            nested(&json!({"type": "object", "properties": {}})),
+            nested(&json!({"type": ["object", "null"], "additionalProperties": false})),
+            nested(&json!({"type": ["string", "object"]})),
+            nested(&json!({})),
+            nested(&json!(true)),
+            nested(
+                &json!({"properties": {"a": {"type": "string"}}, "additionalProperties": false}),
+            ),
+            nested(&json!({"type": "string", "not": {"type": "string"}})),
+            nested(&json!({"not": {"type": "string"}})),
+            nested(&json!({"anyOf": [{"type": "string"}, closed]})),
+            nested(&json!({"type": "string", "anyOf": [{"type": "string"}, {"type": "object"}]})),
+            nested(&json!({"type": "string", "oneOf": [{"type": "string"}]})),
+            nested(&json!({"type": "string", "allOf": [{"type": "string"}]})),
+            nested(&json!({"$ref": "#/$defs/open"})),
             json!({"type": "object", "additionalProperties": false,
-                   "properties": {"x": {"type": "object", "properties": {}}}}),
+                   "properties": {"x": {"$ref": "#/$defs/open"}},
+                   "$defs": {"open": {"type": "object"}}}),
+            nested(&json!({"$ref": "https://example.com/s.json"})),
             json!({"type": "object", "additionalProperties": false,
                    "patternProperties": {".*": {}}}),
             json!({"type": "object", "additionalProperties": false,
-                   "properties": {"x": {"$ref": "https://example.com/s.json"}}}),
-        ] {
+                   "unevaluatedProperties": false}),
+            nested(&json!({"type": "object", "unevaluatedProperties": false})),
+            json!({"type": "object", "additionalProperties": false,
+                   "if": {"type": "object"}, "then": {"type": "object"}, "else": true}),
+            json!({"type": "object", "additionalProperties": false,
+                   "dependentSchemas": {"x": {"type": "object"}}}),
+            json!({"type": "object", "additionalProperties": false,
+                   "propertyNames": {"type": "string"}}),
+            nested(&json!({"type": "array"})),
+            nested(&json!({"type": "array", "items": true})),
+            nested(&json!({"type": "array", "items": {}})),
+            nested(&json!({"type": "array", "items": {"type": "object"}})),
+            nested(&json!({"type": "array", "prefixItems": [{"type": "string"}]})),
+            nested(&json!({"type": "array", "items": false})),
+            nested(&json!({"type": "array", "items": {"type": "string"}, "contains": closed})),
+            // Unknown words and unknown types.
+            nested(&json!({"type": "string", "x-open": true})),
+            nested(&json!({"type": "text"})),
+            json!({"type": "object", "additionalProperties": false, "$id": "urn:x"}),
+        ];
+        for bad in open_spellings {
             assert!(
                 matches!(build(bad.clone()), Err(SandboxError::InvalidSchema { .. })),
-                "{bad}"
+                "{bad} must be refused"
             );
         }
-        assert!(
-            build(json!({"type": "object", "additionalProperties": false,
-                         "properties": {"x": {"type": "integer"}}}))
-            .is_ok()
-        );
+        // Positive control: a closed schema with every accepted shape registers.
+        let accepted = json!({
+            "$schema": DRAFT_2020_12,
+            "title": "arguments",
+            "type": "object", "additionalProperties": false,
+            "required": ["amount"], "minProperties": 1,
+            "properties": {
+                "amount": {"type": "integer", "minimum": 1, "maximum": 5000, "description": "cents"},
+                "ratio": {"type": "number", "exclusiveMinimum": 0, "multipleOf": 0.5},
+                "memo": {"type": ["string", "null"], "maxLength": 100},
+                "mode": {"type": "string", "enum": ["a", "b"]},
+                "flag": {"type": "boolean", "default": false},
+                "tags": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"},
+                         "maxItems": 5, "uniqueItems": true},
+                "pair": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}],
+                         "items": false},
+                "lines": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": {"sku": {"type": "string"}}
+                }}
+            }
+        });
+        assert!(build(accepted).is_ok());
+        assert!(build(nested(&json!({"type": "integer"}))).is_ok());
+        assert!(build(closed).is_ok());
     }
 
     #[test]

@@ -375,10 +375,8 @@ async fn the_agent_the_proposing_session_and_the_requester_cannot_approve() {
     let policy = agent_policy(f.tenant);
     let requester = Actor::new(ActorKind::Staff, ActorId::new_random(), f.tenant);
     let session = Uuid::new_v4();
-    let mut t = tool_sandbox::Turn::new(policy.clone(), session, "pay acct-1234 10")
-        .unwrap()
-        .on_behalf_of(&requester)
-        .unwrap();
+    let mut t =
+        tool_sandbox::Turn::new(policy.clone(), session, &requester, "pay acct-1234 10").unwrap();
     let p = held(
         &f,
         &mut t,
@@ -665,8 +663,10 @@ async fn a_new_tool_version_invalidates_the_approval() {
         std::sync::Arc::new(registry_with(&f.ledger, 2)),
         f.pool.clone(),
         f.log.clone(),
+        f.approval_key(),
     )
-    .build();
+    .build()
+    .unwrap();
     let ctx = TenantContext::for_job(f.tenant, Some(policy.agent().clone()), "executor").unwrap();
     assert_eq!(
         refused(upgraded.consume(&ctx, &policy, p.id, &args).await),

@@ -321,7 +321,13 @@ async fn a_thousand_parallel_calls_from_one_tenant_do_not_block_another_tenants_
         let policy = flooder.clone();
         let done = done.clone();
         flood.spawn(async move {
-            let mut t = tool_sandbox::Turn::new(policy, Uuid::new_v4(), "flood").unwrap();
+            let requester = Actor::new(
+                ActorKind::User,
+                ActorId::new_random(),
+                policy.agent().tenant(),
+            );
+            let mut t =
+                tool_sandbox::Turn::new(policy, Uuid::new_v4(), &requester, "flood").unwrap();
             let _ = gate
                 .submit(&mut t, call(&format!("c{i}"), "slow", json!({})))
                 .await;
@@ -387,6 +393,58 @@ async fn a_rate_limited_call_is_denied_and_audited() {
     assert!(events.iter().any(
         |(a, _, e)| a == "agent.tool_denied" && e["outcome"]["reason"] == "limited:agent_rate"
     ));
+}
+
+#[tokio::test]
+async fn a_noisy_agent_over_its_own_limit_does_not_starve_a_quiet_agent_of_the_same_tenant() {
+    let f = fixture_with(|b| {
+        b.limits(CallLimits {
+            per_agent_rate: 0.001,
+            per_agent_burst: 3.0,
+            per_tenant_rate: 0.001,
+            per_tenant_burst: 5.0,
+            ..CallLimits::default()
+        })
+    })
+    .await;
+    let noisy = agent_policy(f.tenant);
+    let quiet = agent_policy(f.tenant);
+    let search = |i: usize| call(&format!("c{i}"), "search_notes", json!({"query": "q"}));
+    let mut t = turn(&noisy, "search");
+    for i in 0..3 {
+        let s = f.gate.submit(&mut t, search(i)).await.unwrap();
+        assert!(matches!(s, Submission::Ran { .. }), "{s:?}");
+    }
+    // The noisy agent keeps calling past its own limit: every call is refused...
+    for i in 3..40 {
+        let s = f.gate.submit(&mut t, search(i)).await.unwrap();
+        assert!(
+            matches!(s, Submission::Denied(DenyReason::Limited("agent_rate"))),
+            "{s:?}"
+        );
+    }
+    // ...and none of them spent the tenant's tokens: the quiet agent gets the two left.
+    let mut q = turn(&quiet, "search");
+    for i in 0..2 {
+        let s = f.gate.submit(&mut q, search(i)).await.unwrap();
+        assert!(matches!(s, Submission::Ran { .. }), "quiet call {i}: {s:?}");
+    }
+    // The tenant's own limit still holds.
+    let s = f.gate.submit(&mut q, search(2)).await.unwrap();
+    assert!(
+        matches!(s, Submission::Denied(DenyReason::Limited("tenant_rate"))),
+        "{s:?}"
+    );
+    assert_eq!(f.ledger.runs(), 5);
+    let events = audit_events(&f.db, f.tenant).await;
+    let refused = |code: &str| {
+        events
+            .iter()
+            .filter(|(a, _, e)| a == "agent.tool_denied" && e["outcome"]["reason"] == code)
+            .count()
+    };
+    assert_eq!(refused("limited:agent_rate"), 37);
+    assert_eq!(refused("limited:tenant_rate"), 1);
 }
 
 /// A subprocess tool whose context decides its network access (Linux: elsewhere subprocess tools

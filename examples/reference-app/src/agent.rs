@@ -201,7 +201,10 @@ pub(crate) fn registry(
         .tool(
             ToolSpec::new("export_notes", 1, Effect::Sensitive)?
                 .description("Export every note of the workspace. Needs a human approval.")
-                .schema(object(json!({"format": {"const": "json"}}), &["format"])),
+                .schema(object(
+                    json!({"format": {"type": "string", "const": "json"}}),
+                    &["format"],
+                )),
             export,
         )
         .tool(
@@ -361,7 +364,7 @@ pub(crate) async fn run_turn(
         .ok_or(SandboxError::NotAnAgent)?;
     let assistant = Actor::new(ActorKind::Agent, tenant.assistant, tenant.id);
     let policy = Arc::new(policy(&assistant)?);
-    let mut turn = Turn::new(policy, session, prompt)?.on_behalf_of(user)?;
+    let mut turn = Turn::new(policy, session, user, prompt)?;
     let tools: Vec<ToolDescription> = services
         .gate
         .registry()

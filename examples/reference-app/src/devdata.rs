@@ -38,6 +38,8 @@ pub(crate) struct DevData {
     pub(crate) pseudonym_key: Zeroizing<[u8; 32]>,
     /// The audit checkpoint signing key.
     pub(crate) checkpoint_key: Zeroizing<[u8; 32]>,
+    /// The key the assistant's approval gate signs approvals with.
+    pub(crate) approval_key: Zeroizing<[u8; 32]>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevDataError + '_ {
@@ -124,6 +126,7 @@ impl DevData {
             blind_key: key_file(dir, "blind-index.key")?,
             pseudonym_key: key_file(dir, "audit-pseudonym.key")?,
             checkpoint_key: key_file(dir, "audit-checkpoint.key")?,
+            approval_key: key_file(dir, "tool-approval.key")?,
         })
     }
 }

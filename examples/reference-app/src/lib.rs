@@ -30,7 +30,7 @@ use rls_guard::TenantPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tenant_scope::CrossTenantAuthority;
 use tool_sandbox::model::{Model, OpenAiCompatible};
-use tool_sandbox::{ApprovalPolicy, Gate};
+use tool_sandbox::{ApprovalKey, ApprovalPolicy, Gate};
 use zeroize::Zeroizing;
 
 pub use crate::config::Config;
@@ -48,6 +48,7 @@ struct Keys {
     blind: Zeroizing<[u8; 32]>,
     pseudonym: Zeroizing<[u8; 32]>,
     checkpoint: Zeroizing<[u8; 32]>,
+    approval: Zeroizing<[u8; 32]>,
 }
 
 impl Keys {
@@ -57,6 +58,7 @@ impl Keys {
             blind: dev.blind_key.clone(),
             pseudonym: dev.pseudonym_key.clone(),
             checkpoint: dev.checkpoint_key.clone(),
+            approval: dev.approval_key.clone(),
         }
     }
 
@@ -80,6 +82,7 @@ impl Keys {
             blind: expand("blind index"),
             pseudonym: expand("audit pseudonym"),
             checkpoint: expand("audit checkpoint"),
+            approval: expand("tool approval"),
         }
     }
 }
@@ -523,10 +526,15 @@ fn build(
         .build()?;
     let cell: agent::ServicesCell = Arc::new(OnceLock::new());
     let registry = Arc::new(agent::registry(&cell, &mailer)?);
-    let gate = Gate::builder(registry, pool.clone(), audit.clone())
-        .approvals(ApprovalPolicy::default())
-        .egress(egress)
-        .build();
+    let gate = Gate::builder(
+        registry,
+        pool.clone(),
+        audit.clone(),
+        ApprovalKey::from_bytes(*keys.approval)?,
+    )
+    .approvals(ApprovalPolicy::default())
+    .egress(egress)
+    .build()?;
     let model: Arc<dyn Model> = match &config.model {
         ModelSource::Scripted => Arc::new(agent::DemoModel),
         ModelSource::OpenAi { base_url, model } => {

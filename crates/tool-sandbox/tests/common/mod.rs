@@ -17,8 +17,8 @@ use testkit::{Role, Template, TestDb, fresh_database};
 use time::OffsetDateTime;
 use tool_sandbox::model::ToolCallRequest;
 use tool_sandbox::{
-    AgentPolicy, Approver, CallLimits, Effect, Gate, GateBuilder, Registry, ToolOutput, ToolSpec,
-    Turn, Verdict, tool_fn,
+    AgentPolicy, ApprovalKey, Approver, CallLimits, Effect, Gate, GateBuilder, Registry,
+    ToolOutput, ToolSpec, Turn, Verdict, tool_fn,
 };
 use uuid::Uuid;
 
@@ -136,6 +136,23 @@ pub struct Fixture {
     pub ledger: Arc<Ledger>,
     pub gate: Gate,
     pub tenant: TenantId,
+    /// The gate's approval key, to build a second gate that shares it.
+    pub approval_secret: [u8; 32],
+}
+
+impl Fixture {
+    /// The gate's approval key.
+    pub fn approval_key(&self) -> ApprovalKey {
+        ApprovalKey::from_bytes(self.approval_secret).unwrap()
+    }
+}
+
+/// A random 32-byte approval secret.
+pub fn approval_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    secret[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    secret[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    secret
 }
 
 pub fn scrubber() -> Scrubber {
@@ -156,7 +173,11 @@ pub async fn fixture_of(
     let log = AuditLog::new(pool.clone(), scrubber());
     let ledger = Arc::new(Ledger::default());
     let registry = Arc::new(registry(&ledger));
-    let gate = configure(Gate::builder(registry, pool.clone(), log.clone())).build();
+    let secret = approval_secret();
+    let key = ApprovalKey::from_bytes(secret).unwrap();
+    let gate = configure(Gate::builder(registry, pool.clone(), log.clone(), key))
+        .build()
+        .unwrap();
     Fixture {
         db,
         raw,
@@ -165,6 +186,7 @@ pub async fn fixture_of(
         ledger,
         gate,
         tenant: TenantId::new_random(),
+        approval_secret: secret,
     }
 }
 
@@ -204,8 +226,14 @@ pub fn call(id: &str, tool: &str, arguments: Value) -> ToolCallRequest {
     }
 }
 
+/// A turn requested by a fresh user of the agent's tenant, from a fresh session.
 pub fn turn(policy: &Arc<AgentPolicy>, instruction: &str) -> Turn {
-    Turn::new(policy.clone(), Uuid::new_v4(), instruction).unwrap()
+    let requester = Actor::new(
+        ActorKind::User,
+        ActorId::new_random(),
+        policy.agent().tenant(),
+    );
+    Turn::new(policy.clone(), Uuid::new_v4(), &requester, instruction).unwrap()
 }
 
 /// A human approver for tests.
