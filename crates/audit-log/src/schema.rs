@@ -152,40 +152,43 @@ BEGIN
     END IF;
     -- The columns must say what the hashed record says: one raw INSERT cannot put a record
     -- under another tenant, time, actor, action, outcome or request id. The record is read as
-    -- `json` (its text as written, duplicate keys kept) and held to what the verifier's strict
-    -- parse accepts, so a record the verifier would reject never enters the chain. A record
-    -- that is not JSON, or holds a number no float can carry, fails a cast.
+    -- parsed once into `jsonb` and held to what the verifier's strict parse accepts, so a record
+    -- the verifier would reject never enters the chain. A record that is not JSON fails the
+    -- cast. Reading the fields from `jsonb` (keeping one value per key) is exact only because
+    -- a record that repeats a key is refused below; the schema version is compared as written
+    -- (`json`), since `jsonb` would print `1e0` as `1`.
     written := pg_catalog.convert_from(NEW.event, 'UTF8');
     record := written::json;
-    IF pg_catalog.json_typeof(record) IS DISTINCT FROM 'object'
-       OR pg_catalog.json_typeof(record -> 'actor') IS DISTINCT FROM 'object'
-       OR pg_catalog.json_typeof(record -> 'outcome') IS DISTINCT FROM 'object'
-       OR EXISTS (SELECT 1 FROM pg_catalog.json_object_keys(record) AS k(key)
+    parsed := record::jsonb;
+    IF pg_catalog.jsonb_typeof(parsed) IS DISTINCT FROM 'object'
+       OR pg_catalog.jsonb_typeof(parsed -> 'actor') IS DISTINCT FROM 'object'
+       OR pg_catalog.jsonb_typeof(parsed -> 'outcome') IS DISTINCT FROM 'object'
+       OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(parsed) AS k(key)
                    WHERE k.key NOT IN ('schema', 'tenant', 'occurred_at', 'action', 'actor',
                                        'outcome', 'request_id', 'targets', 'ip', 'user_agent',
                                        'metadata'))
-       OR EXISTS (SELECT 1 FROM pg_catalog.json_object_keys(record -> 'actor') AS k(key)
+       OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(parsed -> 'actor') AS k(key)
                    WHERE k.key NOT IN ('kind', 'id', 'tenant'))
-       OR EXISTS (SELECT 1 FROM pg_catalog.json_object_keys(record -> 'outcome') AS k(key)
+       OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(parsed -> 'outcome') AS k(key)
                    WHERE k.key NOT IN ('status', 'reason'))
        OR (record -> 'schema')::text IS DISTINCT FROM '{schema_version}'
-       OR pg_catalog.json_typeof(record -> 'tenant') IS DISTINCT FROM 'string'
-       OR pg_catalog.json_typeof(record -> 'occurred_at') IS DISTINCT FROM 'string'
-       OR pg_catalog.json_typeof(record -> 'action') IS DISTINCT FROM 'string'
-       OR pg_catalog.json_typeof(record -> 'actor' -> 'kind') IS DISTINCT FROM 'string'
-       OR pg_catalog.json_typeof(record -> 'outcome' -> 'status') IS DISTINCT FROM 'string'
-       OR COALESCE(pg_catalog.json_typeof(record -> 'request_id'), 'null')
+       OR pg_catalog.jsonb_typeof(parsed -> 'tenant') IS DISTINCT FROM 'string'
+       OR pg_catalog.jsonb_typeof(parsed -> 'occurred_at') IS DISTINCT FROM 'string'
+       OR pg_catalog.jsonb_typeof(parsed -> 'action') IS DISTINCT FROM 'string'
+       OR pg_catalog.jsonb_typeof(parsed -> 'actor' -> 'kind') IS DISTINCT FROM 'string'
+       OR pg_catalog.jsonb_typeof(parsed -> 'outcome' -> 'status') IS DISTINCT FROM 'string'
+       OR COALESCE(pg_catalog.jsonb_typeof(parsed -> 'request_id'), 'null')
           NOT IN ('string', 'null')
-       OR COALESCE(pg_catalog.json_typeof(record -> 'actor' -> 'id'), 'null')
+       OR COALESCE(pg_catalog.jsonb_typeof(parsed -> 'actor' -> 'id'), 'null')
           NOT IN ('string', 'null')
-       OR record ->> 'tenant' IS DISTINCT FROM NEW.tenant_id::text
-       OR record ->> 'occurred_at' IS DISTINCT FROM
+       OR parsed ->> 'tenant' IS DISTINCT FROM NEW.tenant_id::text
+       OR parsed ->> 'occurred_at' IS DISTINCT FROM
           pg_catalog.to_char(NEW.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-       OR record ->> 'action' IS DISTINCT FROM NEW.action
-       OR record -> 'actor' ->> 'kind' IS DISTINCT FROM NEW.actor_kind
-       OR record -> 'actor' ->> 'id' IS DISTINCT FROM NEW.actor_id::text
-       OR record -> 'outcome' ->> 'status' IS DISTINCT FROM NEW.outcome
-       OR record ->> 'request_id' IS DISTINCT FROM NEW.request_id THEN
+       OR parsed ->> 'action' IS DISTINCT FROM NEW.action
+       OR parsed -> 'actor' ->> 'kind' IS DISTINCT FROM NEW.actor_kind
+       OR parsed -> 'actor' ->> 'id' IS DISTINCT FROM NEW.actor_id::text
+       OR parsed -> 'outcome' ->> 'status' IS DISTINCT FROM NEW.outcome
+       OR parsed ->> 'request_id' IS DISTINCT FROM NEW.request_id THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL003',
             MESSAGE = 'audit record does not match its columns';
@@ -193,7 +196,6 @@ BEGIN
     -- The verifier's parser stops at 128 levels of nesting and at numbers beyond a float; a key
     -- given twice anywhere (metadata included) would leave its value to the reader. Depth and
     -- numbers are checked on the `jsonb` value (a number beyond a float fails `.double()`).
-    parsed := record::jsonb;
     IF pg_catalog.jsonb_path_exists(parsed, 'strict $.**{{100 to last}}') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL003',

@@ -623,6 +623,7 @@ async fn the_library_writes_every_record_exactly_as_jsonb_prints_it() {
         serde_json::json!({"text": "line\nbreak \"quoted\" \\ é ✓ \u{1}", "zz": [], "a": {}}),
         serde_json::json!({"deep": {"b": [1, {"cc": 2.5, "c": [true, null]}], "a": -12}}),
         serde_json::json!({"same": 1, "sama": 2, "s": 3, "longer_key": 4, "k": 100.0}),
+        serde_json::json!({"nul": "a\u{0}b", "del": "\u{7f}", "bom": "\u{feff}x"}),
     ];
     for (i, m) in metadata.into_iter().enumerate() {
         let e = AuditEvent::new(
@@ -645,7 +646,7 @@ async fn the_library_writes_every_record_exactly_as_jsonb_prints_it() {
     .fetch_all(&admin)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
     for (seq, written, printed) in rows {
         assert_eq!(written, printed, "event {seq}");
     }
