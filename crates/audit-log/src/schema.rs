@@ -151,7 +151,7 @@ BEGIN
             MESSAGE = 'audit event time is not the current time';
     END IF;
     -- The columns must say what the hashed record says: one raw INSERT cannot put a record
-    -- under another tenant, time, actor, action, outcome or request id. The record is read as
+    -- under another tenant, time, actor, action, outcome or request id. The record is
     -- parsed once into `jsonb` and held to what the verifier's strict parse accepts, so a record
     -- the verifier would reject never enters the chain. A record that is not JSON fails the
     -- cast. Reading the fields from `jsonb` (keeping one value per key) is exact only because
