@@ -49,6 +49,19 @@ async fn replacement(f: &common::Fixture, user: ActorId) -> (bool, Option<uuid::
     .unwrap()
 }
 
+/// ada, enrolled, with recovery codes made by a fresh session.
+async fn with_recovery_codes(f: &common::Fixture) -> (ActorId, magic_auth::totp::RecoveryCodes) {
+    let user = f.account("ada@example.com", ActorKind::User);
+    f.enrolled(user).await;
+    let (fresh, _) = session(f, user, Assurance::Aal2).await;
+    let codes = f
+        .totp
+        .regenerate_recovery_codes(&fresh, MAX_AGE)
+        .await
+        .unwrap();
+    (user, codes)
+}
+
 fn seed_of(enrolment: &magic_auth::totp::Enrolment) -> Vec<u8> {
     totp_rs::Secret::try_from_base32(enrolment.secret_base32.as_str())
         .unwrap()
@@ -123,14 +136,7 @@ async fn replacing_the_authenticator_without_fresh_step_up_or_recovery_code_is_r
 #[tokio::test]
 async fn a_recovery_code_authorises_one_replacement_and_is_used_up() {
     let f = fixture(4).await;
-    let user = f.account("ada@example.com", ActorKind::User);
-    f.enrolled(user).await;
-    let (fresh, _) = session(&f, user, Assurance::Aal2).await;
-    let codes = f
-        .totp
-        .regenerate_recovery_codes(&fresh, MAX_AGE)
-        .await
-        .unwrap();
+    let (user, codes) = with_recovery_codes(&f).await;
     let code = codes.codes()[0].clone();
     // Lost phone: a session with the link only, and a recovery code.
     let (one_factor, _) = session(&f, user, Assurance::Aal1).await;
@@ -636,13 +642,7 @@ async fn a_pending_enrolment_is_shown_again_as_started_and_a_moved_seed_is_refus
     // restore gone wrong) does not open for bob: refused, never shown as bob's.
     let bob_started = f.totp.enroll(f.tenant, bob, "bob").await.unwrap();
     let t = f.tenant;
-    let mut tx = f.admin.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "SET LOCAL app.tenant_id = '{t}'; SET LOCAL app.commit_binding = '{t}:'"
-    ))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let mut tx = common::bound_admin_tx(&f.admin, t).await;
     sqlx::query(
         "UPDATE auth.totp SET seed = (SELECT seed FROM auth.totp WHERE tenant_id = $1 AND user_id = $2) \
          WHERE tenant_id = $1 AND user_id = $3",
@@ -727,14 +727,7 @@ async fn a_pending_replacement_is_shown_only_to_the_session_that_started_it() {
 #[tokio::test]
 async fn recovery_codes_are_not_regenerated_for_a_revoked_session_or_a_disabled_account() {
     let f = fixture(4).await;
-    let user = f.account("ada@example.com", ActorKind::User);
-    f.enrolled(user).await;
-    let (first, _) = session(&f, user, Assurance::Aal2).await;
-    let kept = f
-        .totp
-        .regenerate_recovery_codes(&first, MAX_AGE)
-        .await
-        .unwrap();
+    let (user, kept) = with_recovery_codes(&f).await;
     for end in ["revoke_all", "disable"] {
         let (mine, _) = session(&f, user, Assurance::Aal2).await;
         if end == "revoke_all" {

@@ -2,6 +2,8 @@
 //! sealed seeds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 
 use field_crypto::{KeyMaterial, Keyring};
@@ -296,13 +298,7 @@ async fn a_seed_is_unreadable_with_the_wrong_key() {
     let victim = ActorId::new_random();
     enrolled(&s, t, victim).await;
     let admin = db.pool(Role::Admin, 1).await;
-    let mut tx = admin.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "SET LOCAL app.tenant_id = '{t}'; SET LOCAL app.commit_binding = '{t}:'"
-    ))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let mut tx = common::bound_admin_tx(&admin, t).await;
     sqlx::query(
         "UPDATE auth.totp SET seed = (SELECT seed FROM auth.totp WHERE user_id = $1) WHERE user_id = $2",
     )

@@ -22,20 +22,6 @@ async fn replacement_pending(admin: &PgPool) -> bool {
     pending
 }
 
-fn key_of(body: &str) -> Vec<u8> {
-    let key = body
-        .split("Key: <code>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap();
-    totp_rs::Secret::try_from_base32(key)
-        .unwrap()
-        .as_bytes()
-        .to_vec()
-}
-
 /// A code that `seed` does not show now (nor one step either side).
 fn wrong(seed: &[u8]) -> String {
     let valid = [code(seed, -1), code(seed, 0), code(seed, 1)];
@@ -79,7 +65,7 @@ async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_an
     assert_eq!(started.location(), "/settings/authenticator");
     let page = bob.get("/settings/authenticator").await;
     assert!(page.body.contains("<svg"), "{}", page.body);
-    let new_seed = key_of(&page.body);
+    let new_seed = common::shown_seed(&page.body);
     assert_ne!(new_seed, old_seed);
 
     // Another session of the account neither sees nor completes it.

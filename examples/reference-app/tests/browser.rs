@@ -168,23 +168,13 @@ async fn sign_in(
     if let Some(s) = shots {
         s.take(browser, "04-enrol-authenticator").await;
     }
-    let key = page
-        .split("Key: <code>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
+    let key = common::shown_key(&page);
     // Re-opening the page shows the same pending enrolment: it does not replace the seed the
     // person may have scanned already.
     browser.refresh().await.unwrap();
     let again = wait_for(browser, "Key: <code>").await;
-    assert!(again.contains(&format!("Key: <code>{key}<")), "{again}");
-    let seed = totp_rs::Secret::try_from_base32(&key)
-        .unwrap()
-        .as_bytes()
-        .to_vec();
+    assert_eq!(common::shown_key(&again), key, "{again}");
+    let seed = common::shown_seed(&again);
     fill(browser, "#code", &common::code(&seed, 0)).await;
     click(browser, "form[action='/auth/totp'] button").await;
     // Signed in with both factors: members land on their notes, staff on the approval queue.
@@ -359,17 +349,6 @@ async fn the_demo_in_headless_chromium() {
     harness.close().await;
 }
 
-/// The key shown on an enrolment or replacement page.
-fn shown_key(page: &str) -> String {
-    page.split("Key: <code>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 fn notices_to(app: &reference_app::App, to: &str) -> Vec<String> {
     app.outbox_messages()
         .into_iter()
@@ -409,13 +388,11 @@ async fn settings_flows(harness: &Harness, shots: &Shots) {
         .unwrap();
     click(browser, "form[action='/settings/authenticator'] button").await;
     let page = wait_for(browser, "Key: <code>").await;
-    let key = shown_key(&page);
+    let key = common::shown_key(&page);
     browser.refresh().await.unwrap();
-    assert_eq!(shown_key(&wait_for(browser, "Key: <code>").await), key);
-    let new_seed = totp_rs::Secret::try_from_base32(&key)
-        .unwrap()
-        .as_bytes()
-        .to_vec();
+    let again = wait_for(browser, "Key: <code>").await;
+    assert_eq!(common::shown_key(&again), key);
+    let new_seed = common::shown_seed(&again);
     assert_ne!(new_seed, old_seed);
     fill(browser, "#code", &common::code(&new_seed, 0)).await;
     click(

@@ -22,16 +22,6 @@ async fn factor_row(admin: &PgPool) -> Option<(Vec<u8>, bool)> {
     .unwrap()
 }
 
-fn key_of(body: &str) -> String {
-    body.split("Key: <code>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
     let app = start().await;
@@ -91,14 +81,18 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
     assert!(!confirmed);
     let first = bob.get(started.location()).await;
     assert!(first.body.contains("<svg"), "the QR code is shown");
-    let key = key_of(&first.body);
+    let key = common::shown_key(&first.body);
 
     // Re-opening the page, and posting the start again (a double click, a second tab), keep it.
     let again = bob.get("/auth/totp").await;
-    assert_eq!(key_of(&again.body), key, "the same key is shown again");
+    assert_eq!(
+        common::shown_key(&again.body),
+        key,
+        "the same key is shown again"
+    );
     let restarted = bob.post("/auth/totp/enrol", &[("next", "/notes")]).await;
     assert_eq!(restarted.status, StatusCode::SEE_OTHER);
-    assert_eq!(key_of(&bob.get("/auth/totp").await.body), key);
+    assert_eq!(common::shown_key(&bob.get("/auth/totp").await.body), key);
     assert_eq!(
         factor_row(&admin).await,
         Some((sealed, false)),
@@ -106,10 +100,7 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
     );
 
     // Positive control: the key first shown is live — its code confirms the enrolment.
-    let seed = totp_rs::Secret::try_from_base32(&key)
-        .unwrap()
-        .as_bytes()
-        .to_vec();
+    let seed = common::shown_seed(&first.body);
     let done = bob
         .post(
             "/auth/totp",

@@ -309,3 +309,19 @@ pub fn wrong_code(seed: &[u8], now: u64) -> String {
         .find(|c| !valid.contains(c))
         .unwrap()
 }
+
+/// A transaction of the admin role bound to `tenant` (as rls-guard's binding check requires), to
+/// write what an attacker with database access would write.
+pub async fn bound_admin_tx(
+    admin: &sqlx::PgPool,
+    tenant: TenantId,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.commit_binding = '{tenant}:'"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}

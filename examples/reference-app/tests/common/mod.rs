@@ -210,23 +210,11 @@ impl<'a> Browser<'a> {
         assert!(location.starts_with("/auth/totp?next="), "{location}");
         let totp = self.get(&location).await;
         assert_eq!(totp.status, StatusCode::OK);
-        let key = totp
-            .body
-            .split("Key: <code>")
-            .nth(1)
-            .unwrap()
-            .split('<')
-            .next()
-            .unwrap()
-            .to_owned();
         assert!(
             totp.body.contains("<svg"),
             "a QR code is shown at enrolment"
         );
-        let seed = totp_rs::Secret::try_from_base32(&key)
-            .unwrap()
-            .as_bytes()
-            .to_vec();
+        let seed = shown_seed(&totp.body);
         let done = self
             .post("/auth/totp", &[("code", &code(&seed, 0)), ("next", next)])
             .await;
@@ -342,4 +330,23 @@ pub fn notices(app: &App, to: &str, subject: &str) -> usize {
         .iter()
         .filter(|(address, s)| address == to && s == subject)
         .count()
+}
+
+/// The authenticator key (base32) an enrolment or replacement page shows.
+pub fn shown_key(body: &str) -> String {
+    body.split("Key: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The seed behind the key a page shows.
+pub fn shown_seed(body: &str) -> Vec<u8> {
+    totp_rs::Secret::try_from_base32(shown_key(body))
+        .unwrap()
+        .as_bytes()
+        .to_vec()
 }
