@@ -17,15 +17,16 @@
 # item stabilised after it; and the language features the code relies on (edition 2024: 1.85,
 # let chains: 1.88) are below it. Not covered: a dependency that declares no `rust-version`
 # (the script lists how many), a newer language feature clippy does not flag, and a dependency
-# whose declaration is wrong. Building with the declared toolchain (e.g. `cargo +1.89 check
-# --workspace --locked` where rustup can install it) is the full proof.
+# whose declaration is wrong. Building with the declared toolchain is the full proof: the `msrv`
+# job of .github/workflows/ci.yml installs it there and runs `cargo check --workspace --locked`.
 #
-# Fast: `cargo metadata` reads manifests and the lock file; nothing is compiled.
+# Fast: `cargo metadata` reads manifests and the lock file; nothing is compiled. Needs python3
+# 3.11 or newer (tomllib).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo metadata --format-version 1 --locked | python3 -c '
-import json, re, sys, tomllib
+import json, sys, tomllib
 
 def key(v):
     parts = [int(x) for x in v.split(".")]
