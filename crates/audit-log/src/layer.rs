@@ -1,33 +1,4 @@
-//! A tower layer that audits privileged routes.
-//!
-//! Put it *after* the session and tenant layers (it reads the request's
-//! [`TenantContext`](tenant_scope::TenantContext)) and *before* the route guards (MFA, step-up,
-//! role checks), so their denials pass through it and are recorded:
-//!
-//! ```text
-//! session -> TenantLayer -> AuditLayer -> guards -> handler
-//! ```
-//!
-//! For each request it records one event: the route's action, the actor and tenant, the target,
-//! the request id, client address and user agent, and the outcome — `allowed` for a success,
-//! `denied` for 401/403 (with the [`DenialReason`] a guard put in the response's extensions, or
-//! `http_401`/`http_403`), `failed` otherwise.
-//!
-//! The handler gets an [`AuditHandle`] in the request's extensions. Appending through it inside
-//! the handler's own transaction makes the action and its record atomic (if the audit write
-//! fails, the action rolls back); the layer then records nothing more for a success (if the
-//! handler appended and still answers 4xx/5xx, the layer records that failure too: the record of
-//! what the client saw). Without the handle, the layer records after the response, in a task of
-//! its own (so once the handler has answered, a dropped response future still gets its record;
-//! a future dropped while the handler is still running records nothing — use the handle for
-//! such routes); if that fails for an allowed
-//! action, the response is replaced by `503 audit_unavailable` (store unreachable) or
-//! `500 audit_failed` — the action may have happened: use the handle for atomicity. A
-//! privileged route reached with no tenant context is refused with `500 audit_context_missing`
-//! before the handler runs: a privileged action that cannot be attributed does not run.
-//!
-//! The request id is read from `x-request-id` (configurable); put a request-id layer that
-//! replaces client-sent ids in front if ids must be trusted. Without one, the layer makes one.
+//! [`AuditLayer`]: a tower layer that audits privileged routes.
 
 use crate::canonical::ChainHash;
 use std::future::Future;
@@ -54,7 +25,36 @@ type IpFn = dyn Fn(&Parts) -> Option<IpAddr> + Send + Sync;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenialReason(pub &'static str);
 
-/// Marks a route as privileged and audits every request to it. See the [module docs](self).
+/// Marks a route as privileged and audits every request to it.
+///
+/// Put it *after* the session and tenant layers (it reads the request's
+/// [`TenantContext`](tenant_scope::TenantContext)) and *before* the route guards (MFA, step-up,
+/// role checks), so their denials pass through it and are recorded:
+///
+/// ```text
+/// session -> TenantLayer -> AuditLayer -> guards -> handler
+/// ```
+///
+/// For each request it records one event: the route's action, the actor and tenant, the target,
+/// the request id, client address and user agent, and the outcome — `allowed` for a success,
+/// `denied` for 401/403 (with the [`DenialReason`] a guard put in the response's extensions, or
+/// `http_401`/`http_403`), `failed` otherwise.
+///
+/// The handler gets an [`AuditHandle`] in the request's extensions. Appending through it inside
+/// the handler's own transaction makes the action and its record atomic (if the audit write
+/// fails, the action rolls back); the layer then records nothing more for a success (if the
+/// handler appended and still answers 4xx/5xx, the layer records that failure too: the record of
+/// what the client saw). Without the handle, the layer records after the response, in a task of
+/// its own (so once the handler has answered, a dropped response future still gets its record;
+/// a future dropped while the handler is still running records nothing — use the handle for
+/// such routes); if that fails for an allowed
+/// action, the response is replaced by `503 audit_unavailable` (store unreachable) or
+/// `500 audit_failed` — the action may have happened: use the handle for atomicity. A
+/// privileged route reached with no tenant context is refused with `500 audit_context_missing`
+/// before the handler runs: a privileged action that cannot be attributed does not run.
+///
+/// The request id is read from `x-request-id` (configurable); put a request-id layer that
+/// replaces client-sent ids in front if ids must be trusted. Without one, the layer makes one.
 #[derive(Clone)]
 pub struct AuditLayer {
     config: Arc<Config>,

@@ -44,6 +44,7 @@
 //! # let _ = appended; Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod canonical;
 mod checkpoint;

@@ -31,6 +31,7 @@
 //!   proxies ignored, credentials dropped on cross-origin redirects, timeouts and a body cap;
 //!   also a `tower::Service`.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod decision;

@@ -10,10 +10,8 @@
 //!   request anonymous. If the store cannot be reached the request is refused with
 //!   `503 session_store_unavailable`: a check that cannot be evaluated never lets a request
 //!   through as anonymous *or* as signed in.
-//! - [`Guard`]s answer `401 unauthenticated`, `403 mfa_required` (staff at `aal1`, everywhere
-//!   the guard is applied — leave it off the TOTP routes), `403 step_up_required` (the last factor
-//!   check is older than `max_age`, default 10 minutes, or the session is not `aal2`), and
-//!   `403 cross_origin_request` (a state-changing request whose `Origin` is not the app's).
+//! - [`Guard`]s refuse a request its session does not qualify for; their answers are listed
+//!   on [`Guard`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -247,7 +245,21 @@ enum Check {
     SameOrigin(Arc<[HeaderValue]>),
 }
 
-/// A guard layer. See the [module docs](self).
+/// A guard layer: refuses a request its session does not qualify for, before the handler runs.
+///
+/// Guards go after [`SessionLayer`] (and the tenant layer), which puts the [`Session`] they check
+/// in the request's extensions:
+///
+/// ```text
+/// SessionLayer -> TenantLayer (tenant-scope) -> Guard::require_auth / require_mfa /
+///     require_step_up / same_origin -> handler
+/// ```
+///
+/// A guard answers `401 unauthenticated`, `403 mfa_required` (staff at `aal1`, everywhere the
+/// guard is applied — leave it off the TOTP routes), `403 step_up_required` (the last factor
+/// check is older than `max_age`, default 10 minutes, or the session is not `aal2`), or
+/// `403 cross_origin_request` (a state-changing request whose `Origin` is not the app's); each
+/// constructor says which.
 #[derive(Debug, Clone)]
 pub struct Guard {
     check: Check,

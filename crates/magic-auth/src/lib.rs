@@ -57,6 +57,7 @@
 //!
 //! - [`audit`] (feature `audit-log`, default): `audit_log::AuditLog` as the events hook.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod account;
 #[cfg(feature = "audit-log")]

@@ -64,6 +64,7 @@
 //! # Ok(()) }
 //! ```
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod approval;
 pub mod canonical;

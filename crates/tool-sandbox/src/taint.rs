@@ -4,9 +4,9 @@
 //! Three pieces:
 //! - [`Untrusted`] wraps every value from a tool result, a fetched page or a user document,
 //!   with its [`Source`]. It has no `Deref` and no `Display`: reading it is explicit.
-//! - [`provenance`] traces each argument of a proposed call back to where its value could have
-//!   come from: the trusted instruction, some untrusted source, or nowhere known. Untrusted and
-//!   unknown arguments are flagged in the proposal a human reviews.
+//! - Provenance tracing follows each argument of a proposed call back to where its value could
+//!   have come from: the trusted instruction, some untrusted source, or nowhere known. Untrusted
+//!   and unknown arguments are flagged ([`ArgumentFlag`]) in the proposal a human reviews.
 //! - [`Spotlight`] delimits untrusted text handed back to a model with a random per-turn marker
 //!   the text cannot forge, so the model can tell data from instructions.
 //!

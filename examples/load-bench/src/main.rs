@@ -1,4 +1,5 @@
-//! `cargo run --release -p load-bench -- [SECONDS] [ROUNDS]`: the load benchmark of issue 9.
+//! `cargo run --release -p load-bench -- [SECONDS] [ROUNDS]`: the load benchmark whose results
+//! are in `docs/benchmarks.md`.
 //!
 //! Starts the reference app (development profile: a throwaway PostgreSQL, seeded) and serves,
 //! both over plain HTTP on loopback (TLS off for both sides):
