@@ -131,8 +131,13 @@ CREATE TABLE IF NOT EXISTS audit.acknowledgements (
     PRIMARY KEY (tenant_id, break_seq, signature)
 );
 
+-- PL/pgSQL compiles a function once per connection, under that session's settings: the
+-- domain separators are hex text decoded by a function (no backslash literal, which
+-- `standard_conforming_strings = off` at the first insert would read as an escape string and
+-- so change every hash this connection computes), and the setting is pinned besides.
 CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
     AS $$
 DECLARE
     last_seq  bigint;
@@ -243,12 +248,12 @@ BEGIN
           FROM audit.anchors a WHERE a.tenant_id = NEW.tenant_id;
         IF NOT FOUND THEN
             last_seq := 0;
-            last_hash := sha256('\x{genesis}'::bytea || uuid_send(NEW.tenant_id));
+            last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(NEW.tenant_id));
         END IF;
     END IF;
     NEW.seq := last_seq + 1;
     NEW.prev_hash := last_hash;
-    NEW.hash := sha256('\x{chain}'::bytea || uuid_send(NEW.tenant_id)
+    NEW.hash := sha256(pg_catalog.decode('{chain}', 'hex') || uuid_send(NEW.tenant_id)
                        || int8send(NEW.seq) || last_hash || NEW.event);
     RETURN NEW;
 END

@@ -8,63 +8,6 @@ use audit_log::AuditError;
 use common::*;
 use tenant_scope::{TenantContext, TenantId};
 
-/// A raw INSERT as the runtime role: `template` is the record's JSON text, with `@T@` replaced
-/// by the tenant and `@TS@` by the row's time formatted as the trigger expects.
-const RAW_INSERT: &str = r#"INSERT INTO audit.events
-    (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
-    SELECT $1, ts, $2, NULL, $3, 'allowed', $4,
-           pg_catalog.convert_to(pg_catalog.replace(pg_catalog.replace($5, '@T@', $1::text),
-               '@TS@', pg_catalog.to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
-               'UTF8')
-    FROM (SELECT pg_catalog.now() AS ts) s"#;
-
-const BASE: &str = r#"{"action":"a.b","actor":{"kind":"user"},"occurred_at":"@TS@","outcome":{"status":"allowed"},"schema":1,"tenant":"@T@"}"#;
-
-#[derive(Debug, PartialEq, Eq)]
-enum Fate {
-    /// The database refused the insert.
-    Refused,
-    /// Accepted, and the chain still verifies.
-    Intact,
-    /// Accepted, and the chain no longer verifies: one statement poisoned it.
-    Poisoned(String),
-}
-
-/// Appends one honest event, raw-inserts `template` as the runtime role and commits, appends
-/// another honest event, then verifies.
-async fn raw_insert(
-    f: &Fixture,
-    template: &str,
-    kind: &str,
-    action: &str,
-    request_id: Option<&str>,
-) -> (TenantId, Fate) {
-    let t = TenantId::new_random();
-    append_n(f, t, 1).await;
-    let ctx = TenantContext::for_job(t, None, "review").unwrap();
-    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
-    let inserted = sqlx::query(RAW_INSERT)
-        .bind(t.as_uuid())
-        .bind(kind)
-        .bind(action)
-        .bind(request_id)
-        .bind(template)
-        .execute(&mut *tx)
-        .await;
-    if inserted.is_err() {
-        tx.rollback().await.unwrap();
-        return (t, Fate::Refused);
-    }
-    tx.commit().await.unwrap();
-    f.log.record(event(t, 9)).await.unwrap();
-    let report = verify(f, t).await;
-    match report.result {
-        Ok(()) if report.is_intact() => (t, Fate::Intact),
-        Ok(()) => (t, Fate::Poisoned("not intact".into())),
-        Err(b) => (t, Fate::Poisoned(format!("{b}"))),
-    }
-}
-
 /// A raw INSERT by the runtime role (SQL injection) spelled so that a forgiving reading
 /// (`jsonb`: last duplicate wins, `1.0 = 1`, numbers read as text) matches the columns while
 /// the verifier's strict parse rejects it: the trigger must refuse it, or one statement leaves a

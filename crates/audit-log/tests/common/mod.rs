@@ -170,3 +170,172 @@ pub fn is_sqlstate(err: &sqlx::Error, code: &str) -> bool {
         .and_then(|e| e.code())
         .is_some_and(|c| c == code)
 }
+
+/// A raw INSERT as the runtime role (what SQL injection can run): the row's own columns and its
+/// record bytes, nothing the trigger assigns.
+pub const RAW_INSERT: &str = "INSERT INTO audit.events
+    (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
+    VALUES ($1, $2, $3, $4, $5, 'allowed', $6, $7)";
+
+/// A minimal record matching the columns `("user", "a.b", no actor id, no request id)`, with
+/// `@T@` for the tenant and `@TS@` for the row's time (see [`raw_insert`]).
+pub const BASE: &str = r#"{"action":"a.b","actor":{"kind":"user"},"occurred_at":"@TS@","outcome":{"status":"allowed"},"schema":1,"tenant":"@T@"}"#;
+
+/// What became of a raw INSERT.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// The database refused the insert.
+    Refused,
+    /// Accepted, and the chain still verifies.
+    Intact,
+    /// Accepted, and the chain no longer verifies: one statement poisoned it.
+    Poisoned(String),
+}
+
+/// The columns of a raw INSERT (outcome is always `allowed`).
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    pub kind: &'a str,
+    pub action: &'a str,
+    pub actor_id: Option<uuid::Uuid>,
+    pub request_id: Option<&'a str>,
+    /// Seconds the row's time (and its record's) is from now.
+    pub shift_secs: i64,
+}
+
+impl<'a> Columns<'a> {
+    /// The columns [`BASE`] matches.
+    pub const BASE: Columns<'static> = Columns {
+        kind: "user",
+        action: "a.b",
+        actor_id: None,
+        request_id: None,
+        shift_secs: 0,
+    };
+
+    pub const fn new(kind: &'a str, action: &'a str, request_id: Option<&'a str>) -> Self {
+        Self {
+            kind,
+            action,
+            actor_id: None,
+            request_id,
+            shift_secs: 0,
+        }
+    }
+}
+
+/// `template` with every `@T@` replaced by `tenant` and every `@TS@` by `at` as records spell
+/// it; works on bytes, so a template may hold bytes that are not UTF-8.
+pub fn fill(template: &[u8], tenant: TenantId, at: time::OffsetDateTime) -> Vec<u8> {
+    let ts = audit_log::format_time(at).unwrap();
+    let t = tenant.to_string();
+    let mut out = Vec::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while !rest.is_empty() {
+        if let Some(tail) = rest.strip_prefix(b"@TS@") {
+            out.extend_from_slice(ts.as_bytes());
+            rest = tail;
+        } else if let Some(tail) = rest.strip_prefix(b"@T@") {
+            out.extend_from_slice(t.as_bytes());
+            rest = tail;
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
+}
+
+/// Now, to the microsecond PostgreSQL stores.
+pub fn now_micros() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap()
+}
+
+/// Appends one honest event, raw-inserts `template` (see [`fill`]) as the runtime role with
+/// `kind`, `action` and `request_id` as its columns and commits, appends another honest event,
+/// then verifies.
+pub async fn raw_insert(
+    f: &Fixture,
+    template: &str,
+    kind: &str,
+    action: &str,
+    request_id: Option<&str>,
+) -> (TenantId, Fate) {
+    raw_insert_bytes(
+        f,
+        template.as_bytes(),
+        Columns::new(kind, action, request_id),
+    )
+    .await
+}
+
+/// [`raw_insert`] with a record of any bytes and any columns.
+pub async fn raw_insert_bytes(
+    f: &Fixture,
+    template: &[u8],
+    columns: Columns<'_>,
+) -> (TenantId, Fate) {
+    raw_insert_with(f, f.log.pool(), RAW_INSERT, template, columns).await
+}
+
+/// [`raw_insert`] through `pool` with `sql`, which takes the parameters of [`RAW_INSERT`]
+/// (tenant, time, kind, actor id, action, request id, record).
+pub async fn raw_insert_with(
+    f: &Fixture,
+    pool: &TenantPool,
+    sql: &str,
+    template: &[u8],
+    columns: Columns<'_>,
+) -> (TenantId, Fate) {
+    let (t, fate, _) = raw_insert_coded(f, pool, sql, template, columns).await;
+    (t, fate)
+}
+
+/// [`raw_insert_with`], also giving the SQLSTATE of a refusal.
+pub async fn raw_insert_coded(
+    f: &Fixture,
+    pool: &TenantPool,
+    sql: &str,
+    template: &[u8],
+    columns: Columns<'_>,
+) -> (TenantId, Fate, Option<String>) {
+    let t = TenantId::new_random();
+    append_n(f, t, 1).await;
+    let at = now_micros() + time::Duration::seconds(columns.shift_secs);
+    let record = fill(template, t, at);
+    let ctx = tenant_scope::TenantContext::for_job(t, None, "review").unwrap();
+    let mut tx = pool.begin(&ctx).await.unwrap();
+    let inserted = sqlx::query(sql)
+        .bind(t.as_uuid())
+        .bind(at)
+        .bind(columns.kind)
+        .bind(columns.actor_id)
+        .bind(columns.action)
+        .bind(columns.request_id)
+        .bind(record)
+        .execute(&mut *tx)
+        .await;
+    if let Err(e) = inserted {
+        tx.rollback().await.unwrap();
+        let code = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned());
+        return (t, Fate::Refused, code);
+    }
+    tx.commit().await.unwrap();
+    f.log.record(event(t, 9)).await.unwrap();
+    (t, fate(f, t).await, None)
+}
+
+/// Whether `t`'s chain verifies intact.
+pub async fn fate(f: &Fixture, t: TenantId) -> Fate {
+    let report = verify(f, t).await;
+    match report.result {
+        Ok(()) if report.is_intact() => Fate::Intact,
+        Ok(()) => Fate::Poisoned("not intact".into()),
+        Err(b) => Fate::Poisoned(format!("{b}")),
+    }
+}
