@@ -130,7 +130,7 @@ JOIN pg_catalog.pg_attribute a
   ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
 WHERE c.relkind IN ('r', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
   -- A partition is judged through its parent, unless the runtime role ($1) can reach it
   -- directly (then its own row-level security is all that stands in the way).
   AND (NOT c.relispartition OR EXISTS (
@@ -176,7 +176,7 @@ FROM pg_catalog.pg_class v
 JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
 WHERE v.relkind IN ('v', 'm', 'f')
   AND vn.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND vn.nspname NOT LIKE 'pg\\_%'
+  AND NOT pg_catalog.starts_with(vn.nspname, 'pg_')
 ORDER BY 1";
 
 /// Name, kind, invoker's rights, tenant tables read, readable by the runtime role, has
@@ -193,7 +193,7 @@ JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE r.rulename <> '_RETURN'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
   -- On a tenant table, or on any relation the runtime role ($2) can write: a rule's actions
   -- run with the rights of the relation's owner.
   AND (EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
@@ -228,7 +228,7 @@ WITH tenant AS (
       ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
     WHERE c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\\_%'
+      AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
 )
 SELECT t.name, CASE WHEN i.indisexclusion THEN 'exclusion constraint' ELSE 'unique index' END,
        ic.relname::text
@@ -375,7 +375,7 @@ JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE p.prosecdef
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND NOT coalesce(EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proconfig) s
-                           WHERE s LIKE 'search\\_path=%'), false)
+                           WHERE pg_catalog.starts_with(s, 'search_path=')), false)
   AND pg_catalog.has_function_privilege($1, p.oid, 'EXECUTE')
 ORDER BY 1";
 
@@ -393,7 +393,7 @@ JOIN pg_catalog.pg_attribute a
   ON a.attrelid = t.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
 WHERE p.provolatile = 'i'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
   AND tn.nspname NOT IN ('pg_catalog', 'information_schema')
   AND (p.prosrc ~* ('\\m' || pg_catalog.regexp_replace(t.relname, '([^[:alnum:]_])', '\\\\\\1', 'g') || '\\M')
        OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d

@@ -58,5 +58,5 @@ pub use error::{RlsError, is_unavailable};
 pub use key::{BindingKey, SignedBinding};
 pub use pool::{TenantPool, TenantTx};
 pub use read::BoundRead;
-pub use role::{RoleProblem, verify_runtime_role};
+pub use role::{ALLOWED_SESSION_DEFAULTS, RoleProblem, verify_runtime_role};
 pub use support::verify_support_schema;

@@ -78,7 +78,25 @@ pub enum RoleProblem {
         "it may SET `{0}`, which turns the binding-check trigger off (REVOKE SET ON PARAMETER {0} FROM ..)"
     )]
     SetParameter(String),
+    /// The role carries a session default of its own (`ALTER ROLE .. SET`, for every database or
+    /// this one) for a parameter outside the timeouts and labels listed in
+    /// [`ALLOWED_SESSION_DEFAULTS`]. A role may set such defaults for itself, so an attacker
+    /// holding it could make every later session start with, say, `search_path` or
+    /// `standard_conforming_strings` changed under the code that runs there.
+    #[error("it has the session default `{0}` (ALTER ROLE .. RESET {0})")]
+    SessionDefault(String),
 }
+
+/// Session defaults the runtime role may carry (`ALTER ROLE .. SET`): timeouts and labels, which
+/// change no query's meaning. Any other is a [`RoleProblem::SessionDefault`].
+pub const ALLOWED_SESSION_DEFAULTS: &[&str] = &[
+    "application_name",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "lock_timeout",
+    "statement_timeout",
+    "work_mem",
+];
 
 impl RoleProblem {
     /// Whether this is an attribute or membership of the role itself (superuser, BYPASSRLS,
@@ -96,6 +114,7 @@ impl RoleProblem {
                 | Self::Replication
                 | Self::MemberOfPrivileged(_)
                 | Self::MemberOfServerRole(_)
+                | Self::SessionDefault(_)
         )
     }
 }
@@ -119,7 +138,7 @@ WITH target AS (
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\_toast%'
+      AND NOT pg_catalog.starts_with(n.nspname, 'pg_toast')
       AND (c.relrowsecurity OR EXISTS (
             SELECT 1 FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))
@@ -165,7 +184,8 @@ SELECT t.name, t.rolsuper, t.rolbypassrls, t.rolcreaterole, t.rolreplication,
                                   pg_catalog.has_any_column_privilege(m.oid, p.oid, 'REFERENCES')))
              ORDER BY 1),
        ARRAY(SELECT n.nspname::text FROM pg_catalog.pg_namespace n
-             WHERE n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+             WHERE NOT pg_catalog.starts_with(n.nspname, 'pg_toast')
+               AND NOT pg_catalog.starts_with(n.nspname, 'pg_temp_')
                AND EXISTS (SELECT 1 FROM members m
                            WHERE pg_catalog.has_schema_privilege(m.oid, n.oid, 'CREATE'))
              ORDER BY 1),
@@ -177,7 +197,15 @@ SELECT t.name, t.rolsuper, t.rolbypassrls, t.rolcreaterole, t.rolreplication,
                WHERE pg_catalog.has_parameter_privilege(m.oid, 'session_replication_role', 'SET')),
        EXISTS (SELECT 1 FROM members m
                WHERE pg_catalog.has_database_privilege(m.oid, pg_catalog.current_database(),
-                                                       'CREATE'))
+                                                       'CREATE')),
+       ARRAY(SELECT DISTINCT pg_catalog.split_part(c.setting, '=', 1)
+             FROM pg_catalog.pg_db_role_setting s
+             CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) AS c(setting)
+             WHERE s.setrole = t.oid
+               AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                         WHERE d.datname = pg_catalog.current_database()))
+               AND pg_catalog.lower(pg_catalog.split_part(c.setting, '=', 1)) <> ALL ($2::text[])
+             ORDER BY 1)
 FROM target t";
 
 /// Every reason `role` (the connected role when `None`) is unfit to be the runtime role, and
@@ -193,6 +221,7 @@ pub(crate) async fn role_problems(
     use sqlx::Row;
     let Some(row) = sqlx::query(ROLE_QUERY)
         .bind(role)
+        .bind(ALLOWED_SESSION_DEFAULTS)
         .fetch_optional(&mut *conn)
         .await?
     else {
@@ -234,6 +263,7 @@ pub(crate) async fn role_problems(
     if flag(15)? {
         problems.push(RoleProblem::CreateOnDatabase(database));
     }
+    problems.extend(list(16)?.into_iter().map(RoleProblem::SessionDefault));
     Ok((name, problems))
 }
 
@@ -242,7 +272,8 @@ pub(crate) async fn role_problems(
 /// member (through any path) of a role that has one of those or of a predefined role that
 /// reaches data outside row-level security, owner of no protected table, support object or the
 /// database, no TRUNCATE, TRIGGER or REFERENCES on a protected table, no CREATE on any schema,
-/// no TEMPORARY on the database, and no right to set `session_replication_role`. See
+/// no TEMPORARY on the database, no right to set `session_replication_role`, and no session
+/// default of its own but the timeouts and labels in [`ALLOWED_SESSION_DEFAULTS`]. See
 /// [`RoleProblem`].
 ///
 /// # Errors

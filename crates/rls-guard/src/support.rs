@@ -50,7 +50,7 @@ LEFT JOIN (pg_catalog.pg_trigger tg
 WHERE c.relkind IN ('r', 'p')
   AND NOT c.relispartition  -- judged through the parent, where the triggers are made
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\_%'
+  AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
 ORDER BY 1, 2";
 
 /// The expected shape of one of the crate's triggers: name, type bits, constraint trigger

@@ -398,8 +398,8 @@ async fn replay_own_proof(pool: &TenantPool, tenant: TenantId) -> i64 {
 // prints the transaction's start with float8 output, which then rounds to `2e+09`: the proof
 // stops changing between transactions, and a proof captured in one transaction binds in any
 // later transaction on that server connection (after a stacked `COMMIT; BEGIN`, which the README
-// says cannot bind "any tenant, not even its own"). The start-up check does not look at role
-// settings.
+// says cannot bind "any tenant, not even its own"). The start-up check did not look at role
+// settings (it does now: `RoleProblem::SessionDefault`).
 #[tokio::test]
 async fn a_role_default_for_extra_float_digits_makes_proofs_replayable_behind_pgbouncer() {
     let db = testkit::fresh_database(&signed_template()).await;
@@ -418,12 +418,17 @@ async fn a_role_default_for_extra_float_digits_makes_proofs_replayable_behind_pg
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        // Positive control: on a direct sqlx connection the startup parameter overrides the
-        // default, and a replayed proof binds nothing.
-        let pool = TenantPool::with_binding_key(pool_of(&options, 1).await, key.clone())
-            .await
-            .unwrap();
+        // Positive control: on a direct sqlx connection (this pool's next one starts after the
+        // ALTER) the startup parameter overrides the default, and a replayed proof binds nothing.
         assert_eq!(replay_own_proof(&pool, a).await, 0, "positive control");
+        // A pool made now is refused at start-up: the role carries a default it set itself.
+        match TenantPool::with_binding_key(pool_of(&options, 1).await, key.clone()).await {
+            Err(RlsError::UnsafeRuntimeRole { problems, .. }) => assert_eq!(
+                problems,
+                vec![RoleProblem::SessionDefault("extra_float_digits".into())]
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
     let bouncer = testkit::PgBouncer::start(
         db.server(),
@@ -437,17 +442,18 @@ async fn a_role_default_for_extra_float_digits_makes_proofs_replayable_behind_pg
         .connect_with(bouncer.options(&name, db.name()))
         .await
         .unwrap();
-    let pool = match TenantPool::with_binding_key(raw, key).await {
-        Err(RlsError::UnsafeRuntimeRole { .. }) => return, // refused at start-up: fixed
+    // Behind PgBouncer too: refused at start-up, before any proof is made.
+    match TenantPool::with_binding_key(raw, key).await {
+        Err(RlsError::UnsafeRuntimeRole { problems, .. }) => assert_eq!(
+            problems,
+            vec![RoleProblem::SessionDefault("extra_float_digits".into())]
+        ),
         Err(other) => panic!("unexpected error: {other}"),
-        Ok(pool) => pool,
-    };
-    let seen = replay_own_proof(&pool, a).await;
-    assert_eq!(
-        seen, 0,
-        "FINDING: with extra_float_digits = -15 as a role default (set by the runtime role \
-         itself), a proof replayed in another transaction bound the tenant and saw {seen} row(s)"
-    );
+        Ok(pool) => {
+            let seen = replay_own_proof(&pool, a).await;
+            panic!("a role with its own session default was accepted (replay saw {seen} row(s))");
+        }
+    }
 }
 
 // Found in review, now refused: the record of writes can be erased. `app.verify_binding_writes(expected)` is

@@ -351,3 +351,58 @@ async fn a_policy_that_admits_other_tenants_is_refused_at_start_up() {
     .unwrap();
     try_pool(runtime).await.unwrap();
 }
+
+/// A role may give itself session defaults (`ALTER ROLE CURRENT_USER SET ..`): the runtime role,
+/// once held by an attacker, could make every later session start with another `search_path`
+/// or with `standard_conforming_strings` off. Any default outside the timeouts and labels is
+/// refused at start-up, whether for every database or this one; an allowed timeout passes.
+#[tokio::test]
+async fn session_defaults_the_role_gives_itself_are_refused_but_timeouts_pass() {
+    let (db, options, name) = setup().await;
+    let own = || async {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .unwrap()
+    };
+    // Positive control: a statement timeout, set by the role itself.
+    sqlx::raw_sql("ALTER ROLE CURRENT_USER SET statement_timeout = '30s'")
+        .execute(&own().await)
+        .await
+        .unwrap();
+    try_pool(options.clone()).await.unwrap();
+    for (setting, expected) in [
+        (
+            "ALTER ROLE CURRENT_USER SET standard_conforming_strings = off".to_owned(),
+            "standard_conforming_strings",
+        ),
+        (
+            "ALTER ROLE CURRENT_USER SET search_path = public, app".to_owned(),
+            "search_path",
+        ),
+        (
+            format!(
+                "ALTER ROLE CURRENT_USER IN DATABASE {} SET DateStyle = 'SQL, DMY'",
+                db.name()
+            ),
+            "DateStyle",
+        ),
+    ] {
+        sqlx::raw_sql(&setting).execute(&own().await).await.unwrap();
+        let (problems, message) = refused_with(options.clone()).await;
+        assert_eq!(
+            problems,
+            vec![RoleProblem::SessionDefault(expected.to_owned())],
+            "{setting}"
+        );
+        assert!(problems[0].is_attribute());
+        assert!(message.contains("ALTER ROLE .. RESET"), "{message}");
+        db.as_admin(&format!(
+            "ALTER ROLE {name} RESET ALL; ALTER ROLE {name} IN DATABASE {} RESET ALL",
+            db.name()
+        ))
+        .await;
+    }
+    try_pool(options).await.unwrap();
+}
