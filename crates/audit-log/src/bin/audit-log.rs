@@ -8,6 +8,8 @@
 use std::io::{BufReader, Write};
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 use audit_log::{
     Action, AuditQuery, Checkpoint, CheckpointKey, TrustedKeys, VerifyReport, export_csv,
     export_jsonl, verify, verify_export,
@@ -16,93 +18,122 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tenant_scope::TenantId;
 
-const USAGE: &str = "usage:
-  audit-log verify --tenant UUID [--database-url URL] [--key ID=HEX]... [--checkpoints FILE] [--json]
-  audit-log export --tenant UUID [--database-url URL] [--format jsonl|csv] [--output FILE]
-                   [--actor UUID] [--action NAME] [--since RFC3339] [--until RFC3339]
-  audit-log verify-export FILE [--key ID=HEX]... [--checkpoints FILE] [--json]
-
-  --database-url URL  PostgreSQL URL (default: $DATABASE_URL); a role with SELECT on audit.*
-  --key ID=HEX        trust checkpoints signed by this Ed25519 public key (repeatable)
-  --checkpoints FILE  JSON lines of checkpoints kept outside the database
-exit status: 0 intact / done, 1 chain broken, 2 could not run";
-
-#[derive(Default)]
-struct Args {
-    command: String,
-    file: Option<String>,
-    url: Option<String>,
-    tenant: Option<TenantId>,
-    keys: TrustedKeys,
-    checkpoints: Vec<Checkpoint>,
-    json: bool,
-    format: Option<String>,
-    output: Option<String>,
-    actor: Option<uuid::Uuid>,
-    action: Option<Action>,
-    since: Option<time::OffsetDateTime>,
-    until: Option<time::OffsetDateTime>,
+/// Verify and export tenants' audit chains.
+#[derive(Parser)]
+#[command(
+    name = "audit-log",
+    version,
+    after_help = "Exit status: 0 intact / done, 1 chain broken, 2 could not run (or a usage error)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        url: std::env::var("DATABASE_URL").ok(),
-        ..Args::default()
-    };
-    match args.next().as_deref() {
-        Some(c @ ("verify" | "export")) => parsed.command = c.to_owned(),
-        Some("verify-export") => {
-            parsed.command = "verify-export".to_owned();
-            parsed.file = Some(args.next().ok_or("verify-export needs a FILE")?);
-        }
-        Some("-h" | "--help") => return Err("help".into()),
-        _ => return Err("expected `verify`, `export` or `verify-export`".into()),
+#[derive(Subcommand)]
+enum Command {
+    /// Verifies a tenant's chain in the database.
+    Verify {
+        #[command(flatten)]
+        db: Database,
+        #[command(flatten)]
+        trust: Trust,
+    },
+    /// Exports a tenant's chain (or a filtered part of it).
+    Export {
+        #[command(flatten)]
+        db: Database,
+        /// The output format.
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        /// Write to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<String>,
+        /// Only events by this actor.
+        #[arg(long, value_name = "UUID")]
+        actor: Option<uuid::Uuid>,
+        /// Only events with this action.
+        #[arg(long, value_name = "NAME", value_parser = parse_action)]
+        action: Option<Action>,
+        /// Only events at or after this time.
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        since: Option<time::OffsetDateTime>,
+        /// Only events before this time.
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        until: Option<time::OffsetDateTime>,
+    },
+    /// Verifies an exported chain offline.
+    VerifyExport {
+        /// The export (JSON lines).
+        file: String,
+        #[command(flatten)]
+        trust: Trust,
+    },
+}
+
+#[derive(clap::Args)]
+struct Database {
+    /// PostgreSQL URL; a role with SELECT on audit.*.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The tenant whose chain to read.
+    #[arg(long, value_name = "UUID")]
+    tenant: TenantId,
+}
+
+#[derive(clap::Args)]
+struct Trust {
+    /// Trust checkpoints signed by this Ed25519 public key (repeatable).
+    #[arg(long = "key", value_name = "ID=HEX", value_parser = parse_key)]
+    keys: Vec<CheckpointKey>,
+    /// JSON lines of checkpoints kept outside the database.
+    #[arg(long, value_name = "FILE")]
+    checkpoints: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Trust {
+    fn keys(&self) -> TrustedKeys {
+        self.keys
+            .iter()
+            .cloned()
+            .fold(TrustedKeys::default(), TrustedKeys::with)
     }
-    let time = |v: String| {
-        time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| format!("`{v}` is not an RFC 3339 time"))
-    };
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--database-url" => parsed.url = Some(value()?),
-            "--tenant" => {
-                parsed.tenant = Some(value()?.parse().map_err(|_| "--tenant must be a UUID")?);
-            }
-            "--key" => {
-                let v = value()?;
-                let (id, hex) = v.split_once('=').ok_or("--key takes ID=HEX")?;
-                let key = CheckpointKey::from_hex(id, hex).map_err(|e| format!("--key: {e}"))?;
-                parsed.keys = std::mem::take(&mut parsed.keys).with(key);
-            }
-            "--checkpoints" => {
-                let path = value()?;
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    let cp: Checkpoint = serde_json::from_str(line)
-                        .map_err(|_| format!("{path}: not a checkpoint line"))?;
-                    parsed.checkpoints.push(cp);
-                }
-            }
-            "--json" => parsed.json = true,
-            "--format" => parsed.format = Some(value()?),
-            "--output" => parsed.output = Some(value()?),
-            "--actor" => {
-                parsed.actor = Some(value()?.parse().map_err(|_| "--actor must be a UUID")?);
-            }
-            "--action" => {
-                parsed.action = Some(value()?.parse().map_err(|_| "--action: invalid name")?);
-            }
-            "--since" => parsed.since = Some(time(value()?)?),
-            "--until" => parsed.until = Some(time(value()?)?),
-            "-h" | "--help" => return Err("help".into()),
-            other => return Err(format!("unknown argument `{other}`")),
-        }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>, String> {
+        let Some(path) = &self.checkpoints else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).map_err(|_| format!("{path}: not a checkpoint line"))
+            })
+            .collect()
     }
-    if parsed.command != "verify-export" && parsed.tenant.is_none() {
-        return Err("--tenant is required".into());
-    }
-    Ok(parsed)
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Jsonl,
+    Csv,
+}
+
+fn parse_key(value: &str) -> Result<CheckpointKey, String> {
+    let (id, hex) = value.split_once('=').ok_or("takes ID=HEX")?;
+    CheckpointKey::from_hex(id, hex).map_err(|e| e.to_string())
+}
+
+fn parse_action(value: &str) -> Result<Action, String> {
+    value.parse().map_err(|_| "invalid action name".to_owned())
+}
+
+fn parse_time(value: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("`{value}` is not an RFC 3339 time"))
 }
 
 fn print_report(report: &VerifyReport, json: bool) {
@@ -154,80 +185,85 @@ fn print_report(report: &VerifyReport, json: bool) {
     }
 }
 
-async fn run(args: Args) -> Result<bool, String> {
-    if args.command == "verify-export" {
-        let path = args.file.as_deref().unwrap_or_default();
-        let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-        let report = verify_export(BufReader::new(file), &args.keys, &args.checkpoints)
-            .map_err(|e| e.to_string())?;
-        print_report(&report, args.json);
-        return Ok(report.is_intact());
-    }
-    let url = args
-        .url
-        .ok_or("no database: pass --database-url or set DATABASE_URL")?;
-    let options: PgConnectOptions = url.parse().map_err(|_| "invalid database URL")?;
-    let pool = PgPoolOptions::new()
+async fn connect(db: &Database) -> Result<sqlx::PgPool, String> {
+    let options: PgConnectOptions = db
+        .database_url
+        .parse()
+        .map_err(|_| "invalid database URL")?;
+    PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(options.disable_statement_logging())
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let tenant = args.tenant.ok_or("--tenant is required")?;
-    if args.command == "verify" {
-        let report = verify(&pool, tenant, &args.keys, &args.checkpoints)
-            .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
+async fn run(command: Command) -> Result<bool, String> {
+    match command {
+        Command::VerifyExport { file, trust } => {
+            let reader = std::fs::File::open(&file).map_err(|e| format!("{file}: {e}"))?;
+            let report =
+                verify_export(BufReader::new(reader), &trust.keys(), &trust.checkpoints()?)
+                    .map_err(|e| e.to_string())?;
+            print_report(&report, trust.json);
+            Ok(report.is_intact())
+        }
+        Command::Verify { db, trust } => {
+            let checkpoints = trust.checkpoints()?;
+            let pool = connect(&db).await?;
+            let report = verify(&pool, db.tenant, &trust.keys(), &checkpoints)
+                .await
+                .map_err(|e| e.to_string())?;
+            print_report(&report, trust.json);
+            Ok(report.is_intact())
+        }
+        Command::Export {
+            db,
+            format,
+            output,
+            actor,
+            action,
+            since,
+            until,
+        } => {
+            let pool = connect(&db).await?;
+            let mut query = AuditQuery::new(db.tenant);
+            if let Some(actor) = actor {
+                query = query.with_actor(actor);
+            }
+            if let Some(action) = &action {
+                query = query.with_action(action);
+            }
+            if let Some(since) = since {
+                query = query.since(since);
+            }
+            if let Some(until) = until {
+                query = query.until(until);
+            }
+            let out: Box<dyn Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let summary = match format {
+                Format::Jsonl => export_jsonl(&pool, &query, out).await,
+                Format::Csv => export_csv(&pool, &query, out).await,
+            }
             .map_err(|e| e.to_string())?;
-        print_report(&report, args.json);
-        return Ok(report.is_intact());
+            eprintln!(
+                "audit-log: exported {} events, {} checkpoints",
+                summary.events, summary.checkpoints
+            );
+            Ok(true)
+        }
     }
-    let mut query = AuditQuery::new(tenant);
-    if let Some(actor) = args.actor {
-        query = query.with_actor(actor);
-    }
-    if let Some(action) = &args.action {
-        query = query.with_action(action);
-    }
-    if let Some(since) = args.since {
-        query = query.since(since);
-    }
-    if let Some(until) = args.until {
-        query = query.until(until);
-    }
-    let out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    let summary = match args.format.as_deref().unwrap_or("jsonl") {
-        "jsonl" => export_jsonl(&pool, &query, out).await,
-        "csv" => export_csv(&pool, &query, out).await,
-        other => return Err(format!("unknown format `{other}` (jsonl or csv)")),
-    }
-    .map_err(|e| e.to_string())?;
-    eprintln!(
-        "audit-log: exported {} events, {} checkpoints",
-        summary.events, summary.checkpoints
-    );
-    Ok(true)
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) if message == "help" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("audit-log: {message}");
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args).await {
+    // A usage error exits with 2, `--help` and `--version` with 0 (clap's own exit codes).
+    match run(Cli::parse().command).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(message) => {

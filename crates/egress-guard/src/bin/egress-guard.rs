@@ -5,27 +5,39 @@
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use egress_guard::EgressPolicy;
 
-const USAGE: &str = "usage: egress-guard check <url> [--policy policy.json]";
+/// Egress decisions: what a guarded client would do with a URL.
+#[derive(Parser)]
+#[command(
+    name = "egress-guard",
+    version,
+    after_help = "Exit status: 0 allowed, 1 denied, 2 usage or policy error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prints the decision for URL as JSON.
+    Check {
+        /// The URL to judge.
+        url: String,
+        /// The policy (JSON); without one, the default policy (the floor only).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<String>,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (url, policy_path) = match args.as_slice() {
-        [cmd, url] if cmd == "check" => (url, None),
-        [cmd, url, flag, path] if cmd == "check" && flag == "--policy" => (url, Some(path)),
-        [flag] if flag == "-h" || flag == "--help" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let policy = match policy_path {
+    // A usage error exits with 2, `--help` and `--version` with 0 (clap's own exit codes).
+    let Command::Check { url, policy } = Cli::parse().command;
+    let policy = match policy {
         None => EgressPolicy::new("default"),
-        Some(path) => match std::fs::read_to_string(path)
+        Some(path) => match std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
             .and_then(|s| s.parse::<EgressPolicy>().map_err(|e| e.to_string()))
         {
@@ -36,7 +48,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    let decision = policy.check_url(url);
+    let decision = policy.check_url(&url);
     match serde_json::to_string_pretty(&decision) {
         Ok(json) => println!("{json}"),
         Err(e) => {

@@ -7,62 +7,45 @@
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use rls_guard::CoverageCheck;
 use sqlx::{ConnectOptions, postgres::PgConnectOptions};
 
-const USAGE: &str = "usage: rls-guard check [--database-url URL] [--runtime-role ROLE] [--json]
-  --database-url URL   PostgreSQL URL (default: $DATABASE_URL)
-  --runtime-role ROLE  judge function privileges for this role (default: the connected role)
-  --json               print findings as JSON";
-
-struct Args {
-    url: String,
-    runtime_role: Option<String>,
-    json: bool,
+/// Row-level security coverage for a PostgreSQL schema.
+#[derive(Parser)]
+#[command(
+    name = "rls-guard",
+    version,
+    after_help = "Exit status: 0 no findings, 1 findings, 2 the check could not run (or a usage error)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    match args.next().as_deref() {
-        Some("check") => {}
-        Some("-h" | "--help") => return Err("help".into()),
-        _ => return Err("expected the `check` command".into()),
-    }
-    let mut url = std::env::var("DATABASE_URL").ok();
-    let mut runtime_role = None;
-    let mut json = false;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--database-url" => url = Some(args.next().ok_or("--database-url needs a value")?),
-            "--runtime-role" => {
-                runtime_role = Some(args.next().ok_or("--runtime-role needs a value")?);
-            }
-            "--json" => json = true,
-            "-h" | "--help" => return Err("help".into()),
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-    }
-    let url = url.ok_or("no database: pass --database-url or set DATABASE_URL")?;
-    Ok(Args {
-        url,
-        runtime_role,
-        json,
-    })
+#[derive(Subcommand)]
+enum Command {
+    /// Prints the schema coverage findings.
+    Check(Args),
+}
+
+#[derive(clap::Args)]
+struct Args {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Judge function privileges for this role (default: the connected role).
+    #[arg(long)]
+    runtime_role: Option<String>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) if message == "help" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("rls-guard: {message}");
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // A usage error exits with 2, `--help` and `--version` with 0 (clap's own exit codes).
+    let Command::Check(args) = Cli::parse().command;
     match run(&args).await {
         Ok(0) => {
             if !args.json {
@@ -80,7 +63,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<usize, String> {
     let options: PgConnectOptions = args
-        .url
+        .database_url
         .parse()
         .map_err(|e| format!("bad database URL: {e}"))?;
     let mut conn = options
