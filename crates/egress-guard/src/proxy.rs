@@ -706,5 +706,12 @@ mod tests {
             unreachable!("parses");
         };
         assert_eq!((target.host_text(), target.port), ("a.example".into(), 443));
+        let Ok(Request {
+            kind: Kind::Connect { target },
+        }) = parse("CONNECT [::1]:8443 HTTP/1.1\r\n\r\n")
+        else {
+            unreachable!("parses");
+        };
+        assert_eq!((target.host_text(), target.port), ("::1".into(), 8443));
     }
 }

@@ -282,6 +282,15 @@ async fn check_allowed_destinations_are_reached_through_the_proxy() {
         .await
         .unwrap();
     let url = format!("http://{PROXY_ADDR}");
+    // The listener is the host's alone: the tool holds no socket (only its stdio pipes).
+    let fds = SandboxedCommand::new("/bin/sh")
+        .args(["-c", "ls -l /proc/$$/fd | grep -c socket || true"])
+        .network(true)
+        .egress(proxy(port, &hook))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(text(&fds.stdout), "0\n", "{}", text(&fds.stderr));
     assert_eq!(
         text(&out.stdout),
         format!("{url} {url} {url} {url} []\nlo\n"),
