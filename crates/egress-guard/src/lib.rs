@@ -30,12 +30,15 @@
 //!   goes only to addresses that were checked; mixed public/private answers are denied), system
 //!   proxies ignored, credentials dropped on cross-origin redirects, timeouts and a body cap;
 //!   also a `tower::Service`.
+//! - [`EgressProxy`]: an HTTP/1.1 forward proxy (`CONNECT` and absolute-form `http://`) that
+//!   makes the same decisions, for programs that only honour `http_proxy`/`https_proxy`.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod decision;
 mod policy;
+mod proxy;
 pub mod ranges;
 mod target;
 
@@ -45,5 +48,6 @@ pub use client::{
 };
 pub use decision::{Decision, DecisionCounters, DecisionHook, Reason};
 pub use policy::{EgressPolicy, HostPattern, Mode, PolicyError};
+pub use proxy::{DEFAULT_HEAD_LIMIT, EgressProxy, ProxyHandle};
 pub use ranges::{Class, classify};
 pub use target::{Target, TargetHost};

@@ -307,6 +307,7 @@ struct Inner {
     approval_key: ApprovalKey,
     limiter: Limiter,
     egress: Option<GuardedClient>,
+    egress_proxy: Option<egress_guard::EgressProxy>,
     max_argument_bytes: usize,
 }
 
@@ -335,6 +336,7 @@ pub struct GateBuilder {
     approvals: ApprovalPolicy,
     limits: CallLimits,
     egress: Option<GuardedClient>,
+    egress_proxy: Option<egress_guard::EgressProxy>,
     max_argument_bytes: usize,
 }
 
@@ -365,6 +367,16 @@ impl GateBuilder {
     #[must_use]
     pub fn egress(mut self, client: GuardedClient) -> Self {
         self.egress = Some(client);
+        self
+    }
+
+    /// The egress proxy the subprocesses of network tools reach the network through (see
+    /// [`SandboxedCommand::egress`](crate::process::SandboxedCommand::egress)); each call's
+    /// decisions name the tool as the caller. Without one, a network tool's subprocess is
+    /// refused ([`SandboxError::NetworkWithoutEgress`](crate::process::SandboxError)).
+    #[must_use]
+    pub fn egress_proxy(mut self, proxy: egress_guard::EgressProxy) -> Self {
+        self.egress_proxy = Some(proxy);
         self
     }
 
@@ -410,6 +422,7 @@ impl GateBuilder {
                 approval_key: self.approval_key,
                 limiter: Limiter::new(self.limits),
                 egress: self.egress,
+                egress_proxy: self.egress_proxy,
                 max_argument_bytes: self.max_argument_bytes,
             }),
         })
@@ -449,6 +462,7 @@ impl Gate {
             approvals: ApprovalPolicy::default(),
             limits: CallLimits::default(),
             egress: None,
+            egress_proxy: None,
             max_argument_bytes: MAX_ARGUMENT_BYTES,
         }
     }
@@ -794,6 +808,14 @@ impl Gate {
             call_id: call_id.to_owned(),
             http: if spec.uses_network() {
                 self.inner.egress.clone()
+            } else {
+                None
+            },
+            proxy: if spec.uses_network() {
+                self.inner
+                    .egress_proxy
+                    .clone()
+                    .map(|p| p.caller(spec.name().as_str()))
             } else {
                 None
             },

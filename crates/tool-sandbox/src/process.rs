@@ -7,10 +7,12 @@
 //!   empty read-only root with the [read-only paths](DEFAULT_READ_ONLY_PATHS), the scratch
 //!   directory read-write at its own path, a private `/tmp`, a fresh `/proc` and a minimal
 //!   `/dev`; nothing else of the host), PID (the tool is pid 1; when it exits, everything left
-//!   in the namespace is killed), network (no interface, unless the tool
-//!   uses the network), IPC, UTS and cgroup. Refused with
-//!   [`SandboxError::NamespacesUnavailable`] where the host does not allow them, unless the
-//!   operator chose [`Isolation::NamespacesOrWeaker`];
+//!   in the namespace is killed), network (no interface; a tool with network gets loopback
+//!   and, on [`PROXY_ADDR`], the egress proxy this process serves with the tool's
+//!   [`EgressProxy`](egress_guard::EgressProxy) — its only way out), IPC, UTS and cgroup.
+//!   Refused with [`SandboxError::NamespacesUnavailable`] where the host does not allow them,
+//!   unless the operator chose [`Isolation::NamespacesOrWeaker`] (never for a tool with
+//!   network);
 //! - a **cleared environment** (only the variables given with [`SandboxedCommand::env`]; `PATH`
 //!   defaults to `/usr/bin:/bin`);
 //! - its own **process group**, killed with `SIGKILL` (all descendants) on the wall-clock timeout,
@@ -84,6 +86,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// The uid and gid of `nobody`, the default identity when this process is root.
 pub const NOBODY: u32 = 65_534;
+
+/// Where a tool with network finds its egress proxy, in its own network namespace (a fresh
+/// namespace: nothing else listens there, so the port is fixed and the environment can name
+/// it before the tool starts).
+pub const PROXY_ADDR: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 3128);
 
 /// How long the output pipes are drained after the process group was killed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -238,8 +246,8 @@ pub const DEFAULT_READ_ONLY_PATHS: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Isolation {
-    /// Own user, mount, PID, IPC, UTS and cgroup namespaces, and a network namespace with no
-    /// interface for tools without network. Refused with [`SandboxError::NamespacesUnavailable`]
+    /// Own user, mount, PID, IPC, UTS, cgroup and network namespaces (no interface; for a tool
+    /// with network, loopback and the egress proxy). Refused with [`SandboxError::NamespacesUnavailable`]
     /// when the kernel or the host's policy does not allow unprivileged user namespaces.
     #[default]
     Namespaces,
@@ -249,7 +257,8 @@ pub enum Isolation {
     /// the scratch directory). The tool then shares the host's `/proc`, network namespace
     /// (seccomp still denies inet sockets without network) and abstract UNIX socket space
     /// (Landlock ABI 6 scopes it), and without Landlock it can read whatever its uid can.
-    /// [`Confinement::namespaces`] says which mode ran.
+    /// [`Confinement::namespaces`] says which mode ran. Never for a tool with network, which
+    /// is refused where namespaces are unavailable.
     NamespacesOrWeaker,
 }
 
@@ -364,6 +373,9 @@ pub enum SandboxError {
     /// Preparing the scratch directory or handling the child failed.
     #[error("sandbox i/o failed")]
     Io(#[source] io::Error),
+    /// A tool with network needs an egress proxy ([`SandboxedCommand::egress`]); nothing ran.
+    #[error("a tool with network needs an egress proxy")]
+    NetworkWithoutEgress,
 }
 
 /// A command to run under the sandbox. Built with [`SandboxedCommand::new`] and the builder
@@ -382,6 +394,7 @@ pub struct SandboxedCommand {
     isolation: Isolation,
     read_only: Vec<PathBuf>,
     namespaces_unavailable: bool,
+    egress: Option<egress_guard::EgressProxy>,
 }
 
 impl fmt::Debug for SandboxedCommand {
@@ -401,6 +414,7 @@ impl fmt::Debug for SandboxedCommand {
             .field("require_landlock", &self.require_landlock)
             .field("isolation", &self.isolation)
             .field("read_only", &self.read_only)
+            .field("egress", &self.egress)
             .finish_non_exhaustive()
     }
 }
@@ -424,6 +438,7 @@ impl SandboxedCommand {
             isolation: Isolation::default(),
             read_only: DEFAULT_READ_ONLY_PATHS.iter().map(PathBuf::from).collect(),
             namespaces_unavailable: false,
+            egress: None,
         }
     }
 
@@ -470,12 +485,25 @@ impl SandboxedCommand {
         self
     }
 
-    /// Allows sockets other than `AF_UNIX` (default: denied). A tool with network shares the
-    /// host's network namespace (no egress proxy yet: it reaches what the host reaches); without,
-    /// it gets its own network namespace with no interface.
+    /// Allows sockets other than `AF_UNIX` (default: denied). Every tool gets its own network
+    /// namespace; a tool with network finds in it only a loopback interface and, on
+    /// [`PROXY_ADDR`], the egress proxy given with [`egress`](Self::egress), which this process
+    /// serves from the host's network for the duration of the run. Its environment names the
+    /// proxy (`http_proxy`, `https_proxy`, `HTTP_PROXY`, `HTTPS_PROXY`; `no_proxy` and
+    /// `NO_PROXY` empty). A tool with network and no egress proxy is refused
+    /// ([`SandboxError::NetworkWithoutEgress`]), and so is a tool with network where namespaces
+    /// are unavailable, whatever the [`Isolation`].
     #[must_use]
     pub fn network(mut self, network: bool) -> Self {
         self.network = network;
+        self
+    }
+
+    /// The egress proxy through which a tool with network reaches the network: its policy
+    /// decides every destination (see [`egress_guard::EgressProxy`]). Ignored without network.
+    #[must_use]
+    pub fn egress(mut self, proxy: egress_guard::EgressProxy) -> Self {
+        self.egress = Some(proxy);
         self
     }
 
@@ -674,8 +702,9 @@ mod imp {
     };
 
     use super::{
-        AsyncWriteExt, Confinement, DRAIN_LIMIT, Exit, Isolation, LandlockStatus, ProcessOutput,
-        REAP_LIMIT, RunAs, SandboxError, SandboxedCommand, Stream, exit_of,
+        AsyncWriteExt, Confinement, DRAIN_LIMIT, Exit, Isolation, LandlockStatus, OsString,
+        PROXY_ADDR, ProcessOutput, REAP_LIMIT, RunAs, SandboxError, SandboxedCommand, Stream,
+        exit_of,
     };
 
     /// The newest Landlock ABI this crate knows; `BestEffort` drops what the kernel lacks.
@@ -1526,18 +1555,19 @@ mod imp {
         let all = AccessFs::from_all(abi).bits();
         let landlock_rules = vec![(c("/proc")?, read), (c("/dev")?, read), (c("/tmp")?, all)];
 
-        let mut flags = libc::CLONE_NEWUSER
+        // Every tool gets its own network namespace; with network, the egress proxy's listener
+        // is its only way out (see `setup_network`).
+        let flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWCGROUP;
-        if !network {
-            flags |= libc::CLONE_NEWNET;
-        }
+            | libc::CLONE_NEWCGROUP
+            | libc::CLONE_NEWNET;
         let (uid, gid) = ids;
         Ok(NsPlan {
             flags,
+            network,
             uid_map: cstring(format!("{uid} {uid} 1\n").as_bytes(), "uid map")?,
             gid_map: cstring(format!("{gid} {gid} 1\n").as_bytes(), "gid map")?,
             ops,
@@ -1589,10 +1619,12 @@ mod imp {
         Capabilities,
         /// Not a failure: the namespaced tool started; the value is its pid.
         Started,
+        /// Bringing up loopback or opening the egress proxy's listener (tools with network).
+        Network,
     }
 
     /// Indexed by `Stage as usize`.
-    const STAGE_NAMES: [&str; 19] = [
+    const STAGE_NAMES: [&str; 20] = [
         "signal dispositions",
         "setpgid",
         "dup2",
@@ -1612,6 +1644,7 @@ mod imp {
         "mount",
         "capabilities",
         "started",
+        "network setup",
     ];
 
     /// One step of the mount plan, run by the tool in its own mount namespace before exec.
@@ -1650,6 +1683,8 @@ mod imp {
     struct NsPlan {
         /// `unshare` flags.
         flags: c_int,
+        /// A tool with network: loopback up and the proxy's listener passed back.
+        network: bool,
         uid_map: CString,
         gid_map: CString,
         ops: Vec<MountOp>,
@@ -1664,6 +1699,9 @@ mod imp {
         plan: &'a NsPlan,
         /// The tool's stack (set by `spawn_child`).
         tool_stack: std::cell::Cell<*mut c_void>,
+        /// With network: the child's end of the socket pair the proxy's listener is sent on
+        /// (CLOEXEC, >= 3); -1 otherwise.
+        channel: RawFd,
     }
 
     /// Everything the child needs, prepared by the parent. Between clone and exec the child
@@ -1805,6 +1843,169 @@ mod imp {
         }
     }
 
+    /// In a tool's new network namespace (this child has `CAP_NET_ADMIN` there): brings `lo` up,
+    /// opens a TCP listener on [`PROXY_ADDR`] and sends it to this process over `channel`
+    /// (`SCM_RIGHTS`), which serves the egress proxy on it from the host's network namespace.
+    /// The listener is closed here before the tool is started, so the tool never holds it.
+    fn setup_network(channel: RawFd) -> Result<(), c_int> {
+        // SAFETY: socket takes integers only.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if sock < 0 {
+            return Err(errno());
+        }
+        // SAFETY: a zeroed ifreq is a valid empty request; the name "lo" fits with its NUL;
+        // SIOCGIFFLAGS and SIOCSIFFLAGS read and write only the flags of this stack struct.
+        let rc = unsafe {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            req.ifr_name[0] = b'l' as c_char;
+            req.ifr_name[1] = b'o' as c_char;
+            let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &raw mut req);
+            if rc == 0 {
+                req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                rc = libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &raw const req);
+            }
+            let e = errno();
+            libc::close(sock);
+            if rc == 0 { 0 } else { e }
+        };
+        if rc != 0 {
+            return Err(rc);
+        }
+        // SAFETY: socket takes integers only.
+        let listener =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if listener < 0 {
+            return Err(errno());
+        }
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: PROXY_ADDR.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*PROXY_ADDR.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: bind reads one sockaddr_in from a valid stack pointer with its size; listen
+        // takes integers; send_fd only reads stack buffers; the listener is then closed.
+        let rc = unsafe {
+            let mut rc = libc::bind(
+                listener,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            if rc == 0 {
+                rc = libc::listen(listener, 128);
+            }
+            let mut e = if rc == 0 { 0 } else { errno() };
+            if e == 0
+                && let Err(sent) = send_fd(channel, listener)
+            {
+                e = sent;
+            }
+            libc::close(listener);
+            e
+        };
+        if rc == 0 { Ok(()) } else { Err(rc) }
+    }
+
+    /// Sends `fd` over the UNIX socket `channel` (one byte of data, one `SCM_RIGHTS` message).
+    fn send_fd(channel: RawFd, fd: RawFd) -> Result<(), c_int> {
+        let mut byte = [0u8; 1];
+        // Room for one cmsghdr and one int, 8-byte aligned.
+        let mut control = [0u64; 4];
+        // SAFETY: every pointer in the msghdr refers to a live stack buffer of the stated
+        // size; CMSG_FIRSTHDR is non-null since the control buffer holds a header; sendmsg
+        // only reads them (the kernel takes its own reference to `fd`).
+        let rc = unsafe {
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<c_int>() as u32) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+            libc::sendmsg(channel, &raw const msg, libc::MSG_NOSIGNAL)
+        };
+        if rc == 1 { Ok(()) } else { Err(errno()) }
+    }
+
+    /// Receives the proxy's listener the namespaced child sent with `send_fd` (already queued:
+    /// the child has exited or exec'd the tool), and checks it is a listener on [`PROXY_ADDR`].
+    fn receive_listener(channel: &OwnedFd) -> io::Result<std::net::TcpListener> {
+        let mut byte = [0u8; 1];
+        let mut control = [0u64; 4];
+        // SAFETY: as in `send_fd`, every pointer refers to a live stack buffer of the stated
+        // size; recvmsg writes within them; MSG_CMSG_CLOEXEC marks the received fd CLOEXEC.
+        let (rc, msg) = unsafe {
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&control) as _;
+            let rc = libc::recvmsg(
+                channel.as_raw_fd(),
+                &raw mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            );
+            (rc, msg)
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `msg` was filled in by recvmsg and its control pointer still refers to
+        // `control`; CMSG_FIRSTHDR checks the length before returning a header.
+        let fd = unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            if cmsg.is_null()
+                || (*cmsg).cmsg_level != libc::SOL_SOCKET
+                || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+                || (*cmsg).cmsg_len as usize != libc::CMSG_LEN(size_of::<c_int>() as u32) as usize
+                || msg.msg_flags & libc::MSG_CTRUNC != 0
+            {
+                return Err(io::Error::other("no listener received from the sandbox"));
+            }
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>());
+            // SAFETY (nested): the kernel installed this fd for us in this call; nobody else
+            // owns it.
+            OwnedFd::from_raw_fd(fd)
+        };
+        let listener = std::net::TcpListener::from(fd);
+        match listener.local_addr() {
+            Ok(std::net::SocketAddr::V4(addr)) if addr == PROXY_ADDR => Ok(listener),
+            _ => Err(io::Error::other("the sandbox sent an unexpected socket")),
+        }
+    }
+
+    /// A connected pair of datagram UNIX sockets (CLOEXEC).
+    fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0 as c_int; 2];
+        // SAFETY: socketpair writes two fds into a valid array.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds were just created and are owned by nobody else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+
     /// The child's code between clone and exec: raw system calls only, no panics. Namespaced:
     /// enters new namespaces, starts the tool as pid 1 and returns `Stage::Started` with its
     /// pid.
@@ -1854,6 +2055,14 @@ mod imp {
         // SAFETY: prctl with integer arguments.
         unsafe {
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        // This child holds every capability of the new user namespace, which owns the new
+        // network namespace: the only moment loopback can be brought up and the proxy's
+        // listener opened there (the tool drops its capabilities before exec).
+        if ns.channel >= 0
+            && let Err(e) = setup_network(ns.channel)
+        {
+            return (Stage::Network, e);
         }
         // The first child after unshare(CLONE_NEWPID) is pid 1 of the new namespace: the
         // tool itself. It shares this process's memory until it execs (CLONE_VM | CLONE_VFORK,
@@ -2366,6 +2575,8 @@ mod imp {
         stdin: Option<OwnedFd>,
         stdout: OwnedFd,
         stderr: OwnedFd,
+        /// With network: the listener on [`PROXY_ADDR`] in the tool's network namespace.
+        proxy_listener: Option<std::net::TcpListener>,
     }
 
     /// Settings for `spawn` that come from the run, not the command.
@@ -2449,6 +2660,14 @@ mod imp {
             .as_ref()
             .or(config.landlock_fd)
             .map_or(-1, AsRawFd::as_raw_fd);
+        // With network: the listener comes back over this pair (see `setup_network`).
+        let channel = match config.ns {
+            Some(plan) if plan.network => {
+                let (host, child) = socket_pair().map_err(SandboxError::Io)?;
+                Some((host, above_stdio(child).map_err(SandboxError::Io)?))
+            }
+            _ => None,
+        };
         let mut filters = Vec::with_capacity(config.filters.len());
         for prog in config.filters {
             let len = u16::try_from(prog.len())
@@ -2483,12 +2702,17 @@ mod imp {
             spec.ns = Some(NsSpec {
                 plan,
                 tool_stack: std::cell::Cell::new(std::ptr::null_mut()),
+                channel: channel.as_ref().map_or(-1, |(_, child)| child.as_raw_fd()),
             });
         }
 
         let first = spawn_child(&spec).map_err(spawn_err)?;
         let namespaced = spec.ns.is_some();
         drop(spec);
+        let channel = channel.map(|(host, child)| {
+            drop(child);
+            host
+        });
         drop((
             stdin_child,
             stdout_child,
@@ -2582,11 +2806,22 @@ mod imp {
                 "the namespaced tool's pid was not reported",
             )));
         };
+        let proxy_listener = match channel.as_ref().map(receive_listener) {
+            None => None,
+            Some(Ok(listener)) => Some(listener),
+            Some(Err(e)) => {
+                // The tool runs (its exec closed the report pipe): stop it before failing.
+                killpg(pid);
+                let _ = reap_pid(pid);
+                return Err(spawn_err(e));
+            }
+        };
         Ok(Spawned {
             pid,
             stdin: stdin_parent,
             stdout: stdout_parent,
             stderr: stderr_parent,
+            proxy_listener,
         })
     }
 
@@ -2707,8 +2942,39 @@ mod imp {
         }
     }
 
-    pub(super) async fn run(cmd: SandboxedCommand) -> Result<ProcessOutput, SandboxError> {
+    pub(super) async fn run(mut cmd: SandboxedCommand) -> Result<ProcessOutput, SandboxError> {
         let start = Instant::now();
+        // Fail closed: a tool with network reaches it only through an egress proxy, and only
+        // from its own network namespace.
+        let egress = if cmd.network {
+            let Some(proxy) = cmd.egress.take() else {
+                return Err(SandboxError::NetworkWithoutEgress);
+            };
+            if cmd.namespaces_unavailable {
+                return Err(SandboxError::NamespacesUnavailable {
+                    reason: "a tool with network needs its own network namespace (test hook)"
+                        .to_owned(),
+                });
+            }
+            let url = format!("http://{PROXY_ADDR}");
+            let names = ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"];
+            let empty = ["no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"];
+            cmd.env.retain(|(k, _)| {
+                !names
+                    .iter()
+                    .chain(&empty)
+                    .any(|n| k.as_os_str() == OsStr::new(n))
+            });
+            for name in names {
+                cmd.env.push((name.into(), url.clone().into()));
+            }
+            for name in &empty[..2] {
+                cmd.env.push(((*name).into(), OsString::new()));
+            }
+            Some(proxy)
+        } else {
+            None
+        };
         let offered = support();
         if !offered.seccomp {
             return Err(SandboxError::Seccomp {
@@ -2810,7 +3076,11 @@ mod imp {
         };
         let (child, namespaces) = match attempt {
             Ok(child) => (child, true),
-            Err(SandboxError::NamespacesUnavailable { reason }) if weaker_allowed => {
+            // Never for a tool with network: without its own network namespace it would reach
+            // whatever the host reaches.
+            Err(SandboxError::NamespacesUnavailable { reason })
+                if weaker_allowed && !cmd.network =>
+            {
                 tracing::warn!(%reason, "namespaces unavailable: running in the weaker mode");
                 config.ns = None;
                 config.cwd = scratch.path();
@@ -2826,6 +3096,16 @@ mod imp {
             pgid,
             killed: false,
             done: false,
+        };
+        // The egress proxy on the listener in the tool's namespace, until the run ends.
+        let proxy = match (child.proxy_listener, egress) {
+            (Some(listener), Some(egress)) => {
+                listener.set_nonblocking(true).map_err(SandboxError::Io)?;
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(SandboxError::Io)?;
+                Some(egress.spawn(listener))
+            }
+            _ => None,
         };
         let stdout =
             tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(child.stdout))
@@ -2898,6 +3178,7 @@ mod imp {
         }
         reap_group(pgid).await;
         group.done = true;
+        drop(proxy);
         drop(scratch);
 
         Ok(ProcessOutput {
@@ -3010,9 +3291,10 @@ mod imp {
                     .iter()
                     .any(|op| matches!(op, MountOp::Detach(p) if text(p) == OLD_ROOT))
             );
-            // With network: no network namespace.
+            // With network: a network namespace too (the egress proxy is the way out).
             let plan = namespace_plan(&read_only, &scratch, true, (1, 1), 1 << 20).unwrap();
-            assert_eq!(plan.flags & libc::CLONE_NEWNET, 0);
+            assert_ne!(plan.flags & libc::CLONE_NEWNET, 0);
+            assert!(plan.network);
         }
 
         /// A classic BPF interpreter for the instructions the programs use.

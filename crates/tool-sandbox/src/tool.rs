@@ -73,6 +73,7 @@ pub struct ToolContext {
     pub(crate) agent: Actor,
     pub(crate) call_id: String,
     pub(crate) http: Option<GuardedClient>,
+    pub(crate) proxy: Option<egress_guard::EgressProxy>,
     pub(crate) network: bool,
     pub(crate) process: ProcessLimits,
 }
@@ -105,14 +106,20 @@ impl ToolContext {
         self.http.as_ref().ok_or(ToolError::NoNetwork)
     }
 
-    /// A subprocess under the tool's limits: its own namespaces (no network namespace
-    /// interface unless the tool uses the network), cleared environment, its own process group,
-    /// rlimits, `no_new_privs`, seccomp (no inet sockets unless the tool uses the network) and
-    /// Landlock where the kernel has it. See [`crate::process`].
+    /// A subprocess under the tool's limits: its own namespaces (a network namespace with no
+    /// interface, or for a tool that uses the network only loopback and the gate's egress
+    /// proxy), cleared environment, its own process group, rlimits, `no_new_privs`, seccomp (no
+    /// inet sockets unless the tool uses the network) and Landlock where the kernel has it. A
+    /// network tool's subprocess is refused when the gate has no egress proxy. See
+    /// [`crate::process`].
     #[must_use]
     pub fn command(&self, program: impl AsRef<Path>) -> SandboxedCommand {
-        SandboxedCommand::new(program)
+        let command = SandboxedCommand::new(program)
             .network(self.network)
-            .limits(self.process)
+            .limits(self.process);
+        match &self.proxy {
+            Some(proxy) => command.egress(proxy.clone()),
+            None => command,
+        }
     }
 }

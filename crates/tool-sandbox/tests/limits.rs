@@ -449,7 +449,9 @@ async fn a_noisy_agent_over_its_own_limit_does_not_starve_a_quiet_agent_of_the_s
 
 /// A subprocess tool whose context decides its network access (Linux: elsewhere subprocess tools
 /// refuse to run, see `tests/process_elsewhere.rs`): the command it builds through
-/// `ToolContext::command` carries the tool's declaration into seccomp.
+/// `ToolContext::command` carries the tool's declaration into seccomp, and for a network tool the
+/// gate's egress proxy. The probe connects straight to the listener, then through the proxy
+/// named in its environment (CONNECT).
 #[cfg(target_os = "linux")]
 fn probe_registry(port: u16) -> Registry {
     let probe = move || {
@@ -458,7 +460,14 @@ fn probe_registry(port: u16) -> Registry {
                 .command("/bin/bash")
                 .args([
                     "-c",
-                    &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"),
+                    &format!(
+                        "(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo connected\n\
+                         [ -n \"$https_proxy\" ] || exit 0\n\
+                         p=${{https_proxy#http://}}\n\
+                         exec 4<>/dev/tcp/${{p%:*}}/${{p##*:}}\n\
+                         printf 'CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\n\\r\\n' >&4\n\
+                         read -r line <&4 && echo \"proxy ${{line%?}}\""
+                    ),
                 ])
                 .run()
                 .await?;
@@ -490,7 +499,14 @@ async fn a_subprocess_of_a_non_network_tool_cannot_open_an_inet_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let f = fixture_of(|_| probe_registry(port), |b| b).await;
+    let proxy = egress_guard::EgressProxy::new(
+        EgressPolicy::new("probe")
+            .allow_cidr("127.0.0.1/32")
+            .unwrap()
+            .ports([port]),
+        Arc::new(Names),
+    );
+    let f = fixture_of(|_| probe_registry(port), |b| b.egress_proxy(proxy)).await;
     let policy = Arc::new(
         AgentPolicy::new(Actor::new(
             ActorKind::Agent,
@@ -516,7 +532,8 @@ async fn a_subprocess_of_a_non_network_tool_cannot_open_an_inet_socket() {
         listener.accept().is_err(),
         "no connection reached the listener"
     );
-    // The control: the same probe declared as a network tool connects.
+    // The control: the same probe declared as a network tool reaches the listener, through
+    // the gate's egress proxy only (its own network namespace has no route to the host).
     let Submission::Ran { run, .. } = f
         .gate
         .submit(&mut t, call("c2", "online_probe", json!({})))
@@ -526,9 +543,14 @@ async fn a_subprocess_of_a_non_network_tool_cannot_open_an_inet_socket() {
         panic!()
     };
     let text = run.result.unwrap().into_untrusted_value();
-    assert!(text.contains("connected"), "{text}");
+    assert!(!text.contains("connected"), "{text}");
+    assert!(
+        text.contains("proxy HTTP/1.1 200 Connection Established"),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(listener.accept().is_ok());
+    assert!(listener.accept().is_err(), "one connection: the proxy's");
 }
 
 /// A server that accepts connections and never answers.

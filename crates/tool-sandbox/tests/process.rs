@@ -17,6 +17,26 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// An egress proxy that resolves no name and allows only public addresses on 80 and 443: what a
+/// network tool needs to run at all (nothing in these tests goes through it).
+fn no_egress() -> egress_guard::EgressProxy {
+    struct NoNames;
+    impl egress_guard::NameResolver for NoNames {
+        fn lookup<'a>(
+            &'a self,
+            _host: &'a str,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<Vec<std::net::IpAddr>, std::io::Error>> + Send + 'a>,
+        > {
+            Box::pin(async { Err(std::io::Error::other("no names in tests")) })
+        }
+    }
+    egress_guard::EgressProxy::new(
+        egress_guard::EgressPolicy::new("tests"),
+        std::sync::Arc::new(NoNames),
+    )
+}
+
 /// (pid, state, pgrp) of every process.
 fn processes() -> Vec<(i32, char, i32)> {
     let mut out = Vec::new();
@@ -249,6 +269,7 @@ async fn bash_connect(port: u16, network: bool) -> ProcessOutput {
             &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"),
         ])
         .network(network)
+        .egress(no_egress())
         .run()
         .await
         .unwrap()
@@ -272,14 +293,25 @@ async fn tool_without_network_cannot_connect_to_a_loopback_listener() {
         "the listener accepted a connection"
     );
 
-    // The control: the same command with network allowed does connect.
+    // With network too: the tool's own network namespace has only its own loopback.
     let out = bash_connect(port, true).await;
-    assert_eq!(out.exit, Exit::Code(0), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "connected\n");
+    assert_ne!(out.exit, Exit::Code(0), "stderr: {}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("connected"));
     assert!(
-        accepted(&listener).await,
-        "the network tool did not connect"
+        !accepted(&listener).await,
+        "the listener accepted a connection"
     );
+
+    // The control: the same command outside the sandbox connects.
+    let out = std::process::Command::new("/bin/bash")
+        .args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "connected\n", "{}", text(&out.stderr));
+    assert!(accepted(&listener).await, "the control did not connect");
 }
 
 #[tokio::test]
@@ -307,6 +339,7 @@ async fn tool_without_network_cannot_create_an_inet_socket() {
     let out = SandboxedCommand::new("/usr/bin/python3")
         .args(["-c", script])
         .network(true)
+        .egress(no_egress())
         .run()
         .await
         .unwrap();
