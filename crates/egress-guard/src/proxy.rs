@@ -66,6 +66,7 @@ pub struct EgressProxy {
     policy: Arc<EgressPolicy>,
     resolver: Arc<dyn NameResolver>,
     caller: Option<Arc<str>>,
+    hooks: Vec<Arc<dyn crate::DecisionHook>>,
     head_limit: usize,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -77,6 +78,7 @@ impl std::fmt::Debug for EgressProxy {
         f.debug_struct("EgressProxy")
             .field("policy", &self.policy.name())
             .field("caller", &self.caller)
+            .field("hooks", &self.hooks.len())
             .field("head_limit", &self.head_limit)
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -94,6 +96,7 @@ impl EgressProxy {
             policy: Arc::new(policy),
             resolver,
             caller: None,
+            hooks: Vec::new(),
             head_limit: DEFAULT_HEAD_LIMIT,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
@@ -105,6 +108,14 @@ impl EgressProxy {
     #[must_use]
     pub fn caller(mut self, caller: &str) -> Self {
         self.caller = Some(Arc::from(caller));
+        self
+    }
+
+    /// Also publish every decision of this proxy to `hook`, after the policy's own hooks: a
+    /// caller that serves one run (a tool, an agent's turn) collects that run's decisions here.
+    #[must_use]
+    pub fn with_hook(mut self, hook: Arc<dyn crate::DecisionHook>) -> Self {
+        self.hooks.push(hook);
         self
     }
 
@@ -271,7 +282,7 @@ impl EgressProxy {
         let mut decision = Decision::evaluate(&self.policy, Some(target), None, reason, floor);
         decision.caller = self.caller.as_deref().map(str::to_owned);
         if !decision.allowed {
-            decision.publish(&self.policy);
+            self.publish(&decision);
             return Err(Refusal::Denied(reason.code()));
         }
         let Some(target) = decision.target.clone() else {
@@ -285,7 +296,7 @@ impl EgressProxy {
                 match looked_up {
                     Ok(Ok(addresses)) if !addresses.is_empty() => addresses,
                     _ => {
-                        decision.publish(&self.policy);
+                        self.publish(&decision);
                         return Err(Refusal::Unresolved);
                     }
                 }
@@ -299,14 +310,22 @@ impl EgressProxy {
                 if !denial.allowed {
                     denial.addresses.clone_from(&addresses);
                     denial.caller.clone_from(&decision.caller);
-                    denial.publish(&self.policy);
+                    self.publish(&denial);
                     return Err(Refusal::Denied(denial.reason.code()));
                 }
             }
         }
         decision.addresses.clone_from(&addresses);
-        decision.publish(&self.policy);
+        self.publish(&decision);
         Ok(addresses)
+    }
+
+    /// Publishes `decision` to the policy's hooks, then this proxy's.
+    fn publish(&self, decision: &Decision) {
+        decision.publish(&self.policy);
+        for hook in &self.hooks {
+            hook.record(decision);
+        }
     }
 
     /// Connects to the first checked address that answers.

@@ -802,6 +802,9 @@ impl Gate {
     ) -> ToolRun {
         let spec = &registered.spec;
         let limits = spec.call_limits();
+        // What the run's subprocesses asked the egress proxy for: its denials are audited below,
+        // as the in-process client's are.
+        let denials = Arc::new(ProxyDenials::default());
         let ctx = ToolContext {
             tenant: context.clone(),
             agent: agent.clone(),
@@ -815,7 +818,7 @@ impl Gate {
                 self.inner
                     .egress_proxy
                     .clone()
-                    .map(|p| p.caller(spec.name().as_str()))
+                    .map(|p| p.caller(spec.name().as_str()).with_hook(denials.clone()))
             } else {
                 None
             },
@@ -823,6 +826,25 @@ impl Gate {
             process: spec.subprocess_limits(),
         };
         let outcome = tokio::time::timeout(limits.timeout, registered.run(ctx, arguments)).await;
+        for decision in denials.take() {
+            let recorded = egress_denied_event(
+                context.tenant(),
+                agent,
+                spec.name().as_str(),
+                call_id,
+                None,
+                &decision,
+                None,
+            );
+            match recorded {
+                Ok(ev) => {
+                    if let Err(error) = self.inner.audit.record(ev).await {
+                        tracing::error!(%error, "an egress denial could not be audited");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "an egress denial could not be audited"),
+            }
+        }
         let source = Source::ToolResult {
             tool: spec.name().as_str().to_owned(),
             call_id: call_id.to_owned(),
@@ -1435,14 +1457,31 @@ fn egress_event(
     let ToolError::Egress(egress_guard::EgressError::Denied { decision, hop }) = error else {
         return Ok(None);
     };
-    let meta = json!({
+    egress_denied_event(tenant, agent, tool, call_id, proposal, decision, Some(*hop)).map(Some)
+}
+
+/// The `egress.denied` record of one denied destination, with the agent as actor: refused by
+/// the in-process client at redirect `hop`, or (`hop` `None`) by a subprocess's egress proxy.
+fn egress_denied_event(
+    tenant: TenantId,
+    agent: &Actor,
+    tool: &str,
+    call_id: &str,
+    proposal: Option<Uuid>,
+    decision: &egress_guard::Decision,
+    hop: Option<usize>,
+) -> Result<AuditEvent, SandboxError> {
+    let mut meta = json!({
         "tool": tool,
         "call_id": call_id,
         "code": decision.reason.code(),
         "host": decision.target.as_ref().map(|t| t.host_text()),
-        "hop": hop,
         "policy": decision.policy,
+        "via": if hop.is_some() { "client" } else { "proxy" },
     });
+    if let Some(hop) = hop {
+        meta["hop"] = json!(hop);
+    }
     event(
         tenant,
         agent,
@@ -1452,7 +1491,37 @@ fn egress_event(
         proposal,
         meta,
     )
-    .map(Some)
+}
+
+/// The denied decisions of one run's egress proxy (at most [`ProxyDenials::MAX`]; a flood of
+/// refused requests is audited up to that, and the rest counted in the log).
+#[derive(Default)]
+struct ProxyDenials(std::sync::Mutex<Vec<egress_guard::Decision>>);
+
+impl ProxyDenials {
+    const MAX: usize = 32;
+
+    fn take(&self) -> Vec<egress_guard::Decision> {
+        self.0
+            .lock()
+            .map(|mut denials| std::mem::take(&mut *denials))
+            .unwrap_or_default()
+    }
+}
+
+impl egress_guard::DecisionHook for ProxyDenials {
+    fn record(&self, decision: &egress_guard::Decision) {
+        if decision.allowed {
+            return;
+        }
+        if let Ok(mut denials) = self.0.lock() {
+            if denials.len() < Self::MAX {
+                denials.push(decision.clone());
+            } else {
+                tracing::warn!("more egress denials in one run than are audited one by one");
+            }
+        }
+    }
 }
 
 fn seconds(d: std::time::Duration) -> f64 {

@@ -466,7 +466,10 @@ fn probe_registry(port: u16) -> Registry {
                          p=${{https_proxy#http://}}\n\
                          exec 4<>/dev/tcp/${{p%:*}}/${{p##*:}}\n\
                          printf 'CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\n\\r\\n' >&4\n\
-                         read -r line <&4 && echo \"proxy ${{line%?}}\""
+                         read -r line <&4 && echo \"proxy ${{line%?}}\"\n\
+                         exec 5<>/dev/tcp/${{p%:*}}/${{p##*:}}\n\
+                         printf 'CONNECT 169.254.169.254:80 HTTP/1.1\\r\\n\\r\\n' >&5\n\
+                         read -r line <&5 && echo \"metadata ${{line%?}}\""
                     ),
                 ])
                 .run()
@@ -551,6 +554,21 @@ async fn a_subprocess_of_a_non_network_tool_cannot_open_an_inet_socket() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(listener.accept().is_ok());
     assert!(listener.accept().is_err(), "one connection: the proxy's");
+    // The proxy refused the metadata address, and the refusal is audited as the in-process
+    // client's are: `egress.denied`, the agent as actor, the tool and call named.
+    assert!(text.contains("metadata HTTP/1.1 403"), "{text}");
+    let events = audit_events(&f.db, f.tenant).await;
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|(a, _, _)| a == "egress.denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{events:?}");
+    let (_, _, record) = denied[0];
+    assert_eq!(record["actor"]["kind"], "agent");
+    assert_eq!(record["outcome"]["reason"], "metadata");
+    assert_eq!(record["metadata"]["via"], "proxy");
+    assert_eq!(record["metadata"]["tool"], "online_probe");
+    assert_eq!(record["metadata"]["call_id"], "c2");
 }
 
 /// A server that accepts connections and never answers.
