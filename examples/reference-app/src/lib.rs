@@ -420,8 +420,8 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
 /// As [`start`], and when a listener cannot be bound.
 pub async fn run(config: Config) -> Result<(), BoxError> {
     let app = start(config).await?;
-    let https = tls::bind(app.config.https).await?;
-    let http = tls::bind(app.config.http).await?;
+    let https = tls::bind(app.config.https, "--https").await?;
+    let http = tls::bind(app.config.http, "--http").await?;
     tokio::spawn(axum::serve(http, tls::redirect_app(app.config.base_url.clone())).into_future());
     banner(&app.config);
     // Signed checkpoints of every tenant's audit chain, in the database and in the data

@@ -146,7 +146,39 @@ pub(crate) fn redirect_app(base_url: String) -> Router {
     })
 }
 
-/// Binds a listener.
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Binds a listener; the error names the address and the flag that moves it (`flag`).
+pub(crate) async fn bind(addr: SocketAddr, flag: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "is another copy of the app running? Stop it, or pass {flag} with another address"
+            )
+        } else {
+            format!("pass {flag} with another address")
+        };
+        std::io::Error::new(
+            error.kind(),
+            format!("cannot listen on {addr}: {error} ({hint})"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_port_is_named_with_the_flag_that_moves_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let error = bind(addr, "--https").await.unwrap_err();
+        let message = error.to_string();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(message.contains(&addr.to_string()), "{message}");
+        assert!(message.contains("--https"), "{message}");
+        // Positive control: once free, the same address binds.
+        drop(taken);
+        assert!(bind(addr, "--https").await.is_ok());
+    }
 }
