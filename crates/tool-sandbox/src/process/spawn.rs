@@ -9,16 +9,14 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use super::child::{
-    ChildSpec, NsSpec, STAGE_NAMES, Stage, pipe, receive_listener, socket_pair, spawn_child,
-};
+use super::child::{ChildSpec, NsSpec, STAGE_NAMES, Stage, spawn_child};
 use super::landlock::{landlock_ruleset, landlock_status};
 use super::namespaces::{
     NsPlan, Scratch, check_read_only, make_scratch, namespace_plan, namespaces_available,
 };
 use super::reap::{Group, become_subreaper, killpg, reap_group, reap_pid, wait_exit_nowait};
 use super::seccomp::filters;
-use super::sys;
+use super::sys::{self, pipe, receive_listener, socket_pair};
 use super::{
     AsyncWriteExt, Confinement, DRAIN_LIMIT, Exit, Isolation, LandlockStatus, OsString, PROXY_ADDR,
     ProcessOutput, RunAs, SandboxError, SandboxedCommand, Stream, exit_of,

@@ -1,14 +1,19 @@
-//! Thin safe wrappers around the raw system calls the parent side of a run makes (probing
-//! support, the subreaper flag, signalling and waiting for children).
+//! Thin safe wrappers around the raw system calls the parent side of a run makes: probing
+//! support, the subreaper flag, pipes and the socket pair to the child, receiving the egress
+//! proxy's listener from the child's network namespace, signalling and waiting for children.
 //!
 //! With [`child`](super::child), the only modules of `process` allowed `unsafe`; every other
 //! submodule forbids it. Each wrapper takes and returns plain integers or owned values, so
 //! callers cannot pass a dangling pointer: the pointers given to the kernel here point to
-//! locals of the wrapper that outlive the call.
-#![allow(unsafe_code)] // Raw system calls: prctl, seccomp, landlock_create_ruleset, clone, kill, waitpid, waitid.
+//! locals of the wrapper that outlive the call, and file descriptors wrapped in `OwnedFd`
+//! were just returned by the kernel and are owned by nothing else.
+#![allow(unsafe_code)] // Raw system calls: prctl, seccomp, landlock_create_ruleset, clone, pipe2, socketpair, recvmsg, kill, waitpid, waitid.
 
 use std::ffi::c_int;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::PROXY_ADDR;
 
 /// The kernel's Landlock ABI version (`landlock_create_ruleset` with
 /// `LANDLOCK_CREATE_RULESET_VERSION`); negative when Landlock is unsupported or disabled.
@@ -122,6 +127,86 @@ pub(super) fn waitid(idtype: libc::idtype_t, id: i32, flags: c_int) -> (c_int, b
         let rc = libc::waitid(idtype, id.unsigned_abs(), &raw mut info, flags);
         (rc, info.si_pid() != 0)
     }
+}
+
+/// Receives the proxy's listener the namespaced child sent with `send_fd` (already queued:
+/// the child has exited or exec'd the tool), and checks it is a listener on [`PROXY_ADDR`].
+pub(super) fn receive_listener(channel: &OwnedFd) -> io::Result<std::net::TcpListener> {
+    let mut byte = [0u8; 1];
+    let mut control = [0u64; 4];
+    // SAFETY: as in `send_fd`, every pointer refers to a live stack buffer of the stated
+    // size; recvmsg writes within them; MSG_CMSG_CLOEXEC marks the received fd CLOEXEC.
+    let (rc, msg) = unsafe {
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control) as _;
+        let rc = libc::recvmsg(
+            channel.as_raw_fd(),
+            &raw mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        );
+        (rc, msg)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `msg` was filled in by recvmsg and its control pointer still refers to
+    // `control`; CMSG_FIRSTHDR checks the length before returning a header.
+    let fd = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+            || (*cmsg).cmsg_len as usize != libc::CMSG_LEN(size_of::<c_int>() as u32) as usize
+            || msg.msg_flags & libc::MSG_CTRUNC != 0
+        {
+            return Err(io::Error::other("no listener received from the sandbox"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>());
+        // SAFETY (nested): the kernel installed this fd for us in this call; nobody else
+        // owns it.
+        OwnedFd::from_raw_fd(fd)
+    };
+    let listener = std::net::TcpListener::from(fd);
+    match listener.local_addr() {
+        Ok(std::net::SocketAddr::V4(addr)) if addr == PROXY_ADDR => Ok(listener),
+        _ => Err(io::Error::other("the sandbox sent an unexpected socket")),
+    }
+}
+
+/// A connected pair of datagram UNIX sockets (CLOEXEC).
+pub(super) fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: socketpair writes two fds into a valid array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: pipe2 writes two fds into a valid array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Views seccompiler's filter instructions as libc's.
