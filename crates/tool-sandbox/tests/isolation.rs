@@ -7,6 +7,10 @@
 #![cfg(target_os = "linux")]
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)] // Helpers fail the test by panicking.
 
+mod subprocess;
+
+use subprocess::{is_root, no_egress, rerun_as_ordinary_user, text};
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,36 +22,6 @@ use tool_sandbox::process::{
 
 /// Set in the environment of the unprivileged child that runs `unprivileged_helper`.
 const HELPER_ENV: &str = "TOOL_SANDBOX_ISOLATION_HELPER";
-/// The uid and gid the unprivileged child runs as (not `nobody`, so it owns its files).
-const HELPER_ID: u32 = 65_533;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// An egress proxy that resolves no name and allows only public addresses on 80 and 443: what a
-/// network tool needs to run at all (nothing in these tests goes through it).
-fn no_egress() -> egress_guard::EgressProxy {
-    struct NoNames;
-    impl egress_guard::NameResolver for NoNames {
-        fn lookup<'a>(
-            &'a self,
-            _host: &'a str,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<Vec<std::net::IpAddr>, std::io::Error>> + Send + 'a>,
-        > {
-            Box::pin(async { Err(std::io::Error::other("no names in tests")) })
-        }
-    }
-    egress_guard::EgressProxy::new(
-        egress_guard::EgressPolicy::new("tests"),
-        std::sync::Arc::new(NoNames),
-    )
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The identity the tool runs as outside its namespace.
 fn run_as_ids() -> Option<(u32, u32)> {
@@ -469,24 +443,7 @@ fn the_same_attacks_fail_as_an_ordinary_user() {
         runtime().block_on(run_all_checks());
         return;
     }
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "unprivileged_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env_clear()
-        .env(HELPER_ENV, "1")
-        .env("PATH", "/usr/bin:/bin")
-        .env("TMPDIR", "/tmp")
-        .current_dir("/")
-        .uid(HELPER_ID)
-        .gid(HELPER_ID)
-        .output()
-        .unwrap();
+    let out = rerun_as_ordinary_user(HELPER_ENV);
     let stdout = text(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("unprivileged checks passed"),

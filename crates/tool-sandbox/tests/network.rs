@@ -6,6 +6,10 @@
 #![cfg(target_os = "linux")]
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)] // Helpers fail the test by panicking.
 
+mod subprocess;
+
+use subprocess::{is_root, rerun_as_ordinary_user, text};
+
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,16 +26,7 @@ use tool_sandbox::process::{
 };
 
 const HELPER_ENV: &str = "TOOL_SANDBOX_NETWORK_HELPER";
-const HELPER_ID: u32 = 65_533;
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn run_as_ids() -> Option<(u32, u32)> {
     match RunAs::default() {
@@ -488,24 +483,7 @@ fn the_same_holds_as_an_ordinary_user() {
         runtime().block_on(run_all_checks());
         return;
     }
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "unprivileged_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env_clear()
-        .env(HELPER_ENV, "1")
-        .env("PATH", "/usr/bin:/bin")
-        .env("TMPDIR", "/tmp")
-        .current_dir("/")
-        .uid(HELPER_ID)
-        .gid(HELPER_ID)
-        .output()
-        .unwrap();
+    let out = rerun_as_ordinary_user(HELPER_ENV);
     let stdout = text(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("unprivileged network checks passed"),

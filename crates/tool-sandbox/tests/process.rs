@@ -4,6 +4,10 @@
 #![cfg(target_os = "linux")]
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)] // Helpers fail the test by panicking.
 
+mod subprocess;
+
+use subprocess::{is_root, no_egress, text};
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,30 +16,6 @@ use tool_sandbox::process::{
     Exit, LandlockStatus, ProcessLimits, ProcessOutput, RunAs, SandboxError, SandboxedCommand,
     support,
 };
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// An egress proxy that resolves no name and allows only public addresses on 80 and 443: what a
-/// network tool needs to run at all (nothing in these tests goes through it).
-fn no_egress() -> egress_guard::EgressProxy {
-    struct NoNames;
-    impl egress_guard::NameResolver for NoNames {
-        fn lookup<'a>(
-            &'a self,
-            _host: &'a str,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<Vec<std::net::IpAddr>, std::io::Error>> + Send + 'a>,
-        > {
-            Box::pin(async { Err(std::io::Error::other("no names in tests")) })
-        }
-    }
-    egress_guard::EgressProxy::new(
-        egress_guard::EgressPolicy::new("tests"),
-        std::sync::Arc::new(NoNames),
-    )
-}
 
 /// (pid, state, pgrp) of every process.
 fn processes() -> Vec<(i32, char, i32)> {
@@ -114,10 +94,6 @@ async fn sh(script: &str, limits: ProcessLimits) -> ProcessOutput {
         .run()
         .await
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test]
