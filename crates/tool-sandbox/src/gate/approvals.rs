@@ -66,7 +66,7 @@ impl Gate {
     /// proposal is not exactly that, nothing is approved. The approver may not be the agent, the
     /// turn's requester (from any session) or the proposing session. The approval is stored
     /// with the gate's tag over it (see [`ApprovalKey`]), its decision time is the database's
-    /// clock, and it expires after [`ApprovalPolicy::approval_ttl`]. Audited in the same
+    /// clock, and it expires after [`ApprovalPolicy::approval_ttl`](crate::ApprovalPolicy::approval_ttl). Audited in the same
     /// transaction.
     ///
     /// # Errors

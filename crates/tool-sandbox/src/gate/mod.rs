@@ -45,7 +45,7 @@ pub enum DenyReason {
     /// A policy denied it (with the policy's reason code), or no policy allows a tool with
     /// effects (`no_policy`).
     Policy(String),
-    /// The turn is tainted and the agent's taint rule is [`TaintRule::Deny`].
+    /// The turn is tainted and the agent's taint rule is [`TaintRule::Deny`](crate::TaintRule::Deny).
     Tainted,
     /// A rate or concurrency limit.
     Limited(&'static str),
