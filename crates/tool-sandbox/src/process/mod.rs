@@ -680,8 +680,9 @@ fn exit_of(status: ExitStatus) -> Exit {
 // Linux implementation, by responsibility: `spawn` (support, spawn, run), `namespaces` (the
 // plan: unshare flags, id maps, mount tree; scratch dir), `seccomp` (BPF policy), `landlock`
 // (ruleset), `child` (clone to exec), `reap` (process groups, subreaper, waiting) and `sys`
-// (safe wrappers around raw system calls). Only `sys` and `child` may use `unsafe`; the
-// others `#![forbid(unsafe_code)]`.
+// (safe wrappers around raw system calls, including `clone` and the child stacks). `unsafe`
+// lives only in `sys`, each block with a `SAFETY:` comment; every other submodule, `child`
+// included, `#![forbid(unsafe_code)]`.
 #[cfg(target_os = "linux")]
 mod child;
 #[cfg(target_os = "linux")]

@@ -1,7 +1,7 @@
 //! Spawning the confined child and running it to completion: `support` and `run`.
 #![forbid(unsafe_code)]
 
-use std::ffi::{CString, OsStr, c_char};
+use std::ffi::{CString, OsStr};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -143,14 +143,7 @@ fn spawn(cmd: &SandboxedCommand, config: &SpawnConfig<'_>) -> Result<Spawned, Sa
         kv.extend_from_slice(v);
         strings.push(cstring(&kv, "an environment variable")?);
     }
-    let pointers = |s: &[CString]| -> Vec<*const c_char> {
-        s.iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect()
-    };
-    let argv = pointers(&strings[..argc]);
-    let envp = pointers(&strings[argc..]);
+    let exec = sys::ExecArgs::new(strings, argc);
 
     // Pipes: the child's ends are CLOEXEC (dup2 clears it on 0, 1, 2).
     let (stdin_child, stdin_parent) = if cmd.stdin.is_some() {
@@ -183,20 +176,16 @@ fn spawn(cmd: &SandboxedCommand, config: &SpawnConfig<'_>) -> Result<Spawned, Sa
         }
         _ => None,
     };
-    let mut filters = Vec::with_capacity(config.filters.len());
-    for prog in config.filters {
-        let len = u16::try_from(prog.len())
-            .map_err(|_| spawn_err(io::Error::from_raw_os_error(libc::E2BIG)))?;
-        filters.push(libc::sock_fprog {
-            len,
-            filter: prog.as_ptr().cast_mut(),
-        });
+    if config
+        .filters
+        .iter()
+        .any(|prog| u16::try_from(prog.len()).is_err())
+    {
+        return Err(spawn_err(io::Error::from_raw_os_error(libc::E2BIG)));
     }
     let mut spec = ChildSpec {
         candidates,
-        argv,
-        envp,
-        _strings: strings,
+        exec,
         cwd: cstring(config.cwd.as_os_str().as_bytes(), "the scratch dir")?,
         stdio: [
             stdin_child.as_raw_fd(),
@@ -210,13 +199,12 @@ fn spawn(cmd: &SandboxedCommand, config: &SpawnConfig<'_>) -> Result<Spawned, Sa
         drop_groups: config.drop_groups,
         rlimits: config.rlimits,
         landlock_fd: landlock_raw,
-        filters,
+        filters: config.filters,
         ns: None,
     };
     if let Some(plan) = config.ns {
         spec.ns = Some(NsSpec {
             plan,
-            tool_stack: std::cell::Cell::new(std::ptr::null_mut()),
             channel: channel.as_ref().map_or(-1, |(_, child)| child.as_raw_fd()),
         });
     }
