@@ -194,6 +194,11 @@ struct FirstChild<'s, 'a> {
 /// The child's code between clone and exec: raw system calls only, no panics. Namespaced:
 /// enters new namespaces, starts the tool as pid 1 and returns `Stage::Started` with its
 /// pid.
+///
+/// The uid switch and the dumpable flag live in the memory this child shares with the host
+/// process (`CLONE_VM`), and so with every other run's child of that moment: one child's uid
+/// switch or `set_dumpable(false)` would make another child's `/proc/self` files root's while it
+/// writes its id maps (`EACCES`). The children take turns over that stretch ([`IdTurn`]).
 fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
     // Every signal arrives blocked (see `SignalsBlocked`). Handlers installed by this
     // process (tokio's SIGCHLD, std's SIGSEGV) must not run in the child: reset them to
@@ -207,12 +212,22 @@ fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
         if let Err(e) = sys::new_process_group() {
             return (Stage::ProcessGroup, e);
         }
-        if let Err(failed) = redirect_stdio(spec).and_then(|()| switch_ids(spec)) {
+        if let Err(failed) = redirect_stdio(spec) {
+            return failed;
+        }
+        let turn = IdTurn::take();
+        let switched = switch_ids(spec);
+        drop(turn);
+        if let Err(failed) = switched {
             return failed;
         }
         return confine_and_exec(spec);
     };
-    if let Err(failed) = redirect_stdio(spec).and_then(|()| switch_ids(spec)) {
+    if let Err(failed) = redirect_stdio(spec) {
+        return failed;
+    }
+    let turn = IdTurn::take();
+    if let Err(failed) = switch_ids(spec) {
         return failed;
     }
     // The new user namespace is created by the run-as identity, so it maps only that
@@ -233,6 +248,7 @@ fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
         }
     }
     let _ = sys::set_dumpable(false);
+    drop(turn);
     // This child holds every capability of the new user namespace, which owns the new
     // network namespace: the only moment loopback can be brought up and the proxy's
     // listener opened there (the tool drops its capabilities before exec).
@@ -248,6 +264,38 @@ fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
     match sys::clone_vfork(tool_stack, tool_main, spec) {
         Ok(pid) => (Stage::Started, pid),
         Err(e) => (Stage::Fork, e),
+    }
+}
+
+/// A turn over the uid switch and the id maps, among the clone-to-exec children of this
+/// process (see [`child_exec`]). An atomic in the memory they share: no allocation, no system
+/// call but `sched_yield` while waiting. A turn never held longer than a few system calls; if
+/// one is not released within about a second (its child was killed mid-turn), it is taken
+/// anyway, and a map write that then fails refuses the run.
+struct IdTurn;
+
+static ID_TURN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl IdTurn {
+    fn take() -> Self {
+        use std::sync::atomic::Ordering;
+        for _ in 0..1_000_000 {
+            if ID_TURN
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Self;
+            }
+            std::thread::yield_now();
+        }
+        ID_TURN.store(true, Ordering::Release);
+        Self
+    }
+}
+
+impl Drop for IdTurn {
+    fn drop(&mut self) {
+        ID_TURN.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
