@@ -88,6 +88,7 @@ pub use link::{
     Account, AccountDirectory, Delivery, EmailChange, LinkConfig, LinkRequest, MAX_LINK_TTL,
     MagicLinks, SignIn,
 };
+pub use schema::session_liveness;
 #[doc(hidden)]
 pub use session::LOOKUP as SESSION_LOOKUP_SQL;
 pub use session::{

@@ -79,6 +79,21 @@ REVOKE ALL ON auth.sessions FROM PUBLIC;
 REVOKE ALL ON auth.sessions FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.sessions TO {r};
 
+-- Whether a session may still act: the database-side check of rls_guard::SessionLiveness
+-- (see magic_auth::session_liveness), asked in the binding of every statement made for a
+-- session. Runs as the caller, under row-level security, in the tenant the binding names.
+CREATE OR REPLACE FUNCTION auth.session_is_live(tenant uuid, session uuid) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $session_is_live$
+SELECT EXISTS (
+    SELECT 1 FROM auth.sessions s
+    WHERE s.tenant_id = tenant AND s.id = session AND s.revoked_at IS NULL
+      AND s.idle_expires_at > pg_catalog.statement_timestamp()
+      AND s.absolute_expires_at > pg_catalog.statement_timestamp())
+$session_is_live$;
+REVOKE ALL ON FUNCTION auth.session_is_live(uuid, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION auth.session_is_live(uuid, uuid) TO {r};
+
 -- Earlier versions looked sessions up through a SECURITY DEFINER function; the lookup is now
 -- one statement run as the runtime role under row-level security (see `SessionStore::validate`).
 DROP FUNCTION IF EXISTS auth.session_lookup(uuid, uuid);
@@ -210,4 +225,16 @@ REVOKE ALL ON auth.email_changes FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.email_changes TO {r};
 "#
     ))
+}
+
+/// The database-side session check for `rls-guard`: build the application's pool with
+/// `TenantPool::with_session_liveness(magic_auth::session_liveness())`, and every transaction
+/// and bound read made for a request's session ([`Session::actor`](crate::Session::actor)
+/// carries it) asks the database, in its binding statement, whether the session is still live
+/// (not revoked, not expired). A session revoked on any instance then reads and writes nothing
+/// from the moment its revocation commits, whatever an instance's layer believed.
+#[must_use]
+pub fn session_liveness() -> rls_guard::SessionLiveness {
+    rls_guard::SessionLiveness::function("auth.session_is_live")
+        .unwrap_or_else(|_| unreachable!("a fixed, plain, qualified name"))
 }

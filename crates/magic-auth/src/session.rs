@@ -123,10 +123,12 @@ pub struct Session {
 }
 
 impl Session {
-    /// The acting principal, for `tenant-scope`.
+    /// The acting principal, for `tenant-scope`, acting through this session: every statement
+    /// bound for it asks the database whether the session is still live (see
+    /// [`session_liveness`](crate::session_liveness)).
     #[must_use]
     pub const fn actor(&self) -> Actor {
-        Actor::new(self.kind, self.user, self.tenant)
+        Actor::new(self.kind, self.user, self.tenant).with_session(self.id)
     }
 
     /// Whether the session passes a step-up check: `aal2`, its last factor check at most

@@ -67,6 +67,11 @@ impl IntoResponse for RlsError {
                     "tenant_context_refused",
                     "access to this tenant is no longer granted",
                 ),
+                Self::SessionEnded => (
+                    StatusCode::UNAUTHORIZED,
+                    "session_ended",
+                    "your session has ended; sign in again",
+                ),
                 Self::BindingChanged => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "tenant_binding_changed",

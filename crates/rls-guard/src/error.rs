@@ -85,6 +85,21 @@ pub enum RlsError {
     /// or comment; nothing was sent.
     #[error("the statement has an unclosed string, quoted identifier or comment")]
     UnreadableStatement,
+    /// The session the context's actor acts through has ended (revoked, expired, its account
+    /// disabled): the database refused the statement (SQLSTATE `TB401`, see
+    /// [`SessionLiveness`](crate::SessionLiveness)). Nothing was read or written.
+    #[error("the session this request acts for has ended")]
+    SessionEnded,
+    /// The context's actor acts through a session and the pool has no
+    /// [`SessionLiveness`](crate::SessionLiveness) check to ask the database with: nothing was
+    /// sent.
+    #[error(
+        "the context carries a session but the pool has no session liveness check: build it with TenantPool::with_session_liveness"
+    )]
+    SessionLivenessUnconfigured,
+    /// The session liveness check was refused at start-up (it names the function and why).
+    #[error("the session liveness check was refused: {0}")]
+    SessionLivenessRefused(String),
     /// A table or schema name is not a plain SQL identifier.
     #[error("not a plain SQL identifier: {0:?}")]
     InvalidIdentifier(String),

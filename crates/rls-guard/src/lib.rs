@@ -24,6 +24,9 @@
 //! - [`CoverageCheck`] and the `rls-guard check` command: structured findings for every table,
 //!   view, function, trigger and key that lets rows escape, with the policies probed as the
 //!   runtime role in a transaction that is rolled back.
+//! - [`SessionLiveness`] ([`TenantPool::with_session_liveness`]): the binding of a context
+//!   whose actor acts through a session asks the database whether the session is still live,
+//!   in the same statement, so a revoked session reads and writes nothing on any instance.
 //! - `axum` feature: handlers take a [`TenantTx`] argument.
 //!
 //! An unset or empty tenant setting matches no row and fails every write; a malformed one is an
@@ -47,6 +50,7 @@ mod axum;
 mod coverage;
 mod error;
 mod key;
+mod liveness;
 mod pool;
 mod read;
 mod role;
@@ -56,6 +60,7 @@ mod support;
 pub use coverage::{CoverageCheck, Finding, FindingKind};
 pub use error::{RlsError, is_unavailable};
 pub use key::{BindingKey, SignedBinding};
+pub use liveness::SessionLiveness;
 pub use pool::{TenantPool, TenantTx};
 pub use read::BoundRead;
 pub use role::{ALLOWED_SESSION_DEFAULTS, RoleProblem, verify_runtime_role};

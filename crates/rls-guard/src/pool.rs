@@ -9,10 +9,11 @@ use tenant_scope::{TenantContext, TenantId};
 
 use std::sync::Arc;
 
+use crate::liveness::{LiveCheck, live_check};
 use crate::read::{BoundRead, classify};
 use crate::role::verify_runtime_role;
 use crate::support::{BindingMode, verify_support_schema_mode};
-use crate::{BindingKey, RlsError, SignedBinding};
+use crate::{BindingKey, RlsError, SessionLiveness, SignedBinding};
 
 /// A PostgreSQL pool whose connections are handed out only inside transactions bound to a
 /// tenant.
@@ -25,6 +26,8 @@ pub struct TenantPool {
     pool: PgPool,
     /// Set when the database enforces signed bindings.
     key: Option<Arc<BindingKey>>,
+    /// The database-side check that a context's session is live.
+    liveness: Option<SessionLiveness>,
 }
 
 impl TenantPool {
@@ -38,7 +41,11 @@ impl TenantPool {
     /// [`RlsError::Database`] when the checks cannot run: the pool refuses to start.
     pub async fn new(pool: PgPool) -> Result<Self, RlsError> {
         match Self::checked(&pool).await? {
-            BindingMode::Unsigned => Ok(Self { pool, key: None }),
+            BindingMode::Unsigned => Ok(Self {
+                pool,
+                key: None,
+                liveness: None,
+            }),
             BindingMode::Signed => Err(RlsError::BindingKeyRequired),
         }
     }
@@ -75,7 +82,48 @@ impl TenantPool {
         Ok(Self {
             pool,
             key: Some(key),
+            liveness: None,
         })
+    }
+
+    /// Makes the database refuse every statement bound for a context whose actor acts through
+    /// a session that has ended (see [`SessionLiveness`]), after checking, as the runtime role
+    /// in a transaction that is rolled back, that the check function exists, is not
+    /// `IMMUTABLE`, returns a boolean and answers `false` for a session that does not exist.
+    ///
+    /// # Errors
+    /// [`RlsError::SessionLivenessRefused`] when the function fails those checks;
+    /// [`RlsError::Database`] when they cannot run.
+    pub async fn with_session_liveness(
+        mut self,
+        liveness: SessionLiveness,
+    ) -> Result<Self, RlsError> {
+        let mut tx = self.pool.begin().await?;
+        let probed = liveness.probe(&mut tx).await;
+        tx.rollback().await?;
+        probed?;
+        self.liveness = Some(liveness);
+        Ok(self)
+    }
+
+    /// The liveness check `context` needs.
+    pub(crate) fn live_check(
+        &self,
+        context: &TenantContext,
+    ) -> Result<Option<LiveCheck>, RlsError> {
+        live_check(self.liveness.as_ref(), context)
+    }
+
+    /// Signs the binding of `tenant` for `context`'s actor, when bindings are signed.
+    pub(crate) fn sign_tenant(
+        &self,
+        tenant: TenantId,
+        context: &TenantContext,
+    ) -> Result<Option<SignedBinding>, RlsError> {
+        self.key
+            .as_ref()
+            .map(|key| key.sign(&tenant.to_string(), &actor_setting(context)))
+            .transpose()
     }
 
     /// The start-up checks; the binding mode of the database.
@@ -114,10 +162,7 @@ impl TenantPool {
     }
 
     pub(crate) fn sign(&self, context: &TenantContext) -> Result<Option<SignedBinding>, RlsError> {
-        self.key
-            .as_ref()
-            .map(|key| key.sign(&context.tenant().to_string(), &actor_setting(context)))
-            .transpose()
+        self.sign_tenant(context.tenant(), context)
     }
 
     /// Begins a transaction bound to `context`'s tenant (and actor).
@@ -154,6 +199,7 @@ impl TenantPool {
         context.authorize_use().await?;
         let tenant = context.tenant();
         let actor = actor_setting(context);
+        let live = self.live_check(context)?;
         let conn = self.pool.acquire().await?;
         // Wrap the connection before the first byte is sent: if this future is cancelled while
         // BEGIN is in flight, dropping the unfinished `TenantTx` closes the connection rather
@@ -163,6 +209,12 @@ impl TenantPool {
             tenant,
             actor,
             mode,
+            // A writing transaction asks again at COMMIT (same tenant only: a cross-tenant
+            // check needs the home binding, which the commit cannot restate).
+            live_at_commit: live.as_ref().filter(|l| !l.cross).map(|l| {
+                l.liveness
+                    .require(&format!("'{tenant}'"), &format!("'{}'", l.session))
+            }),
             finished: false,
         };
         // The values are validated UUIDs (hex digits and hyphens only), so inlining them as
@@ -175,20 +227,55 @@ impl TenantPool {
         };
         match self.sign(context)? {
             None => {
-                let bind = format!(
-                    "{begin}; SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{}'",
-                    tx.actor
-                );
-                tx.conn.execute(sqlx::raw_sql(&bind)).await?;
+                let set = |t: TenantId| {
+                    format!(
+                        "SET LOCAL app.tenant_id = '{t}'; SET LOCAL app.actor_id = '{}'",
+                        tx.actor
+                    )
+                };
+                // With a session to check: bind the actor's own tenant, ask (under that
+                // binding, where the session's row is), then bind the tenant acted in.
+                let bind = match &live {
+                    None => format!("{begin}; {}", set(tenant)),
+                    Some(l) => {
+                        let ask = l
+                            .liveness
+                            .require(&format!("'{}'", l.home), &format!("'{}'", l.session));
+                        let rebind = if l.cross {
+                            format!("; {}", set(tenant))
+                        } else {
+                            String::new()
+                        };
+                        format!("{begin}; {}; SELECT {ask}{rebind}", set(l.home))
+                    }
+                };
+                tx.conn
+                    .execute(sqlx::raw_sql(&bind))
+                    .await
+                    .map_err(classify)?;
             }
             Some(signed) => {
                 // The signature travels as a parameter: query text, which other sessions of
                 // the same role can read in pg_stat_activity, never holds it.
                 tx.conn.execute(sqlx::raw_sql(begin)).await?;
-                bind_statement(&signed)
-                    .execute(&mut *tx.conn)
-                    .await
-                    .map_err(classify)?;
+                match &live {
+                    None => {
+                        bind_statement(&signed)
+                            .execute(&mut *tx.conn)
+                            .await
+                            .map_err(classify)?;
+                    }
+                    Some(l) => {
+                        let home = self
+                            .sign_tenant(l.home, context)?
+                            .ok_or(RlsError::BindingKeyRequired)?;
+                        let sql = live_bind_sql(l);
+                        live_bind_statement(&sql, l, &home, &signed)
+                            .execute(&mut *tx.conn)
+                            .await
+                            .map_err(classify)?;
+                    }
+                }
             }
         }
         Ok(tx)
@@ -229,6 +316,46 @@ fn bind_statement(
         .bind(&signed.signature)
 }
 
+/// The signed binding of `home` (the actor's own tenant), then the liveness check under it, then
+/// (for a cross-tenant context) the signed binding of `target`, in one statement: each step
+/// reads the row the one before it made, so they run in that order.
+fn live_bind_sql(live: &LiveCheck) -> String {
+    let ask = live.liveness.require("b.tenant", "$5");
+    if live.cross {
+        format!(
+            "SELECT app.bind($6, $7, $8, $9) FROM (SELECT {ask} AS live FROM \
+             (SELECT app.bind($1, $2, $3, $4) AS tenant OFFSET 0) AS b OFFSET 0) AS l \
+             WHERE l.live"
+        )
+    } else {
+        format!("SELECT {ask} FROM (SELECT app.bind($1, $2, $3, $4) AS tenant OFFSET 0) AS b")
+    }
+}
+
+/// [`live_bind_sql`] with its values: the home binding, the session, the target binding.
+fn live_bind_statement<'a>(
+    sql: &'a str,
+    live: &LiveCheck,
+    home: &'a SignedBinding,
+    target: &'a SignedBinding,
+) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
+    let query = sqlx::query(sql)
+        .bind(&home.tenant)
+        .bind(&home.actor)
+        .bind(&home.issued_at)
+        .bind(&home.signature)
+        .bind(live.session.to_string());
+    if live.cross {
+        query
+            .bind(&target.tenant)
+            .bind(&target.actor)
+            .bind(&target.issued_at)
+            .bind(&target.signature)
+    } else {
+        query
+    }
+}
+
 /// The value `app.actor_id` is bound to for `context`: the actor's id, or empty for work
 /// without an actor (which then opens nothing an actor-based policy guards).
 pub(crate) fn actor_setting(context: &TenantContext) -> String {
@@ -250,6 +377,8 @@ pub struct TenantTx {
     tenant: TenantId,
     actor: String,
     mode: Mode,
+    /// The liveness check the commit repeats, if any.
+    live_at_commit: Option<String>,
     finished: bool,
 }
 
@@ -319,10 +448,15 @@ impl TenantTx {
         }
         // The record of writes is compared only when the transaction wrote (has a transaction
         // id): a reading transaction pays for one expression, not a function call.
+        let live = self
+            .live_at_commit
+            .as_ref()
+            .map(|ask| format!(", {ask}"))
+            .unwrap_or_default();
         let sql = format!(
             "SET LOCAL app.commit_binding = '{tenant}:{}'; \
              SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL \
-                         THEN app.verify_binding_writes('{tenant}') END, {RELEASE_LOCKS}; \
+                         THEN app.verify_binding_writes('{tenant}') END, {RELEASE_LOCKS}{live}; \
              COMMIT; {HAND_BACK}",
             self.actor,
             tenant = self.tenant,

@@ -6,6 +6,7 @@ use sqlx::{Arguments, Encode, FromRow, Postgres, Type};
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::RlsError;
+use crate::liveness::LiveCheck;
 use crate::pool::actor_setting;
 use crate::{SignedBinding, TenantPool};
 
@@ -66,6 +67,9 @@ use crate::{SignedBinding, TenantPool};
 pub struct BoundRead<'p> {
     pool: &'p PgPool,
     signed: Result<Option<SignedBinding>, RlsError>,
+    /// The session check, with the signed binding of the actor's own tenant when bindings are
+    /// signed and the context is cross-tenant.
+    live: Result<Option<(LiveCheck, Option<SignedBinding>)>, RlsError>,
     context: TenantContext,
     tenant: TenantId,
     actor: String,
@@ -87,9 +91,22 @@ impl std::fmt::Debug for BoundRead<'_> {
 
 impl<'p> BoundRead<'p> {
     pub(crate) fn new(pool: &'p TenantPool, context: &TenantContext, sql: &'static str) -> Self {
+        let live = pool.live_check(context).and_then(|check| {
+            check
+                .map(|l| {
+                    let home = if l.cross {
+                        pool.sign_tenant(l.home, context)?
+                    } else {
+                        None
+                    };
+                    Ok((l, home))
+                })
+                .transpose()
+        });
         Self {
             pool: pool.pool(),
             signed: pool.sign(context),
+            live,
             context: context.clone(),
             tenant: context.tenant(),
             actor: actor_setting(context),
@@ -170,7 +187,10 @@ impl<'p> BoundRead<'p> {
         }
         let tenant = used + 1;
         let encode = |e| RlsError::Database(sqlx::Error::Encode(e));
-        let binding = match self.signed? {
+        let live = self.live?;
+        let signed = self.signed?;
+        let signed_mode = signed.is_some();
+        let binding = match signed {
             // Signed: `app.bind` checks the signature and ties the binding to this statement's
             // transaction on this connection.
             Some(signed) => {
@@ -190,7 +210,7 @@ impl<'p> BoundRead<'p> {
             None => {
                 arguments
                     .add(self.tenant.to_string())
-                    .and_then(|()| arguments.add(self.actor))
+                    .and_then(|()| arguments.add(self.actor.clone()))
                     .map_err(encode)?;
                 format!(
                     "pg_catalog.set_config('app.tenant_id', ${tenant}::text, true) AS tenant, \
@@ -203,14 +223,72 @@ impl<'p> BoundRead<'p> {
         // tenant left by other code is cleared (so none outlives this statement, as TenantTx's
         // RESET ensures for transactions), then the statement's own binding is set locally.
         // The newline ends a trailing `--` comment in the statement before the wrapper resumes.
+        // With a session to check, a CTE asks the database whether it is live, under a binding
+        // to the actor's own tenant (where the session's row is): after the statement's own
+        // binding for a context of that tenant, before it (binding the home tenant first) for a
+        // cross-tenant one. Each CTE reads the row of the one it follows, so they run in order,
+        // and the statement reads only after the answer.
+        let (first, after, gate) = match live {
+            None => (String::new(), String::new(), String::new()),
+            Some((l, home)) => {
+                let mut next = arguments.len() + 1;
+                let mut add = |value: String| {
+                    arguments.add(value).map_err(encode)?;
+                    next += 1;
+                    Ok::<usize, RlsError>(next - 1)
+                };
+                let session = add(l.session.to_string())?;
+                let ask = l.liveness.require("h.tenant", &format!("${session}"));
+                if l.cross {
+                    let home_binding = match home {
+                        Some(h) => format!(
+                            "app.bind(${}::text, ${}::text, ${}::text, ${}::text) AS tenant",
+                            add(h.tenant)?,
+                            add(h.actor)?,
+                            add(h.issued_at)?,
+                            add(h.signature)?
+                        ),
+                        None if signed_mode => return Err(RlsError::BindingKeyRequired),
+                        None => format!(
+                            "pg_catalog.set_config('app.tenant_id', ${}::text, true) AS tenant, \
+                             pg_catalog.set_config('app.actor_id', ${}::text, true) AS actor",
+                            add(l.home.to_string())?,
+                            add(self.actor.clone())?
+                        ),
+                    };
+                    (
+                        format!(
+                            "rls_guard_live AS MATERIALIZED (SELECT {ask} AS live FROM \
+                             (SELECT {home_binding} OFFSET 0) AS h), "
+                        ),
+                        String::new(),
+                        " FROM rls_guard_live WHERE rls_guard_live.live".to_owned(),
+                    )
+                } else {
+                    (
+                        String::new(),
+                        format!(
+                            ", rls_guard_live AS MATERIALIZED (SELECT {ask} AS live \
+                             FROM rls_guard_binding AS h)"
+                        ),
+                        String::new(),
+                    )
+                }
+            }
+        };
+        let (join, live) = if first.is_empty() && after.is_empty() {
+            ("", "")
+        } else {
+            (" CROSS JOIN rls_guard_live", " AND rls_guard_live.live")
+        };
         let sql = format!(
-            "WITH rls_guard_binding AS MATERIALIZED (\
+            "WITH {first}rls_guard_binding AS MATERIALIZED (\
                SELECT pg_catalog.set_config('transaction_read_only', 'on', true) AS read_only, \
                       pg_catalog.set_config('app.tenant_id', '', false) AS cleared, \
-                      {binding}) \
-             SELECT rls_guard_read.* FROM rls_guard_binding CROSS JOIN LATERAL (\
+                      {binding}{gate}){after} \
+             SELECT rls_guard_read.* FROM rls_guard_binding{join} CROSS JOIN LATERAL (\
                SELECT * FROM ({statement}\n) AS rls_guard_inner \
-                WHERE rls_guard_binding.tenant IS NOT NULL OFFSET 0) AS rls_guard_read",
+                WHERE rls_guard_binding.tenant IS NOT NULL{live} OFFSET 0) AS rls_guard_read",
         );
         Ok((self.pool, sql, arguments, self.context))
     }
@@ -345,14 +423,14 @@ fn placeholders_with(sql: &str, word: &mut dyn FnMut(&str)) -> Option<usize> {
 /// A deferred binding check that failed (SQLSTATE `TB001`) is a write the read was not allowed
 /// to make; everything else is a database error.
 pub(crate) fn classify(error: sqlx::Error) -> RlsError {
-    let changed = error
+    let code = error
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| code == "TB001");
-    if changed {
-        RlsError::BindingChanged
-    } else {
-        RlsError::Database(error)
+        .map(|code| code.into_owned());
+    match code.as_deref() {
+        Some("TB001") => RlsError::BindingChanged,
+        Some("TB401") => RlsError::SessionEnded,
+        _ => RlsError::Database(error),
     }
 }
 

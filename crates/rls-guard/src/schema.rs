@@ -314,6 +314,22 @@ END
     };
 }
 
+/// The pinned body of `app.require_live_session(boolean)`.
+macro_rules! require_live_session_body {
+    () => {
+        r"
+BEGIN
+    IF live IS NOT TRUE THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'TB401',
+            MESSAGE = 'the session this statement acts for has ended';
+    END IF;
+    RETURN true;
+END
+"
+    };
+}
+
 /// The support schema: run once, as the owner role, before any tenant table.
 ///
 /// - `app.current_tenant_id()`: the bound tenant, or NULL when the setting is unset or empty,
@@ -331,6 +347,9 @@ END
 ///   Writers other than `TenantTx` (migrations, data fixes) must do the same: bind with
 ///   `SET LOCAL app.tenant_id`, and `SET LOCAL app.commit_binding = '<tenant>:'` (tenant,
 ///   colon, actor or nothing) before `COMMIT`.
+/// - `app.require_live_session(boolean)`: raises SQLSTATE `TB401` unless its argument is true;
+///   the binding of a context whose actor acts through a session calls it with the answer of
+///   the [`SessionLiveness`](crate::SessionLiveness) check.
 pub const SUPPORT_SQL: &str = concat!(
     r"
 CREATE SCHEMA IF NOT EXISTS app;
@@ -414,6 +433,14 @@ CREATE OR REPLACE FUNCTION app.verify_binding_writes(expected text) RETURNS void
     r"$$;
 REVOKE ALL ON FUNCTION app.verify_binding_writes(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION app.verify_binding_writes(text) TO PUBLIC;
+
+-- Raises SQLSTATE TB401 unless the session a statement acts for is live (see
+-- rls_guard::SessionLiveness): the binding calls it with the answer of the liveness check.
+CREATE OR REPLACE FUNCTION app.require_live_session(live boolean) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $$",
+    require_live_session_body!(),
+    r"$$;
 "
 );
 
@@ -527,7 +554,7 @@ const fn pinned(
 /// The support functions every policy and binding check relies on. The first two are the
 /// getters as installed without signed bindings; [`SIGNED_GETTERS`] replaces them with signed
 /// bindings on.
-pub(crate) const PINNED_FUNCTIONS: [PinnedFunction; 8] = [
+pub(crate) const PINNED_FUNCTIONS: [PinnedFunction; 9] = [
     pinned(
         "app.current_tenant_id()",
         current_tenant_body!(),
@@ -597,6 +624,15 @@ pub(crate) const PINNED_FUNCTIONS: [PinnedFunction; 8] = [
         "plpgsql",
         "v",
         "text",
+        false,
+        PINNED_PATH,
+    ),
+    pinned(
+        "app.require_live_session(live boolean)",
+        require_live_session_body!(),
+        "plpgsql",
+        "v",
+        "boolean",
         false,
         PINNED_PATH,
     ),

@@ -35,19 +35,53 @@ impl ActorKind {
 ///
 /// Created by the authentication layer (for example `magic-auth`'s session layer) and placed in
 /// the request extensions, where [`ActorResolver`](crate::ActorResolver) finds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// An actor that acts through a session carries the session's id ([`with_session`](
+/// Self::with_session)), so that the database can refuse every statement made for a session
+/// that has ended (see `rls-guard`'s `SessionLiveness`). The session is not part of the
+/// actor's identity: two actors are equal when kind, id and tenant are, and it is never
+/// serialised.
+#[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Actor {
     kind: ActorKind,
     id: ActorId,
     tenant: TenantId,
+    #[cfg_attr(feature = "serde", serde(skip))]
+    session: Option<uuid::Uuid>,
 }
+
+impl PartialEq for Actor {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.id == other.id && self.tenant == other.tenant
+    }
+}
+
+impl Eq for Actor {}
 
 impl Actor {
     /// An actor of `kind` with identity `id`, acting for `tenant`.
     #[must_use]
     pub const fn new(kind: ActorKind, id: ActorId, tenant: TenantId) -> Self {
-        Self { kind, id, tenant }
+        Self {
+            kind,
+            id,
+            tenant,
+            session: None,
+        }
+    }
+
+    /// The same actor, acting through the session `id` (of its own tenant).
+    #[must_use]
+    pub const fn with_session(mut self, id: uuid::Uuid) -> Self {
+        self.session = Some(id);
+        self
+    }
+
+    /// The session the actor acts through, if any.
+    #[must_use]
+    pub const fn session(&self) -> Option<uuid::Uuid> {
+        self.session
     }
 
     /// The kind of principal.

@@ -203,7 +203,10 @@ impl App {
     /// As [`start`].
     pub async fn second_instance(&self) -> Result<Self, BoxError> {
         let runtime = self.db.runtime_pool(8).await?;
-        let pool = TenantPool::new(runtime.clone()).await?;
+        let pool = TenantPool::new(runtime.clone())
+            .await?
+            .with_session_liveness(magic_auth::session_liveness())
+            .await?;
         let services = build(
             &self.config,
             pool,
@@ -387,7 +390,12 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         .fetch_one(&runtime)
         .await?;
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
-    let pool = TenantPool::new(runtime.clone()).await?;
+    // Every statement made for a signed-in request asks the database whether its session is
+    // still live, in the statement that binds the tenant.
+    let pool = TenantPool::new(runtime.clone())
+        .await?
+        .with_session_liveness(magic_auth::session_liveness())
+        .await?;
     // The checkpointer passes the same start-up check as the runtime role.
     let checkpointer = TenantPool::new(checkpointer).await?;
     let services = build(&config, pool, checkpointer, runtime, &keys, None)?;

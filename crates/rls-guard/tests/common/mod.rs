@@ -12,7 +12,7 @@ pub fn template() -> Template {
     Template::new("rls_guard_isolation", schema_sql())
 }
 
-fn schema_sql() -> String {
+pub fn schema_sql() -> String {
     format!(
         "{SUPPORT_SQL}
         CREATE TABLE projects (

@@ -257,13 +257,22 @@ pub(super) async fn confirm_replacement(
 /// Sends `notice` to the account's address. A failure is logged, never shown: the change is
 /// already made.
 async fn send_notice(state: &AppState, session: &Session, notice: Notice) {
-    let address = match super::auth::member_email(state, session).await {
+    let address = notice_address(state, session).await;
+    deliver_notice(state, address, notice).await;
+}
+
+/// The account's address, for a notice (read while the session is live).
+async fn notice_address(state: &AppState, session: &Session) -> Option<EmailAddress> {
+    match super::auth::member_email(state, session).await {
         Ok(e) => EmailAddress::parse(&e).ok(),
         Err(error) => {
             tracing::error!(%error, "the account's address could not be read for a notice");
             None
         }
-    };
+    }
+}
+
+async fn deliver_notice(state: &AppState, address: Option<EmailAddress>, notice: Notice) {
     let Some(address) = address else {
         return;
     };
@@ -339,13 +348,9 @@ pub(super) async fn disable(
             Some(("/settings", "Back to settings")),
         );
     }
-    if let Err(e) = state
-        .sessions
-        .disable_account(session.tenant, session.user)
-        .await
-    {
-        return internal(&state, &e);
-    }
+    // The address and the directory's flag first, while the session may still read and write (once the account is
+    // disabled, the database refuses every statement made for its sessions).
+    let address = notice_address(&state, &session).await;
     let context = TenantContext::for_actor(session.actor());
     let flagged = async {
         let mut tx = state.pool.begin(&context).await?;
@@ -361,11 +366,18 @@ pub(super) async fn disable(
     }
     .await;
     if let Err(e) = flagged {
-        // magic-auth already refuses every sign-in of the account; the flag only stops links
-        // from being sent.
         return internal(&state, &e);
     }
-    send_notice(&state, &session, Notice::AccountDisabled).await;
+    // magic-auth refuses every sign-in of the account from here on; the flag above also stops
+    // links from being sent.
+    if let Err(e) = state
+        .sessions
+        .disable_account(session.tenant, session.user)
+        .await
+    {
+        return internal(&state, &e);
+    }
+    deliver_notice(&state, address, Notice::AccountDisabled).await;
     let mut response = message(
         &state,
         None,
