@@ -62,6 +62,7 @@
 mod account;
 #[cfg(feature = "audit-log")]
 pub mod audit;
+mod cache;
 mod email;
 mod error;
 mod events;
@@ -74,6 +75,7 @@ mod session;
 mod token;
 pub mod totp;
 
+pub use cache::{MAX_CACHE_AGE, SessionCacheConfig};
 pub use email::{EmailAddress, EmailPolicy};
 pub use error::AuthError;
 pub use events::{AuthEvent, AuthEventKind, AuthEvents};

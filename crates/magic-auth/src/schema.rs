@@ -94,6 +94,31 @@ $session_is_live$;
 REVOKE ALL ON FUNCTION auth.session_is_live(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth.session_is_live(uuid, uuid) TO {r};
 
+-- Every change to a session that could end it or change what it may do is announced on
+-- channel magic_auth_sessions when its transaction commits (SessionStore::with_cache forgets
+-- the session on every instance). The notice carries a hash of the session id, never the id:
+-- any role that can connect may LISTEN. Touches (last_seen_at, a later idle expiry) are not
+-- announced.
+CREATE OR REPLACE FUNCTION auth.notify_session_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $notify_session_change$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND NEW.idle_expires_at >= OLD.idle_expires_at
+       AND pg_catalog.to_jsonb(NEW) - 'last_seen_at' - 'idle_expires_at'
+           = pg_catalog.to_jsonb(OLD) - 'last_seen_at' - 'idle_expires_at' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.pg_notify('magic_auth_sessions', pg_catalog.encode(pg_catalog.sha256(
+        pg_catalog.convert_to('magic-auth/session-change/v1:' || OLD.id::text, 'UTF8')), 'hex'));
+    RETURN NULL;
+END
+$notify_session_change$;
+REVOKE ALL ON FUNCTION auth.notify_session_change() FROM PUBLIC;
+DROP TRIGGER IF EXISTS sessions_notify_change ON auth.sessions;
+CREATE TRIGGER sessions_notify_change AFTER UPDATE OR DELETE ON auth.sessions
+    FOR EACH ROW EXECUTE FUNCTION auth.notify_session_change();
+
 -- Earlier versions looked sessions up through a SECURITY DEFINER function; the lookup is now
 -- one statement run as the runtime role under row-level security (see `SessionStore::validate`).
 DROP FUNCTION IF EXISTS auth.session_lookup(uuid, uuid);
@@ -237,4 +262,13 @@ GRANT SELECT, INSERT, UPDATE ON auth.email_changes TO {r};
 pub fn session_liveness() -> rls_guard::SessionLiveness {
     rls_guard::SessionLiveness::function("auth.session_is_live")
         .unwrap_or_else(|_| unreachable!("a fixed, plain, qualified name"))
+}
+
+/// Declares to `rls-guard`'s coverage check the trigger [`schema_sql`] installs on
+/// `auth.sessions` (it announces session changes with `NOTIFY`, see
+/// [`SessionStore::with_cache`](crate::SessionStore::with_cache)), so the check reports every
+/// other trigger on the table.
+#[must_use]
+pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
+    check.trust_trigger("auth.sessions", "sessions_notify_change")
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::AuthError;
 use crate::account::{self, Disable, Ended};
+use crate::cache::{SessionCache, SessionCacheConfig};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::link::SignIn;
 use crate::token::SessionToken;
@@ -181,6 +182,7 @@ pub struct SessionStore {
     pool: TenantPool,
     config: SessionConfig,
     events: EventSink,
+    cache: Option<SessionCache>,
 }
 
 /// The lookup: one prepared statement, run as the runtime role in its own implicit transaction.
@@ -242,7 +244,44 @@ impl SessionStore {
             pool,
             config,
             events: EventSink::default(),
+            cache: None,
         })
+    }
+
+    /// Answers [`validate_cached`](Self::validate_cached) from a per-instance cache of
+    /// validated sessions where it can, saving the lookup's round trip on most reads
+    /// ([`validate`](Self::validate) always asks the database, and refreshes the cache).
+    ///
+    /// Every change to a session row (revocation, rotation, step-up, sign-out everywhere,
+    /// disabling the account, expiry brought forward) is announced by a trigger on
+    /// `auth.sessions` with `NOTIFY`, delivered when its transaction commits; a listener of
+    /// this store's own (one connection, made with the pool's options, so it must not go
+    /// through a transaction-pooling PgBouncer) forgets the entry on every instance. It fails
+    /// closed: while the listener is not listening (before it first connects, after losing its
+    /// connection, until it listens again) nothing is served from memory and everything held is
+    /// dropped; an entry is served for at most [`SessionCacheConfig::max_age`] (default 5 s)
+    /// even without a notice; a lookup that overlapped a notice is not cached; staff sessions
+    /// are never cached.
+    ///
+    /// Between a revocation's commit and the notice's arrival, this instance may still let the
+    /// session through the layer; the database refuses every data statement made for it from
+    /// the commit on (build the pool with [`session_liveness`](crate::session_liveness)), and
+    /// magic-auth's own sensitive operations (step-up, recovery codes, settings) check the
+    /// session in the database.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] for settings [`SessionCacheConfig::validate`] refuses, or
+    /// when called outside a tokio runtime.
+    pub fn with_cache(mut self, config: SessionCacheConfig) -> Result<Self, AuthError> {
+        self.cache = Some(SessionCache::start(self.pool.pool().clone(), config)?);
+        Ok(self)
+    }
+
+    /// Whether the session cache is serving (its listener is listening); `None` without a
+    /// cache. For health checks.
+    #[must_use]
+    pub fn cache_listening(&self) -> Option<bool> {
+        self.cache.as_ref().map(SessionCache::listening)
     }
 
     /// Also report session events to `hook`.
@@ -457,6 +496,24 @@ impl SessionStore {
         Ok((session, token))
     }
 
+    /// As [`validate`](Self::validate), answered from the session cache (see
+    /// [`with_cache`](Self::with_cache)) when it holds the session; without a cache, or on a
+    /// miss, exactly `validate`. [`SessionLayer`](crate::SessionLayer) uses it for requests
+    /// that change nothing (`GET`, `HEAD`, `OPTIONS`); every other request, and every
+    /// magic-auth operation, asks the database.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate).
+    pub async fn validate_cached(&self, cookie: &str) -> Result<Option<Session>, AuthError> {
+        if let Some(cache) = &self.cache
+            && let Ok(token) = SessionToken::parse(cookie)
+            && let Some(session) = cache.get(&token)
+        {
+            return Ok(Some(session));
+        }
+        self.validate(cookie).await
+    }
+
     /// Checks a cookie value: the session must exist, hold this secret (compared in constant
     /// time), be unrevoked and within both expiries. One round trip; at most every
     /// [`SessionConfig::touch_after`], a short transaction of its own extends the idle expiry
@@ -472,6 +529,11 @@ impl SessionStore {
         let Ok(token) = SessionToken::parse(cookie) else {
             return Ok(None);
         };
+        // The cache's entry is refreshed: dropped now, held again below only if still live.
+        let generation = self.cache.as_ref().map(|cache| {
+            cache.forget(token.id());
+            cache.generation()
+        });
         let row: Option<LookupRow> = sqlx::query_as(LOOKUP)
             .bind(token.tenant().to_string())
             .bind(token.id())
@@ -506,7 +568,7 @@ impl SessionStore {
                 .await?
                 .unwrap_or(idle);
         }
-        Ok(Some(Session {
+        let session = Session {
             tenant: token.tenant(),
             id: token.id(),
             user,
@@ -516,7 +578,11 @@ impl SessionStore {
             authenticated_at: authenticated,
             idle_expires_at,
             absolute_expires_at: absolute,
-        }))
+        };
+        if let (Some(cache), Some(generation)) = (&self.cache, generation) {
+            cache.insert(generation, &session, hash);
+        }
+        Ok(Some(session))
     }
 
     async fn touch(&self, tenant: TenantId, id: Uuid) -> Result<Option<OffsetDateTime>, AuthError> {

@@ -509,8 +509,13 @@ fn build(
         &keys.checkpoint,
     )?;
     let events: Arc<dyn magic_auth::AuthEvents> = Arc::new(audit.clone());
-    let sessions =
-        SessionStore::new(pool.clone(), SessionConfig::default())?.with_events(events.clone());
+    // The session layer answers from a per-instance cache that every instance's revocations
+    // clear through LISTEN/NOTIFY (fails closed: nothing is served while the listener is not
+    // listening, and no entry is older than five seconds); data statements still ask the
+    // database (the pool's session liveness check).
+    let sessions = SessionStore::new(pool.clone(), SessionConfig::default())?
+        .with_events(events.clone())
+        .with_cache(magic_auth::SessionCacheConfig::default())?;
     let mailer = Arc::new(mailer);
     let links = MagicLinks::new(
         pool.clone(),

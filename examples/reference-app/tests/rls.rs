@@ -24,7 +24,9 @@ async fn coverage_is_complete_and_no_tenant_table_leaks_across_tenants() {
     let mut checker = admin.acquire().await.unwrap();
     // The audit chain's and the proposals' own triggers are trusted by name; nothing else.
     let check = CoverageCheck::new().runtime_role(app.runtime_role());
-    let check = tool_sandbox::coverage_trust(audit_log::schema::coverage_trust(check));
+    let check = tool_sandbox::coverage_trust(audit_log::schema::coverage_trust(
+        magic_auth::schema::coverage_trust(check),
+    ));
     let findings = check.run(&mut checker).await.unwrap();
     assert!(findings.is_empty(), "coverage findings: {findings:#?}");
     drop(checker);

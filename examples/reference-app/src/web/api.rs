@@ -363,6 +363,13 @@ async fn require_admin(
 }
 
 fn internal_error(e: &(dyn std::error::Error + 'static)) -> Response {
+    if super::session_ended(e) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "session_ended",
+            "your session has ended; sign in again",
+        );
+    }
     if super::database_unavailable(e) {
         tracing::warn!(error = %e, "database unavailable");
         return error(

@@ -139,6 +139,22 @@ pub(crate) fn redirect(state: &AppState, target: &str) -> Response {
 /// being unreachable (anywhere in the error's source chain, as rls-guard classifies it), the
 /// answer is `503`: the request could not be checked or served, and may be retried.
 pub(crate) fn internal(state: &AppState, error: &(dyn std::error::Error + 'static)) -> Response {
+    if session_ended(error) {
+        // The database refused a statement made for a session that has ended (revoked on
+        // another instance a moment ago, or while this request was in flight).
+        let mut response = message(
+            state,
+            None,
+            StatusCode::UNAUTHORIZED,
+            "Sign in to continue",
+            "You are not signed in, or your session has ended. Sign in, then open the page again.",
+            Some(("/", "Sign in")),
+        );
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, magic_auth::clear_session_cookie());
+        return response;
+    }
     if database_unavailable(error) {
         tracing::warn!(%error, "database unavailable");
         return message(
@@ -159,6 +175,22 @@ pub(crate) fn internal(state: &AppState, error: &(dyn std::error::Error + 'stati
         "The request could not be completed. Nothing was changed.",
         None,
     )
+}
+
+/// Whether `error` or any of its sources is the database refusing a statement because the
+/// session it was made for has ended.
+pub(crate) fn session_ended(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if matches!(
+            e.downcast_ref::<rls_guard::RlsError>(),
+            Some(rls_guard::RlsError::SessionEnded)
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Whether `error` or any of its sources is the database being unreachable.
