@@ -2,17 +2,25 @@
 //! sending the egress proxy's listener back), and the child stacks and signal mask around
 //! the `clone`.
 //!
-//! No `unsafe` here: every system call goes through a wrapper of [`sys`](super::sys),
-//! which documents the invariants. The one this module must keep: between
+//! No `unsafe` here: system calls go through `rustix` (direct system calls: no allocation,
+//! no locks, no `errno`; paths are always given as `&CStr`, which `rustix` passes through
+//! without copying) or, where no safe API exists, through [`sys`](super::sys), which
+//! documents the invariants. The one this module must keep: between
 //! `clone(CLONE_VM | CLONE_VFORK)` and `execve` the child shares the parent's memory while
 //! the parent thread is suspended, so the child path only reads the [`ChildSpec`] the parent
-//! built (alive until `spawn_child` returns), calls `sys` wrappers and returns its exit
+//! built (alive until `spawn_child` returns), makes those system calls and returns its exit
 //! code. No allocation, no locks, no panics.
 #![forbid(unsafe_code)]
 
 use std::ffi::{CStr, c_int};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::{Mode, OFlags, StatVfsMountFlags};
+use rustix::io::Errno;
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::process::{Resource, Rlimit};
+use rustix::thread::{CapabilitySet, CapabilitySets};
 
 use super::PROXY_ADDR;
 use super::namespaces::{MountOp, NsPlan};
@@ -80,14 +88,15 @@ pub(super) const STAGE_NAMES: [&str; 20] = [
 pub(super) struct NsSpec<'a> {
     pub(super) plan: &'a NsPlan,
     /// With network: the child's end of the socket pair the proxy's listener is sent on
-    /// (CLOEXEC, >= 3); -1 otherwise.
-    pub(super) channel: RawFd,
+    /// (CLOEXEC, >= 3).
+    pub(super) channel: Option<BorrowedFd<'a>>,
 }
 
 /// Everything the child needs, prepared by the parent. Between clone and exec the child
 /// shares this process's memory (`CLONE_VM`): it only reads this and makes system calls
 /// (no allocation, no locks, no glibc `set*id` wrappers, which would signal this
-/// process's threads). Not `Send` (raw pointers): built and dropped within `spawn`.
+/// process's threads). Not `Send` (raw pointers): built and dropped within `spawn`, and the
+/// descriptors it borrows outlive it.
 pub(super) struct ChildSpec<'a> {
     /// Paths to `execve`, in order (one, or the `PATH` lookup of a bare name).
     pub(super) candidates: Vec<std::ffi::CString>,
@@ -95,14 +104,16 @@ pub(super) struct ChildSpec<'a> {
     pub(super) exec: ExecArgs,
     pub(super) cwd: std::ffi::CString,
     /// Sources for fds 0, 1, 2 (all >= 3, so no dup2 clobbers another source).
-    pub(super) stdio: [RawFd; 3],
+    pub(super) stdio: [BorrowedFd<'a>; 3],
     /// Write end of the CLOEXEC report pipe (stage and errno on failure).
-    pub(super) report: RawFd,
-    pub(super) ids: Option<(libc::c_long, libc::c_long)>,
+    pub(super) report: BorrowedFd<'a>,
+    /// The run-as uid and gid.
+    pub(super) ids: Option<(rustix::process::Uid, rustix::process::Gid)>,
     pub(super) drop_groups: bool,
-    pub(super) rlimits: [(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t); 6],
-    /// -1 without Landlock.
-    pub(super) landlock_fd: RawFd,
+    /// (resource, soft, hard).
+    pub(super) rlimits: [(Resource, u64, u64); 6],
+    /// The Landlock ruleset (>= 3), if any.
+    pub(super) landlock_fd: Option<BorrowedFd<'a>>,
     /// Seccomp programs, installed in order (each at most 65535 instructions); the kernel
     /// copies each program.
     pub(super) filters: &'a [&'static [libc::sock_filter]],
@@ -111,64 +122,73 @@ pub(super) struct ChildSpec<'a> {
     pub(super) ns: Option<NsSpec<'a>>,
 }
 
+/// A failure of the child: where it stopped and the errno.
+type Failed = (Stage, c_int);
+
+/// `map_err` for a step of `stage`.
+fn at(stage: Stage) -> impl Fn(Errno) -> Failed {
+    move |e| (stage, e.raw_os_error())
+}
+
 /// Writes one 8-byte message (stage, value) to the report pipe (atomic on a pipe).
-pub(super) fn report(fd: RawFd, stage: u32, value: c_int) {
+pub(super) fn report(fd: BorrowedFd<'_>, stage: u32, value: c_int) {
     let s = stage.to_ne_bytes();
     let e = value.to_ne_bytes();
     let msg = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
-    let _ = sys::write(fd, &msg);
+    let _ = rustix::io::write(fd, &msg);
 }
 
 /// Resets every caught signal to its default (see `child_exec`).
-fn reset_signals() -> Result<(), (Stage, c_int)> {
+fn reset_signals() -> Result<(), Failed> {
     for sig in 1..=LAST_SIGNAL {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        let Ok(old) = sys::signal_disposition(sig) else {
+        let Ok(old) = sys::sigaction(sig, false) else {
             continue; // Signals reserved by libc (EINVAL).
         };
         let keep = old == libc::SIG_DFL || (old == libc::SIG_IGN && sig != libc::SIGPIPE);
         if keep {
             continue;
         }
-        sys::set_default_disposition(sig).map_err(|e| (Stage::Signals, e))?;
+        sys::sigaction(sig, true).map_err(at(Stage::Signals))?;
     }
     Ok(())
 }
 
 /// Points fds 0, 1 and 2 at the child's pipes.
-fn redirect_stdio(spec: &ChildSpec<'_>) -> Result<(), (Stage, c_int)> {
-    for (target, &fd) in (0..).zip(&spec.stdio) {
-        // The sources are open in the child's own (copied) fd table and >= 3, so none is
-        // clobbered; the duplicate has no CLOEXEC.
-        sys::dup2(fd, target).map_err(|e| (Stage::Stdio, e))?;
-    }
+fn redirect_stdio(spec: &ChildSpec<'_>) -> Result<(), Failed> {
+    // The sources are open in the child's own (copied) fd table and >= 3, so none is
+    // clobbered; `dup2` (the duplicate has no CLOEXEC).
+    let [stdin, stdout, stderr] = spec.stdio;
+    rustix::stdio::dup2_stdin(stdin).map_err(at(Stage::Stdio))?;
+    rustix::stdio::dup2_stdout(stdout).map_err(at(Stage::Stdio))?;
+    rustix::stdio::dup2_stderr(stderr).map_err(at(Stage::Stdio))?;
     Ok(())
 }
 
-/// Switches to the run-as identity with raw system calls: glibc's wrappers would
-/// broadcast the change to this process's threads, which the child shares memory with.
-fn switch_ids(spec: &ChildSpec<'_>) -> Result<(), (Stage, c_int)> {
+/// Switches to the run-as identity with raw, per-thread system calls: glibc's wrappers
+/// would broadcast the change to this process's threads, which the child shares memory with.
+fn switch_ids(spec: &ChildSpec<'_>) -> Result<(), Failed> {
     let Some((uid, gid)) = spec.ids else {
         return Ok(());
     };
     if spec.drop_groups {
-        sys::setgroups_empty().map_err(|e| (Stage::Groups, e))?;
+        rustix::thread::set_thread_groups(&[]).map_err(at(Stage::Groups))?;
     }
-    sys::setresgid(gid).map_err(|e| (Stage::Gid, e))?;
-    sys::setresuid(uid).map_err(|e| (Stage::Uid, e))?;
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(at(Stage::Gid))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(at(Stage::Uid))?;
     Ok(())
 }
 
 /// Writes `data` to a file of `/proc/self` (uid and gid maps) in one `write`.
-fn write_proc(path: &CStr, data: &[u8]) -> Result<(), c_int> {
-    let fd = sys::open(path, libc::O_WRONLY | libc::O_CLOEXEC, 0)?;
-    let written = sys::write(fd.as_raw_fd(), data);
+fn write_proc(path: &CStr, data: &[u8]) -> Result<(), Errno> {
+    let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let written = rustix::io::write(&fd, data);
     drop(fd);
     match written {
         Ok(n) if n == data.len() => Ok(()),
-        Ok(_) => Err(libc::EIO),
+        Ok(_) => Err(Errno::IO),
         Err(e) => Err(e),
     }
 }
@@ -177,12 +197,39 @@ fn write_proc(path: &CStr, data: &[u8]) -> Result<(), c_int> {
 /// opens a TCP listener on [`PROXY_ADDR`] and sends it to this process over `channel`
 /// (`SCM_RIGHTS`), which serves the egress proxy on it from the host's network namespace.
 /// The listener is closed here before the tool is started, so the tool never holds it.
-pub(super) fn setup_network(channel: RawFd) -> Result<(), c_int> {
+pub(super) fn setup_network(channel: BorrowedFd<'_>) -> Result<(), Errno> {
+    use rustix::net::{
+        AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags,
+        SocketType,
+    };
     sys::loopback_up()?;
-    let listener = sys::listen_tcp(PROXY_ADDR, 128)?;
-    let sent = sys::send_fd(channel, listener.as_fd());
+    let listener = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&listener, &PROXY_ADDR)?;
+    rustix::net::listen(&listener, 128)?;
+    // One byte of data and one SCM_RIGHTS message; the buffers are on this stack.
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [listener.as_fd()];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    let sent = rustix::net::sendmsg(
+        channel,
+        &[io::IoSlice::new(&[0])],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    );
     drop(listener);
-    sent
+    match sent {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(Errno::IO),
+        Err(e) => Err(e),
+    }
 }
 
 /// The first child's argument: the spec and the stack the tool runs on.
@@ -199,7 +246,8 @@ struct FirstChild<'s, 'a> {
 /// process (`CLONE_VM`), and so with every other run's child of that moment: one child's uid
 /// switch or `set_dumpable(false)` would make another child's `/proc/self` files root's while it
 /// writes its id maps (`EACCES`). The children take turns over that stretch ([`IdTurn`]).
-fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
+fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> Failed {
+    use rustix::process::DumpableBehavior;
     // Every signal arrives blocked (see `SignalsBlocked`). Handlers installed by this
     // process (tokio's SIGCHLD, std's SIGSEGV) must not run in the child: reset them to
     // the default, and SIGPIPE too (std ignores it; tools expect the default), as
@@ -209,8 +257,8 @@ fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
     }
     let Some(ns) = &spec.ns else {
         // The weaker mode: this process becomes the tool.
-        if let Err(e) = sys::new_process_group() {
-            return (Stage::ProcessGroup, e);
+        if let Err(failed) = rustix::process::setpgid(None, None).map_err(at(Stage::ProcessGroup)) {
+            return failed;
         }
         if let Err(failed) = redirect_stdio(spec) {
             return failed;
@@ -232,30 +280,30 @@ fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
     }
     // The new user namespace is created by the run-as identity, so it maps only that
     // identity (to itself) and owns the other namespaces.
-    if let Err(e) = sys::unshare(ns.plan.flags) {
-        return (Stage::Unshare, e);
+    if let Err(e) = sys::unshare_namespaces(ns.plan.flags) {
+        return at(Stage::Unshare)(e);
     }
     // A uid switch made this process non-dumpable, which makes its /proc/self files
     // root's: dumpable just long enough to write its own maps.
-    let _ = sys::set_dumpable(true);
+    let _ = rustix::process::set_dumpable_behavior(DumpableBehavior::Dumpable);
     for (path, data) in [
         (c"/proc/self/setgroups", c"deny".to_bytes()),
         (c"/proc/self/uid_map", ns.plan.uid_map.to_bytes()),
         (c"/proc/self/gid_map", ns.plan.gid_map.to_bytes()),
     ] {
         if let Err(e) = write_proc(path, data) {
-            return (Stage::IdMap, e);
+            return at(Stage::IdMap)(e);
         }
     }
-    let _ = sys::set_dumpable(false);
+    let _ = rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable);
     drop(turn);
     // This child holds every capability of the new user namespace, which owns the new
     // network namespace: the only moment loopback can be brought up and the proxy's
     // listener opened there (the tool drops its capabilities before exec).
-    if ns.channel >= 0
-        && let Err(e) = setup_network(ns.channel)
+    if let Some(channel) = ns.channel
+        && let Err(e) = setup_network(channel)
     {
-        return (Stage::Network, e);
+        return at(Stage::Network)(e);
     }
     // The first child after unshare(CLONE_NEWPID) is pid 1 of the new namespace: the
     // tool itself. It shares this process's memory until it execs (CLONE_VM | CLONE_VFORK,
@@ -263,7 +311,7 @@ fn child_exec(spec: &ChildSpec<'_>, tool_stack: &ChildStack) -> (Stage, c_int) {
     // nothing of it is left in the namespace once the tool runs.
     match sys::clone_vfork(tool_stack, tool_main, spec) {
         Ok(pid) => (Stage::Started, pid),
-        Err(e) => (Stage::Fork, e),
+        Err(e) => at(Stage::Fork)(e),
     }
 }
 
@@ -300,55 +348,77 @@ impl Drop for IdTurn {
 }
 
 /// Runs one step of the mount plan.
-fn mount_op(op: &MountOp) -> Result<(), c_int> {
+fn mount_op(op: &MountOp) -> Result<(), Errno> {
+    use rustix::{fs, mount, process};
+    let mount_flags = |flags: libc::c_ulong| {
+        u32::try_from(flags)
+            .map(MountFlags::from_bits_retain)
+            .map_err(|_| Errno::INVAL)
+    };
     match op {
-        MountOp::Mkdir(path) => match sys::mkdir(path, 0o755) {
-            Err(libc::EEXIST) => Ok(()),
+        MountOp::Mkdir(path) => match fs::mkdir(path, Mode::from_raw_mode(0o755)) {
+            Err(Errno::EXIST) => Ok(()),
             other => other,
         },
         MountOp::Touch(path) => {
             // Read-only: on a read-only mount an existing file is still fine.
-            sys::open(
+            fs::open(
                 path,
-                libc::O_RDONLY | libc::O_CREAT | libc::O_CLOEXEC,
-                0o644,
+                OFlags::RDONLY | OFlags::CREATE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
             )
             .map(drop)
         }
-        MountOp::Symlink { target, link } => sys::symlink(target, link),
+        MountOp::Symlink { target, link } => fs::symlink(target, link),
         MountOp::Mount {
             source,
             target,
             fstype,
             flags,
             data,
-        } => sys::mount(
-            source.as_deref(),
-            target,
-            fstype.as_deref(),
-            *flags,
-            data.as_deref(),
-        ),
-        MountOp::Remount { target, flags } => {
-            // The ST_* bits have the values of the MS_* ones.
-            let locked = sys::statvfs_flags(target)?
-                & (libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC
-                    | libc::MS_NOATIME
-                    | libc::MS_NODIRATIME
-                    | libc::MS_RELATIME);
-            sys::mount(
-                None,
+        } => match (source, fstype, data) {
+            // A file system (tmpfs, proc).
+            (Some(source), Some(fstype), data) => mount::mount(
+                source,
                 target,
-                None,
-                libc::MS_REMOUNT | libc::MS_BIND | flags | locked,
-                None,
+                fstype,
+                mount_flags(*flags)?,
+                data.as_deref(),
+            ),
+            // A recursive bind mount: `mount(source, target, NULL, MS_BIND | MS_REC, NULL)`.
+            (Some(source), None, None) if *flags == libc::MS_BIND | libc::MS_REC => {
+                mount::mount_bind_recursive(source, target)
+            }
+            // A propagation change: `mount(NULL, target, NULL, flags, NULL)`.
+            (None, None, None) => mount::mount_change(
+                target,
+                MountPropagationFlags::from_bits_retain(mount_flags(*flags)?.bits()),
+            ),
+            // Not a shape the plan makes.
+            _ => Err(Errno::INVAL),
+        },
+        MountOp::Remount { target, flags } => {
+            // The flags the kernel locks, as statfs reports them (the ST_* bits have the
+            // values of the MS_* ones).
+            let locked = fs::statvfs(target.as_c_str())?.f_flag
+                & (StatVfsMountFlags::NOSUID
+                    | StatVfsMountFlags::NODEV
+                    | StatVfsMountFlags::NOEXEC
+                    | StatVfsMountFlags::NOATIME
+                    | StatVfsMountFlags::NODIRATIME
+                    | StatVfsMountFlags::RELATIME);
+            let locked = u32::try_from(locked.bits()).map_err(|_| Errno::INVAL)?;
+            // `mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | flags | locked, "")`: a bind
+            // remount ignores the data argument.
+            mount::mount_remount(
+                target,
+                MountFlags::BIND | mount_flags(*flags)? | MountFlags::from_bits_retain(locked),
+                c"",
             )
         }
-        MountOp::PivotRoot { new_root, put_old } => sys::pivot_root(new_root, put_old),
-        MountOp::Detach(path) => sys::umount2(path, libc::MNT_DETACH),
-        MountOp::Chdir(path) => sys::chdir(path),
+        MountOp::PivotRoot { new_root, put_old } => process::pivot_root(new_root, put_old),
+        MountOp::Detach(path) => mount::unmount(path, UnmountFlags::DETACH),
+        MountOp::Chdir(path) => process::chdir(path),
     }
 }
 
@@ -356,87 +426,105 @@ fn mount_op(op: &MountOp) -> Result<(), c_int> {
 /// kills it as a whole), the file system of the mount plan, the hostname and the Landlock
 /// rules for the new `/proc`, `/dev` and `/tmp`.
 fn enter_sandbox(spec: &ChildSpec<'_>, ns: &NsSpec<'_>) -> Result<(), (u32, c_int)> {
-    sys::new_process_group().map_err(|e| (Stage::ProcessGroup as u32, e))?;
+    let failed = |stage: Stage| move |e: Errno| (stage as u32, e.raw_os_error());
+    rustix::process::setpgid(None, None).map_err(failed(Stage::ProcessGroup))?;
     for (step, op) in ns.plan.ops.iter().enumerate() {
         if let Err(e) = mount_op(op) {
             let step = u32::try_from(step).unwrap_or(0xffff) & 0xffff;
-            return Err((Stage::Mount as u32 | (step << 16), e));
+            return Err((Stage::Mount as u32 | (step << 16), e.raw_os_error()));
         }
     }
-    let _ = sys::sethostname(b"tool-sandbox");
-    if spec.landlock_fd < 0 {
+    let _ = rustix::system::sethostname(b"tool-sandbox");
+    let Some(ruleset) = spec.landlock_fd else {
         return Ok(());
-    }
+    };
     for (path, access) in &ns.plan.landlock_rules {
         // O_PATH opens no file contents; the fd is closed when dropped.
-        let fd = sys::open(path, libc::O_PATH | libc::O_CLOEXEC, 0)
-            .map_err(|e| (Stage::Landlock as u32, e))?;
-        sys::landlock_add_path_rule(spec.landlock_fd, fd.as_fd(), *access)
-            .map_err(|e| (Stage::Landlock as u32, e))?;
+        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(failed(Stage::Landlock))?;
+        sys::landlock_add_path_rule(ruleset, fd.as_fd(), *access)
+            .map_err(failed(Stage::Landlock))?;
     }
     Ok(())
 }
 
 /// Drops every capability the process holds in its user namespace: bounding set, ambient
 /// set, then effective, permitted and inheritable.
-fn drop_capabilities(last_cap: c_int) -> Result<(), c_int> {
-    let _ = sys::clear_ambient_capabilities();
+fn drop_capabilities(last_cap: c_int) -> Result<(), Errno> {
+    let _ = rustix::thread::clear_ambient_capability_set();
     for cap in 0..=last_cap {
-        match sys::drop_bounding_capability(cap) {
-            Ok(()) | Err(libc::EINVAL) => {}
+        // `last_cap` is at most 63 (see `last_capability`).
+        let Some(bit) = u32::try_from(cap).ok().and_then(|c| 1u64.checked_shl(c)) else {
+            continue;
+        };
+        match rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(
+            bit,
+        )) {
+            Ok(()) | Err(Errno::INVAL) => {}
             Err(e) => return Err(e),
         }
     }
-    sys::clear_capabilities()
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )
 }
 
 /// The tool's last steps before exec, common to both modes: working directory, rlimits,
 /// (namespaced: no capabilities), `no_new_privs`, Landlock, seccomp, signal mask, exec.
-fn confine_and_exec(spec: &ChildSpec<'_>) -> (Stage, c_int) {
-    if let Err(e) = sys::chdir(&spec.cwd) {
-        return (Stage::Chdir, e);
+fn confine_and_exec(spec: &ChildSpec<'_>) -> Failed {
+    if let Err(e) = rustix::process::chdir(&spec.cwd) {
+        return at(Stage::Chdir)(e);
     }
     for &(resource, soft, hard) in &spec.rlimits {
-        if let Err(e) = sys::setrlimit(resource, soft, hard) {
-            return (Stage::Rlimit, e);
+        let limit = Rlimit {
+            current: Some(soft),
+            maximum: Some(hard),
+        };
+        if let Err(e) = rustix::process::setrlimit(resource, limit) {
+            return at(Stage::Rlimit)(e);
         }
     }
     if let Some(ns) = &spec.ns
         && let Err(e) = drop_capabilities(ns.plan.last_cap)
     {
-        return (Stage::Capabilities, e);
+        return at(Stage::Capabilities)(e);
     }
-    if let Err(e) = sys::set_no_new_privs() {
-        return (Stage::NoNewPrivs, e);
+    if let Err(e) = rustix::thread::set_no_new_privs(true) {
+        return at(Stage::NoNewPrivs)(e);
     }
     // The ruleset fd is open in the child (CLOEXEC only closes it at exec).
-    if spec.landlock_fd >= 0
-        && let Err(e) = sys::landlock_restrict_self(spec.landlock_fd)
+    if let Some(ruleset) = spec.landlock_fd
+        && let Err(e) = sys::landlock_restrict_self(ruleset)
     {
-        return (Stage::Landlock, e);
+        return at(Stage::Landlock)(e);
     }
     for prog in spec.filters {
         if let Err(e) = sys::seccomp_set_filter(prog) {
-            return (Stage::Seccomp, e);
+            return at(Stage::Seccomp)(e);
         }
     }
     // Unblock everything (the mask survives exec), as std does for its children.
     if let Err(e) = sys::set_signal_mask(0) {
-        return (Stage::SignalMask, e);
+        return at(Stage::SignalMask)(e);
     }
     // As execvp: try each candidate, skip the ones that are not there, prefer EACCES.
-    let mut failure = libc::ENOENT;
+    let mut failure = Errno::NOENT;
     let mut eacces = false;
     for path in &spec.candidates {
         let e = sys::execve(path, &spec.exec);
         match e {
-            libc::EACCES => eacces = true,
-            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
-            _ => return (Stage::Exec, e),
+            Errno::ACCESS => eacces = true,
+            Errno::NOENT | Errno::NOTDIR | Errno::STALE | Errno::NODEV | Errno::TIMEDOUT => {}
+            _ => return at(Stage::Exec)(e),
         }
         failure = e;
     }
-    (Stage::Exec, if eacces { libc::EACCES } else { failure })
+    at(Stage::Exec)(if eacces { Errno::ACCESS } else { failure })
 }
 
 /// The first child's entry point (run by `sys::clone_vfork`): runs `child_exec`, reports
@@ -471,10 +559,8 @@ struct SignalsBlocked {
 
 impl SignalsBlocked {
     fn new() -> io::Result<Self> {
-        match sys::set_signal_mask(!0) {
-            Ok(old) => Ok(Self { old }),
-            Err(e) => Err(io::Error::from_raw_os_error(e)),
-        }
+        let old = sys::set_signal_mask(!0)?;
+        Ok(Self { old })
     }
 }
 
@@ -511,6 +597,6 @@ pub(super) fn spawn_child(spec: &ChildSpec<'_>) -> io::Result<i32> {
         let blocked = SignalsBlocked::new()?;
         let result = sys::clone_vfork(&stacks.0, child_main, &arg);
         drop(blocked);
-        result.map_err(io::Error::from_raw_os_error)
+        result.map_err(io::Error::from)
     })
 }

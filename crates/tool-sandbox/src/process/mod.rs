@@ -680,9 +680,11 @@ fn exit_of(status: ExitStatus) -> Exit {
 // Linux implementation, by responsibility: `spawn` (support, spawn, run), `namespaces` (the
 // plan: unshare flags, id maps, mount tree; scratch dir), `seccomp` (BPF policy), `landlock`
 // (ruleset), `child` (clone to exec), `reap` (process groups, subreaper, waiting) and `sys`
-// (safe wrappers around raw system calls, including `clone` and the child stacks). `unsafe`
-// lives only in `sys`, each block with a `SAFETY:` comment; every other submodule, `child`
-// included, `#![forbid(unsafe_code)]`.
+// (the system calls no safe API offers: `clone` with `CLONE_VM | CLONE_VFORK` and the child
+// stacks, `execve`, signal dispositions and mask, `unshare`, Landlock, seccomp and the
+// loopback `ioctl`). Every other system call goes through `rustix` (direct system calls, safe
+// between clone and exec) or `std`. `unsafe` lives only in `sys`, each block with a `SAFETY:`
+// comment; every other submodule, `child` included, `#![forbid(unsafe_code)]`.
 #[cfg(target_os = "linux")]
 mod child;
 #[cfg(target_os = "linux")]

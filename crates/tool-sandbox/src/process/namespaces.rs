@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use landlock::{ABI, Access, AccessFs};
+use rustix::process::{Gid, Uid};
+use rustix::thread;
 
 use super::reap::reap_pid;
 use super::spawn::cstring;
@@ -29,11 +31,22 @@ pub(super) fn namespaces_available() -> bool {
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWNET;
-    let pid = sys::probe_unshare(ids, flags);
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
+    // The child switches ids with raw, per-thread system calls (groups dropped), then
+    // exits 0 if unshare succeeds, 1 otherwise.
+    let probe = move || {
+        if let Some((uid, gid)) = ids {
+            let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+            let dropped = thread::set_thread_groups(&[]).is_ok()
+                && thread::set_thread_res_gid(gid, gid, gid).is_ok()
+                && thread::set_thread_res_uid(uid, uid, uid).is_ok();
+            if !dropped {
+                return 1;
+            }
+        }
+        c_int::from(sys::unshare_namespaces(flags).is_err())
     };
-    pid > 0 && reap_pid(pid).is_ok_and(|status| status.code() == Some(0))
+    sys::fork_probe(probe)
+        .is_ok_and(|pid| reap_pid(pid).is_ok_and(|status| status.code() == Some(0)))
 }
 
 /// The scratch directory: the caller's, or a fresh private one owned by the run-as ids.

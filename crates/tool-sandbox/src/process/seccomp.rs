@@ -398,7 +398,6 @@ pub(super) fn filters() -> Result<&'static Filters, SandboxError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sys;
     use super::*;
 
     /// A classic BPF interpreter for the instructions the programs use.
@@ -442,6 +441,18 @@ mod tests {
     }
 
     /// What the kernel returns for a stack of filters (newest first, lowest action wins).
+    /// seccompiler's filter instructions as libc's (the same four fields).
+    fn as_libc(prog: &[sock_filter]) -> Vec<libc::sock_filter> {
+        prog.iter()
+            .map(|f| libc::sock_filter {
+                code: f.code,
+                jt: f.jt,
+                jf: f.jf,
+                k: f.k,
+            })
+            .collect()
+    }
+
     fn stacked(progs: &[&[libc::sock_filter]], nr: u32, arch: u32, arg0: u64) -> u32 {
         let mut best: Option<u32> = None;
         for prog in progs.iter().rev() {
@@ -482,13 +493,10 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             let x32 = build_x32_guard();
             #[cfg(target_arch = "x86_64")]
-            let reference = [
-                sys::as_libc(&x32),
-                sys::as_libc(&clone3),
-                sys::as_libc(&policy),
-            ];
+            let reference = [as_libc(&x32), as_libc(&clone3), as_libc(&policy)];
             #[cfg(not(target_arch = "x86_64"))]
-            let reference = [sys::as_libc(&clone3), sys::as_libc(&policy)];
+            let reference = [as_libc(&clone3), as_libc(&policy)];
+            let reference = reference.each_ref().map(Vec::as_slice);
             let ours = compile_policy(network).unwrap();
             assert!(ours.len() < 120, "{} instructions", ours.len());
             let setsid = u32::try_from(libc::SYS_setsid).unwrap();

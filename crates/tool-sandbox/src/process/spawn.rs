@@ -3,20 +3,22 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
+
+use rustix::process::Resource;
 
 use super::child::{ChildSpec, NsSpec, STAGE_NAMES, Stage, spawn_child};
 use super::landlock::{landlock_ruleset, landlock_status};
 use super::namespaces::{
     NsPlan, Scratch, check_read_only, make_scratch, namespace_plan, namespaces_available,
 };
-use super::reap::{Group, become_subreaper, killpg, reap_group, reap_pid, wait_exit_nowait};
+use super::reap::{Group, become_subreaper, kill, killpg, reap_group, reap_pid, wait_exit_nowait};
 use super::seccomp::filters;
-use super::sys::{self, pipe, receive_listener, socket_pair};
+use super::sys;
 use super::{
     AsyncWriteExt, Confinement, DRAIN_LIMIT, Exit, Isolation, LandlockStatus, OsString, PROXY_ADDR,
     ProcessOutput, RunAs, SandboxError, SandboxedCommand, Stream, exit_of,
@@ -42,6 +44,58 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
         Ok(fd)
     } else {
         fd.try_clone() // F_DUPFD_CLOEXEC from 3.
+    }
+}
+
+/// A pipe, both ends CLOEXEC (`pipe2(O_CLOEXEC)`).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// A connected pair of datagram UNIX sockets (CLOEXEC).
+fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Receives the proxy's listener the namespaced child sent with `setup_network` (already
+/// queued: the child has exited or exec'd the tool), and checks it is a listener on
+/// [`PROXY_ADDR`].
+fn receive_listener(channel: &OwnedFd) -> io::Result<std::net::TcpListener> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        channel,
+        &mut [io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let unexpected = || io::Error::other("no listener received from the sandbox");
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(unexpected());
+    }
+    // Exactly one message, SCM_RIGHTS with one descriptor (any other is closed on drop).
+    let mut messages = control.drain();
+    let Some(RecvAncillaryMessage::ScmRights(mut fds)) = messages.next() else {
+        return Err(unexpected());
+    };
+    let (Some(fd), None) = (fds.next(), fds.next()) else {
+        return Err(unexpected());
+    };
+    if messages.next().is_some() {
+        return Err(unexpected());
+    }
+    let listener = std::net::TcpListener::from(fd);
+    match listener.local_addr() {
+        Ok(std::net::SocketAddr::V4(addr)) if addr == PROXY_ADDR => Ok(listener),
+        _ => Err(io::Error::other("the sandbox sent an unexpected socket")),
     }
 }
 
@@ -101,7 +155,7 @@ struct SpawnConfig<'a> {
     cwd: &'a Path,
     ids: Option<(u32, u32)>,
     drop_groups: bool,
-    rlimits: [(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t); 6],
+    rlimits: [(Resource, u64, u64); 6],
     landlock_fd: Option<&'a OwnedFd>,
     filters: &'a [&'static [libc::sock_filter]],
 }
@@ -164,10 +218,7 @@ fn spawn(cmd: &SandboxedCommand, config: &SpawnConfig<'_>) -> Result<Spawned, Sa
         Some(fd) if fd.as_raw_fd() <= 2 => Some(fd.try_clone().map_err(SandboxError::Io)?),
         _ => None,
     };
-    let landlock_raw = landlock_dup
-        .as_ref()
-        .or(config.landlock_fd)
-        .map_or(-1, AsRawFd::as_raw_fd);
+    let landlock_fd = landlock_dup.as_ref().or(config.landlock_fd);
     // With network: the listener comes back over this pair (see `setup_network`).
     let channel = match config.ns {
         Some(plan) if plan.network => {
@@ -188,24 +239,27 @@ fn spawn(cmd: &SandboxedCommand, config: &SpawnConfig<'_>) -> Result<Spawned, Sa
         exec,
         cwd: cstring(config.cwd.as_os_str().as_bytes(), "the scratch dir")?,
         stdio: [
-            stdin_child.as_raw_fd(),
-            stdout_child.as_raw_fd(),
-            stderr_child.as_raw_fd(),
+            stdin_child.as_fd(),
+            stdout_child.as_fd(),
+            stderr_child.as_fd(),
         ],
-        report: report_write.as_raw_fd(),
-        ids: config
-            .ids
-            .map(|(uid, gid)| (libc::c_long::from(uid), libc::c_long::from(gid))),
+        report: report_write.as_fd(),
+        ids: config.ids.map(|(uid, gid)| {
+            (
+                rustix::process::Uid::from_raw(uid),
+                rustix::process::Gid::from_raw(gid),
+            )
+        }),
         drop_groups: config.drop_groups,
         rlimits: config.rlimits,
-        landlock_fd: landlock_raw,
+        landlock_fd: landlock_fd.map(AsFd::as_fd),
         filters: config.filters,
         ns: None,
     };
     if let Some(plan) = config.ns {
         spec.ns = Some(NsSpec {
             plan,
-            channel: channel.as_ref().map_or(-1, |(_, child)| child.as_raw_fd()),
+            channel: channel.as_ref().map(|(_, child)| child.as_fd()),
         });
     }
 
@@ -267,7 +321,7 @@ fn spawn(cmd: &SandboxedCommand, config: &SpawnConfig<'_>) -> Result<Spawned, Sa
         // Unknown outcome: fail closed.
         if let Some(pid) = leader {
             // Our own unreaped child.
-            sys::kill_now(pid);
+            kill(pid);
         }
         reap_leader();
         return Err(SandboxError::Io(e));
@@ -433,19 +487,15 @@ pub(super) async fn run(mut cmd: SandboxedCommand) -> Result<ProcessOutput, Sand
         drop_groups: euid == 0,
         rlimits: [
             (
-                libc::RLIMIT_CPU,
+                Resource::Cpu,
                 l.cpu_seconds,
                 l.cpu_seconds.saturating_add(1),
             ),
-            (
-                libc::RLIMIT_AS,
-                l.address_space_bytes,
-                l.address_space_bytes,
-            ),
-            (libc::RLIMIT_NOFILE, l.open_files, l.open_files),
-            (libc::RLIMIT_FSIZE, l.file_size_bytes, l.file_size_bytes),
-            (libc::RLIMIT_NPROC, l.processes, l.processes),
-            (libc::RLIMIT_CORE, 0, 0),
+            (Resource::As, l.address_space_bytes, l.address_space_bytes),
+            (Resource::Nofile, l.open_files, l.open_files),
+            (Resource::Fsize, l.file_size_bytes, l.file_size_bytes),
+            (Resource::Nproc, l.processes, l.processes),
+            (Resource::Core, 0, 0),
         ],
         landlock_fd: landlock_fd.as_ref(),
         filters: &[policy],
@@ -577,4 +627,47 @@ pub(super) async fn run(mut cmd: SandboxedCommand) -> Result<ProcessOutput, Sand
         },
         pid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+    /// Sends one byte and `fds` (SCM_RIGHTS, when any) over `channel`.
+    fn send(channel: &OwnedFd, fds: &[std::os::fd::BorrowedFd<'_>]) {
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        let sent = rustix::net::sendmsg(
+            channel,
+            &[io::IoSlice::new(&[0])],
+            &mut control,
+            SendFlags::empty(),
+        );
+        assert_eq!(sent.unwrap(), 1);
+    }
+
+    #[test]
+    fn only_one_listener_on_the_proxy_address_is_accepted_from_the_sandbox() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (host, child) = socket_pair().unwrap();
+        // Nothing received at all.
+        let err = receive_listener(&host).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // A byte without a descriptor.
+        send(&child, &[]);
+        let err = receive_listener(&host).unwrap_err();
+        assert_eq!(err.to_string(), "no listener received from the sandbox");
+        // Two descriptors.
+        send(&child, &[other.as_fd(), other.as_fd()]);
+        let err = receive_listener(&host).unwrap_err();
+        assert_eq!(err.to_string(), "no listener received from the sandbox");
+        // One descriptor, but not a listener on the proxy address.
+        send(&child, &[other.as_fd()]);
+        let err = receive_listener(&host).unwrap_err();
+        assert_eq!(err.to_string(), "the sandbox sent an unexpected socket");
+    }
 }
