@@ -134,6 +134,15 @@ impl<S> fmt::Debug for RecordingRouter<S> {
     }
 }
 
+impl<S> Clone for RecordingRouter<S> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            entries: self.entries.clone(),
+        }
+    }
+}
+
 impl<S> Default for RecordingRouter<S>
 where
     S: Clone + Send + Sync + 'static,

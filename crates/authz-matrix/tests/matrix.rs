@@ -211,6 +211,59 @@ async fn any_services_method_fallbacks_and_a_lone_head_are_served() {
 }
 
 #[tokio::test]
+async fn a_path_routed_twice_and_nested_prefixes_are_recorded_as_axum_joins_them() {
+    let inner = RecordingRouter::new()
+        .route("/", get(|| async { "root" }))
+        .route("/{id}", get(|| async { "one" }));
+    let (router, record) = RecordingRouter::new()
+        .route("/x", get(|| async { "get" }))
+        .route("/x", post(|| async { "post" }))
+        .nest("/t/{tenant}/items", inner.clone())
+        .nest("/slash/", inner)
+        .into_parts();
+    let served: Vec<String> = record
+        .served()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        served,
+        [
+            "GET /slash/",
+            "GET /slash/{id}",
+            "GET /t/{tenant}/items",
+            "GET /t/{tenant}/items/{id}",
+            "GET /x",
+            "POST /x",
+        ]
+    );
+    // Each recorded template is one the real router answers.
+    for (path, body) in [
+        ("/t/acme/items", "root"),
+        ("/t/acme/items/7", "one"),
+        ("/slash/", "root"),
+        ("/slash/7", "one"),
+    ] {
+        let response = router
+            .clone()
+            .oneshot(
+                http::Request::builder()
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let bytes = axum::body::to_bytes(response.into_body(), 64)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], body.as_bytes(), "{path}");
+    }
+}
+
+#[tokio::test]
 async fn a_served_route_missing_from_the_table_fails() {
     let table = TABLE.replace("DELETE,/notes/{id},401,204,204\n", "");
     let failed = run(&table, &ROLES).await.unwrap_err();
