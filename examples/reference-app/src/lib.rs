@@ -131,7 +131,7 @@ pub struct App {
     pub router: axum::Router,
     /// The configuration it runs with.
     pub config: Config,
-    routes: Vec<(&'static str, &'static str)>,
+    routes: authz_matrix::RouteRecord,
     services: Arc<Services>,
     tls: Arc<rustls::ServerConfig>,
     keys: Keys,
@@ -228,9 +228,11 @@ impl App {
         })
     }
 
-    /// Every `(method, path template)` the router serves.
+    /// The record of every route the router serves (its paths, recorded as the router was
+    /// built): [`served`](authz_matrix::RouteRecord::served) probes which methods each path
+    /// answers, and the authorization matrix checks the table against it both ways.
     #[must_use]
-    pub fn routes(&self) -> &[(&'static str, &'static str)] {
+    pub fn routes(&self) -> &authz_matrix::RouteRecord {
         &self.routes
     }
 

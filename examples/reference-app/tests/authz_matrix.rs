@@ -1,12 +1,14 @@
-//! The authorization-matrix gate: every row of `tests/authz_matrix.csv` against the real router,
-//! each request with a freshly made session of its role and fresh objects, plus a completeness
-//! check in both directions between the table and the routes the app serves.
+//! The authorization-matrix gate, on the `authz-matrix` harness: every row of
+//! `tests/authz_matrix.csv` against the real router, each request with a freshly made session of
+//! its role and fresh objects, plus a completeness check in both directions between the table and
+//! the routes the app serves (recorded as the router is built, their methods probed).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::convert::Infallible;
 
+use authz_matrix::{Cell, Matrix, Observed};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -24,32 +26,6 @@ const ROLES: [&str; 7] = [
     "staff_no_step_up",
     "staff_step_up",
 ];
-
-struct Row {
-    method: String,
-    path: String,
-    expected: Vec<u16>,
-}
-
-fn table() -> Vec<Row> {
-    let text = include_str!("authz_matrix.csv");
-    let mut lines = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    assert_eq!(&header[2..], &ROLES, "the role columns");
-    lines
-        .map(|line| {
-            let cells: Vec<&str> = line.split(',').collect();
-            assert_eq!(cells.len(), 2 + ROLES.len(), "{line}");
-            Row {
-                method: cells[0].to_owned(),
-                path: cells[1].to_owned(),
-                expected: cells[2..].iter().map(|c| c.parse().unwrap()).collect(),
-            }
-        })
-        .collect()
-}
 
 async fn scalar_uuid(admin: &PgPool, sql: &str, bind: &str) -> Uuid {
     let (id,): (Uuid,) = sqlx::query_as(sql)
@@ -157,141 +133,116 @@ async fn fresh_proposal(app: &App, admin: &PgPool) -> (Uuid, String) {
     (id, hex::encode(digest))
 }
 
+/// The concrete path and body for a cell: fresh objects of acme for the path's parameters.
+async fn fixture(app: &App, admin: &PgPool, bob: Uuid, cell: &Cell) -> (String, String) {
+    let mut path = cell.path.clone();
+    let mut form = String::new();
+    let method = cell.method.as_str();
+    let reason = "reason=matrix+check+of+the+console";
+    match cell.path.as_str() {
+        "/notes/{id}" | "/notes/{id}/delete" | "/api/notes/{id}" => {
+            path = path.replace("{id}", &fresh_note(app, admin).await.to_string());
+            form = "title=edited&body=edited".to_owned();
+        }
+        "/sessions/{id}/revoke" => {
+            // One of bob's other sessions (for user_a the cell's own session was minted first).
+            let _ = app
+                .mint_session("acme", "bob@acme.test", true)
+                .await
+                .unwrap();
+            let (id,): (Uuid,) = sqlx::query_as(
+                "SELECT id FROM auth.sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(bob)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+            path = path.replace("{id}", &id.to_string());
+        }
+        "/admin/members/{user}/role" => {
+            path = path.replace("{user}", &bob.to_string());
+            form = "role=member".to_owned();
+        }
+        "/api/admin/members/{user}/role" => {
+            path = path.replace("{user}", &bob.to_string());
+            form = r#"{"role": "member"}"#.to_owned();
+        }
+        "/api/staff/approvals/{tenant}/{id}" => {
+            let (id, digest) = fresh_proposal(app, admin).await;
+            path = path
+                .replace("{tenant}", "acme")
+                .replace("{id}", &id.to_string());
+            form = format!(
+                r#"{{"decision": "approve", "digest": "{digest}", "reason": "matrix check of the console"}}"#
+            );
+        }
+        "/staff/approvals/{tenant}/{id}/approve" | "/staff/approvals/{tenant}/{id}/reject" => {
+            let (id, digest) = fresh_proposal(app, admin).await;
+            path = path
+                .replace("{tenant}", "acme")
+                .replace("{id}", &id.to_string());
+            form = format!("digest={digest}&{reason}");
+        }
+        "/staff/approvals" | "/staff/audit" => {
+            path = format!("{path}?tenant=acme&{reason}");
+        }
+        // A fresh address each time: the per-address rate limit is tested on its own.
+        "/auth/request" => {
+            form = format!(
+                "workspace=acme&email=m{}%40acme.test",
+                Uuid::new_v4().simple()
+            );
+        }
+        "/auth/link" if method == "POST" => form = "token=v1.bogus".to_owned(),
+        "/auth/link" => path = format!("{path}?token=v1.bogus"),
+        "/auth/totp" | "/auth/step-up" if method == "POST" => {
+            form = "code=000000&next=/notes".to_owned();
+        }
+        "/notes" if method == "POST" => form = "title=matrix+note&body=x".to_owned(),
+        "/api/notes" if method == "POST" => {
+            form = r#"{"title": "matrix note", "body": "x"}"#.to_owned();
+        }
+        "/assistant" if method == "POST" => form = "prompt=hello".to_owned(),
+        "/api/assistant" => form = r#"{"prompt": "hello"}"#.to_owned(),
+        _ => {}
+    }
+    (path, form)
+}
+
 #[tokio::test]
 async fn every_route_answers_every_role_as_the_matrix_says() {
     let app = common::start().await;
     let admin = app.database().unwrap().pool(testkit::Role::Admin, 2).await;
-    let rows = table();
-
-    // Completeness, both ways.
-    let served: BTreeSet<(String, String)> = app
-        .routes()
-        .iter()
-        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
-        .collect();
-    let listed: BTreeSet<(String, String)> = rows
-        .iter()
-        .map(|r| (r.method.clone(), r.path.clone()))
-        .collect();
-    let missing: Vec<_> = served.difference(&listed).collect();
-    let stale: Vec<_> = listed.difference(&served).collect();
-    assert!(
-        missing.is_empty(),
-        "routes missing from the matrix: {missing:?}"
-    );
-    assert!(
-        stale.is_empty(),
-        "matrix rows for routes that do not exist: {stale:?}"
-    );
-    assert_eq!(rows.len(), listed.len(), "a route listed twice");
-
+    let matrix = Matrix::parse(include_str!("authz_matrix.csv")).unwrap();
+    // What the router serves: every path routed through the recorder, its methods probed.
+    let served = app.routes().served().await;
     let bob = scalar_uuid(
         &admin,
         "SELECT user_id FROM workspace.members WHERE email = $1",
         "bob@acme.test",
     )
     .await;
-    let mut failures = Vec::new();
-    let mut checked = 0;
-    for row in &rows {
-        for (role, expected) in ROLES.iter().zip(&row.expected) {
-            let cookie = cookie(&app, &admin, role).await;
-            let mut path = row.path.clone();
-            let mut form = String::new();
-            let reason = "reason=matrix+check+of+the+console";
-            match row.path.as_str() {
-                "/notes/{id}" | "/notes/{id}/delete" | "/api/notes/{id}" => {
-                    path = path.replace("{id}", &fresh_note(&app, &admin).await.to_string());
-                    form = "title=edited&body=edited".to_owned();
-                }
-                "/sessions/{id}/revoke" => {
-                    // One of bob's other sessions.
-                    let _ = app
-                        .mint_session("acme", "bob@acme.test", true)
-                        .await
-                        .unwrap();
-                    let (id,): (Uuid,) = sqlx::query_as(
-                        "SELECT id FROM auth.sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1",
-                    )
-                    .bind(bob)
-                    .fetch_one(&admin)
-                    .await
-                    .unwrap();
-                    path = path.replace("{id}", &id.to_string());
-                }
-                "/admin/members/{user}/role" => {
-                    path = path.replace("{user}", &bob.to_string());
-                    form = "role=member".to_owned();
-                }
-                "/api/admin/members/{user}/role" => {
-                    path = path.replace("{user}", &bob.to_string());
-                    form = r#"{"role": "member"}"#.to_owned();
-                }
-                "/api/staff/approvals/{tenant}/{id}" => {
-                    let (id, digest) = fresh_proposal(&app, &admin).await;
-                    path = path
-                        .replace("{tenant}", "acme")
-                        .replace("{id}", &id.to_string());
-                    form = format!(
-                        r#"{{"decision": "approve", "digest": "{digest}", "reason": "matrix check of the console"}}"#
-                    );
-                }
-                "/staff/approvals/{tenant}/{id}/approve"
-                | "/staff/approvals/{tenant}/{id}/reject" => {
-                    let (id, digest) = fresh_proposal(&app, &admin).await;
-                    path = path
-                        .replace("{tenant}", "acme")
-                        .replace("{id}", &id.to_string());
-                    form = format!("digest={digest}&{reason}");
-                }
-                "/staff/approvals" | "/staff/audit" => {
-                    path = format!("{path}?tenant=acme&{reason}");
-                }
-                // A fresh address each time: the per-address rate limit is tested on its own.
-                "/auth/request" => {
-                    form = format!(
-                        "workspace=acme&email=m{}%40acme.test",
-                        Uuid::new_v4().simple()
-                    );
-                }
-                "/auth/link" if row.method == "POST" => form = "token=v1.bogus".to_owned(),
-                "/auth/link" => path = format!("{path}?token=v1.bogus"),
-                "/auth/totp" | "/auth/step-up" if row.method == "POST" => {
-                    form = "code=000000&next=/notes".to_owned();
-                }
-                "/notes" if row.method == "POST" => form = "title=matrix+note&body=x".to_owned(),
-                "/api/notes" if row.method == "POST" => {
-                    form = r#"{"title": "matrix note", "body": "x"}"#.to_owned();
-                }
-                "/assistant" if row.method == "POST" => form = "prompt=hello".to_owned(),
-                "/api/assistant" => form = r#"{"prompt": "hello"}"#.to_owned(),
-                _ => {}
-            }
-            // (For user_a's revoke row the row's own session was minted first, so the target is
-            // another of bob's sessions.)
-            let (status, body) = send(&app, &row.method, &path, cookie.as_deref(), &form).await;
-            checked += 1;
-            if status.as_u16() != *expected {
-                failures.push(format!(
-                    "{} {} as {role}: expected {expected}, got {} ({})",
-                    row.method,
-                    row.path,
-                    status.as_u16(),
-                    body.chars()
-                        .take(120)
-                        .collect::<String>()
-                        .replace('\n', " ")
-                ));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} cells differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    assert_eq!(checked, rows.len() * ROLES.len());
+
+    // One report: routes missing from the table, rows naming no route, role columns, and every
+    // cell that differs. Each cell gets a fresh session of its role and fresh objects.
+    let passed = matrix
+        .check(&served, &ROLES, async |cell| {
+            let cookie = cookie(&app, &admin, &cell.role).await;
+            let (path, form) = fixture(&app, &admin, bob, &cell).await;
+            let (status, body) =
+                send(&app, cell.method.as_str(), &path, cookie.as_deref(), &form).await;
+            let excerpt: String = body.chars().take(120).collect();
+            Ok::<_, Infallible>(Observed::with_detail(status, excerpt.replace('\n', " ")))
+        })
+        .await
+        .unwrap_or_else(|failed| panic!("{failed}"));
+    assert_eq!(passed.routes, matrix.rows().len());
+    assert_eq!(passed.cells, matrix.rows().len() * ROLES.len());
     // No 5xx anywhere in the matrix (a 5xx cell would have to be listed, and none is).
-    assert!(rows.iter().all(|r| r.expected.iter().all(|s| *s < 500)));
+    assert!(
+        matrix
+            .rows()
+            .iter()
+            .all(|r| r.expected().iter().all(|s| !s.is_server_error()))
+    );
 }

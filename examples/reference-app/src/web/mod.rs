@@ -27,10 +27,11 @@ use std::time::Duration;
 
 use askama::Template;
 use audit_log::{AuditLayer, actions};
+use authz_matrix::{RecordingRouter, RouteRecord};
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use magic_auth::{Guard, Session, SessionLayer};
 use tenant_scope::{ActorKind, ActorResolver, TenantLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -244,216 +245,118 @@ fn security_headers() -> [(HeaderName, HeaderValue); 7] {
 
 const STYLESHEET: &str = include_str!("../../static/app.css");
 
-/// Builds a router while recording every `(method, path)` it serves, so the authorization
-/// matrix can prove it covers them all.
-struct Routes {
-    router: Router<AppState>,
-    list: Vec<(&'static str, &'static str)>,
-}
-
-impl Routes {
-    fn new() -> Self {
-        Self {
-            router: Router::new(),
-            list: Vec::new(),
-        }
-    }
-
-    /// Adds `path` answering `methods` through `route` (which must handle exactly those).
-    fn at(
-        mut self,
-        path: &'static str,
-        methods: &[&'static str],
-        route: MethodRouter<AppState>,
-    ) -> Self {
-        self.router = self.router.route(path, route);
-        self.list.extend(methods.iter().map(|m| (*m, path)));
-        self
-    }
-
-    /// Wraps everything added so far.
-    fn wrap(mut self, f: impl FnOnce(Router<AppState>) -> Router<AppState>) -> Self {
-        self.router = f(self.router);
-        self
-    }
-
-    fn merge(mut self, other: Self) -> Self {
-        self.router = self.router.merge(other.router);
-        self.list.extend(other.list);
-        self
-    }
-}
-
-/// The whole application, and the list of `(method, path)` it serves.
-pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static str)>) {
+/// The whole application, and the record of every route it serves (built through the
+/// recorder, so the authorization matrix can prove it covers them all).
+pub(crate) fn router(state: AppState) -> (Router, RouteRecord) {
     // Tenant administration: privileged, so the audit layer sits inside the tenant layer and
     // outside the guards (their denials are recorded too).
-    let role_change = Routes::new()
-        .at(
-            "/admin/members/{user}/role",
-            &["POST"],
-            post(admin::change_role),
-        )
-        .at(
-            "/api/admin/members/{user}/role",
-            &["POST"],
-            post(api::change_role),
-        )
-        .wrap(|r| {
-            r.layer(AuditLayer::new(
-                state.audit.clone(),
-                actions::MEMBER_ROLE_CHANGED,
-            ))
-        });
-    let export = Routes::new()
-        .at("/admin/export", &["POST"], post(admin::export))
-        .at("/api/admin/export", &["POST"], post(api::export))
-        .wrap(|r| {
-            r.layer(Guard::require_step_up(STEP_UP_MAX_AGE))
-                .layer(AuditLayer::new(state.audit.clone(), actions::DATA_EXPORTED))
-        });
+    let role_change = RecordingRouter::new()
+        .route("/admin/members/{user}/role", post(admin::change_role))
+        .route("/api/admin/members/{user}/role", post(api::change_role))
+        .layer(AuditLayer::new(
+            state.audit.clone(),
+            actions::MEMBER_ROLE_CHANGED,
+        ));
+    let export = RecordingRouter::new()
+        .route("/admin/export", post(admin::export))
+        .route("/api/admin/export", post(api::export))
+        .layer(Guard::require_step_up(STEP_UP_MAX_AGE))
+        .layer(AuditLayer::new(state.audit.clone(), actions::DATA_EXPORTED));
     // Disabling one's own account (with a typed confirmation), changing its e-mail address and
     // making new recovery codes: a fresh second factor (magic-auth checks it again for the
     // address and the codes).
-    let disable = Routes::new()
-        .at("/settings/disable", &["POST"], post(settings::disable))
-        .at("/settings/email", &["POST"], post(settings::request_email))
-        .at(
-            "/settings/recovery-codes",
-            &["POST"],
-            post(settings::recovery_codes),
-        )
-        .wrap(|r| r.layer(Guard::require_step_up(STEP_UP_MAX_AGE)));
+    let disable = RecordingRouter::new()
+        .route("/settings/disable", post(settings::disable))
+        .route("/settings/email", post(settings::request_email))
+        .route("/settings/recovery-codes", post(settings::recovery_codes))
+        .layer(Guard::require_step_up(STEP_UP_MAX_AGE));
     // Routes for a member of a tenant, signed in with both factors: the tenant comes from the
     // session's actor.
-    let tenant_routes = Routes::new()
-        .at("/settings", &["GET"], get(settings::page))
-        .at(
+    let tenant_routes = RecordingRouter::new()
+        .route("/settings", get(settings::page))
+        .route(
             "/settings/email/confirm",
-            &["GET", "POST"],
             get(settings::email_landing).post(settings::confirm_email),
         )
-        .at(
-            "/notes",
-            &["GET", "POST"],
-            get(pages::notes).post(pages::create_note),
-        )
-        .at(
+        .route("/notes", get(pages::notes).post(pages::create_note))
+        .route(
             "/notes/{id}",
-            &["GET", "POST"],
             get(pages::edit_note).post(pages::update_note),
         )
-        .at("/notes/{id}/delete", &["POST"], post(pages::delete_note))
-        .at(
+        .route("/notes/{id}/delete", post(pages::delete_note))
+        .route(
             "/assistant",
-            &["GET", "POST"],
             get(pages::assistant).post(pages::run_assistant),
         )
-        .at("/sessions", &["GET"], get(pages::sessions))
-        .at(
-            "/sessions/{id}/revoke",
-            &["POST"],
-            post(pages::revoke_session),
-        )
-        .at(
-            "/sessions/revoke-others",
-            &["POST"],
-            post(pages::revoke_others),
-        )
-        .at("/admin/members", &["GET"], get(admin::members))
-        .at(
-            "/api/notes",
-            &["GET", "POST"],
-            get(api::list_notes).post(api::create_note),
-        )
-        .at(
+        .route("/sessions", get(pages::sessions))
+        .route("/sessions/{id}/revoke", post(pages::revoke_session))
+        .route("/sessions/revoke-others", post(pages::revoke_others))
+        .route("/admin/members", get(admin::members))
+        .route("/api/notes", get(api::list_notes).post(api::create_note))
+        .route(
             "/api/notes/{id}",
-            &["GET", "DELETE"],
             get(api::get_note).delete(api::delete_note),
         )
-        .at("/api/sessions", &["GET"], get(api::sessions))
-        .at("/api/proposals", &["GET"], get(api::proposals))
-        .at("/api/assistant", &["POST"], post(api::assistant))
-        .at("/api/admin/members", &["GET"], get(api::members))
+        .route("/api/sessions", get(api::sessions))
+        .route("/api/proposals", get(api::proposals))
+        .route("/api/assistant", post(api::assistant))
+        .route("/api/admin/members", get(api::members))
         .merge(role_change)
         .merge(export)
         .merge(disable)
-        .wrap(|r| {
-            r.layer(TenantLayer::new(ActorResolver))
-                .layer(Guard::require_two_factors())
-        });
+        .layer(TenantLayer::new(ActorResolver))
+        .layer(Guard::require_two_factors());
     // Staff: two factors always; approving needs a fresh one.
-    let staff_sensitive = Routes::new()
-        .at(
+    let staff_sensitive = RecordingRouter::new()
+        .route(
             "/staff/approvals/{tenant}/{id}/approve",
-            &["POST"],
             post(staff::approve),
         )
-        .at(
-            "/api/staff/approvals/{tenant}/{id}",
-            &["POST"],
-            post(api::decide),
-        )
-        .wrap(|r| r.layer(Guard::require_step_up(STEP_UP_MAX_AGE)));
-    let staff_routes = Routes::new()
-        .at("/staff/approvals", &["GET"], get(staff::approvals))
-        .at(
-            "/staff/approvals/{tenant}/{id}/reject",
-            &["POST"],
-            post(staff::reject),
-        )
-        .at("/staff/audit", &["GET"], get(staff::audit))
+        .route("/api/staff/approvals/{tenant}/{id}", post(api::decide))
+        .layer(Guard::require_step_up(STEP_UP_MAX_AGE));
+    let staff_routes = RecordingRouter::new()
+        .route("/staff/approvals", get(staff::approvals))
+        .route("/staff/approvals/{tenant}/{id}/reject", post(staff::reject))
+        .route("/staff/audit", get(staff::audit))
         .merge(staff_sensitive)
-        .wrap(|r| r.layer(Guard::require_mfa()));
-    let signed_in = Routes::new()
-        .at(
-            "/auth/totp",
-            &["GET", "POST"],
-            get(auth::totp_page).post(auth::totp_submit),
-        )
-        .at("/auth/totp/enrol", &["POST"], post(enrolment::start))
-        .at(
+        .layer(Guard::require_mfa());
+    let signed_in = RecordingRouter::new()
+        .route("/auth/totp", get(auth::totp_page).post(auth::totp_submit))
+        .route("/auth/totp/enrol", post(enrolment::start))
+        .route(
             "/auth/step-up",
-            &["GET", "POST"],
             get(auth::step_up_page).post(auth::totp_submit),
         )
-        .at("/auth/logout", &["POST"], post(auth::logout))
+        .route("/auth/logout", post(auth::logout))
         // Replacing the authenticator: also from a session with the link only (a lost phone,
         // with a recovery code); the handler and magic-auth check the proof.
-        .at(
+        .route(
             "/settings/authenticator",
-            &["GET", "POST"],
             get(settings::authenticator).post(settings::start_replacement),
         )
-        .at(
+        .route(
             "/settings/authenticator/confirm",
-            &["POST"],
             post(settings::confirm_replacement),
         )
-        .wrap(|r| r.layer(Guard::require_auth()));
-    let mut app = Routes::new()
-        .at("/", &["GET"], get(auth::home))
-        .at("/auth/request", &["POST"], post(auth::request_link))
-        .at(
-            "/auth/link",
-            &["GET", "POST"],
-            get(auth::landing).post(auth::confirm_link),
-        )
-        .at(
+        .layer(Guard::require_auth());
+    let mut app = RecordingRouter::new()
+        .route("/", get(auth::home))
+        .route("/auth/request", post(auth::request_link))
+        .route("/auth/link", get(auth::landing).post(auth::confirm_link))
+        .route(
             "/static/app.css",
-            &["GET"],
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLESHEET) }),
         )
-        .at("/healthz", &["GET"], get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "ok" }))
         .merge(tenant_routes)
         .merge(staff_routes)
         .merge(signed_in);
     if state.development {
-        app = app.at("/dev/outbox", &["GET"], get(auth::outbox));
+        app = app.route("/dev/outbox", get(auth::outbox));
     }
-    let Routes { router, list } = app;
     let refusals = axum::middleware::from_fn_with_state(state.clone(), refusal::browser_refusals);
-    let mut stack = router
+    // Everything after `into_parts` is a layer: a route added there would not be recorded.
+    let (mut stack, record) = app
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -463,7 +366,8 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
         .layer(refusals.clone())
         .layer(SessionLayer::new(state.sessions.clone()))
         .layer(refusals)
-        .with_state(state);
+        .with_state(state)
+        .into_parts();
     for (name, value) in security_headers() {
         stack = stack.layer(SetResponseHeaderLayer::if_not_present(name, value));
     }
@@ -480,7 +384,7 @@ pub(crate) fn router(state: AppState) -> (Router, Vec<(&'static str, &'static st
                 request
             },
         ));
-    (stack, list)
+    (stack, record)
 }
 
 async fn not_found(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
