@@ -362,7 +362,10 @@ pub(crate) async fn run_turn(
         .await
         .map_err(SandboxError::from)?
         .ok_or(SandboxError::NotAnAgent)?;
-    let assistant = Actor::new(ActorKind::Agent, tenant.assistant, tenant.id);
+    // The assistant acts through the requester's session: once it ends (signed out, revoked
+    // on any instance), the database refuses every statement the rest of the turn makes.
+    let assistant =
+        Actor::new(ActorKind::Agent, tenant.assistant, tenant.id).with_session(session);
     let policy = Arc::new(policy(&assistant)?);
     let mut turn = Turn::new(policy, session, user, prompt)?;
     let tools: Vec<ToolDescription> = services
