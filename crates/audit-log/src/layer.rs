@@ -155,20 +155,22 @@ impl<S> std::fmt::Debug for Audit<S> {
     }
 }
 
-impl<S> Audit<S> {
-    /// Wraps `inner`, auditing as `layer` says.
-    #[must_use]
-    pub fn new(inner: S, layer: &AuditLayer) -> Self {
-        Self {
-            inner,
-            config: layer.config.clone(),
-        }
-    }
-
-    /// An [`AuditLayer`] auditing requests as `action`, writing to `log`.
+impl Audit<()> {
+    /// An [`AuditLayer`] auditing requests as `action`, writing to `log` (`Audit::layer(..)`).
     #[must_use]
     pub fn layer(log: AuditLog, action: Action) -> AuditLayer {
         AuditLayer::new(log, action)
+    }
+}
+
+impl<S> Audit<S> {
+    /// Wraps `inner`, auditing as `layer` says.
+    #[must_use]
+    pub fn new(inner: S, layer: AuditLayer) -> Self {
+        Self {
+            inner,
+            config: layer.config,
+        }
     }
 
     /// The inner service.

@@ -47,7 +47,8 @@ where
 }
 
 impl IntoResponse for RlsError {
-    /// The [`Rejection`] of [`RlsError::rejection`]; the details stay in the log.
+    /// The [`Rejection`](tenant_scope::Rejection) of [`RlsError::rejection`]; the details stay in
+    /// the log.
     fn into_response(self) -> Response {
         let rejection = self.rejection();
         tracing::warn!(error = %self, code = rejection.code(), "request refused by rls-guard");

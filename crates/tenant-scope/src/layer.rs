@@ -136,17 +136,19 @@ pub struct Tenant<S> {
     layer: TenantLayer,
 }
 
+impl Tenant<()> {
+    /// A [`TenantLayer`] resolving with `resolver` (`Tenant::layer(..)`).
+    #[must_use]
+    pub fn layer(resolver: impl TenantResolver) -> TenantLayer {
+        TenantLayer::new(resolver)
+    }
+}
+
 impl<S> Tenant<S> {
     /// Wraps `inner`, resolving as `layer` says.
     #[must_use]
     pub fn new(inner: S, layer: TenantLayer) -> Self {
         Self { inner, layer }
-    }
-
-    /// A [`TenantLayer`] resolving with `resolver`.
-    #[must_use]
-    pub fn layer(resolver: impl TenantResolver) -> TenantLayer {
-        TenantLayer::new(resolver)
     }
 
     /// The inner service.

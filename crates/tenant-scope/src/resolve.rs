@@ -38,6 +38,7 @@ use crate::{Actor, TenantError, TenantId};
 
 /// The parts of a request a resolver may look at.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RequestHead<'a> {
     /// The request method.
     pub method: &'a Method,

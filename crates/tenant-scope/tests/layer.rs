@@ -422,3 +422,15 @@ async fn tenant_unknown_to_directory_is_refused() {
         .insert(HEADER, HeaderValue::from_str(&known.to_string()).unwrap());
     assert_eq!(h.send(req).await, (StatusCode::OK, known.to_string()));
 }
+
+#[test]
+fn the_middleware_is_built_either_way_and_exposes_its_inner_service() {
+    use tenant_scope::Tenant;
+
+    let layer = Tenant::layer(ActorResolver);
+    let mut svc = layer.layer(7_u8);
+    assert_eq!(*svc.get_ref(), 7);
+    *svc.get_mut() = 8;
+    assert_eq!(svc.into_inner(), 8);
+    assert_eq!(Tenant::new(9_u8, layer).into_inner(), 9);
+}
