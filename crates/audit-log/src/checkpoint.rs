@@ -20,6 +20,7 @@ const DOMAIN: &str = "audit-log/checkpoint/v1";
 
 /// A signed statement that `tenant`'s chain had head `hash` at `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Checkpoint {
     /// The tenant.
     pub tenant: String,
@@ -100,6 +101,7 @@ const ACK_DOMAIN: &str = "audit-log/acknowledgement/v1";
 /// [`verify`](crate::verify()) keeps reporting the break, with its acknowledgement, forever;
 /// checkpoints continue past it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Acknowledgement {
     /// The tenant.
     pub tenant: String,

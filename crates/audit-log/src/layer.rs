@@ -1,19 +1,18 @@
-//! [`AuditLayer`]: a tower layer that audits privileged routes.
+//! [`AuditLayer`] and [`Audit`]: a tower middleware that audits privileged routes.
 
 use crate::canonical::ChainHash;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, request::Parts};
 use sqlx::PgConnection;
-use tenant_scope::TenantContext;
+use tenant_scope::{Rejection, TenantContext};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::event::{AuditActor, AuditEvent, Outcome, Target};
+use crate::future::ResponseFuture;
 use crate::sink::Appended;
 use crate::{Action, AuditError, AuditLog};
 
@@ -22,6 +21,9 @@ type IpFn = dyn Fn(&Parts) -> Option<IpAddr> + Send + Sync;
 
 /// A machine code for a denial, put in a response's extensions by the control that denied it
 /// (e.g. `mfa_required`); the audit layer records it as the reason.
+///
+/// Responses built from a [`tenant_scope::Rejection`] need none: the layer reads the
+/// rejection's code from the response's extensions. This is for responses built otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenialReason(pub &'static str);
 
@@ -37,10 +39,12 @@ pub struct DenialReason(pub &'static str);
 ///
 /// For each request it records one event: the route's action, the actor and tenant, the target,
 /// the request id, client address and user agent, and the outcome — `allowed` for a success,
-/// `denied` for 401/403 (with the [`DenialReason`] a guard put in the response's extensions, or
-/// `http_401`/`http_403`), `failed` otherwise.
+/// `denied` for 401/403 (with the code of the [`Rejection`](tenant_scope::Rejection) or the
+/// [`DenialReason`] a guard put in the response's extensions, or `http_401`/`http_403`),
+/// `failed` otherwise.
 ///
-/// The handler gets an [`AuditHandle`] in the request's extensions. Appending through it inside
+/// The handler gets an [`AuditHandle`] in the request's extensions (an extractor with feature
+/// `axum`). Appending through it inside
 /// the handler's own transaction makes the action and its record atomic (if the audit write
 /// fails, the action rolls back); the layer then records nothing more for a success (if the
 /// handler appended and still answers 4xx/5xx, the layer records that failure too: the record of
@@ -136,7 +140,7 @@ impl<S> Layer<S> for AuditLayer {
     }
 }
 
-/// The service [`AuditLayer`] builds.
+/// The middleware [`AuditLayer`] builds: see there.
 #[derive(Clone)]
 pub struct Audit<S> {
     inner: S,
@@ -148,6 +152,40 @@ impl<S> std::fmt::Debug for Audit<S> {
         f.debug_struct("Audit")
             .field("action", &self.config.action)
             .finish_non_exhaustive()
+    }
+}
+
+impl Audit<()> {
+    /// An [`AuditLayer`] auditing requests as `action`, writing to `log` (`Audit::layer(..)`).
+    #[must_use]
+    pub fn layer(log: AuditLog, action: Action) -> AuditLayer {
+        AuditLayer::new(log, action)
+    }
+}
+
+impl<S> Audit<S> {
+    /// Wraps `inner`, auditing as `layer` says.
+    #[must_use]
+    pub fn new(inner: S, layer: AuditLayer) -> Self {
+        Self {
+            inner,
+            config: layer.config,
+        }
+    }
+
+    /// The inner service.
+    pub const fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub const fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 
@@ -230,9 +268,6 @@ impl AuditHandle {
     }
 }
 
-/// The response future of [`Audit`].
-pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -243,7 +278,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<Self::Response, Self::Error>;
+    type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -257,12 +292,7 @@ where
         let (mut parts, body) = request.into_parts();
         let Some(context) = parts.extensions.get::<TenantContext>().cloned() else {
             tracing::error!(action = %config.action, "privileged route reached without a tenant context; refused");
-            return Box::pin(async {
-                Ok(json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "audit_context_missing",
-                ))
-            });
+            return ResponseFuture::new(async { Ok(CONTEXT_MISSING.into_http()) });
         };
         let template = template(&config, &parts, &context);
         let handle = AuditHandle {
@@ -274,7 +304,7 @@ where
         };
         parts.extensions.insert(handle.clone());
         let request = Request::from_parts(parts, body);
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             let result = inner.call(request).await;
             let response = match result {
                 Ok(response) => response,
@@ -290,16 +320,26 @@ where
             if status.as_u16() < 400 && handle.committed(&context).await {
                 return Ok(response);
             }
-            let outcome = outcome_of(status, response.extensions().get::<DenialReason>());
+            let reason = response
+                .extensions()
+                .get::<DenialReason>()
+                .map(|r| r.0)
+                .or_else(|| {
+                    response
+                        .extensions()
+                        .get::<Rejection>()
+                        .map(Rejection::code)
+                });
+            let outcome = outcome_of(status, reason);
             let allowed = matches!(outcome, Outcome::Allowed);
             match record_detached(&config.log, handle.event(outcome)).await {
                 Ok(_) => Ok(response),
                 Err(e) if allowed => {
                     tracing::error!(error = %e, action = %config.action, "audit record could not be written; the request is answered as failed");
                     Ok(if e.is_unavailable() {
-                        json_error(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable")
+                        UNAVAILABLE.into_http()
                     } else {
-                        json_error(StatusCode::INTERNAL_SERVER_ERROR, "audit_failed")
+                        FAILED.into_http()
                     })
                 }
                 Err(e) => {
@@ -353,42 +393,35 @@ fn header_text(value: Option<&HeaderValue>) -> Option<String> {
     value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-fn outcome_of(status: StatusCode, reason: Option<&DenialReason>) -> Outcome {
+fn outcome_of(status: StatusCode, reason: Option<&'static str>) -> Outcome {
     match status.as_u16() {
         0..=399 => Outcome::Allowed,
-        401 | 403 => Outcome::denied(reason.map_or(
-            if status == StatusCode::UNAUTHORIZED {
-                "http_401"
-            } else {
-                "http_403"
-            },
-            |r| r.0,
-        )),
-        code => Outcome::failed(reason.map_or(&format!("http_{code}"), |r| r.0)),
+        401 => Outcome::denied(reason.unwrap_or("http_401")),
+        403 => Outcome::denied(reason.unwrap_or("http_403")),
+        code => match reason {
+            Some(reason) => Outcome::failed(reason),
+            None => Outcome::failed(&format!("http_{code}")),
+        },
     }
 }
 
-/// The workspace's error body: `{"error":"<code>","message":"<text>"}`, not cached.
-fn json_error<B: From<String>>(status: StatusCode, code: &'static str) -> Response<B> {
-    let message = match code {
-        "audit_context_missing" => "this action cannot be attributed to a tenant",
-        "audit_unavailable" => {
-            "the audit log is unavailable; the action may not have been recorded"
-        }
-        _ => "the action could not be recorded in the audit log",
-    };
-    let mut response = Response::new(B::from(format!(
-        "{{\"error\":\"{code}\",\"message\":\"{message}\"}}"
-    )));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    response
-}
+/// A privileged route reached without a tenant context.
+const CONTEXT_MISSING: Rejection = Rejection::from_static(
+    StatusCode::INTERNAL_SERVER_ERROR,
+    "audit_context_missing",
+    "this action cannot be attributed to a tenant",
+);
+
+/// The record of an allowed action could not be written: the store is unreachable.
+const UNAVAILABLE: Rejection = Rejection::from_static(
+    StatusCode::SERVICE_UNAVAILABLE,
+    "audit_unavailable",
+    "the audit log is unavailable; the action may not have been recorded",
+);
+
+/// The record of an allowed action could not be written.
+const FAILED: Rejection = Rejection::from_static(
+    StatusCode::INTERNAL_SERVER_ERROR,
+    "audit_failed",
+    "the action could not be recorded in the audit log",
+);

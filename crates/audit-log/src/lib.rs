@@ -23,7 +23,7 @@
 //!   [`AuditLog::prune`]: retention that keeps the chain verifiable.
 //! - [`AuditQuery`], [`export_jsonl`], [`export_csv`], [`verify_export`]: query, export and
 //!   offline verification.
-//! - [`AuditLayer`]: a tower layer that audits privileged routes, denials by later layers
+//! - [`AuditLayer`] / [`Audit`]: a tower middleware that audits privileged routes, denials by later layers
 //!   included. [`AuditLog`] is also the [`tenant_scope::CrossTenantAudit`] hook.
 //!
 //! What the chain does *not* prove: a database owner or superuser can rewrite everything after
@@ -50,6 +50,9 @@ mod canonical;
 mod checkpoint;
 mod error;
 mod event;
+#[cfg(feature = "axum")]
+mod extract;
+pub mod future;
 mod hooks;
 mod layer;
 mod proof;
@@ -67,7 +70,7 @@ pub use event::{
     Action, AuditActor, AuditEvent, MAX_IDENTIFIER_BYTES, MAX_METADATA_BYTES, MAX_TARGETS,
     MAX_USER_AGENT_BYTES, Outcome, SCHEMA_VERSION, Target, actions, encode_text, normalize_text,
 };
-pub use layer::{Audit, AuditHandle, AuditLayer, DenialReason, ResponseFuture};
+pub use layer::{Audit, AuditHandle, AuditLayer, DenialReason};
 pub use proof::{InclusionProof, prove};
 pub use query::{
     AuditQuery, EXPORT_FORMAT, ExportSummary, StoredEvent, export_csv, export_jsonl, verify_export,

@@ -14,6 +14,7 @@ use crate::verify::{load_checkpoints, snapshot};
 /// a signed checkpoint, and that checkpoint. Anyone with the trusted public key can check it
 /// offline with [`InclusionProof::verify`]; its size is the distance to the next checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct InclusionProof {
     /// The tenant.
     pub tenant: String,

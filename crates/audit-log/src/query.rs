@@ -152,6 +152,7 @@ type Row = crate::verify::EventRow;
 
 /// One stored event with its chain data.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoredEvent {
     /// The tenant.
     pub tenant: TenantId,
@@ -242,6 +243,7 @@ struct ExportEvent {
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExportSummary {
     /// Events written.
     pub events: u64,

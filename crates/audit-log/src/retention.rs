@@ -14,6 +14,7 @@ use crate::{AuditError, AuditLog};
 
 /// What [`AuditLog::prune`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PruneReport {
     /// Events removed.
     pub removed: u64,

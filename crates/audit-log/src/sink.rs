@@ -14,6 +14,7 @@ use crate::scrub::Scrubber;
 
 /// Where an event landed in its tenant's chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Appended {
     /// The tenant.
     pub tenant: TenantId,

@@ -18,6 +18,11 @@ use tenant_scope::{Actor, TenantContext, TenantId};
 use tower::ServiceExt;
 
 async fn guarded(Path(id): Path<String>) -> axum::response::Response {
+    if id == "over-plan" {
+        // A refusal built from the workspace's rejection type: its code is the reason.
+        return tenant_scope::Rejection::new(StatusCode::FORBIDDEN, "plan_limit", "upgrade first")
+            .into_http();
+    }
     if id == "locked" {
         // A guard refusing the request, naming why.
         return (
@@ -102,6 +107,24 @@ async fn a_request_denied_by_a_later_guard_is_recorded_as_denied() {
     assert_eq!(
         recorded[0].record_json().unwrap()["outcome"]["reason"],
         "step_up_required"
+    );
+}
+
+#[tokio::test]
+async fn a_rejection_is_recorded_with_its_code_as_the_reason() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let response = app(&f, Some(TenantContext::for_actor(actor(t))))
+        .oneshot(request("/notes/over-plan"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].outcome, "denied");
+    assert_eq!(
+        recorded[0].record_json().unwrap()["outcome"]["reason"],
+        "plan_limit"
     );
 }
 

@@ -3,7 +3,7 @@
 //! asks the database about the session in every data statement (`session_liveness`).
 //!
 //! - **layer**: the time from A's revocation committing until B's `validate_cached` (what
-//!   `SessionLayer` asks for a `GET`) refuses the session, p50/p99 over the trials, next to
+//!   `SessionManagerLayer` asks for a `GET`) refuses the session, p50/p99 over the trials, next to
 //!   one `validate` (a database lookup) on B measured in the same run;
 //! - **data**: whether B's first data statement after the revocation commits is refused.
 //!

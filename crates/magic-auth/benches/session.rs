@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use magic_auth::{Assurance, NewSession, SessionConfig, SessionLayer, SessionStore};
+use magic_auth::{Assurance, NewSession, SessionConfig, SessionManagerLayer, SessionStore};
 use rls_guard::TenantPool;
 use rls_guard::schema::SUPPORT_SQL;
 use tenant_scope::{ActorId, ActorKind, TenantId};
@@ -85,7 +85,7 @@ fn main() {
         .await;
         let cookie = format!("__Host-session={}", token.to_cookie_value().as_str());
         let mut service = tower::ServiceBuilder::new()
-            .layer(SessionLayer::new(store.clone()))
+            .layer(SessionManagerLayer::new(store.clone()))
             .service(tower::service_fn(|req: Request<String>| async move {
                 let ok = req.extensions().get::<tenant_scope::Actor>().is_some();
                 Ok::<_, std::convert::Infallible>(Response::new(if ok { "ok" } else { "no" }.to_owned()))

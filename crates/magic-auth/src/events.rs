@@ -61,6 +61,7 @@ pub enum AuthEventKind {
 
 /// One event. It carries identifiers only: never a token, a code, a secret or an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuthEvent {
     /// What happened.
     pub kind: AuthEventKind,

@@ -1,31 +1,33 @@
-//! Tower layers: the session cookie into an [`Actor`](tenant_scope::Actor), and the guards.
+//! Tower middleware: the session cookie into an [`Actor`](tenant_scope::Actor), and the guards.
 //!
 //! ```text
-//! SessionLayer -> TenantLayer (tenant-scope) -> Guard::require_auth / require_mfa /
-//!     require_step_up / same_origin -> handler
+//! SessionManagerLayer -> TenantLayer (tenant-scope) -> Guard::require_auth / require_mfa /
+//!     require_step_up / same_origin / custom -> handler
 //! ```
 //!
-//! - [`SessionLayer`] reads the `__Host-session` cookie, checks it against the store and puts
-//!   the [`Session`] and its `Actor` in the request's extensions; any bad cookie leaves the
-//!   request anonymous. If the store cannot be reached the request is refused with
-//!   `503 session_store_unavailable`: a check that cannot be evaluated never lets a request
-//!   through as anonymous *or* as signed in.
-//! - [`Guard`]s refuse a request its session does not qualify for; their answers are listed
-//!   on [`Guard`].
+//! - [`SessionManagerLayer`] ([`SessionManager`]) reads the `__Host-session` cookie, checks it
+//!   against the store and puts the [`Session`] and its `Actor` in the request's extensions; any
+//!   bad cookie leaves the request anonymous. If the store cannot be reached the request is
+//!   refused with `503 session_store_unavailable`: a check that cannot be evaluated never lets a
+//!   request through as anonymous *or* as signed in.
+//! - [`GuardLayer`]s ([`Guard`]) refuse a request its session does not qualify for; their
+//!   answers are listed on [`GuardLayer`].
+//! - Every refusal is an [`AuthRejection`], rendered through [`tenant_scope::Rejection`].
 
-use std::future::Future;
-use std::pin::Pin;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, ORIGIN};
+use http::header::{COOKIE, ORIGIN};
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use tenant_scope::ActorKind;
+use tenant_scope::{ActorKind, Rejection};
 use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::future::{GuardResponseFuture, SessionResponseFuture};
 use crate::session::{Assurance, Session, SessionStore};
 use crate::token::SessionToken;
 
@@ -90,86 +92,111 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     found
 }
 
-/// Why a guard refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuthRejection {
-    status: StatusCode,
-    code: &'static str,
-    message: &'static str,
+/// Why the session layer or a guard refused a request.
+///
+/// Each variant has a fixed status and machine code; the response is the workspace's JSON
+/// refusal (see [`tenant_scope::Rejection`]), with the `AuthRejection` itself in the response's
+/// extensions (so an application can turn it into a page, as the reference app does).
+///
+/// | variant | status | code |
+/// |---|---|---|
+/// | [`Unauthenticated`](Self::Unauthenticated) | 401 | `unauthenticated` |
+/// | [`MfaRequired`](Self::MfaRequired) | 403 | `mfa_required` |
+/// | [`StepUpRequired`](Self::StepUpRequired) | 403 | `step_up_required` |
+/// | [`CrossOrigin`](Self::CrossOrigin) | 403 | `cross_origin_request` |
+/// | [`Unavailable`](Self::Unavailable) | 503 | `session_store_unavailable` |
+/// | [`Custom`](Self::Custom) | the rejection's | the rejection's |
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthRejection {
+    /// No valid session.
+    #[error("sign in first")]
+    Unauthenticated,
+    /// The session has one factor where two are required.
+    #[error("staff must complete the second factor")]
+    MfaRequired,
+    /// The last factor check is too old for this action, or the session is not `aal2`.
+    #[error("confirm your second factor again for this action")]
+    StepUpRequired,
+    /// A state-changing request from another origin.
+    #[error("state-changing requests must come from this site")]
+    CrossOrigin,
+    /// The session store could not be consulted.
+    #[error("sessions cannot be checked right now")]
+    Unavailable,
+    /// Refused by an application's own check ([`GuardLayer::custom`]).
+    #[error(transparent)]
+    Custom(Rejection),
 }
 
 impl AuthRejection {
-    const UNAUTHENTICATED: Self = Self {
-        status: StatusCode::UNAUTHORIZED,
-        code: "unauthenticated",
-        message: "sign in first",
-    };
-    const MFA_REQUIRED: Self = Self {
-        status: StatusCode::FORBIDDEN,
-        code: "mfa_required",
-        message: "staff must complete the second factor",
-    };
-    const STEP_UP_REQUIRED: Self = Self {
-        status: StatusCode::FORBIDDEN,
-        code: "step_up_required",
-        message: "confirm your second factor again for this action",
-    };
-    const CROSS_ORIGIN: Self = Self {
-        status: StatusCode::FORBIDDEN,
-        code: "cross_origin_request",
-        message: "state-changing requests must come from this site",
-    };
-    const UNAVAILABLE: Self = Self {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "session_store_unavailable",
-        message: "sessions cannot be checked right now",
-    };
+    /// The HTTP status.
+    #[must_use]
+    pub const fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::MfaRequired | Self::StepUpRequired | Self::CrossOrigin => StatusCode::FORBIDDEN,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Custom(rejection) => rejection.status(),
+        }
+    }
 
     /// The stable machine code.
     #[must_use]
     pub const fn code(&self) -> &'static str {
-        self.code
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::MfaRequired => "mfa_required",
+            Self::StepUpRequired => "step_up_required",
+            Self::CrossOrigin => "cross_origin_request",
+            Self::Unavailable => "session_store_unavailable",
+            Self::Custom(rejection) => rejection.code(),
+        }
     }
 
-    /// The HTTP status.
+    /// The human message.
     #[must_use]
-    pub const fn status(&self) -> StatusCode {
-        self.status
+    pub fn message(&self) -> Cow<'static, str> {
+        match self {
+            Self::Custom(rejection) => Cow::Owned(rejection.message().to_owned()),
+            other => Cow::Owned(other.to_string()),
+        }
     }
 
-    /// The response: `{"error":"<code>","message":"<text>"}`, not cached, with the rejection
-    /// itself in the response's extensions, and (feature `audit-log`) its code as an
-    /// `audit_log::DenialReason` for an `AuditLayer` in front.
+    /// The response: `{"error":"<code>","message":"<text>"}`, not cached, with the
+    /// [`Rejection`] and the `AuthRejection` itself in the response's extensions (an
+    /// `audit_log::AuditLayer` in front records the rejection's code as the denial reason).
     #[must_use]
     pub fn into_http<B: From<String>>(self) -> Response<B> {
-        let mut response = Response::new(B::from(format!(
-            "{{\"error\":\"{}\",\"message\":\"{}\"}}",
-            self.code, self.message
-        )));
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // The audit layer records a refusal's reason from `DenialReason`: give it the machine
-        // code (`step_up_required`, ..) rather than a bare status.
-        #[cfg(feature = "audit-log")]
-        response
-            .extensions_mut()
-            .insert(audit_log::DenialReason(self.code));
+        let mut response = Rejection::from(self.clone()).into_http();
         response.extensions_mut().insert(self);
         response
     }
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+impl From<AuthRejection> for Rejection {
+    fn from(rejection: AuthRejection) -> Self {
+        match rejection {
+            AuthRejection::Custom(inner) => inner,
+            other => Self::new(other.status(), other.code(), other.to_string()),
+        }
+    }
+}
 
-/// Turns the session cookie into a [`Session`] and an `Actor` in the request's extensions.
+impl From<Rejection> for AuthRejection {
+    fn from(rejection: Rejection) -> Self {
+        Self::Custom(rejection)
+    }
+}
+
+/// Turns the session cookie into a [`Session`] and an `Actor` in the request's extensions (the
+/// layer of [`SessionManager`]).
 #[derive(Debug, Clone)]
-pub struct SessionLayer {
+pub struct SessionManagerLayer {
     store: SessionStore,
 }
 
-impl SessionLayer {
+impl SessionManagerLayer {
     /// Checks cookies against `store`.
     #[must_use]
     pub const fn new(store: SessionStore) -> Self {
@@ -177,25 +204,56 @@ impl SessionLayer {
     }
 }
 
-impl<S> Layer<S> for SessionLayer {
-    type Service = SessionService<S>;
+impl<S> Layer<S> for SessionManagerLayer {
+    type Service = SessionManager<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionService {
+        SessionManager {
             inner,
             store: self.store.clone(),
         }
     }
 }
 
-/// The service [`SessionLayer`] builds.
+/// The middleware [`SessionManagerLayer`] builds: see there.
 #[derive(Debug, Clone)]
-pub struct SessionService<S> {
+pub struct SessionManager<S> {
     inner: S,
     store: SessionStore,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+impl SessionManager<()> {
+    /// A [`SessionManagerLayer`] checking cookies against `store`.
+    #[must_use]
+    pub const fn layer(store: SessionStore) -> SessionManagerLayer {
+        SessionManagerLayer::new(store)
+    }
+}
+
+impl<S> SessionManager<S> {
+    /// Wraps `inner`, checking cookies against `store`.
+    #[must_use]
+    pub const fn new(inner: S, store: SessionStore) -> Self {
+        Self { inner, store }
+    }
+
+    /// The inner service.
+    pub const fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub const fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionManager<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -204,17 +262,18 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = SessionResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The clone that was driven to readiness serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
-        Box::pin(async move {
+        SessionResponseFuture::new(async move {
             // A client must not smuggle its own Session or Actor in.
             request.extensions_mut().remove::<Session>();
             request.extensions_mut().remove::<tenant_scope::Actor>();
@@ -238,7 +297,7 @@ where
                     Ok(None) => {}
                     Err(error) => {
                         tracing::error!(error = %error, "session store unavailable; request refused");
-                        return Ok(AuthRejection::UNAVAILABLE.into_http());
+                        return Ok(AuthRejection::Unavailable.into_http());
                     }
                 }
             }
@@ -247,64 +306,145 @@ where
     }
 }
 
-#[derive(Debug, Clone)]
+/// An application's own check: the signed-in session and the request head in, a refusal out.
+type CustomCheck = dyn Fn(&Session, &Parts) -> Result<(), Rejection> + Send + Sync;
+
+#[derive(Clone)]
 enum Check {
     Auth,
     Mfa,
     TwoFactors,
     StepUp(Duration),
     SameOrigin(Arc<[HeaderValue]>),
+    Custom(Arc<CustomCheck>),
 }
 
-/// A guard layer: refuses a request its session does not qualify for, before the handler runs.
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auth => f.write_str("Auth"),
+            Self::Mfa => f.write_str("Mfa"),
+            Self::TwoFactors => f.write_str("TwoFactors"),
+            Self::StepUp(max_age) => f.debug_tuple("StepUp").field(max_age).finish(),
+            Self::SameOrigin(origins) => f.debug_tuple("SameOrigin").field(origins).finish(),
+            Self::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+impl Check {
+    fn judge(&self, parts: &Parts) -> Result<(), AuthRejection> {
+        let session = parts.extensions.get::<Session>();
+        match self {
+            Self::SameOrigin(origins) => {
+                let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+                // The browser's own verdict first: `Sec-Fetch-Site` cannot be set by a page, and
+                // it is sent even where `Origin` is `null` (a form on a page served with
+                // `Referrer-Policy: no-referrer`, such as a sign-in link's landing page). Without
+                // it (older browsers, other clients) `Origin` must name an allowed origin; with
+                // neither, the request is refused.
+                let ok = match parts.headers.get("sec-fetch-site") {
+                    Some(site) => site == "same-origin",
+                    None => parts
+                        .headers
+                        .get(ORIGIN)
+                        .is_some_and(|o| origins.iter().any(|allowed| allowed == o)),
+                };
+                if safe || ok {
+                    Ok(())
+                } else {
+                    Err(AuthRejection::CrossOrigin)
+                }
+            }
+            Self::Auth => session.map(drop).ok_or(AuthRejection::Unauthenticated),
+            Self::Mfa => {
+                let s = session.ok_or(AuthRejection::Unauthenticated)?;
+                if s.kind == ActorKind::Staff && s.assurance < Assurance::Aal2 {
+                    Err(AuthRejection::MfaRequired)
+                } else {
+                    Ok(())
+                }
+            }
+            Self::TwoFactors => {
+                let s = session.ok_or(AuthRejection::Unauthenticated)?;
+                if s.assurance < Assurance::Aal2 {
+                    Err(AuthRejection::MfaRequired)
+                } else {
+                    Ok(())
+                }
+            }
+            Self::StepUp(max_age) => {
+                let s = session.ok_or(AuthRejection::Unauthenticated)?;
+                let age = OffsetDateTime::now_utc() - s.authenticated_at;
+                let fresh = time::Duration::try_from(*max_age).is_ok_and(|max| age <= max);
+                if s.assurance == Assurance::Aal2 && fresh {
+                    Ok(())
+                } else {
+                    Err(AuthRejection::StepUpRequired)
+                }
+            }
+            Self::Custom(check) => {
+                let s = session.ok_or(AuthRejection::Unauthenticated)?;
+                check(s, parts).map_err(AuthRejection::Custom)
+            }
+        }
+    }
+}
+
+/// A guard: refuses a request its session does not qualify for, before the handler runs (the
+/// layer of [`Guard`]).
 ///
-/// Guards go after [`SessionLayer`] (and the tenant layer), which puts the [`Session`] they check
-/// in the request's extensions:
+/// Guards go after [`SessionManagerLayer`] (and the tenant layer), which puts the [`Session`]
+/// they check in the request's extensions:
 ///
 /// ```text
-/// SessionLayer -> TenantLayer (tenant-scope) -> Guard::require_auth / require_mfa /
-///     require_step_up / same_origin -> handler
+/// SessionManagerLayer -> TenantLayer (tenant-scope) -> Guard::require_auth / require_mfa /
+///     require_step_up / same_origin / custom -> handler
 /// ```
 ///
 /// A guard answers `401 unauthenticated`, `403 mfa_required` (staff at `aal1`, everywhere the
 /// guard is applied — leave it off the TOTP routes), `403 step_up_required` (the last factor
-/// check is older than `max_age`, default 10 minutes, or the session is not `aal2`), or
-/// `403 cross_origin_request` (a state-changing request whose `Origin` is not the app's); each
-/// constructor says which.
+/// check is older than `max_age`, default 10 minutes, or the session is not `aal2`),
+/// `403 cross_origin_request` (a state-changing request whose `Origin` is not the app's), or
+/// what an application's [`custom`](Self::custom) check says; each constructor says which.
+/// [`and`](Self::and) combines checks into one guard, judged in order (the first refusal is
+/// the answer). The constructors are also on [`Guard`] (`Guard::require_auth()`).
 #[derive(Debug, Clone)]
-pub struct Guard {
-    check: Check,
+pub struct GuardLayer {
+    checks: Arc<[Check]>,
 }
 
-impl Guard {
+impl GuardLayer {
+    fn one(check: Check) -> Self {
+        Self {
+            checks: Arc::from([check]),
+        }
+    }
+
     /// `401 unauthenticated` without a valid session.
     #[must_use]
-    pub const fn require_auth() -> Self {
-        Self { check: Check::Auth }
+    pub fn require_auth() -> Self {
+        Self::one(Check::Auth)
     }
 
     /// `401` without a session; `403 mfa_required` for staff whose session is only `aal1`.
     #[must_use]
-    pub const fn require_mfa() -> Self {
-        Self { check: Check::Mfa }
+    pub fn require_mfa() -> Self {
+        Self::one(Check::Mfa)
     }
 
     /// `401` without a session; `403 mfa_required` for anyone (user or staff) whose session is
     /// only `aal1`: for applications where every account signs in with two factors.
     #[must_use]
-    pub const fn require_two_factors() -> Self {
-        Self {
-            check: Check::TwoFactors,
-        }
+    pub fn require_two_factors() -> Self {
+        Self::one(Check::TwoFactors)
     }
 
     /// `401` without a session; `403 step_up_required` unless the session is `aal2` and its last
     /// factor check is at most `max_age` old.
     #[must_use]
-    pub const fn require_step_up(max_age: Duration) -> Self {
-        Self {
-            check: Check::StepUp(max_age),
-        }
+    pub fn require_step_up(max_age: Duration) -> Self {
+        Self::one(Check::StepUp(max_age))
     }
 
     /// `403 cross_origin_request` for a request other than `GET`, `HEAD` or `OPTIONS` that the
@@ -318,109 +458,152 @@ impl Guard {
             .iter()
             .filter_map(|o| HeaderValue::from_str(o).ok())
             .collect();
+        Self::one(Check::SameOrigin(origins.into()))
+    }
+
+    /// An application's own check: `401 unauthenticated` without a session; otherwise
+    /// `check(session, request head)` decides, and its [`Rejection`] is the answer (as
+    /// [`AuthRejection::Custom`]).
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use magic_auth::Guard;
+    /// use tenant_scope::{ActorKind, Rejection};
+    ///
+    /// // Only staff may reach the operator console.
+    /// let staff_only = Guard::require_mfa().and(Guard::custom(|session, _parts| {
+    ///     if session.kind == ActorKind::Staff {
+    ///         Ok(())
+    ///     } else {
+    ///         Err(Rejection::new(StatusCode::FORBIDDEN, "staff_only", "this page is for staff"))
+    ///     }
+    /// }));
+    /// # let _ = staff_only;
+    /// ```
+    #[must_use]
+    pub fn custom<F>(check: F) -> Self
+    where
+        F: Fn(&Session, &Parts) -> Result<(), Rejection> + Send + Sync + 'static,
+    {
+        Self::one(Check::Custom(Arc::new(check)))
+    }
+
+    /// This guard's checks, then `other`'s: the first refusal is the answer.
+    #[must_use]
+    pub fn and(self, other: Self) -> Self {
+        let Self { checks: theirs } = other;
+        let checks: Vec<Check> = self.checks.iter().chain(theirs.iter()).cloned().collect();
         Self {
-            check: Check::SameOrigin(origins.into()),
+            checks: checks.into(),
         }
     }
 
-    fn judge<B>(&self, request: &Request<B>) -> Result<(), AuthRejection> {
-        let session = request.extensions().get::<Session>();
-        match &self.check {
-            Check::SameOrigin(origins) => {
-                let safe = matches!(
-                    *request.method(),
-                    Method::GET | Method::HEAD | Method::OPTIONS
-                );
-                // The browser's own verdict first: `Sec-Fetch-Site` cannot be set by a page, and
-                // it is sent even where `Origin` is `null` (a form on a page served with
-                // `Referrer-Policy: no-referrer`, such as a sign-in link's landing page). Without
-                // it (older browsers, other clients) `Origin` must name an allowed origin; with
-                // neither, the request is refused.
-                let ok = match request.headers().get("sec-fetch-site") {
-                    Some(site) => site == "same-origin",
-                    None => request
-                        .headers()
-                        .get(ORIGIN)
-                        .is_some_and(|o| origins.iter().any(|allowed| allowed == o)),
-                };
-                if safe || ok {
-                    Ok(())
-                } else {
-                    Err(AuthRejection::CROSS_ORIGIN)
-                }
-            }
-            Check::Auth => session.map(drop).ok_or(AuthRejection::UNAUTHENTICATED),
-            Check::Mfa => {
-                let s = session.ok_or(AuthRejection::UNAUTHENTICATED)?;
-                if s.kind == ActorKind::Staff && s.assurance < Assurance::Aal2 {
-                    Err(AuthRejection::MFA_REQUIRED)
-                } else {
-                    Ok(())
-                }
-            }
-            Check::TwoFactors => {
-                let s = session.ok_or(AuthRejection::UNAUTHENTICATED)?;
-                if s.assurance < Assurance::Aal2 {
-                    Err(AuthRejection::MFA_REQUIRED)
-                } else {
-                    Ok(())
-                }
-            }
-            Check::StepUp(max_age) => {
-                let s = session.ok_or(AuthRejection::UNAUTHENTICATED)?;
-                let age = OffsetDateTime::now_utc() - s.authenticated_at;
-                let fresh = time::Duration::try_from(*max_age).is_ok_and(|max| age <= max);
-                if s.assurance == Assurance::Aal2 && fresh {
-                    Ok(())
-                } else {
-                    Err(AuthRejection::STEP_UP_REQUIRED)
-                }
-            }
-        }
+    fn judge(&self, parts: &Parts) -> Result<(), AuthRejection> {
+        self.checks.iter().try_for_each(|check| check.judge(parts))
     }
 }
 
-impl<S> Layer<S> for Guard {
-    type Service = Guarded<S>;
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Guarded {
+        Guard {
             inner,
             guard: self.clone(),
         }
     }
 }
 
-/// The service a [`Guard`] builds.
+/// The middleware a [`GuardLayer`] builds: see there.
 #[derive(Debug, Clone)]
-pub struct Guarded<S> {
+pub struct Guard<S> {
     inner: S,
-    guard: Guard,
+    guard: GuardLayer,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Guarded<S>
+/// The [`GuardLayer`] constructors, so routes read `.layer(Guard::require_auth())`.
+impl Guard<()> {
+    /// [`GuardLayer::require_auth`].
+    #[must_use]
+    pub fn require_auth() -> GuardLayer {
+        GuardLayer::require_auth()
+    }
+
+    /// [`GuardLayer::require_mfa`].
+    #[must_use]
+    pub fn require_mfa() -> GuardLayer {
+        GuardLayer::require_mfa()
+    }
+
+    /// [`GuardLayer::require_two_factors`].
+    #[must_use]
+    pub fn require_two_factors() -> GuardLayer {
+        GuardLayer::require_two_factors()
+    }
+
+    /// [`GuardLayer::require_step_up`].
+    #[must_use]
+    pub fn require_step_up(max_age: Duration) -> GuardLayer {
+        GuardLayer::require_step_up(max_age)
+    }
+
+    /// [`GuardLayer::same_origin`].
+    #[must_use]
+    pub fn same_origin(origins: &[&str]) -> GuardLayer {
+        GuardLayer::same_origin(origins)
+    }
+
+    /// [`GuardLayer::custom`].
+    #[must_use]
+    pub fn custom<F>(check: F) -> GuardLayer
+    where
+        F: Fn(&Session, &Parts) -> Result<(), Rejection> + Send + Sync + 'static,
+    {
+        GuardLayer::custom(check)
+    }
+}
+
+impl<S> Guard<S> {
+    /// Wraps `inner` in `guard`.
+    #[must_use]
+    pub const fn new(inner: S, guard: GuardLayer) -> Self {
+        Self { inner, guard }
+    }
+
+    /// The inner service.
+    pub const fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub const fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Guard<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: From<String> + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<String>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = GuardResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match self.guard.judge(&request) {
-            Err(rejection) => Box::pin(async move { Ok(rejection.into_http()) }),
-            Ok(()) => {
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { inner.call(request).await })
-            }
+        let (parts, body) = request.into_parts();
+        match self.guard.judge(&parts) {
+            Err(rejection) => GuardResponseFuture::rejected(rejection.into_http()),
+            Ok(()) => GuardResponseFuture::inner(self.inner.call(Request::from_parts(parts, body))),
         }
     }
 }
@@ -520,10 +703,10 @@ mod tests {
             if let Some(s) = s {
                 r.extensions_mut().insert(s);
             }
-            r
+            r.into_parts().0
         };
-        let both = Guard::require_two_factors();
-        let mfa = Guard::require_mfa();
+        let both = GuardLayer::require_two_factors();
+        let mfa = GuardLayer::require_mfa();
         let user1 = request(Some(session(ActorKind::User, Assurance::Aal1)));
         assert!(mfa.judge(&user1).is_ok());
         assert!(both.judge(&user1).is_err());
@@ -540,13 +723,13 @@ mod tests {
 
     #[test]
     fn same_origin_trusts_sec_fetch_site_then_origin_and_refuses_neither() {
-        let guard = Guard::same_origin(&["https://app.example.test"]);
+        let guard = GuardLayer::same_origin(&["https://app.example.test"]);
         let post = |headers: &[(&'static str, &'static str)]| {
             let mut r = Request::post("/x").body(()).unwrap();
             for (k, v) in headers {
                 r.headers_mut().insert(*k, HeaderValue::from_static(v));
             }
-            guard.judge(&r)
+            guard.judge(&r.into_parts().0)
         };
         // A form on a no-referrer page: Origin is "null", the fetch metadata says same-origin.
         assert!(post(&[("origin", "null"), ("sec-fetch-site", "same-origin")]).is_ok());
@@ -563,6 +746,169 @@ mod tests {
         assert!(post(&[("origin", "null")]).is_err());
         assert!(post(&[]).is_err());
         let get = Request::get("/x").body(()).unwrap();
-        assert!(guard.judge(&get).is_ok());
+        assert!(guard.judge(&get.into_parts().0).is_ok());
+    }
+
+    fn session_of(kind: ActorKind, assurance: Assurance) -> Session {
+        let now = OffsetDateTime::now_utc();
+        Session {
+            tenant: tenant_scope::TenantId::new_random(),
+            id: uuid::Uuid::new_v4(),
+            user: tenant_scope::ActorId::new_random(),
+            kind,
+            assurance,
+            created_at: now,
+            authenticated_at: now,
+            idle_expires_at: now + time::Duration::minutes(30),
+            absolute_expires_at: now + time::Duration::hours(12),
+        }
+    }
+
+    fn head(session: Option<Session>, path: &str) -> Parts {
+        let mut r = Request::post(path).body(()).unwrap();
+        if let Some(s) = session {
+            r.extensions_mut().insert(s);
+        }
+        r.into_parts().0
+    }
+
+    fn staff_only() -> GuardLayer {
+        Guard::custom(|session: &Session, parts: &Parts| {
+            if session.kind == ActorKind::Staff && parts.uri.path().starts_with("/ops/") {
+                Ok(())
+            } else {
+                Err(Rejection::new(
+                    StatusCode::FORBIDDEN,
+                    "staff_only",
+                    "this page is for \"staff\"",
+                ))
+            }
+        })
+    }
+
+    /// An application's own check refuses with its own code, through the shared shape; the
+    /// positive control is the same guard letting staff through.
+    #[test]
+    fn a_custom_check_refuses_with_its_own_rejection_and_lets_the_qualified_through() {
+        let guard = staff_only();
+        let staff = session_of(ActorKind::Staff, Assurance::Aal2);
+        let user = session_of(ActorKind::User, Assurance::Aal2);
+        assert_eq!(guard.judge(&head(Some(staff.clone()), "/ops/x")), Ok(()));
+        let refused = guard.judge(&head(Some(user), "/ops/x")).unwrap_err();
+        assert_eq!(
+            (refused.status(), refused.code()),
+            (StatusCode::FORBIDDEN, "staff_only")
+        );
+        assert!(matches!(refused, AuthRejection::Custom(_)));
+        let response: Response<String> = refused.clone().into_http();
+        assert_eq!(
+            response.body(),
+            r#"{"error":"staff_only","message":"this page is for \"staff\""}"#
+        );
+        assert_eq!(response.extensions().get::<AuthRejection>(), Some(&refused));
+        assert_eq!(
+            response
+                .extensions()
+                .get::<Rejection>()
+                .map(Rejection::code),
+            Some("staff_only")
+        );
+        // The predicate sees the request head too.
+        assert!(guard.judge(&head(Some(staff), "/notes")).is_err());
+        // No session: the check is never asked, the answer is 401.
+        assert_eq!(
+            guard.judge(&head(None, "/ops/x")),
+            Err(AuthRejection::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn checks_combine_in_order_and_the_first_refusal_answers() {
+        let guard = Guard::require_mfa().and(staff_only());
+        // Staff at aal1: the built-in check answers first.
+        assert_eq!(
+            guard.judge(&head(
+                Some(session_of(ActorKind::Staff, Assurance::Aal1)),
+                "/ops/x"
+            )),
+            Err(AuthRejection::MfaRequired)
+        );
+        // A user passes the MFA check (users need not), then meets the custom one.
+        assert_eq!(
+            guard
+                .judge(&head(
+                    Some(session_of(ActorKind::User, Assurance::Aal1)),
+                    "/ops/x"
+                ))
+                .map_err(|r| r.code()),
+            Err("staff_only")
+        );
+        // Positive control: staff with two factors pass both.
+        assert!(
+            guard
+                .judge(&head(
+                    Some(session_of(ActorKind::Staff, Assurance::Aal2)),
+                    "/ops/x"
+                ))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn every_auth_rejection_keeps_its_status_code_and_message() {
+        let table = [
+            (
+                AuthRejection::Unauthenticated,
+                401,
+                "unauthenticated",
+                "sign in first",
+            ),
+            (
+                AuthRejection::MfaRequired,
+                403,
+                "mfa_required",
+                "staff must complete the second factor",
+            ),
+            (
+                AuthRejection::StepUpRequired,
+                403,
+                "step_up_required",
+                "confirm your second factor again for this action",
+            ),
+            (
+                AuthRejection::CrossOrigin,
+                403,
+                "cross_origin_request",
+                "state-changing requests must come from this site",
+            ),
+            (
+                AuthRejection::Unavailable,
+                503,
+                "session_store_unavailable",
+                "sessions cannot be checked right now",
+            ),
+        ];
+        for (rejection, status, code, message) in table {
+            assert_eq!(
+                (rejection.status().as_u16(), rejection.code()),
+                (status, code)
+            );
+            let response: Response<String> = rejection.into_http();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response.body(),
+                &format!(r#"{{"error":"{code}","message":"{message}"}}"#)
+            );
+            assert_eq!(response.headers()["content-type"], "application/json");
+            assert_eq!(response.headers()["cache-control"], "no-store");
+        }
+    }
+
+    #[test]
+    fn the_middleware_exposes_its_inner_service() {
+        let mut guard = Guard::require_auth().layer(7_u8);
+        assert_eq!(*guard.get_ref(), 7);
+        *guard.get_mut() = 8;
+        assert_eq!(guard.into_inner(), 8);
     }
 }

@@ -31,9 +31,13 @@
 //!   it is disabled or signed out everywhere, [`MagicLinks::invalidate_links`]);
 //!   [`EmailAddress`] validation and
 //!   normalisation; the [`mailer::Mailer`] trait with a development outbox.
-//! - [`SessionLayer`] and the [`Guard`]s: cookie → `Session` + `Actor`, `401 unauthenticated`,
-//!   `403 mfa_required`, `403 step_up_required`, `403 cross_origin_request`, and
-//!   `503 session_store_unavailable` when sessions cannot be checked.
+//! - [`SessionManagerLayer`] and the guards ([`GuardLayer`], built with `Guard::require_auth()`
+//!   and the like, or [`Guard::custom`] for an application's own check): cookie → `Session` +
+//!   `Actor`, `401 unauthenticated`, `403 mfa_required`, `403 step_up_required`,
+//!   `403 cross_origin_request`, and `503 session_store_unavailable` when sessions cannot be
+//!   checked; every refusal an [`AuthRejection`] with the workspace's JSON shape
+//!   ([`tenant_scope::Rejection`]). With feature `axum`, handlers take `Session` or
+//!   `Option<Session>` as arguments (a missing session is `401 unauthenticated`).
 //!
 //! - Recovery codes (10 × 80 bits, hashed, single use, regeneration needs step-up) and
 //!   [`RateLimiter`] (PostgreSQL, across instances) for link requests per address and client
@@ -66,6 +70,9 @@ mod cache;
 mod email;
 mod error;
 mod events;
+#[cfg(feature = "axum")]
+mod extract;
+pub mod future;
 mod layer;
 mod limit;
 mod link;
@@ -80,8 +87,8 @@ pub use email::{EmailAddress, EmailPolicy};
 pub use error::AuthError;
 pub use events::{AuthEvent, AuthEventKind, AuthEvents};
 pub use layer::{
-    AuthRejection, DEFAULT_STEP_UP_MAX_AGE, Guard, Guarded, SESSION_COOKIE, SessionLayer,
-    SessionService, clear_session_cookie, cookie_value, session_cookie,
+    AuthRejection, DEFAULT_STEP_UP_MAX_AGE, Guard, GuardLayer, SESSION_COOKIE, SessionManager,
+    SessionManagerLayer, clear_session_cookie, cookie_value, session_cookie,
 };
 pub use limit::{
     DEFAULT_IPV6_PREFIX, Hit, Limit, MAX_HITS, MAX_WINDOW, MIN_IPV6_PREFIX, RateLimiter, client_key,

@@ -498,7 +498,7 @@ impl SessionStore {
 
     /// As [`validate`](Self::validate), answered from the session cache (see
     /// [`with_cache`](Self::with_cache)) when it holds the session; without a cache, or on a
-    /// miss, exactly `validate`. [`SessionLayer`](crate::SessionLayer) uses it for requests
+    /// miss, exactly `validate`. [`SessionManagerLayer`](crate::SessionManagerLayer) uses it for requests
     /// that change nothing (`GET`, `HEAD`, `OPTIONS`); every other request, and every
     /// magic-auth operation, asks the database.
     ///

@@ -18,7 +18,7 @@ use magic_auth::mailer::DevOutbox;
 use magic_auth::totp::{CodeCheck, TotpConfig, TotpService, code_at};
 use magic_auth::{
     Account, AccountDirectory, Assurance, EmailAddress, Guard, LinkConfig, MagicLinks, NewSession,
-    Session, SessionConfig, SessionLayer, SessionStore, cookie_value, session_cookie,
+    Session, SessionConfig, SessionManagerLayer, SessionStore, cookie_value, session_cookie,
 };
 use rls_guard::TenantPool;
 use rls_guard::schema::SUPPORT_SQL;
@@ -213,7 +213,7 @@ fn router(app: App) -> Router {
         .merge(sensitive)
         .merge(signed_in)
         .layer(Guard::same_origin(&["https://app.example.test"]))
-        .layer(SessionLayer::new(app.sessions.clone()))
+        .layer(SessionManagerLayer::new(app.sessions.clone()))
         .with_state(app)
 }
 
@@ -521,7 +521,7 @@ async fn an_old_sign_in_needs_step_up_for_sensitive_actions() {
     let app = Router::new()
         .route("/export", post(|| async { "exported" }))
         .layer(Guard::require_step_up(Duration::from_secs(1)))
-        .layer(SessionLayer::new(sessions.clone()));
+        .layer(SessionManagerLayer::new(sessions.clone()));
     let cookie = format!("__Host-session={}", token.to_cookie_value().as_str());
     let r = app
         .clone()
@@ -579,7 +579,7 @@ async fn an_unreachable_session_store_refuses_the_request() {
         .unwrap();
     let app = Router::new()
         .route("/public", get(|| async { "hello" }))
-        .layer(SessionLayer::new(sessions));
+        .layer(SessionManagerLayer::new(sessions));
     pool.pool().close().await;
     let cookie = format!("__Host-session={}", token.to_cookie_value().as_str());
     let r = app
@@ -626,7 +626,7 @@ async fn a_foreign_non_utf8_cookie_beside_the_session_does_not_hide_it() {
     let app = Router::new()
         .route("/me", get(|| async { "signed in" }))
         .layer(Guard::require_auth())
-        .layer(SessionLayer::new(sessions));
+        .layer(SessionManagerLayer::new(sessions));
     let pair = format!("__Host-session={}", token.to_cookie_value().as_str());
     let other_pair = format!("__Host-session={}", other.to_cookie_value().as_str());
     let status = |headers: Vec<Vec<u8>>| {

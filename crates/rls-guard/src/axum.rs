@@ -22,7 +22,6 @@
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tenant_scope::TenantContext;
 
@@ -48,55 +47,11 @@ where
 }
 
 impl IntoResponse for RlsError {
+    /// The [`Rejection`](tenant_scope::Rejection) of [`RlsError::rejection`]; the details stay in
+    /// the log.
     fn into_response(self) -> Response {
-        let (status, code, message) = if self.is_unavailable() {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the database is unavailable",
-            )
-        } else {
-            match &self {
-                Self::NoTenantContext => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "tenant_not_resolved",
-                    "tenant context unavailable",
-                ),
-                Self::ContextRefused(_) => (
-                    StatusCode::FORBIDDEN,
-                    "tenant_context_refused",
-                    "access to this tenant is no longer granted",
-                ),
-                Self::SessionEnded => (
-                    StatusCode::UNAUTHORIZED,
-                    "session_ended",
-                    "your session has ended; sign in again",
-                ),
-                Self::BindingChanged => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "tenant_binding_changed",
-                    "the request was refused",
-                ),
-                _ => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "database_error",
-                    "the request failed",
-                ),
-            }
-        };
-        // Details stay in the log; the client learns the stable code only.
-        tracing::warn!(error = %self, code, "request refused by rls-guard");
-        let mut response = (
-            status,
-            format!("{{\"error\":\"{code}\",\"message\":\"{message}\"}}"),
-        )
-            .into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        let rejection = self.rejection();
+        tracing::warn!(error = %self, code = rejection.code(), "request refused by rls-guard");
+        rejection.into_response()
     }
 }

@@ -85,6 +85,7 @@ pub enum FindingKind {
 
 /// One defect, on one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Finding {
     /// What is wrong.
     pub kind: FindingKind,

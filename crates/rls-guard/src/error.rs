@@ -125,6 +125,57 @@ impl RlsError {
             _ => false,
         }
     }
+
+    /// The HTTP refusal for this error (what the axum extractor answers with): `503
+    /// database_unavailable` when [`is_unavailable`](Self::is_unavailable), `500
+    /// tenant_not_resolved` without a tenant context, `403 tenant_context_refused` for a
+    /// refused context, `500 tenant_binding_changed`, else `500 database_error`. The message
+    /// never carries the error's details.
+    #[must_use]
+    pub fn rejection(&self) -> tenant_scope::Rejection {
+        use http::StatusCode;
+        use tenant_scope::Rejection;
+        if self.is_unavailable() {
+            return Rejection::from_static(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unavailable",
+            );
+        }
+        match self {
+            Self::NoTenantContext => Rejection::from_static(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "tenant_not_resolved",
+                "tenant context unavailable",
+            ),
+            Self::ContextRefused(_) => Rejection::from_static(
+                StatusCode::FORBIDDEN,
+                "tenant_context_refused",
+                "access to this tenant is no longer granted",
+            ),
+            Self::SessionEnded => Rejection::from_static(
+                StatusCode::UNAUTHORIZED,
+                "session_ended",
+                "your session has ended; sign in again",
+            ),
+            Self::BindingChanged => Rejection::from_static(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "tenant_binding_changed",
+                "the request was refused",
+            ),
+            _ => Rejection::from_static(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "database_error",
+                "the request failed",
+            ),
+        }
+    }
+}
+
+impl From<&RlsError> for tenant_scope::Rejection {
+    fn from(error: &RlsError) -> Self {
+        error.rejection()
+    }
 }
 
 /// The classification of [`RlsError::is_unavailable`] for a bare `sqlx` error, so crates built
@@ -142,5 +193,31 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_codes_and_never_carry_details() {
+        let unavailable = RlsError::Database(sqlx::Error::PoolTimedOut).rejection();
+        assert_eq!(
+            (unavailable.status().as_u16(), unavailable.code()),
+            (503, "database_unavailable")
+        );
+        let missing = RlsError::NoTenantContext.rejection();
+        assert_eq!(
+            missing.body(),
+            r#"{"error":"tenant_not_resolved","message":"tenant context unavailable"}"#
+        );
+        let secret = RlsError::BindingKeyRefused("key 0123abcd".to_owned());
+        let refusal = tenant_scope::Rejection::from(&secret);
+        assert_eq!(
+            (refusal.status().as_u16(), refusal.code()),
+            (500, "database_error")
+        );
+        assert!(!refusal.body().contains("0123abcd"));
     }
 }

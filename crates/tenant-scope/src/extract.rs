@@ -1,6 +1,8 @@
 //! axum extractor for [`TenantContext`] (feature `axum`).
 
-use axum::extract::FromRequestParts;
+use std::convert::Infallible;
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::request::Parts;
 
 use crate::{TenantContext, TenantError, TenantRejection};
@@ -16,5 +18,17 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantContext {
             .get::<TenantContext>()
             .cloned()
             .ok_or(TenantRejection::new(TenantError::NotResolved))
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for TenantContext {
+    type Rejection = Infallible;
+
+    /// `Option<TenantContext>`: the context the layer resolved, or `None` on a route without it.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<TenantContext>().cloned())
     }
 }

@@ -1,21 +1,19 @@
-//! [`TenantLayer`]: resolve the tenant before the inner service runs.
+//! [`TenantLayer`] and [`Tenant`]: resolve the tenant before the inner service runs.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::context::Origin;
-use crate::resolve::{RequestHead, TenantDirectory, TenantResolver};
+use crate::future::ResponseFuture;
+use crate::resolve::{DynDirectory, DynResolver, RequestHead, TenantDirectory, TenantResolver};
 use crate::{Actor, TenantContext, TenantError, TenantRejection, scope};
 
-/// Resolves the tenant of every request before the inner service sees it.
+/// Resolves the tenant of every request before the inner service sees it (the layer of
+/// [`Tenant`]).
 ///
 /// On success the [`TenantContext`] is inserted into the request extensions and the inner
 /// service's future runs inside the task-local tenant scope (see [`scope::current`]). On any
@@ -32,8 +30,8 @@ pub struct TenantLayer {
 }
 
 struct Config {
-    resolver: Box<dyn TenantResolver>,
-    directory: Option<Arc<dyn TenantDirectory>>,
+    resolver: Box<dyn DynResolver>,
+    directory: Option<Arc<dyn DynDirectory>>,
 }
 
 impl std::fmt::Debug for TenantLayer {
@@ -57,9 +55,10 @@ impl TenantLayer {
         }
     }
 
-    /// Also require the resolved tenant to be known to `directory`.
+    /// Also require the resolved tenant to be known to `directory`. A directory that cannot
+    /// answer refuses the request (`503 tenant_unavailable`).
     #[must_use]
-    pub fn with_directory(self, directory: Arc<dyn TenantDirectory>) -> Self {
+    pub fn with_directory(self, directory: impl TenantDirectory) -> Self {
         let resolver = match Arc::try_unwrap(self.config) {
             Ok(config) => config.resolver,
             Err(shared) => Box::new(SharedResolver(shared)),
@@ -67,7 +66,7 @@ impl TenantLayer {
         Self {
             config: Arc::new(Config {
                 resolver,
-                directory: Some(directory),
+                directory: Some(Arc::new(directory)),
             }),
         }
     }
@@ -76,9 +75,9 @@ impl TenantLayer {
     ///
     /// # Errors
     /// The [`TenantError`] the middleware would answer with.
-    pub fn resolve(&self, head: &RequestHead<'_>) -> Result<TenantContext, TenantError> {
+    pub async fn resolve(&self, head: &RequestHead<'_>) -> Result<TenantContext, TenantError> {
         let actor = head.extensions.get::<Actor>();
-        let found = match self.config.resolver.resolve(head) {
+        let found = match self.config.resolver.resolve_boxed(head).await {
             // A signed-in actor asking for a tenant that is not theirs gets the same answer
             // whether that tenant exists or not: no existence oracle for other tenants' slugs.
             Err(TenantError::Unknown) if actor.is_some() => return Err(TenantError::Conflict),
@@ -91,7 +90,7 @@ impl TenantLayer {
             (None, None) => return Err(TenantError::Missing),
         };
         if let Some(directory) = &self.config.directory
-            && !directory.contains(tenant)?
+            && !directory.contains_boxed(tenant).await?
         {
             return Err(if actor.is_some() {
                 TenantError::Conflict
@@ -111,99 +110,97 @@ impl TenantResolver for SharedResolver {
         self.0.resolver.name()
     }
 
-    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<crate::TenantId>, TenantError> {
-        self.0.resolver.resolve(head)
+    async fn resolve(
+        &self,
+        head: &RequestHead<'_>,
+    ) -> Result<Option<crate::TenantId>, TenantError> {
+        self.0.resolver.resolve_boxed(head).await
     }
 }
 
 impl<S> Layer<S> for TenantLayer {
-    type Service = TenantService<S>;
+    type Service = Tenant<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TenantService {
+        Tenant {
             inner,
             layer: self.clone(),
         }
     }
 }
 
-/// The middleware built by [`TenantLayer`].
+/// The middleware [`TenantLayer`] builds: see there.
 #[derive(Debug, Clone)]
-pub struct TenantService<S> {
+pub struct Tenant<S> {
     inner: S,
     layer: TenantLayer,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TenantService<S>
+impl Tenant<()> {
+    /// A [`TenantLayer`] resolving with `resolver` (`Tenant::layer(..)`).
+    #[must_use]
+    pub fn layer(resolver: impl TenantResolver) -> TenantLayer {
+        TenantLayer::new(resolver)
+    }
+}
+
+impl<S> Tenant<S> {
+    /// Wraps `inner`, resolving as `layer` says.
+    #[must_use]
+    pub fn new(inner: S, layer: TenantLayer) -> Self {
+        Self { inner, layer }
+    }
+
+    /// The inner service.
+    pub const fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub const fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Tenant<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<String>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        match self.layer.resolve(&RequestHead::of(&request)) {
-            Ok(context) => {
-                request.extensions_mut().insert(context.clone());
-                let inner = &mut self.inner;
-                let future = scope::sync_scope(context.clone(), || inner.call(request));
-                ResponseFuture {
-                    kind: Kind::Inner {
-                        future: scope::scope(context, future),
-                    },
+        // The clone that was driven to readiness serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        ResponseFuture::new(async move {
+            match layer.resolve(&RequestHead::of(&request)).await {
+                Ok(context) => {
+                    request.extensions_mut().insert(context.clone());
+                    // The scope covers the inner service's `call` too, not only its future.
+                    let future = scope::sync_scope(context.clone(), || inner.call(request));
+                    scope::scope(context, future).await
+                }
+                Err(error) => {
+                    let rejection = TenantRejection::new(error);
+                    tracing::debug!(code = rejection.code(), "request refused by tenant layer");
+                    Ok(rejection.into_http())
                 }
             }
-            Err(error) => {
-                let rejection = TenantRejection::new(error);
-                tracing::debug!(code = rejection.code(), "request refused by tenant layer");
-                ResponseFuture {
-                    kind: Kind::Rejected {
-                        response: Some(rejection.into_http()),
-                    },
-                }
-            }
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`TenantService`].
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B> {
-        Inner { #[pin] future: TaskLocalFuture<TenantContext, F> },
-        Rejected { response: Option<Response<B>> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future.poll(cx),
-            KindProj::Rejected { response } => {
-                #[allow(clippy::expect_used)] // Polling a completed future violates its contract.
-                let response = response
-                    .take()
-                    .expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(response))
-            }
-        }
+        })
     }
 }

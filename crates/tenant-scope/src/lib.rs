@@ -9,10 +9,14 @@
 //! - [`TenantResolver`]s: the signed-in [`ActorResolver`] (primary), a trusted
 //!   [`HeaderResolver`], a [`SubdomainResolver`]; [`AllAgree`] requires every present source to
 //!   name the same tenant.
-//! - [`TenantLayer`]: tower middleware that resolves before the inner service runs and rejects
+//! - [`TenantLayer`] / [`Tenant`]: tower middleware that resolves before the inner service runs
+//!   (through asynchronous resolvers and an optional [`TenantDirectory`]) and rejects
 //!   missing (400 `tenant_required`), malformed (400 `tenant_malformed`), conflicting
 //!   (403 `tenant_mismatch`) or unknown (403 `tenant_unknown`) tenants, and answers 503
 //!   `tenant_unavailable` when the tenant directory cannot be consulted.
+//! - [`Rejection`]: the workspace's one HTTP refusal (status, stable code, message; JSON body
+//!   `{"error":"<code>","message":"<text>"}`), which every crate's layers and extractors answer
+//!   with; [`TenantRejection`] is this crate's.
 //! - [`scope`]: task-local propagation with an explicit spawn helper; no scope is an error.
 //! - [`CrossTenantAuthority`]: the only way to act in another tenant — staff only, with a
 //!   reason, audited before it is granted, expiring after a [`GrantLifetime`], and audited again
@@ -53,6 +57,7 @@ pub mod cross_tenant;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+pub mod future;
 mod id;
 mod layer;
 mod rejection;
@@ -66,8 +71,8 @@ pub use cross_tenant::{
 };
 pub use error::{CrossTenantRefusal, IdError, TenantError};
 pub use id::{ActorId, TenantId};
-pub use layer::{ResponseFuture, TenantLayer, TenantService};
-pub use rejection::TenantRejection;
+pub use layer::{Tenant, TenantLayer};
+pub use rejection::{Rejection, TenantRejection};
 pub use resolve::{
     ActorResolver, AllAgree, HeaderResolver, RequestHead, StaticDirectory, SubdomainResolver,
     TenantDirectory, TenantResolver,

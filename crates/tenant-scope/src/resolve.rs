@@ -3,8 +3,33 @@
 //! A [`TenantResolver`] looks at the request head and answers one of three ways: it found a
 //! tenant, it found nothing (`Ok(None)`), or it found something it must refuse (`Err`). Refusals
 //! are final: a malformed header is not "absent", and the layer rejects the request.
+//!
+//! Both extension points are asynchronous, so a [`TenantDirectory`] can be backed by the
+//! database. Implementations may write `async fn`:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tenant_scope::{TenantDirectory, TenantId};
+//!
+//! struct OneTenant(TenantId);
+//!
+//! impl TenantDirectory for OneTenant {
+//!     type Error = Infallible;
+//!
+//!     async fn by_slug(&self, slug: &str) -> Result<Option<TenantId>, Infallible> {
+//!         Ok((slug == "acme").then_some(self.0))
+//!     }
+//!
+//!     async fn contains(&self, tenant: TenantId) -> Result<bool, Infallible> {
+//!         Ok(tenant == self.0)
+//!     }
+//! }
+//! ```
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method, Uri, header};
@@ -13,6 +38,7 @@ use crate::{Actor, TenantError, TenantId};
 
 /// The parts of a request a resolver may look at.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RequestHead<'a> {
     /// The request method.
     pub method: &'a Method,
@@ -47,16 +73,47 @@ pub trait TenantResolver: Send + Sync + 'static {
     /// # Errors
     /// Any [`TenantError`] refuses the request; return `Ok(None)` only when the source is
     /// genuinely absent.
-    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError>;
+    fn resolve(
+        &self,
+        head: &RequestHead<'_>,
+    ) -> impl Future<Output = Result<Option<TenantId>, TenantError>> + Send;
 }
 
-impl<R: TenantResolver + ?Sized> TenantResolver for Arc<R> {
+impl<R: TenantResolver> TenantResolver for Arc<R> {
     fn name(&self) -> &'static str {
         (**self).name()
     }
 
-    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
+    fn resolve(
+        &self,
+        head: &RequestHead<'_>,
+    ) -> impl Future<Output = Result<Option<TenantId>, TenantError>> + Send {
         (**self).resolve(head)
+    }
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A [`TenantResolver`] behind a pointer (the trait's `impl Future` is not object safe).
+pub(crate) trait DynResolver: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    fn resolve_boxed<'a>(
+        &'a self,
+        head: &'a RequestHead<'a>,
+    ) -> BoxFuture<'a, Result<Option<TenantId>, TenantError>>;
+}
+
+impl<R: TenantResolver> DynResolver for R {
+    fn name(&self) -> &'static str {
+        TenantResolver::name(self)
+    }
+
+    fn resolve_boxed<'a>(
+        &'a self,
+        head: &'a RequestHead<'a>,
+    ) -> BoxFuture<'a, Result<Option<TenantId>, TenantError>> {
+        Box::pin(self.resolve(head))
     }
 }
 
@@ -69,7 +126,7 @@ impl TenantResolver for ActorResolver {
         "actor"
     }
 
-    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
+    async fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
         Ok(head.extensions.get::<Actor>().map(Actor::tenant))
     }
 }
@@ -97,7 +154,7 @@ impl TenantResolver for HeaderResolver {
         "header"
     }
 
-    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
+    async fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
         let malformed = TenantError::Malformed {
             source_name: "header",
         };
@@ -116,20 +173,71 @@ impl TenantResolver for HeaderResolver {
 
 /// Looks tenants up by slug and tells whether a tenant is known.
 ///
-/// Implementations are synchronous snapshots (an in-memory map the application refreshes), so
-/// resolution never touches the database.
+/// Asynchronous, so it can be a query (a `tenants` table) as well as an in-memory snapshot
+/// ([`StaticDirectory`]). It fails closed: any error refuses the request with
+/// `503 tenant_unavailable` (the error itself is logged, never sent).
 pub trait TenantDirectory: Send + Sync + 'static {
-    /// The tenant whose slug (subdomain label) is `slug`.
+    /// Why the directory could not answer (for example `sqlx::Error`).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The tenant whose slug (subdomain label, lowercase) is `slug`, or `None` if there is none.
     ///
     /// # Errors
-    /// [`TenantError::Unavailable`] when the directory cannot answer.
-    fn by_slug(&self, slug: &str) -> Result<Option<TenantId>, TenantError>;
+    /// When the directory cannot answer; the request is refused.
+    fn by_slug(
+        &self,
+        slug: &str,
+    ) -> impl Future<Output = Result<Option<TenantId>, Self::Error>> + Send;
 
     /// Whether `tenant` exists and is active.
     ///
     /// # Errors
-    /// [`TenantError::Unavailable`] when the directory cannot answer.
-    fn contains(&self, tenant: TenantId) -> Result<bool, TenantError>;
+    /// When the directory cannot answer; the request is refused.
+    fn contains(&self, tenant: TenantId) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+}
+
+impl<D: TenantDirectory> TenantDirectory for Arc<D> {
+    type Error = D::Error;
+
+    fn by_slug(
+        &self,
+        slug: &str,
+    ) -> impl Future<Output = Result<Option<TenantId>, Self::Error>> + Send {
+        (**self).by_slug(slug)
+    }
+
+    fn contains(&self, tenant: TenantId) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        (**self).contains(tenant)
+    }
+}
+
+/// A [`TenantDirectory`] behind a pointer, its errors logged and turned into
+/// [`TenantError::Unavailable`].
+pub(crate) trait DynDirectory: Send + Sync + 'static {
+    fn by_slug_boxed<'a>(
+        &'a self,
+        slug: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TenantId>, TenantError>>;
+
+    fn contains_boxed(&self, tenant: TenantId) -> BoxFuture<'_, Result<bool, TenantError>>;
+}
+
+fn unavailable(error: &(dyn std::error::Error + 'static)) -> TenantError {
+    tracing::error!(error = %error, "tenant directory cannot answer; request refused");
+    TenantError::Unavailable
+}
+
+impl<D: TenantDirectory> DynDirectory for D {
+    fn by_slug_boxed<'a>(
+        &'a self,
+        slug: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TenantId>, TenantError>> {
+        Box::pin(async move { self.by_slug(slug).await.map_err(|e| unavailable(&e)) })
+    }
+
+    fn contains_boxed(&self, tenant: TenantId) -> BoxFuture<'_, Result<bool, TenantError>> {
+        Box::pin(async move { self.contains(tenant).await.map_err(|e| unavailable(&e)) })
+    }
 }
 
 /// A fixed, in-memory [`TenantDirectory`].
@@ -154,11 +262,13 @@ impl StaticDirectory {
 }
 
 impl TenantDirectory for StaticDirectory {
-    fn by_slug(&self, slug: &str) -> Result<Option<TenantId>, TenantError> {
+    type Error = Infallible;
+
+    async fn by_slug(&self, slug: &str) -> Result<Option<TenantId>, Infallible> {
         Ok(self.by_slug.get(slug).copied())
     }
 
-    fn contains(&self, tenant: TenantId) -> Result<bool, TenantError> {
+    async fn contains(&self, tenant: TenantId) -> Result<bool, Infallible> {
         Ok(self.by_slug.values().any(|t| *t == tenant))
     }
 }
@@ -171,7 +281,7 @@ impl TenantDirectory for StaticDirectory {
 #[derive(Clone)]
 pub struct SubdomainResolver {
     base: String,
-    directory: Arc<dyn TenantDirectory>,
+    directory: Arc<dyn DynDirectory>,
 }
 
 impl std::fmt::Debug for SubdomainResolver {
@@ -185,10 +295,10 @@ impl std::fmt::Debug for SubdomainResolver {
 impl SubdomainResolver {
     /// Resolves slugs under `base_domain` through `directory`.
     #[must_use]
-    pub fn new(base_domain: &str, directory: Arc<dyn TenantDirectory>) -> Self {
+    pub fn new(base_domain: &str, directory: impl TenantDirectory) -> Self {
         Self {
             base: base_domain.trim_end_matches('.').to_ascii_lowercase(),
-            directory,
+            directory: Arc::new(directory),
         }
     }
 
@@ -227,7 +337,7 @@ impl TenantResolver for SubdomainResolver {
         "subdomain"
     }
 
-    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
+    async fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
         let Some(host) = Self::host(head)? else {
             return Ok(None);
         };
@@ -252,7 +362,7 @@ impl TenantResolver for SubdomainResolver {
                 source_name: "subdomain",
             });
         }
-        match self.directory.by_slug(prefix)? {
+        match self.directory.by_slug_boxed(prefix).await? {
             Some(tenant) => Ok(Some(tenant)),
             None => Err(TenantError::Unknown),
         }
@@ -266,7 +376,7 @@ impl TenantResolver for SubdomainResolver {
 /// [`TenantError::Missing`] when used by [`TenantLayer`](crate::TenantLayer).
 #[derive(Clone, Default)]
 pub struct AllAgree {
-    sources: Vec<Arc<dyn TenantResolver>>,
+    sources: Vec<Arc<dyn DynResolver>>,
 }
 
 impl std::fmt::Debug for AllAgree {
@@ -297,12 +407,12 @@ impl TenantResolver for AllAgree {
         "all-agree"
     }
 
-    fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
+    async fn resolve(&self, head: &RequestHead<'_>) -> Result<Option<TenantId>, TenantError> {
         let mut agreed: Option<TenantId> = None;
         let mut conflict = false;
         for source in &self.sources {
             // Every source runs, so a malformed value anywhere is reported even after a conflict.
-            if let Some(found) = source.resolve(head)? {
+            if let Some(found) = source.resolve_boxed(head).await? {
                 match agreed {
                     Some(t) if t != found => conflict = true,
                     _ => agreed = Some(found),

@@ -35,3 +35,39 @@ async fn axum_extractor_refuses_route_without_layer() {
     assert_eq!(v["error"], "tenant_not_resolved");
     assert_eq!(reached.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn optional_extractor_is_none_without_the_layer_and_some_with_it() {
+    use tenant_scope::{ActorResolver, AllAgree, HeaderResolver, TenantLayer};
+
+    let handler = get(|ctx: Option<TenantContext>| async move {
+        ctx.map_or_else(|| "none".to_owned(), |c| c.tenant().to_string())
+    });
+    // Without the layer the handler runs, and sees no tenant.
+    let bare = Router::new().route("/", handler.clone());
+    let res = bare
+        .oneshot(Request::new(axum::body::Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"none");
+
+    // Behind the layer it sees the resolved tenant.
+    let tenant = tenant_scope::TenantId::new_random();
+    let layered = Router::new().route("/", handler).layer(TenantLayer::new(
+        AllAgree::new()
+            .with(ActorResolver)
+            .with(HeaderResolver::new(http::HeaderName::from_static(
+                "x-tenant-id",
+            ))),
+    ));
+    let req = Request::builder()
+        .header("x-tenant-id", tenant.to_string())
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = layered.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, tenant.to_string());
+}

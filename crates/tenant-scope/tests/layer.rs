@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tenant_scope::{
     Actor, ActorId, ActorKind, ActorResolver, AllAgree, HeaderResolver, StaticDirectory,
-    SubdomainResolver, TenantContext, TenantDirectory, TenantError, TenantId, TenantLayer, scope,
+    SubdomainResolver, TenantContext, TenantDirectory, TenantId, TenantLayer, scope,
 };
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -306,18 +306,90 @@ async fn subdomain_of_another_tenant_than_the_session_is_refused() {
 
 struct Unreachable;
 
+#[derive(Debug, thiserror::Error)]
+#[error("connection refused")]
+struct Down;
+
 impl TenantDirectory for Unreachable {
-    fn by_slug(&self, _: &str) -> Result<Option<TenantId>, TenantError> {
-        Err(TenantError::Unavailable)
+    type Error = Down;
+
+    async fn by_slug(&self, _: &str) -> Result<Option<TenantId>, Down> {
+        Err(Down)
     }
-    fn contains(&self, _: TenantId) -> Result<bool, TenantError> {
-        Err(TenantError::Unavailable)
+    async fn contains(&self, _: TenantId) -> Result<bool, Down> {
+        Err(Down)
+    }
+}
+
+/// A directory that answers only after yielding to the runtime, as a database query would.
+struct Slow(StaticDirectory);
+
+impl TenantDirectory for Slow {
+    type Error = Infallible;
+
+    async fn by_slug(&self, slug: &str) -> Result<Option<TenantId>, Self::Error> {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        self.0.by_slug(slug).await
+    }
+    async fn contains(&self, tenant: TenantId) -> Result<bool, Self::Error> {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        self.0.contains(tenant).await
     }
 }
 
 #[tokio::test]
+async fn an_async_directory_is_awaited_before_the_handler_and_still_refuses_unknowns() {
+    let acme = TenantId::new_random();
+    let dir = Slow(StaticDirectory::new().with_tenant("acme", acme));
+    let h = Harness::new(TenantLayer::new(SubdomainResolver::new("example.com", dir)));
+    // Positive control: a known slug reaches the handler, inside the tenant's scope.
+    let mut req = request();
+    req.headers_mut().insert(
+        http::header::HOST,
+        HeaderValue::from_static("acme.example.com"),
+    );
+    assert_eq!(h.send(req).await, (StatusCode::OK, acme.to_string()));
+    assert_eq!(h.reached(), 1);
+    // An unknown slug is refused after the lookup, and never reaches the handler.
+    let mut req = request();
+    req.headers_mut().insert(
+        http::header::HOST,
+        HeaderValue::from_static("evil.example.com"),
+    );
+    let (status, body) = h.send(req).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (StatusCode::FORBIDDEN, "tenant_unknown")
+    );
+    assert_eq!(h.reached(), 1);
+}
+
+#[tokio::test]
+async fn a_subdomain_directory_that_cannot_answer_fails_closed_with_503() {
+    let h = Harness::new(TenantLayer::new(SubdomainResolver::new(
+        "example.com",
+        Unreachable,
+    )));
+    let mut req = request();
+    req.headers_mut().insert(
+        http::header::HOST,
+        HeaderValue::from_static("acme.example.com"),
+    );
+    let (status, body) = h.send(req).await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "tenant_unavailable")
+    );
+    assert!(
+        !body.contains("connection refused"),
+        "the cause stays in the log"
+    );
+    assert_eq!(h.reached(), 0);
+}
+
+#[tokio::test]
 async fn directory_failure_fails_closed_with_503() {
-    let h = Harness::new(TenantLayer::new(ActorResolver).with_directory(Arc::new(Unreachable)));
+    let h = Harness::new(TenantLayer::new(ActorResolver).with_directory(Unreachable));
     let mut req = request();
     req.extensions_mut().insert(user(TenantId::new_random()));
     let (status, body) = h.send(req).await;
@@ -349,4 +421,16 @@ async fn tenant_unknown_to_directory_is_refused() {
     req.headers_mut()
         .insert(HEADER, HeaderValue::from_str(&known.to_string()).unwrap());
     assert_eq!(h.send(req).await, (StatusCode::OK, known.to_string()));
+}
+
+#[test]
+fn the_middleware_is_built_either_way_and_exposes_its_inner_service() {
+    use tenant_scope::Tenant;
+
+    let layer = Tenant::layer(ActorResolver);
+    let mut svc = layer.layer(7_u8);
+    assert_eq!(*svc.get_ref(), 7);
+    *svc.get_mut() = 8;
+    assert_eq!(svc.into_inner(), 8);
+    assert_eq!(Tenant::new(9_u8, layer).into_inner(), 9);
 }

@@ -364,8 +364,7 @@ pub(crate) async fn run_turn(
         .ok_or(SandboxError::NotAnAgent)?;
     // The assistant acts through the requester's session: once it ends (signed out, revoked
     // on any instance), the database refuses every statement the rest of the turn makes.
-    let assistant =
-        Actor::new(ActorKind::Agent, tenant.assistant, tenant.id).with_session(session);
+    let assistant = Actor::new(ActorKind::Agent, tenant.assistant, tenant.id).with_session(session);
     let policy = Arc::new(policy(&assistant)?);
     let mut turn = Turn::new(policy, session, user, prompt)?;
     let tools: Vec<ToolDescription> = services

@@ -2,7 +2,12 @@
 //! `GET` from its cache for the moment the notice takes to arrive, but no request made with the
 //! revoked session ever gets data: the database refuses every statement made for it from the
 //! moment the sign-out commits, and the app answers 401. Repeated, so the window is hit.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod common;
 
@@ -25,7 +30,11 @@ async fn a_session_signed_out_on_one_instance_gets_no_data_from_another() {
             assert!(page.body.contains("Marketing"), "{}", page.body);
         }
         let out = here.post("/auth/logout", &[]).await;
-        assert!(out.status.is_redirection() || out.status.is_success(), "{}", out.status);
+        assert!(
+            out.status.is_redirection() || out.status.is_success(),
+            "{}",
+            out.status
+        );
         // At once, on the other instance: never data.
         let page = there.json("GET", "/api/notes", None).await;
         assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);

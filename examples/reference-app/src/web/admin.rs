@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use askama::Template;
 use audit_log::{AuditHandle, Outcome, Target};
-use axum::Extension;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -114,7 +113,7 @@ pub(super) async fn member_rows(
 
 pub(super) async fn members(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     context: TenantContext,
 ) -> Response {
     if let Err(refused) = require_admin(&state, &session, &context).await {
@@ -201,8 +200,8 @@ pub(super) async fn set_role(
 
 pub(super) async fn change_role(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    Extension(audit): Extension<AuditHandle>,
+    session: Session,
+    audit: AuditHandle,
     context: TenantContext,
     Path(user): Path<String>,
     Form(form): Form<HashMap<String, String>>,
@@ -280,8 +279,8 @@ pub(super) enum ExportError {
 /// leaves.
 pub(super) async fn export(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    Extension(audit): Extension<AuditHandle>,
+    session: Session,
+    audit: AuditHandle,
     context: TenantContext,
 ) -> Response {
     if let Err(refused) = require_admin(&state, &session, &context).await {

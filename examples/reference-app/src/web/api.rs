@@ -4,7 +4,6 @@
 //! in front answer `401 unauthenticated`, `403 mfa_required` and `403 cross_origin_request`
 //! the same way.
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -128,10 +127,7 @@ pub(super) async fn delete_note(
     }
 }
 
-pub(super) async fn sessions(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-) -> Response {
+pub(super) async fn sessions(State(state): State<AppState>, session: Session) -> Response {
     match state.sessions.list(session.tenant, session.user).await {
         Ok(list) => Json(json!({
             "sessions": list.iter().map(|s| json!({
@@ -200,7 +196,7 @@ pub(super) struct Decision {
 /// proposal of `tenant`, opened through a cross-tenant grant for `reason`.
 pub(super) async fn decide(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Path((slug, id)): Path<(String, String)>,
     body: Result<Json<Decision>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -312,7 +308,7 @@ pub(super) struct AssistantRequest {
 /// One assistant turn: the transcript, with held calls named by their proposal id.
 pub(super) async fn assistant(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     body: Result<Json<AssistantRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(request)) = body else {
@@ -389,7 +385,7 @@ fn internal_error(e: &(dyn std::error::Error + 'static)) -> Response {
 /// The tenant's members (admins only).
 pub(super) async fn members(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     context: TenantContext,
 ) -> Response {
     if let Err(refused) = require_admin(&state, &session, &context).await {
@@ -419,8 +415,8 @@ pub(super) struct RoleRequest {
 /// Changes a member's role (admins only; audited in the same transaction).
 pub(super) async fn change_role(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    Extension(audit): Extension<audit_log::AuditHandle>,
+    session: Session,
+    audit: audit_log::AuditHandle,
     context: TenantContext,
     Path(user): Path<String>,
     body: Result<Json<RoleRequest>, axum::extract::rejection::JsonRejection>,
@@ -457,8 +453,8 @@ pub(super) async fn change_role(
 /// The export (admins only, a fresh second factor, recorded before any data leaves).
 pub(super) async fn export(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    Extension(audit): Extension<audit_log::AuditHandle>,
+    session: Session,
+    audit: audit_log::AuditHandle,
     context: TenantContext,
 ) -> Response {
     if let Err(refused) = require_admin(&state, &session, &context).await {

@@ -49,11 +49,8 @@ pub(crate) fn host_label(base_url: &str) -> Option<String> {
 
 /// The sign-in page. In development it lists every workspace (and the demo accounts); in
 /// production it lists none: the workspace is the one the host name names, or is typed.
-pub(super) async fn home(
-    State(state): State<AppState>,
-    session: Option<Extension<Session>>,
-) -> Response {
-    if let Some(Extension(s)) = session {
+pub(super) async fn home(State(state): State<AppState>, session: Option<Session>) -> Response {
+    if let Some(s) = session {
         let next = match (s.assurance, s.kind) {
             (Assurance::Aal1, _) => "/auth/totp",
             (_, ActorKind::Staff) => "/staff/approvals",
@@ -307,7 +304,7 @@ fn local_next(state: &AppState, next: Option<&String>, session: &Session) -> Loc
 /// starts the enrolment (`POST /auth/totp/enrol`); a pending enrolment is shown again as it is.
 pub(super) async fn totp_page(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let next = local_next(&state, q.get("next"), &session);
@@ -348,7 +345,7 @@ pub(super) async fn totp_page(
 
 pub(super) async fn step_up_page(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     render(
@@ -371,7 +368,7 @@ pub(super) async fn step_up_page(
 /// Sign-in (aal1 -> aal2), enrolment confirmation and step-up: a fresh session each time.
 pub(super) async fn totp_submit(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let code = form
@@ -436,10 +433,7 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-pub(super) async fn logout(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-) -> Response {
+pub(super) async fn logout(State(state): State<AppState>, session: Session) -> Response {
     if let Err(e) = state.sessions.revoke(session.tenant, session.id).await {
         return internal(&state, &e);
     }
@@ -458,10 +452,7 @@ struct Outbox {
 }
 
 /// The development mailer's outbox (development mode only).
-pub(super) async fn outbox(
-    State(state): State<AppState>,
-    session: Option<Extension<Session>>,
-) -> Response {
+pub(super) async fn outbox(State(state): State<AppState>, session: Option<Session>) -> Response {
     let messages = state
         .mailer
         .outbox()
@@ -486,7 +477,7 @@ pub(super) async fn outbox(
     render(
         StatusCode::OK,
         &Outbox {
-            nav: Nav::of(&state, session.as_ref().map(|Extension(s)| s)),
+            nav: Nav::of(&state, session.as_ref()),
             messages,
         },
     )

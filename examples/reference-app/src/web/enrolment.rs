@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use axum::Extension;
 use axum::extract::{Form, State};
 use axum::response::Response;
 use magic_auth::totp::EnrolmentState;
@@ -68,7 +67,7 @@ pub(super) async fn factor(state: &AppState, session: &Session) -> Result<Factor
 /// pending one is kept: the person may have scanned it), then back to the code page.
 pub(super) async fn start(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let next = LocalTarget::or(

@@ -32,7 +32,7 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use magic_auth::{Guard, Session, SessionLayer};
+use magic_auth::{Guard, Session, SessionManagerLayer};
 use tenant_scope::{ActorKind, ActorResolver, TenantLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -122,13 +122,10 @@ pub(crate) fn is_api(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
 }
 
-/// A JSON error: `{"error": "<code>", "message": "<text>"}`.
-pub(crate) fn json_error(status: StatusCode, code: &str, text: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": code, "message": text })),
-    )
-        .into_response()
+/// A JSON error: `{"error": "<code>", "message": "<text>"}`, the workspace's one refusal shape
+/// ([`tenant_scope::Rejection`]).
+pub(crate) fn json_error(status: StatusCode, code: &'static str, text: &str) -> Response {
+    tenant_scope::Rejection::new(status, code, text.to_owned()).into_response()
 }
 
 /// `303 See Other` to `target`, through the one redirect check (see [`crate::redirect`]).
@@ -364,7 +361,7 @@ pub(crate) fn router(state: AppState) -> (Router, RouteRecord) {
         ))
         .layer(Guard::same_origin(&[state.base_url.as_str()]))
         .layer(refusals.clone())
-        .layer(SessionLayer::new(state.sessions.clone()))
+        .layer(SessionManagerLayer::new(state.sessions.clone()))
         .layer(refusals)
         .with_state(state)
         .into_parts();

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -65,7 +64,7 @@ async fn notes_page(
 
 pub(super) async fn notes(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     context: TenantContext,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -81,7 +80,7 @@ pub(super) async fn notes(
 
 pub(super) async fn create_note(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     context: TenantContext,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -117,7 +116,7 @@ fn no_such_note(state: &AppState, session: &Session) -> Response {
 
 pub(super) async fn edit_note(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     context: TenantContext,
     Path(id): Path<String>,
 ) -> Response {
@@ -140,7 +139,7 @@ pub(super) async fn edit_note(
 
 pub(super) async fn update_note(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     context: TenantContext,
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
@@ -172,7 +171,7 @@ pub(super) async fn update_note(
 
 pub(super) async fn delete_note(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     context: TenantContext,
     Path(id): Path<String>,
 ) -> Response {
@@ -209,10 +208,7 @@ struct AssistantPage {
     transcript: Vec<(&'static str, String)>,
 }
 
-pub(super) async fn assistant(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-) -> Response {
+pub(super) async fn assistant(State(state): State<AppState>, session: Session) -> Response {
     render(
         StatusCode::OK,
         &AssistantPage {
@@ -225,7 +221,7 @@ pub(super) async fn assistant(
 
 pub(super) async fn run_assistant(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let prompt = form
@@ -292,10 +288,7 @@ fn when(t: time::OffsetDateTime) -> String {
     )
 }
 
-pub(super) async fn sessions(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-) -> Response {
+pub(super) async fn sessions(State(state): State<AppState>, session: Session) -> Response {
     match state.sessions.list(session.tenant, session.user).await {
         Ok(list) => render(
             StatusCode::OK,
@@ -324,7 +317,7 @@ pub(super) async fn sessions(
 
 pub(super) async fn revoke_session(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Path(id): Path<String>,
 ) -> Response {
     let not_found = || {
@@ -353,10 +346,7 @@ pub(super) async fn revoke_session(
     }
 }
 
-pub(super) async fn revoke_others(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-) -> Response {
+pub(super) async fn revoke_others(State(state): State<AppState>, session: Session) -> Response {
     match state
         .sessions
         .revoke_all(session.tenant, session.user, Some(session.id))

@@ -58,13 +58,13 @@ pub(super) async fn browser_refusals(
         session: request.extensions().get::<Session>().cloned(),
     };
     let response = next.run(request).await;
-    let Some(rejection) = response.extensions().get::<AuthRejection>().copied() else {
+    let Some(rejection) = response.extensions().get::<AuthRejection>().cloned() else {
         return response;
     };
     let (mut parts, body) = response.into_parts();
     if api {
         // The JSON shape stays; only the one sentence that spoke of staff to everyone changes.
-        if rejection.code() == "mfa_required" {
+        if rejection == AuthRejection::MfaRequired {
             let fresh = json_error(
                 rejection.status(),
                 rejection.code(),
@@ -76,7 +76,7 @@ pub(super) async fn browser_refusals(
         }
         return Response::from_parts(parts, body);
     }
-    let mut page = page_for(&state, &asked, rejection);
+    let mut page = page_for(&state, &asked, &rejection);
     // The refusal itself goes along (whatever reads it further out), its JSON body does not.
     let extensions = std::mem::take(&mut parts.extensions);
     page.extensions_mut().extend(extensions);
@@ -89,7 +89,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// The page (or redirect) for `rejection`.
-fn page_for(state: &AppState, asked: &Asked, rejection: AuthRejection) -> Response<Body> {
+fn page_for(state: &AppState, asked: &Asked, rejection: &AuthRejection) -> Response<Body> {
     let followed = matches!(asked.method, Method::GET | Method::HEAD);
     // Where to come back to: the link's own page, or the page the form was on.
     let back = if followed {
@@ -99,12 +99,12 @@ fn page_for(state: &AppState, asked: &Asked, rejection: AuthRejection) -> Respon
     };
     let back = LocalTarget::or(back, &state.base_url, "/");
     let session = asked.session.as_ref();
-    match rejection.code() {
-        "mfa_required" if followed => redirect(
+    match rejection {
+        AuthRejection::MfaRequired if followed => redirect(
             state,
             &format!("/auth/totp?next={}", urlencode(back.as_str())),
         ),
-        "mfa_required" => message(
+        AuthRejection::MfaRequired => message(
             state,
             session,
             StatusCode::FORBIDDEN,
@@ -116,11 +116,11 @@ fn page_for(state: &AppState, asked: &Asked, rejection: AuthRejection) -> Respon
                 "Enter your code",
             )),
         ),
-        "step_up_required" if followed => redirect(
+        AuthRejection::StepUpRequired if followed => redirect(
             state,
             &format!("/auth/step-up?next={}", urlencode(back.as_str())),
         ),
-        "step_up_required" => render(
+        AuthRejection::StepUpRequired => render(
             StatusCode::FORBIDDEN,
             &TotpPage {
                 nav: Nav::of(state, session),
@@ -137,7 +137,7 @@ fn page_for(state: &AppState, asked: &Asked, rejection: AuthRejection) -> Respon
                 next: back.as_str().to_owned(),
             },
         ),
-        "unauthenticated" => message(
+        AuthRejection::Unauthenticated => message(
             state,
             None,
             StatusCode::UNAUTHORIZED,
@@ -145,7 +145,7 @@ fn page_for(state: &AppState, asked: &Asked, rejection: AuthRejection) -> Respon
             "You are not signed in, or your session has ended. Sign in, then open the page again.",
             Some(("/", "Sign in")),
         ),
-        "cross_origin_request" => message(
+        AuthRejection::CrossOrigin => message(
             state,
             session,
             StatusCode::FORBIDDEN,
@@ -154,7 +154,7 @@ fn page_for(state: &AppState, asked: &Asked, rejection: AuthRejection) -> Respon
              If you meant to do this, open the app and try again from there.",
             Some(("/", "Open the app")),
         ),
-        "session_store_unavailable" => message(
+        AuthRejection::Unavailable => message(
             state,
             None,
             StatusCode::SERVICE_UNAVAILABLE,

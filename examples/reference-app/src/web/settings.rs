@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -54,7 +53,7 @@ struct SettingsPage {
 /// `GET /settings`.
 pub(super) async fn page(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let email = match super::auth::member_email(&state, &session).await {
@@ -123,7 +122,7 @@ async fn pending(
 /// `GET /settings/authenticator`: the replacement this session started, or how to start one.
 pub(super) async fn authenticator(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let pending = match pending(&state, &session).await {
@@ -163,7 +162,7 @@ fn signed_out(state: &AppState) -> Response {
 /// step-up or by the recovery code in the form.
 pub(super) async fn start_replacement(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let code = form
@@ -219,7 +218,7 @@ pub(super) async fn start_replacement(
 /// replacement this session started.
 pub(super) async fn confirm_replacement(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let code = form.get("code").map_or("", |c| c.trim());
@@ -291,10 +290,7 @@ struct RecoveryCodesPage<'a> {
 /// `POST /settings/recovery-codes` (behind a fresh step-up, which magic-auth checks again):
 /// replaces the account's recovery codes, shows the new ones once (the response is never
 /// cached) and sends a notice.
-pub(super) async fn recovery_codes(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-) -> Response {
+pub(super) async fn recovery_codes(State(state): State<AppState>, session: Session) -> Response {
     let codes = match state
         .totp
         .regenerate_recovery_codes(&session, STEP_UP_MAX_AGE)
@@ -335,7 +331,7 @@ pub(super) async fn recovery_codes(
 /// directory's flag, then the notice.
 pub(super) async fn disable(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if form.get("confirm").map(|c| c.trim()) != Some("disable") {
@@ -400,7 +396,7 @@ pub(super) async fn disable(
 /// form.
 pub(super) async fn request_email(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let email = form.get("email").map_or("", String::as_str);
@@ -465,7 +461,7 @@ struct EmailConfirmPage {
 /// `GET` changes nothing.
 pub(super) async fn email_landing(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let token: String = q
@@ -492,7 +488,7 @@ pub(super) async fn email_landing(
 /// `POST /settings/email/confirm`: confirms the change from the session that asked for it.
 pub(super) async fn confirm_email(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let token = form.get("token").map_or("", String::as_str);

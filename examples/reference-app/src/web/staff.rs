@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::Extension;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -217,7 +216,7 @@ fn cross_site_grant(
 
 pub(super) async fn approvals(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -258,7 +257,7 @@ pub(super) fn refusal_text(e: &SandboxError) -> String {
 
 pub(super) async fn approve(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Path((slug, id)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -326,7 +325,7 @@ pub(super) async fn approve(
 
 pub(super) async fn reject(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     Path((slug, id)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -369,7 +368,7 @@ struct AuditPage {
 
 pub(super) async fn audit(
     State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+    session: Session,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
