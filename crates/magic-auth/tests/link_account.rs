@@ -354,11 +354,23 @@ async fn the_auth_schema_passes_the_coverage_check_and_grants_no_more_than_it_ne
     let mut conn = sqlx::PgConnection::connect_with(&db.options(Role::Admin))
         .await
         .unwrap();
+    // Untrusted, the session-change trigger is the one finding; declared, none is left.
     let findings = rls_guard::CoverageCheck::new()
         .runtime_role(testkit::RUNTIME_ROLE)
         .run(&mut conn)
         .await
         .unwrap();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert!(
+        findings[0].detail.contains("sessions_notify_change"),
+        "{findings:#?}"
+    );
+    let findings = magic_auth::schema::coverage_trust(
+        rls_guard::CoverageCheck::new().runtime_role(testkit::RUNTIME_ROLE),
+    )
+    .run(&mut conn)
+    .await
+    .unwrap();
     assert!(findings.is_empty(), "{findings:#?}");
     let grants: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_name::text, privilege_type::text FROM information_schema.role_table_grants \
