@@ -82,14 +82,17 @@ GRANT SELECT, INSERT, UPDATE ON auth.sessions TO {r};
 -- Whether a session may still act: the database-side check of rls_guard::SessionLiveness
 -- (see magic_auth::session_liveness), asked in the binding of every statement made for a
 -- session. Runs as the caller, under row-level security, in the tenant the binding names.
+-- Every name is qualified and it has no SET clause, so PostgreSQL inlines it into the binding
+-- statement (the runtime role can create nothing a name could resolve to instead).
 CREATE OR REPLACE FUNCTION auth.session_is_live(tenant uuid, session uuid) RETURNS boolean
-    LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    LANGUAGE sql STABLE SECURITY INVOKER
     AS $session_is_live$
 SELECT EXISTS (
     SELECT 1 FROM auth.sessions s
-    WHERE s.tenant_id = tenant AND s.id = session AND s.revoked_at IS NULL
-      AND s.idle_expires_at > pg_catalog.statement_timestamp()
-      AND s.absolute_expires_at > pg_catalog.statement_timestamp())
+    WHERE s.tenant_id OPERATOR(pg_catalog.=) tenant AND s.id OPERATOR(pg_catalog.=) session
+      AND s.revoked_at IS NULL
+      AND s.idle_expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp()
+      AND s.absolute_expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
 $session_is_live$;
 REVOKE ALL ON FUNCTION auth.session_is_live(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth.session_is_live(uuid, uuid) TO {r};

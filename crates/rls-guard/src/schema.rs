@@ -436,8 +436,10 @@ GRANT EXECUTE ON FUNCTION app.verify_binding_writes(text) TO PUBLIC;
 
 -- Raises SQLSTATE TB401 unless the session a statement acts for is live (see
 -- rls_guard::SessionLiveness): the binding calls it with the answer of the liveness check.
+-- It names nothing a search path could resolve, so it carries no SET clause (each call of a
+-- function with one saves and restores the setting).
 CREATE OR REPLACE FUNCTION app.require_live_session(live boolean) RETURNS boolean
-    LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql VOLATILE SECURITY INVOKER
     AS $$",
     require_live_session_body!(),
     r"$$;
@@ -634,7 +636,7 @@ pub(crate) const PINNED_FUNCTIONS: [PinnedFunction; 9] = [
         "v",
         "boolean",
         false,
-        PINNED_PATH,
+        "",
     ),
 ];
 
