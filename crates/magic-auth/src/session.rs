@@ -267,7 +267,10 @@ impl SessionStore {
     /// session through the layer; the database refuses every data statement made for it from
     /// the commit on (build the pool with [`session_liveness`](crate::session_liveness)), and
     /// magic-auth's own sensitive operations (step-up, recovery codes, settings) check the
-    /// session in the database.
+    /// session in the database. Guards judge what the layer found: keep step-up and staff
+    /// guards on state-changing routes (which always ask the database), as the reference app
+    /// does; a step-up only ever makes a new session, so a cached one is never fresher than the
+    /// database's.
     ///
     /// # Errors
     /// [`AuthError::InvalidConfig`] for settings [`SessionCacheConfig::validate`] refuses, or
