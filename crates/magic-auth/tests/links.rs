@@ -155,6 +155,13 @@ async fn known_and_unknown_addresses_get_the_same_answer_and_only_known_ones_get
         .request(f.tenant, "gone@example.com", None)
         .await
         .unwrap();
+    // The verifier is a SecretString: neither it nor the answer holding it shows it.
+    let verifier = known.verifier.expose_secret();
+    let shown = format!("{known:?} {:?}", known.verifier);
+    assert!(
+        !shown.contains(verifier) && !shown.contains(&verifier[..8]),
+        "{shown}"
+    );
     // The synchronous answer is a verifier of the same shape in every case.
     for r in [&known, &disabled] {
         assert_eq!(
@@ -182,6 +189,7 @@ async fn known_and_unknown_addresses_get_the_same_answer_and_only_known_ones_get
             .contains("https://app.example.test/auth/link?token=l1.")
     );
     assert!(!format!("{:?}", messages[0]).contains("token="));
+    assert!(!format!("{:?}", messages[0].body).contains("token="));
 }
 
 #[tokio::test]

@@ -27,7 +27,8 @@ fn check_parsed(text: &str) -> Option<SessionToken> {
     );
     assert!(!token.tenant().as_uuid().is_nil());
     assert!(token.matches(&token.secret_hash()));
-    let again = SessionToken::parse(token.to_cookie_value().expose_secret()).expect("a written token parses");
+    let again =
+        SessionToken::parse(token.to_cookie_value().expose_secret()).expect("a written token parses");
     assert_eq!((again.tenant(), again.id()), (token.tenant(), token.id()));
     assert_eq!(again.secret_hash(), token.secret_hash());
     Some(token)
