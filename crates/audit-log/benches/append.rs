@@ -175,7 +175,11 @@ async fn run() {
     let raw = db.pool(Role::Runtime, 40).await;
     let log = AuditLog::new(
         TenantPool::new(raw.clone()).await.unwrap(),
-        Scrubber::new(ScrubPolicy::new(), vec![PseudonymKey::new(1, [9; 32])]).unwrap(),
+        Scrubber::new(
+            ScrubPolicy::new(),
+            vec![PseudonymKey::new(1, Box::new([9; 32]))],
+        )
+        .unwrap(),
     );
     // A typical canonical record, for the plain rows.
     let sample = {

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox};
 use serde::{Deserialize, Serialize};
 use tenant_scope::TenantId;
 use time::OffsetDateTime;
@@ -195,8 +196,8 @@ impl CheckpointSigner {
     /// # Errors
     /// [`AuditError::InvalidKey`] for a bad key id or when the OS random generator fails.
     pub fn generate(key_id: &str) -> Result<Self, AuditError> {
-        let mut secret = Zeroizing::new([0u8; 32]);
-        getrandom::fill(&mut *secret).map_err(|_| AuditError::InvalidKey)?;
+        let mut secret = SecretBox::new(Box::new([0u8; 32]));
+        getrandom::fill(secret.expose_secret_mut()).map_err(|_| AuditError::InvalidKey)?;
         Self::from_secret(key_id, &secret)
     }
 
@@ -204,20 +205,22 @@ impl CheckpointSigner {
     ///
     /// # Errors
     /// [`AuditError::InvalidKey`] for a bad key id.
-    pub fn from_secret(key_id: &str, secret: &[u8; 32]) -> Result<Self, AuditError> {
+    pub fn from_secret(key_id: &str, secret: &SecretBox<[u8; 32]>) -> Result<Self, AuditError> {
         if !valid_key_id(key_id) {
             return Err(AuditError::InvalidKey);
         }
         Ok(Self {
             key_id: key_id.to_owned(),
-            key: SigningKey::from_bytes(secret),
+            key: SigningKey::from_bytes(secret.expose_secret()),
         })
     }
 
-    /// The 32-byte secret, to store it (handle with care).
+    /// The 32-byte secret, to store it (handle with care: expose it only to write it out).
     #[must_use]
-    pub fn secret(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.key.to_bytes())
+    pub fn secret(&self) -> SecretBox<[u8; 32]> {
+        SecretBox::init_with_mut(|bytes: &mut [u8; 32]| {
+            *bytes = *Zeroizing::new(self.key.to_bytes());
+        })
     }
 
     /// The public half, to give to verifiers.
@@ -464,8 +467,14 @@ mod tests {
             public
         );
         let debug = format!("{signer:?}");
-        assert!(!debug.contains(&hex::encode(*signer.secret())));
+        let secret = hex::encode(signer.secret().expose_secret());
+        assert!(!debug.contains(&secret));
         assert!(debug.contains("redacted"));
+        let shown = format!("{:?}", signer.secret());
+        assert!(
+            !shown.contains(&secret) && !shown.contains(&secret[..4]),
+            "{shown}"
+        );
         assert!(CheckpointSigner::generate("bad id").is_err());
         assert!(CheckpointKey::from_hex("k", "00").is_err());
     }

@@ -76,5 +76,8 @@ pub use query::{
     AuditQuery, EXPORT_FORMAT, ExportSummary, StoredEvent, export_csv, export_jsonl, verify_export,
 };
 pub use retention::PruneReport;
+/// The [`secrecy`] crate, re-exported: keys are passed in and handed out as
+/// [`SecretBox`](secrecy::SecretBox).
+pub use secrecy;
 pub use sink::{Appended, AuditLog};
 pub use verify::{BreakKind, ChainBreak, VerifyReport, verify};

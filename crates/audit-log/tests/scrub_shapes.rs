@@ -30,7 +30,7 @@ fn tenant() -> TenantId {
 fn scrubber(replacement: Replacement) -> Scrubber {
     Scrubber::new(
         ScrubPolicy::new().with_replacement(replacement),
-        vec![PseudonymKey::new(1, [1; 32])],
+        vec![PseudonymKey::new(1, Box::new([1; 32]))],
     )
     .unwrap()
 }

@@ -17,7 +17,7 @@ use field_crypto::{BlindIndexKey, Context, KeyMaterial, Keyring, Normalize};
 fn seal_open(c: &mut Criterion) {
     let mut keyring = Keyring::new();
     keyring
-        .add_key(1, &KeyMaterial::from_bytes([1; 32]))
+        .add_key(1, &KeyMaterial::from_bytes(Box::new([1; 32])))
         .unwrap();
     keyring.promote(1).unwrap();
     let context = Context::new([7u8; 16], "users", "totp_seed", 42u64.to_be_bytes());
@@ -80,7 +80,7 @@ fn seal_open(c: &mut Criterion) {
 }
 
 fn blind_index(c: &mut Criterion) {
-    let root = BlindIndexKey::new(&KeyMaterial::from_bytes([3; 32])).unwrap();
+    let root = BlindIndexKey::new(&KeyMaterial::from_bytes(Box::new([3; 32]))).unwrap();
     let indexer = root
         .indexer(
             [7u8; 16],

@@ -75,10 +75,10 @@ impl LocalKeyProvider {
     /// [`CryptoError::InvalidKeyMaterial`] when the variable is missing or malformed (its value
     /// is never echoed).
     pub fn from_env(kek_id: u32, var: &str) -> Result<Self, CryptoError> {
-        let value = zeroize::Zeroizing::new(
+        let value = secrecy::SecretString::from(
             std::env::var(var).map_err(|_| CryptoError::InvalidKeyMaterial)?,
         );
-        Self::new(kek_id, &KeyMaterial::from_hex(&value)?)
+        Self::new(kek_id, &KeyMaterial::from_hex(value)?)
     }
 
     /// Reads the KEK, 64 hex characters, from the file at `path`.
@@ -86,10 +86,10 @@ impl LocalKeyProvider {
     /// # Errors
     /// [`CryptoError::InvalidKeyMaterial`] when the file is unreadable or malformed.
     pub fn from_file(kek_id: u32, path: &std::path::Path) -> Result<Self, CryptoError> {
-        let value = zeroize::Zeroizing::new(
+        let value = secrecy::SecretString::from(
             std::fs::read_to_string(path).map_err(|_| CryptoError::InvalidKeyMaterial)?,
         );
-        Self::new(kek_id, &KeyMaterial::from_hex(&value)?)
+        Self::new(kek_id, &KeyMaterial::from_hex(value)?)
     }
 
     fn context(label: &[u8]) -> Context {
@@ -108,10 +108,11 @@ impl KeyProvider for LocalKeyProvider {
 
     async fn unwrap(&self, wrapped: &WrappedKey, label: &[u8]) -> Result<KeyMaterial, CryptoError> {
         let plain = self.kek.open(&wrapped.0, &Self::context(label))?;
-        let bytes: [u8; 32] = plain
-            .as_bytes()
-            .try_into()
-            .map_err(|_| CryptoError::DecryptionFailed)?;
+        if plain.as_bytes().len() != 32 {
+            return Err(CryptoError::DecryptionFailed);
+        }
+        let mut bytes = secrecy::SecretBox::new(Box::new([0u8; 32]));
+        secrecy::ExposeSecretMut::expose_secret_mut(&mut bytes).copy_from_slice(plain.as_bytes());
         Ok(KeyMaterial::from_bytes(bytes))
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::CryptoError;
@@ -12,18 +13,22 @@ use crate::random::RandomSource;
 pub struct KeyMaterial(Zeroizing<[u8; 32]>);
 
 impl KeyMaterial {
-    /// Wraps 32 bytes (the caller's copy should be zeroized by the caller).
+    /// Takes 32 secret bytes: a [`SecretBox`], or a `Box<[u8; 32]>` (moved into one, so it
+    /// is zeroized when dropped).
     #[must_use]
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(Zeroizing::new(bytes))
+    pub fn from_bytes(bytes: impl Into<SecretBox<[u8; 32]>>) -> Self {
+        let bytes = bytes.into();
+        Self(Zeroizing::new(*bytes.expose_secret()))
     }
 
-    /// Parses 64 hexadecimal characters (for keys kept in environment variables or files).
+    /// Parses 64 hexadecimal characters (for keys kept in environment variables or files):
+    /// a [`SecretString`], or a `String` / `&str` (copied into one).
     ///
     /// # Errors
     /// [`CryptoError::InvalidKeyMaterial`] for any other input; the input is not echoed.
-    pub fn from_hex(hex: &str) -> Result<Self, CryptoError> {
-        let hex = hex.trim().as_bytes();
+    pub fn from_hex(hex: impl Into<SecretString>) -> Result<Self, CryptoError> {
+        let hex: SecretString = hex.into();
+        let hex = hex.expose_secret().trim().as_bytes();
         if hex.len() != 64 {
             return Err(CryptoError::InvalidKeyMaterial);
         }
@@ -108,16 +113,31 @@ mod tests {
 
     #[test]
     fn debug_never_shows_key_bytes() {
-        let k = KeyMaterial::from_bytes([0xab; 32]);
+        let k = KeyMaterial::from_bytes(Box::new([0xab; 32]));
         let shown = format!("{k:?} {:?}", k.clone());
         assert!(!shown.to_lowercase().contains("ab"), "{shown}");
         assert!(shown.contains("redacted"));
     }
 
     #[test]
+    fn secret_inputs_never_show_in_debug() {
+        let hex = "ab".repeat(32);
+        let secret = SecretString::from(hex.clone());
+        let k = KeyMaterial::from_hex(secret.clone()).expect("valid hex");
+        let boxed = SecretBox::new(Box::new([0xab; 32]));
+        let shown = format!("{secret:?} {boxed:?} {k:?}");
+        assert!(!shown.contains(&hex) && !shown.contains("171"), "{shown}");
+        assert_eq!(
+            KeyMaterial::from_bytes(boxed).expose(),
+            k.expose(),
+            "the same key either way"
+        );
+    }
+
+    #[test]
     fn hex_parsing_is_strict() {
         let ok = "00".repeat(32);
-        assert!(KeyMaterial::from_hex(&ok).is_ok());
+        assert!(KeyMaterial::from_hex(ok.as_str()).is_ok());
         for bad in ["", "0", &"0".repeat(63), &"0".repeat(65), &"zz".repeat(32)] {
             assert_eq!(
                 KeyMaterial::from_hex(bad).err(),

@@ -74,3 +74,6 @@ pub use random::{OsRandom, RandomSource};
 #[cfg(feature = "sqlx")]
 pub use reencrypt::{Progress, ReencryptError, ReencryptJob};
 pub use sealed::Sealed;
+/// The [`secrecy`] crate, re-exported: keys are passed in as [`SecretBox`](secrecy::SecretBox)
+/// or [`SecretString`](secrecy::SecretString).
+pub use secrecy;

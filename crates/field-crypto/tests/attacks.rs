@@ -11,7 +11,7 @@ use field_crypto::{
 use proptest::prelude::*;
 
 fn material(byte: u8) -> KeyMaterial {
-    KeyMaterial::from_bytes([byte; 32])
+    KeyMaterial::from_bytes(Box::new([byte; 32]))
 }
 
 fn keyring() -> Keyring {

@@ -7,13 +7,13 @@ use field_crypto::{
 };
 
 fn provider(byte: u8) -> LocalKeyProvider {
-    LocalKeyProvider::new(1, &KeyMaterial::from_bytes([byte; 32])).unwrap()
+    LocalKeyProvider::new(1, &KeyMaterial::from_bytes(Box::new([byte; 32]))).unwrap()
 }
 
 #[tokio::test]
 async fn wrapped_keys_unwrap_only_with_the_right_kek_and_label() {
     let kek = provider(1);
-    let dek = KeyMaterial::from_bytes([9; 32]);
+    let dek = KeyMaterial::from_bytes(Box::new([9; 32]));
     let wrapped = kek.wrap(&dek, b"tenant-a/1").await.unwrap();
     assert!(
         !wrapped.as_bytes().windows(4).any(|w| w == [9, 9, 9, 9]),

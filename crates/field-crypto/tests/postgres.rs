@@ -22,7 +22,7 @@ fn ctx(tenant: &str, id: i64) -> Context {
 fn keyring(ids: &[u32], primary: u32) -> Keyring {
     let mut k = Keyring::new();
     for id in ids {
-        k.add_key(*id, &KeyMaterial::from_bytes([*id as u8; 32]))
+        k.add_key(*id, &KeyMaterial::from_bytes(Box::new([*id as u8; 32])))
             .unwrap();
     }
     k.promote(primary).unwrap();

@@ -69,12 +69,16 @@ fn acc(blocks: &[BigInt], r: &BigInt) -> BigInt {
 fn a_ciphertext_valid_under_two_keys_is_rejected_by_the_commitment() {
     let (m1, m2) = ([0x11u8; 32], [0x22u8; 32]);
     let mut ring1 = Keyring::new();
-    ring1.add_key(1, &KeyMaterial::from_bytes(m1)).unwrap();
+    ring1
+        .add_key(1, &KeyMaterial::from_bytes(Box::new(m1)))
+        .unwrap();
     ring1.promote(1).unwrap();
     // The second keyring uses the same key id with other material (a confused or malicious
     // key configuration, or another tenant's keyring).
     let mut ring2 = Keyring::new();
-    ring2.add_key(1, &KeyMaterial::from_bytes(m2)).unwrap();
+    ring2
+        .add_key(1, &KeyMaterial::from_bytes(Box::new(m2)))
+        .unwrap();
     ring2.promote(1).unwrap();
     let (k1, k2) = (aead_key(m1), aead_key(m2));
     let context = Context::new([5u8; 16], "users", "totp_seed", 7u64.to_be_bytes());

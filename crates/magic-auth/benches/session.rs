@@ -11,6 +11,7 @@
     clippy::print_stdout
 )]
 
+use magic_auth::secrecy::ExposeSecret;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -83,7 +84,7 @@ fn main() {
              revoked_at FROM auth.sessions",
         )
         .await;
-        let cookie = format!("__Host-session={}", token.to_cookie_value().as_str());
+        let cookie = format!("__Host-session={}", token.to_cookie_value().expose_secret());
         let mut service = tower::ServiceBuilder::new()
             .layer(SessionManagerLayer::new(store.clone()))
             .service(tower::service_fn(|req: Request<String>| async move {
@@ -107,7 +108,7 @@ fn main() {
                 row
             }
         };
-        let value = token.to_cookie_value().as_str().to_owned();
+        let value = token.to_cookie_value().expose_secret().to_owned();
         let mut times: [Vec<f64>; 4] = Default::default();
         for round in 0..rounds {
             for k in 0..4 {

@@ -50,7 +50,7 @@ pub fn session_cookie(token: &SessionToken, session: &Session) -> HeaderValue {
         .max(0);
     let value = format!(
         "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}",
-        token.to_cookie_value().as_str()
+        secrecy::ExposeSecret::expose_secret(&token.to_cookie_value())
     );
     HeaderValue::from_str(&value).unwrap_or_else(|_| clear_session_cookie())
 }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rls_guard::TenantPool;
+use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tenant_scope::{ActorId, ActorKind, TenantContext, TenantId};
 use time::OffsetDateTime;
@@ -46,7 +47,7 @@ use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::limit::{DEFAULT_IPV6_PREFIX, Hit, Limit, MIN_IPV6_PREFIX, RateLimiter, client_key};
 use crate::mailer::{Mailer, Message, Notice};
 use crate::session::{Session, report_ended};
-use crate::token::{SessionToken, hash_secret, random_secret};
+use crate::token::{SessionToken, hash_secret, into_secret, random_secret};
 
 const LINK_PREFIX: &str = "l1";
 const LINK_DOMAIN: &[u8] = b"magic-auth/link/v1\n";
@@ -250,8 +251,9 @@ impl LinkConfig {
 
 /// What [`MagicLinks::request`] returns, the same for every well-formed address.
 pub struct LinkRequest {
-    /// The browser-binding verifier: set it as an `HttpOnly`, `Secure`, `__Host-` cookie.
-    pub verifier: Zeroizing<String>,
+    /// The browser-binding verifier: set it as an `HttpOnly`, `Secure`, `__Host-` cookie (expose
+    /// it only there).
+    pub verifier: SecretString,
     /// The background delivery. Do not await it before answering the request (that would
     /// reveal, by timing, whether the account exists); log or count its outcome instead.
     pub delivery: tokio::task::JoinHandle<Result<Delivery, AuthError>>,
@@ -384,6 +386,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         }
         let verifier = random_secret()?;
         let verifier_hash = hash_secret(VERIFIER_DOMAIN, verifier.as_bytes());
+        let verifier = into_secret(verifier);
         let service = self.clone();
         let delivery =
             tokio::spawn(async move { service.deliver(tenant, email, verifier_hash).await });
@@ -449,7 +452,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         let message = Message {
             to: email,
             subject: self.config.subject.clone(),
-            body,
+            body: into_secret(body),
         };
         if let Err(error) = self.mailer.send(message).await {
             tracing::error!(error = %error, "sign-in link could not be sent");
@@ -501,12 +504,21 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     /// invalidated, and so is the session for a sign-in confirmed just before that
     /// ([`SessionStore::sign_in`](crate::SessionStore::sign_in)).
     ///
+    /// `token` (from the link) and `verifier` (from the cookie) are secrets: pass
+    /// [`SecretString`]s, or the `String`s read from the request (moved into one).
+    ///
     /// # Errors
     /// [`AuthError::InvalidLink`] for every kind of failure — malformed, unknown, wrong secret,
     /// another browser, expired, used, superseded, invalidated, an account that is gone or
     /// disabled; [`AuthError::Directory`] when the directory fails (the link is used up);
     /// database errors.
-    pub async fn confirm(&self, token: &str, verifier: &str) -> Result<SignIn, AuthError> {
+    pub async fn confirm(
+        &self,
+        token: impl Into<SecretString>,
+        verifier: impl Into<SecretString>,
+    ) -> Result<SignIn, AuthError> {
+        let (token, verifier): (SecretString, SecretString) = (token.into(), verifier.into());
+        let (token, verifier) = (token.expose_secret(), verifier.expose_secret());
         type Row = (
             Vec<u8>,
             Vec<u8>,
@@ -684,12 +696,12 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         let confirmation = Message {
             to: new,
             subject: "Confirm your new e-mail address".to_owned(),
-            body: Zeroizing::new(format!(
+            body: into_secret(Zeroizing::new(format!(
                 "To make this the e-mail address of your account, open this link in the browser \
                  session where you asked for the change:\n\n{link}\n\n\
                  It works once, for {} minutes. If you did not ask for it, ignore this email.\n",
                 self.config.ttl.as_secs() / 60
-            )),
+            ))),
         };
         // The old address hears of it first: no change can be confirmed that it was not told of.
         let notice = Notice::EmailChangeRequested.message(current);
@@ -731,6 +743,9 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     /// address (a failure is logged: the change is made), and
     /// [`AuthEventKind::EmailChanged`] is reported. Returns the new address.
     ///
+    /// `token` (from the link) is a secret: pass a [`SecretString`], or the `String` read from
+    /// the request (moved into one).
+    ///
     /// # Errors
     /// [`AuthError::InvalidLink`] for every refusal of the token (malformed, unknown, wrong
     /// secret, another session or account or tenant, expired, used, superseded, the session
@@ -739,8 +754,10 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
     pub async fn confirm_email_change(
         &self,
         session: &Session,
-        token: &str,
+        token: impl Into<SecretString>,
     ) -> Result<EmailAddress, AuthError> {
+        let token: SecretString = token.into();
+        let token = token.expose_secret();
         type Row = (
             Vec<u8>,
             Uuid,

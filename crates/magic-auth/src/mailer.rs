@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::Mutex;
 
+use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::email::EmailAddress;
@@ -15,8 +16,9 @@ pub struct Message {
     pub to: EmailAddress,
     /// The subject.
     pub subject: String,
-    /// The plain-text body.
-    pub body: Zeroizing<String>,
+    /// The plain-text body: a secret (it may hold a sign-in link). Expose it only where it is
+    /// handed to the mail transport.
+    pub body: SecretString,
 }
 
 impl std::fmt::Debug for Message {
@@ -85,9 +87,9 @@ impl Notice {
         Message {
             to,
             subject: subject.to_owned(),
-            body: Zeroizing::new(format!(
+            body: crate::token::into_secret(Zeroizing::new(format!(
                 "{what}\n\nIf you did not do this, contact your workspace's administrator at once.\n"
-            )),
+            ))),
         }
     }
 }
@@ -163,14 +165,15 @@ pub struct SmtpError(String);
 
 impl SmtpMailer {
     /// A relay over TLS: implicit TLS when `port` is 465, otherwise STARTTLS, required. With
-    /// `credentials` (user, password) the relay's `AUTH` is used.
+    /// `credentials` (user, password) the relay's `AUTH` is used; the password is a
+    /// [`SecretString`].
     ///
     /// # Errors
     /// [`crate::AuthError::InvalidConfig`] for an unusable host or sender address.
     pub fn tls(
         host: &str,
         port: u16,
-        credentials: Option<(String, Zeroizing<String>)>,
+        credentials: Option<(String, SecretString)>,
         from: &str,
     ) -> Result<Self, crate::AuthError> {
         let bad = || crate::AuthError::InvalidConfig("smtp relay");
@@ -186,7 +189,7 @@ impl SmtpMailer {
             Some((user, password)) => {
                 builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
                     user,
-                    password.to_string(),
+                    password.expose_secret().to_owned(),
                 ))
             }
             None => builder,
@@ -244,7 +247,7 @@ impl Mailer for SmtpMailer {
             .to(to)
             .subject(message.subject)
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
-            .body(message.body.to_string())
+            .body(message.body.expose_secret().to_owned())
             .map_err(|e| SmtpError(e.to_string()))?;
         self.transport
             .send(email)

@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tenant_scope::TenantId;
@@ -107,10 +108,12 @@ impl SessionToken {
         })
     }
 
-    /// The cookie value. Handle it as a secret.
+    /// The cookie value, as a [`SecretString`]: expose it
+    /// ([`ExposeSecret::expose_secret`](secrecy::ExposeSecret::expose_secret)) only where it is
+    /// written into the `Set-Cookie` header ([`session_cookie`](crate::session_cookie) does that).
     #[must_use]
-    pub fn to_cookie_value(&self) -> Zeroizing<String> {
-        self.encode_with(PREFIX)
+    pub fn to_cookie_value(&self) -> SecretString {
+        into_secret(self.encode_with(PREFIX))
     }
 
     pub(crate) fn encode_with(&self, prefix: &str) -> Zeroizing<String> {
@@ -153,6 +156,23 @@ impl SessionToken {
     }
 }
 
+/// Moves a secret string into a [`SecretString`]. The copy is made into a buffer of exactly
+/// its length, so that turning it into a `Box<str>` does not reallocate (which would leave an
+/// unzeroized copy behind); the original is zeroized when dropped.
+pub(crate) fn into_secret(value: Zeroizing<String>) -> SecretString {
+    let secret = secret_copy(&value);
+    // Zeroizes the original now.
+    drop(value);
+    secret
+}
+
+/// A [`SecretString`] copy of `value`, made without reallocating (see [`into_secret`]).
+pub(crate) fn secret_copy(value: &str) -> SecretString {
+    let mut exact = String::with_capacity(value.len());
+    exact.push_str(value);
+    SecretString::from(exact)
+}
+
 /// `SHA-256(domain || secret)`.
 pub(crate) fn hash_secret(domain: &[u8], secret: &[u8]) -> SecretHash {
     let mut h = Sha256::new();
@@ -174,14 +194,18 @@ mod tests {
 
     #[test]
     fn a_token_round_trips_and_its_debug_hides_the_secret() {
+        use secrecy::ExposeSecret;
         let token = SessionToken::generate(TenantId::new_random()).unwrap();
-        let value = token.to_cookie_value();
+        let cookie = token.to_cookie_value();
+        let value = cookie.expose_secret();
         assert_eq!(value.len(), TOKEN_LEN);
-        let parsed = SessionToken::parse(&value).unwrap();
+        let parsed = SessionToken::parse(value).unwrap();
         assert_eq!((parsed.tenant(), parsed.id()), (token.tenant(), token.id()));
         assert!(parsed.matches(&token.secret_hash()));
         let secret_hex = value.rsplit('.').next().unwrap().to_owned();
         assert!(!format!("{token:?}").contains(&secret_hex));
+        let shown = format!("{cookie:?} {cookie:#?}");
+        assert!(!shown.contains(&secret_hex[..8]), "{shown}");
     }
 
     #[test]
@@ -198,10 +222,12 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_all_the_same_error() {
+        use secrecy::ExposeSecret;
         let good = SessionToken::generate(TenantId::new_random())
             .unwrap()
             .to_cookie_value()
-            .to_string();
+            .expose_secret()
+            .to_owned();
         let nil = format!("v1.{}{}", "0".repeat(32), &good[35..]);
         let upper = good.to_uppercase().replacen("V1", "v1", 1);
         let mut cases = vec![

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use field_crypto::{Context, Keyring};
 use rls_guard::TenantPool;
+use secrecy::{ExposeSecret, SecretString};
 use tenant_scope::{ActorId, TenantContext, TenantId};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -39,6 +40,7 @@ use crate::AuthError;
 use crate::account::{self, Disable, Ended};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::session::report_ended;
+use crate::token::{into_secret, secret_copy};
 
 /// The highest [`TotpConfig::hard_limit`] accepted: at most this many consecutive wrong codes
 /// before TOTP is refused until a recovery code or an operator unlocks it.
@@ -201,12 +203,13 @@ const SKEW: u16 = 1;
 const SEED_BYTES: usize = 20;
 
 /// What an enrolment hands to the user: the `otpauth://` URL (for a QR code) and the secret in
-/// base32 (to type in). Both are secrets; `Debug` does not print them.
+/// base32 (to type in). Both are secrets ([`SecretString`]s, exposed only where they are shown
+/// to the enrolling user); `Debug` does not print them.
 pub struct Enrolment {
     /// The `otpauth://totp/..` URL.
-    pub otpauth_url: Zeroizing<String>,
+    pub otpauth_url: SecretString,
     /// The seed, base32.
-    pub secret_base32: Zeroizing<String>,
+    pub secret_base32: SecretString,
 }
 
 impl std::fmt::Debug for Enrolment {
@@ -223,8 +226,8 @@ impl Enrolment {
     /// # Errors
     /// [`AuthError::InvalidConfig`] if the URL does not fit in a QR code (an issuer or account
     /// name of thousands of characters).
-    pub fn qr_svg(&self) -> Result<Zeroizing<String>, AuthError> {
-        let code = qrcode::QrCode::new(self.otpauth_url.as_bytes())
+    pub fn qr_svg(&self) -> Result<SecretString, AuthError> {
+        let code = qrcode::QrCode::new(self.otpauth_url.expose_secret().as_bytes())
             .map_err(|_| AuthError::InvalidConfig("otpauth URL too long for a QR code"))?;
         let svg = Zeroizing::new(
             code.render::<qrcode::render::svg::Color<'_>>()
@@ -233,7 +236,7 @@ impl Enrolment {
                 .build(),
         );
         let start = svg.find("<svg").unwrap_or(0);
-        Ok(Zeroizing::new(svg[start..].to_owned()))
+        Ok(secret_copy(&svg[start..]))
     }
 }
 
@@ -409,11 +412,11 @@ impl TotpService {
     fn enrolment_of(&self, seed: &[u8], account: &str) -> Result<Enrolment, AuthError> {
         let totp = totp(seed.to_vec(), &self.config.issuer, account)?;
         Ok(Enrolment {
-            otpauth_url: Zeroizing::new(
+            otpauth_url: into_secret(Zeroizing::new(
                 totp.to_url()
                     .map_err(|_| AuthError::InvalidConfig("totp url"))?,
-            ),
-            secret_base32: Zeroizing::new(totp.secret().to_base32()),
+            )),
+            secret_base32: into_secret(Zeroizing::new(totp.secret().to_base32())),
         })
     }
 
@@ -715,7 +718,7 @@ impl TotpService {
             return Err(AuthError::StepUpRequired);
         }
         let (tenant, user) = (session.tenant, session.user);
-        let mut codes = Vec::with_capacity(RECOVERY_CODES);
+        let mut codes = Zeroizing::new(Vec::with_capacity(RECOVERY_CODES));
         for _ in 0..RECOVERY_CODES {
             codes.push(new_recovery_code()?);
         }
@@ -748,7 +751,7 @@ impl TotpService {
         .bind(user.as_uuid())
         .execute(&mut *tx)
         .await?;
-        for code in &codes {
+        for code in codes.iter() {
             sqlx::query(
                 "INSERT INTO auth.recovery_codes (tenant_id, user_id, code_hash, created_at) \
                  VALUES ($1, $2, $3, now())",
@@ -766,7 +769,9 @@ impl TotpService {
             Some(user),
             Some(session.id),
         );
-        Ok(RecoveryCodes(Zeroizing::new(codes)))
+        Ok(RecoveryCodes(
+            codes.iter().map(|code| secret_copy(code)).collect(),
+        ))
     }
 
     /// Starts replacing `session`'s user's authenticator (a lost or changed phone): a new seed,
@@ -1108,12 +1113,13 @@ const RECOVERY_DOMAIN: &[u8] = b"magic-auth/recovery/v1\n";
 const RECOVERY_ALPHABET: &[u8; 32] = b"abcdefghjkmnpqrstvwxyz0123456789";
 
 /// Fresh recovery codes, shown once. `Debug` does not print them; zeroised on drop.
-pub struct RecoveryCodes(Zeroizing<Vec<String>>);
+pub struct RecoveryCodes(Vec<SecretString>);
 
 impl RecoveryCodes {
-    /// The codes, `xxxx-xxxx-xxxx-xxxx` (80 bits each).
+    /// The codes, `xxxx-xxxx-xxxx-xxxx` (80 bits each), as [`SecretString`]s: expose them only
+    /// where they are shown to the user.
     #[must_use]
-    pub fn codes(&self) -> &[String] {
+    pub fn codes(&self) -> &[SecretString] {
         &self.0
     }
 }

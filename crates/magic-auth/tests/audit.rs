@@ -2,6 +2,7 @@
 #![cfg(feature = "audit-log")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use magic_auth::secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
     let hook = Arc::new(log.clone());
     let mut keyring = Keyring::new();
     keyring
-        .add_key(1, &KeyMaterial::from_bytes([3; 32]))
+        .add_key(1, &KeyMaterial::from_bytes(Box::new([3; 32])))
         .unwrap();
     keyring.promote(1).unwrap();
     let totp = TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Audit"))
@@ -46,7 +47,7 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
     let (t, user) = (TenantId::new_random(), ActorId::new_random());
 
     let e = totp.enroll(t, user, "ops@example.com").await.unwrap();
-    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str())
+    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
         .to_vec();
@@ -119,7 +120,7 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
     for r in &stored {
         let text = String::from_utf8(r.record.clone()).unwrap();
         assert!(
-            !text.contains(e.secret_base32.as_str()) && !text.contains("ops@example.com"),
+            !text.contains(e.secret_base32.expose_secret()) && !text.contains("ops@example.com"),
             "{text}"
         );
     }

@@ -2,6 +2,7 @@
 //! confirm, TOTP, an `aal2` session, step-up, revoke — and the guards on the way.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use magic_auth::secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +102,7 @@ async fn request_link(State(app): State<App>, Form(f): Form<HashMap<String, Stri
             drop(r.delivery);
             let cookie = format!(
                 "{VERIFIER_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=900",
-                r.verifier.as_str()
+                r.verifier.expose_secret()
             );
             (
                 StatusCode::ACCEPTED,
@@ -257,7 +258,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
     let outbox = Arc::new(DevOutbox::new());
     let mut keyring = Keyring::new();
     keyring
-        .add_key(1, &KeyMaterial::from_bytes([5; 32]))
+        .add_key(1, &KeyMaterial::from_bytes(Box::new([5; 32])))
         .unwrap();
     keyring.promote(1).unwrap();
     let recorder = Arc::new(Recorder::default());
@@ -268,7 +269,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
     );
     // The staff member enrolled TOTP earlier.
     let e = totp.enroll(tenant, staff, "ops@example.com").await.unwrap();
-    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str())
+    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
         .to_vec();
@@ -326,7 +327,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let body = outbox.messages()[0].body.to_string();
+    let body = outbox.messages()[0].body.expose_secret().to_owned();
     assert!(!body.contains("evil.example"), "{body}");
     let link = body
         .lines()
@@ -436,7 +437,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
         .await
         .unwrap()
         .1;
-    let other_cookie = format!("__Host-session={}", other.to_cookie_value().as_str());
+    let other_cookie = format!("__Host-session={}", other.to_cookie_value().expose_secret());
     let r = app_router
         .clone()
         .oneshot(req("POST", "/sessions/revoke-others", &[&aal2], None))
@@ -522,7 +523,7 @@ async fn an_old_sign_in_needs_step_up_for_sensitive_actions() {
         .route("/export", post(|| async { "exported" }))
         .layer(Guard::require_step_up(Duration::from_secs(1)))
         .layer(SessionManagerLayer::new(sessions.clone()));
-    let cookie = format!("__Host-session={}", token.to_cookie_value().as_str());
+    let cookie = format!("__Host-session={}", token.to_cookie_value().expose_secret());
     let r = app
         .clone()
         .oneshot(req("POST", "/export", &[&cookie], None))
@@ -539,7 +540,7 @@ async fn an_old_sign_in_needs_step_up_for_sensitive_actions() {
     assert!(text(r).await.contains("step_up_required"));
     // After a step-up (rotation), fresh again; the old token is gone.
     let (_, fresh) = sessions.rotate(&session, Assurance::Aal2).await.unwrap();
-    let fresh_cookie = format!("__Host-session={}", fresh.to_cookie_value().as_str());
+    let fresh_cookie = format!("__Host-session={}", fresh.to_cookie_value().expose_secret());
     let r = app
         .clone()
         .oneshot(req("POST", "/export", &[&fresh_cookie], None))
@@ -581,7 +582,7 @@ async fn an_unreachable_session_store_refuses_the_request() {
         .route("/public", get(|| async { "hello" }))
         .layer(SessionManagerLayer::new(sessions));
     pool.pool().close().await;
-    let cookie = format!("__Host-session={}", token.to_cookie_value().as_str());
+    let cookie = format!("__Host-session={}", token.to_cookie_value().expose_secret());
     let r = app
         .clone()
         .oneshot(req("GET", "/public", &[&cookie], None))
@@ -627,8 +628,8 @@ async fn a_foreign_non_utf8_cookie_beside_the_session_does_not_hide_it() {
         .route("/me", get(|| async { "signed in" }))
         .layer(Guard::require_auth())
         .layer(SessionManagerLayer::new(sessions));
-    let pair = format!("__Host-session={}", token.to_cookie_value().as_str());
-    let other_pair = format!("__Host-session={}", other.to_cookie_value().as_str());
+    let pair = format!("__Host-session={}", token.to_cookie_value().expose_secret());
+    let other_pair = format!("__Host-session={}", other.to_cookie_value().expose_secret());
     let status = |headers: Vec<Vec<u8>>| {
         let app = app.clone();
         async move {

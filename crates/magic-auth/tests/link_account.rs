@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Fixture, fixture, template};
+use magic_auth::secrecy::ExposeSecret;
 use magic_auth::{AuthError, AuthEventKind, NewSession};
 use sqlx::Connection;
 use tenant_scope::{ActorKind, TenantId};
@@ -42,7 +43,7 @@ async fn a_pending_link_is_refused_after_the_account_is_disabled() {
     assert!(f.events.kinds().contains(&AuthEventKind::LinksInvalidated));
     assert_eq!(f.pending_links(ada).await, 0);
     assert!(matches!(
-        f.links.confirm(&token, &verifier).await,
+        f.links.confirm(token.clone(), verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     // No new link is sent, and no session is made for it by any path.
@@ -74,7 +75,7 @@ async fn a_pending_link_is_refused_after_the_account_is_disabled() {
     assert!(f.sessions.enable_account(f.tenant, ada).await.unwrap());
     assert!(f.events.kinds().contains(&AuthEventKind::AccountEnabled));
     assert!(matches!(
-        f.links.confirm(&token, &verifier).await,
+        f.links.confirm(token.clone(), verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     let (token, verifier) = f.link_for("ada@example.com").await;
@@ -92,7 +93,7 @@ async fn a_pending_link_is_refused_once_the_directory_disables_the_account() {
     // Only the application's directory says so: the confirmation reads it again.
     f.directory.edit(f.tenant, ada, |a| a.disabled = true);
     assert!(matches!(
-        f.links.confirm(&token, &verifier).await,
+        f.links.confirm(token.clone(), verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     assert_eq!(f.all_sessions(ada).await, 0);
@@ -102,7 +103,7 @@ async fn a_pending_link_is_refused_once_the_directory_disables_the_account() {
     let bob = f.account("bob@example.com", ActorKind::User);
     f.directory.edit(f.tenant, ada, |a| a.user = bob);
     assert!(matches!(
-        f.links.confirm(&token, &verifier).await,
+        f.links.confirm(token.clone(), verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     // Control: back as it was, a new link signs in.
@@ -123,7 +124,7 @@ async fn a_pending_link_is_refused_after_revoke_all_and_invalidate_links() {
     f.sessions.revoke_all(f.tenant, ada, None).await.unwrap();
     assert_eq!(f.events.kinds(), vec![AuthEventKind::LinksInvalidated]);
     assert!(matches!(
-        f.links.confirm(&token, &verifier).await,
+        f.links.confirm(token.clone(), verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
 
@@ -133,7 +134,7 @@ async fn a_pending_link_is_refused_after_revoke_all_and_invalidate_links() {
     assert_eq!(f.events.kinds(), vec![AuthEventKind::LinksInvalidated]);
     assert_eq!(f.pending_links(ada).await, 0);
     assert!(matches!(
-        f.links.confirm(&token, &verifier).await,
+        f.links.confirm(token.clone(), verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     assert_eq!(f.all_sessions(ada).await, 0);
@@ -152,14 +153,22 @@ async fn a_link_confirmed_just_before_a_revocation_gets_no_session() {
     let ada = f.account("ada@example.com", ActorKind::User);
     // Control: confirmed, then signed in.
     let (token, verifier) = f.link_for("ada@example.com").await;
-    let sign_in = f.links.confirm(&token, &verifier).await.unwrap();
+    let sign_in = f
+        .links
+        .confirm(token.clone(), verifier.clone())
+        .await
+        .unwrap();
     f.sessions.sign_in(&sign_in, None, None).await.unwrap();
     assert_eq!(f.live_sessions(ada).await, 1);
 
     // Confirmed, then every session revoked, then the session asked for: refused.
     for end in ["revoke_all", "invalidate_links", "disable"] {
         let (token, verifier) = f.link_for("ada@example.com").await;
-        let sign_in = f.links.confirm(&token, &verifier).await.unwrap();
+        let sign_in = f
+            .links
+            .confirm(token.clone(), verifier.clone())
+            .await
+            .unwrap();
         match end {
             "revoke_all" => {
                 f.sessions.revoke_all(f.tenant, ada, None).await.unwrap();
@@ -188,20 +197,28 @@ async fn a_demoted_account_signs_in_as_what_it_is_now() {
     // Control: staff signs in as staff.
     let ops = f.account("ops@example.com", ActorKind::Staff);
     let (token, verifier) = f.link_for("ops@example.com").await;
-    let sign_in = f.links.confirm(&token, &verifier).await.unwrap();
+    let sign_in = f
+        .links
+        .confirm(token.clone(), verifier.clone())
+        .await
+        .unwrap();
     assert_eq!(sign_in.kind, ActorKind::Staff);
 
     // Demoted between the request and the click: the session is a user's, not staff's.
     let (token, verifier) = f.link_for("ops@example.com").await;
     f.directory
         .edit(f.tenant, ops, |a| a.kind = ActorKind::User);
-    let sign_in = f.links.confirm(&token, &verifier).await.unwrap();
+    let sign_in = f
+        .links
+        .confirm(token.clone(), verifier.clone())
+        .await
+        .unwrap();
     assert_eq!(sign_in.kind, ActorKind::User);
     let (session, token) = f.sessions.sign_in(&sign_in, None, None).await.unwrap();
     assert_eq!(session.kind, ActorKind::User);
     let checked = f
         .sessions
-        .validate(&token.to_cookie_value())
+        .validate(token.to_cookie_value().expose_secret())
         .await
         .unwrap()
         .unwrap();
@@ -236,7 +253,7 @@ async fn fifty_concurrent_requests_for_one_address_leave_exactly_one_live_link()
                 magic_auth::Delivery::Sent,
                 "round {round}"
             );
-            verifiers.push(request.verifier.to_string());
+            verifiers.push(request.verifier.expose_secret().to_owned());
         }
         assert_eq!(f.pending_links(ada).await, 1, "round {round}");
         // Control: the one live link signs in, from the one browser it belongs to.
@@ -252,7 +269,7 @@ async fn fifty_concurrent_requests_for_one_address_leave_exactly_one_live_link()
         let messages = f.outbox.messages();
         let tokens: Vec<String> = messages[messages.len() - 50..]
             .iter()
-            .map(|m| common::token_in_body(&m.body))
+            .map(|m| common::token_in_body(m.body.expose_secret()))
             .collect();
         let live_token = tokens
             .iter()
@@ -260,7 +277,11 @@ async fn fifty_concurrent_requests_for_one_address_leave_exactly_one_live_link()
             .unwrap();
         let mut confirmed = 0;
         for verifier in &verifiers {
-            if f.links.confirm(live_token, verifier).await.is_ok() {
+            if f.links
+                .confirm(live_token.clone(), verifier.clone())
+                .await
+                .is_ok()
+            {
                 confirmed += 1;
             }
         }
@@ -268,7 +289,12 @@ async fn fifty_concurrent_requests_for_one_address_leave_exactly_one_live_link()
         // Every superseded link is refused, even from the browser that asked for it.
         for token in tokens.iter().filter(|t| *t != live_token).take(5) {
             for verifier in &verifiers {
-                assert!(f.links.confirm(token, verifier).await.is_err());
+                assert!(
+                    f.links
+                        .confirm(token.clone(), verifier.clone())
+                        .await
+                        .is_err()
+                );
             }
         }
         assert_eq!(f.pending_links(ada).await, 0);

@@ -2,6 +2,7 @@
 //! supersession, crafted addresses and delivery failures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use magic_auth::secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,7 +121,13 @@ async fn fixture_with(edit: impl FnOnce(&mut LinkConfig)) -> Fixture {
 
 /// The token in the newest message.
 fn token_in(outbox: &DevOutbox) -> String {
-    let body = outbox.messages().last().unwrap().body.to_string();
+    let body = outbox
+        .messages()
+        .last()
+        .unwrap()
+        .body
+        .expose_secret()
+        .to_owned();
     let url = body.lines().find(|l| l.starts_with("https://")).unwrap();
     let url = url::Url::parse(url).unwrap();
     url.query_pairs()
@@ -148,9 +155,19 @@ async fn known_and_unknown_addresses_get_the_same_answer_and_only_known_ones_get
         .request(f.tenant, "gone@example.com", None)
         .await
         .unwrap();
+    // The verifier is a SecretString: neither it nor the answer holding it shows it.
+    let verifier = known.verifier.expose_secret();
+    let shown = format!("{known:?} {:?}", known.verifier);
+    assert!(
+        !shown.contains(verifier) && !shown.contains(&verifier[..8]),
+        "{shown}"
+    );
     // The synchronous answer is a verifier of the same shape in every case.
     for r in [&known, &disabled] {
-        assert_eq!(r.verifier.len(), unknown.verifier.len());
+        assert_eq!(
+            r.verifier.expose_secret().len(),
+            unknown.verifier.expose_secret().len()
+        );
     }
     assert_eq!(known.delivery.await.unwrap().unwrap(), Delivery::Sent);
     assert_eq!(
@@ -168,9 +185,11 @@ async fn known_and_unknown_addresses_get_the_same_answer_and_only_known_ones_get
     assert!(
         messages[0]
             .body
+            .expose_secret()
             .contains("https://app.example.test/auth/link?token=l1.")
     );
     assert!(!format!("{:?}", messages[0]).contains("token="));
+    assert!(!format!("{:?}", messages[0].body).contains("token="));
 }
 
 #[tokio::test]
@@ -186,21 +205,25 @@ async fn a_link_works_once_from_the_browser_that_asked_and_is_stored_only_as_has
     // Another browser (a forwarded link, a scanner): refused, and the link is not burnt.
     let other_browser = "0".repeat(64);
     assert!(matches!(
-        f.links.confirm(&token, &other_browser).await,
+        f.links.confirm(token.clone(), other_browser.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     assert!(matches!(
-        f.links.confirm(&token, "").await,
+        f.links.confirm(token.clone(), "").await,
         Err(AuthError::InvalidLink)
     ));
-    let sign_in = f.links.confirm(&token, &r.verifier).await.unwrap();
+    let sign_in = f
+        .links
+        .confirm(token.clone(), r.verifier.clone())
+        .await
+        .unwrap();
     assert_eq!(
         (sign_in.tenant, sign_in.user, sign_in.kind),
         (f.tenant, f.ada, ActorKind::Staff)
     );
     // Single use.
     assert!(matches!(
-        f.links.confirm(&token, &r.verifier).await,
+        f.links.confirm(token.clone(), r.verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     // Only hashes in the table.
@@ -211,7 +234,7 @@ async fn a_link_works_once_from_the_browser_that_asked_and_is_stored_only_as_has
         .unwrap();
     let secret = token.rsplit('.').next().unwrap();
     assert!(
-        !row.contains(secret) && !row.contains(r.verifier.as_str()),
+        !row.contains(secret) && !row.contains(r.verifier.expose_secret()),
         "{row}"
     );
 }
@@ -228,9 +251,13 @@ async fn two_concurrent_clicks_yield_one_sign_in() {
     let token = token_in(&f.outbox);
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let (links, token, verifier) = (f.links.clone(), token.clone(), r.verifier.to_string());
+        let (links, token, verifier) = (
+            f.links.clone(),
+            token.clone(),
+            r.verifier.expose_secret().to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
-            links.confirm(&token, &verifier).await.is_ok()
+            links.confirm(token.clone(), verifier.clone()).await.is_ok()
         }));
     }
     let mut ok = 0;
@@ -259,12 +286,12 @@ async fn a_newer_request_supersedes_the_older_link_and_links_expire() {
     let new = token_in(&f.outbox);
     assert_ne!(old, new);
     assert!(matches!(
-        f.links.confirm(&old, &first.verifier).await,
+        f.links.confirm(old.clone(), first.verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert!(matches!(
-        f.links.confirm(&new, &second.verifier).await,
+        f.links.confirm(new.clone(), second.verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
 }
@@ -279,10 +306,10 @@ async fn malformed_and_over_long_tokens_are_invalid_links() {
         String::new(),
         "l1".into(),
         "x".repeat(50_000),
-        session_shaped.to_string(),
+        session_shaped.expose_secret().to_owned(),
     ] {
         assert!(matches!(
-            f.links.confirm(&token, "v").await,
+            f.links.confirm(token.clone(), "v").await,
             Err(AuthError::InvalidLink)
         ));
     }

@@ -3,6 +3,7 @@
 //! `auth.session_is_live` in the statement that binds the tenant.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use magic_auth::secrecy::ExposeSecret;
 use magic_auth::{Assurance, NewSession, SessionConfig, SessionStore, session_liveness};
 use rls_guard::schema::SUPPORT_SQL;
 use rls_guard::{RlsError, TenantPool};
@@ -64,7 +65,7 @@ async fn an_ended_session_reads_nothing_on_any_instance() {
     // Revoked on A: B's next data statement is refused, though B validated the cookie before.
     let (_, token) = store_a.create(tenant, &new_user()).await.unwrap();
     let on_b = store_b
-        .validate(&token.to_cookie_value())
+        .validate(token.to_cookie_value().expose_secret())
         .await
         .unwrap()
         .unwrap();
@@ -84,13 +85,13 @@ async fn an_ended_session_reads_nothing_on_any_instance() {
     let (kept, kept_token) = store_a.create(tenant, &new_user()).await.unwrap();
     let (_, token) = store_a.create(tenant, &new_user()).await.unwrap();
     let everywhere = store_b
-        .validate(&token.to_cookie_value())
+        .validate(token.to_cookie_value().expose_secret())
         .await
         .unwrap()
         .unwrap();
     let (_, token) = store_a.create(tenant, &new_user()).await.unwrap();
     let disabled = store_b
-        .validate(&token.to_cookie_value())
+        .validate(token.to_cookie_value().expose_secret())
         .await
         .unwrap()
         .unwrap();
@@ -130,7 +131,7 @@ async fn an_ended_session_reads_nothing_on_any_instance() {
     ));
     assert!(
         store_b
-            .validate(&kept_token.to_cookie_value())
+            .validate(kept_token.to_cookie_value().expose_secret())
             .await
             .unwrap()
             .is_none()
@@ -139,7 +140,7 @@ async fn an_ended_session_reads_nothing_on_any_instance() {
     // Control: a live session of the same tenant still reads, as does work without a session.
     let (_, token) = store_a.create(tenant, &new_user()).await.unwrap();
     let live = store_b
-        .validate(&token.to_cookie_value())
+        .validate(token.to_cookie_value().expose_secret())
         .await
         .unwrap()
         .unwrap();

@@ -8,6 +8,7 @@
 
 mod common;
 
+use magic_auth::secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +80,7 @@ async fn assert_nothing_live(f: &Fixture, user: ActorId, tokens: &[SessionToken]
     for token in tokens {
         assert!(
             f.sessions
-                .validate(&token.to_cookie_value())
+                .validate(token.to_cookie_value().expose_secret())
                 .await
                 .unwrap()
                 .is_none(),
@@ -122,7 +123,7 @@ async fn rotate_racing_revoke_never_leaves_a_live_session() {
     assert_eq!(rotated.assurance, Assurance::Aal2);
     assert!(
         f.sessions
-            .validate(&token.to_cookie_value())
+            .validate(token.to_cookie_value().expose_secret())
             .await
             .unwrap()
             .is_some()
@@ -163,7 +164,7 @@ async fn rotate_racing_disable_never_leaves_a_live_session() {
             let (_, rotated) = f.sessions.rotate(&session, Assurance::Aal2).await.unwrap();
             assert!(
                 f.sessions
-                    .validate(&rotated.to_cookie_value())
+                    .validate(rotated.to_cookie_value().expose_secret())
                     .await
                     .unwrap()
                     .is_some()
@@ -272,7 +273,7 @@ async fn recovery_racing_revoke_all_never_leaves_a_live_session() {
             .regenerate_recovery_codes(&fresh, Duration::from_secs(600))
             .await
             .unwrap();
-        let code = codes.codes()[0].clone();
+        let code = codes.codes()[0].expose_secret().to_owned();
         let (session, token) = f.sessions.create(f.tenant, &aal1(user)).await.unwrap();
         let (totp, sessions, tenant) = (f.totp.clone(), f.sessions.clone(), f.tenant);
         let recovery = async move {
@@ -324,7 +325,7 @@ fn link_sign_in(
 ) -> impl Future<Output = SignInSide> + Send + 'static {
     let (links, sessions) = (f.links.clone(), f.sessions.clone());
     async move {
-        let sign_in = links.confirm(&token, &verifier).await?;
+        let sign_in = links.confirm(token.clone(), verifier.clone()).await?;
         let (_, token) = sessions.sign_in(&sign_in, None, None).await?;
         Ok(vec![token])
     }
@@ -446,7 +447,7 @@ async fn lockout_racing_step_up_never_leaves_a_live_session() {
                 let (_, new) = rotation.unwrap().unwrap();
                 assert!(
                     f.sessions
-                        .validate(&new.to_cookie_value())
+                        .validate(new.to_cookie_value().expose_secret())
                         .await
                         .unwrap()
                         .is_some()

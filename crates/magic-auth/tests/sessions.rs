@@ -1,6 +1,7 @@
 //! Sessions against a real PostgreSQL: storage, validation, expiry and revocation.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use magic_auth::secrecy::ExposeSecret;
 use std::time::Duration;
 
 use magic_auth::{Assurance, NewSession, SessionConfig, SessionStore};
@@ -43,7 +44,8 @@ async fn a_session_validates_and_only_a_hash_of_its_secret_is_stored() {
     let new = user(ActorKind::Staff, Assurance::Aal2);
     let (session, token) = s.create(t, &new).await.unwrap();
     let cookie = token.to_cookie_value();
-    let valid = s.validate(&cookie).await.unwrap().unwrap();
+    let cookie = cookie.expose_secret();
+    let valid = s.validate(cookie).await.unwrap().unwrap();
     assert_eq!(valid, session);
     assert_eq!(valid.actor().kind(), ActorKind::Staff);
     assert_eq!(valid.actor().tenant(), t);
@@ -77,7 +79,7 @@ async fn tampered_malformed_and_over_long_tokens_are_all_just_invalid() {
         .create(t, &user(ActorKind::User, Assurance::Aal1))
         .await
         .unwrap();
-    let good = token.to_cookie_value().to_string();
+    let good = token.to_cookie_value().expose_secret().to_owned();
     let other_tenant = TenantId::new_random().as_uuid().simple().to_string();
     let flip = |i: usize| {
         let mut b = good.clone().into_bytes();
@@ -110,9 +112,10 @@ async fn revocation_takes_effect_on_the_next_request_on_another_instance() {
         .await
         .unwrap();
     let cookie = token.to_cookie_value();
-    assert!(two.validate(&cookie).await.unwrap().is_some());
+    let cookie = cookie.expose_secret();
+    assert!(two.validate(cookie).await.unwrap().is_some());
     assert!(one.revoke(t, session.id).await.unwrap());
-    assert!(two.validate(&cookie).await.unwrap().is_none());
+    assert!(two.validate(cookie).await.unwrap().is_none());
     assert!(
         !one.revoke(t, session.id).await.unwrap(),
         "revoking twice reports nothing revoked"
@@ -138,21 +141,21 @@ async fn revoke_all_can_keep_the_current_session_and_stays_in_its_tenant() {
         3
     );
     assert!(
-        s.validate(&current_token.to_cookie_value())
+        s.validate(current_token.to_cookie_value().expose_secret())
             .await
             .unwrap()
             .is_some()
     );
     for token in &others {
         assert!(
-            s.validate(&token.to_cookie_value())
+            s.validate(token.to_cookie_value().expose_secret())
                 .await
                 .unwrap()
                 .is_none()
         );
     }
     assert!(
-        s.validate(&elsewhere.to_cookie_value())
+        s.validate(elsewhere.to_cookie_value().expose_secret())
             .await
             .unwrap()
             .is_some()
@@ -166,7 +169,7 @@ async fn revoke_all_can_keep_the_current_session_and_stays_in_its_tenant() {
     // A disabled user: everything goes.
     assert_eq!(s.revoke_all(t, new.user, None).await.unwrap(), 1);
     assert!(
-        s.validate(&current_token.to_cookie_value())
+        s.validate(current_token.to_cookie_value().expose_secret())
             .await
             .unwrap()
             .is_none()
@@ -189,7 +192,12 @@ async fn an_idle_session_expires_and_activity_never_passes_the_absolute_limit() 
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    assert!(s.validate(&idle.to_cookie_value()).await.unwrap().is_none());
+    assert!(
+        s.validate(idle.to_cookie_value().expose_secret())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Absolute: used every 0.5 s, still over after 3 s.
     let (created, active) = s
@@ -197,10 +205,11 @@ async fn an_idle_session_expires_and_activity_never_passes_the_absolute_limit() 
         .await
         .unwrap();
     let cookie = active.to_cookie_value();
+    let cookie = cookie.expose_secret();
     let deadline = created.absolute_expires_at;
     let mut seen_alive = 0;
     loop {
-        match s.validate(&cookie).await.unwrap() {
+        match s.validate(cookie).await.unwrap() {
             Some(session) => {
                 assert!(session.idle_expires_at <= deadline);
                 seen_alive += 1;
@@ -227,7 +236,10 @@ async fn a_store_that_cannot_be_reached_is_an_error_never_a_session() {
         .await
         .unwrap();
     pool.pool().close().await;
-    let err = s.validate(&token.to_cookie_value()).await.unwrap_err();
+    let err = s
+        .validate(token.to_cookie_value().expose_secret())
+        .await
+        .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
 
@@ -370,7 +382,7 @@ async fn the_lookup_binds_its_tenant_for_its_own_statement_only() {
         .await
         .unwrap();
     assert!(
-        s.validate(&token.to_cookie_value())
+        s.validate(token.to_cookie_value().expose_secret())
             .await
             .unwrap()
             .is_some()

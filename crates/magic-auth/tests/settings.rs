@@ -5,6 +5,7 @@
 
 mod common;
 
+use magic_auth::secrecy::ExposeSecret;
 use std::time::Duration;
 
 use common::{NOW, fixture, wrong_code};
@@ -33,7 +34,7 @@ async fn session(f: &common::Fixture, user: ActorId, assurance: Assurance) -> (S
         )
         .await
         .unwrap();
-    (session, token.to_cookie_value().to_string())
+    (session, token.to_cookie_value().expose_secret().to_owned())
 }
 
 /// The stored replacement: (seed present, started by).
@@ -63,7 +64,7 @@ async fn with_recovery_codes(f: &common::Fixture) -> (ActorId, magic_auth::totp:
 }
 
 fn seed_of(enrolment: &magic_auth::totp::Enrolment) -> Vec<u8> {
-    totp_rs::Secret::try_from_base32(enrolment.secret_base32.as_str())
+    totp_rs::Secret::try_from_base32(enrolment.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
         .to_vec()
@@ -137,7 +138,7 @@ async fn replacing_the_authenticator_without_fresh_step_up_or_recovery_code_is_r
 async fn a_recovery_code_authorises_one_replacement_and_is_used_up() {
     let f = fixture(4).await;
     let (user, codes) = with_recovery_codes(&f).await;
-    let code = codes.codes()[0].clone();
+    let code = codes.codes()[0].expose_secret().to_owned();
     // Lost phone: a session with the link only, and a recovery code.
     let (one_factor, _) = session(&f, user, Assurance::Aal1).await;
     let proof = ReplaceProof::RecoveryCode(&code);
@@ -337,7 +338,7 @@ async fn disabling_ends_every_session_and_link_and_is_reported() {
     assert_eq!(f.live_sessions(user).await, 0);
     assert_eq!(f.pending_links(user).await, 0);
     assert!(matches!(
-        f.links.confirm(&token, &verifier).await,
+        f.links.confirm(token.clone(), verifier.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     let kinds = f.events.kinds();
@@ -370,8 +371,8 @@ fn notices_carry_no_link_and_no_secret() {
     ] {
         let message = notice.message(EmailAddress::parse("ada@example.com").unwrap());
         assert_eq!(message.to.as_str(), "ada@example.com");
-        assert!(!message.body.contains("http"), "{notice:?}");
-        assert!(!format!("{message:?}").contains(message.body.as_str()));
+        assert!(!message.body.expose_secret().contains("http"), "{notice:?}");
+        assert!(!format!("{message:?}").contains(message.body.expose_secret()));
     }
 }
 
@@ -456,7 +457,10 @@ async fn changing_the_email_without_a_fresh_step_up_is_refused_and_sends_nothing
         ]
     );
     assert!(
-        !f.outbox.messages()[0].body.contains("new.example"),
+        !f.outbox.messages()[0]
+            .body
+            .expose_secret()
+            .contains("new.example"),
         "the notice names no address"
     );
     assert_eq!(found(&f, "ada@example.com").await, Some(user));
@@ -490,7 +494,7 @@ async fn the_confirmation_link_works_once_only_for_its_own_session_and_ends_othe
     let last = tampered.pop().unwrap();
     tampered.push(if last == '0' { '1' } else { '0' });
     for (s, t) in [(&other, &token), (&beas, &token), (&mine, &tampered)] {
-        let refused = f.links.confirm_email_change(s, t).await;
+        let refused = f.links.confirm_email_change(s, t.clone()).await;
         assert!(
             matches!(refused, Err(AuthError::InvalidLink)),
             "{refused:?}"
@@ -499,7 +503,9 @@ async fn the_confirmation_link_works_once_only_for_its_own_session_and_ends_othe
     // A sign-in link is no confirmation token, nor the reverse.
     let sign_in_token = token_of_kind(&f, "l1");
     assert!(matches!(
-        f.links.confirm_email_change(&mine, &sign_in_token).await,
+        f.links
+            .confirm_email_change(&mine, sign_in_token.clone())
+            .await,
         Err(AuthError::InvalidLink)
     ));
     assert_eq!(found(&f, "ada@example.com").await, Some(user));
@@ -507,7 +513,11 @@ async fn the_confirmation_link_works_once_only_for_its_own_session_and_ends_othe
     assert_eq!(f.live_sessions(user).await, 2);
 
     // Positive: the session that asked confirms.
-    let new = f.links.confirm_email_change(&mine, &token).await.unwrap();
+    let new = f
+        .links
+        .confirm_email_change(&mine, token.clone())
+        .await
+        .unwrap();
     assert_eq!(new.as_str(), "ada@new.example");
     assert_eq!(found(&f, "ada@new.example").await, Some(user));
     assert_eq!(found(&f, "ada@example.com").await, None);
@@ -527,7 +537,7 @@ async fn the_confirmation_link_works_once_only_for_its_own_session_and_ends_othe
     }
 
     // Replayed: refused, and nothing changes back or again.
-    let replay = f.links.confirm_email_change(&mine, &token).await;
+    let replay = f.links.confirm_email_change(&mine, token.clone()).await;
     assert!(matches!(replay, Err(AuthError::InvalidLink)), "{replay:?}");
     assert_eq!(found(&f, "ada@new.example").await, Some(user));
 }
@@ -538,8 +548,8 @@ fn token_of_kind(f: &common::Fixture, prefix: &str) -> String {
         .messages()
         .iter()
         .rev()
-        .filter(|m| m.body.contains("https://"))
-        .map(|m| common::token_in_body(&m.body))
+        .filter(|m| m.body.expose_secret().contains("https://"))
+        .map(|m| common::token_in_body(m.body.expose_secret()))
         .find(|t| t.starts_with(prefix))
         .unwrap()
 }
@@ -563,7 +573,7 @@ async fn an_expired_or_superseded_confirmation_link_is_refused() {
         .unwrap();
     let expired = f.newest_token();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let refused = short.confirm_email_change(&mine, &expired).await;
+    let refused = short.confirm_email_change(&mine, expired.clone()).await;
     assert!(
         matches!(refused, Err(AuthError::InvalidLink)),
         "{refused:?}"
@@ -580,12 +590,15 @@ async fn an_expired_or_superseded_confirmation_link_is_refused() {
         .unwrap();
     let second = f.newest_token();
     assert!(matches!(
-        f.links.confirm_email_change(&mine, &first).await,
+        f.links.confirm_email_change(&mine, first.clone()).await,
         Err(AuthError::InvalidLink)
     ));
     assert_eq!(found(&f, "ada@example.com").await, Some(user));
     // Positive control: the newest, in time, works.
-    f.links.confirm_email_change(&mine, &second).await.unwrap();
+    f.links
+        .confirm_email_change(&mine, second.clone())
+        .await
+        .unwrap();
     assert_eq!(found(&f, "ada@second.example").await, Some(user));
 }
 
@@ -600,7 +613,7 @@ async fn an_address_taken_by_another_account_by_confirmation_is_not_applied() {
         .unwrap();
     let token = f.newest_token();
     let bea = f.account("shared@example.com", ActorKind::User);
-    let taken = f.links.confirm_email_change(&mine, &token).await;
+    let taken = f.links.confirm_email_change(&mine, token.clone()).await;
     assert!(
         matches!(taken, Err(AuthError::EmailUnavailable)),
         "{taken:?}"
@@ -612,7 +625,7 @@ async fn an_address_taken_by_another_account_by_confirmation_is_not_applied() {
 
 fn secret(state: &EnrolmentState) -> Option<String> {
     match state {
-        EnrolmentState::Pending(e) => Some(e.secret_base32.to_string()),
+        EnrolmentState::Pending(e) => Some(e.secret_base32.expose_secret().to_owned()),
         _ => None,
     }
 }
@@ -630,13 +643,16 @@ async fn a_pending_enrolment_is_shown_again_as_started_and_a_moved_seed_is_refus
         let state = f.totp.enrolment_state(f.tenant, ada, "ada").await.unwrap();
         assert_eq!(
             secret(&state).as_deref(),
-            Some(started.secret_base32.as_str())
+            Some(started.secret_base32.expose_secret())
         );
         let EnrolmentState::Pending(shown) = state else {
             unreachable!()
         };
-        assert_eq!(shown.otpauth_url.as_str(), started.otpauth_url.as_str());
-        assert!(!format!("{shown:?}").contains(started.secret_base32.as_str()));
+        assert_eq!(
+            shown.otpauth_url.expose_secret(),
+            started.otpauth_url.expose_secret()
+        );
+        assert!(!format!("{shown:?}").contains(started.secret_base32.expose_secret()));
     }
     // Attack: ada's sealed pending seed copied into bob's row (a runtime-role write, or a
     // restore gone wrong) does not open for bob: refused, never shown as bob's.
@@ -657,8 +673,8 @@ async fn a_pending_enrolment_is_shown_again_as_started_and_a_moved_seed_is_refus
     let moved = f.totp.enrolment_state(f.tenant, bob, "bob").await;
     assert!(matches!(moved, Err(AuthError::Crypto)), "{moved:?}");
     assert_ne!(
-        bob_started.secret_base32.as_str(),
-        started.secret_base32.as_str()
+        bob_started.secret_base32.expose_secret(),
+        started.secret_base32.expose_secret()
     );
     // Confirmed: active, and the key is no longer shown.
     let seed = seed_of(&started);
@@ -698,8 +714,14 @@ async fn a_pending_replacement_is_shown_only_to_the_session_that_started_it() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(shown.secret_base32.as_str(), started.secret_base32.as_str());
-    assert_eq!(shown.otpauth_url.as_str(), started.otpauth_url.as_str());
+    assert_eq!(
+        shown.secret_base32.expose_secret(),
+        started.secret_base32.expose_secret()
+    );
+    assert_eq!(
+        shown.otpauth_url.expose_secret(),
+        started.otpauth_url.expose_secret()
+    );
     // Another session of the same account does not see it.
     assert!(
         f.totp
@@ -745,7 +767,7 @@ async fn recovery_codes_are_not_regenerated_for_a_revoked_session_or_a_disabled_
     // The codes made before still work: the refused calls changed nothing.
     assert!(matches!(
         f.totp
-            .use_recovery_code(f.tenant, user, &kept.codes()[0], NOW)
+            .use_recovery_code(f.tenant, user, kept.codes()[0].expose_secret(), NOW)
             .await
             .unwrap(),
         CodeCheck::RecoveryAccepted { codes_left: 9 }
@@ -760,7 +782,7 @@ async fn recovery_codes_are_not_regenerated_for_a_revoked_session_or_a_disabled_
     assert_eq!(fresh.codes().len(), magic_auth::totp::RECOVERY_CODES);
     let old = f
         .totp
-        .use_recovery_code(f.tenant, user, &kept.codes()[1], NOW)
+        .use_recovery_code(f.tenant, user, kept.codes()[1].expose_secret(), NOW)
         .await
         .unwrap();
     assert!(matches!(old, CodeCheck::Rejected { .. }), "{old:?}");

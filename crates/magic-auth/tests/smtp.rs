@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use magic_auth::EmailAddress;
 use magic_auth::mailer::{Mailer, Message, SmtpMailer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use zeroize::Zeroizing;
 
 /// A minimal SMTP server: accepts one message per connection and keeps the transcript, or
 /// refuses every recipient.
@@ -64,7 +63,7 @@ fn message() -> Message {
     Message {
         to: EmailAddress::parse("ada@example.com").unwrap(),
         subject: "Your sign-in link".into(),
-        body: Zeroizing::new("Sign in: https://app.example.test/auth/link?token=l1.abc\n".into()),
+        body: "Sign in: https://app.example.test/auth/link?token=l1.abc\n".into(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+use magic_auth::secrecy::ExposeSecret;
 use std::sync::Arc;
 
 use field_crypto::{KeyMaterial, Keyring};
@@ -27,7 +28,8 @@ fn template() -> Template {
 
 fn keyring(byte: u8) -> Arc<Keyring> {
     let mut k = Keyring::new();
-    k.add_key(1, &KeyMaterial::from_bytes([byte; 32])).unwrap();
+    k.add_key(1, &KeyMaterial::from_bytes(Box::new([byte; 32])))
+        .unwrap();
     k.promote(1).unwrap();
     Arc::new(k)
 }
@@ -46,7 +48,7 @@ async fn service_with(db: &TestDb, key: u8, config: TotpConfig) -> TotpService {
 /// Enrols and confirms `user` at step NOW-60s; returns the seed.
 async fn enrolled(s: &TotpService, t: TenantId, user: ActorId) -> Vec<u8> {
     let e = s.enroll(t, user, "ada@example.com").await.unwrap();
-    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str())
+    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
         .to_vec();
@@ -64,16 +66,27 @@ async fn enrolment_gives_an_otpauth_url_and_stores_the_seed_sealed() {
     let s = service(&db, 1).await;
     let (t, user) = (TenantId::new_random(), ActorId::new_random());
     let e = s.enroll(t, user, "ada@example.com").await.unwrap();
-    assert!(
-        e.otpauth_url.starts_with("otpauth://totp/"),
-        "{}",
-        e.otpauth_url.as_str()
+    let url = e.otpauth_url.expose_secret();
+    assert!(url.starts_with("otpauth://totp/"), "{url}");
+    assert!(url.contains("issuer=Tenantguard"));
+    assert!(url.contains(e.secret_base32.expose_secret()));
+    assert!(!format!("{e:?}").contains(e.secret_base32.expose_secret()));
+    // Each secret handed out is a SecretString: its Debug shows none of it.
+    let shown = format!(
+        "{:?} {:?} {:?}",
+        e.otpauth_url,
+        e.secret_base32,
+        e.qr_svg().unwrap()
     );
-    assert!(e.otpauth_url.contains("issuer=Tenantguard"));
-    assert!(e.otpauth_url.contains(e.secret_base32.as_str()));
-    assert!(!format!("{e:?}").contains(e.secret_base32.as_str()));
+    assert!(
+        !shown.contains(e.secret_base32.expose_secret())
+            && !shown.contains("otpauth")
+            && !shown.contains("<svg"),
+        "{shown}"
+    );
     // The QR code: an inline <svg> (no XML declaration), different for another secret.
     let qr = e.qr_svg().unwrap();
+    let qr = qr.expose_secret();
     assert!(
         qr.starts_with("<svg") && qr.trim_end().ends_with("</svg>"),
         "{}",
@@ -83,8 +96,8 @@ async fn enrolment_gives_an_otpauth_url_and_stores_the_seed_sealed() {
         .enroll(t, ActorId::new_random(), "bo@example.com")
         .await
         .unwrap();
-    assert_ne!(*other.qr_svg().unwrap(), *qr);
-    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str()).unwrap();
+    assert_ne!(other.qr_svg().unwrap().expose_secret(), qr);
+    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret()).unwrap();
     assert_eq!(seed.as_bytes().len(), 20, "160-bit seed");
     let admin = db.pool(Role::Admin, 1).await;
     let (stored,): (Vec<u8>,) = sqlx::query_as("SELECT seed FROM auth.totp")
@@ -109,7 +122,7 @@ async fn the_enrolment_code_cannot_be_reused_to_sign_in() {
     let s = service(&db, 1).await;
     let (t, user) = (TenantId::new_random(), ActorId::new_random());
     let e = s.enroll(t, user, "ada").await.unwrap();
-    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str())
+    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
         .to_vec();
@@ -261,7 +274,7 @@ async fn a_clock_near_zero_does_not_panic() {
     let s = service(&db, 1).await;
     let (t, user) = (TenantId::new_random(), ActorId::new_random());
     let e = s.enroll(t, user, "ada").await.unwrap();
-    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str())
+    let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
         .to_vec();
@@ -356,7 +369,8 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
     let aal2 = session_for(&db, t, user, magic_auth::Assurance::Aal2).await;
     let codes = s.regenerate_recovery_codes(&aal2, step_up).await.unwrap();
     assert_eq!(codes.codes().len(), 10);
-    assert!(!format!("{codes:?}").contains(&codes.codes()[0]));
+    assert!(!format!("{codes:?}").contains(codes.codes()[0].expose_secret()));
+    assert!(!format!("{:?}", codes.codes()).contains(codes.codes()[0].expose_secret()));
     // Stored hashed.
     let admin = db.pool(Role::Admin, 1).await;
     let rows: Vec<String> = sqlx::query_scalar("SELECT r::text FROM auth.recovery_codes r")
@@ -364,14 +378,15 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
         .await
         .unwrap();
     for code in codes.codes() {
+        let code = code.expose_secret();
         let bare = code.replace('-', "");
-        assert!(
-            rows.iter()
-                .all(|r| !r.contains(&bare) && !r.contains(code.as_str()))
-        );
+        assert!(rows.iter().all(|r| !r.contains(&bare) && !r.contains(code)));
     }
     // Each works once, typed loosely (case, dashes).
-    let first = codes.codes()[0].to_uppercase().replace('-', " ");
+    let first = codes.codes()[0]
+        .expose_secret()
+        .to_uppercase()
+        .replace('-', " ");
     assert_eq!(
         s.use_recovery_code(t, user, &first, NOW).await.unwrap(),
         CodeCheck::RecoveryAccepted { codes_left: 9 }
@@ -383,13 +398,13 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
     // Regenerating voids the old ones.
     let fresh = s.regenerate_recovery_codes(&aal2, step_up).await.unwrap();
     assert!(matches!(
-        s.use_recovery_code(t, user, &codes.codes()[1], NOW)
+        s.use_recovery_code(t, user, codes.codes()[1].expose_secret(), NOW)
             .await
             .unwrap(),
         CodeCheck::Rejected { .. }
     ));
     assert!(matches!(
-        s.use_recovery_code(t, user, &fresh.codes()[1], NOW)
+        s.use_recovery_code(t, user, fresh.codes()[1].expose_secret(), NOW)
             .await
             .unwrap(),
         CodeCheck::RecoveryAccepted { .. }
@@ -411,7 +426,7 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
     ));
     // Locked: even a valid recovery code is refused, and not used up.
     assert!(matches!(
-        s.use_recovery_code(t, user, &fresh.codes()[2], NOW)
+        s.use_recovery_code(t, user, fresh.codes()[2].expose_secret(), NOW)
             .await
             .unwrap(),
         CodeCheck::Locked { .. }
@@ -525,7 +540,7 @@ async fn wrong_codes_spread_over_lock_periods_never_lead_to_acceptance() {
     assert_eq!(*locks.last().unwrap(), 24 * 3600);
     // A recovery code unlocks; then the right code is accepted again.
     assert!(matches!(
-        s.use_recovery_code(t, user, &recovery.codes()[0], now)
+        s.use_recovery_code(t, user, recovery.codes()[0].expose_secret(), now)
             .await
             .unwrap(),
         CodeCheck::RecoveryAccepted { .. }

@@ -3,6 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -51,15 +52,19 @@ impl std::fmt::Debug for SignedBinding {
 }
 
 impl BindingKey {
-    /// A key from its 32 bytes.
+    /// A key from its 32 bytes, passed as a [`SecretSlice`] (a `Vec<u8>` converts with
+    /// `.into()`; it is zeroized when dropped).
     ///
     /// # Errors
     /// [`RlsError::InvalidBindingKey`] unless `bytes` is exactly 32 bytes long.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, RlsError> {
-        let secret: [u8; 32] = bytes.try_into().map_err(|_| RlsError::InvalidBindingKey)?;
-        Ok(Self {
-            secret: Zeroizing::new(secret),
-        })
+    pub fn from_bytes(bytes: &SecretSlice<u8>) -> Result<Self, RlsError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        let bytes = bytes.expose_secret();
+        if bytes.len() != secret.len() {
+            return Err(RlsError::InvalidBindingKey);
+        }
+        secret.copy_from_slice(bytes);
+        Ok(Self { secret })
     }
 
     /// Signs the binding of `tenant` and `actor` (empty for none) as of now.
@@ -94,7 +99,7 @@ mod tests {
     fn signatures_are_rfc_4231_hmac_sha256_and_debug_hides_the_key() {
         // RFC 4231 test case 2 is for a 4-byte key; use a 32-byte key of 0x0b and compare with
         // an independent computation of the same construction.
-        let key = BindingKey::from_bytes(&[0x0b; 32]).unwrap();
+        let key = BindingKey::from_bytes(&vec![0x0b; 32].into()).unwrap();
         let mut reference = <Hmac<Sha256> as Mac>::new_from_slice(&[0x0b; 32]).unwrap();
         reference.update(b"v1:t:a:1");
         assert_eq!(
@@ -102,9 +107,27 @@ mod tests {
             hex::encode(reference.finalize().into_bytes())
         );
         assert_eq!(format!("{key:?}"), "BindingKey(..)");
-        assert!(BindingKey::from_bytes(&[0; 31]).is_err());
-        assert!(BindingKey::from_bytes(&[0; 33]).is_err());
+        assert!(BindingKey::from_bytes(&vec![0; 31].into()).is_err());
+        assert!(BindingKey::from_bytes(&vec![0; 33].into()).is_err());
         let signed = key.sign("t", "a").unwrap();
         assert!(!format!("{signed:?}").contains(&signed.signature));
+    }
+
+    #[test]
+    fn the_secret_input_and_a_struct_holding_the_key_hide_it() {
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Holder {
+            key: BindingKey,
+        }
+        let input: SecretSlice<u8> = vec![0x5a; 32].into();
+        let holder = Holder {
+            key: BindingKey::from_bytes(&input).unwrap(),
+        };
+        let shown = format!("{input:?} {holder:?}");
+        assert!(
+            !shown.contains("90") && !shown.to_lowercase().contains("5a"),
+            "{shown}"
+        );
     }
 }

@@ -64,4 +64,7 @@ pub use liveness::SessionLiveness;
 pub use pool::{TenantPool, TenantTx};
 pub use read::BoundRead;
 pub use role::{ALLOWED_SESSION_DEFAULTS, RoleProblem, verify_runtime_role};
+/// The [`secrecy`] crate, re-exported: [`BindingKey::from_bytes`] takes a
+/// [`SecretSlice`](secrecy::SecretSlice).
+pub use secrecy;
 pub use support::verify_support_schema;

@@ -506,7 +506,7 @@ pub async fn binding_key(conn: &mut sqlx::PgConnection) -> Result<crate::Binding
     )
     .fetch_one(conn)
     .await?;
-    crate::BindingKey::from_bytes(&secret)
+    crate::BindingKey::from_bytes(&secret.into())
 }
 
 /// One support function as [`SUPPORT_SQL`] installs it: the start-up check and the coverage

@@ -288,7 +288,7 @@ async fn the_pool_starts_only_with_the_databases_key() {
         TenantPool::new(f.raw.clone()).await,
         Err(RlsError::BindingKeyRequired)
     ));
-    let wrong = BindingKey::from_bytes(&[9; 32]).unwrap();
+    let wrong = BindingKey::from_bytes(&vec![9; 32].into()).unwrap();
     assert!(matches!(
         TenantPool::with_binding_key(f.raw.clone(), wrong).await,
         Err(RlsError::BindingKeyRefused(_))

@@ -92,8 +92,11 @@ fn main() {
         let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
             .await
             .unwrap();
-        let scrubber =
-            Scrubber::new(ScrubPolicy::new(), vec![PseudonymKey::new(1, [7; 32])]).unwrap();
+        let scrubber = Scrubber::new(
+            ScrubPolicy::new(),
+            vec![PseudonymKey::new(1, Box::new([7; 32]))],
+        )
+        .unwrap();
         let audit = AuditLog::new(pool.clone(), scrubber);
         // `check` does not use the database; it stays alive for the gate's lifetime anyway.
         let key = tool_sandbox::ApprovalKey::generate().unwrap();

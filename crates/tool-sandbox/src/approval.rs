@@ -40,12 +40,16 @@ pub const MAX_APPROVAL_TTL: Duration = Duration::from_secs(60 * 60);
 pub struct ApprovalKey(zeroize::Zeroizing<[u8; 32]>);
 
 impl ApprovalKey {
-    /// A key from 32 secret bytes.
+    /// A key from 32 secret bytes: a [`SecretBox`](secrecy::SecretBox), or a `Box<[u8; 32]>`
+    /// (moved into one, so it is zeroized when dropped).
     ///
     /// # Errors
     /// [`SandboxError::InvalidConfig`] for the all-zero key (an unset secret).
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, SandboxError> {
-        let key = zeroize::Zeroizing::new(bytes);
+    pub fn from_bytes(
+        bytes: impl Into<secrecy::SecretBox<[u8; 32]>>,
+    ) -> Result<Self, SandboxError> {
+        let bytes = bytes.into();
+        let key = zeroize::Zeroizing::new(*secrecy::ExposeSecret::expose_secret(&bytes));
         if key.iter().all(|b| *b == 0) {
             return Err(SandboxError::InvalidConfig("the approval key is all zeros"));
         }

@@ -47,7 +47,7 @@
 //!     )
 //!     .build()?;
 //! // The approval key lives outside the database, like the application's other keys.
-//! let key = ApprovalKey::from_bytes(approval_secret)?;
+//! let key = ApprovalKey::from_bytes(Box::new(approval_secret))?;
 //! let gate = Gate::builder(Arc::new(registry), pool, audit, key).build()?;
 //! let policy = Arc::new(AgentPolicy::new(agent)?.allow_tools(["send_email"])?);
 //! // `user` asked, through `session`: they can never approve this turn's proposals.
@@ -92,5 +92,9 @@ pub use limits::CallLimits;
 pub use name::{MAX_TOOL_NAME, ToolName};
 pub use policy::{AgentPolicy, CallView, Policy, PolicyError, TaintRule, Verdict};
 pub use registry::{Effect, Registry, RegistryBuilder, ToolLimits, ToolSpec};
+/// The [`secrecy`] crate, re-exported: [`ApprovalKey::from_bytes`] takes a
+/// [`SecretBox`](secrecy::SecretBox), [`OpenAiCompatible::api_key`](model::OpenAiCompatible::api_key)
+/// a [`SecretString`](secrecy::SecretString).
+pub use secrecy;
 pub use taint::{ArgumentFlag, Provenance, Source, Untrusted};
 pub use tool::{Tool, ToolContext, ToolOutput, tool_fn};

@@ -367,10 +367,15 @@ impl OpenAiCompatible {
         })
     }
 
-    /// Sends `Authorization: Bearer <key>`. The key is zeroized when the client is dropped.
+    /// Sends `Authorization: Bearer <key>`: a [`SecretString`](secrecy::SecretString), or a
+    /// `String` / `&str` (moved or copied into one). The key is zeroized when the client is
+    /// dropped, and never shown by `Debug`.
     #[must_use]
-    pub fn api_key(mut self, key: String) -> Self {
-        self.api_key = Some(ApiKey(key));
+    pub fn api_key(mut self, key: impl Into<secrecy::SecretString>) -> Self {
+        let key: secrecy::SecretString = key.into();
+        self.api_key = Some(ApiKey(
+            secrecy::ExposeSecret::expose_secret(&key).to_owned(),
+        ));
         self
     }
 
@@ -796,5 +801,11 @@ mod tests {
             format!("{:?}", ApiKey("sk-secret".to_owned())),
             "[redacted]"
         );
+        let input = secrecy::SecretString::from("sk-secret");
+        let client = OpenAiCompatible::new("http://127.0.0.1:8080/v1", "m")
+            .expect("valid url")
+            .api_key(input.clone());
+        let shown = format!("{input:?} {client:?} {client:#?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
     }
 }

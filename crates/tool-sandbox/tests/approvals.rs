@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tool_sandbox::model::ToolCallRequest;
 use tool_sandbox::{
     ApprovalKey, ApprovalPolicy, ApprovalRefusal, DenyReason, Gate, MAX_APPROVAL_TTL,
-    MAX_ARGUMENT_BYTES, Proposal, SandboxError, Submission, Turn,
+    MAX_ARGUMENT_BYTES, Proposal, SandboxError, Submission, Turn, secrecy,
 };
 use uuid::Uuid;
 
@@ -308,7 +308,7 @@ async fn a_tag_copied_from_another_proposal_or_made_under_another_key_is_refused
         std::sync::Arc::new(registry_with(&f.ledger, 1)),
         f.pool.clone(),
         f.log.clone(),
-        ApprovalKey::from_bytes(approval_secret()).unwrap(),
+        ApprovalKey::from_bytes(Box::new(approval_secret())).unwrap(),
     )
     .build()
     .unwrap();
@@ -475,12 +475,15 @@ async fn fixture_with_result(approvals: ApprovalPolicy) -> Result<Gate, SandboxE
 
 #[test]
 fn the_approval_key_never_shows_in_debug_output_and_an_unset_key_is_refused() {
-    let key = ApprovalKey::from_bytes([0x5a; 32]).unwrap();
+    let input = secrecy::SecretBox::new(Box::new([0x5a; 32]));
+    let shown = format!("{input:?} {input:#?}");
+    assert!(!shown.contains("5a") && !shown.contains("90"), "{shown}");
+    let key = ApprovalKey::from_bytes(input).unwrap();
     let shown = format!("{key:?} {key:#?}");
     assert!(!shown.contains("5a") && !shown.contains("90"), "{shown}");
     assert!(shown.contains("redacted"));
     assert!(matches!(
-        ApprovalKey::from_bytes([0; 32]),
+        ApprovalKey::from_bytes(Box::new([0; 32])),
         Err(SandboxError::InvalidConfig(_))
     ));
     assert!(ApprovalKey::generate().is_ok());

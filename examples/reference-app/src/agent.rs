@@ -100,9 +100,7 @@ pub(crate) fn registry(
                 let message = magic_auth::mailer::Message {
                     to,
                     subject: args["subject"].as_str().unwrap_or_default().to_owned(),
-                    body: zeroize::Zeroizing::new(
-                        args["body"].as_str().unwrap_or_default().to_owned(),
-                    ),
+                    body: args["body"].as_str().unwrap_or_default().into(),
                 };
                 mailer
                     .send(message)

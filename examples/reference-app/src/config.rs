@@ -71,7 +71,7 @@ impl std::fmt::Debug for Production {
 pub(crate) struct Smtp {
     pub(crate) host: String,
     pub(crate) port: u16,
-    pub(crate) credentials: Option<(String, Zeroizing<String>)>,
+    pub(crate) credentials: Option<(String, secrecy::SecretString)>,
     pub(crate) from: String,
 }
 
@@ -293,7 +293,7 @@ impl Config {
             env("REFERENCE_APP_SMTP_USER"),
             env("REFERENCE_APP_SMTP_PASSWORD"),
         ) {
-            (Some(user), Some(password)) => Some((user, Zeroizing::new(password))),
+            (Some(user), Some(password)) => Some((user, password.into())),
             (None, None) => None,
             _ => {
                 return Err(refuse(

@@ -18,6 +18,7 @@ mod state;
 mod tls;
 mod web;
 
+use secrecy::ExposeSecret;
 use std::sync::{Arc, OnceLock};
 
 use audit_log::scrub::{PseudonymKey, ScrubPolicy, Scrubber};
@@ -27,6 +28,7 @@ use field_crypto::{BlindIndexKey, KeyMaterial, Keyring};
 use magic_auth::totp::{TotpConfig, TotpService};
 use magic_auth::{LinkConfig, MagicLinks, SessionConfig, SessionStore};
 use rls_guard::TenantPool;
+use secrecy::{SecretBox, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tenant_scope::CrossTenantAuthority;
 use tool_sandbox::model::{Model, OpenAiCompatible};
@@ -172,6 +174,7 @@ impl App {
             .flat_map(|m| m.messages())
             .filter_map(|m| {
                 m.body
+                    .expose_secret()
                     .lines()
                     .find(|l| l.starts_with("https://"))
                     .map(str::to_owned)
@@ -494,12 +497,12 @@ fn build(
     };
 
     let mut keyring = Keyring::new();
-    keyring.add_key(1, &KeyMaterial::from_bytes(*keys.field))?;
+    keyring.add_key(1, &KeyMaterial::from_bytes(Box::new(*keys.field)))?;
     keyring.promote(1)?;
     let keyring = Arc::new(keyring);
     let scrubber = Scrubber::new(
         ScrubPolicy::new(),
-        vec![PseudonymKey::new(1, *keys.pseudonym)],
+        vec![PseudonymKey::new(1, Box::new(*keys.pseudonym))],
     )?;
     let audit = AuditLog::new(pool.clone(), scrubber);
     let checkpoints = CheckpointSigner::from_secret(
@@ -508,7 +511,7 @@ fn build(
         } else {
             "reference-app-dev"
         },
-        &keys.checkpoint,
+        &SecretBox::new(Box::new(*keys.checkpoint)),
     )?;
     let events: Arc<dyn magic_auth::AuthEvents> = Arc::new(audit.clone());
     // The session layer answers from a per-instance cache that every instance's revocations
@@ -545,7 +548,7 @@ fn build(
         registry,
         pool.clone(),
         audit.clone(),
-        ApprovalKey::from_bytes(*keys.approval)?,
+        ApprovalKey::from_bytes(Box::new(*keys.approval))?,
     )
     .approvals(ApprovalPolicy::default())
     .egress(egress)
@@ -555,7 +558,7 @@ fn build(
         ModelSource::OpenAi { base_url, model } => {
             let mut client = OpenAiCompatible::new(base_url, model)?;
             if let Ok(key) = std::env::var("REFERENCE_APP_MODEL_API_KEY") {
-                client = client.api_key(key);
+                client = client.api_key(SecretString::from(key));
             }
             Arc::new(client)
         }
@@ -567,7 +570,7 @@ fn build(
         links,
         totp,
         keyring,
-        blind: BlindIndexKey::new(&KeyMaterial::from_bytes(*keys.blind))?,
+        blind: BlindIndexKey::new(&KeyMaterial::from_bytes(Box::new(*keys.blind)))?,
         audit: audit.clone(),
         checkpoints,
         checkpointer,

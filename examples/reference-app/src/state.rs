@@ -1,5 +1,6 @@
 //! The application's services, shared by every handler.
 
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 
 use audit_log::{AuditLog, CheckpointSigner};
@@ -173,6 +174,7 @@ impl Mailer for ConsoleOutbox {
     async fn send(&self, message: Message) -> Result<(), OutboxError> {
         let link = message
             .body
+            .expose_secret()
             .lines()
             .find(|l| l.starts_with("https://"))
             .unwrap_or_default()

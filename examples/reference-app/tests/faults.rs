@@ -405,8 +405,12 @@ async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_re
     );
     // And the chain, written by concurrent writers until the kill, verifies end to end.
     let key = std::fs::read_to_string(dir.join("audit-checkpoint.key")).unwrap();
-    let mut secret = [0u8; 32];
-    hex::decode_to_slice(key.trim(), &mut secret).unwrap();
+    let mut secret = secrecy::SecretBox::new(Box::new([0u8; 32]));
+    hex::decode_to_slice(
+        key.trim(),
+        secrecy::ExposeSecretMut::expose_secret_mut(&mut secret),
+    )
+    .unwrap();
     let signer = audit_log::CheckpointSigner::from_secret("reference-app-dev", &secret).unwrap();
     let keys = audit_log::TrustedKeys::new().with(signer.verifying_key());
     let report = audit_log::verify(&runtime, tenant, &keys, &[])

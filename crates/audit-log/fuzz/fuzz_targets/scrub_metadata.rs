@@ -53,7 +53,7 @@ static SCRUBBERS: LazyLock<Vec<Scrubber>> = LazyLock::new(|| {
             .allow(ACTION, "pseudo", FieldRule::Pseudonymise)
             .allow(ACTION, "dropped", FieldRule::Drop)
             .deny_key("date_of_birth");
-        Scrubber::new(policy, vec![PseudonymKey::new(1, [3; 32])]).unwrap()
+        Scrubber::new(policy, vec![PseudonymKey::new(1, Box::new([3; 32]))]).unwrap()
     })
     .collect()
 });

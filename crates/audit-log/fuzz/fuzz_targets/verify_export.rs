@@ -39,7 +39,8 @@ fn line(value: &Value) -> String {
 
 static GENUINE: LazyLock<Genuine> = LazyLock::new(|| {
     let tenant: TenantId = TENANT.parse().unwrap();
-    let signer = CheckpointSigner::from_secret("fuzz-key", &[7; 32]).unwrap();
+    let secret = audit_log::secrecy::SecretBox::new(Box::new([7; 32]));
+    let signer = CheckpointSigner::from_secret("fuzz-key", &secret).unwrap();
     let keys = TrustedKeys::new().with(signer.verifying_key());
     let genesis = genesis_hash(tenant);
     let mut lines = vec![line(&json!({

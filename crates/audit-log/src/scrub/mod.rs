@@ -14,7 +14,7 @@
 //! let policy = ScrubPolicy::new()
 //!     .with_replacement(Replacement::Pseudonymise)
 //!     .allow("user.invite", "role", FieldRule::Keep);
-//! let scrubber = Scrubber::new(policy, vec![PseudonymKey::new(1, [7; 32])])?;
+//! let scrubber = Scrubber::new(policy, vec![PseudonymKey::new(1, Box::new([7; 32]))])?;
 //!
 //! let tenant = TenantId::new_random();
 //! let metadata = json!({

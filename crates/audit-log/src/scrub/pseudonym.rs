@@ -1,6 +1,7 @@
 //! Tenant-keyed pseudonyms.
 
 use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 use tenant_scope::TenantId;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -19,10 +20,15 @@ pub struct PseudonymKey {
 }
 
 impl PseudonymKey {
-    /// A key with its version (written into every pseudonym made with it).
+    /// A key with its version (written into every pseudonym made with it). `key` is a
+    /// [`SecretBox`], or a `Box<[u8; 32]>` (moved into one, so it is zeroized when dropped).
     #[must_use]
-    pub fn new(version: u32, key: [u8; 32]) -> Self {
-        Self { key, version }
+    pub fn new(version: u32, key: impl Into<SecretBox<[u8; 32]>>) -> Self {
+        let key = key.into();
+        Self {
+            key: *key.expose_secret(),
+            version,
+        }
     }
 
     /// The version.
@@ -82,7 +88,10 @@ mod tests {
 
     #[test]
     fn debug_hides_the_key() {
-        let key = PseudonymKey::new(3, [0xab; 32]);
+        let input = SecretBox::new(Box::new([0xab; 32]));
+        let shown = format!("{input:?}");
+        assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");
+        let key = PseudonymKey::new(3, input);
         let shown = format!("{key:?}");
         assert_eq!(shown, "PseudonymKey { version: 3, key: [redacted] }");
     }
@@ -91,7 +100,7 @@ mod tests {
     fn known_answer() {
         // Recomputed independently from the documented construction.
         let tenant: TenantId = "7f1c2a4e-5b6d-4e8f-9a0b-1c2d3e4f5a6b".parse().unwrap();
-        let key = PseudonymKey::new(2, [1; 32]);
+        let key = PseudonymKey::new(2, Box::new([1; 32]));
         let p = TenantPseudonymiser::derive(&key, tenant).unwrap();
         let mut outer = <Hmac<Sha256> as Mac>::new_from_slice(&[1; 32]).unwrap();
         outer.update(b"audit-log pseudonym v2\0");

@@ -44,7 +44,11 @@ pub struct Fixture {
 }
 
 pub fn scrubber() -> Scrubber {
-    Scrubber::new(ScrubPolicy::new(), vec![PseudonymKey::new(1, [7; 32])]).unwrap()
+    Scrubber::new(
+        ScrubPolicy::new(),
+        vec![PseudonymKey::new(1, Box::new([7; 32]))],
+    )
+    .unwrap()
 }
 
 pub async fn fixture(max_connections: u32) -> Fixture {

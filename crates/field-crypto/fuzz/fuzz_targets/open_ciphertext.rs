@@ -7,8 +7,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut keyring = Keyring::new();
-    keyring.add_key(1, &KeyMaterial::from_bytes([1; 32])).unwrap();
-    keyring.add_key(2, &KeyMaterial::from_bytes([2; 32])).unwrap();
+    keyring.add_key(1, &KeyMaterial::from_bytes(Box::new([1; 32]))).unwrap();
+    keyring.add_key(2, &KeyMaterial::from_bytes(Box::new([2; 32]))).unwrap();
     keyring.promote(2).unwrap();
     let context = Context::new([9u8; 16], "users", "totp_seed", 1u64.to_be_bytes());
     let _ = key_id_of(data);

@@ -10,6 +10,7 @@
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
+use magic_auth::secrecy::ExposeSecret;
 use magic_auth::{SESSION_COOKIE, Session, SessionToken, cookie_value, session_cookie};
 use tenant_scope::{ActorId, ActorKind, TenantId};
 use time::OffsetDateTime;
@@ -106,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
     let set_cookie = set_cookie.to_str().expect("Set-Cookie is visible ASCII");
     let pair = set_cookie.split(';').next().unwrap_or_default();
     let expected = token.to_cookie_value();
-    assert_eq!(pair, format!("{SESSION_COOKIE}={}", expected.as_str()));
+    assert_eq!(pair, format!("{SESSION_COOKIE}={}", expected.expose_secret()));
     let mut sent: Vec<HeaderValue> = values.clone();
     let at = usize::from(data[0]) % (sent.len() + 1);
     sent.insert(

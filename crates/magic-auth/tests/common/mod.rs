@@ -9,6 +9,7 @@
     clippy::panic
 )]
 
+use magic_auth::secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -174,7 +175,7 @@ pub async fn fixture(connections: u32) -> Fixture {
         .with_events(events.clone());
     let mut keyring = Keyring::new();
     keyring
-        .add_key(1, &KeyMaterial::from_bytes([7; 32]))
+        .add_key(1, &KeyMaterial::from_bytes(Box::new([7; 32])))
         .unwrap();
     keyring.promote(1).unwrap();
     let totp = Arc::new(
@@ -216,12 +217,15 @@ impl Fixture {
     pub async fn link_for(&self, email: &str) -> (String, String) {
         let request = self.links.request(self.tenant, email, None).await.unwrap();
         request.delivery.await.unwrap().unwrap();
-        (self.newest_token(), request.verifier.to_string())
+        (
+            self.newest_token(),
+            request.verifier.expose_secret().to_owned(),
+        )
     }
 
     /// The token in the newest message of the outbox.
     pub fn newest_token(&self) -> String {
-        token_in_body(&self.outbox.messages().last().unwrap().body)
+        token_in_body(self.outbox.messages().last().unwrap().body.expose_secret())
     }
 
     /// Live sessions of `user`, as stored.
@@ -272,7 +276,7 @@ impl Fixture {
             .enroll(self.tenant, user, "ada@example.com")
             .await
             .unwrap();
-        let seed = totp_rs::Secret::try_from_base32(e.secret_base32.as_str())
+        let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
             .unwrap()
             .as_bytes()
             .to_vec();

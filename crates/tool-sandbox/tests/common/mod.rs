@@ -143,7 +143,7 @@ pub struct Fixture {
 impl Fixture {
     /// The gate's approval key.
     pub fn approval_key(&self) -> ApprovalKey {
-        ApprovalKey::from_bytes(self.approval_secret).unwrap()
+        ApprovalKey::from_bytes(Box::new(self.approval_secret)).unwrap()
     }
 }
 
@@ -156,7 +156,11 @@ pub fn approval_secret() -> [u8; 32] {
 }
 
 pub fn scrubber() -> Scrubber {
-    Scrubber::new(ScrubPolicy::new(), vec![PseudonymKey::new(1, [7; 32])]).unwrap()
+    Scrubber::new(
+        ScrubPolicy::new(),
+        vec![PseudonymKey::new(1, Box::new([7; 32]))],
+    )
+    .unwrap()
 }
 
 pub async fn fixture_with(configure: impl FnOnce(GateBuilder) -> GateBuilder) -> Fixture {
@@ -174,7 +178,7 @@ pub async fn fixture_of(
     let ledger = Arc::new(Ledger::default());
     let registry = Arc::new(registry(&ledger));
     let secret = approval_secret();
-    let key = ApprovalKey::from_bytes(secret).unwrap();
+    let key = ApprovalKey::from_bytes(Box::new(secret)).unwrap();
     let gate = configure(Gate::builder(registry, pool.clone(), log.clone(), key))
         .build()
         .unwrap();

@@ -1,6 +1,7 @@
 //! Sign-in: the magic link (bound to the browser that asked), then a TOTP code (enrolment on
 //! first sign-in), then an `aal2` session. Step-up repeats the TOTP check for sensitive routes.
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 
 use askama::Template;
@@ -148,7 +149,7 @@ pub(super) async fn request_link(
             drop(request.delivery);
             same_answer(Some(format!(
                 "{VERIFIER_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=900",
-                request.verifier.as_str()
+                request.verifier.expose_secret()
             )))
         }
         // The limit applies to known and unknown addresses alike: saying so reveals nothing.
@@ -463,13 +464,14 @@ pub(super) async fn outbox(State(state): State<AppState>, session: Option<Sessio
         .map(|m| {
             let link = m
                 .body
+                .expose_secret()
                 .lines()
                 .find(|l| l.starts_with("https://"))
                 .map(str::to_owned);
             (
                 m.to.as_str().to_owned(),
                 m.subject.clone(),
-                m.body.to_string(),
+                m.body.expose_secret().to_owned(),
                 link,
             )
         })

@@ -5,6 +5,7 @@
 //! (magic-auth's `TotpService::enrolment_state` opens the sealed seed) rather than replacing it,
 //! so a reload, a second tab or a link scanner cannot invalidate the code a person just scanned.
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 
 use axum::extract::{Form, State};
@@ -54,8 +55,9 @@ pub(super) async fn factor(state: &AppState, session: &Session) -> Result<Factor
         .await?
     {
         EnrolmentState::Pending(enrolment) => Ok(Factor::Pending {
-            qr_svg: enrolment.qr_svg()?,
-            key: enrolment.secret_base32,
+            // Exposed here only: the page that shows them to the enrolling user.
+            qr_svg: Zeroizing::new(enrolment.qr_svg()?.expose_secret().to_owned()),
+            key: Zeroizing::new(enrolment.secret_base32.expose_secret().to_owned()),
         }),
         EnrolmentState::Active => Ok(Factor::Active),
         // `EnrolmentState` may grow; anything but these two is "offer to start".

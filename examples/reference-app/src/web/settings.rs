@@ -24,6 +24,7 @@
 //!
 //! Every step is an authentication event that the audit log records.
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 
 use askama::Template;
@@ -116,7 +117,11 @@ async fn pending(
     let Some(enrolment) = state.totp.pending_replacement(session, &email).await? else {
         return Ok(None);
     };
-    Ok(Some((enrolment.qr_svg()?, enrolment.secret_base32)))
+    // Exposed here only: the page that shows them to the user replacing the authenticator.
+    Ok(Some((
+        Zeroizing::new(enrolment.qr_svg()?.expose_secret().to_owned()),
+        Zeroizing::new(enrolment.secret_base32.expose_secret().to_owned()),
+    )))
 }
 
 /// `GET /settings/authenticator`: the replacement this session started, or how to start one.
@@ -284,7 +289,7 @@ async fn deliver_notice(state: &AppState, address: Option<EmailAddress>, notice:
 #[template(path = "recovery_codes.html")]
 struct RecoveryCodesPage<'a> {
     nav: Nav,
-    codes: &'a [String],
+    codes: Vec<&'a str>,
 }
 
 /// `POST /settings/recovery-codes` (behind a fresh step-up, which magic-auth checks again):
@@ -316,7 +321,8 @@ pub(super) async fn recovery_codes(State(state): State<AppState>, session: Sessi
         StatusCode::OK,
         &RecoveryCodesPage {
             nav: Nav::of(&state, Some(&session)),
-            codes: codes.codes(),
+            // Exposed here only: the page that shows them, once.
+            codes: codes.codes().iter().map(|c| c.expose_secret()).collect(),
         },
     );
     response.headers_mut().insert(
