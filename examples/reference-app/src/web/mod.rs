@@ -175,39 +175,32 @@ pub(crate) fn internal(state: &AppState, error: &(dyn std::error::Error + 'stati
     )
 }
 
+/// `error` and each of its sources, outermost first.
+fn error_chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}
+
 /// Whether `error` or any of its sources is the database refusing a statement because the
 /// session it was made for has ended.
 pub(crate) fn session_ended(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if matches!(
+    error_chain(error).any(|e| {
+        matches!(
             e.downcast_ref::<rls_guard::RlsError>(),
             Some(rls_guard::RlsError::SessionEnded)
-        ) {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+        )
+    })
 }
 
 /// Whether `error` or any of its sources is the database being unreachable.
 pub(crate) fn database_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if let Some(rls) = e.downcast_ref::<rls_guard::RlsError>()
-            && rls.is_unavailable()
-        {
-            return true;
-        }
-        if let Some(sql) = e.downcast_ref::<sqlx::Error>()
-            && rls_guard::is_unavailable(sql)
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    error_chain(error).any(|e| {
+        e.downcast_ref::<rls_guard::RlsError>()
+            .is_some_and(rls_guard::RlsError::is_unavailable)
+            || e.downcast_ref::<sqlx::Error>()
+                .is_some_and(rls_guard::is_unavailable)
+    })
 }
 
 fn security_headers() -> [(HeaderName, HeaderValue); 7] {
