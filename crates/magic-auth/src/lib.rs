@@ -59,6 +59,9 @@
 //! - [`mailer::SmtpMailer`]: delivery through an SMTP relay over required TLS (lettre), or in
 //!   plain text to a loopback catcher only.
 //!
+//! - [`routes`] (feature `axum`): the whole flow above as ready-made JSON routes
+//!   ([`routes::SignInRoutes`]), so an application writes no sign-in code of its own.
+//!
 //! - [`audit`] (feature `audit-log`, default): `audit_log::AuditLog` as the events hook.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -77,6 +80,8 @@ mod layer;
 mod limit;
 mod link;
 pub mod mailer;
+#[cfg(feature = "axum")]
+pub mod routes;
 pub mod schema;
 mod session;
 mod token;

@@ -353,6 +353,51 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         self
     }
 
+    /// The configuration the service was built with.
+    #[cfg(feature = "axum")]
+    pub(crate) fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
+    /// The current address of `user` in `tenant`, if the account exists and is enabled.
+    #[cfg(feature = "axum")]
+    pub(crate) async fn address(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<Option<EmailAddress>, AuthError> {
+        let account = self
+            .directory
+            .find_by_user(tenant, user)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "the account directory failed");
+                AuthError::Directory
+            })?;
+        if !account.is_some_and(|a| a.user == user && !a.disabled) {
+            return Ok(None);
+        }
+        self.directory
+            .address_of(tenant, user)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "the account directory failed");
+                AuthError::Directory
+            })
+    }
+
+    /// Sends `notice` to `address` in the background. A failure is logged, never shown: the
+    /// change it tells of is already made.
+    #[cfg(feature = "axum")]
+    pub(crate) fn notify(&self, address: EmailAddress, notice: Notice) {
+        let mailer = Arc::clone(&self.mailer);
+        tokio::spawn(async move {
+            if let Err(error) = mailer.send(notice.message(address)).await {
+                tracing::error!(%error, "a security notice could not be sent");
+            }
+        });
+    }
+
     /// Requests a sign-in link for `email` in `tenant`, from `client` (its address, for the
     /// per-client limit, counted by [`client_key`]). Answers the same way for known and unknown addresses: the rate
     /// limits are counted for every address alike, and the lookup, the link and the email run

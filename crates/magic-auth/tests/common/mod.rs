@@ -145,7 +145,7 @@ pub struct Fixture {
     pub tenant: TenantId,
     pub directory: Arc<Directory>,
     pub outbox: Arc<DevOutbox>,
-    pub links: MagicLinks<Directory, DevOutbox>,
+    pub links: Arc<MagicLinks<Directory, DevOutbox>>,
     pub sessions: SessionStore,
     pub totp: Arc<TotpService>,
     pub events: Arc<Recorder>,
@@ -167,9 +167,11 @@ pub async fn fixture(connections: u32) -> Fixture {
         max: 1_000_000,
         window: std::time::Duration::from_secs(60),
     };
-    let links = MagicLinks::new(pool.clone(), directory.clone(), outbox.clone(), config)
-        .unwrap()
-        .with_events(events.clone());
+    let links = Arc::new(
+        MagicLinks::new(pool.clone(), directory.clone(), outbox.clone(), config)
+            .unwrap()
+            .with_events(events.clone()),
+    );
     let sessions = SessionStore::new(pool.clone(), SessionConfig::default())
         .unwrap()
         .with_events(events.clone());
