@@ -1,0 +1,136 @@
+//! The smallest service wired from tenantguard's crates, the one `docs/wiring.md` walks through:
+//! notes that belong to a workspace (tenant), with row-level security under every statement,
+//! the ready-made sign-in routes (magic link + TOTP), sessions in the database, and an audited
+//! admin action behind a fresh step-up.
+//!
+//! [`migrations`] is step 1 of the page, [`app`] steps 2 to 4, the handlers step 5.
+//! `members.rs` and `notes.rs` are what a service has of its own: accounts, workspaces and its
+//! handlers.
+
+mod error;
+pub mod members;
+mod notes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_log::scrub::{PseudonymKey, ScrubPolicy, Scrubber};
+use audit_log::{Action, AuditLayer, AuditLog};
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{delete, get};
+use field_crypto::{KeyMaterial, Keyring};
+use magic_auth::mailer::Mailer;
+use magic_auth::routes::{SignInConfig, SignInRoutes};
+use magic_auth::totp::{TotpConfig, TotpService};
+use magic_auth::{Guard, LinkConfig, MagicLinks, SessionConfig, SessionManagerLayer, SessionStore};
+use rls_guard::TenantPool;
+use tenant_scope::{ActorResolver, TenantLayer};
+
+pub use error::Error;
+pub use members::{Members, Workspaces};
+use notes::{create_note, delete_note, list_notes, show_note};
+
+/// How old the last second-factor check may be for the admin action.
+pub const STEP_UP_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Step 1: the migrations, in order, run once as the owner role. `runtime` is the role the
+/// service connects as.
+///
+/// # Errors
+/// When `runtime` is not a plain lowercase identifier.
+pub fn migrations(runtime: &str) -> Result<String, Error> {
+    Ok([
+        rls_guard::schema::SUPPORT_SQL.to_owned(),
+        audit_log::schema::schema_sql(runtime)?,
+        magic_auth::schema::schema_sql(runtime)?,
+        members::schema_sql(runtime),
+        rls_guard::schema::tenant_table_sql("minimal.members")?,
+        rls_guard::schema::tenant_table_sql("minimal.notes")?,
+    ]
+    .join("\n"))
+}
+
+/// The keys the service needs: field encryption (TOTP seeds) and the audit log's pseudonyms.
+pub struct Keys {
+    /// Seals TOTP seeds.
+    pub field: secrecy::SecretBox<[u8; 32]>,
+    /// Pseudonymises personal data in audit records.
+    pub pseudonym: secrecy::SecretBox<[u8; 32]>,
+}
+
+/// What the handlers reach through `FromRef`.
+#[derive(Clone)]
+struct AppState {
+    pool: TenantPool,
+}
+
+impl FromRef<AppState> for TenantPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
+/// Steps 2 to 4: the pools checked at start-up, the services, and the router with its layers.
+/// `runtime` connects as the runtime role; links point at `base_url`.
+///
+/// # Errors
+/// When the runtime role could bypass row-level security, the schema differs from the crates',
+/// or a configuration value is unusable: the service does not start.
+pub async fn app<M: Mailer>(
+    runtime: sqlx::PgPool,
+    base_url: &str,
+    keys: &Keys,
+    workspaces: Workspaces,
+    mailer: Arc<M>,
+) -> Result<Router, Error> {
+    use secrecy::ExposeSecret;
+    // Step 2: refuses a role that could bypass RLS; every statement made for a session asks
+    // the database whether that session is still live.
+    let pool = TenantPool::new(runtime)
+        .await?
+        .with_session_liveness(magic_auth::session_liveness())
+        .await?;
+    let sessions = SessionStore::new(pool.clone(), SessionConfig::default())?;
+    let mut keyring = Keyring::new();
+    keyring.add_key(
+        1,
+        &KeyMaterial::from_bytes(Box::new(*keys.field.expose_secret())),
+    )?;
+    keyring.promote(1)?;
+    let totp = TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Minimal"))?;
+    let members = Arc::new(Members::new(pool.clone()));
+    let links = MagicLinks::new(pool.clone(), members, mailer, LinkConfig::new(base_url)?)?;
+    let pseudonyms = vec![PseudonymKey::new(
+        1,
+        Box::new(*keys.pseudonym.expose_secret()),
+    )];
+    let audit = AuditLog::new(pool.clone(), Scrubber::new(ScrubPolicy::new(), pseudonyms)?);
+    let sign_in = SignInRoutes::new(
+        workspaces,
+        Arc::new(links),
+        sessions.clone(),
+        Arc::new(totp),
+        SignInConfig::new().after_sign_in("/notes"),
+    )?;
+
+    // Step 4: `Router::layer` wraps what is there, so each group reads inside out: the audit
+    // layer sees the step-up guard's refusals; the tenant comes from the signed-in actor.
+    let admin = Router::new()
+        .route("/admin/notes/{id}", delete(delete_note))
+        .layer(Guard::require_step_up(STEP_UP_MAX_AGE))
+        .layer(AuditLayer::new(audit, Action::new("note.deleted")?));
+    let notes = Router::new()
+        .route("/notes", get(list_notes).post(create_note))
+        .route("/notes/{id}", get(show_note))
+        .merge(admin)
+        .layer(TenantLayer::new(ActorResolver))
+        .layer(Guard::require_two_factors());
+    let origin = base_url.trim_end_matches('/');
+    Ok(Router::new()
+        .nest("/auth", sign_in.into_router())
+        .merge(notes)
+        .layer(Guard::same_origin(&[origin]))
+        .layer(SessionManagerLayer::new(sessions))
+        .with_state(AppState { pool }))
+}
