@@ -67,13 +67,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let tenant = TenantId::new_random();
-        let new = || NewSession {
-            user: ActorId::new_random(),
-            kind: ActorKind::User,
-            assurance: Assurance::Aal2,
-            user_agent: None,
-            ip: None,
-        };
+        let new = || NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal2);
 
         let mut lags = Vec::with_capacity(trials);
         let mut lookups = Vec::with_capacity(trials);

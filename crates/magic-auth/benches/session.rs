@@ -63,20 +63,10 @@ fn main() {
         let db = testkit::fresh_database(&Template::new("magic_auth_bench", sql)).await;
         let raw = db.pool(Role::Runtime, 1).await;
         // No touch during the run: `touch_after` an hour (it must stay below `idle`).
-        let config = SessionConfig {
-            idle: Duration::from_secs(2 * 3600),
-            touch_after: Duration::from_secs(3600),
-            ..SessionConfig::default()
-        };
+        let config = { let mut c = SessionConfig::default(); c.idle = Duration::from_secs(2 * 3600); c.touch_after = Duration::from_secs(3600); c };
         let store = SessionStore::new(TenantPool::new(raw.clone()).await.unwrap(), config).unwrap();
         let tenant = TenantId::new_random();
-        let new = NewSession {
-            user: ActorId::new_random(),
-            kind: ActorKind::User,
-            assurance: Assurance::Aal2,
-            user_agent: None,
-            ip: None,
-        };
+        let new = NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal2);
         let (session, token) = store.create(tenant, &new).await.unwrap();
         db.as_admin(
             "INSERT INTO plain_sessions SELECT tenant_id, id, user_id, actor_kind, secret_hash, aal, \

@@ -112,4 +112,4 @@ pub use session::{
     Assurance, MAX_SESSION_LIFETIME, NewSession, Session, SessionConfig, SessionStore,
     SessionSummary,
 };
-pub use token::{SecretHash, SessionToken, TOKEN_LEN};
+pub use token::{SessionToken, TOKEN_LEN};

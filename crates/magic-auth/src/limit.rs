@@ -18,8 +18,9 @@ use time::OffsetDateTime;
 
 use crate::AuthError;
 
-/// A limit: at most `max` hits per `window`.
+/// A limit: at most `max` hits per `window` ([`Limit::new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limit {
     /// Hits allowed per window.
     pub max: u32,
@@ -34,6 +35,12 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub const MAX_HITS: u32 = i32::MAX as u32;
 
 impl Limit {
+    /// At most `max` hits per `window` (checked by [`Limit::validate`] when a service is built).
+    #[must_use]
+    pub const fn new(max: u32, window: Duration) -> Self {
+        Self { max, window }
+    }
+
     /// Checks that the limit is usable: `max` between 1 and [`MAX_HITS`], `window` between one
     /// second and [`MAX_WINDOW`].
     ///

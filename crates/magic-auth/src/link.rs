@@ -56,8 +56,9 @@ const RATE_KEY_DOMAIN: &[u8] = b"magic-auth/rate-key/v1\n";
 const EMAIL_CHANGE_PREFIX: &str = "e1";
 const EMAIL_CHANGE_DOMAIN: &[u8] = b"magic-auth/email-change/v1\n";
 
-/// An account that may sign in, as the application's directory knows it.
+/// An account that may sign in, as the application's directory knows it ([`Account::new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Account {
     /// The user.
     pub user: ActorId,
@@ -66,6 +67,18 @@ pub struct Account {
     /// A disabled account gets no link (and the requester cannot tell), and a link it was
     /// sent before is refused when confirmed.
     pub disabled: bool,
+}
+
+impl Account {
+    /// `user`, a `kind` account, disabled for sign-in or not.
+    #[must_use]
+    pub const fn new(user: ActorId, kind: ActorKind, disabled: bool) -> Self {
+        Self {
+            user,
+            kind,
+            disabled,
+        }
+    }
 }
 
 /// Finds accounts, per tenant: by normalised email address when a link is requested, and by
@@ -135,6 +148,7 @@ pub const MAX_LINK_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Magic-link settings, checked by [`LinkConfig::validate`] when the service is built
 /// ([`MagicLinks::new`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LinkConfig {
     /// Where links point: `https://app.example.com`. Links are built from this, never from a
     /// request's `Host` header.
@@ -250,6 +264,7 @@ impl LinkConfig {
 }
 
 /// What [`MagicLinks::request`] returns, the same for every well-formed address.
+#[non_exhaustive]
 pub struct LinkRequest {
     /// The browser-binding verifier: set it as an `HttpOnly`, `Secure`, `__Host-` cookie (expose
     /// it only there).

@@ -9,8 +9,10 @@ use zeroize::Zeroizing;
 
 use crate::email::EmailAddress;
 
-/// One message. The body holds a sign-in link: a secret; `Debug` does not print it.
+/// One message ([`Message::new`]). The body holds a sign-in link: a secret; `Debug` does not
+/// print it.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Message {
     /// The recipient (validated and normalised).
     pub to: EmailAddress,
@@ -19,6 +21,22 @@ pub struct Message {
     /// The plain-text body: a secret (it may hold a sign-in link). Expose it only where it is
     /// handed to the mail transport.
     pub body: SecretString,
+}
+
+impl Message {
+    /// A message to `to`.
+    #[must_use]
+    pub fn new(
+        to: EmailAddress,
+        subject: impl Into<String>,
+        body: impl Into<SecretString>,
+    ) -> Self {
+        Self {
+            to,
+            subject: subject.into(),
+            body: body.into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Message {

@@ -48,6 +48,7 @@ impl Assurance {
 
 /// Session lifetimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionConfig {
     /// A session unused for this long expires (default 30 minutes).
     pub idle: Duration,
@@ -63,6 +64,18 @@ pub struct SessionConfig {
 pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(400 * 24 * 60 * 60);
 
 impl SessionConfig {
+    /// Sessions that expire after `idle` unused or `absolute` after sign-in, whichever comes
+    /// first; `touch_after` as by default (checked by [`SessionConfig::validate`] when the store
+    /// is built).
+    #[must_use]
+    pub fn new(idle: Duration, absolute: Duration) -> Self {
+        Self {
+            idle,
+            absolute,
+            ..Self::default()
+        }
+    }
+
     /// Checks that every value is usable: `idle` and `absolute` at least one second, `idle` no
     /// longer than `absolute`, `absolute` at most [`MAX_SESSION_LIFETIME`], and `touch_after`
     /// shorter than `idle` (or activity would not keep a session alive).
@@ -144,6 +157,7 @@ impl Session {
 
 /// A session in a user's list (no secrets).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionSummary {
     /// The session id.
     pub id: Uuid,
@@ -161,8 +175,9 @@ pub struct SessionSummary {
     pub ip: Option<IpAddr>,
 }
 
-/// Who signs in, and from where (for the session list).
+/// Who signs in, and from where (for the session list): [`NewSession::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NewSession {
     /// The user.
     pub user: ActorId,
@@ -174,6 +189,28 @@ pub struct NewSession {
     pub user_agent: Option<String>,
     /// The client's address.
     pub ip: Option<IpAddr>,
+}
+
+impl NewSession {
+    /// `user` of `kind`, authenticated to `assurance`, from an unknown client.
+    #[must_use]
+    pub const fn new(user: ActorId, kind: ActorKind, assurance: Assurance) -> Self {
+        Self {
+            user,
+            kind,
+            assurance,
+            user_agent: None,
+            ip: None,
+        }
+    }
+
+    /// From this client: its user agent and address, as far as known.
+    #[must_use]
+    pub fn from_client(mut self, user_agent: Option<String>, ip: Option<IpAddr>) -> Self {
+        self.user_agent = user_agent;
+        self.ip = ip;
+        self
+    }
 }
 
 /// The session store.

@@ -24,7 +24,7 @@ const HASH_DOMAIN: &[u8] = b"magic-auth/session/v1\n";
 pub const TOKEN_LEN: usize = 2 + 1 + 32 + 1 + 32 + 1 + 64;
 
 /// The stored form of a token's secret.
-pub type SecretHash = [u8; 32];
+pub(crate) type SecretHash = [u8; 32];
 
 /// A session token. Its `Debug` output never shows the secret; it is wiped from memory when
 /// dropped.
@@ -141,7 +141,7 @@ impl SessionToken {
 
     /// What the database stores.
     #[must_use]
-    pub fn secret_hash(&self) -> SecretHash {
+    pub(crate) fn secret_hash(&self) -> SecretHash {
         self.hash_in(HASH_DOMAIN)
     }
 
@@ -151,7 +151,7 @@ impl SessionToken {
 
     /// Whether this token's secret matches `stored`, in constant time.
     #[must_use]
-    pub fn matches(&self, stored: &[u8]) -> bool {
+    pub(crate) fn matches(&self, stored: &[u8]) -> bool {
         bool::from(self.secret_hash().as_slice().ct_eq(stored))
     }
 }

@@ -205,6 +205,7 @@ const SEED_BYTES: usize = 20;
 /// What an enrolment hands to the user: the `otpauth://` URL (for a QR code) and the secret in
 /// base32 (to type in). Both are secrets ([`SecretString`]s, exposed only where they are shown
 /// to the enrolling user); `Debug` does not print them.
+#[non_exhaustive]
 pub struct Enrolment {
     /// The `otpauth://totp/..` URL.
     pub otpauth_url: SecretString,

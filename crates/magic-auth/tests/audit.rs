@@ -62,16 +62,7 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
     // An operator unlocks the factor: audited like the rest.
     totp.unlock(t, user).await.unwrap();
     let (session, _) = sessions
-        .create(
-            t,
-            &NewSession {
-                user,
-                kind: ActorKind::Staff,
-                assurance: Assurance::Aal1,
-                user_agent: None,
-                ip: None,
-            },
-        )
+        .create(t, &NewSession::new(user, ActorKind::Staff, Assurance::Aal1))
         .await
         .unwrap();
     sessions.revoke(t, session.id).await.unwrap();

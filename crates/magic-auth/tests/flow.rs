@@ -48,11 +48,11 @@ impl AccountDirectory for Directory {
     type Error = Never;
     async fn find(&self, tenant: TenantId, email: &EmailAddress) -> Result<Option<Account>, Never> {
         Ok(
-            (tenant == self.0 && email.as_str() == "ops@example.com").then_some(Account {
-                user: self.1,
-                kind: ActorKind::Staff,
-                disabled: false,
-            }),
+            (tenant == self.0 && email.as_str() == "ops@example.com").then_some(Account::new(
+                self.1,
+                ActorKind::Staff,
+                false,
+            )),
         )
     }
     async fn find_by_user(
@@ -60,11 +60,11 @@ impl AccountDirectory for Directory {
         tenant: TenantId,
         user: ActorId,
     ) -> Result<Option<Account>, Never> {
-        Ok((tenant == self.0 && user == self.1).then_some(Account {
-            user: self.1,
-            kind: ActorKind::Staff,
-            disabled: false,
-        }))
+        Ok((tenant == self.0 && user == self.1).then_some(Account::new(
+            self.1,
+            ActorKind::Staff,
+            false,
+        )))
     }
     async fn address_of(
         &self,
@@ -426,13 +426,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
         .sessions
         .create(
             tenant,
-            &NewSession {
-                user: staff,
-                kind: ActorKind::Staff,
-                assurance: Assurance::Aal2,
-                user_agent: None,
-                ip: None,
-            },
+            &NewSession::new(staff, ActorKind::Staff, Assurance::Aal2),
         )
         .await
         .unwrap()
@@ -509,13 +503,7 @@ async fn an_old_sign_in_needs_step_up_for_sensitive_actions() {
     let (session, token) = sessions
         .create(
             tenant,
-            &NewSession {
-                user: ActorId::new_random(),
-                kind: ActorKind::User,
-                assurance: Assurance::Aal2,
-                user_agent: None,
-                ip: None,
-            },
+            &NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal2),
         )
         .await
         .unwrap();
@@ -568,13 +556,7 @@ async fn an_unreachable_session_store_refuses_the_request() {
     let (_, token) = sessions
         .create(
             TenantId::new_random(),
-            &NewSession {
-                user: ActorId::new_random(),
-                kind: ActorKind::User,
-                assurance: Assurance::Aal1,
-                user_agent: None,
-                ip: None,
-            },
+            &NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal1),
         )
         .await
         .unwrap();
@@ -614,13 +596,7 @@ async fn a_foreign_non_utf8_cookie_beside_the_session_does_not_hide_it() {
         .await
         .unwrap();
     let sessions = SessionStore::new(pool, SessionConfig::default()).unwrap();
-    let new = NewSession {
-        user: ActorId::new_random(),
-        kind: ActorKind::User,
-        assurance: Assurance::Aal1,
-        user_agent: None,
-        ip: None,
-    };
+    let new = NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal1);
     let tenant = TenantId::new_random();
     let (_, token) = sessions.create(tenant, &new).await.unwrap();
     let (_, other) = sessions.create(tenant, &new).await.unwrap();

@@ -58,13 +58,7 @@ async fn a_pending_link_is_refused_after_the_account_is_disabled() {
         magic_auth::Delivery::NoAccount
     );
     assert_eq!(f.outbox.messages().len(), sent);
-    let new = NewSession {
-        user: ada,
-        kind: ActorKind::User,
-        assurance: magic_auth::Assurance::Aal1,
-        user_agent: None,
-        ip: None,
-    };
+    let new = NewSession::new(ada, ActorKind::User, magic_auth::Assurance::Aal1);
     assert!(matches!(
         f.sessions.create(f.tenant, &new).await,
         Err(AuthError::AccountDisabled)

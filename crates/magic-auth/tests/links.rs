@@ -92,19 +92,11 @@ async fn fixture_with(edit: impl FnOnce(&mut LinkConfig)) -> Fixture {
     let mut dir = Directory::default();
     dir.0.insert(
         (tenant, "ada@example.com".into()),
-        Account {
-            user: ada,
-            kind: ActorKind::Staff,
-            disabled: false,
-        },
+        Account::new(ada, ActorKind::Staff, false),
     );
     dir.0.insert(
         (tenant, "gone@example.com".into()),
-        Account {
-            user: ActorId::new_random(),
-            kind: ActorKind::User,
-            disabled: true,
-        },
+        Account::new(ActorId::new_random(), ActorKind::User, true),
     );
     let outbox = Arc::new(DevOutbox::new());
     let mut config = LinkConfig::new("https://app.example.test").unwrap();
@@ -355,11 +347,7 @@ async fn a_failed_delivery_is_reported_to_the_app_and_leaves_no_usable_link() {
     let mut dir = Directory::default();
     dir.0.insert(
         (tenant, "ada@example.com".into()),
-        Account {
-            user: ActorId::new_random(),
-            kind: ActorKind::User,
-            disabled: false,
-        },
+        Account::new(ActorId::new_random(), ActorKind::User, false),
     );
     let links = MagicLinks::new(
         pool,
@@ -598,7 +586,7 @@ async fn nonsensical_link_configs_are_refused_when_the_service_is_built() {
     // The control: the defaults build.
     let ok = LinkConfig::new("https://app.example.test").unwrap();
     assert!(build(ok.clone()).is_ok());
-    let limit = |max: u32, window: Duration| Limit { max, window };
+    let limit = |max: u32, window: Duration| Limit::new(max, window);
     type Edit = Box<dyn Fn(&mut LinkConfig)>;
     let edits: Vec<(&str, Edit)> = vec![
         ("zero ttl", Box::new(|c| c.ttl = Duration::ZERO)),

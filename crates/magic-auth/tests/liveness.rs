@@ -31,13 +31,7 @@ async fn instance(db: &TestDb) -> (TenantPool, SessionStore) {
 }
 
 fn new_user() -> NewSession {
-    NewSession {
-        user: ActorId::new_random(),
-        kind: ActorKind::User,
-        assurance: Assurance::Aal1,
-        user_agent: None,
-        ip: None,
-    }
+    NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal1)
 }
 
 /// A read of the tenant's sessions made for `context`: `Ok` while its session is live.

@@ -22,13 +22,7 @@ const ROUNDS: usize = 100;
 const CONNECTIONS: u32 = 8;
 
 fn aal1(user: ActorId) -> NewSession {
-    NewSession {
-        user,
-        kind: ActorKind::User,
-        assurance: Assurance::Aal1,
-        user_agent: None,
-        ip: None,
-    }
+    NewSession::new(user, ActorKind::User, Assurance::Aal1)
 }
 
 /// Runs `a` and `b` at the same moment and returns both results. Which is spawned first
@@ -261,10 +255,7 @@ async fn recovery_racing_revoke_all_never_leaves_a_live_session() {
             .sessions
             .create(
                 f.tenant,
-                &NewSession {
-                    assurance: Assurance::Aal2,
-                    ..aal1(user)
-                },
+                &NewSession::new(user, ActorKind::User, Assurance::Aal2),
             )
             .await
             .unwrap();

@@ -49,13 +49,7 @@ async fn wait_listening(store: &SessionStore) {
 }
 
 fn new(kind: ActorKind) -> NewSession {
-    NewSession {
-        user: ActorId::new_random(),
-        kind,
-        assurance: Assurance::Aal2,
-        user_agent: None,
-        ip: None,
-    }
+    NewSession::new(ActorId::new_random(), kind, Assurance::Aal2)
 }
 
 /// Revokes `id` as the superuser with triggers off: no notice is sent, so only the cache's

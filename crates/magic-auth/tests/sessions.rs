@@ -27,13 +27,10 @@ async fn store(db: &TestDb, config: SessionConfig) -> SessionStore {
 }
 
 fn user(kind: ActorKind, assurance: Assurance) -> NewSession {
-    NewSession {
-        user: ActorId::new_random(),
-        kind,
-        assurance,
-        user_agent: Some("Mozilla/5.0 test".into()),
-        ip: Some("192.0.2.7".parse().unwrap()),
-    }
+    NewSession::new(ActorId::new_random(), kind, assurance).from_client(
+        Some("Mozilla/5.0 test".into()),
+        Some("192.0.2.7".parse().unwrap()),
+    )
 }
 
 #[tokio::test]
@@ -179,10 +176,12 @@ async fn revoke_all_can_keep_the_current_session_and_stays_in_its_tenant() {
 #[tokio::test]
 async fn an_idle_session_expires_and_activity_never_passes_the_absolute_limit() {
     let db = fresh_database(&template()).await;
-    let config = SessionConfig {
-        idle: Duration::from_millis(1500),
-        absolute: Duration::from_millis(3000),
-        touch_after: Duration::ZERO,
+    let config = {
+        let mut c = SessionConfig::default();
+        c.idle = Duration::from_millis(1500);
+        c.absolute = Duration::from_millis(3000);
+        c.touch_after = Duration::ZERO;
+        c
     };
     let s = store(&db, config).await;
     let t = TenantId::new_random();
@@ -275,10 +274,12 @@ async fn invalid_lifetimes_are_refused() {
         .await
         .unwrap();
     for (idle, absolute) in [(10, 5), (0, 5), (5, 0)] {
-        let config = SessionConfig {
-            idle: Duration::from_secs(idle),
-            absolute: Duration::from_secs(absolute),
-            touch_after: Duration::ZERO,
+        let config = {
+            let mut c = SessionConfig::default();
+            c.idle = Duration::from_secs(idle);
+            c.absolute = Duration::from_secs(absolute);
+            c.touch_after = Duration::ZERO;
+            c
         };
         assert!(matches!(
             SessionStore::new(pool.clone(), config),
@@ -289,42 +290,33 @@ async fn invalid_lifetimes_are_refused() {
     // so no request can meet them.
     let day = Duration::from_secs(24 * 3600);
     for (what, config) in [
-        (
-            "overflowing lifetimes",
-            SessionConfig {
-                idle: Duration::MAX,
-                absolute: Duration::MAX,
-                touch_after: Duration::ZERO,
-            },
-        ),
-        (
-            "absolute over 400 days",
-            SessionConfig {
-                absolute: day * 401,
-                ..SessionConfig::default()
-            },
-        ),
-        (
-            "sub-second idle",
-            SessionConfig {
-                idle: Duration::from_millis(10),
-                ..SessionConfig::default()
-            },
-        ),
-        (
-            "touch_after not below idle",
-            SessionConfig {
-                touch_after: Duration::from_secs(30 * 60),
-                ..SessionConfig::default()
-            },
-        ),
-        (
-            "overflowing touch_after",
-            SessionConfig {
-                touch_after: Duration::MAX,
-                ..SessionConfig::default()
-            },
-        ),
+        ("overflowing lifetimes", {
+            let mut c = SessionConfig::default();
+            c.idle = Duration::MAX;
+            c.absolute = Duration::MAX;
+            c.touch_after = Duration::ZERO;
+            c
+        }),
+        ("absolute over 400 days", {
+            let mut c = SessionConfig::default();
+            c.absolute = day * 401;
+            c
+        }),
+        ("sub-second idle", {
+            let mut c = SessionConfig::default();
+            c.idle = Duration::from_millis(10);
+            c
+        }),
+        ("touch_after not below idle", {
+            let mut c = SessionConfig::default();
+            c.touch_after = Duration::from_secs(30 * 60);
+            c
+        }),
+        ("overflowing touch_after", {
+            let mut c = SessionConfig::default();
+            c.touch_after = Duration::MAX;
+            c
+        }),
     ] {
         assert!(
             matches!(
@@ -336,10 +328,12 @@ async fn invalid_lifetimes_are_refused() {
     }
     // The control: the defaults and the longest lifetime allowed build.
     assert!(SessionStore::new(pool.clone(), SessionConfig::default()).is_ok());
-    let longest = SessionConfig {
-        idle: magic_auth::MAX_SESSION_LIFETIME,
-        absolute: magic_auth::MAX_SESSION_LIFETIME,
-        touch_after: Duration::from_secs(60),
+    let longest = {
+        let mut c = SessionConfig::default();
+        c.idle = magic_auth::MAX_SESSION_LIFETIME;
+        c.absolute = magic_auth::MAX_SESSION_LIFETIME;
+        c.touch_after = Duration::from_secs(60);
+        c
     };
     assert!(SessionStore::new(pool, longest).is_ok());
 }

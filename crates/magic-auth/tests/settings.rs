@@ -22,16 +22,7 @@ const STEP_UP: ReplaceProof<'static> = ReplaceProof::StepUp { max_age: MAX_AGE }
 async fn session(f: &common::Fixture, user: ActorId, assurance: Assurance) -> (Session, String) {
     let (session, token) = f
         .sessions
-        .create(
-            f.tenant,
-            &NewSession {
-                user,
-                kind: ActorKind::User,
-                assurance,
-                user_agent: None,
-                ip: None,
-            },
-        )
+        .create(f.tenant, &NewSession::new(user, ActorKind::User, assurance))
         .await
         .unwrap();
     (session, token.to_cookie_value().expose_secret().to_owned())

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use magic_auth::EmailAddress;
 use magic_auth::mailer::{Mailer, Message, SmtpMailer};
+use magic_auth::secrecy::SecretString;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A minimal SMTP server: accepts one message per connection and keeps the transcript, or
@@ -60,11 +61,11 @@ async fn smtp_server(refuse_recipients: bool) -> (SocketAddr, Arc<Mutex<Vec<Stri
 }
 
 fn message() -> Message {
-    Message {
-        to: EmailAddress::parse("ada@example.com").unwrap(),
-        subject: "Your sign-in link".into(),
-        body: "Sign in: https://app.example.test/auth/link?token=l1.abc\n".into(),
-    }
+    Message::new(
+        EmailAddress::parse("ada@example.com").unwrap(),
+        "Your sign-in link",
+        SecretString::from("Sign in: https://app.example.test/auth/link?token=l1.abc\n"),
+    )
 }
 
 #[tokio::test]

@@ -340,13 +340,7 @@ async fn session_for(
     store
         .create(
             tenant,
-            &magic_auth::NewSession {
-                user,
-                kind: tenant_scope::ActorKind::User,
-                assurance,
-                user_agent: None,
-                ip: None,
-            },
+            &magic_auth::NewSession::new(user, tenant_scope::ActorKind::User, assurance),
         )
         .await
         .unwrap()

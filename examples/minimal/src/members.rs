@@ -174,9 +174,5 @@ impl AccountDirectory for Members {
 }
 
 const fn account(user: ActorId, disabled: bool) -> Account {
-    Account {
-        user,
-        kind: ActorKind::User,
-        disabled,
-    }
+    Account::new(user, ActorKind::User, disabled)
 }

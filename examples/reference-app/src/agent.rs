@@ -97,11 +97,11 @@ pub(crate) fn registry(
                 use magic_auth::mailer::Mailer;
                 let to = magic_auth::EmailAddress::parse(args["to"].as_str().unwrap_or_default())
                     .map_err(|_| ToolError::failed("invalid recipient"))?;
-                let message = magic_auth::mailer::Message {
+                let message = magic_auth::mailer::Message::new(
                     to,
-                    subject: args["subject"].as_str().unwrap_or_default().to_owned(),
-                    body: args["body"].as_str().unwrap_or_default().into(),
-                };
+                    args["subject"].as_str().unwrap_or_default().to_owned(),
+                    secrecy::SecretString::from(args["body"].as_str().unwrap_or_default()),
+                );
                 mailer
                     .send(message)
                     .await

@@ -266,17 +266,15 @@ impl App {
             .find(tenant.id, &address)
             .await?
             .ok_or("no such account")?;
-        let new = magic_auth::NewSession {
-            user: account.user,
-            kind: account.kind,
-            assurance: if two_factors {
+        let new = magic_auth::NewSession::new(
+            account.user,
+            account.kind,
+            if two_factors {
                 magic_auth::Assurance::Aal2
             } else {
                 magic_auth::Assurance::Aal1
             },
-            user_agent: None,
-            ip: None,
-        };
+        );
         let (session, token) = self.services.sessions.create(tenant.id, &new).await?;
         let cookie = magic_auth::session_cookie(&token, &session);
         Ok(cookie

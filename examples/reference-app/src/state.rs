@@ -53,15 +53,15 @@ impl Directory {
         let Some((user, kind, disabled)) = row else {
             return Ok(None);
         };
-        Ok(Some(Account {
-            user: ActorId::from_uuid(user).map_err(|_| DirectoryError)?,
-            kind: if kind == "staff" {
+        Ok(Some(Account::new(
+            ActorId::from_uuid(user).map_err(|_| DirectoryError)?,
+            if kind == "staff" {
                 ActorKind::Staff
             } else {
                 ActorKind::User
             },
             disabled,
-        }))
+        )))
     }
 }
 

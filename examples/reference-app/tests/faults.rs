@@ -267,13 +267,11 @@ async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_re
     let (session, token) = sessions
         .create(
             tenant,
-            &magic_auth::NewSession {
-                user: tenant_scope::ActorId::from_uuid(alice).unwrap(),
-                kind: tenant_scope::ActorKind::User,
-                assurance: magic_auth::Assurance::Aal2,
-                user_agent: None,
-                ip: None,
-            },
+            &magic_auth::NewSession::new(
+                tenant_scope::ActorId::from_uuid(alice).unwrap(),
+                tenant_scope::ActorKind::User,
+                magic_auth::Assurance::Aal2,
+            ),
         )
         .await
         .unwrap();

@@ -163,10 +163,7 @@ pub async fn fixture(connections: u32) -> Fixture {
     let outbox = Arc::new(DevOutbox::new());
     let mut config = LinkConfig::new("https://app.example.test").unwrap();
     // The tests request many links for one address on purpose.
-    config.per_email = Limit {
-        max: 1_000_000,
-        window: std::time::Duration::from_secs(60),
-    };
+    config.per_email = Limit::new(1_000_000, std::time::Duration::from_secs(60));
     let links = Arc::new(
         MagicLinks::new(pool.clone(), directory.clone(), outbox.clone(), config)
             .unwrap()
@@ -203,15 +200,8 @@ impl Fixture {
     /// A new account in the directory.
     pub fn account(&self, email: &str, kind: ActorKind) -> ActorId {
         let user = ActorId::new_random();
-        self.directory.put(
-            self.tenant,
-            email,
-            Account {
-                user,
-                kind,
-                disabled: false,
-            },
-        );
+        self.directory
+            .put(self.tenant, email, Account::new(user, kind, false));
         user
     }
 
