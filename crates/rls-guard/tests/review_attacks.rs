@@ -430,13 +430,12 @@ async fn a_role_default_for_extra_float_digits_makes_proofs_replayable_behind_pg
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
-    let bouncer = testkit::PgBouncer::start(
+    let bouncer = testkit::require(testkit::PgBouncer::start(
         db.server(),
         testkit::PoolMode::Transaction,
         1,
         &[name.as_str()],
-    )
-    .unwrap();
+    ));
     let raw = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(bouncer.options(&name, db.name()))

@@ -86,3 +86,15 @@ impl TestkitError {
         move |source| Self::Sql { context, source }
     }
 }
+
+impl TestkitError {
+    /// Whether the machine lacks a program the tests need (PostgreSQL, an unprivileged user to
+    /// run it as, PgBouncer): nothing a test can do about, and the message names the fix.
+    #[must_use]
+    pub const fn is_missing_prerequisite(&self) -> bool {
+        matches!(
+            self,
+            Self::NoPostgres { .. } | Self::NoUnprivilegedUser(_) | Self::NoPgBouncer(_)
+        )
+    }
+}

@@ -37,6 +37,7 @@ mod binaries;
 mod cluster;
 mod error;
 mod pgbouncer;
+mod prerequisite;
 mod server;
 mod sys;
 
@@ -44,6 +45,7 @@ pub use binaries::PgBinaries;
 pub use cluster::{ADMIN_ROLE, ClusterOptions, PgCluster};
 pub use error::TestkitError;
 pub use pgbouncer::{PgBouncer, PoolMode};
+pub use prerequisite::{missing_prerequisite, require};
 pub use server::{
     CHECKPOINTER_ROLE, OWNER_ROLE, RUNTIME_ROLE, Role, Template, TestDb, TestServer,
     fresh_database, try_fresh_database,

@@ -477,14 +477,14 @@ impl Drop for TestDb {
 
 /// A fresh database for one test, from the process's shared server.
 ///
+/// When no PostgreSQL is available the test process stops with one line that says how to fix
+/// the machine ([`missing_prerequisite`](crate::missing_prerequisite)): tests that need a
+/// database fail, they never skip.
+///
 /// # Panics
-/// With a message that says how to fix the machine when no PostgreSQL is available: tests that
-/// need a database fail, they never skip.
+/// When the database cannot be made for another reason.
 pub async fn fresh_database(template: &Template) -> TestDb {
-    match try_fresh_database(template).await {
-        Ok(db) => db,
-        Err(error) => panic!("{error}"),
-    }
+    crate::require(try_fresh_database(template).await)
 }
 
 /// [`fresh_database`] returning the error instead of panicking.

@@ -23,7 +23,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use reference_app::Config;
 
 /// chromedriver, which also finds Chromium: `$CHROMEDRIVER`, Debian's paths, or `PATH`. A
-/// missing browser fails the test with the fix.
+/// missing browser stops the test with one line naming the fix.
 fn chromedriver() -> PathBuf {
     if let Some(path) = std::env::var_os("CHROMEDRIVER") {
         return PathBuf::from(path);
@@ -46,10 +46,10 @@ fn chromedriver() -> PathBuf {
             return candidate;
         }
     }
-    panic!(
+    testkit::missing_prerequisite(
         "the browser test needs Chromium and its WebDriver: `sudo apt-get install chromium \
          chromium-driver` (Debian/Ubuntu), or set CHROMEDRIVER. `.ci/run` installs them when \
-         missing."
+         missing.",
     );
 }
 

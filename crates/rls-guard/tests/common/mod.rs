@@ -102,13 +102,12 @@ async fn runtime_pool(db: &TestDb, max_connections: u32) -> (PgPool, Option<test
         // Fewer server connections than clients: consecutive transactions of one client land
         // on different server connections, and every server connection serves many clients.
         let server_connections = max_connections.div_ceil(4);
-        let bouncer = testkit::PgBouncer::start(
+        let bouncer = testkit::require(testkit::PgBouncer::start(
             db.server(),
             testkit::PoolMode::Transaction,
             server_connections,
             &[testkit::RUNTIME_ROLE],
-        )
-        .unwrap();
+        ));
         let raw = sqlx::postgres::PgPoolOptions::new()
             .max_connections(max_connections)
             .connect_with(bouncer.options(testkit::RUNTIME_ROLE, db.name()))
