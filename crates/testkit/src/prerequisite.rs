@@ -6,6 +6,7 @@ use crate::TestkitError;
 /// Prints `message` (which names what to install) as one line on standard error and ends the
 /// test process with a failure status (101, a panic's). Tests never skip: the run fails, once,
 /// with the fix in front of the reader.
+#[allow(clippy::print_stderr)] // the one line the person running the tests must read
 pub fn missing_prerequisite(message: &str) -> ! {
     let line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
     eprintln!("\nmissing prerequisite: {line}\n");
