@@ -69,7 +69,7 @@ fn any_other_error_still_panics() {
         testkit::require::<()>(Err(testkit::TestkitError::Io {
             context: "reading".into(),
             source: std::io::Error::other("disk"),
-        }))
+        }));
     });
     assert!(caught.is_err());
     assert_eq!(testkit::require::<u8>(Ok(7)), 7);
