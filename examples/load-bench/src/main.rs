@@ -12,9 +12,12 @@
 //! - **guarded write**: `POST /api/admin/members/{bob}/role` — the privileged route: the admin
 //!   check, the update and its audit record in one transaction, behind the audit layer.
 //!
-//! Each is driven by `wrk` (install it: `apt-get install wrk`) at 1, 16 and 128 connections,
+//! First the round trips to PostgreSQL per request of each route are counted on the wire (see
+//! `roundtrips.rs`; `LOAD_BENCH_ROUND_TRIPS_ONLY=1` stops there). Then each is driven by `wrk` (install it: `apt-get install wrk`) at 1, 16 and 128 connections,
 //! side by side in one run, and the figures are printed as a Markdown table with the ratios
 //! the issue sets goals for (guarded read ≥ 60 % of bare throughput, p99 ≤ 2x).
+
+mod roundtrips;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -116,15 +119,22 @@ async fn serve(router: axum::Router) -> Result<SocketAddr, BoxError> {
 
 /// A GET over plain HTTP/1.1: the status code and the body.
 async fn get(addr: SocketAddr, path: &str, cookie: &str) -> Result<(u16, String), BoxError> {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nCookie: {cookie}\r\n"),
+    )
+    .await
+}
+
+/// `head` (request line and headers, each ending in CRLF) sent with `Host` and `Connection:
+/// close`, then `body`: the status code and the body.
+async fn request(addr: SocketAddr, head: &str) -> Result<(u16, String), BoxError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let (head, body) = head.split_once("\r\n\r\n").unwrap_or((head, ""));
+    let head = head.trim_end_matches("\r\n");
     stream
-        .write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
+        .write_all(format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n{body}").as_bytes())
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -145,6 +155,15 @@ async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let seconds: u32 = args.next().map_or(Ok(10), |s| s.parse())?;
     let rounds: u32 = args.next().map_or(Ok(1), |s| s.parse())?;
+
+    // Every connection to the throwaway cluster from here on passes the round-trip counter.
+    let server = testkit::TestServer::shared().await?;
+    let admin = server.options(testkit::Role::Admin, "postgres");
+    let socket = admin
+        .get_socket()
+        .ok_or("the throwaway cluster listens on a Unix socket")?
+        .join(format!(".s.PGSQL.{}", admin.get_port()));
+    let counter = roundtrips::Counter::install(&socket).await?;
 
     let dir = std::env::temp_dir().join(format!("load-bench-{}", std::process::id()));
     let config =
@@ -174,6 +193,48 @@ async fn main() -> Result<(), BoxError> {
     let (s2, b2) = get(guarded, "/api/notes", &cookie).await?;
     if (s1, s2) != (200, 200) || b1 != b2 {
         return Err(format!("the two routes differ: {s1} {s2}\n{b1}\n{b2}").into());
+    }
+
+    let write_head = format!(
+        "POST /api/admin/members/{bob}/role HTTP/1.1\r\nCookie: {cookie}\r\nOrigin: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 18\r\n\r\n{{\"role\": \"member\"}}",
+        app.config.base_url
+    );
+    let read_head = |path: &str, with_cookie: bool| {
+        let cookie = if with_cookie { cookie.as_str() } else { "x=y" };
+        format!("GET {path} HTTP/1.1\r\nCookie: {cookie}\r\n")
+    };
+    println!("Round trips to PostgreSQL per request, counted on the wire (sequential requests):\n");
+    println!("| route | round trips per request |");
+    println!("|---|---:|");
+    for (name, addr, head) in [
+        (
+            "bare read (`/baseline/notes`)",
+            bare,
+            read_head(&bare_path, false),
+        ),
+        (
+            "guarded read (`GET /api/notes`)",
+            guarded,
+            read_head("/api/notes", true),
+        ),
+        (
+            "session layer only (`GET /healthz` with the cookie)",
+            guarded,
+            read_head("/healthz", true),
+        ),
+        (
+            "guarded write, audited (`POST /api/admin/members/{id}/role`)",
+            guarded,
+            write_head.clone(),
+        ),
+    ] {
+        let per_request = roundtrips::per_request(&counter, || request(addr, &head)).await?;
+        println!("| {name} | {per_request:.2} |");
+    }
+    println!();
+    if std::env::var_os("LOAD_BENCH_ROUND_TRIPS_ONLY").is_some() {
+        return Ok(());
     }
 
     if let Ok(probe) = std::env::var("LOAD_BENCH_PROBE") {
