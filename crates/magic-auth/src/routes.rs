@@ -24,11 +24,13 @@
 //! | `POST /email/confirm` | the session that asked | `{"token": ..}` |
 //! | `POST /account/disable` | fresh step-up | disables the account and ends every session |
 //!
-//! Bodies are JSON (`application/json`) or an HTML form (`application/x-www-form-urlencoded`);
-//! anything else is `415`. Answers are JSON, never cached; a form submission that succeeds is
-//! answered `303 See Other` to its `next` field when that is a path on this site, else to
-//! [`SignInConfig::after_sign_in`] (JSON answers carry the same target as `"redirect"`), so a
-//! page without script works too. Every refusal is the workspace's JSON refusal
+//! Every `POST` takes a body: JSON (`application/json`, `{}` when there is nothing to say) or
+//! an HTML form (`application/x-www-form-urlencoded`); anything else is `415`. Answers are JSON,
+//! never cached; a form submission that succeeds is answered `303 See Other` to its `next`
+//! field when that is a path on this site, else to [`SignInConfig::after_sign_in`] (JSON
+//! answers carry the same target as `"redirect"`), and one that is refused, to its `back` field
+//! (a path of this site) with `error=<code>` added to the query, so pages without script work
+//! too (`POST /recovery-codes` answers JSON only: the codes are shown once). Every refusal is the workspace's JSON refusal
 //! ([`tenant_scope::Rejection`]): `400 invalid_request`, `400 invalid_email`,
 //! `401 unauthenticated`, `401 link_invalid`, `401 code_rejected`, `401 session_ended`,
 //! `403 mfa_required`, `403 step_up_required`, `403 cross_origin_request`,
@@ -260,6 +262,7 @@ where
             .route("/email", post(request_email::<T, D, M>))
             .route("/email/confirm", post(confirm_email::<T, D, M>))
             .route("/account/disable", post(disable::<T, D, M>))
+            .layer(axum::middleware::from_fn(form_refusals))
             .layer(GuardLayer::same_origin(&[origin.as_str()]))
             .with_state(self.flow)
     }
@@ -372,25 +375,86 @@ fn reply(status: StatusCode, body: &Value) -> Response {
 }
 
 /// A completed step: JSON (with `"redirect"`) for a script, `303` for a page's form.
-fn done(flow_config: &SignInConfig, mode: Mode, next: Option<&str>, mut body: Value) -> Response {
+fn done(config: &SignInConfig, mode: Mode, next: Option<&str>, body: Value) -> Response {
+    done_with(config, mode, next, StatusCode::OK, body)
+}
+
+/// [`done`] with the status a script gets.
+fn done_with(
+    config: &SignInConfig,
+    mode: Mode,
+    next: Option<&str>,
+    status: StatusCode,
+    mut body: Value,
+) -> Response {
     let target = next
         .and_then(local_path)
-        .unwrap_or(&flow_config.after_sign_in)
+        .unwrap_or(&config.after_sign_in)
         .to_owned();
     if mode == Mode::Form {
-        let mut response = StatusCode::SEE_OTHER.into_response();
-        if let Ok(location) = HeaderValue::from_str(&target) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return response;
+        return see_other(&target);
     }
     if let Value::Object(fields) = &mut body {
         fields.insert("redirect".to_owned(), Value::String(target));
     }
-    reply(StatusCode::OK, &body)
+    reply(status, &body)
+}
+
+/// `303 See Other` to `target` (a path of this site), never cached.
+fn see_other(target: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(location) = HeaderValue::from_str(target) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A page's form that names a `back` page (a path of this site) gets its refusals there: `303`
+/// to `back` with `error=<code>` added to its query, so the page can say what went wrong. A
+/// script's request, and a form without `back`, get the JSON refusal. Refusals made before
+/// this (another origin) are never turned into a redirect.
+async fn form_refusals(request: Request, next: axum::middleware::Next) -> Response {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return too_large();
+    };
+    let back = url::form_urlencoded::parse(&bytes)
+        .find(|(key, _)| key == "back")
+        .map(|(_, value)| value.into_owned())
+        .filter(|back| local_path(back).is_some());
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    let status = response.status();
+    match (back, response.extensions().get::<Rejection>()) {
+        (Some(back), Some(rejection)) if status.is_client_error() || status.is_server_error() => {
+            let separator = if back.contains('?') { '&' } else { '?' };
+            let mut redirected = see_other(&format!("{back}{separator}error={}", rejection.code()));
+            // Cookies the refusal sets (a cleared session) still reach the browser.
+            for cookie in response.headers().get_all(header::SET_COOKIE) {
+                redirected
+                    .headers_mut()
+                    .append(header::SET_COOKIE, cookie.clone());
+            }
+            redirected
+        }
+        _ => response,
+    }
 }
 
 /// An [`AuthError`] as the refusal a client may see. Failures of the machinery are logged here
@@ -749,6 +813,7 @@ async fn totp_state<T: TenantDirectory, D: AccountDirectory, M: Mailer>(
 async fn enrol<T: TenantDirectory, D: AccountDirectory, M: Mailer>(
     State(flow): Shared<T, D, M>,
     session: Session,
+    input: Input<NextForm>,
 ) -> Response {
     let label = match account_label(&flow, &session).await {
         Ok(Some(label)) => label,
@@ -771,9 +836,22 @@ async fn enrol<T: TenantDirectory, D: AccountDirectory, M: Mailer>(
         Err(error) => Err(error),
     };
     match enrolment.and_then(|(status, e)| Ok((status, enrolment_json(&e)?))) {
-        Ok((status, shown)) => reply(status, &json!({ "state": "pending", "enrolment": shown })),
+        Ok((status, shown)) => done_with(
+            &flow.config,
+            input.mode,
+            input.body.next.as_deref(),
+            status,
+            json!({ "state": "pending", "enrolment": shown }),
+        ),
         Err(error) => failure(&error),
     }
+}
+
+/// A body with nothing but where to go next.
+#[derive(Deserialize)]
+struct NextForm {
+    #[serde(default)]
+    next: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -886,10 +964,19 @@ fn code_refused(verdict: CodeCheck) -> Response {
     }
 }
 
-async fn sign_out<T, D, M>(State(flow): Shared<T, D, M>, session: Session) -> Response {
+async fn sign_out<T, D, M>(
+    State(flow): Shared<T, D, M>,
+    session: Session,
+    input: Input<NextForm>,
+) -> Response {
     match flow.sessions.revoke(session.tenant, session.id).await {
         Ok(_) => with_cookie(
-            reply(StatusCode::OK, &json!({ "status": "signed_out" })),
+            done(
+                &flow.config,
+                input.mode,
+                input.body.next.as_deref(),
+                json!({ "status": "signed_out" }),
+            ),
             clear_session_cookie(),
         ),
         Err(error) => failure(&error),
@@ -937,6 +1024,7 @@ async fn revoke_one<T, D, M>(
     State(flow): Shared<T, D, M>,
     session: Session,
     Path(id): Path<String>,
+    input: Input<NextForm>,
 ) -> Response {
     if let Some(refused) = below_aal2(&session) {
         return refused;
@@ -953,7 +1041,12 @@ async fn revoke_one<T, D, M>(
     }
     match flow.sessions.revoke(session.tenant, id).await {
         Ok(_) => {
-            let response = reply(StatusCode::OK, &json!({ "revoked": 1 }));
+            let response = done(
+                &flow.config,
+                input.mode,
+                input.body.next.as_deref(),
+                json!({ "revoked": 1 }),
+            );
             if id == session.id {
                 with_cookie(response, clear_session_cookie())
             } else {
@@ -964,7 +1057,11 @@ async fn revoke_one<T, D, M>(
     }
 }
 
-async fn revoke_others<T, D, M>(State(flow): Shared<T, D, M>, session: Session) -> Response {
+async fn revoke_others<T, D, M>(
+    State(flow): Shared<T, D, M>,
+    session: Session,
+    input: Input<NextForm>,
+) -> Response {
     if let Some(refused) = below_aal2(&session) {
         return refused;
     }
@@ -973,7 +1070,12 @@ async fn revoke_others<T, D, M>(State(flow): Shared<T, D, M>, session: Session) 
         .revoke_all(session.tenant, session.user, Some(session.id))
         .await
     {
-        Ok(n) => reply(StatusCode::OK, &json!({ "revoked": n })),
+        Ok(n) => done(
+            &flow.config,
+            input.mode,
+            input.body.next.as_deref(),
+            json!({ "revoked": n }),
+        ),
         Err(error) => failure(&error),
     }
 }
@@ -984,6 +1086,8 @@ async fn revoke_others<T, D, M>(State(flow): Shared<T, D, M>, session: Session) 
 async fn recovery_codes<T, D: AccountDirectory, M: Mailer>(
     State(flow): Shared<T, D, M>,
     session: Session,
+    // A body like every other `POST`; the answer is JSON whatever it says.
+    _input: Input<NextForm>,
 ) -> Response {
     match flow
         .totp
@@ -1114,6 +1218,7 @@ async fn confirm_email<T, D: AccountDirectory, M: Mailer>(
 async fn disable<T, D: AccountDirectory, M: Mailer>(
     State(flow): Shared<T, D, M>,
     session: Session,
+    input: Input<NextForm>,
 ) -> Response {
     if !session.is_fresh(flow.config.step_up_max_age) {
         return failure(&AuthError::StepUpRequired);
@@ -1130,7 +1235,12 @@ async fn disable<T, D: AccountDirectory, M: Mailer>(
                 flow.links.notify(address, Notice::AccountDisabled);
             }
             with_cookie(
-                reply(StatusCode::OK, &json!({ "status": "disabled" })),
+                done(
+                    &flow.config,
+                    input.mode,
+                    input.body.next.as_deref(),
+                    json!({ "status": "disabled" }),
+                ),
                 clear_session_cookie(),
             )
         }

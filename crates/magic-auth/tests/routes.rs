@@ -735,3 +735,123 @@ async fn an_ended_session_is_refused_by_every_route() {
         "unauthenticated",
     );
 }
+
+/// A page's form, as a browser sends it from this site.
+fn form(path: &str, fields: &[(&str, &str)]) -> Request<Body> {
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    Request::post(path)
+        .header("sec-fetch-site", "same-origin")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pages_form_is_refused_back_to_its_page() {
+    let app = app().await;
+    let user = app.fx.account("ada@example.com", ActorKind::User);
+    let mut browser = Browser::default();
+    signed_in_aal1(&app, &mut browser, "ada@example.com").await;
+    let started = browser
+        .send(
+            &app,
+            form("/auth/totp/enrol", &[("next", "/auth/code-page")]),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.text);
+    assert_eq!(started.headers[header::LOCATION], "/auth/code-page");
+    let state = browser.get(&app, "/auth/totp").await;
+    let key = state.body["enrolment"]["secret_base32"].as_str().unwrap();
+    let seed = totp_rs::Secret::try_from_base32(key)
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+
+    // A wrong code: back to the page, with the code of the refusal.
+    let wrong = common::wrong_code(&seed, now());
+    let refused = browser
+        .send(
+            &app,
+            form(
+                "/auth/totp",
+                &[("code", &wrong), ("back", "/auth/code-page?next=%2Fnotes")],
+            ),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::SEE_OTHER, "{}", refused.text);
+    assert_eq!(
+        refused.headers[header::LOCATION],
+        "/auth/code-page?next=%2Fnotes&error=code_rejected"
+    );
+    // `back` off this site, or missing: the JSON refusal, never a redirect elsewhere.
+    for back in [Some("https://evil.example/"), Some("//evil.example"), None] {
+        let mut fields = vec![("code", wrong.as_str())];
+        if let Some(back) = back {
+            fields.push(("back", back));
+        }
+        assert_refusal(
+            &browser.send(&app, form("/auth/totp", &fields)).await,
+            StatusCode::UNAUTHORIZED,
+            "code_rejected",
+        );
+    }
+    // Another origin is refused as such, whatever `back` says.
+    let mut cross = form("/auth/totp", &[("code", &wrong), ("back", "/page")]);
+    cross
+        .headers_mut()
+        .insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+    assert_refusal(
+        &browser.send(&app, cross).await,
+        StatusCode::FORBIDDEN,
+        "cross_origin_request",
+    );
+
+    // The right code (positive control): on to `next`, aal2.
+    let code = code_at(&seed, now()).unwrap();
+    let done = browser
+        .send(
+            &app,
+            form(
+                "/auth/totp",
+                &[("code", &code), ("next", "/notes"), ("back", "/page")],
+            ),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    assert_eq!(done.headers[header::LOCATION], "/notes");
+
+    // Signing out from a page: on to `next`, the cookie cleared, the session ended.
+    let out = browser
+        .send(&app, form("/auth/sign-out", &[("next", "/")]))
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.text);
+    assert_eq!(out.headers[header::LOCATION], "/");
+    assert!(!browser.cookies.contains_key(magic_auth::SESSION_COOKIE));
+    assert_eq!(app.fx.live_sessions(user).await, 0);
+}
+
+#[tokio::test]
+async fn a_post_without_a_body_is_refused() {
+    let app = app().await;
+    app.fx.account("ada@example.com", ActorKind::User);
+    let mut browser = Browser::default();
+    signed_in_aal2(&app, &mut browser, "ada@example.com").await;
+    let bare = Request::post("/auth/sign-out")
+        .header(header::ORIGIN, ORIGIN)
+        .body(Body::empty())
+        .unwrap();
+    assert_refusal(
+        &browser.send(&app, bare).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    // Still signed in; with a body it works.
+    assert_eq!(
+        browser.get(&app, "/auth/sessions").await.status,
+        StatusCode::OK
+    );
+    let out = browser.post(&app, "/auth/sign-out", json!({})).await;
+    assert_eq!(out.status, StatusCode::OK, "{}", out.text);
+}
