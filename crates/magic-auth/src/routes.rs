@@ -51,7 +51,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -234,41 +234,65 @@ where
     /// The router, for any application state. Nest it (`Router::nest("/auth", ..)`) inside a
     /// [`SessionManagerLayer`](crate::SessionManagerLayer).
     pub fn into_router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        self.into_routes()
+            .into_iter()
+            .fold(Router::new(), |router, (path, route)| {
+                router.route(path, route)
+            })
+    }
+
+    /// The same routes one by one, each with its layers and state: `(path, method router)`,
+    /// for an application that adds routes through its own builder (such as
+    /// `authz_matrix::RecordingRouter`, so its authorization matrix covers them) under a prefix
+    /// of its choice.
+    pub fn into_routes<S: Clone + Send + Sync + 'static>(
+        self,
+    ) -> Vec<(&'static str, MethodRouter<S>)> {
         let origin = self.flow.origin.clone();
         let link = if self.flow.config.landing_page {
             get(landing).post(request_link::<T, D, M>)
         } else {
             post(request_link::<T, D, M>)
         };
-        Router::new()
-            .route("/link", link)
-            .route("/link/confirm", post(confirm_link::<T, D, M>))
-            .route(
+        let routes: Vec<(&'static str, FlowRoute<T, D, M>)> = vec![
+            ("/link", link),
+            ("/link/confirm", post(confirm_link::<T, D, M>)),
+            (
                 "/totp",
                 get(totp_state::<T, D, M>).post(second_factor::<T, D, M>),
-            )
-            .route("/totp/enrol", post(enrol::<T, D, M>))
-            .route("/step-up", post(step_up::<T, D, M>))
-            .route("/sign-out", post(sign_out::<T, D, M>))
-            .route("/sessions", get(sessions::<T, D, M>))
-            .route("/sessions/revoke-others", post(revoke_others::<T, D, M>))
-            .route("/sessions/{id}/revoke", post(revoke_one::<T, D, M>))
-            .route("/recovery-codes", post(recovery_codes::<T, D, M>))
-            .route("/totp/replace", post(start_replacement::<T, D, M>))
-            .route(
+            ),
+            ("/totp/enrol", post(enrol::<T, D, M>)),
+            ("/step-up", post(step_up::<T, D, M>)),
+            ("/sign-out", post(sign_out::<T, D, M>)),
+            ("/sessions", get(sessions::<T, D, M>)),
+            ("/sessions/revoke-others", post(revoke_others::<T, D, M>)),
+            ("/sessions/{id}/revoke", post(revoke_one::<T, D, M>)),
+            ("/recovery-codes", post(recovery_codes::<T, D, M>)),
+            ("/totp/replace", post(start_replacement::<T, D, M>)),
+            (
                 "/totp/replace/confirm",
                 post(complete_replacement::<T, D, M>),
-            )
-            .route("/email", post(request_email::<T, D, M>))
-            .route("/email/confirm", post(confirm_email::<T, D, M>))
-            .route("/account/disable", post(disable::<T, D, M>))
-            .layer(axum::middleware::from_fn(form_refusals))
-            .layer(GuardLayer::same_origin(&[origin.as_str()]))
-            .with_state(self.flow)
+            ),
+            ("/email", post(request_email::<T, D, M>)),
+            ("/email/confirm", post(confirm_email::<T, D, M>)),
+            ("/account/disable", post(disable::<T, D, M>)),
+        ];
+        routes
+            .into_iter()
+            .map(|(path, route)| {
+                let route: FlowRoute<T, D, M> = route
+                    .layer::<_, std::convert::Infallible>(axum::middleware::from_fn(form_refusals))
+                    .layer::<_, std::convert::Infallible>(GuardLayer::same_origin(&[
+                        origin.as_str()
+                    ]));
+                (path, route.with_state(Arc::clone(&self.flow)))
+            })
+            .collect()
     }
 }
 
 type Shared<T, D, M> = State<Arc<Flow<T, D, M>>>;
+type FlowRoute<T, D, M> = MethodRouter<Arc<Flow<T, D, M>>>;
 
 // ---------------------------------------------------------------------------------------------
 // Bodies and answers
