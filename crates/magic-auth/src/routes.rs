@@ -280,11 +280,11 @@ where
         routes
             .into_iter()
             .map(|(path, route)| {
+                // Route layers: a method the route does not answer stays `405`, never reaching
+                // them (so a recording router sees which methods are served).
                 let route: FlowRoute<T, D, M> = route
-                    .layer::<_, std::convert::Infallible>(axum::middleware::from_fn(form_refusals))
-                    .layer::<_, std::convert::Infallible>(GuardLayer::same_origin(&[
-                        origin.as_str()
-                    ]));
+                    .route_layer(axum::middleware::from_fn(form_refusals))
+                    .route_layer(GuardLayer::same_origin(&[origin.as_str()]));
                 (path, route.with_state(Arc::clone(&self.flow)))
             })
             .collect()

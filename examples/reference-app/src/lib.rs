@@ -218,7 +218,7 @@ impl App {
             &self.keys,
             Some(self.services.cross_tenant.clone()),
         )?;
-        let (router, routes) = web::router(AppState(services.clone()));
+        let (router, routes) = web::router(AppState(services.clone()))?;
         Ok(Self {
             router,
             config: self.config.clone(),
@@ -412,7 +412,7 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         production.owner_database_url = Zeroizing::new(String::new());
     }
 
-    let (router, routes) = web::router(AppState(services.clone()));
+    let (router, routes) = web::router(AppState(services.clone()))?;
     Ok(App {
         router,
         routes,
@@ -520,13 +520,15 @@ fn build(
         .with_events(events.clone())
         .with_cache(magic_auth::SessionCacheConfig::default())?;
     let mailer = Arc::new(mailer);
-    let links = MagicLinks::new(
-        pool.clone(),
-        Arc::new(Directory { pool: pool.clone() }),
-        mailer.clone(),
-        LinkConfig::new(&config.base_url)?,
-    )?
-    .with_events(events.clone());
+    let links = Arc::new(
+        MagicLinks::new(
+            pool.clone(),
+            Arc::new(Directory { pool: pool.clone() }),
+            mailer.clone(),
+            LinkConfig::new(&config.base_url)?,
+        )?
+        .with_events(events.clone()),
+    );
     let totp = Arc::new(
         TotpService::new(
             pool.clone(),

@@ -242,7 +242,7 @@ pub(crate) struct Services {
     pub(crate) pool: TenantPool,
     pub(crate) raw: PgPool,
     pub(crate) sessions: SessionStore,
-    pub(crate) links: MagicLinks<Directory, AppMailer>,
+    pub(crate) links: Arc<MagicLinks<Directory, AppMailer>>,
     pub(crate) totp: Arc<TotpService>,
     pub(crate) keyring: Arc<Keyring>,
     pub(crate) blind: BlindIndexKey,
@@ -263,6 +263,21 @@ pub(crate) struct Services {
 /// The router's state.
 #[derive(Clone)]
 pub(crate) struct AppState(pub(crate) Arc<Services>);
+
+/// The workspaces, for magic-auth's sign-in routes: a link request names one by its slug.
+pub(crate) struct Workspaces(pub(crate) AppState);
+
+impl tenant_scope::TenantDirectory for Workspaces {
+    type Error = sqlx::Error;
+
+    async fn by_slug(&self, slug: &str) -> Result<Option<TenantId>, sqlx::Error> {
+        Ok(self.0.tenant_by_slug(slug).await?.map(|t| t.id))
+    }
+
+    async fn contains(&self, tenant: TenantId) -> Result<bool, sqlx::Error> {
+        Ok(self.0.tenant(tenant).await?.is_some())
+    }
+}
 
 impl std::ops::Deref for AppState {
     type Target = Services;

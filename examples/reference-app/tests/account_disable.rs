@@ -21,13 +21,8 @@ async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_l
     // A pending sign-in link of bob's, in a third browser.
     let mut linked = Browser::new(&app);
     let before = app.outbox_links().len();
-    let asked = linked
-        .post(
-            "/auth/request",
-            &[("workspace", "acme"), ("email", "bob@acme.test")],
-        )
-        .await;
-    assert_eq!(asked.status, StatusCode::OK);
+    let asked = linked.ask_link("acme", "bob@acme.test").await;
+    assert_eq!(asked.location(), "/?sent=1");
     let mut link = None;
     for _ in 0..200 {
         if app.outbox_links().len() > before {
@@ -62,8 +57,8 @@ async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_l
     for browser in [&mut other, &mut stale] {
         assert_eq!(browser.get("/notes").await.status, StatusCode::UNAUTHORIZED);
     }
-    let confirmed = linked.post("/auth/link", &[("token", &token)]).await;
-    assert_eq!(confirmed.status, StatusCode::UNAUTHORIZED);
+    let confirmed = linked.confirm_link(&token).await;
+    assert_eq!(confirmed.location(), "/?error=link_invalid");
     assert!(!linked.cookies.contains_key("__Host-session"));
     let (disabled,): (bool,) =
         sqlx::query_as("SELECT disabled FROM workspace.members WHERE email = 'bob@acme.test'")
@@ -72,12 +67,7 @@ async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_l
             .unwrap();
     assert!(disabled);
     let links = app.outbox_links().len();
-    linked
-        .post(
-            "/auth/request",
-            &[("workspace", "acme"), ("email", "bob@acme.test")],
-        )
-        .await;
+    linked.ask_link("acme", "bob@acme.test").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         app.outbox_links().len(),

@@ -187,17 +187,44 @@ async fn fixture(app: &App, admin: &PgPool, bob: Uuid, cell: &Cell) -> (String, 
             path = format!("{path}?tenant=acme&{reason}");
         }
         // A fresh address each time: the per-address rate limit is tested on its own.
-        "/auth/request" => {
+        "/api/auth/link" => {
             form = format!(
-                "workspace=acme&email=m{}%40acme.test",
+                r#"{{"workspace": "acme", "email": "m{}@acme.test"}}"#,
                 Uuid::new_v4().simple()
             );
         }
-        "/auth/link" if method == "POST" => form = "token=v1.bogus".to_owned(),
         "/auth/link" => path = format!("{path}?token=v1.bogus"),
-        "/auth/totp" | "/auth/step-up" if method == "POST" => {
-            form = "code=000000&next=/notes".to_owned();
+        "/api/auth/link/confirm" => form = r#"{"token": "v1.bogus"}"#.to_owned(),
+        "/api/auth/email/confirm" => form = r#"{"token": "e1.bogus"}"#.to_owned(),
+        "/api/auth/totp" | "/api/auth/step-up" | "/api/auth/totp/replace/confirm"
+            if method == "POST" =>
+        {
+            form = r#"{"code": "000000"}"#.to_owned();
         }
+        "/api/auth/email" => {
+            form = format!(
+                r#"{{"email": "new-{}@acme.test"}}"#,
+                Uuid::new_v4().simple()
+            );
+        }
+        // Not JSON: a valid body would disable the role's account for every later cell.
+        "/api/auth/account/disable" => form = "not json".to_owned(),
+        "/api/auth/sessions/{id}/revoke" => {
+            let _ = app
+                .mint_session("acme", "bob@acme.test", true)
+                .await
+                .unwrap();
+            let (id,): (Uuid,) = sqlx::query_as(
+                "SELECT id FROM auth.sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(bob)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+            path = path.replace("{id}", &id.to_string());
+            form = "{}".to_owned();
+        }
+        other if other.starts_with("/api/auth/") && method == "POST" => form = "{}".to_owned(),
         "/notes" if method == "POST" => form = "title=matrix+note&body=x".to_owned(),
         "/api/notes" if method == "POST" => {
             form = r#"{"title": "matrix note", "body": "x"}"#.to_owned();

@@ -136,7 +136,7 @@ async fn sign_in(
         .unwrap();
     fill(browser, "#email", email).await;
     let before = app.outbox_links().len();
-    click(browser, "form[action='/auth/request'] button").await;
+    click(browser, "form[action='/api/auth/link'] button").await;
     assert!(
         wait_for(browser, "Check your email")
             .await
@@ -158,11 +158,11 @@ async fn sign_in(
     if let Some(s) = shots {
         s.take(browser, "03-confirm-link").await;
     }
-    click(browser, "form[action='/auth/link'] button").await;
+    click(browser, "form[action='/api/auth/link/confirm'] button").await;
     let page = wait_for(browser, "Set up your authenticator").await;
     assert!(page.contains("Set up your authenticator"), "{page}");
     // Starting the enrolment is a POST of its own; the page then shows the QR code and key.
-    click(browser, "form[action='/auth/totp/enrol'] button").await;
+    click(browser, "form[action='/api/auth/totp/enrol'] button").await;
     let page = wait_for(browser, "Key: <code>").await;
     assert!(page.contains("Key: <code>"), "{page}");
     if let Some(s) = shots {
@@ -176,7 +176,7 @@ async fn sign_in(
     assert_eq!(common::shown_key(&again), key, "{again}");
     let seed = common::shown_seed(&again);
     fill(browser, "#code", &common::code(&seed, 0)).await;
-    click(browser, "form[action='/auth/totp'] button").await;
+    click(browser, "form[action='/api/auth/totp'] button").await;
     // Signed in with both factors: members land on their notes, staff on the approval queue.
     let landing = if workspace == "ops" {
         "Approval queue"
@@ -303,7 +303,7 @@ async fn the_demo_in_headless_chromium() {
     let page = wait_for(browser, "is waiting for approval").await;
     assert!(page.contains("is waiting for approval"), "{page}");
     shots.take(browser, "06-assistant-held").await;
-    click(browser, "form[action='/auth/logout'] button").await;
+    click(browser, "form[action='/api/auth/sign-out'] button").await;
     wait_for(browser, "Email me a sign-in link").await;
 
     // Sam (staff): sign-in with TOTP, the approval queue behind a stated reason, approve.
@@ -340,7 +340,7 @@ async fn the_demo_in_headless_chromium() {
         "{page}"
     );
     shots.take(browser, "08-audit-viewer").await;
-    click(browser, "form[action='/auth/logout'] button").await;
+    click(browser, "form[action='/api/auth/sign-out'] button").await;
     wait_for(browser, "Email me a sign-in link").await;
 
     // Bob: every settings flow. (One test: a process holds one app, as it holds one

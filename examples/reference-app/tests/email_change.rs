@@ -163,12 +163,7 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
     // Sign-in links now go to the new address only.
     let links = app.outbox_links().len();
     let mut fresh = Browser::new(&app);
-    fresh
-        .post(
-            "/auth/request",
-            &[("workspace", "acme"), ("email", "bob@acme.test")],
-        )
-        .await;
+    fresh.ask_link("acme", "bob@acme.test").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         app.outbox_links().len(),

@@ -19,11 +19,7 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     // 1. An expired link signs nobody in.
     let mut bob = Browser::new(&app);
     let before = app.outbox_links().len();
-    bob.post(
-        "/auth/request",
-        &[("workspace", "acme"), ("email", "bob@acme.test")],
-    )
-    .await;
+    bob.ask_link("acme", "bob@acme.test").await;
     for _ in 0..200 {
         if app.outbox_links().len() > before {
             break;
@@ -47,8 +43,9 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     )
     .await;
     assert_eq!(expired, 1);
-    let page = bob.post("/auth/link", &[("token", &token)]).await;
-    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    let refused = bob.confirm_link(&token).await;
+    assert_eq!(refused.location(), "/?error=link_invalid");
+    let page = bob.get(refused.location()).await;
     assert!(page.body.contains("expired"), "the page says why in words");
     assert!(!bob.cookies.contains_key("__Host-session"));
 
@@ -78,9 +75,7 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
         } else {
             &mut second_device_elsewhere
         };
-        let wrong = device
-            .post("/auth/totp", &[("code", "000000"), ("next", "/notes")])
-            .await;
+        let wrong = device.send_code("/auth/totp", "000000", "/notes").await;
         assert_eq!(wrong.status, StatusCode::SEE_OTHER);
         assert!(wrong.location().contains("error="), "{}", wrong.location());
     }
@@ -88,13 +83,17 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     // transaction that locks): the right code finds no session on either instance.
     for device in [&mut second_device, &mut second_device_elsewhere] {
         let right = device
-            .post(
-                "/auth/totp",
-                &[("code", &common::code(&seed, 1)), ("next", "/notes")],
-            )
+            .send_code("/auth/totp", &common::code(&seed, 1), "/notes")
             .await;
-        assert_eq!(right.status, StatusCode::UNAUTHORIZED, "{}", right.body);
-        assert!(right.body.contains("Sign in to continue"), "{}", right.body);
+        assert_eq!(
+            right.location(),
+            "/auth/totp?next=%2Fnotes&error=unauthenticated",
+            "{}",
+            right.body
+        );
+        let page = device.get(right.location()).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.body);
+        assert!(page.body.contains("Sign in to continue"), "{}", page.body);
     }
     assert_eq!(
         second_device.get("/notes").await.status,
@@ -116,7 +115,10 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     carol_elsewhere.cookies = carol.cookies.clone();
     assert_eq!(carol_elsewhere.get("/notes").await.status, StatusCode::OK);
     assert_eq!(
-        carol.post("/auth/logout", &[]).await.status,
+        carol
+            .post("/api/auth/sign-out", &[("next", "/")])
+            .await
+            .status,
         StatusCode::SEE_OTHER
     );
     assert_eq!(
@@ -128,17 +130,12 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     let mut limited = false;
     for i in 0..12 {
         let browser = if i % 2 == 0 { &mut first } else { &mut second };
-        let page = browser
-            .post(
-                "/auth/request",
-                &[("workspace", "globex"), ("email", "shared@globex.test")],
-            )
-            .await;
-        if page.status == StatusCode::TOO_MANY_REQUESTS {
+        let page = browser.ask_link("globex", "shared@globex.test").await;
+        if page.location() == "/?error=rate_limited" {
             limited = true;
             break;
         }
-        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.location(), "/?sent=1");
     }
     assert!(
         limited,
@@ -160,7 +157,7 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(
-        refused.body.contains("action=\"/auth/step-up\"")
+        refused.body.contains("action=\"/api/auth/step-up\"")
             && refused.body.contains("Confirm it is you"),
         "{}",
         refused.body
@@ -208,7 +205,7 @@ async fn link_request_from(app: &reference_app::App, client: std::net::SocketAdd
     );
     let request = Request::builder()
         .method("POST")
-        .uri("/auth/request")
+        .uri("/api/auth/link")
         .header(header::ORIGIN, app.config.base_url.as_str())
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .extension(axum::extract::ConnectInfo(client))
@@ -227,11 +224,11 @@ async fn one_client_asking_for_links_to_many_addresses_is_limited(app: &referenc
             limited_at = Some(i);
             break;
         }
-        assert_eq!(status, StatusCode::OK);
+        assert_eq!(status, StatusCode::SEE_OTHER);
     }
     // 30 per 15 minutes per client address, whatever the addresses asked for.
     assert_eq!(limited_at, Some(31));
     // Another client is not affected.
     let other: std::net::SocketAddr = "198.51.100.4:40000".parse().unwrap();
-    assert_eq!(link_request_from(app, other).await, StatusCode::OK);
+    assert_eq!(link_request_from(app, other).await, StatusCode::SEE_OTHER);
 }

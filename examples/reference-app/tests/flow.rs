@@ -52,40 +52,40 @@ async fn the_whole_demo_through_the_router() {
         StatusCode::UNAUTHORIZED
     );
     // An unknown address gets the same answer as a known one.
-    let unknown = anonymous
-        .post(
-            "/auth/request",
-            &[("workspace", "acme"), ("email", "nobody@acme.test")],
-        )
-        .await;
-    assert_eq!(unknown.status, StatusCode::OK);
-    assert!(unknown.body.contains("Check your email"));
+    let unknown = anonymous.ask_link("acme", "nobody@acme.test").await;
+    assert_eq!(unknown.status, StatusCode::SEE_OTHER);
+    assert_eq!(unknown.location(), "/?sent=1");
+    assert!(
+        anonymous
+            .get("/?sent=1")
+            .await
+            .body
+            .contains("a sign-in link is on its way")
+    );
     // Asking again and again for one address is limited (known or not, the same way).
     let mut limited = false;
     for _ in 0..10 {
-        let again = anonymous
-            .post(
-                "/auth/request",
-                &[("workspace", "acme"), ("email", "nobody@acme.test")],
-            )
-            .await;
-        if again.status == StatusCode::TOO_MANY_REQUESTS {
+        let again = anonymous.ask_link("acme", "nobody@acme.test").await;
+        assert_eq!(again.status, StatusCode::SEE_OTHER);
+        if again.location() == "/?error=rate_limited" {
             limited = true;
             break;
         }
-        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.location(), "/?sent=1");
     }
-    assert!(limited, "the per-address limit answers 429");
+    assert!(limited, "the per-address limit refuses");
+    assert!(
+        anonymous
+            .get("/?error=rate_limited")
+            .await
+            .body
+            .contains("Too many sign-in links")
+    );
 
     // A link opened in another browser does nothing, and is not used up.
     let mut alice = Browser::new(&app);
     let before = app.outbox_links().len();
-    alice
-        .post(
-            "/auth/request",
-            &[("workspace", "acme"), ("email", "alice@acme.test")],
-        )
-        .await;
+    alice.ask_link("acme", "alice@acme.test").await;
     for _ in 0..200 {
         if app.outbox_links().len() > before {
             break;
@@ -95,8 +95,9 @@ async fn the_whole_demo_through_the_router() {
     let link = app.outbox_links().last().cloned().unwrap();
     let token = link.split("token=").nth(1).unwrap().to_owned();
     let mut stranger = Browser::new(&app);
-    let forwarded = stranger.post("/auth/link", &[("token", &token)]).await;
-    assert_eq!(forwarded.status, StatusCode::UNAUTHORIZED);
+    let forwarded = stranger.confirm_link(&token).await;
+    assert_eq!(forwarded.status, StatusCode::SEE_OTHER);
+    assert_eq!(forwarded.location(), "/?error=link_invalid");
     assert!(
         !stranger.cookies.keys().any(|k| k.contains("session")),
         "{:?}",
@@ -105,7 +106,7 @@ async fn the_whole_demo_through_the_router() {
 
     // In Alice's own browser the same link still works: the stranger did not use it up. Then
     // authenticator enrolment and a code.
-    let confirmed = alice.post("/auth/link", &[("token", &token)]).await;
+    let confirmed = alice.confirm_link(&token).await;
     assert_eq!(
         confirmed.status,
         StatusCode::SEE_OTHER,
@@ -119,8 +120,8 @@ async fn the_whole_demo_through_the_router() {
     assert_eq!(early.location(), "/auth/totp?next=%2Fnotes");
     alice.enrol_totp("/notes").await;
     // The link was used up by the sign-in.
-    let reused = alice.post("/auth/link", &[("token", &token)]).await;
-    assert_eq!(reused.status, StatusCode::UNAUTHORIZED);
+    let reused = alice.confirm_link(&token).await;
+    assert_eq!(reused.location(), "/?error=link_invalid");
     let notes = alice.get("/notes").await;
     assert_eq!(notes.status, StatusCode::OK);
     assert!(notes.body.contains("Q3 budget") && notes.body.contains("Vendor onboarding"));
@@ -454,7 +455,7 @@ async fn the_whole_demo_through_the_router() {
 
     // Sign out revokes the session at once.
     let cookie = alice.cookies.clone();
-    alice.post("/auth/logout", &[]).await;
+    alice.post("/api/auth/sign-out", &[("next", "/")]).await;
     let mut replayed = Browser::new(&app);
     replayed.cookies = cookie;
     assert_eq!(

@@ -102,17 +102,13 @@ async fn control_characters_are_a_400_and_nothing_is_written(app: &App) {
     assert_eq!(clean.status, StatusCode::SEE_OTHER, "{}", clean.body);
     assert_eq!(notes_titled(&admin, "hygiene-form-").await, 1);
 
-    // The sign-in form, anonymous: refused before any account is looked up.
+    // The sign-in form, anonymous: refused before any account is looked up (the form posts to
+    // magic-auth's routes under `/api/`, which answer in JSON).
     let mut anonymous = Browser::new(app);
     let before = app.outbox_links().len();
-    let sign_in = anonymous
-        .post(
-            "/auth/request",
-            &[("workspace", "acme"), ("email", "bob@acme.test\u{0}")],
-        )
-        .await;
-    assert_page_refusal(&sign_in, StatusCode::BAD_REQUEST, "control character");
-    assert!(!anonymous.cookies.contains_key("__Host-login-verifier"));
+    let sign_in = anonymous.ask_link("acme", "bob@acme.test\u{0}").await;
+    assert_json_refusal(&sign_in, StatusCode::BAD_REQUEST, "control_character");
+    assert!(!anonymous.cookies.contains_key("__Host-magic-auth-verifier"));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(app.outbox_links().len(), before, "no link was sent");
 

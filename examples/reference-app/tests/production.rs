@@ -347,14 +347,14 @@ async fn production_mode_serves_only_with_verified_tls_and_refuses_each_unsafe_s
 
     // Sign-in mail goes to the SMTP relay; a relay that is down is not revealed to the requester.
     let mut browser = Browser::new(&app);
-    let page = browser
-        .post(
-            "/auth/request",
-            &[("workspace", "acme"), ("email", "alice@acme.test")],
-        )
-        .await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    assert!(page.body.contains("Check your email"), "{}", page.body);
+    let asked = browser.ask_link("acme", "alice@acme.test").await;
+    assert_eq!(asked.location(), "/?sent=1", "{}", asked.body);
+    let page = browser.get(asked.location()).await;
+    assert!(
+        page.body.contains("a sign-in link is on its way"),
+        "{}",
+        page.body
+    );
     assert!(app.outbox_links().is_empty(), "production keeps no outbox");
     drop(app);
 

@@ -29,7 +29,7 @@ async fn a_session_signed_out_on_one_instance_gets_no_data_from_another() {
             assert_eq!(page.status, StatusCode::OK, "{}", page.body);
             assert!(page.body.contains("Marketing"), "{}", page.body);
         }
-        let out = here.post("/auth/logout", &[]).await;
+        let out = here.post("/api/auth/sign-out", &[("next", "/")]).await;
         assert!(
             out.status.is_redirection() || out.status.is_success(),
             "{}",

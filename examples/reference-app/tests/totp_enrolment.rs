@@ -40,13 +40,13 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
     ] {
         let page = bob.get(path).await;
         assert_eq!(page.status, StatusCode::OK);
-        assert!(page.body.contains("action=\"/auth/totp/enrol\""));
+        assert!(page.body.contains("action=\"/api/auth/totp/enrol\""));
         assert!(!page.body.contains("Key:") && !page.body.contains("<svg"));
     }
     assert_eq!(factor_row(&admin).await, None, "a GET wrote a seed");
     // The start route answers no GET.
     assert_eq!(
-        bob.get("/auth/totp/enrol").await.status,
+        bob.get("/api/auth/totp/enrol").await.status,
         StatusCode::METHOD_NOT_ALLOWED
     );
     assert_eq!(factor_row(&admin).await, None);
@@ -61,7 +61,7 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let request = Request::post("/auth/totp/enrol")
+        let request = Request::post("/api/auth/totp/enrol")
             .header(header::ORIGIN, "https://evil.example")
             .header("sec-fetch-site", "cross-site")
             .header(header::COOKIE, jar.join("; "))
@@ -74,7 +74,12 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
     assert_eq!(factor_row(&admin).await, None, "a cross-site start wrote");
 
     // The start: a POST, then the page shows the enrolment.
-    let started = bob.post("/auth/totp/enrol", &[("next", "/notes")]).await;
+    // What the page's button sends: back to the page, which then shows the enrolment.
+    let enrol_form = [
+        ("next", "/auth/totp?next=%2Fnotes"),
+        ("back", "/auth/totp?next=%2Fnotes"),
+    ];
+    let started = bob.post("/api/auth/totp/enrol", &enrol_form).await;
     assert_eq!(started.status, StatusCode::SEE_OTHER);
     assert_eq!(started.location(), "/auth/totp?next=%2Fnotes");
     let (sealed, confirmed) = factor_row(&admin).await.expect("a pending enrolment");
@@ -90,7 +95,7 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
         key,
         "the same key is shown again"
     );
-    let restarted = bob.post("/auth/totp/enrol", &[("next", "/notes")]).await;
+    let restarted = bob.post("/api/auth/totp/enrol", &enrol_form).await;
     assert_eq!(restarted.status, StatusCode::SEE_OTHER);
     assert_eq!(common::shown_key(&bob.get("/auth/totp").await.body), key);
     assert_eq!(
@@ -102,10 +107,7 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
     // Positive control: the key first shown is live — its code confirms the enrolment.
     let seed = common::shown_seed(&first.body);
     let done = bob
-        .post(
-            "/auth/totp",
-            &[("code", &common::code(&seed, 0)), ("next", "/notes")],
-        )
+        .send_code("/auth/totp", &common::code(&seed, 0), "/notes")
         .await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
     assert_eq!(done.location(), "/notes");
@@ -117,9 +119,11 @@ async fn a_get_changes_nothing_and_a_pending_enrolment_is_kept() {
     let before = factor_row(&admin).await;
     let page = one_factor.get("/auth/totp").await;
     assert!(page.body.contains("Enter your code") && !page.body.contains("Key:"));
-    let start = one_factor
-        .post("/auth/totp/enrol", &[("next", "/notes")])
-        .await;
+    let start = one_factor.post("/api/auth/totp/enrol", &enrol_form).await;
     assert_eq!(start.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        start.location(),
+        "/auth/totp?next=%2Fnotes&error=already_enrolled"
+    );
     assert_eq!(factor_row(&admin).await, before);
 }

@@ -1,27 +1,25 @@
-//! Sign-in: the magic link (bound to the browser that asked), then a TOTP code (enrolment on
-//! first sign-in), then an `aal2` session. Step-up repeats the TOTP check for sensitive routes.
+//! The sign-in pages: the home page that asks for a link, the link's landing page, and the
+//! code page (enrolment on first sign-in) and step-up page. Their forms post to magic-auth's
+//! ready-made sign-in routes (`/api/auth/..`, `magic_auth::routes`), which do the work and send
+//! the browser on to `next`, or back to the page with `error=<code>`.
 
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::Extension;
-use axum::extract::{Form, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use magic_auth::mailer::DevOutbox;
-use magic_auth::totp::CodeCheck;
-use magic_auth::{Assurance, Session, clear_session_cookie, cookie_value, session_cookie};
+use magic_auth::{Assurance, Session};
 use tenant_scope::{ActorKind, TenantContext};
 use uuid::Uuid;
 
 use super::enrolment::{self, Factor};
-use super::{Nav, internal, message, redirect, render};
-use crate::redirect::{LocalTarget, to_local};
+use super::{Nav, internal, redirect, render};
+use crate::redirect::LocalTarget;
 use crate::seed::ACCOUNTS;
 use crate::state::AppState;
-
-const VERIFIER_COOKIE: &str = "__Host-login-verifier";
 
 #[derive(Template)]
 #[template(path = "home.html")]
@@ -32,6 +30,28 @@ struct Home {
     /// The workspace the host name names: (slug, name).
     host_workspace: Option<(String, String)>,
     accounts: Vec<(String, String, String)>,
+    /// A link was asked for: say it is on its way.
+    sent: bool,
+    /// Why the last request was refused, for the person.
+    error: Option<String>,
+}
+
+/// What a refusal code from the sign-in routes means, for the person.
+fn sign_in_error(code: &str) -> String {
+    match code {
+        "rate_limited" => {
+            "Too many sign-in links were asked for. Wait a few minutes, then try again."
+        }
+        "invalid_email" => "That address does not look right: enter one such as name@example.com.",
+        "link_invalid" => {
+            "This sign-in link does not work: it has expired, was already used, was replaced by \
+             a newer link, or was opened in another browser than the one that asked for it. Ask \
+             for a new one."
+        }
+        "service_unavailable" => "Sign-in is unavailable right now. Try again shortly.",
+        _ => "Something went wrong. Try again.",
+    }
+    .to_owned()
 }
 
 /// The workspace a host name names: its first label (`acme` in `acme.example.com`), when the
@@ -50,7 +70,11 @@ pub(crate) fn host_label(base_url: &str) -> Option<String> {
 
 /// The sign-in page. In development it lists every workspace (and the demo accounts); in
 /// production it lists none: the workspace is the one the host name names, or is typed.
-pub(super) async fn home(State(state): State<AppState>, session: Option<Session>) -> Response {
+pub(super) async fn home(
+    State(state): State<AppState>,
+    session: Option<Session>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(s) = session {
         let next = match (s.assurance, s.kind) {
             (Assurance::Aal1, _) => "/auth/totp",
@@ -102,75 +126,10 @@ pub(super) async fn home(State(state): State<AppState>, session: Option<Session>
             tenants,
             host_workspace,
             accounts,
+            sent: q.contains_key("sent"),
+            error: q.get("error").map(|code| sign_in_error(code)),
         },
     )
-}
-
-pub(super) async fn request_link(
-    State(state): State<AppState>,
-    client: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    // Chosen, fixed by the host name, or typed: a typed name is trimmed and lower-cased.
-    let slug = form
-        .get("workspace")
-        .map_or("", String::as_str)
-        .trim()
-        .to_ascii_lowercase();
-    let email = form.get("email").map_or("", String::as_str);
-    let same_answer = |cookie: Option<String>| {
-        let mut response = message(
-            &state,
-            None,
-            StatusCode::OK,
-            "Check your email",
-            "If that address belongs to an account in this workspace, a sign-in link is on its way. \
-             Open it in this browser; it expires in 15 minutes.",
-            state
-                .development
-                .then_some(("/dev/outbox", "Open the development outbox")),
-        );
-        if let Some(cookie) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            response.headers_mut().insert(header::SET_COOKIE, cookie);
-        }
-        response
-    };
-    let tenant = match state.tenant_by_slug(&slug).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return same_answer(None),
-        Err(e) => return internal(&state, &e),
-    };
-    // The app terminates TLS itself, so the peer is the client: its address gets its own
-    // limit beside the per-address one (30 links per 15 minutes, per workspace).
-    let client = client.map(|Extension(axum::extract::ConnectInfo(peer))| peer.ip());
-    match state.links.request(tenant.id, email, client).await {
-        Ok(request) => {
-            // Never wait for the delivery: the answer must not reveal whether the account exists.
-            drop(request.delivery);
-            same_answer(Some(format!(
-                "{VERIFIER_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=900",
-                request.verifier.expose_secret()
-            )))
-        }
-        // The limit applies to known and unknown addresses alike: saying so reveals nothing.
-        Err(magic_auth::AuthError::RateLimited { .. }) => message(
-            &state,
-            None,
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many requests",
-            "Too many sign-in links were asked for. Wait a few minutes, then try again.",
-            Some(("/", "Back")),
-        ),
-        Err(magic_auth::AuthError::InvalidEmail) => message(
-            &state,
-            None,
-            StatusCode::BAD_REQUEST,
-            "That address does not look right",
-            "Enter an email address such as name@example.com.",
-            Some(("/", "Try again")),
-        ),
-        Err(e) => internal(&state, &e),
-    }
 }
 
 #[derive(Template)]
@@ -207,57 +166,6 @@ pub(super) async fn landing(
     response
 }
 
-pub(super) async fn confirm_link(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let verifier = cookie_value(&headers, VERIFIER_COOKIE).unwrap_or("");
-    let token = form.get("token").map_or("", String::as_str);
-    let sign_in = match state.links.confirm(token, verifier).await {
-        Ok(s) => s,
-        Err(_) => {
-            return message(
-                &state,
-                None,
-                StatusCode::UNAUTHORIZED,
-                "This sign-in link does not work",
-                "It has expired, was already used, was replaced by a newer link, or was opened in \
-                 another browser than the one that asked for it. Ask for a new one.",
-                Some(("/", "Ask for a new link")),
-            );
-        }
-    };
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    // `sign_in` refuses a sign-in that a revocation or a disable overtook since the confirmation.
-    match state
-        .sessions
-        .sign_in(&sign_in, user_agent.as_deref(), None)
-        .await
-    {
-        Ok((session, token)) => {
-            let mut response = redirect(&state, "/auth/totp");
-            let h = response.headers_mut();
-            h.append(header::SET_COOKIE, session_cookie(&token, &session));
-            h.append(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "__Host-login-verifier=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
-                ),
-            );
-            h.insert(
-                header::REFERRER_POLICY,
-                HeaderValue::from_static("no-referrer"),
-            );
-            response
-        }
-        Err(e) => internal(&state, &e),
-    }
-}
-
 #[derive(Template)]
 #[template(path = "totp.html")]
 pub(super) struct TotpPage {
@@ -272,6 +180,17 @@ pub(super) struct TotpPage {
     pub(super) error: Option<String>,
     pub(super) action: String,
     pub(super) next: String,
+    /// This page (with its `next`): where a refused code comes back to.
+    pub(super) back: String,
+}
+
+/// What a refusal code from the code check means, for the person.
+fn code_error(code: &str) -> String {
+    match code {
+        "factor_locked" => "Too many wrong codes. Wait 15 minutes, then try again.",
+        _ => "That code is not right. Check your authenticator app and try again.",
+    }
+    .to_owned()
 }
 
 pub(super) async fn member_email(
@@ -312,10 +231,7 @@ pub(super) async fn totp_page(
     if session.assurance == Assurance::Aal2 {
         return redirect(&state, next.as_str());
     }
-    let error = q.get("error").map(|e| match e.as_str() {
-        "locked" => "Too many wrong codes. Wait 15 minutes, then try again.".to_owned(),
-        _ => "That code is not right. Check your authenticator app and try again.".to_owned(),
-    });
+    let error = q.get("error").map(|code| code_error(code));
     let factor = match enrolment::factor(&state, &session).await {
         Ok(f) => f,
         Err(e) => return internal(&state, &e),
@@ -338,8 +254,9 @@ pub(super) async fn totp_page(
             enrolment,
             start,
             error,
-            action: "/auth/totp".to_owned(),
+            action: "/api/auth/totp".to_owned(),
             next: next.as_str().to_owned(),
+            back: format!("/auth/totp?next={}", urlencode(next.as_str())),
         },
     )
 }
@@ -349,6 +266,7 @@ pub(super) async fn step_up_page(
     session: Session,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let next = local_next(&state, q.get("next"), &session);
     render(
         StatusCode::OK,
         &TotpPage {
@@ -357,92 +275,16 @@ pub(super) async fn step_up_page(
             intro: None,
             enrolment: None,
             start: false,
-            error: q.get("error").map(|_| "That code is not right.".to_owned()),
-            action: "/auth/step-up".to_owned(),
-            next: local_next(&state, q.get("next"), &session)
-                .as_str()
-                .to_owned(),
+            error: q.get("error").map(|code| code_error(code)),
+            action: "/api/auth/step-up".to_owned(),
+            next: next.as_str().to_owned(),
+            back: format!("/auth/step-up?next={}", urlencode(next.as_str())),
         },
     )
 }
 
-/// Sign-in (aal1 -> aal2), enrolment confirmation and step-up: a fresh session each time.
-pub(super) async fn totp_submit(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let code = form
-        .get("code")
-        .map_or("", String::as_str)
-        .trim()
-        .to_owned();
-    let next = local_next(&state, form.get("next"), &session);
-    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-    let is_enrolled = match enrolment::factor(&state, &session).await {
-        Ok(f) => matches!(f, Factor::Active),
-        Err(e) => return internal(&state, &e),
-    };
-    let check = if !is_enrolled {
-        state
-            .totp
-            .confirm(session.tenant, session.user, &code, now)
-            .await
-    } else if code.len() > 8 {
-        state
-            .totp
-            .use_recovery_code(session.tenant, session.user, &code, now)
-            .await
-    } else {
-        state
-            .totp
-            .verify(session.tenant, session.user, &code, now)
-            .await
-    };
-    let retry = |kind: &str| {
-        let page = if session.assurance == Assurance::Aal2 {
-            "/auth/step-up"
-        } else {
-            "/auth/totp"
-        };
-        redirect(
-            &state,
-            &format!("{page}?error={kind}&next={}", urlencode(next.as_str())),
-        )
-    };
-    match check {
-        Ok(CodeCheck::Accepted { .. } | CodeCheck::RecoveryAccepted { .. }) => {
-            match state.sessions.rotate(&session, Assurance::Aal2).await {
-                Ok((fresh, token)) => {
-                    let mut response = to_local(StatusCode::SEE_OTHER, &next);
-                    response
-                        .headers_mut()
-                        .append(header::SET_COOKIE, session_cookie(&token, &fresh));
-                    response
-                }
-                Err(e) => internal(&state, &e),
-            }
-        }
-        Ok(CodeCheck::Locked { .. } | CodeCheck::HardLocked) => retry("locked"),
-        Ok(CodeCheck::Rejected { .. }) | Err(magic_auth::AuthError::NotEnrolled) => retry("wrong"),
-        Ok(_) => retry("wrong"),
-        Err(e) => internal(&state, &e),
-    }
-}
-
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-pub(super) async fn logout(State(state): State<AppState>, session: Session) -> Response {
-    if let Err(e) = state.sessions.revoke(session.tenant, session.id).await {
-        return internal(&state, &e);
-    }
-    let mut response = redirect(&state, "/");
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, clear_session_cookie());
-    response
 }
 
 #[derive(Template)]

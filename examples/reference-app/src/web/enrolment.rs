@@ -1,21 +1,16 @@
 //! The authenticator on the code page: active, pending (started, not yet confirmed), or none.
 //!
-//! Starting an enrolment writes a fresh seed, so it is a `POST` ([`start`]); the page's `GET`
-//! only reads. Re-opening the page while an enrolment is pending shows that same enrolment again
+//! Starting an enrolment writes a fresh seed, so it is a `POST` (magic-auth's
+//! `POST /api/auth/totp/enrol`); the page's `GET` only reads. Re-opening the page while an enrolment is pending shows that same enrolment again
 //! (magic-auth's `TotpService::enrolment_state` opens the sealed seed) rather than replacing it,
 //! so a reload, a second tab or a link scanner cannot invalidate the code a person just scanned.
 
 use secrecy::ExposeSecret;
-use std::collections::HashMap;
 
-use axum::extract::{Form, State};
-use axum::response::Response;
 use magic_auth::totp::EnrolmentState;
-use magic_auth::{Assurance, AuthError, Session};
+use magic_auth::{AuthError, Session};
 use zeroize::Zeroizing;
 
-use super::{internal, redirect};
-use crate::redirect::LocalTarget;
 use crate::state::AppState;
 
 /// The issuer shown in authenticator apps (also given to `magic_auth::totp::TotpConfig`).
@@ -62,44 +57,5 @@ pub(super) async fn factor(state: &AppState, session: &Session) -> Result<Factor
         EnrolmentState::Active => Ok(Factor::Active),
         // `EnrolmentState` may grow; anything but these two is "offer to start".
         _ => Ok(Factor::None),
-    }
-}
-
-/// `POST /auth/totp/enrol`: starts an enrolment unless one is active or already pending (a
-/// pending one is kept: the person may have scanned it), then back to the code page.
-pub(super) async fn start(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let next = LocalTarget::or(
-        form.get("next").map(String::as_str),
-        &state.base_url,
-        "/notes",
-    );
-    let back = format!(
-        "/auth/totp?next={}",
-        url::form_urlencoded::byte_serialize(next.as_str().as_bytes()).collect::<String>()
-    );
-    if session.assurance == Assurance::Aal2 {
-        return redirect(&state, next.as_str());
-    }
-    match factor(&state, &session).await {
-        Ok(Factor::None) => {}
-        Ok(Factor::Active | Factor::Pending { .. }) => return redirect(&state, &back),
-        Err(e) => return internal(&state, &e),
-    }
-    let email = match super::auth::member_email(&state, &session).await {
-        Ok(e) => e,
-        Err(e) => return internal(&state, &e),
-    };
-    match state
-        .totp
-        .enroll(session.tenant, session.user, &email)
-        .await
-    {
-        // The enrolment is shown by the page (a reload shows the same one).
-        Ok(_) | Err(AuthError::AlreadyEnrolled) => redirect(&state, &back),
-        Err(e) => internal(&state, &e),
     }
 }

@@ -32,6 +32,7 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use magic_auth::routes::{SignInConfig, SignInRoutes};
 use magic_auth::{Guard, Session, SessionManagerLayer};
 use tenant_scope::{ActorKind, ActorResolver, TenantLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -39,7 +40,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub(crate) use self::enrolment::ISSUER as TOTP_ISSUER;
-use crate::state::{AppState, Services};
+use crate::state::{AppState, Services, Workspaces};
 
 /// How fresh a second factor must be for sensitive routes (approvals).
 pub(crate) const STEP_UP_MAX_AGE: Duration = Duration::from_secs(10 * 60);
@@ -237,7 +238,10 @@ const STYLESHEET: &str = include_str!("../../static/app.css");
 
 /// The whole application, and the record of every route it serves (built through the
 /// recorder, so the authorization matrix can prove it covers them all).
-pub(crate) fn router(state: AppState) -> (Router, RouteRecord) {
+///
+/// # Errors
+/// When the sign-in routes' configuration is refused.
+pub(crate) fn router(state: AppState) -> Result<(Router, RouteRecord), magic_auth::AuthError> {
     // Tenant administration: privileged, so the audit layer sits inside the tenant layer and
     // outside the guards (their denials are recorded too).
     let role_change = RecordingRouter::new()
@@ -311,13 +315,8 @@ pub(crate) fn router(state: AppState) -> (Router, RouteRecord) {
         .merge(staff_sensitive)
         .layer(Guard::require_mfa());
     let signed_in = RecordingRouter::new()
-        .route("/auth/totp", get(auth::totp_page).post(auth::totp_submit))
-        .route("/auth/totp/enrol", post(enrolment::start))
-        .route(
-            "/auth/step-up",
-            get(auth::step_up_page).post(auth::totp_submit),
-        )
-        .route("/auth/logout", post(auth::logout))
+        .route("/auth/totp", get(auth::totp_page))
+        .route("/auth/step-up", get(auth::step_up_page))
         // Replacing the authenticator: also from a session with the link only (a lost phone,
         // with a recovery code); the handler and magic-auth check the proof.
         .route(
@@ -329,10 +328,19 @@ pub(crate) fn router(state: AppState) -> (Router, RouteRecord) {
             post(settings::confirm_replacement),
         )
         .layer(Guard::require_auth());
+    // The sign-in flow itself: magic-auth's ready-made routes (the pages above post to them).
+    let sign_in = SignInRoutes::new(
+        Workspaces(state.clone()),
+        state.links.clone(),
+        state.sessions.clone(),
+        state.totp.clone(),
+        // The built-in landing page is off: `/auth/link` is the app's own page.
+        SignInConfig::new().landing_page(false),
+    )?
+    .into_routes();
     let mut app = RecordingRouter::new()
         .route("/", get(auth::home))
-        .route("/auth/request", post(auth::request_link))
-        .route("/auth/link", get(auth::landing).post(auth::confirm_link))
+        .route("/auth/link", get(auth::landing))
         .route(
             "/static/app.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLESHEET) }),
@@ -341,6 +349,9 @@ pub(crate) fn router(state: AppState) -> (Router, RouteRecord) {
         .merge(tenant_routes)
         .merge(staff_routes)
         .merge(signed_in);
+    for (path, route) in sign_in {
+        app = app.route(&format!("/api/auth{path}"), route);
+    }
     if state.development {
         app = app.route("/dev/outbox", get(auth::outbox));
     }
@@ -374,7 +385,7 @@ pub(crate) fn router(state: AppState) -> (Router, RouteRecord) {
                 request
             },
         ));
-    (stack, record)
+    Ok((stack, record))
 }
 
 async fn not_found(axum::extract::State(state): axum::extract::State<AppState>) -> Response {

@@ -133,8 +133,9 @@ fn page_for(state: &AppState, asked: &Asked, rejection: &AuthRejection) -> Respo
                 enrolment: None,
                 start: false,
                 error: None,
-                action: "/auth/step-up".to_owned(),
+                action: "/api/auth/step-up".to_owned(),
                 next: back.as_str().to_owned(),
+                back: format!("/auth/step-up?next={}", urlencode(back.as_str())),
             },
         ),
         AuthRejection::Unauthenticated => message(

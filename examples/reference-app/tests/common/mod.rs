@@ -150,16 +150,53 @@ impl<'a> Browser<'a> {
         self.send(request).await
     }
 
+    /// Asks for a sign-in link as the home page's form does: `303` to `/?sent=1` when asked
+    /// for (known address or not), to `/?error=<code>` when refused.
+    pub async fn ask_link(&mut self, workspace: &str, email: &str) -> Page {
+        self.post(
+            "/api/auth/link",
+            &[
+                ("workspace", workspace),
+                ("email", email),
+                ("next", "/?sent=1"),
+                ("back", "/"),
+            ],
+        )
+        .await
+    }
+
+    /// Confirms a link's token as the landing page's form does: `303` to `/auth/totp` when
+    /// signed in, to `/?error=link_invalid` when refused.
+    pub async fn confirm_link(&mut self, token: &str) -> Page {
+        self.post(
+            "/api/auth/link/confirm",
+            &[("token", token), ("next", "/auth/totp"), ("back", "/")],
+        )
+        .await
+    }
+
+    /// Sends a code as the code page (`/auth/totp`) or the step-up page (`/auth/step-up`)
+    /// does (`page` names which): `303` to `next` when accepted, back to the page with
+    /// `error=<code>` when refused.
+    pub async fn send_code(&mut self, page: &str, code: &str, next: &str) -> Page {
+        let action = match page {
+            "/auth/step-up" => "/api/auth/step-up",
+            _ => "/api/auth/totp",
+        };
+        let back = format!(
+            "{page}?next={}",
+            url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+        );
+        self.post(action, &[("code", code), ("next", next), ("back", &back)])
+            .await
+    }
+
     /// Requests a link, follows it and confirms it; returns the path the app sends us to.
     pub async fn open_link(&mut self, workspace: &str, email: &str) -> Page {
         let before = self.app.outbox_links().len();
-        let page = self
-            .post(
-                "/auth/request",
-                &[("workspace", workspace), ("email", email)],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let page = self.ask_link(workspace, email).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+        assert_eq!(page.location(), "/?sent=1");
         let mut link = None;
         for _ in 0..200 {
             let links = self.app.outbox_links();
@@ -177,7 +214,7 @@ impl<'a> Browser<'a> {
         let landing = self.get(&path).await;
         assert_eq!(landing.status, StatusCode::OK);
         assert_eq!(landing.headers[header::REFERRER_POLICY], "no-referrer");
-        self.post("/auth/link", &[("token", &token)]).await
+        self.confirm_link(&token).await
     }
 
     /// Signs in with link and TOTP (enrolling on first use); returns the authenticator's seed.
@@ -200,11 +237,20 @@ impl<'a> Browser<'a> {
         let offer = self.get("/auth/totp").await;
         assert_eq!(offer.status, StatusCode::OK);
         assert!(
-            offer.body.contains("action=\"/auth/totp/enrol\"") && !offer.body.contains("Key:"),
+            offer.body.contains("action=\"/api/auth/totp/enrol\"") && !offer.body.contains("Key:"),
             "the page offers to start, and shows no key before: {}",
             offer.body
         );
-        let started = self.post("/auth/totp/enrol", &[("next", next)]).await;
+        let page = format!(
+            "/auth/totp?next={}",
+            url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+        );
+        let started = self
+            .post(
+                "/api/auth/totp/enrol",
+                &[("next", page.as_str()), ("back", page.as_str())],
+            )
+            .await;
         assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.body);
         let location = started.location().to_owned();
         assert!(location.starts_with("/auth/totp?next="), "{location}");
@@ -216,7 +262,10 @@ impl<'a> Browser<'a> {
         );
         let seed = shown_seed(&totp.body);
         let done = self
-            .post("/auth/totp", &[("code", &code(&seed, 0)), ("next", next)])
+            .post(
+                "/api/auth/totp",
+                &[("code", &code(&seed, 0)), ("next", next), ("back", &page)],
+            )
             .await;
         assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
         assert_eq!(done.location(), next);
