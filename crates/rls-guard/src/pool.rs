@@ -150,13 +150,23 @@ impl TenantPool {
     /// code that binds its own statements (such as a one-statement write); `None` when the
     /// database does not enforce signed bindings (bind with `set_config` then).
     ///
+    /// Not for a context whose actor acts through a session: statements bound by their caller
+    /// would not ask whether the session is live, so such a context is bound only by
+    /// [`begin`](Self::begin), [`begin_read_only`](Self::begin_read_only) and
+    /// [`read`](Self::read).
+    ///
     /// # Errors
     /// [`RlsError::ContextRefused`] for an expired cross-tenant grant (each use is audited,
-    /// as for [`begin`](Self::begin)); [`RlsError::InvalidBindingKey`] if the key cannot sign.
+    /// as for [`begin`](Self::begin)); [`RlsError::InvalidBindingKey`] if the key cannot sign;
+    /// [`RlsError::SessionBindingRefused`] for a context that carries a session (or
+    /// [`RlsError::SessionLivenessUnconfigured`] on a pool without a liveness check).
     pub async fn signed_binding(
         &self,
         context: &TenantContext,
     ) -> Result<Option<SignedBinding>, RlsError> {
+        if self.live_check(context)?.is_some() {
+            return Err(RlsError::SessionBindingRefused);
+        }
         context.authorize_use().await?;
         self.sign(context)
     }

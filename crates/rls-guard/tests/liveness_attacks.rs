@@ -447,3 +447,62 @@ async fn a_read_only_transaction_begun_before_revocation_cannot_write_after_it()
     ));
     assert_eq!(projects_named(&f.db, "ro-write").await, 0);
 }
+
+/// `signed_binding` hands out a binding for statements the caller writes itself, which would
+/// not ask whether the session is live: a revoked session's context could write through it.
+/// It is refused for every context carrying a session (live or not), and still given for work
+/// without one.
+async fn own_statement_binding_is_refused_for_a_session(signed: bool) {
+    let f = fixture(signed, 2).await;
+    let tenant = TenantId::new_random();
+    let live = start_session(&f.pool, tenant).await;
+    let revoked = start_session(&f.pool, tenant).await;
+    revoke(&f.pool, tenant, revoked).await;
+    for session in [live, revoked] {
+        let refused = f.pool.signed_binding(&session_ctx(tenant, session)).await;
+        assert!(
+            matches!(refused, Err(RlsError::SessionBindingRefused)),
+            "signed: {signed}: {refused:?}"
+        );
+    }
+    // Control: a context without a session gets its binding, and it binds a write.
+    let job = common::ctx(tenant);
+    let binding = f.pool.signed_binding(&job).await.unwrap();
+    assert_eq!(binding.is_some(), signed);
+    if let Some(b) = binding {
+        let mut tx = f.raw.begin().await.unwrap();
+        sqlx::query("SELECT app.bind($1, $2, $3, $4)")
+            .bind(&b.tenant)
+            .bind(&b.actor)
+            .bind(&b.issued_at)
+            .bind(&b.signature)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO projects (tenant_id, name) VALUES (app.current_tenant_id(), 'own-bind')",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::raw_sql(&format!(
+            "SET LOCAL app.commit_binding = '{tenant}:{}'",
+            b.actor
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(projects_named(&f.db, "own-bind").await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_binding_for_own_statements_is_not_handed_out_for_a_session() {
+    own_statement_binding_is_refused_for_a_session(false).await;
+}
+
+#[tokio::test]
+async fn a_signed_binding_for_own_statements_is_not_handed_out_for_a_session() {
+    own_statement_binding_is_refused_for_a_session(true).await;
+}
