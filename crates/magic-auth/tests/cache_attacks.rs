@@ -478,3 +478,103 @@ async fn the_runtime_role_cannot_revive_a_session_or_raise_it_in_place() {
             .is_none()
     );
 }
+
+/// The runtime role gives itself `default_transaction_isolation = 'repeatable read'` (after the
+/// start-up check) and ends its connections so the pool opens new ones. "Sign out everywhere"
+/// and a sign-in take turns on the account's row, and the one that goes second must see what
+/// the first committed — which a transaction at `REPEATABLE READ` does not: its snapshot is
+/// taken before it waits for the lock. A sign-in holding the lock when "sign out everywhere"
+/// starts would leave a live session behind it.
+#[tokio::test]
+async fn a_planted_isolation_default_does_not_let_a_sign_in_outlive_sign_out_everywhere() {
+    let db = fresh_database(&template()).await;
+    let (pool, store) = instance(&db, None).await;
+    let tenant = TenantId::new_random();
+    let user = new(ActorKind::User, Assurance::Aal1);
+    // The account's row exists (an earlier sign-in).
+    let (_, earlier) = store.create(tenant, &user).await.unwrap();
+
+    let attacker = db.pool(Role::Runtime, 1).await;
+    sqlx::raw_sql(&format!(
+        "ALTER ROLE CURRENT_USER IN DATABASE \"{}\" SET default_transaction_isolation = 'repeatable read'",
+        db.name()
+    ))
+    .execute(&attacker)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND usename = current_user \
+           AND pid <> pg_backend_pid()",
+    )
+    .execute(&attacker)
+    .await
+    .unwrap();
+    let mut planted = String::new();
+    for _ in 0..5 {
+        if let Ok(level) = sqlx::query_scalar::<_, String>("SHOW default_transaction_isolation")
+            .fetch_one(pool.pool())
+            .await
+        {
+            planted = level;
+            break;
+        }
+    }
+    assert_eq!(
+        planted, "repeatable read",
+        "the plant did not reach the pool"
+    );
+
+    // Someone holds the account's lock; a sign-in queues for it, then "sign out everywhere".
+    let holder_pool = db.pool(Role::Runtime, 1).await;
+    let mut holder = holder_pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN; SET LOCAL app.tenant_id = '{tenant}'; \
+         SELECT 1 FROM auth.accounts WHERE user_id = '{}' FOR UPDATE",
+        user.user.as_uuid()
+    ))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let sign_in = {
+        let store = store.clone();
+        let user = user.clone();
+        tokio::spawn(async move { store.create(tenant, &user).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sign_out = {
+        let store = store.clone();
+        let id = user.user;
+        tokio::spawn(async move { store.revoke_all(tenant, id, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (_, concurrent) = sign_in.await.unwrap().unwrap();
+    let ended = sign_out.await.unwrap().unwrap();
+    assert_eq!(ended, 2, "sign out everywhere ended {ended} session(s)");
+    for (token, what) in [
+        (&earlier, "the earlier session"),
+        (&concurrent, "the concurrent sign-in"),
+    ] {
+        assert!(
+            store
+                .validate(token.to_cookie_value().expose_secret())
+                .await
+                .unwrap()
+                .is_none(),
+            "{what} outlived sign out everywhere"
+        );
+    }
+    // Control: a sign-in after it is live.
+    let (_, after) = store.create(tenant, &user).await.unwrap();
+    assert!(
+        store
+            .validate(after.to_cookie_value().expose_secret())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

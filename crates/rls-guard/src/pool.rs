@@ -177,10 +177,11 @@ impl TenantPool {
 
     /// Begins a transaction bound to `context`'s tenant (and actor).
     ///
-    /// For a context whose actor acts through a session that the pool checks (see
-    /// [`SessionLiveness`]) in its own tenant, the transaction runs at `READ COMMITTED`
-    /// whatever the connection's default isolation level, so that the check its `COMMIT`
-    /// repeats sees a revocation made while it ran.
+    /// It runs at `READ COMMITTED` whatever the connection's default isolation level (which
+    /// the runtime role can set for itself, `ALTER ROLE CURRENT_USER SET
+    /// default_transaction_isolation`): code that takes a lock and then reads must see what the
+    /// previous holder committed, and the [`SessionLiveness`] check its `COMMIT` repeats must
+    /// see a revocation made while it ran.
     ///
     /// `BEGIN` and the transaction-local binding (`SET LOCAL app.tenant_id`, `app.actor_id`) go
     /// in one round trip; with signed bindings, `BEGIN` and then `app.bind` with the signature
@@ -236,15 +237,12 @@ impl TenantPool {
         // literals is injection-free; the simple-query protocol is what lets BEGIN and the
         // binding share one round trip. `SET LOCAL` is a utility command: no planning, no result
         // row, measurably cheaper than `SELECT set_config(.., true)` with the same effect.
-        // A writing transaction whose COMMIT asks again runs at READ COMMITTED whatever the
-        // connection's default: at REPEATABLE READ or SERIALIZABLE (a default the runtime role
-        // can give itself) the commit's check would read the snapshot of the binding's own
-        // statement and miss a revocation made since.
+        // A writing transaction runs at READ COMMITTED whatever the connection's default (one
+        // the runtime role can give itself): at REPEATABLE READ or SERIALIZABLE a statement
+        // that waited for a lock would still read the snapshot taken before it waited, and the
+        // liveness check repeated at COMMIT the snapshot of the binding's own statement.
         let begin = match mode {
-            Mode::ReadWrite if tx.live_at_commit.is_some() => {
-                "BEGIN ISOLATION LEVEL READ COMMITTED"
-            }
-            Mode::ReadWrite => "BEGIN",
+            Mode::ReadWrite => "BEGIN ISOLATION LEVEL READ COMMITTED",
             Mode::ReadOnly => "BEGIN READ ONLY",
         };
         match self.sign(context)? {

@@ -172,11 +172,14 @@ async fn planted_isolation_default_does_not_blind_the_commit_check(signed: bool,
     .execute(&attacker)
     .await
     .unwrap();
-    // The plant took: a transaction without a session runs at the planted level...
+    // The plant took: new connections default to the planted level.
     let mut seen = String::new();
     for _ in 0..5 {
-        seen = isolation_of(&f.pool, &common::ctx(tenant)).await;
-        if seen == level {
+        if let Ok(level) = sqlx::query_scalar::<_, String>("SHOW default_transaction_isolation")
+            .fetch_one(&f.raw)
+            .await
+        {
+            seen = level;
             break;
         }
     }
@@ -201,10 +204,14 @@ async fn planted_isolation_default_does_not_blind_the_commit_check(signed: bool,
     );
     assert_eq!(projects_named(&f.db, "after-revocation").await, 0);
     assert_eq!(projects_named(&f.db, "live-write").await, 1);
-    // A writing transaction made for a session runs at READ COMMITTED whatever the default,
-    // so its COMMIT reads the session afresh.
+    // A writing transaction runs at READ COMMITTED whatever the default, so its COMMIT reads
+    // the session afresh.
     assert_eq!(
         isolation_of(&f.pool, &session_ctx(tenant, kept)).await,
+        "read committed"
+    );
+    assert_eq!(
+        isolation_of(&f.pool, &common::ctx(tenant)).await,
         "read committed"
     );
     drop(f.raw);
