@@ -578,3 +578,48 @@ async fn a_planted_isolation_default_does_not_let_a_sign_in_outlive_sign_out_eve
             .is_some()
     );
 }
+
+/// A cache whose pool goes through a transaction-pooling PgBouncer (a misconfiguration its
+/// documentation warns of): its `LISTEN` is made on a server connection that other clients
+/// then use, so it hears no notice. It must not serve from memory: its listener's probe notice
+/// never arrives, so it never starts listening.
+#[tokio::test]
+async fn a_listener_that_hears_no_notice_never_serves() {
+    let db = fresh_database(&template()).await;
+    let (_, a) = instance(&db, None).await;
+    // One server connection: every statement of every client runs on it, in turn.
+    let bouncer = testkit::PgBouncer::start(
+        db.server(),
+        testkit::PoolMode::Transaction,
+        1,
+        &[testkit::RUNTIME_ROLE],
+    )
+    .unwrap();
+    let raw = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .connect_with(bouncer.options(testkit::RUNTIME_ROLE, db.name()))
+        .await
+        .unwrap();
+    let mut config = SessionCacheConfig::default();
+    config.max_age = Duration::from_secs(60);
+    let b = SessionStore::new(
+        TenantPool::new(raw).await.unwrap(),
+        SessionConfig::default(),
+    )
+    .unwrap()
+    .with_cache(config)
+    .unwrap();
+    // Control: the same cache made directly listens (and serves, see `assert_caching`).
+    let (_, direct) = instance(&db, Some(Duration::from_secs(60))).await;
+    let tenant = TenantId::new_random();
+    assert_caching(&db, &a, &direct, tenant).await;
+    // (Lookups through this PgBouncer, 1.18, cannot run outside a transaction: what is judged
+    // is whether the cache would serve — it serves only while listening, see
+    // `session_cache.rs`.)
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_eq!(b.cache_listening(), Some(false), "it believes it listens");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(bouncer);
+}
