@@ -24,6 +24,9 @@ pub const MAX_CACHE_AGE: Duration = Duration::from_secs(60);
 /// How long to wait before connecting the listener again after a failure.
 const RECONNECT_DELAY: Duration = Duration::from_millis(250);
 
+/// How long the listener waits for its own probe notice before it gives up on the connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Settings of the session cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -257,6 +260,16 @@ async fn listen(pool: PgPool, inner: Weak<Inner>) {
             tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
         }
+        // Serve only once a notice sent from another connection has arrived: a LISTEN that
+        // hears nothing (made through a transaction-pooling PgBouncer, say) would otherwise
+        // serve revoked sessions until the maximum age.
+        if !hears_probe(&pool, &mut listener).await {
+            tracing::warn!(
+                "session cache listener does not receive notices; serving from the database"
+            );
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
+        }
         match inner.upgrade() {
             Some(cache) => cache.start(),
             None => return,
@@ -275,6 +288,33 @@ async fn listen(pool: PgPool, inner: Weak<Inner>) {
             }
         }
     }
+}
+
+/// Sends a notice of a random payload on the channel from another connection of `pool` and
+/// waits up to [`PROBE_TIMEOUT`] for `listener` to receive it. (Notices received meanwhile need
+/// no handling: the cache is not serving, and starting empties it.)
+async fn hears_probe(pool: &PgPool, listener: &mut PgListener) -> bool {
+    let probe = format!("magic-auth/listener-probe/{}", Uuid::new_v4());
+    let sent = sqlx::query("SELECT pg_catalog.pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(&probe)
+        .execute(pool)
+        .await;
+    if sent.is_err() {
+        return false;
+    }
+    let heard = async {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notice)) if notice.payload() == probe => return true,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, heard)
+        .await
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

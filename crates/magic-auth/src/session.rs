@@ -294,9 +294,10 @@ impl SessionStore {
     /// `auth.sessions` with `NOTIFY`, delivered when its transaction commits; a listener of
     /// this store's own (one connection, made with the pool's options, so it must not go
     /// through a transaction-pooling PgBouncer) forgets the entry on every instance. It fails
-    /// closed: while the listener is not listening (before it first connects, after losing its
-    /// connection, until it listens again) nothing is served from memory and everything held is
-    /// dropped; an entry is served for at most [`SessionCacheConfig::max_age`] (default 5 s)
+    /// closed: while the listener is not listening (before it first connects and receives a
+    /// probe notice sent from another connection — which a listener behind a
+    /// transaction-pooling PgBouncer never does —, after losing its connection, until it
+    /// listens again) nothing is served from memory and everything held is dropped; an entry is served for at most [`SessionCacheConfig::max_age`] (default 5 s)
     /// even without a notice; a lookup that overlapped a notice is not cached; staff sessions
     /// are never cached.
     ///

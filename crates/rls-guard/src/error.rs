@@ -97,6 +97,14 @@ pub enum RlsError {
         "the context carries a session but the pool has no session liveness check: build it with TenantPool::with_session_liveness"
     )]
     SessionLivenessUnconfigured,
+    /// A binding for statements of the caller's own
+    /// ([`TenantPool::signed_binding`](crate::TenantPool::signed_binding)) was asked for a
+    /// context whose actor acts through a session: those statements would not ask whether the
+    /// session is live, so only a transaction or a bound read binds such a context.
+    #[error(
+        "a context acting through a session is bound only by a transaction or a bound read, which check the session"
+    )]
+    SessionBindingRefused,
     /// The session liveness check was refused at start-up (it names the function and why).
     #[error("the session liveness check was refused: {0}")]
     SessionLivenessRefused(String),

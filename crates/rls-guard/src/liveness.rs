@@ -17,7 +17,9 @@ use crate::schema::is_plain_identifier;
 /// [`TenantTx`](crate::TenantTx) and [`BoundRead`](crate::BoundRead) made for such a context
 /// passes its answer to `app.require_live_session`, which raises SQLSTATE `TB401`
 /// ([`RlsError::SessionEnded`], HTTP 401) unless it is true; a writing transaction asks again
-/// in the round trip of its `COMMIT`. No round trip is added, and a session revoked on any
+/// in the round trip of its `COMMIT` (it runs at `READ COMMITTED`, whatever the connection's
+/// default, so that this second answer is read afresh rather than from the snapshot of the
+/// first). No round trip is added, and a session revoked on any
 /// instance reads and writes nothing from the moment its revocation commits.
 ///
 /// The check is made under a binding to the actor's home tenant, so a cross-tenant context

@@ -150,13 +150,23 @@ impl TenantPool {
     /// code that binds its own statements (such as a one-statement write); `None` when the
     /// database does not enforce signed bindings (bind with `set_config` then).
     ///
+    /// Not for a context whose actor acts through a session: statements bound by their caller
+    /// would not ask whether the session is live, so such a context is bound only by
+    /// [`begin`](Self::begin), [`begin_read_only`](Self::begin_read_only) and
+    /// [`read`](Self::read).
+    ///
     /// # Errors
     /// [`RlsError::ContextRefused`] for an expired cross-tenant grant (each use is audited,
-    /// as for [`begin`](Self::begin)); [`RlsError::InvalidBindingKey`] if the key cannot sign.
+    /// as for [`begin`](Self::begin)); [`RlsError::InvalidBindingKey`] if the key cannot sign;
+    /// [`RlsError::SessionBindingRefused`] for a context that carries a session (or
+    /// [`RlsError::SessionLivenessUnconfigured`] on a pool without a liveness check).
     pub async fn signed_binding(
         &self,
         context: &TenantContext,
     ) -> Result<Option<SignedBinding>, RlsError> {
+        if self.live_check(context)?.is_some() {
+            return Err(RlsError::SessionBindingRefused);
+        }
         context.authorize_use().await?;
         self.sign(context)
     }
@@ -166,6 +176,12 @@ impl TenantPool {
     }
 
     /// Begins a transaction bound to `context`'s tenant (and actor).
+    ///
+    /// It runs at `READ COMMITTED` whatever the connection's default isolation level (which
+    /// the runtime role can set for itself, `ALTER ROLE CURRENT_USER SET
+    /// default_transaction_isolation`): code that takes a lock and then reads must see what the
+    /// previous holder committed, and the [`SessionLiveness`] check its `COMMIT` repeats must
+    /// see a revocation made while it ran.
     ///
     /// `BEGIN` and the transaction-local binding (`SET LOCAL app.tenant_id`, `app.actor_id`) go
     /// in one round trip; with signed bindings, `BEGIN` and then `app.bind` with the signature
@@ -221,8 +237,12 @@ impl TenantPool {
         // literals is injection-free; the simple-query protocol is what lets BEGIN and the
         // binding share one round trip. `SET LOCAL` is a utility command: no planning, no result
         // row, measurably cheaper than `SELECT set_config(.., true)` with the same effect.
+        // A writing transaction runs at READ COMMITTED whatever the connection's default (one
+        // the runtime role can give itself): at REPEATABLE READ or SERIALIZABLE a statement
+        // that waited for a lock would still read the snapshot taken before it waited, and the
+        // liveness check repeated at COMMIT the snapshot of the binding's own statement.
         let begin = match mode {
-            Mode::ReadWrite => "BEGIN",
+            Mode::ReadWrite => "BEGIN ISOLATION LEVEL READ COMMITTED",
             Mode::ReadOnly => "BEGIN READ ONLY",
         };
         match self.sign(context)? {
