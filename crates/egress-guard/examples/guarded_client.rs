@@ -34,32 +34,27 @@ impl NameResolver for FixedDns {
             "weather.example.test" => Ok(vec![local]),
             // A name that also points inside the network: denied as a whole.
             "mixed.example.test" => Ok(vec![local, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))]),
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such name",
-            )),
+            _ => Err(std::io::Error::other("no such name")),
         };
         Box::pin(std::future::ready(answer))
     }
 }
 
+async fn forecast() -> &'static str {
+    HITS.fetch_add(1, Ordering::SeqCst);
+    "sunny"
+}
+
+async fn to_metadata() -> Redirect {
+    HITS.fetch_add(1, Ordering::SeqCst);
+    Redirect::temporary("http://169.254.169.254/latest/meta-data/iam/")
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Router::new()
-        .route(
-            "/forecast",
-            get(|| async {
-                HITS.fetch_add(1, Ordering::SeqCst);
-                "sunny"
-            }),
-        )
-        .route(
-            "/to-metadata",
-            get(|| async {
-                HITS.fetch_add(1, Ordering::SeqCst);
-                Redirect::temporary("http://169.254.169.254/latest/meta-data/iam/")
-            }),
-        );
+        .route("/forecast", get(forecast))
+        .route("/to-metadata", get(to_metadata));
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move { axum::serve(listener, server).await });
@@ -89,10 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
         }
     }
-    println!(
-        "requests that reached the server: {} (the forecast, and the redirect it refused to follow)",
-        HITS.load(Ordering::SeqCst)
-    );
+    let hits = HITS.load(Ordering::SeqCst);
+    println!("requests that reached the server: {hits} (the forecast, and the refused redirect)");
 
     // Decisions without a request, e.g. to validate a webhook URL when it is saved.
     let webhooks = EgressPolicy::new("webhooks").allow_hosts(["hooks.partner.example"])?;
@@ -102,11 +95,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "file:///etc/passwd",
         "https://hooks.partner.example/ingest",
     ] {
-        let decision = webhooks.check_url(url);
+        let d = webhooks.check_url(url);
         println!(
             "check {url:<38} -> allowed: {} [{}]",
-            decision.allowed,
-            decision.reason.code()
+            d.allowed,
+            d.reason.code()
         );
     }
     Ok(())
