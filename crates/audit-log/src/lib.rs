@@ -81,3 +81,8 @@ pub use retention::PruneReport;
 pub use secrecy;
 pub use sink::{Appended, AuditLog};
 pub use verify::{BreakKind, ChainBreak, VerifyReport, verify};
+
+// The README's code blocks compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -51,3 +51,8 @@ pub use policy::{EgressPolicy, HostPattern, Mode, PolicyError};
 pub use proxy::{DEFAULT_HEAD_LIMIT, EgressProxy, ProxyHandle};
 pub use ranges::{Class, classify};
 pub use target::{Target, TargetHost};
+
+// The README's code blocks compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -77,3 +77,8 @@ pub use sealed::Sealed;
 /// The [`secrecy`] crate, re-exported: keys are passed in as [`SecretBox`](secrecy::SecretBox)
 /// or [`SecretString`](secrecy::SecretString).
 pub use secrecy;
+
+// The README's code blocks compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

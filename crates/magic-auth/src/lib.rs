@@ -113,3 +113,8 @@ pub use session::{
     SessionSummary,
 };
 pub use token::{SessionToken, TOKEN_LEN};
+
+// The README's code blocks compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

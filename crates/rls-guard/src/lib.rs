@@ -68,3 +68,8 @@ pub use role::{ALLOWED_SESSION_DEFAULTS, RoleProblem, verify_runtime_role};
 /// [`SecretSlice`](secrecy::SecretSlice).
 pub use secrecy;
 pub use support::verify_support_schema;
+
+// The README's code blocks compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

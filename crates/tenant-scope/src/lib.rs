@@ -77,3 +77,8 @@ pub use resolve::{
     ActorResolver, AllAgree, HeaderResolver, RequestHead, StaticDirectory, SubdomainResolver,
     TenantDirectory, TenantResolver,
 };
+
+// The README's code blocks compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
