@@ -79,6 +79,41 @@ REVOKE ALL ON auth.sessions FROM PUBLIC;
 REVOKE ALL ON auth.sessions FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.sessions TO {r};
 
+-- What a session is and may do is fixed when it is made: an UPDATE (by this library, or by any
+-- statement injected into the runtime role) may only end a session, record its use, and slide
+-- its idle expiry within its absolute one while it has not yet expired. An ended session stays
+-- ended: no one revives it, raises its assurance or kind, or renews its factor check in place.
+CREATE OR REPLACE FUNCTION auth.sessions_fixed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $sessions_fixed$
+BEGIN
+    IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.user_id IS DISTINCT FROM OLD.user_id
+       OR NEW.actor_kind IS DISTINCT FROM OLD.actor_kind
+       OR NEW.secret_hash IS DISTINCT FROM OLD.secret_hash
+       OR NEW.aal IS DISTINCT FROM OLD.aal
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR NEW.authenticated_at IS DISTINCT FROM OLD.authenticated_at
+       OR NEW.absolute_expires_at IS DISTINCT FROM OLD.absolute_expires_at
+       OR NEW.user_agent IS DISTINCT FROM OLD.user_agent
+       OR NEW.ip IS DISTINCT FROM OLD.ip
+       OR NEW.family_id IS DISTINCT FROM OLD.family_id
+       OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at)
+       OR (OLD.idle_expires_at <= pg_catalog.now()
+           AND NEW.idle_expires_at IS DISTINCT FROM OLD.idle_expires_at) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'MA001',
+            MESSAGE = 'a session may only be ended or used: what it is, and its end, are fixed';
+    END IF;
+    RETURN NEW;
+END
+$sessions_fixed$;
+REVOKE ALL ON FUNCTION auth.sessions_fixed() FROM PUBLIC;
+DROP TRIGGER IF EXISTS sessions_fixed ON auth.sessions;
+CREATE TRIGGER sessions_fixed BEFORE UPDATE ON auth.sessions
+    FOR EACH ROW EXECUTE FUNCTION auth.sessions_fixed();
+ALTER TABLE auth.sessions ENABLE ALWAYS TRIGGER sessions_fixed;
+
 -- Whether a session may still act: the database-side check of rls_guard::SessionLiveness
 -- (see magic_auth::session_liveness), asked in the binding of every statement made for a
 -- session. Runs as the caller, under row-level security, in the tenant the binding names.
@@ -267,11 +302,13 @@ pub fn session_liveness() -> rls_guard::SessionLiveness {
         .unwrap_or_else(|_| unreachable!("a fixed, plain, qualified name"))
 }
 
-/// Declares to `rls-guard`'s coverage check the trigger [`schema_sql`] installs on
-/// `auth.sessions` (it announces session changes with `NOTIFY`, see
-/// [`SessionStore::with_cache`](crate::SessionStore::with_cache)), so the check reports every
-/// other trigger on the table.
+/// Declares to `rls-guard`'s coverage check the triggers [`schema_sql`] installs on
+/// `auth.sessions` (one announces session changes with `NOTIFY`, see
+/// [`SessionStore::with_cache`](crate::SessionStore::with_cache); one refuses every change to a
+/// session but its end and its use), so the check reports every other trigger on the table.
 #[must_use]
 pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
-    check.trust_trigger("auth.sessions", "sessions_notify_change")
+    check
+        .trust_trigger("auth.sessions", "sessions_notify_change")
+        .trust_trigger("auth.sessions", "sessions_fixed")
 }

@@ -374,17 +374,20 @@ async fn the_auth_schema_passes_the_coverage_check_and_grants_no_more_than_it_ne
     let mut conn = sqlx::PgConnection::connect_with(&db.options(Role::Admin))
         .await
         .unwrap();
-    // Untrusted, the session-change trigger is the one finding; declared, none is left.
+    // Untrusted, the session-change and the fixed-session triggers are the findings; declared,
+    // none is left.
     let findings = rls_guard::CoverageCheck::new()
         .runtime_role(testkit::RUNTIME_ROLE)
         .run(&mut conn)
         .await
         .unwrap();
-    assert_eq!(findings.len(), 1, "{findings:#?}");
-    assert!(
-        findings[0].detail.contains("sessions_notify_change"),
-        "{findings:#?}"
-    );
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    for trigger in ["sessions_notify_change", "sessions_fixed"] {
+        assert!(
+            findings.iter().any(|f| f.detail.contains(trigger)),
+            "{findings:#?}"
+        );
+    }
     let findings = magic_auth::schema::coverage_trust(
         rls_guard::CoverageCheck::new().runtime_role(testkit::RUNTIME_ROLE),
     )
