@@ -57,9 +57,9 @@ fn main() {
                 .await
                 .unwrap()
         };
-        let a = SessionStore::new(pool().await, SessionConfig::default()).unwrap();
+        let a = SessionStore::new(pool().await, SessionConfig::default(), Box::new([7; 32])).unwrap();
         let b_pool = pool().await;
-        let b = SessionStore::new(b_pool.clone(), SessionConfig::default())
+        let b = SessionStore::new(b_pool.clone(), SessionConfig::default(), Box::new([7; 32]))
             .unwrap()
             .with_cache(SessionCacheConfig::default())
             .unwrap();

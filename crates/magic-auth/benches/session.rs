@@ -64,7 +64,7 @@ fn main() {
         let raw = db.pool(Role::Runtime, 1).await;
         // No touch during the run: `touch_after` an hour (it must stay below `idle`).
         let config = { let mut c = SessionConfig::default(); c.idle = Duration::from_secs(2 * 3600); c.touch_after = Duration::from_secs(3600); c };
-        let store = SessionStore::new(TenantPool::new(raw.clone()).await.unwrap(), config).unwrap();
+        let store = SessionStore::new(TenantPool::new(raw.clone()).await.unwrap(), config, Box::new([7; 32])).unwrap();
         let tenant = TenantId::new_random();
         let new = NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal2);
         let (session, token) = store.create(tenant, &new).await.unwrap();

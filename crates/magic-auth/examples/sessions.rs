@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let db = fresh_database(&Template::new("magic_auth_example", schema)).await;
     let pool = TenantPool::new(db.pool(Role::Runtime, 4).await).await?;
-    let sessions = SessionStore::new(pool.clone(), SessionConfig::default())?;
+    let sessions = SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32]))?;
 
     // Sign-in (after a confirmed magic link): a new session, its token only in the cookie.
     let (tenant, user) = (TenantId::new_random(), ActorId::new_random());

@@ -74,6 +74,10 @@ CREATE INDEX IF NOT EXISTS sessions_user_idx ON auth.sessions (tenant_id, user_i
 -- Added later: the session a rotation started from (null: the row is its own family), so that
 -- revoking a session also ends the session it was rotated into at the same moment.
 ALTER TABLE auth.sessions ADD COLUMN IF NOT EXISTS family_id uuid;
+-- Added later: the row's MAC under the application's session row key (SessionStore::new),
+-- over whose session it is and what it may do. A row without a valid one is no session, so
+-- the runtime role cannot make one by inserting it. (Rows from before have none: sign in again.)
+ALTER TABLE auth.sessions ADD COLUMN IF NOT EXISTS row_mac bytea;
 {rls}
 REVOKE ALL ON auth.sessions FROM PUBLIC;
 REVOKE ALL ON auth.sessions FROM {r};
@@ -98,6 +102,7 @@ BEGIN
        OR NEW.user_agent IS DISTINCT FROM OLD.user_agent
        OR NEW.ip IS DISTINCT FROM OLD.ip
        OR NEW.family_id IS DISTINCT FROM OLD.family_id
+       OR NEW.row_mac IS DISTINCT FROM OLD.row_mac
        OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at)
        OR (OLD.idle_expires_at <= pg_catalog.now()
            AND NEW.idle_expires_at IS DISTINCT FROM OLD.idle_expires_at) THEN

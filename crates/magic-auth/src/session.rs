@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rls_guard::TenantPool;
+use secrecy::{ExposeSecret, SecretBox};
 use tenant_scope::{Actor, ActorId, ActorKind, TenantContext, TenantId};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -220,6 +221,15 @@ pub struct SessionStore {
     config: SessionConfig,
     events: EventSink,
     cache: Option<SessionCache>,
+    row_key: Arc<SecretBox<[u8; 32]>>,
+}
+
+/// The domain of a session row's MAC.
+const ROW_MAC_DOMAIN: &[u8] = b"magic-auth/session-row/v1\n";
+
+/// A timestamp as PostgreSQL stores it (and sqlx sends it): whole microseconds since the epoch.
+fn micros(at: OffsetDateTime) -> [u8; 16] {
+    (at.unix_timestamp_nanos() / 1000).to_be_bytes()
 }
 
 /// The lookup: one prepared statement, run as the runtime role in its own implicit transaction.
@@ -235,11 +245,11 @@ pub struct SessionStore {
 pub const LOOKUP: &str = "WITH bound AS MATERIALIZED ( \
        SELECT pg_catalog.set_config('app.tenant_id', $1::text, true)::uuid AS tenant) \
      SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, s.authenticated_at, \
-            s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.revoked_at \
+            s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.revoked_at, s.row_mac \
        FROM bound CROSS JOIN LATERAL ( \
             SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, \
                    s.authenticated_at, s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, \
-                   s.revoked_at FROM auth.sessions s \
+                   s.revoked_at, s.row_mac FROM auth.sessions s \
              WHERE s.tenant_id = bound.tenant AND s.id = $2 OFFSET 0) s";
 
 type LookupRow = (
@@ -253,7 +263,22 @@ type LookupRow = (
     OffsetDateTime,
     OffsetDateTime,
     Option<OffsetDateTime>,
+    Option<Vec<u8>>,
 );
+
+/// What a session row's MAC covers: everything that says whose session it is and what it may
+/// do, and nothing a legitimate update changes.
+struct RowFacts<'a> {
+    tenant: TenantId,
+    id: Uuid,
+    user: Uuid,
+    kind: &'a str,
+    aal: i16,
+    secret_hash: &'a [u8],
+    created_at: OffsetDateTime,
+    authenticated_at: OffsetDateTime,
+    absolute_expires_at: OffsetDateTime,
+}
 
 fn span(d: Duration) -> Result<time::Duration, AuthError> {
     time::Duration::try_from(d).map_err(|_| AuthError::InvalidConfig("duration"))
@@ -271,18 +296,46 @@ fn context(tenant: TenantId) -> Result<TenantContext, AuthError> {
 }
 
 impl SessionStore {
-    /// A store on the runtime role's tenant pool.
+    /// A store on the runtime role's tenant pool. `row_key` (32 random bytes, the same on every
+    /// instance, kept outside the database like any other application secret) signs each
+    /// session row the store writes: a row that the runtime role writes itself — injected SQL
+    /// inserting a session of its choosing, for any user, kind or level — carries no valid
+    /// signature and is never accepted as a session.
     ///
     /// # Errors
     /// [`AuthError::InvalidConfig`] when `config` does not pass [`SessionConfig::validate`].
-    pub fn new(pool: TenantPool, config: SessionConfig) -> Result<Self, AuthError> {
+    pub fn new(
+        pool: TenantPool,
+        config: SessionConfig,
+        row_key: impl Into<SecretBox<[u8; 32]>>,
+    ) -> Result<Self, AuthError> {
         config.validate()?;
         Ok(Self {
             pool,
             config,
             events: EventSink::default(),
             cache: None,
+            row_key: Arc::new(row_key.into()),
         })
+    }
+
+    /// The MAC of a session row's facts under this store's row key.
+    fn row_mac(&self, facts: &RowFacts<'_>) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(self.row_key.expose_secret())
+                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(ROW_MAC_DOMAIN);
+        mac.update(facts.tenant.as_uuid().as_bytes());
+        mac.update(facts.id.as_bytes());
+        mac.update(facts.user.as_bytes());
+        mac.update(&[u8::from(facts.kind == "staff")]);
+        mac.update(&facts.aal.to_be_bytes());
+        mac.update(facts.secret_hash);
+        mac.update(&micros(facts.created_at));
+        mac.update(&micros(facts.authenticated_at));
+        mac.update(&micros(facts.absolute_expires_at));
+        mac
     }
 
     /// Answers [`validate_cached`](Self::validate_cached) from a per-instance cache of
@@ -347,7 +400,7 @@ impl SessionStore {
         tenant: TenantId,
         new: &NewSession,
     ) -> Result<(Session, SessionToken), AuthError> {
-        self.create_checked(tenant, new, None).await
+        self.create_checked(tenant, new, None, Duration::ZERO).await
     }
 
     /// Creates the `aal1` session for a confirmed magic link ([`MagicLinks::confirm`](crate::MagicLinks::confirm)),
@@ -373,8 +426,29 @@ impl SessionStore {
             user_agent: user_agent.map(str::to_owned),
             ip,
         };
-        self.create_checked(sign_in.tenant, &new, Some(sign_in.generation))
-            .await
+        self.create_checked(
+            sign_in.tenant,
+            &new,
+            Some(sign_in.generation),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// A session as [`create`](Self::create) makes it, but as if made `age` ago (its factor
+    /// check, creation and both expiries that much earlier): for tests of what a stale second
+    /// factor meets. It is never fresher than one made now.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); [`AuthError::InvalidConfig`] for an age that does not fit.
+    #[doc(hidden)]
+    pub async fn create_aged(
+        &self,
+        tenant: TenantId,
+        new: &NewSession,
+        age: Duration,
+    ) -> Result<(Session, SessionToken), AuthError> {
+        self.create_checked(tenant, new, None, age).await
     }
 
     async fn create_checked(
@@ -382,12 +456,16 @@ impl SessionStore {
         tenant: TenantId,
         new: &NewSession,
         generation: Option<i64>,
+        age: Duration,
     ) -> Result<(Session, SessionToken), AuthError> {
         let token = SessionToken::generate(tenant)?;
         let now = OffsetDateTime::now_utc();
         let now = now
             .replace_nanosecond(now.nanosecond() / 1000 * 1000)
             .unwrap_or(now);
+        let now = now
+            .checked_sub(span(age)?)
+            .ok_or(AuthError::InvalidConfig("session age"))?;
         let absolute = later(now, self.config.absolute)?;
         let idle = later(now, self.config.idle)?.min(absolute);
         let kind = match new.kind {
@@ -412,23 +490,41 @@ impl SessionStore {
             tx.rollback().await?;
             return Err(refusal);
         }
+        let secret_hash = token.secret_hash();
+        let row_mac = {
+            use hmac::Mac;
+            self.row_mac(&RowFacts {
+                tenant,
+                id: token.id(),
+                user: *new.user.as_uuid(),
+                kind,
+                aal: new.assurance as i16,
+                secret_hash: &secret_hash,
+                created_at: now,
+                authenticated_at: now,
+                absolute_expires_at: absolute,
+            })
+            .finalize()
+            .into_bytes()
+        };
         sqlx::query(
             "INSERT INTO auth.sessions (tenant_id, id, user_id, actor_kind, secret_hash, aal, \
              created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
-             user_agent, ip, family_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11, $2)",
+             user_agent, ip, family_id, row_mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11, $2, $12)",
         )
         .bind(tenant.as_uuid())
         .bind(token.id())
         .bind(new.user.as_uuid())
         .bind(kind)
-        .bind(token.secret_hash().as_slice())
+        .bind(secret_hash.as_slice())
         .bind(new.assurance as i16)
         .bind(now)
         .bind(idle)
         .bind(absolute)
         .bind(user_agent)
         .bind(new.ip.map(|ip| ip.to_string()))
+        .bind(row_mac.as_slice())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -485,6 +581,29 @@ impl SessionStore {
             .unwrap_or(now);
         let idle = later(now, self.config.idle)?.min(current.absolute_expires_at);
         let assurance = assurance.max(current.assurance);
+        // The new row's facts, as the statement below copies them from the old row (which it
+        // requires to say the same): signed here, with the new secret and assurance.
+        let kind = match current.kind {
+            ActorKind::Staff => "staff",
+            _ => "user",
+        };
+        let secret_hash = token.secret_hash();
+        let row_mac = {
+            use hmac::Mac;
+            self.row_mac(&RowFacts {
+                tenant: current.tenant,
+                id: token.id(),
+                user: *current.user.as_uuid(),
+                kind,
+                aal: assurance as i16,
+                secret_hash: &secret_hash,
+                created_at: current.created_at,
+                authenticated_at: now,
+                absolute_expires_at: current.absolute_expires_at,
+            })
+            .finalize()
+            .into_bytes()
+        };
         let mut tx = self.pool.begin(&context(current.tenant)?).await?;
         if account::lock(&mut tx, current.tenant, current.user)
             .await?
@@ -500,18 +619,24 @@ impl SessionStore {
                  RETURNING *) \
              INSERT INTO auth.sessions (tenant_id, id, user_id, actor_kind, secret_hash, aal, \
                  created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
-                 user_agent, ip, family_id) \
+                 user_agent, ip, family_id, row_mac) \
              SELECT tenant_id, $3, user_id, actor_kind, $4, $6, created_at, $5, $5, $7, \
-                 absolute_expires_at, user_agent, ip, COALESCE(family_id, id) FROM old",
+                 absolute_expires_at, user_agent, ip, COALESCE(family_id, id), $9 FROM old \
+              WHERE old.actor_kind = $10 AND old.created_at = $11 \
+                AND old.absolute_expires_at = $12",
         )
         .bind(current.tenant.as_uuid())
         .bind(current.id)
         .bind(token.id())
-        .bind(token.secret_hash().as_slice())
+        .bind(secret_hash.as_slice())
         .bind(now)
         .bind(assurance as i16)
         .bind(idle)
         .bind(current.user.as_uuid())
+        .bind(row_mac.as_slice())
+        .bind(kind)
+        .bind(current.created_at)
+        .bind(current.absolute_expires_at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -580,21 +705,49 @@ impl SessionStore {
             .bind(token.id())
             .fetch_optional(self.pool.pool())
             .await?;
-        let Some((user, kind, hash, aal, created, authenticated, seen, idle, absolute, revoked)) =
-            row
+        let Some((
+            user_id,
+            kind,
+            hash,
+            aal,
+            created,
+            authenticated,
+            seen,
+            idle,
+            absolute,
+            revoked,
+            row_mac,
+        )) = row
         else {
             return Ok(None);
         };
         let now = OffsetDateTime::now_utc();
         // Evaluate every condition before deciding, so a wrong secret and a revoked session
-        // take the same path.
+        // take the same path. A row this store did not sign (one the runtime role wrote
+        // itself) is no session.
         let secret_ok = token.matches(&hash);
+        let signed = {
+            use hmac::Mac;
+            let expected = self.row_mac(&RowFacts {
+                tenant: token.tenant(),
+                id: token.id(),
+                user: user_id,
+                kind: &kind,
+                aal,
+                secret_hash: &hash,
+                created_at: created,
+                authenticated_at: authenticated,
+                absolute_expires_at: absolute,
+            });
+            row_mac.is_some_and(|mac| expected.verify_slice(&mac).is_ok())
+        };
+        let user = user_id;
         let live = revoked.is_none() && idle > now && absolute > now;
         let (Some(assurance), Ok(user)) = (Assurance::from_db(aal), ActorId::from_uuid(user))
         else {
             return Ok(None);
         };
-        if !(secret_ok && live) {
+        if !(secret_ok && live && signed) {
             return Ok(None);
         }
         let kind = if kind == "staff" {

@@ -41,7 +41,7 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
     let totp = TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Audit"))
         .unwrap()
         .with_events(hook.clone());
-    let sessions = SessionStore::new(pool, SessionConfig::default())
+    let sessions = SessionStore::new(pool, SessionConfig::default(), Box::new([7; 32]))
         .unwrap()
         .with_events(hook);
     let (t, user) = (TenantId::new_random(), ActorId::new_random());

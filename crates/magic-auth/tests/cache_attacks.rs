@@ -41,7 +41,8 @@ async fn instance(db: &TestDb, max_age: Option<Duration>) -> (TenantPool, Sessio
         .with_session_liveness(session_liveness())
         .await
         .unwrap();
-    let store = SessionStore::new(pool.clone(), SessionConfig::default()).unwrap();
+    let store =
+        SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32])).unwrap();
     let store = match max_age {
         None => store,
         Some(max_age) => {
@@ -645,6 +646,7 @@ async fn a_listener_that_hears_no_notice_never_serves() {
     let b = SessionStore::new(
         TenantPool::new(raw).await.unwrap(),
         SessionConfig::default(),
+        Box::new([7; 32]),
     )
     .unwrap()
     .with_cache(config)
@@ -662,4 +664,82 @@ async fn a_listener_that_hears_no_notice_never_serves() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(bouncer);
+}
+
+/// The runtime role inserts session rows of its own (it may `INSERT` into `auth.sessions`): a
+/// staff `aal2` session for a user of the tenant, with a secret it chose and so a cookie it can
+/// present. Without the store's row key it cannot sign the row, and an unsigned row, one with a
+/// made-up MAC, or one carrying a genuine row's MAC is no session, at the layer's check or in
+/// the cache. Positive control: a session the store made, in the same tenant, is one.
+#[tokio::test]
+async fn the_runtime_role_cannot_insert_a_session_of_its_own() {
+    let db = fresh_database(&template()).await;
+    let (pool, a) = instance(&db, Some(Duration::from_secs(60))).await;
+    let tenant = TenantId::new_random();
+    let victim = ActorId::new_random();
+    let (genuine, genuine_token) = a
+        .create(
+            tenant,
+            &NewSession::new(victim, ActorKind::User, Assurance::Aal2),
+        )
+        .await
+        .unwrap();
+    assert!(
+        valid(&a, &genuine_token).await,
+        "control: a genuine session"
+    );
+    let (genuine_mac,): (Vec<u8>,) =
+        sqlx::query_as("SELECT row_mac FROM auth.sessions WHERE id = $1")
+            .bind(genuine.id)
+            .fetch_one(&db.pool(Role::Admin, 1).await)
+            .await
+            .unwrap();
+
+    let job = TenantContext::for_job(tenant, None, "attack").unwrap();
+    for (label, mac) in [
+        ("no MAC", None),
+        ("a made-up MAC", Some(vec![0x42; 32])),
+        ("a genuine row's MAC", Some(genuine_mac)),
+    ] {
+        // The attacker's own secret, hashed as the library hashes it (the scheme is public).
+        let id = Uuid::new_v4();
+        let secret = [0x5a_u8; 32];
+        let mut hasher = Sha256::new();
+        hasher.update(b"magic-auth/session/v1\n");
+        hasher.update(secret);
+        let hash = hasher.finalize().to_vec();
+        let mut tx = pool.begin(&job).await.unwrap();
+        sqlx::query(
+            "INSERT INTO auth.sessions (tenant_id, id, user_id, actor_kind, secret_hash, aal, \
+             created_at, authenticated_at, last_seen_at, idle_expires_at, absolute_expires_at, \
+             family_id, row_mac) \
+             VALUES ($1, $2, $3, 'staff', $4, 2, now(), now(), now(), now() + interval '1 hour', \
+                     now() + interval '2 hours', $2, $5)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .bind(victim.as_uuid())
+        .bind(&hash)
+        .bind(mac.as_deref())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let cookie = format!(
+            "v1.{}.{}.{}",
+            tenant.as_uuid().simple(),
+            id.simple(),
+            hex::encode(secret)
+        );
+        let forged = SessionToken::parse(&cookie).expect("a well-formed token");
+        assert!(
+            a.validate(forged.to_cookie_value().expose_secret())
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}: the inserted row was taken for a session"
+        );
+        assert!(!valid(&a, &forged).await, "{label}: served from the cache");
+    }
+    assert!(valid(&a, &genuine_token).await, "control: still a session");
 }

@@ -287,7 +287,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
         )
         .unwrap()
         .with_events(recorder.clone()),
-        sessions: SessionStore::new(pool, SessionConfig::default())
+        sessions: SessionStore::new(pool, SessionConfig::default(), Box::new([7; 32]))
             .unwrap()
             .with_events(recorder.clone()),
         totp,
@@ -498,7 +498,7 @@ async fn an_old_sign_in_needs_step_up_for_sensitive_actions() {
     let pool = TenantPool::new(db.pool(Role::Runtime, 2).await)
         .await
         .unwrap();
-    let sessions = SessionStore::new(pool, SessionConfig::default()).unwrap();
+    let sessions = SessionStore::new(pool, SessionConfig::default(), Box::new([7; 32])).unwrap();
     let tenant = TenantId::new_random();
     let (session, token) = sessions
         .create(
@@ -552,7 +552,8 @@ async fn an_unreachable_session_store_refuses_the_request() {
     let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
         .await
         .unwrap();
-    let sessions = SessionStore::new(pool.clone(), SessionConfig::default()).unwrap();
+    let sessions =
+        SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32])).unwrap();
     let (_, token) = sessions
         .create(
             TenantId::new_random(),
@@ -595,7 +596,7 @@ async fn a_foreign_non_utf8_cookie_beside_the_session_does_not_hide_it() {
     let pool = TenantPool::new(db.pool(Role::Runtime, 2).await)
         .await
         .unwrap();
-    let sessions = SessionStore::new(pool, SessionConfig::default()).unwrap();
+    let sessions = SessionStore::new(pool, SessionConfig::default(), Box::new([7; 32])).unwrap();
     let new = NewSession::new(ActorId::new_random(), ActorKind::User, Assurance::Aal1);
     let tenant = TenantId::new_random();
     let (_, token) = sessions.create(tenant, &new).await.unwrap();

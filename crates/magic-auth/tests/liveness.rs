@@ -26,7 +26,8 @@ async fn instance(db: &TestDb) -> (TenantPool, SessionStore) {
         .with_session_liveness(session_liveness())
         .await
         .unwrap();
-    let store = SessionStore::new(pool.clone(), SessionConfig::default()).unwrap();
+    let store =
+        SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32])).unwrap();
     (pool, store)
 }
 

@@ -26,7 +26,7 @@ async fn store(db: &TestDb) -> SessionStore {
     let pool = TenantPool::new(db.pool(Role::Runtime, 2).await)
         .await
         .unwrap();
-    SessionStore::new(pool, SessionConfig::default()).unwrap()
+    SessionStore::new(pool, SessionConfig::default(), Box::new([7; 32])).unwrap()
 }
 
 async fn cached(db: &TestDb, max_age: Duration) -> SessionStore {

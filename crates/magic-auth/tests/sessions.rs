@@ -23,7 +23,7 @@ async fn store(db: &TestDb, config: SessionConfig) -> SessionStore {
     let pool = TenantPool::new(db.pool(Role::Runtime, 4).await)
         .await
         .unwrap();
-    SessionStore::new(pool, config).unwrap()
+    SessionStore::new(pool, config, Box::new([7; 32])).unwrap()
 }
 
 fn user(kind: ActorKind, assurance: Assurance) -> NewSession {
@@ -228,7 +228,7 @@ async fn a_store_that_cannot_be_reached_is_an_error_never_a_session() {
     let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
         .await
         .unwrap();
-    let s = SessionStore::new(pool.clone(), SessionConfig::default()).unwrap();
+    let s = SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32])).unwrap();
     let t = TenantId::new_random();
     let (_, token) = s
         .create(t, &user(ActorKind::User, Assurance::Aal1))
@@ -282,7 +282,7 @@ async fn invalid_lifetimes_are_refused() {
             c
         };
         assert!(matches!(
-            SessionStore::new(pool.clone(), config),
+            SessionStore::new(pool.clone(), config, Box::new([7; 32])),
             Err(magic_auth::AuthError::InvalidConfig(_))
         ));
     }
@@ -320,14 +320,14 @@ async fn invalid_lifetimes_are_refused() {
     ] {
         assert!(
             matches!(
-                SessionStore::new(pool.clone(), config),
+                SessionStore::new(pool.clone(), config, Box::new([7; 32])),
                 Err(magic_auth::AuthError::InvalidConfig(_))
             ),
             "{what} was accepted"
         );
     }
     // The control: the defaults and the longest lifetime allowed build.
-    assert!(SessionStore::new(pool.clone(), SessionConfig::default()).is_ok());
+    assert!(SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32])).is_ok());
     let longest = {
         let mut c = SessionConfig::default();
         c.idle = magic_auth::MAX_SESSION_LIFETIME;
@@ -335,7 +335,7 @@ async fn invalid_lifetimes_are_refused() {
         c.touch_after = Duration::from_secs(60);
         c
     };
-    assert!(SessionStore::new(pool, longest).is_ok());
+    assert!(SessionStore::new(pool, longest, Box::new([7; 32])).is_ok());
 }
 
 #[tokio::test]
@@ -368,6 +368,7 @@ async fn the_lookup_binds_its_tenant_for_its_own_statement_only() {
     let s = SessionStore::new(
         TenantPool::new(raw.clone()).await.unwrap(),
         SessionConfig::default(),
+        Box::new([7; 32]),
     )
     .unwrap();
     let t = TenantId::new_random();

@@ -336,7 +336,12 @@ async fn session_for(
     let pool = TenantPool::new(db.pool(Role::Runtime, 1).await)
         .await
         .unwrap();
-    let store = magic_auth::SessionStore::new(pool, magic_auth::SessionConfig::default()).unwrap();
+    let store = magic_auth::SessionStore::new(
+        pool,
+        magic_auth::SessionConfig::default(),
+        Box::new([7; 32]),
+    )
+    .unwrap();
     store
         .create(
             tenant,

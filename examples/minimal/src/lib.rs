@@ -57,6 +57,8 @@ pub struct Keys {
     pub field: secrecy::SecretBox<[u8; 32]>,
     /// Pseudonymises personal data in audit records.
     pub pseudonym: secrecy::SecretBox<[u8; 32]>,
+    /// Signs session rows (so a row the database role writes itself is no session).
+    pub session: secrecy::SecretBox<[u8; 32]>,
 }
 
 /// What the handlers reach through `FromRef`.
@@ -91,7 +93,11 @@ pub async fn app<M: Mailer>(
         .await?
         .with_session_liveness(magic_auth::session_liveness())
         .await?;
-    let sessions = SessionStore::new(pool.clone(), SessionConfig::default())?;
+    let sessions = SessionStore::new(
+        pool.clone(),
+        SessionConfig::default(),
+        Box::new(*keys.session.expose_secret()),
+    )?;
     let mut keyring = Keyring::new();
     keyring.add_key(
         1,

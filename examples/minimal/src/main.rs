@@ -49,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = minimal::Keys {
         field: random_key()?,
         pseudonym: random_key()?,
+        session: random_key()?,
     };
     let base_url = "http://localhost:3000";
     let workspaces = minimal::Workspaces::new([("acme", acme), ("globex", globex)]);

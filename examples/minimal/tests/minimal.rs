@@ -47,6 +47,7 @@ async fn service() -> Service {
     let keys = minimal::Keys {
         field: SecretBox::new(Box::new([3; 32])),
         pseudonym: SecretBox::new(Box::new([4; 32])),
+        session: SecretBox::new(Box::new([5; 32])),
     };
     let outbox = Arc::new(DevOutbox::new());
     let router = minimal::app(

@@ -40,6 +40,8 @@ pub(crate) struct DevData {
     pub(crate) checkpoint_key: Zeroizing<[u8; 32]>,
     /// The key the assistant's approval gate signs approvals with.
     pub(crate) approval_key: Zeroizing<[u8; 32]>,
+    /// The key magic-auth signs session rows with.
+    pub(crate) session_key: Zeroizing<[u8; 32]>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevDataError + '_ {
@@ -127,6 +129,7 @@ impl DevData {
             pseudonym_key: key_file(dir, "audit-pseudonym.key")?,
             checkpoint_key: key_file(dir, "audit-checkpoint.key")?,
             approval_key: key_file(dir, "tool-approval.key")?,
+            session_key: key_file(dir, "session-row.key")?,
         })
     }
 }

@@ -51,6 +51,7 @@ struct Keys {
     pseudonym: Zeroizing<[u8; 32]>,
     checkpoint: Zeroizing<[u8; 32]>,
     approval: Zeroizing<[u8; 32]>,
+    session: Zeroizing<[u8; 32]>,
 }
 
 impl Keys {
@@ -61,6 +62,7 @@ impl Keys {
             pseudonym: dev.pseudonym_key.clone(),
             checkpoint: dev.checkpoint_key.clone(),
             approval: dev.approval_key.clone(),
+            session: dev.session_key.clone(),
         }
     }
 
@@ -85,6 +87,7 @@ impl Keys {
             pseudonym: expand("audit pseudonym"),
             checkpoint: expand("audit checkpoint"),
             approval: expand("tool approval"),
+            session: expand("session rows"),
         }
     }
 }
@@ -252,6 +255,23 @@ impl App {
         email: &str,
         two_factors: bool,
     ) -> Result<String, BoxError> {
+        self.mint_aged_session(workspace, email, two_factors, std::time::Duration::ZERO)
+            .await
+    }
+
+    /// [`mint_session`](Self::mint_session) for a session made `age` ago: its second factor
+    /// that old (tests of the step-up window).
+    ///
+    /// # Errors
+    /// As `mint_session`.
+    #[doc(hidden)]
+    pub async fn mint_aged_session(
+        &self,
+        workspace: &str,
+        email: &str,
+        two_factors: bool,
+        age: std::time::Duration,
+    ) -> Result<String, BoxError> {
         use magic_auth::AccountDirectory;
         let tenant = self
             .services
@@ -275,7 +295,11 @@ impl App {
                 magic_auth::Assurance::Aal1
             },
         );
-        let (session, token) = self.services.sessions.create(tenant.id, &new).await?;
+        let (session, token) = self
+            .services
+            .sessions
+            .create_aged(tenant.id, &new, age)
+            .await?;
         let cookie = magic_auth::session_cookie(&token, &session);
         Ok(cookie
             .to_str()?
@@ -516,9 +540,13 @@ fn build(
     // clear through LISTEN/NOTIFY (fails closed: nothing is served while the listener is not
     // listening, and no entry is older than five seconds); data statements still ask the
     // database (the pool's session liveness check).
-    let sessions = SessionStore::new(pool.clone(), SessionConfig::default())?
-        .with_events(events.clone())
-        .with_cache(magic_auth::SessionCacheConfig::default())?;
+    let sessions = SessionStore::new(
+        pool.clone(),
+        SessionConfig::default(),
+        Box::new(*keys.session),
+    )?
+    .with_events(events.clone())
+    .with_cache(magic_auth::SessionCacheConfig::default())?;
     let mailer = Arc::new(mailer);
     let links = Arc::new(
         MagicLinks::new(

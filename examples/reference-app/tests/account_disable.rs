@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Browser, audited, backdate_second_factor, notices, start};
+use common::{Browser, audited, notices, start};
 
 #[tokio::test]
 async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_link() {
@@ -35,7 +35,7 @@ async fn disabling_the_account_needs_a_fresh_factor_and_ends_every_session_and_l
 
     // Attacks: a second factor 11 minutes old; no typed confirmation (a forged or stray form).
     let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
-    backdate_second_factor(&admin, "acme", "bob@acme.test").await;
+    stale.stale_second_factor("acme", "bob@acme.test").await;
     let refused = stale
         .post("/settings/disable", &[("confirm", "disable")])
         .await;

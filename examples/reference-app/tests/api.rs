@@ -145,7 +145,7 @@ async fn assistant_and_admin_over_json() {
 
     // The export: a fresh second factor first (step_up_required, nothing exported), then the
     // notes with their audit record.
-    common::backdate_second_factor(&admin, "acme", "alice@acme.test").await;
+    alice.stale_second_factor("acme", "alice@acme.test").await;
     let stale = alice.json("POST", "/api/admin/export", None).await;
     assert_eq!(stale.status, StatusCode::FORBIDDEN);
     assert!(stale.body.contains("step_up_required"), "{}", stale.body);

@@ -7,7 +7,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{Browser, audited, backdate_second_factor, code, notices, start};
+use common::{Browser, audited, code, notices, start};
 use sqlx::PgPool;
 
 /// bob's pending replacement: whether a seed is stored.
@@ -42,7 +42,7 @@ async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_an
     // Attacks: a session whose second factor is 11 minutes old, a session with the link only,
     // a wrong recovery code. None starts a replacement.
     let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
-    backdate_second_factor(&admin, "acme", "bob@acme.test").await;
+    stale.stale_second_factor("acme", "bob@acme.test").await;
     let refused = stale.post("/settings/authenticator", &[]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     let mut link_only = Browser::with_session(&app, "acme", "bob@acme.test", false).await;

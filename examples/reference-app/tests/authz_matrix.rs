@@ -37,7 +37,7 @@ async fn scalar_uuid(admin: &PgPool, sql: &str, bind: &str) -> Uuid {
 }
 
 /// A cookie for `role`, made fresh for each request.
-async fn cookie(app: &App, admin: &PgPool, role: &str) -> Option<String> {
+async fn cookie(app: &App, role: &str) -> Option<String> {
     let (workspace, email) = match role {
         "anonymous" => return None,
         // Agents never hold sessions: the best an agent can present is a forged cookie.
@@ -54,10 +54,16 @@ async fn cookie(app: &App, admin: &PgPool, role: &str) -> Option<String> {
         "staff_no_step_up" | "staff_step_up" => ("ops", "sam@ops.test"),
         other => panic!("unknown role {other}"),
     };
-    let cookie = app.mint_session(workspace, email, true).await.unwrap();
-    if role == "staff_no_step_up" {
-        common::backdate_second_factor(admin, workspace, email).await;
-    }
+    // staff_no_step_up: two factors, the second 11 minutes ago (past the step-up window).
+    let age = if role == "staff_no_step_up" {
+        11 * 60
+    } else {
+        0
+    };
+    let cookie = app
+        .mint_aged_session(workspace, email, true, std::time::Duration::from_secs(age))
+        .await
+        .unwrap();
     Some(cookie)
 }
 
@@ -254,7 +260,7 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
     // cell that differs. Each cell gets a fresh session of its role and fresh objects.
     let passed = matrix
         .check(&served, &ROLES, async |cell| {
-            let cookie = cookie(&app, &admin, &cell.role).await;
+            let cookie = cookie(&app, &cell.role).await;
             let (path, form) = fixture(&app, &admin, bob, &cell).await;
             let (status, body) =
                 send(&app, cell.method.as_str(), &path, cookie.as_deref(), &form).await;

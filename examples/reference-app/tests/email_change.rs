@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
-use common::{Browser, as_admin_in, audited, backdate_second_factor, start};
+use common::{Browser, as_admin_in, audited, start};
 use sqlx::PgPool;
 
 async fn address_of(admin: &PgPool, user: uuid::Uuid) -> String {
@@ -56,7 +56,7 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
 
     // Attack: a second factor 11 minutes old asks for a change. Refused; nothing sent.
     let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
-    backdate_second_factor(&admin, "acme", "bob@acme.test").await;
+    stale.stale_second_factor("acme", "bob@acme.test").await;
     let refused = stale
         .post("/settings/email", &[("email", "bob.new@acme.test")])
         .await;

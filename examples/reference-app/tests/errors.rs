@@ -8,7 +8,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{Browser, as_admin_in, backdate_second_factor, start};
+use common::{Browser, as_admin_in, start};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -145,7 +145,7 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
     // 4. A stale second factor at a sensitive route: 403, and (a form in a browser) the
     //    step-up form in place of the action.
     let mut sam = Browser::signed_in(&app, "ops", "sam@ops.test").await;
-    backdate_second_factor(&admin, "ops", "sam@ops.test").await;
+    sam.stale_second_factor("ops", "sam@ops.test").await;
     let refused = sam
         .post(
             &format!("/staff/approvals/acme/{}/approve", Uuid::new_v4()),

@@ -262,8 +262,18 @@ async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_re
         .await
         .unwrap();
     let pool = rls_guard::TenantPool::new(runtime.clone()).await.unwrap();
+    // Signed with the app's own session row key (its development key file), as the app's store
+    // would sign it.
+    let mut row_key = Box::new([0u8; 32]);
+    hex::decode_to_slice(
+        std::fs::read_to_string(dir.join("session-row.key"))
+            .unwrap()
+            .trim(),
+        &mut row_key[..],
+    )
+    .unwrap();
     let sessions =
-        magic_auth::SessionStore::new(pool, magic_auth::SessionConfig::default()).unwrap();
+        magic_auth::SessionStore::new(pool, magic_auth::SessionConfig::default(), row_key).unwrap();
     let (session, token) = sessions
         .create(
             tenant,

@@ -8,7 +8,7 @@
 mod common;
 
 use axum::http::{StatusCode, header};
-use common::{Browser, audited, backdate_second_factor, notices, start};
+use common::{Browser, audited, notices, start};
 use sqlx::PgPool;
 
 const NOTICE: &str = "New recovery codes were made for your account";
@@ -44,7 +44,7 @@ async fn new_recovery_codes_need_a_fresh_factor_are_shown_once_and_end_the_old_o
     // Attacks: a session whose second factor is 11 minutes old; a session with the link only;
     // a GET (which must change nothing). None makes codes.
     let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
-    backdate_second_factor(&admin, "acme", "bob@acme.test").await;
+    stale.stale_second_factor("acme", "bob@acme.test").await;
     let refused = stale.post("/settings/recovery-codes", &[]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     let mut link_only = Browser::with_session(&app, "acme", "bob@acme.test", false).await;

@@ -9,7 +9,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::{Browser, Page, backdate_second_factor, start};
+use common::{Browser, Page, start};
 use http_body_util::BodyExt;
 use reference_app::App;
 use tower::ServiceExt;
@@ -133,12 +133,11 @@ async fn a_one_factor_session_following_a_link_lands_on_the_code_page(app: &App)
 }
 
 async fn a_stale_factor_gets_the_step_up_form_and_nothing_is_done(app: &App) {
-    let admin = app.database().unwrap().pool(testkit::Role::Admin, 2).await;
     let base = app.config.base_url.clone();
 
     // An admin's export with a second factor 11 minutes old.
-    let alice = Browser::signed_in(app, "acme", "alice@acme.test").await;
-    backdate_second_factor(&admin, "acme", "alice@acme.test").await;
+    let mut alice = Browser::signed_in(app, "acme", "alice@acme.test").await;
+    alice.stale_second_factor("acme", "alice@acme.test").await;
     let export = post_with(
         app,
         &alice,
@@ -176,8 +175,8 @@ async fn a_stale_factor_gets_the_step_up_form_and_nothing_is_done(app: &App) {
     );
 
     // Staff approving with a stale factor: the step-up form, back to the queue afterwards.
-    let sam = Browser::signed_in(app, "ops", "sam@ops.test").await;
-    backdate_second_factor(&admin, "ops", "sam@ops.test").await;
+    let mut sam = Browser::signed_in(app, "ops", "sam@ops.test").await;
+    sam.stale_second_factor("ops", "sam@ops.test").await;
     let queue = format!("{base}/staff/approvals?tenant=acme&reason=Reviewing+the+queue");
     let approve = post_with(
         app,

@@ -169,7 +169,7 @@ pub async fn fixture(connections: u32) -> Fixture {
             .unwrap()
             .with_events(events.clone()),
     );
-    let sessions = SessionStore::new(pool.clone(), SessionConfig::default())
+    let sessions = SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32]))
         .unwrap()
         .with_events(events.clone());
     let mut keyring = Keyring::new();

@@ -121,6 +121,25 @@ impl<'a> Browser<'a> {
         b
     }
 
+    /// Replaces this browser's session by one of `email` in `workspace` whose second factor is
+    /// 11 minutes old (past the 10-minute step-up window): time passing, made directly in the
+    /// session store (a session row's facts are fixed and signed, so none is backdated in
+    /// place).
+    pub async fn stale_second_factor(&mut self, workspace: &str, email: &str) {
+        let cookie = self
+            .app
+            .mint_aged_session(
+                workspace,
+                email,
+                true,
+                std::time::Duration::from_secs(11 * 60),
+            )
+            .await
+            .unwrap();
+        let (name, value) = cookie.split_once('=').unwrap();
+        self.cookies.insert(name.to_owned(), value.to_owned());
+    }
+
     pub async fn get(&mut self, path: &str) -> Page {
         let request = self.request("GET", path).body(Body::empty()).unwrap();
         self.send(request).await
@@ -305,48 +324,6 @@ pub async fn as_admin_in(admin: &sqlx::PgPool, workspace: &str, sql: &str, bind:
         .unwrap();
     tx.commit().await.unwrap();
     n
-}
-
-/// Backdates the newest session of `email` in `workspace` so its second factor is 11 minutes
-/// old (past the 10-minute step-up window). It stands in for eleven minutes passing: a
-/// session's factor time is fixed in the schema for every role (magic-auth's `sessions_fixed`
-/// trigger), so the superuser lifts that trigger inside this one transaction.
-pub async fn backdate_second_factor(admin: &sqlx::PgPool, workspace: &str, email: &str) {
-    let (tenant,): (uuid::Uuid,) =
-        sqlx::query_as("SELECT id FROM workspace.tenants WHERE slug = $1")
-            .bind(workspace)
-            .fetch_one(admin)
-            .await
-            .unwrap();
-    let mut tx = admin.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.commit_binding = '{tenant}:'; \
-         ALTER TABLE auth.sessions DISABLE TRIGGER sessions_fixed"
-    ))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    let n = sqlx::query(
-        "UPDATE auth.sessions SET authenticated_at = now() - interval '11 minutes' \
-         WHERE id = (SELECT s.id FROM auth.sessions s JOIN workspace.members m \
-                     ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
-                     WHERE m.email = $1 ORDER BY s.created_at DESC LIMIT 1)",
-    )
-    .bind(email)
-    .execute(&mut *tx)
-    .await
-    .unwrap()
-    .rows_affected();
-    // The deferred binding check runs now, so the table has no pending trigger events left.
-    sqlx::raw_sql(
-        "SET CONSTRAINTS ALL IMMEDIATE; \
-         ALTER TABLE auth.sessions ENABLE ALWAYS TRIGGER sessions_fixed",
-    )
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(n, 1);
 }
 
 /// A TLS client that trusts only the certificates in `ca_pem` (a test CA, or the app's
