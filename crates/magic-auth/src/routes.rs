@@ -1,7 +1,7 @@
 //! The whole sign-in flow as ready-made routes (feature `axum`): [`SignInRoutes`].
 //!
-//! Nest the router where the links point ([`LinkConfig::landing_path`] is `<prefix>/link`,
-//! [`LinkConfig::email_change_path`] is the application's page that posts to
+//! Nest the router where the links point ([`LinkConfig::landing_path`](crate::LinkConfig::landing_path) is `<prefix>/link`,
+//! [`LinkConfig::email_change_path`](crate::LinkConfig::email_change_path) is the application's page that posts to
 //! `<prefix>/email/confirm`), inside a [`SessionManagerLayer`](crate::SessionManagerLayer):
 //!
 //! | route | who | what |
