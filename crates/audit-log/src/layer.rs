@@ -1,6 +1,5 @@
 //! [`AuditLayer`] and [`Audit`]: a tower middleware that audits privileged routes.
 
-use crate::canonical::ChainHash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +12,7 @@ use tower_service::Service;
 
 use crate::event::{AuditActor, AuditEvent, Outcome, Target};
 use crate::future::ResponseFuture;
-use crate::sink::Appended;
+use crate::sink::Queued;
 use crate::{Action, AuditError, AuditLog};
 
 type TargetFn = dyn Fn(&Parts) -> Option<Target> + Send + Sync;
@@ -200,7 +199,7 @@ struct HandleInner {
     template: AuditEvent,
     /// What the handler appended in its own transaction (the latest, when several): it counts
     /// as recorded only once that transaction has committed.
-    appended: std::sync::Mutex<Option<(u64, ChainHash)>>,
+    appended: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -232,23 +231,24 @@ impl AuditHandle {
         &self,
         conn: &mut PgConnection,
         event: AuditEvent,
-    ) -> Result<Appended, AuditError> {
+    ) -> Result<Queued, AuditError> {
         let appended = self.inner.log.append(conn, event).await?;
         if let Ok(mut slot) = self.inner.appended.lock() {
-            *slot = Some((appended.seq, appended.hash));
+            *slot = Some(appended.id);
         }
         Ok(appended)
     }
 
-    /// Whether what the handler appended is committed: read back by sequence number and hash
-    /// (a rolled-back append's number may since belong to another event). Any error counts as
-    /// not committed, so the layer records the request itself rather than lose it.
+    /// Whether what the handler appended is committed: read back by its queue id, still queued
+    /// or already chained (one statement, one snapshot; a rolled-back append's id is never
+    /// reused). Any error counts as not committed, so the layer records the request itself
+    /// rather than lose it.
     async fn committed(&self, context: &TenantContext) -> bool {
         let appended = self.inner.appended.lock().ok().and_then(|slot| *slot);
-        let Some((seq, hash)) = appended else {
+        let Some(id) = appended else {
             return false;
         };
-        let Ok(seq) = i64::try_from(seq) else {
+        let Ok(id) = i64::try_from(id) else {
             return false;
         };
         let found: Result<Option<(i64,)>, _> = self
@@ -257,11 +257,12 @@ impl AuditHandle {
             .pool()
             .read(
                 context,
-                "SELECT seq FROM audit.events WHERE tenant_id = $1 AND seq = $2 AND hash = $3",
+                "SELECT p.id FROM audit.pending p WHERE p.tenant_id = $1 AND p.id = $2 \
+                 UNION ALL \
+                 SELECT e.queue_id FROM audit.events e WHERE e.tenant_id = $1 AND e.queue_id = $2",
             )
             .bind(context.tenant().as_uuid())
-            .bind(seq)
-            .bind(hash.as_slice())
+            .bind(id)
             .fetch_optional()
             .await;
         matches!(found, Ok(Some(_)))
@@ -353,7 +354,7 @@ where
 
 /// Records `event` in a task of its own: if the response future is dropped (the client went
 /// away, an outer timeout fired) after the action ran, the record is still written.
-async fn record_detached(log: &AuditLog, event: AuditEvent) -> Result<Appended, AuditError> {
+async fn record_detached(log: &AuditLog, event: AuditEvent) -> Result<Queued, AuditError> {
     let log = log.clone();
     tokio::spawn(async move { log.record(event).await })
         .await

@@ -60,6 +60,7 @@ mod query;
 mod retention;
 pub mod schema;
 pub mod scrub;
+pub mod sequencer;
 mod sink;
 mod verify;
 
@@ -79,5 +80,6 @@ pub use retention::PruneReport;
 /// The [`secrecy`] crate, re-exported: keys are passed in and handed out as
 /// [`SecretBox`](secrecy::SecretBox).
 pub use secrecy;
-pub use sink::{Appended, AuditLog};
+pub use sequencer::{Sequencer, SequencerHandle};
+pub use sink::{AuditLog, Queued};
 pub use verify::{BreakKind, ChainBreak, VerifyReport, verify};

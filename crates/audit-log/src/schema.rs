@@ -52,8 +52,9 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let rls = |table: &str| {
         rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidConfig("table"))
     };
-    let (events_rls, anchors_rls, checkpoints_rls, acknowledgements_rls) = (
+    let (events_rls, pending_rls, anchors_rls, checkpoints_rls, acknowledgements_rls) = (
         rls("audit.events")?,
+        rls("audit.pending")?,
         rls("audit.anchors")?,
         rls("audit.checkpoints")?,
         rls("audit.acknowledgements")?,
@@ -131,17 +132,50 @@ CREATE TABLE IF NOT EXISTS audit.acknowledgements (
     PRIMARY KEY (tenant_id, break_seq, signature)
 );
 
+-- The queue of events not yet in their chain. The request path inserts here, atomic with its
+-- action and without any lock beyond its own row; the sequencer (audit.sequence) moves rows into
+-- audit.events in batches. Row-level security is enabled (the runtime role inserts and reads
+-- under its tenant binding) but not forced: the owner, and so audit.sequence, which runs as the
+-- owner, reads every tenant's queue to find the work.
+CREATE TABLE IF NOT EXISTS audit.pending (
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
+    tenant_id   uuid        NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    actor_kind  text        NOT NULL,
+    actor_id    uuid,
+    action      text        NOT NULL,
+    outcome     text        NOT NULL CHECK (outcome IN ('allowed', 'denied', 'failed')),
+    request_id  text,
+    event       bytea       NOT NULL,
+    inserted_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    -- Set by the sequencer when a batch of this tenant failed: retried after a pause, never
+    -- ahead of the rest of the queue (so no row can wedge the sequencer).
+    failed_at   timestamptz,
+    PRIMARY KEY (tenant_id, id)
+);
+-- The sequencer takes the queue in order (not unique: a key not led by the tenant would be an
+-- existence oracle across tenants).
+CREATE INDEX IF NOT EXISTS pending_order_idx ON audit.pending (id);
+-- Which queued event a chained one came from: the layer's commit check, and a backstop against
+-- sequencing one event twice.
+ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS queue_id bigint;
+-- When the event was queued and when it was chained: the sequencing lag, for monitoring.
+ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS queued_at timestamptz;
+ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS sequenced_at timestamptz;
+CREATE UNIQUE INDEX IF NOT EXISTS events_queue_id_idx ON audit.events (tenant_id, queue_id);
+
+-- Earlier versions chained in an insert trigger under a per-tenant lock.
+DROP TRIGGER IF EXISTS chain_append ON audit.events;
+DROP FUNCTION IF EXISTS audit.chain_append();
+
+-- The request path's checks, on every queued event (SECURITY INVOKER: it reads no table).
 -- PL/pgSQL compiles a function once per connection, under that session's settings: the
--- domain separators are hex text decoded by a function (no backslash literal, which
--- `standard_conforming_strings = off` at the first insert would read as an escape string and
--- so change every hash this connection computes), and the setting is pinned besides.
-CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
+-- setting is pinned, so a `standard_conforming_strings = off` session cannot change a check.
+CREATE OR REPLACE FUNCTION audit.check_event() RETURNS trigger
+    LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
     AS $$
 DECLARE
-    last_seq  bigint;
-    last_hash bytea;
     written   text;
     record    json;
     parsed    jsonb;
@@ -238,24 +272,142 @@ BEGIN
                 MESSAGE = 'audit record is nested too deeply or repeats a key';
         END IF;
     END IF;
-    -- Held until commit: the next writer of this tenant waits, then (READ COMMITTED: a new
-    -- snapshot per statement) reads the event this one committed.
-    PERFORM pg_catalog.pg_advisory_xact_lock(1096107092, pg_catalog.hashtext(NEW.tenant_id::text));
-    SELECT e.seq, e.hash INTO last_seq, last_hash
-      FROM audit.events e WHERE e.tenant_id = NEW.tenant_id ORDER BY e.seq DESC LIMIT 1;
-    IF NOT FOUND THEN
-        SELECT a.base_seq, a.base_hash INTO last_seq, last_hash
-          FROM audit.anchors a WHERE a.tenant_id = NEW.tenant_id;
-        IF NOT FOUND THEN
-            last_seq := 0;
-            last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(NEW.tenant_id));
-        END IF;
-    END IF;
-    NEW.seq := last_seq + 1;
-    NEW.prev_hash := last_hash;
-    NEW.hash := sha256(pg_catalog.decode('{chain}', 'hex') || uuid_send(NEW.tenant_id)
-                       || int8send(NEW.seq) || last_hash || NEW.event);
     RETURN NEW;
+END
+$$;
+
+-- Wakes a listening sequencer when the inserting transaction commits (PostgreSQL delivers a
+-- notification at commit, folds repeats within a transaction, and drops it on rollback).
+CREATE OR REPLACE FUNCTION audit.notify_pending() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('audit_pending', '');
+    RETURN NULL;
+END
+$$;
+
+-- Moves up to `max_rows` queued events (oldest first) into their tenants' chains, in one
+-- transaction: assigns each its tenant's next sequence number, links the previous hash and
+-- computes the chain hash in the format of `audit_log::chain_hash`, inserts the chained rows and
+-- deletes the queued ones. One sequencer at a time (a database-wide transaction-level advisory
+-- lock, class 0x41555351 "AUSQ", which retention's prune takes too): a concurrent call waits. Returns how many events
+-- were chained. A tenant whose batch fails (a row the checks should have refused, a tampered
+-- head) is rolled back alone, marked, and retried after a pause; the others proceed.
+CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
+    AS $$
+DECLARE
+    signed    boolean;
+    batch     bigint[];
+    tenants   uuid[];
+    t         uuid;
+    ids       bigint[];
+    seqs      bigint[];
+    prevs     bytea[];
+    hashes    bytea[];
+    last_seq  bigint;
+    last_hash bytea;
+    prefix    bytea;
+    r         record;
+    moved     integer;
+    total     integer := 0;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL005',
+            MESSAGE = 'audit.sequence: max_rows must be between 1 and 100000';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(1096110929, 0);
+    PERFORM pg_catalog.set_config('audit.sequencing', 'on', true);
+    -- Each tenant's rows are written under that tenant's binding: the binding checks run at the
+    -- end of each statement, while it holds, rather than at commit.
+    SET CONSTRAINTS audit.tenant_binding_check IMMEDIATE;
+    signed := EXISTS (SELECT 1 FROM app.binding_keys k WHERE k.retired_at IS NULL);
+    SELECT pg_catalog.array_agg(q.id ORDER BY q.id), pg_catalog.array_agg(DISTINCT q.tenant_id)
+      INTO batch, tenants
+      FROM (SELECT p.id, p.tenant_id FROM audit.pending p
+             WHERE p.failed_at IS NULL
+                OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds'
+             ORDER BY p.id LIMIT max_rows) q;
+    IF batch IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOREACH t IN ARRAY tenants LOOP
+        BEGIN
+            IF signed THEN
+                PERFORM app.bind_trusted(t::text, '');
+            ELSE
+                PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
+                PERFORM pg_catalog.set_config('app.actor_id', '', true);
+            END IF;
+            PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
+            SELECT e.seq, e.hash INTO last_seq, last_hash
+              FROM audit.events e WHERE e.tenant_id = t ORDER BY e.seq DESC LIMIT 1;
+            IF NOT FOUND THEN
+                SELECT a.base_seq, a.base_hash INTO last_seq, last_hash
+                  FROM audit.anchors a WHERE a.tenant_id = t;
+                IF NOT FOUND THEN
+                    last_seq := 0;
+                    last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(t));
+                END IF;
+            END IF;
+            prefix := pg_catalog.decode('{chain}', 'hex') || uuid_send(t);
+            ids := '{{}}'; seqs := '{{}}'; prevs := '{{}}'; hashes := '{{}}';
+            FOR r IN SELECT p.id, p.event FROM audit.pending p
+                      WHERE p.tenant_id = t AND p.id = ANY (batch) ORDER BY p.id LOOP
+                ids := ids || r.id;
+                seqs := seqs || (last_seq + 1);
+                prevs := prevs || last_hash;
+                last_seq := last_seq + 1;
+                last_hash := sha256(prefix || int8send(last_seq) || last_hash || r.event);
+                hashes := hashes || last_hash;
+            END LOOP;
+            INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action,
+                                      outcome, request_id, event, prev_hash, hash, queue_id,
+                                      queued_at, sequenced_at)
+            SELECT p.tenant_id, c.seq, p.occurred_at, p.actor_kind, p.actor_id, p.action,
+                   p.outcome, p.request_id, p.event, c.prev, c.hash, p.id,
+                   p.inserted_at, pg_catalog.clock_timestamp()
+              FROM unnest(ids, seqs, prevs, hashes) AS c(id, seq, prev, hash)
+              JOIN audit.pending p ON p.tenant_id = t AND p.id = c.id
+             ORDER BY c.seq;
+            DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids);
+            GET DIAGNOSTICS moved = ROW_COUNT;
+            total := total + moved;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING USING MESSAGE = pg_catalog.format(
+                'audit.sequence: the batch of tenant %s failed (%s); retried later', t, SQLSTATE);
+            PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
+            PERFORM pg_catalog.set_config('app.actor_id', '', true);
+            PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
+            UPDATE audit.pending p SET failed_at = pg_catalog.clock_timestamp()
+             WHERE p.tenant_id = t AND p.id = ANY (batch);
+        END;
+    END LOOP;
+    RETURN total;
+END
+$$;
+REVOKE ALL ON FUNCTION audit.sequence(integer) FROM PUBLIC;
+
+-- Events enter their chain only through audit.sequence; pending rows leave the queue only
+-- through it. (The privileges are the control — the runtime role has neither INSERT on
+-- events nor UPDATE or DELETE on the queue; these guards refuse every other path, the
+-- owner's included, unless a transaction says it is sequencing, which only the owner's
+-- privileges can then act on.)
+CREATE OR REPLACE FUNCTION audit.sequenced_only() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE', 'DELETE')
+       AND pg_catalog.current_setting('audit.sequencing', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = 'AL001',
+        MESSAGE = pg_catalog.format('audit.%s: %s refused outside the sequencer',
+                                    TG_TABLE_NAME, TG_OP);
 END
 $$;
 
@@ -274,12 +426,25 @@ BEGIN
         MESSAGE = format('audit.%s is append-only: %s refused', TG_TABLE_NAME, TG_OP);
 END
 $$;
-REVOKE ALL ON FUNCTION audit.chain_append(), audit.refuse_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.check_event(), audit.notify_pending(), audit.refuse_change(),
+    audit.sequenced_only() FROM PUBLIC;
 
-DROP TRIGGER IF EXISTS chain_append ON audit.events;
-CREATE TRIGGER chain_append BEFORE INSERT ON audit.events
-    FOR EACH ROW EXECUTE FUNCTION audit.chain_append();
-ALTER TABLE audit.events ENABLE ALWAYS TRIGGER chain_append;
+DROP TRIGGER IF EXISTS check_event ON audit.pending;
+CREATE TRIGGER check_event BEFORE INSERT ON audit.pending
+    FOR EACH ROW EXECUTE FUNCTION audit.check_event();
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER check_event;
+DROP TRIGGER IF EXISTS notify_pending ON audit.pending;
+CREATE TRIGGER notify_pending AFTER INSERT ON audit.pending
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.notify_pending();
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER notify_pending;
+DROP TRIGGER IF EXISTS sequenced_only ON audit.pending;
+CREATE TRIGGER sequenced_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit.pending
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.sequenced_only();
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER sequenced_only;
+DROP TRIGGER IF EXISTS sequenced_only ON audit.events;
+CREATE TRIGGER sequenced_only BEFORE INSERT ON audit.events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.sequenced_only();
+ALTER TABLE audit.events ENABLE ALWAYS TRIGGER sequenced_only;
 
 DROP TRIGGER IF EXISTS append_only ON audit.events;
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.events
@@ -314,19 +479,26 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.anchors
 ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER append_only_truncate;
 
 {events_rls}
+{pending_rls}
+ALTER TABLE audit.pending NO FORCE ROW LEVEL SECURITY;
 {anchors_rls}
 {checkpoints_rls}
 {acknowledgements_rls}
 ALTER TABLE audit.events ENABLE ALWAYS TRIGGER tenant_binding_check;
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.acknowledgements ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER tenant_binding_check;
 
-REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements FROM PUBLIC;
-REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements FROM {r};
-GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements TO {r};
+REVOKE ALL ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+    audit.acknowledgements FROM PUBLIC;
+REVOKE ALL ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+    audit.acknowledgements FROM {r};
+GRANT SELECT ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+    audit.acknowledgements TO {r};
+-- The request path queues events; only audit.sequence chains them.
 GRANT INSERT (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
-    ON audit.events TO {r};
+    ON audit.pending TO {r};
 -- Checkpoints and anchors are written by the checkpointer (see checkpointer_sql) and the owner
 -- (retention), never by the runtime role.
 "#
@@ -359,11 +531,38 @@ pub fn checkpointer_sql(role: &str) -> Result<String, AuditError> {
     checked_role(role)?;
     Ok(format!(
         "GRANT USAGE ON SCHEMA audit TO {role};
-         REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements
+         REVOKE ALL ON audit.events, audit.pending, audit.anchors, audit.checkpoints, audit.acknowledgements
              FROM {role};
-         GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements
-             TO {role};
+         GRANT SELECT ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+             audit.acknowledgements TO {role};
          GRANT INSERT ON audit.checkpoints, audit.acknowledgements TO {role};"
+    ))
+}
+
+/// A role of its own for the sequencer: created with `LOGIN` and no privileged attribute (run
+/// as a role with `CREATEROLE`, or a superuser; idempotent). Give it a password or certificate
+/// as your deployment does, then run [`sequencer_sql`] as the owner.
+///
+/// # Errors
+/// [`AuditError::InvalidConfig`] unless `role` is a plain lowercase identifier.
+pub fn create_sequencer_role_sql(role: &str) -> Result<String, AuditError> {
+    create_checkpointer_role_sql(role)
+}
+
+/// The grants of the sequencer role (run as the owner, after [`schema_sql`]; idempotent): it
+/// may call `audit.sequence(max_rows)` and nothing else — no table of any kind. The function
+/// runs as the owner and only moves queued events into their chains, computing every sequence
+/// number and hash itself, so the role can advance the chains but neither forge, alter, drop
+/// nor reorder an event. A deployment may give these grants to the checkpointer role instead
+/// of a role of its own (Trillian's sequencer also signs).
+///
+/// # Errors
+/// [`AuditError::InvalidConfig`] unless `role` is a plain lowercase identifier.
+pub fn sequencer_sql(role: &str) -> Result<String, AuditError> {
+    checked_role(role)?;
+    Ok(format!(
+        "GRANT USAGE ON SCHEMA audit TO {role};
+         GRANT EXECUTE ON FUNCTION audit.sequence(integer) TO {role};"
     ))
 }
 
@@ -384,7 +583,11 @@ fn checked_role(role: &str) -> Result<(), AuditError> {
 #[must_use]
 pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
     check
-        .trust_trigger("audit.events", "chain_append")
+        .trust_unforced_table("audit.pending")
+        .trust_trigger("audit.events", "sequenced_only")
+        .trust_trigger("audit.pending", "check_event")
+        .trust_trigger("audit.pending", "notify_pending")
+        .trust_trigger("audit.pending", "sequenced_only")
         .trust_trigger("audit.events", "append_only")
         .trust_trigger("audit.events", "append_only_truncate")
         .trust_trigger("audit.checkpoints", "append_only")

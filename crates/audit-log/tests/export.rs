@@ -29,6 +29,7 @@ async fn queries_filter_by_actor_action_and_time() {
         ))
         .await
         .unwrap();
+    sequence_all(&f).await;
     let by_actor = AuditQuery::new(t)
         .with_actor(*who.id().as_uuid())
         .fetch(&f.raw)
@@ -122,6 +123,7 @@ async fn csv_export_defuses_spreadsheet_formulas() {
     )
     .with_request_id("=HYPERLINK(\"https://evil.example\",\"click\")");
     f.log.record(e).await.unwrap();
+    sequence_all(&f).await;
     let mut out = Vec::new();
     export_csv(&f.raw, &AuditQuery::new(t), &mut out)
         .await
