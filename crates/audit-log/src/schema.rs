@@ -291,9 +291,11 @@ $$;
 -- transaction: assigns each its tenant's next sequence number, links the previous hash and
 -- computes the chain hash in the format of `audit_log::chain_hash`, inserts the chained rows and
 -- deletes the queued ones. One sequencer at a time (a database-wide transaction-level advisory
--- lock, class 0x41555351 "AUSQ", which retention's prune takes too): a concurrent call waits. Returns how many events
--- were chained. A tenant whose batch fails (a row the checks should have refused, a tampered
--- head) is rolled back alone, marked, and retried after a pause; the others proceed.
+-- lock, class 0x41555351 "AUSQ", which retention's prune takes too): a concurrent call waits.
+-- Returns how many events it took off the queue (chained, or set aside as below): fewer than
+-- `max_rows` means the queue is drained. A tenant whose batch fails (a row the checks should
+-- have refused, a head tampered with by the owner) is rolled back alone, its rows marked and
+-- retried after a minute; the other tenants proceed, so no row can wedge the sequencer.
 CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
@@ -311,8 +313,7 @@ DECLARE
     last_hash bytea;
     prefix    bytea;
     r         record;
-    moved     integer;
-    total     integer := 0;
+    taken     integer;
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
         RAISE EXCEPTION USING
@@ -334,6 +335,7 @@ BEGIN
     IF batch IS NULL THEN
         RETURN 0;
     END IF;
+    taken := pg_catalog.cardinality(batch);
     FOREACH t IN ARRAY tenants LOOP
         BEGIN
             IF signed THEN
@@ -374,8 +376,6 @@ BEGIN
               JOIN audit.pending p ON p.tenant_id = t AND p.id = c.id
              ORDER BY c.seq;
             DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids);
-            GET DIAGNOSTICS moved = ROW_COUNT;
-            total := total + moved;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING USING MESSAGE = pg_catalog.format(
                 'audit.sequence: the batch of tenant %s failed (%s); retried later', t, SQLSTATE);
@@ -386,7 +386,7 @@ BEGIN
              WHERE p.tenant_id = t AND p.id = ANY (batch);
         END;
     END LOOP;
-    RETURN total;
+    RETURN taken;
 END
 $$;
 REVOKE ALL ON FUNCTION audit.sequence(integer) FROM PUBLIC;

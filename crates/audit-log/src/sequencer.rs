@@ -73,7 +73,9 @@ impl Sequencer {
     }
 
     /// One batch: chains up to the batch size of queued events, oldest first, and returns how
-    /// many. Waits while another sequencer holds the lock.
+    /// many it took off the queue (a tenant whose batch failed has its events set aside and
+    /// retried after a minute; see [`schema`](crate::schema)). Waits while another sequencer
+    /// holds the lock.
     ///
     /// # Errors
     /// [`AuditError::Database`] when the call fails (nothing was chained then).
@@ -87,7 +89,7 @@ impl Sequencer {
     }
 
     /// Chains batches until the queue is empty (of events committed before the last batch
-    /// started) and returns how many were chained.
+    /// started) and returns how many events were taken off it.
     ///
     /// # Errors
     /// As [`Sequencer::sequence_batch`]; the batches before the failure stay chained.
@@ -119,7 +121,10 @@ impl Sequencer {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         while !*stopped.borrow() {
             match self.session(&mut stopped).await {
-                Ok(()) => return,
+                Ok(Session::Stopped) => return,
+                Ok(Session::Lost) => {
+                    tracing::warn!("audit sequencer lost its listening connection; reconnecting");
+                }
                 // Errors are sqlx's (no event contents, no credentials).
                 Err(error) => tracing::warn!(%error, "audit sequencer failed; reconnecting"),
             }
@@ -134,8 +139,10 @@ impl Sequencer {
         }
     }
 
-    /// One connected session: listens, then drains on every wake-up. `Ok` once stopped.
-    async fn session(&self, stopped: &mut watch::Receiver<bool>) -> Result<(), AuditError> {
+    /// One connected session: listens, then drains on every wake-up. A lost listening
+    /// connection ends the session, so the next one listens again *before* it drains and no
+    /// commit falls between the two.
+    async fn session(&self, stopped: &mut watch::Receiver<bool>) -> Result<Session, AuditError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         loop {
@@ -145,18 +152,26 @@ impl Sequencer {
                 biased;
                 changed = stopped.changed() => {
                     if changed.is_err() || *stopped.borrow() {
-                        return Ok(());
+                        return Ok(Session::Stopped);
                     }
                 }
-                // `None`: the connection was lost and reconnects on the next call; drain, as
-                // notifications may have been missed meanwhile.
-                notice = listener.try_recv() => { notice?; }
+                notice = listener.try_recv() => {
+                    if notice?.is_none() {
+                        return Ok(Session::Lost);
+                    }
+                }
                 () = tokio::time::sleep(self.poll) => {}
             }
             // Notifications already delivered are all answered by the next drain.
             while listener.next_buffered().is_some() {}
         }
     }
+}
+
+/// How a session ended.
+enum Session {
+    Stopped,
+    Lost,
 }
 
 /// A running [`Sequencer`]. Dropping it stops the sequencer too (without waiting).
