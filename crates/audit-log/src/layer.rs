@@ -199,7 +199,7 @@ struct HandleInner {
     template: AuditEvent,
     /// What the handler appended in its own transaction (the latest, when several): it counts
     /// as recorded only once that transaction has committed.
-    appended: std::sync::Mutex<Option<u64>>,
+    appended: std::sync::Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -234,38 +234,26 @@ impl AuditHandle {
     ) -> Result<Queued, AuditError> {
         let appended = self.inner.log.append(conn, event).await?;
         if let Ok(mut slot) = self.inner.appended.lock() {
-            *slot = Some(appended.id);
+            *slot = appended.transaction;
         }
         Ok(appended)
     }
 
-    /// Whether what the handler appended is committed: read back by its queue id, still queued
-    /// or already chained (one statement, one snapshot; a rolled-back append's id is never
-    /// reused). Any error counts as not committed, so the layer records the request itself
+    /// Whether what the handler appended is committed: the database's answer for the
+    /// transaction that inserted it (`pg_xact_status`; the event is then queued or already
+    /// chained). Any error counts as not committed, so the layer records the request itself
     /// rather than lose it.
-    async fn committed(&self, context: &TenantContext) -> bool {
+    async fn committed(&self) -> bool {
         let appended = self.inner.appended.lock().ok().and_then(|slot| *slot);
-        let Some(id) = appended else {
+        let Some(transaction) = appended else {
             return false;
         };
-        let Ok(id) = i64::try_from(id) else {
-            return false;
-        };
-        let found: Result<Option<(i64,)>, _> = self
-            .inner
-            .log
-            .pool()
-            .read(
-                context,
-                "SELECT p.id FROM audit.pending p WHERE p.tenant_id = $1 AND p.id = $2 \
-                 UNION ALL \
-                 SELECT e.queue_id FROM audit.events e WHERE e.tenant_id = $1 AND e.queue_id = $2",
-            )
-            .bind(context.tenant().as_uuid())
-            .bind(id)
-            .fetch_optional()
-            .await;
-        matches!(found, Ok(Some(_)))
+        let status: Result<Option<String>, _> =
+            sqlx::query_scalar("SELECT pg_catalog.pg_xact_status($1::text::pg_catalog.xid8)")
+                .bind(transaction.to_string())
+                .fetch_one(self.inner.log.pool().pool())
+                .await;
+        matches!(status.as_ref().map(Option::as_deref), Ok(Some("committed")))
     }
 }
 
@@ -318,7 +306,7 @@ where
                 }
             };
             let status = response.status();
-            if status.as_u16() < 400 && handle.committed(&context).await {
+            if status.as_u16() < 400 && handle.committed().await {
                 return Ok(response);
             }
             let reason = response

@@ -156,13 +156,11 @@ CREATE TABLE IF NOT EXISTS audit.pending (
 -- The sequencer takes the queue in order (not unique: a key not led by the tenant would be an
 -- existence oracle across tenants).
 CREATE INDEX IF NOT EXISTS pending_order_idx ON audit.pending (id);
--- Which queued event a chained one came from: the layer's commit check, and a backstop against
--- sequencing one event twice.
+-- Which queued event a chained one came from (unindexed: nothing looks an event up by it).
 ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS queue_id bigint;
 -- When the event was queued and when it was chained: the sequencing lag, for monitoring.
 ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS queued_at timestamptz;
 ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS sequenced_at timestamptz;
-CREATE UNIQUE INDEX IF NOT EXISTS events_queue_id_idx ON audit.events (tenant_id, queue_id);
 
 -- Earlier versions chained in an insert trigger under a per-tenant lock.
 DROP TRIGGER IF EXISTS chain_append ON audit.events;
@@ -303,7 +301,7 @@ CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
 DECLARE
     signed    boolean;
     batch     bigint[];
-    tenants   uuid[];
+    grp       record;
     t         uuid;
     ids       bigint[];
     seqs      bigint[];
@@ -326,17 +324,18 @@ BEGIN
     -- end of each statement, while it holds, rather than at commit.
     SET CONSTRAINTS audit.tenant_binding_check IMMEDIATE;
     signed := EXISTS (SELECT 1 FROM app.binding_keys k WHERE k.retired_at IS NULL);
-    SELECT pg_catalog.array_agg(q.id ORDER BY q.id), pg_catalog.array_agg(DISTINCT q.tenant_id)
-      INTO batch, tenants
-      FROM (SELECT p.id, p.tenant_id FROM audit.pending p
-             WHERE p.failed_at IS NULL
-                OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds'
-             ORDER BY p.id LIMIT max_rows) q;
-    IF batch IS NULL THEN
-        RETURN 0;
-    END IF;
-    taken := pg_catalog.cardinality(batch);
-    FOREACH t IN ARRAY tenants LOOP
+    taken := 0;
+    -- The batch, one row per tenant with its queued ids in order.
+    FOR grp IN SELECT q.tenant_id, pg_catalog.array_agg(q.id ORDER BY q.id) AS ids
+                 FROM (SELECT p.id, p.tenant_id FROM audit.pending p
+                        WHERE p.failed_at IS NULL
+                           OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds'
+                        ORDER BY p.id LIMIT max_rows) q
+                GROUP BY q.tenant_id
+                ORDER BY pg_catalog.min(q.id) LOOP
+        t := grp.tenant_id;
+        batch := grp.ids;
+        taken := taken + pg_catalog.cardinality(batch);
         BEGIN
             IF signed THEN
                 PERFORM app.bind_trusted(t::text, '');
