@@ -1,34 +1,50 @@
-//! The audit schema: an append-only, hash-chained event table, retention anchors and signed
-//! checkpoints.
+//! The audit schema: a queue of recorded events, an append-only hash-chained event table, the
+//! sequencer that moves one into the other, retention anchors and signed checkpoints.
 //!
 //! Run [`schema_sql`] as the owner (migrator) role, after `rls_guard::schema::SUPPORT_SQL`:
 //!
-//! - `audit.events`: one row per event. The runtime role may `INSERT` only the event's own
-//!   columns (`tenant_id`, `occurred_at`, `actor_kind`, `actor_id`, `action`, `outcome`,
-//!   `request_id`, `event`) and `SELECT`; it has no `UPDATE`, `DELETE` or `TRUNCATE`, and
-//!   cannot write `seq`, `prev_hash` or `hash` at all.
-//! - A `BEFORE INSERT` trigger (`SECURITY DEFINER`, owned by the owner) takes the tenant's
-//!   transaction-level advisory lock (class `0x41554454`, "AUDT", object `hashtext(tenant)`) —
-//!   so appends in one tenant are serialised until commit and concurrent writers never fork the
-//!   chain, while other tenants proceed in parallel — reads the tenant's last event through the
-//!   primary key, and assigns the next sequence number, links the previous hash and computes
-//!   the chain hash in the same format as
-//!   [`chain_hash`](crate::chain_hash). The primary key `(tenant_id, seq)` and the unique
-//!   `(tenant_id, prev_hash)` are the backstop against a fork.
+//! - `audit.pending`: the queue. The request path inserts here ([`AuditLog::append`] inside the
+//!   caller's transaction, [`AuditLog::record`] in its own), without any lock beyond its row.
+//!   The runtime role may `INSERT` only the event's own columns (`tenant_id`, `occurred_at`,
+//!   `actor_kind`, `actor_id`, `action`, `outcome`, `request_id`, `event`) and `SELECT`; no
+//!   `UPDATE`, `DELETE` or `TRUNCATE`. A `BEFORE INSERT` trigger (`check_event`) refuses a time
+//!   more than [`MAX_CLOCK_SKEW_SECS`] from the database's clock (SQLSTATE `AL002`) and a record
+//!   whose tenant, time, actor, action, outcome or request id differ from the row's columns, or
+//!   that the verifier's strict parse would reject (`AL003`). A statement trigger notifies
+//!   channel `audit_pending` (delivered at commit). Row-level security is enabled but not forced,
+//!   so the owner's `audit.sequence` can read every tenant's queue.
+//! - `audit.sequence(max_rows)`: `SECURITY DEFINER`, owned by the owner, executable only by the
+//!   sequencer role ([`sequencer_sql`]). In one transaction it takes one database-wide
+//!   transaction-level advisory lock (class `0x41555351`, "AUSQ", object 0; retention takes it
+//!   too), takes up to `max_rows` queued events in queue order, and for each tenant among them,
+//!   bound as that tenant, reads the last event through the primary key (or the anchor, or the
+//!   genesis), assigns the next sequence numbers, links the previous hashes and computes the
+//!   chain hashes in the format of [`chain_hash`](crate::chain_hash), inserts them into
+//!   `audit.events` and deletes them from the queue. A tenant whose batch fails is rolled back
+//!   alone, marked and retried after a minute. See [`Sequencer`](crate::Sequencer).
+//! - `audit.events`: one row per chained event. Nobody inserts but `audit.sequence` (the runtime
+//!   role has `SELECT` only; a statement trigger refuses every other insert, the owner's
+//!   included). The primary key `(tenant_id, seq)` and the unique `(tenant_id, prev_hash)` are
+//!   the backstop against a fork. `queue_id`, `queued_at` and `sequenced_at` say where and when
+//!   it came from the queue (the sequencing lag).
 //! - Triggers refuse `UPDATE`, `DELETE` and `TRUNCATE` on events and checkpoints for every role,
 //!   the owner included (a `DELETE` is allowed only for rows behind the tenant's signed
-//!   retention anchor, see [`AuditLog::prune`](crate::AuditLog::prune)). All of them are
-//!   `ENABLE ALWAYS`, so `session_replication_role = replica` does not skip them.
+//!   retention anchor, see [`AuditLog::prune`](crate::AuditLog::prune)), and every change to the
+//!   queue outside `audit.sequence`. All of them are `ENABLE ALWAYS`, so
+//!   `session_replication_role = replica` does not skip them.
 //! - The runtime role may only `SELECT` checkpoints and anchors. Checkpoints are written by a
 //!   checkpointer role of their own ([`checkpointer_sql`], [`create_checkpointer_role_sql`]),
 //!   used by the checkpoint job; anchors (and the deletes of retention) by the owner.
-//! - The insert trigger refuses a record whose tenant, time, actor, action, outcome or request
-//!   id differ from the row's columns (SQLSTATE `AL003`).
 //! - Every table is tenant-scoped with row-level security through `rls-guard`
-//!   (`ENABLE` + `FORCE`, restrictive and permissive policies, the deferred binding check).
+//!   (`ENABLE` + `FORCE`, the queue `ENABLE` only; restrictive and permissive policies, the
+//!   deferred binding check).
 //!
-//! An owner or superuser can still disable the triggers and rewrite rows: that is what the
-//! chain, the signed checkpoints and [`verify`](crate::verify()) are for.
+//! An owner or superuser can still disable the triggers and rewrite rows, or delete an event
+//! while it is queued: that is what the chain, the signed checkpoints, [`verify`](crate::verify())
+//! and its report of queued events (their number and the oldest one's age) are for.
+//!
+//! [`AuditLog::append`]: crate::AuditLog::append
+//! [`AuditLog::record`]: crate::AuditLog::record
 
 use crate::AuditError;
 use crate::canonical::{CHAIN_DOMAIN, GENESIS_DOMAIN};
@@ -575,10 +591,11 @@ fn checked_role(role: &str) -> Result<(), AuditError> {
     }
 }
 
-/// Tells `check` about the triggers and `SECURITY DEFINER` functions [`schema_sql`] installs on
-/// the audit tables deliberately (the chain's insert trigger, which runs as the owner to take
-/// the tenant's chain position, and the append-only guards), so `rls-guard`'s coverage check
-/// does not report them as bypass paths.
+/// Tells `check` about what [`schema_sql`] installs on the audit tables deliberately: the
+/// queue's triggers (the record's checks, the notification, the guard that only the sequencer
+/// changes it), the append-only guards, and the queue's row-level security, enabled but not
+/// forced so that the owner's `audit.sequence` reads every tenant's queue. `rls-guard`'s
+/// coverage check then does not report them.
 #[must_use]
 pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
     check
