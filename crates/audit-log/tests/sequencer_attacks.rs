@@ -348,3 +348,29 @@ async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() 
     assert!(report.is_intact(), "{:?}", report.result);
     assert_eq!((report.last_seq, report.pending), (3, 0));
 }
+
+/// `rls-guard`'s coverage check, probing as the runtime role with rows queued and chained,
+/// finds nothing once told what the audit schema installs on purpose; without being told, it
+/// reports the queue's unforced row-level security and its triggers (the positive control).
+#[tokio::test]
+async fn the_coverage_check_accepts_the_queue_only_when_told() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 2).await;
+    f.log.record(event(t, 3)).await.unwrap();
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let mut checker = admin.acquire().await.unwrap();
+    let check = rls_guard::CoverageCheck::new().runtime_role(testkit::RUNTIME_ROLE);
+    let untold = check.clone().run(&mut checker).await.unwrap();
+    assert!(
+        untold
+            .iter()
+            .any(|f| f.kind == rls_guard::FindingKind::RlsNotForced && f.object == "audit.pending"),
+        "{untold:#?}"
+    );
+    let findings = audit_log::schema::coverage_trust(check)
+        .run(&mut checker)
+        .await
+        .unwrap();
+    assert!(findings.is_empty(), "coverage findings: {findings:#?}");
+}
