@@ -253,3 +253,47 @@ async fn the_sequencer_is_woken_by_commits_and_reconnects_after_losing_its_conne
     running.stop().await.unwrap();
     all_chained_once(&f, &acknowledged, &[t]).await;
 }
+
+/// With signed tenant bindings on, the sequencer binds each tenant as the owner may
+/// (`app.bind_trusted`), and chains events queued through signed bindings; a queue insert with
+/// an unsigned binding is refused (the control that signing is on).
+#[tokio::test]
+async fn the_sequencer_chains_under_signed_bindings() {
+    let f = fixture(2).await;
+    let owner = f.db.pool(Role::Owner, 1).await;
+    sqlx::raw_sql(rls_guard::schema::ENABLE_SIGNED_BINDINGS_SQL)
+        .execute(&owner)
+        .await
+        .unwrap();
+    let key = {
+        let mut conn = owner.acquire().await.unwrap();
+        rls_guard::schema::binding_key(&mut conn).await.unwrap()
+    };
+    let signed = rls_guard::TenantPool::with_binding_key(f.db.pool(Role::Runtime, 2).await, key)
+        .await
+        .unwrap();
+    let log = audit_log::AuditLog::new(signed, scrubber());
+    let tenants: Vec<TenantId> = (0..3).map(|_| TenantId::new_random()).collect();
+    let mut acknowledged = BTreeSet::new();
+    // Through signed tenant transactions (`record` binds with `set_config`, which signed
+    // bindings do not count).
+    for &t in &tenants {
+        let ctx = tenant_scope::TenantContext::for_job(t, None, "signed").unwrap();
+        let mut tx = log.pool().begin(&ctx).await.unwrap();
+        for i in 0..4 {
+            acknowledged.insert(log.append(&mut tx, event(t, i)).await.unwrap().id);
+        }
+        tx.commit().await.unwrap();
+    }
+    // Unsigned, the same insert is refused.
+    assert!(f.log.record(event(tenants[0], 9)).await.is_err());
+    assert_eq!(sequence_all(&f).await, 12);
+    all_chained_once(&f, &acknowledged, &tenants).await;
+    // Verified as the superuser (the runtime role's unsigned reads see nothing in signed mode).
+    let admin = f.db.pool(Role::Admin, 1).await;
+    for &t in &tenants {
+        let report = audit_log::verify(&admin, t, &f.keys, &[]).await.unwrap();
+        assert!(report.is_intact(), "{:?}", report.result);
+        assert_eq!((report.last_seq, report.pending), (4, 0));
+    }
+}
