@@ -1,4 +1,5 @@
-//! Security review of the insert trigger (`audit.chain_append`): raw INSERTs by the runtime
+//! Security review of the queue's insert trigger (`audit.check_event`, formerly part of
+//! `audit.chain_append`): raw INSERTs by the runtime
 //! role (SQL injection) that try to get a record into the chain which the verifier would reject
 //! or read differently from the row's columns, or which repeats a key, nests too deeply or
 //! holds a number beyond an f64. Every attack is either refused or verifies intact; each test
