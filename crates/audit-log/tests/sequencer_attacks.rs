@@ -342,6 +342,11 @@ async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() 
         assert!(is_sqlstate(&err, "AL005"), "{bad}: {err}");
     }
     assert_eq!(chained_count(&admin, t).await, 2);
+    // It passes the runtime-role start-up check (as the reference app's checkpointer, which
+    // holds these grants too, must).
+    rls_guard::TenantPool::new(pool.clone())
+        .await
+        .expect("the sequencer role passes TenantPool's start-up check");
     // Positive control: it advances the chain, exactly as the library computes it.
     assert_eq!(Sequencer::new(pool).drain().await.unwrap(), 1);
     let report = verify(&f, t).await;
