@@ -1,7 +1,9 @@
-//! Append throughput against plain INSERTs of the same shape, and verify throughput.
+//! Append throughput against plain INSERTs of the same shape, sequencing lag and sequencer
+//! throughput, and verify throughput.
 //!
-//! `cargo bench -p audit-log --bench append` (`AUDIT_BENCH=verify` runs only verify;
-//! `AUDIT_CELL=100x8` only the cell of 100 tenants and 8 writers).
+//! `cargo bench -p audit-log --bench append` (`AUDIT_BENCH=verify` runs only verify,
+//! `AUDIT_BENCH=sequencer` only the sequencer's throughput; `AUDIT_CELL=100x8` only the cell of
+//! 100 tenants and 8 writers).
 //!
 //! For 1, 8 and 32 concurrent writers over 1 and 100 tenants, rounds rotate between three
 //! sides, each writing the same number of events:
@@ -10,11 +12,13 @@
 //! - the same row into a table rls-guard made tenant-safe (row-level security and the
 //!   commit-time binding check), bound in the statement as `record` binds: what every tenant
 //!   table costs, the floor any audit chain starts from;
-//! - `AuditLog::record` (scrub, canonicalise, chain under the tenant's head lock, all in a
-//!   tenant-bound transaction, one round trip).
+//! - `AuditLog::record` (scrub, canonicalise, queue in a tenant-bound transaction, one round
+//!   trip), with a `Sequencer` running beside it the whole time (its work on the same two
+//!   cores), and the sequencing lag of the round's events (queued to chained, p50/p99).
 //!
 //! The figures are medians over the rounds, and the ratios are medians of the per-round ratios
-//! (the machine is shared and noisy).
+//! (the machine is shared and noisy). Sequencer throughput: 50,000 queued events (over 1 and
+//! 100 tenants) chained by `Sequencer::drain` in batches of 5,000, nothing else running.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,7 +29,9 @@
 use std::time::Instant;
 
 use audit_log::scrub::{PseudonymKey, ScrubPolicy, Scrubber};
-use audit_log::{Action, AuditActor, AuditEvent, AuditLog, Outcome, Target, TrustedKeys};
+use audit_log::{
+    Action, AuditActor, AuditEvent, AuditLog, Outcome, Sequencer, Target, TrustedKeys,
+};
 use rls_guard::TenantPool;
 use rls_guard::schema::SUPPORT_SQL;
 use sqlx::PgPool;
@@ -35,6 +41,7 @@ use testkit::{Role, Template, fresh_database};
 const ROUNDS: usize = 5;
 const EVENTS_PER_ROUND: u64 = 1_600;
 const VERIFY_EVENTS: u64 = 50_000;
+const SEQUENCER_EVENTS: u64 = 50_000;
 
 fn template() -> Template {
     let sql = format!(
@@ -181,22 +188,104 @@ async fn run() {
         )
         .unwrap(),
     );
+    let sequencer = {
+        let options = db
+            .create_login_role("seq", "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOINHERIT")
+            .await;
+        db.as_admin(&audit_log::schema::sequencer_sql(options.get_username()).unwrap())
+            .await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .unwrap();
+        Sequencer::new(pool)
+    };
+    let admin = db.pool(Role::Admin, 1).await;
     // A typical canonical record, for the plain rows.
     let sample = {
         let t = TenantId::new_random();
         let a = Actor::new(ActorKind::User, ActorId::new_random(), t);
         log.record(event(t, &a, 0)).await.unwrap();
+        sequencer.drain().await.unwrap();
         let stored = audit_log::AuditQuery::new(t).fetch(&raw).await.unwrap();
         stored[0].record.clone()
     };
 
-    let only_verify = std::env::var("AUDIT_BENCH").as_deref() == Ok("verify");
-    if !only_verify {
-        append_table(&log, &raw, &sample).await;
+    let only = std::env::var("AUDIT_BENCH").ok();
+    let cell = std::env::var("AUDIT_CELL").is_ok();
+    if only.is_none() {
+        let running = sequencer.clone().spawn();
+        append_table(&log, &raw, &admin, &sample).await;
+        running.stop().await.unwrap();
     }
-    if std::env::var("AUDIT_CELL").is_err() {
-        verify_throughput(&log, &raw).await;
+    if !cell && only.as_deref().is_none_or(|o| o == "sequencer") {
+        sequencer_throughput(&log, &sequencer).await;
     }
+    if !cell && only.as_deref().is_none_or(|o| o == "verify") {
+        verify_throughput(&log, &raw, &sequencer).await;
+    }
+}
+
+/// Queues `SEQUENCER_EVENTS` events over `tenants` tenants with no sequencer running, then
+/// times one sequencer draining them.
+async fn sequencer_throughput(log: &AuditLog, sequencer: &Sequencer) {
+    println!(
+        "\nsequencer: {SEQUENCER_EVENTS} queued events, chained by one sequencer in batches of 5,000"
+    );
+    println!("| tenants | events/s (median of {ROUNDS}) | min | max |");
+    println!("|---:|---:|---:|---:|");
+    for tenants in [1usize, 100] {
+        let ids: Vec<TenantId> = (0..tenants).map(|_| TenantId::new_random()).collect();
+        let actors: Vec<Actor> = ids
+            .iter()
+            .map(|&t| Actor::new(ActorKind::User, ActorId::new_random(), t))
+            .collect();
+        let mut rates = Vec::new();
+        for _ in 0..ROUNDS {
+            // Queued in tenant-bound transactions of 1,000 (fast to fill; the same rows).
+            let mut written = 0u64;
+            while written < SEQUENCER_EVENTS {
+                let k = (written as usize / 1_000) % ids.len();
+                let ctx = TenantContext::for_job(ids[k], None, "bench").unwrap();
+                let mut tx = log.pool().begin(&ctx).await.unwrap();
+                for _ in 0..1_000 {
+                    log.append(&mut tx, event(ids[k], &actors[k], written))
+                        .await
+                        .unwrap();
+                    written += 1;
+                }
+                tx.commit().await.unwrap();
+            }
+            let start = Instant::now();
+            let taken = sequencer.drain().await.unwrap();
+            let elapsed = start.elapsed();
+            assert_eq!(taken, SEQUENCER_EVENTS);
+            rates.push(SEQUENCER_EVENTS as f64 / elapsed.as_secs_f64());
+        }
+        let (min, max) = (
+            rates.iter().copied().fold(f64::INFINITY, f64::min),
+            rates.iter().copied().fold(0.0, f64::max),
+        );
+        println!(
+            "| {tenants} | **{:.0}** | {min:.0} | {max:.0} |",
+            median(rates)
+        );
+    }
+}
+
+/// Sequencing lag (queued to chained) of the events chained since `since`: p50 and p99, in ms.
+async fn lag(admin: &PgPool, since: time::OffsetDateTime) -> (f64, f64) {
+    sqlx::query_as(
+        "SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), 0), \
+                coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), 0) \
+         FROM (SELECT extract(epoch FROM sequenced_at - queued_at) * 1000 AS ms \
+               FROM audit.events WHERE queued_at >= $1) s",
+    )
+    .bind(since)
+    .fetch_one(admin)
+    .await
+    .unwrap()
 }
 
 /// Which side of the table a round runs.
@@ -239,15 +328,17 @@ async fn run_side(
     .await
 }
 
-async fn append_table(log: &AuditLog, raw: &PgPool, sample: &[u8]) {
+async fn append_table(log: &AuditLog, raw: &PgPool, admin: &PgPool, sample: &[u8]) {
     println!(
-        "append throughput (events/s), median of {ROUNDS} interleaved rounds of {EVENTS_PER_ROUND} events"
+        "append throughput (events/s), median of {ROUNDS} interleaved rounds of {EVENTS_PER_ROUND} events; \
+         a sequencer runs throughout"
     );
     println!(
         "| writers | tenants | plain INSERT | tenant-safe INSERT, no chain | audit-log record \
-         | ratio no chain / plain | **ratio audit / plain** |"
+         | ratio no chain / plain | ratio audit / plain | **ratio audit / no chain** \
+         | lag p50 (ms) | lag p99 (ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // `AUDIT_CELL=100x8` runs one cell (tenants x writers).
     let only: Option<(usize, u64)> = std::env::var("AUDIT_CELL").ok().map(|v| {
         let (t, w) = v.split_once('x').expect("AUDIT_CELL=<tenants>x<writers>");
@@ -264,36 +355,50 @@ async fn append_table(log: &AuditLog, raw: &PgPool, sample: &[u8]) {
                 .map(|&t| Actor::new(ActorKind::User, ActorId::new_random(), t))
                 .collect();
             let mut rates: [Vec<f64>; 3] = Default::default();
-            let (mut bound_ratios, mut audit_ratios) = (Vec::new(), Vec::new());
+            let (mut bound_ratios, mut audit_ratios, mut floor_ratios) =
+                (Vec::new(), Vec::new(), Vec::new());
+            let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
             let sides = [Side::Plain, Side::Bound, Side::Audit];
             for round in 0..ROUNDS {
                 let mut rate = [0.0; 3];
                 // Rotate which side goes first, so none always runs on a warmer or cooler server.
                 for k in 0..3 {
                     let i = (round + k) % 3;
+                    let since = time::OffsetDateTime::now_utc();
                     rate[i] = run_side(sides[i], writers, log, raw, &ids, &actors, sample).await;
+                    if matches!(sides[i], Side::Audit) {
+                        // Let the sequencer finish the round's tail before measuring its lag.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        let (p50, p99) = lag(admin, since).await;
+                        p50s.push(p50);
+                        p99s.push(p99);
+                    }
                 }
                 for (all, r) in rates.iter_mut().zip(rate) {
                     all.push(r);
                 }
                 bound_ratios.push(rate[1] / rate[0]);
                 audit_ratios.push(rate[2] / rate[0]);
+                floor_ratios.push(rate[2] / rate[1]);
             }
             let [plain, bound, audited] = rates;
             println!(
-                "| {writers} | {tenants} | {:.0} | {:.0} | {:.0} | {:.2} | **{:.2}** |",
+                "| {writers} | {tenants} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | **{:.2}** | {:.1} | {:.1} |",
                 median(plain),
                 median(bound),
                 median(audited),
                 median(bound_ratios),
-                median(audit_ratios)
+                median(audit_ratios),
+                median(floor_ratios),
+                median(p50s),
+                median(p99s)
             );
         }
     }
 }
 
 /// Verify throughput over one long chain, beside a plain read of the same rows.
-async fn verify_throughput(log: &AuditLog, raw: &PgPool) {
+async fn verify_throughput(log: &AuditLog, raw: &PgPool, sequencer: &Sequencer) {
     let t = TenantId::new_random();
     let a = Actor::new(ActorKind::User, ActorId::new_random(), t);
     let ctx = TenantContext::for_job(t, None, "bench").unwrap();
@@ -306,6 +411,7 @@ async fn verify_throughput(log: &AuditLog, raw: &PgPool) {
         }
         tx.commit().await.unwrap();
     }
+    sequencer.drain().await.unwrap();
     let keys = TrustedKeys::new();
     let (mut rates, mut reads) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

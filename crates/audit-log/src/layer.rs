@@ -1,6 +1,5 @@
 //! [`AuditLayer`] and [`Audit`]: a tower middleware that audits privileged routes.
 
-use crate::canonical::ChainHash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +12,7 @@ use tower_service::Service;
 
 use crate::event::{AuditActor, AuditEvent, Outcome, Target};
 use crate::future::ResponseFuture;
-use crate::sink::Appended;
+use crate::sink::Queued;
 use crate::{Action, AuditError, AuditLog};
 
 type TargetFn = dyn Fn(&Parts) -> Option<Target> + Send + Sync;
@@ -200,7 +199,7 @@ struct HandleInner {
     template: AuditEvent,
     /// What the handler appended in its own transaction (the latest, when several): it counts
     /// as recorded only once that transaction has committed.
-    appended: std::sync::Mutex<Option<(u64, ChainHash)>>,
+    appended: std::sync::Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -232,39 +231,29 @@ impl AuditHandle {
         &self,
         conn: &mut PgConnection,
         event: AuditEvent,
-    ) -> Result<Appended, AuditError> {
+    ) -> Result<Queued, AuditError> {
         let appended = self.inner.log.append(conn, event).await?;
         if let Ok(mut slot) = self.inner.appended.lock() {
-            *slot = Some((appended.seq, appended.hash));
+            *slot = appended.transaction;
         }
         Ok(appended)
     }
 
-    /// Whether what the handler appended is committed: read back by sequence number and hash
-    /// (a rolled-back append's number may since belong to another event). Any error counts as
-    /// not committed, so the layer records the request itself rather than lose it.
-    async fn committed(&self, context: &TenantContext) -> bool {
+    /// Whether what the handler appended is committed: the database's answer for the
+    /// transaction that inserted it (`pg_xact_status`; the event is then queued or already
+    /// chained). Any error counts as not committed, so the layer records the request itself
+    /// rather than lose it.
+    async fn committed(&self) -> bool {
         let appended = self.inner.appended.lock().ok().and_then(|slot| *slot);
-        let Some((seq, hash)) = appended else {
+        let Some(transaction) = appended else {
             return false;
         };
-        let Ok(seq) = i64::try_from(seq) else {
-            return false;
-        };
-        let found: Result<Option<(i64,)>, _> = self
-            .inner
-            .log
-            .pool()
-            .read(
-                context,
-                "SELECT seq FROM audit.events WHERE tenant_id = $1 AND seq = $2 AND hash = $3",
-            )
-            .bind(context.tenant().as_uuid())
-            .bind(seq)
-            .bind(hash.as_slice())
-            .fetch_optional()
-            .await;
-        matches!(found, Ok(Some(_)))
+        let status: Result<Option<String>, _> =
+            sqlx::query_scalar("SELECT pg_catalog.pg_xact_status($1::text::pg_catalog.xid8)")
+                .bind(transaction.to_string())
+                .fetch_one(self.inner.log.pool().pool())
+                .await;
+        matches!(status.as_ref().map(Option::as_deref), Ok(Some("committed")))
     }
 }
 
@@ -317,7 +306,7 @@ where
                 }
             };
             let status = response.status();
-            if status.as_u16() < 400 && handle.committed(&context).await {
+            if status.as_u16() < 400 && handle.committed().await {
                 return Ok(response);
             }
             let reason = response
@@ -353,7 +342,7 @@ where
 
 /// Records `event` in a task of its own: if the response future is dropped (the client went
 /// away, an outer timeout fired) after the action ran, the record is still written.
-async fn record_detached(log: &AuditLog, event: AuditEvent) -> Result<Appended, AuditError> {
+async fn record_detached(log: &AuditLog, event: AuditEvent) -> Result<Queued, AuditError> {
     let log = log.clone();
     tokio::spawn(async move { log.record(event).await })
         .await

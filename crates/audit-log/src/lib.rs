@@ -15,9 +15,11 @@
 //! - [`scrub::Scrubber`]: key denylist, per-action field allowlist, value detectors (emails,
 //!   phones, cards with Luhn, JWTs, bearer tokens, cloud keys, PEM, URL credentials, nested
 //!   JSON), and drop / mask / keyed per-tenant pseudonyms.
-//! - [`AuditLog`]: appends inside the caller's tenant-bound transaction (atomic with the action)
-//!   or in its own; the database assigns the gapless sequence and the chain hash under a
-//!   per-tenant lock, on a table the runtime role can only insert into ([`schema`]).
+//! - [`AuditLog`]: queues events inside the caller's tenant-bound transaction (atomic with the
+//!   action) or in its own, without any tenant-wide lock, on a queue the runtime role can only
+//!   insert into ([`schema`]); [`Sequencer`], a role of its own that can only call
+//!   `audit.sequence`, chains them in batches off the request path: the database assigns the
+//!   gapless sequence and the chain hash.
 //! - [`CheckpointSigner`] / [`TrustedKeys`]: signed checkpoints to export elsewhere;
 //!   [`prove`] / [`InclusionProof`]: show one event is in the chain under a signed checkpoint;
 //!   [`AuditLog::prune`]: retention that keeps the chain verifiable.
@@ -40,8 +42,8 @@
 //!                             actions::DATA_EXPORTED, Outcome::Allowed)
 //!     .with_target(Target::new("export", "2026-11"))?
 //!     .with_metadata(serde_json::json!({ "rows": 120, "requested_by": "ops@example.com" }))?;
-//! let appended = log.record(event).await?; // the email is masked before it is stored
-//! # let _ = appended; Ok(()) }
+//! let queued = log.record(event).await?; // the email is masked before it is stored
+//! # let _ = queued; Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -60,6 +62,7 @@ mod query;
 mod retention;
 pub mod schema;
 pub mod scrub;
+pub mod sequencer;
 mod sink;
 mod verify;
 
@@ -79,7 +82,8 @@ pub use retention::PruneReport;
 /// The [`secrecy`] crate, re-exported: keys are passed in and handed out as
 /// [`SecretBox`](secrecy::SecretBox).
 pub use secrecy;
-pub use sink::{Appended, AuditLog};
+pub use sequencer::{Sequencer, SequencerHandle};
+pub use sink::{AuditLog, Queued};
 pub use verify::{BreakKind, ChainBreak, VerifyReport, verify};
 
 // The README's code blocks compile as doctests.

@@ -269,9 +269,8 @@ impl AuditLog {
         let bind = format!("SET LOCAL app.tenant_id = '{tenant}'");
         // `Executor::execute`: `RawSql::execute`'s future is not provably `Send`.
         sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&bind)).await?;
-        // Take the chain's append lock: no append interleaves with the move of the start.
-        sqlx::query("SELECT pg_advisory_xact_lock(1096107092, hashtext($1::text))")
-            .bind(tenant.as_uuid())
+        // Take the sequencer's lock: no batch is chained while the start moves.
+        sqlx::query("SELECT pg_advisory_xact_lock(1096110929, 0)")
             .execute(&mut *tx)
             .await?;
         let anchor = crate::verify::load_anchor(&mut tx, tenant).await?;

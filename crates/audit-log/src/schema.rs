@@ -1,34 +1,50 @@
-//! The audit schema: an append-only, hash-chained event table, retention anchors and signed
-//! checkpoints.
+//! The audit schema: a queue of recorded events, an append-only hash-chained event table, the
+//! sequencer that moves one into the other, retention anchors and signed checkpoints.
 //!
 //! Run [`schema_sql`] as the owner (migrator) role, after `rls_guard::schema::SUPPORT_SQL`:
 //!
-//! - `audit.events`: one row per event. The runtime role may `INSERT` only the event's own
-//!   columns (`tenant_id`, `occurred_at`, `actor_kind`, `actor_id`, `action`, `outcome`,
-//!   `request_id`, `event`) and `SELECT`; it has no `UPDATE`, `DELETE` or `TRUNCATE`, and
-//!   cannot write `seq`, `prev_hash` or `hash` at all.
-//! - A `BEFORE INSERT` trigger (`SECURITY DEFINER`, owned by the owner) takes the tenant's
-//!   transaction-level advisory lock (class `0x41554454`, "AUDT", object `hashtext(tenant)`) —
-//!   so appends in one tenant are serialised until commit and concurrent writers never fork the
-//!   chain, while other tenants proceed in parallel — reads the tenant's last event through the
-//!   primary key, and assigns the next sequence number, links the previous hash and computes
-//!   the chain hash in the same format as
-//!   [`chain_hash`](crate::chain_hash). The primary key `(tenant_id, seq)` and the unique
-//!   `(tenant_id, prev_hash)` are the backstop against a fork.
+//! - `audit.pending`: the queue. The request path inserts here ([`AuditLog::append`] inside the
+//!   caller's transaction, [`AuditLog::record`] in its own), without any lock beyond its row.
+//!   The runtime role may `INSERT` only the event's own columns (`tenant_id`, `occurred_at`,
+//!   `actor_kind`, `actor_id`, `action`, `outcome`, `request_id`, `event`) and `SELECT`; no
+//!   `UPDATE`, `DELETE` or `TRUNCATE`. A `BEFORE INSERT` trigger (`check_event`) refuses a time
+//!   more than [`MAX_CLOCK_SKEW_SECS`] from the database's clock (SQLSTATE `AL002`) and a record
+//!   whose tenant, time, actor, action, outcome or request id differ from the row's columns, or
+//!   that the verifier's strict parse would reject (`AL003`). A statement trigger notifies
+//!   channel `audit_pending` (delivered at commit). Row-level security is enabled but not forced,
+//!   so the owner's `audit.sequence` can read every tenant's queue.
+//! - `audit.sequence(max_rows)`: `SECURITY DEFINER`, owned by the owner, executable only by the
+//!   sequencer role ([`sequencer_sql`]). In one transaction it takes one database-wide
+//!   transaction-level advisory lock (class `0x41555351`, "AUSQ", object 0; retention takes it
+//!   too), takes up to `max_rows` queued events in queue order, and for each tenant among them,
+//!   bound as that tenant, reads the last event through the primary key (or the anchor, or the
+//!   genesis), assigns the next sequence numbers, links the previous hashes and computes the
+//!   chain hashes in the format of [`chain_hash`](crate::chain_hash), inserts them into
+//!   `audit.events` and deletes them from the queue. A tenant whose batch fails is rolled back
+//!   alone, marked and retried after a minute. See [`Sequencer`](crate::Sequencer).
+//! - `audit.events`: one row per chained event. Nobody inserts but `audit.sequence` (the runtime
+//!   role has `SELECT` only; a statement trigger refuses every other insert, the owner's
+//!   included). The primary key `(tenant_id, seq)` and the unique `(tenant_id, prev_hash)` are
+//!   the backstop against a fork. `queue_id`, `queued_at` and `sequenced_at` say where and when
+//!   it came from the queue (the sequencing lag).
 //! - Triggers refuse `UPDATE`, `DELETE` and `TRUNCATE` on events and checkpoints for every role,
 //!   the owner included (a `DELETE` is allowed only for rows behind the tenant's signed
-//!   retention anchor, see [`AuditLog::prune`](crate::AuditLog::prune)). All of them are
-//!   `ENABLE ALWAYS`, so `session_replication_role = replica` does not skip them.
+//!   retention anchor, see [`AuditLog::prune`](crate::AuditLog::prune)), and every change to the
+//!   queue outside `audit.sequence`. All of them are `ENABLE ALWAYS`, so
+//!   `session_replication_role = replica` does not skip them.
 //! - The runtime role may only `SELECT` checkpoints and anchors. Checkpoints are written by a
 //!   checkpointer role of their own ([`checkpointer_sql`], [`create_checkpointer_role_sql`]),
 //!   used by the checkpoint job; anchors (and the deletes of retention) by the owner.
-//! - The insert trigger refuses a record whose tenant, time, actor, action, outcome or request
-//!   id differ from the row's columns (SQLSTATE `AL003`).
 //! - Every table is tenant-scoped with row-level security through `rls-guard`
-//!   (`ENABLE` + `FORCE`, restrictive and permissive policies, the deferred binding check).
+//!   (`ENABLE` + `FORCE`, the queue `ENABLE` only; restrictive and permissive policies, the
+//!   deferred binding check).
 //!
-//! An owner or superuser can still disable the triggers and rewrite rows: that is what the
-//! chain, the signed checkpoints and [`verify`](crate::verify()) are for.
+//! An owner or superuser can still disable the triggers and rewrite rows, or delete an event
+//! while it is queued: that is what the chain, the signed checkpoints, [`verify`](crate::verify())
+//! and its report of queued events (their number and the oldest one's age) are for.
+//!
+//! [`AuditLog::append`]: crate::AuditLog::append
+//! [`AuditLog::record`]: crate::AuditLog::record
 
 use crate::AuditError;
 use crate::canonical::{CHAIN_DOMAIN, GENESIS_DOMAIN};
@@ -52,8 +68,9 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let rls = |table: &str| {
         rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidConfig("table"))
     };
-    let (events_rls, anchors_rls, checkpoints_rls, acknowledgements_rls) = (
+    let (events_rls, pending_rls, anchors_rls, checkpoints_rls, acknowledgements_rls) = (
         rls("audit.events")?,
+        rls("audit.pending")?,
         rls("audit.anchors")?,
         rls("audit.checkpoints")?,
         rls("audit.acknowledgements")?,
@@ -131,17 +148,48 @@ CREATE TABLE IF NOT EXISTS audit.acknowledgements (
     PRIMARY KEY (tenant_id, break_seq, signature)
 );
 
+-- The queue of events not yet in their chain. The request path inserts here, atomic with its
+-- action and without any lock beyond its own row; the sequencer (audit.sequence) moves rows into
+-- audit.events in batches. Row-level security is enabled (the runtime role inserts and reads
+-- under its tenant binding) but not forced: the owner, and so audit.sequence, which runs as the
+-- owner, reads every tenant's queue to find the work.
+CREATE TABLE IF NOT EXISTS audit.pending (
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
+    tenant_id   uuid        NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    actor_kind  text        NOT NULL,
+    actor_id    uuid,
+    action      text        NOT NULL,
+    outcome     text        NOT NULL CHECK (outcome IN ('allowed', 'denied', 'failed')),
+    request_id  text,
+    event       bytea       NOT NULL,
+    inserted_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    -- Set by the sequencer when a batch of this tenant failed: retried after a pause, never
+    -- ahead of the rest of the queue (so no row can wedge the sequencer).
+    failed_at   timestamptz,
+    PRIMARY KEY (tenant_id, id)
+);
+-- The sequencer takes the queue in order (not unique: a key not led by the tenant would be an
+-- existence oracle across tenants).
+CREATE INDEX IF NOT EXISTS pending_order_idx ON audit.pending (id);
+-- Which queued event a chained one came from (unindexed: nothing looks an event up by it).
+ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS queue_id bigint;
+-- When the event was queued and when it was chained: the sequencing lag, for monitoring.
+ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS queued_at timestamptz;
+ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS sequenced_at timestamptz;
+
+-- Earlier versions chained in an insert trigger under a per-tenant lock.
+DROP TRIGGER IF EXISTS chain_append ON audit.events;
+DROP FUNCTION IF EXISTS audit.chain_append();
+
+-- The request path's checks, on every queued event (SECURITY INVOKER: it reads no table).
 -- PL/pgSQL compiles a function once per connection, under that session's settings: the
--- domain separators are hex text decoded by a function (no backslash literal, which
--- `standard_conforming_strings = off` at the first insert would read as an escape string and
--- so change every hash this connection computes), and the setting is pinned besides.
-CREATE OR REPLACE FUNCTION audit.chain_append() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
+-- setting is pinned, so a `standard_conforming_strings = off` session cannot change a check.
+CREATE OR REPLACE FUNCTION audit.check_event() RETURNS trigger
+    LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
     AS $$
 DECLARE
-    last_seq  bigint;
-    last_hash bytea;
     written   text;
     record    json;
     parsed    jsonb;
@@ -238,24 +286,143 @@ BEGIN
                 MESSAGE = 'audit record is nested too deeply or repeats a key';
         END IF;
     END IF;
-    -- Held until commit: the next writer of this tenant waits, then (READ COMMITTED: a new
-    -- snapshot per statement) reads the event this one committed.
-    PERFORM pg_catalog.pg_advisory_xact_lock(1096107092, pg_catalog.hashtext(NEW.tenant_id::text));
-    SELECT e.seq, e.hash INTO last_seq, last_hash
-      FROM audit.events e WHERE e.tenant_id = NEW.tenant_id ORDER BY e.seq DESC LIMIT 1;
-    IF NOT FOUND THEN
-        SELECT a.base_seq, a.base_hash INTO last_seq, last_hash
-          FROM audit.anchors a WHERE a.tenant_id = NEW.tenant_id;
-        IF NOT FOUND THEN
-            last_seq := 0;
-            last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(NEW.tenant_id));
-        END IF;
-    END IF;
-    NEW.seq := last_seq + 1;
-    NEW.prev_hash := last_hash;
-    NEW.hash := sha256(pg_catalog.decode('{chain}', 'hex') || uuid_send(NEW.tenant_id)
-                       || int8send(NEW.seq) || last_hash || NEW.event);
     RETURN NEW;
+END
+$$;
+
+-- Wakes a listening sequencer when the inserting transaction commits (PostgreSQL delivers a
+-- notification at commit, folds repeats within a transaction, and drops it on rollback).
+CREATE OR REPLACE FUNCTION audit.notify_pending() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('audit_pending', '');
+    RETURN NULL;
+END
+$$;
+
+-- Moves up to `max_rows` queued events (oldest first) into their tenants' chains, in one
+-- transaction: assigns each its tenant's next sequence number, links the previous hash and
+-- computes the chain hash in the format of `audit_log::chain_hash`, inserts the chained rows and
+-- deletes the queued ones. One sequencer at a time (a database-wide transaction-level advisory
+-- lock, class 0x41555351 "AUSQ", which retention's prune takes too): a concurrent call waits.
+-- Returns how many events it took off the queue (chained, or set aside as below): fewer than
+-- `max_rows` means the queue is drained. A tenant whose batch fails (a row the checks should
+-- have refused, a head tampered with by the owner) is rolled back alone, its rows marked and
+-- retried after a minute; the other tenants proceed, so no row can wedge the sequencer.
+CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
+    AS $$
+DECLARE
+    signed    boolean;
+    batch     bigint[];
+    grp       record;
+    t         uuid;
+    ids       bigint[];
+    seqs      bigint[];
+    prevs     bytea[];
+    hashes    bytea[];
+    last_seq  bigint;
+    last_hash bytea;
+    prefix    bytea;
+    r         record;
+    taken     integer;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL005',
+            MESSAGE = 'audit.sequence: max_rows must be between 1 and 100000';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(1096110929, 0);
+    PERFORM pg_catalog.set_config('audit.sequencing', 'on', true);
+    -- Each tenant's rows are written under that tenant's binding: the binding checks run at the
+    -- end of each statement, while it holds, rather than at commit.
+    SET CONSTRAINTS audit.tenant_binding_check IMMEDIATE;
+    signed := EXISTS (SELECT 1 FROM app.binding_keys k WHERE k.retired_at IS NULL);
+    taken := 0;
+    -- The batch, one row per tenant with its queued ids in order.
+    FOR grp IN SELECT q.tenant_id, pg_catalog.array_agg(q.id ORDER BY q.id) AS ids
+                 FROM (SELECT p.id, p.tenant_id FROM audit.pending p
+                        WHERE p.failed_at IS NULL
+                           OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds'
+                        ORDER BY p.id LIMIT max_rows) q
+                GROUP BY q.tenant_id
+                ORDER BY pg_catalog.min(q.id) LOOP
+        t := grp.tenant_id;
+        batch := grp.ids;
+        taken := taken + pg_catalog.cardinality(batch);
+        BEGIN
+            IF signed THEN
+                PERFORM app.bind_trusted(t::text, '');
+            ELSE
+                PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
+                PERFORM pg_catalog.set_config('app.actor_id', '', true);
+            END IF;
+            PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
+            SELECT e.seq, e.hash INTO last_seq, last_hash
+              FROM audit.events e WHERE e.tenant_id = t ORDER BY e.seq DESC LIMIT 1;
+            IF NOT FOUND THEN
+                SELECT a.base_seq, a.base_hash INTO last_seq, last_hash
+                  FROM audit.anchors a WHERE a.tenant_id = t;
+                IF NOT FOUND THEN
+                    last_seq := 0;
+                    last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(t));
+                END IF;
+            END IF;
+            prefix := pg_catalog.decode('{chain}', 'hex') || uuid_send(t);
+            ids := '{{}}'; seqs := '{{}}'; prevs := '{{}}'; hashes := '{{}}';
+            FOR r IN SELECT p.id, p.event FROM audit.pending p
+                      WHERE p.tenant_id = t AND p.id = ANY (batch) ORDER BY p.id LOOP
+                ids := ids || r.id;
+                seqs := seqs || (last_seq + 1);
+                prevs := prevs || last_hash;
+                last_seq := last_seq + 1;
+                last_hash := sha256(prefix || int8send(last_seq) || last_hash || r.event);
+                hashes := hashes || last_hash;
+            END LOOP;
+            INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action,
+                                      outcome, request_id, event, prev_hash, hash, queue_id,
+                                      queued_at, sequenced_at)
+            SELECT p.tenant_id, c.seq, p.occurred_at, p.actor_kind, p.actor_id, p.action,
+                   p.outcome, p.request_id, p.event, c.prev, c.hash, p.id,
+                   p.inserted_at, pg_catalog.clock_timestamp()
+              FROM unnest(ids, seqs, prevs, hashes) AS c(id, seq, prev, hash)
+              JOIN audit.pending p ON p.tenant_id = t AND p.id = c.id
+             ORDER BY c.seq;
+            DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING USING MESSAGE = pg_catalog.format(
+                'audit.sequence: the batch of tenant %s failed (%s); retried later', t, SQLSTATE);
+            PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
+            PERFORM pg_catalog.set_config('app.actor_id', '', true);
+            PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
+            UPDATE audit.pending p SET failed_at = pg_catalog.clock_timestamp()
+             WHERE p.tenant_id = t AND p.id = ANY (batch);
+        END;
+    END LOOP;
+    RETURN taken;
+END
+$$;
+REVOKE ALL ON FUNCTION audit.sequence(integer) FROM PUBLIC;
+
+-- Events enter their chain only through audit.sequence; pending rows leave the queue only
+-- through it. (The privileges are the control — the runtime role has neither INSERT on
+-- events nor UPDATE or DELETE on the queue; these guards refuse every other path, the
+-- owner's included, unless a transaction says it is sequencing, which only the owner's
+-- privileges can then act on.)
+CREATE OR REPLACE FUNCTION audit.sequenced_only() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE', 'DELETE')
+       AND pg_catalog.current_setting('audit.sequencing', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = 'AL001',
+        MESSAGE = pg_catalog.format('audit.%s: %s refused outside the sequencer',
+                                    TG_TABLE_NAME, TG_OP);
 END
 $$;
 
@@ -274,12 +441,25 @@ BEGIN
         MESSAGE = format('audit.%s is append-only: %s refused', TG_TABLE_NAME, TG_OP);
 END
 $$;
-REVOKE ALL ON FUNCTION audit.chain_append(), audit.refuse_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.check_event(), audit.notify_pending(), audit.refuse_change(),
+    audit.sequenced_only() FROM PUBLIC;
 
-DROP TRIGGER IF EXISTS chain_append ON audit.events;
-CREATE TRIGGER chain_append BEFORE INSERT ON audit.events
-    FOR EACH ROW EXECUTE FUNCTION audit.chain_append();
-ALTER TABLE audit.events ENABLE ALWAYS TRIGGER chain_append;
+DROP TRIGGER IF EXISTS check_event ON audit.pending;
+CREATE TRIGGER check_event BEFORE INSERT ON audit.pending
+    FOR EACH ROW EXECUTE FUNCTION audit.check_event();
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER check_event;
+DROP TRIGGER IF EXISTS notify_pending ON audit.pending;
+CREATE TRIGGER notify_pending AFTER INSERT ON audit.pending
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.notify_pending();
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER notify_pending;
+DROP TRIGGER IF EXISTS sequenced_only ON audit.pending;
+CREATE TRIGGER sequenced_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit.pending
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.sequenced_only();
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER sequenced_only;
+DROP TRIGGER IF EXISTS sequenced_only ON audit.events;
+CREATE TRIGGER sequenced_only BEFORE INSERT ON audit.events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.sequenced_only();
+ALTER TABLE audit.events ENABLE ALWAYS TRIGGER sequenced_only;
 
 DROP TRIGGER IF EXISTS append_only ON audit.events;
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON audit.events
@@ -314,19 +494,26 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON audit.anchors
 ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER append_only_truncate;
 
 {events_rls}
+{pending_rls}
+ALTER TABLE audit.pending NO FORCE ROW LEVEL SECURITY;
 {anchors_rls}
 {checkpoints_rls}
 {acknowledgements_rls}
 ALTER TABLE audit.events ENABLE ALWAYS TRIGGER tenant_binding_check;
+ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.acknowledgements ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.anchors ENABLE ALWAYS TRIGGER tenant_binding_check;
 ALTER TABLE audit.checkpoints ENABLE ALWAYS TRIGGER tenant_binding_check;
 
-REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements FROM PUBLIC;
-REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements FROM {r};
-GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements TO {r};
+REVOKE ALL ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+    audit.acknowledgements FROM PUBLIC;
+REVOKE ALL ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+    audit.acknowledgements FROM {r};
+GRANT SELECT ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+    audit.acknowledgements TO {r};
+-- The request path queues events; only audit.sequence chains them.
 GRANT INSERT (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
-    ON audit.events TO {r};
+    ON audit.pending TO {r};
 -- Checkpoints and anchors are written by the checkpointer (see checkpointer_sql) and the owner
 -- (retention), never by the runtime role.
 "#
@@ -359,11 +546,38 @@ pub fn checkpointer_sql(role: &str) -> Result<String, AuditError> {
     checked_role(role)?;
     Ok(format!(
         "GRANT USAGE ON SCHEMA audit TO {role};
-         REVOKE ALL ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements
+         REVOKE ALL ON audit.events, audit.pending, audit.anchors, audit.checkpoints, audit.acknowledgements
              FROM {role};
-         GRANT SELECT ON audit.events, audit.anchors, audit.checkpoints, audit.acknowledgements
-             TO {role};
+         GRANT SELECT ON audit.events, audit.pending, audit.anchors, audit.checkpoints,
+             audit.acknowledgements TO {role};
          GRANT INSERT ON audit.checkpoints, audit.acknowledgements TO {role};"
+    ))
+}
+
+/// A role of its own for the sequencer: created with `LOGIN` and no privileged attribute (run
+/// as a role with `CREATEROLE`, or a superuser; idempotent). Give it a password or certificate
+/// as your deployment does, then run [`sequencer_sql`] as the owner.
+///
+/// # Errors
+/// [`AuditError::InvalidConfig`] unless `role` is a plain lowercase identifier.
+pub fn create_sequencer_role_sql(role: &str) -> Result<String, AuditError> {
+    create_checkpointer_role_sql(role)
+}
+
+/// The grants of the sequencer role (run as the owner, after [`schema_sql`]; idempotent): it
+/// may call `audit.sequence(max_rows)` and nothing else — no table of any kind. The function
+/// runs as the owner and only moves queued events into their chains, computing every sequence
+/// number and hash itself, so the role can advance the chains but neither forge, alter, drop
+/// nor reorder an event. A deployment may give these grants to the checkpointer role instead
+/// of a role of its own (Trillian's sequencer also signs).
+///
+/// # Errors
+/// [`AuditError::InvalidConfig`] unless `role` is a plain lowercase identifier.
+pub fn sequencer_sql(role: &str) -> Result<String, AuditError> {
+    checked_role(role)?;
+    Ok(format!(
+        "GRANT USAGE ON SCHEMA audit TO {role};
+         GRANT EXECUTE ON FUNCTION audit.sequence(integer) TO {role};"
     ))
 }
 
@@ -377,14 +591,19 @@ fn checked_role(role: &str) -> Result<(), AuditError> {
     }
 }
 
-/// Tells `check` about the triggers and `SECURITY DEFINER` functions [`schema_sql`] installs on
-/// the audit tables deliberately (the chain's insert trigger, which runs as the owner to take
-/// the tenant's chain position, and the append-only guards), so `rls-guard`'s coverage check
-/// does not report them as bypass paths.
+/// Tells `check` about what [`schema_sql`] installs on the audit tables deliberately: the
+/// queue's triggers (the record's checks, the notification, the guard that only the sequencer
+/// changes it), the append-only guards, and the queue's row-level security, enabled but not
+/// forced so that the owner's `audit.sequence` reads every tenant's queue. `rls-guard`'s
+/// coverage check then does not report them.
 #[must_use]
 pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
     check
-        .trust_trigger("audit.events", "chain_append")
+        .trust_unforced_table("audit.pending")
+        .trust_trigger("audit.events", "sequenced_only")
+        .trust_trigger("audit.pending", "check_event")
+        .trust_trigger("audit.pending", "notify_pending")
+        .trust_trigger("audit.pending", "sequenced_only")
         .trust_trigger("audit.events", "append_only")
         .trust_trigger("audit.events", "append_only_truncate")
         .trust_trigger("audit.checkpoints", "append_only")

@@ -1,4 +1,4 @@
-//! The PostgreSQL sink: scrub, stamp, canonicalise and append.
+//! The PostgreSQL sink: scrub, stamp, canonicalise and queue for the sequencer.
 
 use std::sync::Arc;
 
@@ -8,25 +8,29 @@ use tenant_scope::TenantId;
 use time::OffsetDateTime;
 
 use crate::AuditError;
-use crate::canonical::{ChainHash, canonical_bytes, chain_hash, now_micros};
+use crate::canonical::{canonical_bytes, now_micros};
 use crate::event::{AuditEvent, MAX_METADATA_BYTES};
 use crate::scrub::Scrubber;
 
-/// Where an event landed in its tenant's chain.
+/// A recorded event, queued for its tenant's chain: committed with the caller's transaction,
+/// and given its sequence number and chain hash by the [`Sequencer`](crate::Sequencer) soon
+/// after (see [`schema`](crate::schema)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Appended {
+pub struct Queued {
     /// The tenant.
     pub tenant: TenantId,
-    /// Its sequence number (gapless per tenant, from 1).
-    pub seq: u64,
-    /// Its chain hash.
-    pub hash: ChainHash,
+    /// Its place in the queue (`audit.pending.id`, kept as `audit.events.queue_id` once
+    /// chained): unique, never reused, increasing in insertion order (not commit order).
+    pub id: u64,
     /// When it was recorded, by this server's clock.
     pub occurred_at: OffsetDateTime,
+    /// The inserting transaction (`pg_current_xact_id()`), for [`AuditLog::append`] only: the
+    /// layer asks the database whether it committed.
+    pub(crate) transaction: Option<i64>,
 }
 
-/// The audit log: scrubs events and appends them to their tenant's hash chain.
+/// The audit log: scrubs events and queues them for their tenant's hash chain.
 ///
 /// Cheap to clone. Two ways to append:
 /// - [`AuditLog::append`] inside the caller's own tenant-bound transaction (an
@@ -51,7 +55,7 @@ type Queues = std::sync::Mutex<QueueMap>;
 /// An event waiting to be written, and where its result goes.
 struct Pending {
     prepared: Prepared,
-    reply: tokio::sync::oneshot::Sender<Result<Appended, AuditError>>,
+    reply: tokio::sync::oneshot::Sender<Result<Queued, AuditError>>,
 }
 
 /// The most events one group-commit statement writes.
@@ -75,20 +79,22 @@ pub(crate) struct Prepared {
     pub(crate) canonical: Vec<u8>,
 }
 
-const INSERT: &str = "INSERT INTO audit.events \
+const INSERT: &str = "INSERT INTO audit.pending \
      (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq, prev_hash, hash";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     RETURNING id, pg_catalog.pg_current_xact_id()::text::int8";
 
 /// [`INSERT`] in a transaction of its own. The materialised CTE runs first, so the row-level
-/// security check, the chain trigger and the commit-time binding check all see the binding.
+/// security check, the checks of the record and the commit-time binding check all see the
+/// binding.
 const RECORD: &str = "WITH binding AS MATERIALIZED (\
        SELECT pg_catalog.set_config('app.tenant_id', $1, true) AS tenant, \
               pg_catalog.set_config('app.actor_id', '', true) AS actor, \
               pg_catalog.set_config('app.commit_binding', $1 || ':', true) AS commit_binding) \
-     INSERT INTO audit.events \
+     INSERT INTO audit.pending \
      (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event) \
      SELECT binding.tenant::uuid, $2, $3, $4, $5, $6, $7, $8 FROM binding \
-     RETURNING seq, prev_hash, hash";
+     RETURNING id";
 
 impl AuditLog {
     /// An audit log writing through `pool` (the runtime role's tenant pool) and scrubbing with
@@ -116,41 +122,40 @@ impl AuditLog {
         &self.inner.pool
     }
 
-    /// Appends `event` inside the caller's transaction, which must be bound to the event's
-    /// tenant (an [`rls_guard::TenantTx`]; row-level security refuses any other tenant). Run it
-    /// at `READ COMMITTED` (the default): the tenant's chain head is locked until the caller
-    /// commits, which serialises that tenant's appends.
+    /// Queues `event` inside the caller's transaction, which must be bound to the event's
+    /// tenant (an [`rls_guard::TenantTx`]; row-level security refuses any other tenant): it is
+    /// recorded exactly when that transaction commits. No lock is held beyond the inserted
+    /// row, so writers of one tenant do not wait for each other; the
+    /// [`Sequencer`](crate::Sequencer) chains the event after the commit.
     ///
     /// # Errors
     /// [`AuditError::Scrub`] when the scrubber refuses the metadata; [`AuditError::Database`]
-    /// when the insert fails (the caller's transaction is then aborted and must roll back);
-    /// [`AuditError::ChainFormatMismatch`] when the database's chain hash differs from this
-    /// library's.
+    /// when the insert fails (the record's checks refused it, or the database could not be
+    /// reached; the caller's transaction is then aborted and must roll back).
     pub async fn append(
         &self,
         conn: &mut PgConnection,
         event: AuditEvent,
-    ) -> Result<Appended, AuditError> {
+    ) -> Result<Queued, AuditError> {
         let prepared = self.prepare(event)?;
         insert(conn, &prepared).await
     }
 
-    /// Appends `event` in a transaction of its own, bound to the event's tenant, and returns
-    /// once it is committed.
+    /// Queues `event` in a transaction of its own, bound to the event's tenant, and returns
+    /// once it is committed (chained soon after by the [`Sequencer`](crate::Sequencer)).
     ///
     /// Group commit: events of one tenant recorded while that tenant's previous write is in
     /// flight are queued and written together by one statement (up to 128), in one transaction;
     /// a lone event is one statement on its own. Either way it is one prepared statement that
     /// binds the tenant (`set_config(.., true)`, transaction-local), states the commit-time
-    /// binding and inserts — one round trip, the tenant's chain lock held only while the server
-    /// runs it. The caller that finds its tenant idle writes the first group itself and hands
+    /// binding and inserts — one round trip. The caller that finds its tenant idle writes the first group itself and hands
     /// anything queued behind it to a writer task (also if it is dropped midway), so no queued
     /// event is stranded.
     ///
     /// # Errors
     /// As [`AuditLog::append`]; a failed group reports [`AuditError::Batch`] to every event in
     /// it (none of them was recorded).
-    pub async fn record(&self, event: AuditEvent) -> Result<Appended, AuditError> {
+    pub async fn record(&self, event: AuditEvent) -> Result<Queued, AuditError> {
         let prepared = self.prepare(event)?;
         let tenant = prepared.tenant;
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -350,7 +355,7 @@ const RECORD_GROUP: &str = "WITH binding AS MATERIALIZED (\
        SELECT pg_catalog.set_config('app.tenant_id', $1, true) AS tenant, \
               pg_catalog.set_config('app.actor_id', '', true) AS actor, \
               pg_catalog.set_config('app.commit_binding', $1 || ':', true) AS commit_binding) \
-     INSERT INTO audit.events \
+     INSERT INTO audit.pending \
      (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event) \
      SELECT binding.tenant::uuid, r.occurred_at, r.actor_kind, r.actor_id, r.action, r.outcome, \
             r.request_id, r.event \
@@ -358,16 +363,16 @@ const RECORD_GROUP: &str = "WITH binding AS MATERIALIZED (\
                           $7::text[], $8::bytea[]) WITH ORDINALITY \
           AS r(occurred_at, actor_kind, actor_id, action, outcome, request_id, event, ord) \
      ORDER BY r.ord \
-     RETURNING seq, prev_hash, hash";
+     RETURNING id";
 
 /// Writes `group` (one tenant's events, in order). The result per event, in the same order.
 async fn insert_group(
     pool: &sqlx::PgPool,
     tenant: TenantId,
     group: &[&Prepared],
-) -> Result<Vec<Result<Appended, AuditError>>, AuditError> {
+) -> Result<Vec<Result<Queued, AuditError>>, AuditError> {
     if let [one] = group {
-        let (seq, prev, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(RECORD)
+        let (id,): (i64,) = sqlx::query_as(RECORD)
             .bind(tenant.to_string())
             .bind(one.occurred_at)
             .bind(one.actor_kind)
@@ -378,9 +383,9 @@ async fn insert_group(
             .bind(&one.canonical)
             .fetch_one(pool)
             .await?;
-        return Ok(vec![check_appended(one, seq, prev, &hash)]);
+        return Ok(vec![queued(one, id)]);
     }
-    let mut rows: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(RECORD_GROUP)
+    let mut ids: Vec<i64> = sqlx::query_scalar(RECORD_GROUP)
         .bind(tenant.to_string())
         .bind(group.iter().map(|p| p.occurred_at).collect::<Vec<_>>())
         .bind(group.iter().map(|p| p.actor_kind).collect::<Vec<_>>())
@@ -401,24 +406,23 @@ async fn insert_group(
         )
         .fetch_all(pool)
         .await?;
-    if rows.len() != group.len() {
-        return Err(AuditError::ChainFormatMismatch);
+    if ids.len() != group.len() {
+        return Err(AuditError::Malformed("queue ids"));
     }
-    // Inserted in order, so the sequence numbers follow the group's order; every hash is
-    // checked against the event it should belong to.
-    rows.sort_by_key(|(seq, _, _)| *seq);
+    // Inserted in the group's order, so the identity values follow it.
+    ids.sort_unstable();
     Ok(group
         .iter()
-        .zip(rows)
-        .map(|(prepared, (seq, prev, hash))| check_appended(prepared, seq, prev, &hash))
+        .zip(ids)
+        .map(|(prepared, id)| queued(prepared, id))
         .collect())
 }
 
 pub(crate) async fn insert(
     conn: &mut PgConnection,
     prepared: &Prepared,
-) -> Result<Appended, AuditError> {
-    let (seq, prev, hash): (i64, Vec<u8>, Vec<u8>) = sqlx::query_as(INSERT)
+) -> Result<Queued, AuditError> {
+    let (id, transaction): (i64, i64) = sqlx::query_as(INSERT)
         .bind(prepared.tenant.as_uuid())
         .bind(prepared.occurred_at)
         .bind(prepared.actor_kind)
@@ -429,29 +433,17 @@ pub(crate) async fn insert(
         .bind(&prepared.canonical)
         .fetch_one(conn)
         .await?;
-    check_appended(prepared, seq, prev, &hash)
+    let mut queued = queued(prepared, id)?;
+    queued.transaction = Some(transaction);
+    Ok(queued)
 }
 
-/// The database's answer must be the chain hash this library computes.
-fn check_appended(
-    prepared: &Prepared,
-    seq: i64,
-    prev: Vec<u8>,
-    hash: &[u8],
-) -> Result<Appended, AuditError> {
-    let seq = u64::try_from(seq).map_err(|_| AuditError::ChainFormatMismatch)?;
-    let prev: ChainHash = prev
-        .try_into()
-        .map_err(|_| AuditError::ChainFormatMismatch)?;
-    let expected = chain_hash(prepared.tenant, seq, &prev, &prepared.canonical);
-    if hash != expected.as_slice() {
-        return Err(AuditError::ChainFormatMismatch);
-    }
-    Ok(Appended {
+fn queued(prepared: &Prepared, id: i64) -> Result<Queued, AuditError> {
+    Ok(Queued {
         tenant: prepared.tenant,
-        seq,
-        hash: expected,
+        id: u64::try_from(id).map_err(|_| AuditError::Malformed("queue id"))?,
         occurred_at: prepared.occurred_at,
+        transaction: None,
     })
 }
 

@@ -125,6 +125,12 @@ pub struct VerifyReport {
     pub acknowledged: Vec<(ChainBreak, Acknowledgement)>,
     /// Stored acknowledgements that are not validly signed by a trusted key: never used.
     pub rejected_acknowledgements: Vec<Acknowledgement>,
+    /// Events recorded (committed) but not yet chained by the sequencer, as of the same
+    /// snapshot; always 0 for an export.
+    pub pending: u64,
+    /// When the oldest of them was queued, if any. An old one means the sequencer is not
+    /// running or cannot chain it: see [`VerifyReport::pending_age`].
+    pub oldest_pending: Option<OffsetDateTime>,
     /// `Ok` when the chain verifies (past acknowledged breaks), else the first break.
     pub result: Result<(), ChainBreak>,
 }
@@ -137,6 +143,19 @@ impl VerifyReport {
             && self.rejected_checkpoints.is_empty()
             && self.acknowledged.is_empty()
             && self.rejected_acknowledgements.is_empty()
+    }
+
+    /// How long the oldest event not yet chained has waited, as of `now` (zero when none
+    /// waits). Sequencing normally takes milliseconds: minutes mean the sequencer is down or
+    /// stuck, and those events are not yet covered by the chain or any checkpoint.
+    #[must_use]
+    pub fn pending_age(&self, now: OffsetDateTime) -> std::time::Duration {
+        self.oldest_pending
+            .map_or(std::time::Duration::ZERO, |oldest| {
+                (now - oldest)
+                    .try_into()
+                    .unwrap_or(std::time::Duration::ZERO)
+            })
     }
 
     /// Events after the newest trusted checkpoint (or the chain's start): what an owner could
@@ -224,6 +243,8 @@ impl ChainVerifier {
             rejected_checkpoints: Vec::new(),
             acknowledged: Vec::new(),
             rejected_acknowledgements: Vec::new(),
+            pending: 0,
+            oldest_pending: None,
             result: Ok(()),
         };
         let mut map: BTreeMap<u64, (ChainHash, Checkpoint)> = BTreeMap::new();
@@ -830,8 +851,16 @@ pub async fn verify(
     let verifier = ChainVerifier::new(tenant, keys, base, checkpoints)
         .with_acknowledgements(keys, acknowledgements);
     let verifier = walk(&mut tx, tenant, verifier, base.map_or(0, |(seq, _)| seq)).await?;
+    let (pending, oldest): (i64, Option<OffsetDateTime>) =
+        sqlx::query_as("SELECT count(*), min(inserted_at) FROM audit.pending WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
     tx.rollback().await?;
-    Ok(verifier.finish(None))
+    let mut report = verifier.finish(None);
+    report.pending = u64::try_from(pending).unwrap_or(0);
+    report.oldest_pending = oldest;
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ async fn queries_filter_by_actor_action_and_time() {
         ))
         .await
         .unwrap();
+    sequence_all(&f).await;
     let by_actor = AuditQuery::new(t)
         .with_actor(*who.id().as_uuid())
         .fetch(&f.raw)
@@ -122,6 +123,7 @@ async fn csv_export_defuses_spreadsheet_formulas() {
     )
     .with_request_id("=HYPERLINK(\"https://evil.example\",\"click\")");
     f.log.record(e).await.unwrap();
+    sequence_all(&f).await;
     let mut out = Vec::new();
     export_csv(&f.raw, &AuditQuery::new(t), &mut out)
         .await
@@ -270,4 +272,50 @@ async fn an_inclusion_proof_verifies_offline_and_a_forged_one_does_not() {
             .verifying_key(),
     );
     assert!(proof.verify(&untrusted).is_err());
+}
+
+/// `audit-log verify` reports events not yet chained (and `--json` their number and age);
+/// `audit-log sequence --once` chains them, after which nothing waits.
+#[tokio::test]
+async fn the_command_line_reports_queued_events_and_sequences_them() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 2).await;
+    for i in 0..3 {
+        f.log.record(event(t, 10 + i)).await.unwrap();
+    }
+    let url = f.db.url(Role::Owner);
+    let tenant = t.to_string();
+    let verify = |json: bool| {
+        let mut args = vec!["verify", "--database-url", &url, "--tenant", &tenant];
+        if json {
+            args.push("--json");
+        }
+        cli(&args)
+    };
+    let (code, stdout, stderr) = verify(false);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("3 events not yet chained"), "{stdout}");
+    let (_, stdout, _) = verify(true);
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (json["last_seq"].as_u64(), json["pending"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert!(json["oldest_pending_age_secs"].as_f64().is_some());
+
+    // The sequencer's URL: here the test superuser (an application gives a sequencer role's).
+    let admin = f.db.url(Role::Admin);
+    let (code, _, stderr) = cli(&["sequence", "--database-url", &admin, "--once"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("chained 3 events"), "{stderr}");
+    let (code, stdout, _) = verify(false);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(!stdout.contains("not yet chained"), "{stdout}");
+    let (_, stdout, _) = verify(true);
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (json["last_seq"].as_u64(), json["pending"].as_u64()),
+        (Some(5), Some(0))
+    );
 }

@@ -62,7 +62,9 @@ fn request(path: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// The tenant's chained events, once everything queued is chained.
 async fn events(f: &Fixture, t: TenantId) -> Vec<StoredEvent> {
+    sequence_all(f).await;
     AuditQuery::new(t).fetch(&f.raw).await.unwrap()
 }
 

@@ -67,9 +67,15 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
         .unwrap();
     sessions.revoke(t, session.id).await.unwrap();
 
-    // The hook writes from tasks of its own: wait for the 9 records.
+    // The hook writes from tasks of its own: wait for the 9 records (queued, then chained here
+    // as the superuser; an application runs `audit_log::Sequencer`).
+    let admin = db.pool(Role::Admin, 1).await;
     let mut stored = Vec::new();
     for _ in 0..200 {
+        let _: i32 = sqlx::query_scalar("SELECT audit.sequence(1000)")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
         stored = AuditQuery::new(t).fetch(&raw).await.unwrap();
         if stored.len() >= 9 {
             break;

@@ -115,6 +115,7 @@ pub struct CoverageCheck {
     runtime_role: Option<String>,
     trusted_triggers: Vec<(String, String)>,
     trusted_functions: Vec<String>,
+    unforced_tables: Vec<String>,
 }
 
 const TENANT_TABLES: &str = "
@@ -555,6 +556,17 @@ impl CoverageCheck {
         self
     }
 
+    /// Accepts that `table` (`schema.table`) does not `FORCE` row-level security — its owner
+    /// reads every tenant's rows — for a table whose owner-run functions must see across
+    /// tenants (a queue drained by a `SECURITY DEFINER` job, such as audit-log's pending
+    /// events). Every other check still applies to it: the runtime role stays under its
+    /// policies.
+    #[must_use]
+    pub fn trust_unforced_table(mut self, table: &str) -> Self {
+        self.unforced_tables.push(table.to_owned());
+        self
+    }
+
     /// Runs the check. An empty result means no defect was found.
     ///
     /// # Errors
@@ -632,7 +644,7 @@ impl CoverageCheck {
                 "ENABLE ROW LEVEL SECURITY is off".into(),
             );
         }
-        if !forced {
+        if !forced && !self.unforced_tables.iter().any(|t| t == table) {
             add(
                 FindingKind::RlsNotForced,
                 "FORCE ROW LEVEL SECURITY is off".into(),

@@ -35,14 +35,15 @@ use notes::{create_note, delete_note, list_notes, show_note};
 pub const STEP_UP_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 
 /// Step 1: the migrations, in order, run once as the owner role. `runtime` is the role the
-/// service connects as.
+/// service connects as, `sequencer` the one that chains recorded audit events.
 ///
 /// # Errors
-/// When `runtime` is not a plain lowercase identifier.
-pub fn migrations(runtime: &str) -> Result<String, Error> {
+/// When a role name is not a plain lowercase identifier.
+pub fn migrations(runtime: &str, sequencer: &str) -> Result<String, Error> {
     Ok([
         rls_guard::schema::SUPPORT_SQL.to_owned(),
         audit_log::schema::schema_sql(runtime)?,
+        audit_log::schema::sequencer_sql(sequencer)?,
         magic_auth::schema::schema_sql(runtime)?,
         members::schema_sql(runtime),
         rls_guard::schema::tenant_table_sql("minimal.members")?,

@@ -35,7 +35,8 @@ fn random_key() -> Result<SecretBox<[u8; 32]>, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let template = testkit::Template::new("minimal", minimal::migrations(testkit::RUNTIME_ROLE)?);
+    let migrations = minimal::migrations(testkit::RUNTIME_ROLE, testkit::CHECKPOINTER_ROLE)?;
+    let template = testkit::Template::new("minimal", migrations);
     let db = testkit::try_fresh_database(&template).await?;
     let (acme, globex) = (TenantId::new_random(), TenantId::new_random());
     for (tenant, email) in [(acme, "ada@acme.example"), (globex, "eve@globex.example")] {
@@ -55,6 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workspaces = minimal::Workspaces::new([("acme", acme), ("globex", globex)]);
     let runtime = db.pool(testkit::Role::Runtime, 8).await;
     let app = minimal::app(runtime, base_url, &keys, workspaces, Arc::new(Terminal)).await?;
+    // The sequencer, connected as the role `sequencer_sql` granted, chains each recorded event
+    // into its workspace's audit chain moments after it commits. Dropping the handle stops it.
+    let sequencer_pool = db.pool(testkit::Role::Checkpointer, 2).await;
+    let _sequencer = audit_log::Sequencer::new(sequencer_pool).spawn();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on {base_url}; ask for a link:");
     println!("  curl -c jar -H 'Origin: {base_url}' -H 'Content-Type: application/json' \\");

@@ -3,8 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 const PAGE: &str = include_str!("../../../docs/wiring.md");
-const SOURCES: [&str; 3] = [
+const SOURCES: [&str; 4] = [
     include_str!("../src/lib.rs"),
+    include_str!("../src/main.rs"),
     include_str!("../src/notes.rs"),
     include_str!("../src/members.rs"),
 ];

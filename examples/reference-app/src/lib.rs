@@ -142,6 +142,8 @@ pub struct App {
     keys: Keys,
     db: Database,
     runtime_role: String,
+    /// Chains queued audit events while the app lives (stopped when it is dropped).
+    _sequencer: audit_log::SequencerHandle,
 }
 
 impl std::fmt::Debug for App {
@@ -231,6 +233,9 @@ impl App {
             keys: self.keys.clone(),
             db: self.db.clone(),
             runtime_role: self.runtime_role.clone(),
+            // Every replica runs a sequencer; they take turns under the database's lock.
+            _sequencer: audit_log::Sequencer::new(self.services.checkpointer.pool().clone())
+                .spawn(),
         })
     }
 
@@ -328,6 +333,17 @@ impl App {
         Ok(checkpoints::sign_all(&self.services).await?)
     }
 
+    /// Chains every audit event queued so far, now (tests read the chain right after a
+    /// request; the running sequencer would chain them within milliseconds); how many.
+    ///
+    /// # Errors
+    /// When the sequencer's call fails.
+    #[doc(hidden)]
+    pub async fn sequence_audit(&self) -> Result<u64, BoxError> {
+        let pool = self.services.checkpointer.pool().clone();
+        Ok(audit_log::Sequencer::new(pool).drain().await?)
+    }
+
     /// The runtime role the app serves as.
     #[must_use]
     pub fn runtime_role(&self) -> &str {
@@ -356,7 +372,7 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
                     .await?;
             let owner = connect(db.options(testkit::Role::Owner), 2).await?;
             let runtime = connect(db.options(testkit::Role::Runtime), 16).await?;
-            let checkpointer = connect(db.options(testkit::Role::Checkpointer), 2).await?;
+            let checkpointer = connect(db.options(testkit::Role::Checkpointer), 4).await?;
             (
                 Keys::development(&dev),
                 tls::server_config(&dev.tls_cert_pem, &dev.tls_key_pem)?,
@@ -379,7 +395,7 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
                 .map_err(|e| format!("the owner role's database connection failed: {e}"))?;
             let checkpointer_options: PgConnectOptions =
                 production.checkpointer_database_url.parse()?;
-            let checkpointer = connect(checkpointer_options.clone(), 2)
+            let checkpointer = connect(checkpointer_options.clone(), 4)
                 .await
                 .map_err(|e| format!("the checkpointer role's database connection failed: {e}"))?;
             // The role's own attributes before migrating; objects and privileges in the
@@ -423,6 +439,10 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         .await?
         .with_session_liveness(magic_auth::session_liveness())
         .await?;
+    // The same role chains queued audit events (it may only call `audit.sequence`, see
+    // `schema::migrations`), woken when a request's transaction commits: one connection
+    // listens, one sequences, the checkpoint job uses the rest.
+    let sequencer = audit_log::Sequencer::new(checkpointer.clone()).spawn();
     // The checkpointer passes the same start-up check as the runtime role.
     let checkpointer = TenantPool::new(checkpointer).await?;
     let services = build(&config, pool, checkpointer, runtime, &keys, None)?;
@@ -446,6 +466,7 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         keys,
         db,
         runtime_role: runtime_role.0,
+        _sequencer: sequencer,
     })
 }
 

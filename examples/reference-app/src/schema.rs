@@ -67,8 +67,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON workspace.notes TO {r};
     ))
 }
 
-/// Every migration, in order, granting to `runtime_role` and, for audit checkpoints only, to
-/// `checkpointer_role`.
+/// Every migration, in order, granting to `runtime_role` and, for audit checkpoints and the
+/// audit sequencer only, to `checkpointer_role` (the one job that chains queued audit events and
+/// signs checkpoints, as Trillian's sequencer does).
 pub(crate) fn migrations(
     runtime_role: &str,
     checkpointer_role: &str,
@@ -82,10 +83,11 @@ pub(crate) fn migrations(
         return Err(format!("runtime role {r:?}: use a plain lower-case SQL identifier").into());
     }
     Ok(format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}",
         rls_guard::schema::SUPPORT_SQL,
         audit_log::schema::schema_sql(r)?,
         audit_log::schema::checkpointer_sql(checkpointer_role)?,
+        audit_log::schema::sequencer_sql(checkpointer_role)?,
         magic_auth::schema::schema_sql(r)?,
         tool_sandbox::schema_sql(r)?,
         app_sql(r)?,

@@ -135,6 +135,7 @@ async fn assistant_and_admin_over_json() {
     let page = alice.json("POST", &path, promote).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert_eq!(role(admin.clone()).await, "admin");
+    common::sequence_all(&admin).await;
     let (changed,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM audit.events WHERE action = 'member.role_changed' AND outcome = 'allowed'",
     )
@@ -154,6 +155,7 @@ async fn assistant_and_admin_over_json() {
     let export = fresh.json("POST", "/api/admin/export", None).await;
     assert_eq!(export.status, StatusCode::OK);
     assert!(export.body.contains("Marketing 120k"));
+    common::sequence_all(&admin).await;
     let outcomes: Vec<(String,)> = sqlx::query_as(
         "SELECT outcome FROM audit.events WHERE action = 'data.exported' ORDER BY occurred_at",
     )
@@ -195,6 +197,7 @@ async fn assistant_and_admin_over_json() {
         .collect::<Vec<_>>()
         .join("; ");
     let grants = || async {
+        common::sequence_all(&admin).await;
         let (n,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM audit.events WHERE action = 'tenant.cross_tenant_granted'",
         )

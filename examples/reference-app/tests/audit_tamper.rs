@@ -30,6 +30,7 @@ async fn deleting_the_newest_events_and_the_stored_checkpoints_is_still_caught()
             .await;
         assert_eq!(page.status, StatusCode::OK);
     }
+    app.sequence_audit().await.unwrap();
     assert!(app.sign_checkpoints().await.unwrap() >= 1);
     let path = "/staff/audit?tenant=acme&reason=reviewing+the+audit+chain";
     let mut sam = Browser::signed_in(&app, "ops", "sam@ops.test").await;

@@ -182,6 +182,7 @@ async fn error_paths_answer_closed_and_hold_across_instances() {
         "the turn continued after the refusal: {}",
         run.body
     );
+    common::sequence_all(&admin).await;
     let (denied,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM audit.events WHERE action = 'egress.denied' AND actor_kind = 'agent'",
     )

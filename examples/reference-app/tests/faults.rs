@@ -358,7 +358,9 @@ async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_re
     }
     let acked = acked.lock().unwrap().clone();
 
-    // Every acknowledged write has its audit record.
+    // Every acknowledged write has its audit record: queued before the kill, chained now
+    // (the killed app's sequencer died with it).
+    common::sequence_all(&db_admin).await;
     let recorded: HashSet<String> = sqlx::query_scalar(
         "SELECT request_id FROM audit.events WHERE action = 'member.role_changed' \
          AND outcome = 'allowed' AND request_id IS NOT NULL",

@@ -243,6 +243,7 @@ async fn the_whole_demo_through_the_router() {
         bob.post("/admin/export", &[]).await.status,
         StatusCode::FORBIDDEN
     );
+    common::sequence_all(&admin).await;
     let exports: Vec<(String,)> = sqlx::query_as(
         "SELECT outcome FROM audit.events WHERE action = 'data.exported' ORDER BY occurred_at",
     )

@@ -1,4 +1,4 @@
-//! `audit-log verify | export | verify-export`
+//! `audit-log verify | export | sequence | verify-export`
 //!
 //! Exit status: 0 success (for `verify`/`verify-export`: the chain is intact), 1 the chain is
 //! broken, 2 the command could not run (a chain that cannot be read is never reported intact).
@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use audit_log::{
-    Action, AuditQuery, Checkpoint, CheckpointKey, TrustedKeys, VerifyReport, export_csv,
-    export_jsonl, verify, verify_export,
+    Action, AuditQuery, Checkpoint, CheckpointKey, Sequencer, TrustedKeys, VerifyReport,
+    export_csv, export_jsonl, verify, verify_export,
 };
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -61,6 +61,19 @@ enum Command {
         /// Only events before this time.
         #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
         until: Option<time::OffsetDateTime>,
+    },
+    /// Chains queued events: one pass over the queue with `--once`, else runs until
+    /// interrupted (woken by notifications, polling besides).
+    Sequence {
+        /// PostgreSQL URL of the sequencer role (EXECUTE on audit.sequence only).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The most events one transaction chains.
+        #[arg(long, default_value_t = 5_000)]
+        batch: u32,
+        /// Drain the queue once and exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Verifies an exported chain offline.
     VerifyExport {
@@ -136,7 +149,11 @@ fn parse_time(value: &str) -> Result<time::OffsetDateTime, String> {
         .map_err(|_| format!("`{value}` is not an RFC 3339 time"))
 }
 
+/// Events waiting this long for the sequencer are reported as a finding.
+const STALE_PENDING: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn print_report(report: &VerifyReport, json: bool) {
+    let pending_age = report.pending_age(time::OffsetDateTime::now_utc());
     if json {
         let value = serde_json::json!({
             "tenant": report.tenant.to_string(),
@@ -146,6 +163,8 @@ fn print_report(report: &VerifyReport, json: bool) {
             "events": report.events,
             "checkpoints": report.checkpoints,
             "unanchored": report.unanchored(),
+            "pending": report.pending,
+            "oldest_pending_age_secs": report.oldest_pending.map(|_| pending_age.as_secs_f64()),
             "rejected_checkpoints": report.rejected_checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(),
             "break": report.result.as_ref().err().map(|b| serde_json::json!({
                 "seq": b.seq, "kind": format!("{:?}", b.kind), "message": b.to_string(),
@@ -175,6 +194,23 @@ fn print_report(report: &VerifyReport, json: bool) {
                 c.seq, c.key_id
             );
         }
+        if report.pending > 0 {
+            let stale = if pending_age >= STALE_PENDING {
+                ": the sequencer is not running or cannot chain them (finding)"
+            } else {
+                ""
+            };
+            println!(
+                "audit-log: {} {} not yet chained, the oldest queued {:.1} s ago{stale}",
+                report.pending,
+                if report.pending == 1 {
+                    "event"
+                } else {
+                    "events"
+                },
+                pending_age.as_secs_f64(),
+            );
+        }
         let unanchored = report.unanchored();
         if unanchored > 0 {
             println!(
@@ -186,12 +222,13 @@ fn print_report(report: &VerifyReport, json: bool) {
 }
 
 async fn connect(db: &Database) -> Result<sqlx::PgPool, String> {
-    let options: PgConnectOptions = db
-        .database_url
-        .parse()
-        .map_err(|_| "invalid database URL")?;
+    connect_url(&db.database_url, 1).await
+}
+
+async fn connect_url(url: &str, connections: u32) -> Result<sqlx::PgPool, String> {
+    let options: PgConnectOptions = url.parse().map_err(|_| "invalid database URL")?;
     PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(connections)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(options.disable_statement_logging())
         .await
@@ -200,6 +237,25 @@ async fn connect(db: &Database) -> Result<sqlx::PgPool, String> {
 
 async fn run(command: Command) -> Result<bool, String> {
     match command {
+        Command::Sequence {
+            database_url,
+            batch,
+            once,
+        } => {
+            let pool = connect_url(&database_url, 2).await?;
+            let sequencer = Sequencer::new(pool).with_batch_size(batch);
+            if once {
+                let chained = sequencer.drain().await.map_err(|e| e.to_string())?;
+                eprintln!("audit-log: chained {chained} events");
+                return Ok(true);
+            }
+            let running = sequencer.spawn();
+            tokio::signal::ctrl_c()
+                .await
+                .map_err(|e| format!("cannot wait for the interrupt: {e}"))?;
+            running.stop().await.map_err(|e| e.to_string())?;
+            Ok(true)
+        }
         Command::VerifyExport { file, trust } => {
             let reader = std::fs::File::open(&file).map_err(|e| format!("{file}: {e}"))?;
             let report =

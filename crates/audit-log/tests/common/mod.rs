@@ -4,7 +4,7 @@
 
 use audit_log::scrub::{PseudonymKey, ScrubPolicy, Scrubber};
 use audit_log::{
-    Action, Appended, AuditActor, AuditEvent, AuditLog, CheckpointSigner, Outcome, Target,
+    Action, AuditActor, AuditEvent, AuditLog, CheckpointSigner, Outcome, Queued, Sequencer, Target,
     TrustedKeys, VerifyReport,
 };
 use rls_guard::TenantPool;
@@ -39,6 +39,8 @@ pub struct Fixture {
     pub log: AuditLog,
     /// The checkpointer role's pool: the only runtime identity that may write checkpoints.
     pub checkpointer: TenantPool,
+    /// The sequencer role's sequencer: the only identity that chains queued events.
+    pub sequencer: Sequencer,
     pub signer: CheckpointSigner,
     pub keys: TrustedKeys,
 }
@@ -57,6 +59,7 @@ pub async fn fixture(max_connections: u32) -> Fixture {
     let pool = TenantPool::new(raw.clone()).await.unwrap();
     let log = AuditLog::new(pool, scrubber());
     let checkpointer = checkpointer(&db).await;
+    let sequencer = Sequencer::new(sequencer_pool(&db).await);
     let signer = CheckpointSigner::generate("test-key").unwrap();
     let keys = TrustedKeys::new().with(signer.verifying_key());
     Fixture {
@@ -64,6 +67,7 @@ pub async fn fixture(max_connections: u32) -> Fixture {
         raw,
         log,
         checkpointer,
+        sequencer,
         signer,
         keys,
     }
@@ -85,6 +89,58 @@ pub async fn checkpointer(db: &TestDb) -> TenantPool {
     TenantPool::new(pool).await.unwrap()
 }
 
+/// A sequencer role of its own on `db`, with the crate's grants, and a pool of it.
+pub async fn sequencer_pool(db: &TestDb) -> PgPool {
+    let options = db
+        .create_login_role("seq", "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOINHERIT")
+        .await;
+    let role = options.get_username().to_owned();
+    db.as_admin(&audit_log::schema::sequencer_sql(&role).unwrap())
+        .await;
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+/// Chains everything queued so far.
+pub async fn sequence_all(f: &Fixture) -> u64 {
+    f.sequencer.drain().await.unwrap()
+}
+
+/// Where a queued event landed once chained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chained {
+    pub id: u64,
+    pub seq: u64,
+    pub hash: audit_log::ChainHash,
+}
+
+/// Chains everything queued, then finds where each of `queued` landed.
+pub async fn chained(f: &Fixture, queued: &[Queued]) -> Vec<Chained> {
+    sequence_all(f).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let mut out = Vec::new();
+    for q in queued {
+        let (seq, hash): (i64, Vec<u8>) = sqlx::query_as(
+            "SELECT seq, hash FROM audit.events WHERE tenant_id = $1 AND queue_id = $2",
+        )
+        .bind(q.tenant.as_uuid())
+        .bind(q.id as i64)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        out.push(Chained {
+            id: q.id,
+            seq: seq as u64,
+            hash: hash.try_into().unwrap(),
+        });
+    }
+    admin.close().await;
+    out
+}
+
 pub fn actor(tenant: TenantId) -> Actor {
     Actor::new(ActorKind::User, ActorId::new_random(), tenant)
 }
@@ -104,12 +160,13 @@ pub fn event(tenant: TenantId, n: u64) -> AuditEvent {
     .unwrap()
 }
 
-pub async fn append_n(f: &Fixture, tenant: TenantId, n: u64) -> Vec<Appended> {
-    let mut out = Vec::new();
+/// Records `n` events of `tenant` and chains them.
+pub async fn append_n(f: &Fixture, tenant: TenantId, n: u64) -> Vec<Chained> {
+    let mut queued = Vec::new();
     for i in 1..=n {
-        out.push(f.log.record(event(tenant, i)).await.unwrap());
+        queued.push(f.log.record(event(tenant, i)).await.unwrap());
     }
-    out
+    chained(f, &queued).await
 }
 
 pub async fn verify(f: &Fixture, tenant: TenantId) -> VerifyReport {
@@ -136,7 +193,7 @@ pub async fn begin_tamper(db: &TestDb) -> Transaction<'static, Postgres> {
 
 pub async fn end_tamper(mut tx: Transaction<'static, Postgres>) {
     sqlx::raw_sql(
-        "ALTER TABLE audit.events ENABLE ALWAYS TRIGGER chain_append;
+        "ALTER TABLE audit.events ENABLE ALWAYS TRIGGER sequenced_only;
          ALTER TABLE audit.events ENABLE ALWAYS TRIGGER append_only;
          ALTER TABLE audit.events ENABLE ALWAYS TRIGGER append_only_truncate;
          ALTER TABLE audit.events ENABLE ALWAYS TRIGGER tenant_binding_check;
@@ -176,8 +233,8 @@ pub fn is_sqlstate(err: &sqlx::Error, code: &str) -> bool {
 }
 
 /// A raw INSERT as the runtime role (what SQL injection can run): the row's own columns and its
-/// record bytes, nothing the trigger assigns.
-pub const RAW_INSERT: &str = "INSERT INTO audit.events
+/// record bytes, into the queue (the only audit table it may insert into).
+pub const RAW_INSERT: &str = "INSERT INTO audit.pending
     (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
     VALUES ($1, $2, $3, $4, $5, 'allowed', $6, $7)";
 
@@ -331,13 +388,16 @@ pub async fn raw_insert_coded(
     }
     tx.commit().await.unwrap();
     f.log.record(event(t, 9)).await.unwrap();
+    sequence_all(f).await;
     (t, fate(f, t).await, None)
 }
 
-/// Whether `t`'s chain verifies intact.
+/// Whether `t`'s chain verifies intact (with nothing left in the queue).
 pub async fn fate(f: &Fixture, t: TenantId) -> Fate {
+    sequence_all(f).await;
     let report = verify(f, t).await;
     match report.result {
+        Ok(()) if report.pending > 0 => Fate::Poisoned(format!("{} left queued", report.pending)),
         Ok(()) if report.is_intact() => Fate::Intact,
         Ok(()) => Fate::Poisoned("not intact".into()),
         Err(b) => Fate::Poisoned(format!("{b}")),

@@ -280,8 +280,14 @@ impl Approver for Human {
 }
 
 /// `(action, outcome, event JSON)` of every audit event of `tenant`, in chain order.
+/// Everything queued is chained first (as the superuser; an application runs
+/// `audit_log::Sequencer`).
 pub async fn audit_events(db: &TestDb, tenant: TenantId) -> Vec<(String, String, Value)> {
     let admin = db.pool(Role::Admin, 1).await;
+    let _: i32 = sqlx::query_scalar("SELECT audit.sequence(100000)")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
     let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
         "SELECT action, outcome, event FROM audit.events WHERE tenant_id = $1 ORDER BY seq",
     )

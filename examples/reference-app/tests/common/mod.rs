@@ -355,6 +355,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Chains every queued audit event now, as the test server's superuser (the app's own
+/// sequencer would within milliseconds; a test that reads the chain right after a request, or
+/// after the app was killed, does not wait for it).
+pub async fn sequence_all(admin: &sqlx::PgPool) {
+    loop {
+        let taken: i32 = sqlx::query_scalar("SELECT audit.sequence(100000)")
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        if taken < 100_000 {
+            return;
+        }
+    }
+}
+
 /// Waits until the audit log holds a record of each of `actions` (the hook writes from tasks).
 pub async fn audited(admin: &sqlx::PgPool, actions: &[&str]) {
     for action in actions {

@@ -1,0 +1,381 @@
+//! The queue and the sequencer against the runtime role (what SQL injection or a compromised app
+//! server can run) and against a compromised sequencer role. Every refusal has its positive
+//! control, and every test checks that nothing was written.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use audit_log::Sequencer;
+use common::*;
+use sqlx::PgPool;
+use tenant_scope::{TenantContext, TenantId};
+use testkit::Role;
+
+const PRIVILEGE: &str = "42501";
+
+async fn count(admin: &PgPool, sql: &str, t: TenantId) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(t.as_uuid())
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+async fn chained_count(admin: &PgPool, t: TenantId) -> i64 {
+    count(
+        admin,
+        "SELECT count(*) FROM audit.events WHERE tenant_id = $1",
+        t,
+    )
+    .await
+}
+
+async fn queued_count(admin: &PgPool, t: TenantId) -> i64 {
+    count(
+        admin,
+        "SELECT count(*) FROM audit.pending WHERE tenant_id = $1",
+        t,
+    )
+    .await
+}
+
+/// Runs `sql` (bound to `t`, with the RAW_INSERT parameters filled with a valid record) in a
+/// transaction of the runtime role bound to `t`; the SQLSTATE of its refusal, or `None`.
+async fn as_runtime(f: &Fixture, t: TenantId, sql: &str) -> Option<String> {
+    let ctx = TenantContext::for_job(t, None, "attack").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    let at = now_micros();
+    let result = sqlx::query(sql)
+        .bind(t.as_uuid())
+        .bind(at)
+        .bind("user")
+        .bind(None::<uuid::Uuid>)
+        .bind("a.b")
+        .bind(None::<&str>)
+        .bind(fill(BASE.as_bytes(), t, at))
+        .execute(&mut *tx)
+        .await;
+    match result {
+        Ok(_) => {
+            tx.commit().await.unwrap();
+            None
+        }
+        Err(e) => {
+            tx.rollback().await.unwrap();
+            Some(
+                e.as_database_error()
+                    .and_then(|d| d.code())
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default(),
+            )
+        }
+    }
+}
+
+const INSERT_INTO_EVENTS: &str = "INSERT INTO audit.events
+    (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event)
+    VALUES ($1, $2, $3, $4, $5, 'allowed', $6, $7)";
+
+#[tokio::test]
+async fn the_runtime_role_cannot_insert_into_the_chain_directly() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let t = TenantId::new_random();
+    // Without the chain columns, and with forged ones.
+    let forged = "INSERT INTO audit.events
+        (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event, seq,
+         prev_hash, hash)
+        VALUES ($1, $2, $3, $4, $5, 'allowed', $6, $7, 1, sha256(''), sha256(''))";
+    for sql in [INSERT_INTO_EVENTS, forged] {
+        assert_eq!(
+            as_runtime(&f, t, sql).await.as_deref(),
+            Some(PRIVILEGE),
+            "{sql}"
+        );
+    }
+    assert_eq!(chained_count(&admin, t).await, 0);
+    assert_eq!(queued_count(&admin, t).await, 0);
+    // Positive control: the same record, queued, is chained and verifies.
+    assert_eq!(as_runtime(&f, t, RAW_INSERT).await, None);
+    assert_eq!(sequence_all(&f).await, 1);
+    assert_eq!(chained_count(&admin, t).await, 1);
+    let report = verify(&f, t).await;
+    assert!(report.is_intact(), "{:?}", report.result);
+    assert_eq!((report.last_seq, report.pending), (1, 0));
+}
+
+#[tokio::test]
+async fn the_runtime_role_cannot_update_delete_or_truncate_the_queue() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let t = TenantId::new_random();
+    assert_eq!(as_runtime(&f, t, RAW_INSERT).await, None);
+    for sql in [
+        "UPDATE audit.pending SET action = 'x.y' WHERE tenant_id = $1",
+        "UPDATE audit.pending SET failed_at = now() WHERE tenant_id = $1",
+        "DELETE FROM audit.pending WHERE tenant_id = $1",
+        "TRUNCATE audit.pending",
+    ] {
+        // The extra parameters are ignored by PostgreSQL only when referenced; bind just $1.
+        let ctx = TenantContext::for_job(t, None, "attack").unwrap();
+        let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+        let query = sqlx::query(sql);
+        let query = if sql.contains("$1") {
+            query.bind(t.as_uuid())
+        } else {
+            query
+        };
+        let err = query.execute(&mut *tx).await.unwrap_err();
+        assert!(is_sqlstate(&err, PRIVILEGE), "{sql}: {err}");
+        tx.rollback().await.unwrap();
+    }
+    // Positive control: the runtime role reads its own tenant's queued row (and no other's).
+    let ctx = TenantContext::for_job(t, None, "attack").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.pending")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+    tx.rollback().await.unwrap();
+    let other = TenantContext::for_job(TenantId::new_random(), None, "attack").unwrap();
+    let mut tx = f.log.pool().begin(&other).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.pending")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    tx.rollback().await.unwrap();
+    // The owner is refused too (outside the sequencer), under replica mode as well.
+    let owner = f.db.pool(Role::Owner, 1).await;
+    for setup in ["", "SET LOCAL session_replication_role = replica"] {
+        let mut tx = if setup.is_empty() {
+            owner.begin().await.unwrap()
+        } else {
+            let mut tx = admin.begin().await.unwrap();
+            sqlx::raw_sql(setup).execute(&mut *tx).await.unwrap();
+            tx
+        };
+        let err = sqlx::query("DELETE FROM audit.pending")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(is_sqlstate(&err, "AL001"), "{setup}: {err}");
+        tx.rollback().await.unwrap();
+    }
+    assert_eq!(queued_count(&admin, t).await, 1);
+    assert_eq!(sequence_all(&f).await, 1);
+    assert_eq!(
+        (
+            queued_count(&admin, t).await,
+            chained_count(&admin, t).await
+        ),
+        (0, 1)
+    );
+}
+
+#[tokio::test]
+async fn only_the_sequencer_role_can_call_the_sequencer() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let t = TenantId::new_random();
+    assert_eq!(as_runtime(&f, t, RAW_INSERT).await, None);
+    for (role, pool) in [
+        ("runtime", f.raw.clone()),
+        ("checkpointer", f.checkpointer.pool().clone()),
+    ] {
+        let err = sqlx::query_scalar::<_, i32>("SELECT audit.sequence(10)")
+            .fetch_one(&pool)
+            .await
+            .unwrap_err();
+        assert!(is_sqlstate(&err, PRIVILEGE), "{role}: {err}");
+    }
+    assert_eq!(chained_count(&admin, t).await, 0);
+    // Positive control.
+    assert_eq!(f.sequencer.sequence_batch().await.unwrap(), 1);
+    assert_eq!(chained_count(&admin, t).await, 1);
+}
+
+#[tokio::test]
+async fn a_queued_row_for_another_tenant_cannot_be_planted() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let (t, victim) = (TenantId::new_random(), TenantId::new_random());
+    // Bound to `t`, a row (with a record that matches it) for `victim`.
+    let ctx = TenantContext::for_job(t, None, "attack").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    let at = now_micros();
+    let err = sqlx::query(RAW_INSERT)
+        .bind(victim.as_uuid())
+        .bind(at)
+        .bind("user")
+        .bind(None::<uuid::Uuid>)
+        .bind("a.b")
+        .bind(None::<&str>)
+        .bind(fill(BASE.as_bytes(), victim, at))
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(is_sqlstate(&err, PRIVILEGE), "{err}");
+    tx.rollback().await.unwrap();
+    // Rebinding inside the transaction is caught at commit.
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SELECT set_config('app.tenant_id', '{victim}', true)"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let inserted = sqlx::query(RAW_INSERT)
+        .bind(victim.as_uuid())
+        .bind(at)
+        .bind("user")
+        .bind(None::<uuid::Uuid>)
+        .bind("a.b")
+        .bind(None::<&str>)
+        .bind(fill(BASE.as_bytes(), victim, at))
+        .execute(&mut *tx)
+        .await;
+    assert!(inserted.is_err() || tx.commit().await.is_err());
+    assert_eq!(queued_count(&admin, victim).await, 0);
+    sequence_all(&f).await;
+    assert_eq!(chained_count(&admin, victim).await, 0);
+    // Positive control: bound to the victim, the row is queued.
+    assert_eq!(as_runtime(&f, victim, RAW_INSERT).await, None);
+    assert_eq!(queued_count(&admin, victim).await, 1);
+}
+
+/// The sequencer cannot be wedged: every row the runtime role can queue has passed the record's
+/// checks, and even a tenant whose batch fails (here: the owner planted an event at the position
+/// the next one needs, which the primary key refuses) is set aside alone — the other tenants'
+/// events, queued after it and beyond the batch size, are chained, and the failed tenant's
+/// events stay queued (reported by `verify`), not lost.
+#[tokio::test]
+async fn a_tenant_whose_batch_fails_holds_up_no_other_tenant() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let (broken, fine) = (TenantId::new_random(), TenantId::new_random());
+    append_n(&f, broken, 1).await;
+    // The owner (triggers off) puts a row at position 2.
+    let mut tx = begin_tamper(&f.db).await;
+    sqlx::query(
+        "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, outcome, \
+             event, prev_hash, hash) \
+         SELECT tenant_id, 2, occurred_at, actor_kind, action, outcome, event, hash, hash \
+         FROM audit.events WHERE tenant_id = $1 AND seq = 1",
+    )
+    .bind(broken.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    end_tamper(tx).await;
+    for i in 0..6 {
+        f.log.record(event(broken, i)).await.unwrap();
+    }
+    for i in 0..3 {
+        f.log.record(event(fine, i)).await.unwrap();
+    }
+    let small = f.sequencer.clone().with_batch_size(2);
+    // Three batches of the broken tenant's rows are set aside, then the fine tenant's chained.
+    let mut taken = 0;
+    for _ in 0..10 {
+        taken += small.sequence_batch().await.unwrap();
+    }
+    assert_eq!(taken, 9);
+    assert_eq!(
+        (
+            chained_count(&admin, fine).await,
+            queued_count(&admin, fine).await
+        ),
+        (3, 0)
+    );
+    assert!(verify(&f, fine).await.is_intact());
+    assert_eq!(
+        (
+            chained_count(&admin, broken).await,
+            queued_count(&admin, broken).await
+        ),
+        (2, 6)
+    );
+    let report = verify(&f, broken).await;
+    assert_eq!(report.pending, 6);
+    assert!(report.oldest_pending.is_some());
+}
+
+#[tokio::test]
+async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 2).await;
+    f.log.record(event(t, 3)).await.unwrap();
+    let pool = sequencer_pool(&f.db).await;
+    for sql in [
+        "SELECT count(*) FROM audit.events",
+        "SELECT count(*) FROM audit.pending",
+        "SELECT count(*) FROM audit.anchors",
+        "SELECT count(*) FROM audit.checkpoints",
+        "SELECT count(*) FROM audit.acknowledgements",
+        "SELECT count(*) FROM notes",
+        "SELECT count(*) FROM app.binding_writes",
+        "DELETE FROM audit.pending",
+        "UPDATE audit.pending SET failed_at = now()",
+        "DELETE FROM audit.events",
+        "INSERT INTO audit.checkpoints (tenant_id, seq, hash, signed_at, key_id, signature) \
+         VALUES (gen_random_uuid(), 1, sha256(''), now(), 'k', sha512(''))",
+        "INSERT INTO audit.anchors VALUES (gen_random_uuid(), 1, sha256(''))",
+        "SELECT app.bind_trusted(gen_random_uuid()::text, '')",
+    ] {
+        let err = sqlx::query(sql).execute(&pool).await.unwrap_err();
+        assert!(
+            is_sqlstate(&err, PRIVILEGE) || is_sqlstate(&err, "3F000"),
+            "{sql}: {err}"
+        );
+    }
+    // Out-of-range batch sizes are refused, not clamped by the database.
+    for bad in [0, -1, 100_001] {
+        let err = sqlx::query_scalar::<_, i32>("SELECT audit.sequence($1)")
+            .bind(bad)
+            .fetch_one(&pool)
+            .await
+            .unwrap_err();
+        assert!(is_sqlstate(&err, "AL005"), "{bad}: {err}");
+    }
+    assert_eq!(chained_count(&admin, t).await, 2);
+    // It passes the runtime-role start-up check (as the reference app's checkpointer, which
+    // holds these grants too, must).
+    rls_guard::TenantPool::new(pool.clone())
+        .await
+        .expect("the sequencer role passes TenantPool's start-up check");
+    // Positive control: it advances the chain, exactly as the library computes it.
+    assert_eq!(Sequencer::new(pool).drain().await.unwrap(), 1);
+    let report = verify(&f, t).await;
+    assert!(report.is_intact(), "{:?}", report.result);
+    assert_eq!((report.last_seq, report.pending), (3, 0));
+}
+
+/// `rls-guard`'s coverage check, probing as the runtime role with rows queued and chained,
+/// finds nothing once told what the audit schema installs on purpose; without being told, it
+/// reports the queue's unforced row-level security and its triggers (the positive control).
+#[tokio::test]
+async fn the_coverage_check_accepts_the_queue_only_when_told() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    append_n(&f, t, 2).await;
+    f.log.record(event(t, 3)).await.unwrap();
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let mut checker = admin.acquire().await.unwrap();
+    let check = rls_guard::CoverageCheck::new().runtime_role(testkit::RUNTIME_ROLE);
+    let untold = check.clone().run(&mut checker).await.unwrap();
+    assert!(
+        untold
+            .iter()
+            .any(|f| f.kind == rls_guard::FindingKind::RlsNotForced && f.object == "audit.pending"),
+        "{untold:#?}"
+    );
+    let findings = audit_log::schema::coverage_trust(check)
+        .run(&mut checker)
+        .await
+        .unwrap();
+    assert!(findings.is_empty(), "coverage findings: {findings:#?}");
+}
