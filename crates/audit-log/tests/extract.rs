@@ -95,6 +95,7 @@ async fn behind_the_layer_the_handle_is_extracted_and_appends() {
         ));
     let response = router.oneshot(request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(sequence_all(&f).await, 1);
     let recorded = audit_log::AuditQuery::new(t).fetch(&f.raw).await.unwrap();
     assert_eq!(recorded.len(), 1);
     assert_eq!(

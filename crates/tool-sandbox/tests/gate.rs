@@ -914,8 +914,8 @@ async fn every_decision_is_audited_and_the_chain_verifies() {
 #[tokio::test]
 async fn when_the_audit_record_cannot_be_written_nothing_runs_and_nothing_is_stored() {
     let f = fixture().await;
-    // The audit table is gone (an operator's mistake): every decision must fail closed.
-    f.db.as_admin("ALTER TABLE audit.events RENAME TO events_gone")
+    // The audit queue is gone (an operator's mistake): every decision must fail closed.
+    f.db.as_admin("ALTER TABLE audit.pending RENAME TO pending_gone")
         .await;
     let policy = agent_policy(f.tenant);
     let mut t = turn(&policy, "search; pay");

@@ -257,7 +257,7 @@ async fn sign_in_read_refuse_audit_verify() {
                 report = Some(now);
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let report = report.expect("the sequencer chained every event within 10 s");
         assert!(report.is_intact(), "{report:?}");
