@@ -28,6 +28,7 @@ pub struct AuditQuery {
     action: Option<String>,
     from: Option<OffsetDateTime>,
     to: Option<OffsetDateTime>,
+    before: Option<i64>,
     limit: Option<i64>,
 }
 
@@ -41,6 +42,7 @@ impl AuditQuery {
             action: None,
             from: None,
             to: None,
+            before: None,
             limit: None,
         }
     }
@@ -73,6 +75,14 @@ impl AuditQuery {
         self
     }
 
+    /// Only events before position `seq` in the chain: the next page of a newest-first listing
+    /// starts before the last position shown.
+    #[must_use]
+    pub fn before(mut self, seq: u64) -> Self {
+        self.before = Some(i64::try_from(seq).unwrap_or(i64::MAX));
+        self
+    }
+
     /// At most `n` events (the newest first for [`AuditQuery::fetch`]).
     #[must_use]
     pub fn limit(mut self, n: u32) -> Self {
@@ -85,6 +95,7 @@ impl AuditQuery {
             && self.action.is_none()
             && self.from.is_none()
             && self.to.is_none()
+            && self.before.is_none()
             && self.limit.is_none()
     }
 
@@ -104,7 +115,8 @@ impl AuditQuery {
              AND ($3::text IS NULL OR action = $3) \
              AND ($4::timestamptz IS NULL OR occurred_at >= $4) \
              AND ($5::timestamptz IS NULL OR occurred_at < $5) \
-             ORDER BY seq {order} LIMIT $6"
+             AND ($6::bigint IS NULL OR seq < $6) \
+             ORDER BY seq {order} LIMIT $7"
         )
     }
 
@@ -122,6 +134,7 @@ impl AuditQuery {
             .bind(self.action.as_deref())
             .bind(self.from)
             .bind(self.to)
+            .bind(self.before)
             .bind(self.limit)
     }
 

@@ -56,6 +56,29 @@ async fn queries_filter_by_actor_action_and_time() {
             .len(),
         2
     );
+    // Pages: newest first, the next one starting before the last position shown.
+    let page = |before: Option<u64>| {
+        let query = AuditQuery::new(t).limit(2);
+        let query = before.map_or(query.clone(), |seq| query.before(seq));
+        let raw = f.raw.clone();
+        async move {
+            let events = query.fetch(&raw).await.unwrap();
+            events.iter().map(|e| e.seq).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None).await, vec![4, 3]);
+    assert_eq!(page(Some(3)).await, vec![2, 1]);
+    assert_eq!(page(Some(1)).await, Vec::<u64>::new());
+    let filtered_page = AuditQuery::new(t)
+        .with_action(&Action::new("note.updated").unwrap())
+        .before(3)
+        .fetch(&f.raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        filtered_page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
     // Another tenant's query sees none of it, even through the same pool.
     assert!(
         AuditQuery::new(TenantId::new_random())

@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 pub use crate::config::Config;
 use crate::config::ModelSource;
-use crate::state::{AppMailer, AppState, ConsoleOutbox, Directory, Services};
+use crate::state::{AppMailer, AppState, ConsoleOutbox, Directory, Services, Visits};
 
 /// Any start-up failure.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -613,6 +613,7 @@ fn build(
         }
     };
     let services = Arc::new(Services {
+        visits: Visits::default(),
         pool,
         raw,
         sessions,

@@ -238,7 +238,66 @@ pub(crate) struct TenantInfo {
     pub(crate) assistant: ActorId,
 }
 
+/// The staff console's open visits, by session: one audited cross-tenant grant each, used by
+/// every console page and decision until the grant expires or the member closes the visit.
+/// Held in this instance's memory (a visit opened on another instance is opened again here,
+/// with its own audited grant).
+#[derive(Default)]
+pub(crate) struct Visits(std::sync::Mutex<std::collections::HashMap<Uuid, Visit>>);
+
+/// One open visit: the workspace and the granted context.
+#[derive(Clone)]
+pub(crate) struct Visit {
+    pub(crate) tenant: TenantInfo,
+    pub(crate) context: TenantContext,
+}
+
+impl Visit {
+    fn is_live(&self) -> bool {
+        self.context
+            .expires_at()
+            .is_some_and(|at| at > std::time::SystemTime::now())
+    }
+}
+
+impl Visits {
+    /// The session's live visit, if any (an expired one is forgotten).
+    pub(crate) fn get(&self, session: Uuid) -> Option<Visit> {
+        let mut visits = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match visits.get(&session) {
+            Some(visit) if visit.is_live() => Some(visit.clone()),
+            Some(_) => {
+                visits.remove(&session);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Opens `visit` for the session (replacing any other), forgetting expired ones.
+    pub(crate) fn open(&self, session: Uuid, visit: Visit) {
+        let mut visits = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        visits.retain(|_, v| v.is_live());
+        visits.insert(session, visit);
+    }
+
+    /// Closes the session's visit.
+    pub(crate) fn close(&self, session: Uuid) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&session);
+    }
+}
+
 pub(crate) struct Services {
+    pub(crate) visits: Visits,
     pub(crate) pool: TenantPool,
     pub(crate) raw: PgPool,
     pub(crate) sessions: SessionStore,

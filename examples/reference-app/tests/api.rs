@@ -8,7 +8,6 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::Browser;
-use http_body_util::BodyExt;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -186,16 +185,11 @@ async fn assistant_and_admin_over_json() {
         page.body
     );
 
-    // A staff member's browser following a link from another site to the console's tenant
-    // picker: refused, and no grant recorded. The same request from the console's own page
-    // is granted.
-    let sam = Browser::signed_in(&app, "ops", "sam@ops.test").await;
-    let cookie: String = sam
-        .cookies
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    // A staff member's browser sent from another site: a link to a console page opens no
+    // workspace (the reason never travels in a URL), and a form posted from another site is
+    // refused; neither records a grant. The console's own form opens the workspace with one
+    // grant, and every page of the visit uses it.
+    let mut sam = Browser::signed_in(&app, "ops", "sam@ops.test").await;
     let grants = || async {
         common::sequence_all(&admin).await;
         let (n,): (i64,) = sqlx::query_as(
@@ -206,29 +200,54 @@ async fn assistant_and_admin_over_json() {
         .unwrap();
         n
     };
-    let visit = |site: &'static str| {
-        let request = Request::builder()
-            .uri("/staff/audit?tenant=acme&reason=written+by+someone+else")
-            .header(header::COOKIE, cookie.as_str())
-            .header("sec-fetch-site", site)
-            .body(Body::empty())
-            .unwrap();
-        app.router.clone().oneshot(request)
-    };
     let before = grants().await;
-    for site in ["cross-site", "same-site"] {
-        let response = visit(site).await.unwrap();
-        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{site}");
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert!(String::from_utf8_lossy(&body).contains("Nothing was granted"));
+    let linked = sam
+        .get("/staff/audit?tenant=acme&reason=written+by+someone+else")
+        .await;
+    assert_eq!(linked.status, StatusCode::OK);
+    assert!(linked.body.contains("Open workspace"), "{}", linked.body);
+    assert!(!linked.body.contains("written by someone else"));
+    let cookie: String = sam
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let forged = Request::builder()
+        .method("POST")
+        .uri("/staff/visit")
+        .header(header::COOKIE, cookie.as_str())
+        .header(header::ORIGIN, "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(
+            "tenant=acme&reason=written+by+someone+else&next=audit",
+        ))
+        .unwrap();
+    let response = app.router.clone().oneshot(forged).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(grants().await, before, "a cross-site form recorded a grant");
+    // Positive control: the console's own form, then three pages of one visit: one grant.
+    let opened = sam
+        .open_workspace("acme", "reviewing the audit chain", "audit")
+        .await;
+    assert_eq!(opened.status, StatusCode::SEE_OTHER);
+    assert_eq!(opened.location(), "/staff/audit");
+    for path in ["/staff/audit", "/staff/approvals", "/staff/audit"] {
+        let page = sam.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(
+            page.body.contains("Open: <strong>acme</strong>"),
+            "{}",
+            page.body
+        );
     }
-    assert_eq!(
-        grants().await,
-        before,
-        "a cross-site visit recorded a grant"
-    );
-    let response = visit("same-origin").await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(grants().await, before + 1, "one grant for the visit");
+    // Closed, the visit's pages open nothing.
+    let closed = sam.post("/staff/visit/end", &[]).await;
+    assert_eq!(closed.status, StatusCode::SEE_OTHER);
+    let page = sam.get("/staff/audit").await;
+    assert!(page.body.contains("Open workspace"), "{}", page.body);
     assert_eq!(grants().await, before + 1);
 
     // The runtime role can change a member's role but never make anyone staff: not by update,

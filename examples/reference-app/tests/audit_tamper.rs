@@ -32,8 +32,12 @@ async fn deleting_the_newest_events_and_the_stored_checkpoints_is_still_caught()
     }
     app.sequence_audit().await.unwrap();
     assert!(app.sign_checkpoints().await.unwrap() >= 1);
-    let path = "/staff/audit?tenant=acme&reason=reviewing+the+audit+chain";
+    let path = "/staff/audit";
     let mut sam = Browser::signed_in(&app, "ops", "sam@ops.test").await;
+    let opened = sam
+        .open_workspace("acme", "reviewing the audit chain", "audit")
+        .await;
+    assert_eq!(opened.status, StatusCode::SEE_OTHER);
     let before = sam.get(path).await;
     assert_eq!(before.status, StatusCode::OK);
     assert!(before.body.contains("chain verified"), "{}", before.body);

@@ -187,11 +187,9 @@ async fn fixture(app: &App, admin: &PgPool, bob: Uuid, cell: &Cell) -> (String, 
             path = path
                 .replace("{tenant}", "acme")
                 .replace("{id}", &id.to_string());
-            form = format!("digest={digest}&{reason}");
+            form = format!("digest={digest}");
         }
-        "/staff/approvals" | "/staff/audit" => {
-            path = format!("{path}?tenant=acme&{reason}");
-        }
+        "/staff/visit" => form = format!("tenant=acme&{reason}&next=audit"),
         // A fresh address each time: the per-address rate limit is tested on its own.
         "/api/auth/link" => {
             form = format!(
@@ -262,6 +260,12 @@ async fn every_route_answers_every_role_as_the_matrix_says() {
         .check(&served, &ROLES, async |cell| {
             let cookie = cookie(&app, &cell.role).await;
             let (path, form) = fixture(&app, &admin, bob, &cell).await;
+            if path.starts_with("/staff/approvals/") {
+                // A decision acts through the console's open visit: open acme first (refused
+                // for every role but staff, which the decision's own cell then shows).
+                let visit = "tenant=acme&reason=matrix+check+of+the+console";
+                send(&app, "POST", "/staff/visit", cookie.as_deref(), visit).await;
+            }
             let (status, body) =
                 send(&app, cell.method.as_str(), &path, cookie.as_deref(), &form).await;
             let excerpt: String = body.chars().take(120).collect();

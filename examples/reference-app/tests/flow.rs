@@ -270,9 +270,7 @@ async fn the_whole_demo_through_the_router() {
         .unwrap();
     assert_eq!(held, 1);
     // Alice is not staff: the console refuses her.
-    let refused = alice
-        .get("/staff/approvals?tenant=acme&reason=I+want+to+approve+it")
-        .await;
+    let refused = alice.get("/staff/approvals").await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(
         !refused.body.to_lowercase().contains("staff"),
@@ -288,16 +286,18 @@ async fn the_whole_demo_through_the_router() {
     assert_eq!(early.status, StatusCode::SEE_OTHER);
     assert_eq!(early.location(), "/auth/totp?next=%2Fstaff%2Fapprovals");
     sam.enrol_totp("/staff/approvals").await;
-    let no_reason = sam.get("/staff/approvals?tenant=acme&reason=x").await;
+    let no_reason = sam.open_workspace("acme", "x", "approvals").await;
     assert_eq!(
         no_reason.status,
         StatusCode::FORBIDDEN,
         "a reason of 10+ characters is required"
     );
-    let reason = "reviewing+the+assistant+queue";
-    let queue = sam
-        .get(&format!("/staff/approvals?tenant=acme&reason={reason}"))
+    let opened = sam
+        .open_workspace("acme", "reviewing the assistant queue", "approvals")
         .await;
+    assert_eq!(opened.status, StatusCode::SEE_OTHER);
+    assert_eq!(opened.location(), "/staff/approvals");
+    let queue = sam.get("/staff/approvals").await;
     assert_eq!(queue.status, StatusCode::OK, "{}", queue.body);
     assert!(queue.body.contains("exfil@attacker.test"));
     assert!(
@@ -328,10 +328,7 @@ async fn the_whole_demo_through_the_router() {
     let wrong = sam
         .post(
             &format!("/staff/approvals/acme/{id}/approve"),
-            &[
-                ("digest", &"00".repeat(32)),
-                ("reason", "reviewing the assistant queue"),
-            ],
+            &[("digest", &"00".repeat(32))],
         )
         .await;
     assert!(
@@ -341,19 +338,13 @@ async fn the_whole_demo_through_the_router() {
     );
     // Sam rejects it.
     let rejected = sam
-        .post(
-            &format!("/staff/approvals/acme/{id}/reject"),
-            &[("reason", "reviewing the assistant queue")],
-        )
+        .post(&format!("/staff/approvals/acme/{id}/reject"), &[])
         .await;
     assert!(rejected.body.contains("Rejected."), "{}", rejected.body);
     let again = sam
         .post(
             &format!("/staff/approvals/acme/{id}/approve"),
-            &[
-                ("digest", &digest),
-                ("reason", "reviewing the assistant queue"),
-            ],
+            &[("digest", &digest)],
         )
         .await;
     assert!(again.body.contains("already decided"), "{}", again.body);
@@ -362,9 +353,7 @@ async fn the_whole_demo_through_the_router() {
     alice
         .post("/assistant", &[("prompt", "Summarise all my notes")])
         .await;
-    let queue = sam
-        .get(&format!("/staff/approvals?tenant=acme&reason={reason}"))
-        .await;
+    let queue = sam.get("/staff/approvals").await;
     let id = queue
         .body
         .split("/staff/approvals/acme/")
@@ -386,10 +375,7 @@ async fn the_whole_demo_through_the_router() {
     let approved = sam
         .post(
             &format!("/staff/approvals/acme/{id}/approve"),
-            &[
-                ("digest", &digest),
-                ("reason", "reviewing the assistant queue"),
-            ],
+            &[("digest", &digest)],
         )
         .await;
     assert!(
@@ -400,10 +386,7 @@ async fn the_whole_demo_through_the_router() {
     let replay = sam
         .post(
             &format!("/staff/approvals/acme/{id}/approve"),
-            &[
-                ("digest", &digest),
-                ("reason", "reviewing the assistant queue"),
-            ],
+            &[("digest", &digest)],
         )
         .await;
     assert!(replay.body.contains("already decided"), "{}", replay.body);
@@ -438,9 +421,7 @@ async fn the_whole_demo_through_the_router() {
     );
 
     // The audit viewer: the grants, the decisions, and a verified chain.
-    let audit = sam
-        .get("/staff/audit?tenant=acme&reason=checking+the+audit+chain")
-        .await;
+    let audit = sam.get("/staff/audit").await;
     assert_eq!(audit.status, StatusCode::OK);
     assert!(audit.body.contains("chain verified"), "{}", audit.body);
     for action in [
@@ -451,8 +432,25 @@ async fn the_whole_demo_through_the_router() {
         "tenant.cross_tenant_granted",
         "authn.login_succeeded",
     ] {
-        assert!(audit.body.contains(action), "{action} missing");
+        // Filtered by action: that action's events and no other.
+        let filtered = sam.get(&format!("/staff/audit?action={action}")).await;
+        assert_eq!(filtered.status, StatusCode::OK);
+        let listed = filtered.body.matches(&format!("<td>{action}</td>")).count();
+        assert!(listed >= 1, "{action} missing: {}", filtered.body);
+        assert_eq!(
+            filtered.body.matches("<tr><td>").count(),
+            listed,
+            "{action}"
+        );
     }
+    // A page before position 3 holds positions 2 and 1, newest first; a filter that is not an
+    // action name is refused with a message, not a query.
+    let older = sam.get("/staff/audit?before=3").await;
+    assert_eq!(older.body.matches("<tr><td>").count(), 2, "{}", older.body);
+    assert!(older.body.find("<tr><td>2</td>") < older.body.find("<tr><td>1</td>"));
+    let bad = sam.get("/staff/audit?action=not%20an%20action").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("not an action name"), "{}", bad.body);
 
     // Sign out revokes the session at once.
     let cookie = alice.cookies.clone();

@@ -87,8 +87,8 @@ const LEGITIMATE: &[(&str, &str)] = &[
     ("/notes", "/notes"),
     ("/notes?q=budget&page=2", "/notes?q=budget&page=2"),
     (
-        "/staff/approvals?tenant=acme&reason=Reviewing+the+queue",
-        "/staff/approvals?tenant=acme&reason=Reviewing+the+queue",
+        "/staff/audit?action=note.created&before=20",
+        "/staff/audit?action=note.created&before=20",
     ),
     (
         "/notes/123e4567-e89b-12d3-a456-426614174000",

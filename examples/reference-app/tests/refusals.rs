@@ -177,12 +177,12 @@ async fn a_stale_factor_gets_the_step_up_form_and_nothing_is_done(app: &App) {
     // Staff approving with a stale factor: the step-up form, back to the queue afterwards.
     let mut sam = Browser::signed_in(app, "ops", "sam@ops.test").await;
     sam.stale_second_factor("ops", "sam@ops.test").await;
-    let queue = format!("{base}/staff/approvals?tenant=acme&reason=Reviewing+the+queue");
+    let queue = format!("{base}/staff/audit?action=agent.tool_proposed&before=20");
     let approve = post_with(
         app,
         &sam,
         &format!("/staff/approvals/acme/{}/approve", uuid::Uuid::new_v4()),
-        &format!("digest={}&reason=Reviewing+the+queue", "00".repeat(32)),
+        &format!("digest={}", "00".repeat(32)),
         &base,
         Some(&queue),
     )
@@ -195,7 +195,7 @@ async fn a_stale_factor_gets_the_step_up_form_and_nothing_is_done(app: &App) {
     );
     assert_eq!(
         form_next(&approve.body, "/api/auth/step-up"),
-        "/staff/approvals?tenant=acme&#38;reason=Reviewing+the+queue",
+        "/staff/audit?action=agent.tool_proposed&#38;before=20",
         "{}",
         approve.body
     );
@@ -227,7 +227,7 @@ async fn a_member_is_not_told_about_staff_and_other_refusals_are_pages(app: &App
     for path in [
         "/staff/approvals",
         "/staff/audit",
-        "/staff/approvals?tenant=acme&reason=I+want+to+look+around",
+        "/staff/audit?action=note.created",
     ] {
         let page = bob.get(path).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");

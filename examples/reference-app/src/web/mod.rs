@@ -310,6 +310,8 @@ pub(crate) fn router(state: AppState) -> Result<(Router, RouteRecord), magic_aut
         .layer(Guard::require_step_up(STEP_UP_MAX_AGE));
     let staff_routes = RecordingRouter::new()
         .route("/staff/approvals", get(staff::approvals))
+        .route("/staff/visit", post(staff::open_visit))
+        .route("/staff/visit/end", post(staff::end_visit))
         .route("/staff/approvals/{tenant}/{id}/reject", post(staff::reject))
         .route("/staff/audit", get(staff::audit))
         .merge(staff_sensitive)

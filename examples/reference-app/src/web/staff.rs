@@ -1,20 +1,22 @@
-//! The staff console: the approval queue and the audit viewer of any workspace, each opened
-//! through a cross-tenant grant with a reason (audited in that workspace's chain before access).
+//! The staff console: the approval queue and the audit viewer of any workspace. A staff member
+//! opens a workspace for a visit with one cross-tenant grant and a reason (sent in a POST,
+//! audited in that workspace's chain before access); every console page and decision uses that
+//! grant until it expires or the visit is closed.
 
 use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use magic_auth::Session;
-use tenant_scope::{Actor, ActorKind, TenantContext};
+use tenant_scope::{Actor, ActorKind, Origin, TenantContext};
 use tool_sandbox::{ProposalStatus, SandboxError};
 
 use super::auth::parse_id;
-use super::{Nav, internal, message, render};
+use super::{Nav, internal, message, redirect, render};
 use crate::agent;
-use crate::state::{AppState, TenantInfo};
+use crate::state::{AppState, TenantInfo, Visit};
 
 struct Pending {
     id: String,
@@ -32,9 +34,10 @@ struct Pending {
 #[template(path = "approvals.html")]
 struct ApprovalsPage {
     nav: Nav,
+    /// The page the visit form comes back to.
+    next: &'static str,
     tenants: Vec<String>,
-    tenant: Option<String>,
-    reason: String,
+    visit: Option<VisitView>,
     proposals: Vec<Pending>,
     error: Option<String>,
 }
@@ -113,14 +116,116 @@ async fn tenant_slugs(state: &AppState) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Which console page a visit opens on.
+#[derive(Clone, Copy)]
+enum ConsolePage {
+    Approvals,
+    Audit,
+}
+
+impl ConsolePage {
+    fn from_form(form: &HashMap<String, String>) -> Self {
+        match form.get("next").map(String::as_str) {
+            Some("audit") => Self::Audit,
+            _ => Self::Approvals,
+        }
+    }
+
+    const fn path(self) -> &'static str {
+        match self {
+            Self::Approvals => "/staff/approvals",
+            Self::Audit => "/staff/audit",
+        }
+    }
+}
+
+/// What a console page says about the open visit.
+pub(super) struct VisitView {
+    tenant: String,
+    reason: String,
+    until: String,
+}
+
+impl VisitView {
+    fn of(visit: &Visit) -> Self {
+        Self {
+            tenant: visit.tenant.slug.clone(),
+            reason: match visit.context.origin() {
+                Origin::CrossTenant { reason } => reason.to_string(),
+                _ => String::new(),
+            },
+            until: visit
+                .context
+                .expires_at()
+                .map(|at| when(time::OffsetDateTime::from(at)))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A time as the console shows it: to the second, with its zone.
+pub(super) fn when(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Who is not staff: refused before anything about a workspace is looked at.
+struct NotStaff;
+
+/// The session's open visit, when the member is staff.
+fn visit_of(state: &AppState, session: &Session) -> Result<Option<Visit>, NotStaff> {
+    if session.kind != ActorKind::Staff {
+        return Err(NotStaff);
+    }
+    Ok(state.visits.get(session.id))
+}
+
+/// `POST /staff/visit` (`tenant`, `reason`, `next`): opens a workspace for this console visit
+/// with one audited cross-tenant grant, then shows the page asked for. The reason travels in
+/// the body, never in a URL (URLs end up in logs and histories).
+pub(super) async fn open_visit(
+    State(state): State<AppState>,
+    session: Session,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let next = ConsolePage::from_form(&form);
+    let slug = form.get("tenant").map_or("", String::as_str);
+    let reason = form.get("reason").map_or("", String::as_str);
+    match grant(&state, &session, slug, reason).await {
+        Ok((tenant, context)) => {
+            state.visits.open(session.id, Visit { tenant, context });
+            redirect(&state, next.path())
+        }
+        Err(denied) => refused(&state, &session, denied),
+    }
+}
+
+/// `POST /staff/visit/end`: closes the visit (its grant is not used again).
+pub(super) async fn end_visit(State(state): State<AppState>, session: Session) -> Response {
+    if session.kind != ActorKind::Staff {
+        return refused(&state, &session, Denied::NotStaff);
+    }
+    state.visits.close(session.id);
+    redirect(&state, "/staff/approvals")
+}
+
 async fn queue_page(
     state: &AppState,
     session: &Session,
-    slug: Option<&str>,
-    reason: &str,
     outcome: Option<Result<String, String>>,
 ) -> Response {
-    let tenants = tenant_slugs(state).await;
+    let visit = match visit_of(state, session) {
+        Ok(v) => v,
+        Err(NotStaff) => return refused(state, session, Denied::NotStaff),
+    };
     let status = match &outcome {
         Some(Err(_)) => StatusCode::CONFLICT,
         _ => StatusCode::OK,
@@ -128,29 +233,21 @@ async fn queue_page(
     let error = outcome.map(|o| o.unwrap_or_else(|e| e));
     let mut page = ApprovalsPage {
         nav: Nav::of(state, Some(session)),
-        tenants,
-        tenant: None,
-        reason: reason.to_owned(),
+        next: "approvals",
+        tenants: tenant_slugs(state).await,
+        visit: visit.as_ref().map(VisitView::of),
         proposals: Vec::new(),
         error,
     };
-    if session.kind != ActorKind::Staff {
-        return refused(state, session, Denied::NotStaff);
-    }
-    if let Some(slug) = slug {
-        let (tenant, context) = match grant(state, session, slug, reason).await {
-            Ok(g) => g,
-            Err(d) => return refused(state, session, d),
-        };
+    if let Some(visit) = visit {
         let proposals = match state
             .gate
-            .proposals(&context, Some(ProposalStatus::Pending))
+            .proposals(&visit.context, Some(ProposalStatus::Pending))
             .await
         {
             Ok(p) => p,
             Err(e) => return internal(state, &e),
         };
-        page.tenant = Some(tenant.slug);
         page.proposals = proposals
             .into_iter()
             .map(|p| Pending {
@@ -180,58 +277,33 @@ async fn queue_page(
                 sources: p.taint_sources.join(", "),
                 warnings: p.warnings.join(", "),
                 digest: p.digest_hex(),
-                created: p.created_at.to_string(),
+                created: when(p.created_at),
             })
             .collect();
     }
     render(status, &page)
 }
 
-/// A cross-tenant grant on a `GET` (the console's tenant pickers) must come from the console's
-/// own pages: a link on another site (`Sec-Fetch-Site: cross-site` or `same-site`) would make
-/// a signed-in staff member's browser record a grant with a reason someone else wrote. Typed
-/// URLs and bookmarks (`none`), and clients without fetch metadata, are not cross-site.
-fn cross_site_grant(
-    state: &AppState,
-    session: &Session,
-    headers: &HeaderMap,
-    q: &HashMap<String, String>,
-) -> Option<Response> {
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("none");
-    (q.contains_key("tenant") && !matches!(site, "same-origin" | "none")).then(|| {
-        message(
-            state,
-            Some(session),
-            StatusCode::FORBIDDEN,
-            "Open the console from its own pages",
-            "A cross-tenant view was requested from another site. Nothing was granted; pick the \
-             workspace and give your reason on the console itself.",
-            Some(("/staff/approvals", "Approval queue")),
-        )
-    })
+pub(super) async fn approvals(State(state): State<AppState>, session: Session) -> Response {
+    queue_page(&state, &session, None).await
 }
 
-pub(super) async fn approvals(
-    State(state): State<AppState>,
-    session: Session,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(refused) = cross_site_grant(&state, &session, &headers, &q) {
-        return refused;
+/// The visit a decision on `slug` acts through: the open visit of that workspace, or a
+/// refusal (a decision never opens a workspace by itself).
+fn visit_for(state: &AppState, session: &Session, slug: &str) -> Result<Visit, Box<Response>> {
+    match visit_of(state, session) {
+        Ok(Some(visit)) if visit.tenant.slug == slug => Ok(visit),
+        Ok(_) => Err(Box::new(message(
+            state,
+            Some(session),
+            StatusCode::CONFLICT,
+            "Open the workspace first",
+            "This workspace is not open in your console (or its visit has ended). Open it \
+             again with a reason; nothing was decided.",
+            Some(("/staff/approvals", "Approval queue")),
+        ))),
+        Err(NotStaff) => Err(Box::new(refused(state, session, Denied::NotStaff))),
     }
-    let reason = q.get("reason").map_or("", String::as_str);
-    queue_page(
-        &state,
-        &session,
-        q.get("tenant").map(String::as_str),
-        reason,
-        None,
-    )
-    .await
 }
 
 pub(super) fn refusal_text(e: &SandboxError) -> String {
@@ -261,174 +333,289 @@ pub(super) async fn approve(
     Path((slug, id)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let reason = form.get("reason").map_or("", String::as_str).to_owned();
+    let visit = match visit_for(&state, &session, &slug) {
+        Ok(v) => v,
+        Err(refusal) => return *refusal,
+    };
     let (Some(id), Some(digest)) = (
         parse_id(&id),
         form.get("digest")
             .and_then(|d| hex::decode(d).ok())
             .and_then(|d| <[u8; 32]>::try_from(d).ok()),
     ) else {
-        return queue_page(
-            &state,
-            &session,
-            Some(&slug),
-            &reason,
-            Some(Err("Malformed approval.".to_owned())),
-        )
-        .await;
+        let malformed = Some(Err("Malformed approval.".to_owned()));
+        return queue_page(&state, &session, malformed).await;
     };
-    let (tenant, context) = match grant(&state, &session, &slug, &reason).await {
-        Ok(g) => g,
-        Err(d) => return refused(&state, &session, d),
+    let outcome = match state
+        .gate
+        .approve(&visit.context, &session, id, &digest)
+        .await
+    {
+        Ok(proposal) => match run_approved(&state, &visit.tenant, &proposal).await {
+            Ok(run) => Ok(match run.result {
+                Ok(_) => format!("Approved. {} ran.", proposal.tool),
+                Err(e) => format!("Approved. {} failed: {}.", proposal.tool, e.code()),
+            }),
+            Err(e) => Err(refusal_text(&e)),
+        },
+        Err(e) => Err(refusal_text(&e)),
     };
-    let proposal = match state.gate.approve(&context, &session, id, &digest).await {
-        Ok(p) => p,
-        Err(e) => {
-            return queue_page(
-                &state,
-                &session,
-                Some(&slug),
-                &reason,
-                Some(Err(refusal_text(&e))),
-            )
-            .await;
-        }
-    };
-    let run = run_approved(&state, &tenant, &proposal);
-    match run.await {
-        Ok(result) => {
-            let outcome = match result.result {
-                Ok(_) => format!("{} ran.", proposal.tool),
-                Err(e) => format!("{} failed: {}.", proposal.tool, e.code()),
-            };
-            queue_page(
-                &state,
-                &session,
-                Some(&slug),
-                &reason,
-                Some(Ok(format!("Approved. {outcome}"))),
-            )
-            .await
-        }
-        Err(e) => {
-            queue_page(
-                &state,
-                &session,
-                Some(&slug),
-                &reason,
-                Some(Err(refusal_text(&e))),
-            )
-            .await
-        }
-    }
+    queue_page(&state, &session, Some(outcome)).await
 }
 
 pub(super) async fn reject(
     State(state): State<AppState>,
     session: Session,
     Path((slug, id)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let reason = form.get("reason").map_or("", String::as_str).to_owned();
-    let Some(id) = parse_id(&id) else {
-        return queue_page(
-            &state,
-            &session,
-            Some(&slug),
-            &reason,
-            Some(Err("Malformed request.".to_owned())),
-        )
-        .await;
+    let visit = match visit_for(&state, &session, &slug) {
+        Ok(v) => v,
+        Err(refusal) => return *refusal,
     };
-    let (_, context) = match grant(&state, &session, &slug, &reason).await {
-        Ok(g) => g,
-        Err(d) => return refused(&state, &session, d),
+    let Some(id) = parse_id(&id) else {
+        let malformed = Some(Err("Malformed request.".to_owned()));
+        return queue_page(&state, &session, malformed).await;
     };
     let note = match state
         .gate
-        .reject(&context, &session, id, "rejected by staff")
+        .reject(&visit.context, &session, id, "rejected by staff")
         .await
     {
         Ok(_) => Ok("Rejected.".to_owned()),
         Err(e) => Err(refusal_text(&e)),
     };
-    queue_page(&state, &session, Some(&slug), &reason, Some(note)).await
+    queue_page(&state, &session, Some(note)).await
 }
+
+/// How many events the audit viewer shows per page.
+const AUDIT_PAGE: u32 = 50;
 
 #[derive(Template)]
 #[template(path = "audit.html")]
 struct AuditPage {
     nav: Nav,
+    next: &'static str,
     tenants: Vec<String>,
-    tenant: Option<String>,
-    reason: String,
+    visit: Option<VisitView>,
     status: String,
-    events: Vec<(u64, String, String, String, String)>,
+    filter: AuditFilter,
+    events: Vec<AuditRow>,
+    /// The query string of the next (older) page, when there is one.
+    older: Option<String>,
+    error: Option<String>,
 }
 
+/// The viewer's filters as typed (shown again in the form).
+#[derive(Default)]
+struct AuditFilter {
+    action: String,
+    actor: String,
+    since: String,
+    until: String,
+}
+
+impl AuditFilter {
+    fn of(q: &HashMap<String, String>) -> Self {
+        let field = |name: &str| q.get(name).map_or("", |v| v.trim()).to_owned();
+        Self {
+            action: field("action"),
+            actor: field("actor"),
+            since: field("since"),
+            until: field("until"),
+        }
+    }
+
+    /// The query these filters select, or what is wrong with one of them.
+    fn query(&self, tenant: tenant_scope::TenantId) -> Result<audit_log::AuditQuery, String> {
+        let mut query = audit_log::AuditQuery::new(tenant).limit(AUDIT_PAGE);
+        if !self.action.is_empty() {
+            let action = audit_log::Action::new(&self.action)
+                .map_err(|_| "That is not an action name.".to_owned())?;
+            query = query.with_action(&action);
+        }
+        if !self.actor.is_empty() {
+            let actor = parse_id(&self.actor).ok_or("The actor is an id (a UUID).")?;
+            query = query.with_actor(actor);
+        }
+        if let Some(day) = day(&self.since)? {
+            query = query.since(day.midnight().assume_utc());
+        }
+        if let Some(day) = day(&self.until)? {
+            let next = day.next_day().ok_or("That date is out of range.")?;
+            query = query.until(next.midnight().assume_utc());
+        }
+        Ok(query)
+    }
+
+    /// The filters as a query string, for the next page's link.
+    fn to_query(&self, before: u64) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [
+            ("action", &self.action),
+            ("actor", &self.actor),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if !value.is_empty() {
+                query.append_pair(name, value);
+            }
+        }
+        query.append_pair("before", &before.to_string());
+        query.finish()
+    }
+}
+
+/// A date typed as `YYYY-MM-DD` (what a date input sends); empty is none.
+fn day(raw: &str) -> Result<Option<time::Date>, String> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || "A date is written YYYY-MM-DD.".to_owned();
+    let mut parts = raw.splitn(3, '-').map(str::parse::<u32>);
+    let (Some(Ok(year)), Some(Ok(month)), Some(Ok(day))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    let month = u8::try_from(month)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+        .ok_or_else(invalid)?;
+    let (Ok(year), Ok(day)) = (i32::try_from(year), u8::try_from(day)) else {
+        return Err(invalid());
+    };
+    time::Date::from_calendar_date(year, month, day)
+        .map(Some)
+        .map_err(|_| invalid())
+}
+
+struct AuditRow {
+    seq: u64,
+    when: String,
+    actor: String,
+    action: String,
+    target: String,
+    outcome: String,
+    reason: String,
+}
+
+impl AuditRow {
+    /// The row for `event`, naming its actor from `names` (the workspace's members) when it
+    /// is one of them; staff and agents by kind and a short id.
+    fn of(event: &audit_log::StoredEvent, names: &HashMap<uuid::Uuid, String>) -> Self {
+        let record = event.record_json().unwrap_or_default();
+        let actor = match event.actor_id {
+            Some(id) => names.get(&id).cloned().unwrap_or_else(|| {
+                let short: String = id.to_string().chars().take(8).collect();
+                format!("{} {short}", event.actor_kind)
+            }),
+            None => event.actor_kind.clone(),
+        };
+        let target = record["targets"]
+            .as_array()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} {}",
+                            t["kind"].as_str().unwrap_or("?"),
+                            t["id"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        Self {
+            seq: event.seq,
+            when: when(event.occurred_at),
+            actor,
+            action: event.action.clone(),
+            target,
+            outcome: event.outcome.clone(),
+            reason: record["outcome"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+}
+
+/// `GET /staff/audit`: the open workspace's audit log, newest first, filtered by action,
+/// actor and day, a page at a time (`before` is the position the page starts before).
 pub(super) async fn audit(
     State(state): State<AppState>,
     session: Session,
-    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refused) = cross_site_grant(&state, &session, &headers, &q) {
-        return refused;
-    }
-    let reason = q.get("reason").map_or("", String::as_str).to_owned();
+    let visit = match visit_of(&state, &session) {
+        Ok(v) => v,
+        Err(NotStaff) => return refused(&state, &session, Denied::NotStaff),
+    };
+    let filter = AuditFilter::of(&q);
     let mut page = AuditPage {
         nav: Nav::of(&state, Some(&session)),
+        next: "audit",
         tenants: tenant_slugs(&state).await,
-        tenant: None,
-        reason: reason.clone(),
+        visit: visit.as_ref().map(VisitView::of),
         status: String::new(),
         events: Vec::new(),
+        older: None,
+        error: None,
+        filter,
     };
-    if session.kind != ActorKind::Staff {
-        return refused(&state, &session, Denied::NotStaff);
-    }
-    if let Some(slug) = q.get("tenant") {
-        let (tenant, _context) = match grant(&state, &session, slug, &reason).await {
-            Ok(g) => g,
-            Err(d) => return refused(&state, &session, d),
-        };
-        let keys = audit_log::TrustedKeys::new().with(state.checkpoints.verifying_key());
-        // The checkpoints kept outside the database count too: deleting the newest events and
-        // the stored checkpoints together does not hide the truncation.
-        let external = match crate::checkpoints::load(&state.checkpoint_file, tenant.id) {
-            Ok(c) => c,
-            Err(e) => return internal(&state, &e),
-        };
-        page.status = match audit_log::verify(&state.raw, tenant.id, &keys, &external).await {
-            Ok(report) if report.is_intact() => {
-                format!("chain verified, {} events intact", report.events)
-            }
-            Ok(report) => format!("CHAIN BROKEN: {report:?}"),
-            Err(e) => return internal(&state, &e),
-        };
-        match audit_log::AuditQuery::new(tenant.id)
-            .limit(200)
-            .fetch(&state.raw)
-            .await
-        {
-            Ok(events) => {
-                page.events = events
-                    .into_iter()
-                    .rev()
-                    .map(|e| {
-                        (
-                            e.seq,
-                            e.occurred_at.to_string(),
-                            e.actor_kind,
-                            e.action,
-                            e.outcome,
-                        )
-                    })
-                    .collect();
-            }
-            Err(e) => return internal(&state, &e),
+    let Some(visit) = visit else {
+        return render(StatusCode::OK, &page);
+    };
+    let tenant = visit.tenant.id;
+    let keys = audit_log::TrustedKeys::new().with(state.checkpoints.verifying_key());
+    // The checkpoints kept outside the database count too: deleting the newest events and
+    // the stored checkpoints together does not hide the truncation.
+    let external = match crate::checkpoints::load(&state.checkpoint_file, tenant) {
+        Ok(c) => c,
+        Err(e) => return internal(&state, &e),
+    };
+    page.status = match audit_log::verify(&state.raw, tenant, &keys, &external).await {
+        Ok(report) if report.is_intact() && report.pending > 0 => format!(
+            "chain verified, {} events intact, {} not yet chained",
+            report.events, report.pending
+        ),
+        Ok(report) if report.is_intact() => {
+            format!("chain verified, {} events intact", report.events)
         }
-        page.tenant = Some(tenant.slug);
+        Ok(report) => format!("CHAIN BROKEN: {report:?}"),
+        Err(e) => return internal(&state, &e),
+    };
+    let mut query = match page.filter.query(tenant) {
+        Ok(query) => query,
+        Err(error) => {
+            page.error = Some(error);
+            return render(StatusCode::BAD_REQUEST, &page);
+        }
+    };
+    if let Some(before) = q.get("before").and_then(|b| b.parse::<u64>().ok()) {
+        query = query.before(before);
+    }
+    let names: HashMap<uuid::Uuid, String> =
+        match super::admin::member_rows(&state, &visit.context).await {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(id, name, _, _)| (id, name))
+                .collect(),
+            Err(e) => return internal(&state, &e),
+        };
+    match query.fetch(&state.raw).await {
+        Ok(events) => {
+            page.events = events.iter().map(|e| AuditRow::of(e, &names)).collect();
+            let full = page.events.len() == AUDIT_PAGE as usize;
+            page.older = page
+                .events
+                .last()
+                .filter(|last| full && last.seq > 1)
+                .map(|last| page.filter.to_query(last.seq));
+        }
+        Err(e) => return internal(&state, &e),
     }
     render(StatusCode::OK, &page)
 }

@@ -157,6 +157,16 @@ impl<'a> Browser<'a> {
         self.send(request).await
     }
 
+    /// Opens `workspace` in the staff console for this visit, with `reason`, as the console's
+    /// form does; `next` is `approvals` or `audit`.
+    pub async fn open_workspace(&mut self, workspace: &str, reason: &str, next: &str) -> Page {
+        self.post(
+            "/staff/visit",
+            &[("tenant", workspace), ("reason", reason), ("next", next)],
+        )
+        .await
+    }
+
     /// A JSON request (`body` sent as `application/json` when given).
     pub async fn json(&mut self, method: &str, path: &str, body: Option<&str>) -> Page {
         let mut request = self.request(method, path);
