@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, request::Parts};
-use sqlx::PgConnection;
+use rls_guard::TenantTx;
 use tenant_scope::{Rejection, TenantContext};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -197,9 +197,10 @@ pub struct AuditHandle {
 struct HandleInner {
     log: AuditLog,
     template: AuditEvent,
-    /// What the handler appended in its own transaction (the latest, when several): it counts
-    /// as recorded only once that transaction has committed.
-    appended: std::sync::Mutex<Option<i64>>,
+    /// What the handler appended in its own transaction (the latest, when several): its
+    /// transaction id and the receipt of the commit that must include it. It counts as
+    /// recorded only once that transaction has committed.
+    appended: std::sync::Mutex<Option<(Option<i64>, rls_guard::CommitReceipt)>>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -221,31 +222,44 @@ impl AuditHandle {
     }
 
     /// Appends `event` inside the caller's tenant-bound transaction (see
-    /// [`AuditLog::append`]). When the response is a success, the layer checks that the event
-    /// was committed (one read of it, by sequence number and hash) and then records nothing
-    /// more; if the transaction was rolled back, the layer records the request itself.
+    /// [`AuditLog::append`]), and makes that transaction's commit state that the queued event
+    /// is there ([`rls_guard::TenantTx::check_at_commit`]): a commit that succeeds has
+    /// committed the event, so the layer records nothing more for a successful response. If
+    /// the transaction was rolled back (or the event rolled back to a savepoint, which fails
+    /// the commit), the layer records the request itself.
     ///
     /// # Errors
     /// As [`AuditLog::append`]: roll the transaction back.
-    pub async fn append(
-        &self,
-        conn: &mut PgConnection,
-        event: AuditEvent,
-    ) -> Result<Queued, AuditError> {
-        let appended = self.inner.log.append(conn, event).await?;
+    pub async fn append(&self, tx: &mut TenantTx, event: AuditEvent) -> Result<Queued, AuditError> {
+        let appended = self.inner.log.append(tx, event).await?;
+        let id = i64::try_from(appended.id).map_err(|_| AuditError::TaskFailed)?;
+        let check = rls_guard::CommitCheck::row_exists("audit.pending", "id", id)?;
+        let receipt = tx.check_at_commit(check);
         if let Ok(mut slot) = self.inner.appended.lock() {
-            *slot = appended.transaction;
+            *slot = Some((appended.transaction, receipt));
         }
         Ok(appended)
     }
 
-    /// Whether what the handler appended is committed: the database's answer for the
-    /// transaction that inserted it (`pg_xact_status`; the event is then queued or already
-    /// chained). Any error counts as not committed, so the layer records the request itself
-    /// rather than lose it.
+    /// Whether what the handler appended is committed: the receipt of the commit that stated
+    /// the event was there, or else (a commit answered without the receipt, say the connection
+    /// failed after `COMMIT`) the database's answer for the transaction that inserted it
+    /// (`pg_xact_status`). Any error counts as not committed, so the layer records the request
+    /// itself rather than lose it.
     async fn committed(&self) -> bool {
-        let appended = self.inner.appended.lock().ok().and_then(|slot| *slot);
-        let Some(transaction) = appended else {
+        let appended = self
+            .inner
+            .appended
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone());
+        let Some((transaction, receipt)) = appended else {
+            return false;
+        };
+        if receipt.is_committed() {
+            return true;
+        }
+        let Some(transaction) = transaction else {
             return false;
         };
         let status: Result<Option<String>, _> =

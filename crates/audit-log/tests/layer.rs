@@ -250,6 +250,68 @@ async fn a_rolled_back_handle_append_leaves_the_layer_to_record_the_request() {
     );
 }
 
+/// Appends inside a savepoint, rolls back to it, commits (recording in `refused` whether the
+/// commit was refused) and answers success anyway.
+async fn savepoint_handler(
+    pool: rls_guard::TenantPool,
+    ctx: TenantContext,
+    audit: AuditHandle,
+    refused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> StatusCode {
+    let mut tx = pool.begin(&ctx).await.unwrap();
+    sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    let event = audit
+        .event(Outcome::Allowed)
+        .with_metadata(serde_json::json!({ "rows": 1 }))
+        .unwrap();
+    audit.append(&mut tx, event).await.unwrap();
+    sqlx::query("ROLLBACK TO SAVEPOINT s")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    refused.store(
+        tx.commit().await.is_err(),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    StatusCode::CREATED
+}
+
+/// A handler whose transaction goes on after its appended event is rolled back to a
+/// savepoint (SQL inside it could do that): the commit states that the event is there, so it
+/// fails, and the layer records the request itself. Without that check the transaction would
+/// commit without the event while its id said "committed".
+#[tokio::test]
+async fn an_append_rolled_back_to_a_savepoint_fails_the_commit_and_the_layer_records() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let pool = f.log.pool().clone();
+    let commit_refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = commit_refused.clone();
+    let handler = move |axum::Extension(ctx): axum::Extension<TenantContext>,
+                        axum::Extension(audit): axum::Extension<AuditHandle>| {
+        savepoint_handler(pool.clone(), ctx, audit, refused.clone())
+    };
+    let context = TenantContext::for_actor(actor(t));
+    let router = Router::new()
+        .route("/notes", post(handler))
+        .layer(AuditLayer::new(
+            f.log.clone(),
+            Action::new("note.created").unwrap(),
+        ))
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<Body>| {
+                req.extensions_mut().insert(context.clone());
+                req
+            },
+        ));
+    let response = router.oneshot(request("/notes")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(commit_refused.load(std::sync::atomic::Ordering::SeqCst));
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1, "the layer's own record");
+    assert!(recorded[0].record_json().unwrap().get("metadata").is_none());
+}
+
 #[tokio::test]
 async fn cross_tenant_grants_are_recorded_in_the_target_tenants_chain() {
     use tenant_scope::{ActorId, ActorKind, CrossTenantAudit, CrossTenantEvent, GrantOutcome};

@@ -61,7 +61,7 @@ pub use coverage::{CoverageCheck, Finding, FindingKind};
 pub use error::{RlsError, is_unavailable};
 pub use key::{BindingKey, SignedBinding};
 pub use liveness::SessionLiveness;
-pub use pool::{TenantPool, TenantTx};
+pub use pool::{CommitCheck, CommitReceipt, TenantPool, TenantTx};
 pub use read::BoundRead;
 pub use role::{ALLOWED_SESSION_DEFAULTS, RoleProblem, verify_runtime_role};
 /// The [`secrecy`] crate, re-exported: [`BindingKey::from_bytes`] takes a

@@ -231,6 +231,7 @@ impl TenantPool {
                 l.liveness
                     .require(&format!("'{tenant}'"), &format!("'{}'", l.session))
             }),
+            commit_checks: Vec::new(),
             finished: false,
         };
         // The values are validated UUIDs (hex digits and hyphens only), so inlining them as
@@ -399,7 +400,66 @@ pub struct TenantTx {
     mode: Mode,
     /// The liveness check the commit repeats, if any.
     live_at_commit: Option<String>,
+    /// Rows that must be visible at commit, each with the receipt it reports to.
+    commit_checks: Vec<(CommitCheck, CommitReceipt)>,
     finished: bool,
+}
+
+/// A condition a [`TenantTx`] states in its commit: the commit fails, and the transaction
+/// rolls back, unless the row whose `key` column equals `id` is visible in `table` right
+/// before `COMMIT`. A library that wrote a row in the caller's transaction registers one
+/// ([`TenantTx::check_at_commit`]) to know, without asking the database again, that its row
+/// committed: not rolled back to a savepoint, not in a transaction that SQL inside this one
+/// ended and replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitCheck {
+    table: &'static str,
+    key: &'static str,
+    id: i64,
+}
+
+impl CommitCheck {
+    /// The row of `table` (`schema.table`) whose `key` column is `id`.
+    ///
+    /// # Errors
+    /// [`RlsError::InvalidIdentifier`] unless `table` and `key` are plain lowercase identifiers
+    /// (the table optionally schema-qualified).
+    pub fn row_exists(table: &'static str, key: &'static str, id: i64) -> Result<Self, RlsError> {
+        let plain = |name: &str| crate::schema::is_plain_identifier(name);
+        let table_ok = match table.split_once('.') {
+            Some((schema, name)) => plain(schema) && plain(name),
+            None => plain(table),
+        };
+        if !table_ok {
+            return Err(RlsError::InvalidIdentifier(table.to_owned()));
+        }
+        if !plain(key) {
+            return Err(RlsError::InvalidIdentifier(key.to_owned()));
+        }
+        Ok(Self { table, key, id })
+    }
+
+    /// The expression the commit's statement evaluates: a division by zero unless the row
+    /// is there.
+    fn sql(&self) -> String {
+        format!(
+            "1 / (EXISTS (SELECT 1 FROM {} WHERE {} = {}))::int",
+            self.table, self.key, self.id
+        )
+    }
+}
+
+/// Whether the commit that stated a [`CommitCheck`] succeeded. Cheap to clone; `false` until
+/// that commit has been answered by the server, and forever if it failed or never ran.
+#[derive(Debug, Clone, Default)]
+pub struct CommitReceipt(Arc<std::sync::atomic::AtomicBool>);
+
+impl CommitReceipt {
+    /// Whether the transaction committed with its check satisfied.
+    #[must_use]
+    pub fn is_committed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// How a [`TenantTx`] was begun.
@@ -444,6 +504,14 @@ impl TenantTx {
         self.tenant
     }
 
+    /// Makes the commit state `check` (see [`CommitCheck`]); the receipt reports whether that
+    /// commit succeeded. A read-only transaction never commits: its receipts stay `false`.
+    pub fn check_at_commit(&mut self, check: CommitCheck) -> CommitReceipt {
+        let receipt = CommitReceipt::default();
+        self.commit_checks.push((check, receipt.clone()));
+        receipt
+    }
+
     /// Checks what the transaction wrote and commits, then hands the connection back clean, in
     /// one round trip.
     ///
@@ -468,11 +536,15 @@ impl TenantTx {
         }
         // The record of writes is compared only when the transaction wrote (has a transaction
         // id): a reading transaction pays for one expression, not a function call.
-        let live = self
+        let mut live = self
             .live_at_commit
             .as_ref()
             .map(|ask| format!(", {ask}"))
             .unwrap_or_default();
+        for (check, _) in &self.commit_checks {
+            live.push_str(", ");
+            live.push_str(&check.sql());
+        }
         let sql = format!(
             "SET LOCAL app.commit_binding = '{tenant}:{}'; \
              SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL \
@@ -481,7 +553,11 @@ impl TenantTx {
             self.actor,
             tenant = self.tenant,
         );
-        self.finish(&sql).await
+        self.finish(&sql).await?;
+        for (_, receipt) in &self.commit_checks {
+            receipt.0.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Rolls back.

@@ -323,6 +323,18 @@ impl App {
         web::unguarded_baseline(self.services.clone(), pool)
     }
 
+    /// The load benchmark's write baseline, **never to be served**: the whole app plus
+    /// `POST /baseline/members/{user}/role`, the JSON role change behind the same layers and
+    /// checks as `POST /api/admin/members/{user}/role` but without `AuditLayer` and without its
+    /// audit record. It exists so `examples/load-bench` can measure what auditing costs.
+    ///
+    /// # Errors
+    /// When the router cannot be built (as for the app itself).
+    #[doc(hidden)]
+    pub fn unaudited_write_baseline(&self) -> Result<axum::Router, BoxError> {
+        Ok(web::router_with(AppState(self.services.clone()), true)?.0)
+    }
+
     /// Signs a checkpoint of every tenant's audit chain now (the serving app does so every few
     /// minutes); how many were signed.
     ///

@@ -158,11 +158,12 @@ pub(super) enum RoleChange {
 }
 
 /// Sets `user`'s role, with its audit record in the same transaction. The caller has checked
-/// that the session administers the context's tenant.
+/// that the session administers the context's tenant. `audit` is `None` only on the load
+/// benchmark's unaudited baseline route (`App::unaudited_write_baseline`), never served.
 pub(super) async fn set_role(
     state: &AppState,
     session: &Session,
-    audit: &AuditHandle,
+    audit: Option<&AuditHandle>,
     context: &TenantContext,
     user: &str,
     role: &str,
@@ -189,11 +190,13 @@ pub(super) async fn set_role(
         tx.rollback().await?;
         return Ok(RoleChange::NoSuchMember);
     }
-    let event = audit
-        .event(Outcome::Allowed)
-        .with_target(Target::new("member", &user.to_string()))?
-        .with_metadata(serde_json::json!({ "role": role }))?;
-    audit.append(&mut tx, event).await?;
+    if let Some(audit) = audit {
+        let event = audit
+            .event(Outcome::Allowed)
+            .with_target(Target::new("member", &user.to_string()))?
+            .with_metadata(serde_json::json!({ "role": role }))?;
+        audit.append(&mut tx, event).await?;
+    }
     tx.commit().await?;
     Ok(RoleChange::Changed)
 }
@@ -212,7 +215,7 @@ pub(super) async fn change_role(
     }
     let role = form.get("role").map_or("", String::as_str);
     let (status, title, text) =
-        match set_role(&state, &session, &audit, &context, &user, role).await {
+        match set_role(&state, &session, Some(&audit), &context, &user, role).await {
             Ok(RoleChange::Changed) => return redirect(&state, "/admin/members"),
             Ok(RoleChange::NoSuchMember) => (
                 StatusCode::NOT_FOUND,

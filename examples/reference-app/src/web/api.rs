@@ -412,6 +412,9 @@ pub(super) struct RoleRequest {
     role: String,
 }
 
+/// The role change's JSON body, or why it was refused.
+type RoleBody = Result<Json<RoleRequest>, axum::extract::rejection::JsonRejection>;
+
 /// Changes a member's role (admins only; audited in the same transaction).
 pub(super) async fn change_role(
     State(state): State<AppState>,
@@ -419,11 +422,34 @@ pub(super) async fn change_role(
     audit: audit_log::AuditHandle,
     context: TenantContext,
     Path(user): Path<String>,
-    body: Result<Json<RoleRequest>, axum::extract::rejection::JsonRejection>,
+    body: RoleBody,
+) -> Response {
+    role_change(&state, &session, Some(&audit), &context, &user, body).await
+}
+
+/// The same role change without its audit record: the load benchmark's baseline for what the
+/// audit costs (`App::unaudited_write_baseline`), never served by the app.
+pub(super) async fn change_role_unaudited(
+    State(state): State<AppState>,
+    session: Session,
+    context: TenantContext,
+    Path(user): Path<String>,
+    body: RoleBody,
+) -> Response {
+    role_change(&state, &session, None, &context, &user, body).await
+}
+
+async fn role_change(
+    state: &AppState,
+    session: &Session,
+    audit: Option<&audit_log::AuditHandle>,
+    context: &TenantContext,
+    user: &str,
+    body: RoleBody,
 ) -> Response {
     use super::admin::RoleChange;
     // Authorization before validation: a non-admin learns nothing about the input.
-    if let Err(refused) = require_admin(&state, &session, &context).await {
+    if let Err(refused) = require_admin(state, session, context).await {
         return refused;
     }
     let Ok(Json(request)) = body else {
@@ -433,7 +459,7 @@ pub(super) async fn change_role(
             "expected {\"role\"} as JSON",
         );
     };
-    match super::admin::set_role(&state, &session, &audit, &context, &user, &request.role).await {
+    match super::admin::set_role(state, session, audit, context, user, &request.role).await {
         Ok(RoleChange::Changed) => Json(json!({ "status": "changed" })).into_response(),
         Ok(RoleChange::NoSuchMember) => not_found(),
         Ok(RoleChange::UnknownRole) => error(

@@ -242,6 +242,16 @@ const STYLESHEET: &str = include_str!("../../static/app.css");
 /// # Errors
 /// When the sign-in routes' configuration is refused.
 pub(crate) fn router(state: AppState) -> Result<(Router, RouteRecord), magic_auth::AuthError> {
+    router_with(state, false)
+}
+
+/// [`router`], with `/baseline/members/{user}/role` when `unaudited_baseline` is set: the JSON
+/// role change behind the same layers but no `AuditLayer` and no record (see
+/// [`crate::App::unaudited_write_baseline`]; never served by the app).
+pub(crate) fn router_with(
+    state: AppState,
+    unaudited_baseline: bool,
+) -> Result<(Router, RouteRecord), magic_auth::AuthError> {
     // Tenant administration: privileged, so the audit layer sits inside the tenant layer and
     // outside the guards (their denials are recorded too).
     let role_change = RecordingRouter::new()
@@ -296,6 +306,14 @@ pub(crate) fn router(state: AppState) -> Result<(Router, RouteRecord), magic_aut
         .route("/api/assistant", post(api::assistant))
         .route("/api/admin/members", get(api::members))
         .merge(role_change)
+        .merge(if unaudited_baseline {
+            RecordingRouter::new().route(
+                "/baseline/members/{user}/role",
+                post(api::change_role_unaudited),
+            )
+        } else {
+            RecordingRouter::new()
+        })
         .merge(export)
         .merge(disable)
         .layer(TenantLayer::new(ActorResolver))
