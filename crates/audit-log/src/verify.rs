@@ -102,6 +102,7 @@ impl fmt::Display for ChainBreak {
 
 /// What [`verify`] found.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// The tenant.
     pub tenant: TenantId,

@@ -175,6 +175,7 @@ pub struct Passed {
 /// `.unwrap()` and a test returning `Result` print it readably.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.report())]
+#[non_exhaustive]
 pub struct Failed {
     /// Every problem, completeness first, then the cells in table order.
     pub problems: Vec<Problem>,

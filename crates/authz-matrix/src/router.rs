@@ -34,6 +34,7 @@ pub const PROBED_METHODS: [Method; 9] = [
 
 /// One method on one path template, as the router serves it and as a matrix row names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Endpoint {
     /// The HTTP method.
     pub method: Method,

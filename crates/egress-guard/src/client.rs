@@ -334,6 +334,7 @@ impl GuardedClientBuilder {
 
 /// A response read whole (within the body cap).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GuardedResponse {
     /// The final status.
     pub status: StatusCode,

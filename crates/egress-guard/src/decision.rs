@@ -51,6 +51,7 @@ impl Reason {
 
 /// The outcome of checking one destination.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Decision {
     /// Whether the request may proceed.
     pub allowed: bool,

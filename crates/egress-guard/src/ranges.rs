@@ -11,6 +11,7 @@ pub const TABLE_VERSION: u32 = 3;
 
 /// Why an address is forbidden.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
 pub struct Forbidden {
     /// The range, in CIDR notation.
     pub range: &'static str,

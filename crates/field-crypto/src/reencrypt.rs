@@ -30,6 +30,7 @@ pub enum ReencryptError {
 
 /// How far a job got. Persist `cursor` to resume after a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Progress {
     /// Rows examined in this batch.
     pub scanned: u64,

@@ -94,6 +94,17 @@ pub struct ToolDescription {
     pub parameters: Value,
 }
 
+impl From<&crate::registry::ToolSpec> for ToolDescription {
+    /// What the model is told about a registered tool: its name, description and schema.
+    fn from(spec: &crate::registry::ToolSpec) -> Self {
+        Self {
+            name: spec.name().as_str().to_owned(),
+            description: spec.description_text().to_owned(),
+            parameters: spec.argument_schema().clone(),
+        }
+    }
+}
+
 /// What the model answered.
 ///
 /// There is deliberately no field that could carry an approval: a model can only propose.

@@ -38,6 +38,7 @@ pub enum Verdict {
 
 /// What a policy sees about a call.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct CallView<'a> {
     /// The agent.
     pub agent: &'a Actor,

@@ -122,6 +122,7 @@ pub enum Provenance {
 
 /// One flagged argument of a proposed call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ArgumentFlag {
     /// The JSON pointer of the argument (`/to`, `/items/0/address`).
     pub pointer: String,

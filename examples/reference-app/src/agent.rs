@@ -370,11 +370,7 @@ pub(crate) async fn run_turn(
         .registry()
         .specs()
         .into_iter()
-        .map(|s| ToolDescription {
-            name: s.name().as_str().to_owned(),
-            description: s.description_text().to_owned(),
-            parameters: s.argument_schema().clone(),
-        })
+        .map(ToolDescription::from)
         .collect();
     let mut messages = vec![
         Message::System(format!(

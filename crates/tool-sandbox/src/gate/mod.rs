@@ -202,6 +202,7 @@ impl Turn {
 
 /// The result of a tool that ran. Its output is untrusted.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ToolRun {
     /// The call id.
     pub call_id: String,
@@ -233,6 +234,7 @@ pub enum Submission {
 
 /// A stored proposal, as an approver sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Proposal {
     /// The proposal id.
     pub id: Uuid,
