@@ -54,6 +54,16 @@ fn app(f: &Fixture, context: Option<TenantContext>) -> Router {
         ))
 }
 
+/// `router` with `context` in every request, as the tenant layer would put it.
+fn in_context(router: Router, context: TenantContext) -> Router {
+    router.layer(tower::util::MapRequestLayer::new(
+        move |mut req: Request<Body>| {
+            req.extensions_mut().insert(context.clone());
+            req
+        },
+    ))
+}
+
 fn request(path: &str) -> Request<Body> {
     Request::post(path)
         .header("x-request-id", "req-42")
@@ -184,18 +194,15 @@ async fn a_handler_appending_in_its_transaction_is_recorded_once_and_atomically(
         }
     };
     let context = TenantContext::for_actor(actor(t));
-    let router = Router::new()
-        .route("/notes", post(handler))
-        .layer(AuditLayer::new(
-            f.log.clone(),
-            Action::new("note.created").unwrap(),
-        ))
-        .layer(tower::util::MapRequestLayer::new(
-            move |mut req: Request<Body>| {
-                req.extensions_mut().insert(context.clone());
-                req
-            },
-        ));
+    let router = in_context(
+        Router::new()
+            .route("/notes", post(handler))
+            .layer(AuditLayer::new(
+                f.log.clone(),
+                Action::new("note.created").unwrap(),
+            )),
+        context,
+    );
     let response = router.oneshot(request("/notes")).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let recorded = events(&f, t).await;
@@ -226,18 +233,15 @@ async fn a_rolled_back_handle_append_leaves_the_layer_to_record_the_request() {
         }
     };
     let context = TenantContext::for_actor(actor(t));
-    let router = Router::new()
-        .route("/notes", post(handler))
-        .layer(AuditLayer::new(
-            f.log.clone(),
-            Action::new("note.created").unwrap(),
-        ))
-        .layer(tower::util::MapRequestLayer::new(
-            move |mut req: Request<Body>| {
-                req.extensions_mut().insert(context.clone());
-                req
-            },
-        ));
+    let router = in_context(
+        Router::new()
+            .route("/notes", post(handler))
+            .layer(AuditLayer::new(
+                f.log.clone(),
+                Action::new("note.created").unwrap(),
+            )),
+        context,
+    );
     let response = router.oneshot(request("/notes")).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let recorded = events(&f, t).await;
@@ -292,18 +296,15 @@ async fn an_append_rolled_back_to_a_savepoint_fails_the_commit_and_the_layer_rec
         savepoint_handler(pool.clone(), ctx, audit, refused.clone())
     };
     let context = TenantContext::for_actor(actor(t));
-    let router = Router::new()
-        .route("/notes", post(handler))
-        .layer(AuditLayer::new(
-            f.log.clone(),
-            Action::new("note.created").unwrap(),
-        ))
-        .layer(tower::util::MapRequestLayer::new(
-            move |mut req: Request<Body>| {
-                req.extensions_mut().insert(context.clone());
-                req
-            },
-        ));
+    let router = in_context(
+        Router::new()
+            .route("/notes", post(handler))
+            .layer(AuditLayer::new(
+                f.log.clone(),
+                Action::new("note.created").unwrap(),
+            )),
+        context,
+    );
     let response = router.oneshot(request("/notes")).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(commit_refused.load(std::sync::atomic::Ordering::SeqCst));
@@ -357,25 +358,22 @@ async fn a_denial_by_a_guard_layer_behind_the_audit_layer_is_recorded_and_the_ha
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = ran.clone();
     let context = TenantContext::for_actor(actor(t));
-    let router = Router::new()
-        .route(
-            "/export",
-            post(move || {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                async { StatusCode::OK }
-            }),
-        )
-        .layer(axum::middleware::from_fn(require_mfa))
-        .layer(AuditLayer::new(
-            f.log.clone(),
-            audit_log::actions::DATA_EXPORTED,
-        ))
-        .layer(tower::util::MapRequestLayer::new(
-            move |mut req: Request<Body>| {
-                req.extensions_mut().insert(context.clone());
-                req
-            },
-        ));
+    let router = in_context(
+        Router::new()
+            .route(
+                "/export",
+                post(move || {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    async { StatusCode::OK }
+                }),
+            )
+            .layer(axum::middleware::from_fn(require_mfa))
+            .layer(AuditLayer::new(
+                f.log.clone(),
+                audit_log::actions::DATA_EXPORTED,
+            )),
+        context,
+    );
     let response = router.oneshot(request("/export")).await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
