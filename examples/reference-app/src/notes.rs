@@ -34,6 +34,13 @@ pub(crate) struct Note {
     pub(crate) updated_at: OffsetDateTime,
 }
 
+impl Note {
+    /// When it was last changed, as pages show times.
+    pub(crate) fn updated(&self) -> String {
+        crate::web::when(self.updated_at)
+    }
+}
+
 type Row = (Uuid, String, Vec<u8>, Option<Vec<u8>>, OffsetDateTime);
 
 fn open(s: &Services, tenant: TenantId, row: Row) -> Result<Note, NoteError> {

@@ -125,6 +125,16 @@ async fn the_whole_demo_through_the_router() {
     let notes = alice.get("/notes").await;
     assert_eq!(notes.status, StatusCode::OK);
     assert!(notes.body.contains("Q3 budget") && notes.body.contains("Vendor onboarding"));
+    // Times are shown to the second with their zone, not as a raw timestamp.
+    let updated = notes.body.split("Updated ").nth(1).unwrap();
+    let shown: String = updated.chars().take(23).collect();
+    let b = shown.as_bytes();
+    assert!(
+        b.len() == 23
+            && (b[4], b[7], b[10], b[13], b[16]) == (b'-', b'-', b' ', b':', b':')
+            && shown.ends_with(" UTC"),
+        "{shown}"
+    );
     assert!(
         !notes.body.contains("Globex roadmap"),
         "another tenant's note is never listed"
@@ -299,6 +309,9 @@ async fn the_whole_demo_through_the_router() {
     assert_eq!(opened.location(), "/staff/approvals");
     let queue = sam.get("/staff/approvals").await;
     assert_eq!(queue.status, StatusCode::OK, "{}", queue.body);
+    // Staff navigation: the console and the account's own pages, no workspace pages.
+    assert!(queue.body.contains("href=\"/staff/audit\""));
+    assert!(!queue.body.contains("href=\"/notes\"") && !queue.body.contains("href=\"/assistant\""));
     assert!(queue.body.contains("exfil@attacker.test"));
     assert!(
         queue.body.contains("/to (untrusted)"),

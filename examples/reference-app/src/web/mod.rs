@@ -98,6 +98,21 @@ pub(crate) fn render(status: StatusCode, page: &impl Template) -> Response {
     }
 }
 
+/// A time as every page shows it: to the second, with its zone (UTC: the server cannot know
+/// the reader's).
+pub(crate) fn when(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// A page with a title, a sentence and an optional link.
 pub(crate) fn message(
     state: &AppState,

@@ -12,7 +12,7 @@ use magic_auth::{Assurance, Session};
 use tenant_scope::TenantContext;
 
 use super::auth::parse_id;
-use super::{Nav, internal, message, redirect, render};
+use super::{Nav, internal, message, redirect, render, when};
 use crate::agent;
 use crate::notes::{self, Note, NoteError};
 use crate::state::AppState;
@@ -275,17 +275,6 @@ struct SessionRow {
 struct SessionsPage {
     nav: Nav,
     sessions: Vec<SessionRow>,
-}
-
-fn when(t: time::OffsetDateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute()
-    )
 }
 
 pub(super) async fn sessions(State(state): State<AppState>, session: Session) -> Response {

@@ -14,7 +14,7 @@ use tenant_scope::{Actor, ActorKind, Origin, TenantContext};
 use tool_sandbox::{ProposalStatus, SandboxError};
 
 use super::auth::parse_id;
-use super::{Nav, internal, message, redirect, render};
+use super::{Nav, internal, message, redirect, render, when};
 use crate::agent;
 use crate::state::{AppState, TenantInfo, Visit};
 
@@ -161,20 +161,6 @@ impl VisitView {
                 .unwrap_or_default(),
         }
     }
-}
-
-/// A time as the console shows it: to the second, with its zone.
-pub(super) fn when(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 /// Who is not staff: refused before anything about a workspace is looked at.
