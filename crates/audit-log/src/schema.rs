@@ -341,14 +341,51 @@ BEGIN
     SET CONSTRAINTS audit.tenant_binding_check IMMEDIATE;
     signed := EXISTS (SELECT 1 FROM app.binding_keys k WHERE k.retired_at IS NULL);
     taken := 0;
-    -- The batch, one row per tenant with its queued ids in order.
-    FOR grp IN SELECT q.tenant_id, pg_catalog.array_agg(q.id ORDER BY q.id) AS ids
-                 FROM (SELECT p.id, p.tenant_id FROM audit.pending p
-                        WHERE p.failed_at IS NULL
-                           OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds'
-                        ORDER BY p.id LIMIT max_rows) q
-                GROUP BY q.tenant_id
-                ORDER BY pg_catalog.min(q.id) LOOP
+    -- The batch, one row per tenant with its queued ids in order. Every tenant with queued
+    -- events first gets an equal share of the batch (its oldest events), then what is left goes
+    -- to the oldest events of any tenant: a tenant that floods the queue cannot hold back
+    -- another tenant's events, and a batch still takes max_rows events whenever that many
+    -- wait (so a smaller one means the queue is drained). The tenants are found by skipping
+    -- through the queue's primary key, one probe each.
+    FOR grp IN
+        WITH RECURSIVE queued(t) AS (
+            (SELECT p.tenant_id FROM audit.pending p ORDER BY p.tenant_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT p.tenant_id FROM audit.pending p
+                     WHERE p.tenant_id > q.t ORDER BY p.tenant_id LIMIT 1)
+              FROM queued q WHERE q.t IS NOT NULL
+        ),
+        tenants AS (SELECT q.t FROM queued q WHERE q.t IS NOT NULL),
+        share AS (
+            SELECT GREATEST(1, max_rows / GREATEST(1, (SELECT pg_catalog.count(*) FROM tenants)))
+                   ::integer AS n
+        ),
+        fair AS (
+            SELECT s.id, s.tenant_id, 0 AS pass
+              FROM tenants tn
+              CROSS JOIN LATERAL (
+                  SELECT p.id, p.tenant_id FROM audit.pending p
+                   WHERE p.tenant_id = tn.t
+                     AND (p.failed_at IS NULL
+                          OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+                   ORDER BY p.id LIMIT (SELECT sh.n FROM share sh)) s
+        ),
+        rest AS (
+            SELECT p.id, p.tenant_id, 1 AS pass FROM audit.pending p
+             WHERE (p.failed_at IS NULL
+                    OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+               AND NOT EXISTS (SELECT 1 FROM fair f WHERE f.id = p.id)
+             ORDER BY p.id LIMIT max_rows
+        ),
+        picked AS (
+            SELECT u.id, u.tenant_id
+              FROM (SELECT * FROM fair UNION ALL SELECT * FROM rest) u
+             ORDER BY u.pass, u.id LIMIT max_rows
+        )
+        SELECT k.tenant_id, pg_catalog.array_agg(k.id ORDER BY k.id) AS ids
+          FROM picked k
+         GROUP BY k.tenant_id
+         ORDER BY pg_catalog.min(k.id) LOOP
         t := grp.tenant_id;
         batch := grp.ids;
         taken := taken + pg_catalog.cardinality(batch);

@@ -379,3 +379,45 @@ async fn the_coverage_check_accepts_the_queue_only_when_told() {
         .unwrap();
     assert!(findings.is_empty(), "coverage findings: {findings:#?}");
 }
+
+/// A flood of well-formed events in one tenant (what the runtime role can queue for a tenant it
+/// binds) does not hold back another tenant's event queued after it: every tenant with queued
+/// events gets its share of each batch. The batch is still full while events wait (so the
+/// drain goes on), and the flooding tenant's events are chained too, in their order.
+#[tokio::test]
+async fn a_flooding_tenant_does_not_hold_back_another_tenants_events() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let (flood, other) = (TenantId::new_random(), TenantId::new_random());
+    let ctx = TenantContext::for_job(flood, None, "flood").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    for n in 0..300 {
+        f.log.append(&mut tx, event(flood, n)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let ctx = TenantContext::for_job(other, None, "other").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    f.log.append(&mut tx, event(other, 1)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let sequencer = Sequencer::new(sequencer_pool(&f.db).await).with_batch_size(50);
+    assert_eq!(
+        sequencer.sequence_batch().await.unwrap(),
+        50,
+        "a full batch"
+    );
+    assert_eq!(
+        chained_count(&admin, other).await,
+        1,
+        "the other tenant's event"
+    );
+    assert_eq!(chained_count(&admin, flood).await, 49);
+    // The rest drains, and both chains verify with every event in its place.
+    assert_eq!(sequencer.drain().await.unwrap(), 251);
+    assert_eq!(queued_count(&admin, flood).await, 0);
+    for (t, events) in [(flood, 300), (other, 1)] {
+        let report = verify(&f, t).await;
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.events, events);
+    }
+}
