@@ -16,7 +16,8 @@
 //! - `audit.sequence(max_rows)`: `SECURITY DEFINER`, owned by the owner, executable only by the
 //!   sequencer role ([`sequencer_sql`]). In one transaction it takes one database-wide
 //!   transaction-level advisory lock (class `0x41555351`, "AUSQ", object 0; retention takes it
-//!   too), takes up to `max_rows` queued events in queue order, and for each tenant among them,
+//!   too), takes up to `max_rows` queued events (first an equal share for every tenant with
+//!   queued events, its oldest, then the oldest of any tenant), and for each tenant among them,
 //!   bound as that tenant, reads the last event through the primary key (or the anchor, or the
 //!   genesis), assigns the next sequence numbers, links the previous hashes and computes the
 //!   chain hashes in the format of [`chain_hash`](crate::chain_hash), inserts them into
