@@ -197,10 +197,9 @@ pub struct AuditHandle {
 struct HandleInner {
     log: AuditLog,
     template: AuditEvent,
-    /// What the handler appended in its own transaction (the latest, when several): its
-    /// transaction id and the receipt of the commit that must include it. It counts as
-    /// recorded only once that transaction has committed.
-    appended: std::sync::Mutex<Option<(Option<i64>, rls_guard::CommitReceipt)>>,
+    /// The receipt of the commit that must include what the handler appended (the latest
+    /// append, when several): it counts as recorded only once that commit has succeeded.
+    appended: std::sync::Mutex<Option<rls_guard::CommitReceipt>>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -236,38 +235,22 @@ impl AuditHandle {
         let check = rls_guard::CommitCheck::row_exists("audit.pending", "id", id)?;
         let receipt = tx.check_at_commit(check);
         if let Ok(mut slot) = self.inner.appended.lock() {
-            *slot = Some((appended.transaction, receipt));
+            *slot = Some(receipt);
         }
         Ok(appended)
     }
 
-    /// Whether what the handler appended is committed: the receipt of the commit that stated
-    /// the event was there, or else (a commit answered without the receipt, say the connection
-    /// failed after `COMMIT`) the database's answer for the transaction that inserted it
-    /// (`pg_xact_status`). Any error counts as not committed, so the layer records the request
-    /// itself rather than lose it.
-    async fn committed(&self) -> bool {
-        let appended = self
-            .inner
+    /// Whether what the handler appended is committed: only the receipt of the `TenantTx`
+    /// commit that stated the event was there says so. Anything else (no append, a rollback,
+    /// a commit that failed or went around `TenantTx::commit`) counts as not committed, so the
+    /// layer records the request itself: at worst a second record, never none.
+    fn committed(&self) -> bool {
+        self.inner
             .appended
             .lock()
             .ok()
-            .and_then(|slot| slot.clone());
-        let Some((transaction, receipt)) = appended else {
-            return false;
-        };
-        if receipt.is_committed() {
-            return true;
-        }
-        let Some(transaction) = transaction else {
-            return false;
-        };
-        let status: Result<Option<String>, _> =
-            sqlx::query_scalar("SELECT pg_catalog.pg_xact_status($1::text::pg_catalog.xid8)")
-                .bind(transaction.to_string())
-                .fetch_one(self.inner.log.pool().pool())
-                .await;
-        matches!(status.as_ref().map(Option::as_deref), Ok(Some("committed")))
+            .and_then(|slot| slot.as_ref().map(rls_guard::CommitReceipt::is_committed))
+            .unwrap_or(false)
     }
 }
 
@@ -320,7 +303,7 @@ where
                 }
             };
             let status = response.status();
-            if status.as_u16() < 400 && handle.committed().await {
+            if status.as_u16() < 400 && handle.committed() {
                 return Ok(response);
             }
             let reason = response

@@ -356,7 +356,9 @@ BEGIN
                      WHERE p.tenant_id > q.t ORDER BY p.tenant_id LIMIT 1)
               FROM queued q WHERE q.t IS NOT NULL
         ),
-        tenants AS (SELECT q.t FROM queued q WHERE q.t IS NOT NULL),
+        -- At most max_rows tenants, so a batch's work stays bounded however many tenants
+        -- have events queued (the others are reached by age, below, and in later batches).
+        tenants AS (SELECT q.t FROM queued q WHERE q.t IS NOT NULL LIMIT max_rows),
         share AS (
             SELECT GREATEST(1, max_rows / GREATEST(1, (SELECT pg_catalog.count(*) FROM tenants)))
                    ::integer AS n

@@ -25,9 +25,6 @@ pub struct Queued {
     pub id: u64,
     /// When it was recorded, by this server's clock.
     pub occurred_at: OffsetDateTime,
-    /// The inserting transaction (`pg_current_xact_id()`), for [`AuditLog::append`] only: the
-    /// layer asks the database whether it committed.
-    pub(crate) transaction: Option<i64>,
 }
 
 /// The audit log: scrubs events and queues them for their tenant's hash chain.
@@ -82,7 +79,7 @@ pub(crate) struct Prepared {
 const INSERT: &str = "INSERT INTO audit.pending \
      (tenant_id, occurred_at, actor_kind, actor_id, action, outcome, request_id, event) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-     RETURNING id, pg_catalog.pg_current_xact_id()::text::int8";
+     RETURNING id";
 
 /// [`INSERT`] in a transaction of its own. The materialised CTE runs first, so the row-level
 /// security check, the checks of the record and the commit-time binding check all see the
@@ -422,7 +419,7 @@ pub(crate) async fn insert(
     conn: &mut PgConnection,
     prepared: &Prepared,
 ) -> Result<Queued, AuditError> {
-    let (id, transaction): (i64, i64) = sqlx::query_as(INSERT)
+    let id: i64 = sqlx::query_scalar(INSERT)
         .bind(prepared.tenant.as_uuid())
         .bind(prepared.occurred_at)
         .bind(prepared.actor_kind)
@@ -433,9 +430,7 @@ pub(crate) async fn insert(
         .bind(&prepared.canonical)
         .fetch_one(conn)
         .await?;
-    let mut queued = queued(prepared, id)?;
-    queued.transaction = Some(transaction);
-    Ok(queued)
+    queued(prepared, id)
 }
 
 fn queued(prepared: &Prepared, id: i64) -> Result<Queued, AuditError> {
@@ -443,7 +438,6 @@ fn queued(prepared: &Prepared, id: i64) -> Result<Queued, AuditError> {
         tenant: prepared.tenant,
         id: u64::try_from(id).map_err(|_| AuditError::Malformed("queue id"))?,
         occurred_at: prepared.occurred_at,
-        transaction: None,
     })
 }
 

@@ -280,6 +280,56 @@ async fn savepoint_handler(
     StatusCode::CREATED
 }
 
+/// Rolls the appended event back to a savepoint and commits with a raw `COMMIT`, around
+/// `TenantTx::commit` and its check; answers success.
+async fn raw_commit_handler(
+    pool: rls_guard::TenantPool,
+    ctx: TenantContext,
+    audit: AuditHandle,
+) -> StatusCode {
+    let mut tx = pool.begin(&ctx).await.unwrap();
+    sqlx::query("SAVEPOINT s").execute(&mut *tx).await.unwrap();
+    let event = audit
+        .event(Outcome::Allowed)
+        .with_metadata(serde_json::json!({ "rows": 1 }))
+        .unwrap();
+    audit.append(&mut tx, event).await.unwrap();
+    sqlx::query("ROLLBACK TO SAVEPOINT s")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut *tx).await.unwrap();
+    drop(tx);
+    StatusCode::CREATED
+}
+
+/// The transaction committed (SQL inside it sent `COMMIT`) without its check, and without the
+/// event: no receipt, so the layer records the request itself.
+#[tokio::test]
+async fn a_commit_around_the_check_leaves_the_layer_to_record_the_request() {
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let pool = f.log.pool().clone();
+    let handler = move |axum::Extension(ctx): axum::Extension<TenantContext>,
+                        axum::Extension(audit): axum::Extension<AuditHandle>| {
+        raw_commit_handler(pool.clone(), ctx, audit)
+    };
+    let router = in_context(
+        Router::new()
+            .route("/notes", post(handler))
+            .layer(AuditLayer::new(
+                f.log.clone(),
+                Action::new("note.created").unwrap(),
+            )),
+        TenantContext::for_actor(actor(t)),
+    );
+    let response = router.oneshot(request("/notes")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let recorded = events(&f, t).await;
+    assert_eq!(recorded.len(), 1, "the layer's own record");
+    assert!(recorded[0].record_json().unwrap().get("metadata").is_none());
+}
+
 /// A handler whose transaction goes on after its appended event is rolled back to a
 /// savepoint (SQL inside it could do that): the commit states that the event is there, so it
 /// fails, and the layer records the request itself. Without that check the transaction would
