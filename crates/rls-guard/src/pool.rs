@@ -443,7 +443,7 @@ impl CommitCheck {
     /// is there.
     fn sql(&self) -> String {
         format!(
-            "1 / (EXISTS (SELECT 1 FROM {} WHERE {} = {}))::int",
+            "1 / (EXISTS (SELECT 1 FROM {} WHERE {} OPERATOR(pg_catalog.=) {}::pg_catalog.int8))::int",
             self.table, self.key, self.id
         )
     }
