@@ -121,18 +121,30 @@ ALTER TABLE auth.sessions ENABLE ALWAYS TRIGGER sessions_fixed;
 
 -- Whether a session may still act: the database-side check of rls_guard::SessionLiveness
 -- (see magic_auth::session_liveness), asked in the binding of every statement made for a
--- session. Runs as the caller, under row-level security, in the tenant the binding names.
--- Every name is qualified and it has no SET clause, so PostgreSQL inlines it into the binding
--- statement (the runtime role can create nothing a name could resolve to instead).
-CREATE OR REPLACE FUNCTION auth.session_is_live(tenant uuid, session uuid) RETURNS boolean
-    LANGUAGE sql STABLE SECURITY INVOKER
+-- session. Runs as the caller, under row-level security, in the tenant the binding names: one
+-- row, true, for a live session; no row otherwise. A set-returning SQL function with one SELECT,
+-- no SET clause and no SECURITY DEFINER is inlined into the statement that calls it from FROM
+-- (its plan is then cached with that statement's); a scalar function whose body holds a
+-- subquery never is, and would be parsed and planned again on every call. Every name is
+-- qualified, so the caller's search path (the runtime role can create objects a name could
+-- resolve to instead) changes nothing when it is inlined. An older, scalar version is replaced.
+DO $session_is_live_scalar$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+               WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure('auth.session_is_live(uuid, uuid)')
+                 AND NOT p.proretset) THEN
+        DROP FUNCTION auth.session_is_live(uuid, uuid);
+    END IF;
+END
+$session_is_live_scalar$;
+CREATE OR REPLACE FUNCTION auth.session_is_live(tenant uuid, session uuid) RETURNS SETOF boolean
+    LANGUAGE sql STABLE SECURITY INVOKER ROWS 1
     AS $session_is_live$
-SELECT EXISTS (
-    SELECT 1 FROM auth.sessions s
-    WHERE s.tenant_id OPERATOR(pg_catalog.=) tenant AND s.id OPERATOR(pg_catalog.=) session
-      AND s.revoked_at IS NULL
-      AND s.idle_expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp()
-      AND s.absolute_expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
+SELECT true FROM auth.sessions s
+WHERE s.tenant_id OPERATOR(pg_catalog.=) $1 AND s.id OPERATOR(pg_catalog.=) $2
+  AND s.revoked_at IS NULL
+  AND s.idle_expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp()
+  AND s.absolute_expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp()
 $session_is_live$;
 REVOKE ALL ON FUNCTION auth.session_is_live(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth.session_is_live(uuid, uuid) TO {r};

@@ -148,3 +148,63 @@ async fn an_ended_session_reads_nothing_on_any_instance() {
     let job = TenantContext::for_job(tenant, None, "count").unwrap();
     assert_eq!(read(&pool_b, &job).await.unwrap(), 5);
 }
+
+/// The plan of `rls-guard`'s liveness check as the runtime role, as `EXPLAIN` prints it.
+async fn check_plan(db: &TestDb) -> String {
+    let runtime = db.pool(Role::Runtime, 1).await;
+    let lines: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (VERBOSE) SELECT (SELECT pg_catalog.bool_and(l.live) \
+         FROM auth.session_is_live($1::uuid, $2::uuid) AS l(live))",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(uuid::Uuid::new_v4())
+    .fetch_all(&runtime)
+    .await
+    .unwrap();
+    lines.join("\n")
+}
+
+/// The check runs in every statement made for a session, so it must cost no parsing or planning
+/// of its own: PostgreSQL inlines the installed function into the statement that asks (its
+/// plan reads `auth.sessions` by primary key; there is no call of the function left). Re-running
+/// the schema on a database with the older scalar check replaces it, and the check still
+/// refuses an ended session there.
+#[tokio::test]
+async fn the_check_is_inlined_into_the_statement_and_replaces_an_older_scalar_one() {
+    let db = fresh_database(&template()).await;
+    let plan = check_plan(&db).await;
+    assert!(plan.contains("auth.sessions"), "{plan}");
+    assert!(!plan.contains("Function Scan"), "{plan}");
+
+    // The older version: a scalar function, which PostgreSQL cannot inline (its body holds a
+    // subquery), so every call parsed and planned it again.
+    let owner = db.pool(Role::Owner, 1).await;
+    sqlx::raw_sql(
+        "DROP FUNCTION auth.session_is_live(uuid, uuid);
+         CREATE FUNCTION auth.session_is_live(tenant uuid, session uuid) RETURNS boolean
+             LANGUAGE sql STABLE AS $$ SELECT EXISTS (SELECT 1 FROM auth.sessions s
+                 WHERE s.tenant_id = tenant AND s.id = session AND s.revoked_at IS NULL) $$;
+         GRANT EXECUTE ON FUNCTION auth.session_is_live(uuid, uuid) TO testkit_runtime;",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    assert!(check_plan(&db).await.contains("Function Scan"), "control");
+    sqlx::raw_sql(&magic_auth::schema::schema_sql("testkit_runtime").unwrap())
+        .execute(&owner)
+        .await
+        .unwrap();
+    let plan = check_plan(&db).await;
+    assert!(!plan.contains("Function Scan"), "{plan}");
+
+    let (pool, store) = instance(&db).await;
+    let tenant = TenantId::new_random();
+    let (session, _) = store.create(tenant, &new_user()).await.unwrap();
+    let context = TenantContext::for_actor(session.actor());
+    assert_eq!(read(&pool, &context).await.unwrap(), 1, "live control");
+    assert!(store.revoke(tenant, session.id).await.unwrap());
+    assert!(matches!(
+        read(&pool, &context).await,
+        Err(RlsError::SessionEnded)
+    ));
+}

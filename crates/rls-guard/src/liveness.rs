@@ -11,12 +11,18 @@ use crate::schema::is_plain_identifier;
 /// A check, made by the database in the same statement that binds the tenant, that the session
 /// a context's actor acts through (see `tenant_scope::Actor::with_session`) is still live.
 ///
-/// It names a function `schema.name(tenant uuid, session uuid) RETURNS boolean` that the
-/// authentication library installs (`magic-auth` installs `auth.session_is_live`) and that
-/// answers whether `session` of `tenant` may still act. The binding of every
+/// It names a function `schema.name(tenant uuid, session uuid)` that the authentication library
+/// installs (`magic-auth` installs `auth.session_is_live`) and that answers whether `session` of
+/// `tenant` may still act: `RETURNS SETOF boolean` (one `true` row for a live session, no row
+/// otherwise) or `RETURNS boolean`. The session is live only when the answer has a row and
+/// every row is `true`. Prefer the set-returning form, written in SQL as one `SELECT` with every
+/// name schema-qualified, `STABLE`, without `SECURITY DEFINER` or a `SET` clause: PostgreSQL then
+/// inlines it into each statement that asks, so a prepared statement plans it once. A scalar
+/// function whose body holds a subquery is never inlined, and is parsed and planned again on
+/// every call. The binding of every
 /// [`TenantTx`](crate::TenantTx) and [`BoundRead`](crate::BoundRead) made for such a context
-/// passes its answer to `app.require_live_session`, which raises SQLSTATE `TB401`
-/// ([`RlsError::SessionEnded`], HTTP 401) unless it is true; a writing transaction asks again
+/// asks it, and unless the answer is live calls `app.require_live_session(false)`, which raises
+/// SQLSTATE `TB401` ([`RlsError::SessionEnded`], HTTP 401); a writing transaction asks again
 /// in the round trip of its `COMMIT` (it runs at `READ COMMITTED`, whatever the connection's
 /// default, so that this second answer is read afresh rather than from the snapshot of the
 /// first). No round trip is added, and a session revoked on any
@@ -65,16 +71,24 @@ impl SessionLiveness {
         &self.function
     }
 
-    /// `app.require_live_session(<function>(<tenant>::uuid, <session>::uuid))`.
+    /// `true` when the function's answer has a row and every row is `true`; otherwise
+    /// `app.require_live_session(false)` raises `TB401`. The function is called from `FROM`, so
+    /// a set-returning SQL function is inlined into the statement (planned with it, its plan
+    /// cached with the statement's); a scalar one answers its one row. No row, a `NULL` row or
+    /// a `false` row all mean "not live". The raising function is called only then, so a live
+    /// session's statement runs no PL/pgSQL.
     pub(crate) fn require(&self, tenant: &str, session: &str) -> String {
         format!(
-            "app.require_live_session({}({tenant}::pg_catalog.uuid, {session}::pg_catalog.uuid))",
+            "(CASE WHEN (SELECT pg_catalog.bool_and(rls_guard_l.live IS TRUE) FROM {}(\
+             {tenant}::pg_catalog.uuid, {session}::pg_catalog.uuid) AS rls_guard_l(live)) \
+             THEN true ELSE app.require_live_session(false) END)",
             self.function
         )
     }
 
-    /// Checks the function's declaration and that it answers `false` for a session that does
-    /// not exist, as the runtime role in a transaction bound to a random tenant (rolled back).
+    /// Checks the function's declaration and that it answers `false` (or, set-returning, no row
+    /// or only `false` rows) for a session that does not exist, as the runtime role in a
+    /// transaction bound to a random tenant (rolled back).
     pub(crate) async fn probe(&self, tx: &mut sqlx::PgConnection) -> Result<(), RlsError> {
         let refused =
             |why: &str| RlsError::SessionLivenessRefused(format!("{}: {why}", self.function));
@@ -86,11 +100,11 @@ impl SessionLiveness {
         .bind(&signature)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((returns, volatility, set)) = declared else {
+        let Some((returns, volatility, _set)) = declared else {
             return Err(refused("no such function taking (uuid, uuid)"));
         };
-        if returns != "boolean" || set {
-            return Err(refused("it must return one boolean"));
+        if returns != "boolean" {
+            return Err(refused("it must return boolean (or a set of boolean)"));
         }
         if volatility == "i" {
             return Err(refused(
@@ -102,8 +116,10 @@ impl SessionLiveness {
             .bind(&tenant)
             .execute(&mut *tx)
             .await?;
-        let answer: Option<bool> = sqlx::query_scalar(&format!(
-            "SELECT {}($1::pg_catalog.uuid, $2::pg_catalog.uuid)",
+        // Every row it answers: none, or only `false` ones, for a session that does not exist.
+        let (true_or_null,): (bool,) = sqlx::query_as(&format!(
+            "SELECT pg_catalog.count(*) FILTER (WHERE l.live IS NOT FALSE) OPERATOR(pg_catalog.>) 0 \
+             FROM {}($1::pg_catalog.uuid, $2::pg_catalog.uuid) AS l(live)",
             self.function
         ))
         .bind(&tenant)
@@ -111,9 +127,9 @@ impl SessionLiveness {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| refused(&format!("it cannot be called as the runtime role ({e})")))?;
-        if answer != Some(false) {
+        if true_or_null {
             return Err(refused(
-                "it does not answer false for a session that does not exist",
+                "it does not answer false (or no row) for a session that does not exist",
             ));
         }
         Ok(())
@@ -173,7 +189,9 @@ mod tests {
         let check = SessionLiveness::function("auth.f").unwrap();
         assert_eq!(
             check.require("$1", "$2"),
-            "app.require_live_session(auth.f($1::pg_catalog.uuid, $2::pg_catalog.uuid))"
+            "(CASE WHEN (SELECT pg_catalog.bool_and(rls_guard_l.live IS TRUE) FROM \
+             auth.f($1::pg_catalog.uuid, $2::pg_catalog.uuid) AS rls_guard_l(live)) \
+             THEN true ELSE app.require_live_session(false) END)"
         );
     }
 }

@@ -36,6 +36,22 @@ CREATE FUNCTION sess.frozen(tenant uuid, session uuid) RETURNS boolean
     LANGUAGE sql IMMUTABLE AS $$ SELECT false $$;
 CREATE FUNCTION sess.wrong(session uuid) RETURNS boolean
     LANGUAGE sql STABLE AS $$ SELECT false $$;
+CREATE FUNCTION sess.live_rows(tenant uuid, session uuid) RETURNS SETOF boolean
+    LANGUAGE sql STABLE ROWS 1
+    AS $$ SELECT true FROM sess.sessions s
+          WHERE s.tenant_id = $1 AND s.id = $2 AND NOT s.revoked $$;
+CREATE FUNCTION sess.always_rows(tenant uuid, session uuid) RETURNS SETOF boolean
+    LANGUAGE sql STABLE AS $$ SELECT true $$;
+CREATE FUNCTION sess.null_rows(tenant uuid, session uuid) RETURNS SETOF boolean
+    LANGUAGE sql STABLE AS $$ VALUES (false), (NULL::boolean) $$;
+CREATE FUNCTION sess.mixed_rows(tenant uuid, session uuid) RETURNS SETOF boolean
+    LANGUAGE sql STABLE
+    AS $$ SELECT t.v FROM sess.sessions s, (VALUES (true), (false)) AS t(v)
+          WHERE s.tenant_id = $1 AND s.id = $2 AND NOT s.revoked $$;
+CREATE FUNCTION sess.unknown_rows(tenant uuid, session uuid) RETURNS SETOF boolean
+    LANGUAGE sql STABLE
+    AS $$ SELECT t.v FROM sess.sessions s, (VALUES (true), (NULL::boolean)) AS t(v)
+          WHERE s.tenant_id = $1 AND s.id = $2 AND NOT s.revoked $$;
 ";
 
 fn template(signed: bool) -> testkit::Template {
@@ -77,8 +93,12 @@ async fn fixture(signed: bool) -> Fixture {
 }
 
 async fn checked(pool: &TenantPool) -> TenantPool {
+    checked_by(pool, "sess.is_live").await
+}
+
+async fn checked_by(pool: &TenantPool, function: &str) -> TenantPool {
     pool.clone()
-        .with_session_liveness(SessionLiveness::function("sess.is_live").unwrap())
+        .with_session_liveness(SessionLiveness::function(function).unwrap())
         .await
         .unwrap()
 }
@@ -148,10 +168,15 @@ async fn projects_named(db: &TestDb, name: &str) -> i64 {
 #[tokio::test]
 async fn the_check_function_is_judged_by_what_it_answers() {
     let f = fixture(false).await;
-    // The honest check is accepted.
+    // The honest checks are accepted: scalar, and set-returning (no row when not live).
     checked(&f.plain).await;
+    checked_by(&f.plain, "sess.live_rows").await;
+    checked_by(&f.plain, "sess.mixed_rows").await;
+    checked_by(&f.plain, "sess.unknown_rows").await;
     for (name, why) in [
         ("sess.always", "does not answer false"),
+        ("sess.always_rows", "does not answer false"),
+        ("sess.null_rows", "does not answer false"),
         ("sess.unknown", "does not answer false"),
         ("sess.frozen", "IMMUTABLE"),
         ("sess.wrong", "no such function"),
@@ -197,9 +222,9 @@ async fn a_session_without_a_check_is_refused_before_anything_is_sent() {
     assert_eq!(projects_named(&f.db, "unchecked").await, 0);
 }
 
-async fn revoked_session_touches_nothing(signed: bool) {
+async fn revoked_session_touches_nothing(signed: bool, function: &str) {
     let f = fixture(signed).await;
-    let pool = checked(&f.plain).await;
+    let pool = checked_by(&f.plain, function).await;
     let tenant = TenantId::new_random();
     let session = start_session(&pool, tenant).await;
     let ctx = session_ctx(tenant, session);
@@ -255,17 +280,59 @@ async fn revoked_session_touches_nothing(signed: bool) {
 
 #[tokio::test]
 async fn a_revoked_session_reads_and_writes_nothing() {
-    revoked_session_touches_nothing(false).await;
+    revoked_session_touches_nothing(false, "sess.is_live").await;
+}
+
+#[tokio::test]
+async fn a_revoked_session_reads_and_writes_nothing_with_a_set_returning_check() {
+    revoked_session_touches_nothing(false, "sess.live_rows").await;
+    revoked_session_touches_nothing(true, "sess.live_rows").await;
+}
+
+/// A set-returning check is live only when every row it answers is true: a `false` or a `NULL`
+/// row among `true` ones refuses the session (the control: the same session, same statements,
+/// under the honest set-returning check).
+#[tokio::test]
+async fn one_false_or_unknown_row_of_a_set_returning_check_refuses_the_session() {
+    let f = fixture(false).await;
+    let honest = checked_by(&f.plain, "sess.live_rows").await;
+    let tenant = TenantId::new_random();
+    let session = start_session(&honest, tenant).await;
+    let ctx = session_ctx(tenant, session);
+    insert_project(&honest, &ctx, "honest").await.unwrap();
+    assert_eq!(read_names(&honest, &ctx).await.unwrap(), ["honest"]);
+    for function in ["sess.mixed_rows", "sess.unknown_rows"] {
+        let pool = checked_by(&f.plain, function).await;
+        assert!(
+            matches!(
+                insert_project(&pool, &ctx, "refused").await,
+                Err(RlsError::SessionEnded)
+            ),
+            "{function}"
+        );
+        assert!(
+            matches!(read_names(&pool, &ctx).await, Err(RlsError::SessionEnded)),
+            "{function}"
+        );
+        assert!(
+            matches!(
+                pool.begin_read_only(&ctx).await,
+                Err(RlsError::SessionEnded)
+            ),
+            "{function}"
+        );
+    }
+    assert_eq!(projects_named(&f.db, "refused").await, 0);
 }
 
 #[tokio::test]
 async fn a_revoked_session_reads_and_writes_nothing_with_signed_bindings() {
-    revoked_session_touches_nothing(true).await;
+    revoked_session_touches_nothing(true, "sess.is_live").await;
 }
 
-async fn revocation_during_a_transaction_stops_its_commit(signed: bool) {
+async fn revocation_during_a_transaction_stops_its_commit(signed: bool, function: &str) {
     let f = fixture(signed).await;
-    let pool = checked(&f.plain).await;
+    let pool = checked_by(&f.plain, function).await;
     let tenant = TenantId::new_random();
     // Control: a transaction of a live session commits its write.
     let kept = start_session(&pool, tenant).await;
@@ -288,12 +355,14 @@ async fn revocation_during_a_transaction_stops_its_commit(signed: bool) {
 
 #[tokio::test]
 async fn a_revocation_during_a_transaction_stops_its_commit() {
-    revocation_during_a_transaction_stops_its_commit(false).await;
+    revocation_during_a_transaction_stops_its_commit(false, "sess.is_live").await;
+    revocation_during_a_transaction_stops_its_commit(false, "sess.live_rows").await;
 }
 
 #[tokio::test]
 async fn a_revocation_during_a_transaction_stops_its_commit_with_signed_bindings() {
-    revocation_during_a_transaction_stops_its_commit(true).await;
+    revocation_during_a_transaction_stops_its_commit(true, "sess.is_live").await;
+    revocation_during_a_transaction_stops_its_commit(true, "sess.live_rows").await;
 }
 
 #[tokio::test]
