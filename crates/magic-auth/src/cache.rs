@@ -172,9 +172,13 @@ impl SessionCache {
         self.inner.listening.load(Ordering::SeqCst)
     }
 
-    /// Drops the entry of session `id`, if held.
-    pub(crate) fn forget(&self, id: Uuid) {
-        self.inner.forget(&notice_key(id));
+    /// Drops the entry of session `id`, if held, before it is looked up again: nothing
+    /// changed, so lookups already under way (of this session or any other) may still be held.
+    /// Were every refresh to count as a change, concurrent refreshes would keep each other from
+    /// being held, and under enough concurrency none would be: every request would go to the
+    /// database.
+    pub(crate) fn refresh(&self, id: Uuid) {
+        self.inner.entries().remove(&notice_key(id));
     }
 
     /// The generation to hand back to [`insert`](Self::insert) after a database lookup.

@@ -697,7 +697,7 @@ impl SessionStore {
         };
         // The cache's entry is refreshed: dropped now, held again below only if still live.
         let generation = self.cache.as_ref().map(|cache| {
-            cache.forget(token.id());
+            cache.refresh(token.id());
             cache.generation()
         });
         let row: Option<LookupRow> = sqlx::query_as(LOOKUP)

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use magic_auth::secrecy::ExposeSecret;
+use sha2::Digest as _;
 use std::time::{Duration, Instant};
 
 use magic_auth::{
@@ -219,4 +220,101 @@ async fn a_cache_outside_a_runtime_or_with_bad_settings_is_refused() {
     assert!(s.clone().with_cache(config).is_err());
     let handle = std::thread::spawn(move || s.with_cache(SessionCacheConfig::default()).is_err());
     assert!(handle.join().unwrap());
+}
+
+/// How many backends wait for a lock on `auth.sessions`.
+async fn waiting(db: &TestDb) -> i64 {
+    let admin = db.pool(Role::Admin, 1).await;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND datname = current_database()",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap()
+}
+
+/// Waits until `n` backends wait for a lock.
+async fn until_waiting(db: &TestDb, n: i64) {
+    let start = Instant::now();
+    while waiting(db).await < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no lookup waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A lookup made while another session's lookup is under way is still held: refreshing one
+/// session's entry is no change to any session, so under concurrency the cache still fills (it
+/// used to count every refresh as a change, and at 128 concurrent requests almost every request
+/// went to the database). The lookups are held mid-flight by a lock on the table; once they
+/// complete, a silent revocation shows whether the first one's answer was held. The control:
+/// a real change (a notice) during the lookup keeps its answer out of the cache.
+#[tokio::test]
+async fn concurrent_lookups_of_different_sessions_are_all_held() {
+    let db = fresh_database(&template()).await;
+    // Connections for the listener and both lookups.
+    let pool = TenantPool::new(db.pool(Role::Runtime, 4).await)
+        .await
+        .unwrap();
+    let store = SessionStore::new(pool, SessionConfig::default(), Box::new([7; 32]))
+        .unwrap()
+        .with_cache(SessionCacheConfig::default())
+        .unwrap();
+    wait_listening(&store).await;
+    let admin = db.pool(Role::Admin, 1).await;
+    let tenant = TenantId::new_random();
+    let cookie = |t: &SessionToken| t.to_cookie_value().expose_secret().to_owned();
+    for notice in [false, true] {
+        let (first, first_token) = store.create(tenant, &new(ActorKind::User)).await.unwrap();
+        let (second, second_token) = store.create(tenant, &new(ActorKind::User)).await.unwrap();
+        let mut lock = admin.begin().await.unwrap();
+        sqlx::query("LOCK TABLE auth.sessions IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        let a = {
+            let (store, cookie) = (store.clone(), cookie(&first_token));
+            tokio::spawn(async move { store.validate(&cookie).await })
+        };
+        until_waiting(&db, 1).await;
+        let b = {
+            let (store, cookie) = (store.clone(), cookie(&second_token));
+            tokio::spawn(async move { store.validate(&cookie).await })
+        };
+        until_waiting(&db, 2).await;
+        if notice {
+            // A change to the first session, announced while its lookup waits.
+            sqlx::query("SELECT pg_notify('magic_auth_sessions', $1)")
+                .bind(hex::encode(sha2::Sha256::digest(
+                    format!("magic-auth/session-change/v1:{}", first.id).as_bytes(),
+                )))
+                .execute(&db.pool(Role::Admin, 1).await)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lock.commit().await.unwrap();
+        assert!(a.await.unwrap().unwrap().is_some());
+        assert!(b.await.unwrap().unwrap().is_some());
+        revoke_silently(&db, tenant, first.id).await;
+        revoke_silently(&db, tenant, second.id).await;
+        if notice {
+            assert!(
+                !valid(&store, &first_token).await,
+                "a lookup overlapping a notice of its session was held"
+            );
+        } else {
+            assert!(
+                valid(&store, &first_token).await,
+                "the first lookup was not held"
+            );
+            assert!(
+                valid(&store, &second_token).await,
+                "the second lookup was not held"
+            );
+        }
+    }
 }
