@@ -18,7 +18,9 @@
 //!   refused and audited).
 //!
 //! First the round trips to PostgreSQL per request of each route are counted on the wire (see
-//! `roundtrips.rs`; `LOAD_BENCH_ROUND_TRIPS_ONLY=1` stops there). Then each is driven by `wrk` (install it: `apt-get install wrk`) at 1, 16 and 128 connections,
+//! `roundtrips.rs`; `LOAD_BENCH_ROUND_TRIPS_ONLY=1` stops there). Then the counter is taken
+//! away and a second app is started, whose connections reach PostgreSQL directly, and each
+//! route is driven by `wrk` (install it: `apt-get install wrk`) at 1, 16 and 128 connections,
 //! side by side in one run, and the figures are printed as a Markdown table with the ratios
 //! the goals: guarded read ≥ 0.8 of bare throughput with p99 ≤ 1.5x; audited write ≥ 0.7 of the
 //! unaudited write with p99 ≤ 2x; under the flood, the audited write's p99 within 2x of its p99
@@ -156,6 +158,73 @@ async fn request(addr: SocketAddr, head: &str) -> Result<(u16, String), BoxError
     Ok((status, body))
 }
 
+/// One started reference app with its bench routes served on loopback.
+struct Setup {
+    app: reference_app::App,
+    guarded: SocketAddr,
+    bare: SocketAddr,
+    unaudited: SocketAddr,
+    bare_path: String,
+    /// Alice's (an admin's) session.
+    cookie: String,
+    /// Bob's (a member's) session: his role changes are refused, and each refusal audited.
+    flood_cookie: String,
+    bob: uuid::Uuid,
+    alice: uuid::Uuid,
+}
+
+impl Setup {
+    /// Starts the reference app (development profile, a fresh database in the shared cluster,
+    /// data directory `dir`) and serves its router, the bare read and the unaudited write,
+    /// after checking that the bare and guarded reads answer the same document.
+    async fn start(dir: &std::path::Path) -> Result<Self, BoxError> {
+        let config =
+            reference_app::Config::from_args(["--data-dir".to_owned(), dir.display().to_string()])?
+                .ok_or("no configuration")?;
+        let app = reference_app::start(config).await?;
+        let database = app
+            .database()
+            .ok_or("the benchmark runs the development profile")?;
+        // The bare route's pool has the app's settings (size, no ping before acquire): only
+        // the guards differ between the two routes.
+        let superuser = reference_app::pool_options(16)
+            .connect_with(database.options(testkit::Role::Admin))
+            .await?;
+        let (tenant, bob): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
+            "SELECT tenant_id, user_id FROM workspace.members WHERE email = 'bob@acme.test'",
+        )
+        .fetch_one(&superuser)
+        .await?;
+        let (alice,): (uuid::Uuid,) =
+            sqlx::query_as("SELECT user_id FROM workspace.members WHERE email = 'alice@acme.test'")
+                .fetch_one(&superuser)
+                .await?;
+        let cookie = app.mint_session("acme", "alice@acme.test", true).await?;
+        let flood_cookie = app.mint_session("acme", "bob@acme.test", true).await?;
+        let guarded = serve(app.router.clone()).await?;
+        let bare = serve(app.unguarded_baseline(superuser.clone())).await?;
+        let unaudited = serve(app.unaudited_write_baseline()?).await?;
+        let bare_path = format!("/baseline/notes?tenant={tenant}");
+        // Both answer the same document.
+        let (s1, b1) = get(bare, &bare_path, "").await?;
+        let (s2, b2) = get(guarded, "/api/notes", &cookie).await?;
+        if (s1, s2) != (200, 200) || b1 != b2 {
+            return Err(format!("the two routes differ: {s1} {s2}\n{b1}\n{b2}").into());
+        }
+        Ok(Self {
+            app,
+            guarded,
+            bare,
+            unaudited,
+            bare_path,
+            cookie,
+            flood_cookie,
+            bob,
+            alice,
+        })
+    }
+}
+
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -163,97 +232,92 @@ async fn main() -> Result<(), BoxError> {
     let seconds: u32 = args.next().map_or(Ok(10), |s| s.parse())?;
     let rounds: u32 = args.next().map_or(Ok(1), |s| s.parse())?;
 
-    // Every connection to the throwaway cluster from here on passes the round-trip counter.
-    let server = testkit::TestServer::shared().await?;
-    let admin = server.options(testkit::Role::Admin, "postgres");
-    let socket = admin
-        .get_socket()
-        .ok_or("the throwaway cluster listens on a Unix socket")?
-        .join(format!(".s.PGSQL.{}", admin.get_port()));
-    let counter = roundtrips::Counter::install(&socket).await?;
-
-    let dir = std::env::temp_dir().join(format!("load-bench-{}", std::process::id()));
-    let config =
-        reference_app::Config::from_args(["--data-dir".to_owned(), dir.display().to_string()])?
-            .ok_or("no configuration")?;
-    let app = reference_app::start(config).await?;
-    let database = app
-        .database()
-        .ok_or("the benchmark runs the development profile")?;
-    // The bare route's pool has the app's settings (size, no ping before acquire): only the
-    // guards differ between the two routes.
-    let superuser = reference_app::pool_options(16)
-        .connect_with(database.options(testkit::Role::Admin))
-        .await?;
-    let (tenant, bob): (uuid::Uuid, uuid::Uuid) = sqlx::query_as(
-        "SELECT tenant_id, user_id FROM workspace.members WHERE email = 'bob@acme.test'",
-    )
-    .fetch_one(&superuser)
-    .await?;
-    let (alice,): (uuid::Uuid,) =
-        sqlx::query_as("SELECT user_id FROM workspace.members WHERE email = 'alice@acme.test'")
-            .fetch_one(&superuser)
+    // Round trips are counted by a run of this program of its own (with its own throwaway
+    // cluster, every connection to which passes the counter); the load cells below run with
+    // nothing between the app and PostgreSQL.
+    let counting = std::env::var_os("LOAD_BENCH_ROUND_TRIPS_ONLY").is_some();
+    if !counting {
+        let status = Command::new(std::env::current_exe()?)
+            .args([seconds.to_string(), rounds.to_string()])
+            .env("LOAD_BENCH_ROUND_TRIPS_ONLY", "1")
+            .status()
             .await?;
-    let cookie = app.mint_session("acme", "alice@acme.test", true).await?;
-    // Bob is a member, not an admin: his role changes are refused, and each refusal audited.
-    let flood_cookie = app.mint_session("acme", "bob@acme.test", true).await?;
-
-    let guarded = serve(app.router.clone()).await?;
-    let bare = serve(app.unguarded_baseline(superuser.clone())).await?;
-    let unaudited = serve(app.unaudited_write_baseline()?).await?;
-    let bare_path = format!("/baseline/notes?tenant={tenant}");
-    // Both answer the same document.
-    let (s1, b1) = get(bare, &bare_path, "").await?;
-    let (s2, b2) = get(guarded, "/api/notes", &cookie).await?;
-    if (s1, s2) != (200, 200) || b1 != b2 {
-        return Err(format!("the two routes differ: {s1} {s2}\n{b1}\n{b2}").into());
+        if !status.success() {
+            return Err(format!("counting the round trips failed: {status}").into());
+        }
     }
-
-    let write_head = format!(
-        "POST /api/admin/members/{bob}/role HTTP/1.1\r\nCookie: {cookie}\r\nOrigin: {}\r\n\
-         Content-Type: application/json\r\nContent-Length: 18\r\n\r\n{{\"role\": \"member\"}}",
-        app.config.base_url
-    );
-    let unaudited_head = write_head.replace("/api/admin/members/", "/baseline/members/");
-    let read_head = |path: &str, with_cookie: bool| {
-        let cookie = if with_cookie { cookie.as_str() } else { "x=y" };
-        format!("GET {path} HTTP/1.1\r\nCookie: {cookie}\r\n")
+    let server = testkit::TestServer::shared().await?;
+    let counter = if counting {
+        let admin = server.options(testkit::Role::Admin, "postgres");
+        let socket = admin
+            .get_socket()
+            .ok_or("the throwaway cluster listens on a Unix socket")?
+            .join(format!(".s.PGSQL.{}", admin.get_port()));
+        Some(roundtrips::Counter::install(&socket).await?)
+    } else {
+        None
     };
-    println!("Round trips to PostgreSQL per request, counted on the wire (sequential requests):\n");
-    println!("| route | round trips per request |");
-    println!("|---|---:|");
-    for (name, addr, head) in [
-        (
-            "bare read (`/baseline/notes`)",
-            bare,
-            read_head(&bare_path, false),
-        ),
-        (
-            "guarded read (`GET /api/notes`)",
-            guarded,
-            read_head("/api/notes", true),
-        ),
-        (
-            "session layer only (`GET /healthz` with the cookie)",
-            guarded,
-            read_head("/healthz", true),
-        ),
-        (
-            "guarded write, audited (`POST /api/admin/members/{id}/role`)",
-            guarded,
-            write_head.clone(),
-        ),
-        (
-            "the same write without the audit layer",
-            unaudited,
-            unaudited_head.clone(),
-        ),
-    ] {
-        let per_request = roundtrips::per_request(&counter, || request(addr, &head)).await?;
-        println!("| {name} | {per_request:.2} |");
-    }
-    println!();
-    if std::env::var_os("LOAD_BENCH_ROUND_TRIPS_ONLY").is_some() {
+    let dir = std::env::temp_dir().join(format!("load-bench-{}", std::process::id()));
+    let Setup {
+        app,
+        guarded,
+        bare,
+        unaudited,
+        bare_path,
+        cookie,
+        flood_cookie,
+        bob,
+        alice,
+    } = Setup::start(&dir).await?;
+    if let Some(counter) = counter {
+        let write_head = format!(
+            "POST /api/admin/members/{bob}/role HTTP/1.1\r\nCookie: {cookie}\r\nOrigin: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 18\r\n\r\n{{\"role\": \"member\"}}",
+            app.config.base_url
+        );
+        let unaudited_head = write_head.replace("/api/admin/members/", "/baseline/members/");
+        let read_head = |path: &str, with_cookie: bool| {
+            let cookie = if with_cookie { cookie.as_str() } else { "x=y" };
+            format!("GET {path} HTTP/1.1\r\nCookie: {cookie}\r\n")
+        };
+        println!(
+            "Round trips to PostgreSQL per request, counted on the wire (sequential requests):\n"
+        );
+        println!("| route | round trips per request |");
+        println!("|---|---:|");
+        for (name, addr, head) in [
+            (
+                "bare read (`/baseline/notes`)",
+                bare,
+                read_head(&bare_path, false),
+            ),
+            (
+                "guarded read (`GET /api/notes`)",
+                guarded,
+                read_head("/api/notes", true),
+            ),
+            (
+                "session layer only (`GET /healthz` with the cookie)",
+                guarded,
+                read_head("/healthz", true),
+            ),
+            (
+                "guarded write, audited (`POST /api/admin/members/{id}/role`)",
+                guarded,
+                write_head.clone(),
+            ),
+            (
+                "the same write without the audit layer",
+                unaudited,
+                unaudited_head.clone(),
+            ),
+        ] {
+            let per_request = roundtrips::per_request(&counter, || request(addr, &head)).await?;
+            println!("| {name} | {per_request:.2} |");
+        }
+        println!();
+        drop(app);
+        let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
 
