@@ -178,6 +178,16 @@ pub(super) async fn set_role(
         return Ok(RoleChange::OwnRole);
     }
     let mut tx = state.pool.begin(context).await?;
+    // The record first: it commits or rolls back with the change either way, and the member's
+    // row, which concurrent changes queue on, is then locked only from the update to the
+    // commit, as it would be without the record.
+    if let Some(audit) = audit {
+        let event = audit
+            .event(Outcome::Allowed)
+            .with_target(Target::new("member", &user.to_string()))?
+            .with_metadata(serde_json::json!({ "role": role }))?;
+        audit.append(&mut tx, event).await?;
+    }
     let n =
         sqlx::query("UPDATE workspace.members SET role = $3 WHERE tenant_id = $1 AND user_id = $2")
             .bind(context.tenant().as_uuid())
@@ -187,15 +197,9 @@ pub(super) async fn set_role(
             .await?
             .rows_affected();
     if n == 0 {
+        // The record goes with the change: the audit layer records the refusal itself.
         tx.rollback().await?;
         return Ok(RoleChange::NoSuchMember);
-    }
-    if let Some(audit) = audit {
-        let event = audit
-            .event(Outcome::Allowed)
-            .with_target(Target::new("member", &user.to_string()))?
-            .with_metadata(serde_json::json!({ "role": role }))?;
-        audit.append(&mut tx, event).await?;
     }
     tx.commit().await?;
     Ok(RoleChange::Changed)
