@@ -36,7 +36,7 @@ pub(crate) struct Note {
 
 impl Note {
     /// When it was last changed, as pages show times.
-    pub(crate) fn updated(&self) -> String {
+    pub(crate) fn updated(&self) -> crate::web::When {
         crate::web::when(self.updated_at)
     }
 }

@@ -53,6 +53,37 @@ fn chromedriver() -> PathBuf {
     );
 }
 
+/// The browser's time zone: India's, five and a half hours east of UTC all year.
+const READER_ZONE: &str = "Asia/Kolkata";
+
+/// Every time on the page reads in the browser's zone, to the second: its text is its
+/// `datetime` (UTC) moved 5 h 30 min east and labelled with the offset. The page's inline
+/// script does this; a Content-Security-Policy that blocked it would leave UTC text.
+async fn assert_local_times(browser: &Client) {
+    let times = browser
+        .find_all(Locator::Css("time[datetime]"))
+        .await
+        .unwrap();
+    assert!(!times.is_empty(), "no time on the page");
+    let offset = time::UtcOffset::from_hms(5, 30, 0).unwrap();
+    for t in times {
+        let iso = t.attr("datetime").await.unwrap().unwrap();
+        let at = time::OffsetDateTime::parse(&iso, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .to_offset(offset);
+        let expected = format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC+05:30",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        );
+        assert_eq!(t.text().await.unwrap(), expected, "{iso}");
+    }
+}
+
 struct Shots {
     dirs: Vec<PathBuf>,
 }
@@ -228,8 +259,10 @@ impl Harness {
         };
 
         let driver_port = common::free_port();
+        // The browser's time zone is not the server's (UTC): pages must show times in it.
         let driver = tokio::process::Command::new(&driver_path)
             .arg(format!("--port={driver_port}"))
+            .env("TZ", READER_ZONE)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -336,6 +369,7 @@ async fn the_demo_in_headless_chromium() {
         page.contains("chain verified") && page.contains("agent.tool_approved"),
         "{page}"
     );
+    assert_local_times(browser).await;
     shots.take(browser, "08-audit-viewer").await;
     click(browser, "form[action='/api/auth/sign-out'] button").await;
     wait_for(browser, "Email me a sign-in link").await;

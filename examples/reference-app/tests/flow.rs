@@ -34,7 +34,32 @@ async fn the_whole_demo_through_the_router() {
             .unwrap()
             .contains("frame-ancestors 'none'")
     );
-    assert!(!home.body.contains("<script"), "no script at all");
+    // One script, inline, allowed by its hash and nothing else: the page's own script text
+    // hashes to what the policy names, and no other script source is allowed.
+    let csp = home.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(home.body.matches("<script").count(), 1, "one script");
+    let script = home
+        .body
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map(|(script, _)| script)
+        .unwrap();
+    let hash = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script.as_bytes()))
+    };
+    assert!(
+        csp.contains(&format!("script-src 'sha256-{hash}';")),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("unsafe") && !csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     // Plain HTTP only redirects.
     let redirect = reference_app::redirect_app(app.config.base_url.clone())
         .oneshot(Request::get("/notes?x=1").body(Body::empty()).unwrap())
@@ -125,8 +150,18 @@ async fn the_whole_demo_through_the_router() {
     let notes = alice.get("/notes").await;
     assert_eq!(notes.status, StatusCode::OK);
     assert!(notes.body.contains("Q3 budget") && notes.body.contains("Vendor onboarding"));
-    // Times are shown to the second with their zone, not as a raw timestamp.
+    // Times are shown to the second with their zone, not as a raw timestamp, in a `<time>`
+    // element whose `datetime` the page's script shows in the reader's zone.
     let updated = notes.body.split("Updated ").nth(1).unwrap();
+    let (datetime, updated) = updated
+        .strip_prefix("<time datetime=\"")
+        .and_then(|rest| rest.split_once("\">"))
+        .unwrap();
+    assert_eq!(datetime.len(), 20, "{datetime}");
+    assert!(
+        datetime.ends_with('Z') && datetime.as_bytes()[10] == b'T',
+        "{datetime}"
+    );
     let shown: String = updated.chars().take(23).collect();
     let b = shown.as_bytes();
     assert!(

@@ -98,19 +98,27 @@ pub(crate) fn render(status: StatusCode, page: &impl Template) -> Response {
     }
 }
 
-/// A time as every page shows it: to the second, with its zone (UTC: the server cannot know
-/// the reader's).
-pub(crate) fn when(t: time::OffsetDateTime) -> String {
+/// A time as every page shows it: to the second, in UTC (the server cannot know the reader's
+/// zone; the page's script shows it in theirs).
+pub(crate) fn when(t: time::OffsetDateTime) -> When {
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let (date, clock) = (
+        format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
+        format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()),
+    );
+    When {
+        iso: format!("{date}T{clock}Z"),
+        text: format!("{date} {clock} UTC"),
+    }
+}
+
+/// A moment as the pages show it, in a `<time>` element: `text` in UTC to the second, `iso` its
+/// `datetime`, from which the pages' one script (`templates/local-time.js`, allowed by its hash
+/// in the Content-Security-Policy) rewrites the text in the reader's own time zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct When {
+    pub(crate) iso: String,
+    pub(crate) text: String,
 }
 
 /// A page with a title, a sentence and an optional link.
@@ -219,19 +227,36 @@ pub(crate) fn database_unavailable(error: &(dyn std::error::Error + 'static)) ->
     })
 }
 
+/// The pages' one script, rendered exactly as `base.html` includes it.
+#[derive(Template)]
+#[template(source = r#"{% include "local-time.js" %}"#, ext = "html")]
+struct LocalTimeScript;
+
+/// The Content-Security-Policy: nothing but the app's stylesheet, images it inlines, and the one
+/// inline script whose SHA-256 it names (no other script, inline or from anywhere, runs).
+fn content_security_policy() -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let script = LocalTimeScript.render().unwrap_or_default();
+    let hash =
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script.as_bytes()));
+    format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'self'; img-src 'self' data:; \
+         form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+}
+
 fn security_headers() -> [(HeaderName, HeaderValue); 7] {
+    static CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        HeaderValue::from_str(&content_security_policy())
+            .unwrap_or_else(|_| unreachable!("base64 and fixed ASCII text"))
+    });
     [
         (
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=63072000; includeSubDomains"),
         ),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
-                 frame-ancestors 'none'; base-uri 'none'",
-            ),
-        ),
+        (header::CONTENT_SECURITY_POLICY, CSP.clone()),
         (
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

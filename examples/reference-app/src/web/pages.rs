@@ -12,7 +12,7 @@ use magic_auth::{Assurance, Session};
 use tenant_scope::TenantContext;
 
 use super::auth::parse_id;
-use super::{Nav, internal, message, redirect, render, when};
+use super::{Nav, When, internal, message, redirect, render, when};
 use crate::agent;
 use crate::notes::{self, Note, NoteError};
 use crate::state::AppState;
@@ -263,8 +263,8 @@ pub(super) async fn run_assistant(
 
 struct SessionRow {
     id: String,
-    created: String,
-    last_seen: String,
+    created: When,
+    last_seen: When,
     assurance: &'static str,
     agent: String,
     current: bool,

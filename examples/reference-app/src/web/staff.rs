@@ -14,7 +14,7 @@ use tenant_scope::{Actor, ActorKind, Origin, TenantContext};
 use tool_sandbox::{ProposalStatus, SandboxError};
 
 use super::auth::parse_id;
-use super::{Nav, internal, message, redirect, render, when};
+use super::{Nav, When, internal, message, redirect, render, when};
 use crate::agent;
 use crate::state::{AppState, TenantInfo, Visit};
 
@@ -27,7 +27,7 @@ struct Pending {
     sources: String,
     warnings: String,
     digest: String,
-    created: String,
+    created: When,
 }
 
 #[derive(Template)]
@@ -143,7 +143,7 @@ impl ConsolePage {
 pub(super) struct VisitView {
     tenant: String,
     reason: String,
-    until: String,
+    until: When,
 }
 
 impl VisitView {
@@ -477,7 +477,7 @@ fn day(raw: &str) -> Result<Option<time::Date>, String> {
 
 struct AuditRow {
     seq: u64,
-    when: String,
+    when: When,
     actor: String,
     action: String,
     target: String,
