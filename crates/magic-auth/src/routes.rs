@@ -607,13 +607,18 @@ fn enrolment_json(enrolment: &Enrolment) -> Result<Value, AuthError> {
     }))
 }
 
-/// The label an authenticator app shows for the account: its address. `None` when the account
-/// is gone or disabled.
+/// The label an authenticator app shows for the account: its address. Otherwise the answer to
+/// give: 401 `unauthenticated` when the account is gone or disabled, the failure when it cannot
+/// be read.
 async fn account_label<T, D: AccountDirectory, M: Mailer>(
     flow: &Flow<T, D, M>,
     session: &Session,
-) -> Result<Option<crate::EmailAddress>, AuthError> {
-    flow.links.address(session.tenant, session.user).await
+) -> Result<crate::EmailAddress, Response> {
+    match flow.links.address(session.tenant, session.user).await {
+        Ok(Some(label)) => Ok(label),
+        Ok(None) => Err(AuthRejectionLike::unauthenticated()),
+        Err(error) => Err(failure(&error)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -810,9 +815,8 @@ async fn totp_state<T: TenantDirectory, D: AccountDirectory, M: Mailer>(
     session: Session,
 ) -> Response {
     let label = match account_label(&flow, &session).await {
-        Ok(Some(label)) => label,
-        Ok(None) => return AuthRejectionLike::unauthenticated(),
-        Err(error) => return failure(&error),
+        Ok(label) => label,
+        Err(answer) => return answer,
     };
     match flow
         .totp
@@ -840,9 +844,8 @@ async fn enrol<T: TenantDirectory, D: AccountDirectory, M: Mailer>(
     input: Input<NextForm>,
 ) -> Response {
     let label = match account_label(&flow, &session).await {
-        Ok(Some(label)) => label,
-        Ok(None) => return AuthRejectionLike::unauthenticated(),
-        Err(error) => return failure(&error),
+        Ok(label) => label,
+        Err(answer) => return answer,
     };
     let (tenant, user) = (session.tenant, session.user);
     let enrolment = match flow
@@ -920,9 +923,8 @@ async fn check_code<T, D: AccountDirectory, M: Mailer>(
     let code = code.expose_secret();
     let (tenant, user) = (session.tenant, session.user);
     let label = match account_label(flow, session).await {
-        Ok(Some(label)) => label,
-        Ok(None) => return AuthRejectionLike::unauthenticated(),
-        Err(error) => return failure(&error),
+        Ok(label) => label,
+        Err(answer) => return answer,
     };
     let active = match flow
         .totp
@@ -1139,9 +1141,8 @@ async fn start_replacement<T, D: AccountDirectory, M: Mailer>(
     input: Input<ReplaceForm>,
 ) -> Response {
     let label = match account_label(&flow, &session).await {
-        Ok(Some(label)) => label,
-        Ok(None) => return AuthRejectionLike::unauthenticated(),
-        Err(error) => return failure(&error),
+        Ok(label) => label,
+        Err(answer) => return answer,
     };
     let recovery = input
         .body
