@@ -93,14 +93,15 @@ impl SessionLiveness {
         let refused =
             |why: &str| RlsError::SessionLivenessRefused(format!("{}: {why}", self.function));
         let signature = format!("{}(uuid, uuid)", self.function);
-        let declared: Option<(String, String, bool)> = sqlx::query_as(
-            "SELECT pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text, p.proretset \
+        // A set of boolean or one boolean: `format_type` names the element type either way.
+        let declared: Option<(String, String)> = sqlx::query_as(
+            "SELECT pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text \
              FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure($1)",
         )
         .bind(&signature)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((returns, volatility, _set)) = declared else {
+        let Some((returns, volatility)) = declared else {
             return Err(refused("no such function taking (uuid, uuid)"));
         };
         if returns != "boolean" {

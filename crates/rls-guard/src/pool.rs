@@ -536,19 +536,19 @@ impl TenantTx {
         }
         // The record of writes is compared only when the transaction wrote (has a transaction
         // id): a reading transaction pays for one expression, not a function call.
-        let mut live = self
+        let mut checks = self
             .live_at_commit
             .as_ref()
             .map(|ask| format!(", {ask}"))
             .unwrap_or_default();
         for (check, _) in &self.commit_checks {
-            live.push_str(", ");
-            live.push_str(&check.sql());
+            checks.push_str(", ");
+            checks.push_str(&check.sql());
         }
         let sql = format!(
             "SET LOCAL app.commit_binding = '{tenant}:{}'; \
              SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL \
-                         THEN app.verify_binding_writes('{tenant}') END, {RELEASE_LOCKS}{live}; \
+                         THEN app.verify_binding_writes('{tenant}') END, {RELEASE_LOCKS}{checks}; \
              COMMIT; {HAND_BACK}",
             self.actor,
             tenant = self.tenant,
