@@ -128,6 +128,22 @@ pub trait AccountDirectory: Send + Sync + 'static {
         user: ActorId,
         new: &EmailAddress,
     ) -> impl Future<Output = Result<EmailChange, Self::Error>> + Send;
+
+    /// Told that account `user` in `tenant` was disabled, by
+    /// [`SignInRoutes`](crate::routes::SignInRoutes)' `POST /account/disable`, after
+    /// [`SessionStore::disable_account`](crate::SessionStore::disable_account) committed: so
+    /// that the application's own record can follow (a flag its pages show, or that
+    /// [`AccountDirectory::find`] reports as [`Account::disabled`]). magic-auth refuses every
+    /// sign-in of the account whatever this does; an error is logged. The default does
+    /// nothing.
+    fn account_disabled(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = (tenant, user);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// What [`AccountDirectory::change_email`] did.
@@ -376,6 +392,15 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
 
     /// The current address of `user` in `tenant`, if the account exists and is enabled.
     #[cfg(feature = "axum")]
+    /// Tells the directory that `user`'s account was disabled
+    /// ([`AccountDirectory::account_disabled`]); a failure is logged.
+    #[cfg(feature = "axum")]
+    pub(crate) async fn account_disabled(&self, tenant: TenantId, user: ActorId) {
+        if let Err(error) = self.directory.account_disabled(tenant, user).await {
+            tracing::error!(%error, "the account directory was not told of a disabled account");
+        }
+    }
+
     pub(crate) async fn address(
         &self,
         tenant: TenantId,

@@ -22,7 +22,7 @@
 //! | `POST /totp/replace/confirm` | signed in | `{"code": ..}` from the new authenticator |
 //! | `POST /email` | fresh step-up | `{"email": ..}`: a confirmation link to the new address, a notice to the old |
 //! | `POST /email/confirm` | the session that asked | `{"token": ..}` |
-//! | `POST /account/disable` | fresh step-up | disables the account and ends every session |
+//! | `POST /account/disable` | fresh step-up | `{"confirm": "disable"}`: disables the account, ends every session, then tells [`AccountDirectory::account_disabled`](crate::AccountDirectory::account_disabled) |
 //!
 //! Every `POST` takes a body: JSON (`application/json`, `{}` when there is nothing to say) or
 //! an HTML form (`application/x-www-form-urlencoded`); anything else is `415`. Answers are JSON,
@@ -31,7 +31,7 @@
 //! answers carry the same target as `"redirect"`), and one that is refused, to its `back` field
 //! (a path of this site) with `error=<code>` added to the query, so pages without script work
 //! too (`POST /recovery-codes` answers JSON only: the codes are shown once). Every refusal is the workspace's JSON refusal
-//! ([`tenant_scope::Rejection`]): `400 invalid_request`, `400 invalid_email`,
+//! ([`tenant_scope::Rejection`]): `400 invalid_request`, `400 invalid_email`, `400 confirmation_required`,
 //! `401 unauthenticated`, `401 link_invalid`, `401 code_rejected`, `401 session_ended`,
 //! `403 mfa_required`, `403 step_up_required`, `403 cross_origin_request`,
 //! `404 not_found`, `409 already_enrolled`, `409 not_enrolled`, `409 email_unavailable`,
@@ -1133,6 +1133,8 @@ async fn recovery_codes<T, D: AccountDirectory, M: Mailer>(
 struct ReplaceForm {
     #[serde(default)]
     recovery_code: Option<String>,
+    #[serde(default)]
+    next: Option<String>,
 }
 
 async fn start_replacement<T, D: AccountDirectory, M: Mailer>(
@@ -1144,10 +1146,17 @@ async fn start_replacement<T, D: AccountDirectory, M: Mailer>(
         Ok(label) => label,
         Err(answer) => return answer,
     };
-    let recovery = input
-        .body
-        .recovery_code
-        .map(|code| SecretString::from(code.trim().to_owned()));
+    let Input {
+        body: ReplaceForm {
+            recovery_code,
+            next,
+        },
+        mode,
+    } = input;
+    let recovery = recovery_code
+        .map(|code| code.trim().to_owned())
+        .filter(|code| !code.is_empty())
+        .map(SecretString::from);
     let proof = match &recovery {
         Some(code) => ReplaceProof::RecoveryCode(code.expose_secret()),
         None => ReplaceProof::StepUp {
@@ -1160,9 +1169,12 @@ async fn start_replacement<T, D: AccountDirectory, M: Mailer>(
         .await
         .and_then(|e| enrolment_json(&e))
     {
-        Ok(shown) => reply(
+        Ok(shown) => done_with(
+            &flow.config,
+            mode,
+            next.as_deref(),
             StatusCode::CREATED,
-            &json!({ "state": "pending", "enrolment": shown }),
+            json!({ "state": "pending", "enrolment": shown }),
         ),
         Err(error) => failure(&error),
     }
@@ -1195,6 +1207,8 @@ async fn complete_replacement<T, D: AccountDirectory, M: Mailer>(
 #[derive(Deserialize)]
 struct EmailForm {
     email: String,
+    #[serde(default)]
+    next: Option<String>,
 }
 
 async fn request_email<T, D: AccountDirectory, M: Mailer>(
@@ -1207,9 +1221,12 @@ async fn request_email<T, D: AccountDirectory, M: Mailer>(
         .request_email_change(&session, &input.body.email, flow.config.step_up_max_age)
         .await
     {
-        Ok(()) => reply(
+        Ok(()) => done_with(
+            &flow.config,
+            input.mode,
+            input.body.next.as_deref(),
             StatusCode::ACCEPTED,
-            &json!({
+            json!({
                 "status": "confirmation_sent",
                 "message": "A confirmation link is on its way to the new address; nothing \
                             changes until it is opened in this session.",
@@ -1240,13 +1257,30 @@ async fn confirm_email<T, D: AccountDirectory, M: Mailer>(
     }
 }
 
+/// The body of `POST /account/disable`: the word `disable`, typed, so that no stray or
+/// scripted submission disables an account by accident.
+#[derive(Deserialize)]
+struct DisableForm {
+    #[serde(default)]
+    confirm: Option<String>,
+    #[serde(default)]
+    next: Option<String>,
+}
+
 async fn disable<T, D: AccountDirectory, M: Mailer>(
     State(flow): Shared<T, D, M>,
     session: Session,
-    input: Input<NextForm>,
+    input: Input<DisableForm>,
 ) -> Response {
     if !session.is_fresh(flow.config.step_up_max_age) {
         return failure(&AuthError::StepUpRequired);
+    }
+    if input.body.confirm.as_deref().map(str::trim) != Some("disable") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "confirmation_required",
+            "type the word disable to confirm; nothing was changed",
+        );
     }
     // The address is read while the account is still enabled; the notice goes after.
     let address = flow.links.address(session.tenant, session.user).await;
@@ -1256,6 +1290,11 @@ async fn disable<T, D: AccountDirectory, M: Mailer>(
         .await
     {
         Ok(()) => {
+            // magic-auth already refuses every sign-in of the account; the application's own
+            // record follows. A failure there changes nothing of that, so it is logged.
+            flow.links
+                .account_disabled(session.tenant, session.user)
+                .await;
             if let Ok(Some(address)) = address {
                 flow.links.notify(address, Notice::AccountDisabled);
             }

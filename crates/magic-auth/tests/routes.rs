@@ -605,9 +605,157 @@ async fn sensitive_actions_need_a_fresh_step_up() {
         )
         .await;
     assert_eq!(stepped.status, StatusCode::OK, "{}", stepped.text);
-    let disabled = browser.post(&app, "/auth/account/disable", json!({})).await;
+    let disabled = browser
+        .post(
+            &app,
+            "/auth/account/disable",
+            json!({ "confirm": "disable" }),
+        )
+        .await;
     assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.text);
     assert_eq!(app.fx.live_sessions(user).await, 0);
+}
+
+#[tokio::test]
+async fn disabling_takes_the_typed_word_and_tells_the_directory() {
+    let app = app().await;
+    let user = app.fx.account("ada@example.com", ActorKind::User);
+    let mut browser = Browser::default();
+    signed_in_aal2(&app, &mut browser, "ada@example.com").await;
+    let enabled = |app: &App| {
+        app.fx
+            .directory
+            .find_sync(app.fx.tenant, "ada@example.com")
+            .is_some_and(|a| !a.disabled)
+    };
+    // Attacks: no word, another word, the word in another field; each changes nothing.
+    for body in [
+        json!({}),
+        json!({ "confirm": "yes" }),
+        json!({ "confirm": "DISABLE" }),
+        json!({ "confirm": "" }),
+        json!({ "next": "disable" }),
+    ] {
+        assert_refusal(
+            &browser.post(&app, "/auth/account/disable", body).await,
+            StatusCode::BAD_REQUEST,
+            "confirmation_required",
+        );
+    }
+    // A page's form without the word goes back to its page with the code.
+    let refused = browser
+        .send(
+            &app,
+            form(
+                "/auth/account/disable",
+                &[("back", "/settings"), ("next", "/")],
+            ),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::SEE_OTHER, "{}", refused.text);
+    assert_eq!(
+        refused.headers[header::LOCATION],
+        "/settings?error=confirmation_required"
+    );
+    assert_eq!(app.fx.live_sessions(user).await, 1);
+    assert!(enabled(&app));
+    assert_eq!(
+        browser.get(&app, "/auth/sessions").await.status,
+        StatusCode::OK
+    );
+
+    // Positive control: the word, from a page's form: on to `next`, every session ended, the
+    // cookie cleared, and the directory told.
+    let done = browser
+        .send(
+            &app,
+            form(
+                "/auth/account/disable",
+                &[
+                    ("confirm", " disable "),
+                    ("next", "/bye"),
+                    ("back", "/settings"),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    assert_eq!(done.headers[header::LOCATION], "/bye");
+    assert!(!browser.cookies.contains_key(magic_auth::SESSION_COOKIE));
+    assert_eq!(app.fx.live_sessions(user).await, 0);
+    assert!(!enabled(&app));
+}
+
+#[tokio::test]
+async fn settings_forms_go_on_to_their_next_page() {
+    let app = app().await;
+    app.fx.account("ada@example.com", ActorKind::User);
+    let mut browser = Browser::default();
+    signed_in_aal2(&app, &mut browser, "ada@example.com").await;
+
+    // Replacing the authenticator from a page: on to `next` (off-site: the default), and the
+    // replacement is pending (the JSON answer of a script's request says the same).
+    for (next, expected) in [
+        ("//evil.example", "/home"),
+        ("/settings/authenticator", "/settings/authenticator"),
+    ] {
+        let started = browser
+            .send(&app, form("/auth/totp/replace", &[("next", next)]))
+            .await;
+        assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.text);
+        assert_eq!(started.headers[header::LOCATION], expected);
+    }
+    let started = browser.post(&app, "/auth/totp/replace", json!({})).await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
+    assert_eq!(started.body["state"], "pending");
+    assert_eq!(started.body["redirect"], "/home");
+    // An empty recovery-code field is no recovery code: the fresh step-up decides.
+    let started = browser
+        .send(
+            &app,
+            form(
+                "/auth/totp/replace",
+                &[("recovery_code", " "), ("next", "/s")],
+            ),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.text);
+
+    // Asking for an address change from a page: on to `next`; a bad address, back to the page.
+    let refused = browser
+        .send(
+            &app,
+            form(
+                "/auth/email",
+                &[
+                    ("email", "not an address"),
+                    ("next", "/settings?done=sent"),
+                    ("back", "/settings"),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(
+        refused.headers[header::LOCATION],
+        "/settings?error=invalid_email"
+    );
+    let sent = app.fx.outbox.messages().len();
+    let asked = browser
+        .send(
+            &app,
+            form(
+                "/auth/email",
+                &[
+                    ("email", "ada@new.example"),
+                    ("next", "/settings?done=sent"),
+                    ("back", "/settings"),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::SEE_OTHER, "{}", asked.text);
+    assert_eq!(asked.headers[header::LOCATION], "/settings?done=sent");
+    assert!(app.fx.outbox.messages().len() > sent);
 }
 
 #[tokio::test]

@@ -159,6 +159,31 @@ impl AccountDirectory for Directory {
         tx.commit().await.map_err(|_| DirectoryError)?;
         Ok(EmailChange::Changed)
     }
+
+    /// The member's `disabled` flag, which the admin pages and [`Directory::find`] read (magic-auth
+    /// already refuses every sign-in of the account).
+    async fn account_disabled(
+        &self,
+        tenant: TenantId,
+        user: ActorId,
+    ) -> Result<(), DirectoryError> {
+        let context =
+            TenantContext::for_job(tenant, None, "account-disable").map_err(|_| DirectoryError)?;
+        let mut tx = self
+            .pool
+            .begin(&context)
+            .await
+            .map_err(|_| DirectoryError)?;
+        sqlx::query(
+            "UPDATE workspace.members SET disabled = true WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(|_| DirectoryError)?;
+        tx.commit().await.map_err(|_| DirectoryError)
+    }
 }
 
 /// The development mailer: keeps messages for the outbox page and, in development only, prints

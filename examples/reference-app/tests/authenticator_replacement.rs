@@ -1,5 +1,6 @@
-//! Replacing the authenticator through the real router (`/settings/authenticator`): it needs a
-//! fresh second factor or a recovery code, only the session that started it completes it, and
+//! Replacing the authenticator through the real router: the page (`/settings/authenticator`)
+//! posts to magic-auth's routes (`/api/auth/totp/replace` and `../confirm`) as a browser does.
+//! It needs a fresh second factor or a recovery code, only the session that started it completes it, and
 //! completing it destroys the old seed, ends every other session and sends a notice. Each attack
 //! checks that nothing changed, next to its positive control.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -31,6 +32,29 @@ fn wrong(seed: &[u8]) -> String {
         .unwrap()
 }
 
+const PAGE: &str = "/settings/authenticator";
+
+/// The page's start form, as the browser sends it (with `fields` added).
+async fn start_form(browser: &mut Browser<'_>, fields: &[(&str, &str)]) -> common::Page {
+    let mut form = vec![("next", PAGE), ("back", PAGE)];
+    form.extend_from_slice(fields);
+    browser.post("/api/auth/totp/replace", &form).await
+}
+
+/// The page's confirm form, as the browser sends it.
+async fn confirm_form(browser: &mut Browser<'_>, code: &str) -> common::Page {
+    browser
+        .post(
+            "/api/auth/totp/replace/confirm",
+            &[
+                ("code", code),
+                ("next", "/settings?done=authenticator"),
+                ("back", PAGE),
+            ],
+        )
+        .await
+}
+
 #[tokio::test]
 async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_and_sends_a_notice() {
     let app = start().await;
@@ -43,12 +67,31 @@ async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_an
     // a wrong recovery code. None starts a replacement.
     let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
     stale.stale_second_factor("acme", "bob@acme.test").await;
-    let refused = stale.post("/settings/authenticator", &[]).await;
+    let refused = start_form(&mut stale, &[]).await;
+    assert_eq!(refused.status, StatusCode::SEE_OTHER, "{}", refused.body);
+    assert_eq!(
+        refused.location(),
+        "/settings/authenticator?error=step_up_required"
+    );
+    let page = stale.get(refused.location()).await;
+    assert!(page.body.contains("within the last 10"), "{}", page.body);
+    // A script's request (no `back`): the JSON refusal.
+    let refused = stale.post("/api/auth/totp/replace", &[]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(
+        refused.body.contains("step_up_required"),
+        "{}",
+        refused.body
+    );
     let mut link_only = Browser::with_session(&app, "acme", "bob@acme.test", false).await;
     for form in [vec![], vec![("recovery_code", "aaaa-bbbb-cccc-dddd")]] {
-        let refused = link_only.post("/settings/authenticator", &form).await;
+        let refused = link_only.post("/api/auth/totp/replace", &form).await;
         assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+        let refused = start_form(&mut link_only, &form).await;
+        assert_eq!(
+            refused.location(),
+            "/settings/authenticator?error=step_up_required"
+        );
     }
     assert!(
         !replacement_pending(&admin).await,
@@ -60,7 +103,7 @@ async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_an
     );
 
     // Positive control: bob's fresh session starts it, and sees the new key.
-    let started = bob.post("/settings/authenticator", &[]).await;
+    let started = start_form(&mut bob, &[]).await;
     assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.body);
     assert_eq!(started.location(), "/settings/authenticator");
     let page = bob.get("/settings/authenticator").await;
@@ -73,31 +116,40 @@ async fn replacing_the_authenticator_needs_a_fresh_factor_ends_other_sessions_an
     assert!(!seen.body.contains("Key:"));
     let stolen = other
         .post(
-            "/settings/authenticator/confirm",
+            "/api/auth/totp/replace/confirm",
             &[("code", &code(&new_seed, 0))],
         )
         .await;
-    assert_eq!(stolen.status, StatusCode::BAD_REQUEST, "{}", stolen.body);
-    // A wrong code changes nothing.
-    let wrong_code = bob
-        .post(
-            "/settings/authenticator/confirm",
-            &[("code", &wrong(&new_seed))],
-        )
-        .await;
+    assert_eq!(stolen.status, StatusCode::CONFLICT, "{}", stolen.body);
+    assert!(stolen.body.contains("not_enrolled"), "{}", stolen.body);
+    let stolen = confirm_form(&mut other, &code(&new_seed, 0)).await;
+    assert_eq!(
+        stolen.location(),
+        "/settings/authenticator?error=not_enrolled"
+    );
+    // A wrong code changes nothing; the page says why.
+    let wrong_code = confirm_form(&mut bob, &wrong(&new_seed)).await;
     assert_eq!(wrong_code.status, StatusCode::SEE_OTHER);
-    assert_eq!(wrong_code.location(), "/settings/authenticator?error=wrong");
+    assert_eq!(
+        wrong_code.location(),
+        "/settings/authenticator?error=code_rejected"
+    );
+    let page = bob.get(wrong_code.location()).await;
+    assert!(
+        page.body.contains("That code is not right"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("Key:"),
+        "the pending replacement is still shown"
+    );
     assert_eq!(other.get("/notes").await.status, StatusCode::OK);
     assert!(replacement_pending(&admin).await);
 
     // The new authenticator's code completes it: a new session for bob, the others ended.
     let before = bob.cookies.get("__Host-session").cloned();
-    let done = bob
-        .post(
-            "/settings/authenticator/confirm",
-            &[("code", &code(&new_seed, 0))],
-        )
-        .await;
+    let done = confirm_form(&mut bob, &code(&new_seed, 0)).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
     assert_eq!(done.location(), "/settings?done=authenticator");
     assert_ne!(bob.cookies.get("__Host-session").cloned(), before);

@@ -417,7 +417,7 @@ async fn settings_flows(harness: &Harness, shots: &Shots) {
         .goto(&format!("{base}/settings/authenticator"))
         .await
         .unwrap();
-    click(browser, "form[action='/settings/authenticator'] button").await;
+    click(browser, "form[action='/api/auth/totp/replace'] button").await;
     let page = wait_for(browser, "Key: <code>").await;
     let key = common::shown_key(&page);
     browser.refresh().await.unwrap();
@@ -428,7 +428,7 @@ async fn settings_flows(harness: &Harness, shots: &Shots) {
     fill(browser, "#code", &common::code(&new_seed, 0)).await;
     click(
         browser,
-        "form[action='/settings/authenticator/confirm'] button",
+        "form[action='/api/auth/totp/replace/confirm'] button",
     )
     .await;
     let page = wait_for(browser, "Your authenticator was replaced").await;
@@ -436,7 +436,7 @@ async fn settings_flows(harness: &Harness, shots: &Shots) {
 
     // Changing the e-mail address: a link to the new address, confirmed in this browser.
     fill(browser, "#email", "robert@acme.test").await;
-    click(browser, "form[action='/settings/email'] button").await;
+    click(browser, "form[action='/api/auth/email'] button").await;
     let page = wait_for(browser, "A confirmation link was sent").await;
     assert!(page.contains("A confirmation link was sent"), "{page}");
     let link = app
@@ -448,14 +448,19 @@ async fn settings_flows(harness: &Harness, shots: &Shots) {
     browser.goto(&link).await.unwrap();
     let page = wait_for(browser, "Confirm your new e-mail address").await;
     assert!(page.contains("Confirm your new e-mail address"), "{page}");
-    click(browser, "form[action='/settings/email/confirm'] button").await;
+    click(browser, "form[action='/api/auth/email/confirm'] button").await;
     let page = wait_for(browser, "Your e-mail address was changed").await;
     assert!(page.contains("<code>robert@acme.test</code>"), "{page}");
     shots.take(browser, "10-settings").await;
 
-    // Disabling the account: signed out, and the session no longer opens a page.
+    // Disabling the account: another word is refused back to the page, which says why; the
+    // word signs out, and the session no longer opens a page.
+    fill(browser, "#confirm", "yes").await;
+    click(browser, "form[action='/api/auth/account/disable'] button").await;
+    let page = wait_for(browser, "Type the word disable").await;
+    assert!(page.contains("Nothing was changed"), "{page}");
     fill(browser, "#confirm", "disable").await;
-    click(browser, "form[action='/settings/disable'] button").await;
+    click(browser, "form[action='/api/auth/account/disable'] button").await;
     let page = wait_for(browser, "Your account is disabled").await;
     assert!(page.contains("Your account is disabled"), "{page}");
     browser.goto(&format!("{base}/notes")).await.unwrap();

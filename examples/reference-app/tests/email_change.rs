@@ -29,6 +29,24 @@ fn mail_to(app: &reference_app::App, to: &str, subject: &str) -> usize {
         .count()
 }
 
+/// The settings page's form, as the browser sends it to magic-auth's route.
+fn email_form(email: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("email", email),
+        ("next", "/settings?done=email-sent"),
+        ("back", "/settings"),
+    ]
+}
+
+/// The confirmation page's form, as the browser sends it.
+fn confirm_form(token: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("token", token),
+        ("next", "/settings?done=email"),
+        ("back", "/settings"),
+    ]
+}
+
 /// The path of the newest e-mail change confirmation link.
 fn confirmation_path(app: &reference_app::App) -> String {
     let link = app
@@ -58,9 +76,16 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
     let mut stale = Browser::signed_in(&app, "acme", "bob@acme.test").await;
     stale.stale_second_factor("acme", "bob@acme.test").await;
     let refused = stale
-        .post("/settings/email", &[("email", "bob.new@acme.test")])
+        .post("/api/auth/email", &email_form("bob.new@acme.test"))
         .await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert_eq!(refused.status, StatusCode::SEE_OTHER, "{}", refused.body);
+    assert_eq!(refused.location(), "/settings?error=step_up_required");
+    let page = stale.get(refused.location()).await;
+    assert!(
+        page.body.contains("within the last 10 minutes"),
+        "{}",
+        page.body
+    );
     assert!(
         app.outbox_messages()
             .iter()
@@ -69,7 +94,7 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
 
     // Positive: bob's fresh session asks. The old address is told; nothing changes yet.
     let asked = bob
-        .post("/settings/email", &[("email", "bob.new@acme.test")])
+        .post("/api/auth/email", &email_form("bob.new@acme.test"))
         .await;
     assert_eq!(asked.status, StatusCode::SEE_OTHER, "{}", asked.body);
     assert_eq!(asked.location(), "/settings?done=email-sent");
@@ -94,7 +119,7 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
     assert_eq!(stranger.get(&path).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         stranger
-            .post("/settings/email/confirm", &[("token", &token)])
+            .post("/api/auth/email/confirm", &[("token", &token)])
             .await
             .status,
         StatusCode::UNAUTHORIZED
@@ -102,9 +127,21 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
     let landing = other.get(&path).await;
     assert_eq!(landing.status, StatusCode::OK);
     let refused = other
-        .post("/settings/email/confirm", &[("token", &token)])
+        .post("/api/auth/email/confirm", &confirm_form(&token))
         .await;
-    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(
+        refused.location(),
+        "/settings?error=link_invalid",
+        "{}",
+        refused.body
+    );
+    assert!(
+        other
+            .get(refused.location())
+            .await
+            .body
+            .contains("does not work")
+    );
     assert_eq!(address_of(&admin, bob_id).await, "bob@acme.test");
     assert_eq!(other.get("/notes").await.status, StatusCode::OK);
 
@@ -118,7 +155,7 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
         "a GET changed it"
     );
     let done = bob
-        .post("/settings/email/confirm", &[("token", &token)])
+        .post("/api/auth/email/confirm", &confirm_form(&token))
         .await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
     assert_eq!(done.location(), "/settings?done=email");
@@ -134,13 +171,13 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
 
     // Replayed: refused.
     let replay = bob
-        .post("/settings/email/confirm", &[("token", &token)])
+        .post("/api/auth/email/confirm", &confirm_form(&token))
         .await;
-    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert_eq!(replay.location(), "/settings?error=link_invalid");
 
     // Expired: a second change whose link is past its time is refused.
     let asked = bob
-        .post("/settings/email", &[("email", "bob.third@acme.test")])
+        .post("/api/auth/email", &email_form("bob.third@acme.test"))
         .await;
     assert_eq!(asked.status, StatusCode::SEE_OTHER, "{}", asked.body);
     let expired = confirmation_path(&app);
@@ -155,9 +192,9 @@ async fn the_address_changes_only_on_confirmation_from_the_asking_session() {
     assert_eq!(n, 1);
     let token = expired.split("token=").nth(1).unwrap().to_owned();
     let refused = bob
-        .post("/settings/email/confirm", &[("token", &token)])
+        .post("/api/auth/email/confirm", &confirm_form(&token))
         .await;
-    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused.location(), "/settings?error=link_invalid");
     assert_eq!(address_of(&admin, bob_id).await, "bob.new@acme.test");
 
     // Sign-in links now go to the new address only.

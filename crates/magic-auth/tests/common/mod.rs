@@ -48,6 +48,15 @@ impl Directory {
             .insert((tenant, email.to_owned()), account);
     }
 
+    /// The account with this address, as the directory holds it now.
+    pub fn find_sync(&self, tenant: TenantId, email: &str) -> Option<Account> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&(tenant, email.to_owned()))
+            .copied()
+    }
+
     pub fn edit(&self, tenant: TenantId, user: ActorId, change: impl Fn(&mut Account)) {
         for ((t, _), account) in self.0.lock().unwrap().iter_mut() {
             if *t == tenant && account.user == user {
@@ -118,6 +127,12 @@ impl AccountDirectory for Directory {
         let account = all.remove(&old_key).unwrap();
         all.insert(new_key, account);
         Ok(EmailChange::Changed)
+    }
+    async fn account_disabled(&self, tenant: TenantId, user: ActorId) -> Result<(), Never> {
+        self.edit(tenant, user, |account| {
+            *account = Account::new(account.user, account.kind, true);
+        });
+        Ok(())
     }
 }
 

@@ -32,6 +32,8 @@ struct Home {
     accounts: Vec<(String, String, String)>,
     /// A link was asked for: say it is on its way.
     sent: bool,
+    /// The account was just disabled (`done=disabled`): say what that did.
+    disabled: bool,
     /// Why the last request was refused, for the person.
     error: Option<String>,
 }
@@ -127,6 +129,7 @@ pub(super) async fn home(
             host_workspace,
             accounts,
             sent: q.contains_key("sent"),
+            disabled: q.get("done").is_some_and(|d| d == "disabled"),
             error: q.get("error").map(|code| sign_in_error(code)),
         },
     )

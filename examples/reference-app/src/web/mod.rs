@@ -306,22 +306,16 @@ pub(crate) fn router_with(
         .route("/api/admin/export", post(api::export))
         .layer(Guard::require_step_up(STEP_UP_MAX_AGE))
         .layer(AuditLayer::new(state.audit.clone(), actions::DATA_EXPORTED));
-    // Disabling one's own account (with a typed confirmation), changing its e-mail address and
-    // making new recovery codes: a fresh second factor (magic-auth checks it again for the
-    // address and the codes).
-    let disable = RecordingRouter::new()
-        .route("/settings/disable", post(settings::disable))
-        .route("/settings/email", post(settings::request_email))
+    // New recovery codes, shown once on this app's own page: a fresh second factor (magic-auth
+    // checks it again). The other settings forms post to magic-auth's routes below.
+    let recovery_codes = RecordingRouter::new()
         .route("/settings/recovery-codes", post(settings::recovery_codes))
         .layer(Guard::require_step_up(STEP_UP_MAX_AGE));
     // Routes for a member of a tenant, signed in with both factors: the tenant comes from the
     // session's actor.
     let tenant_routes = RecordingRouter::new()
         .route("/settings", get(settings::page))
-        .route(
-            "/settings/email/confirm",
-            get(settings::email_landing).post(settings::confirm_email),
-        )
+        .route("/settings/email/confirm", get(settings::email_landing))
         .route("/notes", get(pages::notes).post(pages::create_note))
         .route(
             "/notes/{id}",
@@ -355,7 +349,7 @@ pub(crate) fn router_with(
             RecordingRouter::new()
         })
         .merge(export)
-        .merge(disable)
+        .merge(recovery_codes)
         .layer(TenantLayer::new(ActorResolver))
         .layer(Guard::require_two_factors());
     // Staff: two factors always; approving needs a fresh one.
@@ -378,15 +372,8 @@ pub(crate) fn router_with(
         .route("/auth/totp", get(auth::totp_page))
         .route("/auth/step-up", get(auth::step_up_page))
         // Replacing the authenticator: also from a session with the link only (a lost phone,
-        // with a recovery code); the handler and magic-auth check the proof.
-        .route(
-            "/settings/authenticator",
-            get(settings::authenticator).post(settings::start_replacement),
-        )
-        .route(
-            "/settings/authenticator/confirm",
-            post(settings::confirm_replacement),
-        )
+        // with a recovery code); magic-auth's routes check the proof.
+        .route("/settings/authenticator", get(settings::authenticator))
         .layer(Guard::require_auth());
     // The sign-in flow itself: magic-auth's ready-made routes (the pages above post to them).
     let sign_in = SignInRoutes::new(

@@ -1,42 +1,42 @@
-//! Account settings: replacing the authenticator, recovery codes, the e-mail address, and
-//! disabling the account.
+//! Account settings: the pages for replacing the authenticator, recovery codes, the e-mail
+//! address, and disabling the account. Their forms post to magic-auth's ready-made routes
+//! (`/api/auth/..`, [`magic_auth::routes`]), which check every step and answer the form with
+//! `303` to its `next` page, or back to its page with `error=<code>`; these pages only read.
 //!
-//! - Replacing the authenticator (`/settings/authenticator`) needs a second-factor check within
-//!   the last 10 minutes or one of the account's recovery codes (for a lost phone: a session
-//!   with the link only may use one). magic-auth checks this itself, not only this page. The new
-//!   authenticator is pending until a code from it is entered *from the same session*; the old
-//!   one keeps working until then. On completion the old seed is gone, every other session and
-//!   pending link ended, this session rotated, and a notice sent to the account's address.
-//! - Disabling the account (`POST /settings/disable`, behind a fresh step-up and a typed
-//!   confirmation) ends every session and pending link in magic-auth first, then marks the
-//!   member disabled in `workspace.members` (so no link is sent again), then sends a notice.
-//!
-//! - Changing the e-mail address (`POST /settings/email`, behind a fresh step-up): magic-auth
-//!   sends a notice to the current address and a single-use confirmation link to the new one,
-//!   bound to this account, the new address and this session. The link's page
-//!   (`/settings/email/confirm`) only shows a button; its `POST`, from the same session,
-//!   confirms it, and magic-auth then applies the change through the account directory
-//!   (`workspace.members`) and ends every other session.
-//!
-//! - Making new recovery codes (`POST /settings/recovery-codes`, behind a fresh step-up):
-//!   magic-auth replaces them (the old ones stop working), the page shows the new ones once,
-//!   and a notice goes to the account's address.
+//! - Replacing the authenticator (`/settings/authenticator`, posting to
+//!   `/api/auth/totp/replace` and `/api/auth/totp/replace/confirm`) needs a second-factor check
+//!   within the last 10 minutes or one of the account's recovery codes (for a lost phone: a
+//!   session with the link only may use one). The new authenticator is pending until a code
+//!   from it is entered *from the same session*; the old one keeps working until then. On
+//!   completion the old seed is gone, every other session and pending link ended, this session
+//!   rotated, and a notice sent to the account's address.
+//! - Changing the e-mail address (`/api/auth/email`, behind a fresh step-up): a notice to the
+//!   current address and a single-use confirmation link to the new one, bound to this account,
+//!   the new address and this session. The link's page (`/settings/email/confirm`) only shows a
+//!   button; its `POST` (`/api/auth/email/confirm`), from the same session, confirms it, and the
+//!   change goes through the account directory (`workspace.members`) and ends every other
+//!   session.
+//! - Disabling the account (`/api/auth/account/disable`, behind a fresh step-up and the typed
+//!   word `disable`) ends every session and pending link, then marks the member disabled in
+//!   `workspace.members` (the directory's [`AccountDirectory::account_disabled`]), then sends a
+//!   notice.
+//! - Making new recovery codes (`POST /settings/recovery-codes`, behind a fresh step-up) is this
+//!   app's own handler: the page shows the new codes once, which magic-auth's JSON route
+//!   cannot do for a page without script. The old codes stop working and a notice goes out.
 //!
 //! Every step is an authentication event that the audit log records.
+//!
+//! [`AccountDirectory::account_disabled`]: magic_auth::AccountDirectory::account_disabled
 
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use magic_auth::mailer::{Mailer, Notice};
-use magic_auth::totp::ReplaceProof;
-use magic_auth::{
-    Assurance, AuthError, EmailAddress, Session, clear_session_cookie, session_cookie,
-};
-use tenant_scope::TenantContext;
+use magic_auth::{Assurance, AuthError, EmailAddress, Session, clear_session_cookie};
 use zeroize::Zeroizing;
 
 use super::enrolment::EnrolmentError;
@@ -49,9 +49,40 @@ struct SettingsPage {
     nav: Nav,
     email: String,
     done: Option<&'static str>,
+    error: Option<&'static str>,
+    /// The refusal was for a stale second factor: offer the step-up.
+    step_up: bool,
 }
 
-/// `GET /settings`.
+/// What a refusal code from the settings routes means, for the person.
+fn settings_error(code: &str) -> &'static str {
+    match code {
+        "step_up_required" => {
+            "That needs a code from your authenticator entered within the last 10 minutes. \
+             Confirm it is you, then try again. Nothing was changed."
+        }
+        "invalid_email" => {
+            "That address does not look right: enter one such as name@example.com. Nothing was \
+             changed."
+        }
+        "email_unavailable" => "That address cannot be used for your account. Nothing was changed.",
+        "rate_limited" => "Too many requests. Wait a few minutes, then try again.",
+        "link_invalid" => {
+            "This confirmation link does not work: it has expired, was already used, was \
+             replaced by a newer request, or was opened in another session than the one that \
+             asked for the change. Nothing was changed."
+        }
+        "confirmation_required" => "Type the word disable to confirm. Nothing was changed.",
+        "not_enrolled" => "Recovery codes belong to an authenticator: set one up first.",
+        "service_unavailable" => {
+            "This is unavailable right now. Nothing was changed; try again shortly."
+        }
+        _ => "Something went wrong. Nothing was changed; try again.",
+    }
+}
+
+/// `GET /settings`: the account's address and what can be changed, with the outcome of the last
+/// step (`done=..`, or `error=<code>` from a refused form).
 pub(super) async fn page(
     State(state): State<AppState>,
     session: Session,
@@ -75,12 +106,15 @@ pub(super) async fn page(
         }
         _ => None,
     };
+    let code = q.get("error").map(String::as_str);
     render(
         StatusCode::OK,
         &SettingsPage {
             nav: Nav::of(&state, Some(&session)),
             email,
             done,
+            error: code.map(settings_error),
+            step_up: code == Some("step_up_required"),
         },
     )
 }
@@ -98,8 +132,21 @@ struct AuthenticatorPage {
     error: Option<&'static str>,
 }
 
-fn now() -> u64 {
-    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0)
+/// What a refusal code from the replacement routes means, for the person.
+fn replacement_error(code: &str) -> &'static str {
+    match code {
+        "code_rejected" => "That code is not right. Check the authenticator and try again.",
+        "step_up_required" => {
+            "Replacing your authenticator needs a code from it entered within the last 10 \
+             minutes, or one of your recovery codes."
+        }
+        "not_enrolled" => {
+            "There is nothing to replace or confirm: this account has no authenticator yet, or \
+             no replacement was started from this session."
+        }
+        "factor_locked" => "Too many wrong codes. Wait 15 minutes, then try again.",
+        _ => "Something went wrong. Nothing was changed; try again.",
+    }
 }
 
 fn is_fresh(session: &Session) -> bool {
@@ -141,9 +188,7 @@ pub(super) async fn authenticator(
             pending,
             fresh: is_fresh(&session),
             two_factors: session.assurance == Assurance::Aal2,
-            error: q
-                .get("error")
-                .map(|_| "That code is not right. Check the new authenticator and try again."),
+            error: q.get("error").map(|code| replacement_error(code)),
         },
     )
 }
@@ -163,120 +208,16 @@ fn signed_out(state: &AppState) -> Response {
     response
 }
 
-/// `POST /settings/authenticator`: starts a replacement, authorised by the session's fresh
-/// step-up or by the recovery code in the form.
-pub(super) async fn start_replacement(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let code = form
-        .get("recovery_code")
-        .map(|c| c.trim())
-        .filter(|c| !c.is_empty());
-    let proof = match code {
-        Some(code) => ReplaceProof::RecoveryCode(code),
-        None => ReplaceProof::StepUp {
-            max_age: STEP_UP_MAX_AGE,
-        },
-    };
-    let email = match super::auth::member_email(&state, &session).await {
-        Ok(e) => e,
-        Err(e) => return internal(&state, &e),
-    };
-    match state
-        .totp
-        .start_replacement(&session, proof, &email, now())
-        .await
-    {
-        Ok(_) => redirect(&state, "/settings/authenticator"),
-        Err(AuthError::StepUpRequired) => message(
-            &state,
-            Some(&session),
-            StatusCode::FORBIDDEN,
-            "Confirm it is you first",
-            "Replacing your authenticator needs a code from it entered within the last 10 \
-             minutes, or one of your recovery codes.",
-            Some(if session.assurance == Assurance::Aal2 {
-                (
-                    "/auth/step-up?next=/settings/authenticator",
-                    "Confirm with a code",
-                )
-            } else {
-                ("/settings/authenticator", "Use a recovery code")
-            }),
-        ),
-        Err(AuthError::NotEnrolled) => message(
-            &state,
-            Some(&session),
-            StatusCode::BAD_REQUEST,
-            "No authenticator to replace",
-            "This account has no authenticator yet.",
-            Some(("/auth/totp", "Set one up")),
-        ),
-        Err(AuthError::InvalidToken) => signed_out(&state),
-        Err(e) => internal(&state, &e),
-    }
-}
-
-/// `POST /settings/authenticator/confirm`: a code from the new authenticator completes the
-/// replacement this session started.
-pub(super) async fn confirm_replacement(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let code = form.get("code").map_or("", |c| c.trim());
-    match state.totp.complete_replacement(&session, code, now()).await {
-        Ok(true) => {}
-        Ok(false) => return redirect(&state, "/settings/authenticator?error=wrong"),
-        Err(AuthError::NotEnrolled) => {
-            return message(
-                &state,
-                Some(&session),
-                StatusCode::BAD_REQUEST,
-                "Nothing to confirm",
-                "No replacement of your authenticator was started from this session.",
-                Some(("/settings/authenticator", "Replace your authenticator")),
-            );
-        }
-        Err(AuthError::InvalidToken) => return signed_out(&state),
-        Err(e) => return internal(&state, &e),
-    }
-    send_notice(&state, &session, Notice::AuthenticatorReplaced).await;
-    // A fresh factor check: a new session (the old one revoked with it).
-    match state.sessions.rotate(&session, Assurance::Aal2).await {
-        Ok((fresh, token)) => {
-            let mut response = redirect(&state, "/settings?done=authenticator");
-            response
-                .headers_mut()
-                .append(header::SET_COOKIE, session_cookie(&token, &fresh));
-            response
-        }
-        Err(AuthError::InvalidToken) => signed_out(&state),
-        Err(e) => internal(&state, &e),
-    }
-}
-
 /// Sends `notice` to the account's address. A failure is logged, never shown: the change is
 /// already made.
 async fn send_notice(state: &AppState, session: &Session, notice: Notice) {
-    let address = notice_address(state, session).await;
-    deliver_notice(state, address, notice).await;
-}
-
-/// The account's address, for a notice (read while the session is live).
-async fn notice_address(state: &AppState, session: &Session) -> Option<EmailAddress> {
-    match super::auth::member_email(state, session).await {
+    let address = match super::auth::member_email(state, session).await {
         Ok(e) => EmailAddress::parse(&e).ok(),
         Err(error) => {
             tracing::error!(%error, "the account's address could not be read for a notice");
             None
         }
-    }
-}
-
-async fn deliver_notice(state: &AppState, address: Option<EmailAddress>, notice: Notice) {
+    };
     let Some(address) = address else {
         return;
     };
@@ -332,130 +273,6 @@ pub(super) async fn recovery_codes(State(state): State<AppState>, session: Sessi
     response
 }
 
-/// `POST /settings/disable` (behind a fresh step-up): with `confirm=disable`, disables the
-/// account: magic-auth first (every session and link ended, no sign-in after), then the
-/// directory's flag, then the notice.
-pub(super) async fn disable(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if form.get("confirm").map(|c| c.trim()) != Some("disable") {
-        return message(
-            &state,
-            Some(&session),
-            StatusCode::BAD_REQUEST,
-            "Type “disable” to confirm",
-            "Nothing was changed.",
-            Some(("/settings", "Back to settings")),
-        );
-    }
-    // The address and the directory's flag first, while the session may still read and write (once the account is
-    // disabled, the database refuses every statement made for its sessions).
-    let address = notice_address(&state, &session).await;
-    let context = TenantContext::for_actor(session.actor());
-    let flagged = async {
-        let mut tx = state.pool.begin(&context).await?;
-        sqlx::query(
-            "UPDATE workspace.members SET disabled = true WHERE tenant_id = $1 AND user_id = $2",
-        )
-        .bind(session.tenant.as_uuid())
-        .bind(session.user.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(rls_guard::RlsError::from)?;
-        tx.commit().await
-    }
-    .await;
-    if let Err(e) = flagged {
-        return internal(&state, &e);
-    }
-    // magic-auth refuses every sign-in of the account from here on; the flag above also stops
-    // links from being sent.
-    if let Err(e) = state
-        .sessions
-        .disable_account(session.tenant, session.user)
-        .await
-    {
-        return internal(&state, &e);
-    }
-    deliver_notice(&state, address, Notice::AccountDisabled).await;
-    let mut response = message(
-        &state,
-        None,
-        StatusCode::OK,
-        "Your account is disabled",
-        "Every session was signed out and no sign-in link works for it any more. An \
-         administrator can enable it again.",
-        None,
-    );
-    let h = response.headers_mut();
-    h.append(header::SET_COOKIE, clear_session_cookie());
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    response
-}
-
-/// `POST /settings/email` (behind a fresh step-up): asks for a change to the address in the
-/// form.
-pub(super) async fn request_email(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let email = form.get("email").map_or("", String::as_str);
-    let refused = |status, title: &str, text: &str| {
-        message(
-            &state,
-            Some(&session),
-            status,
-            title,
-            text,
-            Some(("/settings", "Back to settings")),
-        )
-    };
-    match state
-        .links
-        .request_email_change(&session, email, STEP_UP_MAX_AGE)
-        .await
-    {
-        Ok(()) => redirect(&state, "/settings?done=email-sent"),
-        Err(AuthError::InvalidEmail) => refused(
-            StatusCode::BAD_REQUEST,
-            "That address does not look right",
-            "Enter an email address such as name@example.com. Nothing was changed.",
-        ),
-        Err(AuthError::EmailUnavailable) => refused(
-            StatusCode::BAD_REQUEST,
-            "That is your address already",
-            "Nothing was changed.",
-        ),
-        Err(AuthError::RateLimited { .. }) => refused(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many requests",
-            "Wait a few minutes, then try again.",
-        ),
-        Err(AuthError::StepUpRequired) => message(
-            &state,
-            Some(&session),
-            StatusCode::FORBIDDEN,
-            "Confirm it is you first",
-            "Changing your e-mail address needs a code from your authenticator within the last \
-             10 minutes.",
-            Some(("/auth/step-up?next=/settings", "Confirm with a code")),
-        ),
-        Err(AuthError::Delivery) => refused(
-            StatusCode::BAD_GATEWAY,
-            "The messages could not be sent",
-            "Nothing was changed. Try again later.",
-        ),
-        Err(AuthError::InvalidToken) => signed_out(&state),
-        Err(e) => internal(&state, &e),
-    }
-}
-
 #[derive(Template)]
 #[template(path = "email_confirm.html")]
 struct EmailConfirmPage {
@@ -489,36 +306,4 @@ pub(super) async fn email_landing(
         HeaderValue::from_static("no-referrer"),
     );
     response
-}
-
-/// `POST /settings/email/confirm`: confirms the change from the session that asked for it.
-pub(super) async fn confirm_email(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let token = form.get("token").map_or("", String::as_str);
-    let refused = |title: &str, text: &str| {
-        message(
-            &state,
-            Some(&session),
-            StatusCode::BAD_REQUEST,
-            title,
-            text,
-            Some(("/settings", "Back to settings")),
-        )
-    };
-    match state.links.confirm_email_change(&session, token).await {
-        Ok(_) => redirect(&state, "/settings?done=email"),
-        Err(AuthError::InvalidLink) => refused(
-            "This confirmation link does not work",
-            "It has expired, was already used, was replaced by a newer request, or was opened in \
-             another session than the one that asked for the change. Nothing was changed.",
-        ),
-        Err(AuthError::EmailUnavailable) => refused(
-            "That address cannot be used",
-            "Another account has it. Nothing was changed.",
-        ),
-        Err(e) => internal(&state, &e),
-    }
 }
