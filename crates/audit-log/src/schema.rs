@@ -10,11 +10,11 @@
 //!   `UPDATE`, `DELETE` or `TRUNCATE`. A `BEFORE INSERT` trigger (`check_event`) refuses a time
 //!   more than [`MAX_CLOCK_SKEW_SECS`] from the database's clock (SQLSTATE `AL002`) and a record
 //!   whose tenant, time, actor, action, outcome or request id differ from the row's columns, or
-//!   that the verifier's strict parse would reject (`AL003`). A statement trigger notifies
-//!   channel `audit_pending` (delivered at commit). Row-level security is enabled but not forced,
-//!   so the owner's `audit.sequence` can read every tenant's queue.
+//!   that the verifier's strict parse would reject (`AL003`). Row-level security is enabled but
+//!   not forced, so the owner's `audit.sequence` can read every tenant's queue.
 //! - `audit.sequence(max_rows)`: `SECURITY DEFINER`, owned by the owner, executable only by the
-//!   sequencer role ([`sequencer_sql`]). In one transaction it takes one database-wide
+//!   sequencer role ([`sequencer_sql`]). On an empty queue it returns at once. Otherwise, in one
+//!   transaction, it takes one database-wide
 //!   transaction-level advisory lock (class `0x41555351`, "AUSQ", object 0; retention takes it
 //!   too), takes up to `max_rows` queued events (first an equal share for every tenant with
 //!   queued events, its oldest, then the oldest of any tenant), and for each tenant among them,
@@ -194,8 +194,12 @@ DECLARE
     written   text;
     record    json;
     parsed    jsonb;
+    canonical boolean;
     repeated  boolean;
 BEGIN
+    -- Every check below is one expression without a subquery, so PL/pgSQL evaluates it directly
+    -- instead of running a query per check: this trigger is on the request path of every
+    -- audited action.
     -- The time is the writing server's clock: refuse one that is off by more than the allowed
     -- skew (a backdated event could otherwise pull younger events into retention pruning).
     IF NEW.occurred_at > clock_timestamp() + interval '{skew} seconds'
@@ -209,23 +213,29 @@ BEGIN
     -- parsed once into `jsonb` and held to what the verifier's strict parse accepts, so a record
     -- the verifier would reject never enters the chain. A record that is not JSON fails the
     -- cast. Reading the fields from `jsonb` (keeping one value per key) is exact only because
-    -- a record that repeats a key is refused below; the schema version is compared as written
-    -- (`json`), since `jsonb` would print `1e0` as `1`.
+    -- a record that repeats a key is refused below.
     written := pg_catalog.convert_from(NEW.event, 'UTF8');
-    record := written::json;
-    parsed := record::jsonb;
+    parsed := written::jsonb;
+    -- A record written exactly as its `jsonb` text (as this library writes every record) says
+    -- what its `jsonb` value says, key for key and number for number. Any other spelling (only
+    -- a raw INSERT writes one) is also read as written (`json`) below.
+    canonical := written = parsed::text;
+    IF NOT canonical THEN
+        record := written::json;
+    END IF;
+    -- Unknown keys: removing the known ones must leave an empty object (a missing or
+    -- non-object part was refused by the type checks before).
     IF pg_catalog.jsonb_typeof(parsed) IS DISTINCT FROM 'object'
        OR pg_catalog.jsonb_typeof(parsed -> 'actor') IS DISTINCT FROM 'object'
        OR pg_catalog.jsonb_typeof(parsed -> 'outcome') IS DISTINCT FROM 'object'
-       OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(parsed) AS k(key)
-                   WHERE k.key NOT IN ('schema', 'tenant', 'occurred_at', 'action', 'actor',
-                                       'outcome', 'request_id', 'targets', 'ip', 'user_agent',
-                                       'metadata'))
-       OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(parsed -> 'actor') AS k(key)
-                   WHERE k.key NOT IN ('kind', 'id', 'tenant'))
-       OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_object_keys(parsed -> 'outcome') AS k(key)
-                   WHERE k.key NOT IN ('status', 'reason'))
-       OR (record -> 'schema')::text IS DISTINCT FROM '{schema_version}'
+       OR (parsed - ARRAY['schema', 'tenant', 'occurred_at', 'action', 'actor', 'outcome',
+                          'request_id', 'targets', 'ip', 'user_agent', 'metadata'])
+          IS DISTINCT FROM '{{}}'::jsonb
+       OR ((parsed -> 'actor') - ARRAY['kind', 'id', 'tenant']) IS DISTINCT FROM '{{}}'::jsonb
+       OR ((parsed -> 'outcome') - ARRAY['status', 'reason']) IS DISTINCT FROM '{{}}'::jsonb
+       -- The schema version as written: `jsonb` would print `1e0` as `1`.
+       OR (CASE WHEN canonical THEN (parsed -> 'schema')::text
+                ELSE (record -> 'schema')::text END) IS DISTINCT FROM '{schema_version}'
        OR pg_catalog.jsonb_typeof(parsed -> 'tenant') IS DISTINCT FROM 'string'
        OR pg_catalog.jsonb_typeof(parsed -> 'occurred_at') IS DISTINCT FROM 'string'
        OR pg_catalog.jsonb_typeof(parsed -> 'action') IS DISTINCT FROM 'string'
@@ -249,18 +259,18 @@ BEGIN
     END IF;
     -- The verifier's parser stops at 128 levels of nesting and at numbers beyond a float; a key
     -- given twice anywhere (metadata included) would leave its value to the reader. Depth and
-    -- numbers are checked on the `jsonb` value (a number beyond a float fails `.double()`).
-    IF pg_catalog.jsonb_path_exists(parsed, 'strict $.**{{100 to last}}') THEN
+    -- numbers are checked on the `jsonb` value: a number beyond a float fails `.double()`,
+    -- which raises (the array it would return is never NULL).
+    IF pg_catalog.jsonb_path_exists(parsed, 'strict $.**{{100 to last}}')
+       OR pg_catalog.jsonb_path_query_array(
+              parsed, 'strict $.** ? (@.type() == "number").double()') IS NULL THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL003',
             MESSAGE = 'audit record is nested too deeply or repeats a key';
     END IF;
-    PERFORM pg_catalog.jsonb_path_query_array(
-        parsed, 'strict $.** ? (@.type() == "number").double()');
     -- Repeated keys: `jsonb` keeps one of them, so a record written exactly as its `jsonb` text
-    -- (as this library writes every record) repeats none. Any other spelling — only a raw
-    -- INSERT writes one — is walked, object by object.
-    IF written IS DISTINCT FROM parsed::text THEN
+    -- repeats none. Any other spelling is walked, object by object.
+    IF NOT canonical THEN
         WITH RECURSIVE walk(v) AS (
             SELECT record
             UNION ALL
@@ -291,16 +301,10 @@ BEGIN
 END
 $$;
 
--- Wakes a listening sequencer when the inserting transaction commits (PostgreSQL delivers a
--- notification at commit, folds repeats within a transaction, and drops it on rollback).
-CREATE OR REPLACE FUNCTION audit.notify_pending() RETURNS trigger
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    PERFORM pg_catalog.pg_notify('audit_pending', '');
-    RETURN NULL;
-END
-$$;
+-- Earlier versions woke the sequencer with a notification at every queuing commit, which
+-- serialised every such commit on the database's notification lock; the sequencer polls.
+DROP TRIGGER IF EXISTS notify_pending ON audit.pending;
+DROP FUNCTION IF EXISTS audit.notify_pending();
 
 -- Moves up to `max_rows` queued events (oldest first) into their tenants' chains, in one
 -- transaction: assigns each its tenant's next sequence number, links the previous hash and
@@ -311,15 +315,68 @@ $$;
 -- `max_rows` means the queue is drained. A tenant whose batch fails (a row the checks should
 -- have refused, a head tampered with by the owner) is rolled back alone, its rows marked and
 -- retried after a minute; the other tenants proceed, so no row can wedge the sequencer.
-CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
-    LANGUAGE plpgsql SECURITY DEFINER
+-- The batch: one row per tenant with its queued ids in order. Every tenant with queued events
+-- first gets an equal share of the batch (its oldest events), then what is left goes to the
+-- oldest events of any tenant: a tenant that floods the queue cannot hold back another tenant's
+-- events, and a batch still takes max_rows events whenever that many wait (so a smaller one
+-- means the queue is drained). The tenants are found by skipping through the queue's primary
+-- key, one probe each. Called by audit.sequence only.
+CREATE OR REPLACE FUNCTION audit.sequence_pick(max_rows integer)
+    RETURNS TABLE (tenant_id uuid, ids bigint[])
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    WITH RECURSIVE queued(t) AS (
+        (SELECT p.tenant_id FROM audit.pending p ORDER BY p.tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT p.tenant_id FROM audit.pending p
+                 WHERE p.tenant_id > q.t ORDER BY p.tenant_id LIMIT 1)
+          FROM queued q WHERE q.t IS NOT NULL
+    ),
+    -- At most max_rows tenants, so a batch's work stays bounded however many tenants
+    -- have events queued (the others are reached by age, below, and in later batches).
+    tenants AS (SELECT q.t FROM queued q WHERE q.t IS NOT NULL LIMIT max_rows),
+    share AS (
+        SELECT GREATEST(1, max_rows / GREATEST(1, (SELECT pg_catalog.count(*) FROM tenants)))
+               ::integer AS n
+    ),
+    fair AS (
+        SELECT s.id, s.tenant_id, 0 AS pass
+          FROM tenants tn
+          CROSS JOIN LATERAL (
+              SELECT p.id, p.tenant_id FROM audit.pending p
+               WHERE p.tenant_id = tn.t
+                 AND (p.failed_at IS NULL
+                      OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+               ORDER BY p.id LIMIT (SELECT sh.n FROM share sh)) s
+    ),
+    rest AS (
+        SELECT p.id, p.tenant_id, 1 AS pass FROM audit.pending p
+         WHERE (p.failed_at IS NULL
+                OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+           AND NOT EXISTS (SELECT 1 FROM fair f WHERE f.id = p.id)
+         ORDER BY p.id LIMIT max_rows
+    ),
+    picked AS (
+        SELECT u.id, u.tenant_id
+          FROM (SELECT * FROM fair UNION ALL SELECT * FROM rest) u
+         ORDER BY u.pass, u.id LIMIT max_rows
+    )
+    SELECT k.tenant_id, pg_catalog.array_agg(k.id ORDER BY k.id) AS ids
+      FROM picked k
+     GROUP BY k.tenant_id
+     ORDER BY pg_catalog.min(k.id);
+$$;
+
+-- Chains one tenant's queued events `batch` (ids, in order) onto its chain: bound as that
+-- tenant, reads the head, computes each event's sequence number and chain hash, inserts the
+-- chained rows and deletes the queued ones. Called by audit.sequence only (as the owner).
+CREATE OR REPLACE FUNCTION audit.sequence_tenant(t uuid, batch bigint[], signed boolean)
+    RETURNS void
+    LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
     AS $$
 DECLARE
-    signed    boolean;
-    batch     bigint[];
-    grp       record;
-    t         uuid;
     ids       bigint[];
     seqs      bigint[];
     prevs     bytea[];
@@ -328,6 +385,55 @@ DECLARE
     last_hash bytea;
     prefix    bytea;
     r         record;
+BEGIN
+    IF signed THEN
+        PERFORM app.bind_trusted(t::text, '');
+    ELSE
+        PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
+        PERFORM pg_catalog.set_config('app.actor_id', '', true);
+    END IF;
+    PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
+    SELECT e.seq, e.hash INTO last_seq, last_hash
+      FROM audit.events e WHERE e.tenant_id = t ORDER BY e.seq DESC LIMIT 1;
+    IF NOT FOUND THEN
+        SELECT a.base_seq, a.base_hash INTO last_seq, last_hash
+          FROM audit.anchors a WHERE a.tenant_id = t;
+        IF NOT FOUND THEN
+            last_seq := 0;
+            last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(t));
+        END IF;
+    END IF;
+    prefix := pg_catalog.decode('{chain}', 'hex') || uuid_send(t);
+    ids := '{{}}'; seqs := '{{}}'; prevs := '{{}}'; hashes := '{{}}';
+    FOR r IN SELECT p.id, p.event FROM audit.pending p
+              WHERE p.tenant_id = t AND p.id = ANY (batch) ORDER BY p.id LOOP
+        ids := ids || r.id;
+        seqs := seqs || (last_seq + 1);
+        prevs := prevs || last_hash;
+        last_seq := last_seq + 1;
+        last_hash := sha256(prefix || int8send(last_seq) || last_hash || r.event);
+        hashes := hashes || last_hash;
+    END LOOP;
+    INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action,
+                              outcome, request_id, event, prev_hash, hash, queue_id,
+                              queued_at, sequenced_at)
+    SELECT p.tenant_id, c.seq, p.occurred_at, p.actor_kind, p.actor_id, p.action,
+           p.outcome, p.request_id, p.event, c.prev, c.hash, p.id,
+           p.inserted_at, pg_catalog.clock_timestamp()
+      FROM unnest(ids, seqs, prevs, hashes) AS c(id, seq, prev, hash)
+      JOIN audit.pending p ON p.tenant_id = t AND p.id = c.id
+     ORDER BY c.seq;
+    DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
+    AS $$
+DECLARE
+    signed    boolean;
+    grp       record;
     taken     integer;
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
@@ -335,115 +441,53 @@ BEGIN
             ERRCODE = 'AL005',
             MESSAGE = 'audit.sequence: max_rows must be between 1 and 100000';
     END IF;
+    -- An empty queue (what most polls find) costs one index probe and takes no lock.
+    IF NOT EXISTS (SELECT 1 FROM audit.pending) THEN
+        RETURN 0;
+    END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(1096110929, 0);
     PERFORM pg_catalog.set_config('audit.sequencing', 'on', true);
     -- Each tenant's rows are written under that tenant's binding: the binding checks run at the
     -- end of each statement, while it holds, rather than at commit.
     SET CONSTRAINTS audit.tenant_binding_check IMMEDIATE;
     signed := EXISTS (SELECT 1 FROM app.binding_keys k WHERE k.retired_at IS NULL);
+    -- The whole batch in one subtransaction: one per tenant would give a batch of many tenants
+    -- more subtransactions than PostgreSQL tracks per transaction (64), slowing every
+    -- concurrent snapshot while it runs.
+    BEGIN
+        taken := 0;
+        FOR grp IN SELECT p.tenant_id, p.ids FROM audit.sequence_pick(max_rows) p LOOP
+            taken := taken + pg_catalog.cardinality(grp.ids);
+            PERFORM audit.sequence_tenant(grp.tenant_id, grp.ids, signed);
+        END LOOP;
+        RETURN taken;
+    EXCEPTION WHEN OTHERS THEN
+        -- Some tenant's batch failed (a row the checks should have refused, a head tampered
+        -- with by the owner): everything above is rolled back, and the batch is taken again
+        -- tenant by tenant, so that only the failing tenant's events are set aside.
+        NULL;
+    END;
     taken := 0;
-    -- The batch, one row per tenant with its queued ids in order. Every tenant with queued
-    -- events first gets an equal share of the batch (its oldest events), then what is left goes
-    -- to the oldest events of any tenant: a tenant that floods the queue cannot hold back
-    -- another tenant's events, and a batch still takes max_rows events whenever that many
-    -- wait (so a smaller one means the queue is drained). The tenants are found by skipping
-    -- through the queue's primary key, one probe each.
-    FOR grp IN
-        WITH RECURSIVE queued(t) AS (
-            (SELECT p.tenant_id FROM audit.pending p ORDER BY p.tenant_id LIMIT 1)
-            UNION ALL
-            SELECT (SELECT p.tenant_id FROM audit.pending p
-                     WHERE p.tenant_id > q.t ORDER BY p.tenant_id LIMIT 1)
-              FROM queued q WHERE q.t IS NOT NULL
-        ),
-        -- At most max_rows tenants, so a batch's work stays bounded however many tenants
-        -- have events queued (the others are reached by age, below, and in later batches).
-        tenants AS (SELECT q.t FROM queued q WHERE q.t IS NOT NULL LIMIT max_rows),
-        share AS (
-            SELECT GREATEST(1, max_rows / GREATEST(1, (SELECT pg_catalog.count(*) FROM tenants)))
-                   ::integer AS n
-        ),
-        fair AS (
-            SELECT s.id, s.tenant_id, 0 AS pass
-              FROM tenants tn
-              CROSS JOIN LATERAL (
-                  SELECT p.id, p.tenant_id FROM audit.pending p
-                   WHERE p.tenant_id = tn.t
-                     AND (p.failed_at IS NULL
-                          OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
-                   ORDER BY p.id LIMIT (SELECT sh.n FROM share sh)) s
-        ),
-        rest AS (
-            SELECT p.id, p.tenant_id, 1 AS pass FROM audit.pending p
-             WHERE (p.failed_at IS NULL
-                    OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
-               AND NOT EXISTS (SELECT 1 FROM fair f WHERE f.id = p.id)
-             ORDER BY p.id LIMIT max_rows
-        ),
-        picked AS (
-            SELECT u.id, u.tenant_id
-              FROM (SELECT * FROM fair UNION ALL SELECT * FROM rest) u
-             ORDER BY u.pass, u.id LIMIT max_rows
-        )
-        SELECT k.tenant_id, pg_catalog.array_agg(k.id ORDER BY k.id) AS ids
-          FROM picked k
-         GROUP BY k.tenant_id
-         ORDER BY pg_catalog.min(k.id) LOOP
-        t := grp.tenant_id;
-        batch := grp.ids;
-        taken := taken + pg_catalog.cardinality(batch);
+    FOR grp IN SELECT p.tenant_id, p.ids FROM audit.sequence_pick(max_rows) p LOOP
+        taken := taken + pg_catalog.cardinality(grp.ids);
         BEGIN
-            IF signed THEN
-                PERFORM app.bind_trusted(t::text, '');
-            ELSE
-                PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
-                PERFORM pg_catalog.set_config('app.actor_id', '', true);
-            END IF;
-            PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
-            SELECT e.seq, e.hash INTO last_seq, last_hash
-              FROM audit.events e WHERE e.tenant_id = t ORDER BY e.seq DESC LIMIT 1;
-            IF NOT FOUND THEN
-                SELECT a.base_seq, a.base_hash INTO last_seq, last_hash
-                  FROM audit.anchors a WHERE a.tenant_id = t;
-                IF NOT FOUND THEN
-                    last_seq := 0;
-                    last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(t));
-                END IF;
-            END IF;
-            prefix := pg_catalog.decode('{chain}', 'hex') || uuid_send(t);
-            ids := '{{}}'; seqs := '{{}}'; prevs := '{{}}'; hashes := '{{}}';
-            FOR r IN SELECT p.id, p.event FROM audit.pending p
-                      WHERE p.tenant_id = t AND p.id = ANY (batch) ORDER BY p.id LOOP
-                ids := ids || r.id;
-                seqs := seqs || (last_seq + 1);
-                prevs := prevs || last_hash;
-                last_seq := last_seq + 1;
-                last_hash := sha256(prefix || int8send(last_seq) || last_hash || r.event);
-                hashes := hashes || last_hash;
-            END LOOP;
-            INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action,
-                                      outcome, request_id, event, prev_hash, hash, queue_id,
-                                      queued_at, sequenced_at)
-            SELECT p.tenant_id, c.seq, p.occurred_at, p.actor_kind, p.actor_id, p.action,
-                   p.outcome, p.request_id, p.event, c.prev, c.hash, p.id,
-                   p.inserted_at, pg_catalog.clock_timestamp()
-              FROM unnest(ids, seqs, prevs, hashes) AS c(id, seq, prev, hash)
-              JOIN audit.pending p ON p.tenant_id = t AND p.id = c.id
-             ORDER BY c.seq;
-            DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids);
+            PERFORM audit.sequence_tenant(grp.tenant_id, grp.ids, signed);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING USING MESSAGE = pg_catalog.format(
-                'audit.sequence: the batch of tenant %s failed (%s); retried later', t, SQLSTATE);
-            PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
+                'audit.sequence: the batch of tenant %s failed (%s); retried later',
+                grp.tenant_id, SQLSTATE);
+            PERFORM pg_catalog.set_config('app.tenant_id', grp.tenant_id::text, true);
             PERFORM pg_catalog.set_config('app.actor_id', '', true);
-            PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
+            PERFORM pg_catalog.set_config('app.commit_binding', grp.tenant_id::text || ':', true);
             UPDATE audit.pending p SET failed_at = pg_catalog.clock_timestamp()
-             WHERE p.tenant_id = t AND p.id = ANY (batch);
+             WHERE p.tenant_id = grp.tenant_id AND p.id = ANY (grp.ids);
         END;
     END LOOP;
     RETURN taken;
 END
 $$;
+REVOKE ALL ON FUNCTION audit.sequence_pick(integer), audit.sequence_tenant(uuid, bigint[], boolean)
+    FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.sequence(integer) FROM PUBLIC;
 
 -- Events enter their chain only through audit.sequence; pending rows leave the queue only
@@ -481,17 +525,13 @@ BEGIN
         MESSAGE = format('audit.%s is append-only: %s refused', TG_TABLE_NAME, TG_OP);
 END
 $$;
-REVOKE ALL ON FUNCTION audit.check_event(), audit.notify_pending(), audit.refuse_change(),
-    audit.sequenced_only() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.check_event(), audit.refuse_change(), audit.sequenced_only()
+    FROM PUBLIC;
 
 DROP TRIGGER IF EXISTS check_event ON audit.pending;
 CREATE TRIGGER check_event BEFORE INSERT ON audit.pending
     FOR EACH ROW EXECUTE FUNCTION audit.check_event();
 ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER check_event;
-DROP TRIGGER IF EXISTS notify_pending ON audit.pending;
-CREATE TRIGGER notify_pending AFTER INSERT ON audit.pending
-    FOR EACH STATEMENT EXECUTE FUNCTION audit.notify_pending();
-ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER notify_pending;
 DROP TRIGGER IF EXISTS sequenced_only ON audit.pending;
 CREATE TRIGGER sequenced_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit.pending
     FOR EACH STATEMENT EXECUTE FUNCTION audit.sequenced_only();
@@ -632,7 +672,7 @@ fn checked_role(role: &str) -> Result<(), AuditError> {
 }
 
 /// Tells `check` about what [`schema_sql`] installs on the audit tables deliberately: the
-/// queue's triggers (the record's checks, the notification, the guard that only the sequencer
+/// queue's triggers (the record's checks, the guard that only the sequencer
 /// changes it), the append-only guards, and the queue's row-level security, enabled but not
 /// forced so that the owner's `audit.sequence` reads every tenant's queue. `rls-guard`'s
 /// coverage check then does not report them.
@@ -642,7 +682,6 @@ pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageChe
         .trust_unforced_table("audit.pending")
         .trust_trigger("audit.events", "sequenced_only")
         .trust_trigger("audit.pending", "check_event")
-        .trust_trigger("audit.pending", "notify_pending")
         .trust_trigger("audit.pending", "sequenced_only")
         .trust_trigger("audit.events", "append_only")
         .trust_trigger("audit.events", "append_only_truncate")

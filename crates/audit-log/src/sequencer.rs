@@ -10,21 +10,23 @@
 //! the same transaction. A crash at any point leaves every committed event queued, to be
 //! chained by the next call: none lost, none chained twice.
 //!
-//! It is woken by `LISTEN audit_pending` (a notification sent when a queuing transaction
-//! commits) and polls besides, so a lost notification only delays; it reconnects after a
-//! failure and stops when asked.
+//! It polls: a drain, then a pause of the poll interval (20 ms by default), and again. A poll
+//! that finds the queue empty is one call that probes one index and takes no lock. Polling
+//! rather than a notification per queuing commit keeps the request path free of PostgreSQL's
+//! notification lock, which every notifying commit of the database would otherwise take in
+//! turn. After a failure it waits the retry delay and carries on (the pool reconnects); it
+//! stops when asked.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::AuditError;
 
-/// The channel `audit.pending` notifies on.
-pub const CHANNEL: &str = "audit_pending";
+/// The default pause between polls.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(20);
 
 /// The most events one call of `audit.sequence` chains (the function's own limit).
 pub const MAX_BATCH: u32 = 100_000;
@@ -35,21 +37,19 @@ pub struct Sequencer {
     pool: PgPool,
     batch: u32,
     poll: Duration,
-    linger: Duration,
     retry: Duration,
 }
 
 impl Sequencer {
-    /// A sequencer calling `audit.sequence` through `pool` (the sequencer role's; two
-    /// connections: one listens, one sequences). Batches of 5,000, a linger of 10 ms after a
-    /// notification, a poll every second.
+    /// A sequencer calling `audit.sequence` through `pool` (the sequencer role's; one
+    /// connection is enough). Batches of 5,000, a poll every 20 ms, a retry after a failure
+    /// every second.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
             batch: 5_000,
-            poll: Duration::from_secs(1),
-            linger: Duration::from_millis(10),
+            poll: DEFAULT_POLL,
             retry: Duration::from_secs(1),
         }
     }
@@ -61,23 +61,17 @@ impl Sequencer {
         self
     }
 
-    /// How often to look for queued events without a notification (at least 10 ms).
+    /// The pause after a drain before looking for queued events again (at least 1 ms, at most
+    /// a minute; clamped). It bounds the sequencing lag of an idle system: an event waits for
+    /// the next poll, then for its batch. Events committed during a pause share the next
+    /// batch.
     #[must_use]
     pub fn with_poll_interval(mut self, poll: Duration) -> Self {
-        self.poll = poll.max(Duration::from_millis(10));
+        self.poll = poll.clamp(Duration::from_millis(1), Duration::from_secs(60));
         self
     }
 
-    /// How long to wait after a notification before chaining, so that the events of other
-    /// commits arriving meanwhile share the batch (one transaction of the sequencer per burst
-    /// rather than per event). Adds up to this much to the sequencing lag; zero chains at once.
-    #[must_use]
-    pub fn with_linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
-        self
-    }
-
-    /// How long to wait before reconnecting after a failure (at least 10 ms).
+    /// How long to wait before trying again after a failure (at least 10 ms).
     #[must_use]
     pub fn with_retry_delay(mut self, retry: Duration) -> Self {
         self.retry = retry.max(Duration::from_millis(10));
@@ -128,65 +122,29 @@ impl Sequencer {
         }
     }
 
-    /// The loop: drain, then wait for a notification, the poll interval or the stop signal;
-    /// after a failure, wait the retry delay and connect again.
+    /// The loop: drain, then wait for the poll interval or the stop signal; after a failure,
+    /// wait the retry delay instead.
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         while !*stopped.borrow() {
-            match self.session(&mut stopped).await {
-                Ok(Session::Stopped) => return,
-                Ok(Session::Lost) => {
-                    tracing::warn!("audit sequencer lost its listening connection; reconnecting");
+            let pause = match self.drain().await {
+                Ok(_) => self.poll,
+                Err(error) => {
+                    // Errors are sqlx's (no event contents, no credentials).
+                    tracing::warn!(%error, "audit sequencer failed; retrying");
+                    self.retry
                 }
-                // Errors are sqlx's (no event contents, no credentials).
-                Err(error) => tracing::warn!(%error, "audit sequencer failed; reconnecting"),
-            }
+            };
             tokio::select! {
+                biased;
                 changed = stopped.changed() => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                () = tokio::time::sleep(self.retry) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
-
-    /// One connected session: listens, then drains on every wake-up. A lost listening
-    /// connection ends the session, so the next one listens again *before* it drains and no
-    /// commit falls between the two.
-    async fn session(&self, stopped: &mut watch::Receiver<bool>) -> Result<Session, AuditError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        loop {
-            // Anything queued before the listener was connected is drained here too.
-            self.drain().await?;
-            tokio::select! {
-                biased;
-                changed = stopped.changed() => {
-                    if changed.is_err() || *stopped.borrow() {
-                        return Ok(Session::Stopped);
-                    }
-                }
-                notice = listener.try_recv() => {
-                    if notice?.is_none() {
-                        return Ok(Session::Lost);
-                    }
-                    if !self.linger.is_zero() {
-                        tokio::time::sleep(self.linger).await;
-                    }
-                }
-                () = tokio::time::sleep(self.poll) => {}
-            }
-            // Notifications already delivered are all answered by the next drain.
-            while listener.next_buffered().is_some() {}
-        }
-    }
-}
-
-/// How a session ended.
-enum Session {
-    Stopped,
-    Lost,
 }
 
 /// A running [`Sequencer`]. Dropping it stops the sequencer too (without waiting).

@@ -184,11 +184,18 @@ async fn only_the_sequencer_role_can_call_the_sequencer() {
         ("runtime", f.raw.clone()),
         ("checkpointer", f.checkpointer.pool().clone()),
     ] {
-        let err = sqlx::query_scalar::<_, i32>("SELECT audit.sequence(10)")
-            .fetch_one(&pool)
-            .await
-            .unwrap_err();
-        assert!(is_sqlstate(&err, PRIVILEGE), "{role}: {err}");
+        // Nor the steps it is made of (which run as the owner only inside it).
+        for sql in [
+            "SELECT audit.sequence(10)::text",
+            "SELECT count(*)::text FROM audit.sequence_pick(10)",
+            "SELECT audit.sequence_tenant(gen_random_uuid(), '{1}', false)::text",
+        ] {
+            let err = sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap_err();
+            assert!(is_sqlstate(&err, PRIVILEGE), "{role}: {sql}: {err}");
+        }
     }
     assert_eq!(chained_count(&admin, t).await, 0);
     // Positive control.
@@ -325,6 +332,8 @@ async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() 
          VALUES (gen_random_uuid(), 1, sha256(''), now(), 'k', sha512(''))",
         "INSERT INTO audit.anchors VALUES (gen_random_uuid(), 1, sha256(''))",
         "SELECT app.bind_trusted(gen_random_uuid()::text, '')",
+        "SELECT * FROM audit.sequence_pick(10)",
+        "SELECT audit.sequence_tenant(gen_random_uuid(), '{1}', false)",
     ] {
         let err = sqlx::query(sql).execute(&pool).await.unwrap_err();
         assert!(

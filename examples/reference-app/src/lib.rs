@@ -452,8 +452,8 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         .with_session_liveness(magic_auth::session_liveness())
         .await?;
     // The same role chains queued audit events (it may only call `audit.sequence`, see
-    // `schema::migrations`), woken when a request's transaction commits: one connection
-    // listens, one sequences, the checkpoint job uses the rest.
+    // `schema::migrations`), polling the queue: one connection sequences, the checkpoint job
+    // uses the rest.
     let sequencer = audit_log::Sequencer::new(checkpointer.clone()).spawn();
     // The checkpointer passes the same start-up check as the runtime role.
     let checkpointer = TenantPool::new(checkpointer).await?;
