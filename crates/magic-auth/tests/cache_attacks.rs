@@ -629,13 +629,12 @@ async fn a_listener_that_hears_no_notice_never_serves() {
     let db = fresh_database(&template()).await;
     let (_, a) = instance(&db, None).await;
     // One server connection: every statement of every client runs on it, in turn.
-    let bouncer = testkit::PgBouncer::start(
+    let bouncer = testkit::require(testkit::PgBouncer::start(
         db.server(),
         testkit::PoolMode::Transaction,
         1,
         &[testkit::RUNTIME_ROLE],
-    )
-    .unwrap();
+    ));
     let raw = sqlx::postgres::PgPoolOptions::new()
         .max_connections(3)
         .connect_with(bouncer.options(testkit::RUNTIME_ROLE, db.name()))

@@ -70,8 +70,11 @@ async fn use_session(pool: &TenantPool, ctx: &TenantContext) -> Result<usize, Rl
 /// afterwards starts with them. Planner switches (generic plans, no index/bitmap scans, no
 /// nested loops, parallelism forced), search_path with pg_temp first, a default tenant,
 /// transform_null_equals, old string escapes, serializable default isolation.
+/// Role defaults the runtime role may plant for itself: `(name, value as SQL)`. Every one must
+/// take, but for the parallel-query switch, which has one name before PostgreSQL 16 and another
+/// after (exactly one of the two takes).
 const PLANTS: &[(&str, &str)] = &[
-    ("plan_cache_mode", "force_generic_plan"),
+    ("plan_cache_mode", "'force_generic_plan'"),
     ("enable_indexscan", "off"),
     ("enable_indexonlyscan", "off"),
     ("enable_bitmapscan", "off"),
@@ -80,17 +83,21 @@ const PLANTS: &[(&str, &str)] = &[
     ("parallel_setup_cost", "0"),
     ("parallel_tuple_cost", "0"),
     ("min_parallel_table_scan_size", "0"),
+    ("force_parallel_mode", "on"),
     ("debug_parallel_query", "on"),
+    // A list, not one quoted name: `pg_temp` really comes first.
     ("search_path", "pg_temp, public, auth"),
     ("transform_null_equals", "on"),
     ("standard_conforming_strings", "off"),
-    ("default_transaction_isolation", "serializable"),
-    ("app.tenant_id", "00000000-0000-4000-8000-000000000001"),
+    ("default_transaction_isolation", "'serializable'"),
     ("jit", "off"),
     ("from_collapse_limit", "1"),
     ("join_collapse_limit", "1"),
     ("geqo_threshold", "2"),
 ];
+
+/// The binding itself, which the runtime role must not be able to plant as a default.
+const BINDING_PLANT: (&str, &str) = ("app.tenant_id", "'00000000-0000-4000-8000-000000000001'");
 
 #[tokio::test]
 async fn planted_role_defaults_do_not_let_a_revoked_session_pass_the_inlined_check() {
@@ -114,15 +121,38 @@ async fn planted_role_defaults_do_not_let_a_revoked_session_pass_the_inlined_che
         .await
         .unwrap();
     let mut planted = Vec::new();
-    for (name, value) in PLANTS {
-        let sql =
-            format!("ALTER ROLE CURRENT_USER IN DATABASE \"{dbname}\" SET {name} = '{value}'");
-        if sqlx::raw_sql(&sql).execute(&attacker).await.is_ok() {
-            planted.push(*name);
+    let plant = |(name, value): (&str, &str)| {
+        format!("ALTER ROLE CURRENT_USER IN DATABASE \"{dbname}\" SET {name} = {value}")
+    };
+    for &(name, value) in PLANTS {
+        if sqlx::raw_sql(&plant((name, value)))
+            .execute(&attacker)
+            .await
+            .is_ok()
+        {
+            planted.push(name);
         }
     }
-    eprintln!("planted: {planted:?}");
-    assert!(planted.contains(&"plan_cache_mode"), "premise: {planted:?}");
+    let parallel = ["force_parallel_mode", "debug_parallel_query"];
+    assert_eq!(
+        planted.len(),
+        PLANTS.len() - 1,
+        "every plant takes but one parallel switch: {planted:?}"
+    );
+    assert_eq!(
+        parallel.iter().filter(|p| planted.contains(p)).count(),
+        1,
+        "{planted:?}"
+    );
+    // The binding cannot be planted as a default (the premise of every check above).
+    let refused = sqlx::raw_sql(&plant(BINDING_PLANT))
+        .execute(&attacker)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
     assert!(store.revoke(tenant, revoked.id).await.unwrap());
 
     // The plants are in effect on the pool's new connections.
@@ -135,7 +165,7 @@ async fn planted_role_defaults_do_not_let_a_revoked_session_pass_the_inlined_che
         .fetch_one(pool.pool())
         .await
         .unwrap();
-    assert!(seen.contains("pg_temp"), "{seen}");
+    assert!(seen.starts_with("pg_temp,"), "{seen}");
 
     // Attack: the revoked session's bound read / transactions.
     let r = use_session(&pool, &revoked_ctx).await;

@@ -30,8 +30,9 @@ use crate::schema::is_plain_identifier;
 ///
 /// The check is made under a binding to the actor's home tenant, so a cross-tenant context
 /// (staff under a grant) is checked too: its binding first binds the staff member's own tenant,
-/// asks, then binds the tenant it acts in. Its `COMMIT` does not ask again (the check would need
-/// the home binding back); the grant's own expiry bounds it.
+/// asks, then binds the tenant it acts in. Its `COMMIT` does the same before committing (with
+/// signed bindings, in a statement of its own, with freshly signed bindings: one more round
+/// trip, for cross-tenant writes only).
 ///
 /// A context whose actor carries a session, on a pool without a liveness check, is refused
 /// ([`RlsError::SessionLivenessUnconfigured`]): the check cannot be made, so nothing runs.

@@ -225,12 +225,20 @@ impl TenantPool {
             tenant,
             actor,
             mode,
-            // A writing transaction asks again at COMMIT (same tenant only: a cross-tenant
-            // check needs the home binding, which the commit cannot restate).
-            live_at_commit: live.as_ref().filter(|l| !l.cross).map(|l| {
-                l.liveness
-                    .require(&format!("'{tenant}'"), &format!("'{}'", l.session))
-            }),
+            // A writing transaction asks again at COMMIT. A cross-tenant one first binds the
+            // actor's own tenant again (where the session's row is), asks, and binds back the
+            // tenant it acts in, before the commit restates that binding.
+            live_at_commit: match &live {
+                Some(l) if l.cross => Some(AtCommit::Cross {
+                    check: l.clone(),
+                    key: self.key.clone(),
+                }),
+                Some(l) => Some(AtCommit::Same(
+                    l.liveness
+                        .require(&format!("'{tenant}'"), &format!("'{}'", l.session)),
+                )),
+                None => None,
+            },
             commit_checks: Vec::new(),
             finished: false,
         };
@@ -399,10 +407,23 @@ pub struct TenantTx {
     actor: String,
     mode: Mode,
     /// The liveness check the commit repeats, if any.
-    live_at_commit: Option<String>,
+    live_at_commit: Option<AtCommit>,
     /// Rows that must be visible at commit, each with the receipt it reports to.
     commit_checks: Vec<(CommitCheck, CommitReceipt)>,
     finished: bool,
+}
+
+/// The liveness check a writing [`TenantTx`] repeats at its commit.
+enum AtCommit {
+    /// Bound to the session's own tenant: the check, asked in the commit's statement.
+    Same(String),
+    /// Bound to another tenant (a cross-tenant grant): the commit first binds the session's own
+    /// tenant, asks, and binds the tenant acted in again (with signed bindings, freshly signed
+    /// ones, in a statement of its own).
+    Cross {
+        check: LiveCheck,
+        key: Option<Arc<BindingKey>>,
+    },
 }
 
 /// A condition a [`TenantTx`] states in its commit: the commit fails, and the transaction
@@ -536,17 +557,47 @@ impl TenantTx {
         }
         // The record of writes is compared only when the transaction wrote (has a transaction
         // id): a reading transaction pays for one expression, not a function call.
-        let mut checks = self
-            .live_at_commit
-            .as_ref()
-            .map(|ask| format!(", {ask}"))
-            .unwrap_or_default();
+        let (mut checks, rebind) = match &self.live_at_commit {
+            None => (String::new(), String::new()),
+            Some(AtCommit::Same(ask)) => (format!(", {ask}"), String::new()),
+            Some(AtCommit::Cross { check, key: None }) => {
+                let set = |t: TenantId| format!("SET LOCAL app.tenant_id = '{t}'; ");
+                let ask = check.liveness.require(
+                    &format!("'{}'", check.home),
+                    &format!("'{}'", check.session),
+                );
+                (
+                    String::new(),
+                    format!("{}SELECT {ask}; {}", set(check.home), set(self.tenant)),
+                )
+            }
+            Some(AtCommit::Cross {
+                check,
+                key: Some(key),
+            }) => {
+                let home = key.sign(&check.home.to_string(), &self.actor)?;
+                let target = key.sign(&self.tenant.to_string(), &self.actor)?;
+                let sql = live_bind_sql(check);
+                if let Err(error) = live_bind_statement(&sql, check, &home, &target)
+                    .execute(&mut *self.conn)
+                    .await
+                {
+                    // The transaction is aborted: roll it back (or drop the connection).
+                    let error = classify(error);
+                    let _ = self
+                        .finish(&format!("ROLLBACK; SELECT {RELEASE_LOCKS}; {HAND_BACK}"))
+                        .await;
+                    return Err(error);
+                }
+                (String::new(), String::new())
+            }
+        };
         for (check, _) in &self.commit_checks {
             checks.push_str(", ");
             checks.push_str(&check.sql());
         }
         let sql = format!(
-            "SET LOCAL app.commit_binding = '{tenant}:{}'; \
+            "{rebind}SET LOCAL app.commit_binding = '{tenant}:{}'; \
              SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL \
                          THEN app.verify_binding_writes('{tenant}') END, {RELEASE_LOCKS}{checks}; \
              COMMIT; {HAND_BACK}",

@@ -103,36 +103,6 @@ fn session_ctx(tenant: TenantId, session: Uuid) -> TenantContext {
     )
 }
 
-async fn insert_project(
-    pool: &TenantPool,
-    ctx: &TenantContext,
-    name: &str,
-) -> Result<(), RlsError> {
-    let mut tx = pool.begin(ctx).await?;
-    sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, $2)")
-        .bind(ctx.tenant().as_uuid())
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
-}
-
-async fn read_names(pool: &TenantPool, ctx: &TenantContext) -> Result<Vec<String>, RlsError> {
-    pool.read(ctx, "SELECT name FROM projects ORDER BY name")
-        .fetch_all::<(String,)>()
-        .await
-        .map(|rows| rows.into_iter().map(|(n,)| n).collect())
-}
-
-async fn projects_named(db: &TestDb, name: &str) -> i64 {
-    let admin = db.pool(Role::Admin, 1).await;
-    sqlx::query_scalar("SELECT count(*) FROM projects WHERE name = $1")
-        .bind(name)
-        .fetch_one(&admin)
-        .await
-        .unwrap()
-}
-
 /// The isolation level a transaction made for `ctx` runs at.
 async fn isolation_of(pool: &TenantPool, ctx: &TenantContext) -> String {
     let mut tx = pool.begin(ctx).await.unwrap();
@@ -185,7 +155,7 @@ async fn planted_isolation_default_does_not_blind_the_commit_check(signed: bool,
     }
     assert_eq!(seen, level, "the planted default never reached the pool");
     // Control: a live session's write commits.
-    insert_project(&f.pool, &session_ctx(tenant, kept), "live-write")
+    common::insert_project(&f.pool, &session_ctx(tenant, kept), "live-write")
         .await
         .unwrap();
     // The attack's target: a write in flight when the session is revoked.
@@ -202,8 +172,8 @@ async fn planted_isolation_default_does_not_blind_the_commit_check(signed: bool,
         matches!(committed, Err(RlsError::SessionEnded)),
         "{level} (signed: {signed}): {committed:?}"
     );
-    assert_eq!(projects_named(&f.db, "after-revocation").await, 0);
-    assert_eq!(projects_named(&f.db, "live-write").await, 1);
+    assert_eq!(common::projects_named(&f.db, "after-revocation").await, 0);
+    assert_eq!(common::projects_named(&f.db, "live-write").await, 1);
     // A writing transaction runs at READ COMMITTED whatever the default, so its COMMIT reads
     // the session afresh.
     assert_eq!(
@@ -335,28 +305,28 @@ async fn injected_settings_do_not_switch_the_check_off(signed: bool) {
     };
     revoke(&revoker, tenant, session).await;
     assert!(matches!(tx.commit().await, Err(RlsError::SessionEnded)));
-    assert_eq!(projects_named(&f.db, "injected-write").await, 0);
+    assert_eq!(common::projects_named(&f.db, "injected-write").await, 0);
     // Every later statement for the revoked session is refused on that same connection.
     assert!(matches!(
-        read_names(&f.pool, &ctx).await,
+        common::read_names(&f.pool, &ctx).await,
         Err(RlsError::SessionEnded)
     ));
     assert!(matches!(
-        insert_project(&f.pool, &ctx, "later-write").await,
+        common::insert_project(&f.pool, &ctx, "later-write").await,
         Err(RlsError::SessionEnded)
     ));
     assert!(matches!(
         f.pool.begin_read_only(&ctx).await,
         Err(RlsError::SessionEnded)
     ));
-    assert_eq!(projects_named(&f.db, "later-write").await, 0);
+    assert_eq!(common::projects_named(&f.db, "later-write").await, 0);
     // Control: the tenant's other session reads and writes on the same connection.
     let live = session_ctx(tenant, other);
-    insert_project(&f.pool, &live, "other-session")
+    common::insert_project(&f.pool, &live, "other-session")
         .await
         .unwrap();
     assert_eq!(
-        read_names(&f.pool, &live).await.unwrap(),
+        common::read_names(&f.pool, &live).await.unwrap(),
         ["existing", "other-session"]
     );
 }
@@ -452,7 +422,7 @@ async fn a_read_only_transaction_begun_before_revocation_cannot_write_after_it()
         f.pool.begin_read_only(&ctx).await,
         Err(RlsError::SessionEnded)
     ));
-    assert_eq!(projects_named(&f.db, "ro-write").await, 0);
+    assert_eq!(common::projects_named(&f.db, "ro-write").await, 0);
 }
 
 /// `signed_binding` hands out a binding for statements the caller writes itself, which would
@@ -500,7 +470,7 @@ async fn own_statement_binding_is_refused_for_a_session(signed: bool) {
         .await
         .unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(projects_named(&f.db, "own-bind").await, 1);
+        assert_eq!(common::projects_named(&f.db, "own-bind").await, 1);
     }
 }
 

@@ -153,13 +153,12 @@ async fn a_stopped_server_refuses_connections_and_comes_back_with_its_data() {
 async fn pgbouncer_in_transaction_mode_shares_one_server_connection() {
     use testkit::{PgBouncer, PoolMode, RUNTIME_ROLE, TestServer};
     let db = fresh_database(&notes()).await;
-    let bouncer = PgBouncer::start(
-        TestServer::shared().await.unwrap(),
+    let bouncer = testkit::require(PgBouncer::start(
+        testkit::require(TestServer::shared().await),
         PoolMode::Transaction,
         1,
         &[RUNTIME_ROLE],
-    )
-    .unwrap();
+    ));
     let options = bouncer.options(RUNTIME_ROLE, db.name());
     let mut a = sqlx::PgConnection::connect_with(&options).await.unwrap();
     let mut b = sqlx::PgConnection::connect_with(&options).await.unwrap();

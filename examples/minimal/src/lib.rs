@@ -7,6 +7,11 @@
 //! `members.rs` and `notes.rs` are what a service has of its own: accounts, workspaces and its
 //! handlers.
 
+// The root README's code compiles (as a doctest of this crate, which is never published).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct RootReadme;
+
 mod error;
 pub mod members;
 mod notes;
@@ -29,7 +34,8 @@ use tenant_scope::{ActorResolver, TenantLayer};
 
 pub use error::Error;
 pub use members::{Members, Workspaces};
-use notes::{create_note, delete_note, list_notes, show_note};
+use notes::{create_note, delete_note, list_notes, me, show_note};
+use tower::ServiceBuilder;
 
 /// How old the last second-factor check may be for the admin action.
 pub const STEP_UP_MAX_AGE: Duration = Duration::from_secs(10 * 60);
@@ -121,23 +127,32 @@ pub async fn app<M: Mailer>(
         SignInConfig::new().after_sign_in("/notes"),
     )?;
 
-    // Step 4: `Router::layer` wraps what is there, so each group reads inside out: the audit
-    // layer sees the step-up guard's refusals; the tenant comes from the signed-in actor.
+    // Step 4: each `ServiceBuilder` lists its layers in the order a request meets them.
     let admin = Router::new()
         .route("/admin/notes/{id}", delete(delete_note))
-        .layer(Guard::require_step_up(STEP_UP_MAX_AGE))
-        .layer(AuditLayer::new(audit, Action::new("note.deleted")?));
+        .layer(
+            ServiceBuilder::new()
+                .layer(AuditLayer::new(audit, Action::new("note.deleted")?))
+                .layer(Guard::require_step_up(STEP_UP_MAX_AGE)),
+        );
     let notes = Router::new()
+        .route("/me", get(me))
         .route("/notes", get(list_notes).post(create_note))
         .route("/notes/{id}", get(show_note))
         .merge(admin)
-        .layer(TenantLayer::new(ActorResolver))
-        .layer(Guard::require_two_factors());
+        .layer(
+            ServiceBuilder::new()
+                .layer(Guard::require_two_factors())
+                .layer(TenantLayer::new(ActorResolver)),
+        );
     let origin = base_url.trim_end_matches('/');
     Ok(Router::new()
         .nest("/auth", sign_in.into_router())
         .merge(notes)
-        .layer(Guard::same_origin(&[origin]))
-        .layer(SessionManagerLayer::new(sessions))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SessionManagerLayer::new(sessions))
+                .layer(Guard::same_origin(&[origin])),
+        )
         .with_state(AppState { pool }))
 }

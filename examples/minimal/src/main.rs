@@ -56,9 +56,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workspaces = minimal::Workspaces::new([("acme", acme), ("globex", globex)]);
     let runtime = db.pool(testkit::Role::Runtime, 8).await;
     let app = minimal::app(runtime, base_url, &keys, workspaces, Arc::new(Terminal)).await?;
+    let sequencer_login = db.options(testkit::Role::Checkpointer);
     // The sequencer, connected as the role `sequencer_sql` granted, chains each recorded event
     // into its workspace's audit chain moments after it commits. Dropping the handle stops it.
-    let sequencer_pool = db.pool(testkit::Role::Checkpointer, 2).await;
+    let sequencer_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(sequencer_login)
+        .await?;
     let _sequencer = audit_log::Sequencer::new(sequencer_pool).spawn();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on {base_url}; ask for a link:");

@@ -1,15 +1,29 @@
-//! Step 5: handlers take what the layers put in the request: a transaction bound to the
-//! request's tenant (`TenantTx`), the tenant (`TenantContext`), the audit handle.
+//! Step 5: handlers take what the layers put in the request: the signed-in `Session`, a
+//! transaction bound to the request's tenant (`TenantTx`), the tenant (`TenantContext`), the
+//! audit handle.
 
 use audit_log::{AuditHandle, Outcome, Target};
 use axum::Json;
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
+use magic_auth::{Assurance, Session};
 use rls_guard::TenantTx;
 use serde_json::{Value, json};
 use tenant_scope::TenantContext;
 
 use crate::Error;
+
+/// Who is signed in: the session the session layer found (its cookie checked in the database).
+pub(crate) async fn me(session: Session) -> Json<Value> {
+    Json(json!({
+        "user": session.user.to_string(),
+        "workspace": session.tenant.to_string(),
+        "assurance": match session.assurance {
+            Assurance::Aal1 => "aal1",
+            Assurance::Aal2 => "aal2",
+        },
+    }))
+}
 
 pub(crate) async fn list_notes(mut tx: TenantTx) -> Result<Json<Value>, Error> {
     // No `WHERE tenant_id`: row-level security shows the request's tenant only.

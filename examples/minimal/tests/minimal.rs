@@ -197,6 +197,15 @@ async fn sign_in_read_refuse_audit_verify() {
 
     let mut ada = sign_in(&app, "acme", "ada@acme.example").await;
     let mut eve = sign_in(&app, "globex", "eve@globex.example").await;
+    // The handler that takes the `Session` sees each one's own, with both factors.
+    let (status, ada_me) = ada.send(&app, "GET", "/me", None).await;
+    assert_eq!(status, StatusCode::OK, "{ada_me}");
+    assert_eq!(ada_me["assurance"], "aal2");
+    let (_, eve_me) = eve.send(&app, "GET", "/me", None).await;
+    assert_ne!(ada_me["workspace"], eve_me["workspace"]);
+    assert_ne!(ada_me["user"], eve_me["user"]);
+    let (status, _) = Browser::default().send(&app, "GET", "/me", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, created) = ada
         .send(
             &app,

@@ -198,7 +198,7 @@ async fn https(
 async fn killing_the_app_during_privileged_writes_loses_no_acknowledged_audit_record() {
     use testkit::Role;
     let _serial = SERIAL.lock().await;
-    let server = testkit::TestServer::shared().await.unwrap();
+    let server = testkit::require(testkit::TestServer::shared().await);
     let admin = sqlx::PgPool::connect_with(server.options(Role::Admin, "postgres"))
         .await
         .unwrap();

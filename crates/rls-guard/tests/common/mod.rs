@@ -220,3 +220,39 @@ pub async fn assert_unbound_sees_and_changes_nothing(conn: &mut sqlx::PgConnecti
     assert_eq!((updated, deleted), (0, 0));
     assert_eq!(count_all(db, "projects").await, before);
 }
+
+/// Inserts a project named `name` in a transaction bound to `ctx` and commits it.
+pub async fn insert_project(
+    pool: &TenantPool,
+    ctx: &TenantContext,
+    name: &str,
+) -> Result<(), rls_guard::RlsError> {
+    let mut tx = pool.begin(ctx).await?;
+    sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, $2)")
+        .bind(ctx.tenant().as_uuid())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The project names `ctx` sees, through a bound read.
+pub async fn read_names(
+    pool: &TenantPool,
+    ctx: &TenantContext,
+) -> Result<Vec<String>, rls_guard::RlsError> {
+    pool.read(ctx, "SELECT name FROM projects ORDER BY name")
+        .fetch_all::<(String,)>()
+        .await
+        .map(|rows| rows.into_iter().map(|(n,)| n).collect())
+}
+
+/// How many projects named `name` exist in any tenant (as the superuser).
+pub async fn projects_named(db: &TestDb, name: &str) -> i64 {
+    let admin = db.pool(Role::Admin, 1).await;
+    sqlx::query_scalar("SELECT count(*) FROM projects WHERE name = $1")
+        .bind(name)
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+}
