@@ -22,7 +22,7 @@
 //! | `POST /totp/replace/confirm` | signed in | `{"code": ..}` from the new authenticator |
 //! | `POST /email` | fresh step-up | `{"email": ..}`: a confirmation link to the new address, a notice to the old |
 //! | `POST /email/confirm` | the session that asked | `{"token": ..}` |
-//! | `POST /account/disable` | fresh step-up | `{"confirm": "disable"}`: disables the account, ends every session, then tells [`AccountDirectory::account_disabled`](crate::AccountDirectory::account_disabled) |
+//! | `POST /account/disable` | fresh step-up | `{"confirm": "disable"}`: disables the account, ends every session, then tells [`AccountDirectory::account_disabled`] |
 //!
 //! Every `POST` takes a body: JSON (`application/json`, `{}` when there is nothing to say) or
 //! an HTML form (`application/x-www-form-urlencoded`); anything else is `415`. Answers are JSON,
