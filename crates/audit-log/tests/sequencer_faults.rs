@@ -302,3 +302,36 @@ async fn the_sequencer_chains_under_signed_bindings() {
         assert_eq!((report.last_seq, report.pending), (4, 0));
     }
 }
+
+/// A poll of an empty queue takes no lock: while another session holds the sequencer's lock, it
+/// answers at once. The control: with an event queued, the same call waits for the lock, then
+/// chains the event once the holder lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_poll_takes_no_lock_and_a_queued_event_waits_for_it() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let mut holder = admin.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(1096110929, 0)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let empty = tokio::time::timeout(Duration::from_secs(2), f.sequencer.sequence_batch())
+        .await
+        .expect("an empty poll waited for the sequencer's lock");
+    assert_eq!(empty.unwrap(), 0);
+
+    let t = TenantId::new_random();
+    let acknowledged = record_many(&f, &[t], 1).await;
+    let sequencer = f.sequencer.clone();
+    let waiting = tokio::spawn(async move { sequencer.sequence_batch().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a batch ran under another's lock");
+    holder.rollback().await.unwrap();
+    let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the batch did not run once the lock was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken, 1);
+    all_chained_once(&f, &acknowledged, &[t]).await;
+}
