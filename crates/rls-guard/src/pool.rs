@@ -256,27 +256,9 @@ impl TenantPool {
         };
         match self.sign(context)? {
             None => {
-                let set = |t: TenantId| {
-                    format!(
-                        "SET LOCAL app.tenant_id = '{t}'; SET LOCAL app.actor_id = '{}'",
-                        tx.actor
-                    )
-                };
-                // With a session to check: bind the actor's own tenant, ask (under that
-                // binding, where the session's row is), then bind the tenant acted in.
                 let bind = match &live {
-                    None => format!("{begin}; {}", set(tenant)),
-                    Some(l) => {
-                        let ask = l
-                            .liveness
-                            .require(&format!("'{}'", l.home), &format!("'{}'", l.session));
-                        let rebind = if l.cross {
-                            format!("; {}", set(tenant))
-                        } else {
-                            String::new()
-                        };
-                        format!("{begin}; {}; SELECT {ask}{rebind}", set(l.home))
-                    }
+                    None => format!("{begin}; {}", set_local_binding(tenant, &tx.actor)),
+                    Some(l) => format!("{begin}; {}", unsigned_live_bind(l, &tx.actor, tenant)),
                 };
                 tx.conn
                     .execute(sqlx::raw_sql(&bind))
@@ -332,6 +314,27 @@ impl TenantPool {
     pub const fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// `SET LOCAL` of the unsigned binding to `tenant` and `actor`. The values are validated UUIDs
+/// (hex digits and hyphens) or empty, so inlining them as literals is injection-free.
+fn set_local_binding(tenant: TenantId, actor: &str) -> String {
+    format!("SET LOCAL app.tenant_id = '{tenant}'; SET LOCAL app.actor_id = '{actor}'")
+}
+
+/// Unsigned, with a session to check: bind the actor's own tenant, ask (under that binding,
+/// where the session's row is), then, for a cross-tenant context, bind `target`, the tenant
+/// acted in. What `begin` sends after `BEGIN`, and a cross-tenant `commit` before `COMMIT`.
+fn unsigned_live_bind(live: &LiveCheck, actor: &str, target: TenantId) -> String {
+    let ask = live
+        .liveness
+        .require(&format!("'{}'", live.home), &format!("'{}'", live.session));
+    let mut sql = format!("{}; SELECT {ask}", set_local_binding(live.home, actor));
+    if live.cross {
+        sql.push_str("; ");
+        sql.push_str(&set_local_binding(target, actor));
+    }
+    sql
 }
 
 /// `SELECT app.bind($1, $2, $3, $4)` for `signed`.
@@ -560,17 +563,10 @@ impl TenantTx {
         let (mut checks, rebind) = match &self.live_at_commit {
             None => (String::new(), String::new()),
             Some(AtCommit::Same(ask)) => (format!(", {ask}"), String::new()),
-            Some(AtCommit::Cross { check, key: None }) => {
-                let set = |t: TenantId| format!("SET LOCAL app.tenant_id = '{t}'; ");
-                let ask = check.liveness.require(
-                    &format!("'{}'", check.home),
-                    &format!("'{}'", check.session),
-                );
-                (
-                    String::new(),
-                    format!("{}SELECT {ask}; {}", set(check.home), set(self.tenant)),
-                )
-            }
+            Some(AtCommit::Cross { check, key: None }) => (
+                String::new(),
+                format!("{}; ", unsigned_live_bind(check, &self.actor, self.tenant)),
+            ),
             Some(AtCommit::Cross {
                 check,
                 key: Some(key),
