@@ -14,16 +14,7 @@ use tenant_scope::{
     GrantLifetime, GrantOutcome, TenantId,
 };
 
-#[derive(Debug)]
-struct Never;
-
-impl std::fmt::Display for Never {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("never")
-    }
-}
-
-impl std::error::Error for Never {}
+use common::Never;
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<GrantOutcome>>);

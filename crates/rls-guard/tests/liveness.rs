@@ -387,33 +387,12 @@ async fn the_refusal_is_its_own_sqlstate() {
     assert!(ok);
 }
 
-#[derive(Debug)]
-struct Never;
-
-impl std::fmt::Display for Never {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("never")
-    }
-}
-
-impl std::error::Error for Never {}
-
-struct Accept;
-
-impl tenant_scope::CrossTenantAudit for Accept {
-    type Error = Never;
-
-    async fn record(&self, _event: &tenant_scope::CrossTenantEvent) -> Result<(), Never> {
-        Ok(())
-    }
-}
-
 /// Staff acting in another tenant under a grant: the session is checked in the staff member's
 /// own tenant (where its row is), for transactions and reads, signed or not. The only test in
 /// this binary that installs the process's cross-tenant authority.
 #[tokio::test]
 async fn a_cross_tenant_context_is_checked_in_the_staff_members_own_tenant() {
-    let authority = tenant_scope::CrossTenantAuthority::install(Accept).unwrap();
+    let authority = tenant_scope::CrossTenantAuthority::install(common::Accept).unwrap();
     for signed in [false, true] {
         let f = fixture(signed).await;
         let pool = checked(&f.plain).await;

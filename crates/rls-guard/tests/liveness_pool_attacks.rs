@@ -17,10 +17,7 @@ use std::sync::LazyLock;
 use rls_guard::{BindingKey, RlsError, SessionLiveness, TenantPool};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tenant_scope::{
-    Actor, ActorId, ActorKind, CrossTenantAudit, CrossTenantAuthority, CrossTenantEvent,
-    TenantContext, TenantId,
-};
+use tenant_scope::{Actor, ActorId, ActorKind, CrossTenantAuthority, TenantContext, TenantId};
 use testkit::{Role, TestDb};
 use uuid::Uuid;
 
@@ -87,30 +84,9 @@ fn template(signed: bool) -> testkit::Template {
     )
 }
 
-#[derive(Debug)]
-struct Never;
-
-impl std::fmt::Display for Never {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("never")
-    }
-}
-
-impl std::error::Error for Never {}
-
-struct Accept;
-
-impl CrossTenantAudit for Accept {
-    type Error = Never;
-
-    async fn record(&self, _event: &CrossTenantEvent) -> Result<(), Never> {
-        Ok(())
-    }
-}
-
 /// The process's one cross-tenant authority, shared by every test of this binary.
-static AUTHORITY: LazyLock<CrossTenantAuthority<Accept>> =
-    LazyLock::new(|| CrossTenantAuthority::install(Accept).unwrap());
+static AUTHORITY: LazyLock<CrossTenantAuthority<common::Accept>> =
+    LazyLock::new(|| CrossTenantAuthority::install(common::Accept).unwrap());
 
 struct Fixture {
     db: TestDb,

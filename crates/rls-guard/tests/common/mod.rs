@@ -256,3 +256,26 @@ pub async fn projects_named(db: &TestDb, name: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// An error that never happens (the audit hooks of these tests cannot fail).
+#[derive(Debug)]
+pub struct Never;
+
+impl std::fmt::Display for Never {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("never")
+    }
+}
+
+impl std::error::Error for Never {}
+
+/// A cross-tenant audit hook that accepts every event.
+pub struct Accept;
+
+impl tenant_scope::CrossTenantAudit for Accept {
+    type Error = Never;
+
+    async fn record(&self, _event: &tenant_scope::CrossTenantEvent) -> Result<(), Never> {
+        Ok(())
+    }
+}
