@@ -7,37 +7,8 @@ mod common;
 
 use audit_log::Sequencer;
 use common::*;
-use sqlx::PgPool;
 use tenant_scope::{TenantContext, TenantId};
 use testkit::Role;
-
-const PRIVILEGE: &str = "42501";
-
-async fn count(admin: &PgPool, sql: &str, t: TenantId) -> i64 {
-    sqlx::query_scalar(sql)
-        .bind(t.as_uuid())
-        .fetch_one(admin)
-        .await
-        .unwrap()
-}
-
-async fn chained_count(admin: &PgPool, t: TenantId) -> i64 {
-    count(
-        admin,
-        "SELECT count(*) FROM audit.events WHERE tenant_id = $1",
-        t,
-    )
-    .await
-}
-
-async fn queued_count(admin: &PgPool, t: TenantId) -> i64 {
-    count(
-        admin,
-        "SELECT count(*) FROM audit.pending WHERE tenant_id = $1",
-        t,
-    )
-    .await
-}
 
 /// Runs `sql` (bound to `t`, with the RAW_INSERT parameters filled with a valid record) in a
 /// transaction of the runtime role bound to `t`; the SQLSTATE of its refusal, or `None`.

@@ -94,6 +94,9 @@ struct Fixture {
     pool: TenantPool,
     /// The binding key, when signed.
     key: Option<BindingKey>,
+    /// A second pool of the same kind, of one connection: for sign-ins and revocations while
+    /// `pool`'s connections are held by a transaction.
+    other: TenantPool,
 }
 
 async fn database(signed: bool) -> (TestDb, Option<BindingKey>) {
@@ -126,7 +129,13 @@ async fn app_pool(raw: PgPool, key: Option<&BindingKey>) -> TenantPool {
 async fn fixture(signed: bool, max: u32) -> Fixture {
     let (db, key) = database(signed).await;
     let pool = app_pool(db.pool(Role::Runtime, max).await, key.as_ref()).await;
-    Fixture { db, pool, key }
+    let other = app_pool(db.pool(Role::Runtime, 1).await, key.as_ref()).await;
+    Fixture {
+        db,
+        pool,
+        key,
+        other,
+    }
 }
 
 /// A fixture whose pool closes every connection on release, so each acquisition opens a new
@@ -141,7 +150,13 @@ async fn fresh_connection_fixture(signed: bool) -> Fixture {
         .await
         .unwrap();
     let pool = app_pool(raw, key.as_ref()).await;
-    Fixture { db, pool, key }
+    let other = app_pool(db.pool(Role::Runtime, 1).await, key.as_ref()).await;
+    Fixture {
+        db,
+        pool,
+        key,
+        other,
+    }
 }
 
 /// A session row of `tenant`, written as a sign-in would (a binding without a session).
@@ -820,4 +835,282 @@ async fn a_staff_write_transaction_open_at_revocation_does_not_commit() {
 #[tokio::test]
 async fn a_staff_write_transaction_open_at_revocation_does_not_commit_signed() {
     an_open_staff_transaction_dies_with_its_session(true).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The check a cross-tenant write transaction repeats at its `COMMIT` (`AtCommit::Cross` in
+// `pool.rs`): unsigned, the commit binds the staff member's own tenant, asks, and binds the
+// tenant acted in again, in the commit's round trip; signed, a freshly signed home/check/target
+// statement runs first (a prepared statement, cached by the driver). SQL injected inside the
+// staff member's transaction tries to make that commit pass after the session is revoked.
+
+/// Rows named `name` in `tenant` (as the superuser).
+async fn rows_in(db: &TestDb, tenant: TenantId, name: &str) -> i64 {
+    let admin = db.pool(Role::Admin, 1).await;
+    let n = sqlx::query_scalar("SELECT count(*) FROM projects WHERE tenant_id = $1 AND name = $2")
+        .bind(tenant.as_uuid())
+        .bind(name)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    n
+}
+
+async fn insert(
+    tx: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO projects (tenant_id, name) VALUES ($1, $2)")
+        .bind(tenant.as_uuid())
+        .bind(name)
+        .execute(tx)
+        .await
+        .map(drop)
+}
+
+/// What SQL injected into a staff write transaction leaves behind for its `COMMIT`: an open
+/// savepoint, a search path with `pg_temp` and the session schema first, generic plans, the
+/// actor changed, the commit binding forged ahead of time, the transaction made read-only
+/// after its write, an isolation default for later transactions. `{home}`, `{target}` and
+/// `{actor}` are filled in.
+const COMMIT_PLANTS: &[&str] = &[
+    "SAVEPOINT injected",
+    "SAVEPOINT a; SAVEPOINT b; RELEASE SAVEPOINT b",
+    "SET LOCAL search_path = pg_temp, sess, app, public",
+    "SET LOCAL plan_cache_mode = force_generic_plan",
+    "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off",
+    "SELECT set_config('app.actor_id', gen_random_uuid()::text, true)",
+    "SELECT set_config('app.commit_binding', '{target}:{actor}', true)",
+    "SET TRANSACTION READ ONLY",
+    "SET LOCAL default_transaction_isolation = 'serializable'",
+    "SELECT set_config('app.tenant_id', '{home}', false); \
+     SELECT set_config('app.tenant_id', '{target}', true)",
+];
+
+/// Each plant, injected after the staff member's write in the target tenant: with the session
+/// revoked before `COMMIT`, the commit is refused (the session has ended) and the row is not
+/// there; with the session live (the control), the same transaction commits its row, in the
+/// target tenant. One pooled connection, so whatever a plant leaves at session level meets
+/// every later transaction.
+async fn plants_do_not_pass_a_revoked_commit(signed: bool) {
+    let f = fixture(signed, 1).await;
+    let home = TenantId::new_random();
+    let target = TenantId::new_random();
+    for (i, plant) in COMMIT_PLANTS.iter().enumerate() {
+        for revoked in [false, true] {
+            let session = start_session(&f.other, home).await;
+            let ctx = staff_in(home, session, target).await;
+            let actor = ctx.actor().unwrap().id();
+            let sql = plant
+                .replace("{home}", &home.to_string())
+                .replace("{target}", &target.to_string())
+                .replace("{actor}", &actor.to_string());
+            let name = format!("plant-{i}-{revoked}");
+            let mut tx = f.pool.begin(&ctx).await.unwrap();
+            insert(&mut tx, target, &name).await.unwrap();
+            sqlx::raw_sql(&sql)
+                .execute(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("{plant}: {e}"));
+            if revoked {
+                revoke(&f.other, home, session).await;
+            }
+            let r = tx.commit().await;
+            if revoked {
+                assert!(matches!(r, Err(RlsError::SessionEnded)), "{plant}: {r:?}");
+                assert_eq!(rows_in(&f.db, target, &name).await, 0, "{plant}");
+                assert_eq!(common::projects_named(&f.db, &name).await, 0, "{plant}");
+            } else {
+                r.unwrap_or_else(|e| panic!("control, {plant}: {e}"));
+                assert_eq!(rows_in(&f.db, target, &name).await, 1, "control, {plant}");
+                assert_eq!(rows_in(&f.db, home, &name).await, 0, "control, {plant}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn state_planted_in_a_staff_write_transaction_does_not_pass_its_commit_after_revocation() {
+    plants_do_not_pass_a_revoked_commit(false).await;
+}
+
+#[tokio::test]
+async fn state_planted_in_a_staff_write_transaction_does_not_pass_its_commit_after_revocation_signed()
+ {
+    plants_do_not_pass_a_revoked_commit(true).await;
+}
+
+/// The commit binds the staff member's own tenant for a moment, to ask. SQL injected into the
+/// transaction binds the home tenant itself and writes there (unsigned, `set_config` binds
+/// it; signed, it binds nothing and the write is refused at once): no such write commits, not
+/// even with the session live, and the staff member's legitimate write in the target tenant,
+/// made in the same transaction, goes with it. Control: the same transaction without the
+/// switch commits its target row.
+async fn a_home_write_does_not_ride_the_commits_home_binding(signed: bool) {
+    let f = fixture(signed, 2).await;
+    let home = TenantId::new_random();
+    let target = TenantId::new_random();
+    let session = start_session(&f.other, home).await;
+    let ctx = staff_in(home, session, target).await;
+    let actor = ctx.actor().unwrap().id();
+
+    // Control.
+    let mut tx = f.pool.begin(&ctx).await.unwrap();
+    insert(&mut tx, target, "control").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(rows_in(&f.db, target, "control").await, 1);
+
+    for local in [true, false] {
+        let mut tx = f.pool.begin(&ctx).await.unwrap();
+        insert(&mut tx, target, "alongside").await.unwrap();
+        sqlx::raw_sql(&format!(
+            "SELECT set_config('app.tenant_id', '{home}', {local}); \
+             SELECT set_config('app.actor_id', '{actor}', {local})"
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let wrote = insert(&mut tx, home, "in-home").await;
+        if signed {
+            assert!(
+                wrote.is_err(),
+                "signed: an injected set_config bound the home tenant"
+            );
+            drop(tx);
+        } else {
+            wrote.unwrap();
+            let r = tx.commit().await;
+            assert!(matches!(r, Err(RlsError::BindingChanged)), "{r:?}");
+        }
+        assert_eq!(common::projects_named(&f.db, "in-home").await, 0);
+        assert_eq!(common::projects_named(&f.db, "alongside").await, 0);
+    }
+    // The pool still works for the staff member afterwards, in the target only.
+    common::insert_project(&f.pool, &ctx, "after")
+        .await
+        .unwrap();
+    assert_eq!(rows_in(&f.db, target, "after").await, 1);
+    assert_eq!(rows_in(&f.db, home, "after").await, 0);
+}
+
+#[tokio::test]
+async fn a_write_in_the_home_tenant_does_not_commit_through_the_commits_home_binding() {
+    a_home_write_does_not_ride_the_commits_home_binding(false).await;
+}
+
+#[tokio::test]
+async fn a_write_in_the_home_tenant_does_not_commit_through_the_commits_home_binding_signed() {
+    a_home_write_does_not_ride_the_commits_home_binding(true).await;
+}
+
+/// Signed: the commit's home/check/target statement is a prepared statement the driver made at
+/// `BEGIN` and reuses by name. SQL injected into the transaction finds its name, deallocates it
+/// and prepares one of its own under that name with the same parameters that only binds the
+/// target (no home binding, no check). At the commit the driver runs the impostor, which binds
+/// the target with the fresh signature; the commit's statement must still refuse (a
+/// statement prepared by SQL exists), so the revoked session's write does not commit and the
+/// connection is not reused. Control: a live session's transaction without the swap commits,
+/// and without the swap the revoked session is refused by the check itself.
+#[tokio::test]
+async fn a_prepared_statement_swapped_in_for_the_signed_commit_check_does_not_commit() {
+    let f = fixture(true, 1).await;
+    let home = TenantId::new_random();
+    let target = TenantId::new_random();
+
+    // Control: live, no swap.
+    let session = start_session(&f.other, home).await;
+    let ctx = staff_in(home, session, target).await;
+    let mut tx = f.pool.begin(&ctx).await.unwrap();
+    insert(&mut tx, target, "live").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(rows_in(&f.db, target, "live").await, 1);
+    // Control: revoked, no swap: refused by the check.
+    let mut tx = f.pool.begin(&ctx).await.unwrap();
+    insert(&mut tx, target, "revoked-plain").await.unwrap();
+    revoke(&f.other, home, session).await;
+    let r = tx.commit().await;
+    assert!(matches!(r, Err(RlsError::SessionEnded)), "{r:?}");
+    assert_eq!(common::projects_named(&f.db, "revoked-plain").await, 0);
+
+    // The attack.
+    let session = start_session(&f.other, home).await;
+    let ctx = staff_in(home, session, target).await;
+    let mut tx = f.pool.begin(&ctx).await.unwrap();
+    insert(&mut tx, target, "revoked-swapped").await.unwrap();
+    let name: String = sqlx::query_scalar(
+        "SELECT name FROM pg_prepared_statements \
+         WHERE NOT from_sql AND starts_with(statement, 'SELECT app.bind($6, ')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "DEALLOCATE \"{name}\"; \
+         PREPARE \"{name}\"(text, text, text, text, text, text, text, text, text) AS \
+         SELECT app.bind($6, $7, $8, $9)"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    revoke(&f.other, home, session).await;
+    let r = tx.commit().await;
+    // The impostor ran (no `SessionEnded`); the commit's own statement refused.
+    match &r {
+        Err(RlsError::Database(e)) => {
+            assert!(e.to_string().contains("division by zero"), "{e}");
+        }
+        other => panic!("the swap was not what stopped the commit: {other:?}"),
+    }
+    assert_eq!(common::projects_named(&f.db, "revoked-swapped").await, 0);
+    // The connection was closed, not reused: a live staff member works on a fresh one, and the
+    // revoked one is refused.
+    let live = staff_in(home, start_session(&f.other, home).await, target).await;
+    common::insert_project(&f.pool, &live, "after")
+        .await
+        .unwrap();
+    assert_eq!(rows_in(&f.db, target, "after").await, 1);
+    assert!(matches!(
+        common::insert_project(&f.pool, &ctx, "revoked-after").await,
+        Err(RlsError::SessionEnded)
+    ));
+}
+
+/// Signed: SQL injected into a staff write transaction (before any write) ends it and opens
+/// another at `REPEATABLE READ`, pinning a snapshot taken while the session is live; the
+/// session is then revoked and the application writes, then commits. The commit's freshly
+/// signed check reads the pinned snapshot, but the transaction it would commit was never bound
+/// (the proof belongs to the transaction that ended), so the write is refused when it is made
+/// and nothing commits. Control: the same transaction without the injection commits.
+#[tokio::test]
+async fn a_snapshot_pinned_by_an_injected_commit_writes_nothing_for_a_revoked_staff_session_signed()
+{
+    let f = fixture(true, 1).await;
+    let home = TenantId::new_random();
+    let target = TenantId::new_random();
+    let session = start_session(&f.other, home).await;
+    let ctx = staff_in(home, session, target).await;
+    let mut tx = f.pool.begin(&ctx).await.unwrap();
+    insert(&mut tx, target, "control").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(rows_in(&f.db, target, "control").await, 1);
+
+    let mut tx = f.pool.begin(&ctx).await.unwrap();
+    sqlx::raw_sql(
+        "COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ; \
+         SELECT count(*) FROM sess.sessions; \
+         SELECT set_config('app.tenant_id', current_setting('app.tenant_id', true), true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    revoke(&f.other, home, session).await;
+    let wrote = insert(&mut tx, target, "after-revocation").await;
+    let committed = tx.commit().await;
+    assert!(
+        wrote.is_err() || committed.is_err(),
+        "the write after the revocation committed"
+    );
+    assert_eq!(common::projects_named(&f.db, "after-revocation").await, 0);
 }

@@ -403,3 +403,35 @@ pub async fn fate(f: &Fixture, t: TenantId) -> Fate {
         Err(b) => Fate::Poisoned(format!("{b}")),
     }
 }
+
+/// SQLSTATE `insufficient_privilege`.
+pub const PRIVILEGE: &str = "42501";
+
+/// The one number `sql` (with `$1` = `t`) counts, as `admin` sees it.
+pub async fn count(admin: &PgPool, sql: &str, t: TenantId) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(t.as_uuid())
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+/// How many of `t`'s events are chained.
+pub async fn chained_count(admin: &PgPool, t: TenantId) -> i64 {
+    count(
+        admin,
+        "SELECT count(*) FROM audit.events WHERE tenant_id = $1",
+        t,
+    )
+    .await
+}
+
+/// How many of `t`'s events wait in the queue.
+pub async fn queued_count(admin: &PgPool, t: TenantId) -> i64 {
+    count(
+        admin,
+        "SELECT count(*) FROM audit.pending WHERE tenant_id = $1",
+        t,
+    )
+    .await
+}
