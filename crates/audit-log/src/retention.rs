@@ -269,10 +269,15 @@ impl AuditLog {
         let bind = format!("SET LOCAL app.tenant_id = '{tenant}'");
         // `Executor::execute`: `RawSql::execute`'s future is not provably `Send`.
         sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&bind)).await?;
-        // Take the sequencer's lock: no batch is chained while the start moves.
-        sqlx::query("SELECT pg_advisory_xact_lock(1096110929, 0)")
-            .execute(&mut *tx)
-            .await?;
+        // Take the sequencer's lock: no batch is chained while the start moves. Without its row
+        // (a schema not migrated) nothing is pruned.
+        let locked: Option<bool> =
+            sqlx::query_scalar("SELECT held FROM audit.sequencer_lock WHERE held FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if locked.is_none() {
+            return Err(AuditError::InvalidConfig("audit.sequencer_lock has no row"));
+        }
         let anchor = crate::verify::load_anchor(&mut tx, tenant).await?;
         let base = anchor.map_or(0, |(seq, _)| seq);
         // The longest all-old prefix ends just before the first event at or after the cutoff.

@@ -14,9 +14,9 @@
 //!   not forced, so the owner's `audit.sequence` can read every tenant's queue.
 //! - `audit.sequence(max_rows)`: `SECURITY DEFINER`, owned by the owner, executable only by the
 //!   sequencer role ([`sequencer_sql`]). On an empty queue it returns at once. Otherwise, in one
-//!   transaction, it takes one database-wide
-//!   transaction-level advisory lock (class `0x41555351`, "AUSQ", object 0; retention takes it
-//!   too), takes up to `max_rows` queued events (first an equal share for every tenant with
+//!   transaction, it locks the one row of `audit.sequencer_lock` (retention's prune locks it
+//!   too; no other role may read or lock that table, so none can hold sequencing up), takes
+//!   up to `max_rows` queued events (first an equal share for every tenant with
 //!   queued events, its oldest, then the oldest of any tenant), and for each tenant among them,
 //!   bound as that tenant, reads the last event through the primary key (or the anchor, or the
 //!   genesis), assigns the next sequence numbers, links the previous hashes and computes the
@@ -173,6 +173,16 @@ CREATE TABLE IF NOT EXISTS audit.pending (
 -- The sequencer takes the queue in order (not unique: a key not led by the tenant would be an
 -- existence oracle across tenants).
 CREATE INDEX IF NOT EXISTS pending_order_idx ON audit.pending (id);
+
+-- One sequencer at a time: audit.sequence, and retention's prune, lock this table's one row.
+-- Nobody else may read or lock it (an advisory lock would carry no privilege: any role that
+-- can connect, the runtime role included, could take its key and hold sequencing up).
+CREATE TABLE IF NOT EXISTS audit.sequencer_lock (
+    held boolean PRIMARY KEY DEFAULT true CHECK (held)
+);
+INSERT INTO audit.sequencer_lock VALUES (true) ON CONFLICT DO NOTHING;
+REVOKE ALL ON audit.sequencer_lock FROM PUBLIC;
+REVOKE ALL ON audit.sequencer_lock FROM {r};
 -- Which queued event a chained one came from (unindexed: nothing looks an event up by it).
 ALTER TABLE audit.events ADD COLUMN IF NOT EXISTS queue_id bigint;
 -- When the event was queued and when it was chained: the sequencing lag, for monitoring.
@@ -309,8 +319,8 @@ DROP FUNCTION IF EXISTS audit.notify_pending();
 -- Moves up to `max_rows` queued events (oldest first) into their tenants' chains, in one
 -- transaction: assigns each its tenant's next sequence number, links the previous hash and
 -- computes the chain hash in the format of `audit_log::chain_hash`, inserts the chained rows and
--- deletes the queued ones. One sequencer at a time (a database-wide transaction-level advisory
--- lock, class 0x41555351 "AUSQ", which retention's prune takes too): a concurrent call waits.
+-- deletes the queued ones. One sequencer at a time (the row of audit.sequencer_lock, which
+-- retention's prune locks too): a concurrent call waits.
 -- Returns how many events it took off the queue (chained, or set aside as below): fewer than
 -- `max_rows` means the queue is drained. A tenant whose batch fails (a row the checks should
 -- have refused, a head tampered with by the owner) is rolled back alone, its rows marked and
@@ -445,7 +455,12 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM audit.pending) THEN
         RETURN 0;
     END IF;
-    PERFORM pg_catalog.pg_advisory_xact_lock(1096110929, 0);
+    PERFORM 1 FROM audit.sequencer_lock l WHERE l.held FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL006',
+            MESSAGE = 'audit.sequence: the row of audit.sequencer_lock is missing (re-run the audit schema)';
+    END IF;
     PERFORM pg_catalog.set_config('audit.sequencing', 'on', true);
     -- Each tenant's rows are written under that tenant's binding: the binding checks run at the
     -- end of each statement, while it holds, rather than at commit.

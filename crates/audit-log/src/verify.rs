@@ -77,12 +77,23 @@ impl BreakKind {
 }
 
 /// The first place the chain fails to verify.
+///
+/// Built with [`ChainBreak::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChainBreak {
     /// The sequence number where verification failed.
     pub seq: u64,
     /// What is wrong there.
     pub kind: BreakKind,
+}
+
+impl ChainBreak {
+    /// A break of `kind` at sequence number `seq`.
+    #[must_use]
+    pub const fn new(seq: u64, kind: BreakKind) -> Self {
+        Self { seq, kind }
+    }
 }
 
 impl fmt::Display for ChainBreak {

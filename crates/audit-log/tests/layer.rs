@@ -369,13 +369,13 @@ async fn cross_tenant_grants_are_recorded_in_the_target_tenants_chain() {
     let f = fixture(2).await;
     let (home, target) = (TenantId::new_random(), TenantId::new_random());
     let staff = Actor::new(ActorKind::Staff, ActorId::new_random(), home);
-    let event = CrossTenantEvent {
-        actor: staff.clone(),
+    let event = CrossTenantEvent::new(
+        staff.clone(),
         target,
-        reason: "ticket 4711: customer bob@example.org cannot sign in".into(),
-        at: std::time::SystemTime::now(),
-        outcome: GrantOutcome::Granted,
-    };
+        "ticket 4711: customer bob@example.org cannot sign in",
+        std::time::SystemTime::now(),
+        GrantOutcome::Granted,
+    );
     CrossTenantAudit::record(&f.log, &event).await.unwrap();
     let recorded = events(&f, target).await;
     assert_eq!(recorded.len(), 1);

@@ -401,3 +401,107 @@ async fn a_flooding_tenant_does_not_hold_back_another_tenants_events() {
         assert_eq!(report.events, events);
     }
 }
+
+/// The sequencer's lock is the one row of `audit.sequencer_lock`, which no role but the owner
+/// may read or lock. The runtime role (on a connection of its own, outside any pool, as a
+/// compromised app server has) and the sequencer role are refused every way of locking it, and
+/// every table lock that would stop the sequencer's writes. Holding what they can hold — the
+/// advisory key the sequencer used before, the queue's and the chain's weakest table locks —
+/// changes nothing: an event queued meanwhile is chained at once (the positive control). A
+/// missing lock row stops sequencing with `AL006` instead of running it unserialised, and
+/// re-running the schema puts it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_role_but_the_owner_can_hold_the_sequencer_up() {
+    use sqlx::Connection;
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let runtime = sqlx::PgConnection::connect_with(&f.db.options(Role::Runtime))
+        .await
+        .unwrap();
+    let sequencer = sequencer_pool(&f.db)
+        .await
+        .acquire()
+        .await
+        .unwrap()
+        .detach();
+    for (who, mut conn) in [("runtime", runtime), ("sequencer", sequencer)] {
+        for sql in [
+            "SELECT held FROM audit.sequencer_lock FOR UPDATE",
+            "SELECT held FROM audit.sequencer_lock FOR KEY SHARE",
+            "SELECT count(*) FROM audit.sequencer_lock",
+            "LOCK TABLE audit.sequencer_lock IN ACCESS SHARE MODE",
+            "LOCK TABLE audit.sequencer_lock IN ACCESS EXCLUSIVE MODE",
+            "DELETE FROM audit.sequencer_lock",
+            "INSERT INTO audit.sequencer_lock VALUES (true)",
+            "TRUNCATE audit.sequencer_lock",
+            // Locks that would stop the sequencer's delete from the queue or insert into the chain.
+            "LOCK TABLE audit.pending IN ROW EXCLUSIVE MODE",
+            "LOCK TABLE audit.pending IN SHARE MODE",
+            "LOCK TABLE audit.events IN SHARE MODE",
+            "SELECT id FROM audit.pending FOR KEY SHARE",
+        ] {
+            let mut tx = conn.begin().await.unwrap();
+            let err = sqlx::query(sql).execute(&mut *tx).await.unwrap_err();
+            tx.rollback().await.unwrap();
+            assert!(
+                is_sqlstate(&err, PRIVILEGE) || is_sqlstate(&err, "3F000"),
+                "{who}: {sql}: {err}"
+            );
+        }
+        if who == "runtime" {
+            // What it can hold, held while an event is sequenced.
+            sqlx::query("SELECT pg_advisory_lock(1096110929, 0)")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let mut held = conn.begin().await.unwrap();
+            for sql in [
+                "LOCK TABLE audit.pending IN ACCESS SHARE MODE",
+                "LOCK TABLE audit.events IN ACCESS SHARE MODE",
+                "SELECT count(*) FROM audit.pending",
+            ] {
+                sqlx::query(sql).execute(&mut *held).await.unwrap();
+            }
+            let t = TenantId::new_random();
+            f.log.record(event(t, 1)).await.unwrap();
+            let taken = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                f.sequencer.sequence_batch(),
+            )
+            .await
+            .expect("the runtime role held the sequencer up")
+            .unwrap();
+            assert_eq!(taken, 1);
+            assert_eq!(chained_count(&admin, t).await, 1);
+            held.rollback().await.unwrap();
+        }
+    }
+
+    // Without its lock row the sequencer refuses to run; the event waits in the queue.
+    let t = TenantId::new_random();
+    f.db.as_admin("DELETE FROM audit.sequencer_lock").await;
+    f.log.record(event(t, 1)).await.unwrap();
+    match f.sequencer.sequence_batch().await {
+        Err(audit_log::AuditError::Database(err)) => {
+            assert!(is_sqlstate(&err, "AL006"), "{err}");
+        }
+        other => panic!("sequenced without its lock: {other:?}"),
+    }
+    assert_eq!(
+        (
+            chained_count(&admin, t).await,
+            queued_count(&admin, t).await
+        ),
+        (0, 1)
+    );
+    f.db.as_admin(&audit_log::schema::schema_sql(testkit::RUNTIME_ROLE).unwrap())
+        .await;
+    assert_eq!(sequence_all(&f).await, 1);
+    assert_eq!(
+        (
+            chained_count(&admin, t).await,
+            queued_count(&admin, t).await
+        ),
+        (1, 0)
+    );
+}

@@ -311,8 +311,8 @@ async fn an_empty_poll_takes_no_lock_and_a_queued_event_waits_for_it() {
     let f = fixture(2).await;
     let admin = f.db.pool(Role::Admin, 1).await;
     let mut holder = admin.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(1096110929, 0)")
-        .execute(&mut *holder)
+    sqlx::query("SELECT held FROM audit.sequencer_lock FOR UPDATE")
+        .fetch_one(&mut *holder)
         .await
         .unwrap();
     let empty = tokio::time::timeout(Duration::from_secs(2), f.sequencer.sequence_batch())

@@ -105,13 +105,7 @@ async fn a_deleted_middle_row_is_found_at_its_seq() {
         .unwrap();
     end_tamper(tx).await;
     let report = verify(&f, t).await;
-    assert_eq!(
-        broken_at(&report),
-        &ChainBreak {
-            seq: 7,
-            kind: BreakKind::Missing
-        }
-    );
+    assert_eq!(broken_at(&report), &ChainBreak::new(7, BreakKind::Missing));
 }
 
 #[tokio::test]
@@ -134,10 +128,7 @@ async fn an_edited_payload_is_found_at_its_seq() {
     let report = verify(&f, t).await;
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 5,
-            kind: BreakKind::HashMismatch
-        }
+        &ChainBreak::new(5, BreakKind::HashMismatch)
     );
 }
 
@@ -158,10 +149,7 @@ async fn an_edited_column_is_found_at_its_seq() {
     let report = verify(&f, t).await;
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 3,
-            kind: BreakKind::RecordMismatch
-        }
+        &ChainBreak::new(3, BreakKind::RecordMismatch)
     );
 }
 
@@ -185,10 +173,7 @@ async fn two_swapped_rows_are_found_at_the_first() {
     let report = verify(&f, t).await;
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 4,
-            kind: BreakKind::HashMismatch
-        }
+        &ChainBreak::new(4, BreakKind::HashMismatch)
     );
 }
 
@@ -221,10 +206,7 @@ async fn a_row_copied_from_another_tenant_with_recomputed_hashes_is_found() {
     let report = verify(&f, a).await;
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 6,
-            kind: BreakKind::ForeignTenant
-        }
+        &ChainBreak::new(6, BreakKind::ForeignTenant)
     );
     assert!(verify(&f, b).await.is_intact());
 }
@@ -250,10 +232,7 @@ async fn a_truncated_tail_is_found_against_a_checkpoint() {
     let report = verify(&f, t).await;
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 18,
-            kind: BreakKind::Truncated
-        }
+        &ChainBreak::new(18, BreakKind::Truncated)
     );
 }
 
@@ -279,10 +258,7 @@ async fn without_a_checkpoint_a_consistent_truncation_is_invisible() {
         .unwrap();
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 9,
-            kind: BreakKind::Truncated
-        }
+        &ChainBreak::new(9, BreakKind::Truncated)
     );
 }
 
@@ -342,10 +318,7 @@ async fn a_rewrite_with_recomputed_hashes_is_caught_by_the_signed_checkpoint() {
     // Located between the two checkpoints: events 11..=20, with the break at the checkpoint.
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 20,
-            kind: BreakKind::CheckpointMismatch { after: 10 }
-        }
+        &ChainBreak::new(20, BreakKind::CheckpointMismatch { after: 10 })
     );
 }
 
@@ -376,10 +349,7 @@ async fn a_rewrite_that_also_deletes_the_stored_checkpoints_is_caught_by_an_expo
         .unwrap();
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 8,
-            kind: BreakKind::CheckpointMismatch { after: 0 }
-        }
+        &ChainBreak::new(8, BreakKind::CheckpointMismatch { after: 0 })
     );
 }
 
@@ -447,13 +417,7 @@ async fn a_tampered_chain_is_never_signed() {
         .unwrap_err();
     match err {
         audit_log::AuditError::ChainBroken(b) => {
-            assert_eq!(
-                b,
-                ChainBreak {
-                    seq: 6,
-                    kind: BreakKind::Missing
-                }
-            );
+            assert_eq!(b, ChainBreak::new(6, BreakKind::Missing));
         }
         other => panic!("{other}"),
     }
@@ -493,13 +457,7 @@ async fn junk_checkpoints_do_not_hide_where_the_chain_breaks() {
         .unwrap();
     end_tamper(tx).await;
     let report = verify(&f, t).await;
-    assert_eq!(
-        broken_at(&report),
-        &ChainBreak {
-            seq: 3,
-            kind: BreakKind::Missing
-        }
-    );
+    assert_eq!(broken_at(&report), &ChainBreak::new(3, BreakKind::Missing));
     assert_eq!(report.rejected_checkpoints.len(), 1);
 }
 
@@ -616,13 +574,9 @@ async fn checkpointing_a_chain_truncated_below_its_checkpoint_fails() {
         .await
         .unwrap_err();
     match err {
-        audit_log::AuditError::ChainBroken(b) => assert_eq!(
-            b,
-            ChainBreak {
-                seq: 4,
-                kind: BreakKind::Truncated
-            }
-        ),
+        audit_log::AuditError::ChainBroken(b) => {
+            assert_eq!(b, ChainBreak::new(4, BreakKind::Truncated));
+        }
         other => panic!("{other}"),
     }
 }
@@ -716,10 +670,7 @@ async fn an_ordinary_checkpoint_cannot_serve_as_a_pruned_start() {
     let report = verify(&f, t).await;
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 7,
-            kind: BreakKind::UnanchoredStart
-        }
+        &ChainBreak::new(7, BreakKind::UnanchoredStart)
     );
 }
 
@@ -738,10 +689,7 @@ async fn an_acknowledged_break_stays_visible_and_checkpoints_continue_past_it() 
         .await
         .unwrap();
     end_tamper(tx).await;
-    let broken = ChainBreak {
-        seq: 3,
-        kind: BreakKind::Missing,
-    };
+    let broken = ChainBreak::new(3, BreakKind::Missing);
     assert_eq!(broken_at(&verify(&f, t).await), &broken);
     assert!(matches!(
         f.log.checkpoint(&f.checkpointer, t, &f.signer).await,
@@ -827,10 +775,7 @@ async fn an_acknowledged_break_stays_visible_and_checkpoints_continue_past_it() 
     let report = verify(&f, t).await;
     assert_eq!(
         broken_at(&report),
-        &ChainBreak {
-            seq: 7,
-            kind: BreakKind::RecordMismatch
-        }
+        &ChainBreak::new(7, BreakKind::RecordMismatch)
     );
     // Acknowledgements cannot be removed, not even by the owner.
     let owner = f.db.pool(testkit::Role::Owner, 1).await;

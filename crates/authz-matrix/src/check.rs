@@ -26,7 +26,10 @@ pub struct Cell {
 
 /// What a request answered: its status, and optionally a detail for the report (the start of
 /// the body, say).
+///
+/// Built with [`Observed::new`], [`Observed::with_detail`] or from a [`StatusCode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Observed {
     /// The response status.
     pub status: StatusCode,
@@ -35,6 +38,15 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// A status without a detail.
+    #[must_use]
+    pub const fn new(status: StatusCode) -> Self {
+        Self {
+            status,
+            detail: None,
+        }
+    }
+
     /// A status with a detail for the report.
     #[must_use]
     pub fn with_detail(status: StatusCode, detail: impl Into<String>) -> Self {
@@ -47,10 +59,7 @@ impl Observed {
 
 impl From<StatusCode> for Observed {
     fn from(status: StatusCode) -> Self {
-        Self {
-            status,
-            detail: None,
-        }
+        Self::new(status)
     }
 }
 

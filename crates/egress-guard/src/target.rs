@@ -18,17 +18,50 @@ pub enum TargetHost {
 }
 
 /// A URL reduced to what egress decisions need.
+///
+/// Built by [`Target::parse`], [`Target::from_url`] or [`Target::new`], which all normalise
+/// the same way; its parts are read-only, so what was checked is what was normalised.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Target {
-    /// `http` or `https`.
-    pub scheme: String,
-    /// The host.
-    pub host: TargetHost,
-    /// The port (explicit, or the scheme's default).
-    pub port: u16,
+    pub(crate) scheme: String,
+    pub(crate) host: TargetHost,
+    pub(crate) port: u16,
 }
 
 impl Target {
+    /// A target from its parts, normalised as [`Target::parse`] would normalise
+    /// `scheme://host:port/`: the scheme is lowercased, and a host name has IDNA applied, is
+    /// lowercased, loses its trailing dot and becomes [`TargetHost::Ip`] when it spells an IPv4
+    /// address (the numeric forms included).
+    ///
+    /// # Errors
+    /// [`Reason::SchemeNotAllowed`] for a scheme other than `http` or `https`;
+    /// [`Reason::UnparsableUrl`] for a host name the URL parser would not accept as one (empty,
+    /// holding a URL delimiter or an IPv6 literal).
+    pub fn new(scheme: &str, host: TargetHost, port: u16) -> Result<Self, Reason> {
+        let scheme = if scheme.eq_ignore_ascii_case("http") {
+            "http"
+        } else if scheme.eq_ignore_ascii_case("https") {
+            "https"
+        } else {
+            return Err(Reason::SchemeNotAllowed);
+        };
+        let host = match host {
+            TargetHost::Ip(ip) => TargetHost::Ip(ip),
+            TargetHost::Name(name) => match Host::parse(&name) {
+                Ok(Host::Domain(name)) => normalise_name(&name)?,
+                Ok(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
+                Ok(Host::Ipv6(_)) | Err(_) => return Err(Reason::UnparsableUrl),
+            },
+        };
+        Ok(Self {
+            scheme: scheme.to_owned(),
+            host,
+            port,
+        })
+    }
+
     /// Parses and normalises `input`.
     ///
     /// The WHATWG parser already decodes the numeric IPv4 forms (`0x7f.1`, `017700000001`,
@@ -52,21 +85,7 @@ impl Target {
             return Err(Reason::SchemeNotAllowed);
         }
         let host = match url.host() {
-            Some(Host::Domain(name)) => {
-                let name = name.trim_end_matches('.').to_ascii_lowercase();
-                if name.is_empty() || name.contains(['[', ']', '%', '\\', '@', ' ']) {
-                    return Err(Reason::UnparsableUrl);
-                }
-                // The parser treats only one trailing dot as part of an IPv4 address, so
-                // `127.0.0.1..` and `0x7f.1..` arrive here as names; without their dots they
-                // are addresses, and are judged as such (a name the parser would not accept
-                // without its dots is refused).
-                match Host::parse(&name) {
-                    Ok(Host::Domain(_)) => TargetHost::Name(name),
-                    Ok(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
-                    Ok(Host::Ipv6(_)) | Err(_) => return Err(Reason::UnparsableUrl),
-                }
-            }
+            Some(Host::Domain(name)) => normalise_name(name)?,
             Some(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
             Some(Host::Ipv6(ip)) => TargetHost::Ip(IpAddr::V6(ip)),
             None => return Err(Reason::UnparsableUrl),
@@ -79,6 +98,24 @@ impl Target {
         })
     }
 
+    /// `http` or `https`.
+    #[must_use]
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The host.
+    #[must_use]
+    pub const fn host(&self) -> &TargetHost {
+        &self.host
+    }
+
+    /// The port (explicit, or the scheme's default).
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The host as text (an IP literal without brackets).
     #[must_use]
     pub fn host_text(&self) -> String {
@@ -86,6 +123,23 @@ impl Target {
             TargetHost::Name(n) => n.clone(),
             TargetHost::Ip(ip) => ip.to_string(),
         }
+    }
+}
+
+/// The last step for a host name the URL parser accepted as a domain: lowercase, without its
+/// trailing dots, and an address when that is what it spells.
+fn normalise_name(name: &str) -> Result<TargetHost, Reason> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() || name.contains(['[', ']', '%', '\\', '@', ' ']) {
+        return Err(Reason::UnparsableUrl);
+    }
+    // The parser treats only one trailing dot as part of an IPv4 address, so `127.0.0.1..` and
+    // `0x7f.1..` arrive here as names; without their dots they are addresses, and are judged as
+    // such (a name the parser would not accept without its dots is refused).
+    match Host::parse(&name) {
+        Ok(Host::Domain(_)) => Ok(TargetHost::Name(name)),
+        Ok(Host::Ipv4(ip)) => Ok(TargetHost::Ip(IpAddr::V4(ip))),
+        Ok(Host::Ipv6(_)) | Err(_) => Err(Reason::UnparsableUrl),
     }
 }
 
@@ -112,5 +166,58 @@ mod tests {
         let policy = crate::EgressPolicy::new("t");
         assert!(!policy.check_url("http://127.0.0.1../").allowed);
         assert!(!policy.check_url("http://0x7f.1../").allowed);
+    }
+
+    #[test]
+    fn new_normalises_its_parts_as_parse_does() {
+        for (scheme, name, port, url) in [
+            ("HTTP", "Example.COM.", 8080, "http://Example.COM.:8080/"),
+            (
+                "https",
+                "METADATA.GOOGLE.INTERNAL",
+                443,
+                "https://metadata.google.internal/",
+            ),
+            ("http", "0x7f.1", 80, "http://0x7f.1/"),
+            ("http", "127.0.0.1..", 80, "http://127.0.0.1../"),
+            ("https", "bücher.example", 443, "https://bücher.example/"),
+        ] {
+            let built = Target::new(scheme, TargetHost::Name(name.to_owned()), port);
+            assert_eq!(built, Target::parse(url), "{scheme} {name} {port}");
+        }
+        let ip = TargetHost::Ip("::1".parse().unwrap());
+        assert_eq!(Target::new("http", ip, 80), Target::parse("http://[::1]/"));
+    }
+
+    /// A name carrying URL syntax must not become another host, and a mistyped scheme must
+    /// not become an allowed one: refused, as `parse` refuses them.
+    #[test]
+    fn new_refuses_what_parse_refuses() {
+        let name = |n: &str| TargetHost::Name(n.to_owned());
+        assert_eq!(
+            Target::new("ftp", name("example.com"), 21),
+            Err(Reason::SchemeNotAllowed)
+        );
+        assert_eq!(
+            Target::new("", name("example.com"), 80),
+            Err(Reason::SchemeNotAllowed)
+        );
+        for bad in [
+            "",
+            ".",
+            "example.com@169.254.169.254",
+            "example.com/x",
+            "example.com:80",
+            "[::1]",
+            "exa mple.com",
+            "a%2fb",
+            "a\\b",
+        ] {
+            assert_eq!(
+                Target::new("http", name(bad), 80),
+                Err(Reason::UnparsableUrl),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -484,7 +484,7 @@ async fn one_decision_per_hop_with_the_requests_scheme_port_addresses_and_caller
     assert!(!second.allowed);
     assert_eq!(second.hop, Some(1));
     let t = second.target.as_ref().unwrap();
-    assert_eq!((t.scheme.as_str(), t.port), ("http", port));
+    assert_eq!((t.scheme(), t.port()), ("http", port));
     assert_eq!(second.addresses.len(), 2);
     // The first forbidden answer is named (TEST-NET-3 is special-purpose too).
     assert_eq!(second.address, Some("203.0.113.9".parse().unwrap()));

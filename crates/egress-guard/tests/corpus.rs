@@ -3,7 +3,7 @@
 //! network): redirect, DNS and proxy attacks come with the guarded client (issue 6).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use egress_guard::{EgressPolicy, Mode};
+use egress_guard::{EgressPolicy, Mode, Target, TargetHost};
 
 #[derive(Clone, Copy)]
 enum P {
@@ -1027,10 +1027,40 @@ fn bypass_corpus_gets_the_expected_verdicts() {
     );
 }
 
+/// `Target::new` normalises as `Target::parse` does: every corpus target, rebuilt from its
+/// parts — as they are, or with the name in capitals and a trailing dot — is the same target,
+/// so a caller building one cannot dodge a rule the URL would meet.
+#[test]
+fn corpus_targets_rebuilt_from_their_parts_are_unchanged() {
+    let mut rebuilt = 0;
+    for (technique, url, _, _, _) in CORPUS {
+        let Ok(target) = Target::parse(url) else {
+            continue;
+        };
+        let same = Target::new(target.scheme(), target.host().clone(), target.port());
+        assert_eq!(same.as_ref(), Ok(&target), "[{technique}] {url}");
+        if let TargetHost::Name(name) = target.host() {
+            let shouted = TargetHost::Name(format!("{}.", name.to_ascii_uppercase()));
+            let same = Target::new(
+                &target.scheme().to_ascii_uppercase(),
+                shouted,
+                target.port(),
+            );
+            assert_eq!(
+                same.as_ref(),
+                Ok(&target),
+                "[{technique}] {url} in capitals"
+            );
+        }
+        rebuilt += 1;
+    }
+    assert!(rebuilt >= 50, "only {rebuilt} corpus URLs parse");
+}
+
 #[test]
 fn resolved_addresses_are_judged_by_the_floor() {
     let policy = EgressPolicy::new("open");
-    let target = egress_guard::Target::parse("https://rebind.example.com/").unwrap();
+    let target = Target::parse("https://rebind.example.com/").unwrap();
     assert!(
         policy
             .check_address(&target, "93.184.216.34".parse().unwrap())

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use field_crypto::{KeyMaterial, Keyring, OsRandom};
-use magic_auth::secrecy::ExposeSecret;
+use magic_auth::secrecy::{ExposeSecret, SecretSlice};
 use magic_auth::totp::{CodeCheck, TotpConfig, TotpService, code_at};
 use magic_auth::{Assurance, NewSession, SessionConfig, SessionStore};
 use rls_guard::TenantPool;
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let signed_in = NewSession::new(user, ActorKind::User, Assurance::Aal1);
     let (session, token) = sessions.create(tenant, &signed_in).await?;
     let cookie = token.to_cookie_value();
-    let seen = sessions.validate(cookie.expose_secret()).await?;
+    let seen = sessions.validate(cookie.clone()).await?;
     println!(
         "cookie validates          -> {:?}",
         seen.map(|s| s.assurance)
@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     forged.push('A');
     println!(
         "a forged cookie           -> {:?}",
-        sessions.validate(&forged).await?.map(|s| s.id)
+        sessions.validate(forged).await?.map(|s| s.id)
     );
 
     // The second factor: enrol, then confirm with a code from the authenticator.
@@ -53,22 +53,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     keyring.promote(1)?;
     let totp = TotpService::new(pool, Arc::new(keyring), TotpConfig::new("Example"))?;
     let enrolment = totp.enroll(tenant, user, "ada@example.com").await?;
-    let seed = totp_rs::Secret::try_from_base32(enrolment.secret_base32.expose_secret())?;
+    let seed: SecretSlice<u8> =
+        totp_rs::Secret::try_from_base32(enrolment.secret_base32.expose_secret())?
+            .as_bytes()
+            .to_vec()
+            .into();
     let now = 1_900_000_020; // Unix seconds: the example's clock
     let wrong = totp.confirm(tenant, user, "000000", now).await?;
     println!("a wrong code              -> {wrong:?}");
     let right = totp
-        .confirm(tenant, user, &code_at(seed.as_bytes(), now)?, now)
+        .confirm(tenant, user, code_at(&seed, now)?.expose_secret(), now)
         .await?;
     println!("the authenticator's code  -> {right:?}");
 
     // A factor check upgrades the session by replacing it: the old cookie is worthless now.
     if matches!(right, CodeCheck::Accepted { .. }) {
         let (upgraded, new_token) = sessions.rotate(&session, Assurance::Aal2).await?;
-        let old = sessions.validate(cookie.expose_secret()).await?;
-        let new = sessions
-            .validate(new_token.to_cookie_value().expose_secret())
-            .await?;
+        let old = sessions.validate(cookie).await?;
+        let new = sessions.validate(new_token.to_cookie_value()).await?;
         println!(
             "after rotation: old cookie -> {:?}, new cookie -> {:?}",
             old.map(|s| s.assurance),

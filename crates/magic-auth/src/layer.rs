@@ -113,7 +113,7 @@ pub enum AuthRejection {
     #[error("sign in first")]
     Unauthenticated,
     /// The session has one factor where two are required.
-    #[error("staff must complete the second factor")]
+    #[error("complete the second factor first")]
     MfaRequired,
     /// The last factor check is too old for this action, or the session is not `aal2`.
     #[error("confirm your second factor again for this action")]
@@ -867,7 +867,7 @@ mod tests {
                 AuthRejection::MfaRequired,
                 403,
                 "mfa_required",
-                "staff must complete the second factor",
+                "complete the second factor first",
             ),
             (
                 AuthRejection::StepUpRequired,

@@ -106,8 +106,6 @@ pub use schema::session_liveness;
 /// The [`secrecy`] crate, re-exported: tokens, verifiers, links and credentials are handed out
 /// and taken in as [`SecretString`](secrecy::SecretString).
 pub use secrecy;
-#[doc(hidden)]
-pub use session::LOOKUP as SESSION_LOOKUP_SQL;
 pub use session::{
     Assurance, MAX_SESSION_LIFETIME, NewSession, Session, SessionConfig, SessionStore,
     SessionSummary,

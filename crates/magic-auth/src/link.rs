@@ -308,6 +308,7 @@ pub enum Delivery {
 /// A confirmed sign-in: create its `aal1` session with [`SessionStore::sign_in`](crate::SessionStore::sign_in)
 /// (and ask for TOTP next). Only [`MagicLinks::confirm`] makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SignIn {
     /// The tenant.
     pub tenant: TenantId,
@@ -401,6 +402,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         }
     }
 
+    #[cfg(feature = "axum")]
     pub(crate) async fn address(
         &self,
         tenant: TenantId,

@@ -919,8 +919,8 @@ async fn check_code<T, D: AccountDirectory, M: Mailer>(
         body: CodeForm { code, next },
         mode,
     } = input;
-    let code = SecretString::from(code.trim().to_owned());
-    let code = code.expose_secret();
+    let secret = SecretString::from(code.trim().to_owned());
+    let code = secret.expose_secret();
     let (tenant, user) = (session.tenant, session.user);
     let label = match account_label(flow, session).await {
         Ok(label) => label,
@@ -937,7 +937,9 @@ async fn check_code<T, D: AccountDirectory, M: Mailer>(
     let check = if !active {
         flow.totp.confirm(tenant, user, code, now()).await
     } else if code.len() > 8 {
-        flow.totp.use_recovery_code(tenant, user, code, now()).await
+        flow.totp
+            .use_recovery_code(tenant, user, &secret, now())
+            .await
     } else {
         flow.totp.verify(tenant, user, code, now()).await
     };
@@ -1158,7 +1160,7 @@ async fn start_replacement<T, D: AccountDirectory, M: Mailer>(
         .filter(|code| !code.is_empty())
         .map(SecretString::from);
     let proof = match &recovery {
-        Some(code) => ReplaceProof::RecoveryCode(code.expose_secret()),
+        Some(code) => ReplaceProof::RecoveryCode(code),
         None => ReplaceProof::StepUp {
             max_age: flow.config.step_up_max_age,
         },
@@ -1200,6 +1202,11 @@ async fn complete_replacement<T, D: AccountDirectory, M: Mailer>(
             rotated(&flow, &session, mode, next.as_deref()).await
         }
         Ok(false) => code_refused(CodeCheck::Rejected { remaining: 0 }),
+        Err(AuthError::NotEnrolled) => refuse(
+            StatusCode::CONFLICT,
+            "not_enrolled",
+            "no new authenticator is waiting to be confirmed; start the replacement again",
+        ),
         Err(error) => failure(&error),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rls_guard::TenantPool;
-use secrecy::{ExposeSecret, SecretBox};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use tenant_scope::{Actor, ActorId, ActorKind, TenantContext, TenantId};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -116,6 +116,7 @@ impl Default for SessionConfig {
 
 /// A valid session, as checked for the current request.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Session {
     /// The tenant.
     pub tenant: TenantId,
@@ -138,6 +139,38 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session [`SessionStore::create`] describes when it creates one for `user` at `at`
+    /// under `config`: created and authenticated at `at`, expiring after `config.idle` unused
+    /// and `config.absolute` in any case. For code that stands in for the store, such as an
+    /// extractor's or an approver's tests. A `Session` is a description, not a credential: a
+    /// statement bound for its [`actor`](Self::actor) still asks the database whether the
+    /// session is live.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] when an expiry overflows the calendar.
+    pub fn new(
+        tenant: TenantId,
+        id: Uuid,
+        user: ActorId,
+        kind: ActorKind,
+        assurance: Assurance,
+        at: OffsetDateTime,
+        config: &SessionConfig,
+    ) -> Result<Self, AuthError> {
+        let absolute_expires_at = later(at, config.absolute)?;
+        Ok(Self {
+            tenant,
+            id,
+            user,
+            kind,
+            assurance,
+            created_at: at,
+            authenticated_at: at,
+            idle_expires_at: later(at, config.idle)?.min(absolute_expires_at),
+            absolute_expires_at,
+        })
+    }
+
     /// The acting principal, for `tenant-scope`, acting through this session: every statement
     /// bound for it asks the database whether the session is still live (see
     /// [`session_liveness`](crate::session_liveness)).
@@ -240,9 +273,7 @@ fn micros(at: OffsetDateTime) -> [u8; 16] {
 /// see no tenant and the lookup would find nothing: it fails closed. The statement cannot
 /// reach another tenant's row either way — the row must match the bound tenant.
 ///
-/// Public but hidden: the session benchmark times this statement alone to split the cost.
-#[doc(hidden)]
-pub const LOOKUP: &str = "WITH bound AS MATERIALIZED ( \
+pub(crate) const LOOKUP: &str = "WITH bound AS MATERIALIZED ( \
        SELECT pg_catalog.set_config('app.tenant_id', $1::text, true)::uuid AS tenant) \
      SELECT s.user_id, s.actor_kind, s.secret_hash, s.aal, s.created_at, s.authenticated_at, \
             s.last_seen_at, s.idle_expires_at, s.absolute_expires_at, s.revoked_at, s.row_mac \
@@ -466,11 +497,25 @@ impl SessionStore {
         let now = now
             .checked_sub(span(age)?)
             .ok_or(AuthError::InvalidConfig("session age"))?;
-        let absolute = later(now, self.config.absolute)?;
-        let idle = later(now, self.config.idle)?.min(absolute);
-        let kind = match new.kind {
-            ActorKind::Staff => "staff",
-            _ => "user",
+        let kind = if new.kind == ActorKind::Staff {
+            ActorKind::Staff
+        } else {
+            ActorKind::User
+        };
+        let session = Session::new(
+            tenant,
+            token.id(),
+            new.user,
+            kind,
+            new.assurance,
+            now,
+            &self.config,
+        )?;
+        let (idle, absolute) = (session.idle_expires_at, session.absolute_expires_at);
+        let kind = if kind == ActorKind::Staff {
+            "staff"
+        } else {
+            "user"
         };
         let user_agent = new.user_agent.as_deref().map(|ua| {
             let mut end = ua.len().min(512);
@@ -535,21 +580,6 @@ impl SessionStore {
             Some(new.kind),
             Some(token.id()),
         );
-        let session = Session {
-            tenant,
-            id: token.id(),
-            user: new.user,
-            kind: if kind == "staff" {
-                ActorKind::Staff
-            } else {
-                ActorKind::User
-            },
-            assurance: new.assurance,
-            created_at: now,
-            authenticated_at: now,
-            idle_expires_at: idle,
-            absolute_expires_at: absolute,
-        };
         Ok((session, token))
     }
 
@@ -670,9 +700,13 @@ impl SessionStore {
     ///
     /// # Errors
     /// As [`validate`](Self::validate).
-    pub async fn validate_cached(&self, cookie: &str) -> Result<Option<Session>, AuthError> {
+    pub async fn validate_cached(
+        &self,
+        cookie: impl Into<SecretString>,
+    ) -> Result<Option<Session>, AuthError> {
+        let cookie: SecretString = cookie.into();
         if let Some(cache) = &self.cache
-            && let Ok(token) = SessionToken::parse(cookie)
+            && let Ok(token) = SessionToken::parse(&cookie)
             && let Some(session) = cache.get(&token)
         {
             return Ok(Some(session));
@@ -691,8 +725,11 @@ impl SessionStore {
     /// # Errors
     /// [`AuthError::Database`] when the store cannot be reached: the request must then be
     /// refused (503), never treated as signed in.
-    pub async fn validate(&self, cookie: &str) -> Result<Option<Session>, AuthError> {
-        let Ok(token) = SessionToken::parse(cookie) else {
+    pub async fn validate(
+        &self,
+        cookie: impl Into<SecretString>,
+    ) -> Result<Option<Session>, AuthError> {
+        let Ok(token) = SessionToken::parse(&cookie.into()) else {
             return Ok(None);
         };
         // The cache's entry is refreshed: dropped now, held again below only if still live.
@@ -975,5 +1012,60 @@ impl SessionStore {
                 },
             )
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_described_session_expires_as_the_store_would_and_never_overflows() {
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let (tenant, user) = (TenantId::new_random(), ActorId::new_random());
+        let id = Uuid::new_v4();
+        let config = SessionConfig::new(Duration::from_secs(600), Duration::from_secs(3600));
+        let s = Session::new(
+            tenant,
+            id,
+            user,
+            ActorKind::Staff,
+            Assurance::Aal2,
+            at,
+            &config,
+        )
+        .unwrap();
+        assert_eq!((s.created_at, s.authenticated_at), (at, at));
+        assert_eq!(s.idle_expires_at, at + time::Duration::minutes(10));
+        assert_eq!(s.absolute_expires_at, at + time::Duration::hours(1));
+        assert_eq!(s.actor().session(), Some(id));
+        // An idle expiry is never later than the absolute one.
+        let mut long_idle = config;
+        long_idle.idle = Duration::from_secs(7200);
+        let s = Session::new(
+            tenant,
+            id,
+            user,
+            ActorKind::User,
+            Assurance::Aal1,
+            at,
+            &long_idle,
+        )
+        .unwrap();
+        assert_eq!(s.idle_expires_at, s.absolute_expires_at);
+        // At the end of the calendar the expiry is an error, not a panic or a wrapped date.
+        let end = time::PrimitiveDateTime::MAX.assume_utc() - time::Duration::minutes(1);
+        assert!(matches!(
+            Session::new(
+                tenant,
+                id,
+                user,
+                ActorKind::User,
+                Assurance::Aal1,
+                end,
+                &config
+            ),
+            Err(AuthError::InvalidConfig(_))
+        ));
     }
 }

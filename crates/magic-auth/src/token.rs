@@ -64,8 +64,9 @@ impl SessionToken {
     ///
     /// # Errors
     /// [`AuthError::InvalidToken`].
-    pub fn parse(value: &str) -> Result<Self, AuthError> {
-        Self::parse_with(value, PREFIX)
+    pub fn parse(value: &SecretString) -> Result<Self, AuthError> {
+        use secrecy::ExposeSecret;
+        Self::parse_with(value.expose_secret(), PREFIX)
     }
 
     pub(crate) fn parse_with(value: &str, expected_prefix: &str) -> Result<Self, AuthError> {
@@ -199,7 +200,7 @@ mod tests {
         let cookie = token.to_cookie_value();
         let value = cookie.expose_secret();
         assert_eq!(value.len(), TOKEN_LEN);
-        let parsed = SessionToken::parse(value).unwrap();
+        let parsed = SessionToken::parse(&cookie).unwrap();
         assert_eq!((parsed.tenant(), parsed.id()), (token.tenant(), token.id()));
         assert!(parsed.matches(&token.secret_hash()));
         let secret_hex = value.rsplit('.').next().unwrap().to_owned();
@@ -246,7 +247,10 @@ mod tests {
         cases.push(format!("v1..{}", &good[4..]));
         for case in cases {
             assert!(
-                matches!(SessionToken::parse(&case), Err(AuthError::InvalidToken)),
+                matches!(
+                    SessionToken::parse(&SecretString::from(case.as_str())),
+                    Err(AuthError::InvalidToken)
+                ),
                 "{case:?}"
             );
         }

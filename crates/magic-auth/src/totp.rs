@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use field_crypto::{Context, Keyring};
 use rls_guard::TenantPool;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use tenant_scope::{ActorId, TenantContext, TenantId};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -958,7 +958,7 @@ impl TotpService {
         &self,
         tenant: TenantId,
         user: ActorId,
-        code: &str,
+        code: &SecretString,
         now: u64,
     ) -> Result<CodeCheck, AuthError> {
         let now_at = unix_time(now)?;
@@ -983,7 +983,7 @@ impl TotpService {
         )
         .bind(tenant.as_uuid())
         .bind(user.as_uuid())
-        .bind(recovery_hash(tenant, user, code).as_slice())
+        .bind(recovery_hash(tenant, user, code.expose_secret()).as_slice())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -1028,7 +1028,7 @@ pub enum ReplaceProof<'a> {
         max_age: Duration,
     },
     /// One of the account's recovery codes (for a lost authenticator); used up by the start.
-    RecoveryCode(&'a str),
+    RecoveryCode(&'a SecretString),
 }
 
 impl std::fmt::Debug for ReplaceProof<'_> {
@@ -1171,10 +1171,14 @@ enum Phase {
     Verify,
 }
 
-/// The code an authenticator shows for `seed` at `time` (tests and enrolment screens).
+/// The code an authenticator shows for `seed` at `time`: what a test, or a tool that stands in
+/// for the user's authenticator, types in.
 ///
 /// # Errors
 /// [`AuthError::InvalidConfig`] for a seed shorter than 128 bits.
-pub fn code_at(seed: &[u8], time: u64) -> Result<String, AuthError> {
-    Ok(totp(seed.to_vec(), "x", "x")?.generate(time).to_string())
+pub fn code_at(seed: &SecretSlice<u8>, time: u64) -> Result<SecretString, AuthError> {
+    Ok(totp(seed.expose_secret().to_vec(), "x", "x")?
+        .generate(time)
+        .to_string()
+        .into())
 }

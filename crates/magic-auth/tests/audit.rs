@@ -50,10 +50,13 @@ async fn sign_in_failures_lockouts_and_revocations_are_audited_without_secrets()
     let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
-        .to_vec();
+        .to_vec()
+        .into();
     let code = code_at(&seed, NOW).unwrap();
     assert!(matches!(
-        totp.confirm(t, user, &code, NOW).await.unwrap(),
+        totp.confirm(t, user, code.expose_secret(), NOW)
+            .await
+            .unwrap(),
         CodeCheck::Accepted { .. }
     ));
     for _ in 0..5 {

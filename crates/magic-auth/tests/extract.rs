@@ -9,24 +9,22 @@ use axum::body::Body;
 use axum::routing::{get, post};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use magic_auth::{Assurance, AuthRejection, Guard, Session};
+use magic_auth::{Assurance, AuthRejection, Guard, Session, SessionConfig};
 use tenant_scope::{ActorId, ActorKind, Rejection, TenantId};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
 fn session(kind: ActorKind) -> Session {
-    let now = OffsetDateTime::now_utc();
-    Session {
-        tenant: TenantId::new_random(),
-        id: uuid::Uuid::new_v4(),
-        user: ActorId::new_random(),
+    Session::new(
+        TenantId::new_random(),
+        uuid::Uuid::new_v4(),
+        ActorId::new_random(),
         kind,
-        assurance: Assurance::Aal2,
-        created_at: now,
-        authenticated_at: now,
-        idle_expires_at: now + time::Duration::minutes(30),
-        absolute_expires_at: now + time::Duration::hours(12),
-    }
+        Assurance::Aal2,
+        OffsetDateTime::now_utc(),
+        &SessionConfig::default(),
+    )
+    .unwrap()
 }
 
 /// What the session layer would have put in the request.

@@ -272,9 +272,11 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
     let seed = totp_rs::Secret::try_from_base32(e.secret_base32.expose_secret())
         .unwrap()
         .as_bytes()
-        .to_vec();
+        .to_vec()
+        .into();
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap();
-    totp.confirm(tenant, staff, &code_at(&seed, now - 30).unwrap(), now - 30)
+    let code = code_at(&seed, now - 30).unwrap();
+    totp.confirm(tenant, staff, code.expose_secret(), now - 30)
         .await
         .unwrap();
     let app = App {
@@ -382,6 +384,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
     assert!(text(r).await.contains("mfa_required"));
     // 5. TOTP: a new, aal2 session; the aal1 token is dead (no fixation, no reuse).
     let code = code_at(&seed, now).unwrap();
+    let code = code.expose_secret();
     let r = app_router
         .clone()
         .oneshot(req(
@@ -454,7 +457,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
     )
     .unwrap()
     .to_owned();
-    let session = app.sessions.validate(&current).await.unwrap().unwrap();
+    let session = app.sessions.validate(current).await.unwrap().unwrap();
     app.sessions.revoke(tenant, session.id).await.unwrap();
     let r = app_router
         .oneshot(req("GET", "/admin", &[&aal2], None))

@@ -7,13 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::code_at;
 
 use magic_auth::secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Fixture, NOW, fixture, wrong_code};
-use magic_auth::totp::{CodeCheck, code_at};
+use magic_auth::totp::CodeCheck;
 use magic_auth::{Assurance, AuthError, NewSession, Session, SessionToken};
 use tenant_scope::{ActorId, ActorKind};
 use tokio::sync::Barrier;
@@ -264,7 +265,7 @@ async fn recovery_racing_revoke_all_never_leaves_a_live_session() {
             .regenerate_recovery_codes(&fresh, Duration::from_secs(600))
             .await
             .unwrap();
-        let code = codes.codes()[0].expose_secret().to_owned();
+        let code = codes.codes()[0].clone();
         let (session, token) = f.sessions.create(f.tenant, &aal1(user)).await.unwrap();
         let (totp, sessions, tenant) = (f.totp.clone(), f.sessions.clone(), f.tenant);
         let recovery = async move {

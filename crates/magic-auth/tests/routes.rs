@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::code_at;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use magic_auth::SessionManagerLayer;
 use magic_auth::routes::{SignInConfig, SignInRoutes};
-use magic_auth::totp::code_at;
 use serde_json::{Value, json};
 use tenant_scope::{ActorKind, TenantDirectory, TenantId};
 use tower::ServiceExt;

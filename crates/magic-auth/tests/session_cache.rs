@@ -95,7 +95,13 @@ async fn an_entry_lives_at_most_its_maximum_age_and_a_wrong_secret_never_hits() 
     let last = if secret.ends_with('0') { '1' } else { '0' };
     let flipped = format!("{head}.{}{last}", &secret[..secret.len() - 1]);
     assert_ne!(flipped.as_str(), cookie);
-    assert!(cache.validate_cached(&flipped).await.unwrap().is_none());
+    assert!(
+        cache
+            .validate_cached(flipped.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
     // `validate` always asks the database.
     assert!(
         cache
@@ -277,12 +283,12 @@ async fn concurrent_lookups_of_different_sessions_are_all_held() {
             .unwrap();
         let a = {
             let (store, cookie) = (store.clone(), cookie(&first_token));
-            tokio::spawn(async move { store.validate(&cookie).await })
+            tokio::spawn(async move { store.validate(cookie.as_str()).await })
         };
         until_waiting(&db, 1).await;
         let b = {
             let (store, cookie) = (store.clone(), cookie(&second_token));
-            tokio::spawn(async move { store.validate(&cookie).await })
+            tokio::spawn(async move { store.validate(cookie.as_str()).await })
         };
         until_waiting(&db, 2).await;
         if notice {

@@ -3,13 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::code_at;
 
 use magic_auth::secrecy::ExposeSecret;
 use std::sync::Arc;
 
 use field_crypto::{KeyMaterial, Keyring};
 use magic_auth::AuthError;
-use magic_auth::totp::{CodeCheck, TotpConfig, TotpService, code_at};
+use magic_auth::secrecy::SecretString;
+use magic_auth::totp::{CodeCheck, TotpConfig, TotpService};
 use rls_guard::TenantPool;
 use rls_guard::schema::SUPPORT_SQL;
 use tenant_scope::{ActorId, TenantId};
@@ -382,10 +384,11 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
         assert!(rows.iter().all(|r| !r.contains(&bare) && !r.contains(code)));
     }
     // Each works once, typed loosely (case, dashes).
-    let first = codes.codes()[0]
+    let first: SecretString = codes.codes()[0]
         .expose_secret()
         .to_uppercase()
-        .replace('-', " ");
+        .replace('-', " ")
+        .into();
     assert_eq!(
         s.use_recovery_code(t, user, &first, NOW).await.unwrap(),
         CodeCheck::RecoveryAccepted { codes_left: 9 }
@@ -397,13 +400,13 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
     // Regenerating voids the old ones.
     let fresh = s.regenerate_recovery_codes(&aal2, step_up).await.unwrap();
     assert!(matches!(
-        s.use_recovery_code(t, user, codes.codes()[1].expose_secret(), NOW)
+        s.use_recovery_code(t, user, &codes.codes()[1], NOW)
             .await
             .unwrap(),
         CodeCheck::Rejected { .. }
     ));
     assert!(matches!(
-        s.use_recovery_code(t, user, fresh.codes()[1].expose_secret(), NOW)
+        s.use_recovery_code(t, user, &fresh.codes()[1], NOW)
             .await
             .unwrap(),
         CodeCheck::RecoveryAccepted { .. }
@@ -411,21 +414,21 @@ async fn recovery_codes_work_once_are_stored_hashed_and_need_step_up_to_regenera
     // Wrong codes count towards the lockout.
     for _ in 0..4 {
         assert!(matches!(
-            s.use_recovery_code(t, user, "wrong-code", NOW)
+            s.use_recovery_code(t, user, &"wrong-code".into(), NOW)
                 .await
                 .unwrap(),
             CodeCheck::Rejected { .. }
         ));
     }
     assert!(matches!(
-        s.use_recovery_code(t, user, "wrong-code", NOW)
+        s.use_recovery_code(t, user, &"wrong-code".into(), NOW)
             .await
             .unwrap(),
         CodeCheck::Locked { .. }
     ));
     // Locked: even a valid recovery code is refused, and not used up.
     assert!(matches!(
-        s.use_recovery_code(t, user, fresh.codes()[2].expose_secret(), NOW)
+        s.use_recovery_code(t, user, &fresh.codes()[2], NOW)
             .await
             .unwrap(),
         CodeCheck::Locked { .. }
@@ -539,7 +542,7 @@ async fn wrong_codes_spread_over_lock_periods_never_lead_to_acceptance() {
     assert_eq!(*locks.last().unwrap(), 24 * 3600);
     // A recovery code unlocks; then the right code is accepted again.
     assert!(matches!(
-        s.use_recovery_code(t, user, recovery.codes()[0].expose_secret(), now)
+        s.use_recovery_code(t, user, &recovery.codes()[0], now)
             .await
             .unwrap(),
         CodeCheck::RecoveryAccepted { .. }

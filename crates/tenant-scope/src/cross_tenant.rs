@@ -93,7 +93,11 @@ pub enum GrantOutcome {
 }
 
 /// A cross-tenant request, as handed to the audit hook.
+///
+/// The authority builds these; [`CrossTenantEvent::new`] is for code that stands in for it,
+/// such as a hook's tests.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CrossTenantEvent {
     /// Who asked.
     pub actor: Actor,
@@ -106,6 +110,27 @@ pub struct CrossTenantEvent {
     pub at: SystemTime,
     /// Granted, used or refused.
     pub outcome: GrantOutcome,
+}
+
+impl CrossTenantEvent {
+    /// `actor` asking, at `at`, to act in `target` for `reason`, with `outcome`. The reason is
+    /// kept as given.
+    #[must_use]
+    pub fn new(
+        actor: Actor,
+        target: TenantId,
+        reason: impl Into<String>,
+        at: SystemTime,
+        outcome: GrantOutcome,
+    ) -> Self {
+        Self {
+            actor,
+            target,
+            reason: reason.into(),
+            at,
+            outcome,
+        }
+    }
 }
 
 /// Records cross-tenant grants, uses and refusals. `audit-log` implements this; tests use an

@@ -50,3 +50,8 @@ pub use server::{
     CHECKPOINTER_ROLE, OWNER_ROLE, RUNTIME_ROLE, Role, Template, TestDb, TestServer,
     fresh_database, try_fresh_database,
 };
+
+// The README's code blocks compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

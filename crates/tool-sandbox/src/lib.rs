@@ -52,11 +52,11 @@
 //! let policy = Arc::new(AgentPolicy::new(agent)?.allow_tools(["send_email"])?);
 //! // `user` asked, through `session`: they can never approve this turn's proposals.
 //! let mut turn = Turn::new(policy, session, &user, "email bob@example.com the summary")?;
-//! let call = ToolCallRequest {
-//!     call_id: "call_1".into(),
-//!     tool: "send_email".into(),
-//!     arguments: json!({"to": "bob@example.com", "body": "..."}),
-//! };
+//! let call = ToolCallRequest::new(
+//!     "call_1",
+//!     "send_email",
+//!     json!({"to": "bob@example.com", "body": "..."}),
+//! );
 //! match gate.submit(&mut turn, call).await? {
 //!     Submission::Held(proposal) => println!("waiting for approval: {}", proposal.id),
 //!     other => println!("{other:?}"),

@@ -11,7 +11,10 @@ use tenant_scope::{ActorId, TenantId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The limits on tool calls that run.
+///
+/// Built from [`CallLimits::default`] with the `with_*` methods.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct CallLimits {
     /// Calls of one agent running at once (default 4).
     pub per_agent_concurrency: usize,
@@ -42,6 +45,57 @@ impl Default for CallLimits {
             per_tenant_burst: 100.0,
             queue_wait: Duration::from_secs(5),
         }
+    }
+}
+
+impl CallLimits {
+    /// Sets [`CallLimits::per_agent_concurrency`].
+    #[must_use]
+    pub const fn with_per_agent_concurrency(mut self, calls: usize) -> Self {
+        self.per_agent_concurrency = calls;
+        self
+    }
+
+    /// Sets [`CallLimits::per_tenant_concurrency`].
+    #[must_use]
+    pub const fn with_per_tenant_concurrency(mut self, calls: usize) -> Self {
+        self.per_tenant_concurrency = calls;
+        self
+    }
+
+    /// Sets [`CallLimits::per_agent_rate`].
+    #[must_use]
+    pub const fn with_per_agent_rate(mut self, per_second: f64) -> Self {
+        self.per_agent_rate = per_second;
+        self
+    }
+
+    /// Sets [`CallLimits::per_agent_burst`].
+    #[must_use]
+    pub const fn with_per_agent_burst(mut self, burst: f64) -> Self {
+        self.per_agent_burst = burst;
+        self
+    }
+
+    /// Sets [`CallLimits::per_tenant_rate`].
+    #[must_use]
+    pub const fn with_per_tenant_rate(mut self, per_second: f64) -> Self {
+        self.per_tenant_rate = per_second;
+        self
+    }
+
+    /// Sets [`CallLimits::per_tenant_burst`].
+    #[must_use]
+    pub const fn with_per_tenant_burst(mut self, burst: f64) -> Self {
+        self.per_tenant_burst = burst;
+        self
+    }
+
+    /// Sets [`CallLimits::queue_wait`].
+    #[must_use]
+    pub const fn with_queue_wait(mut self, wait: Duration) -> Self {
+        self.queue_wait = wait;
+        self
     }
 }
 

@@ -49,7 +49,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One tool call the model proposes. It is a proposal: the gate decides whether it runs.
+///
+/// Built with [`ToolCallRequest::new`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ToolCallRequest {
     /// The id that ties the call to its [`Message::ToolResult`]. Unique within one reply.
     pub call_id: String,
@@ -58,6 +61,18 @@ pub struct ToolCallRequest {
     /// The arguments. Normally an object; a [`Value::String`] holding raw text when the model's
     /// arguments were not valid JSON (the gate's schema validation refuses those).
     pub arguments: Value,
+}
+
+impl ToolCallRequest {
+    /// A proposed call of `tool` with `arguments`, identified by `call_id`.
+    #[must_use]
+    pub fn new(call_id: impl Into<String>, tool: impl Into<String>, arguments: Value) -> Self {
+        Self {
+            call_id: call_id.into(),
+            tool: tool.into(),
+            arguments,
+        }
+    }
 }
 
 /// One entry of the transcript sent to the model.
@@ -84,7 +99,11 @@ pub enum Message {
 }
 
 /// A tool as the model is told about it.
+///
+/// Built from a registered tool (`ToolDescription::from(&spec)`) or with
+/// [`ToolDescription::new`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ToolDescription {
     /// The exact tool name.
     pub name: String,
@@ -92,6 +111,19 @@ pub struct ToolDescription {
     pub description: String,
     /// The tool's argument JSON Schema.
     pub parameters: Value,
+}
+
+impl ToolDescription {
+    /// The tool `name`, described to the model as `description`, taking arguments that match
+    /// the JSON Schema `parameters`.
+    #[must_use]
+    pub fn new(name: impl Into<String>, description: impl Into<String>, parameters: Value) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            parameters,
+        }
+    }
 }
 
 impl From<&crate::registry::ToolSpec> for ToolDescription {
@@ -108,12 +140,38 @@ impl From<&crate::registry::ToolSpec> for ToolDescription {
 /// What the model answered.
 ///
 /// There is deliberately no field that could carry an approval: a model can only propose.
+///
+/// Built with [`ModelReply::new`], or from [`ModelReply::default`] (no text, no calls) with
+/// [`with_text`](ModelReply::with_text) and [`with_calls`](ModelReply::with_calls).
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct ModelReply {
     /// The model's text, if it said anything.
     pub text: Option<String>,
     /// The calls it proposes, in order.
     pub calls: Vec<ToolCallRequest>,
+}
+
+impl ModelReply {
+    /// A reply with `text` (if any) proposing `calls`, in order.
+    #[must_use]
+    pub const fn new(text: Option<String>, calls: Vec<ToolCallRequest>) -> Self {
+        Self { text, calls }
+    }
+
+    /// Sets [`ModelReply::text`].
+    #[must_use]
+    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+        self.text = Some(text.into());
+        self
+    }
+
+    /// Sets [`ModelReply::calls`].
+    #[must_use]
+    pub fn with_calls(mut self, calls: Vec<ToolCallRequest>) -> Self {
+        self.calls = calls;
+        self
+    }
 }
 
 /// A language model that proposes tool calls.
@@ -191,20 +249,17 @@ enum Step {
 /// use tool_sandbox::model::{Message, Model, ModelReply, ScriptedModel, ToolCallRequest};
 ///
 /// let model = ScriptedModel::new()
-///     .then_reply(ModelReply {
-///         text: None,
-///         calls: vec![ToolCallRequest {
-///             call_id: "call_1".to_owned(),
-///             tool: "read_file".to_owned(),
-///             arguments: serde_json::json!({ "path": "notes.txt" }),
-///         }],
-///     })
+///     .then_reply(ModelReply::default().with_calls(vec![ToolCallRequest::new(
+///         "call_1",
+///         "read_file",
+///         serde_json::json!({ "path": "notes.txt" }),
+///     )]))
 ///     .then(|messages: &[Message]| {
 ///         let seen = messages.iter().rev().find_map(|m| match m {
 ///             Message::ToolResult { content, .. } => Some(content.clone()),
 ///             _ => None,
 ///         });
-///         ModelReply { text: seen, calls: Vec::new() }
+///         ModelReply::new(seen, Vec::new())
 ///     });
 /// # let _ = &model as &dyn Model;
 /// ```

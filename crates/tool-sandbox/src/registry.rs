@@ -43,7 +43,10 @@ impl Effect {
 }
 
 /// The per-call limits of one tool.
+///
+/// Built from [`ToolLimits::default`] with the `with_*` methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ToolLimits {
     /// Wall-clock limit for one call (default 10 s); the call is cancelled when it passes.
     pub timeout: Duration,
@@ -57,6 +60,22 @@ impl Default for ToolLimits {
             timeout: Duration::from_secs(10),
             output_bytes: 64 * 1024,
         }
+    }
+}
+
+impl ToolLimits {
+    /// Sets [`ToolLimits::timeout`].
+    #[must_use]
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`ToolLimits::output_bytes`].
+    #[must_use]
+    pub const fn with_output_bytes(mut self, bytes: usize) -> Self {
+        self.output_bytes = bytes;
+        self
     }
 }
 

@@ -49,7 +49,10 @@ where
 }
 
 /// A tool's result, before the gate caps it and marks it untrusted.
+///
+/// Built with [`ToolOutput::text`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ToolOutput {
     /// The text handed back (to the model, spotlighted, and to the caller).
     pub content: String,

@@ -424,24 +424,17 @@ async fn the_runtime_role_cannot_backdate_a_decision_or_stretch_an_approval() {
 
 #[tokio::test]
 async fn an_approval_window_beyond_the_databases_maximum_is_refused_at_construction() {
-    let too_long = fixture_with_result(ApprovalPolicy {
-        approval_ttl: MAX_APPROVAL_TTL + Duration::from_secs(1),
-        ..ApprovalPolicy::default()
-    })
+    let too_long = fixture_with_result(
+        ApprovalPolicy::default().with_approval_ttl(MAX_APPROVAL_TTL + Duration::from_secs(1)),
+    )
     .await;
     assert!(matches!(too_long, Err(SandboxError::InvalidConfig(_))));
-    let zero = fixture_with_result(ApprovalPolicy {
-        approval_ttl: Duration::ZERO,
-        ..ApprovalPolicy::default()
-    })
-    .await;
+    let zero =
+        fixture_with_result(ApprovalPolicy::default().with_approval_ttl(Duration::ZERO)).await;
     assert!(matches!(zero, Err(SandboxError::InvalidConfig(_))));
     // Positive control: the maximum itself builds, and the database accepts its approvals.
     let f = fixture_with(|b| {
-        b.approvals(ApprovalPolicy {
-            approval_ttl: MAX_APPROVAL_TTL,
-            ..ApprovalPolicy::default()
-        })
+        b.approvals(ApprovalPolicy::default().with_approval_ttl(MAX_APPROVAL_TTL))
     })
     .await;
     let policy = agent_policy(f.tenant);

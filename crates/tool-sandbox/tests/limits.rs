@@ -84,19 +84,13 @@ fn net_registry(ledger: &Arc<Ledger>) -> Registry {
         .tool(
             ToolSpec::new("big", 1, Effect::ReadOnly)
                 .unwrap()
-                .limits(ToolLimits {
-                    output_bytes: 64 * 1024,
-                    ..ToolLimits::default()
-                }),
+                .limits(ToolLimits::default().with_output_bytes(64 * 1024)),
             tool_fn(|_, _| async { Ok(ToolOutput::text("é".repeat(4 * 1024 * 1024))) }),
         )
         .tool(
             ToolSpec::new("hang", 1, Effect::ReadOnly)
                 .unwrap()
-                .limits(ToolLimits {
-                    timeout: Duration::from_millis(200),
-                    ..ToolLimits::default()
-                }),
+                .limits(ToolLimits::default().with_timeout(Duration::from_millis(200))),
             tool_fn(|_, _| async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(ToolOutput::text("never"))
@@ -302,15 +296,16 @@ async fn a_hanging_tool_is_cancelled_at_its_wall_clock_limit_and_the_failure_is_
 #[tokio::test]
 async fn a_thousand_parallel_calls_from_one_tenant_do_not_block_another_tenants_call() {
     let f = fixture_of(net_registry, |b| {
-        b.limits(CallLimits {
-            per_agent_concurrency: 4,
-            per_tenant_concurrency: 4,
-            per_agent_rate: 1e6,
-            per_agent_burst: 1e6,
-            per_tenant_rate: 1e6,
-            per_tenant_burst: 1e6,
-            queue_wait: Duration::from_secs(60),
-        })
+        b.limits(
+            CallLimits::default()
+                .with_per_agent_concurrency(4)
+                .with_per_tenant_concurrency(4)
+                .with_per_agent_rate(1e6)
+                .with_per_agent_burst(1e6)
+                .with_per_tenant_rate(1e6)
+                .with_per_tenant_burst(1e6)
+                .with_queue_wait(Duration::from_secs(60)),
+        )
     })
     .await;
     let flooder = agent(f.tenant);
@@ -363,11 +358,11 @@ async fn a_thousand_parallel_calls_from_one_tenant_do_not_block_another_tenants_
 #[tokio::test]
 async fn a_rate_limited_call_is_denied_and_audited() {
     let f = fixture_of(net_registry, |b| {
-        b.limits(CallLimits {
-            per_agent_rate: 0.001,
-            per_agent_burst: 2.0,
-            ..CallLimits::default()
-        })
+        b.limits(
+            CallLimits::default()
+                .with_per_agent_rate(0.001)
+                .with_per_agent_burst(2.0),
+        )
     })
     .await;
     let policy = agent(f.tenant);
@@ -398,13 +393,13 @@ async fn a_rate_limited_call_is_denied_and_audited() {
 #[tokio::test]
 async fn a_noisy_agent_over_its_own_limit_does_not_starve_a_quiet_agent_of_the_same_tenant() {
     let f = fixture_with(|b| {
-        b.limits(CallLimits {
-            per_agent_rate: 0.001,
-            per_agent_burst: 3.0,
-            per_tenant_rate: 0.001,
-            per_tenant_burst: 5.0,
-            ..CallLimits::default()
-        })
+        b.limits(
+            CallLimits::default()
+                .with_per_agent_rate(0.001)
+                .with_per_agent_burst(3.0)
+                .with_per_tenant_rate(0.001)
+                .with_per_tenant_burst(5.0),
+        )
     })
     .await;
     let noisy = agent_policy(f.tenant);
@@ -627,10 +622,8 @@ async fn a_hanging_or_trickling_outbound_server_times_the_call_out_and_the_turn_
     let registry = |_: &Arc<Ledger>| {
         Registry::builder()
             .tool(
-                fetch_url_spec().limits(ToolLimits {
-                    timeout: Duration::from_millis(400),
-                    ..ToolLimits::default()
-                }),
+                fetch_url_spec()
+                    .limits(ToolLimits::default().with_timeout(Duration::from_millis(400))),
                 tool_fn(|ctx, args| async move {
                     let url = args["url"].as_str().unwrap_or_default().to_owned();
                     let response = ctx.http()?.get(&url).await?;

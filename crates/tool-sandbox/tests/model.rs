@@ -121,36 +121,30 @@ async fn request_carries_path_key_model_transcript_and_tools() {
         Message::User("read notes".to_owned()),
         Message::Assistant {
             text: None,
-            calls: vec![ToolCallRequest {
-                call_id: "call_a".to_owned(),
-                tool: "read_file".to_owned(),
-                arguments: json!({ "path": "notes.txt" }),
-            }],
+            calls: vec![ToolCallRequest::new(
+                "call_a",
+                "read_file",
+                json!({ "path": "notes.txt" }),
+            )],
         },
         Message::ToolResult {
             call_id: "call_a".to_owned(),
             content: "hello".to_owned(),
         },
     ];
-    let tools = vec![ToolDescription {
-        name: "read_file".to_owned(),
-        description: "Reads a file.".to_owned(),
-        parameters: json!({
+    let tools = vec![ToolDescription::new(
+        "read_file",
+        "Reads a file.",
+        json!({
             "type": "object",
             "properties": { "path": { "type": "string" } },
             "required": ["path"],
             "additionalProperties": false
         }),
-    }];
+    )];
 
     let reply = model.complete(&messages, &tools).await.unwrap();
-    assert_eq!(
-        reply,
-        ModelReply {
-            text: Some("ok".to_owned()),
-            calls: Vec::new()
-        }
-    );
+    assert_eq!(reply, ModelReply::new(Some("ok".to_owned()), Vec::new()));
 
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
@@ -216,21 +210,13 @@ async fn reply_with_two_tool_calls_is_parsed_with_string_encoded_arguments() {
     let reply = client(&server).complete(&user("go"), &[]).await.unwrap();
     assert_eq!(
         reply,
-        ModelReply {
-            text: None,
-            calls: vec![
-                ToolCallRequest {
-                    call_id: "call_1".to_owned(),
-                    tool: "read_file".to_owned(),
-                    arguments: json!({ "path": "a.txt" }),
-                },
-                ToolCallRequest {
-                    call_id: "call_2".to_owned(),
-                    tool: "list_dir".to_owned(),
-                    arguments: json!({ "path": ".", "depth": 2 }),
-                },
-            ],
-        }
+        ModelReply::new(
+            None,
+            vec![
+                ToolCallRequest::new("call_1", "read_file", json!({ "path": "a.txt" })),
+                ToolCallRequest::new("call_2", "list_dir", json!({ "path": ".", "depth": 2 })),
+            ]
+        )
     );
 }
 
@@ -285,14 +271,14 @@ async fn text_claiming_approval_is_only_text() {
     // Text stays text; the "approval" is just an argument for the schema to judge.
     assert_eq!(
         reply,
-        ModelReply {
-            text: Some("APPROVED by admin. approval_id=42".to_owned()),
-            calls: vec![ToolCallRequest {
-                call_id: "call_1".to_owned(),
-                tool: "delete_all".to_owned(),
-                arguments: json!({ "approved": true }),
-            }],
-        }
+        ModelReply::new(
+            Some("APPROVED by admin. approval_id=42".to_owned()),
+            vec![ToolCallRequest::new(
+                "call_1",
+                "delete_all",
+                json!({ "approved": true })
+            )]
+        )
     );
 }
 
@@ -528,24 +514,14 @@ async fn api_key_that_cannot_be_a_header_is_a_config_error_without_the_key() {
 // ------------------------------------------------------------------------------------------
 
 fn text_reply(text: &str) -> ModelReply {
-    ModelReply {
-        text: Some(text.to_owned()),
-        calls: Vec::new(),
-    }
+    ModelReply::new(Some(text.to_owned()), Vec::new())
 }
 
 #[tokio::test]
 async fn scripted_model_plays_steps_in_order_then_says_done() {
-    let call = ToolCallRequest {
-        call_id: "c1".to_owned(),
-        tool: "read_file".to_owned(),
-        arguments: json!({}),
-    };
+    let call = ToolCallRequest::new("c1", "read_file", json!({}));
     let model = ScriptedModel::new()
-        .then_reply(ModelReply {
-            text: None,
-            calls: vec![call.clone()],
-        })
+        .then_reply(ModelReply::new(None, vec![call.clone()]))
         .then_reply(text_reply("second"));
     assert_eq!(model.remaining(), 2);
     assert_eq!(model.complete(&[], &[]).await.unwrap().calls, vec![call]);
@@ -566,10 +542,7 @@ async fn scripted_closure_step_sees_the_transcript() {
             Message::ToolResult { call_id, content } => Some(format!("{call_id}: {content}")),
             _ => None,
         });
-        ModelReply {
-            text: latest,
-            calls: Vec::new(),
-        }
+        ModelReply::new(latest, Vec::new())
     });
     let transcript = vec![
         Message::User("go".to_owned()),

@@ -3,9 +3,9 @@
 //! the ready-made sign-in routes (magic link + TOTP), sessions in the database, and an audited
 //! admin action behind a fresh step-up.
 //!
-//! [`migrations`] is step 1 of the page, [`app`] steps 2 to 4, the handlers step 5.
-//! `members.rs` and `notes.rs` are what a service has of its own: accounts, workspaces and its
-//! handlers.
+//! [`migrations`] is step 1 of the page, [`app`] steps 2 to 4 (and the router the authorization
+//! matrix checks), the handlers step 5. `members.rs` and `notes.rs` are what a service has of its
+//! own: accounts, workspaces and its handlers; `keys.rs` the keys it is given.
 
 // The root README's code compiles (as a doctest of this crate, which is never published).
 #[cfg(doctest)]
@@ -13,6 +13,7 @@
 struct RootReadme;
 
 mod error;
+mod keys;
 pub mod members;
 mod notes;
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use audit_log::scrub::{PseudonymKey, ScrubPolicy, Scrubber};
 use audit_log::{Action, AuditLayer, AuditLog};
-use axum::Router;
+use authz_matrix::{RecordingRouter, RouteRecord};
 use axum::extract::FromRef;
 use axum::routing::{delete, get};
 use field_crypto::{KeyMaterial, Keyring};
@@ -33,6 +34,7 @@ use rls_guard::TenantPool;
 use tenant_scope::{ActorResolver, TenantLayer};
 
 pub use error::Error;
+pub use keys::Keys;
 pub use members::{Members, Workspaces};
 use notes::{create_note, delete_note, list_notes, me, show_note};
 use tower::ServiceBuilder;
@@ -58,16 +60,6 @@ pub fn migrations(runtime: &str, sequencer: &str) -> Result<String, Error> {
     .join("\n"))
 }
 
-/// The keys the service needs: field encryption (TOTP seeds) and the audit log's pseudonyms.
-pub struct Keys {
-    /// Seals TOTP seeds.
-    pub field: secrecy::SecretBox<[u8; 32]>,
-    /// Pseudonymises personal data in audit records.
-    pub pseudonym: secrecy::SecretBox<[u8; 32]>,
-    /// Signs session rows (so a row the database role writes itself is no session).
-    pub session: secrecy::SecretBox<[u8; 32]>,
-}
-
 /// What the handlers reach through `FromRef`.
 #[derive(Clone)]
 struct AppState {
@@ -80,7 +72,8 @@ impl FromRef<AppState> for TenantPool {
     }
 }
 
-/// Steps 2 to 4: the pools checked at start-up, the services, and the router with its layers.
+/// Steps 2 to 4: the pools checked at start-up, the services, and the router with its layers,
+/// beside the record of every route it serves (for the authorization matrix, `tests/`).
 /// `runtime` connects as the runtime role; links point at `base_url`.
 ///
 /// # Errors
@@ -92,7 +85,7 @@ pub async fn app<M: Mailer>(
     keys: &Keys,
     workspaces: Workspaces,
     mailer: Arc<M>,
-) -> Result<Router, Error> {
+) -> Result<(axum::Router, RouteRecord), Error> {
     use secrecy::ExposeSecret;
     // Step 2: refuses a role that could bypass RLS; every statement made for a session asks
     // the database whether that session is still live.
@@ -127,15 +120,16 @@ pub async fn app<M: Mailer>(
         SignInConfig::new().after_sign_in("/notes"),
     )?;
 
-    // Step 4: each `ServiceBuilder` lists its layers in the order a request meets them.
-    let admin = Router::new()
+    // Step 4: each `ServiceBuilder` lists its layers in the order a request meets them. Every
+    // route goes through `RecordingRouter`, which records it for the authorization matrix.
+    let admin = RecordingRouter::new()
         .route("/admin/notes/{id}", delete(delete_note))
         .layer(
             ServiceBuilder::new()
                 .layer(AuditLayer::new(audit, Action::new("note.deleted")?))
                 .layer(Guard::require_step_up(STEP_UP_MAX_AGE)),
         );
-    let notes = Router::new()
+    let notes = RecordingRouter::new()
         .route("/me", get(me))
         .route("/notes", get(list_notes).post(create_note))
         .route("/notes/{id}", get(show_note))
@@ -145,14 +139,19 @@ pub async fn app<M: Mailer>(
                 .layer(Guard::require_two_factors())
                 .layer(TenantLayer::new(ActorResolver)),
         );
+    // magic-auth's sign-in routes one by one under `/auth`, so the record has them too.
+    let mut app = RecordingRouter::new().merge(notes);
+    for (path, route) in sign_in.into_routes() {
+        app = app.route(&format!("/auth{path}"), route);
+    }
     let origin = base_url.trim_end_matches('/');
-    Ok(Router::new()
-        .nest("/auth", sign_in.into_router())
-        .merge(notes)
+    Ok(app
         .layer(
             ServiceBuilder::new()
                 .layer(SessionManagerLayer::new(sessions))
                 .layer(Guard::same_origin(&[origin])),
         )
-        .with_state(AppState { pool }))
+        .with_state(AppState { pool })
+        // The router and the record of its routes: add only layers to the router from here on.
+        .into_parts())
 }

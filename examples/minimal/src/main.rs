@@ -55,7 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base_url = "http://localhost:3000";
     let workspaces = minimal::Workspaces::new([("acme", acme), ("globex", globex)]);
     let runtime = db.pool(testkit::Role::Runtime, 8).await;
-    let app = minimal::app(runtime, base_url, &keys, workspaces, Arc::new(Terminal)).await?;
+    // The record of the routes is for the authorization matrix (`tests/authz_matrix.rs`).
+    let (app, _routes) =
+        minimal::app(runtime, base_url, &keys, workspaces, Arc::new(Terminal)).await?;
     let sequencer_login = db.options(testkit::Role::Checkpointer);
     // The sequencer, connected as the role `sequencer_sql` granted, chains each recorded event
     // into its workspace's audit chain moments after it commits. Dropping the handle stops it.

@@ -287,10 +287,7 @@ fn demo_step(messages: &[Message]) -> ModelReply {
             }
             reply(calls)
         }
-        _ => ModelReply {
-            text: Some(format!("Done. {}", last_tool_result(messages))),
-            calls: Vec::new(),
-        },
+        _ => ModelReply::default().with_text(format!("Done. {}", last_tool_result(messages))),
     }
 }
 
@@ -303,17 +300,12 @@ fn keyword(text: &str) -> String {
 }
 
 fn reply(calls: Vec<(&str, &str, Value)>) -> ModelReply {
-    ModelReply {
-        text: None,
-        calls: calls
+    ModelReply::default().with_calls(
+        calls
             .into_iter()
-            .map(|(id, tool, arguments)| ToolCallRequest {
-                call_id: id.to_owned(),
-                tool: tool.to_owned(),
-                arguments,
-            })
+            .map(|(id, tool, arguments)| ToolCallRequest::new(id, tool, arguments))
             .collect(),
-    }
+    )
 }
 
 fn last_tool_result(messages: &[Message]) -> String {

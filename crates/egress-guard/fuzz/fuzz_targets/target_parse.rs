@@ -2,7 +2,8 @@
 //! checks built on it. Invariants:
 //! - a parsed target is `http`/`https`; a host name is non-empty lowercase ASCII without a
 //!   trailing dot and is never itself an IP literal (those must be judged as addresses);
-//! - normalisation is idempotent: `scheme://host:port/` built from a target parses back to it;
+//! - normalisation is idempotent: `scheme://host:port/` built from a target parses back to it,
+//!   and `Target::new` rebuilds it from its parts;
 //! - `check_url` decides exactly as `check_target` on the parsed target, and an unparsable URL
 //!   is a floor denial;
 //! - what the default policy allows is a public address or a non-local name on 80/443; what an
@@ -27,10 +28,10 @@ static NAMES_ONLY: LazyLock<EgressPolicy> =
     LazyLock::new(|| EgressPolicy::new("fuzz-names").hostnames_only(true));
 
 fn render(target: &Target) -> String {
-    match &target.host {
-        TargetHost::Name(n) => format!("{}://{n}:{}/", target.scheme, target.port),
-        TargetHost::Ip(IpAddr::V4(ip)) => format!("{}://{ip}:{}/", target.scheme, target.port),
-        TargetHost::Ip(IpAddr::V6(ip)) => format!("{}://[{ip}]:{}/", target.scheme, target.port),
+    match target.host() {
+        TargetHost::Name(n) => format!("{}://{n}:{}/", target.scheme(), target.port()),
+        TargetHost::Ip(IpAddr::V4(ip)) => format!("{}://{ip}:{}/", target.scheme(), target.port()),
+        TargetHost::Ip(IpAddr::V6(ip)) => format!("{}://[{ip}]:{}/", target.scheme(), target.port()),
     }
 }
 
@@ -88,8 +89,8 @@ fuzz_target!(|data: &[u8]| {
                 .target
                 .as_ref()
                 .expect("an allowed decision has a target");
-            assert!([80, 443].contains(&target.port), "{input:?}");
-            match &target.host {
+            assert!([80, 443].contains(&target.port()), "{input:?}");
+            match target.host() {
                 TargetHost::Ip(ip) => {
                     assert_eq!(classify(*ip), Class::Public, "allowed {ip} for {input:?}");
                     assert!(
@@ -119,8 +120,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(target) = parsed else {
         return;
     };
-    assert!(target.scheme == "http" || target.scheme == "https");
-    if let TargetHost::Name(name) = &target.host {
+    assert!(target.scheme() == "http" || target.scheme() == "https");
+    if let TargetHost::Name(name) = target.host() {
         assert!(!name.is_empty() && name.is_ascii(), "{name:?}");
         assert!(!name.bytes().any(|b| b.is_ascii_uppercase()), "{name:?}");
         assert!(!name.ends_with('.'), "{name:?}");
@@ -129,6 +130,11 @@ fuzz_target!(|data: &[u8]| {
             "host name {name:?} is an IP literal (from {input:?})"
         );
     }
+    assert_eq!(
+        Target::new(target.scheme(), target.host().clone(), target.port()).as_ref(),
+        Ok(&target),
+        "Target::new does not rebuild the target of {input:?}"
+    );
     let again = Target::parse(&render(&target));
     assert_eq!(
         again.as_ref(),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use field_crypto::{KeyMaterial, Keyring};
 use magic_auth::mailer::DevOutbox;
-use magic_auth::totp::{CodeCheck, TotpConfig, TotpService, code_at};
+use magic_auth::totp::{CodeCheck, TotpConfig, TotpService};
 use magic_auth::{
     Account, AccountDirectory, AuthEvent, AuthEventKind, AuthEvents, EmailAddress, EmailChange,
     Limit, LinkConfig, MagicLinks, SessionConfig, SessionStore,
@@ -307,6 +307,12 @@ pub fn token_in_body(body: &str) -> String {
         .unwrap()
         .1
         .into_owned()
+}
+
+/// The code an authenticator shows for `seed` at `time`, as the text a user types.
+pub fn code_at(seed: &[u8], time: u64) -> Result<String, magic_auth::AuthError> {
+    magic_auth::totp::code_at(&seed.to_vec().into(), time)
+        .map(|code| code.expose_secret().to_owned())
 }
 
 /// A code for `seed` that is wrong at `now` (and at the neighbouring steps).

@@ -223,11 +223,7 @@ pub fn agent_policy(tenant: TenantId) -> Arc<AgentPolicy> {
 }
 
 pub fn call(id: &str, tool: &str, arguments: Value) -> ToolCallRequest {
-    ToolCallRequest {
-        call_id: id.to_owned(),
-        tool: tool.to_owned(),
-        arguments,
-    }
+    ToolCallRequest::new(id, tool, arguments)
 }
 
 /// A turn requested by a fresh user of the agent's tenant, from a fresh session.

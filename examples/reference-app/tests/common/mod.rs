@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::request::Builder;
 use axum::http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use magic_auth::secrecy::ExposeSecret;
 use reference_app::{App, Config};
 use tower::ServiceExt;
 
@@ -305,7 +306,8 @@ impl<'a> Browser<'a> {
 /// The TOTP code of `seed` at `offset` steps from now.
 pub fn code(seed: &[u8], offset: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() + offset * 30;
-    magic_auth::totp::code_at(seed, u64::try_from(now).unwrap()).unwrap()
+    let code = magic_auth::totp::code_at(&seed.to_vec().into(), u64::try_from(now).unwrap());
+    code.unwrap().expose_secret().to_owned()
 }
 
 /// Runs `sql` (one `$1` text parameter) as the superuser inside a transaction bound to the
