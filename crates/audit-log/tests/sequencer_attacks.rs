@@ -505,3 +505,104 @@ async fn no_role_but_the_owner_can_hold_the_sequencer_up() {
         (1, 0)
     );
 }
+
+/// Whatever table lock the runtime role can take, it cannot stop appends or sequencing: on a
+/// connection of its own it takes, on every table of the `audit` and `app` schemas, the
+/// strongest lock mode PostgreSQL grants it (and every row lock it may), holds them all, and
+/// an event recorded meanwhile is queued and then chained at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lock_the_runtime_role_can_take_holds_up_appends_or_sequencing() {
+    use sqlx::Connection;
+    const MODES: [&str; 8] = [
+        "ACCESS EXCLUSIVE",
+        "EXCLUSIVE",
+        "SHARE ROW EXCLUSIVE",
+        "SHARE",
+        "SHARE UPDATE EXCLUSIVE",
+        "ROW EXCLUSIVE",
+        "ROW SHARE",
+        "ACCESS SHARE",
+    ];
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let warm = TenantId::new_random();
+    append_n(&f, warm, 2).await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname IN ('audit', 'app') AND c.relkind IN ('r', 'p') ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 6, "{tables:?}");
+    let mut runtime = sqlx::PgConnection::connect_with(&f.db.options(Role::Runtime))
+        .await
+        .unwrap();
+    let mut held = runtime.begin().await.unwrap();
+    let mut taken = Vec::new();
+    for table in &tables {
+        for mode in MODES {
+            sqlx::query("SAVEPOINT probe")
+                .execute(&mut *held)
+                .await
+                .unwrap();
+            let lock = format!("LOCK TABLE {table} IN {mode} MODE NOWAIT");
+            if sqlx::query(&lock).execute(&mut *held).await.is_ok() {
+                sqlx::query("RELEASE SAVEPOINT probe")
+                    .execute(&mut *held)
+                    .await
+                    .unwrap();
+                taken.push(format!("{table}: {mode}"));
+                break;
+            }
+            sqlx::query("ROLLBACK TO SAVEPOINT probe")
+                .execute(&mut *held)
+                .await
+                .unwrap();
+        }
+        for rows in [
+            "FOR UPDATE",
+            "FOR NO KEY UPDATE",
+            "FOR SHARE",
+            "FOR KEY SHARE",
+        ] {
+            sqlx::query("SAVEPOINT probe")
+                .execute(&mut *held)
+                .await
+                .unwrap();
+            let lock = format!("SELECT 1 FROM {table} {rows} NOWAIT");
+            if sqlx::query(&lock).execute(&mut *held).await.is_ok() {
+                sqlx::query("RELEASE SAVEPOINT probe")
+                    .execute(&mut *held)
+                    .await
+                    .unwrap();
+                taken.push(format!("{table}: rows {rows}"));
+                break;
+            }
+            sqlx::query("ROLLBACK TO SAVEPOINT probe")
+                .execute(&mut *held)
+                .await
+                .unwrap();
+        }
+    }
+    // It holds some locks (the weakest ones its grants allow), so the probe did run.
+    assert!(
+        taken.iter().any(|t| t.starts_with("audit.events: ")),
+        "{taken:?}"
+    );
+    let t = TenantId::new_random();
+    tokio::time::timeout(std::time::Duration::from_secs(5), f.log.record(event(t, 1)))
+        .await
+        .unwrap_or_else(|_| panic!("an append waited for the runtime role's locks: {taken:?}"))
+        .unwrap();
+    let chained = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        f.sequencer.sequence_batch(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("sequencing waited for the runtime role's locks: {taken:?}"))
+    .unwrap();
+    assert_eq!(chained, 1, "{taken:?}");
+    assert_eq!(chained_count(&admin, t).await, 1);
+    held.rollback().await.unwrap();
+}
