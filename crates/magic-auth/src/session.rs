@@ -468,11 +468,11 @@ impl SessionStore {
 
     /// A session as [`create`](Self::create) makes it, but as if made `age` ago (its factor
     /// check, creation and both expiries that much earlier): for tests of what a stale second
-    /// factor meets. It is never fresher than one made now.
+    /// factor meets (an authorization matrix's "signed in, step-up too old" role, say). It is
+    /// never fresher than one made now.
     ///
     /// # Errors
     /// As [`create`](Self::create); [`AuthError::InvalidConfig`] for an age that does not fit.
-    #[doc(hidden)]
     pub async fn create_aged(
         &self,
         tenant: TenantId,

@@ -569,9 +569,10 @@ impl SandboxedCommand {
         self
     }
 
-    /// Test hook: behave as if this host did not allow namespaces, to exercise the refusal
-    /// and [`Isolation::NamespacesOrWeaker`] without changing the machine.
-    #[doc(hidden)]
+    /// Behave as if this host did not allow namespaces, to test how a service meets such a
+    /// host without changing the machine: under [`Isolation::Namespaces`] the call is refused,
+    /// under [`Isolation::NamespacesOrWeaker`] it runs with the weaker isolation that setting
+    /// already allows. It never weakens a call beyond its `Isolation`.
     #[must_use]
     pub fn simulate_namespaces_unavailable(mut self, unavailable: bool) -> Self {
         self.namespaces_unavailable = unavailable;
