@@ -270,7 +270,12 @@ impl AuditLog {
         // `Executor::execute`: `RawSql::execute`'s future is not provably `Send`.
         sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&bind)).await?;
         // Take the sequencer's lock: no batch is chained while the start moves. Without its row
-        // (a schema not migrated) nothing is pruned.
+        // (a schema not migrated) nothing is pruned; held longer than the lock timeout (by a
+        // sequencer that keeps its transaction open), the prune fails and nothing is pruned.
+        sqlx::query("SELECT pg_catalog.set_config('lock_timeout', $1, true)")
+            .bind(format!("{}s", crate::schema::SEQUENCER_LOCK_TIMEOUT_SECS))
+            .execute(&mut *tx)
+            .await?;
         let locked: Option<bool> =
             sqlx::query_scalar("SELECT held FROM audit.sequencer_lock WHERE held FOR UPDATE")
                 .fetch_optional(&mut *tx)

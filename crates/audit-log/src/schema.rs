@@ -15,8 +15,8 @@
 //! - `audit.sequence(max_rows)`: `SECURITY DEFINER`, owned by the owner, executable only by the
 //!   sequencer role ([`sequencer_sql`]). On an empty queue it returns at once. Otherwise, in one
 //!   transaction, it locks the one row of `audit.sequencer_lock` (retention's prune locks it
-//!   too; no other role may read or lock that table, so none can hold sequencing up), takes
-//!   up to `max_rows` queued events (first an equal share for every tenant with
+//!   too; no other role may read or lock that table; a call waits for it at most
+//!   [`SEQUENCER_LOCK_TIMEOUT_SECS`] seconds, then fails and is retried), takes up to `max_rows` queued events (first an equal share for every tenant with
 //!   queued events, its oldest, then the oldest of any tenant), and for each tenant among them,
 //!   bound as that tenant, reads the last event through the primary key (or the anchor, or the
 //!   genesis), assigns the next sequence numbers, links the previous hashes and computes the
@@ -53,6 +53,11 @@ use crate::canonical::{CHAIN_DOMAIN, GENESIS_DOMAIN};
 /// How far (in seconds) an event's time may be from the database's clock when it is inserted.
 pub const MAX_CLOCK_SKEW_SECS: u32 = 300;
 
+/// How long `audit.sequence` and retention's prune wait for the sequencer's lock (and any other
+/// lock) before they fail, to be retried: a caller that keeps its transaction open after a call
+/// holds the others up by no more than this each time.
+pub const SEQUENCER_LOCK_TIMEOUT_SECS: u32 = 5;
+
 /// The SQL that installs (or updates) the audit schema, granting the runtime role `runtime_role`
 /// exactly what it needs. Idempotent.
 ///
@@ -78,6 +83,7 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     );
     let r = runtime_role;
     let skew = MAX_CLOCK_SKEW_SECS;
+    let lock_timeout = SEQUENCER_LOCK_TIMEOUT_SECS;
     let schema_version = crate::event::SCHEMA_VERSION;
     Ok(format!(
         r#"
@@ -320,7 +326,9 @@ DROP FUNCTION IF EXISTS audit.notify_pending();
 -- transaction: assigns each its tenant's next sequence number, links the previous hash and
 -- computes the chain hash in the format of `audit_log::chain_hash`, inserts the chained rows and
 -- deletes the queued ones. One sequencer at a time (the row of audit.sequencer_lock, which
--- retention's prune locks too): a concurrent call waits.
+-- retention's prune locks too): a concurrent call waits, at most lock_timeout, then fails (the
+-- Sequencer retries), so a caller that keeps its transaction open after a call delays the
+-- others by no more than that each time. The transaction's sequencing flag is cleared on return.
 -- Returns how many events it took off the queue (chained, or set aside as below): fewer than
 -- `max_rows` means the queue is drained. A tenant whose batch fails (a row the checks should
 -- have refused, a head tampered with by the owner) is rolled back alone, its rows marked and
@@ -440,6 +448,7 @@ $$;
 CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
+    SET lock_timeout = '{lock_timeout}s'
     AS $$
 DECLARE
     signed    boolean;
@@ -475,6 +484,7 @@ BEGIN
             taken := taken + pg_catalog.cardinality(grp.ids);
             PERFORM audit.sequence_tenant(grp.tenant_id, grp.ids, signed);
         END LOOP;
+        PERFORM pg_catalog.set_config('audit.sequencing', '', true);
         RETURN taken;
     EXCEPTION WHEN OTHERS THEN
         -- Some tenant's batch failed (a row the checks should have refused, a head tampered
@@ -498,6 +508,7 @@ BEGIN
              WHERE p.tenant_id = grp.tenant_id AND p.id = ANY (grp.ids);
         END;
     END LOOP;
+    PERFORM pg_catalog.set_config('audit.sequencing', '', true);
     RETURN taken;
 END
 $$;

@@ -606,3 +606,65 @@ async fn no_lock_the_runtime_role_can_take_holds_up_appends_or_sequencing() {
     assert_eq!(chained_count(&admin, t).await, 1);
     held.rollback().await.unwrap();
 }
+
+/// The one role that can hold the sequencer's lock is the sequencer role, through
+/// `audit.sequence`, by keeping its own transaction open after a call. Another sequencer then
+/// waits no longer than the lock timeout and fails (to retry), rather than waiting forever; the
+/// holder's transaction is no longer marked as sequencing once the call returned; and when the
+/// holder lets go, both events are chained once (its own batch was rolled back with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequencer_that_keeps_its_transaction_open_holds_others_up_only_briefly() {
+    use sqlx::Connection;
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    f.log.record(event(a, 1)).await.unwrap();
+    let mut rogue = sequencer_pool(&f.db)
+        .await
+        .acquire()
+        .await
+        .unwrap()
+        .detach();
+    let mut held = rogue.begin().await.unwrap();
+    let taken: i32 = sqlx::query_scalar("SELECT audit.sequence(10)")
+        .fetch_one(&mut *held)
+        .await
+        .unwrap();
+    assert_eq!(taken, 1);
+    let flag: String = sqlx::query_scalar("SELECT current_setting('audit.sequencing', true)")
+        .fetch_one(&mut *held)
+        .await
+        .unwrap();
+    assert_eq!(
+        flag, "",
+        "the caller's transaction still says it is sequencing"
+    );
+
+    f.log.record(event(b, 1)).await.unwrap();
+    let limit = u64::from(audit_log::schema::SEQUENCER_LOCK_TIMEOUT_SECS) + 3;
+    let start = std::time::Instant::now();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(limit),
+        f.sequencer.sequence_batch(),
+    )
+    .await
+    .expect("another sequencer waited past the lock timeout");
+    match waited {
+        Err(audit_log::AuditError::Database(err)) => {
+            assert!(is_sqlstate(&err, "55P03"), "{err}");
+        }
+        other => panic!("sequenced under another's lock: {other:?}"),
+    }
+    assert!(start.elapsed() >= std::time::Duration::from_secs(4));
+    assert_eq!(chained_count(&admin, b).await, 0);
+
+    held.rollback().await.unwrap();
+    assert_eq!(sequence_all(&f).await, 2);
+    assert_eq!(
+        (
+            chained_count(&admin, a).await,
+            chained_count(&admin, b).await
+        ),
+        (1, 1)
+    );
+}

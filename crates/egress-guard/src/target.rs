@@ -38,7 +38,8 @@ impl Target {
     /// # Errors
     /// [`Reason::SchemeNotAllowed`] for a scheme other than `http` or `https`;
     /// [`Reason::UnparsableUrl`] for a host name the URL parser would not accept as one (empty,
-    /// holding a URL delimiter or an IPv6 literal).
+    /// holding a URL delimiter or an IPv6 literal), and for one holding a tab or a line break,
+    /// which a URL's parsing would silently remove.
     pub fn new(scheme: &str, host: TargetHost, port: u16) -> Result<Self, Reason> {
         let scheme = if scheme.eq_ignore_ascii_case("http") {
             "http"

@@ -142,9 +142,11 @@ impl Session {
     /// The session [`SessionStore::create`] describes when it creates one for `user` at `at`
     /// under `config`: created and authenticated at `at`, expiring after `config.idle` unused
     /// and `config.absolute` in any case. For code that stands in for the store, such as an
-    /// extractor's or an approver's tests. A `Session` is a description, not a credential: a
-    /// statement bound for its [`actor`](Self::actor) still asks the database whether the
-    /// session is live.
+    /// extractor's or an approver's tests. The database does not take a `Session` on trust: a
+    /// statement bound for its [`actor`](Self::actor) still asks whether the session is live.
+    /// But the step-up checks that take a `&Session` (replacing the authenticator, changing
+    /// the e-mail address, approving a tool call) read its `assurance` and `authenticated_at`:
+    /// give them only sessions your [`SessionStore`] returned for the request.
     ///
     /// # Errors
     /// [`AuthError::InvalidConfig`] when an expiry overflows the calendar.
