@@ -145,19 +145,26 @@ pub(crate) async fn invalidate_pending_links(
     .rows_affected())
 }
 
-/// Whether `session` is still stored live (unrevoked, unexpired). Call with the account's lock
-/// held: a revocation is then either seen here or waits for the caller's transaction.
+/// Whether `session` is still stored live (unrevoked, unexpired) and at least as strong and as
+/// fresh as the value says: a step-up check made on the value (`Session::is_fresh`) then holds
+/// for the stored session too, so a `Session` built or kept with a higher assurance or a later
+/// factor check than the database records is refused. Call with the account's lock held: a
+/// revocation is then either seen here or waits for the caller's transaction.
 pub(crate) async fn session_is_live(
     tx: &mut TenantTx,
     session: &crate::Session,
 ) -> Result<bool, AuthError> {
+    // The stored time is to the microsecond; the value's may carry the rounding.
     let live: Option<(i32,)> = sqlx::query_as(
         "SELECT 1 FROM auth.sessions WHERE tenant_id = $1 AND id = $2 AND user_id = $3 \
-         AND revoked_at IS NULL AND idle_expires_at > now() AND absolute_expires_at > now()",
+         AND revoked_at IS NULL AND idle_expires_at > now() AND absolute_expires_at > now() \
+         AND aal >= $4 AND authenticated_at >= $5 - interval '1 microsecond'",
     )
     .bind(session.tenant.as_uuid())
     .bind(session.id)
     .bind(session.user.as_uuid())
+    .bind(session.assurance as i16)
+    .bind(session.authenticated_at)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(live.is_some())

@@ -144,9 +144,11 @@ impl Session {
     /// and `config.absolute` in any case. For code that stands in for the store, such as an
     /// extractor's or an approver's tests. The database does not take a `Session` on trust: a
     /// statement bound for its [`actor`](Self::actor) still asks whether the session is live.
-    /// But the step-up checks that take a `&Session` (replacing the authenticator, changing
-    /// the e-mail address, approving a tool call) read its `assurance` and `authenticated_at`:
-    /// give them only sessions your [`SessionStore`] returned for the request.
+    /// magic-auth's own step-up checks (recovery codes, replacing the authenticator, changing
+    /// the e-mail address) also ask the stored session whether it is as strong and as fresh
+    /// as the value says. Checks outside magic-auth that read a `Session`'s `assurance` and
+    /// `authenticated_at` (a tool-sandbox approval, say) take the value as given: give them
+    /// only sessions your [`SessionStore`] returned for the request.
     ///
     /// # Errors
     /// [`AuthError::InvalidConfig`] when an expiry overflows the calendar.

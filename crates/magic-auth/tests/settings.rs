@@ -774,3 +774,64 @@ async fn recovery_codes_are_not_regenerated_for_a_revoked_session_or_a_disabled_
 async fn live(f: &common::Fixture, cookie: &str) -> bool {
     f.sessions.validate(cookie).await.unwrap().is_some()
 }
+
+/// A `Session` value that claims more than the store records — a higher assurance than the
+/// session has, or a later factor check — passes no step-up: new recovery codes, replacing the
+/// authenticator and changing the e-mail address each ask the stored session, in the same
+/// transaction. (A value is whatever code holds it; the store is what was proven.) The control:
+/// the stored two-factor session passes each.
+#[tokio::test]
+async fn a_session_value_claiming_more_than_the_store_passes_no_step_up() {
+    let f = fixture(4).await;
+    let user = f.account("ada@example.com", ActorKind::User);
+    f.enrolled(user).await;
+    let now = time::OffsetDateTime::now_utc();
+    // A link-only session, claimed as two factors just now.
+    let (one_factor, _) = session(&f, user, Assurance::Aal1).await;
+    let mut raised = one_factor.clone();
+    raised.assurance = Assurance::Aal2;
+    raised.authenticated_at = now;
+    // Two factors 11 minutes ago, claimed as just now.
+    let (aged, _) = f
+        .sessions
+        .create_aged(
+            f.tenant,
+            &NewSession::new(user, ActorKind::User, Assurance::Aal2),
+            Duration::from_secs(11 * 60),
+        )
+        .await
+        .unwrap();
+    let mut refreshed = aged.clone();
+    refreshed.authenticated_at = now;
+    for (label, forged) in [("raised", &raised), ("refreshed", &refreshed)] {
+        assert!(forged.is_fresh(MAX_AGE), "{label}: the value itself passes");
+        let codes = f.totp.regenerate_recovery_codes(forged, MAX_AGE).await;
+        assert!(codes.is_err(), "{label}: new recovery codes");
+        let started = f.totp.start_replacement(forged, STEP_UP, "ada", NOW).await;
+        assert!(started.is_err(), "{label}: a replacement started");
+        let changed = f
+            .links
+            .request_email_change(forged, "ada@new.example", MAX_AGE)
+            .await;
+        assert!(changed.is_err(), "{label}: an e-mail change");
+    }
+    assert_eq!(replacement(&f, user).await, (false, None));
+    assert_eq!(pending_changes(&f, user).await, 0);
+    assert!(mail(&f).is_empty(), "nothing sent");
+    // The stored two-factor session passes each.
+    let (fresh, _) = session(&f, user, Assurance::Aal2).await;
+    f.totp
+        .regenerate_recovery_codes(&fresh, MAX_AGE)
+        .await
+        .unwrap();
+    f.links
+        .request_email_change(&fresh, "ada@new.example", MAX_AGE)
+        .await
+        .unwrap();
+    f.totp
+        .start_replacement(&fresh, STEP_UP, "ada", NOW)
+        .await
+        .unwrap();
+    assert_eq!(replacement(&f, user).await, (true, Some(fresh.id)));
+    assert_eq!(pending_changes(&f, user).await, 1);
+}
