@@ -422,7 +422,10 @@ async fn the_sequencer_role_cannot_call_the_steps_directly() {
         "SELECT audit.sequence_tenant(gen_random_uuid(), '{1}', false)",
         "BEGIN; SET LOCAL audit.sequencing = 'on'; DELETE FROM audit.pending; COMMIT",
     ] {
-        let err = sqlx::raw_sql(sql).execute(&seq).await.unwrap_err();
+        // A connection of its own, closed after: a refused `BEGIN; ..` leaves its transaction
+        // aborted, and such a connection must not go back to the pool for the control below.
+        let mut conn = seq.acquire().await.unwrap().detach();
+        let err = sqlx::raw_sql(sql).execute(&mut conn).await.unwrap_err();
         assert!(is_sqlstate(&err, PRIVILEGE), "{sql}: {err}");
     }
     assert_eq!(queued_count(&admin, t).await, 1);
