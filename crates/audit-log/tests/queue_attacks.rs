@@ -221,18 +221,7 @@ async fn a_batch_that_fails_every_time_still_chains_every_other_tenant_in_the_sa
         );
         append_n(&f, broken, 1).await;
         if poisoned {
-            let mut tx = begin_tamper(&f.db).await;
-            sqlx::query(
-                "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, \
-                     outcome, event, prev_hash, hash) \
-                 SELECT tenant_id, 2, occurred_at, actor_kind, action, outcome, event, hash, hash \
-                 FROM audit.events WHERE tenant_id = $1 AND seq = 1",
-            )
-            .bind(broken.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-            end_tamper(tx).await;
+            plant_second_row(&f.db, broken).await;
         }
         for i in 0..3 {
             f.log.record(event(before, i)).await.unwrap();
@@ -367,34 +356,18 @@ async fn settings_the_runtime_role_plants_for_itself_switch_nothing_off() {
         drop(tx);
     }
     // A record the verifier would reject, through the planted connection.
-    let (_, fate) = raw_insert_with(
-        &f,
-        &pool,
-        RAW_INSERT,
-        jsonb("1", r#"{"n": 1, "n": 2}"#).as_bytes(),
-        Columns::BASE,
-    )
-    .await;
-    assert_eq!(fate, Fate::Refused);
-    let (_, fate) = raw_insert_with(
-        &f,
-        &pool,
-        RAW_INSERT,
-        jsonb("1.0", r#"{"n": 1}"#).as_bytes(),
-        Columns::BASE,
-    )
-    .await;
-    assert_eq!(fate, Fate::Refused);
-    // Control: an honest raw record through the planted connection verifies.
-    let (_, fate) = raw_insert_with(
-        &f,
-        &pool,
-        RAW_INSERT,
-        jsonb("1", r#"{"n": 1}"#).as_bytes(),
-        Columns::BASE,
-    )
-    .await;
-    assert_eq!(fate, Fate::Intact);
+    // The last case is the control: an honest raw record through the planted connection
+    // verifies.
+    for (version, detail, expected) in [
+        ("1", r#"{"n": 1, "n": 2}"#, Fate::Refused),
+        ("1.0", r#"{"n": 1}"#, Fate::Refused),
+        ("1", r#"{"n": 1}"#, Fate::Intact),
+    ] {
+        let record = jsonb(version, detail);
+        let (_, fate) =
+            raw_insert_with(&f, &pool, RAW_INSERT, record.as_bytes(), Columns::BASE).await;
+        assert_eq!(fate, expected, "{record}");
+    }
     sequence_all(&f).await;
     assert_eq!(chained_count(&admin, t).await, 2);
     assert_eq!(queued_count(&admin, t).await, 0);

@@ -235,18 +235,7 @@ async fn a_tenant_whose_batch_fails_holds_up_no_other_tenant() {
     let (broken, fine) = (TenantId::new_random(), TenantId::new_random());
     append_n(&f, broken, 1).await;
     // The owner (triggers off) puts a row at position 2.
-    let mut tx = begin_tamper(&f.db).await;
-    sqlx::query(
-        "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, outcome, \
-             event, prev_hash, hash) \
-         SELECT tenant_id, 2, occurred_at, actor_kind, action, outcome, event, hash, hash \
-         FROM audit.events WHERE tenant_id = $1 AND seq = 1",
-    )
-    .bind(broken.as_uuid())
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    end_tamper(tx).await;
+    plant_second_row(&f.db, broken).await;
     for i in 0..6 {
         f.log.record(event(broken, i)).await.unwrap();
     }

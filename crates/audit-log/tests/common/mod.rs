@@ -209,6 +209,23 @@ pub async fn end_tamper(mut tx: Transaction<'static, Postgres>) {
     tx.commit().await.unwrap();
 }
 
+/// The owner (triggers off) puts a row at position 2 of `tenant`'s chain, a copy of the first
+/// that links to its own hash: the next batch of that tenant fails at the chain's keys.
+pub async fn plant_second_row(db: &TestDb, tenant: TenantId) {
+    let mut tx = begin_tamper(db).await;
+    sqlx::query(
+        "INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, action, outcome, \
+             event, prev_hash, hash) \
+         SELECT tenant_id, 2, occurred_at, actor_kind, action, outcome, event, hash, hash \
+         FROM audit.events WHERE tenant_id = $1 AND seq = 1",
+    )
+    .bind(tenant.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    end_tamper(tx).await;
+}
+
 /// One stored row's raw columns: (event, prev_hash, hash).
 pub async fn row(
     conn: &mut PgConnection,
