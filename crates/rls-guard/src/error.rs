@@ -108,6 +108,22 @@ pub enum RlsError {
     /// The session liveness check was refused at start-up (it names the function and why).
     #[error("the session liveness check was refused: {0}")]
     SessionLivenessRefused(String),
+    /// [`TenantPool::with_read_connections`](crate::TenantPool::with_read_connections) was
+    /// asked to keep no connection, or so many that the pool would have none left for
+    /// transactions.
+    #[error(
+        "read connections must number at least 1 and fewer than the pool's {max} connections (asked for {requested})"
+    )]
+    ReadConnections {
+        /// The number asked for.
+        requested: u32,
+        /// The pool's maximum size.
+        max: u32,
+    },
+    /// [`TenantPool::with_read_connections`](crate::TenantPool::with_read_connections) was
+    /// called outside a Tokio runtime, so the lane could not watch for the pool closing.
+    #[error("read connections need a Tokio runtime: call with_read_connections inside one")]
+    ReadConnectionsRuntime,
     /// A table or schema name is not a plain SQL identifier.
     #[error("not a plain SQL identifier: {0:?}")]
     InvalidIdentifier(String),

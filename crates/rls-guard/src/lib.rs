@@ -50,6 +50,7 @@ mod axum;
 mod coverage;
 mod error;
 mod key;
+mod lane;
 mod liveness;
 mod pool;
 mod read;

@@ -9,6 +9,7 @@ use tenant_scope::{TenantContext, TenantId};
 
 use std::sync::Arc;
 
+use crate::lane::ReadLane;
 use crate::liveness::{LiveCheck, live_check};
 use crate::read::{BoundRead, classify};
 use crate::role::verify_runtime_role;
@@ -28,6 +29,8 @@ pub struct TenantPool {
     key: Option<Arc<BindingKey>>,
     /// The database-side check that a context's session is live.
     liveness: Option<SessionLiveness>,
+    /// Connections kept for bound reads, if any.
+    lane: Option<Arc<ReadLane>>,
 }
 
 impl TenantPool {
@@ -45,6 +48,7 @@ impl TenantPool {
                 pool,
                 key: None,
                 liveness: None,
+                lane: None,
             }),
             BindingMode::Signed => Err(RlsError::BindingKeyRequired),
         }
@@ -83,6 +87,7 @@ impl TenantPool {
             pool,
             key: Some(key),
             liveness: None,
+            lane: None,
         })
     }
 
@@ -104,6 +109,41 @@ impl TenantPool {
         probed?;
         self.liveness = Some(liveness);
         Ok(self)
+    }
+
+    /// Serves every [`read`](Self::read) from `connections` connections that the pool keeps
+    /// for reads, so that a read costs one round trip where it otherwise costs two: sqlx tests
+    /// each connection as it goes back to its pool (a `Sync` round trip, its "ping"), whatever
+    /// the statement did, and a kept connection goes back to the lane instead, with no message
+    /// sent.
+    ///
+    /// A connection is kept only after its read **finished**: its rows were read, or the server
+    /// answered with an error (the one message still due, the server's "ready", is read by the
+    /// next statement before it sends anything, as on every sqlx connection). A read whose
+    /// future is dropped mid-statement (a timeout, a client gone), or that failed on the
+    /// connection itself (I/O, the protocol, a row that did not decode), hands its connection
+    /// back to the pool, whose release check reads what was left unread or closes the
+    /// connection. So a connection left mid-statement never serves another read without that
+    /// check, and nothing of one read's result can reach the next. The binding of a read is
+    /// local to its own implicit transaction either way (see [`BoundRead`]).
+    ///
+    /// The lane takes connections from the pool as reads need them, up to `connections`, and
+    /// keeps them (a kept connection older than the pool's maximum lifetime is handed back
+    /// instead); reads beyond that wait for one, first come, first served, for at most the
+    /// pool's acquire timeout. The rest of the pool serves transactions and everything else.
+    /// Closing the pool hands every kept connection back. Size the pool for both.
+    ///
+    /// # Errors
+    /// [`RlsError::ReadConnections`] unless `0 < connections < ` the pool's maximum size;
+    /// [`RlsError::ReadConnectionsRuntime`] outside a Tokio runtime.
+    pub fn with_read_connections(mut self, connections: u32) -> Result<Self, RlsError> {
+        self.lane = Some(ReadLane::start(self.pool.clone(), connections)?);
+        Ok(self)
+    }
+
+    /// The lane of kept read connections, if any.
+    pub(crate) fn lane(&self) -> Option<&ReadLane> {
+        self.lane.as_deref()
     }
 
     /// The liveness check `context` needs.

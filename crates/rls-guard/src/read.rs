@@ -6,6 +6,7 @@ use sqlx::{Arguments, Encode, FromRow, Postgres, Type};
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::RlsError;
+use crate::lane::ReadLane;
 use crate::liveness::LiveCheck;
 use crate::pool::actor_setting;
 use crate::{SignedBinding, TenantPool};
@@ -66,6 +67,7 @@ use crate::{SignedBinding, TenantPool};
 #[must_use = "a BoundRead does nothing until fetched"]
 pub struct BoundRead<'p> {
     pool: &'p PgPool,
+    lane: Option<&'p ReadLane>,
     signed: Result<Option<SignedBinding>, RlsError>,
     /// The session check, with the signed binding of the actor's own tenant when bindings are
     /// signed and the context is cross-tenant.
@@ -105,6 +107,7 @@ impl<'p> BoundRead<'p> {
         });
         Self {
             pool: pool.pool(),
+            lane: pool.lane(),
             signed: pool.sign(context),
             live,
             context: context.clone(),
@@ -138,12 +141,18 @@ impl<'p> BoundRead<'p> {
     where
         O: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
-        let (pool, sql, arguments, context) = self.prepare()?;
+        let (pool, lane, sql, arguments, context) = self.prepare()?;
         context.authorize_use().await?;
-        sqlx::query_as_with::<_, O, _>(&sql, arguments)
-            .fetch_all(pool)
-            .await
-            .map_err(classify)
+        let query = sqlx::query_as_with::<_, O, _>(&sql, arguments);
+        match lane {
+            None => query.fetch_all(pool).await.map_err(classify),
+            Some(lane) => {
+                let mut conn = lane.get().await?;
+                let result = query.fetch_all(conn.connection()).await;
+                conn.finished(&result);
+                result.map_err(classify)
+            }
+        }
     }
 
     /// At most one row.
@@ -154,16 +163,34 @@ impl<'p> BoundRead<'p> {
     where
         O: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
-        let (pool, sql, arguments, context) = self.prepare()?;
+        let (pool, lane, sql, arguments, context) = self.prepare()?;
         context.authorize_use().await?;
-        sqlx::query_as_with::<_, O, _>(&sql, arguments)
-            .fetch_optional(pool)
-            .await
-            .map_err(classify)
+        let query = sqlx::query_as_with::<_, O, _>(&sql, arguments);
+        match lane {
+            None => query.fetch_optional(pool).await.map_err(classify),
+            Some(lane) => {
+                let mut conn = lane.get().await?;
+                let result = query.fetch_optional(conn.connection()).await;
+                conn.finished(&result);
+                result.map_err(classify)
+            }
+        }
     }
 
     /// The wrapped statement and the arguments with the binding appended after the caller's.
-    fn prepare(self) -> Result<(&'p PgPool, String, PgArguments, TenantContext), RlsError> {
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        self,
+    ) -> Result<
+        (
+            &'p PgPool,
+            Option<&'p ReadLane>,
+            String,
+            PgArguments,
+            TenantContext,
+        ),
+        RlsError,
+    > {
         if let Some(error) = self.error {
             return Err(RlsError::Database(sqlx::Error::Encode(error)));
         }
@@ -290,7 +317,7 @@ impl<'p> BoundRead<'p> {
                SELECT * FROM ({statement}\n) AS rls_guard_inner \
                 WHERE rls_guard_binding.tenant IS NOT NULL{live} OFFSET 0) AS rls_guard_read",
         );
-        Ok((self.pool, sql, arguments, self.context))
+        Ok((self.pool, self.lane, sql, arguments, self.context))
     }
 }
 

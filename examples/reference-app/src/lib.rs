@@ -214,7 +214,8 @@ impl App {
         let pool = TenantPool::new(runtime.clone())
             .await?
             .with_session_liveness(magic_auth::session_liveness())
-            .await?;
+            .await?
+            .with_read_connections(4)?;
         let services = build(
             &self.config,
             pool,
@@ -446,11 +447,13 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         .await?;
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
     // Every statement made for a signed-in request asks the database whether its session is
-    // still live, in the statement that binds the tenant.
+    // still live, in the statement that binds the tenant. Half of the runtime role's 16
+    // connections are kept for bound reads (one round trip each, no release check).
     let pool = TenantPool::new(runtime.clone())
         .await?
         .with_session_liveness(magic_auth::session_liveness())
-        .await?;
+        .await?
+        .with_read_connections(8)?;
     // The same role chains queued audit events (it may only call `audit.sequence`, see
     // `schema::migrations`), polling the queue: one connection sequences, the checkpoint job
     // uses the rest.

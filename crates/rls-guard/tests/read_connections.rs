@@ -1,0 +1,363 @@
+//! Attacks on `TenantPool::with_read_connections`: bound reads on connections the pool keeps
+//! for them, reused without sqlx's release check. A connection left mid-statement must never
+//! serve another read, a broken one must be replaced, the rest of the pool must stay free, and
+//! closing the pool must not hang on the kept connections.
+// Integration tests: a failed unwrap is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rls_guard::{RlsError, TenantPool};
+use tenant_scope::TenantId;
+use testkit::Role;
+
+/// A fixture whose pool keeps `lane` of its `max` connections for reads.
+async fn laned(max: u32, lane: u32) -> (Fixture, TenantPool) {
+    let f = fixture(max).await;
+    let pool = f.pool.clone().with_read_connections(lane).unwrap();
+    (f, pool)
+}
+
+async fn names(pool: &TenantPool, tenant: TenantId) -> Result<Vec<String>, RlsError> {
+    let rows: Vec<(String,)> = pool
+        .read(&ctx(tenant), "SELECT name FROM projects ORDER BY name")
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().map(|(n,)| n).collect())
+}
+
+async fn backend(pool: &TenantPool, tenant: TenantId) -> Result<i32, RlsError> {
+    let (pid,): (i32,) = pool
+        .read(&ctx(tenant), "SELECT pg_backend_pid()")
+        .fetch_optional()
+        .await?
+        .unwrap();
+    Ok(pid)
+}
+
+/// Connections of the pool that are in use (the lane's count as in use).
+fn checked_out(f: &Fixture) -> usize {
+    usize::try_from(f.raw.size()).unwrap() - f.raw.num_idle()
+}
+
+/// Two tenants with their own projects, and what each must see.
+async fn two_tenants(f: &Fixture) -> [(TenantId, Vec<String>); 2] {
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    for name in ["a1", "a2"] {
+        add_project(&f.pool, a, name).await;
+    }
+    add_project(&f.pool, b, "b1").await;
+    [(a, vec!["a1".into(), "a2".into()]), (b, vec!["b1".into()])]
+}
+
+#[tokio::test]
+async fn a_kept_connection_serves_read_after_read_for_each_bound_tenant_only() {
+    let (f, pool) = laned(3, 1).await;
+    let tenants = two_tenants(&f).await;
+    let first = backend(&pool, tenants[0].0).await.unwrap();
+    for i in 0..40 {
+        let (tenant, expected) = &tenants[i % 2];
+        assert_eq!(&names(&pool, *tenant).await.unwrap(), expected);
+        // The same server connection every time, and it stays with the lane: the pool holds
+        // no idle connection of it (a read on the plain pool gives its connection back).
+        assert_eq!(backend(&pool, *tenant).await.unwrap(), first);
+    }
+    // (Connections other code gave back reach the pool after its release check: let it run.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        checked_out(&f),
+        1,
+        "the kept connection went back to the pool"
+    );
+    // Control: without the lane the same read hands its connection back to the pool.
+    assert_eq!(&names(&f.pool, tenants[1].0).await.unwrap(), &tenants[1].1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(checked_out(&f), 1);
+    // Nothing bound stays on the kept connection between reads.
+    let mut conn = f.raw.acquire().await.unwrap();
+    assert_unbound_sees_and_changes_nothing(&mut conn, &f.db).await;
+}
+
+#[tokio::test]
+async fn a_read_dropped_mid_statement_never_serves_the_next_read() {
+    let (f, pool) = laned(3, 1).await;
+    let tenants = two_tenants(&f).await;
+    let mut interrupted = 0;
+    for i in 0..24u64 {
+        let (tenant, _) = &tenants[usize::from(i % 2 == 1)];
+        let (other, expected) = &tenants[usize::from(i % 2 == 0)];
+        // A long result that is still streaming (or a statement still running) when its
+        // future is dropped: rows of it, and its ready message, are left on the connection.
+        let cut = Duration::from_millis(1 + i % 8);
+        let read = async {
+            if i % 3 == 0 {
+                pool.read(&ctx(*tenant), "SELECT name, pg_sleep(0.05) FROM projects")
+                    .fetch_all::<(String, ())>()
+                    .await
+                    .map(|r| r.len())
+            } else {
+                pool.read(
+                    &ctx(*tenant),
+                    "SELECT p.name, g FROM projects p, generate_series(1, 200000) g",
+                )
+                .fetch_all::<(String, i32)>()
+                .await
+                .map(|r| r.len())
+            }
+        };
+        if tokio::time::timeout(cut, read).await.is_err() {
+            interrupted += 1;
+        }
+        // The next read, for the other tenant, gets exactly its own rows in its own shape.
+        assert_eq!(&names(&pool, *other).await.unwrap(), expected, "round {i}");
+        let (n,): (i64,) = pool
+            .read(&ctx(*other), "SELECT count(*) FROM projects")
+            .fetch_optional()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(usize::try_from(n).unwrap(), expected.len(), "round {i}");
+    }
+    assert!(
+        interrupted >= 20,
+        "only {interrupted} reads were cut mid-statement"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_left_mid_result_goes_to_the_pools_check_at_once() {
+    let (f, pool) = laned(3, 1).await;
+    let tenants = two_tenants(&f).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let state = |pid: i32| {
+        let admin = admin.clone();
+        async move {
+            let (state,): (Option<String>,) =
+                sqlx::query_as("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                    .bind(pid)
+                    .fetch_one(&admin)
+                    .await
+                    .unwrap();
+            state
+        }
+    };
+    for round in 0..3 {
+        let pid = backend(&pool, tenants[0].0).await.unwrap();
+        // Megabytes of rows: once the read is dropped nobody reads them, so the server blocks
+        // sending them until someone drains the connection.
+        let cut = tokio::time::timeout(
+            Duration::from_millis(5),
+            pool.read(
+                &ctx(tenants[0].0),
+                "SELECT p.name, g FROM projects p, generate_series(1, 200000) g",
+            )
+            .fetch_all::<(String, i32)>(),
+        )
+        .await;
+        assert!(cut.is_err(), "round {round}: the read finished within 5 ms");
+        // No other read runs: the pool's release check, not a later read, drains it.
+        let started = std::time::Instant::now();
+        while state(pid).await.as_deref() != Some("idle") {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "round {round}: the interrupted connection was left holding its statement"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Control: a read that finishes leaves its kept connection idle at once.
+    let pid = backend(&pool, tenants[1].0).await.unwrap();
+    assert_eq!(state(pid).await.as_deref(), Some("idle"));
+}
+
+#[tokio::test]
+async fn an_error_the_server_answers_keeps_the_connection_and_the_next_read_is_clean() {
+    let (f, pool) = laned(3, 1).await;
+    let tenants = two_tenants(&f).await;
+    let pid = backend(&pool, tenants[0].0).await.unwrap();
+    for _ in 0..5 {
+        let refused = pool
+            .read(
+                &ctx(tenants[0].0),
+                "SELECT 1 / (count(*) - count(*))::int FROM projects",
+            )
+            .fetch_all::<(i32,)>()
+            .await
+            .unwrap_err();
+        let RlsError::Database(e) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(
+            e.as_database_error().unwrap().code().as_deref(),
+            Some("22012")
+        );
+        assert_eq!(&names(&pool, tenants[1].0).await.unwrap(), &tenants[1].1);
+        assert_eq!(backend(&pool, tenants[1].0).await.unwrap(), pid);
+    }
+}
+
+#[tokio::test]
+async fn a_kept_connection_that_dies_fails_one_read_and_is_replaced() {
+    let (f, pool) = laned(3, 1).await;
+    let tenants = two_tenants(&f).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    for _ in 0..3 {
+        let pid = backend(&pool, tenants[0].0).await.unwrap();
+        let (killed,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pid)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        assert!(killed);
+        // The next read fails (it never reads through a dead connection as if it were fine),
+        // and the one after runs on a new connection.
+        let failed = names(&pool, tenants[0].0).await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(&names(&pool, tenants[0].0).await.unwrap(), &tenants[0].1);
+        assert_ne!(backend(&pool, tenants[0].0).await.unwrap(), pid);
+    }
+    // Terminated in the middle of a read: the server reports it (SQLSTATE 57P01) before it
+    // closes the socket. That read fails, and the connection is not kept for the next one.
+    for _ in 0..3 {
+        let pid = backend(&pool, tenants[0].0).await.unwrap();
+        let running = {
+            let pool = pool.clone();
+            let tenant = tenants[0].0;
+            tokio::spawn(async move {
+                pool.read(&ctx(tenant), "SELECT pg_sleep(5)")
+                    .fetch_all::<((),)>()
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sqlx::query("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pid)
+            .execute(&admin)
+            .await
+            .unwrap();
+        let failed = running.await.unwrap().unwrap_err();
+        let RlsError::Database(e) = &failed else {
+            panic!("{failed:?}")
+        };
+        assert_eq!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("57P01"),
+            "{failed:?}"
+        );
+        assert_eq!(&names(&pool, tenants[0].0).await.unwrap(), &tenants[0].1);
+        assert_ne!(backend(&pool, tenants[0].0).await.unwrap(), pid);
+    }
+}
+
+#[tokio::test]
+async fn reads_beyond_the_lane_wait_their_turn_and_transactions_keep_the_rest_of_the_pool() {
+    let (f, pool) = laned(3, 2).await;
+    let tenants = two_tenants(&f).await;
+    let reads = (0..12).map(|i| {
+        let (pool, (tenant, expected)) = (pool.clone(), tenants[i % 2].clone());
+        tokio::spawn(async move {
+            let rows: Vec<(String, ())> = pool
+                .read(
+                    &ctx(tenant),
+                    "SELECT name, pg_sleep(0.05) FROM projects ORDER BY name",
+                )
+                .fetch_all()
+                .await
+                .unwrap();
+            assert_eq!(rows.into_iter().map(|r| r.0).collect::<Vec<_>>(), expected);
+        })
+    });
+    let reads: Vec<_> = reads.collect();
+    // While twelve reads queue for two kept connections, a transaction gets the third at once.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    let mut tx = f.pool.begin(&ctx(tenants[0].0)).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "the transaction waited {:?} for a connection",
+        started.elapsed()
+    );
+    for read in reads {
+        read.await.unwrap();
+    }
+    assert!(f.raw.size() <= 3);
+}
+
+#[tokio::test]
+async fn a_read_that_cannot_get_a_kept_connection_in_time_fails() {
+    let f = fixture(2).await;
+    let raw = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_with(f.db.options(Role::Runtime))
+        .await
+        .unwrap();
+    let pool = TenantPool::new(raw)
+        .await
+        .unwrap()
+        .with_read_connections(1)
+        .unwrap();
+    let tenant = TenantId::new_random();
+    let holder = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.read(&ctx(tenant), "SELECT pg_sleep(1.5)")
+                .fetch_all::<((),)>()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let waited = names(&pool, tenant).await.unwrap_err();
+    assert!(waited.is_unavailable(), "{waited:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Control: once the lane's connection is free again the same read runs.
+    holder.await.unwrap().unwrap();
+    assert!(names(&pool, tenant).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn closing_the_pool_hands_the_kept_connections_back() {
+    let (f, pool) = laned(3, 2).await;
+    let tenants = two_tenants(&f).await;
+    // Both kept connections taken and kept.
+    let (x, y) = tokio::join!(
+        pool.read(&ctx(tenants[0].0), "SELECT pg_sleep(0.1)")
+            .fetch_all::<((),)>(),
+        pool.read(&ctx(tenants[1].0), "SELECT pg_sleep(0.1)")
+            .fetch_all::<((),)>(),
+    );
+    x.unwrap();
+    y.unwrap();
+    assert_eq!(checked_out(&f), 2);
+    tokio::time::timeout(Duration::from_secs(5), f.raw.close())
+        .await
+        .expect("close waited for the kept connections");
+    let closed = names(&pool, tenants[0].0).await.unwrap_err();
+    assert!(closed.is_unavailable(), "{closed:?}");
+}
+
+#[tokio::test]
+async fn the_lane_leaves_the_pool_at_least_one_connection() {
+    let f = fixture(3).await;
+    for refused in [0, 3, 4, u32::MAX] {
+        let e = f.pool.clone().with_read_connections(refused).unwrap_err();
+        assert!(
+            matches!(e, RlsError::ReadConnections { requested, max: 3 } if requested == refused),
+            "{e:?}"
+        );
+    }
+    // Control: one fewer than the pool's size is kept.
+    let pool = f.pool.clone().with_read_connections(2).unwrap();
+    assert!(
+        names(&pool, TenantId::new_random())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
