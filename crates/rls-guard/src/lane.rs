@@ -85,19 +85,26 @@ impl ReadLane {
         if self.pool.is_closed() {
             return Err(sqlx::Error::PoolClosed.into());
         }
-        let kept = self.idle().pop();
-        let kept = match kept {
+        let idle = self.idle().pop();
+        let from_idle = idle.is_some();
+        let kept = match idle {
             Some(kept) => kept,
-            None => Kept {
-                conn: self.pool.acquire().await?,
-                taken: Instant::now(),
-            },
+            None => self.take().await?,
         };
         Ok(LaneConnection {
             lane: self,
             kept: Some(kept),
+            from_idle,
             reusable: false,
             _permit: permit,
+        })
+    }
+
+    /// A new connection from the pool.
+    async fn take(&self) -> Result<Kept, RlsError> {
+        Ok(Kept {
+            conn: self.pool.acquire().await?,
+            taken: Instant::now(),
         })
     }
 
@@ -118,6 +125,8 @@ impl ReadLane {
 pub(crate) struct LaneConnection<'l> {
     lane: &'l ReadLane,
     kept: Option<Kept>,
+    /// Whether the connection sat idle in the lane before this use (it may have died there).
+    from_idle: bool,
     reusable: bool,
     // Released after `drop` has put the connection back, so the next holder finds it.
     _permit: SemaphorePermit<'l>,
@@ -127,24 +136,47 @@ impl LaneConnection<'_> {
     pub(crate) fn connection(&mut self) -> &mut PgConnection {
         match self.kept.as_mut() {
             Some(kept) => &mut kept.conn,
-            None => unreachable!("taken only in drop"),
+            // Empty only in `drop`, or after a failed reconnect, which ends the read.
+            None => unreachable!("a lane connection used after it was given up"),
         }
     }
 
-    /// Records how the statement ended: rows, or an error the server sent about the statement
-    /// (after which the connection awaits only the server's ready message, which the next
-    /// statement reads first). Anything else sends the connection back to the pool: an I/O or
-    /// protocol error, a row that did not decode (rows may be left unread), and errors about
-    /// the connection or the server rather than the statement (SQLSTATE classes 08, 57, 58 and
-    /// XX: a terminated backend reports itself this way before closing the socket).
+    /// Whether the read should run again on a new connection: this kept connection sat idle in
+    /// the lane and turned out dead on its first use (the server restarted or ended it
+    /// meanwhile: an I/O error, or the server's own report, see [`connection_sound`]). The
+    /// statement is read-only, so running it again changes nothing.
+    pub(crate) fn stale<T>(&self, result: &Result<T, sqlx::Error>) -> bool {
+        self.from_idle && !connection_sound(result)
+    }
+
+    /// Records how the statement ended: the connection stays in the lane only if
+    /// [`connection_sound`].
     pub(crate) fn finished<T>(&mut self, result: &Result<T, sqlx::Error>) {
-        self.reusable = match result {
-            Ok(_) => true,
-            Err(sqlx::Error::Database(error)) => error.code().is_some_and(|code| {
-                !matches!(code.get(..2), Some("08" | "57" | "58" | "XX") | None)
-            }),
-            Err(_) => false,
-        };
+        self.reusable = connection_sound(result);
+    }
+
+    /// Gives the connection up (to the pool's release check) and takes a new one from the pool.
+    pub(crate) async fn reconnect(&mut self) -> Result<(), RlsError> {
+        self.kept = None;
+        self.from_idle = false;
+        self.kept = Some(self.lane.take().await?);
+        Ok(())
+    }
+}
+
+/// Whether a statement's outcome leaves its connection fit for the next read without the pool's
+/// release check: rows, or an error the server sent about the statement (after which the
+/// connection awaits only the server's ready message, which the next statement reads first).
+/// Not: an I/O or protocol error, a row that did not decode (rows may be left unread), or an
+/// error about the connection or the server rather than the statement (SQLSTATE classes 08,
+/// 57, 58 and XX: a terminated backend reports itself this way before closing the socket).
+fn connection_sound<T>(result: &Result<T, sqlx::Error>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(sqlx::Error::Database(error)) => error
+            .code()
+            .is_some_and(|code| !matches!(code.get(..2), Some("08" | "57" | "58" | "XX") | None)),
+        Err(_) => false,
     }
 }
 

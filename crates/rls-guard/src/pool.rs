@@ -125,7 +125,11 @@ impl TenantPool {
     /// back to the pool, whose release check reads what was left unread or closes the
     /// connection. So a connection left mid-statement never serves another read without that
     /// check, and nothing of one read's result can reach the next. The binding of a read is
-    /// local to its own implicit transaction either way (see [`BoundRead`]).
+    /// local to its own implicit transaction either way (see [`BoundRead`]). A kept connection
+    /// that died while it sat idle (the server restarted or ended it: an I/O error, or the
+    /// server's report with SQLSTATE class 08 or 57) is given up and the read runs once more on
+    /// a new connection from the pool; it is read-only, so running it again changes nothing. A
+    /// connection taken from the pool for this read gets no second try.
     ///
     /// The lane takes connections from the pool as reads need them, up to `connections`, and
     /// keeps them (a kept connection older than the pool's maximum lifetime is handed back

@@ -11,6 +11,27 @@ use crate::liveness::LiveCheck;
 use crate::pool::actor_setting;
 use crate::{SignedBinding, TenantPool};
 
+/// Runs the statement on a kept connection of `lane` with `$fetch`; once more on a new
+/// connection when a kept one turns out dead on its first use (see `LaneConnection::stale`).
+/// (A macro rather than a function taking an async closure: the future must stay `Send` for
+/// any lifetime of the connection it borrows.)
+macro_rules! on_lane {
+    ($lane:expr, $sql:expr, $arguments:expr, $row:ty, $fetch:ident) => {{
+        let mut conn = $lane.get().await?;
+        let mut result = sqlx::query_as_with::<_, $row, _>(&$sql, $arguments.clone())
+            .$fetch(conn.connection())
+            .await;
+        if conn.stale(&result) {
+            conn.reconnect().await?;
+            result = sqlx::query_as_with::<_, $row, _>(&$sql, $arguments)
+                .$fetch(conn.connection())
+                .await;
+        }
+        conn.finished(&result);
+        result.map_err(classify)
+    }};
+}
+
 /// A single `SELECT` run bound to a tenant in **one round trip**, for hot read paths where a
 /// [`TenantTx`](crate::TenantTx) would cost three (`BEGIN` + binding, the query, `COMMIT`).
 /// (The first use of a statement on a connection also prepares it, as every sqlx query does.)
@@ -143,15 +164,12 @@ impl<'p> BoundRead<'p> {
     {
         let (pool, lane, sql, arguments, context) = self.prepare()?;
         context.authorize_use().await?;
-        let query = sqlx::query_as_with::<_, O, _>(&sql, arguments);
         match lane {
-            None => query.fetch_all(pool).await.map_err(classify),
-            Some(lane) => {
-                let mut conn = lane.get().await?;
-                let result = query.fetch_all(conn.connection()).await;
-                conn.finished(&result);
-                result.map_err(classify)
-            }
+            None => sqlx::query_as_with::<_, O, _>(&sql, arguments)
+                .fetch_all(pool)
+                .await
+                .map_err(classify),
+            Some(lane) => on_lane!(lane, sql, arguments, O, fetch_all),
         }
     }
 
@@ -165,15 +183,12 @@ impl<'p> BoundRead<'p> {
     {
         let (pool, lane, sql, arguments, context) = self.prepare()?;
         context.authorize_use().await?;
-        let query = sqlx::query_as_with::<_, O, _>(&sql, arguments);
         match lane {
-            None => query.fetch_optional(pool).await.map_err(classify),
-            Some(lane) => {
-                let mut conn = lane.get().await?;
-                let result = query.fetch_optional(conn.connection()).await;
-                conn.finished(&result);
-                result.map_err(classify)
-            }
+            None => sqlx::query_as_with::<_, O, _>(&sql, arguments)
+                .fetch_optional(pool)
+                .await
+                .map_err(classify),
+            Some(lane) => on_lane!(lane, sql, arguments, O, fetch_optional),
         }
     }
 

@@ -200,44 +200,81 @@ async fn an_error_the_server_answers_keeps_the_connection_and_the_next_read_is_c
 }
 
 #[tokio::test]
-async fn a_kept_connection_that_dies_fails_one_read_and_is_replaced() {
-    let (f, pool) = laned(3, 1).await;
+async fn a_kept_connection_that_died_while_idle_is_replaced_without_failing_a_read() {
+    let (f, pool) = laned(4, 2).await;
     let tenants = two_tenants(&f).await;
     let admin = f.db.pool(Role::Admin, 1).await;
-    for _ in 0..3 {
-        let pid = backend(&pool, tenants[0].0).await.unwrap();
-        let (killed,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1, 5000)")
-            .bind(pid)
-            .fetch_one(&admin)
-            .await
-            .unwrap();
-        assert!(killed);
-        // The next read fails (it never reads through a dead connection as if it were fine),
-        // and the one after runs on a new connection.
-        let failed = names(&pool, tenants[0].0).await;
-        assert!(failed.is_err(), "{failed:?}");
-        assert_eq!(&names(&pool, tenants[0].0).await.unwrap(), &tenants[0].1);
-        assert_ne!(backend(&pool, tenants[0].0).await.unwrap(), pid);
+    let kill = |pid: i32| {
+        let admin = admin.clone();
+        async move {
+            let (killed,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1, 5000)")
+                .bind(pid)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+            assert!(killed);
+        }
+    };
+    for round in 0..3 {
+        // Both kept connections in use at once, so that the lane holds two.
+        let (x, y) = tokio::join!(
+            pool.read(
+                &ctx(tenants[0].0),
+                "SELECT pg_backend_pid(), pg_sleep(0.05)"
+            )
+            .fetch_all::<(i32, ())>(),
+            pool.read(
+                &ctx(tenants[1].0),
+                "SELECT pg_backend_pid(), pg_sleep(0.05)"
+            )
+            .fetch_all::<(i32, ())>(),
+        );
+        let pids = [x.unwrap()[0].0, y.unwrap()[0].0];
+        assert_ne!(pids[0], pids[1]);
+        // The server ends both while they sit idle in the lane (a restart, an idle timeout).
+        for pid in pids {
+            kill(pid).await;
+        }
+        // Each read still answers, with its own tenant's rows, on a new connection.
+        for (tenant, expected) in &tenants {
+            assert_eq!(
+                &names(&pool, *tenant).await.unwrap(),
+                expected,
+                "round {round}"
+            );
+            assert!(!pids.contains(&backend(&pool, *tenant).await.unwrap()));
+        }
     }
-    // Terminated in the middle of a read: the server reports it (SQLSTATE 57P01) before it
-    // closes the socket. That read fails, and the connection is not kept for the next one.
-    for _ in 0..3 {
-        let pid = backend(&pool, tenants[0].0).await.unwrap();
+    // Terminated in the middle of a read on a connection just taken from the pool: the server
+    // reports it (SQLSTATE 57P01) before it closes the socket. That read fails (only a kept
+    // connection that died while idle earns a second try), and the connection is not kept.
+    for round in 0..3 {
+        let lane = f.pool.clone().with_read_connections(1).unwrap();
         let running = {
-            let pool = pool.clone();
+            let lane = lane.clone();
             let tenant = tenants[0].0;
             tokio::spawn(async move {
-                pool.read(&ctx(tenant), "SELECT pg_sleep(5)")
+                lane.read(&ctx(tenant), "SELECT pg_sleep(5)")
                     .fetch_all::<((),)>()
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        sqlx::query("SELECT pg_terminate_backend($1, 5000)")
-            .bind(pid)
-            .execute(&admin)
+        let started = std::time::Instant::now();
+        let pid = loop {
+            let found: Option<(i32,)> = sqlx::query_as(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE state = 'active' AND query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()",
+            )
+            .fetch_optional(&admin)
             .await
             .unwrap();
+            if let Some((pid,)) = found {
+                break pid;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "round {round}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        kill(pid).await;
         let failed = running.await.unwrap().unwrap_err();
         let RlsError::Database(e) = &failed else {
             panic!("{failed:?}")
@@ -247,8 +284,8 @@ async fn a_kept_connection_that_dies_fails_one_read_and_is_replaced() {
             Some("57P01"),
             "{failed:?}"
         );
-        assert_eq!(&names(&pool, tenants[0].0).await.unwrap(), &tenants[0].1);
-        assert_ne!(backend(&pool, tenants[0].0).await.unwrap(), pid);
+        assert_eq!(&names(&lane, tenants[0].0).await.unwrap(), &tenants[0].1);
+        assert_ne!(backend(&lane, tenants[0].0).await.unwrap(), pid);
     }
 }
 
