@@ -11,13 +11,19 @@ use crate::liveness::LiveCheck;
 use crate::pool::actor_setting;
 use crate::{SignedBinding, TenantPool};
 
-/// Runs the statement on a kept connection of `lane` with `$fetch`; once more on a new
-/// connection when a kept one turns out dead on its first use (see `LaneConnection::stale`).
-/// (A macro rather than a function taking an async closure: the future must stay `Send` for
-/// any lifetime of the connection it borrows.)
-macro_rules! on_lane {
-    ($lane:expr, $sql:expr, $arguments:expr, $row:ty, $fetch:ident) => {{
-        let mut conn = $lane.get().await?;
+/// Runs the statement with `$fetch`: on the pool, or on a kept connection of `$lane`, and then
+/// once more on a new connection when a kept one turns out dead on its first use (see
+/// `LaneConnection::stale`). (A macro rather than a function taking an async closure: the
+/// future must stay `Send` for any lifetime of the connection it borrows.)
+macro_rules! fetch {
+    ($pool:expr, $lane:expr, $sql:expr, $arguments:expr, $row:ty, $fetch:ident) => {{
+        let Some(lane) = $lane else {
+            return sqlx::query_as_with::<_, $row, _>(&$sql, $arguments)
+                .$fetch($pool)
+                .await
+                .map_err(classify);
+        };
+        let mut conn = lane.get().await?;
         let mut result = sqlx::query_as_with::<_, $row, _>(&$sql, $arguments.clone())
             .$fetch(conn.connection())
             .await;
@@ -164,13 +170,7 @@ impl<'p> BoundRead<'p> {
     {
         let (pool, lane, sql, arguments, context) = self.prepare()?;
         context.authorize_use().await?;
-        match lane {
-            None => sqlx::query_as_with::<_, O, _>(&sql, arguments)
-                .fetch_all(pool)
-                .await
-                .map_err(classify),
-            Some(lane) => on_lane!(lane, sql, arguments, O, fetch_all),
-        }
+        fetch!(pool, lane, sql, arguments, O, fetch_all)
     }
 
     /// At most one row.
@@ -183,13 +183,7 @@ impl<'p> BoundRead<'p> {
     {
         let (pool, lane, sql, arguments, context) = self.prepare()?;
         context.authorize_use().await?;
-        match lane {
-            None => sqlx::query_as_with::<_, O, _>(&sql, arguments)
-                .fetch_optional(pool)
-                .await
-                .map_err(classify),
-            Some(lane) => on_lane!(lane, sql, arguments, O, fetch_optional),
-        }
+        fetch!(pool, lane, sql, arguments, O, fetch_optional)
     }
 
     /// The wrapped statement and the arguments with the binding appended after the caller's.
