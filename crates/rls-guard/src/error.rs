@@ -109,14 +109,16 @@ pub enum RlsError {
     #[error("the session liveness check was refused: {0}")]
     SessionLivenessRefused(String),
     /// [`TenantPool::with_read_connections`](crate::TenantPool::with_read_connections) was
-    /// asked to keep no connection, or so many that the pool would have none left for
-    /// transactions.
+    /// asked to keep no connection, or so many that, with those other lanes already keep of
+    /// the same pool, the pool would have none left for transactions.
     #[error(
-        "read connections must number at least 1 and fewer than the pool's {max} connections (asked for {requested})"
+        "read connections must number at least 1 and, with the {kept} already kept, fewer than the pool's {max} connections (asked for {requested})"
     )]
     ReadConnections {
         /// The number asked for.
         requested: u32,
+        /// The connections other live lanes keep of the same pool.
+        kept: u32,
         /// The pool's maximum size.
         max: u32,
     },

@@ -2,41 +2,54 @@
 //!
 //! [`TenantPool::with_read_connections`]: crate::TenantPool::with_read_connections
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::{PgConnection, PgDatabaseError, PgPool};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::RlsError;
 
-/// Up to `size` connections taken from the pool once and kept for bound reads. A read that
-/// finished (rows or an error the server answered) puts its connection back here, with no
-/// round trip; any other end (the read's future dropped mid-statement, an I/O error) gives the
-/// connection back to the pool, whose release check (sqlx's ping) drains or closes it.
+/// Up to `size` connections taken from the pool and kept for bound reads. A read that finished
+/// (rows, or an error the server sent about the statement) puts its connection back here, with
+/// no round trip; any other end (the read's future dropped mid-statement, an I/O error) gives
+/// the connection back to the pool, whose release check (sqlx's ping) drains or closes it.
 pub(crate) struct ReadLane {
     pool: PgPool,
+    size: u32,
     /// One permit per kept connection; waiters are served first come, first served.
     permits: Semaphore,
     /// The kept connections not in use, most recently used last.
     idle: Mutex<Vec<Kept>>,
 }
 
+/// Every live lane, by the pool it keeps connections of (the address of the pool's shared
+/// options, stable while the pool lives, and a lane keeps its pool alive): lanes made from
+/// clones of one `TenantPool` share that pool's connections, so their sizes are counted
+/// together.
+static LANES: Mutex<Vec<(usize, Weak<ReadLane>)>> = Mutex::new(Vec::new());
+
+fn pool_key(pool: &PgPool) -> usize {
+    std::ptr::from_ref(pool.options()) as usize
+}
+
 impl std::fmt::Debug for ReadLane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadLane")
+            .field("size", &self.size)
             .field("available", &self.permits.available_permits())
             .field("idle", &self.idle().len())
             .finish_non_exhaustive()
     }
 }
 
-/// A kept connection and when it was taken from the pool.
+/// A kept connection and the latest moment it may still be used (the pool's maximum lifetime,
+/// counted from when the server started its backend).
 struct Kept {
     conn: PoolConnection<Postgres>,
-    taken: Instant,
+    expires: Option<Instant>,
 }
 
 impl ReadLane {
@@ -44,19 +57,32 @@ impl ReadLane {
     /// is handed back so that [`PgPool::close`] can finish.
     pub(crate) fn start(pool: PgPool, size: u32) -> Result<Arc<Self>, RlsError> {
         let max = pool.options().get_max_connections();
-        if size == 0 || size >= max {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| RlsError::ReadConnectionsRuntime)?;
+        let key = pool_key(&pool);
+        let mut lanes = LANES.lock().unwrap_or_else(PoisonError::into_inner);
+        lanes.retain(|(_, lane)| lane.strong_count() > 0);
+        let others: u32 = lanes
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .filter_map(|(_, lane)| lane.upgrade())
+            .map(|lane| lane.size)
+            .sum();
+        if size == 0 || others.saturating_add(size) >= max {
             return Err(RlsError::ReadConnections {
                 requested: size,
+                kept: others,
                 max,
             });
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| RlsError::ReadConnectionsRuntime)?;
         let lane = Arc::new(Self {
+            size,
             permits: Semaphore::new(size as usize),
             idle: Mutex::new(Vec::with_capacity(size as usize)),
             pool,
         });
+        lanes.push((key, Arc::downgrade(&lane)));
+        drop(lanes);
         let closed = lane.pool.close_event();
         let watched = Arc::downgrade(&lane);
         runtime.spawn(async move {
@@ -69,16 +95,16 @@ impl ReadLane {
         Ok(lane)
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Kept>> {
         // A push or pop cannot leave the list half-changed, so a poisoned lock is still sound.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A kept connection, or a new one from the pool when none is idle; waits (at most the
-    /// pool's acquire timeout) while all `size` are in use.
+    /// pool's acquire timeout, in all) while all `size` are in use.
     pub(crate) async fn get(&self) -> Result<LaneConnection<'_>, RlsError> {
-        let timeout = self.pool.options().get_acquire_timeout();
-        let permit = tokio::time::timeout(timeout, self.permits.acquire())
+        let deadline = tokio::time::Instant::now() + self.pool.options().get_acquire_timeout();
+        let permit = tokio::time::timeout_at(deadline, self.permits.acquire())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
@@ -89,7 +115,7 @@ impl ReadLane {
         let from_idle = idle.is_some();
         let kept = match idle {
             Some(kept) => kept,
-            None => self.take().await?,
+            None => self.take(deadline).await?,
         };
         Ok(LaneConnection {
             lane: self,
@@ -100,28 +126,38 @@ impl ReadLane {
         })
     }
 
-    /// A new connection from the pool.
-    async fn take(&self) -> Result<Kept, RlsError> {
-        Ok(Kept {
-            conn: self.pool.acquire().await?,
-            taken: Instant::now(),
-        })
-    }
-
-    /// Whether `kept` may stay: the pool is open and the connection is younger than the pool's
-    /// maximum lifetime (the pool closes older ones as they come back).
-    fn keeps(&self, kept: &Kept) -> bool {
-        !self.pool.is_closed()
-            && self
-                .pool
-                .options()
-                .get_max_lifetime()
-                .is_none_or(|max| kept.taken.elapsed() < max)
+    /// A new connection from the pool, and when it expires: the pool's maximum lifetime counts
+    /// from when the server started the connection's backend (it may have been open long
+    /// before the lane took it), which one statement asks. A connection whose age cannot be
+    /// read is not kept beyond this read.
+    async fn take(&self, deadline: tokio::time::Instant) -> Result<Kept, RlsError> {
+        let mut conn = tokio::time::timeout_at(deadline, self.pool.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let expires = match self.pool.options().get_max_lifetime() {
+            None => None,
+            Some(max) => {
+                let age: Result<(f64,), _> = sqlx::query_as(
+                    "SELECT pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() \
+                     OPERATOR(pg_catalog.-) a.backend_start)::pg_catalog.float8 \
+                     FROM pg_catalog.pg_stat_activity a \
+                     WHERE a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()",
+                )
+                .fetch_one(&mut *conn)
+                .await;
+                let age = age
+                    .ok()
+                    .and_then(|(age,)| Duration::try_from_secs_f64(age).ok())
+                    .unwrap_or(max);
+                Some(Instant::now() + max.saturating_sub(age))
+            }
+        };
+        Ok(Kept { conn, expires })
     }
 }
 
 /// A lane connection in use. Dropped, it goes back to the lane only if
-/// [`finished`](Self::finished) said its statement ended cleanly; otherwise to the pool.
+/// [`finished`](Self::finished) found its statement ended cleanly; otherwise to the pool.
 pub(crate) struct LaneConnection<'l> {
     lane: &'l ReadLane,
     kept: Option<Kept>,
@@ -141,12 +177,12 @@ impl LaneConnection<'_> {
         }
     }
 
-    /// Whether the read should run again on a new connection: this kept connection sat idle in
-    /// the lane and turned out dead on its first use (the server restarted or ended it
-    /// meanwhile: an I/O error, or the server's own report, see [`connection_sound`]). The
-    /// statement is read-only, so running it again changes nothing.
+    /// Whether the read should run once more on a new connection: this kept connection sat
+    /// idle in the lane and failed the way a connection the server ended meanwhile fails (see
+    /// [`died`]). The statement is read-only, so a second run writes nothing. A statement
+    /// cancelled or timed out (SQLSTATE 57014) is never run again.
     pub(crate) fn stale<T>(&self, result: &Result<T, sqlx::Error>) -> bool {
-        self.from_idle && !connection_sound(result)
+        self.from_idle && died(result)
     }
 
     /// Records how the statement ended: the connection stays in the lane only if
@@ -159,37 +195,63 @@ impl LaneConnection<'_> {
     pub(crate) async fn reconnect(&mut self) -> Result<(), RlsError> {
         self.kept = None;
         self.from_idle = false;
-        self.kept = Some(self.lane.take().await?);
+        let deadline = tokio::time::Instant::now() + self.lane.pool.options().get_acquire_timeout();
+        self.kept = Some(self.lane.take(deadline).await?);
         Ok(())
+    }
+}
+
+/// The SQLSTATE of an error the server sent (a `PgDatabaseError`: an error that only claims to
+/// be a database error, such as one a `FromRow` made up, has none).
+fn server_code<T>(result: &Result<T, sqlx::Error>) -> Option<&str> {
+    match result {
+        Err(sqlx::Error::Database(error)) => error
+            .try_downcast_ref::<PgDatabaseError>()
+            .map(PgDatabaseError::code),
+        _ => None,
     }
 }
 
 /// Whether a statement's outcome leaves its connection fit for the next read without the pool's
 /// release check: rows, or an error the server sent about the statement (after which the
 /// connection awaits only the server's ready message, which the next statement reads first).
-/// Not: an I/O or protocol error, a row that did not decode (rows may be left unread), or an
-/// error about the connection or the server rather than the statement (SQLSTATE classes 08,
-/// 57, 58 and XX: a terminated backend reports itself this way before closing the socket).
+/// Not: an I/O or protocol error, a row that did not decode (rows may be left unread), any
+/// other error raised on this side, or an error about the connection or the server rather than
+/// the statement (SQLSTATE classes 08, 57, 58 and XX: a terminated backend reports itself this
+/// way before closing the socket), except 57014: a statement cancelled or timed out leaves its
+/// connection ready for the next.
 fn connection_sound<T>(result: &Result<T, sqlx::Error>) -> bool {
-    match result {
-        Ok(_) => true,
-        Err(sqlx::Error::Database(error)) => error
-            .code()
-            .is_some_and(|code| !matches!(code.get(..2), Some("08" | "57" | "58" | "XX") | None)),
-        Err(_) => false,
-    }
+    result.is_ok()
+        || server_code(result).is_some_and(|code| {
+            code == "57014" || !matches!(code.get(..2), Some("08" | "57" | "58" | "XX") | None)
+        })
+}
+
+/// Whether a statement failed the way a connection fails once the server has ended it: an I/O
+/// error, a connection exception (class 08), or the server's report that it ended the session
+/// (57P01 terminated, 57P02 crash shutdown, 57P03 cannot connect now, 57P05 idle session
+/// timeout).
+fn died<T>(result: &Result<T, sqlx::Error>) -> bool {
+    matches!(result, Err(sqlx::Error::Io(_)))
+        || server_code(result).is_some_and(|code| {
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "57P05")
+        })
 }
 
 impl Drop for LaneConnection<'_> {
     fn drop(&mut self) {
         // Otherwise the connection is dropped here: the pool tests it on release (sqlx's ping,
         // which reads whatever an interrupted statement left unread) and closes it if it is
-        // broken.
+        // broken. `is_closed` is read under the lock the close watcher clears the lane under,
+        // so a connection is never put back after the watcher has run.
         if let Some(kept) = self.kept.take()
             && self.reusable
-            && self.lane.keeps(&kept)
+            && kept.expires.is_none_or(|at| Instant::now() < at)
         {
-            self.lane.idle().push(kept);
+            let mut idle = self.lane.idle();
+            if !self.lane.pool.is_closed() {
+                idle.push(kept);
+            }
         }
     }
 }

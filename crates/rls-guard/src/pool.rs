@@ -118,28 +118,40 @@ impl TenantPool {
     /// sent.
     ///
     /// A connection is kept only after its read **finished**: its rows were read, or the server
-    /// answered with an error (the one message still due, the server's "ready", is read by the
-    /// next statement before it sends anything, as on every sqlx connection). A read whose
-    /// future is dropped mid-statement (a timeout, a client gone), or that failed on the
-    /// connection itself (I/O, the protocol, a row that did not decode), hands its connection
-    /// back to the pool, whose release check reads what was left unread or closes the
-    /// connection. So a connection left mid-statement never serves another read without that
-    /// check, and nothing of one read's result can reach the next. The binding of a read is
-    /// local to its own implicit transaction either way (see [`BoundRead`]). A kept connection
-    /// that died while it sat idle (the server restarted or ended it: an I/O error, or the
-    /// server's report with SQLSTATE class 08 or 57) is given up and the read runs once more on
-    /// a new connection from the pool; it is read-only, so running it again changes nothing. A
-    /// connection taken from the pool for this read gets no second try.
+    /// answered with an error about the statement (the one message still due, the server's
+    /// "ready", is read by the next statement before it sends anything, as on every sqlx
+    /// connection). A read whose future is dropped mid-statement (a timeout, a client gone), or
+    /// that failed on the connection itself (I/O, the protocol, a row that did not decode, an
+    /// error the server sent about the connection rather than the statement: SQLSTATE classes
+    /// 08, 57 but 57014, 58 and XX), hands its connection back to the pool, whose release
+    /// check reads what was left unread or closes the connection. So a connection left
+    /// mid-statement never serves another read without that check, and nothing of one read's
+    /// result can reach the next. The binding of a read is local to its own implicit
+    /// transaction either way (see [`BoundRead`]).
+    ///
+    /// A kept connection that sat idle and fails the way a connection the server ended fails
+    /// (an I/O error; SQLSTATE class 08, or 57P01, 57P02, 57P03, 57P05) is given up and the
+    /// read runs once more on a new connection from the pool, so a server restart fails no
+    /// read. The statement is read-only, so the second run writes nothing; note that a read
+    /// an administrator ends with `pg_terminate_backend` while it runs on such a connection is
+    /// run once more, while one cancelled or timed out (`pg_cancel_backend`,
+    /// `statement_timeout`: 57014) is not. A connection just taken from the pool gets no
+    /// second try.
     ///
     /// The lane takes connections from the pool as reads need them, up to `connections`, and
-    /// keeps them (a kept connection older than the pool's maximum lifetime is handed back
-    /// instead); reads beyond that wait for one, first come, first served, for at most the
-    /// pool's acquire timeout. The rest of the pool serves transactions and everything else.
-    /// Closing the pool hands every kept connection back. Size the pool for both.
+    /// keeps them; one is handed back once the pool's maximum lifetime has passed since the
+    /// server started it (read from `pg_stat_activity` when the lane takes it). Reads beyond
+    /// that wait for one, first come, first served, for at most the pool's acquire timeout in
+    /// all. The rest of the pool serves transactions and everything else. Closing the pool
+    /// hands every kept connection back. The pool's `after_release` and `before_acquire` hooks
+    /// do not run between reads on a kept connection (only when the lane takes it from the
+    /// pool or hands it back). Size the pool for both.
     ///
     /// # Errors
-    /// [`RlsError::ReadConnections`] unless `0 < connections < ` the pool's maximum size;
-    /// [`RlsError::ReadConnectionsRuntime`] outside a Tokio runtime.
+    /// [`RlsError::ReadConnections`] unless `connections` is at least 1 and, with the
+    /// connections other live lanes keep of the same pool (lanes made from clones of one
+    /// `TenantPool`), below the pool's maximum size; [`RlsError::ReadConnectionsRuntime`]
+    /// outside a Tokio runtime.
     pub fn with_read_connections(mut self, connections: u32) -> Result<Self, RlsError> {
         self.lane = Some(ReadLane::start(self.pool.clone(), connections)?);
         Ok(self)

@@ -383,7 +383,7 @@ async fn the_lane_leaves_the_pool_at_least_one_connection() {
     for refused in [0, 3, 4, u32::MAX] {
         let e = f.pool.clone().with_read_connections(refused).unwrap_err();
         assert!(
-            matches!(e, RlsError::ReadConnections { requested, max: 3 } if requested == refused),
+            matches!(e, RlsError::ReadConnections { requested, kept: 0, max: 3 } if requested == refused),
             "{e:?}"
         );
     }
@@ -395,4 +395,220 @@ async fn the_lane_leaves_the_pool_at_least_one_connection() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn lanes_of_one_pool_together_leave_it_a_connection() {
+    let f = fixture(3).await;
+    let a = f.pool.clone().with_read_connections(2).unwrap();
+    // Another lane on a clone of the same pool would keep the last connection too.
+    let refused = f.pool.clone().with_read_connections(1).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            RlsError::ReadConnections {
+                requested: 1,
+                kept: 2,
+                max: 3
+            }
+        ),
+        "{refused:?}"
+    );
+    // With both of `a`'s connections kept, a transaction still gets the third.
+    let t = TenantId::new_random();
+    let (x, y) = tokio::join!(
+        a.read(&ctx(t), "SELECT pg_sleep(0.1)").fetch_all::<((),)>(),
+        a.read(&ctx(t), "SELECT pg_sleep(0.1)").fetch_all::<((),)>(),
+    );
+    x.unwrap();
+    y.unwrap();
+    let tx = f.pool.begin(&ctx(t)).await.unwrap();
+    tx.commit().await.unwrap();
+    // Control: once `a` is gone, its connections count no more.
+    drop(a);
+    let b = f.pool.clone().with_read_connections(2).unwrap();
+    assert!(names(&b, t).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_cancelled_or_timed_out_read_on_a_kept_connection_is_not_run_again() {
+    let f = fixture(3).await;
+    let pool = f.pool.clone().with_read_connections(1).unwrap();
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let tenant = TenantId::new_random();
+    let kept = backend(&pool, tenant).await.unwrap();
+    let running = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.read(&ctx(tenant), "SELECT pg_backend_pid(), pg_sleep(1)")
+                .fetch_all::<(i32, ())>()
+                .await
+        })
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let (active,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active')",
+        )
+        .bind(kept)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if active {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sqlx::query("SELECT pg_cancel_backend($1)")
+        .bind(kept)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let cancelled = running.await.unwrap().unwrap_err();
+    assert_eq!(
+        sqlstate(&cancelled).as_deref(),
+        Some("57014"),
+        "{cancelled:?}"
+    );
+    // The connection is sound and kept: the next read runs on it.
+    assert_eq!(backend(&pool, tenant).await.unwrap(), kept);
+
+    // A statement timeout: one run of the timeout, not two.
+    let raw = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            f.db.options(Role::Runtime)
+                .options([("statement_timeout", "400")]),
+        )
+        .await
+        .unwrap();
+    let pool = TenantPool::new(raw)
+        .await
+        .unwrap()
+        .with_read_connections(1)
+        .unwrap();
+    backend(&pool, tenant).await.unwrap();
+    let started = std::time::Instant::now();
+    let timed_out = pool
+        .read(&ctx(tenant), "SELECT pg_sleep(2)")
+        .fetch_all::<((),)>()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&timed_out).as_deref(),
+        Some("57014"),
+        "{timed_out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(750),
+        "the timed-out read ran again: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_goes_back_once_the_pools_lifetime_has_passed_since_it_was_opened() {
+    let f = fixture(3).await;
+    let raw = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .max_lifetime(Duration::from_secs(3))
+        .connect_with(f.db.options(Role::Runtime))
+        .await
+        .unwrap();
+    let pool = TenantPool::new(raw.clone()).await.unwrap();
+    // A connection the pool opened 2.5 s before the lane takes it.
+    sqlx::query("SELECT 1").execute(&raw).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let pool = pool.with_read_connections(1).unwrap();
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let tenant = TenantId::new_random();
+    let started = std::time::Instant::now();
+    let mut pids = std::collections::BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        let pid = backend(&pool, tenant).await.unwrap();
+        pids.insert(pid);
+        // (No row: the pool has closed that connection since.)
+        let age: Option<(f64,)> = sqlx::query_as(
+            "SELECT extract(epoch FROM clock_timestamp() - backend_start)::float8 \
+             FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(pid)
+        .fetch_optional(&admin)
+        .await
+        .unwrap();
+        if let Some((age,)) = age {
+            assert!(
+                age < 3.6,
+                "a read ran on a connection {age:.2} s old (max lifetime 3 s)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Control: the lane did keep connections (fewer backends than reads), and changed once.
+    assert!(pids.len() >= 2 && pids.len() <= 4, "{pids:?}");
+}
+
+/// A `FromRow` that reports its own failure as a database error, with a statement-level code.
+mod claims {
+    use std::borrow::Cow;
+
+    #[derive(Debug)]
+    pub(super) struct Claimed;
+    impl std::fmt::Display for Claimed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("invalid row")
+        }
+    }
+    impl std::error::Error for Claimed {}
+    impl sqlx::error::DatabaseError for Claimed {
+        fn message(&self) -> &str {
+            "invalid row"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed("22023"))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    pub(super) struct Strict;
+    impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Strict {
+        fn from_row(_: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+            Err(sqlx::Error::Database(Box::new(Claimed)))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_row_error_that_claims_to_come_from_the_server_does_not_keep_the_connection() {
+    let (f, pool) = laned(3, 1).await;
+    let tenants = two_tenants(&f).await;
+    for _ in 0..3 {
+        // The first row fails to decode while the server is still sending the rest, ending
+        // with an error of its own.
+        let refused = pool
+            .read(
+                &ctx(tenants[0].0),
+                "SELECT CASE WHEN g < 50000 THEN g ELSE 1 / (g - g) END \
+                 FROM generate_series(1, 60000) g",
+            )
+            .fetch_all::<claims::Strict>()
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(sqlstate(&refused).as_deref(), Some("22023"));
+        // The other tenant's read gets its own rows, not the first read's leftovers or error.
+        assert_eq!(&names(&pool, tenants[1].0).await.unwrap(), &tenants[1].1);
+    }
 }
