@@ -23,6 +23,8 @@ pub(crate) struct ReadLane {
     permits: Semaphore,
     /// The kept connections not in use, most recently used last.
     idle: Mutex<Vec<Kept>>,
+    /// Dropped with the lane: ends the task that watches for the pool closing.
+    _watching: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Every live lane, by the pool it keeps connections of (the address of the pool's shared
@@ -75,21 +77,28 @@ impl ReadLane {
                 max,
             });
         }
+        let (watching, dropped) = tokio::sync::oneshot::channel();
         let lane = Arc::new(Self {
             size,
             permits: Semaphore::new(size as usize),
             idle: Mutex::new(Vec::with_capacity(size as usize)),
             pool,
+            _watching: watching,
         });
         lanes.push((key, Arc::downgrade(&lane)));
         drop(lanes);
         let closed = lane.pool.close_event();
         let watched = Arc::downgrade(&lane);
         runtime.spawn(async move {
-            closed.await;
-            if let Some(lane) = watched.upgrade() {
-                lane.permits.close();
-                lane.idle().clear();
+            tokio::select! {
+                () = closed => {
+                    if let Some(lane) = watched.upgrade() {
+                        lane.permits.close();
+                        lane.idle().clear();
+                    }
+                }
+                // The lane is gone (its connections went back to the pool with it).
+                _ = dropped => {}
             }
         });
         Ok(lane)
