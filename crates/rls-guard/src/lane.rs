@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgDatabaseError, PgPool};
+use sqlx::postgres::{PgConnection, PgDatabaseError, PgPool, PgSeverity};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::RlsError;
@@ -25,6 +25,16 @@ pub(crate) struct ReadLane {
     idle: Mutex<Vec<Kept>>,
     /// Dropped with the lane: ends the task that watches for the pool closing.
     _watching: tokio::sync::oneshot::Sender<()>,
+    /// The runtime the lane was made in: a kept connection handed back to the pool spawns its
+    /// release there, so the lane can be dropped outside any runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for ReadLane {
+    fn drop(&mut self) {
+        let _entered = self.runtime.enter();
+        self.idle().clear();
+    }
 }
 
 /// Every live lane, by the pool it keeps connections of (the address of the pool's shared
@@ -84,6 +94,7 @@ impl ReadLane {
             idle: Mutex::new(Vec::with_capacity(size as usize)),
             pool,
             _watching: watching,
+            runtime: runtime.clone(),
         });
         lanes.push((key, Arc::downgrade(&lane)));
         drop(lanes);
@@ -120,7 +131,12 @@ impl ReadLane {
         if self.pool.is_closed() {
             return Err(sqlx::Error::PoolClosed.into());
         }
-        let idle = self.idle().pop();
+        // A kept connection past its lifetime goes back to the pool (dropped here) unused.
+        let idle = {
+            let mut idle = self.idle();
+            let now = Instant::now();
+            std::iter::from_fn(|| idle.pop()).find(|kept| kept.expires.is_none_or(|at| now < at))
+        };
         let from_idle = idle.is_some();
         let kept = match idle {
             Some(kept) => kept,
@@ -210,15 +226,19 @@ impl LaneConnection<'_> {
     }
 }
 
-/// The SQLSTATE of an error the server sent (a `PgDatabaseError`: an error that only claims to
-/// be a database error, such as one a `FromRow` made up, has none).
-fn server_code<T>(result: &Result<T, sqlx::Error>) -> Option<&str> {
+/// The error the server sent, if that is how the statement failed (a `PgDatabaseError`: an
+/// error that only claims to be a database error, such as one a `FromRow` made up, is not).
+fn server_error<T>(result: &Result<T, sqlx::Error>) -> Option<&PgDatabaseError> {
     match result {
-        Err(sqlx::Error::Database(error)) => error
-            .try_downcast_ref::<PgDatabaseError>()
-            .map(PgDatabaseError::code),
+        Err(sqlx::Error::Database(error)) => error.try_downcast_ref::<PgDatabaseError>(),
         _ => None,
     }
+}
+
+/// Whether the server ended the session with the error (severity FATAL or PANIC). SQL can raise
+/// any SQLSTATE, `57P01` included, but only at severity ERROR, on a session that goes on.
+fn ends_session(error: &PgDatabaseError) -> bool {
+    matches!(error.severity(), PgSeverity::Fatal | PgSeverity::Panic)
 }
 
 /// Whether a statement's outcome leaves its connection fit for the next read without the pool's
@@ -231,19 +251,25 @@ fn server_code<T>(result: &Result<T, sqlx::Error>) -> Option<&str> {
 /// connection ready for the next.
 fn connection_sound<T>(result: &Result<T, sqlx::Error>) -> bool {
     result.is_ok()
-        || server_code(result).is_some_and(|code| {
-            code == "57014" || !matches!(code.get(..2), Some("08" | "57" | "58" | "XX") | None)
+        || server_error(result).is_some_and(|error| {
+            let code = error.code();
+            !ends_session(error)
+                && (code == "57014"
+                    || !matches!(code.get(..2), Some("08" | "57" | "58" | "XX") | None))
         })
 }
 
 /// Whether a statement failed the way a connection fails once the server has ended it: an I/O
-/// error, a connection exception (class 08), or the server's report that it ended the session
-/// (57P01 terminated, 57P02 crash shutdown, 57P03 cannot connect now, 57P05 idle session
-/// timeout).
+/// error, or the server's report, at severity FATAL or PANIC, that it ended the session with a
+/// connection exception (class 08) or for an operator (57P01 terminated, 57P02 crash shutdown,
+/// 57P03 cannot connect now, 57P05 idle session timeout). The same codes raised by SQL (at
+/// severity ERROR) are the statement's own failure.
 fn died<T>(result: &Result<T, sqlx::Error>) -> bool {
     matches!(result, Err(sqlx::Error::Io(_)))
-        || server_code(result).is_some_and(|code| {
-            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "57P05")
+        || server_error(result).is_some_and(|error| {
+            let code = error.code();
+            ends_session(error)
+                && (code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "57P05"))
         })
 }
 

@@ -130,17 +130,21 @@ impl TenantPool {
     /// transaction either way (see [`BoundRead`]).
     ///
     /// A kept connection that sat idle and fails the way a connection the server ended fails
-    /// (an I/O error; SQLSTATE class 08, or 57P01, 57P02, 57P03, 57P05) is given up and the
-    /// read runs once more on a new connection from the pool, so a server restart fails no
-    /// read. The statement is read-only, so the second run writes nothing; note that a read
-    /// an administrator ends with `pg_terminate_backend` while it runs on such a connection is
+    /// (an I/O error, or the server ending the session, severity FATAL, with SQLSTATE class 08
+    /// or 57P01, 57P02, 57P03, 57P05; SQL that raises those codes does so at severity ERROR and
+    /// earns nothing) is given up and the read runs once more on a new connection from the
+    /// pool, so a server restart fails no read. The statement is read-only, so the second run
+    /// writes nothing (effects outside the transaction, such as a session advisory lock or
+    /// `pg_terminate_backend` called by a function, would happen again); note that a read an
+    /// administrator ends with `pg_terminate_backend` while it runs on such a connection is
     /// run once more, while one cancelled or timed out (`pg_cancel_backend`,
     /// `statement_timeout`: 57014) is not. A connection just taken from the pool gets no
     /// second try.
     ///
     /// The lane takes connections from the pool as reads need them, up to `connections`, and
-    /// keeps them; one is handed back once the pool's maximum lifetime has passed since the
-    /// server started it (read from `pg_stat_activity` when the lane takes it). Reads beyond
+    /// keeps them; one is handed back, unused, once the pool's maximum lifetime has passed
+    /// since the server started it (read from `pg_stat_activity` when the lane takes it; behind
+    /// PgBouncer that is the server connection's age, not the client's). Reads beyond
     /// that wait for one, first come, first served, for at most the pool's acquire timeout in
     /// all. The rest of the pool serves transactions and everything else. Closing the pool
     /// hands every kept connection back. The pool's `after_release` and `before_acquire` hooks
@@ -153,6 +157,8 @@ impl TenantPool {
     /// `TenantPool`), below the pool's maximum size; [`RlsError::ReadConnectionsRuntime`]
     /// outside a Tokio runtime.
     pub fn with_read_connections(mut self, connections: u32) -> Result<Self, RlsError> {
+        // A lane this pool had is replaced, not counted against the new one.
+        self.lane = None;
         self.lane = Some(ReadLane::start(self.pool.clone(), connections)?);
         Ok(self)
     }
