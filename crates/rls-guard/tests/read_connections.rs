@@ -38,6 +38,21 @@ async fn backend(pool: &TenantPool, tenant: TenantId) -> Result<i32, RlsError> {
     Ok(pid)
 }
 
+/// A pool of the runtime role made with `options` (connecting with `connect`), wrapped, with a
+/// lane of one.
+async fn laned_pool(
+    options: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) -> (sqlx::PgPool, TenantPool) {
+    let raw = options.connect_with(connect).await.unwrap();
+    let pool = TenantPool::new(raw.clone())
+        .await
+        .unwrap()
+        .with_read_connections(1)
+        .unwrap();
+    (raw, pool)
+}
+
 /// The SQLSTATE of a database error.
 fn sqlstate(error: &RlsError) -> Option<String> {
     match error {
@@ -328,17 +343,13 @@ async fn reads_beyond_the_lane_wait_their_turn_and_transactions_keep_the_rest_of
 #[tokio::test]
 async fn a_read_that_cannot_get_a_kept_connection_in_time_fails() {
     let f = fixture(2).await;
-    let raw = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_millis(300))
-        .connect_with(f.db.options(Role::Runtime))
-        .await
-        .unwrap();
-    let pool = TenantPool::new(raw)
-        .await
-        .unwrap()
-        .with_read_connections(1)
-        .unwrap();
+    let (_, pool) = laned_pool(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_millis(300)),
+        f.db.options(Role::Runtime),
+    )
+    .await;
     let tenant = TenantId::new_random();
     let holder = {
         let pool = pool.clone();
@@ -477,19 +488,12 @@ async fn a_cancelled_or_timed_out_read_on_a_kept_connection_is_not_run_again() {
     assert_eq!(backend(&pool, tenant).await.unwrap(), kept);
 
     // A statement timeout: one run of the timeout, not two.
-    let raw = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(
-            f.db.options(Role::Runtime)
-                .options([("statement_timeout", "400")]),
-        )
-        .await
-        .unwrap();
-    let pool = TenantPool::new(raw)
-        .await
-        .unwrap()
-        .with_read_connections(1)
-        .unwrap();
+    let (_, pool) = laned_pool(
+        sqlx::postgres::PgPoolOptions::new().max_connections(2),
+        f.db.options(Role::Runtime)
+            .options([("statement_timeout", "400")]),
+    )
+    .await;
     backend(&pool, tenant).await.unwrap();
     let started = std::time::Instant::now();
     let timed_out = pool
@@ -656,17 +660,13 @@ async fn a_connection_death_code_raised_by_sql_earns_no_second_run() {
 #[tokio::test]
 async fn a_kept_connection_idle_past_the_pools_lifetime_is_not_used() {
     let f = fixture(3).await;
-    let raw = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(3)
-        .max_lifetime(Duration::from_secs(2))
-        .connect_with(f.db.options(Role::Runtime))
-        .await
-        .unwrap();
-    let pool = TenantPool::new(raw)
-        .await
-        .unwrap()
-        .with_read_connections(1)
-        .unwrap();
+    let (_, pool) = laned_pool(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(3)
+            .max_lifetime(Duration::from_secs(2)),
+        f.db.options(Role::Runtime),
+    )
+    .await;
     let tenant = TenantId::new_random();
     let age = || async {
         let (pid, age): (i32, f64) = pool
