@@ -108,13 +108,14 @@ pub enum RlsError {
     /// The session liveness check was refused at start-up (it names the function and why).
     #[error("the session liveness check was refused: {0}")]
     SessionLivenessRefused(String),
-    /// [`TenantPool::with_read_connections`](crate::TenantPool::with_read_connections) was
-    /// asked to keep no connection, or so many that, with those other lanes already keep of
-    /// the same pool, the pool would have none left for transactions.
+    /// [`TenantPool::with_read_connections`](crate::TenantPool::with_read_connections) or
+    /// [`TenantPool::with_transaction_connections`](crate::TenantPool::with_transaction_connections)
+    /// was asked to keep no connection, or so many that, with those other lanes already keep
+    /// of the same pool, the pool would have none left.
     #[error(
-        "read connections must number at least 1 and, with the {kept} already kept, fewer than the pool's {max} connections (asked for {requested})"
+        "kept connections must number at least 1 and, with the {kept} already kept, fewer than the pool's {max} connections (asked for {requested})"
     )]
-    ReadConnections {
+    KeptConnections {
         /// The number asked for.
         requested: u32,
         /// The connections other live lanes keep of the same pool.
@@ -122,10 +123,13 @@ pub enum RlsError {
         /// The pool's maximum size.
         max: u32,
     },
-    /// [`TenantPool::with_read_connections`](crate::TenantPool::with_read_connections) was
-    /// called outside a Tokio runtime, so the lane could not watch for the pool closing.
-    #[error("read connections need a Tokio runtime: call with_read_connections inside one")]
-    ReadConnectionsRuntime,
+    /// [`TenantPool::with_read_connections`](crate::TenantPool::with_read_connections) or
+    /// [`TenantPool::with_transaction_connections`](crate::TenantPool::with_transaction_connections)
+    /// was called outside a Tokio runtime, so the lane could not watch for the pool closing.
+    #[error(
+        "kept connections need a Tokio runtime: call with_read_connections or with_transaction_connections inside one"
+    )]
+    KeptConnectionsRuntime,
     /// A table or schema name is not a plain SQL identifier.
     #[error("not a plain SQL identifier: {0:?}")]
     InvalidIdentifier(String),

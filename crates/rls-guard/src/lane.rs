@@ -1,6 +1,8 @@
-//! Connections kept for bound reads (see [`TenantPool::with_read_connections`]).
+//! Connections kept for bound reads and for transactions (see
+//! [`TenantPool::with_read_connections`] and [`TenantPool::with_transaction_connections`]).
 //!
 //! [`TenantPool::with_read_connections`]: crate::TenantPool::with_read_connections
+//! [`TenantPool::with_transaction_connections`]: crate::TenantPool::with_transaction_connections
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -8,19 +10,21 @@ use std::time::{Duration, Instant};
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgDatabaseError, PgPool, PgSeverity};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::RlsError;
 
-/// Up to `size` connections taken from the pool and kept for bound reads. A read that finished
-/// (rows, or an error the server sent about the statement) puts its connection back here, with
-/// no round trip; any other end (the read's future dropped mid-statement, an I/O error) gives
-/// the connection back to the pool, whose release check (sqlx's ping) drains or closes it.
-pub(crate) struct ReadLane {
+/// Up to `size` connections taken from the pool and kept for bound reads or for transactions.
+/// A use that finished cleanly (a read's rows, or an error the server sent about the
+/// statement; a transaction's commit or rollback with the connection handed back clean) puts
+/// its connection back here, with no round trip. Any other end of a read (its future dropped
+/// mid-statement, an I/O error) gives the connection back to the pool, whose release check
+/// (sqlx's ping) drains or closes it; any other end of a transaction closes it.
+pub(crate) struct Lane {
     pool: PgPool,
     size: u32,
     /// One permit per kept connection; waiters are served first come, first served.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// The kept connections not in use, most recently used last.
     idle: Mutex<Vec<Kept>>,
     /// Dropped with the lane: ends the task that watches for the pool closing.
@@ -30,7 +34,7 @@ pub(crate) struct ReadLane {
     runtime: tokio::runtime::Handle,
 }
 
-impl Drop for ReadLane {
+impl Drop for Lane {
     fn drop(&mut self) {
         let _entered = self.runtime.enter();
         self.idle().clear();
@@ -41,15 +45,15 @@ impl Drop for ReadLane {
 /// options, stable while the pool lives, and a lane keeps its pool alive): lanes made from
 /// clones of one `TenantPool` share that pool's connections, so their sizes are counted
 /// together.
-static LANES: Mutex<Vec<(usize, Weak<ReadLane>)>> = Mutex::new(Vec::new());
+static LANES: Mutex<Vec<(usize, Weak<Lane>)>> = Mutex::new(Vec::new());
 
 fn pool_key(pool: &PgPool) -> usize {
     std::ptr::from_ref(pool.options()) as usize
 }
 
-impl std::fmt::Debug for ReadLane {
+impl std::fmt::Debug for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadLane")
+        f.debug_struct("Lane")
             .field("size", &self.size)
             .field("available", &self.permits.available_permits())
             .field("idle", &self.idle().len())
@@ -64,13 +68,13 @@ struct Kept {
     expires: Option<Instant>,
 }
 
-impl ReadLane {
+impl Lane {
     /// A lane of `size` connections of `pool`. When the pool is closed, every kept connection
     /// is handed back so that [`PgPool::close`] can finish.
     pub(crate) fn start(pool: PgPool, size: u32) -> Result<Arc<Self>, RlsError> {
         let max = pool.options().get_max_connections();
         let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| RlsError::ReadConnectionsRuntime)?;
+            tokio::runtime::Handle::try_current().map_err(|_| RlsError::KeptConnectionsRuntime)?;
         let key = pool_key(&pool);
         let mut lanes = LANES.lock().unwrap_or_else(PoisonError::into_inner);
         lanes.retain(|(_, lane)| lane.strong_count() > 0);
@@ -81,7 +85,7 @@ impl ReadLane {
             .map(|lane| lane.size)
             .sum();
         if size == 0 || others.saturating_add(size) >= max {
-            return Err(RlsError::ReadConnections {
+            return Err(RlsError::KeptConnections {
                 requested: size,
                 kept: others,
                 max,
@@ -90,7 +94,7 @@ impl ReadLane {
         let (watching, dropped) = tokio::sync::oneshot::channel();
         let lane = Arc::new(Self {
             size,
-            permits: Semaphore::new(size as usize),
+            permits: Arc::new(Semaphore::new(size as usize)),
             idle: Mutex::new(Vec::with_capacity(size as usize)),
             pool,
             _watching: watching,
@@ -122,9 +126,9 @@ impl ReadLane {
 
     /// A kept connection, or a new one from the pool when none is idle; waits (at most the
     /// pool's acquire timeout, in all) while all `size` are in use.
-    pub(crate) async fn get(&self) -> Result<LaneConnection<'_>, RlsError> {
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<LaneConnection, RlsError> {
         let deadline = tokio::time::Instant::now() + self.pool.options().get_acquire_timeout();
-        let permit = tokio::time::timeout_at(deadline, self.permits.acquire())
+        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
@@ -143,7 +147,7 @@ impl ReadLane {
             None => self.take(deadline).await?,
         };
         Ok(LaneConnection {
-            lane: self,
+            lane: Arc::clone(self),
             kept: Some(kept),
             from_idle,
             reusable: false,
@@ -182,23 +186,47 @@ impl ReadLane {
 }
 
 /// A lane connection in use. Dropped, it goes back to the lane only if
-/// [`finished`](Self::finished) found its statement ended cleanly; otherwise to the pool.
-pub(crate) struct LaneConnection<'l> {
-    lane: &'l ReadLane,
+/// [`finished`](Self::finished) found its statement ended cleanly (or [`keep`](Self::keep)
+/// was called); otherwise to the pool, or closed after [`discard`](Self::discard).
+pub(crate) struct LaneConnection {
+    lane: Arc<Lane>,
     kept: Option<Kept>,
     /// Whether the connection sat idle in the lane before this use (it may have died there).
     from_idle: bool,
     reusable: bool,
     // Released after `drop` has put the connection back, so the next holder finds it.
-    _permit: SemaphorePermit<'l>,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl LaneConnection<'_> {
+impl LaneConnection {
     pub(crate) fn connection(&mut self) -> &mut PgConnection {
         match self.kept.as_mut() {
             Some(kept) => &mut kept.conn,
-            // Empty only in `drop`, or after a failed reconnect, which ends the read.
+            // Empty only in `drop`, after a failed reconnect, which ends the read or
+            // transaction, or after `discard`, which only the transaction's `Drop` calls.
             None => unreachable!("a lane connection used after it was given up"),
+        }
+    }
+
+    pub(crate) fn connection_ref(&self) -> &PgConnection {
+        match self.kept.as_ref() {
+            Some(kept) => &kept.conn,
+            None => unreachable!("a lane connection used after it was given up"),
+        }
+    }
+
+    /// Marks the connection fit to go back to the lane: a transaction ended with the
+    /// connection handed back clean, in a round trip the server answered.
+    pub(crate) fn keep(&mut self) {
+        self.reusable = true;
+    }
+
+    /// Closes the connection instead of handing it back anywhere (a transaction left open:
+    /// neither the lane nor the pool may see it again).
+    pub(crate) fn discard(&mut self) {
+        self.reusable = false;
+        if let Some(mut kept) = self.kept.take() {
+            kept.conn.close_on_drop();
         }
     }
 
@@ -273,7 +301,7 @@ fn died<T>(result: &Result<T, sqlx::Error>) -> bool {
         })
 }
 
-impl Drop for LaneConnection<'_> {
+impl Drop for LaneConnection {
     fn drop(&mut self) {
         // Otherwise the connection is dropped here: the pool tests it on release (sqlx's ping,
         // which reads whatever an interrupted statement left unread) and closes it if it is

@@ -9,7 +9,7 @@ use tenant_scope::{TenantContext, TenantId};
 
 use std::sync::Arc;
 
-use crate::lane::ReadLane;
+use crate::lane::{Lane, LaneConnection};
 use crate::liveness::{LiveCheck, live_check};
 use crate::read::{BoundRead, classify};
 use crate::role::verify_runtime_role;
@@ -30,7 +30,9 @@ pub struct TenantPool {
     /// The database-side check that a context's session is live.
     liveness: Option<SessionLiveness>,
     /// Connections kept for bound reads, if any.
-    lane: Option<Arc<ReadLane>>,
+    lane: Option<Arc<Lane>>,
+    /// Connections kept for transactions, if any.
+    tx_lane: Option<Arc<Lane>>,
 }
 
 impl TenantPool {
@@ -49,6 +51,7 @@ impl TenantPool {
                 key: None,
                 liveness: None,
                 lane: None,
+                tx_lane: None,
             }),
             BindingMode::Signed => Err(RlsError::BindingKeyRequired),
         }
@@ -88,6 +91,7 @@ impl TenantPool {
             key: Some(key),
             liveness: None,
             lane: None,
+            tx_lane: None,
         })
     }
 
@@ -152,20 +156,57 @@ impl TenantPool {
     /// pool or hands it back). Size the pool for both.
     ///
     /// # Errors
-    /// [`RlsError::ReadConnections`] unless `connections` is at least 1 and, with the
+    /// [`RlsError::KeptConnections`] unless `connections` is at least 1 and, with the
     /// connections other live lanes keep of the same pool (lanes made from clones of one
-    /// `TenantPool`), below the pool's maximum size; [`RlsError::ReadConnectionsRuntime`]
-    /// outside a Tokio runtime.
+    /// `TenantPool`, and its transaction lane), below the pool's maximum size;
+    /// [`RlsError::KeptConnectionsRuntime`] outside a Tokio runtime.
     pub fn with_read_connections(mut self, connections: u32) -> Result<Self, RlsError> {
         // A lane this pool had is replaced, not counted against the new one.
         self.lane = None;
-        self.lane = Some(ReadLane::start(self.pool.clone(), connections)?);
+        self.lane = Some(Lane::start(self.pool.clone(), connections)?);
+        Ok(self)
+    }
+
+    /// Runs every transaction ([`begin`](Self::begin), [`begin_read_only`](Self::begin_read_only))
+    /// on one of `connections` connections that the pool keeps for transactions, so that a
+    /// transaction's end costs no round trip of its own: sqlx tests each connection as it goes
+    /// back to its pool (a `Sync` round trip, its "ping"), and a kept connection goes back to
+    /// the lane instead, with no message sent.
+    ///
+    /// A connection goes back to the lane only when [`TenantTx::commit`] or
+    /// [`TenantTx::rollback`] succeeded: the server answered the round trip that ends the
+    /// transaction and hands the connection back clean (session settings reset, cursors closed,
+    /// listens ended, session advisory locks released, no SQL-prepared statement left; see
+    /// [`TenantTx::commit`]). A transaction that failed to end, or was dropped unfinished (an
+    /// early return, a panic, a cancelled future), closes its connection, exactly as without
+    /// the lane: an open or tampered transaction is never handed to anyone.
+    ///
+    /// A kept connection that sat idle and fails its transaction's first statement the way a
+    /// connection the server ended fails (as for [`with_read_connections`](Self::with_read_connections))
+    /// is given up, and `BEGIN` with the binding runs once more on a new connection: that
+    /// statement writes nothing, so a server restart fails no transaction. A connection just
+    /// taken from the pool gets no second try.
+    ///
+    /// The lane takes connections from the pool as transactions need them, up to
+    /// `connections`, and keeps them; the pool's maximum lifetime, closing the pool and the
+    /// pool's hooks work as for [`with_read_connections`](Self::with_read_connections).
+    /// Transactions beyond that wait for one, first come, first served, for at most the pool's
+    /// acquire timeout in all, whatever the rest of the pool holds: `connections` is the most
+    /// transactions that run at once. Size it, the read lane and the pool together.
+    ///
+    /// # Errors
+    /// As [`with_read_connections`](Self::with_read_connections): the read lane, the
+    /// transaction lane and the lanes of clones of this `TenantPool` together keep fewer
+    /// connections than the pool's maximum size.
+    pub fn with_transaction_connections(mut self, connections: u32) -> Result<Self, RlsError> {
+        self.tx_lane = None;
+        self.tx_lane = Some(Lane::start(self.pool.clone(), connections)?);
         Ok(self)
     }
 
     /// The lane of kept read connections, if any.
-    pub(crate) fn lane(&self) -> Option<&ReadLane> {
-        self.lane.as_deref()
+    pub(crate) fn lane(&self) -> Option<&Arc<Lane>> {
+        self.lane.as_ref()
     }
 
     /// The liveness check `context` needs.
@@ -278,7 +319,10 @@ impl TenantPool {
         let tenant = context.tenant();
         let actor = actor_setting(context);
         let live = self.live_check(context)?;
-        let conn = self.pool.acquire().await?;
+        let conn = match &self.tx_lane {
+            Some(lane) => TxConn::Kept(lane.get().await?),
+            None => TxConn::Pool(self.pool.acquire().await?),
+        };
         // Wrap the connection before the first byte is sent: if this future is cancelled while
         // BEGIN is in flight, dropping the unfinished `TenantTx` closes the connection rather
         // than returning a bound, mid-transaction connection to the pool.
@@ -316,40 +360,45 @@ impl TenantPool {
             Mode::ReadWrite => "BEGIN ISOLATION LEVEL READ COMMITTED",
             Mode::ReadOnly => "BEGIN READ ONLY",
         };
-        match self.sign(context)? {
-            None => {
-                let bind = match &live {
-                    None => format!("{begin}; {}", set_local_binding(tenant, &tx.actor)),
-                    Some(l) => format!("{begin}; {}", unsigned_live_bind(l, &tx.actor, tenant)),
-                };
-                tx.conn
-                    .execute(sqlx::raw_sql(&bind))
-                    .await
-                    .map_err(classify)?;
-            }
-            Some(signed) => {
-                // The signature travels as a parameter: query text, which other sessions of
-                // the same role can read in pg_stat_activity, never holds it.
-                tx.conn.execute(sqlx::raw_sql(begin)).await?;
-                match &live {
-                    None => {
-                        bind_statement(&signed)
-                            .execute(&mut *tx.conn)
-                            .await
-                            .map_err(classify)?;
-                    }
-                    Some(l) => {
-                        let home = self
-                            .sign_tenant(l.home, context)?
-                            .ok_or(RlsError::BindingKeyRequired)?;
-                        let sql = live_bind_sql(l);
-                        live_bind_statement(&sql, l, &home, &signed)
-                            .execute(&mut *tx.conn)
-                            .await
-                            .map_err(classify)?;
-                    }
+        let signed = self.sign(context)?;
+        // The first statement: with unsigned bindings, BEGIN and the binding; with signed ones,
+        // BEGIN alone (the signature travels as a parameter: query text, which other sessions
+        // of the same role can read in pg_stat_activity, never holds it).
+        let first = match (&signed, &live) {
+            (Some(_), _) => begin.to_owned(),
+            (None, None) => format!("{begin}; {}", set_local_binding(tenant, &tx.actor)),
+            (None, Some(l)) => format!("{begin}; {}", unsigned_live_bind(l, &tx.actor, tenant)),
+        };
+        let mut started = tx.connection().execute(sqlx::raw_sql(&first)).await;
+        if let TxConn::Kept(kept) = &mut tx.conn
+            && kept.stale(&started)
+        {
+            // A kept connection the server ended while it sat idle: the statement wrote
+            // nothing, so it runs once more on a new connection.
+            kept.reconnect().await?;
+            started = tx.connection().execute(sqlx::raw_sql(&first)).await;
+        }
+        started.map_err(classify)?;
+        match signed {
+            None => {}
+            Some(signed) => match &live {
+                None => {
+                    bind_statement(&signed)
+                        .execute(&mut *tx.conn)
+                        .await
+                        .map_err(classify)?;
                 }
-            }
+                Some(l) => {
+                    let home = self
+                        .sign_tenant(l.home, context)?
+                        .ok_or(RlsError::BindingKeyRequired)?;
+                    let sql = live_bind_sql(l);
+                    live_bind_statement(&sql, l, &home, &signed)
+                        .execute(&mut *tx.conn)
+                        .await
+                        .map_err(classify)?;
+                }
+            },
         }
         Ok(tx)
     }
@@ -467,7 +516,7 @@ pub(crate) fn actor_setting(context: &TenantContext) -> String {
 /// inherited.
 #[must_use = "a TenantTx must be committed or rolled back"]
 pub struct TenantTx {
-    conn: PoolConnection<Postgres>,
+    conn: TxConn,
     tenant: TenantId,
     actor: String,
     mode: Mode,
@@ -476,6 +525,32 @@ pub struct TenantTx {
     /// Rows that must be visible at commit, each with the receipt it reports to.
     commit_checks: Vec<(CommitCheck, CommitReceipt)>,
     finished: bool,
+}
+
+/// A transaction's connection: from the pool, or kept by the pool's transaction lane.
+enum TxConn {
+    Pool(PoolConnection<Postgres>),
+    Kept(LaneConnection),
+}
+
+impl Deref for TxConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Self::Pool(conn) => conn,
+            Self::Kept(kept) => kept.connection_ref(),
+        }
+    }
+}
+
+impl DerefMut for TxConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Self::Pool(conn) => conn,
+            Self::Kept(kept) => kept.connection(),
+        }
+    }
 }
 
 /// The liveness check a writing [`TenantTx`] repeats at its commit.
@@ -584,6 +659,10 @@ const RELEASE_LOCKS: &str = "pg_catalog.pg_advisory_unlock_all(), \
      1 / (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql))::int";
 
 impl TenantTx {
+    fn connection(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
     /// The tenant this transaction is bound to.
     #[must_use]
     pub const fn tenant(&self) -> TenantId {
@@ -681,9 +760,13 @@ impl TenantTx {
     async fn finish(&mut self, sql: &str) -> Result<(), RlsError> {
         // `finished` is set only once the server has answered: a commit or rollback cancelled
         // mid-flight leaves it false, and `Drop` closes the connection.
-        match self.conn.execute(sqlx::raw_sql(sql)).await {
+        match self.connection().execute(sqlx::raw_sql(sql)).await {
             Ok(_) => {
                 self.finished = true;
+                // Ended and handed back clean: a kept connection may serve the next one.
+                if let TxConn::Kept(kept) = &mut self.conn {
+                    kept.keep();
+                }
                 Ok(())
             }
             Err(error) => {
@@ -716,7 +799,10 @@ impl DerefMut for TenantTx {
 impl Drop for TenantTx {
     fn drop(&mut self) {
         if !self.finished {
-            self.conn.close_on_drop();
+            match &mut self.conn {
+                TxConn::Pool(conn) => conn.close_on_drop(),
+                TxConn::Kept(kept) => kept.discard(),
+            }
         }
     }
 }

@@ -1,12 +1,14 @@
 //! [`BoundRead`]: one read-only statement bound to a tenant, in one round trip.
 
+use std::sync::Arc;
+
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::{Arguments, Encode, FromRow, Postgres, Type};
 use tenant_scope::{TenantContext, TenantId};
 
 use crate::RlsError;
-use crate::lane::ReadLane;
+use crate::lane::Lane;
 use crate::liveness::LiveCheck;
 use crate::pool::actor_setting;
 use crate::{SignedBinding, TenantPool};
@@ -94,7 +96,7 @@ macro_rules! fetch {
 #[must_use = "a BoundRead does nothing until fetched"]
 pub struct BoundRead<'p> {
     pool: &'p PgPool,
-    lane: Option<&'p ReadLane>,
+    lane: Option<&'p Arc<Lane>>,
     signed: Result<Option<SignedBinding>, RlsError>,
     /// The session check, with the signed binding of the actor's own tenant when bindings are
     /// signed and the context is cross-tenant.
@@ -193,7 +195,7 @@ impl<'p> BoundRead<'p> {
     ) -> Result<
         (
             &'p PgPool,
-            Option<&'p ReadLane>,
+            Option<&'p Arc<Lane>>,
             String,
             PgArguments,
             TenantContext,

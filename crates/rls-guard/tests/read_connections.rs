@@ -396,7 +396,7 @@ async fn the_lane_leaves_the_pool_at_least_one_connection() {
     for refused in [0, 3, 4, u32::MAX] {
         let e = f.pool.clone().with_read_connections(refused).unwrap_err();
         assert!(
-            matches!(e, RlsError::ReadConnections { requested, kept: 0, max: 3 } if requested == refused),
+            matches!(e, RlsError::KeptConnections { requested, kept: 0, max: 3 } if requested == refused),
             "{e:?}"
         );
     }
@@ -419,7 +419,7 @@ async fn lanes_of_one_pool_together_leave_it_a_connection() {
     assert!(
         matches!(
             refused,
-            RlsError::ReadConnections {
+            RlsError::KeptConnections {
                 requested: 1,
                 kept: 2,
                 max: 3
@@ -712,7 +712,7 @@ async fn asking_again_replaces_the_pools_own_lane() {
     let _clone = pool.clone();
     let refused = f.pool.clone().with_read_connections(1).unwrap_err();
     assert!(
-        matches!(refused, RlsError::ReadConnections { kept: 2, .. }),
+        matches!(refused, RlsError::KeptConnections { kept: 2, .. }),
         "{refused:?}"
     );
 }

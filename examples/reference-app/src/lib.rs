@@ -215,7 +215,8 @@ impl App {
             .await?
             .with_session_liveness(magic_auth::session_liveness())
             .await?
-            .with_read_connections(4)?;
+            .with_read_connections(4)?
+            .with_transaction_connections(2)?;
         let services = build(
             &self.config,
             pool,
@@ -447,13 +448,15 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
         .await?;
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
     // Every statement made for a signed-in request asks the database whether its session is
-    // still live, in the statement that binds the tenant. Half of the runtime role's 16
-    // connections are kept for bound reads (one round trip each, no release check).
+    // still live, in the statement that binds the tenant. Of the runtime role's 16
+    // connections, 8 are kept for bound reads (one round trip each, no release check) and 4
+    // for transactions (no release check after the commit); the rest serve everything else.
     let pool = TenantPool::new(runtime.clone())
         .await?
         .with_session_liveness(magic_auth::session_liveness())
         .await?
-        .with_read_connections(8)?;
+        .with_read_connections(8)?
+        .with_transaction_connections(4)?;
     // The same role chains queued audit events (it may only call `audit.sequence`, see
     // `schema::migrations`), polling the queue: one connection sequences, the checkpoint job
     // uses the rest.

@@ -279,3 +279,42 @@ impl tenant_scope::CrossTenantAudit for Accept {
         Ok(())
     }
 }
+
+/// The backend process id of the transaction's connection.
+pub async fn backend(tx: &mut rls_guard::TenantTx) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap()
+}
+
+/// `pg_stat_activity.state` of backend `pid`, waiting (at most 2 s) for it to settle out of
+/// `active`; `None` when the backend is gone.
+pub async fn state(admin: &PgPool, pid: i32) -> Option<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_optional(admin)
+                .await
+                .unwrap()
+                .flatten();
+        if s.as_deref() != Some("active") || started.elapsed() > std::time::Duration::from_secs(2) {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (at most 5 s) until backend `pid` is gone.
+pub async fn gone(admin: &PgPool, pid: i32) {
+    let started = std::time::Instant::now();
+    while state(admin, pid).await.is_some() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "backend {pid} still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
