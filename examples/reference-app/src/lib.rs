@@ -215,8 +215,8 @@ impl App {
             .await?
             .with_session_liveness(magic_auth::session_liveness())
             .await?
-            .with_read_connections(4)?
-            .with_transaction_connections(2)?;
+            .with_read_connections(3)?
+            .with_transaction_connections(4)?;
         let services = build(
             &self.config,
             pool,
@@ -449,14 +449,16 @@ pub async fn start(mut config: Config) -> Result<App, BoxError> {
     // Refuses a runtime role that is superuser, BYPASSRLS, or owns tenant tables.
     // Every statement made for a signed-in request asks the database whether its session is
     // still live, in the statement that binds the tenant. Of the runtime role's 16
-    // connections, 8 are kept for bound reads (one round trip each, no release check) and 4
-    // for transactions (no release check after the commit); the rest serve everything else.
+    // connections, 6 are kept for bound reads (one round trip each, no release check) and 8
+    // for transactions (no release check after the commit; the audit records of refused
+    // requests are transactions too, so they share these with the writes); the other 2 serve
+    // the few queries made on the raw pool.
     let pool = TenantPool::new(runtime.clone())
         .await?
         .with_session_liveness(magic_auth::session_liveness())
         .await?
-        .with_read_connections(8)?
-        .with_transaction_connections(4)?;
+        .with_read_connections(6)?
+        .with_transaction_connections(8)?;
     // The same role chains queued audit events (it may only call `audit.sequence`, see
     // `schema::migrations`), polling the queue: one connection sequences, the checkpoint job
     // uses the rest.
