@@ -24,6 +24,15 @@ async fn laned(max: u32, lane: u32) -> (Fixture, TenantPool) {
     (f, pool)
 }
 
+/// `raw` wrapped, with one connection kept for transactions.
+async fn one_kept(raw: sqlx::PgPool) -> TenantPool {
+    TenantPool::new(raw)
+        .await
+        .unwrap()
+        .with_transaction_connections(1)
+        .unwrap()
+}
+
 /// What a transaction bound to `tenant` sees: its backend, the bound tenant, the project names.
 async fn seen(pool: &TenantPool, tenant: TenantId) -> Result<(i32, String, Vec<String>), RlsError> {
     let mut tx = pool.begin(&ctx(tenant)).await?;
@@ -68,11 +77,7 @@ async fn one_kept_connection_serves_transaction_after_transaction_without_the_po
         .connect_with(options.clone())
         .await
         .unwrap();
-    let pool = TenantPool::new(raw)
-        .await
-        .unwrap()
-        .with_transaction_connections(1)
-        .unwrap();
+    let pool = one_kept(raw).await;
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
     // The start-up checks' connection goes back to the pool in a task of its own: let it.
     seen(&pool, a).await.unwrap();
@@ -350,11 +355,7 @@ async fn a_transaction_that_cannot_get_a_kept_connection_in_time_fails_as_unavai
         .connect_with(f.db.options(Role::Runtime))
         .await
         .unwrap();
-    let pool = TenantPool::new(raw)
-        .await
-        .unwrap()
-        .with_transaction_connections(1)
-        .unwrap();
+    let pool = one_kept(raw).await;
     let a = TenantId::new_random();
     let held = pool.begin(&ctx(a)).await.unwrap();
     let started = std::time::Instant::now();
