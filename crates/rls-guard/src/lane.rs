@@ -158,7 +158,7 @@ impl Lane {
     /// A new connection from the pool, and when it expires: the pool's maximum lifetime counts
     /// from when the server started the connection's backend (it may have been open long
     /// before the lane took it), which one statement asks. A connection whose age cannot be
-    /// read is not kept beyond this read.
+    /// read is not kept beyond this use.
     async fn take(&self, deadline: tokio::time::Instant) -> Result<Kept, RlsError> {
         let mut conn = tokio::time::timeout_at(deadline, self.pool.acquire())
             .await
@@ -230,10 +230,11 @@ impl LaneConnection {
         }
     }
 
-    /// Whether the read should run once more on a new connection: this kept connection sat
-    /// idle in the lane and failed the way a connection the server ended meanwhile fails (see
-    /// [`died`]). The statement is read-only, so a second run writes nothing. A statement
-    /// cancelled or timed out (SQLSTATE 57014) is never run again.
+    /// Whether the statement should run once more on a new connection: this kept connection
+    /// sat idle in the lane and failed the way a connection the server ended meanwhile fails
+    /// (see [`died`]). Callers retry only statements that write nothing (a bound read; a
+    /// transaction's `BEGIN` and binding). A statement cancelled or timed out (SQLSTATE 57014)
+    /// is never run again.
     pub(crate) fn stale<T>(&self, result: &Result<T, sqlx::Error>) -> bool {
         self.from_idle && died(result)
     }

@@ -150,10 +150,11 @@ impl TenantPool {
     /// since the server started it (read from `pg_stat_activity` when the lane takes it; behind
     /// PgBouncer that is the server connection's age, not the client's). Reads beyond
     /// that wait for one, first come, first served, for at most the pool's acquire timeout in
-    /// all. The rest of the pool serves transactions and everything else. Closing the pool
-    /// hands every kept connection back. The pool's `after_release` and `before_acquire` hooks
-    /// do not run between reads on a kept connection (only when the lane takes it from the
-    /// pool or hands it back). Size the pool for both.
+    /// all. The rest of the pool serves transactions (unless they have a lane of their own, see
+    /// [`with_transaction_connections`](Self::with_transaction_connections)) and everything
+    /// else. Closing the pool hands every kept connection back. The pool's `after_release` and
+    /// `before_acquire` hooks do not run between reads on a kept connection (only when the
+    /// lane takes it from the pool or hands it back). Size the pool for both.
     ///
     /// # Errors
     /// [`RlsError::KeptConnections`] unless `connections` is at least 1 and, with the
@@ -379,9 +380,8 @@ impl TenantPool {
             started = tx.connection().execute(sqlx::raw_sql(&first)).await;
         }
         started.map_err(classify)?;
-        match signed {
-            None => {}
-            Some(signed) => match &live {
+        if let Some(signed) = signed {
+            match &live {
                 None => {
                     bind_statement(&signed)
                         .execute(&mut *tx.conn)
@@ -398,7 +398,7 @@ impl TenantPool {
                         .await
                         .map_err(classify)?;
                 }
-            },
+            }
         }
         Ok(tx)
     }
