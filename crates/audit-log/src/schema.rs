@@ -47,6 +47,8 @@
 //! [`AuditLog::append`]: crate::AuditLog::append
 //! [`AuditLog::record`]: crate::AuditLog::record
 
+use rls_guard::schema::Write;
+
 use crate::AuditError;
 use crate::canonical::{CHAIN_DOMAIN, GENESIS_DOMAIN};
 
@@ -71,15 +73,20 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     }
     let genesis = hex::encode(GENESIS_DOMAIN);
     let chain = hex::encode(CHAIN_DOMAIN);
-    let rls = |table: &str| {
-        rls_guard::schema::tenant_table_sql(table).map_err(|_| AuditError::InvalidConfig("table"))
+    let rls = |table: &str, checked: &[Write]| {
+        rls_guard::schema::tenant_table_sql_for(table, checked)
+            .map_err(|_| AuditError::InvalidConfig("table"))
     };
+    // Nobody but the owner inserts into `audit.events` (audit.sequence) or changes the queue
+    // (audit.sequence deletes what it chained): the binding check holds only the writes other
+    // roles may make, so the sequencer's rows cost no trigger call each. rls-guard's checks
+    // refuse the tables if any other role is ever granted such a write.
     let (events_rls, pending_rls, anchors_rls, checkpoints_rls, acknowledgements_rls) = (
-        rls("audit.events")?,
-        rls("audit.pending")?,
-        rls("audit.anchors")?,
-        rls("audit.checkpoints")?,
-        rls("audit.acknowledgements")?,
+        rls("audit.events", &[Write::Update, Write::Delete])?,
+        rls("audit.pending", &[Write::Insert])?,
+        rls("audit.anchors", &Write::ALL)?,
+        rls("audit.checkpoints", &Write::ALL)?,
+        rls("audit.acknowledgements", &Write::ALL)?,
     );
     let r = runtime_role;
     let skew = MAX_CLOCK_SKEW_SECS;
@@ -368,12 +375,14 @@ CREATE OR REPLACE FUNCTION audit.sequence_pick(max_rows integer)
                       OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
                ORDER BY p.id LIMIT (SELECT sh.n FROM share sh)) s
     ),
+    -- Only what the shares left room for: when they filled the batch, nothing is read here.
     rest AS (
         SELECT p.id, p.tenant_id, 1 AS pass FROM audit.pending p
          WHERE (p.failed_at IS NULL
                 OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
            AND NOT EXISTS (SELECT 1 FROM fair f WHERE f.id = p.id)
-         ORDER BY p.id LIMIT max_rows
+         ORDER BY p.id
+         LIMIT GREATEST(0, max_rows - (SELECT pg_catalog.count(*) FROM fair))
     ),
     picked AS (
         SELECT u.id, u.tenant_id
@@ -402,6 +411,7 @@ DECLARE
     last_seq  bigint;
     last_hash bytea;
     prefix    bytea;
+    n_moved   bigint;
     r         record;
 BEGIN
     IF signed THEN
@@ -410,7 +420,6 @@ BEGIN
         PERFORM pg_catalog.set_config('app.tenant_id', t::text, true);
         PERFORM pg_catalog.set_config('app.actor_id', '', true);
     END IF;
-    PERFORM pg_catalog.set_config('app.commit_binding', t::text || ':', true);
     SELECT e.seq, e.hash INTO last_seq, last_hash
       FROM audit.events e WHERE e.tenant_id = t ORDER BY e.seq DESC LIMIT 1;
     IF NOT FOUND THEN
@@ -432,16 +441,29 @@ BEGIN
         last_hash := sha256(prefix || int8send(last_seq) || last_hash || r.event);
         hashes := hashes || last_hash;
     END LOOP;
+    -- The queued rows leave the queue and enter the chain in one statement (the deleted rows
+    -- joined to their hashes by a hash join, not one probe of the queue per event).
+    WITH moved AS (
+        DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids)
+        RETURNING p.id, p.tenant_id, p.occurred_at, p.actor_kind, p.actor_id, p.action,
+                  p.outcome, p.request_id, p.event, p.inserted_at
+    )
     INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action,
                               outcome, request_id, event, prev_hash, hash, queue_id,
                               queued_at, sequenced_at)
-    SELECT p.tenant_id, c.seq, p.occurred_at, p.actor_kind, p.actor_id, p.action,
-           p.outcome, p.request_id, p.event, c.prev, c.hash, p.id,
-           p.inserted_at, pg_catalog.clock_timestamp()
+    SELECT m.tenant_id, c.seq, m.occurred_at, m.actor_kind, m.actor_id, m.action,
+           m.outcome, m.request_id, m.event, c.prev, c.hash, m.id,
+           m.inserted_at, pg_catalog.clock_timestamp()
       FROM unnest(ids, seqs, prevs, hashes) AS c(id, seq, prev, hash)
-      JOIN audit.pending p ON p.tenant_id = t AND p.id = c.id
+      JOIN moved m ON m.id = c.id
      ORDER BY c.seq;
-    DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids);
+    -- Every event hashed was moved, and no other: anything else rolls this tenant back.
+    GET DIAGNOSTICS n_moved = ROW_COUNT;
+    IF n_moved IS DISTINCT FROM pg_catalog.cardinality(ids) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL007',
+            MESSAGE = 'audit.sequence: the queued events changed while they were chained';
+    END IF;
 END
 $$;
 
@@ -471,9 +493,9 @@ BEGIN
             MESSAGE = 'audit.sequence: the row of audit.sequencer_lock is missing (re-run the audit schema)';
     END IF;
     PERFORM pg_catalog.set_config('audit.sequencing', 'on', true);
-    -- Each tenant's rows are written under that tenant's binding: the binding checks run at the
-    -- end of each statement, while it holds, rather than at commit.
-    SET CONSTRAINTS audit.tenant_binding_check IMMEDIATE;
+    -- Each tenant's rows are written under that tenant's binding, which the forced row
+    -- policies of audit.events hold every inserted row to. (rls-guard's binding check, made for
+    -- the writes of other roles, checks none of these: see schema_sql.)
     signed := EXISTS (SELECT 1 FROM app.binding_keys k WHERE k.retired_at IS NULL);
     -- The whole batch in one subtransaction: one per tenant would give a batch of many tenants
     -- more subtransactions than PostgreSQL tracks per transaction (64), slowing every
@@ -503,7 +525,6 @@ BEGIN
                 grp.tenant_id, SQLSTATE);
             PERFORM pg_catalog.set_config('app.tenant_id', grp.tenant_id::text, true);
             PERFORM pg_catalog.set_config('app.actor_id', '', true);
-            PERFORM pg_catalog.set_config('app.commit_binding', grp.tenant_id::text || ':', true);
             UPDATE audit.pending p SET failed_at = pg_catalog.clock_timestamp()
              WHERE p.tenant_id = grp.tenant_id AND p.id = ANY (grp.ids);
         END;

@@ -269,6 +269,68 @@ async fn a_tenant_whose_batch_fails_holds_up_no_other_tenant() {
     assert!(report.oldest_pending.is_some());
 }
 
+/// The owner (what a compromised migration could install) keeps one tenant's queued events from
+/// leaving the queue: a trigger skips their delete. Were they chained anyway, the next batch
+/// would chain them a second time; instead that tenant's batch fails and is set aside, nothing
+/// of it is chained, and the other tenant's events are chained as before (the positive
+/// control). Once the trigger is gone, the events are chained once each.
+#[tokio::test]
+async fn a_queued_event_kept_in_the_queue_is_never_chained_twice() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let (held, fine) = (TenantId::new_random(), TenantId::new_random());
+    f.db.as_admin(&format!(
+        "CREATE FUNCTION audit.keep_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF OLD.tenant_id = '{held}' THEN RETURN NULL; END IF;
+             RETURN OLD;
+         END $$;
+         CREATE TRIGGER keep_queued BEFORE DELETE ON audit.pending
+             FOR EACH ROW EXECUTE FUNCTION audit.keep_queued();
+         ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER keep_queued;",
+        held = held.as_uuid()
+    ))
+    .await;
+    for i in 0..3 {
+        f.log.record(event(held, i)).await.unwrap();
+        f.log.record(event(fine, i)).await.unwrap();
+    }
+    for _ in 0..3 {
+        f.sequencer.sequence_batch().await.unwrap();
+    }
+    assert_eq!(
+        (
+            chained_count(&admin, held).await,
+            queued_count(&admin, held).await
+        ),
+        (0, 3)
+    );
+    assert_eq!(
+        (
+            chained_count(&admin, fine).await,
+            queued_count(&admin, fine).await
+        ),
+        (3, 0)
+    );
+    assert!(verify(&f, fine).await.is_intact());
+    let report = verify(&f, held).await;
+    assert_eq!((report.last_seq, report.pending), (0, 3));
+    // The trigger gone and the pause after the failure skipped, the events are chained once.
+    f.db.as_admin(
+        "DROP TRIGGER keep_queued ON audit.pending;
+         BEGIN;
+         SET LOCAL audit.sequencing = 'on';
+         UPDATE audit.pending SET failed_at = NULL;
+         COMMIT;",
+    )
+    .await;
+    sequence_all(&f).await;
+    let report = verify(&f, held).await;
+    assert!(report.is_intact(), "{:?}", report.result);
+    assert_eq!((report.last_seq, report.pending), (3, 0));
+    assert_eq!(chained_count(&admin, held).await, 3);
+}
+
 #[tokio::test]
 async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() {
     let f = fixture(2).await;

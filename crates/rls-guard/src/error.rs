@@ -133,6 +133,12 @@ pub enum RlsError {
     /// A table or schema name is not a plain SQL identifier.
     #[error("not a plain SQL identifier: {0:?}")]
     InvalidIdentifier(String),
+    /// [`schema::tenant_table_sql_for`](crate::schema::tenant_table_sql_for) was given no kind
+    /// of write to check.
+    #[error(
+        "a tenant table's binding check must hold at least one kind of write (INSERT, UPDATE or DELETE)"
+    )]
+    NoCheckedWrite,
 }
 
 fn list(problems: &[RoleProblem]) -> String {

@@ -728,18 +728,86 @@ fn checked_table(table: &str) -> Result<(Option<&str>, &str), RlsError> {
     }
 }
 
+/// A kind of write to a tenant table: what the binding check of [`tenant_table_sql_for`] holds
+/// to the tenant a transaction commits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Write {
+    /// `INSERT` (and the insert of `INSERT … ON CONFLICT DO UPDATE`, `MERGE`, `COPY FROM`).
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+}
+
+impl Write {
+    /// Every kind of write: what [`tenant_table_sql`] checks.
+    pub const ALL: [Self; 3] = [Self::Insert, Self::Update, Self::Delete];
+
+    /// The SQL keyword.
+    #[must_use]
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Self::Insert => "INSERT",
+            Self::Update => "UPDATE",
+            Self::Delete => "DELETE",
+        }
+    }
+
+    /// The event's bit in `pg_trigger.tgtype`.
+    pub(crate) fn trigger_bit(self) -> i32 {
+        match self {
+            Self::Insert => 4,
+            Self::Delete => 8,
+            Self::Update => 16,
+        }
+    }
+}
+
 /// SQL that makes `table` (which must have a `tenant_id uuid NOT NULL` column) tenant-safe:
 /// ENABLE and FORCE row-level security (so the owner is subject too), a RESTRICTIVE policy that
 /// every access must pass whatever other policies are added later, the PERMISSIVE policy
 /// PostgreSQL needs to grant any access at all, both with `USING` and `WITH CHECK`, the deferred
-/// binding-check trigger (see [`SUPPORT_SQL`]) and an index leading with `tenant_id` unless one
-/// exists. Idempotent.
+/// binding-check trigger (see [`SUPPORT_SQL`]) for every kind of write, and an index leading
+/// with `tenant_id` unless one exists. Idempotent.
 ///
 /// # Errors
 /// [`RlsError::InvalidIdentifier`] unless `table` is `name` or `schema.name` of lowercase
 /// letters, digits and underscores.
 pub fn tenant_table_sql(table: &str) -> Result<String, RlsError> {
+    tenant_table_sql_for(table, &Write::ALL)
+}
+
+/// [`tenant_table_sql`] with the binding check (the deferred trigger and the statement triggers
+/// that record what a transaction wrote) made for the writes in `checked` only, and removed
+/// for the others. Idempotent.
+///
+/// The check holds each write of a transaction to the tenant it commits for; it costs a trigger
+/// call per written row. Leave a kind of write out only for a table that no role but its owner
+/// may write that way: an append-only log written by one `SECURITY DEFINER` function as the
+/// owner (whose row policies, forced, still hold every row to the binding in force when it is
+/// written), or a queue that the application inserts into and only such a function deletes
+/// from. [`verify_support_schema`](crate::verify_support_schema) (run when a
+/// [`TenantPool`](crate::TenantPool) starts) and the coverage check then refuse the table as soon
+/// as any role other than the owner, its members and superusers may make a write the trigger
+/// does not check (by a grant on the table or on a column, to the role, a role it belongs to or
+/// `PUBLIC`). The owner can drop any trigger, so it was never held by one.
+///
+/// # Errors
+/// [`RlsError::InvalidIdentifier`] unless `table` is `name` or `schema.name` of lowercase
+/// letters, digits and underscores; [`RlsError::NoCheckedWrite`] when `checked` is empty (a
+/// table without any binding check is refused by every check of this crate).
+pub fn tenant_table_sql_for(table: &str, checked: &[Write]) -> Result<String, RlsError> {
     let (schema, name) = checked_table(table)?;
+    let events: Vec<&str> = Write::ALL
+        .iter()
+        .filter(|w| checked.contains(w))
+        .map(|w| w.keyword())
+        .collect();
+    if events.is_empty() {
+        return Err(RlsError::NoCheckedWrite);
+    }
+    let events = events.join(" OR ");
     let qualified = schema.map_or_else(|| format!("\"{name}\""), |s| format!("\"{s}\".\"{name}\""));
     let regclass = schema.map_or_else(|| name.to_owned(), |s| format!("{s}.{name}"));
     let index = format!("{name}_tenant_id_idx");
@@ -747,11 +815,15 @@ pub fn tenant_table_sql(table: &str) -> Result<String, RlsError> {
     let record: String = RECORD_TRIGGERS
         .iter()
         .map(|(trigger, event, tables)| {
-            format!(
-                "DROP TRIGGER IF EXISTS {trigger} ON {qualified};\n\
-                 CREATE TRIGGER {trigger} AFTER {event} ON {qualified} REFERENCING {tables}\n    \
-                 FOR EACH STATEMENT EXECUTE FUNCTION app.record_binding_writes();\n"
-            )
+            let drop = format!("DROP TRIGGER IF EXISTS {trigger} ON {qualified};\n");
+            if checked.iter().any(|w| w.keyword() == *event) {
+                format!(
+                    "{drop}CREATE TRIGGER {trigger} AFTER {event} ON {qualified} REFERENCING {tables}\n    \
+                     FOR EACH STATEMENT EXECUTE FUNCTION app.record_binding_writes();\n"
+                )
+            } else {
+                drop
+            }
         })
         .collect();
     Ok(format!(
@@ -765,7 +837,7 @@ DROP POLICY IF EXISTS {PERMISSIVE_POLICY} ON {qualified};
 CREATE POLICY {PERMISSIVE_POLICY} ON {qualified} AS PERMISSIVE FOR ALL
     USING ({p}) WITH CHECK ({p});
 DROP TRIGGER IF EXISTS {BINDING_TRIGGER} ON {qualified};
-CREATE CONSTRAINT TRIGGER {BINDING_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {qualified}
+CREATE CONSTRAINT TRIGGER {BINDING_TRIGGER} AFTER {events} ON {qualified}
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION app.check_row_binding();
 {record}DO $rls_guard$
 BEGIN

@@ -6,7 +6,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::RlsError;
 use crate::schema::{
-    BINDING_TRIGGER, PINNED_FUNCTIONS, PinnedFunction, RECORD_TRIGGERS, SIGNED_GETTERS,
+    BINDING_TRIGGER, PINNED_FUNCTIONS, PinnedFunction, RECORD_TRIGGERS, SIGNED_GETTERS, Write,
 };
 
 /// The installed `app` functions: signature, body, language, volatility, return type, SECURITY
@@ -53,6 +53,35 @@ WHERE c.relkind IN ('r', 'p')
   AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
 ORDER BY 1, 2";
 
+/// For each of `$1` (tables, as `format('%I.%I')` prints them), the first (by name) role that
+/// may insert into it, update it and delete from it, or NULL: any role that can log in, is not a
+/// superuser and is not the table's owner or a member of it, holding the privilege itself (on
+/// the table or on a column), through a role it belongs to (inherited or not: it may `SET ROLE`),
+/// or through `PUBLIC`.
+const WRITERS: &str = r"
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
+       (SELECT pg_catalog.min(r.rolname::text) FROM pg_catalog.pg_roles r
+         WHERE r.rolcanlogin AND NOT r.rolsuper
+           AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
+                        WHERE pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
+                          AND pg_catalog.has_any_column_privilege(g.oid, c.oid, 'INSERT'))),
+       (SELECT pg_catalog.min(r.rolname::text) FROM pg_catalog.pg_roles r
+         WHERE r.rolcanlogin AND NOT r.rolsuper
+           AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
+                        WHERE pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
+                          AND pg_catalog.has_any_column_privilege(g.oid, c.oid, 'UPDATE'))),
+       (SELECT pg_catalog.min(r.rolname::text) FROM pg_catalog.pg_roles r
+         WHERE r.rolcanlogin AND NOT r.rolsuper
+           AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
+                        WHERE pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
+                          AND pg_catalog.has_table_privilege(g.oid, c.oid, 'DELETE')))
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) = ANY ($1::text[])";
+
 /// The expected shape of one of the crate's triggers: name, type bits, constraint trigger
 /// deferred, function, old transition table, new transition table.
 type TriggerShape = (
@@ -86,8 +115,16 @@ fn expected_triggers() -> Vec<TriggerShape> {
     shapes
 }
 
-/// `FOR EACH ROW` (1) + `INSERT` (4) + `DELETE` (8) + `UPDATE` (16), `AFTER`, no `TRUNCATE`.
+/// `FOR EACH ROW` (1) + `INSERT` (4) + `DELETE` (8) + `UPDATE` (16), `AFTER`, no `TRUNCATE`:
+/// the binding check of [`tenant_table_sql`](crate::schema::tenant_table_sql). A check made by
+/// [`tenant_table_sql_for`](crate::schema::tenant_table_sql_for) carries a part of the events.
 const BINDING_TRIGGER_TYPE: i32 = 1 | 4 | 8 | 16;
+
+/// One row of [`WRITERS`]: the table, and a role that may insert, update and delete.
+type WritersRow = (String, Option<String>, Option<String>, Option<String>);
+
+/// The event bits of `pg_trigger.tgtype`: `INSERT`, `DELETE`, `UPDATE`.
+const WRITE_EVENTS: i32 = 4 | 8 | 16;
 
 /// One way the installed support schema differs from what this crate installs: the object and
 /// what is wrong with it.
@@ -210,6 +247,8 @@ pub(crate) async fn support_problems(
         .await?;
     let mut tables: Vec<String> = Vec::new();
     let mut present: Vec<(String, String)> = Vec::new();
+    // Each table's binding check and the writes it fires on.
+    let mut checked: Vec<(String, i32)> = Vec::new();
     for row in &triggers {
         let table: String = row.try_get(0)?;
         if !tables.contains(&table) {
@@ -232,10 +271,21 @@ pub(crate) async fn support_problems(
         if function != runs {
             wrong(format!("trigger {name} runs {function}, not {runs}"));
         }
-        if row.try_get::<i32, _>(2)? != bits {
+        let fired: i32 = row.try_get(2)?;
+        // The binding check may fire on a part of the writes (the rest are judged below by who
+        // may make them); at the same time, on nothing else.
+        let shape_ok = if name == BINDING_TRIGGER {
+            fired & !WRITE_EVENTS == bits & !WRITE_EVENTS && fired & WRITE_EVENTS != 0
+        } else {
+            fired == bits
+        };
+        if !shape_ok {
             wrong(format!(
                 "trigger {name} fires on other events or at another time"
             ));
+        }
+        if name == BINDING_TRIGGER {
+            checked.push((table.clone(), fired & WRITE_EVENTS));
         }
         let constraint = row.try_get::<bool, _>(3)? && row.try_get::<bool, _>(4)?;
         if deferred && !(constraint && row.try_get::<bool, _>(5)?) {
@@ -263,12 +313,61 @@ pub(crate) async fn support_problems(
             wrong(format!("trigger {name} has other transition tables"));
         }
     }
+    // The writes each table's binding check leaves out, and who may make them anyway.
+    let partial: Vec<&str> = checked
+        .iter()
+        .filter(|(_, events)| *events != WRITE_EVENTS)
+        .map(|(table, _)| table.as_str())
+        .collect();
+    let writers: Vec<WritersRow> = if partial.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(WRITERS)
+            .bind(&partial)
+            .fetch_all(&mut *conn)
+            .await?
+    };
     for table in tables {
-        for name in &names {
-            if !present.iter().any(|(t, n)| *t == table && n == name) {
+        let Some(&(_, events)) = checked.iter().find(|(t, _)| *t == table) else {
+            // No binding check at all: every trigger is missing.
+            for name in &names {
+                if !present.iter().any(|(t, n)| *t == table && n == name) {
+                    problems.push((
+                        table.clone(),
+                        format!("no {name} trigger (run schema::tenant_table_sql)"),
+                    ));
+                }
+            }
+            continue;
+        };
+        let who = writers.iter().find(|w| w.0 == table);
+        for write in Write::ALL {
+            if events & write.trigger_bit() != 0 {
+                let record = RECORD_TRIGGERS
+                    .iter()
+                    .find(|(_, event, _)| *event == write.keyword())
+                    .map_or("", |(name, ..)| *name);
+                if !present.iter().any(|(t, n)| *t == table && n == record) {
+                    problems.push((
+                        table.clone(),
+                        format!("no {record} trigger (run schema::tenant_table_sql)"),
+                    ));
+                }
+                continue;
+            }
+            let writer = who.and_then(|w| match write {
+                Write::Insert => w.1.as_ref(),
+                Write::Update => w.2.as_ref(),
+                Write::Delete => w.3.as_ref(),
+            });
+            if let Some(role) = writer {
                 problems.push((
                     table.clone(),
-                    format!("no {name} trigger (run schema::tenant_table_sql)"),
+                    format!(
+                        "trigger {BINDING_TRIGGER} does not check {}, which role {role} may do \
+                         (run schema::tenant_table_sql)",
+                        write.keyword()
+                    ),
                 ));
             }
         }
