@@ -20,8 +20,9 @@
 //!   queued events, its oldest, then the oldest of any tenant), and for each tenant among them,
 //!   bound as that tenant, reads the last event through the primary key (or the anchor, or the
 //!   genesis), assigns the next sequence numbers, links the previous hashes and computes the
-//!   chain hashes in the format of [`chain_hash`](crate::chain_hash), inserts them into
-//!   `audit.events` and deletes them from the queue. A tenant whose batch fails is rolled back
+//!   chain hashes in the format of [`chain_hash`](crate::chain_hash), and moves them from the
+//!   queue into `audit.events` in one statement (a count that differs from what it hashed fails
+//!   that tenant's batch, SQLSTATE `AL007`). A tenant whose batch fails is rolled back
 //!   alone, marked and retried after a minute. See [`Sequencer`](crate::Sequencer).
 //! - `audit.events`: one row per chained event. Nobody inserts but `audit.sequence` (the runtime
 //!   role has `SELECT` only; a statement trigger refuses every other insert, the owner's
@@ -38,7 +39,11 @@
 //!   used by the checkpoint job; anchors (and the deletes of retention) by the owner.
 //! - Every table is tenant-scoped with row-level security through `rls-guard`
 //!   (`ENABLE` + `FORCE`, the queue `ENABLE` only; restrictive and permissive policies, the
-//!   deferred binding check).
+//!   deferred binding check). The binding check holds the writes roles other than the owner may
+//!   make ([`rls_guard::schema::tenant_table_sql_for`]): `UPDATE` and `DELETE` on the events,
+//!   the runtime role's `INSERT` on the queue. `audit.sequence`'s own inserts into the events
+//!   and deletes from the queue, which no other role can make, cost no trigger call per row; the
+//!   forced policies of `audit.events` hold each of its rows to the tenant bound for it.
 //!
 //! An owner or superuser can still disable the triggers and rewrite rows, or delete an event
 //! while it is queued: that is what the chain, the signed checkpoints, [`verify`](crate::verify())

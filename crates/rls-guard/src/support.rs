@@ -380,7 +380,11 @@ pub(crate) async fn support_problems(
 /// type, SECURITY INVOKER, no `SET` clauses, owned by the owner of schema `app`), and that
 /// every table with a `tenant_id` column has the binding-check trigger in exactly the shape
 /// [`tenant_table_sql`](crate::schema::tenant_table_sql) creates (a deferred constraint trigger
-/// for INSERT, UPDATE and DELETE, no `WHEN` clause, no column list, enabled).
+/// for INSERT, UPDATE and DELETE, no `WHEN` clause, no column list, enabled), with its recording
+/// triggers. A check made by
+/// [`tenant_table_sql_for`](crate::schema::tenant_table_sql_for) for a part of the writes
+/// passes only while no role that can log in, other than the table's owner, a member of it or a
+/// superuser, may make one of the others (by any grant, membership or `PUBLIC`).
 ///
 /// # Errors
 /// [`RlsError::SupportSchemaMissing`] when the functions are absent,
