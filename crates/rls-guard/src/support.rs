@@ -59,27 +59,21 @@ ORDER BY 1, 2";
 /// the table or on a column), through a role it belongs to (inherited or not: it may `SET ROLE`),
 /// or through `PUBLIC`.
 const WRITERS: &str = r"
-SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
-       (SELECT pg_catalog.min(r.rolname::text) FROM pg_catalog.pg_roles r
-         WHERE r.rolcanlogin AND NOT r.rolsuper
-           AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
-                        WHERE pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
-                          AND pg_catalog.has_any_column_privilege(g.oid, c.oid, 'INSERT'))),
-       (SELECT pg_catalog.min(r.rolname::text) FROM pg_catalog.pg_roles r
-         WHERE r.rolcanlogin AND NOT r.rolsuper
-           AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
-                        WHERE pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
-                          AND pg_catalog.has_any_column_privilege(g.oid, c.oid, 'UPDATE'))),
-       (SELECT pg_catalog.min(r.rolname::text) FROM pg_catalog.pg_roles r
-         WHERE r.rolcanlogin AND NOT r.rolsuper
-           AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
-           AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
-                        WHERE pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
-                          AND pg_catalog.has_table_privilege(g.oid, c.oid, 'DELETE')))
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), w.inserts, w.updates, w.deletes
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL (
+    SELECT pg_catalog.min(r.rolname::text)
+               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, c.oid, 'INSERT')),
+           pg_catalog.min(r.rolname::text)
+               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, c.oid, 'UPDATE')),
+           pg_catalog.min(r.rolname::text)
+               FILTER (WHERE pg_catalog.has_table_privilege(g.oid, c.oid, 'DELETE'))
+    FROM pg_catalog.pg_roles r
+    JOIN pg_catalog.pg_roles g ON pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
+    WHERE r.rolcanlogin AND NOT r.rolsuper
+      AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
+) AS w(inserts, updates, deletes)
 WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) = ANY ($1::text[])";
 
 /// The expected shape of one of the crate's triggers: name, type bits, constraint trigger

@@ -10,8 +10,7 @@
 mod common;
 
 use rls_guard::schema::{SUPPORT_SQL, Write, tenant_table_sql, tenant_table_sql_for};
-use rls_guard::{CoverageCheck, FindingKind, RlsError, TenantPool};
-use sqlx::Connection;
+use rls_guard::{FindingKind, RlsError, TenantPool};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tenant_scope::TenantId;
 use testkit::{Role, Template, TestDb, fresh_database};
@@ -62,14 +61,8 @@ async fn refusal(db: &TestDb) -> String {
 
 /// The coverage check's details of binding-check findings on `table`.
 async fn binding_findings(db: &TestDb, table: &str) -> Vec<String> {
-    let mut conn = sqlx::PgConnection::connect_with(&db.options(Role::Admin))
+    common::coverage(db)
         .await
-        .unwrap();
-    CoverageCheck::new()
-        .runtime_role(testkit::RUNTIME_ROLE)
-        .run(&mut conn)
-        .await
-        .unwrap()
         .into_iter()
         .filter(|f| f.kind == FindingKind::MissingBindingCheck && f.object == table)
         .map(|f| f.detail)

@@ -12,23 +12,11 @@ mod common;
 
 use common::*;
 use rls_guard::schema::{SUPPORT_SQL, tenant_table_sql};
-use rls_guard::{BindingKey, CoverageCheck, Finding, RlsError, RoleProblem, TenantPool};
+use rls_guard::{BindingKey, RlsError, RoleProblem, TenantPool};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 use tenant_scope::TenantId;
 use testkit::{Role, Template, TestDb};
-
-/// `rls-guard check --runtime-role testkit_runtime`, connected as the superuser.
-async fn coverage(db: &TestDb) -> Vec<Finding> {
-    let mut conn = sqlx::PgConnection::connect_with(&db.options(Role::Admin))
-        .await
-        .unwrap();
-    CoverageCheck::new()
-        .runtime_role(testkit::RUNTIME_ROLE)
-        .run(&mut conn)
-        .await
-        .unwrap()
-}
 
 async fn owner_key(db: &TestDb) -> BindingKey {
     let mut owner = db.pool(Role::Owner, 1).await.acquire().await.unwrap();

@@ -318,3 +318,16 @@ pub async fn gone(admin: &PgPool, pid: i32) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// `rls-guard check --runtime-role testkit_runtime`, connected as the superuser.
+pub async fn coverage(db: &TestDb) -> Vec<rls_guard::Finding> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&db.options(Role::Admin))
+        .await
+        .unwrap();
+    rls_guard::CoverageCheck::new()
+        .runtime_role(testkit::RUNTIME_ROLE)
+        .run(&mut conn)
+        .await
+        .unwrap()
+}
