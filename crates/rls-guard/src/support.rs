@@ -57,20 +57,24 @@ ORDER BY 1, 2";
 /// may insert into it, update it and delete from it, or NULL: any role that can log in, is not a
 /// superuser and is not the table's owner or a member of it, holding the privilege itself (on
 /// the table or on a column), through a role it belongs to (inherited or not: it may `SET ROLE`),
-/// or through `PUBLIC`.
+/// or through `PUBLIC`; on the table or on any of its partitions (a write made to a partition
+/// directly fires the triggers the table gave it, and no others).
 const WRITERS: &str = r"
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), w.inserts, w.updates, w.deletes
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL (
     SELECT pg_catalog.min(r.rolname::text)
-               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, c.oid, 'INSERT')),
+               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, part.oid, 'INSERT')),
            pg_catalog.min(r.rolname::text)
-               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, c.oid, 'UPDATE')),
+               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, part.oid, 'UPDATE')),
            pg_catalog.min(r.rolname::text)
-               FILTER (WHERE pg_catalog.has_table_privilege(g.oid, c.oid, 'DELETE'))
+               FILTER (WHERE pg_catalog.has_table_privilege(g.oid, part.oid, 'DELETE'))
     FROM pg_catalog.pg_roles r
     JOIN pg_catalog.pg_roles g ON pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
+    CROSS JOIN (SELECT c.oid
+                UNION
+                SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t) AS part(oid)
     WHERE r.rolcanlogin AND NOT r.rolsuper
       AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
 ) AS w(inserts, updates, deletes)

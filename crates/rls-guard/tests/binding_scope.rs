@@ -334,3 +334,48 @@ async fn a_checked_write_is_still_held_to_the_committed_tenant() {
         Some("42501")
     );
 }
+
+/// A partitioned log: a write made to a partition directly fires only the triggers the table
+/// gave it, so a grant on a partition counts like one on the table.
+#[tokio::test]
+async fn a_grant_on_a_partition_counts_as_one_on_the_table() {
+    let _serial = SERIAL.lock().await;
+    let db = fresh_database(&template()).await;
+    db.as_admin(&format!(
+        "SET ROLE {owner};
+         CREATE TABLE plog (tenant_id uuid NOT NULL, body text NOT NULL)
+             PARTITION BY HASH (tenant_id);
+         CREATE TABLE plog_0 PARTITION OF plog FOR VALUES WITH (MODULUS 1, REMAINDER 0);
+         {}
+         RESET ROLE;
+         GRANT SELECT ON plog TO {runtime};",
+        tenant_table_sql_for("plog", &[Write::Update, Write::Delete]).unwrap(),
+        owner = testkit::OWNER_ROLE,
+        runtime = testkit::RUNTIME_ROLE,
+    ))
+    .await;
+    passes(&db).await;
+    assert_eq!(
+        binding_findings(&db, "public.plog").await,
+        Vec::<String>::new()
+    );
+    db.as_admin(&format!(
+        "GRANT INSERT ON plog_0 TO {}",
+        testkit::RUNTIME_ROLE
+    ))
+    .await;
+    let message = refusal(&db).await;
+    assert!(
+        message.contains(&format!(
+            "public.plog: trigger tenant_binding_check does not check INSERT, which role {}",
+            testkit::RUNTIME_ROLE
+        )),
+        "{message}"
+    );
+    db.as_admin(&format!(
+        "REVOKE INSERT ON plog_0 FROM {}",
+        testkit::RUNTIME_ROLE
+    ))
+    .await;
+    passes(&db).await;
+}
