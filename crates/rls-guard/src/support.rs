@@ -54,29 +54,40 @@ WHERE c.relkind IN ('r', 'p')
 ORDER BY 1, 2";
 
 /// For each of `$1` (tables, as `format('%I.%I')` prints them), the first (by name) role that
-/// may insert into it, update it and delete from it, or NULL: any role that can log in, is not a
-/// superuser and is not the table's owner or a member of it, holding the privilege itself (on
-/// the table or on a column), through a role it belongs to (inherited or not: it may `SET ROLE`),
-/// or through `PUBLIC`; on the table or on any of its partitions (a write made to a partition
-/// directly fires the triggers the table gave it, and no others).
+/// holds the privilege to insert into it, update it and delete from it, or NULL. Every holder
+/// counts, whether or not it can log in (a role that cannot still lends its privilege through
+/// a view, function or rule it owns, or to whoever may `SET ROLE` to it), except superusers,
+/// the table's owner and the owner's members, and predefined roles nobody belongs to. The
+/// privilege counts on the table or a column, directly, inherited or through `PUBLIC`; on the
+/// table, any of its partitions (a write made to a partition directly fires only the triggers
+/// the table gave it) or any table it inherits from (whose `UPDATE` and `DELETE` reach it).
 const WRITERS: &str = r"
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), w.inserts, w.updates, w.deletes
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL (
-    SELECT pg_catalog.min(r.rolname::text)
-               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, part.oid, 'INSERT')),
-           pg_catalog.min(r.rolname::text)
-               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, part.oid, 'UPDATE')),
-           pg_catalog.min(r.rolname::text)
-               FILTER (WHERE pg_catalog.has_table_privilege(g.oid, part.oid, 'DELETE'))
-    FROM pg_catalog.pg_roles r
-    JOIN pg_catalog.pg_roles g ON pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')
-    CROSS JOIN (SELECT c.oid
-                UNION
-                SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t) AS part(oid)
-    WHERE r.rolcanlogin AND NOT r.rolsuper
-      AND NOT pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
+    WITH RECURSIVE ancestors(oid) AS (
+        SELECT c.oid
+        UNION
+        SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN ancestors a ON i.inhrelid = a.oid
+    ),
+    reach(oid) AS (
+        SELECT a.oid FROM ancestors a
+        UNION
+        SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t
+    )
+    SELECT pg_catalog.min(g.rolname::text)
+               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, r.oid, 'INSERT')),
+           pg_catalog.min(g.rolname::text)
+               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, r.oid, 'UPDATE')),
+           pg_catalog.min(g.rolname::text)
+               FILTER (WHERE pg_catalog.has_table_privilege(g.oid, r.oid, 'DELETE'))
+    FROM pg_catalog.pg_roles g
+    CROSS JOIN reach r
+    WHERE NOT g.rolsuper
+      AND NOT pg_catalog.pg_has_role(g.oid, c.relowner, 'MEMBER')
+      AND (g.oid >= 16384
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.roleid = g.oid))
 ) AS w(inserts, updates, deletes)
 WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) = ANY ($1::text[])";
 
@@ -381,8 +392,8 @@ pub(crate) async fn support_problems(
 /// for INSERT, UPDATE and DELETE, no `WHEN` clause, no column list, enabled), with its recording
 /// triggers. A check made by
 /// [`tenant_table_sql_for`](crate::schema::tenant_table_sql_for) for a part of the writes
-/// passes only while no role that can log in, other than the table's owner, a member of it or a
-/// superuser, may make one of the others (by any grant, membership or `PUBLIC`).
+/// passes only while no role other than the table's owner, a member of it or a superuser holds
+/// the privilege to make one of the others (by any grant, membership or `PUBLIC`).
 ///
 /// # Errors
 /// [`RlsError::SupportSchemaMissing`] when the functions are absent,

@@ -198,7 +198,20 @@ async fn every_way_another_role_may_make_an_unchecked_write_is_refused() {
             format!("REVOKE {other}_hop FROM {other}; REVOKE pg_write_all_data FROM {other}_group"),
             "public.log",
             "INSERT",
-            other.clone(),
+            "pg_write_all_data".to_owned(),
+        ),
+        // A role that cannot log in, lending its privilege through a view it owns.
+        (
+            format!(
+                "GRANT INSERT ON log TO {other}_group; \
+                 CREATE VIEW log_writer AS SELECT tenant_id, body FROM log; \
+                 ALTER VIEW log_writer OWNER TO {other}_group; \
+                 GRANT INSERT ON log_writer TO {runtime}"
+            ),
+            format!("DROP VIEW log_writer; REVOKE INSERT ON log FROM {other}_group"),
+            "public.log",
+            "INSERT",
+            format!("{other}_group"),
         ),
     ];
     for (grant, revoke, table, write, role) in cases {
