@@ -340,7 +340,8 @@ DROP FUNCTION IF EXISTS audit.notify_pending();
 -- deletes the queued ones. One sequencer at a time (the row of audit.sequencer_lock, which
 -- retention's prune locks too): a concurrent call waits, at most lock_timeout, then fails (the
 -- Sequencer retries), so a caller that keeps its transaction open after a call delays the
--- others by no more than that each time. The transaction's sequencing flag is cleared on return.
+-- others by no more than that each time. The settings it makes (the sequencing flag, each
+-- tenant's binding) are the caller's again on return.
 -- Returns how many events it took off the queue (chained, or set aside as below): fewer than
 -- `max_rows` means the queue is drained. A tenant whose batch fails (a row the checks should
 -- have refused, a head tampered with by the owner) is rolled back alone, its rows marked and
@@ -472,6 +473,23 @@ BEGIN
 END
 $$;
 
+-- Puts the caller's settings back (transaction-local, as they were made). Called by
+-- audit.sequence only.
+CREATE OR REPLACE FUNCTION audit.restore_settings(names text[], saved text[]) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    FOR i IN 1 .. pg_catalog.cardinality(names) LOOP
+        PERFORM pg_catalog.set_config(names[i], saved[i], true);
+    END LOOP;
+END
+$$;
+
+-- The bindings it makes for each tenant (and, in signed mode, their proofs) stay inside it: the
+-- caller's values are put back on return, so a caller that may read tenant tables is not left
+-- bound to the last tenant sequenced. (SET clauses would do this, but the owner may not attach
+-- a placeholder setting to a function; an error rolls back the settings with everything else.)
 CREATE OR REPLACE FUNCTION audit.sequence(max_rows integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
@@ -481,7 +499,12 @@ DECLARE
     signed    boolean;
     grp       record;
     taken     integer;
+    names     text[] := ARRAY['app.tenant_id', 'app.actor_id', 'app.binding_proof',
+                              'audit.sequencing'];
+    saved     text[];
 BEGIN
+    saved := ARRAY(SELECT COALESCE(pg_catalog.current_setting(n, true), '')
+                     FROM pg_catalog.unnest(names) WITH ORDINALITY AS u(n, i) ORDER BY u.i);
     IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL005',
@@ -511,7 +534,7 @@ BEGIN
             taken := taken + pg_catalog.cardinality(grp.ids);
             PERFORM audit.sequence_tenant(grp.tenant_id, grp.ids, signed);
         END LOOP;
-        PERFORM pg_catalog.set_config('audit.sequencing', '', true);
+        PERFORM audit.restore_settings(names, saved);
         RETURN taken;
     EXCEPTION WHEN OTHERS THEN
         -- Some tenant's batch failed (a row the checks should have refused, a head tampered
@@ -534,12 +557,12 @@ BEGIN
              WHERE p.tenant_id = grp.tenant_id AND p.id = ANY (grp.ids);
         END;
     END LOOP;
-    PERFORM pg_catalog.set_config('audit.sequencing', '', true);
+    PERFORM audit.restore_settings(names, saved);
     RETURN taken;
 END
 $$;
-REVOKE ALL ON FUNCTION audit.sequence_pick(integer), audit.sequence_tenant(uuid, bigint[], boolean)
-    FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.sequence_pick(integer), audit.sequence_tenant(uuid, bigint[], boolean),
+    audit.restore_settings(text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.sequence(integer) FROM PUBLIC;
 
 -- Events enter their chain only through audit.sequence; pending rows leave the queue only

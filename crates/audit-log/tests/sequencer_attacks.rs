@@ -331,6 +331,89 @@ async fn a_queued_event_kept_in_the_queue_is_never_chained_twice() {
     assert_eq!(chained_count(&admin, held).await, 3);
 }
 
+/// A role that may call the sequencer and also read a tenant table (the checkpointer given the
+/// sequencer's grants, as the docs allow, or a deployment's mistake) is not left bound to the
+/// last tenant sequenced: in signed mode that binding carries the owner's proof, which would
+/// let the role read and write that tenant's rows for the rest of its transaction.
+#[tokio::test]
+async fn the_sequencer_leaves_no_binding_in_its_callers_transaction() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let t = TenantId::new_random();
+    f.log.record(event(t, 1)).await.unwrap();
+    let ctx = TenantContext::for_job(t, None, "note").unwrap();
+    let mut tx = f.log.pool().begin(&ctx).await.unwrap();
+    sqlx::query("INSERT INTO notes (tenant_id, body) VALUES ($1, 'secret')")
+        .bind(t.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let owner = f.db.pool(Role::Owner, 1).await;
+    sqlx::raw_sql(rls_guard::schema::ENABLE_SIGNED_BINDINGS_SQL)
+        .execute(&owner)
+        .await
+        .unwrap();
+    let pool = sequencer_pool(&f.db).await;
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    f.db.as_admin(&format!("GRANT SELECT ON notes TO {role}"))
+        .await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', 'caller', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let taken: i32 = sqlx::query_scalar("SELECT audit.sequence(100)")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    // The positive control: the call chained the tenant's event, so it bound the tenant inside.
+    assert_eq!(taken, 1);
+    // Left bound with the proof, this would read the tenant's note.
+    sqlx::query("SAVEPOINT read")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let read = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notes")
+        .fetch_one(&mut *tx)
+        .await;
+    assert!(!matches!(read, Ok(n) if n > 0), "{read:?}");
+    sqlx::query("ROLLBACK TO SAVEPOINT read")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let settings: (String, String, String, String) = sqlx::query_as(
+        "SELECT coalesce(current_setting('app.tenant_id', true), ''),
+                coalesce(current_setting('app.actor_id', true), ''),
+                coalesce(current_setting('app.binding_proof', true), ''),
+                coalesce(current_setting('audit.sequencing', true), '')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        settings,
+        ("caller".into(), String::new(), String::new(), String::new())
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(chained_count(&admin, t).await, 1);
+    // The row is there for a binding with the proof (the owner's own).
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::query("SELECT app.bind_trusted($1, '')")
+        .bind(t.as_uuid().to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
 #[tokio::test]
 async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() {
     let f = fixture(2).await;
@@ -356,6 +439,7 @@ async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() 
         "SELECT app.bind_trusted(gen_random_uuid()::text, '')",
         "SELECT * FROM audit.sequence_pick(10)",
         "SELECT audit.sequence_tenant(gen_random_uuid(), '{1}', false)",
+        "SELECT audit.restore_settings('{app.tenant_id}', '{x}')",
     ] {
         let err = sqlx::query(sql).execute(&pool).await.unwrap_err();
         assert!(
