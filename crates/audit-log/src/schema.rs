@@ -189,8 +189,14 @@ CREATE TABLE IF NOT EXISTS audit.pending (
     PRIMARY KEY (tenant_id, id)
 );
 -- The sequencer takes the queue in order (not unique: a key not led by the tenant would be an
--- existence oracle across tenants).
-CREATE INDEX IF NOT EXISTS pending_order_idx ON audit.pending (id);
+-- existence oracle across tenants). Partial, on a predicate only the queries that read the
+-- queue by age state (every id is positive), so the per-tenant probes of audit.sequence_pick
+-- can never take it: they read their tenant's rows through the primary key whatever the
+-- statistics say. (Earlier versions indexed every row: under statistics gathered while one
+-- tenant filled the queue, the planner walked this index filtering by tenant, reading the
+-- queue about once per tenant per batch.)
+DROP INDEX IF EXISTS audit.pending_order_idx;
+CREATE INDEX IF NOT EXISTS pending_age_idx ON audit.pending (id) WHERE id > 0;
 
 -- One sequencer at a time: audit.sequence, and retention's prune, lock this table's one row.
 -- Nobody else may read or lock it (an advisory lock would carry no privilege: any role that
@@ -384,7 +390,8 @@ CREATE OR REPLACE FUNCTION audit.sequence_pick(max_rows integer)
     -- Only what the shares left room for: when they filled the batch, nothing is read here.
     rest AS (
         SELECT p.id, p.tenant_id, 1 AS pass FROM audit.pending p
-         WHERE (p.failed_at IS NULL
+         WHERE p.id > 0
+           AND (p.failed_at IS NULL
                 OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
            AND NOT EXISTS (SELECT 1 FROM fair f WHERE f.id = p.id)
          ORDER BY p.id
@@ -401,24 +408,34 @@ CREATE OR REPLACE FUNCTION audit.sequence_pick(max_rows integer)
      ORDER BY pg_catalog.min(k.id);
 $$;
 
--- Chains one tenant's queued events `batch` (ids, in order) onto its chain: bound as that
--- tenant, reads the head, computes each event's sequence number and chain hash, inserts the
--- chained rows and deletes the queued ones. Called by audit.sequence only (as the owner).
+-- Chains one tenant's queued events `batch` (the ids the pick chose) onto its chain: bound as
+-- that tenant, reads the head, takes the rows off the queue, computes each event's sequence
+-- number and chain hash, and inserts the chained rows. Called by audit.sequence only (as the
+-- owner).
 CREATE OR REPLACE FUNCTION audit.sequence_tenant(t uuid, batch bigint[], signed boolean)
     RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on
     AS $$
 DECLARE
+    lo        bigint;
+    hi        bigint;
     ids       bigint[];
+    occurred  timestamptz[];
+    kinds     text[];
+    actors    uuid[];
+    actions   text[];
+    outcomes  text[];
+    requests  text[];
+    events    bytea[];
+    queued    timestamptz[];
     seqs      bigint[];
     prevs     bytea[];
     hashes    bytea[];
+    ev        bytea;
     last_seq  bigint;
     last_hash bytea;
     prefix    bytea;
-    n_moved   bigint;
-    r         record;
 BEGIN
     IF signed THEN
         PERFORM app.bind_trusted(t::text, '');
@@ -436,40 +453,61 @@ BEGIN
             last_hash := sha256(pg_catalog.decode('{genesis}', 'hex') || uuid_send(t));
         END IF;
     END IF;
-    prefix := pg_catalog.decode('{chain}', 'hex') || uuid_send(t);
-    ids := '{{}}'; seqs := '{{}}'; prevs := '{{}}'; hashes := '{{}}';
-    FOR r IN SELECT p.id, p.event FROM audit.pending p
-              WHERE p.tenant_id = t AND p.id = ANY (batch) ORDER BY p.id LOOP
-        ids := ids || r.id;
-        seqs := seqs || (last_seq + 1);
-        prevs := prevs || last_hash;
-        last_seq := last_seq + 1;
-        last_hash := sha256(prefix || int8send(last_seq) || last_hash || r.event);
-        hashes := hashes || last_hash;
-    END LOOP;
-    -- The queued rows leave the queue and enter the chain in one statement (the deleted rows
-    -- joined to their hashes by a hash join, not one probe of the queue per event).
+    -- The pick chose a prefix of the tenant's eligible rows in queue order, so they are its
+    -- eligible rows between the batch's first and last id. They leave the queue in one
+    -- statement, a range of the primary key (never a test of each row against the list of
+    -- ids, which costs the list's length per row when the statistics are stale), and what
+    -- that statement removed is exactly what is chained below. A row committed since the pick
+    -- with an id in the range is eligible like the others and comes along.
+    SELECT pg_catalog.min(b.id), pg_catalog.max(b.id) INTO lo, hi
+      FROM pg_catalog.unnest(batch) AS b(id);
     WITH moved AS (
-        DELETE FROM audit.pending p WHERE p.tenant_id = t AND p.id = ANY (ids)
-        RETURNING p.id, p.tenant_id, p.occurred_at, p.actor_kind, p.actor_id, p.action,
-                  p.outcome, p.request_id, p.event, p.inserted_at
+        DELETE FROM audit.pending p
+         WHERE p.tenant_id = t AND p.id >= lo AND p.id <= hi
+           AND (p.failed_at IS NULL
+                OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+        RETURNING p.id, p.occurred_at, p.actor_kind, p.actor_id, p.action, p.outcome,
+                  p.request_id, p.event, p.inserted_at
     )
-    INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action,
-                              outcome, request_id, event, prev_hash, hash, queue_id,
-                              queued_at, sequenced_at)
-    SELECT m.tenant_id, c.seq, m.occurred_at, m.actor_kind, m.actor_id, m.action,
-           m.outcome, m.request_id, m.event, c.prev, c.hash, m.id,
-           m.inserted_at, pg_catalog.clock_timestamp()
-      FROM unnest(ids, seqs, prevs, hashes) AS c(id, seq, prev, hash)
-      JOIN moved m ON m.id = c.id
-     ORDER BY c.seq;
-    -- Every event hashed was moved, and no other: anything else rolls this tenant back.
-    GET DIAGNOSTICS n_moved = ROW_COUNT;
-    IF n_moved IS DISTINCT FROM pg_catalog.cardinality(ids) THEN
+    SELECT pg_catalog.array_agg(m.id ORDER BY m.id),
+           pg_catalog.array_agg(m.occurred_at ORDER BY m.id),
+           pg_catalog.array_agg(m.actor_kind ORDER BY m.id),
+           pg_catalog.array_agg(m.actor_id ORDER BY m.id),
+           pg_catalog.array_agg(m.action ORDER BY m.id),
+           pg_catalog.array_agg(m.outcome ORDER BY m.id),
+           pg_catalog.array_agg(m.request_id ORDER BY m.id),
+           pg_catalog.array_agg(m.event ORDER BY m.id),
+           pg_catalog.array_agg(m.inserted_at ORDER BY m.id)
+      INTO ids, occurred, kinds, actors, actions, outcomes, requests, events, queued
+      FROM moved m;
+    -- A picked row that did not leave the queue (only an owner's trigger can keep one) fails
+    -- this tenant's batch, which is then set aside: it is never chained while it stays queued.
+    IF pg_catalog.cardinality(ids) IS NULL
+       OR pg_catalog.cardinality(ids) < pg_catalog.cardinality(batch) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL007',
             MESSAGE = 'audit.sequence: the queued events changed while they were chained';
     END IF;
+    prefix := pg_catalog.decode('{chain}', 'hex') || uuid_send(t);
+    seqs := '{{}}'; prevs := '{{}}'; hashes := '{{}}';
+    FOREACH ev IN ARRAY events LOOP
+        seqs := seqs || (last_seq + 1);
+        prevs := prevs || last_hash;
+        last_seq := last_seq + 1;
+        last_hash := sha256(prefix || int8send(last_seq) || last_hash || ev);
+        hashes := hashes || last_hash;
+    END LOOP;
+    INSERT INTO audit.events (tenant_id, seq, occurred_at, actor_kind, actor_id, action,
+                              outcome, request_id, event, prev_hash, hash, queue_id,
+                              queued_at, sequenced_at)
+    SELECT t, c.seq, c.occurred_at, c.actor_kind, c.actor_id, c.action, c.outcome,
+           c.request_id, c.event, c.prev, c.hash, c.id, c.queued_at,
+           pg_catalog.clock_timestamp()
+      FROM unnest(ids, seqs, occurred, kinds, actors, actions, outcomes, requests, events,
+                  prevs, hashes, queued)
+           AS c(id, seq, occurred_at, actor_kind, actor_id, action, outcome, request_id,
+                event, prev, hash, queued_at)
+     ORDER BY c.seq;
 END
 $$;
 
@@ -511,7 +549,7 @@ BEGIN
             MESSAGE = 'audit.sequence: max_rows must be between 1 and 100000';
     END IF;
     -- An empty queue (what most polls find) costs one index probe and takes no lock.
-    IF NOT EXISTS (SELECT 1 FROM audit.pending) THEN
+    IF NOT EXISTS (SELECT 1 FROM audit.pending p WHERE p.id > 0) THEN
         RETURN 0;
     END IF;
     PERFORM 1 FROM audit.sequencer_lock l WHERE l.held FOR UPDATE;
