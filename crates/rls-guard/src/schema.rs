@@ -791,7 +791,8 @@ pub fn tenant_table_sql(table: &str) -> Result<String, RlsError> {
 /// [`TenantPool`](crate::TenantPool) starts) and the coverage check then refuse the table as soon
 /// as any role other than the owner, its members and superusers may make a write the trigger
 /// does not check (by a grant on the table or on a column, to the role, a role it belongs to or
-/// `PUBLIC`). The owner can drop any trigger, so it was never held by one.
+/// `PUBLIC`, or by deleting from or updating the parent of a foreign key whose referential
+/// action writes the table). The owner can drop any trigger, so it was never held by one.
 ///
 /// # Errors
 /// [`RlsError::InvalidIdentifier`] unless `table` is `name` or `schema.name` of lowercase

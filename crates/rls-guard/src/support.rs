@@ -61,6 +61,10 @@ ORDER BY 1, 2";
 /// privilege counts on the table or a column, directly, inherited or through `PUBLIC`; on the
 /// table, any of its partitions (a write made to a partition directly fires only the triggers
 /// the table gave it) or any table it inherits from (whose `UPDATE` and `DELETE` reach it).
+/// A foreign key of the table with a referential action makes the holders of the parent's
+/// privilege writers of the table too, named with the key: `ON DELETE CASCADE` deletes from it,
+/// `ON DELETE SET NULL | SET DEFAULT` and every `ON UPDATE` action but `NO ACTION` and
+/// `RESTRICT` update it, as the table's owner.
 const WRITERS: &str = r"
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), w.inserts, w.updates, w.deletes
 FROM pg_catalog.pg_class c
@@ -75,19 +79,49 @@ CROSS JOIN LATERAL (
         SELECT a.oid FROM ancestors a
         UNION
         SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t
+    ),
+    -- (relation, the privilege on it, the write on the table it makes, how)
+    paths(rel, privilege, write, how) AS (
+        SELECT r.oid, v.privilege, v.write, ''
+          FROM reach r
+         CROSS JOIN (VALUES ('INSERT', 'i'), ('UPDATE', 'u'), ('DELETE', 'd'))
+               AS v(privilege, write)
+        UNION ALL
+        SELECT p.relid, a.privilege, a.write,
+               pg_catalog.format(' (%s %s, foreign key %I %s)',
+                   CASE a.privilege WHEN 'DELETE' THEN 'deleting from' ELSE 'updating' END,
+                   f.confrelid::pg_catalog.regclass, f.conname, a.action)
+          FROM pg_catalog.pg_constraint f
+         CROSS JOIN LATERAL (
+               SELECT f.confrelid AS relid
+               UNION
+               SELECT t.relid FROM pg_catalog.pg_partition_tree(f.confrelid) t
+         ) p
+         CROSS JOIN LATERAL (VALUES
+               ('DELETE', 'd', 'ON DELETE CASCADE', f.confdeltype = 'c'),
+               ('DELETE', 'u', 'ON DELETE SET NULL/DEFAULT', f.confdeltype IN ('n', 'd')),
+               ('UPDATE', 'u', 'ON UPDATE CASCADE/SET NULL/DEFAULT',
+                f.confupdtype IN ('c', 'n', 'd'))
+         ) AS a(privilege, write, action, applies)
+         WHERE f.contype = 'f' AND a.applies AND f.conrelid IN (SELECT r.oid FROM reach r)
+    ),
+    held(write, who) AS (
+        SELECT p.write, g.rolname::text || p.how
+          FROM pg_catalog.pg_roles g
+         CROSS JOIN paths p
+         WHERE NOT g.rolsuper
+           AND NOT pg_catalog.pg_has_role(g.oid, c.relowner, 'MEMBER')
+           AND (g.oid >= 16384
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.roleid = g.oid))
+           AND CASE p.privilege
+                   WHEN 'DELETE' THEN pg_catalog.has_table_privilege(g.oid, p.rel, 'DELETE')
+                   ELSE pg_catalog.has_any_column_privilege(g.oid, p.rel, p.privilege)
+               END
     )
-    SELECT pg_catalog.min(g.rolname::text)
-               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, r.oid, 'INSERT')),
-           pg_catalog.min(g.rolname::text)
-               FILTER (WHERE pg_catalog.has_any_column_privilege(g.oid, r.oid, 'UPDATE')),
-           pg_catalog.min(g.rolname::text)
-               FILTER (WHERE pg_catalog.has_table_privilege(g.oid, r.oid, 'DELETE'))
-    FROM pg_catalog.pg_roles g
-    CROSS JOIN reach r
-    WHERE NOT g.rolsuper
-      AND NOT pg_catalog.pg_has_role(g.oid, c.relowner, 'MEMBER')
-      AND (g.oid >= 16384
-           OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.roleid = g.oid))
+    SELECT pg_catalog.min(h.who) FILTER (WHERE h.write = 'i'),
+           pg_catalog.min(h.who) FILTER (WHERE h.write = 'u'),
+           pg_catalog.min(h.who) FILTER (WHERE h.write = 'd')
+    FROM held h
 ) AS w(inserts, updates, deletes)
 WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) = ANY ($1::text[])";
 
@@ -393,7 +427,8 @@ pub(crate) async fn support_problems(
 /// triggers. A check made by
 /// [`tenant_table_sql_for`](crate::schema::tenant_table_sql_for) for a part of the writes
 /// passes only while no role other than the table's owner, a member of it or a superuser holds
-/// the privilege to make one of the others (by any grant, membership or `PUBLIC`).
+/// the privilege to make one of the others (by any grant, membership or `PUBLIC`, or through a
+/// foreign key whose referential action writes the table when the parent is written).
 ///
 /// # Errors
 /// [`RlsError::SupportSchemaMissing`] when the functions are absent,

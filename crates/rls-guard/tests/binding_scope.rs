@@ -392,3 +392,83 @@ async fn a_grant_on_a_partition_counts_as_one_on_the_table() {
     .await;
     passes(&db).await;
 }
+
+/// A foreign key's referential action writes the table as its owner, past every privilege and
+/// policy of the table: a narrowed check counts whoever may delete from or update the parent
+/// as a writer of what the action does to the table. (A single-column key would let a queued
+/// row of tenant B hang off tenant A's parent, and A deleting its parent would delete B's row
+/// with no check.) Each refusal names the key; the positive controls are the same database
+/// with the grant revoked and with the action `NO ACTION`.
+#[tokio::test]
+async fn a_referential_action_counts_as_a_write_of_the_table() {
+    let _serial = SERIAL.lock().await;
+    let db = fresh_database(&template()).await;
+    let runtime = testkit::RUNTIME_ROLE;
+    db.as_admin(&format!(
+        "SET ROLE {owner};
+         CREATE TABLE parents (tenant_id uuid NOT NULL, id bigint NOT NULL UNIQUE,
+                               PRIMARY KEY (tenant_id, id));
+         {}
+         ALTER TABLE queue ADD COLUMN parent_id bigint;
+         ALTER TABLE queue ADD CONSTRAINT queue_parent FOREIGN KEY (parent_id)
+             REFERENCES parents (id) ON DELETE CASCADE;
+         RESET ROLE;
+         GRANT SELECT, INSERT ON parents TO {runtime};",
+        tenant_table_sql("parents").unwrap(),
+        owner = testkit::OWNER_ROLE,
+    ))
+    .await;
+    // Nobody but the owner may delete or update a parent: nothing reaches the queue.
+    passes(&db).await;
+    let set_action = |action: &str| {
+        format!(
+            "ALTER TABLE queue DROP CONSTRAINT queue_parent;
+             ALTER TABLE queue ADD CONSTRAINT queue_parent FOREIGN KEY (parent_id)
+                 REFERENCES parents (id) {action}"
+        )
+    };
+    // (the key's actions, the grant on the parent, the write on the queue, how)
+    let cases = [
+        (
+            "ON DELETE CASCADE",
+            "DELETE",
+            "DELETE",
+            "deleting from parents, foreign key queue_parent ON DELETE CASCADE",
+        ),
+        (
+            "ON DELETE SET NULL",
+            "DELETE",
+            "UPDATE",
+            "deleting from parents, foreign key queue_parent ON DELETE SET NULL/DEFAULT",
+        ),
+        (
+            "ON UPDATE CASCADE",
+            "UPDATE (id)",
+            "UPDATE",
+            "updating parents, foreign key queue_parent ON UPDATE CASCADE/SET NULL/DEFAULT",
+        ),
+    ];
+    for (action, grant, write, how) in cases {
+        db.as_admin(&set_action(action)).await;
+        passes(&db).await;
+        db.as_admin(&format!("GRANT {grant} ON parents TO {runtime}"))
+            .await;
+        let message = refusal(&db).await;
+        let expected = format!(
+            "public.queue: trigger tenant_binding_check does not check {write}, which role \
+             {runtime} ({how}) may do"
+        );
+        assert!(message.contains(&expected), "{action}: {message}");
+        let findings = binding_findings(&db, "public.queue").await;
+        assert!(
+            findings.iter().any(|f| f.contains(&format!("({how})"))),
+            "{action}: {findings:?}"
+        );
+        // The same grant with no action on the queue.
+        db.as_admin(&set_action("ON DELETE NO ACTION ON UPDATE RESTRICT"))
+            .await;
+        passes(&db).await;
+        db.as_admin(&format!("REVOKE {grant} ON parents FROM {runtime}"))
+            .await;
+    }
+}
