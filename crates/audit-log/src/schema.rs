@@ -21,8 +21,9 @@
 //!   bound as that tenant, reads the last event through the primary key (or the anchor, or the
 //!   genesis), assigns the next sequence numbers, links the previous hashes and computes the
 //!   chain hashes in the format of [`chain_hash`](crate::chain_hash), and moves them from the
-//!   queue into `audit.events` in one statement (a count that differs from what it hashed fails
-//!   that tenant's batch, SQLSTATE `AL007`). A tenant whose batch fails is rolled back
+//!   queue into `audit.events`, chaining exactly the rows it took off the queue (a picked row
+//!   left in the queue, or a row the chain's insert did not take, fails that tenant's batch,
+//!   SQLSTATE `AL007`). A tenant whose batch fails is rolled back
 //!   alone, marked and retried after a minute. See [`Sequencer`](crate::Sequencer).
 //! - `audit.events`: one row per chained event. Nobody inserts but `audit.sequence` (the runtime
 //!   role has `SELECT` only; a statement trigger refuses every other insert, the owner's
@@ -433,6 +434,7 @@ DECLARE
     prevs     bytea[];
     hashes    bytea[];
     ev        bytea;
+    n_chained bigint;
     last_seq  bigint;
     last_hash bytea;
     prefix    bytea;
@@ -508,6 +510,14 @@ BEGIN
            AS c(id, seq, occurred_at, actor_kind, actor_id, action, outcome, request_id,
                 event, prev, hash, queued_at)
      ORDER BY c.seq;
+    -- Every event taken off the queue entered the chain (an owner's trigger or rule that
+    -- dropped one would lose it): anything else rolls this tenant back.
+    GET DIAGNOSTICS n_chained = ROW_COUNT;
+    IF n_chained IS DISTINCT FROM pg_catalog.cardinality(ids) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL007',
+            MESSAGE = 'audit.sequence: the queued events changed while they were chained';
+    END IF;
 END
 $$;
 

@@ -331,6 +331,60 @@ async fn a_queued_event_kept_in_the_queue_is_never_chained_twice() {
     assert_eq!(chained_count(&admin, held).await, 3);
 }
 
+/// An owner's trigger that drops one tenant's events on their way into the chain (a `BEFORE
+/// INSERT` returning nothing) would take them off the queue and lose them, the chain still
+/// verifying. That tenant's batch fails instead and its events stay queued; the other tenant is
+/// chained (the control), and once the trigger is gone every event is chained once.
+#[tokio::test]
+async fn an_event_dropped_on_its_way_into_the_chain_stays_queued() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let (held, fine) = (TenantId::new_random(), TenantId::new_random());
+    f.db.as_admin(&format!(
+        "CREATE FUNCTION audit.drop_chained() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.tenant_id = '{held}' THEN RETURN NULL; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER drop_chained BEFORE INSERT ON audit.events
+             FOR EACH ROW EXECUTE FUNCTION audit.drop_chained();
+         ALTER TABLE audit.events ENABLE ALWAYS TRIGGER drop_chained;",
+        held = held.as_uuid()
+    ))
+    .await;
+    for i in 0..3 {
+        f.log.record(event(held, i)).await.unwrap();
+        f.log.record(event(fine, i)).await.unwrap();
+    }
+    f.sequencer.sequence_batch().await.unwrap();
+    assert_eq!(
+        (
+            chained_count(&admin, held).await,
+            queued_count(&admin, held).await
+        ),
+        (0, 3)
+    );
+    assert_eq!(
+        (
+            chained_count(&admin, fine).await,
+            queued_count(&admin, fine).await
+        ),
+        (3, 0)
+    );
+    f.db.as_admin(
+        "DROP TRIGGER drop_chained ON audit.events;
+         BEGIN;
+         SET LOCAL audit.sequencing = 'on';
+         UPDATE audit.pending SET failed_at = NULL;
+         COMMIT;",
+    )
+    .await;
+    sequence_all(&f).await;
+    let report = verify(&f, held).await;
+    assert!(report.is_intact(), "{:?}", report.result);
+    assert_eq!((report.last_seq, report.pending), (3, 0));
+}
+
 /// A role that may call the sequencer and also read a tenant table (the checkpointer given the
 /// sequencer's grants, as the docs allow, or a deployment's mistake) is not left bound to the
 /// last tenant sequenced: in signed mode that binding carries the owner's proof, which would

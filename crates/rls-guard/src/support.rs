@@ -61,61 +61,82 @@ ORDER BY 1, 2";
 /// privilege counts on the table or a column, directly, inherited or through `PUBLIC`; on the
 /// table, any of its partitions (a write made to a partition directly fires only the triggers
 /// the table gave it) or any table it inherits from (whose `UPDATE` and `DELETE` reach it).
-/// A foreign key of the table with a referential action makes the holders of the parent's
-/// privilege writers of the table too, named with the key: `ON DELETE CASCADE` deletes from it,
-/// `ON DELETE SET NULL | SET DEFAULT` and every `ON UPDATE` action but `NO ACTION` and
-/// `RESTRICT` update it, as the table's owner.
-const WRITERS: &str = r"
+/// A foreign key of the table with a referential action writes it as its owner when the parent
+/// is written: `ON DELETE CASCADE` deletes from it, `ON DELETE SET NULL | SET DEFAULT` and every
+/// `ON UPDATE` action but `NO ACTION` and `RESTRICT` update it. So the holders of the parent's
+/// privilege count too, and so on up every chain of such keys (the parent's own keys, the
+/// tables the parent inherits from and its partitions, and an update of a table above a
+/// partition, which can move a row out of it), named with the relation and the table's key.
+const WRITERS: &str = r#"
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), w.inserts, w.updates, w.deletes
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL (
-    WITH RECURSIVE ancestors(oid) AS (
-        SELECT c.oid
+    WITH RECURSIVE
+    -- Each table, and the tables it inherits from (partitioned or not).
+    up(base, oid) AS (
+        SELECT r.oid, r.oid FROM pg_catalog.pg_class r WHERE r.relkind IN ('r', 'p')
         UNION
-        SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN ancestors a ON i.inhrelid = a.oid
+        SELECT u.base, i.inhparent FROM pg_catalog.pg_inherits i JOIN up u ON i.inhrelid = u.oid
     ),
-    reach(oid) AS (
-        SELECT a.oid FROM ancestors a
+    -- Each table, and its partitions.
+    down(base, oid) AS (
+        SELECT r.oid, r.oid FROM pg_catalog.pg_class r WHERE r.relkind IN ('r', 'p')
         UNION
-        SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t
+        SELECT d.base, i.inhrelid
+          FROM pg_catalog.pg_inherits i
+          JOIN down d ON i.inhparent = d.oid
+          JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid AND k.relispartition
     ),
-    -- (relation, the privilege on it, the write on the table it makes, how)
-    paths(rel, privilege, write, how) AS (
-        SELECT r.oid, v.privilege, v.write, ''
-          FROM reach r
-         CROSS JOIN (VALUES ('INSERT', 'i'), ('UPDATE', 'u'), ('DELETE', 'd'))
-               AS v(privilege, write)
-        UNION ALL
-        SELECT p.relid, a.privilege, a.write,
-               pg_catalog.format(' (%s %s, foreign key %I %s)',
-                   CASE a.privilege WHEN 'DELETE' THEN 'deleting from' ELSE 'updating' END,
-                   f.confrelid::pg_catalog.regclass, f.conname, a.action)
-          FROM pg_catalog.pg_constraint f
-         CROSS JOIN LATERAL (
-               SELECT f.confrelid AS relid
-               UNION
-               SELECT t.relid FROM pg_catalog.pg_partition_tree(f.confrelid) t
-         ) p
+    -- The relations whose writes reach a table's rows; `above`: one it inherits from.
+    fam(base, oid, above) AS (
+        SELECT u.base, u.oid, u.oid <> u.base FROM up u
+        UNION
+        SELECT d.base, d.oid, false FROM down d
+    ),
+    -- (relation, a write on it, the write that makes on the table, the table's key it
+    -- goes through: '' for the table's own writes)
+    causes(rel, write, t_write, via) AS (
+        SELECT c.oid, v.w, v.w, ''::text FROM (VALUES ('i'), ('u'), ('d')) AS v(w)
+        UNION
+        SELECT f.confrelid, a.parent_write, k.t_write,
+               (CASE WHEN k.via = ''
+                     THEN pg_catalog.format('foreign key %I %s', f.conname::text, a.action)
+                     ELSE k.via END) COLLATE pg_catalog."default"
+          FROM causes k
+          JOIN pg_catalog.pg_constraint f
+            ON f.contype = 'f'
+           AND f.conrelid IN (SELECT m.oid FROM fam m WHERE m.base = k.rel)
          CROSS JOIN LATERAL (VALUES
-               ('DELETE', 'd', 'ON DELETE CASCADE', f.confdeltype = 'c'),
-               ('DELETE', 'u', 'ON DELETE SET NULL/DEFAULT', f.confdeltype IN ('n', 'd')),
-               ('UPDATE', 'u', 'ON UPDATE CASCADE/SET NULL/DEFAULT',
-                f.confupdtype IN ('c', 'n', 'd'))
-         ) AS a(privilege, write, action, applies)
-         WHERE f.contype = 'f' AND a.applies AND f.conrelid IN (SELECT r.oid FROM reach r)
+               ('d', 'd', 'ON DELETE CASCADE', f.confdeltype = 'c'),
+               ('d', 'u', 'ON DELETE SET NULL/DEFAULT', f.confdeltype IN ('n', 'd')),
+               ('u', 'u', 'ON UPDATE CASCADE/SET NULL/DEFAULT', f.confupdtype IN ('c', 'n', 'd'))
+         ) AS a(parent_write, child_write, action, applies)
+         WHERE a.applies AND a.child_write = k.write
     ),
     held(write, who) AS (
-        SELECT p.write, g.rolname::text || p.how
-          FROM pg_catalog.pg_roles g
-         CROSS JOIN paths p
+        SELECT k.t_write,
+               CASE WHEN k.via = '' THEN g.rolname::text
+                    ELSE pg_catalog.format('%s (%s %s, %s)', g.rolname,
+                             CASE WHEN k.write = 'd'
+                                       AND pg_catalog.has_table_privilege(g.oid, m.oid, 'DELETE')
+                                  THEN 'deleting from' ELSE 'updating' END,
+                             m.oid::pg_catalog.regclass, k.via) END
+          FROM causes k
+          JOIN fam m ON m.base = k.rel
+         CROSS JOIN pg_catalog.pg_roles g
          WHERE NOT g.rolsuper
            AND NOT pg_catalog.pg_has_role(g.oid, c.relowner, 'MEMBER')
            AND (g.oid >= 16384
-                OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.roleid = g.oid))
-           AND CASE p.privilege
-                   WHEN 'DELETE' THEN pg_catalog.has_table_privilege(g.oid, p.rel, 'DELETE')
-                   ELSE pg_catalog.has_any_column_privilege(g.oid, p.rel, p.privilege)
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members am WHERE am.roleid = g.oid))
+           AND CASE k.write
+                   WHEN 'i' THEN pg_catalog.has_any_column_privilege(g.oid, m.oid, 'INSERT')
+                   WHEN 'u' THEN pg_catalog.has_any_column_privilege(g.oid, m.oid, 'UPDATE')
+                   ELSE pg_catalog.has_table_privilege(g.oid, m.oid, 'DELETE')
+                        OR (m.above
+                            AND EXISTS (SELECT 1 FROM pg_catalog.pg_class x
+                                         WHERE x.oid = k.rel AND x.relispartition)
+                            AND pg_catalog.has_any_column_privilege(g.oid, m.oid, 'UPDATE'))
                END
     )
     SELECT pg_catalog.min(h.who) FILTER (WHERE h.write = 'i'),
@@ -123,7 +144,7 @@ CROSS JOIN LATERAL (
            pg_catalog.min(h.who) FILTER (WHERE h.write = 'd')
     FROM held h
 ) AS w(inserts, updates, deletes)
-WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) = ANY ($1::text[])";
+WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) = ANY ($1::text[])"#;
 
 /// The expected shape of one of the crate's triggers: name, type bits, constraint trigger
 /// deferred, function, old transition table, new transition table.

@@ -472,3 +472,72 @@ async fn a_referential_action_counts_as_a_write_of_the_table() {
             .await;
     }
 }
+
+/// A cascade runs as the child's owner and fires the child's own referential actions, and a
+/// write to a table above the parent reaches the parent's rows: a grant on the grandparent of
+/// a chain of `ON DELETE CASCADE` keys, and a delete from (or an update moving a row out of)
+/// the partitioned table above a referenced partition, each count as a write of the table.
+/// The positive controls: each grant revoked, and the chain broken with the grant in place.
+#[tokio::test]
+async fn a_chain_of_referential_actions_and_the_parents_own_parents_count_too() {
+    let _serial = SERIAL.lock().await;
+    let db = fresh_database(&template()).await;
+    let runtime = testkit::RUNTIME_ROLE;
+    db.as_admin(&format!(
+        "SET ROLE {owner};
+         CREATE TABLE grand (id bigint PRIMARY KEY);
+         CREATE TABLE mid (id bigint PRIMARY KEY, grand_id bigint);
+         ALTER TABLE mid ADD CONSTRAINT mid_grand FOREIGN KEY (grand_id) REFERENCES grand
+             ON DELETE CASCADE;
+         CREATE TABLE pp (id bigint NOT NULL, k int NOT NULL) PARTITION BY LIST (k);
+         CREATE TABLE p1 PARTITION OF pp FOR VALUES IN (1);
+         CREATE TABLE p2 PARTITION OF pp FOR VALUES IN (2);
+         ALTER TABLE p1 ADD UNIQUE (id);
+         ALTER TABLE queue ADD COLUMN mid_id bigint, ADD COLUMN p_id bigint;
+         ALTER TABLE queue ADD CONSTRAINT queue_mid FOREIGN KEY (mid_id) REFERENCES mid
+             ON DELETE CASCADE;
+         ALTER TABLE queue ADD CONSTRAINT queue_p1 FOREIGN KEY (p_id) REFERENCES p1 (id)
+             ON DELETE CASCADE;
+         RESET ROLE;",
+        owner = testkit::OWNER_ROLE,
+    ))
+    .await;
+    passes(&db).await;
+    // (the grant, the write on the queue, how)
+    let cases = [
+        (
+            "DELETE ON grand",
+            "DELETE",
+            "deleting from grand, foreign key queue_mid ON DELETE CASCADE",
+        ),
+        (
+            "DELETE ON pp",
+            "DELETE",
+            "deleting from pp, foreign key queue_p1 ON DELETE CASCADE",
+        ),
+        (
+            "UPDATE (k) ON pp",
+            "DELETE",
+            "updating pp, foreign key queue_p1 ON DELETE CASCADE",
+        ),
+    ];
+    for (grant, write, how) in cases {
+        db.as_admin(&format!("GRANT {grant} TO {runtime}")).await;
+        let message = refusal(&db).await;
+        let expected = format!(
+            "public.queue: trigger tenant_binding_check does not check {write}, which role \
+             {runtime} ({how}) may do"
+        );
+        assert!(message.contains(&expected), "{grant}: {message}");
+        db.as_admin(&format!("REVOKE {grant} FROM {runtime}")).await;
+        passes(&db).await;
+    }
+    // The chain broken in its middle, the grant on the grandparent stays harmless.
+    db.as_admin(&format!(
+        "GRANT DELETE ON grand TO {runtime};
+         ALTER TABLE mid DROP CONSTRAINT mid_grand;
+         ALTER TABLE mid ADD CONSTRAINT mid_grand FOREIGN KEY (grand_id) REFERENCES grand;"
+    ))
+    .await;
+    passes(&db).await;
+}
