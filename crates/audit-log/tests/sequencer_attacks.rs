@@ -269,25 +269,31 @@ async fn a_tenant_whose_batch_fails_holds_up_no_other_tenant() {
     assert!(report.oldest_pending.is_some());
 }
 
-/// The owner (what a compromised migration could install) keeps one tenant's queued events from
-/// leaving the queue: a trigger skips their delete. Were they chained anyway, the next batch
-/// would chain them a second time; instead that tenant's batch fails and is set aside, nothing
-/// of it is chained, and the other tenant's events are chained as before (the positive
-/// control). Once the trigger is gone, the events are chained once each.
-#[tokio::test]
-async fn a_queued_event_kept_in_the_queue_is_never_chained_twice() {
+/// Installs an owner's row trigger `name` (`ENABLE ALWAYS`) on `table`, `timing` (`BEFORE
+/// DELETE`, say), that skips the rows of one tenant, queues 3 events of that tenant and of
+/// another, and runs three batches. That tenant's batch must fail and be set aside, nothing
+/// of it chained or lost, while the other tenant's events are chained (the positive control);
+/// with the trigger gone (and the pause after the failure skipped), every event is chained
+/// exactly once and both chains verify.
+async fn one_tenant_held_back_by_an_owner_trigger(name: &str, timing: &str, table: &str) {
     let f = fixture(2).await;
     let admin = f.db.pool(Role::Admin, 1).await;
     let (held, fine) = (TenantId::new_random(), TenantId::new_random());
+    // The row a BEFORE row trigger sees: OLD for a delete, NEW for an insert.
+    let row = if timing.ends_with("DELETE") {
+        "OLD"
+    } else {
+        "NEW"
+    };
     f.db.as_admin(&format!(
-        "CREATE FUNCTION audit.keep_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+        "CREATE FUNCTION audit.{name}() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-             IF OLD.tenant_id = '{held}' THEN RETURN NULL; END IF;
-             RETURN OLD;
+             IF {row}.tenant_id = '{held}' THEN RETURN NULL; END IF;
+             RETURN {row};
          END $$;
-         CREATE TRIGGER keep_queued BEFORE DELETE ON audit.pending
-             FOR EACH ROW EXECUTE FUNCTION audit.keep_queued();
-         ALTER TABLE audit.pending ENABLE ALWAYS TRIGGER keep_queued;",
+         CREATE TRIGGER {name} {timing} ON {table}
+             FOR EACH ROW EXECUTE FUNCTION audit.{name}();
+         ALTER TABLE {table} ENABLE ALWAYS TRIGGER {name};",
         held = held.as_uuid()
     ))
     .await;
@@ -298,31 +304,23 @@ async fn a_queued_event_kept_in_the_queue_is_never_chained_twice() {
     for _ in 0..3 {
         f.sequencer.sequence_batch().await.unwrap();
     }
-    assert_eq!(
-        (
-            chained_count(&admin, held).await,
-            queued_count(&admin, held).await
-        ),
-        (0, 3)
-    );
-    assert_eq!(
-        (
-            chained_count(&admin, fine).await,
-            queued_count(&admin, fine).await
-        ),
-        (3, 0)
-    );
+    for (t, expected) in [(held, (0, 3)), (fine, (3, 0))] {
+        let counts = (
+            chained_count(&admin, t).await,
+            queued_count(&admin, t).await,
+        );
+        assert_eq!(counts, expected, "{name}");
+    }
     assert!(verify(&f, fine).await.is_intact());
     let report = verify(&f, held).await;
     assert_eq!((report.last_seq, report.pending), (0, 3));
-    // The trigger gone and the pause after the failure skipped, the events are chained once.
-    f.db.as_admin(
-        "DROP TRIGGER keep_queued ON audit.pending;
+    f.db.as_admin(&format!(
+        "DROP TRIGGER {name} ON {table};
          BEGIN;
          SET LOCAL audit.sequencing = 'on';
          UPDATE audit.pending SET failed_at = NULL;
-         COMMIT;",
-    )
+         COMMIT;"
+    ))
     .await;
     sequence_all(&f).await;
     let report = verify(&f, held).await;
@@ -331,58 +329,20 @@ async fn a_queued_event_kept_in_the_queue_is_never_chained_twice() {
     assert_eq!(chained_count(&admin, held).await, 3);
 }
 
-/// An owner's trigger that drops one tenant's events on their way into the chain (a `BEFORE
-/// INSERT` returning nothing) would take them off the queue and lose them, the chain still
-/// verifying. That tenant's batch fails instead and its events stay queued; the other tenant is
-/// chained (the control), and once the trigger is gone every event is chained once.
+/// The owner (what a compromised migration could install) keeps one tenant's queued events from
+/// leaving the queue: a trigger skips their delete. Were they chained anyway, the next batch
+/// would chain them a second time; instead that tenant's batch fails and is set aside.
+#[tokio::test]
+async fn a_queued_event_kept_in_the_queue_is_never_chained_twice() {
+    one_tenant_held_back_by_an_owner_trigger("keep_queued", "BEFORE DELETE", "audit.pending").await;
+}
+
+/// An owner's trigger drops one tenant's events on their way into the chain (a `BEFORE INSERT`
+/// returning nothing): were the batch committed, they would have left the queue and be lost,
+/// the chain still verifying. That tenant's batch fails instead and its events stay queued.
 #[tokio::test]
 async fn an_event_dropped_on_its_way_into_the_chain_stays_queued() {
-    let f = fixture(2).await;
-    let admin = f.db.pool(Role::Admin, 1).await;
-    let (held, fine) = (TenantId::new_random(), TenantId::new_random());
-    f.db.as_admin(&format!(
-        "CREATE FUNCTION audit.drop_chained() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-             IF NEW.tenant_id = '{held}' THEN RETURN NULL; END IF;
-             RETURN NEW;
-         END $$;
-         CREATE TRIGGER drop_chained BEFORE INSERT ON audit.events
-             FOR EACH ROW EXECUTE FUNCTION audit.drop_chained();
-         ALTER TABLE audit.events ENABLE ALWAYS TRIGGER drop_chained;",
-        held = held.as_uuid()
-    ))
-    .await;
-    for i in 0..3 {
-        f.log.record(event(held, i)).await.unwrap();
-        f.log.record(event(fine, i)).await.unwrap();
-    }
-    f.sequencer.sequence_batch().await.unwrap();
-    assert_eq!(
-        (
-            chained_count(&admin, held).await,
-            queued_count(&admin, held).await
-        ),
-        (0, 3)
-    );
-    assert_eq!(
-        (
-            chained_count(&admin, fine).await,
-            queued_count(&admin, fine).await
-        ),
-        (3, 0)
-    );
-    f.db.as_admin(
-        "DROP TRIGGER drop_chained ON audit.events;
-         BEGIN;
-         SET LOCAL audit.sequencing = 'on';
-         UPDATE audit.pending SET failed_at = NULL;
-         COMMIT;",
-    )
-    .await;
-    sequence_all(&f).await;
-    let report = verify(&f, held).await;
-    assert!(report.is_intact(), "{:?}", report.result);
-    assert_eq!((report.last_seq, report.pending), (3, 0));
+    one_tenant_held_back_by_an_owner_trigger("drop_chained", "BEFORE INSERT", "audit.events").await;
 }
 
 /// A role that may call the sequencer and also read a tenant table (the checkpointer given the
