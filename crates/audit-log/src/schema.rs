@@ -601,8 +601,14 @@ BEGIN
                 grp.tenant_id, SQLSTATE);
             PERFORM pg_catalog.set_config('app.tenant_id', grp.tenant_id::text, true);
             PERFORM pg_catalog.set_config('app.actor_id', '', true);
+            -- The rows the move would have taken: the tenant's eligible rows in the batch's
+            -- range of ids (a range of the primary key, as in audit.sequence_tenant).
             UPDATE audit.pending p SET failed_at = pg_catalog.clock_timestamp()
-             WHERE p.tenant_id = grp.tenant_id AND p.id = ANY (grp.ids);
+             WHERE p.tenant_id = grp.tenant_id
+               AND p.id >= (SELECT pg_catalog.min(b.id) FROM pg_catalog.unnest(grp.ids) b(id))
+               AND p.id <= (SELECT pg_catalog.max(b.id) FROM pg_catalog.unnest(grp.ids) b(id))
+               AND (p.failed_at IS NULL
+                    OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds');
         END;
     END LOOP;
     PERFORM audit.restore_settings(names, saved);
