@@ -67,6 +67,8 @@ ORDER BY 1, 2";
 /// privilege count too, and so on up every chain of such keys (the parent's own keys, the
 /// tables the parent inherits from and its partitions, and an update of a table above a
 /// partition, which can move a row out of it), named with the relation and the table's key.
+/// An update of a partitioned table can move a row between its partitions, which is a delete
+/// and an insert there: its holders count as writers of both.
 const WRITERS: &str = r#"
 SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), w.inserts, w.updates, w.deletes
 FROM pg_catalog.pg_class c
@@ -94,14 +96,23 @@ CROSS JOIN LATERAL (
         UNION
         SELECT d.base, d.oid, false FROM down d
     ),
-    -- (relation, a write on it, the write that makes on the table, the table's key it
-    -- goes through: '' for the table's own writes)
+    -- (relation, a write on it, the write that makes on the table, how: the table's key it
+    -- goes through: '' for the table's own writes). An update of a partitioned table that
+    -- moves a row to another partition is a delete and an insert there, firing no update
+    -- trigger.
     causes(rel, write, t_write, via) AS (
-        SELECT c.oid, v.w, v.w, ''::text FROM (VALUES ('i'), ('u'), ('d')) AS v(w)
+        SELECT c.oid, v.w, v.t, v.via
+          FROM (VALUES ('i', 'i', ''), ('u', 'u', ''), ('d', 'd', ''),
+                       ('u', 'i', 'moving a row between its partitions'),
+                       ('u', 'd', 'moving a row between its partitions')) AS v(w, t, via)
+         WHERE v.via = '' OR c.relkind = 'p'
         UNION
         SELECT f.confrelid, a.parent_write, k.t_write,
                (CASE WHEN k.via = ''
                      THEN pg_catalog.format('foreign key %I %s', f.conname::text, a.action)
+                     WHEN k.via = 'moving a row between its partitions'
+                     THEN pg_catalog.format('foreign key %I %s, %s', f.conname::text,
+                                            a.action, k.via)
                      ELSE k.via END) COLLATE pg_catalog."default"
           FROM causes k
           JOIN pg_catalog.pg_constraint f
@@ -405,6 +416,16 @@ pub(crate) async fn support_problems(
             continue;
         };
         let who = writers.iter().find(|w| w.0 == table);
+        if events != WRITE_EVENTS && who.is_none() {
+            // Not judged (renamed or dropped between the two queries): refused, never passed.
+            problems.push((
+                table.clone(),
+                format!(
+                    "trigger {BINDING_TRIGGER} checks a part of the writes, and who may make                      the others could not be read"
+                ),
+            ));
+            continue;
+        }
         for write in Write::ALL {
             if events & write.trigger_bit() != 0 {
                 let record = RECORD_TRIGGERS
