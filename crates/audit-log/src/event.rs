@@ -22,6 +22,12 @@ pub const MAX_USER_AGENT_BYTES: usize = 512;
 /// `{"metadata_dropped": "too_large", "bytes": N}` so an oversized payload can neither block the
 /// privileged action nor bloat the log.
 pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+/// The largest record (the canonical bytes hashed into the chain) the queue accepts: larger ones
+/// are refused at insert (SQLSTATE `AL003`) before they are read. The library keeps every record
+/// it writes under it: metadata whose canonical spelling would push a record past it (numbers
+/// such as `1e300` are spelled out in full) is replaced by the `metadata_dropped` marker, as
+/// for [`MAX_METADATA_BYTES`]; every other field is bounded well below it.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
 /// What was done: a dotted, lowercase name from the documented vocabulary (see [`actions`]) or
 /// the application's own (`segment.segment`, ASCII `a-z`, `0-9`, `_`, at most 64 bytes).

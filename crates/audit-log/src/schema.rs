@@ -7,7 +7,8 @@
 //!   caller's transaction, [`AuditLog::record`] in its own), without any lock beyond its row.
 //!   The runtime role may `INSERT` only the event's own columns (`tenant_id`, `occurred_at`,
 //!   `actor_kind`, `actor_id`, `action`, `outcome`, `request_id`, `event`) and `SELECT`; no
-//!   `UPDATE`, `DELETE` or `TRUNCATE`. A `BEFORE INSERT` trigger (`check_event`) refuses a time
+//!   `UPDATE`, `DELETE` or `TRUNCATE`. A `BEFORE INSERT` trigger (`check_event`) refuses a record
+//!   larger than [`MAX_RECORD_BYTES`](crate::MAX_RECORD_BYTES) before reading it (`AL003`), a time
 //!   more than [`MAX_CLOCK_SKEW_SECS`] from the database's clock (SQLSTATE `AL002`) and a record
 //!   whose tenant, time, actor, action, outcome or request id differ from the row's columns, or
 //!   that the verifier's strict parse would reject (`AL003`). Row-level security is enabled but
@@ -98,6 +99,8 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let skew = MAX_CLOCK_SKEW_SECS;
     let lock_timeout = SEQUENCER_LOCK_TIMEOUT_SECS;
     let schema_version = crate::event::SCHEMA_VERSION;
+    let max_record = crate::event::MAX_RECORD_BYTES;
+    let max_batch = crate::sequencer::MAX_BATCH;
     Ok(format!(
         r#"
 CREATE SCHEMA IF NOT EXISTS audit;
@@ -232,6 +235,14 @@ DECLARE
     canonical boolean;
     repeated  boolean;
 BEGIN
+    -- Size first, before anything reads the record: a record no larger than this keeps every
+    -- batch of the sequencer within PostgreSQL's limits (an array is at most 1 GB), so a huge
+    -- row cannot fail its tenant's batch every time it is retried.
+    IF pg_catalog.octet_length(NEW.event) > {max_record} THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'AL003',
+            MESSAGE = 'audit record is larger than the largest the library writes';
+    END IF;
     -- Every check below is one expression without a subquery, so PL/pgSQL evaluates it directly
     -- instead of running a query per check: this trigger is on the request path of every
     -- audited action.
@@ -553,10 +564,10 @@ DECLARE
 BEGIN
     saved := ARRAY(SELECT COALESCE(pg_catalog.current_setting(n, true), '')
                      FROM pg_catalog.unnest(names) WITH ORDINALITY AS u(n, i) ORDER BY u.i);
-    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > {max_batch} THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL005',
-            MESSAGE = 'audit.sequence: max_rows must be between 1 and 100000';
+            MESSAGE = 'audit.sequence: max_rows must be between 1 and {max_batch}';
     END IF;
     -- An empty queue (what most polls find) costs one index probe and takes no lock.
     IF NOT EXISTS (SELECT 1 FROM audit.pending p WHERE p.id > 0) THEN

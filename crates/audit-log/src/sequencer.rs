@@ -28,8 +28,10 @@ use crate::AuditError;
 /// The default pause between polls.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(20);
 
-/// The most events one call of `audit.sequence` chains (the function's own limit).
-pub const MAX_BATCH: u32 = 100_000;
+/// The most events one call of `audit.sequence` chains (the function's own limit): with records
+/// of at most [`MAX_RECORD_BYTES`](crate::MAX_RECORD_BYTES), one tenant's batch stays within
+/// PostgreSQL's 1 GB limit on one array, so no queued row can fail every batch it is in.
+pub const MAX_BATCH: u32 = 10_000;
 
 /// Chains queued audit events in batches; see the [module docs](self).
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::AuditError;
 use crate::canonical::{canonical_bytes, now_micros};
-use crate::event::{AuditEvent, MAX_METADATA_BYTES};
+use crate::event::{AuditEvent, MAX_METADATA_BYTES, MAX_RECORD_BYTES};
 use crate::scrub::Scrubber;
 
 /// A recorded event, queued for its tenant's chain: committed with the caller's transaction,
@@ -211,10 +211,7 @@ impl AuditLog {
             };
             let size = serde_json::to_vec(&map).map_or(usize::MAX, |v| v.len());
             event.metadata = if size > MAX_METADATA_BYTES {
-                let mut marker = serde_json::Map::new();
-                marker.insert("metadata_dropped".into(), "too_large".into());
-                marker.insert("bytes".into(), size.into());
-                marker
+                metadata_dropped(size)
             } else {
                 map
             };
@@ -236,7 +233,17 @@ impl AuditLog {
             *id = text(id, MAX_IDENTIFIER_BYTES);
         }
         let occurred_at = now_micros();
-        let canonical = canonical_bytes(&event, occurred_at)?;
+        let mut canonical = canonical_bytes(&event, occurred_at)?;
+        if canonical.len() > MAX_RECORD_BYTES {
+            // Only metadata can grow this far: its numbers are spelled out in full in the
+            // canonical record (`1e300` is 301 digits), which the compact size above does not
+            // see. Every other field is bounded far below the limit.
+            event.metadata = metadata_dropped(canonical.len());
+            canonical = canonical_bytes(&event, occurred_at)?;
+            if canonical.len() > MAX_RECORD_BYTES {
+                return Err(AuditError::InvalidEvent("audit record too large"));
+            }
+        }
         Ok(Prepared {
             tenant,
             occurred_at,
@@ -248,6 +255,14 @@ impl AuditLog {
             canonical,
         })
     }
+}
+
+/// What replaces metadata too large to keep (`bytes` is the size that was refused).
+fn metadata_dropped(bytes: usize) -> serde_json::Map<String, serde_json::Value> {
+    let mut marker = serde_json::Map::new();
+    marker.insert("metadata_dropped".into(), "too_large".into());
+    marker.insert("bytes".into(), bytes.into());
+    marker
 }
 
 /// A tenant's writer: writes its queue in groups until the queue is empty, then removes it.

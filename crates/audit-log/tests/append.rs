@@ -664,3 +664,69 @@ async fn the_library_writes_every_record_exactly_as_jsonb_prints_it() {
     }
     assert!(verify(&f, t).await.is_intact());
 }
+
+/// The queue refuses records over `MAX_RECORD_BYTES` (`trigger_attacks.rs`): every record the
+/// library builds must stay under it, so no legitimate event is ever refused for its size. The
+/// largest of every bounded field, each spelled with a character JSON escapes (doubling it), is
+/// kept whole; metadata within its compact limit whose canonical spelling would not fit
+/// (`1e300` is 301 digits there) is replaced by the marker, as metadata over the compact limit
+/// is.
+#[tokio::test]
+async fn the_largest_records_the_library_builds_fit_the_queues_limit() {
+    use audit_log::{MAX_IDENTIFIER_BYTES, MAX_RECORD_BYTES, MAX_TARGETS, MAX_USER_AGENT_BYTES};
+    let f = fixture(2).await;
+    let t = TenantId::new_random();
+    let quotes = |n: usize| "\"".repeat(n);
+    let widest = |metadata: serde_json::Value| {
+        let mut e = AuditEvent::new(
+            t,
+            AuditActor::anonymous(),
+            actions::AUTHZ_DENIED,
+            Outcome::denied(&quotes(MAX_IDENTIFIER_BYTES)),
+        )
+        .with_request_id(&quotes(MAX_IDENTIFIER_BYTES))
+        .with_user_agent(&quotes(MAX_USER_AGENT_BYTES))
+        .with_metadata(metadata)
+        .unwrap();
+        for _ in 0..MAX_TARGETS {
+            e = e
+                .with_target(audit_log::Target::new(
+                    &quotes(MAX_IDENTIFIER_BYTES),
+                    &quotes(MAX_IDENTIFIER_BYTES),
+                ))
+                .unwrap();
+        }
+        e
+    };
+    // Metadata just under its compact limit, of escaped characters: kept.
+    let kept = serde_json::json!({ "q": quotes(audit_log::MAX_METADATA_BYTES / 2 - 16) });
+    // Numbers the canonical record spells out in full: about 6 bytes each compact, 301 there.
+    let spelled_out = serde_json::json!({ "n": vec![1e300_f64; 1_000] });
+    // Over the compact limit.
+    let compact_too_large = serde_json::json!({ "s": "x".repeat(audit_log::MAX_METADATA_BYTES) });
+    for metadata in [kept, spelled_out, compact_too_large] {
+        f.log.record(widest(metadata)).await.unwrap();
+    }
+    sequence_all(&f).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let rows: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT octet_length(event), convert_from(event, 'UTF8')::jsonb \
+                #>> '{metadata,metadata_dropped}' \
+         FROM audit.events WHERE tenant_id = $1 ORDER BY seq",
+    )
+    .bind(t.as_uuid())
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let dropped: Vec<Option<&str>> = rows.iter().map(|(_, d)| d.as_deref()).collect();
+    assert_eq!(dropped, [None, Some("too_large"), Some("too_large")]);
+    for (len, _) in &rows {
+        assert!(
+            usize::try_from(*len).unwrap() <= MAX_RECORD_BYTES,
+            "{len} bytes"
+        );
+    }
+    // The fields were at their widest, escaped: about 26 KiB.
+    assert!(usize::try_from(rows[0].0).unwrap() > 24 * 1024, "{rows:?}");
+    assert!(verify(&f, t).await.is_intact());
+}

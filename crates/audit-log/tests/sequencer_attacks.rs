@@ -462,7 +462,8 @@ async fn the_sequencer_role_can_read_and_write_nothing_but_advance_the_chains() 
         );
     }
     // Out-of-range batch sizes are refused, not clamped by the database.
-    for bad in [0, -1, 100_001] {
+    let too_many = i32::try_from(audit_log::sequencer::MAX_BATCH).unwrap() + 1;
+    for bad in [0, -1, too_many, 100_000] {
         let err = sqlx::query_scalar::<_, i32>("SELECT audit.sequence($1)")
             .bind(bad)
             .fetch_one(&pool)

@@ -113,7 +113,7 @@ async fn a_sequencer_terminated_mid_batch_loses_and_duplicates_nothing() {
             .await
             .unwrap();
         let call = tokio::spawn(async move {
-            sqlx::query_scalar::<_, i32>("SELECT audit.sequence(100000)")
+            sqlx::query_scalar::<_, i32>("SELECT audit.sequence(10000)")
                 .fetch_one(&mut conn)
                 .await
         });

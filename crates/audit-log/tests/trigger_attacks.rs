@@ -74,6 +74,48 @@ async fn is_jsonb_layout(f: &Fixture, t: TenantId, seq: i64) -> bool {
     .unwrap()
 }
 
+/// A record over `MAX_RECORD_BYTES` is refused before anything reads it: a huge row would
+/// otherwise be parsed on the request path, and could fail its tenant's sequencer batch (past
+/// PostgreSQL's 1 GB limit on one array) every time the batch is retried.
+#[tokio::test]
+async fn a_record_over_the_size_limit_is_refused_before_it_is_read() {
+    let f = fixture(2).await;
+    let max = audit_log::MAX_RECORD_BYTES;
+    // The record, its metadata padded so that, filled in, it is exactly `len` bytes.
+    let sized = |len: usize| {
+        let empty = fill(
+            jsonb_with(r#"{"pad": ""}"#).as_bytes(),
+            TenantId::new_random(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .len();
+        jsonb_with(&format!(r#"{{"pad": "{}"}}"#, "x".repeat(len - empty)))
+    };
+    // Positive control: a record of exactly the limit is chained intact.
+    let (t, fate) = raw_insert(&f, &sized(max), "user", "a.b", None).await;
+    assert_eq!(fate, Fate::Intact, "a record of exactly the limit");
+    assert!(
+        is_jsonb_layout(&f, t, 2).await,
+        "the control is well formed"
+    );
+    let refused = [
+        case("one byte over", sized(max + 1)),
+        case("8 MiB", sized(8 << 20)),
+        // Neither UTF-8 nor JSON: refused for its size (AL003), so nothing parsed it first.
+        (
+            "8 MiB that is no record",
+            vec![0xff; 8 << 20],
+            Columns::BASE,
+        ),
+    ];
+    let wrong = run_coded(&f, &Fate::Refused, Some("AL003"), &refused).await;
+    assert!(
+        wrong.is_empty(),
+        "{}",
+        wrong.join("\n").chars().take(2000).collect::<String>()
+    );
+}
+
 /// The trigger is compiled once per connection, with that session's settings: with
 /// `standard_conforming_strings` off at its first use, a `'\x…'` literal in its body would be
 /// read as an escape string, and every chain hash that connection computes (the attacker's

@@ -280,7 +280,7 @@ impl Approver for Human {
 /// `audit_log::Sequencer`).
 pub async fn audit_events(db: &TestDb, tenant: TenantId) -> Vec<(String, String, Value)> {
     let admin = db.pool(Role::Admin, 1).await;
-    let _: i32 = sqlx::query_scalar("SELECT audit.sequence(100000)")
+    let _: i32 = sqlx::query_scalar("SELECT audit.sequence(10000)")
         .fetch_one(&admin)
         .await
         .unwrap();
