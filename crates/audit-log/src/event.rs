@@ -22,6 +22,8 @@ pub const MAX_USER_AGENT_BYTES: usize = 512;
 /// `{"metadata_dropped": "too_large", "bytes": N}` so an oversized payload can neither block the
 /// privileged action nor bloat the log.
 pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+/// The longest action name (and actor kind), in bytes.
+pub const MAX_ACTION_BYTES: usize = 64;
 /// The largest record (the canonical bytes hashed into the chain) the queue accepts: larger ones
 /// are refused at insert (SQLSTATE `AL003`) before they are read. The library keeps every record
 /// it writes under it: metadata whose canonical spelling would push a record past it (numbers
@@ -84,7 +86,7 @@ pub(crate) fn is_valid_action(name: &str) -> bool {
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     };
-    name.len() <= 64 && name.split('.').count() >= 2 && name.split('.').all(segment)
+    name.len() <= MAX_ACTION_BYTES && name.split('.').count() >= 2 && name.split('.').all(segment)
 }
 
 /// The documented action vocabulary. Applications add their own with [`Action::new`].

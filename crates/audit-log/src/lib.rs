@@ -70,9 +70,9 @@ pub use canonical::{ChainHash, chain_hash, format_time, genesis_hash};
 pub use checkpoint::{Acknowledgement, Checkpoint, CheckpointKey, CheckpointSigner, TrustedKeys};
 pub use error::AuditError;
 pub use event::{
-    Action, AuditActor, AuditEvent, MAX_IDENTIFIER_BYTES, MAX_METADATA_BYTES, MAX_RECORD_BYTES,
-    MAX_TARGETS, MAX_USER_AGENT_BYTES, Outcome, SCHEMA_VERSION, Target, actions, encode_text,
-    normalize_text,
+    Action, AuditActor, AuditEvent, MAX_ACTION_BYTES, MAX_IDENTIFIER_BYTES, MAX_METADATA_BYTES,
+    MAX_RECORD_BYTES, MAX_TARGETS, MAX_USER_AGENT_BYTES, Outcome, SCHEMA_VERSION, Target, actions,
+    encode_text, normalize_text,
 };
 pub use layer::{Audit, AuditHandle, AuditLayer, DenialReason};
 pub use proof::{InclusionProof, prove};

@@ -100,6 +100,8 @@ pub fn schema_sql(runtime_role: &str) -> Result<String, AuditError> {
     let lock_timeout = SEQUENCER_LOCK_TIMEOUT_SECS;
     let schema_version = crate::event::SCHEMA_VERSION;
     let max_record = crate::event::MAX_RECORD_BYTES;
+    let max_action = crate::event::MAX_ACTION_BYTES;
+    let max_identifier = crate::event::MAX_IDENTIFIER_BYTES;
     let max_batch = crate::sequencer::MAX_BATCH;
     Ok(format!(
         r#"
@@ -235,13 +237,17 @@ DECLARE
     canonical boolean;
     repeated  boolean;
 BEGIN
-    -- Size first, before anything reads the record: a record no larger than this keeps every
-    -- batch of the sequencer within PostgreSQL's limits (an array is at most 1 GB), so a huge
-    -- row cannot fail its tenant's batch every time it is retried.
-    IF pg_catalog.octet_length(NEW.event) > {max_record} THEN
+    -- Sizes first, before anything reads the record: the record and every text column are
+    -- held to what the library writes, which keeps every batch of the sequencer within
+    -- PostgreSQL's limits (one allocation, an array included, is at most 1 GB), so a huge row
+    -- cannot fail its tenant's batch every time it is retried.
+    IF pg_catalog.octet_length(NEW.event) > {max_record}
+       OR pg_catalog.octet_length(NEW.action) > {max_action}
+       OR pg_catalog.octet_length(NEW.actor_kind) > {max_action}
+       OR pg_catalog.octet_length(NEW.request_id) > {max_identifier} THEN
         RAISE EXCEPTION USING
             ERRCODE = 'AL003',
-            MESSAGE = 'audit record is larger than the largest the library writes';
+            MESSAGE = 'audit record or column is larger than the library writes';
     END IF;
     -- Every check below is one expression without a subquery, so PL/pgSQL evaluates it directly
     -- instead of running a query per check: this trigger is on the request path of every
@@ -467,18 +473,25 @@ BEGIN
         END IF;
     END IF;
     -- The pick chose a prefix of the tenant's eligible rows in queue order, so they are its
-    -- eligible rows between the batch's first and last id. They leave the queue in one
-    -- statement, a range of the primary key (never a test of each row against the list of
-    -- ids, which costs the list's length per row when the statistics are stale), and what
-    -- that statement removed is exactly what is chained below. A row committed since the pick
-    -- with an id in the range is eligible like the others and comes along.
+    -- first eligible rows from the batch's first id on. They are found as a range of the
+    -- primary key, at most as many as were picked (never by testing each row against the list
+    -- of ids, which costs the list's length per row when the statistics are stale), and leave
+    -- the queue by their row addresses in one statement; what that statement removed is
+    -- exactly what is chained below. A row committed since the pick with an id in the range is
+    -- eligible like the others and may take a picked row's place, which then waits for the
+    -- next batch: a batch never grows past what was picked.
     SELECT pg_catalog.min(b.id), pg_catalog.max(b.id) INTO lo, hi
       FROM pg_catalog.unnest(batch) AS b(id);
     WITH moved AS (
         DELETE FROM audit.pending p
-         WHERE p.tenant_id = t AND p.id >= lo AND p.id <= hi
-           AND (p.failed_at IS NULL
-                OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+         WHERE p.tenant_id = t
+           AND p.ctid = ANY (ARRAY(
+               SELECT q.ctid FROM audit.pending q
+                WHERE q.tenant_id = t AND q.id >= lo AND q.id <= hi
+                  AND (q.failed_at IS NULL
+                       OR q.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+                ORDER BY q.id
+                LIMIT pg_catalog.cardinality(batch)))
         RETURNING p.id, p.occurred_at, p.actor_kind, p.actor_id, p.action, p.outcome,
                   p.request_id, p.event, p.inserted_at
     )

@@ -29,8 +29,10 @@ use crate::AuditError;
 pub const DEFAULT_POLL: Duration = Duration::from_millis(20);
 
 /// The most events one call of `audit.sequence` chains (the function's own limit): with records
-/// of at most [`MAX_RECORD_BYTES`](crate::MAX_RECORD_BYTES), one tenant's batch stays within
-/// PostgreSQL's 1 GB limit on one array, so no queued row can fail every batch it is in.
+/// of at most [`MAX_RECORD_BYTES`](crate::MAX_RECORD_BYTES) and text columns bounded as the
+/// queue bounds them, one tenant's batch stays within PostgreSQL's 1 GB limit on one
+/// allocation (about 660 MB for 10,000 of the largest rows), so no row the runtime role can
+/// queue fails every batch it is in.
 pub const MAX_BATCH: u32 = 10_000;
 
 /// Chains queued audit events in batches; see the [module docs](self).

@@ -211,7 +211,7 @@ impl AuditLog {
             };
             let size = serde_json::to_vec(&map).map_or(usize::MAX, |v| v.len());
             event.metadata = if size > MAX_METADATA_BYTES {
-                metadata_dropped(size)
+                metadata_dropped("too_large", size)
             } else {
                 map
             };
@@ -238,7 +238,7 @@ impl AuditLog {
             // Only metadata can grow this far: its numbers are spelled out in full in the
             // canonical record (`1e300` is 301 digits), which the compact size above does not
             // see. Every other field is bounded far below the limit.
-            event.metadata = metadata_dropped(canonical.len());
+            event.metadata = metadata_dropped("record_too_large", canonical.len());
             canonical = canonical_bytes(&event, occurred_at)?;
             if canonical.len() > MAX_RECORD_BYTES {
                 return Err(AuditError::InvalidEvent("audit record too large"));
@@ -257,10 +257,11 @@ impl AuditLog {
     }
 }
 
-/// What replaces metadata too large to keep (`bytes` is the size that was refused).
-fn metadata_dropped(bytes: usize) -> serde_json::Map<String, serde_json::Value> {
+/// What replaces metadata too large to keep: `too_large` with the metadata's serialised size,
+/// or `record_too_large` with the size of the canonical record it would have made.
+fn metadata_dropped(why: &str, bytes: usize) -> serde_json::Map<String, serde_json::Value> {
     let mut marker = serde_json::Map::new();
-    marker.insert("metadata_dropped".into(), "too_large".into());
+    marker.insert("metadata_dropped".into(), why.into());
     marker.insert("bytes".into(), bytes.into());
     marker
 }

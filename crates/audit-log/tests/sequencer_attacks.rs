@@ -896,3 +896,55 @@ async fn a_sequencer_that_keeps_its_transaction_open_holds_others_up_only_briefl
         (1, 1)
     );
 }
+
+/// A tenant's batch never grows past what the pick chose. Rows of the tenant committed after
+/// the pick, with ids inside the batch's range (a transaction of the same tenant that was still
+/// open), are eligible like the picked ones, but the move takes at most as many rows as were
+/// picked; the rest wait for the next batch. Here the move is handed a batch of two picked ids
+/// with eight more rows between them, as a pick that ran before those eight committed would.
+#[tokio::test]
+async fn a_batch_takes_no_more_rows_than_were_picked() {
+    let f = fixture(2).await;
+    let admin = f.db.pool(Role::Admin, 1).await;
+    let t = TenantId::new_random();
+    for i in 0..10 {
+        f.log.record(event(t, i)).await.unwrap();
+    }
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM audit.pending WHERE tenant_id = $1 ORDER BY id")
+            .bind(t.as_uuid())
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    assert_eq!(ids.len(), 10);
+    let owner = f.db.pool(Role::Owner, 1).await;
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('audit.sequencing', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT audit.sequence_tenant($1, $2, false)")
+        .bind(t.as_uuid())
+        .bind(vec![ids[0], ids[9]])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        chained_count(&admin, t).await,
+        2,
+        "no more than were picked"
+    );
+    assert_eq!(queued_count(&admin, t).await, 8);
+    let chained: Vec<i64> =
+        sqlx::query_scalar("SELECT queue_id FROM audit.events WHERE tenant_id = $1 ORDER BY seq")
+            .bind(t.as_uuid())
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    assert_eq!(chained, ids[..2], "the oldest, in queue order");
+    // Positive control: the rest are chained by the next batches, and the chain is intact.
+    sequence_all(&f).await;
+    assert_eq!(chained_count(&admin, t).await, 10);
+    assert!(verify(&f, t).await.is_intact());
+}

@@ -108,7 +108,47 @@ async fn a_record_over_the_size_limit_is_refused_before_it_is_read() {
             Columns::BASE,
         ),
     ];
-    let wrong = run_coded(&f, &Fate::Refused, Some("AL003"), &refused).await;
+    let mut wrong = run_coded(&f, &Fate::Refused, Some("AL003"), &refused).await;
+
+    // The text columns too (each equal to its field of the record, so only their size can be
+    // refused): a batch of rows with a 64 KiB record and as much again in these columns would
+    // pass PostgreSQL's 1 GB limit on one allocation.
+    let action_max = format!("a.{}", "b".repeat(audit_log::MAX_ACTION_BYTES - 2));
+    let action_over = format!("{action_max}b");
+    let kind_over = "k".repeat(audit_log::MAX_ACTION_BYTES + 1);
+    let id_max = "r".repeat(audit_log::MAX_IDENTIFIER_BYTES);
+    let id_over = format!("{id_max}r");
+    let with = |action: &str, kind: &str, request_id: Option<&str>| {
+        let record = BASE
+            .replace(r#""action":"a.b""#, &format!(r#""action":"{action}""#))
+            .replace(r#""kind":"user""#, &format!(r#""kind":"{kind}""#));
+        match request_id {
+            Some(id) => record.replacen('{', &format!(r#"{{"request_id":"{id}","#), 1),
+            None => record,
+        }
+    };
+    // Positive control: each at its limit is chained intact.
+    let at_limits = with(&action_max, "user", Some(&id_max));
+    let (_, fate) = raw_insert(&f, &at_limits, "user", &action_max, Some(&id_max)).await;
+    assert_eq!(fate, Fate::Intact, "columns at their limits");
+    let refused = [
+        (
+            "action one byte over",
+            with(&action_over, "user", None).into_bytes(),
+            Columns::new("user", &action_over, None),
+        ),
+        (
+            "actor kind one byte over",
+            with("a.b", &kind_over, None).into_bytes(),
+            Columns::new(&kind_over, "a.b", None),
+        ),
+        (
+            "request id one byte over",
+            with("a.b", "user", Some(&id_over)).into_bytes(),
+            Columns::new("user", "a.b", Some(&id_over)),
+        ),
+    ];
+    wrong.extend(run_coded(&f, &Fate::Refused, Some("AL003"), &refused).await);
     assert!(
         wrong.is_empty(),
         "{}",

@@ -372,11 +372,11 @@ pub fn free_port() -> u16 {
 /// after the app was killed, does not wait for it).
 pub async fn sequence_all(admin: &sqlx::PgPool) {
     loop {
-        let taken: i32 = sqlx::query_scalar("SELECT audit.sequence(100000)")
+        let taken: i32 = sqlx::query_scalar("SELECT audit.sequence(10000)")
             .fetch_one(admin)
             .await
             .unwrap();
-        if taken < 100_000 {
+        if taken < 10_000 {
             return;
         }
     }
