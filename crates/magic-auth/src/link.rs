@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rls_guard::TenantPool;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use subtle::ConstantTimeEq;
 use tenant_scope::{ActorId, ActorKind, TenantContext, TenantId};
 use time::OffsetDateTime;
@@ -55,6 +55,43 @@ const VERIFIER_DOMAIN: &[u8] = b"magic-auth/link-verifier/v1\n";
 const RATE_KEY_DOMAIN: &[u8] = b"magic-auth/rate-key/v1\n";
 const EMAIL_CHANGE_PREFIX: &str = "e1";
 const EMAIL_CHANGE_DOMAIN: &[u8] = b"magic-auth/email-change/v1\n";
+/// The domain of a link row's MAC.
+const LINK_ROW_MAC_DOMAIN: &[u8] = b"magic-auth/link-row/v1\n";
+
+/// What a link row's MAC covers: whose link it is, its secrets and its lifetime (everything
+/// but whether it was used, which the database's trigger lets move only once).
+struct LinkFacts<'a> {
+    tenant: TenantId,
+    id: Uuid,
+    user: Uuid,
+    kind: &'a str,
+    secret_hash: &'a [u8],
+    verifier_hash: &'a [u8],
+    created_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+}
+
+/// A timestamp as the database keeps it (whole microseconds), for a MAC.
+fn micros(at: OffsetDateTime) -> [u8; 16] {
+    (at.unix_timestamp_nanos() / 1000).to_be_bytes()
+}
+
+/// The MAC of a link row's facts under the row key.
+fn link_row_mac(key: &SecretBox<[u8; 32]>, facts: &LinkFacts<'_>) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key.expose_secret())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(LINK_ROW_MAC_DOMAIN);
+    mac.update(facts.tenant.as_uuid().as_bytes());
+    mac.update(facts.id.as_bytes());
+    mac.update(facts.user.as_bytes());
+    mac.update(&[u8::from(facts.kind == "staff")]);
+    mac.update(facts.secret_hash);
+    mac.update(facts.verifier_hash);
+    mac.update(&micros(facts.created_at));
+    mac.update(&micros(facts.expires_at));
+    mac
+}
 
 /// An account that may sign in, as the application's directory knows it ([`Account::new`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +365,7 @@ pub struct MagicLinks<D, M> {
     directory: Arc<D>,
     mailer: Arc<M>,
     config: Arc<LinkConfig>,
+    row_key: Arc<SecretBox<[u8; 32]>>,
 }
 
 impl<D, M> std::fmt::Debug for MagicLinks<D, M> {
@@ -347,6 +385,7 @@ impl<D, M> Clone for MagicLinks<D, M> {
             directory: self.directory.clone(),
             mailer: self.mailer.clone(),
             config: self.config.clone(),
+            row_key: self.row_key.clone(),
         }
     }
 }
@@ -357,7 +396,11 @@ fn context(tenant: TenantId) -> Result<TenantContext, AuthError> {
 }
 
 impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
-    /// A service storing links through `pool`.
+    /// A service storing links through `pool`. `row_key` (32 random bytes, the same on every
+    /// instance, kept outside the database; the [`SessionStore`](crate::SessionStore)'s row key
+    /// may serve) signs each link row the service writes: a link row the runtime role writes or
+    /// changes itself — injected SQL inserting a link with a secret it knows, or pointing its
+    /// own link at another account — carries no valid signature and signs no one in.
     ///
     /// # Errors
     /// [`AuthError::InvalidConfig`] when `config` does not pass [`LinkConfig::validate`].
@@ -366,6 +409,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         directory: Arc<D>,
         mailer: Arc<M>,
         config: LinkConfig,
+        row_key: impl Into<SecretBox<[u8; 32]>>,
     ) -> Result<Self, AuthError> {
         config.validate()?;
         Ok(Self {
@@ -375,6 +419,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
             directory,
             mailer,
             config: Arc::new(config),
+            row_key: Arc::new(row_key.into()),
         })
     }
 
@@ -504,6 +549,25 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         } else {
             "user"
         };
+        let secret_hash = token.hash_in(LINK_DOMAIN);
+        let row_mac = {
+            use hmac::Mac;
+            link_row_mac(
+                &self.row_key,
+                &LinkFacts {
+                    tenant,
+                    id: token.id(),
+                    user: *account.user.as_uuid(),
+                    kind,
+                    secret_hash: secret_hash.as_slice(),
+                    verifier_hash: verifier_hash.as_slice(),
+                    created_at: now,
+                    expires_at: expires,
+                },
+            )
+            .finalize()
+            .into_bytes()
+        };
         let mut tx = self.pool.begin(&context(tenant)?).await?;
         // Requests for one account take turns on its lock: each supersedes every older link,
         // so at most one is pending whatever the burst (a unique index holds it too).
@@ -514,16 +578,18 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         account::invalidate_pending_links(&mut tx, tenant, account.user).await?;
         sqlx::query(
             "INSERT INTO auth.login_links (tenant_id, id, user_id, actor_kind, secret_hash, \
-             verifier_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             verifier_hash, created_at, expires_at, row_mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(tenant.as_uuid())
         .bind(token.id())
         .bind(account.user.as_uuid())
         .bind(kind)
-        .bind(token.hash_in(LINK_DOMAIN).as_slice())
+        .bind(secret_hash.as_slice())
         .bind(verifier_hash.as_slice())
         .bind(now)
         .bind(expires)
+        .bind(row_mac.as_slice())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -607,11 +673,14 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         let (token, verifier): (SecretString, SecretString) = (token.into(), verifier.into());
         let (token, verifier) = (token.expose_secret(), verifier.expose_secret());
         type Row = (
+            String,
             Vec<u8>,
             Vec<u8>,
             OffsetDateTime,
+            OffsetDateTime,
             Option<OffsetDateTime>,
             Option<OffsetDateTime>,
+            Option<Vec<u8>>,
         );
         let token =
             SessionToken::parse_with(token, LINK_PREFIX).map_err(|_| AuthError::InvalidLink)?;
@@ -633,7 +702,8 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         // Read again under the locks: two concurrent confirmations take turns, one wins; an
         // invalidation committed before the lock was taken is seen here.
         let row: Option<Row> = sqlx::query_as(
-            "SELECT secret_hash, verifier_hash, expires_at, consumed_at, invalidated_at \
+            "SELECT actor_kind, secret_hash, verifier_hash, created_at, expires_at, consumed_at, \
+                    invalidated_at, row_mac \
              FROM auth.login_links WHERE tenant_id = $1 AND id = $2 AND user_id = $3 FOR UPDATE",
         )
         .bind(tenant.as_uuid())
@@ -641,11 +711,34 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         .bind(user.as_uuid())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((secret_hash, verifier_hash, expires, consumed, invalidated)) = row else {
+        let Some((kind, secret_hash, verifier_hash, created, expires, consumed, invalidated, mac)) =
+            row
+        else {
             tx.rollback().await?;
             return Err(AuthError::InvalidLink);
         };
-        let secret_ok = bool::from(token.hash_in(LINK_DOMAIN).as_slice().ct_eq(&secret_hash));
+        // The row must be one this service wrote, unchanged: whose link it is, its secrets and
+        // its lifetime. A row without a valid MAC (written or redirected by injected SQL, or
+        // from before links carried one) signs no one in.
+        let signed = {
+            use hmac::Mac;
+            let expected = link_row_mac(
+                &self.row_key,
+                &LinkFacts {
+                    tenant,
+                    id: token.id(),
+                    user: *user.as_uuid(),
+                    kind: &kind,
+                    secret_hash: &secret_hash,
+                    verifier_hash: &verifier_hash,
+                    created_at: created,
+                    expires_at: expires,
+                },
+            );
+            mac.is_some_and(|mac| expected.verify_slice(&mac).is_ok())
+        };
+        let secret_ok =
+            signed && bool::from(token.hash_in(LINK_DOMAIN).as_slice().ct_eq(&secret_hash));
         let browser_ok = bool::from(
             hash_secret(VERIFIER_DOMAIN, verifier.as_bytes())
                 .as_slice()

@@ -198,6 +198,30 @@ ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS hard_locked_at timestamptz;
 ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS replacement_seed bytea;
 ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS replacement_session uuid;
 {totp_rls}
+-- An authenticator, once confirmed, stays confirmed (un-confirming one would show its active
+-- seed as a pending enrolment), and the newest accepted time step only moves forward while the
+-- seed is the same (moving it back would accept an old code again): for this library and for
+-- any statement injected into the runtime role.
+CREATE OR REPLACE FUNCTION auth.totp_forward_only() RETURNS trigger
+    LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $totp_forward_only$
+BEGIN
+    IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.user_id IS DISTINCT FROM OLD.user_id
+       OR (OLD.confirmed_at IS NOT NULL AND NEW.confirmed_at IS NULL)
+       OR (NEW.seed IS NOT DISTINCT FROM OLD.seed AND OLD.last_step IS NOT NULL
+           AND (NEW.last_step IS NULL OR NEW.last_step < OLD.last_step)) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'MA002',
+            MESSAGE = 'an authenticator stays confirmed, and its last accepted step only moves forward';
+    END IF;
+    RETURN NEW;
+END
+$totp_forward_only$;
+REVOKE ALL ON FUNCTION auth.totp_forward_only() FROM PUBLIC;
+DROP TRIGGER IF EXISTS totp_forward_only ON auth.totp;
+CREATE TRIGGER totp_forward_only BEFORE UPDATE ON auth.totp
+    FOR EACH ROW EXECUTE FUNCTION auth.totp_forward_only();
+ALTER TABLE auth.totp ENABLE ALWAYS TRIGGER totp_forward_only;
 REVOKE ALL ON auth.totp FROM PUBLIC;
 REVOKE ALL ON auth.totp FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.totp TO {r};
@@ -239,6 +263,35 @@ BEGIN
 END
 $magic_auth$;
 {links_rls}
+-- Added later: the MAC of the link's facts under the application's row key (see
+-- `MagicLinks::new`). A link without a valid one is refused, so a row the runtime role wrote
+-- or redirected (its owner, its secret) signs no one in.
+ALTER TABLE auth.login_links ADD COLUMN IF NOT EXISTS row_mac bytea;
+-- A link, and an e-mail change token, may only be used up or invalidated, once: what it is,
+-- and that it was used, are fixed (a used link cannot be revived).
+CREATE OR REPLACE FUNCTION auth.tokens_fixed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $tokens_fixed$
+BEGIN
+    IF (pg_catalog.to_jsonb(NEW) - 'consumed_at' - 'invalidated_at')
+           IS DISTINCT FROM (pg_catalog.to_jsonb(OLD) - 'consumed_at' - 'invalidated_at')
+       OR (OLD.consumed_at IS NOT NULL
+           AND NEW.consumed_at IS DISTINCT FROM OLD.consumed_at)
+       OR (OLD.invalidated_at IS NOT NULL
+           AND NEW.invalidated_at IS DISTINCT FROM OLD.invalidated_at) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'MA003',
+            MESSAGE = pg_catalog.format(
+                'auth.%s: a token may only be used up or invalidated, once', TG_TABLE_NAME);
+    END IF;
+    RETURN NEW;
+END
+$tokens_fixed$;
+REVOKE ALL ON FUNCTION auth.tokens_fixed() FROM PUBLIC;
+DROP TRIGGER IF EXISTS login_links_fixed ON auth.login_links;
+CREATE TRIGGER login_links_fixed BEFORE UPDATE ON auth.login_links
+    FOR EACH ROW EXECUTE FUNCTION auth.tokens_fixed();
+ALTER TABLE auth.login_links ENABLE ALWAYS TRIGGER login_links_fixed;
 REVOKE ALL ON auth.login_links FROM PUBLIC;
 REVOKE ALL ON auth.login_links FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.login_links TO {r};
@@ -264,6 +317,29 @@ CREATE TABLE IF NOT EXISTS auth.recovery_codes (
     PRIMARY KEY (tenant_id, user_id, code_hash)
 );
 {recovery_rls}
+-- Added later: the code's hash sealed with the application's keyring, bound to (tenant,
+-- auth.recovery_codes, code_hash, user). A code whose seal does not open to its hash is
+-- refused, so a code the runtime role inserted (the hash itself is not secret) is no factor.
+ALTER TABLE auth.recovery_codes ADD COLUMN IF NOT EXISTS sealed bytea;
+-- A recovery code may only be used up, once.
+CREATE OR REPLACE FUNCTION auth.recovery_codes_fixed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $recovery_codes_fixed$
+BEGIN
+    IF (pg_catalog.to_jsonb(NEW) - 'used_at') IS DISTINCT FROM (pg_catalog.to_jsonb(OLD) - 'used_at')
+       OR (OLD.used_at IS NOT NULL AND NEW.used_at IS DISTINCT FROM OLD.used_at) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'MA003',
+            MESSAGE = 'auth.recovery_codes: a code may only be used up, once';
+    END IF;
+    RETURN NEW;
+END
+$recovery_codes_fixed$;
+REVOKE ALL ON FUNCTION auth.recovery_codes_fixed() FROM PUBLIC;
+DROP TRIGGER IF EXISTS recovery_codes_fixed ON auth.recovery_codes;
+CREATE TRIGGER recovery_codes_fixed BEFORE UPDATE ON auth.recovery_codes
+    FOR EACH ROW EXECUTE FUNCTION auth.recovery_codes_fixed();
+ALTER TABLE auth.recovery_codes ENABLE ALWAYS TRIGGER recovery_codes_fixed;
 REVOKE ALL ON auth.recovery_codes FROM PUBLIC;
 REVOKE ALL ON auth.recovery_codes FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.recovery_codes TO {r};
@@ -279,6 +355,26 @@ CREATE TABLE IF NOT EXISTS auth.accounts (
     PRIMARY KEY (tenant_id, user_id)
 );
 {accounts_rls}
+-- The generation every "sign out everywhere" moves only moves forward: moving it back would
+-- revive a sign-in that a revocation overtook.
+CREATE OR REPLACE FUNCTION auth.accounts_forward_only() RETURNS trigger
+    LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+    AS $accounts_forward_only$
+BEGIN
+    IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.user_id IS DISTINCT FROM OLD.user_id
+       OR NEW.generation < OLD.generation THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'MA002',
+            MESSAGE = 'an account''s sign-in generation only moves forward';
+    END IF;
+    RETURN NEW;
+END
+$accounts_forward_only$;
+REVOKE ALL ON FUNCTION auth.accounts_forward_only() FROM PUBLIC;
+DROP TRIGGER IF EXISTS accounts_forward_only ON auth.accounts;
+CREATE TRIGGER accounts_forward_only BEFORE UPDATE ON auth.accounts
+    FOR EACH ROW EXECUTE FUNCTION auth.accounts_forward_only();
+ALTER TABLE auth.accounts ENABLE ALWAYS TRIGGER accounts_forward_only;
 REVOKE ALL ON auth.accounts FROM PUBLIC;
 REVOKE ALL ON auth.accounts FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.accounts TO {r};
@@ -300,6 +396,10 @@ CREATE TABLE IF NOT EXISTS auth.email_changes (
 );
 CREATE INDEX IF NOT EXISTS email_changes_user_idx ON auth.email_changes (tenant_id, user_id);
 {email_rls}
+DROP TRIGGER IF EXISTS email_changes_fixed ON auth.email_changes;
+CREATE TRIGGER email_changes_fixed BEFORE UPDATE ON auth.email_changes
+    FOR EACH ROW EXECUTE FUNCTION auth.tokens_fixed();
+ALTER TABLE auth.email_changes ENABLE ALWAYS TRIGGER email_changes_fixed;
 REVOKE ALL ON auth.email_changes FROM PUBLIC;
 REVOKE ALL ON auth.email_changes FROM {r};
 GRANT SELECT, INSERT, UPDATE ON auth.email_changes TO {r};
@@ -319,13 +419,20 @@ pub fn session_liveness() -> rls_guard::SessionLiveness {
         .unwrap_or_else(|_| unreachable!("a fixed, plain, qualified name"))
 }
 
-/// Declares to `rls-guard`'s coverage check the triggers [`schema_sql`] installs on
-/// `auth.sessions` (one announces session changes with `NOTIFY`, see
-/// [`SessionStore::with_cache`](crate::SessionStore::with_cache); one refuses every change to a
-/// session but its end and its use), so the check reports every other trigger on the table.
+/// Declares to `rls-guard`'s coverage check the triggers [`schema_sql`] installs: on
+/// `auth.sessions`, one announces session changes with `NOTIFY` (see
+/// [`SessionStore::with_cache`](crate::SessionStore::with_cache)) and one refuses every change to
+/// a session but its end and its use; on the links, e-mail change tokens, recovery codes,
+/// authenticators and accounts, one each lets a row change only forward (used up, invalidated,
+/// confirmed, a later step or generation). The check reports every other trigger.
 #[must_use]
 pub fn coverage_trust(check: rls_guard::CoverageCheck) -> rls_guard::CoverageCheck {
     check
         .trust_trigger("auth.sessions", "sessions_notify_change")
         .trust_trigger("auth.sessions", "sessions_fixed")
+        .trust_trigger("auth.login_links", "login_links_fixed")
+        .trust_trigger("auth.email_changes", "email_changes_fixed")
+        .trust_trigger("auth.recovery_codes", "recovery_codes_fixed")
+        .trust_trigger("auth.totp", "totp_forward_only")
+        .trust_trigger("auth.accounts", "accounts_forward_only")
 }

@@ -32,6 +32,7 @@ use std::time::Duration;
 use field_crypto::{Context, Keyring};
 use rls_guard::TenantPool;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use subtle::ConstantTimeEq;
 use tenant_scope::{ActorId, TenantContext, TenantId};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -285,6 +286,16 @@ impl std::fmt::Debug for TotpService {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// A recovery code's seal: its hash, bound to the account.
+fn recovery_context(tenant: TenantId, user: ActorId) -> Context {
+    Context::new(
+        tenant.as_uuid().as_bytes(),
+        "auth.recovery_codes",
+        "code_hash",
+        user.as_uuid().as_bytes(),
+    )
 }
 
 fn seed_context(tenant: TenantId, user: ActorId) -> Context {
@@ -753,13 +764,19 @@ impl TotpService {
         .execute(&mut *tx)
         .await?;
         for code in codes.iter() {
+            let hash = recovery_hash(tenant, user, code);
+            let sealed = self
+                .keyring
+                .seal(&hash, &recovery_context(tenant, user))
+                .map_err(|_| AuthError::Crypto)?;
             sqlx::query(
-                "INSERT INTO auth.recovery_codes (tenant_id, user_id, code_hash, created_at) \
-                 VALUES ($1, $2, $3, now())",
+                "INSERT INTO auth.recovery_codes (tenant_id, user_id, code_hash, created_at, \
+                 sealed) VALUES ($1, $2, $3, now(), $4)",
             )
             .bind(tenant.as_uuid())
             .bind(user.as_uuid())
-            .bind(recovery_hash(tenant, user, code).as_slice())
+            .bind(hash.as_slice())
+            .bind(sealed)
             .execute(&mut *tx)
             .await?;
         }
@@ -977,16 +994,43 @@ impl TotpService {
             .record_failure(&mut tx, tenant, user, &state, now_at)
             .await?;
         let mut ended = Ended::default();
-        let used = sqlx::query(
-            "UPDATE auth.recovery_codes SET used_at = now() \
-             WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+        let hash = recovery_hash(tenant, user, code.expose_secret());
+        // The code counts only if its row is one this service wrote for this account: its seal
+        // opens under the keyring to its hash (the hash alone is no secret, and the runtime
+        // role could insert a row for a code of its choosing). A seal that does not open
+        // rejects the code.
+        let sealed: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
+            "SELECT sealed FROM auth.recovery_codes \
+             WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL \
+             FOR UPDATE",
         )
         .bind(tenant.as_uuid())
         .bind(user.as_uuid())
-        .bind(recovery_hash(tenant, user, code.expose_secret()).as_slice())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .bind(hash.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let genuine = sealed
+            .and_then(|(sealed,)| sealed)
+            .and_then(|sealed| {
+                self.keyring
+                    .open(&sealed, &recovery_context(tenant, user))
+                    .ok()
+            })
+            .is_some_and(|opened| bool::from(opened.as_bytes().ct_eq(hash.as_slice())));
+        let used = if genuine {
+            sqlx::query(
+                "UPDATE auth.recovery_codes SET used_at = now() \
+                 WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+            )
+            .bind(tenant.as_uuid())
+            .bind(user.as_uuid())
+            .bind(hash.as_slice())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        } else {
+            0
+        };
         let verdict = if used == 1 {
             sqlx::query(
                 "UPDATE auth.totp SET failed_attempts = 0, locked_until = NULL, \

@@ -286,6 +286,7 @@ async fn the_whole_sign_in_link_totp_aal2_step_up_and_revoke() {
             Arc::new(Directory(tenant, staff)),
             outbox.clone(),
             LinkConfig::new("https://app.example.test").unwrap(),
+            Box::new([7; 32]),
         )
         .unwrap()
         .with_events(recorder.clone()),

@@ -101,7 +101,14 @@ async fn fixture_with(edit: impl FnOnce(&mut LinkConfig)) -> Fixture {
     let outbox = Arc::new(DevOutbox::new());
     let mut config = LinkConfig::new("https://app.example.test").unwrap();
     edit(&mut config);
-    let links = MagicLinks::new(pool, Arc::new(dir), outbox.clone(), config).unwrap();
+    let links = MagicLinks::new(
+        pool,
+        Arc::new(dir),
+        outbox.clone(),
+        config,
+        Box::new([7; 32]),
+    )
+    .unwrap();
     Fixture {
         db,
         links,
@@ -354,6 +361,7 @@ async fn a_failed_delivery_is_reported_to_the_app_and_leaves_no_usable_link() {
         Arc::new(dir),
         Arc::new(Failing),
         LinkConfig::new("https://app.example.test").unwrap(),
+        Box::new([7; 32]),
     )
     .unwrap();
     let r = links
@@ -581,6 +589,7 @@ async fn nonsensical_link_configs_are_refused_when_the_service_is_built() {
             Arc::new(Directory::default()),
             Arc::new(DevOutbox::new()),
             config,
+            Box::new([7; 32]),
         )
     };
     // The control: the defaults build.

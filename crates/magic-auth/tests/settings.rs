@@ -547,8 +547,14 @@ async fn an_expired_or_superseded_confirmation_link_is_refused() {
         .unwrap();
     let mut config = magic_auth::LinkConfig::new("https://app.example.test").unwrap();
     config.ttl = Duration::from_secs(1);
-    let short =
-        magic_auth::MagicLinks::new(pool, f.directory.clone(), f.outbox.clone(), config).unwrap();
+    let short = magic_auth::MagicLinks::new(
+        pool,
+        f.directory.clone(),
+        f.outbox.clone(),
+        config,
+        Box::new([7; 32]),
+    )
+    .unwrap();
     short
         .request_email_change(&mine, "ada@new.example", MAX_AGE)
         .await

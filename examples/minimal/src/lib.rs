@@ -106,7 +106,13 @@ pub async fn app<M: Mailer>(
     keyring.promote(1)?;
     let totp = TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Minimal"))?;
     let members = Arc::new(Members::new(pool.clone()));
-    let links = MagicLinks::new(pool.clone(), members, mailer, LinkConfig::new(base_url)?)?;
+    let links = MagicLinks::new(
+        pool.clone(),
+        members,
+        mailer,
+        LinkConfig::new(base_url)?,
+        Box::new(*keys.session.expose_secret()),
+    )?;
     let pseudonyms = vec![PseudonymKey::new(
         1,
         Box::new(*keys.pseudonym.expose_secret()),

@@ -595,6 +595,7 @@ fn build(
             Arc::new(Directory { pool: pool.clone() }),
             mailer.clone(),
             LinkConfig::new(&config.base_url)?,
+            Box::new(*keys.session),
         )?
         .with_events(events.clone()),
     );

@@ -180,9 +180,15 @@ pub async fn fixture(connections: u32) -> Fixture {
     // The tests request many links for one address on purpose.
     config.per_email = Limit::new(1_000_000, std::time::Duration::from_secs(60));
     let links = Arc::new(
-        MagicLinks::new(pool.clone(), directory.clone(), outbox.clone(), config)
-            .unwrap()
-            .with_events(events.clone()),
+        MagicLinks::new(
+            pool.clone(),
+            directory.clone(),
+            outbox.clone(),
+            config,
+            Box::new([7; 32]),
+        )
+        .unwrap()
+        .with_events(events.clone()),
     );
     let sessions = SessionStore::new(pool.clone(), SessionConfig::default(), Box::new([7; 32]))
         .unwrap()
