@@ -267,14 +267,17 @@ $magic_auth$;
 -- `MagicLinks::new`). A link without a valid one is refused, so a row the runtime role wrote
 -- or redirected (its owner, its secret) signs no one in.
 ALTER TABLE auth.login_links ADD COLUMN IF NOT EXISTS row_mac bytea;
--- A link, and an e-mail change token, may only be used up or invalidated, once: what it is,
--- and that it was used, are fixed (a used link cannot be revived).
+-- A link, and an e-mail change token, may only be used up or invalidated, once, or made older
+-- or shorter-lived: what it is, and that it was used, are fixed (a used link cannot be revived,
+-- nor a token's life extended).
 CREATE OR REPLACE FUNCTION auth.tokens_fixed() RETURNS trigger
     LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
     AS $tokens_fixed$
 BEGIN
-    IF (pg_catalog.to_jsonb(NEW) - 'consumed_at' - 'invalidated_at')
-           IS DISTINCT FROM (pg_catalog.to_jsonb(OLD) - 'consumed_at' - 'invalidated_at')
+    IF (pg_catalog.to_jsonb(NEW) - 'consumed_at' - 'invalidated_at' - 'created_at' - 'expires_at')
+           IS DISTINCT FROM
+       (pg_catalog.to_jsonb(OLD) - 'consumed_at' - 'invalidated_at' - 'created_at' - 'expires_at')
+       OR NEW.created_at > OLD.created_at OR NEW.expires_at > OLD.expires_at
        OR (OLD.consumed_at IS NOT NULL
            AND NEW.consumed_at IS DISTINCT FROM OLD.consumed_at)
        OR (OLD.invalidated_at IS NOT NULL
@@ -282,7 +285,7 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'MA003',
             MESSAGE = pg_catalog.format(
-                'auth.%s: a token may only be used up or invalidated, once', TG_TABLE_NAME);
+                'auth.%s: a token may only be used up, invalidated or expire sooner', TG_TABLE_NAME);
     END IF;
     RETURN NEW;
 END

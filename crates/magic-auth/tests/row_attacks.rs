@@ -88,6 +88,19 @@ async fn a_link_row_the_runtime_role_writes_or_redirects_signs_no_one_in() {
         Some("MA003"),
         "the owner of a link changed"
     );
+    // Nor can its life be extended (only shortened, which grants nothing).
+    assert_eq!(
+        as_runtime(
+            &f,
+            "UPDATE auth.login_links SET expires_at = expires_at + interval '1 day' \
+             WHERE tenant_id = $1 AND id = $2",
+            &[link_id(&mine)],
+        )
+        .await
+        .as_deref(),
+        Some("MA003"),
+        "a link's life extended"
+    );
     // Control: my link still signs me in, as me.
     let signed = f.links.confirm(mine.clone(), my_verifier).await.unwrap();
     assert_eq!((signed.user, signed.kind), (me, ActorKind::User));

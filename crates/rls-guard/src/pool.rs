@@ -644,11 +644,14 @@ impl std::fmt::Debug for TenantTx {
 /// the pooled connection. `RESET ALL` clears every session-level setting (a plain
 /// `SET app.tenant_id`, a session-level `app.commit_binding`, a changed `search_path`) back to
 /// the values the connection was opened with; `RESET ROLE` undoes a `SET ROLE`; `CLOSE ALL`
-/// drops cursors held past the commit; `UNLISTEN *` ends listen registrations. (Session-level
+/// drops cursors held past the commit; `UNLISTEN *` ends listen registrations; `DISCARD
+/// SEQUENCES` forgets the numbers drawn (`lastval`, `currval` would show another tenant's
+/// transaction's). (Session-level
 /// advisory locks are released before the end of the transaction, see [`RELEASE_LOCKS`];
 /// temporary objects are refused instead: the runtime role must not hold `TEMPORARY`, which the
 /// start-up check verifies.)
-pub(crate) const HAND_BACK: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *";
+pub(crate) const HAND_BACK: &str =
+    "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD SEQUENCES";
 
 /// Releases the session-level advisory locks SQL in the transaction took (transaction-level
 /// ones end with it), and fails (a division by zero) when SQL in the transaction left a

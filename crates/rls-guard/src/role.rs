@@ -57,6 +57,13 @@ pub enum RoleProblem {
         /// `TRUNCATE`, `TRIGGER` or `REFERENCES`.
         privilege: String,
     },
+    /// It (or a role it is a member of, or PUBLIC) holds a privilege on a table of the support
+    /// schema `app` (the binding keys, the record of writes), which only the owner's functions
+    /// may touch: with one it could read the key and sign any binding, or erase the record of
+    /// what a transaction wrote. A default privilege of the migration role (`ALTER DEFAULT
+    /// PRIVILEGES .. GRANT .. ON TABLES TO ..` without `IN SCHEMA`) grants exactly this.
+    #[error("it holds privileges on support table `{0}` (REVOKE ALL ON {0} FROM ..)")]
+    SupportTablePrivilege(String),
     /// It (or a role it is a member of, or PUBLIC) may create objects in a schema, where they
     /// can shadow the names that policies and support functions resolve.
     #[error("it holds CREATE on schema `{0}` (REVOKE CREATE ON SCHEMA {0} FROM ..)")]
@@ -205,6 +212,15 @@ SELECT t.name, t.rolsuper, t.rolbypassrls, t.rolcreaterole, t.rolreplication,
                AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
                                          WHERE d.datname = pg_catalog.current_database()))
                AND pg_catalog.lower(pg_catalog.split_part(c.setting, '=', 1)) <> ALL ($2::text[])
+             ORDER BY 1),
+       ARRAY(SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'app')
+               AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND EXISTS (SELECT 1 FROM members m
+                           WHERE pg_catalog.has_table_privilege(m.oid, c.oid,
+                                   'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+                              OR pg_catalog.has_any_column_privilege(m.oid, c.oid,
+                                   'SELECT, INSERT, UPDATE, REFERENCES'))
              ORDER BY 1)
 FROM target t";
 
@@ -264,6 +280,11 @@ pub(crate) async fn role_problems(
         problems.push(RoleProblem::CreateOnDatabase(database));
     }
     problems.extend(list(16)?.into_iter().map(RoleProblem::SessionDefault));
+    problems.extend(
+        list(17)?
+            .into_iter()
+            .map(RoleProblem::SupportTablePrivilege),
+    );
     Ok((name, problems))
 }
 
@@ -271,7 +292,8 @@ pub(crate) async fn role_problems(
 /// controls around it off: not a superuser, no BYPASSRLS, CREATEROLE or REPLICATION, not a
 /// member (through any path) of a role that has one of those or of a predefined role that
 /// reaches data outside row-level security, owner of no protected table, support object or the
-/// database, no TRUNCATE, TRIGGER or REFERENCES on a protected table, no CREATE on any schema,
+/// database, no TRUNCATE, TRIGGER or REFERENCES on a protected table, no privilege on a support
+/// table, no CREATE on any schema,
 /// no TEMPORARY on the database, no right to set `session_replication_role`, and no session
 /// default of its own but the timeouts and labels in [`ALLOWED_SESSION_DEFAULTS`]. See
 /// [`RoleProblem`].

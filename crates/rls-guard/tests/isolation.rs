@@ -130,6 +130,48 @@ async fn pool_of_one_reused_after_commit() {
     assert_connection_clean_for_b(&f, a).await;
 }
 
+/// Sequence state is the session's, not the transaction's: a number tenant A's transaction drew
+/// (`lastval`, `currval`) must not be readable by tenant B's transaction on the same pooled
+/// connection. Control: inside A's transaction it is A's.
+#[tokio::test]
+async fn pool_of_one_reused_after_a_sequence_was_drawn() {
+    let f = fixture(1).await;
+    let admin = f.db.pool(testkit::Role::Admin, 1).await;
+    sqlx::raw_sql(&format!(
+        "CREATE SEQUENCE leak_seq START 4242; GRANT USAGE ON SEQUENCE leak_seq TO {}",
+        testkit::RUNTIME_ROLE
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let a = TenantId::new_random();
+    let mut tx = f.pool.begin(&ctx(a)).await.unwrap();
+    let drawn: i64 = sqlx::query_scalar("SELECT nextval('leak_seq')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let last: i64 = sqlx::query_scalar("SELECT lastval()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!((drawn, last), (4242, 4242), "control");
+    tx.commit().await.unwrap();
+    for sql in ["SELECT lastval()", "SELECT currval('leak_seq')"] {
+        let b = TenantId::new_random();
+        let mut tx = f.pool.begin(&ctx(b)).await.unwrap();
+        let seen = sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut *tx).await;
+        let code = seen
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("55000"), "{sql}: {seen:?}");
+        tx.rollback().await.unwrap();
+    }
+    assert_connection_clean_for_b(&f, a).await;
+}
+
 #[tokio::test]
 async fn pool_of_one_reused_after_rollback() {
     let f = fixture(1).await;

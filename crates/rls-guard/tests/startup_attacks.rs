@@ -91,7 +91,17 @@ async fn server_file_and_all_data_roles_are_refused_through_any_path() {
              GRANT {name}_{role} TO {name};"
         ))
         .await;
-        let (problems, message) = refused_with(options.clone()).await;
+        let (mut problems, message) = refused_with(options.clone()).await;
+        // Reading or writing every table reaches the support tables too.
+        if role.ends_with("_all_data") {
+            assert_eq!(
+                problems.split_off(1),
+                [
+                    RoleProblem::SupportTablePrivilege("app.binding_keys".into()),
+                    RoleProblem::SupportTablePrivilege("app.binding_writes".into())
+                ]
+            );
+        }
         assert_eq!(
             problems,
             vec![RoleProblem::MemberOfServerRole(role.to_owned())]
@@ -170,6 +180,39 @@ async fn truncate_trigger_and_references_on_a_protected_table_are_refused() {
         try_pool(options.clone()).await.unwrap();
     }
     let _ = name;
+}
+
+/// The support tables (the binding keys, the record of writes) are the owner's functions' alone:
+/// a privilege on one, granted directly, through a role the runtime role is a member of, or to
+/// PUBLIC (as a migration role's `ALTER DEFAULT PRIVILEGES` without `IN SCHEMA` would), would
+/// let it read the key and sign any binding, or erase the record of writes. Control: revoked,
+/// the role passes.
+#[tokio::test]
+async fn a_privilege_on_a_support_table_is_refused() {
+    let (db, options, name) = setup().await;
+    db.as_admin(&format!(
+        "CREATE ROLE {name}_grp NOLOGIN; GRANT {name}_grp TO {name}"
+    ))
+    .await;
+    for (table, privilege, grantee) in [
+        ("app.binding_keys", "SELECT", name.clone()),
+        ("app.binding_keys", "INSERT", format!("{name}_grp")),
+        ("app.binding_writes", "DELETE", "PUBLIC".to_owned()),
+        ("app.binding_keys", "SELECT (secret)", name.clone()),
+    ] {
+        db.as_admin(&format!("GRANT {privilege} ON {table} TO {grantee}"))
+            .await;
+        let (problems, message) = refused_with(options.clone()).await;
+        assert_eq!(
+            problems,
+            vec![RoleProblem::SupportTablePrivilege(table.into())],
+            "{privilege} on {table} to {grantee}"
+        );
+        assert!(message.contains(table), "{message}");
+        db.as_admin(&format!("REVOKE {privilege} ON {table} FROM {grantee}"))
+            .await;
+        try_pool(options.clone()).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -93,11 +93,9 @@ pub async fn app<M: Mailer>(
         .await?
         .with_session_liveness(magic_auth::session_liveness())
         .await?;
-    let sessions = SessionStore::new(
-        pool.clone(),
-        SessionConfig::default(),
-        Box::new(*keys.session.expose_secret()),
-    )?;
+    // Signs every session and sign-in link row, so rows injected SQL writes are no sign-in.
+    let row_key = || Box::new(*keys.session.expose_secret());
+    let sessions = SessionStore::new(pool.clone(), SessionConfig::default(), row_key())?;
     let mut keyring = Keyring::new();
     keyring.add_key(
         1,
@@ -106,13 +104,8 @@ pub async fn app<M: Mailer>(
     keyring.promote(1)?;
     let totp = TotpService::new(pool.clone(), Arc::new(keyring), TotpConfig::new("Minimal"))?;
     let members = Arc::new(Members::new(pool.clone()));
-    let links = MagicLinks::new(
-        pool.clone(),
-        members,
-        mailer,
-        LinkConfig::new(base_url)?,
-        Box::new(*keys.session.expose_secret()),
-    )?;
+    let config = LinkConfig::new(base_url)?;
+    let links = MagicLinks::new(pool.clone(), members, mailer, config, row_key())?;
     let pseudonyms = vec![PseudonymKey::new(
         1,
         Box::new(*keys.pseudonym.expose_secret()),
