@@ -128,17 +128,24 @@ impl RoleProblem {
 
 /// Role attributes, memberships, ownerships and privileges of `$1` (NULL: the connected role),
 /// judged over every role it is a member of (directly or not, inheriting or not): what it could
-/// `SET ROLE` to, it holds.
+/// `SET ROLE` to, it holds. For the connected role, the session's login role counts as well
+/// (with its memberships and its session defaults): a session started as another role (a
+/// `role` default or connection option) may `SET ROLE` back to the login role or any of its
+/// roles, since `SET ROLE` is judged by the login role.
 const ROLE_QUERY: &str = r"
 WITH target AS (
     SELECT r.oid, r.rolname::text AS name, r.rolsuper, r.rolbypassrls, r.rolcreaterole,
            r.rolreplication
     FROM pg_catalog.pg_roles r
     WHERE r.rolname = coalesce($1::text, current_user::text)
+), login AS (
+    SELECT r.oid FROM pg_catalog.pg_roles r
+    WHERE $1::text IS NULL AND r.rolname = session_user::text
 ), members AS (
     SELECT o.oid, o.rolname
     FROM pg_catalog.pg_roles o, target t
     WHERE pg_catalog.pg_has_role(t.oid, o.oid, 'MEMBER')
+       OR EXISTS (SELECT 1 FROM login l WHERE pg_catalog.pg_has_role(l.oid, o.oid, 'MEMBER'))
 ), protected AS (
     SELECT c.oid, c.relowner, pg_catalog.format('%I.%I', n.nspname, c.relname) AS name
     FROM pg_catalog.pg_class c
@@ -208,7 +215,7 @@ SELECT t.name, t.rolsuper, t.rolbypassrls, t.rolcreaterole, t.rolreplication,
        ARRAY(SELECT DISTINCT pg_catalog.split_part(c.setting, '=', 1)
              FROM pg_catalog.pg_db_role_setting s
              CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) AS c(setting)
-             WHERE s.setrole = t.oid
+             WHERE (s.setrole = t.oid OR s.setrole IN (SELECT l.oid FROM login l))
                AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
                                          WHERE d.datname = pg_catalog.current_database()))
                AND pg_catalog.lower(pg_catalog.split_part(c.setting, '=', 1)) <> ALL ($2::text[])

@@ -449,3 +449,49 @@ async fn session_defaults_the_role_gives_itself_are_refused_but_timeouts_pass() 
     }
     try_pool(options).await.unwrap();
 }
+
+/// `SET ROLE` is judged by the session's login role, not by the role the session runs as: a
+/// login role that starts its sessions as the runtime role (a `role` default, or `-c role=` on
+/// the connection, the "authenticator" pattern) can `SET ROLE` back to itself or to any other
+/// role it belongs to. The check judges the login role's memberships and session defaults too.
+/// Control: without the privileged membership, the connection option alone passes.
+#[tokio::test]
+async fn the_login_role_behind_a_set_role_is_judged_too() {
+    let db = testkit::fresh_database(&common::template()).await;
+    let options = db
+        .create_login_role(
+            "lr",
+            "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION NOINHERIT",
+        )
+        .await;
+    let name = options.get_username().to_owned();
+    let runtime = testkit::RUNTIME_ROLE;
+    db.as_admin(&format!(
+        "GRANT {runtime} TO {name}; CREATE ROLE {name}_bypass NOLOGIN BYPASSRLS; \
+         GRANT {name}_bypass TO {name}; ALTER ROLE {name} SET role = {runtime}"
+    ))
+    .await;
+    // Its sessions run as the runtime role, which alone would pass.
+    let (problems, _) = refused_with(options.clone()).await;
+    assert!(
+        problems.contains(&RoleProblem::MemberOfPrivileged(format!("{name}_bypass"))),
+        "{problems:?}"
+    );
+    assert!(
+        problems.contains(&RoleProblem::SessionDefault("role".into())),
+        "{problems:?}"
+    );
+    // The same through the connection's options instead of a default.
+    db.as_admin(&format!("ALTER ROLE {name} RESET role")).await;
+    let as_runtime = options.clone().options([("role", runtime)]);
+    let (problems, _) = refused_with(as_runtime.clone()).await;
+    assert_eq!(
+        problems,
+        vec![RoleProblem::MemberOfPrivileged(format!("{name}_bypass"))]
+    );
+    // Control: without the privileged membership it passes, and runs as the runtime role.
+    db.as_admin(&format!("REVOKE {name}_bypass FROM {name}"))
+        .await;
+    let pool = try_pool(as_runtime).await.unwrap();
+    let _ = pool;
+}
