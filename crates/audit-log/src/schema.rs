@@ -473,25 +473,29 @@ BEGIN
         END IF;
     END IF;
     -- The pick chose a prefix of the tenant's eligible rows in queue order, so they are its
-    -- first eligible rows from the batch's first id on. They are found as a range of the
-    -- primary key, at most as many as were picked (never by testing each row against the list
-    -- of ids, which costs the list's length per row when the statistics are stale), and leave
-    -- the queue by their row addresses in one statement; what that statement removed is
-    -- exactly what is chained below. A row committed since the pick with an id in the range is
-    -- eligible like the others and may take a picked row's place, which then waits for the
-    -- next batch: a batch never grows past what was picked.
+    -- first eligible rows from the batch's first id on. They leave the queue in one statement,
+    -- as a range of the primary key (never a test of each row against the list of ids, which
+    -- costs the list's length per row when the statistics are stale), and what that statement
+    -- removed is exactly what is chained below. The range ends at the last of the first
+    -- eligible rows, at most as many as were picked, found under the statement's own snapshot:
+    -- a row committed since the pick with an id in the range is eligible like the others and
+    -- may take a picked row's place, which then waits for the next batch, but a batch never
+    -- grows past what was picked.
     SELECT pg_catalog.min(b.id), pg_catalog.max(b.id) INTO lo, hi
       FROM pg_catalog.unnest(batch) AS b(id);
     WITH moved AS (
         DELETE FROM audit.pending p
-         WHERE p.tenant_id = t
-           AND p.ctid = ANY (ARRAY(
-               SELECT q.ctid FROM audit.pending q
-                WHERE q.tenant_id = t AND q.id >= lo AND q.id <= hi
-                  AND (q.failed_at IS NULL
-                       OR q.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
-                ORDER BY q.id
-                LIMIT pg_catalog.cardinality(batch)))
+         WHERE p.tenant_id = t AND p.id >= lo
+           AND p.id <= (
+               SELECT pg_catalog.max(c.id) FROM (
+                   SELECT q.id FROM audit.pending q
+                    WHERE q.tenant_id = t AND q.id >= lo AND q.id <= hi
+                      AND (q.failed_at IS NULL
+                           OR q.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
+                    ORDER BY q.id
+                    LIMIT pg_catalog.cardinality(batch)) c)
+           AND (p.failed_at IS NULL
+                OR p.failed_at < pg_catalog.clock_timestamp() - interval '60 seconds')
         RETURNING p.id, p.occurred_at, p.actor_kind, p.actor_id, p.action, p.outcome,
                   p.request_id, p.event, p.inserted_at
     )
