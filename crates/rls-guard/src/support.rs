@@ -53,6 +53,28 @@ WHERE c.relkind IN ('r', 'p')
   AND NOT pg_catalog.starts_with(n.nspname, 'pg_')
 ORDER BY 1, 2";
 
+/// Partitions (with a `tenant_id` column) that a role other than their owner, a superuser or
+/// a predefined role nobody belongs to may write directly, and the first such role by name:
+/// the record of writes is kept by statement triggers on the partitioned table, which
+/// PostgreSQL does not run for a write made to a partition itself.
+const PARTITION_WRITERS: &str = r"
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), w.rolname::text
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL (
+    SELECT o.rolname FROM pg_catalog.pg_roles o
+    WHERE NOT o.rolsuper
+      AND NOT pg_catalog.pg_has_role(o.oid, c.relowner, 'MEMBER')
+      AND (NOT pg_catalog.starts_with(o.rolname, 'pg_')
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.roleid = o.oid))
+      AND (pg_catalog.has_table_privilege(o.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+           OR pg_catalog.has_any_column_privilege(o.oid, c.oid, 'INSERT, UPDATE'))
+    ORDER BY 1 LIMIT 1) w
+WHERE c.relispartition AND c.relkind IN ('r', 'p')
+  AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+ORDER BY 1";
+
 /// For each of `$1` (tables, as `format('%I.%I')` prints them), the first (by name) role that
 /// holds the privilege to insert into it, update it and delete from it, or NULL. Every holder
 /// counts, whether or not it can log in (a role that cannot still lends its privilege through
@@ -421,7 +443,8 @@ pub(crate) async fn support_problems(
             problems.push((
                 table.clone(),
                 format!(
-                    "trigger {BINDING_TRIGGER} checks a part of the writes, and who may make                      the others could not be read"
+                    "trigger {BINDING_TRIGGER} checks a part of the writes, and who may make \
+                     the others could not be read"
                 ),
             ));
             continue;
@@ -456,6 +479,19 @@ pub(crate) async fn support_problems(
                 ));
             }
         }
+    }
+    // A partition written directly: its partitioned table's record of writes never sees it.
+    let direct: Vec<(String, String)> = sqlx::query_as(PARTITION_WRITERS)
+        .fetch_all(&mut *conn)
+        .await?;
+    for (partition, role) in direct {
+        problems.push((
+            partition,
+            format!(
+                "role {role} may write this partition directly, past the record of writes kept \
+                 on its partitioned table (grant writes on the partitioned table only)"
+            ),
+        ));
     }
     Ok((problems, mode))
 }

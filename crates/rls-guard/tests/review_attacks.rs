@@ -282,6 +282,41 @@ async fn a_partitioned_tenant_table_built_with_the_helper_is_accepted() {
     );
 }
 
+/// A partition the runtime role may write directly is refused at start-up: PostgreSQL runs the
+/// partitioned table's statement triggers, which keep the record of what a transaction wrote,
+/// only for writes made through it, so one transaction could write another tenant's rows into
+/// the partition unrecorded. A migration role's default privileges (`GRANT .. ON TABLES` without
+/// `IN SCHEMA`) grant exactly this to every partition it creates. Control: revoked, it starts.
+#[tokio::test]
+async fn a_partition_the_runtime_role_may_write_directly_is_refused() {
+    let db = testkit::fresh_database(&partitioned_template()).await;
+    for grant in ["INSERT", "UPDATE (body)", "DELETE"] {
+        db.as_admin(&format!(
+            "GRANT {grant} ON events_2026 TO {}",
+            testkit::RUNTIME_ROLE
+        ))
+        .await;
+        let refused = TenantPool::new(db.pool(Role::Runtime, 1).await).await;
+        let message = refused
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            message.contains("events_2026") && message.contains("directly"),
+            "{grant}: {refused:?}"
+        );
+        db.as_admin(&format!(
+            "REVOKE {grant} ON events_2026 FROM {}",
+            testkit::RUNTIME_ROLE
+        ))
+        .await;
+        TenantPool::new(db.pool(Role::Runtime, 1).await)
+            .await
+            .expect("control: without the grant it starts");
+    }
+}
+
 // Found in review, now refused: a rule on a table without `tenant_id` is not looked at. Rule actions run with the
 // rights of the rule's table owner; when that is a superuser (migrations run as `postgres`) or a
 // BYPASSRLS role, an `INSERT` the runtime role may make into an innocent log table returns every
