@@ -26,8 +26,11 @@ pub enum FindingKind {
     PolicyAllowsUnsetTenant,
     /// No policy on the table mentions `tenant_id`.
     NoTenantPredicate,
-    /// No RESTRICTIVE policy mentions `tenant_id`, so any permissive policy added later (a
-    /// "public rows" policy, say) widens access across tenants.
+    /// No RESTRICTIVE policy for all commands and every role is exactly the crate's predicate
+    /// ([`TENANT_PREDICATE`](crate::schema::TENANT_PREDICATE)) in `USING` and `WITH CHECK`: any
+    /// permissive policy added later (a "public rows" policy, say) would widen access across
+    /// tenants, and a restrictive one with an escape hatch (an `OR` on a setting a session can
+    /// make, roles it leaves out) is switched off by whoever can reach the hatch.
     NoRestrictiveTenantPolicy,
     /// No index leads with `tenant_id`.
     MissingTenantIndex,
@@ -145,11 +148,37 @@ ORDER BY 2";
 const POLICIES: &str = "
 SELECT p.polname::text, p.polcmd::text, p.polpermissive,
        pg_catalog.pg_get_expr(p.polqual, p.polrelid),
-       pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+       pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid),
+       coalesce(p.polroles = '{0}'::oid[]
+         AND pg_catalog.strpos(p.polqual::text, pg_catalog.format(':funcid %s ',
+               pg_catalog.to_regprocedure('app.current_tenant_id()')::oid)) > 0
+         AND pg_catalog.strpos(p.polwithcheck::text, pg_catalog.format(':funcid %s ',
+               pg_catalog.to_regprocedure('app.current_tenant_id()')::oid)) > 0, false)
 FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::int8::oid ORDER BY 1";
 
-/// name, command letter, permissive, USING, WITH CHECK.
-type PolicyRow = (String, String, bool, Option<String>, Option<String>);
+/// name, command letter, permissive, USING, WITH CHECK, and whether it applies to every role
+/// (`PUBLIC`) with both expressions calling rls-guard's `app.current_tenant_id()`.
+type PolicyRow = (String, String, bool, Option<String>, Option<String>, bool);
+
+/// Whether `expr` (as `pg_get_expr` prints it) is exactly the crate's tenant predicate,
+/// [`TENANT_PREDICATE`](crate::schema::TENANT_PREDICATE): compared without spaces and
+/// parentheses, with the function named with or without its schema (the caller's
+/// `search_path` decides; which function it is, is compared by its oid in [`POLICIES`]).
+/// Anything added to it (`OR` a setting an attacker can make, a second condition) is not it.
+fn is_tenant_predicate(expr: Option<&str>) -> bool {
+    let Some(expr) = expr else {
+        return false;
+    };
+    let bare: String = expr
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '(' && *c != ')')
+        .collect();
+    matches!(
+        bare.as_str(),
+        "tenant_id=SELECTapp.current_tenant_idAScurrent_tenant_id"
+            | "tenant_id=SELECTcurrent_tenant_idAScurrent_tenant_id"
+    )
+}
 
 /// Views (`v`), materialized views (`m`) and foreign tables (`f`): name, kind, runs with the
 /// invoker's rights, the tenant tables it reads directly, readable by the runtime role (`$1`,
@@ -677,16 +706,28 @@ impl CoverageCheck {
             }
         }
         let mut mentions_tenant = false;
-        let restrictive_tenant = policies.iter().any(|(_, cmd, permissive, using, _)| {
-            !*permissive && cmd == "*" && using.as_deref().is_some_and(|u| u.contains("tenant_id"))
-        });
+        // Exactly the crate's predicate, for every command and every role: restrictive policies
+        // are ANDed with everything else, so no other policy can widen it, and nothing a
+        // session can set (an `OR` on a setting, a role it may `SET ROLE` to) can switch it off.
+        let restrictive_tenant =
+            policies
+                .iter()
+                .any(|(_, cmd, permissive, using, check, calls_getter)| {
+                    !*permissive
+                        && cmd == "*"
+                        && *calls_getter
+                        && is_tenant_predicate(using.as_deref())
+                        && is_tenant_predicate(check.as_deref())
+                });
         if !restrictive_tenant {
             add(
                 FindingKind::NoRestrictiveTenantPolicy,
-                "no RESTRICTIVE policy for ALL commands on tenant_id".into(),
+                "no RESTRICTIVE policy for ALL commands and every role that is exactly \
+                 tenant_id = (SELECT app.current_tenant_id())"
+                    .into(),
             );
         }
-        for (name, cmd, _, using, check) in &policies {
+        for (name, cmd, _, using, check, _) in &policies {
             if matches!(cmd.as_str(), "*" | "a" | "w") && check.is_none() {
                 add(
                     FindingKind::MissingWithCheck,

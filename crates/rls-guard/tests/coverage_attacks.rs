@@ -321,3 +321,69 @@ async fn the_check_refuses_to_run_when_it_cannot_probe_as_the_runtime_role() {
         vec![]
     );
 }
+
+/// A restrictive policy with an escape hatch on something a session can set (`OR` a setting
+/// value no probe tries, or the application name), or one that applies only to some roles (a
+/// role the runtime role may `SET ROLE` to escapes it), passes every probed value. The check
+/// requires a restrictive policy for every command and every role that is exactly the crate's
+/// predicate, and names the table. Control: the helper's own policy passes (`pristine`).
+#[tokio::test]
+async fn a_restrictive_policy_with_an_escape_hatch_is_found() {
+    let db = pristine().await;
+    let predicate = "tenant_id = (SELECT app.current_tenant_id())";
+    for (why, policy) in [
+        (
+            "an OR on a setting value",
+            format!(
+                "AS RESTRICTIVE FOR ALL USING ({predicate} \
+                 OR pg_catalog.current_setting('app.tenant_id', true) = '*') \
+                 WITH CHECK ({predicate})"
+            ),
+        ),
+        (
+            "an OR on the application name",
+            format!(
+                "AS RESTRICTIVE FOR ALL USING ({predicate}) \
+                 WITH CHECK ({predicate} OR pg_catalog.current_setting('application_name') = 'ops')"
+            ),
+        ),
+        (
+            "only for the runtime role",
+            format!(
+                "AS RESTRICTIVE FOR ALL TO {} USING ({predicate}) WITH CHECK ({predicate})",
+                testkit::RUNTIME_ROLE
+            ),
+        ),
+        (
+            "a look-alike getter in another schema",
+            "AS RESTRICTIVE FOR ALL USING (tenant_id = (SELECT public.current_tenant_id())) \
+             WITH CHECK (tenant_id = (SELECT public.current_tenant_id()))"
+                .to_owned(),
+        ),
+    ] {
+        db.as_admin(&format!(
+            "CREATE OR REPLACE FUNCTION public.current_tenant_id() RETURNS uuid LANGUAGE sql \
+                 STABLE AS 'SELECT app.current_tenant_id()'; \
+             DROP POLICY tenant_isolation ON projects; \
+             CREATE POLICY tenant_isolation ON projects {policy};"
+        ))
+        .await;
+        let findings = check(&db, |c| c).await;
+        assert!(
+            has(
+                &findings,
+                FindingKind::NoRestrictiveTenantPolicy,
+                "public.projects"
+            ),
+            "{why}: {findings:#?}"
+        );
+    }
+    // Control: the crate's own policy again passes.
+    db.as_admin(&format!(
+        "DROP POLICY tenant_isolation ON projects; \
+         CREATE POLICY tenant_isolation ON projects AS RESTRICTIVE FOR ALL \
+             USING ({predicate}) WITH CHECK ({predicate});"
+    ))
+    .await;
+    assert_eq!(check(&db, |c| c).await, vec![]);
+}
