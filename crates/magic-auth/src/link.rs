@@ -46,7 +46,7 @@ use crate::email::{EmailAddress, EmailPolicy};
 use crate::events::{AuthEventKind, AuthEvents, EventSink};
 use crate::limit::{DEFAULT_IPV6_PREFIX, Hit, Limit, MIN_IPV6_PREFIX, RateLimiter, client_key};
 use crate::mailer::{Mailer, Message, Notice};
-use crate::session::{Session, report_ended};
+use crate::session::{Session, micros, report_ended, row_hmac};
 use crate::token::{SessionToken, hash_secret, into_secret, random_secret};
 
 const LINK_PREFIX: &str = "l1";
@@ -71,17 +71,10 @@ struct LinkFacts<'a> {
     expires_at: OffsetDateTime,
 }
 
-/// A timestamp as the database keeps it (whole microseconds), for a MAC.
-fn micros(at: OffsetDateTime) -> [u8; 16] {
-    (at.unix_timestamp_nanos() / 1000).to_be_bytes()
-}
-
 /// The MAC of a link row's facts under the row key.
 fn link_row_mac(key: &SecretBox<[u8; 32]>, facts: &LinkFacts<'_>) -> hmac::Hmac<sha2::Sha256> {
     use hmac::Mac;
-    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key.expose_secret())
-        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-    mac.update(LINK_ROW_MAC_DOMAIN);
+    let mut mac = row_hmac(key, LINK_ROW_MAC_DOMAIN);
     mac.update(facts.tenant.as_uuid().as_bytes());
     mac.update(facts.id.as_bytes());
     mac.update(facts.user.as_bytes());

@@ -265,8 +265,18 @@ pub struct SessionStore {
 const ROW_MAC_DOMAIN: &[u8] = b"magic-auth/session-row/v1\n";
 
 /// A timestamp as PostgreSQL stores it (and sqlx sends it): whole microseconds since the epoch.
-fn micros(at: OffsetDateTime) -> [u8; 16] {
+pub(crate) fn micros(at: OffsetDateTime) -> [u8; 16] {
     (at.unix_timestamp_nanos() / 1000).to_be_bytes()
+}
+
+/// An HMAC-SHA256 under the application's row key, started with `domain`: the MAC of a row the
+/// library writes (a session, a sign-in link), which the runtime role cannot compute.
+pub(crate) fn row_hmac(key: &SecretBox<[u8; 32]>, domain: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key.expose_secret())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(domain);
+    mac
 }
 
 /// The lookup: one prepared statement, run as the runtime role in its own implicit transaction.
@@ -357,10 +367,7 @@ impl SessionStore {
     /// The MAC of a session row's facts under this store's row key.
     fn row_mac(&self, facts: &RowFacts<'_>) -> hmac::Hmac<sha2::Sha256> {
         use hmac::Mac;
-        let mut mac =
-            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(self.row_key.expose_secret())
-                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        mac.update(ROW_MAC_DOMAIN);
+        let mut mac = row_hmac(&self.row_key, ROW_MAC_DOMAIN);
         mac.update(facts.tenant.as_uuid().as_bytes());
         mac.update(facts.id.as_bytes());
         mac.update(facts.user.as_bytes());
