@@ -57,6 +57,35 @@ const EMAIL_CHANGE_PREFIX: &str = "e1";
 const EMAIL_CHANGE_DOMAIN: &[u8] = b"magic-auth/email-change/v1\n";
 /// The domain of a link row's MAC.
 const LINK_ROW_MAC_DOMAIN: &[u8] = b"magic-auth/link-row/v1\n";
+/// The domain of an e-mail change row's MAC.
+const EMAIL_CHANGE_ROW_MAC_DOMAIN: &[u8] = b"magic-auth/email-change-row/v1\n";
+
+/// The MAC of an e-mail change row under the row key: whose change it is, the session that
+/// asked (after its step-up), the new address, the token's hash and its lifetime.
+#[allow(clippy::too_many_arguments)]
+fn email_change_row_mac(
+    key: &SecretBox<[u8; 32]>,
+    tenant: TenantId,
+    id: Uuid,
+    user: Uuid,
+    session: Uuid,
+    new_email: &str,
+    secret_hash: &[u8],
+    (created_at, expires_at): (OffsetDateTime, OffsetDateTime),
+) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut mac = row_hmac(key, EMAIL_CHANGE_ROW_MAC_DOMAIN);
+    mac.update(tenant.as_uuid().as_bytes());
+    mac.update(id.as_bytes());
+    mac.update(user.as_bytes());
+    mac.update(session.as_bytes());
+    mac.update(secret_hash);
+    mac.update(&micros(created_at));
+    mac.update(&micros(expires_at));
+    // Last, so no other field's bytes can be read as part of it.
+    mac.update(new_email.as_bytes());
+    mac
+}
 
 /// What a link row's MAC covers: whose link it is, its secrets and its lifetime (everything
 /// but whether it was used, which the database's trigger lets move only once).
@@ -605,7 +634,8 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
             // An unsent link must not stay usable.
             let mut tx = self.pool.begin(&context(tenant)?).await?;
             sqlx::query(
-                "UPDATE auth.login_links SET invalidated_at = now() WHERE tenant_id = $1 AND id = $2",
+                "UPDATE auth.login_links SET invalidated_at = now() \
+                 WHERE tenant_id = $1 AND id = $2 AND invalidated_at IS NULL",
             )
             .bind(tenant.as_uuid())
             .bind(token.id())
@@ -847,18 +877,36 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         .bind(user.as_uuid())
         .execute(&mut *tx)
         .await?;
+        let secret_hash = token.hash_in(EMAIL_CHANGE_DOMAIN);
+        let row_mac = {
+            use hmac::Mac;
+            email_change_row_mac(
+                &self.row_key,
+                tenant,
+                token.id(),
+                *user.as_uuid(),
+                session.id,
+                new.as_str(),
+                secret_hash.as_slice(),
+                (now, expires),
+            )
+            .finalize()
+            .into_bytes()
+        };
         sqlx::query(
             "INSERT INTO auth.email_changes (tenant_id, id, user_id, session_id, new_email, \
-             secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             secret_hash, created_at, expires_at, row_mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(tenant.as_uuid())
         .bind(token.id())
         .bind(user.as_uuid())
         .bind(session.id)
         .bind(new.as_str())
-        .bind(token.hash_in(EMAIL_CHANGE_DOMAIN).as_slice())
+        .bind(secret_hash.as_slice())
         .bind(now)
         .bind(expires)
+        .bind(row_mac.as_slice())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -884,7 +932,7 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
                 let mut tx = self.pool.begin(&context(tenant)?).await?;
                 sqlx::query(
                     "UPDATE auth.email_changes SET invalidated_at = now() \
-                     WHERE tenant_id = $1 AND id = $2",
+                     WHERE tenant_id = $1 AND id = $2 AND invalidated_at IS NULL",
                 )
                 .bind(tenant.as_uuid())
                 .bind(token.id())
@@ -936,8 +984,10 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
             Uuid,
             String,
             OffsetDateTime,
+            OffsetDateTime,
             Option<OffsetDateTime>,
             Option<OffsetDateTime>,
+            Option<Vec<u8>>,
         );
         let token = SessionToken::parse_with(token, EMAIL_CHANGE_PREFIX)
             .map_err(|_| AuthError::InvalidLink)?;
@@ -953,7 +1003,8 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
             return Err(AuthError::InvalidLink);
         }
         let row: Option<Row> = sqlx::query_as(
-            "SELECT secret_hash, session_id, new_email, expires_at, consumed_at, invalidated_at \
+            "SELECT secret_hash, session_id, new_email, created_at, expires_at, consumed_at, \
+                    invalidated_at, row_mac \
              FROM auth.email_changes WHERE tenant_id = $1 AND id = $2 AND user_id = $3 FOR UPDATE",
         )
         .bind(tenant.as_uuid())
@@ -961,16 +1012,35 @@ impl<D: AccountDirectory, M: Mailer> MagicLinks<D, M> {
         .bind(user.as_uuid())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((secret_hash, asked_by, new, expires, consumed, invalidated)) = row else {
+        let Some((secret_hash, asked_by, new, created, expires, consumed, invalidated, mac)) = row
+        else {
             tx.rollback().await?;
             return Err(AuthError::InvalidLink);
         };
-        let secret_ok = bool::from(
-            token
-                .hash_in(EMAIL_CHANGE_DOMAIN)
-                .as_slice()
-                .ct_eq(&secret_hash),
-        );
+        // The row must be one this service wrote for the session that asked (after its
+        // step-up), unchanged: a row the runtime role inserted, with an address and a token of
+        // its choosing, changes nothing.
+        let signed = {
+            use hmac::Mac;
+            let expected = email_change_row_mac(
+                &self.row_key,
+                tenant,
+                token.id(),
+                *user.as_uuid(),
+                asked_by,
+                &new,
+                &secret_hash,
+                (created, expires),
+            );
+            mac.is_some_and(|mac| expected.verify_slice(&mac).is_ok())
+        };
+        let secret_ok = signed
+            && bool::from(
+                token
+                    .hash_in(EMAIL_CHANGE_DOMAIN)
+                    .as_slice()
+                    .ct_eq(&secret_hash),
+            );
         let live = consumed.is_none()
             && invalidated.is_none()
             && expires > OffsetDateTime::now_utc()

@@ -199,16 +199,17 @@ ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS replacement_seed bytea;
 ALTER TABLE auth.totp ADD COLUMN IF NOT EXISTS replacement_session uuid;
 {totp_rls}
 -- An authenticator, once confirmed, stays confirmed (un-confirming one would show its active
--- seed as a pending enrolment), and the newest accepted time step only moves forward while the
--- seed is the same (moving it back would accept an old code again): for this library and for
--- any statement injected into the runtime role.
+-- seed as a pending enrolment), and the newest accepted time step only moves forward, whatever
+-- the seed does (it counts time, not codes: moving it back, or clearing it while swapping the
+-- seed out and back, would accept an old code again): for this library and for any statement
+-- injected into the runtime role.
 CREATE OR REPLACE FUNCTION auth.totp_forward_only() RETURNS trigger
     LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
     AS $totp_forward_only$
 BEGIN
     IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.user_id IS DISTINCT FROM OLD.user_id
        OR (OLD.confirmed_at IS NOT NULL AND NEW.confirmed_at IS NULL)
-       OR (NEW.seed IS NOT DISTINCT FROM OLD.seed AND OLD.last_step IS NOT NULL
+       OR (OLD.last_step IS NOT NULL
            AND (NEW.last_step IS NULL OR NEW.last_step < OLD.last_step)) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'MA002',
@@ -358,24 +359,28 @@ CREATE TABLE IF NOT EXISTS auth.accounts (
     PRIMARY KEY (tenant_id, user_id)
 );
 {accounts_rls}
--- The generation every "sign out everywhere" moves only moves forward: moving it back would
--- revive a sign-in that a revocation overtook.
+-- The generation every "sign out everywhere" moves only moves forward, one at a time: moving
+-- it back would revive a sign-in that a revocation overtook, and a jump to the largest value
+-- would make every later sign-out fail.
 CREATE OR REPLACE FUNCTION auth.accounts_forward_only() RETURNS trigger
     LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp
     AS $accounts_forward_only$
 BEGIN
-    IF NEW.tenant_id IS DISTINCT FROM OLD.tenant_id OR NEW.user_id IS DISTINCT FROM OLD.user_id
-       OR NEW.generation < OLD.generation THEN
+    IF (TG_OP = 'INSERT' AND NEW.generation > 1)
+       OR (TG_OP = 'UPDATE'
+           AND (NEW.tenant_id IS DISTINCT FROM OLD.tenant_id
+                OR NEW.user_id IS DISTINCT FROM OLD.user_id
+                OR NEW.generation NOT IN (OLD.generation, OLD.generation + 1))) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'MA002',
-            MESSAGE = 'an account''s sign-in generation only moves forward';
+            MESSAGE = 'an account''s sign-in generation only moves forward, one at a time';
     END IF;
     RETURN NEW;
 END
 $accounts_forward_only$;
 REVOKE ALL ON FUNCTION auth.accounts_forward_only() FROM PUBLIC;
 DROP TRIGGER IF EXISTS accounts_forward_only ON auth.accounts;
-CREATE TRIGGER accounts_forward_only BEFORE UPDATE ON auth.accounts
+CREATE TRIGGER accounts_forward_only BEFORE INSERT OR UPDATE ON auth.accounts
     FOR EACH ROW EXECUTE FUNCTION auth.accounts_forward_only();
 ALTER TABLE auth.accounts ENABLE ALWAYS TRIGGER accounts_forward_only;
 REVOKE ALL ON auth.accounts FROM PUBLIC;
@@ -399,6 +404,11 @@ CREATE TABLE IF NOT EXISTS auth.email_changes (
 );
 CREATE INDEX IF NOT EXISTS email_changes_user_idx ON auth.email_changes (tenant_id, user_id);
 {email_rls}
+-- Added later: the MAC of the change's facts under the application's row key (see
+-- `MagicLinks::new`). A change without a valid one is refused, so a row the runtime role wrote
+-- (an address and a token of its choosing, bound to a session that never took the step-up)
+-- changes nothing.
+ALTER TABLE auth.email_changes ADD COLUMN IF NOT EXISTS row_mac bytea;
 DROP TRIGGER IF EXISTS email_changes_fixed ON auth.email_changes;
 CREATE TRIGGER email_changes_fixed BEFORE UPDATE ON auth.email_changes
     FOR EACH ROW EXECUTE FUNCTION auth.tokens_fixed();

@@ -940,7 +940,7 @@ impl TotpService {
             .seal(seed.as_bytes(), &seed_context(tenant, user))
             .map_err(|_| AuthError::Crypto)?;
         sqlx::query(
-            "UPDATE auth.totp SET seed = $3, last_step = $4, confirmed_at = now(), \
+            "UPDATE auth.totp SET seed = $3, last_step = GREATEST(last_step, $4), confirmed_at = now(), \
              failed_attempts = 0, locked_until = NULL, hard_locked_at = NULL, \
              replacement_seed = NULL, replacement_session = NULL \
              WHERE tenant_id = $1 AND user_id = $2",

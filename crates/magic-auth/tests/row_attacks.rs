@@ -288,6 +288,18 @@ async fn factor_rows_the_runtime_role_writes_grant_nothing() {
             "MA002",
         ),
         (
+            "an authenticator's last step cleared while its seed is swapped out",
+            "UPDATE auth.totp SET seed = seed || '\\x00'::bytea, last_step = NULL \
+             WHERE tenant_id = $1 AND user_id = $2",
+            "MA002",
+        ),
+        (
+            "an account's generation jumped to the largest (every later sign-out would fail)",
+            "UPDATE auth.accounts SET generation = 9223372036854775807 \
+             WHERE tenant_id = $1 AND user_id = $2",
+            "MA002",
+        ),
+        (
             "an account's generation moved back",
             "UPDATE auth.accounts SET generation = generation - 1 \
              WHERE tenant_id = $1 AND user_id = $2",
@@ -307,4 +319,85 @@ async fn factor_rows_the_runtime_role_writes_grant_nothing() {
         .await
         .unwrap();
     assert!(matches!(check, CodeCheck::Accepted { .. }), "{check:?}");
+}
+
+/// An e-mail change row the runtime role inserts, for a live session of the account that never
+/// took the step-up, with an address and a token of its choosing, changes nothing: the row's
+/// MAC is under the row key. Control: the change the library makes for a fresh `aal2` session
+/// goes through.
+#[tokio::test]
+async fn an_email_change_row_the_runtime_role_writes_changes_nothing() {
+    let f = fixture(4).await;
+    let user = f.account("ada@example.com", ActorKind::User);
+    let (one_factor, _) = f
+        .sessions
+        .create(
+            f.tenant,
+            &NewSession::new(user, ActorKind::User, Assurance::Aal1),
+        )
+        .await
+        .unwrap();
+    let secret = [0x3c_u8; 32];
+    // The hash of a secret it knows, and a made-up MAC.
+    let id2 = Uuid::new_v4();
+    let pool = runtime(&f).await;
+    let job = TenantContext::for_job(f.tenant, None, "attack").unwrap();
+    let mut tx = pool.begin(&job).await.unwrap();
+    sqlx::query(
+        "INSERT INTO auth.email_changes (tenant_id, id, user_id, session_id, new_email, \
+         secret_hash, created_at, expires_at, row_mac) \
+         VALUES ($1, $2, $3, $4, 'mallory@evil.example', $5, now(), \
+                 now() + interval '15 minutes', $6)",
+    )
+    .bind(f.tenant.as_uuid())
+    .bind(id2)
+    .bind(user.as_uuid())
+    .bind(one_factor.id)
+    .bind(sha(b"magic-auth/email-change/v1\n", &secret))
+    .bind(vec![0x42_u8; 32])
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let token = format!(
+        "e1.{}.{}.{}",
+        f.tenant.as_uuid().simple(),
+        id2.simple(),
+        hex::encode(secret)
+    );
+    let refused = f.links.confirm_email_change(&one_factor, token).await;
+    assert!(
+        matches!(refused, Err(AuthError::InvalidLink)),
+        "{refused:?}"
+    );
+    assert!(
+        f.directory
+            .find_sync(f.tenant, "mallory@evil.example")
+            .is_none()
+    );
+    assert!(f.directory.find_sync(f.tenant, "ada@example.com").is_some());
+
+    // Control: a fresh two-factor session asks, and its own token confirms.
+    let (fresh, _) = f
+        .sessions
+        .create(
+            f.tenant,
+            &NewSession::new(user, ActorKind::User, Assurance::Aal2),
+        )
+        .await
+        .unwrap();
+    f.links
+        .request_email_change(
+            &fresh,
+            "ada@new.example",
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let confirmed = f
+        .links
+        .confirm_email_change(&fresh, f.newest_token())
+        .await
+        .unwrap();
+    assert_eq!(confirmed.as_str(), "ada@new.example");
 }

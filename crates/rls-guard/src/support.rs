@@ -70,7 +70,7 @@ CROSS JOIN LATERAL (
       AND (pg_catalog.has_table_privilege(o.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
            OR pg_catalog.has_any_column_privilege(o.oid, c.oid, 'INSERT, UPDATE'))
     ORDER BY 1 LIMIT 1) w
-WHERE c.relispartition AND c.relkind IN ('r', 'p')
+WHERE c.relispartition AND c.relkind IN ('r', 'p', 'f')
   AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
 ORDER BY 1";
